@@ -1,0 +1,7 @@
+//! Thin binary: all logic lives in the library.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    eprintln!("{}", apid::not_built_yet());
+    std::process::ExitCode::from(2)
+}

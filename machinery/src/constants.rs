@@ -1,0 +1,106 @@
+//! Well-known paths, ports and names of a node.
+//!
+//! Paths are node paths (on metal, `/system` is a tmpfs); in container mode
+//! every path is re-rooted under the node's state directory with
+//! [`NodePaths::under`].
+
+use std::path::{Path, PathBuf};
+
+/// apid's TCP port (mTLS, the only door into a node).
+pub const APID_PORT: u16 = 50000;
+/// trustd's TCP port (server-only TLS plus the machine token).
+pub const TRUSTD_PORT: u16 = 50001;
+
+/// The version string every component reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The daemons machined supervises, with their socket names.
+pub const DAEMONS: &[&str] = &["apid", "routerd", "networkd", "timed", "trustd", "udevd"];
+
+/// Where a node keeps its runtime files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePaths {
+    root: PathBuf,
+}
+
+impl NodePaths {
+    /// The paths of a metal node (rooted at `/`).
+    #[must_use]
+    pub fn metal() -> Self {
+        Self {
+            root: PathBuf::from("/"),
+        }
+    }
+
+    /// The paths of a container-mode node whose state directory is `root`.
+    #[must_use]
+    pub fn under(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root every path hangs from.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `/system/run`: sockets and runtime state, recreated every boot.
+    #[must_use]
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("system/run")
+    }
+
+    /// The directory holding a daemon's socket (`/system/run/<daemon>`).
+    #[must_use]
+    pub fn socket_dir(&self, daemon: &str) -> PathBuf {
+        self.run_dir().join(daemon)
+    }
+
+    /// A daemon's unix socket (`/system/run/<daemon>/<daemon>.sock`).
+    #[must_use]
+    pub fn socket(&self, daemon: &str) -> PathBuf {
+        self.socket_dir(daemon).join(format!("{daemon}.sock"))
+    }
+
+    /// `/system/state`: the persisted machine config (the STATE partition).
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("system/state")
+    }
+
+    /// `/var/log`: persisted service logs (the EPHEMERAL partition).
+    #[must_use]
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.join("var/log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metal_paths_match_the_architecture() {
+        let p = NodePaths::metal();
+        assert_eq!(
+            p.socket("machined"),
+            Path::new("/system/run/machined/machined.sock")
+        );
+        assert_eq!(
+            p.socket("routerd"),
+            Path::new("/system/run/routerd/routerd.sock")
+        );
+        assert_eq!(p.state_dir(), Path::new("/system/state"));
+        assert_eq!(p.log_dir(), Path::new("/var/log"));
+    }
+
+    #[test]
+    fn container_paths_are_rerooted() {
+        let p = NodePaths::under("/tmp/node1");
+        assert_eq!(
+            p.socket("apid"),
+            Path::new("/tmp/node1/system/run/apid/apid.sock")
+        );
+        assert_eq!(p.log_dir(), Path::new("/tmp/node1/var/log"));
+    }
+}
