@@ -238,7 +238,7 @@ fn memory_all_48_fields_in_meminfo_order() {
 fn logs_data_chunk() {
     let value = Data {
         metadata: None,
-        bytes: b"machined: started\n".to_vec(),
+        bytes: bytes::Bytes::from_static(b"machined: started\n"),
     };
     assert_golden(&value, &bytes(2, b"machined: started\n"));
 }
@@ -265,7 +265,7 @@ fn metadata_with_hostname_error_and_status() {
     // A Data chunk tagged by a proxy: metadata rides in field 1.
     let tagged = Data {
         metadata: Some(value),
-        bytes: b"x".to_vec(),
+        bytes: bytes::Bytes::from_static(b"x"),
     };
     assert_golden(&tagged, &[bytes(1, &expected), bytes(2, b"x")].concat());
 }
