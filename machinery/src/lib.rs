@@ -9,3 +9,4 @@
 pub mod base64;
 pub mod config;
 pub mod constants;
+pub mod grpc;

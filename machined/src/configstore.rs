@@ -1,0 +1,271 @@
+//! The machine config: what is live, what is persisted, and how a new one
+//! is applied.
+//!
+//! Modes, as upstream v1.14: `auto` and `no_reboot` persist and apply live
+//! (the reply says NO_REBOOT); `staged` persists only, for the next boot;
+//! `try` applies live without persisting and reverts after a timeout unless
+//! another apply lands first; `dry_run` changes nothing and describes the
+//! diff. A config that fails to parse or validate is refused with the reason
+//! and nothing changes. Only one apply runs at a time.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use machinery::config::{ConfigError, MachineConfig};
+use tokio::sync::watch;
+
+/// Try mode's default timeout, as upstream.
+pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Deprecated REBOOT (0).
+    Reboot,
+    /// Whatever needs no reboot (always no reboot here).
+    Auto,
+    /// Persist and apply live.
+    NoReboot,
+    /// Persist for the next boot only.
+    Staged,
+    /// Apply live for a while, then revert.
+    Try(Duration),
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// The mode actually used.
+    pub mode: ApplyMode,
+    /// Human-readable details (the diff on dry runs).
+    pub details: String,
+    /// Warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Why an apply was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config does not parse or validate.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// A valid config that cannot be applied in this way.
+    #[error("{0}")]
+    Refused(String),
+    /// Another apply is running.
+    #[error("another apply configuration is already in progress")]
+    Busy,
+    /// The mode is not supported.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Persisting failed; nothing changed.
+    #[error("persisting the machine config: {0}")]
+    Persist(ConfigError),
+}
+
+#[derive(Debug, Default)]
+struct TryState {
+    /// Bumped by every apply, so a stale revert timer does nothing.
+    generation: u64,
+    pending: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The node's config.
+#[derive(Debug)]
+pub struct ConfigStore {
+    path: PathBuf,
+    live: watch::Sender<Option<Arc<MachineConfig>>>,
+    persisted: Mutex<Option<Arc<MachineConfig>>>,
+    apply_lock: tokio::sync::Mutex<()>,
+    try_state: Mutex<TryState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ConfigStore {
+    /// Loads the persisted config at `path`; a missing file means no config
+    /// (maintenance mode).
+    ///
+    /// # Errors
+    /// The file exists but is unreadable or invalid.
+    pub fn load(path: PathBuf) -> Result<ConfigStore, ConfigError> {
+        let config = if path.exists() {
+            Some(Arc::new(machinery::config::load(&path)?))
+        } else {
+            None
+        };
+        Ok(ConfigStore {
+            path,
+            live: watch::channel(config.clone()).0,
+            persisted: Mutex::new(config),
+            apply_lock: tokio::sync::Mutex::new(()),
+            try_state: Mutex::default(),
+        })
+    }
+
+    /// The live config, if any.
+    #[must_use]
+    pub fn current(&self) -> Option<Arc<MachineConfig>> {
+        self.live.borrow().clone()
+    }
+
+    /// The persisted config, if any.
+    #[must_use]
+    pub fn persisted(&self) -> Option<Arc<MachineConfig>> {
+        lock(&self.persisted).clone()
+    }
+
+    /// A watch on the live config.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<MachineConfig>>> {
+        self.live.subscribe()
+    }
+
+    /// Where the config persists.
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Applies `data` per `mode`.
+    ///
+    /// # Errors
+    /// Invalid config, busy, unsupported mode, or a failed write (then
+    /// nothing changed).
+    pub async fn apply(
+        self: &Arc<Self>,
+        data: &[u8],
+        mode: ApplyMode,
+        dry_run: bool,
+        maintenance: bool,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let _guard = self.apply_lock.try_lock().map_err(|_| ApplyError::Busy)?;
+        let config = machinery::config::parse(data)?;
+        let current = self.current();
+        if let Some(old) = &current
+            && old.machine_type() != config.machine_type()
+        {
+            return Err(ApplyError::Refused(format!(
+                "machine type can't be changed from {} to {}",
+                old.machine_type(),
+                config.machine_type()
+            )));
+        }
+        let mode = match mode {
+            ApplyMode::Auto | ApplyMode::NoReboot => ApplyMode::NoReboot,
+            ApplyMode::Reboot if maintenance => ApplyMode::NoReboot,
+            ApplyMode::Reboot => {
+                return Err(ApplyError::Unsupported(
+                    "apply mode REBOOT is not supported: use auto or no-reboot".into(),
+                ));
+            }
+            ApplyMode::Staged | ApplyMode::Try(_) if maintenance => {
+                return Err(ApplyError::Unsupported(
+                    "staged and try modes are not supported in maintenance mode".into(),
+                ));
+            }
+            m => m,
+        };
+        let summary = match mode {
+            ApplyMode::Staged => "Staged configuration to be applied after a reboot".to_owned(),
+            ApplyMode::Try(t) => format!(
+                "Applied configuration for a trial period of {}",
+                humanize(t)
+            ),
+            _ => "Applied configuration without a reboot".to_owned(),
+        };
+        if dry_run {
+            let old_yaml = match &current {
+                Some(c) => c.to_yaml().map_err(ApplyError::Invalid)?,
+                None => String::new(),
+            };
+            let new_yaml = config.to_yaml().map_err(ApplyError::Invalid)?;
+            let diff = similar::TextDiff::from_lines(&old_yaml, &new_yaml)
+                .unified_diff()
+                .context_radius(3)
+                .header("current", "new")
+                .to_string();
+            let diff = if diff.is_empty() {
+                "No changes.".to_owned()
+            } else {
+                diff
+            };
+            return Ok(ApplyOutcome {
+                mode,
+                details: format!(
+                    "Dry run summary:\n{summary} (skipped in dry-run).\n\nConfig diff:\n\n{diff}"
+                ),
+                warnings: Vec::new(),
+            });
+        }
+
+        let config = Arc::new(config);
+        let generation = {
+            let mut t = lock(&self.try_state);
+            t.generation += 1;
+            if let Some(pending) = t.pending.take() {
+                pending.abort();
+            }
+            t.generation
+        };
+        match mode {
+            ApplyMode::Try(timeout) => {
+                self.live.send_replace(Some(config));
+                let store = Arc::clone(self);
+                let revert = tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    store.revert_try(generation);
+                });
+                lock(&self.try_state).pending = Some(revert);
+            }
+            ApplyMode::Staged => self.persist(&config)?,
+            _ => {
+                self.persist(&config)?;
+                self.live.send_replace(Some(config));
+            }
+        }
+        Ok(ApplyOutcome {
+            mode,
+            details: summary,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn persist(&self, config: &Arc<MachineConfig>) -> Result<(), ApplyError> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ApplyError::Persist(ConfigError::Io {
+                    operation: "creating the state directory",
+                    path: dir.to_path_buf(),
+                    source: e,
+                })
+            })?;
+        }
+        machinery::config::save_atomic(&self.path, config).map_err(ApplyError::Persist)?;
+        *lock(&self.persisted) = Some(Arc::clone(config));
+        Ok(())
+    }
+
+    fn revert_try(&self, generation: u64) {
+        let mut t = lock(&self.try_state);
+        if t.generation != generation {
+            return;
+        }
+        t.pending = None;
+        let persisted = lock(&self.persisted).clone();
+        tracing::info!("try mode timed out: reverting to the persisted machine config");
+        self.live.send_replace(persisted);
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}

@@ -1,0 +1,161 @@
+//! The node's runtime state, shared by the API and the lifecycle.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use machinery::constants::NodePaths;
+use tokio::sync::watch;
+
+use crate::configstore::ConfigStore;
+use crate::events::{EventBus, MachineStage, Payload};
+use crate::logbuf::LogRegistry;
+use crate::supervisor::Supervisor;
+
+/// How machined runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 on a VM or hardware.
+    Metal,
+    /// An ordinary process with a state directory (tests, `process` clusters).
+    Container,
+}
+
+impl Mode {
+    /// Upstream's platform/mode name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Metal => "metal",
+            Mode::Container => "container",
+        }
+    }
+}
+
+/// What the lifecycle is asked to do when machined winds down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    /// Stop and exit (container) or power off (metal).
+    Shutdown,
+    /// Stop and reboot (metal).
+    Reboot,
+}
+
+/// Node settings from the command line.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Metal or container.
+    pub mode: Mode,
+    /// Root of the node's paths (`/` on metal, the state directory otherwise).
+    pub root: PathBuf,
+    /// Hostname to report when the config sets none.
+    pub hostname: Option<String>,
+    /// Where the other daemons' binaries are.
+    pub bin_dir: PathBuf,
+    /// apid's listen address (container mode: one loopback address per node).
+    pub apid_listen: Option<SocketAddr>,
+    /// trustd's listen address.
+    pub trustd_listen: Option<SocketAddr>,
+}
+
+/// Shared runtime state.
+#[derive(Debug)]
+pub struct Node {
+    /// Settings.
+    pub options: NodeOptions,
+    /// Well-known paths.
+    pub paths: NodePaths,
+    /// Log buffers.
+    pub logs: Arc<LogRegistry>,
+    /// Events.
+    pub events: Arc<EventBus>,
+    /// Machine config.
+    pub config: Arc<ConfigStore>,
+    /// Services, once started.
+    pub supervisor: OnceLock<Arc<Supervisor>>,
+    /// Serializes lifecycle actions (reboot, shutdown, reset, upgrade).
+    pub lifecycle: tokio::sync::Mutex<()>,
+    power: watch::Sender<Option<(PowerAction, String)>>,
+}
+
+impl Node {
+    /// Assembles the runtime state.
+    #[must_use]
+    pub fn new(options: NodeOptions, logs: Arc<LogRegistry>, config: Arc<ConfigStore>) -> Node {
+        let paths = NodePaths::under(&options.root);
+        Node {
+            options,
+            paths,
+            logs,
+            events: Arc::new(EventBus::new()),
+            config,
+            supervisor: OnceLock::new(),
+            lifecycle: tokio::sync::Mutex::new(()),
+            power: watch::channel(None).0,
+        }
+    }
+
+    /// Running mode.
+    #[must_use]
+    pub fn mode(&self) -> Mode {
+        self.options.mode
+    }
+
+    /// No machine config: maintenance mode.
+    #[must_use]
+    pub fn in_maintenance(&self) -> bool {
+        self.config.current().is_none()
+    }
+
+    /// The hostname: config, else the command line, else the kernel's.
+    #[must_use]
+    pub fn hostname(&self) -> String {
+        if let Some(h) = self
+            .config
+            .current()
+            .and_then(|c| c.hostname().map(str::to_owned))
+        {
+            return h;
+        }
+        if let Some(h) = &self.options.hostname {
+            return h.clone();
+        }
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Asks the lifecycle to power off or reboot; returns the actor id that
+    /// tags the resulting events.
+    pub fn request_power(&self, action: PowerAction) -> String {
+        let actor = uuid::Uuid::new_v4().to_string();
+        let stage = match action {
+            PowerAction::Reboot => MachineStage::Rebooting,
+            PowerAction::Shutdown => MachineStage::ShuttingDown,
+        };
+        self.events.publish(
+            Payload::MachineStatus {
+                stage,
+                ready: false,
+                unmet: Vec::new(),
+            },
+            &actor,
+        );
+        self.power.send_replace(Some((action, actor.clone())));
+        actor
+    }
+
+    /// Waits for a power request.
+    pub async fn power_requested(&self) -> (PowerAction, String) {
+        let mut rx = self.power.subscribe();
+        loop {
+            if let Some(req) = rx.borrow_and_update().clone() {
+                return req;
+            }
+            if rx.changed().await.is_err() {
+                return (PowerAction::Shutdown, String::new());
+            }
+        }
+    }
+}

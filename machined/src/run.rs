@@ -1,0 +1,222 @@
+//! Start-up and shutdown of machined.
+//!
+//! Container mode: an ordinary process with a state directory; SIGTERM or
+//! SIGINT stop the services and exit. Metal mode: PID 1; the boot sequence
+//! (mounts, modules, switch root) runs before this and belongs to the image
+//! work; here machined serves, supervises and finally syncs and reboots or
+//! powers off.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::machine::machine_service_server::MachineServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::configstore::ConfigStore;
+use crate::events::{MachineStage, Payload};
+use crate::logbuf::{DEFAULT_CAPACITY, LogRegistry};
+use crate::node::{Mode, Node, NodeOptions, PowerAction};
+use crate::server::MachineApi;
+use crate::supervisor::{Observer, Supervisor};
+
+/// What can stop machined from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A directory could not be made.
+    #[error("creating {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The API socket could not be bound.
+    #[error("binding the API socket {path}: {source}")]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The persisted config is broken.
+    #[error(transparent)]
+    Config(#[from] machinery::config::ConfigError),
+    /// Services are misdefined.
+    #[error(transparent)]
+    Services(#[from] crate::supervisor::SupervisorError),
+    /// A signal handler could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// Subreaper could not be set.
+    #[error("becoming a child subreaper: {0}")]
+    Subreaper(std::io::Error),
+}
+
+fn mkdir(path: PathBuf) -> Result<PathBuf, RunError> {
+    std::fs::create_dir_all(&path).map_err(|source| RunError::Dir {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Sets up logging into machined's own log buffer (and stderr); returns the
+/// registry. Call once, before anything logs.
+#[must_use]
+pub fn init_logging(options: &NodeOptions) -> Arc<LogRegistry> {
+    let log_dir = match options.mode {
+        Mode::Container => mkdir(options.root.join("var/log")).ok(),
+        // On metal, /var is the EPHEMERAL partition: files come once it is mounted.
+        Mode::Metal => None,
+    };
+    let logs = Arc::new(LogRegistry::new(DEFAULT_CAPACITY, log_dir));
+    let writer = crate::logbuf::TeeWriter::new(logs.get_or_create("machined"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MACHINED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init();
+    logs
+}
+
+/// Runs machined until a power action or a signal; returns the action.
+///
+/// # Errors
+/// Start-up failures (directories, socket, config, services).
+pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAction, RunError> {
+    if options.mode == Mode::Container {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(|e| RunError::Subreaper(e.into()))?;
+    }
+    // The reaper must run before the first spawn.
+    let _ = crate::reaper::Reaper::global();
+
+    let paths = machinery::constants::NodePaths::under(&options.root);
+    let state = mkdir(paths.state_dir())?;
+    let config = Arc::new(ConfigStore::load(machinery::config::persist_path(&state))?);
+    let node = Arc::new(Node::new(options, logs, config));
+    node.events.publish(
+        Payload::MachineStatus {
+            stage: MachineStage::Booting,
+            ready: false,
+            unmet: Vec::new(),
+        },
+        "",
+    );
+    tracing::info!(mode = node.mode().as_str(), root = %node.options.root.display(), "machined {} starting", machinery::constants::VERSION);
+
+    let socket = paths.socket("machined");
+    let socket_dir = mkdir(paths.socket_dir("machined"))?;
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|source| RunError::Bind {
+        path: socket.clone(),
+        source,
+    })?;
+    restrict(&socket);
+    tracing::info!(socket = %socket.display(), "serving the machine API");
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve_api(Arc::clone(&node), listener, async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+
+    let events = Arc::clone(&node.events);
+    let observer: Observer = Arc::new(move |status, msg| {
+        events.publish(
+            Payload::ServiceState {
+                service: status.id.clone(),
+                state: status.state,
+                message: msg.to_owned(),
+                health: status.health.clone(),
+            },
+            "",
+        );
+    });
+    let supervisor = Arc::new(Supervisor::new(
+        crate::services::daemon_specs(&node),
+        &node.logs,
+        Some(observer),
+    )?);
+    let _ = node.supervisor.set(Arc::clone(&supervisor));
+    supervisor.start_all().await;
+    let stage = if node.in_maintenance() {
+        MachineStage::Maintenance
+    } else {
+        MachineStage::Running
+    };
+    node.events.publish(
+        Payload::MachineStatus {
+            stage,
+            ready: true,
+            unmet: Vec::new(),
+        },
+        "",
+    );
+    tracing::info!(maintenance = node.in_maintenance(), "machined ready");
+
+    let (action, actor) = wait_for_stop(&node).await?;
+    tracing::info!(?action, actor, "stopping services");
+    node.events.publish(
+        Payload::Sequence {
+            sequence: "shutdown".into(),
+            start: true,
+            error: None,
+        },
+        &actor,
+    );
+    supervisor.stop_all().await;
+    supervisor.shutdown();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let _ = std::fs::remove_file(&socket);
+    drop(socket_dir);
+    Ok(action)
+}
+
+/// Serves the machine API on `listener` until `shutdown` resolves.
+pub async fn serve_api(
+    node: Arc<Node>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let api = MachineServiceServer::new(MachineApi::new(node))
+        .max_decoding_message_size(api::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(api::MAX_MESSAGE_SIZE);
+    if let Err(e) = tonic::transport::Server::builder()
+        .add_service(api)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "machine API server failed");
+    }
+}
+
+/// The socket is the trusted local door: only its owner may use it.
+fn restrict(socket: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Err(e) = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(error = %e, "restricting the API socket");
+    }
+}
+
+async fn wait_for_stop(node: &Node) -> Result<(PowerAction, String), RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    Ok(match node.mode() {
+        Mode::Container => tokio::select! {
+            _ = term.recv() => (PowerAction::Shutdown, String::new()),
+            _ = int.recv() => (PowerAction::Shutdown, String::new()),
+            req = node.power_requested() => req,
+        },
+        // As PID 1: Ctrl-Alt-Del arrives as SIGINT (reboot); SIGTERM is ignored.
+        Mode::Metal => tokio::select! {
+            _ = int.recv() => (PowerAction::Reboot, String::new()),
+            req = node.power_requested() => req,
+        },
+    })
+}

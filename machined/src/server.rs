@@ -1,0 +1,878 @@
+//! `machine.MachineService` on machined's unix socket.
+//!
+//! Handlers convert wire requests into calls on the domain modules and the
+//! results back; every domain error becomes a gRPC status in one place,
+//! [`ApiError`]'s `From` impl. Methods not served here answer Unimplemented
+//! (the generated default).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use api::common::Data;
+use api::machine as pb;
+use api::machine::machine_service_server::MachineService;
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::configstore::{ApplyError, ApplyMode, DEFAULT_TRY_TIMEOUT};
+use crate::events::{Event, Payload, Tail};
+use crate::files::{self, FileError};
+use crate::logbuf::MAX_CHUNK;
+use crate::node::{Mode, Node, PowerAction};
+use crate::stats::{self, StatsError};
+use crate::supervisor::{Health, ServiceState, ServiceStatus, SupervisorError};
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Every way a call can fail, mapped to a status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad request.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Missing thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not possible in this state or mode.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Not offered here.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Services.
+    #[error(transparent)]
+    Service(#[from] SupervisorError),
+    /// Files.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Statistics.
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+    /// Config apply.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ApiError::NotFound(_) => Status::not_found(msg),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ApiError::Unimplemented(_) => Status::unimplemented(msg),
+            ApiError::Service(s) => match s {
+                SupervisorError::NotFound { .. } => Status::not_found(msg),
+                SupervisorError::NotAllowed { .. } => Status::failed_precondition(msg),
+                SupervisorError::ShuttingDown { .. } => Status::unavailable(msg),
+                SupervisorError::DuplicateService { .. }
+                | SupervisorError::UnknownDependency { .. }
+                | SupervisorError::DependencyCycle { .. } => Status::internal(msg),
+            },
+            ApiError::File(f) => match f {
+                FileError::NotFound { .. } => Status::not_found(msg),
+                FileError::NotAbsolute { .. } | FileError::NotRegular { .. } => {
+                    Status::invalid_argument(msg)
+                }
+                FileError::Io { .. } => Status::internal(msg),
+            },
+            ApiError::Stats(_) | ApiError::Internal(_) => Status::internal(msg),
+            ApiError::Apply(a) => match a {
+                ApplyError::Invalid(_) | ApplyError::Refused(_) => Status::invalid_argument(msg),
+                ApplyError::Busy => Status::failed_precondition(msg),
+                ApplyError::Unsupported(_) => Status::unimplemented(msg),
+                ApplyError::Persist(_) => Status::internal(msg),
+            },
+        }
+    }
+}
+
+/// The MachineService implementation.
+#[derive(Debug, Clone)]
+pub struct MachineApi {
+    node: Arc<Node>,
+}
+
+impl MachineApi {
+    /// Serves `node`.
+    #[must_use]
+    pub fn new(node: Arc<Node>) -> MachineApi {
+        MachineApi { node }
+    }
+
+    fn supervisor_statuses(&self) -> Vec<ServiceStatus> {
+        self.node
+            .supervisor
+            .get()
+            .map(|s| s.list())
+            .unwrap_or_default()
+    }
+
+    fn supervisor(&self) -> Result<&Arc<crate::supervisor::Supervisor>, ApiError> {
+        self.node
+            .supervisor
+            .get()
+            .ok_or_else(|| ApiError::FailedPrecondition("services are not started yet".into()))
+    }
+
+    fn refuse_in_container(&self, what: &str) -> Result<(), ApiError> {
+        if self.node.mode() == Mode::Container {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{what} is not supported in container mode"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn ts(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+fn health_pb(h: &Health) -> pb::ServiceHealth {
+    pb::ServiceHealth {
+        unknown: h.unknown,
+        healthy: h.healthy,
+        last_message: h.last_message.clone(),
+        last_change: h.last_change.map(ts),
+    }
+}
+
+fn service_pb(s: &ServiceStatus) -> pb::ServiceInfo {
+    pb::ServiceInfo {
+        id: s.id.clone(),
+        state: s.state.as_str().to_owned(),
+        events: Some(pb::ServiceEvents {
+            events: s
+                .events
+                .iter()
+                .map(|e| pb::ServiceEvent {
+                    msg: e.msg.clone(),
+                    state: e.state.as_str().to_owned(),
+                    ts: Some(ts(e.ts)),
+                })
+                .collect(),
+        }),
+        health: Some(health_pb(&s.health)),
+    }
+}
+
+fn event_pb(e: &Event) -> pb::Event {
+    use prost::Message as _;
+    let (name, bytes) = match &e.payload {
+        Payload::ServiceState {
+            service,
+            state,
+            message,
+            health,
+        } => (
+            "machine.ServiceStateEvent",
+            pb::ServiceStateEvent {
+                service: service.clone(),
+                action: state.number(),
+                message: message.clone(),
+                health: Some(health_pb(health)),
+            }
+            .encode_to_vec(),
+        ),
+        Payload::Sequence {
+            sequence,
+            start,
+            error,
+        } => (
+            "machine.SequenceEvent",
+            pb::SequenceEvent {
+                sequence: sequence.clone(),
+                action: if *start { 1 } else { 2 },
+                error: error.as_ref().map(|m| api::common::Error {
+                    code: 0,
+                    message: m.clone(),
+                    details: vec![],
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        Payload::Phase { phase, start } => (
+            "machine.PhaseEvent",
+            pb::PhaseEvent {
+                phase: phase.clone(),
+                action: if *start { 0 } else { 1 },
+            }
+            .encode_to_vec(),
+        ),
+        Payload::MachineStatus {
+            stage,
+            ready,
+            unmet,
+        } => (
+            "machine.MachineStatusEvent",
+            pb::MachineStatusEvent {
+                stage: stage.number(),
+                status: Some(pb::machine_status_event::MachineStatus {
+                    ready: *ready,
+                    unmet_conditions: unmet
+                        .iter()
+                        .map(|(name, reason)| {
+                            pb::machine_status_event::machine_status::UnmetCondition {
+                                name: name.clone(),
+                                reason: reason.clone(),
+                            }
+                        })
+                        .collect(),
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        Payload::ConfigLoadError { error } => (
+            "machine.ConfigLoadErrorEvent",
+            pb::ConfigLoadErrorEvent {
+                error: error.clone(),
+            }
+            .encode_to_vec(),
+        ),
+    };
+    pb::Event {
+        metadata: None,
+        data: Some(prost_types::Any {
+            type_url: format!("talos/runtime/{name}"),
+            value: bytes,
+        }),
+        id: e.id.clone(),
+        actor_id: e.actor_id.clone(),
+    }
+}
+
+fn data(bytes: Bytes) -> Data {
+    Data {
+        metadata: None,
+        bytes,
+    }
+}
+
+/// Forwards a domain channel as a response stream.
+fn stream_of<T: Send + 'static, U: Send + 'static>(
+    rx: mpsc::Receiver<T>,
+    f: impl Fn(T) -> Result<U, Status> + Send + 'static,
+) -> Stream_<U> {
+    Box::pin(ReceiverStream::new(rx).map(f))
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[tonic::async_trait]
+impl MachineService for MachineApi {
+    async fn version(&self, _: Request<()>) -> Result<Response<pb::VersionResponse>, Status> {
+        let maintenance = self.node.in_maintenance();
+        Ok(Response::new(pb::VersionResponse {
+            messages: vec![pb::Version {
+                metadata: None,
+                version: Some(pb::VersionInfo {
+                    tag: format!("v{}", machinery::constants::VERSION),
+                    sha: option_env!("BUILD_SHA").unwrap_or("undefined").to_owned(),
+                    built: String::new(),
+                    go_version: "rust".to_owned(),
+                    os: std::env::consts::OS.to_owned(),
+                    arch: arch().to_owned(),
+                }),
+                platform: Some(pb::PlatformInfo {
+                    name: self.node.mode().as_str().to_owned(),
+                    mode: self.node.mode().as_str().to_owned(),
+                }),
+                features: (!maintenance).then_some(pb::FeaturesInfo { rbac: true }),
+            }],
+        }))
+    }
+
+    async fn hostname(&self, _: Request<()>) -> Result<Response<pb::HostnameResponse>, Status> {
+        Ok(Response::new(pb::HostnameResponse {
+            messages: vec![pb::Hostname {
+                metadata: None,
+                hostname: self.node.hostname(),
+            }],
+        }))
+    }
+
+    async fn service_list(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::ServiceListResponse>, Status> {
+        // machined itself is a service too, as upstream lists it.
+        let me = pb::ServiceInfo {
+            id: "machined".into(),
+            state: ServiceState::Running.as_str().into(),
+            events: Some(pb::ServiceEvents::default()),
+            health: Some(pb::ServiceHealth {
+                unknown: false,
+                healthy: true,
+                last_message: String::new(),
+                last_change: None,
+            }),
+        };
+        let mut services: Vec<pb::ServiceInfo> =
+            self.supervisor_statuses().iter().map(service_pb).collect();
+        services.push(me);
+        services.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Response::new(pb::ServiceListResponse {
+            messages: vec![pb::ServiceList {
+                metadata: None,
+                services,
+            }],
+        }))
+    }
+
+    async fn service_start(
+        &self,
+        req: Request<pb::ServiceStartRequest>,
+    ) -> Result<Response<pb::ServiceStartResponse>, Status> {
+        let id = req.into_inner().id;
+        self.supervisor()?
+            .start(&id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ServiceStartResponse {
+            messages: vec![pb::ServiceStart {
+                metadata: None,
+                resp: format!("Service {id:?} started"),
+            }],
+        }))
+    }
+
+    async fn service_stop(
+        &self,
+        req: Request<pb::ServiceStopRequest>,
+    ) -> Result<Response<pb::ServiceStopResponse>, Status> {
+        let id = req.into_inner().id;
+        self.supervisor()?.stop(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ServiceStopResponse {
+            messages: vec![pb::ServiceStop {
+                metadata: None,
+                resp: format!("Service {id:?} stopped"),
+            }],
+        }))
+    }
+
+    async fn service_restart(
+        &self,
+        req: Request<pb::ServiceRestartRequest>,
+    ) -> Result<Response<pb::ServiceRestartResponse>, Status> {
+        let id = req.into_inner().id;
+        self.supervisor()?
+            .restart(&id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ServiceRestartResponse {
+            messages: vec![pb::ServiceRestart {
+                metadata: None,
+                resp: format!("Service {id:?} restarted"),
+            }],
+        }))
+    }
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Stream_<Data>>, Status> {
+        let req = req.into_inner();
+        let log = self
+            .node
+            .logs
+            .get(&req.id)
+            .ok_or_else(|| ApiError::NotFound(format!("log {:?} not found", req.id)))?;
+        let tail = usize::try_from(req.tail_lines).ok();
+        let mut offset = log.start_offset(tail);
+        let follow = req.follow;
+        let (tx, rx) = mpsc::channel::<Result<Data, Status>>(16);
+        tokio::spawn(async move {
+            loop {
+                let (chunk, next) = log.read(offset, MAX_CHUNK);
+                if chunk.is_empty() {
+                    if !follow {
+                        return;
+                    }
+                    tokio::select! {
+                        () = log.wait_beyond(offset) => continue,
+                        () = tx.closed() => return,
+                    }
+                }
+                offset = next;
+                if tx.send(Ok(data(chunk))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn logs_containers(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::LogsContainersResponse>, Status> {
+        Ok(Response::new(pb::LogsContainersResponse {
+            messages: vec![pb::LogsContainer {
+                metadata: None,
+                ids: self.node.logs.ids(),
+            }],
+        }))
+    }
+
+    async fn dmesg(
+        &self,
+        req: Request<pb::DmesgRequest>,
+    ) -> Result<Response<Stream_<Data>>, Status> {
+        let req = req.into_inner();
+        let rx = crate::kmsg::stream(req.follow, req.tail).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                ApiError::FailedPrecondition(format!("reading /dev/kmsg: {e}"))
+            } else {
+                ApiError::Internal(format!("reading /dev/kmsg: {e}"))
+            }
+        })?;
+        Ok(Response::new(stream_of(rx, |line| match line {
+            Ok(l) => Ok(data(Bytes::from(l))),
+            Err(e) => Err(Status::internal(format!("reading /dev/kmsg: {e}"))),
+        })))
+    }
+
+    async fn memory(&self, _: Request<()>) -> Result<Response<pb::MemoryResponse>, Status> {
+        let m = stats::meminfo().map_err(ApiError::from)?;
+        let kb = |v: u64| v / 1024;
+        let okb = |v: Option<u64>| v.map_or(0, kb);
+        let meminfo = pb::MemInfo {
+            memtotal: kb(m.mem_total),
+            memfree: kb(m.mem_free),
+            memavailable: okb(m.mem_available),
+            buffers: kb(m.buffers),
+            cached: kb(m.cached),
+            swapcached: kb(m.swap_cached),
+            active: kb(m.active),
+            inactive: kb(m.inactive),
+            activeanon: okb(m.active_anon),
+            inactiveanon: okb(m.inactive_anon),
+            activefile: okb(m.active_file),
+            inactivefile: okb(m.inactive_file),
+            unevictable: okb(m.unevictable),
+            mlocked: okb(m.mlocked),
+            swaptotal: kb(m.swap_total),
+            swapfree: kb(m.swap_free),
+            dirty: kb(m.dirty),
+            writeback: kb(m.writeback),
+            anonpages: okb(m.anon_pages),
+            mapped: kb(m.mapped),
+            shmem: okb(m.shmem),
+            slab: kb(m.slab),
+            sreclaimable: okb(m.s_reclaimable),
+            sunreclaim: okb(m.s_unreclaim),
+            kernelstack: okb(m.kernel_stack),
+            pagetables: okb(m.page_tables),
+            nfsunstable: okb(m.nfs_unstable),
+            bounce: okb(m.bounce),
+            writebacktmp: okb(m.writeback_tmp),
+            commitlimit: okb(m.commit_limit),
+            committedas: kb(m.committed_as),
+            vmalloctotal: kb(m.vmalloc_total),
+            vmallocused: kb(m.vmalloc_used),
+            vmallocchunk: kb(m.vmalloc_chunk),
+            hardwarecorrupted: okb(m.hardware_corrupted),
+            anonhugepages: okb(m.anon_hugepages),
+            shmemhugepages: okb(m.shmem_hugepages),
+            shmempmdmapped: okb(m.shmem_pmd_mapped),
+            cmatotal: okb(m.cma_total),
+            cmafree: okb(m.cma_free),
+            hugepagestotal: m.hugepages_total.unwrap_or(0),
+            hugepagesfree: m.hugepages_free.unwrap_or(0),
+            hugepagesrsvd: m.hugepages_rsvd.unwrap_or(0),
+            hugepagessurp: m.hugepages_surp.unwrap_or(0),
+            hugepagesize: okb(m.hugepagesize),
+            directmap4k: okb(m.direct_map_4k),
+            directmap2m: okb(m.direct_map_2M),
+            directmap1g: okb(m.direct_map_1G),
+        };
+        Ok(Response::new(pb::MemoryResponse {
+            messages: vec![pb::Memory {
+                metadata: None,
+                meminfo: Some(meminfo),
+            }],
+        }))
+    }
+
+    async fn load_avg(&self, _: Request<()>) -> Result<Response<pb::LoadAvgResponse>, Status> {
+        let l = stats::loadavg().map_err(ApiError::from)?;
+        Ok(Response::new(pb::LoadAvgResponse {
+            messages: vec![pb::LoadAvg {
+                metadata: None,
+                load1: f64::from(l.one),
+                load5: f64::from(l.five),
+                load15: f64::from(l.fifteen),
+            }],
+        }))
+    }
+
+    async fn system_stat(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::SystemStatResponse>, Status> {
+        let k = stats::kernel_stats().map_err(ApiError::from)?;
+        let ticks = procfs::ticks_per_second() as f64;
+        let secs = |v: u64| v as f64 / ticks;
+        let osecs = |v: Option<u64>| v.map_or(0.0, secs);
+        let cpu = |c: &procfs::CpuTime| pb::CpuStat {
+            user: secs(c.user),
+            nice: secs(c.nice),
+            system: secs(c.system),
+            idle: secs(c.idle),
+            iowait: osecs(c.iowait),
+            irq: osecs(c.irq),
+            soft_irq: osecs(c.softirq),
+            steal: osecs(c.steal),
+            guest: osecs(c.guest),
+            guest_nice: osecs(c.guest_nice),
+        };
+        Ok(Response::new(pb::SystemStatResponse {
+            messages: vec![pb::SystemStat {
+                metadata: None,
+                boot_time: k.btime,
+                cpu_total: Some(cpu(&k.total)),
+                cpu: k.cpu_time.iter().map(cpu).collect(),
+                irq_total: 0,
+                irq: Vec::new(),
+                context_switches: k.ctxt,
+                process_created: k.processes,
+                process_running: u64::from(k.procs_running.unwrap_or(0)),
+                process_blocked: u64::from(k.procs_blocked.unwrap_or(0)),
+                soft_irq_total: 0,
+                soft_irq: None,
+            }],
+        }))
+    }
+
+    async fn cpu_info(&self, _: Request<()>) -> Result<Response<pb::CpuInfoResponse>, Status> {
+        let info = stats::cpuinfo().map_err(ApiError::from)?;
+        let cpus = (0..info.num_cores())
+            .map(|i| {
+                let get = |k: &str| info.get_field(i, k).unwrap_or_default().to_owned();
+                let num = |k: &str| {
+                    info.get_field(i, k)
+                        .and_then(|v| v.trim().parse::<u32>().ok())
+                        .unwrap_or(0)
+                };
+                let float = |k: &str| {
+                    info.get_field(i, k)
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                let list = |k: &str| {
+                    info.get_field(i, k)
+                        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+                        .unwrap_or_default()
+                };
+                pb::CpuInfo {
+                    processor: num("processor"),
+                    vendor_id: get("vendor_id"),
+                    cpu_family: get("cpu family"),
+                    model: get("model"),
+                    model_name: get("model name"),
+                    stepping: get("stepping"),
+                    microcode: get("microcode"),
+                    cpu_mhz: float("cpu MHz"),
+                    cache_size: get("cache size"),
+                    physical_id: get("physical id"),
+                    siblings: num("siblings"),
+                    core_id: get("core id"),
+                    cpu_cores: num("cpu cores"),
+                    apic_id: get("apicid"),
+                    initial_apic_id: get("initial apicid"),
+                    fpu: get("fpu"),
+                    fpu_exception: get("fpu_exception"),
+                    cpu_id_level: num("cpuid level"),
+                    wp: get("wp"),
+                    flags: list("flags"),
+                    bugs: list("bugs"),
+                    bogo_mips: float("bogomips"),
+                    cl_flush_size: num("clflush size"),
+                    cache_alignment: num("cache_alignment"),
+                    address_sizes: get("address sizes"),
+                    power_management: get("power management"),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::CpuInfoResponse {
+            messages: vec![pb::CpUsInfo {
+                metadata: None,
+                cpu_info: cpus,
+            }],
+        }))
+    }
+
+    async fn processes(&self, _: Request<()>) -> Result<Response<pb::ProcessesResponse>, Status> {
+        let procs = stats::processes().map_err(ApiError::from)?;
+        Ok(Response::new(pb::ProcessesResponse {
+            messages: vec![pb::Process {
+                metadata: None,
+                processes: procs
+                    .into_iter()
+                    .map(|p| pb::ProcessInfo {
+                        pid: p.pid,
+                        ppid: p.ppid,
+                        state: p.state,
+                        threads: p.threads,
+                        cpu_time: p.cpu_time,
+                        virtual_memory: p.virtual_memory,
+                        resident_memory: p.resident_memory,
+                        command: p.command,
+                        executable: p.executable,
+                        args: p.args,
+                        label: String::new(),
+                    })
+                    .collect(),
+            }],
+        }))
+    }
+
+    async fn mounts(&self, _: Request<()>) -> Result<Response<pb::MountsResponse>, Status> {
+        let mounts = stats::mounts().map_err(ApiError::from)?;
+        Ok(Response::new(pb::MountsResponse {
+            messages: vec![pb::Mounts {
+                metadata: None,
+                stats: mounts
+                    .into_iter()
+                    .map(|m| pb::MountStat {
+                        filesystem: m.filesystem,
+                        size: m.size,
+                        available: m.available,
+                        mounted_on: m.mounted_on,
+                    })
+                    .collect(),
+            }],
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<Stream_<pb::FileInfo>>, Status> {
+        let req = req.into_inner();
+        let types = req
+            .types
+            .iter()
+            .map(|t| match pb::list_request::Type::try_from(*t) {
+                Ok(pb::list_request::Type::Regular) => Ok(files::EntryType::Regular),
+                Ok(pb::list_request::Type::Directory) => Ok(files::EntryType::Directory),
+                Ok(pb::list_request::Type::Symlink) => Ok(files::EntryType::Symlink),
+                Err(_) => Err(ApiError::InvalidArgument(format!("unknown file type {t}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rx = files::list(files::ListRequest {
+            root: req.root,
+            recurse: req.recurse,
+            depth: u32::try_from(req.recursion_depth).unwrap_or(0),
+            types,
+        })
+        .map_err(ApiError::from)?;
+        Ok(Response::new(stream_of(rx, |e| {
+            Ok(pb::FileInfo {
+                metadata: None,
+                name: e.name,
+                size: e.size,
+                mode: e.mode,
+                modified: e.modified,
+                is_dir: e.is_dir,
+                error: e.error,
+                link: e.link,
+                relative_name: e.relative_name,
+                uid: e.uid,
+                gid: e.gid,
+                xattrs: Vec::new(),
+            })
+        })))
+    }
+
+    async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<Stream_<Data>>, Status> {
+        let rx = files::read(&req.into_inner().path).map_err(ApiError::from)?;
+        Ok(Response::new(stream_of(rx, |c| {
+            c.map(data).map_err(|e| Status::from(ApiError::from(e)))
+        })))
+    }
+
+    async fn copy(&self, req: Request<pb::CopyRequest>) -> Result<Response<Stream_<Data>>, Status> {
+        let rx = files::copy(&req.into_inner().root_path).map_err(ApiError::from)?;
+        Ok(Response::new(stream_of(rx, |c| {
+            c.map(data).map_err(|e| Status::from(ApiError::from(e)))
+        })))
+    }
+
+    async fn disk_usage(
+        &self,
+        req: Request<pb::DiskUsageRequest>,
+    ) -> Result<Response<Stream_<pb::DiskUsageInfo>>, Status> {
+        let req = req.into_inner();
+        let rx = files::disk_usage(files::UsageRequest {
+            paths: req.paths,
+            all: req.all,
+            depth: u32::try_from(req.recursion_depth).unwrap_or(0),
+            threshold: req.threshold,
+        })
+        .map_err(ApiError::from)?;
+        Ok(Response::new(stream_of(rx, |u| {
+            Ok(pb::DiskUsageInfo {
+                metadata: None,
+                name: u.name,
+                size: u.size,
+                error: u.error,
+                relative_name: u.relative_name,
+            })
+        })))
+    }
+
+    async fn reboot(
+        &self,
+        _: Request<pb::RebootRequest>,
+    ) -> Result<Response<pb::RebootResponse>, Status> {
+        self.refuse_in_container("reboot")?;
+        let actor_id = self.node.request_power(PowerAction::Reboot);
+        Ok(Response::new(pb::RebootResponse {
+            messages: vec![pb::Reboot {
+                metadata: None,
+                actor_id,
+            }],
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        self.refuse_in_container("shutdown")?;
+        let actor_id = self.node.request_power(PowerAction::Shutdown);
+        Ok(Response::new(pb::ShutdownResponse {
+            messages: vec![pb::Shutdown {
+                metadata: None,
+                actor_id,
+            }],
+        }))
+    }
+
+    async fn reset(
+        &self,
+        _: Request<pb::ResetRequest>,
+    ) -> Result<Response<pb::ResetResponse>, Status> {
+        self.refuse_in_container("reset")?;
+        Err(ApiError::FailedPrecondition(
+            "reset needs an installed system disk; this node has none".into(),
+        )
+        .into())
+    }
+
+    #[allow(
+        deprecated,
+        reason = "REBOOT is deprecated upstream but still on the wire"
+    )]
+    async fn apply_configuration(
+        &self,
+        req: Request<pb::ApplyConfigurationRequest>,
+    ) -> Result<Response<pb::ApplyConfigurationResponse>, Status> {
+        use pb::apply_configuration_request::Mode as M;
+        let req = req.into_inner();
+        let mode = match M::try_from(req.mode) {
+            Ok(M::Reboot) => ApplyMode::Reboot,
+            Ok(M::Auto) => ApplyMode::Auto,
+            Ok(M::NoReboot) => ApplyMode::NoReboot,
+            Ok(M::Staged) => ApplyMode::Staged,
+            Ok(M::Try) => ApplyMode::Try(
+                req.try_mode_timeout
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(DEFAULT_TRY_TIMEOUT),
+            ),
+            Err(_) => {
+                return Err(
+                    ApiError::InvalidArgument(format!("unknown apply mode {}", req.mode)).into(),
+                );
+            }
+        };
+        let outcome = self
+            .node
+            .config
+            .apply(&req.data, mode, req.dry_run, self.node.in_maintenance())
+            .await
+            .map_err(ApiError::from)?;
+        let reply_mode = match outcome.mode {
+            ApplyMode::Reboot => M::Reboot,
+            ApplyMode::Auto => M::Auto,
+            ApplyMode::NoReboot => M::NoReboot,
+            ApplyMode::Staged => M::Staged,
+            ApplyMode::Try(_) => M::Try,
+        };
+        Ok(Response::new(pb::ApplyConfigurationResponse {
+            messages: vec![pb::ApplyConfiguration {
+                metadata: None,
+                warnings: outcome.warnings,
+                mode: reply_mode as i32,
+                mode_details: outcome.details,
+            }],
+        }))
+    }
+
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> Result<Response<Stream_<pb::Event>>, Status> {
+        let req = req.into_inner();
+        let tail = Tail {
+            events: req.tail_events,
+            after_id: (!req.tail_id.is_empty()).then_some(req.tail_id),
+            seconds: u32::try_from(req.tail_seconds).ok().filter(|s| *s > 0),
+            actor_id: (!req.with_actor_id.is_empty()).then_some(req.with_actor_id),
+        };
+        let (backlog, mut live) = self.node.events.watch(&tail);
+        let actor = tail.actor_id.clone();
+        let (tx, rx) = mpsc::channel::<Result<pb::Event, Status>>(64);
+        tokio::spawn(async move {
+            // The hello event: tells the client the stream is up.
+            let hello = pb::Event {
+                metadata: None,
+                data: Some(prost_types::Any::default()),
+                id: String::new(),
+                actor_id: String::new(),
+            };
+            if tx.send(Ok(hello)).await.is_err() {
+                return;
+            }
+            for e in &backlog {
+                if tx.send(Ok(event_pb(e))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    e = live.recv() => match e {
+                        Ok(e) => {
+                            if actor.as_deref().is_some_and(|a| a != e.actor_id) {
+                                continue;
+                            }
+                            if tx.send(Ok(event_pb(&e))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(skipped = n, "events watcher lagged");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,86 @@
+//! The daemons machined runs as services, and their order.
+//!
+//! Each daemon lands with its own issue; until then it is simply not in
+//! [`SERVED`], and machined does not start it.
+
+use std::time::Duration;
+
+use crate::node::{Mode, Node};
+use crate::supervisor::{HealthCheck, HealthSpec, RestartPolicy, ServiceSpec};
+
+/// Daemons that exist and that machined starts.
+pub const SERVED: &[&str] = &[];
+
+/// The service specs for this node.
+#[must_use]
+pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
+    let control_plane = node
+        .config
+        .current()
+        .is_some_and(|c| c.machine_type().is_control_plane());
+    let root = node.options.root.display().to_string();
+    let mode = node.mode().as_str();
+    let mut specs = Vec::new();
+    for &daemon in SERVED {
+        if daemon == "trustd" && !control_plane {
+            continue;
+        }
+        let program = node.options.bin_dir.join(daemon);
+        if !program.exists() {
+            tracing::warn!(daemon, path = %program.display(), "daemon binary missing; not starting it");
+            continue;
+        }
+        let socket_dir = node.paths.socket_dir(daemon);
+        let mut spec = ServiceSpec::new(daemon, program, ["--mode", mode, "--root", root.as_str()])
+            .restart(RestartPolicy::Forever)
+            .backoff(Duration::from_millis(500), Duration::from_secs(30))
+            .stop_grace(Duration::from_secs(10))
+            .socket_dir(&socket_dir);
+        let health = match daemon {
+            "apid" => {
+                let listen = node
+                    .options
+                    .apid_listen
+                    .unwrap_or_else(|| ([0, 0, 0, 0], machinery::constants::APID_PORT).into());
+                spec.args
+                    .extend(["--listen".to_owned(), listen.to_string()]);
+                spec = spec.depends_on(["routerd"]);
+                spec.api_stoppable = false;
+                let check = if listen.ip().is_unspecified() {
+                    ([127, 0, 0, 1], listen.port()).into()
+                } else {
+                    listen
+                };
+                HealthCheck::Tcp(check)
+            }
+            "trustd" => {
+                let listen = node
+                    .options
+                    .trustd_listen
+                    .unwrap_or_else(|| ([0, 0, 0, 0], machinery::constants::TRUSTD_PORT).into());
+                spec.args
+                    .extend(["--listen".to_owned(), listen.to_string()]);
+                let check = if listen.ip().is_unspecified() {
+                    ([127, 0, 0, 1], listen.port()).into()
+                } else {
+                    listen
+                };
+                HealthCheck::Tcp(check)
+            }
+            "routerd" => {
+                spec.api_stoppable = false;
+                HealthCheck::UnixSocket(node.paths.socket(daemon))
+            }
+            _ => HealthCheck::UnixSocket(node.paths.socket(daemon)),
+        };
+        let mut health = HealthSpec::new(health);
+        health.initial_delay = Duration::from_millis(100);
+        health.period = if node.mode() == Mode::Container {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(5)
+        };
+        specs.push(spec.health(health));
+    }
+    specs
+}

@@ -1,0 +1,398 @@
+//! The machine API over its unix socket, served in-process by the real
+//! server with real services (short shell scripts) behind it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::machine::machine_service_client::MachineServiceClient;
+use api::machine::{self as pb};
+use machined::configstore::ConfigStore;
+use machined::logbuf::LogRegistry;
+use machined::node::{Mode, Node, NodeOptions};
+use machined::supervisor::{RestartPolicy, ServiceSpec, Supervisor};
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    node: Arc<Node>,
+    client: MachineServiceClient<Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start(services: Vec<ServiceSpec>, ring: usize) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let options = NodeOptions {
+        mode: Mode::Container,
+        root: root.clone(),
+        hostname: Some("node-1".into()),
+        bin_dir: PathBuf::from("/nonexistent"),
+        apid_listen: None,
+        trustd_listen: None,
+    };
+    let logs = Arc::new(LogRegistry::new(ring, Some(root.clone())));
+    let config = Arc::new(ConfigStore::load(root.join("config.yaml")).expect("no config yet"));
+    let node = Arc::new(Node::new(options, logs, config));
+    let supervisor = Arc::new(Supervisor::new(services, &node.logs, None).expect("services"));
+    node.supervisor
+        .set(Arc::clone(&supervisor))
+        .expect("set once");
+    supervisor.start_all().await;
+    let socket = root.join("machined.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(machined::run::serve_api(
+        Arc::clone(&node),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = machinery::grpc::unix_channel(&socket)
+        .await
+        .expect("connect");
+    Harness {
+        _dir: dir,
+        root,
+        node,
+        client: MachineServiceClient::new(channel),
+        stop: Some(stop),
+    }
+}
+
+async fn collect_data(
+    mut stream: tonic::Streaming<api::common::Data>,
+    until: impl Fn(&[u8]) -> bool,
+    timeout: Duration,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !until(&out) {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(d))) => out.extend_from_slice(&d.bytes),
+            Ok(Ok(None)) => break,
+            Ok(Err(status)) => panic!("stream failed: {status}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn lines(n: usize) -> String {
+    format!("i=1; while [ $i -le {n} ]; do echo \"line $i\"; i=$((i+1)); done; exec sleep 60")
+}
+
+#[tokio::test]
+async fn version_hostname_and_services() {
+    let mut h = start(
+        vec![ServiceSpec::new(
+            "worker",
+            "/bin/sh",
+            ["-c", "exec sleep 60"],
+        )],
+        64 * 1024,
+    )
+    .await;
+    let v = h.client.version(()).await.expect("version").into_inner();
+    let v = &v.messages[0];
+    assert!(v.metadata.is_none(), "a node leaves metadata empty");
+    assert_eq!(
+        v.version.as_ref().expect("version").tag,
+        format!("v{}", machinery::constants::VERSION)
+    );
+    assert_eq!(v.platform.as_ref().expect("platform").mode, "container");
+    assert!(v.features.is_none(), "no config: maintenance, no features");
+
+    let host = h.client.hostname(()).await.expect("hostname").into_inner();
+    assert_eq!(host.messages[0].hostname, "node-1");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = h
+            .client
+            .service_list(())
+            .await
+            .expect("services")
+            .into_inner();
+        let ids: Vec<&str> = list.messages[0]
+            .services
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(ids, ["machined", "worker"]);
+        let worker = &list.messages[0].services[1];
+        if worker.state == "Running" {
+            assert!(worker.events.as_ref().is_some_and(|e| {
+                e.events
+                    .iter()
+                    .any(|e| e.msg.starts_with("Started process (PID "))
+            }));
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker never ran: {worker:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let resp = h
+        .client
+        .service_restart(pb::ServiceRestartRequest {
+            id: "worker".into(),
+        })
+        .await
+        .expect("restart");
+    assert_eq!(
+        resp.into_inner().messages[0].resp,
+        "Service \"worker\" restarted"
+    );
+    let err = h
+        .client
+        .service_stop(pb::ServiceStopRequest { id: "nope".into() })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "service \"nope\" not found");
+    let ids = h
+        .client
+        .logs_containers(())
+        .await
+        .expect("ids")
+        .into_inner();
+    assert!(ids.messages[0].ids.contains(&"worker".to_owned()));
+    drop(h.node.supervisor.get().map(|s| s.list()));
+}
+
+#[tokio::test]
+async fn logs_tail_and_follow() {
+    let ticker = "i=0; while :; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done";
+    let services = vec![
+        ServiceSpec::new("talker", "/bin/sh", ["-c", &lines(100)]),
+        ServiceSpec::new("ticker", "/bin/sh", ["-c", ticker]),
+    ];
+    let mut h = start(services, 64 * 1024).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // tail_lines = N gives exactly the last N lines.
+    let req = pb::LogsRequest {
+        namespace: "system".into(),
+        id: "talker".into(),
+        driver: 0,
+        follow: false,
+        tail_lines: 5,
+    };
+    let out = collect_data(
+        h.client.logs(req).await.expect("logs").into_inner(),
+        |_| false,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "line 96\nline 97\nline 98\nline 99\nline 100\n"
+    );
+
+    // tail_lines < 0: everything.
+    let req = pb::LogsRequest {
+        namespace: "system".into(),
+        id: "talker".into(),
+        driver: 0,
+        follow: false,
+        tail_lines: -1,
+    };
+    let out = collect_data(
+        h.client.logs(req).await.expect("logs").into_inner(),
+        |_| false,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out).lines().count(), 100);
+
+    // follow: live lines keep arriving after the tail.
+    let req = pb::LogsRequest {
+        namespace: "system".into(),
+        id: "ticker".into(),
+        driver: 0,
+        follow: true,
+        tail_lines: 1,
+    };
+    let stream = h.client.logs(req).await.expect("logs").into_inner();
+    let started = Instant::now();
+    let out = collect_data(
+        stream,
+        |b| String::from_utf8_lossy(b).lines().count() >= 6,
+        Duration::from_secs(10),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    let ticks: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(ticks.len() >= 6, "follow stalled: {text:?}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines out of order: {ticks:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the lines came from the past, not live"
+    );
+
+    let err = h
+        .client
+        .logs(pb::LogsRequest {
+            namespace: "system".into(),
+            id: "ghost".into(),
+            driver: 0,
+            follow: false,
+            tail_lines: -1,
+        })
+        .await
+        .expect_err("unknown id");
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn log_ring_bound_holds_under_a_flood_and_files_persist() {
+    // ~2.9 MB of output into a 64 KiB ring.
+    let flood = "i=0; while [ $i -lt 40000 ]; do echo \"flood line number $i of the test, padded to be long\"; i=$((i+1)); done; echo END; exec sleep 60";
+    let mut h = start(
+        vec![ServiceSpec::new("flood", "/bin/sh", ["-c", flood]).restart(RestartPolicy::Once)],
+        64 * 1024,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let req = pb::LogsRequest {
+            namespace: "system".into(),
+            id: "flood".into(),
+            driver: 0,
+            follow: false,
+            tail_lines: -1,
+        };
+        let out = collect_data(
+            h.client.logs(req).await.expect("logs").into_inner(),
+            |_| false,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            out.len() <= 64 * 1024,
+            "ring exceeded its bound: {}",
+            out.len()
+        );
+        if out.ends_with(b"END\n") {
+            assert!(out.len() > 60 * 1024, "ring should be full: {}", out.len());
+            break;
+        }
+        assert!(Instant::now() < deadline, "flood never finished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The file keeps everything (below the 5 MiB rotation size).
+    let file = std::fs::read_to_string(h.root.join("flood.log")).expect("log file");
+    assert_eq!(file.lines().count(), 40001);
+}
+
+#[tokio::test]
+async fn files_read_list_and_errors() {
+    let mut h = start(Vec::new(), 64 * 1024).await;
+    let out = collect_data(
+        h.client
+            .read(pb::ReadRequest {
+                path: "/proc/sys/kernel/random/boot_id".into(),
+            })
+            .await
+            .expect("read")
+            .into_inner(),
+        |_| false,
+        Duration::from_secs(5),
+    )
+    .await;
+    let expected = std::fs::read("/proc/sys/kernel/random/boot_id").expect("boot id");
+    assert_eq!(out, expected);
+    let err = h
+        .client
+        .read(pb::ReadRequest {
+            path: "/definitely/not/here".into(),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = h
+        .client
+        .read(pb::ReadRequest {
+            path: "/proc".into(),
+        })
+        .await
+        .expect_err("directory");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    std::fs::write(h.root.join("hello.txt"), "hi").expect("write");
+    let mut stream = h
+        .client
+        .list(pb::ListRequest {
+            root: h.root.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(info) = stream.message().await.expect("entry") {
+        names.push(info.relative_name);
+    }
+    assert!(
+        names.contains(&".".to_owned()) && names.contains(&"hello.txt".to_owned()),
+        "{names:?}"
+    );
+
+    let mem = h.client.memory(()).await.expect("memory").into_inner();
+    let meminfo = mem.messages[0].meminfo.as_ref().expect("meminfo");
+    assert!(meminfo.memtotal > 0 && meminfo.memtotal >= meminfo.memfree);
+    let procs = h
+        .client
+        .processes(())
+        .await
+        .expect("processes")
+        .into_inner();
+    assert!(
+        procs.messages[0]
+            .processes
+            .iter()
+            .any(|p| p.pid == std::process::id() as i32)
+    );
+}
+
+#[tokio::test]
+async fn container_mode_refuses_power_actions() {
+    let mut h = start(Vec::new(), 64 * 1024).await;
+    let err = h
+        .client
+        .reboot(pb::RebootRequest::default())
+        .await
+        .expect_err("reboot");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.message(), "reboot is not supported in container mode");
+    let err = h
+        .client
+        .shutdown(pb::ShutdownRequest::default())
+        .await
+        .expect_err("shutdown");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = h
+        .client
+        .etcd_member_list(pb::EtcdMemberListRequest::default())
+        .await
+        .expect_err("etcd");
+    assert_eq!(err.code(), Code::Unimplemented);
+}
