@@ -9,7 +9,7 @@ use crate::node::{Mode, Node};
 use crate::supervisor::{HealthCheck, HealthSpec, RestartPolicy, ServiceSpec};
 
 /// Daemons that exist and that machined starts.
-pub const SERVED: &[&str] = &[];
+pub const SERVED: &[&str] = &["routerd"];
 
 /// The service specs for this node.
 #[must_use]

@@ -10,3 +10,4 @@ pub mod base64;
 pub mod config;
 pub mod constants;
 pub mod grpc;
+pub mod h2;

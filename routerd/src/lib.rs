@@ -1,14 +1,262 @@
-//! Routes gRPC calls by service to the backend sockets.
+//! routerd: routes each gRPC call by its service to the daemon serving it.
 //!
-//! Not built yet: this crate holds its place in the workspace until its issue
-//! (#4) lands. Its binary says so and exits with status 2.
+//! An HTTP/2 server on a unix socket. For every request it takes the service
+//! from `:path`, looks up the backend in [`route`] and forwards the request
+//! (headers, body frames, trailers) over a multiplexed HTTP/2 connection to
+//! that backend's socket, streaming both ways without decoding anything:
+//! unary, server-, client- and bidirectional streaming calls all pass the
+//! same way. An unknown service gets Unimplemented naming it; a backend that
+//! is down gets Unavailable naming the backend. routerd itself serves gRPC
+//! server reflection (v1 and v1alpha) for every contract.
 #![forbid(unsafe_code)]
 
-/// The message the placeholder binary prints.
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use machinery::constants::NodePaths;
+use machinery::h2::{Body, H2Client, boxed, status_response};
+use tokio::net::UnixListener;
+use tower::ServiceExt as _;
+
+/// The daemons routerd forwards to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// machine.*, cluster.*
+    Machined,
+    /// time.*
+    Timed,
+    /// network.*
+    Networkd,
+    /// storage.*
+    Udevd,
+}
+
+impl Backend {
+    /// Every backend.
+    pub const ALL: [Backend; 4] = [
+        Backend::Machined,
+        Backend::Timed,
+        Backend::Networkd,
+        Backend::Udevd,
+    ];
+
+    /// The daemon's name (and socket name).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Machined => "machined",
+            Backend::Timed => "timed",
+            Backend::Networkd => "networkd",
+            Backend::Udevd => "udevd",
+        }
+    }
+}
+
+/// The route table: the backend of a gRPC package.
 #[must_use]
-pub fn not_built_yet() -> String {
-    format!(
-        "routerd {}: not built yet (tracked in issue #4)",
-        machinery::constants::VERSION
-    )
+pub fn route(package: &str) -> Option<Backend> {
+    match package {
+        "machine" | "cluster" => Some(Backend::Machined),
+        "time" => Some(Backend::Timed),
+        "network" => Some(Backend::Networkd),
+        "storage" => Some(Backend::Udevd),
+        _ => None,
+    }
+}
+
+/// Packages that are deliberately not routed here (served on their own port).
+pub const NOT_ROUTED: &[&str] = &["securityapi"];
+
+/// The router.
+#[derive(Clone)]
+pub struct Router {
+    backends: Arc<HashMap<Backend, H2Client>>,
+    reflection_v1: tower::util::BoxCloneSyncService<
+        http::Request<tonic::body::Body>,
+        http::Response<tonic::body::Body>,
+        Infallible,
+    >,
+    reflection_v1alpha: tower::util::BoxCloneSyncService<
+        http::Request<tonic::body::Body>,
+        http::Response<tonic::body::Body>,
+        Infallible,
+    >,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors building the router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The descriptor set could not be loaded for reflection.
+    #[error("building gRPC reflection from the API descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The socket could not be bound.
+    #[error("binding {path}: {source}")]
+    Bind {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl Router {
+    /// A router forwarding to the backend sockets under `paths`.
+    ///
+    /// # Errors
+    /// The reflection service cannot load the descriptors.
+    pub fn new(paths: &NodePaths) -> Result<Router, RouterError> {
+        let backends = Backend::ALL
+            .iter()
+            .map(|b| (*b, H2Client::unix(paths.socket(b.name()))))
+            .collect();
+        let v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        Ok(Router {
+            backends: Arc::new(backends),
+            reflection_v1: tower::util::BoxCloneSyncService::new(v1),
+            reflection_v1alpha: tower::util::BoxCloneSyncService::new(v1alpha),
+        })
+    }
+
+    /// Handles one call.
+    pub async fn handle(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+    ) -> http::Response<Body> {
+        let path = request.uri().path().to_owned();
+        let Some(service) = api::methods::service_of(&path) else {
+            return status_response(&tonic::Status::unimplemented(format!(
+                "malformed gRPC method path {path:?}"
+            )));
+        };
+        if service == "grpc.reflection.v1.ServerReflection"
+            || service == "grpc.reflection.v1alpha.ServerReflection"
+        {
+            let svc = if service.ends_with("v1.ServerReflection") {
+                self.reflection_v1.clone()
+            } else {
+                self.reflection_v1alpha.clone()
+            };
+            let request = request.map(tonic::body::Body::new);
+            let Ok(response) = svc.oneshot(request).await;
+            return response.map(boxed);
+        }
+        let package = api::methods::package_of(&path).unwrap_or_default();
+        let Some(backend) = route(package) else {
+            return status_response(&tonic::Status::unimplemented(format!(
+                "unknown service {service}"
+            )));
+        };
+        let client = &self.backends[&backend];
+        let (parts, body) = request.into_parts();
+        let request = http::Request::from_parts(parts, boxed(body));
+        match client.send(request).await {
+            Ok(response) => response.map(boxed),
+            Err(e) => {
+                tracing::warn!(backend = backend.name(), error = %e, "backend unavailable");
+                status_response(&tonic::Status::unavailable(format!(
+                    "backend {} unavailable: {e}",
+                    backend.name()
+                )))
+            }
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; connections then get
+    /// a graceful HTTP/2 GOAWAY.
+    pub async fn serve(
+        self,
+        listener: UnixListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let builder = machinery::h2::server_builder();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept");
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let router = self.clone();
+            let builder = builder.clone();
+            let mut stop_rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let router = router.clone();
+                    async move { Ok::<_, Infallible>(router.handle(req).await) }
+                });
+                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r { tracing::debug!(error = %e, "connection"); },
+                    _ = stop_rx.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+        let _ = stop_tx.send(true);
+    }
+}
+
+/// Binds routerd's socket (removing a stale one).
+///
+/// # Errors
+/// The socket cannot be bound.
+pub fn bind(path: &std::path::Path) -> Result<UnixListener, RouterError> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(|source| RouterError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_service_has_a_route_or_is_served_elsewhere() {
+        for service in api::methods::services() {
+            let package = service.rsplit_once('.').map(|(p, _)| p).unwrap_or_default();
+            assert!(
+                route(package).is_some() || NOT_ROUTED.contains(&package),
+                "{service} has no backend in routerd's table"
+            );
+        }
+    }
+
+    #[test]
+    fn table() {
+        assert_eq!(route("machine"), Some(Backend::Machined));
+        assert_eq!(route("cluster"), Some(Backend::Machined));
+        assert_eq!(route("time"), Some(Backend::Timed));
+        assert_eq!(route("network"), Some(Backend::Networkd));
+        assert_eq!(route("storage"), Some(Backend::Udevd));
+        assert_eq!(route("cosi.resource"), None);
+        assert_eq!(route("securityapi"), None);
+    }
 }
