@@ -1,7 +1,86 @@
-//! Thin binary: all logic lives in the library.
+//! apid: thin binary.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!("{}", apid::not_built_yet());
-    std::process::ExitCode::from(2)
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "apid", version, about = "The node's mTLS API front door")]
+struct Args {
+    /// metal or container.
+    #[arg(long, default_value = "metal")]
+    mode: String,
+    /// Root of the node's paths.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0:50000")]
+    listen: SocketAddr,
+    /// Names and addresses of this node (comma-separated); the listen
+    /// address and the kernel hostname are always included.
+    #[arg(long, value_delimiter = ',')]
+    names: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let paths = machinery::constants::NodePaths::under(&args.root);
+    let mut names = args.names.clone();
+    names.push(args.listen.ip().to_string());
+    names.push(args.listen.to_string());
+    names.push(rustix_hostname());
+    names.push("localhost".into());
+    let options = apid::Options {
+        listen: args.listen,
+        routerd: paths.socket("routerd"),
+        credentials: paths.secrets_dir("api"),
+        self_names: names.clone(),
+        peer_port: machinery::constants::APID_PORT,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("apid: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = runtime.block_on(async {
+        let tls = apid::tls::Reloader::start(options.credentials.clone(), names, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(options.listen).await.map_err(|e| format!("binding {}: {e}", options.listen))?;
+        tracing::info!(listen = %options.listen, maintenance = tls.borrow().maintenance, mode = %args.mode, "apid serving");
+        let shutdown = async {
+            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                term.recv().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        apid::Apid::new(options, tls).serve(listener, shutdown).await;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("apid: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rustix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -14,6 +14,20 @@ pub const TRUSTD_PORT: u16 = 50001;
 /// The version string every component reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// File names of the API credentials in [`NodePaths::secrets_dir`]`("api")`.
+pub mod api_credentials {
+    /// The OS CA certificate (PEM): client certificates must chain to it.
+    pub const CA: &str = "ca.crt";
+    /// apid's server certificate (PEM).
+    pub const SERVER_CERT: &str = "server.crt";
+    /// apid's server key (PEM).
+    pub const SERVER_KEY: &str = "server.key";
+    /// The node's client certificate for forwarding (`os:impersonator`).
+    pub const CLIENT_CERT: &str = "client.crt";
+    /// The node's client key.
+    pub const CLIENT_KEY: &str = "client.key";
+}
+
 /// The daemons machined supervises, with their socket names.
 pub const DAEMONS: &[&str] = &["apid", "routerd", "networkd", "timed", "trustd", "udevd"];
 
@@ -66,6 +80,13 @@ impl NodePaths {
     #[must_use]
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("system/state")
+    }
+
+    /// `/system/secrets/<component>`: credentials handed to a daemon
+    /// (tmpfs on metal; never persisted).
+    #[must_use]
+    pub fn secrets_dir(&self, component: &str) -> PathBuf {
+        self.root.join("system/secrets").join(component)
     }
 
     /// `/var/log`: persisted service logs (the EPHEMERAL partition).

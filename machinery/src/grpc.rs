@@ -58,3 +58,37 @@ fn connector(
         }
     })
 }
+
+/// A channel to `addr` over TLS with `config` (ALPN h2 is set here),
+/// verifying the server as `server_name`. Connects on first use.
+///
+/// # Errors
+/// `server_name` is not a valid DNS name or IP address.
+pub fn tls_channel(
+    addr: String,
+    server_name: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Channel, InvalidServerName> {
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|_| InvalidServerName(server_name.to_owned()))?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let service = tower::service_fn(move |_: Uri| {
+        let addr = addr.clone();
+        let name = name.clone();
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint().connect_with_connector_lazy(service))
+}
+
+/// A server name that is neither a DNS name nor an IP address.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a valid server name (a DNS name or an IP address)")]
+pub struct InvalidServerName(pub String);

@@ -1,13 +1,20 @@
 //! What several components share.
 //!
-//! Today: the node's well-known paths and ports ([`constants`]), the machine
-//! config schema with its validation and persistence ([`config`]), and the
-//! base64 codec the config's certificates need ([`base64`]). talosconfig, PKI
-//! and gRPC client helpers join as the components that need them land.
+//! - [`constants`]: the node's well-known paths and ports;
+//! - [`config`]: the machine config schema, validation and persistence;
+//! - [`pki`], [`secrets`]: certificates, keys, tokens and the secrets bundle;
+//! - [`talosconfig`]: the client configuration;
+//! - [`generate`]: what `talosctl gen config` writes;
+//! - [`grpc`], [`h2`]: gRPC channels and the HTTP/2 plumbing of the proxies;
+//! - [`base64`]: the codec certificates in configs need.
 #![forbid(unsafe_code)]
 
 pub mod base64;
 pub mod config;
 pub mod constants;
+pub mod generate;
 pub mod grpc;
 pub mod h2;
+pub mod pki;
+pub mod secrets;
+pub mod talosconfig;

@@ -44,12 +44,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    PKCS_ECDSA_P384_SHA384, PKCS_ED25519, PublicKeyData, SerialNumber, SigningKey,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, PublicKeyData, SerialNumber,
+    SigningKey,
 };
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
 
 use crate::base64;
 
@@ -194,7 +197,8 @@ pub struct CertInfo {
     pub not_after: SystemTime,
     /// Basic constraints say CA.
     pub is_ca: bool,
-    /// Extended key usages, in certificate order (empty when the extension is absent).
+    /// Extended key usages (known ones in the order of [`ExtKeyUsage`], then
+    /// other OIDs; empty when the extension is absent).
     pub ext_key_usages: Vec<ExtKeyUsage>,
     /// Key usage includes digitalSignature.
     pub digital_signature: bool,
@@ -277,8 +281,8 @@ fn build_ca(
     now: SystemTime,
     validity: Duration,
 ) -> Result<CertificateAndKey, String> {
-    let key = KeyPair::generate_for(algorithm.rcgen())
-        .map_err(|err| format!("generating key: {err}"))?;
+    let key =
+        KeyPair::generate_for(algorithm.rcgen()).map_err(|err| format!("generating key: {err}"))?;
 
     let mut params = CertificateParams::default();
     let mut subject = DistinguishedName::new();
@@ -380,13 +384,14 @@ fn build_client_cert(
         return Err(format!("role #{} is empty", index + 1));
     }
     let ca = load_ca(ca)?;
-    let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|err| format!("generating key: {err}"))?;
+    let key =
+        KeyPair::generate_for(&PKCS_ED25519).map_err(|err| format!("generating key: {err}"))?;
 
     let mut params = leaf_params(Vec::new(), now, ttl)?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
 
     let subject = encode_name(roles, None);
-    let der = sign_leaf(&params, &key, &ca, Some(subject.as_slice()))?;
+    let der = sign_leaf(&params, &key, &ca, Some(subject.as_slice()), None)?;
     Ok(CertificateAndKey {
         cert_pem: pem_encode("CERTIFICATE", &der),
         key_pem: encode_private_key(&key)?,
@@ -419,7 +424,8 @@ fn build_server_cert(
     now: SystemTime,
 ) -> Result<CertificateAndKey, String> {
     let ca = load_ca(ca)?;
-    let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|err| format!("generating key: {err}"))?;
+    let key =
+        KeyPair::generate_for(&PKCS_ED25519).map_err(|err| format!("generating key: {err}"))?;
 
     let mut params = leaf_params(san_strings(ips, dns), now, ttl)?;
     if !common_name.is_empty() {
@@ -429,7 +435,7 @@ fn build_server_cert(
     }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
 
-    let der = sign_leaf(&params, &key, &ca, None)?;
+    let der = sign_leaf(&params, &key, &ca, None, None)?;
     Ok(CertificateAndKey {
         cert_pem: pem_encode("CERTIFICATE", &der),
         key_pem: encode_private_key(&key)?,
@@ -460,10 +466,20 @@ fn build_from_csr(
     ttl: Duration,
     now: SystemTime,
 ) -> Result<String, String> {
+    // rcgen checks the request's signature and reads its subject and SANs ...
     let csr = CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(|err| format!("invalid request: {err}"))?;
-    let requested = csr.params;
+    // ... and the public key info is copied from the request verbatim (rcgen
+    // would re-encode it from the signature algorithm, which is not always the
+    // key's: an ECDSA P-256 key may sign its request with SHA-512).
+    let block = pem_decode(csr_pem).map_err(|err| format!("invalid request: {err}"))?;
+    let (_, request) = X509CertificationRequest::from_der(&block.der)
+        .map_err(|err| format!("invalid request: {err}"))?;
+    let spki = request.certification_request_info.subject_pki.raw;
+    der::content_of(spki, der::SEQUENCE)
+        .map_err(|err| format!("invalid request public key: {err}"))?;
 
+    let requested = csr.params;
     let mut params = leaf_params(Vec::new(), now, ttl)?;
     params.subject_alt_names = requested.subject_alt_names;
     let mut subject = DistinguishedName::new();
@@ -476,13 +492,15 @@ fn build_from_csr(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
 
     let ca = load_ca(ca)?;
-    let der = sign_leaf(&params, &csr.public_key, &ca, None)?;
+    let der = sign_leaf(&params, &csr.public_key, &ca, None, Some(spki))?;
     let pem = pem_encode("CERTIFICATE", &der);
 
     // Defence in depth: the one property that matters here is checked on the result.
     let info = cert_info(pem.as_bytes()).map_err(|err| err.reason)?;
     if !info.organizations.is_empty() {
-        return Err("internal error: the signed certificate still carries an Organization".to_owned());
+        return Err(
+            "internal error: the signed certificate still carries an Organization".to_owned(),
+        );
     }
     Ok(pem)
 }
@@ -499,8 +517,13 @@ pub fn generate_csr(
     build_csr(common_name, ips, dns).map_err(|reason| PkiError::new(operation, reason))
 }
 
-fn build_csr(common_name: &str, ips: &[IpAddr], dns: &[String]) -> Result<(String, String), String> {
-    let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|err| format!("generating key: {err}"))?;
+fn build_csr(
+    common_name: &str,
+    ips: &[IpAddr],
+    dns: &[String],
+) -> Result<(String, String), String> {
+    let key =
+        KeyPair::generate_for(&PKCS_ED25519).map_err(|err| format!("generating key: {err}"))?;
     let mut params = CertificateParams::new(san_strings(ips, dns))
         .map_err(|err| format!("invalid subject alternative name: {err}"))?;
     let mut subject = DistinguishedName::new();
@@ -600,12 +623,14 @@ fn random_serial() -> Result<SerialNumber, String> {
 }
 
 /// Has rcgen build and sign the certificate, then puts the CA's subject in
-/// as issuer (and `subject` as subject, when given) and signs again.
+/// as issuer (and `subject` as subject, `spki` as public key info, when
+/// given) and signs again.
 fn sign_leaf(
     params: &CertificateParams,
     public_key: &impl PublicKeyData,
     ca: &LoadedCa,
     subject: Option<&[u8]>,
+    spki: Option<&[u8]>,
 ) -> Result<Vec<u8>, String> {
     // The issuer name written here is a placeholder: it is replaced below.
     let issuer = Issuer::new(CertificateParams::default(), &ca.key);
@@ -613,32 +638,36 @@ fn sign_leaf(
         .signed_by(public_key, &issuer)
         .map_err(|err| format!("signing: {err}"))?;
     let der: &[u8] = cert.der();
-    rewrite_names(der, &ca.subject, subject, &ca.key)
+    rewrite_names(der, &ca.subject, subject, spki, &ca.key)
 }
 
-/// Replaces the issuer (and optionally the subject) of a certificate and
-/// signs the result with `signer`, whose algorithm the certificate already names.
+/// Replaces the issuer (and optionally the subject and the public key info)
+/// of a certificate and signs the result with `signer`, whose algorithm the
+/// certificate already names.
 fn rewrite_names(
     cert: &[u8],
     issuer: &[u8],
     subject: Option<&[u8]>,
+    spki: Option<&[u8]>,
     signer: &KeyPair,
 ) -> Result<Vec<u8>, String> {
     let parts = CertParts::split(cert)?;
     let mut tbs_content = Vec::with_capacity(cert.len() + 256);
     for (index, element) in parts.tbs.iter().enumerate() {
-        if index == parts.issuer_index {
-            tbs_content.extend_from_slice(issuer);
+        let element: &[u8] = element;
+        let replacement = if index == parts.issuer_index {
+            Some(issuer)
         } else if index == parts.subject_index {
-            tbs_content.extend_from_slice(subject.unwrap_or(*element));
+            subject
+        } else if index == parts.spki_index {
+            spki
         } else {
-            tbs_content.extend_from_slice(element);
-        }
+            None
+        };
+        tbs_content.extend_from_slice(replacement.unwrap_or(element));
     }
     let tbs = der::tlv(der::SEQUENCE, &tbs_content);
-    let signature = signer
-        .sign(&tbs)
-        .map_err(|err| format!("signing: {err}"))?;
+    let signature = signer.sign(&tbs).map_err(|err| format!("signing: {err}"))?;
     let mut bits = Vec::with_capacity(signature.len() + 1);
     bits.push(0); // no unused bits
     bits.extend_from_slice(&signature);
@@ -671,7 +700,8 @@ impl<'a> CertParts<'a> {
         let (tbs, signature_algorithm): (&'a [u8], &'a [u8]) = (outer[0], outer[1]);
         let tbs: Vec<&'a [u8]> = der::elements(der::content_of(tbs, der::SEQUENCE)?)?;
         // The version field is optional (absent means v1).
-        let offset = usize::from(tbs.first().and_then(|element| element.first()) == Some(&der::CONTEXT_0));
+        let offset =
+            usize::from(tbs.first().and_then(|element| element.first()) == Some(&der::CONTEXT_0));
         let parts = Self {
             tbs,
             signature_algorithm,
@@ -689,7 +719,10 @@ impl<'a> CertParts<'a> {
     }
 
     fn subject(&self) -> &'a [u8] {
-        self.tbs.get(self.subject_index).copied().unwrap_or_default()
+        self.tbs
+            .get(self.subject_index)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The public key bits of the SubjectPublicKeyInfo.
@@ -757,7 +790,9 @@ fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
             Err("PKCS#1 RSA keys are not supported; convert the key to PKCS#8".to_owned())
         }
         label if label.ends_with("PRIVATE KEY") && !label.contains("ENCRYPTED") => Ok(block.der),
-        label => Err(format!("expected an unencrypted private key PEM block, found {label:?}")),
+        label => Err(format!(
+            "expected an unencrypted private key PEM block, found {label:?}"
+        )),
     }
 }
 
@@ -782,7 +817,10 @@ const OID_EC_PUBLIC_KEY: [u8; 9] = [der::OID, 7, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0
 fn pkcs8_ec_to_sec1(pkcs8: &[u8]) -> Result<Vec<u8>, String> {
     let malformed = || "malformed PKCS#8 ECDSA key".to_owned();
     let outer = der::elements(der::content_of(pkcs8, der::SEQUENCE)?)?;
-    let algorithm = der::elements(der::content_of(outer.get(1).ok_or_else(malformed)?, der::SEQUENCE)?)?;
+    let algorithm = der::elements(der::content_of(
+        outer.get(1).ok_or_else(malformed)?,
+        der::SEQUENCE,
+    )?)?;
     let curve = *algorithm.get(1).ok_or_else(malformed)?;
     if curve.first() != Some(&der::OID) {
         return Err(malformed());
@@ -797,7 +835,10 @@ fn pkcs8_ec_to_sec1(pkcs8: &[u8]) -> Result<Vec<u8>, String> {
     body.extend_from_slice(version);
     body.extend_from_slice(private_key);
     let optional = fields.get(2..).unwrap_or_default();
-    if !optional.iter().any(|field| field.first() == Some(&der::CONTEXT_0)) {
+    if !optional
+        .iter()
+        .any(|field| field.first() == Some(&der::CONTEXT_0))
+    {
         der::write(der::CONTEXT_0, curve, &mut body);
     }
     for field in optional {
@@ -896,7 +937,7 @@ fn info_of(cert: &X509Certificate<'_>) -> Result<CertInfo, String> {
     if let Some(san) = san {
         for name in &san.value.general_names {
             match name {
-                GeneralName::DNSName(dns) => dns_names.push((*dns).to_owned()),
+                GeneralName::DNSName(dns) => dns_names.push(String::from(*dns)),
                 GeneralName::IPAddress(bytes) => {
                     if let Ok(v4) = <[u8; 4]>::try_from(*bytes) {
                         ip_addresses.push(IpAddr::V4(Ipv4Addr::from(v4)));
@@ -987,8 +1028,9 @@ fn push_token_chars(count: usize, out: &mut String) -> Result<(), PkiError> {
     let mut produced = 0;
     let mut buffer = [0u8; 32];
     while produced < count {
-        getrandom::fill(&mut buffer)
-            .map_err(|err| PkiError::new("generating token", format!("reading random bytes: {err}")))?;
+        getrandom::fill(&mut buffer).map_err(|err| {
+            PkiError::new("generating token", format!("reading random bytes: {err}"))
+        })?;
         for &byte in &buffer {
             if produced == count {
                 break;
@@ -1071,8 +1113,8 @@ fn pem_decode(text: &str) -> Result<PemBlock, String> {
         }
         body.push_str(line);
     }
-    let der = base64::decode(body.as_bytes())
-        .map_err(|err| format!("PEM block {label:?}: {err}"))?;
+    let der =
+        base64::decode(body.as_bytes()).map_err(|err| format!("PEM block {label:?}: {err}"))?;
     Ok(PemBlock { label, der })
 }
 
@@ -1089,8 +1131,11 @@ mod der {
     pub(super) const SET: u8 = 0x31;
     pub(super) const CONTEXT_0: u8 = 0xa0;
 
-    /// The first element of `input`: `(tag, content, whole element, rest)`.
-    pub(super) fn split(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), String> {
+    /// An element split off the front: `(tag, content, whole element, rest)`.
+    pub(super) type Split<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    /// The first element of `input`.
+    pub(super) fn split(input: &[u8]) -> Result<Split<'_>, String> {
         let (&tag, after_tag) = input.split_first().ok_or("truncated DER: no tag")?;
         if tag & 0x1f == 0x1f {
             return Err("unsupported multi-byte DER tag".to_owned());
@@ -1154,7 +1199,11 @@ mod der {
         } else {
             // Long form: 0x80 | byte count, then the big-endian length without leading zeros.
             let bytes = len.to_be_bytes();
-            let significant: Vec<u8> = bytes.iter().copied().skip_while(|&byte| byte == 0).collect();
+            let significant: Vec<u8> = bytes
+                .iter()
+                .copied()
+                .skip_while(|&byte| byte == 0)
+                .collect();
             out.push(0x80 | significant.len() as u8);
             out.extend_from_slice(&significant);
         }
@@ -1205,7 +1254,11 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         "937e2a80c51c15c70dcc0fd00addeb778400526af7d8bcd834af018ee0b64edf";
 
     fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for byte in bytes {
+            out.push_str(&format!("{byte:02x}"));
+        }
+        out
     }
 
     #[test]
@@ -1226,7 +1279,10 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         assert_eq!(info.not_after, now() + CA_VALIDITY);
         assert_eq!(CA_VALIDITY.as_secs(), 10 * 8760 * 3600);
         verify_signed_by(ca.cert_pem.as_bytes(), ca.cert_pem.as_bytes()).expect("self-signed");
-        assert!(ca.key_pem.starts_with("-----BEGIN ED25519 PRIVATE KEY-----\n"));
+        assert!(
+            ca.key_pem
+                .starts_with("-----BEGIN ED25519 PRIVATE KEY-----\n")
+        );
         load_key_pair(&ca.key_pem).expect("key loads back");
     }
 
@@ -1266,9 +1322,16 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         let other = generate_os_ca(now()).expect("second CA");
         let err = verify_signed_by(client.cert_pem.as_bytes(), other.cert_pem.as_bytes())
             .expect_err("not signed by another CA");
-        assert!(err.to_string().starts_with("verifying certificate signature"));
+        assert!(
+            err.to_string()
+                .starts_with("verifying certificate signature")
+        );
 
-        assert!(client.key_pem.starts_with("-----BEGIN ED25519 PRIVATE KEY-----"));
+        assert!(
+            client
+                .key_pem
+                .starts_with("-----BEGIN ED25519 PRIVATE KEY-----")
+        );
         let key = load_key_pair(&client.key_pem).expect("client key loads");
         assert_eq!(key.algorithm(), &PKCS_ED25519);
     }
@@ -1320,9 +1383,8 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
             "fd00::2".parse().expect("ip"),
         ];
         let dns = vec!["cp-1".to_owned(), "cp-1.example.com".to_owned()];
-        let server =
-            issue_server_cert(&ca, "cp-1.example.com", &ips, &dns, SERVER_CERT_TTL, now())
-                .expect("issue server cert");
+        let server = issue_server_cert(&ca, "cp-1.example.com", &ips, &dns, SERVER_CERT_TTL, now())
+            .expect("issue server cert");
         let info = cert_info(server.cert_pem.as_bytes()).expect("parse");
         assert_eq!(info.common_name.as_deref(), Some("cp-1.example.com"));
         assert!(info.organizations.is_empty());
@@ -1354,11 +1416,8 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
     /// and client authentication.
     fn greedy_csr() -> (String, KeyPair) {
         let key = KeyPair::generate_for(&PKCS_ED25519).expect("key");
-        let mut params = CertificateParams::new(vec![
-            "10.5.0.3".to_owned(),
-            "worker-1".to_owned(),
-        ])
-        .expect("params");
+        let mut params = CertificateParams::new(vec!["10.5.0.3".to_owned(), "worker-1".to_owned()])
+            .expect("params");
         let mut subject = DistinguishedName::new();
         subject.push(DnType::OrganizationName, "os:admin");
         subject.push(DnType::CommonName, "worker-1");
@@ -1386,7 +1445,10 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         assert!(!info.is_ca);
         assert!(info.digital_signature);
         assert!(!info.key_cert_sign);
-        assert_eq!(info.ip_addresses, ["10.5.0.3".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(
+            info.ip_addresses,
+            ["10.5.0.3".parse::<IpAddr>().expect("ip")]
+        );
         assert_eq!(info.dns_names, ["worker-1"]);
         assert_eq!(info.not_after, now() + SERVER_CERT_TTL);
         verify_signed_by(cert.as_bytes(), ca.cert_pem.as_bytes()).expect("chains");
@@ -1485,8 +1547,14 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         let block = pem_decode(&pem).expect("pem");
         let fields = der::elements(der::content_of(&block.der, der::SEQUENCE).expect("seq"))
             .expect("fields");
-        let tags: Vec<u8> = fields.iter().filter_map(|field| field.first().copied()).collect();
-        assert_eq!(tags, [der::INTEGER, der::OCTET_STRING, der::CONTEXT_0, 0xa1]);
+        let tags: Vec<u8> = fields
+            .iter()
+            .filter_map(|field| field.first().copied())
+            .collect();
+        assert_eq!(
+            tags,
+            [der::INTEGER, der::OCTET_STRING, der::CONTEXT_0, 0xa1]
+        );
         // P-256 named curve.
         assert_eq!(
             der::content_of(fields[2], der::CONTEXT_0).expect("params"),
@@ -1525,8 +1593,8 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
     #[test]
     fn ca_subject_is_copied_byte_for_byte_into_issued_certs() {
         let ca = os_ca();
-        let client = issue_client_cert(&ca, &roles(&["os:admin"]), CLIENT_CERT_TTL, now())
-            .expect("client");
+        let client =
+            issue_client_cert(&ca, &roles(&["os:admin"]), CLIENT_CERT_TTL, now()).expect("client");
         let ca_block = pem_decode(&ca.cert_pem).expect("ca pem");
         let ca_parts = CertParts::split(&ca_block.der).expect("ca parts");
         let block = pem_decode(&client.cert_pem).expect("pem");

@@ -196,7 +196,13 @@ impl SecretsBundle {
     /// Generates a fresh bundle; CAs are valid from `now` for ten years.
     pub fn generate(now: SystemTime) -> Result<Self, SecretsError> {
         let os = pki::generate_os_ca(now)?;
-        let etcd = pki::generate_ca(KeyAlgorithm::EcdsaP256, Some("etcd"), None, now, CA_VALIDITY)?;
+        let etcd = pki::generate_ca(
+            KeyAlgorithm::EcdsaP256,
+            Some("etcd"),
+            None,
+            now,
+            CA_VALIDITY,
+        )?;
         let k8s = pki::generate_ca(
             KeyAlgorithm::EcdsaP256,
             Some("kubernetes"),
@@ -238,7 +244,7 @@ impl SecretsBundle {
                 k8s: EncodedCertificateAndKey::encode(&k8s),
                 k8saggregator: EncodedCertificateAndKey::encode(&aggregator),
                 k8sserviceaccount: EncodedKey {
-                    key: Secret::new(base64::encode(&service_account)),
+                    key: Secret::new(base64::encode(service_account.as_bytes())),
                 },
                 os: EncodedCertificateAndKey::encode(&os),
             },
@@ -279,7 +285,10 @@ impl SecretsBundle {
             return Err(SecretsError::invalid("cluster.secret", "is required"));
         }
         if self.secrets.bootstraptoken.is_empty() {
-            return Err(SecretsError::invalid("secrets.bootstraptoken", "is required"));
+            return Err(SecretsError::invalid(
+                "secrets.bootstraptoken",
+                "is required",
+            ));
         }
         let present =
             |secret: &Option<Secret>| secret.as_ref().is_some_and(|secret| !secret.is_empty());
@@ -395,7 +404,9 @@ mod tests {
         assert_eq!(bundle.cluster.id.len(), 44);
         assert!(!bundle.cluster.id.contains(['+', '/']));
         assert_eq!(
-            base64::decode(bundle.cluster.secret.expose()).expect("b64").len(),
+            base64::decode(bundle.cluster.secret.expose())
+                .expect("b64")
+                .len(),
             32
         );
         let (kind, key) = bundle.encryption_secret().expect("encryption secret");
@@ -421,12 +432,23 @@ mod tests {
         for (field, pair, organization, common_name) in expectations {
             let pem = pair.decode(field).expect("decode");
             let info = pki::cert_info(pem.cert_pem.as_bytes()).expect("info");
-            assert_eq!(info.public_key_algorithm, PublicKeyAlgorithm::Ecdsa, "{field}");
+            assert_eq!(
+                info.public_key_algorithm,
+                PublicKeyAlgorithm::Ecdsa,
+                "{field}"
+            );
             assert!(info.is_ca, "{field}");
-            assert_eq!(info.organizations.first().map(String::as_str), organization, "{field}");
+            assert_eq!(
+                info.organizations.first().map(String::as_str),
+                organization,
+                "{field}"
+            );
             assert_eq!(info.common_name.as_deref(), common_name, "{field}");
             assert_eq!(info.not_after, now() + CA_VALIDITY, "{field}");
-            assert!(pem.key_pem.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{field}");
+            assert!(
+                pem.key_pem.starts_with("-----BEGIN EC PRIVATE KEY-----"),
+                "{field}"
+            );
         }
         let sa = decode_pem(
             "certs.k8sserviceaccount.key",
