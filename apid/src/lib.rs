@@ -156,13 +156,12 @@ impl Apid {
         }
     }
 
+    /// Whether `target` names this node: one of its names or addresses,
+    /// and, if the target gives a port, this apid's port.
     fn is_self(&self, target: &str) -> bool {
         let host = host_of(target);
-        self.inner
-            .options
-            .self_names
-            .iter()
-            .any(|n| n == target || n == host)
+        let port_matches = port_of(target).is_none_or(|p| p == self.inner.options.listen.port());
+        port_matches && self.inner.options.self_names.iter().any(|n| n == host)
     }
 
     fn remote(&self, target: &str, state: &TlsState) -> Result<H2Client, tonic::Status> {
@@ -306,9 +305,15 @@ impl Apid {
                     .map(|r| r.map(boxed))
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))
             }
-            Route::Many(targets) => Ok(self
-                .fan_out(&state, &path, parts, body, targets, deadline)
-                .await),
+            Route::Many(targets) => {
+                // Answer inside the caller's deadline: a target that has not
+                // finished shortly before it becomes an error entry.
+                let budget =
+                    deadline.map(|d| d.saturating_sub((d / 10).min(Duration::from_millis(200))));
+                Ok(self
+                    .fan_out(&state, &path, parts, body, targets, budget)
+                    .await)
+            }
         }
     }
 
@@ -613,6 +618,17 @@ fn host_of(target: &str) -> &str {
     }
 }
 
+/// The port of a target, if it names one.
+fn port_of(target: &str) -> Option<u16> {
+    if let Some(rest) = target.strip_prefix('[') {
+        return rest.split_once("]:").and_then(|(_, p)| p.parse().ok());
+    }
+    match target.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => p.parse().ok(),
+        _ => None,
+    }
+}
+
 /// The request as forwarded to another node's apid.
 fn forwarded(mut parts: http::request::Parts, body: Body, target: &str) -> http::Request<Body> {
     let from = parts
@@ -687,5 +703,9 @@ mod tests {
         assert_eq!(host_of("[::1]:50000"), "::1");
         assert_eq!(host_of("::1"), "::1");
         assert_eq!(host_of("node-a"), "node-a");
+        assert_eq!(port_of("10.0.0.1:50000"), Some(50000));
+        assert_eq!(port_of("[::1]:50001"), Some(50001));
+        assert_eq!(port_of("::1"), None);
+        assert_eq!(port_of("node-a"), None);
     }
 }

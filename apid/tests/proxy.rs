@@ -1,0 +1,242 @@
+//! Routing across nodes: `node` (one to one), `nodes` (fan-out with
+//! metadata), failures as entries, streams through another node.
+
+mod common;
+
+use std::time::Duration;
+
+use api::machine::machine_service_client::MachineServiceClient;
+use common::{Pki, client_config, start_node};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+async fn admin(pki: &Pki, addr: std::net::SocketAddr) -> MachineServiceClient<Channel> {
+    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
+    let channel =
+        machinery::grpc::tls_channel(addr.to_string(), "127.0.0.1", config).expect("channel");
+    MachineServiceClient::new(channel)
+}
+
+fn with_nodes<T>(msg: T, key: &'static str, nodes: &[String]) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    for n in nodes {
+        req.metadata_mut()
+            .append(key, MetadataValue::try_from(n.as_str()).expect("ascii"));
+    }
+    req
+}
+
+#[tokio::test]
+async fn fan_out_tags_replies_and_reports_dead_nodes() {
+    let pki = Pki::new();
+    let a = start_node(
+        "node-a",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let b = start_node(
+        "node-b",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    // A node that is not there: a port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut client = admin(&pki, a.addr).await;
+    let targets = vec![a.addr.to_string(), b.addr.to_string(), dead.to_string()];
+
+    let reply = client
+        .hostname(with_nodes((), "nodes", &targets))
+        .await
+        .expect("fan-out succeeds")
+        .into_inner();
+    assert_eq!(reply.messages.len(), 3);
+    let mut seen: Vec<(String, String, String)> = reply
+        .messages
+        .iter()
+        .map(|m| {
+            let md = m.metadata.clone().expect("every entry is tagged");
+            (md.hostname, m.hostname.clone(), md.error)
+        })
+        .collect();
+    seen.sort();
+    let mut expected = vec![
+        (a.addr.to_string(), "node-a".to_owned(), String::new()),
+        (b.addr.to_string(), "node-b".to_owned(), String::new()),
+    ];
+    expected.sort();
+    let errors: Vec<&(String, String, String)> = seen.iter().filter(|s| !s.2.is_empty()).collect();
+    assert_eq!(errors.len(), 1, "{seen:?}");
+    assert_eq!(
+        errors[0].0,
+        dead.to_string(),
+        "the error names the dead node"
+    );
+    let ok: Vec<(String, String, String)> =
+        seen.iter().filter(|s| s.2.is_empty()).cloned().collect();
+    assert_eq!(ok, expected);
+}
+
+#[tokio::test]
+async fn one_to_one_and_streams_through_another_node() {
+    let pki = Pki::new();
+    let a = start_node(
+        "node-a",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let b = start_node(
+        "node-b",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let mut client = admin(&pki, a.addr).await;
+
+    let reply = client
+        .hostname(with_nodes((), "node", &[b.addr.to_string()]))
+        .await
+        .expect("one to one")
+        .into_inner();
+    assert_eq!(reply.messages[0].hostname, "node-b");
+    assert!(
+        reply.messages[0].metadata.is_none(),
+        "one to one leaves bytes untouched"
+    );
+
+    // A server stream from B, through A, tagged when fanned out.
+    let req = api::machine::LogsRequest {
+        namespace: "system".into(),
+        id: "ticker".into(),
+        driver: 0,
+        follow: false,
+        tail_lines: -1,
+    };
+    let mut stream = client
+        .logs(with_nodes(req.clone(), "node", &[b.addr.to_string()]))
+        .await
+        .expect("logs")
+        .into_inner();
+    let chunk = stream.message().await.expect("ok").expect("chunk");
+    assert_eq!(&chunk.bytes[..], b"hello from node-b\n");
+
+    let mut stream = client
+        .logs(with_nodes(
+            req,
+            "nodes",
+            &[a.addr.to_string(), b.addr.to_string()],
+        ))
+        .await
+        .expect("logs")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+    {
+        got.push((
+            chunk.metadata.expect("tagged").hostname,
+            String::from_utf8_lossy(&chunk.bytes).into_owned(),
+        ));
+    }
+    got.sort();
+    let mut expected = vec![
+        (a.addr.to_string(), "hello from node-a\n".to_owned()),
+        (b.addr.to_string(), "hello from node-b\n".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(got, expected);
+
+    // Several `node` values: invalid.
+    let err = client
+        .hostname(with_nodes(
+            (),
+            "node",
+            &[a.addr.to_string(), b.addr.to_string()],
+        ))
+        .await
+        .expect_err("two nodes");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn workers_refuse_to_forward() {
+    let pki = Pki::new();
+    let worker = start_node(
+        "worker-1",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, true)),
+    )
+    .await;
+    let other = start_node(
+        "cp-1",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let mut client = admin(&pki, worker.addr).await;
+    let err = client
+        .hostname(with_nodes((), "node", &[other.addr.to_string()]))
+        .await
+        .expect_err("no forwarding");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(err.message(), "no request forwarding");
+    // Naming itself is fine.
+    let reply = client
+        .hostname(with_nodes((), "node", &["worker-1".to_owned()]))
+        .await
+        .expect("self");
+    assert_eq!(reply.into_inner().messages[0].hostname, "worker-1");
+}
+
+#[tokio::test]
+async fn a_slow_node_does_not_hold_the_others_past_the_deadline() {
+    let pki = Pki::new();
+    let a = start_node(
+        "node-a",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    // A "node" that accepts TCP and then never answers the TLS handshake.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slow_addr = slow.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = slow.accept().await {
+            held.push(s);
+        }
+    });
+    let mut client = admin(&pki, a.addr).await;
+    let mut req = with_nodes((), "nodes", &[a.addr.to_string(), slow_addr.to_string()]);
+    req.set_timeout(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let reply = client
+        .hostname(req)
+        .await
+        .expect("answers before the deadline")
+        .into_inner();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let hosts: Vec<(String, bool)> = reply
+        .messages
+        .iter()
+        .map(|m| {
+            let md = m.metadata.clone().expect("tagged");
+            (md.hostname, md.error.is_empty())
+        })
+        .collect();
+    assert!(hosts.contains(&(a.addr.to_string(), true)), "{hosts:?}");
+    assert!(hosts.contains(&(slow_addr.to_string(), false)), "{hosts:?}");
+}
