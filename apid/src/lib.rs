@@ -566,7 +566,11 @@ impl Apid {
             let builder = builder.clone();
             tokio::spawn(async move {
                 let state = this.inner.tls.borrow().clone();
-                let acceptor = tokio_rustls::TlsAcceptor::from(state.server.clone());
+                let Some(server) = state.server.clone() else {
+                    tracing::info!(%addr, "no API credentials yet: refusing the connection");
+                    return;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(server);
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {

@@ -293,8 +293,9 @@ pub fn forward_config(creds: &Credentials) -> Result<Option<Arc<rustls::ClientCo
 /// What apid serves with right now.
 #[derive(Debug, Clone)]
 pub struct TlsState {
-    /// The server config for new handshakes.
-    pub server: Arc<rustls::ServerConfig>,
+    /// The server config for new handshakes; `None` while the node has a
+    /// config but no credentials yet (connections are refused meanwhile).
+    pub server: Option<Arc<rustls::ServerConfig>>,
     /// Maintenance: no client certificates, everyone os:reader, no forwarding.
     pub maintenance: bool,
     /// Client config for forwarding (None: this node cannot forward).
@@ -303,21 +304,29 @@ pub struct TlsState {
     pub generation: u64,
 }
 
-/// Builds the state for what is in `dir` now.
+/// Builds the state for what is in `dir` now: credentials → mTLS; no
+/// credentials but the maintenance marker → maintenance; neither → not
+/// ready.
 ///
 /// # Errors
 /// Malformed credentials.
 pub fn load_state(dir: &Path, names: &[String], generation: u64) -> Result<TlsState, TlsError> {
     match Credentials::load(dir)? {
         Some(creds) => Ok(TlsState {
-            server: server_config(&creds)?,
+            server: Some(server_config(&creds)?),
             maintenance: false,
             forward: forward_config(&creds)?,
             generation,
         }),
-        None => Ok(TlsState {
-            server: maintenance_config(names)?,
+        None if dir.join(files::MAINTENANCE).exists() => Ok(TlsState {
+            server: Some(maintenance_config(names)?),
             maintenance: true,
+            forward: None,
+            generation,
+        }),
+        None => Ok(TlsState {
+            server: None,
+            maintenance: false,
             forward: None,
             generation,
         }),

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod configstore;
+pub mod credentials;
 pub mod events;
 pub mod files;
 pub mod kmsg;

@@ -124,6 +124,9 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
 
+    // Credentials before services: apid and trustd read them at start.
+    let credentials = tokio::spawn(crate::credentials::maintain(Arc::clone(&node), None));
+
     let events = Arc::clone(&node.events);
     let observer: Observer = Arc::new(move |status, msg| {
         events.publish(
@@ -170,6 +173,7 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     );
     supervisor.stop_all().await;
     supervisor.shutdown();
+    credentials.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&socket);

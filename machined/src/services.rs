@@ -9,7 +9,7 @@ use crate::node::{Mode, Node};
 use crate::supervisor::{HealthCheck, HealthSpec, RestartPolicy, ServiceSpec};
 
 /// Daemons that exist and that machined starts.
-pub const SERVED: &[&str] = &["routerd"];
+pub const SERVED: &[&str] = &["routerd", "apid", "trustd"];
 
 /// The service specs for this node.
 #[must_use]
@@ -42,8 +42,12 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
                     .options
                     .apid_listen
                     .unwrap_or_else(|| ([0, 0, 0, 0], machinery::constants::APID_PORT).into());
-                spec.args
-                    .extend(["--listen".to_owned(), listen.to_string()]);
+                spec.args.extend([
+                    "--listen".to_owned(),
+                    listen.to_string(),
+                    "--names".to_owned(),
+                    node.hostname(),
+                ]);
                 spec = spec.depends_on(["routerd"]);
                 spec.api_stoppable = false;
                 let check = if listen.ip().is_unspecified() {

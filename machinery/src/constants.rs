@@ -26,6 +26,23 @@ pub mod api_credentials {
     pub const CLIENT_CERT: &str = "client.crt";
     /// The node's client key.
     pub const CLIENT_KEY: &str = "client.key";
+    /// Present while the node has no machine config: apid serves
+    /// maintenance mode (self-signed, everyone `os:reader`).
+    pub const MAINTENANCE: &str = "maintenance";
+}
+
+/// File names of trustd's credentials in [`NodePaths::secrets_dir`]`("trustd")`.
+pub mod trustd_credentials {
+    /// The OS CA certificate.
+    pub const CA: &str = "ca.crt";
+    /// The OS CA key (trustd signs with it).
+    pub const CA_KEY: &str = "ca.key";
+    /// trustd's server certificate.
+    pub const SERVER_CERT: &str = "server.crt";
+    /// trustd's server key.
+    pub const SERVER_KEY: &str = "server.key";
+    /// The machine token workers present.
+    pub const TOKEN: &str = "token";
 }
 
 /// The daemons machined supervises, with their socket names.

@@ -789,7 +789,9 @@ fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
         "RSA PRIVATE KEY" => {
             Err("PKCS#1 RSA keys are not supported; convert the key to PKCS#8".to_owned())
         }
-        label if label.ends_with("PRIVATE KEY") && !label.contains("ENCRYPTED") => Ok(block.der),
+        label if label.ends_with("PRIVATE KEY") && !label.contains("ENCRYPTED") => {
+            Ok(ed25519_pkcs8_v1(&block.der))
+        }
         label => Err(format!(
             "expected an unencrypted private key PEM block, found {label:?}"
         )),
@@ -801,12 +803,36 @@ fn encode_private_key(key: &KeyPair) -> Result<String, String> {
     let pkcs8 = key.serialized_der();
     let algorithm = key.algorithm();
     if algorithm == &PKCS_ED25519 {
-        Ok(pem_encode(ED25519_KEY_LABEL, pkcs8))
+        Ok(pem_encode(ED25519_KEY_LABEL, &ed25519_pkcs8_v1(pkcs8)))
     } else if algorithm == &PKCS_ECDSA_P256_SHA256 || algorithm == &PKCS_ECDSA_P384_SHA384 {
         Ok(pem_encode(EC_KEY_LABEL, &pkcs8_ec_to_sec1(pkcs8)?))
     } else {
         Ok(pem_encode(PKCS8_KEY_LABEL, pkcs8))
     }
+}
+
+/// `id-Ed25519` (1.3.101.112), encoded.
+const OID_ED25519: [u8; 5] = [der::OID, 3, 0x2b, 0x65, 0x70];
+
+/// Re-encodes an Ed25519 PKCS#8 v2 key (RFC 5958, with the public key, as
+/// ring writes it) as v1 (RFC 5208: version 0, no public key), which is what
+/// Go, OpenSSL and BoringSSL read; anything else is returned unchanged.
+fn ed25519_pkcs8_v1(pkcs8: &[u8]) -> Vec<u8> {
+    let v1 = || -> Result<Option<Vec<u8>>, String> {
+        let parts = der::elements(der::content_of(pkcs8, der::SEQUENCE)?)?;
+        let [_version, algorithm, private, ..] = parts.as_slice() else {
+            return Ok(None);
+        };
+        if der::content_of(algorithm, der::SEQUENCE)? != OID_ED25519 || parts.len() == 3 {
+            return Ok(None);
+        }
+        let version0 = der::tlv(der::INTEGER, &[0]);
+        Ok(Some(der::tlv(
+            der::SEQUENCE,
+            &[version0.as_slice(), algorithm, private].concat(),
+        )))
+    };
+    v1().ok().flatten().unwrap_or_else(|| pkcs8.to_vec())
 }
 
 /// `id-ecPublicKey` (1.2.840.10045.2.1), encoded.
@@ -1215,6 +1241,37 @@ mod der {
         let mut out = Vec::with_capacity(content.len() + 6);
         write(tag, content, &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod ed25519_encoding_tests {
+    use super::*;
+
+    #[test]
+    fn ed25519_keys_are_written_as_pkcs8_v1_and_still_load() {
+        let ca = generate_os_ca(SystemTime::now()).expect("ca");
+        let der = pkcs8_der(&ca.key_pem).expect("der");
+        // SEQUENCE(0x2e) { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING(32) } }
+        assert_eq!(der.len(), 48);
+        assert_eq!(
+            &der[..16],
+            &[
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+                0x04, 0x20
+            ]
+        );
+        // rcgen/ring and rustls still read it.
+        load_key_pair(&ca.key_pem).expect("loads");
+        let pkcs8 = to_pkcs8_pem(&ca.key_pem).expect("pkcs8");
+        assert!(pkcs8.starts_with("-----BEGIN PRIVATE KEY-----"));
+        issue_client_cert(
+            &ca,
+            &["os:admin".to_owned()],
+            CLIENT_CERT_TTL,
+            SystemTime::now(),
+        )
+        .expect("signs with it");
     }
 }
 

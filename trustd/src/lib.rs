@@ -1,14 +1,212 @@
-//! Signs node certificate requests for workers; serves securityapi.SecurityService on :50001.
+//! trustd: signs workers' certificate requests on control planes.
 //!
-//! Not built yet: this crate holds its place in the workspace until its issue
-//! (#6) lands. Its binary says so and exits with status 2.
+//! Serves `securityapi.SecurityService/Certificate` on TCP :50001 with
+//! server-only TLS. A caller proves membership with the machine token in the
+//! `token` metadata, compared in constant time. The CSR is signed with the
+//! OS CA after every Organization is stripped from its subject
+//! (CVE-2022-36103: a worker's token must never yield a role-bearing
+//! certificate), with key usage DigitalSignature and extended key usage
+//! ServerAuth only.
+//!
+//! Credentials (CA, CA key, server certificate, token) are read from the
+//! node's secrets directory for every connection and call, so rotation
+//! needs no restart.
 #![forbid(unsafe_code)]
 
-/// The message the placeholder binary prints.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use api::securityapi::security_service_server::{SecurityService, SecurityServiceServer};
+use api::securityapi::{CertificateRequest, CertificateResponse};
+use machinery::constants::trustd_credentials as files;
+use machinery::pki::{self, CertificateAndKey};
+use rustls_pki_types::pem::PemObject as _;
+use tonic::{Request, Response, Status};
+
+/// Errors loading trustd's credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustdError {
+    /// A file is missing or unreadable.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TLS material does not load.
+    #[error("building trustd's TLS config: {0}")]
+    Tls(String),
+}
+
+/// What trustd signs with.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The OS CA and its key.
+    pub ca: CertificateAndKey,
+    /// The machine token.
+    pub token: String,
+    /// trustd's own server certificate (PEM).
+    pub server_cert: String,
+    /// Its key (PEM).
+    pub server_key: String,
+}
+
+fn read(dir: &Path, name: &str) -> Result<String, TrustdError> {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path).map_err(|source| TrustdError::Read { path, source })
+}
+
+impl Credentials {
+    /// Loads the credentials from `dir`.
+    ///
+    /// # Errors
+    /// A file is missing or unreadable.
+    pub fn load(dir: &Path) -> Result<Credentials, TrustdError> {
+        Ok(Credentials {
+            ca: CertificateAndKey {
+                cert_pem: read(dir, files::CA)?,
+                key_pem: read(dir, files::CA_KEY)?,
+            },
+            token: read(dir, files::TOKEN)?.trim().to_owned(),
+            server_cert: read(dir, files::SERVER_CERT)?,
+            server_key: read(dir, files::SERVER_KEY)?,
+        })
+    }
+
+    /// The server-only TLS config.
+    ///
+    /// # Errors
+    /// Malformed material.
+    pub fn tls_config(&self) -> Result<Arc<rustls::ServerConfig>, TrustdError> {
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(self.server_cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TrustdError::Tls(e.to_string()))?;
+        let key =
+            pki::to_pkcs8_pem(&self.server_key).map_err(|e| TrustdError::Tls(e.to_string()))?;
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| TrustdError::Tls(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TrustdError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TrustdError::Tls(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Compares tokens in constant time: both are hashed first, so neither the
+/// content nor the length leaks through timing.
 #[must_use]
-pub fn not_built_yet() -> String {
-    format!(
-        "trustd {}: not built yet (tracked in issue #6)",
-        machinery::constants::VERSION
-    )
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    let a = ring::digest::digest(&ring::digest::SHA256, given.as_bytes());
+    let b = ring::digest::digest(&ring::digest::SHA256, expected.as_bytes());
+    let diff = a
+        .as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    diff == 0 && !expected.is_empty()
+}
+
+/// The SecurityService.
+#[derive(Debug, Clone)]
+pub struct Trustd {
+    dir: PathBuf,
+}
+
+impl Trustd {
+    /// Serves with the credentials in `dir`.
+    #[must_use]
+    pub fn new(dir: PathBuf) -> Trustd {
+        Trustd { dir }
+    }
+}
+
+#[tonic::async_trait]
+impl SecurityService for Trustd {
+    async fn certificate(
+        &self,
+        request: Request<CertificateRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        let creds = Credentials::load(&self.dir)
+            .map_err(|e| Status::unavailable(format!("trustd is not ready: {e}")))?;
+        let token = request
+            .metadata()
+            .get("token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if token.is_empty() {
+            return Err(Status::unauthenticated("missing token"));
+        }
+        if !token_matches(token, &creds.token) {
+            return Err(Status::unauthenticated("invalid token"));
+        }
+        let csr = String::from_utf8(request.into_inner().csr)
+            .map_err(|_| Status::invalid_argument("the CSR is not PEM text"))?;
+        let ca = creds.ca.clone();
+        // Signing is CPU work: off the async runtime.
+        let crt = tokio::task::spawn_blocking(move || {
+            pki::sign_csr(&ca, &csr, pki::SERVER_CERT_TTL, SystemTime::now())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(CertificateResponse {
+            ca: creds.ca.cert_pem.into_bytes(),
+            crt: crt.into_bytes(),
+        }))
+    }
+}
+
+/// Accepts TLS connections on `listener` and serves the SecurityService.
+pub async fn serve(dir: PathBuf, listener: tokio::net::TcpListener) {
+    let routes = tonic::service::Routes::new(SecurityServiceServer::new(Trustd::new(dir.clone())));
+    loop {
+        let Ok((tcp, addr)) = listener.accept().await else {
+            continue;
+        };
+        let dir = dir.clone();
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let config = match Credentials::load(&dir).and_then(|c| c.tls_config()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "refusing connection");
+                    return;
+                }
+            };
+            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(routes);
+            let _ = machinery::h2::server_builder()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        assert!(token_matches(
+            "abcdef.0123456789abcdef",
+            "abcdef.0123456789abcdef"
+        ));
+        assert!(!token_matches(
+            "abcdef.0123456789abcdee",
+            "abcdef.0123456789abcdef"
+        ));
+        assert!(!token_matches("", "abcdef.0123456789abcdef"));
+        assert!(!token_matches("", ""));
+    }
 }

@@ -184,8 +184,18 @@ pub async fn start_node(hostname: &str, listen: SocketAddr, pki: Option<(&Pki, b
     let rl = routerd::bind(&paths.socket("routerd")).expect("bind routerd");
     tokio::spawn(router.serve(rl, std::future::pending()));
 
-    if let Some((pki, worker)) = pki {
-        pki.write_credentials(&paths.secrets_dir("api"), worker);
+    match pki {
+        Some((pki, worker)) => pki.write_credentials(&paths.secrets_dir("api"), worker),
+        None => {
+            std::fs::create_dir_all(paths.secrets_dir("api")).expect("mkdir");
+            std::fs::write(
+                paths
+                    .secrets_dir("api")
+                    .join(machinery::constants::api_credentials::MAINTENANCE),
+                "",
+            )
+            .expect("marker");
+        }
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await

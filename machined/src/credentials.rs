@@ -1,0 +1,341 @@
+//! The node's API credentials, kept in step with the machine config.
+//!
+//! - No config: the maintenance marker for apid, nothing else.
+//! - Control plane (the config holds the OS CA key): machined issues apid's
+//!   server certificate (24 h, renewed at half life; SANs = the node's
+//!   addresses, hostname and `machine.certSANs`), the node's forwarding
+//!   client certificate (`os:impersonator`), and trustd's credentials.
+//! - Worker: asks a control plane's trustd (token in metadata, CSR without
+//!   any Organization) for a server certificate, with retries and fail-over
+//!   across endpoints; workers get no client certificate, so they never
+//!   forward.
+//!
+//! Files are written atomically into `/system/secrets/<component>` (mode
+//! 0600 for keys); apid and trustd pick changes up without a restart.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use machinery::config::MachineConfig;
+use machinery::constants::{api_credentials as api_files, trustd_credentials as trustd_files};
+use machinery::pki::{self, CertificateAndKey};
+
+use crate::node::Node;
+
+/// Errors keeping credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// Issuing failed.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// Writing failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// trustd could not be reached or refused.
+    #[error("requesting a certificate from trustd: {0}")]
+    Trustd(String),
+    /// The config's CA is unusable.
+    #[error("the machine config's CA: {0}")]
+    Ca(String),
+}
+
+fn write_atomic(dir: &Path, name: &str, data: &[u8], secret: bool) -> Result<(), CredentialsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CredentialsError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(err(&tmp))?;
+    f.write_all(data).map_err(err(&tmp))?;
+    // Readers must never see half a key: the rename makes the swap atomic.
+    std::fs::rename(&tmp, dir.join(name)).map_err(err(&dir.join(name)))
+}
+
+fn remove(dir: &Path, name: &str) {
+    let _ = std::fs::remove_file(dir.join(name));
+}
+
+/// The node's addresses and names for certificate SANs.
+fn sans(node: &Node, config: &MachineConfig) -> (Vec<IpAddr>, Vec<String>) {
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    if let Some(listen) = node.options.apid_listen
+        && !listen.ip().is_unspecified()
+    {
+        ips.push(listen.ip());
+    }
+    let mut dns = vec![node.hostname(), "localhost".to_owned()];
+    for san in config.cert_sans() {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(san.clone()),
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    dns.sort();
+    dns.dedup();
+    (ips, dns)
+}
+
+fn os_ca(config: &MachineConfig) -> Option<CertificateAndKey> {
+    let key = config.ca_key_pem()?;
+    Some(CertificateAndKey {
+        cert_pem: String::from_utf8_lossy(config.ca_crt_pem()).into_owned(),
+        key_pem: String::from_utf8_lossy(key).into_owned(),
+    })
+}
+
+/// Issues and writes a control plane's credentials; returns when they
+/// should be renewed.
+fn issue_control_plane(
+    node: &Node,
+    config: &MachineConfig,
+    ca: &CertificateAndKey,
+) -> Result<SystemTime, CredentialsError> {
+    let now = SystemTime::now();
+    let (ips, dns) = sans(node, config);
+    let server =
+        pki::issue_server_cert(ca, &node.hostname(), &ips, &dns, pki::SERVER_CERT_TTL, now)?;
+    let client = pki::issue_client_cert(
+        ca,
+        &["os:impersonator".to_owned()],
+        pki::SERVER_CERT_TTL,
+        now,
+    )?;
+    let api = node.paths.secrets_dir("api");
+    write_atomic(&api, api_files::SERVER_KEY, server.key_pem.as_bytes(), true)?;
+    write_atomic(
+        &api,
+        api_files::SERVER_CERT,
+        server.cert_pem.as_bytes(),
+        false,
+    )?;
+    write_atomic(&api, api_files::CLIENT_KEY, client.key_pem.as_bytes(), true)?;
+    write_atomic(
+        &api,
+        api_files::CLIENT_CERT,
+        client.cert_pem.as_bytes(),
+        false,
+    )?;
+    write_atomic(&api, api_files::CA, ca.cert_pem.as_bytes(), false)?;
+    remove(&api, api_files::MAINTENANCE);
+
+    let trustd = node.paths.secrets_dir("trustd");
+    write_atomic(
+        &trustd,
+        trustd_files::SERVER_KEY,
+        server.key_pem.as_bytes(),
+        true,
+    )?;
+    write_atomic(
+        &trustd,
+        trustd_files::SERVER_CERT,
+        server.cert_pem.as_bytes(),
+        false,
+    )?;
+    write_atomic(&trustd, trustd_files::CA_KEY, ca.key_pem.as_bytes(), true)?;
+    write_atomic(
+        &trustd,
+        trustd_files::TOKEN,
+        config.token().as_bytes(),
+        true,
+    )?;
+    write_atomic(&trustd, trustd_files::CA, ca.cert_pem.as_bytes(), false)?;
+    let info = pki::cert_info(server.cert_pem.as_bytes())?;
+    Ok(pki::renew_at(info.not_before, info.not_after))
+}
+
+/// trustd's address for a worker: the control plane endpoint's host (from
+/// `cluster.controlPlane.endpoint`) on trustd's port.
+fn trustd_endpoint(control_plane_endpoint: &str) -> Option<String> {
+    let authority = control_plane_endpoint
+        .split_once("://")
+        .map_or(control_plane_endpoint, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(':') => h,
+        _ => authority,
+    };
+    (!host.is_empty()).then(|| format!("{host}:{}", machinery::constants::TRUSTD_PORT))
+}
+
+/// Asks trustd for a worker's server certificate and writes it.
+async fn request_worker(
+    node: &Node,
+    config: &MachineConfig,
+    trustd_port: Option<u16>,
+) -> Result<SystemTime, CredentialsError> {
+    let (ips, dns) = sans(node, config);
+    let hostname = node.hostname();
+    let (csr, key) = tokio::task::spawn_blocking(move || pki::generate_csr(&hostname, &ips, &dns))
+        .await
+        .map_err(|e| CredentialsError::Trustd(e.to_string()))??;
+    let ca_pem = config.ca_crt_pem().to_vec();
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls_pki_types::pem::PemObject as _;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+            let cert = cert.map_err(|e| CredentialsError::Ca(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| CredentialsError::Ca(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CredentialsError::Ca(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = Arc::new(tls);
+    let mut endpoints: Vec<String> = trustd_endpoint(config.control_plane_endpoint())
+        .into_iter()
+        .collect();
+    if let Some(port) = trustd_port {
+        for e in &mut endpoints {
+            if let Some((h, _)) = e.rsplit_once(':') {
+                *e = format!("{h}:{port}");
+            }
+        }
+    }
+    let mut last = String::from("no trustd endpoint: cluster.controlPlane.endpoint has no host");
+    for endpoint in &endpoints {
+        let host = endpoint
+            .rsplit_once(':')
+            .map_or(endpoint.as_str(), |(h, _)| h);
+        let channel = match machinery::grpc::tls_channel(endpoint.clone(), host, Arc::clone(&tls)) {
+            Ok(c) => c,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        let mut client =
+            api::securityapi::security_service_client::SecurityServiceClient::new(channel);
+        let mut request = tonic::Request::new(api::securityapi::CertificateRequest {
+            csr: csr.clone().into_bytes(),
+        });
+        request.set_timeout(Duration::from_secs(10));
+        if let Ok(token) = tonic::metadata::MetadataValue::try_from(config.token()) {
+            request.metadata_mut().insert("token", token);
+        }
+        match client.certificate(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                let api = node.paths.secrets_dir("api");
+                write_atomic(&api, api_files::SERVER_KEY, key.as_bytes(), true)?;
+                write_atomic(&api, api_files::SERVER_CERT, &reply.crt, false)?;
+                // Workers never forward: no client certificate.
+                remove(&api, api_files::CLIENT_CERT);
+                remove(&api, api_files::CLIENT_KEY);
+                write_atomic(&api, api_files::CA, &ca_pem, false)?;
+                remove(&api, api_files::MAINTENANCE);
+                let info = pki::cert_info(&reply.crt)?;
+                tracing::info!(trustd = %endpoint, "worker API certificate issued by trustd");
+                return Ok(pki::renew_at(info.not_before, info.not_after));
+            }
+            Err(status) => last = format!("{endpoint}: {}", status.message()),
+        }
+    }
+    Err(CredentialsError::Trustd(last))
+}
+
+/// Keeps the credentials in step with the config until the process ends.
+/// `trustd_port` overrides trustd's port for workers (container mode).
+pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
+    let mut configs = node.config.subscribe();
+    let mut failures = 0u32;
+    loop {
+        let config = configs.borrow_and_update().clone();
+        let next = match &config {
+            None => {
+                let api = node.paths.secrets_dir("api");
+                if let Err(e) = write_atomic(&api, api_files::MAINTENANCE, b"", false) {
+                    tracing::error!(error = %e, "writing the maintenance marker");
+                }
+                None
+            }
+            Some(config) => {
+                let result = match os_ca(config) {
+                    Some(ca) => {
+                        let node = Arc::clone(&node);
+                        let config = Arc::clone(config);
+                        tokio::task::spawn_blocking(move || {
+                            issue_control_plane(&node, &config, &ca)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(CredentialsError::Trustd(e.to_string())))
+                    }
+                    None => request_worker(&node, config, trustd_port).await,
+                };
+                match result {
+                    Ok(renew) => {
+                        failures = 0;
+                        Some(
+                            renew
+                                .duration_since(SystemTime::now())
+                                .unwrap_or(Duration::from_secs(60)),
+                        )
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let retry = Duration::from_millis(500)
+                            .saturating_mul(1 << failures.min(6))
+                            .min(Duration::from_secs(30));
+                        tracing::warn!(error = %e, ?retry, "API credentials not ready");
+                        Some(retry)
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            changed = configs.changed() => if changed.is_err() { return },
+            () = async {
+                match next {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trustd_endpoint_from_the_control_plane_endpoint() {
+        let cases = [
+            ("https://10.5.0.2:6443", Some("10.5.0.2:50001")),
+            ("https://cp.example.com:6443/", Some("cp.example.com:50001")),
+            ("https://127.0.0.5", Some("127.0.0.5:50001")),
+            ("https://", None),
+        ];
+        for (endpoint, expected) in cases {
+            assert_eq!(
+                super::trustd_endpoint(endpoint).as_deref(),
+                expected,
+                "{endpoint}"
+            );
+        }
+    }
+}
