@@ -1,0 +1,256 @@
+//! Real binaries end to end, no root: container-mode machined starts
+//! routerd, apid and trustd; a control plane issues its own credentials, a
+//! worker gets its certificate from the control plane's trustd, and calls go
+//! through apid over mTLS. (`cargo build --workspace --bins` first;
+//! scripts/test does.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use api::machine::machine_service_client::MachineServiceClient;
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_machined"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf()
+}
+
+fn require_binaries() {
+    for b in ["machined", "routerd", "apid", "trustd"] {
+        assert!(
+            bin_dir().join(b).exists(),
+            "{b} is not built: run `cargo build --workspace --bins` (scripts/test does)"
+        );
+    }
+}
+
+struct Node {
+    child: Child,
+    root: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(root: &Path, name: &str, ip: &str, config: Option<&str>) -> Node {
+    if let Some(config) = config {
+        let state = root.join("system/state");
+        std::fs::create_dir_all(&state).expect("mkdir");
+        std::fs::write(machinery::config::persist_path(&state), config).expect("config");
+    }
+    let log = std::fs::File::create(root.join("machined.log")).expect("log");
+    let child = Command::new(bin_dir().join("machined"))
+        .args(["--mode", "container", "--root"])
+        .arg(root)
+        .args([
+            "--hostname",
+            name,
+            "--apid-listen",
+            &format!("{ip}:50000"),
+            "--trustd-listen",
+            &format!("{ip}:50001"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("machined starts");
+    Node {
+        child,
+        root: root.to_path_buf(),
+    }
+}
+
+fn tls(ctx: &machinery::talosconfig::Context) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ctx.ca_pem().expect("ca")) {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&ctx.crt_pem().expect("crt"))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = machinery::pki::to_pkcs8_pem(&String::from_utf8_lossy(&ctx.key_pem().expect("key")))
+        .expect("pkcs8");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client"),
+    )
+}
+
+async fn wait_for_version(
+    client: &mut MachineServiceClient<tonic::transport::Channel>,
+    what: &str,
+    node: &Node,
+) -> api::machine::Version {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut req = tonic::Request::new(());
+        req.set_timeout(Duration::from_secs(5));
+        match client.version(req).await {
+            Ok(r) => return r.into_inner().messages.remove(0),
+            Err(status) => {
+                if Instant::now() > deadline {
+                    let log =
+                        std::fs::read_to_string(node.root.join("machined.log")).unwrap_or_default();
+                    panic!("{what} never answered: {status}\n--- machined.log ---\n{log}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn control_plane_and_worker_over_mtls() {
+    require_binaries();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cp_ip, worker_ip) = ("127.7.0.2", "127.7.0.3");
+    let now = SystemTime::now();
+    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+    let opts = machinery::generate::GenOptions::new("e2e", format!("https://{cp_ip}:6443"));
+    let generated = machinery::generate::generate(&bundle, &opts, now).expect("configs");
+    let ctx = generated
+        .talosconfig
+        .contexts
+        .get("e2e")
+        .expect("context")
+        .clone();
+    let config = tls(&ctx);
+
+    let cp = start(
+        &dir.path().join("cp"),
+        "e2e-cp-1",
+        cp_ip,
+        Some(&generated.controlplane_yaml),
+    );
+    let worker = start(
+        &dir.path().join("worker"),
+        "e2e-worker-1",
+        worker_ip,
+        Some(&generated.worker_yaml),
+    );
+
+    let mut cp_client = MachineServiceClient::new(
+        machinery::grpc::tls_channel(format!("{cp_ip}:50000"), cp_ip, Arc::clone(&config))
+            .expect("channel"),
+    );
+    let v = wait_for_version(&mut cp_client, "the control plane", &cp).await;
+    assert_eq!(v.platform.expect("platform").mode, "container");
+    assert_eq!(v.features.expect("config loaded: features").rbac, true);
+
+    let mut worker_client = MachineServiceClient::new(
+        machinery::grpc::tls_channel(format!("{worker_ip}:50000"), worker_ip, Arc::clone(&config))
+            .expect("channel"),
+    );
+    wait_for_version(
+        &mut worker_client,
+        "the worker (certificate from trustd)",
+        &worker,
+    )
+    .await;
+    let info = machinery::pki::cert_info(
+        &std::fs::read(worker.root.join("system/secrets/api/server.crt")).expect("worker cert"),
+    )
+    .expect("parse");
+    assert!(
+        info.organizations.is_empty(),
+        "trustd must strip organizations: {:?}",
+        info.organizations
+    );
+    assert!(
+        !worker.root.join("system/secrets/api/client.crt").exists(),
+        "workers get no client certificate"
+    );
+
+    // Services on the control plane, through apid → routerd → machined.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = cp_client
+            .service_list(())
+            .await
+            .expect("services")
+            .into_inner();
+        let services: Vec<(String, String, bool)> = list.messages[0]
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.id.clone(),
+                    s.state.clone(),
+                    s.health.as_ref().is_some_and(|h| h.healthy),
+                )
+            })
+            .collect();
+        let ids: Vec<&str> = services.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(ids, ["apid", "machined", "routerd", "trustd"]);
+        if services.iter().all(|s| s.1 == "Running" && s.2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "services never all healthy: {services:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The control plane forwards to the worker (node metadata).
+    let mut req = tonic::Request::new(());
+    req.metadata_mut()
+        .insert("node", worker_ip.parse().expect("ascii"));
+    let host = cp_client
+        .hostname(req)
+        .await
+        .expect("forwarded")
+        .into_inner();
+    assert_eq!(host.messages[0].hostname, "e2e-worker-1");
+    // The worker does not forward.
+    let mut req = tonic::Request::new(());
+    req.metadata_mut()
+        .insert("node", cp_ip.parse().expect("ascii"));
+    let err = worker_client
+        .hostname(req)
+        .await
+        .expect_err("workers do not forward");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    drop(worker);
+    drop(cp);
+    // machined stopped its services: nothing of this test is left running.
+    std::thread::sleep(Duration::from_millis(200));
+    let root = dir.path().as_os_str().as_encoded_bytes().to_vec();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let mentions = cmdline.windows(root.len()).any(|w| w == root.as_slice());
+            assert!(
+                !mentions,
+                "left running: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            );
+        }
+    }
+}
