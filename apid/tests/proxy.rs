@@ -1,12 +1,10 @@
 //! Routing across nodes: `node` (one to one), `nodes` (fan-out with
 //! metadata), failures as entries, streams through another node.
 
-mod common;
-
 use std::time::Duration;
 
 use api::machine::machine_service_client::MachineServiceClient;
-use common::{Pki, client_config, start_node};
+use testkit::{Pki, client_config, start_node};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 

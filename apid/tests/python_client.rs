@@ -7,12 +7,10 @@
 //! serves as well as Ed25519 ones. (Upstream Talos's default Ed25519
 //! certificates have the same limit with grpcio.)
 
-mod common;
-
 use std::process::Command;
 
-use common::start_node;
 use machinery::constants::api_credentials as files;
+use testkit::start_node;
 
 fn ecdsa_ca() -> (rcgen::CertificateParams, rcgen::KeyPair, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");

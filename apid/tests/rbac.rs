@@ -1,12 +1,10 @@
 //! The role matrix and certificate checks, through a real apid over mTLS.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
 use api::roles::{Role, RoleSet};
-use common::{Pki, client_config, raw_call, raw_client, start_node};
 use machinery::pki;
+use testkit::{Pki, client_config, raw_call, raw_client, start_node};
 
 #[tokio::test]
 async fn every_machine_method_by_role() {
@@ -235,7 +233,7 @@ async fn certificates_hot_reload_without_dropping_connections() {
 
     // Rotate to a new CA and server certificate.
     let second = Pki::new();
-    second.write_credentials(&node.paths.secrets_dir("api"), false);
+    second.write_credentials(&node.paths.secrets_dir("api"), false, node.addr.ip());
     let new = raw_client(
         node.addr,
         client_config(&second.ca.cert_pem, Some(&second.client(&["os:admin"]))),

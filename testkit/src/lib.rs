@@ -1,7 +1,12 @@
-//! A node in-process: machined's API, routerd and apid on real sockets,
-//! with credentials from machinery's PKI.
-
-#![allow(dead_code, reason = "each test file uses part of this")]
+//! Test and benchmark harness: a node in-process (machined's API, routerd
+//! and apid on real sockets), credentials from machinery's PKI, and TLS
+//! clients. Used by the integration tests and the benchmarks.
+#![forbid(unsafe_code)]
+#![allow(
+    missing_debug_implementations,
+    clippy::missing_panics_doc,
+    reason = "test harness"
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,11 +35,13 @@ impl Pki {
             .expect("client cert")
     }
 
-    pub fn server(&self) -> CertificateAndKey {
+    /// A server certificate for 127.0.0.1, localhost and `ip`.
+    pub fn server(&self, ip: std::net::IpAddr) -> CertificateAndKey {
+        let ips = [std::net::IpAddr::from([127, 0, 0, 1]), ip];
         pki::issue_server_cert(
             &self.ca,
             "node",
-            &["127.0.0.1".parse().expect("ip")],
+            &ips,
             &["localhost".into()],
             pki::SERVER_CERT_TTL,
             SystemTime::now(),
@@ -44,9 +51,9 @@ impl Pki {
 
     /// Writes a node's API credentials (server cert, and a forwarding client
     /// cert unless `worker`).
-    pub fn write_credentials(&self, dir: &std::path::Path, worker: bool) {
+    pub fn write_credentials(&self, dir: &std::path::Path, worker: bool, ip: std::net::IpAddr) {
         std::fs::create_dir_all(dir).expect("mkdir");
-        let server = self.server();
+        let server = self.server(ip);
         let write = |name: &str, text: &str| {
             let tmp = dir.join(format!(".{name}.tmp"));
             std::fs::write(&tmp, text).expect("write");
@@ -151,6 +158,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub paths: NodePaths,
     pub addr: SocketAddr,
+    /// machined's runtime state (log buffers, events, config).
+    pub machine: Arc<machined::node::Node>,
 }
 
 /// machined's API + routerd + apid for one node, apid on `listen`
@@ -176,7 +185,7 @@ pub async fn start_node(hostname: &str, listen: SocketAddr, pki: Option<(&Pki, b
     std::fs::create_dir_all(paths.socket_dir("machined")).expect("mkdir");
     let listener = tokio::net::UnixListener::bind(paths.socket("machined")).expect("bind machined");
     tokio::spawn(machined::run::serve_api(
-        node,
+        Arc::clone(&node),
         listener,
         std::future::pending(),
     ));
@@ -184,8 +193,12 @@ pub async fn start_node(hostname: &str, listen: SocketAddr, pki: Option<(&Pki, b
     let rl = routerd::bind(&paths.socket("routerd")).expect("bind routerd");
     tokio::spawn(router.serve(rl, std::future::pending()));
 
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .expect("bind apid");
+    let addr = listener.local_addr().expect("addr");
     match pki {
-        Some((pki, worker)) => pki.write_credentials(&paths.secrets_dir("api"), worker),
+        Some((pki, worker)) => pki.write_credentials(&paths.secrets_dir("api"), worker, addr.ip()),
         None => {
             std::fs::create_dir_all(paths.secrets_dir("api")).expect("mkdir");
             std::fs::write(
@@ -197,10 +210,6 @@ pub async fn start_node(hostname: &str, listen: SocketAddr, pki: Option<(&Pki, b
             .expect("marker");
         }
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .expect("bind apid");
-    let addr = listener.local_addr().expect("addr");
     let names = vec![hostname.to_owned(), addr.ip().to_string(), addr.to_string()];
     let tls = apid::tls::Reloader::start(
         paths.secrets_dir("api"),
@@ -216,7 +225,12 @@ pub async fn start_node(hostname: &str, listen: SocketAddr, pki: Option<(&Pki, b
         peer_port: addr.port(),
     };
     tokio::spawn(apid::Apid::new(options, tls).serve(listener, std::future::pending()));
-    Node { dir, paths, addr }
+    Node {
+        dir,
+        paths,
+        addr,
+        machine: node,
+    }
 }
 
 pub fn bytes_of(s: &str) -> Bytes {

@@ -1,0 +1,326 @@
+//! API benchmarks. Run: `cargo bench -p bench` (release build; prints
+//! figures). Every scenario runs in this one process, side by side, so the
+//! ratios compare like with like on a noisy machine.
+//!
+//! - unary Version: direct to machined's socket, through routerd, through
+//!   apid (mTLS), apid → apid (`node`), fan-out (`nodes`) to 1, 8, 32 nodes;
+//! - ServiceList latency on machined's socket with 6 services;
+//! - Logs follow throughput over machined's socket and through apid;
+//! - machined's RSS at idle with its services up (real binaries).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use api::machine::machine_service_client::MachineServiceClient;
+use bench::Samples;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+type Client = MachineServiceClient<Channel>;
+
+async fn measure(client: &mut Client, n: usize, make: impl Fn() -> tonic::Request<()>) -> Samples {
+    for _ in 0..(n / 10).max(20) {
+        client.version(make()).await.expect("warm-up call");
+    }
+    let mut s = Samples::default();
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        client.version(make()).await.expect("call");
+        s.push(t.elapsed());
+    }
+    s.set_wall(start.elapsed());
+    s
+}
+
+fn with(key: &'static str, values: &[String]) -> tonic::Request<()> {
+    let mut r = tonic::Request::new(());
+    for v in values {
+        r.metadata_mut()
+            .append(key, MetadataValue::try_from(v.as_str()).expect("ascii"));
+    }
+    r
+}
+
+async fn admin(pki: &testkit::Pki, addr: SocketAddr) -> Client {
+    let config = testkit::client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
+    MachineServiceClient::new(
+        machinery::grpc::tls_channel(addr.to_string(), "127.0.0.1", config).expect("channel"),
+    )
+}
+
+async fn latency() {
+    let pki = testkit::Pki::new();
+    println!("== unary Version (sequential calls) ==");
+    let mut nodes = Vec::new();
+    for i in 0..33u8 {
+        let addr: SocketAddr = format!("127.9.{}.{}:0", i / 200, 2 + i % 200)
+            .parse()
+            .expect("addr");
+        nodes.push(testkit::start_node(&format!("bench-{i}"), addr, Some((&pki, false))).await);
+    }
+    let a = &nodes[0];
+    let mut direct = MachineServiceClient::new(
+        machinery::grpc::unix_channel(&a.paths.socket("machined"))
+            .await
+            .expect("machined"),
+    );
+    let mut router = MachineServiceClient::new(
+        machinery::grpc::unix_channel(&a.paths.socket("routerd"))
+            .await
+            .expect("routerd"),
+    );
+    let mut apid = admin(&pki, a.addr).await;
+    let n = 3000;
+    let d = measure(&mut direct, n, || tonic::Request::new(())).await;
+    let r = measure(&mut router, n, || tonic::Request::new(())).await;
+    let l = measure(&mut apid, n, || tonic::Request::new(())).await;
+    let b = nodes[1].addr.to_string();
+    let o = measure(&mut apid, n, || with("node", std::slice::from_ref(&b))).await;
+    println!("{}", d.line("direct to machined (UDS)"));
+    println!("{}", r.line("through routerd (UDS)"));
+    println!("{}", l.line("through apid (mTLS) -> routerd -> machined"));
+    println!("{}", o.line("apid -> apid (node=B, mTLS both hops)"));
+    let over = |x: &Samples, y: &Samples| {
+        (x.quantile(0.5).as_secs_f64() - y.quantile(0.5).as_secs_f64()) * 1e6
+    };
+    println!(
+        "apid local hop adds {:.1}µs p50 over direct (goal <= 150µs); routerd adds {:.1}µs",
+        over(&l, &d),
+        over(&r, &d)
+    );
+
+    println!("== fan-out (nodes=...) through apid A ==");
+    let mut one = Samples::default();
+    for count in [1usize, 8, 32] {
+        let targets: Vec<String> = nodes[1..=count]
+            .iter()
+            .map(|n| n.addr.to_string())
+            .collect();
+        let s = measure(&mut apid, if count == 32 { 400 } else { 1500 }, || {
+            with("nodes", &targets)
+        })
+        .await;
+        println!("{}", s.line(&format!("fan-out to {count} node(s)")));
+        if count == 1 {
+            one = s;
+        } else if count == 32 {
+            let ratio = s.quantile(0.5).as_secs_f64() / one.quantile(0.5).as_secs_f64();
+            println!("fan-out 32 / fan-out 1 p50 ratio: {ratio:.2}x (goal <= 3x)");
+        }
+    }
+
+    println!("== Logs follow throughput ==");
+    for (name, mut client) in [
+        ("over machined's socket", direct.clone()),
+        ("through apid (mTLS)", apid.clone()),
+    ] {
+        let log = a.machine.logs.get_or_create("flood");
+        let chunk = vec![b'x'; 64 * 1024];
+        let req = api::machine::LogsRequest {
+            namespace: "system".into(),
+            id: "flood".into(),
+            driver: 0,
+            follow: true,
+            tail_lines: 0,
+        };
+        let mut stream = client.logs(req).await.expect("logs").into_inner();
+        let producer = tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                log.append(&chunk);
+                tokio::task::yield_now().await;
+            }
+        });
+        let start = Instant::now();
+        let mut bytes = 0usize;
+        while start.elapsed() < Duration::from_secs(3) {
+            match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+                Ok(Ok(Some(d))) => bytes += d.bytes.len(),
+                _ => break,
+            }
+        }
+        producer.await.expect("producer");
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "Logs follow {name:<28} {:>8.1} MB/s ({} MB in {secs:.1}s)",
+            bytes as f64 / secs / 1e6,
+            bytes / 1_000_000
+        );
+    }
+}
+
+async fn service_list() {
+    println!("== ServiceList on machined's socket, 6 services ==");
+    let dir = tempfile_dir();
+    let options = machined::node::NodeOptions {
+        mode: machined::node::Mode::Container,
+        root: dir.clone(),
+        hostname: Some("bench".into()),
+        bin_dir: PathBuf::from("/nonexistent"),
+        apid_listen: None,
+        trustd_listen: None,
+    };
+    let logs = Arc::new(machined::logbuf::LogRegistry::new(1024 * 1024, None));
+    let config =
+        Arc::new(machined::configstore::ConfigStore::load(dir.join("none.yaml")).expect("config"));
+    let node = Arc::new(machined::node::Node::new(options, logs, config));
+    let specs = (0..6)
+        .map(|i| machined::supervisor::ServiceSpec::new(format!("svc-{i}"), "/bin/sleep", ["600"]))
+        .collect();
+    let sup =
+        Arc::new(machined::supervisor::Supervisor::new(specs, &node.logs, None).expect("services"));
+    let _ = node.supervisor.set(Arc::clone(&sup));
+    sup.start_all().await;
+    let socket = dir.join("machined.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+    tokio::spawn(machined::run::serve_api(
+        Arc::clone(&node),
+        listener,
+        std::future::pending(),
+    ));
+    let mut client = MachineServiceClient::new(
+        machinery::grpc::unix_channel(&socket)
+            .await
+            .expect("connect"),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..200 {
+        client.service_list(()).await.expect("warm-up");
+    }
+    let mut s = Samples::default();
+    let start = Instant::now();
+    for _ in 0..3000 {
+        let t = Instant::now();
+        client.service_list(()).await.expect("call");
+        s.push(t.elapsed());
+    }
+    s.set_wall(start.elapsed());
+    println!("{}", s.line("ServiceList (7 entries incl. machined)"));
+    sup.stop_all().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "bench-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+async fn memory() {
+    println!("== memory at idle (real binaries, container mode, control plane) ==");
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().and_then(|d| d.parent()).map(PathBuf::from))
+        .expect("target dir");
+    if !bin.join("machined").exists() {
+        println!(
+            "skipped: build the release binaries first (cargo build --release --workspace --bins)"
+        );
+        return;
+    }
+    let dir = tempfile_dir();
+    let now = SystemTime::now();
+    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+    let generated = machinery::generate::generate(
+        &bundle,
+        &machinery::generate::GenOptions::new("bench", "https://127.9.9.2:6443"),
+        now,
+    )
+    .expect("config");
+    let state = dir.join("system/state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(
+        machinery::config::persist_path(&state),
+        &generated.controlplane_yaml,
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(bin.join("machined"))
+        .args(["--mode", "container", "--root"])
+        .arg(&dir)
+        .args([
+            "--hostname",
+            "bench",
+            "--apid-listen",
+            "127.9.9.2:50000",
+            "--trustd-listen",
+            "127.9.9.2:50001",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("machined");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let me = child.id();
+    let mut total = rss_kib(me);
+    println!("{:<10} {:>8} KiB", "machined", rss_kib(me));
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if ppid == me {
+            let name = head.split_once(" (").map_or("?", |(_, n)| n);
+            println!("{name:<10} {:>8} KiB", rss_kib(pid));
+            total += rss_kib(pid);
+        }
+    }
+    println!("{:<10} {:>8} KiB (machined + its services)", "total", total);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &me.to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // special: run only when benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        latency().await;
+        service_list().await;
+        memory().await;
+    });
+}
