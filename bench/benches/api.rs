@@ -53,7 +53,7 @@ async fn admin(pki: &testkit::Pki, addr: SocketAddr) -> Client {
 
 async fn latency() {
     let pki = testkit::Pki::new();
-    println!("== unary Version (sequential calls) ==");
+    println!("== unary Version, all in this process (sequential calls) ==");
     let mut nodes = Vec::new();
     for i in 0..33u8 {
         let addr: SocketAddr = format!("127.9.{}.{}:0", i / 200, 2 + i % 200)
@@ -307,6 +307,141 @@ async fn memory() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A real node: container-mode machined (which starts routerd, apid and
+/// trustd) from the release binaries.
+struct RealNode {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_real(bin: &std::path::Path, yaml: &str, name: &str, ip: &str) -> RealNode {
+    let dir = tempfile_dir();
+    let state = dir.join("system/state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(machinery::config::persist_path(&state), yaml).expect("config");
+    let child = std::process::Command::new(bin.join("machined"))
+        .args(["--mode", "container", "--root"])
+        .arg(&dir)
+        .args([
+            "--hostname",
+            name,
+            "--apid-listen",
+            &format!("{ip}:50000"),
+            "--trustd-listen",
+            &format!("{ip}:50001"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("machined");
+    RealNode { child, dir }
+}
+
+fn release_bins() -> Option<PathBuf> {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().and_then(|d| d.parent()).map(PathBuf::from))?;
+    bin.join("machined").exists().then_some(bin)
+}
+
+async fn latency_real() {
+    println!("== unary Version, real daemons (separate processes, as deployed) ==");
+    let Some(bin) = release_bins() else {
+        println!(
+            "skipped: build the release binaries first (cargo build --release --workspace --bins)"
+        );
+        return;
+    };
+    let now = SystemTime::now();
+    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+    let generated = machinery::generate::generate(
+        &bundle,
+        &machinery::generate::GenOptions::new("bench", "https://127.9.8.2:6443"),
+        now,
+    )
+    .expect("config");
+    let a = start_real(&bin, &generated.controlplane_yaml, "real-a", "127.9.8.2");
+    let _b = start_real(&bin, &generated.controlplane_yaml, "real-b", "127.9.8.3");
+    let ctx = generated
+        .talosconfig
+        .contexts
+        .get("bench")
+        .expect("context");
+    let config = client_tls(ctx);
+    let mut apid = MachineServiceClient::new(
+        machinery::grpc::tls_channel("127.9.8.2:50000".into(), "127.9.8.2", config)
+            .expect("channel"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while apid.version(()).await.is_err() {
+        assert!(Instant::now() < deadline, "real node never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let paths = machinery::constants::NodePaths::under(&a.dir);
+    let mut direct = MachineServiceClient::new(
+        machinery::grpc::unix_channel(&paths.socket("machined"))
+            .await
+            .expect("machined"),
+    );
+    let mut router = MachineServiceClient::new(
+        machinery::grpc::unix_channel(&paths.socket("routerd"))
+            .await
+            .expect("routerd"),
+    );
+    let n = 3000;
+    let d = measure(&mut direct, n, || tonic::Request::new(())).await;
+    let r = measure(&mut router, n, || tonic::Request::new(())).await;
+    let l = measure(&mut apid, n, || tonic::Request::new(())).await;
+    let b = "127.9.8.3".to_owned();
+    let o = measure(&mut apid, n, || with("node", std::slice::from_ref(&b))).await;
+    println!("{}", d.line("direct to machined (UDS)"));
+    println!("{}", r.line("through routerd (UDS)"));
+    println!("{}", l.line("through apid (mTLS) -> routerd -> machined"));
+    println!("{}", o.line("apid -> apid (node=B, mTLS both hops)"));
+    let over = |x: &Samples, y: &Samples| {
+        (x.quantile(0.5).as_secs_f64() - y.quantile(0.5).as_secs_f64()) * 1e6
+    };
+    println!(
+        "apid local hop adds {:.1}µs p50 over direct (goal <= 150µs); routerd adds {:.1}µs",
+        over(&l, &d),
+        over(&r, &d)
+    );
+}
+
+fn client_tls(ctx: &machinery::talosconfig::Context) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ctx.ca_pem().expect("ca")) {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&ctx.crt_pem().expect("crt"))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = machinery::pki::to_pkcs8_pem(&String::from_utf8_lossy(&ctx.key_pem().expect("key")))
+        .expect("pkcs8");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client"),
+    )
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // special: run only when benchmarking.
@@ -319,6 +454,7 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        latency_real().await;
         latency().await;
         service_list().await;
         memory().await;

@@ -75,6 +75,8 @@ pub struct Node {
     pub supervisor: OnceLock<Arc<Supervisor>>,
     /// Serializes lifecycle actions (reboot, shutdown, reset, upgrade).
     pub lifecycle: tokio::sync::Mutex<()>,
+    /// When machined started.
+    pub started: std::time::SystemTime,
     power: watch::Sender<Option<(PowerAction, String)>>,
 }
 
@@ -91,6 +93,7 @@ impl Node {
             config,
             supervisor: OnceLock::new(),
             lifecycle: tokio::sync::Mutex::new(()),
+            started: std::time::SystemTime::now(),
             power: watch::channel(None).0,
         }
     }

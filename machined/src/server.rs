@@ -314,12 +314,18 @@ impl MachineService for MachineApi {
         let me = pb::ServiceInfo {
             id: "machined".into(),
             state: ServiceState::Running.as_str().into(),
-            events: Some(pb::ServiceEvents::default()),
+            events: Some(pb::ServiceEvents {
+                events: vec![pb::ServiceEvent {
+                    msg: "Service started".into(),
+                    state: ServiceState::Running.as_str().into(),
+                    ts: Some(ts(self.node.started)),
+                }],
+            }),
             health: Some(pb::ServiceHealth {
                 unknown: false,
                 healthy: true,
                 last_message: String::new(),
-                last_change: None,
+                last_change: Some(ts(self.node.started)),
             }),
         };
         let mut services: Vec<pb::ServiceInfo> =
@@ -800,12 +806,16 @@ impl MachineService for MachineApi {
                 );
             }
         };
+        tracing::info!(?mode, dry_run = req.dry_run, "applying a machine config");
         let outcome = self
             .node
             .config
             .apply(&req.data, mode, req.dry_run, self.node.in_maintenance())
             .await
-            .map_err(ApiError::from)?;
+            .map_err(|e| {
+                tracing::warn!(error = %e, "machine config refused");
+                ApiError::from(e)
+            })?;
         let reply_mode = match outcome.mode {
             ApplyMode::Reboot => M::Reboot,
             ApplyMode::Auto => M::Auto,

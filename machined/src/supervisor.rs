@@ -145,8 +145,8 @@ pub struct ServiceSpec {
     pub stop_grace: Duration,
     /// Directories created (and stale sockets in them removed) before start.
     pub socket_dirs: Vec<PathBuf>,
-    /// Whether ServiceStop through the API is allowed (not for the services
-    /// the API itself travels through).
+    /// Whether ServiceStop and ServiceRestart through the API are allowed
+    /// (not for the services the API itself travels through).
     pub api_stoppable: bool,
 }
 
@@ -559,6 +559,13 @@ impl Supervisor {
     /// # Errors
     /// Unknown service, or shutting down.
     pub async fn restart(&self, id: &str) -> Result<(), SupervisorError> {
+        // The reply to this very call travels through those services.
+        if !self.handle(id)?.spec.api_stoppable {
+            return Err(SupervisorError::NotAllowed {
+                id: id.to_owned(),
+                action: "restart",
+            });
+        }
         self.command(id, Cmd::Restart).await
     }
 

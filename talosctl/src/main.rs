@@ -2,6 +2,5 @@
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    eprintln!("{}", talosctl::not_built_yet());
-    std::process::ExitCode::from(2)
+    talosctl::main()
 }

@@ -22,7 +22,14 @@ pub struct Pki {
     pub ca: CertificateAndKey,
 }
 
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
+
 impl Pki {
+    /// A fresh OS CA.
     pub fn new() -> Pki {
         Pki {
             ca: pki::generate_os_ca(SystemTime::now()).expect("CA"),

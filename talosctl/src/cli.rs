@@ -1,0 +1,716 @@
+//! The command tree, as upstream talosctl spells it.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+/// `talosctl`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "talosctl",
+    about = "A CLI for out-of-band management of Kubernetes nodes created by Talos",
+    long_about = None,
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// Flags every command accepts.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// override default endpoints in Talos configuration
+    #[arg(short = 'e', long = "endpoints", global = true, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// target the specified nodes
+    #[arg(short = 'n', long = "nodes", global = true, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// The path to the Talos configuration file. Defaults to 'TALOSCONFIG' env variable if set, otherwise '$HOME/.talos/config' and '/var/run/secrets/talos.dev/config' in order.
+    #[arg(long, global = true)]
+    pub talosconfig: Option<PathBuf>,
+    /// Context to be used in command
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
+pub enum Command {
+    /// Apply a new configuration to a node
+    #[command(name = "apply-config", visible_alias = "apply")]
+    ApplyConfig(ApplyArgs),
+    /// A collection of commands for managing local docker-based or QEMU-based clusters
+    Cluster(crate::cluster::ClusterArgs),
+    /// Output shell completion code for the specified shell (bash, fish or zsh)
+    Completion(CompletionArgs),
+    /// Manage the client configuration file (talosconfig)
+    Config(ConfigArgs),
+    /// Copy data out from the node
+    #[command(visible_alias = "cp")]
+    Copy(CopyArgs),
+    /// Get the list of disks from /sys/block on the machine
+    Disks,
+    /// Retrieve kernel logs
+    Dmesg(DmesgArgs),
+    /// Stream runtime events
+    Events(EventsArgs),
+    /// Generate CAs, certificates, and private keys
+    Gen(GenArgs),
+    /// Check cluster health
+    Health(HealthArgs),
+    /// List network interfaces
+    Interfaces,
+    /// Retrieve a directory listing
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Retrieve logs for a service
+    Logs(LogsArgs),
+    /// Show memory usage
+    #[command(visible_aliases = ["m", "free"])]
+    Memory(MemoryArgs),
+    /// List mounts
+    #[command(visible_alias = "mount")]
+    Mounts,
+    /// List running processes
+    #[command(visible_aliases = ["p", "ps"])]
+    Processes(ProcessesArgs),
+    /// Read a file on the machine
+    #[command(visible_alias = "cat")]
+    Read(ReadArgs),
+    /// Reboot a node
+    Reboot(RebootArgs),
+    /// Reset a node
+    Reset(ResetArgs),
+    /// Rollback a node to the previous installation
+    Rollback,
+    /// List network routes
+    Routes,
+    /// Retrieve the state of a service (or all services), control service state
+    #[command(visible_alias = "services")]
+    Service(ServiceArgs),
+    /// Shutdown a node
+    Shutdown(ShutdownArgs),
+    /// Gets current server time
+    Time(TimeArgs),
+    /// Upgrade Talos on the target node
+    Upgrade(UpgradeArgs),
+    /// Retrieve a disk usage
+    #[command(visible_alias = "du")]
+    Usage(UsageArgs),
+    /// Prints the version
+    Version(VersionArgs),
+}
+
+/// Output format of commands that print a table by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable text or table.
+    #[default]
+    #[value(alias = "table")]
+    Text,
+    /// One JSON object per node reply, one per line.
+    Json,
+    /// One YAML document per node reply, separated by `---`.
+    Yaml,
+}
+
+/// `version` flags.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print client version only
+    #[arg(long)]
+    pub client: bool,
+    /// Print the short version
+    #[arg(long)]
+    pub short: bool,
+    /// use Talos maintenance mode API (no client certificate, server not verified)
+    #[arg(short = 'i', long)]
+    pub insecure: bool,
+    /// Print the server replies as JSON (one object per line)
+    #[arg(long, hide = true)]
+    pub json: bool,
+    /// output format
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `service` arguments.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Service ID; without it every service is listed
+    pub id: Option<String>,
+    /// status (default), start, stop or restart
+    pub action: Option<String>,
+    /// output format of the service list
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `logs` arguments.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Service or container ID
+    pub id: String,
+    /// specify if the log stream should be followed
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// lines of log file to display (default is to show from the beginning)
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub tail: i32,
+    /// use the k8s.io containerd namespace
+    #[arg(short = 'k', long)]
+    pub kubernetes: bool,
+}
+
+/// `dmesg` flags.
+#[derive(Debug, Args)]
+pub struct DmesgArgs {
+    /// specify if the kernel log should be followed
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// specify if only new messages should be sent (makes sense only when combined with --follow)
+    #[arg(long)]
+    pub tail: bool,
+}
+
+/// `memory` flags.
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    /// display extended memory statistics
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// output format
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Sort order of `processes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ProcessSort {
+    /// Resident memory, largest first.
+    #[default]
+    Rss,
+    /// CPU time, largest first.
+    Cpu,
+}
+
+/// `processes` flags.
+#[derive(Debug, Args)]
+pub struct ProcessesArgs {
+    /// Column to sort output by. [rss|cpu]
+    #[arg(short = 's', long, value_enum, default_value_t = ProcessSort::Rss)]
+    pub sort: ProcessSort,
+}
+
+/// `list` arguments.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Directory to list
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// display additional file details
+    #[arg(short = 'l', long)]
+    pub long: bool,
+    /// recurse into subdirectories
+    #[arg(short = 'r', long)]
+    pub recurse: bool,
+    /// maximum recursion depth
+    #[arg(short = 'd', long, default_value_t = 1, allow_negative_numbers = true)]
+    pub depth: i32,
+    /// filter by specified types: f (regular file), d (directory), l or L (symbolic link)
+    #[arg(short = 't', long = "type", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// humanize size and time in the output
+    #[arg(short = 'H', long)]
+    pub humanize: bool,
+}
+
+/// `read` arguments.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// File to read
+    pub path: String,
+}
+
+/// `copy` arguments.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Path on the node
+    pub src: String,
+    /// Local directory to extract into, or `-` for the raw tar.gz on stdout
+    pub dest: String,
+}
+
+/// `usage` arguments.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Paths to measure (default /)
+    pub paths: Vec<String>,
+    /// maximum recursion depth
+    #[arg(short = 'd', long, default_value_t = 0)]
+    pub depth: i32,
+    /// write counts for all files, not just directories
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// threshold exclude entries smaller than SIZE if positive, or entries greater than SIZE if negative
+    #[arg(short = 't', long, default_value_t = 0, allow_negative_numbers = true)]
+    pub threshold: i64,
+    /// humanize size and time in the output
+    #[arg(short = 'H', long)]
+    pub humanize: bool,
+}
+
+/// `time` flags.
+#[derive(Debug, Args)]
+pub struct TimeArgs {
+    /// checks server time against specified ntp server
+    #[arg(short = 'c', long)]
+    pub check: Option<String>,
+}
+
+/// `events` flags.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// show specified number of past events (use -1 to show full history, default is to show no history)
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub tail: i32,
+    /// show events for the past duration interval (one second resolution, default is to show no history)
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// show events after the specified event ID (default is to show no history)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// filter events by the specified actor ID (default is no filter)
+    #[arg(long)]
+    pub actor_id: Option<String>,
+    /// stop watching after this long (e.g. 10s) instead of streaming until interrupted
+    #[arg(long)]
+    pub stop_after: Option<String>,
+}
+
+/// `reboot` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum RebootMode {
+    /// kexec when possible.
+    #[default]
+    Default,
+    /// Skip kexec.
+    Powercycle,
+    /// Skip the graceful stop.
+    Force,
+}
+
+/// `reboot` flags.
+#[derive(Debug, Args)]
+pub struct RebootArgs {
+    /// select the reboot mode
+    #[arg(short = 'm', long, value_enum, default_value_t = RebootMode::Default)]
+    pub mode: RebootMode,
+    /// wait for the operation to complete, tracking its progress
+    #[arg(long)]
+    pub wait: bool,
+    /// time to wait for the operation to complete
+    #[arg(long, default_value = "30m")]
+    pub timeout: String,
+}
+
+/// `shutdown` flags.
+#[derive(Debug, Args)]
+pub struct ShutdownArgs {
+    /// if true, force a node to shutdown without a cordon/drain
+    #[arg(long)]
+    pub force: bool,
+    /// wait for the operation to complete, tracking its progress
+    #[arg(long)]
+    pub wait: bool,
+    /// time to wait for the operation to complete
+    #[arg(long, default_value = "30m")]
+    pub timeout: String,
+}
+
+/// `reset --wipe-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum WipeMode {
+    /// System disk and user disks.
+    #[default]
+    All,
+    /// The system disk only.
+    SystemDisk,
+    /// User disks only.
+    UserDisks,
+}
+
+/// `reset` flags.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// if true, attempt to cordon/drain node and leave etcd (if applicable)
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub graceful: bool,
+    /// if true, reboot the node after resetting instead of shutting down
+    #[arg(long)]
+    pub reboot: bool,
+    /// if set, just wipe selected system disk partitions by label but keep other partitions intact
+    #[arg(long, value_delimiter = ',')]
+    pub system_labels_to_wipe: Vec<String>,
+    /// if set, wipes defined devices in the list
+    #[arg(long, value_delimiter = ',')]
+    pub user_disks_to_wipe: Vec<String>,
+    /// disk reset mode
+    #[arg(long, value_enum, default_value_t = WipeMode::All)]
+    pub wipe_mode: WipeMode,
+    /// wait for the operation to complete, tracking its progress
+    #[arg(long)]
+    pub wait: bool,
+    /// time to wait for the operation to complete
+    #[arg(long, default_value = "30m")]
+    pub timeout: String,
+}
+
+/// `upgrade --reboot-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum UpgradeRebootMode {
+    /// kexec when possible.
+    #[default]
+    Default,
+    /// Skip kexec.
+    Powercycle,
+}
+
+/// `upgrade` flags.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// the container image to use for performing the install
+    #[arg(short = 'i', long, default_value = machinery::generate::DEFAULT_INSTALL_IMAGE)]
+    pub image: String,
+    /// preserve data
+    #[arg(short = 'p', long)]
+    pub preserve: bool,
+    /// stage the upgrade to perform it after a reboot
+    #[arg(short = 's', long)]
+    pub stage: bool,
+    /// force the upgrade (skip checks on etcd health and members, might lead to data loss)
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// select the reboot mode during upgrade
+    #[arg(long, value_enum, default_value_t = UpgradeRebootMode::Default)]
+    pub reboot_mode: UpgradeRebootMode,
+    /// wait for the operation to complete, tracking its progress
+    #[arg(long)]
+    pub wait: bool,
+    /// time to wait for the operation to complete
+    #[arg(long, default_value = "30m")]
+    pub timeout: String,
+}
+
+/// `health` flags.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// timeout to wait for the cluster to be ready
+    #[arg(long, default_value = "20m")]
+    pub wait_timeout: String,
+    /// specify IPs of control plane nodes
+    #[arg(long, value_delimiter = ',')]
+    pub control_plane_nodes: Vec<String>,
+    /// specify IPs of worker nodes
+    #[arg(long, value_delimiter = ',')]
+    pub worker_nodes: Vec<String>,
+    /// use endpoint instead of kubeconfig default
+    #[arg(long)]
+    pub k8s_endpoint: Option<String>,
+}
+
+/// `apply-config --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ApplyMode {
+    /// Let the node decide (no reboot when possible).
+    #[default]
+    Auto,
+    /// Apply without a reboot; fail if a reboot is needed.
+    NoReboot,
+    /// Apply and reboot.
+    Reboot,
+    /// Store the config for the next boot.
+    Staged,
+    /// Apply without a reboot and roll back after --timeout unless confirmed.
+    Try,
+}
+
+/// `apply-config` flags.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// the filename of the updated configuration
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    /// apply config mode
+    #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::Auto)]
+    pub mode: ApplyMode,
+    /// check how the config change will be applied in dry-run mode
+    #[arg(long)]
+    pub dry_run: bool,
+    /// the config will be rolled back after specified timeout (if try mode is selected)
+    #[arg(long, default_value = "1m")]
+    pub timeout: String,
+    /// apply the config using the insecure (encrypted with no auth) maintenance service
+    #[arg(short = 'i', long)]
+    pub insecure: bool,
+    /// the list of config patches to apply to the local config file before sending it to the node (@file or inline YAML/JSON)
+    #[arg(short = 'p', long = "config-patch", action = ArgAction::Append)]
+    pub patches: Vec<String>,
+}
+
+/// `completion` arguments.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::aot::Shell,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// `config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Add a new context
+    Add(ConfigAddArgs),
+    /// Set the current context
+    #[command(visible_alias = "use-context")]
+    Context {
+        /// The context to make current
+        name: String,
+    },
+    /// List defined contexts
+    #[command(visible_alias = "get-contexts")]
+    Contexts,
+    /// Set the endpoint(s) for the current context
+    #[command(visible_alias = "endpoints")]
+    Endpoint {
+        /// The endpoints
+        #[arg(required = true, value_name = "ENDPOINT")]
+        addresses: Vec<String>,
+    },
+    /// Set the node(s) for the current context
+    #[command(visible_alias = "nodes")]
+    Node {
+        /// The nodes (none clears them)
+        #[arg(value_name = "NODE")]
+        addresses: Vec<String>,
+    },
+    /// Show information about the current context
+    Info {
+        /// output format (json|yaml|text). Default text.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Merge additional contexts from another client configuration file
+    Merge {
+        /// The talosconfig to merge in
+        from: PathBuf,
+    },
+    /// Remove contexts
+    Remove(ConfigRemoveArgs),
+    /// Generate a new client configuration file
+    New(ConfigNewArgs),
+}
+
+/// `config add` flags.
+#[derive(Debug, Args)]
+pub struct ConfigAddArgs {
+    /// The new context's name
+    pub name: String,
+    /// the path to the CA certificate
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// the path to the certificate
+    #[arg(long)]
+    pub crt: Option<PathBuf>,
+    /// the path to the key
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+/// `config remove` flags.
+#[derive(Debug, Args)]
+pub struct ConfigRemoveArgs {
+    /// The context to remove (`*` matches any characters)
+    pub name: String,
+    /// do not ask for confirmation
+    #[arg(short = 'y', long)]
+    pub noconfirm: bool,
+    /// dry run
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `config new` flags.
+#[derive(Debug, Args)]
+pub struct ConfigNewArgs {
+    /// Where to write the new talosconfig
+    #[arg(default_value = "talosconfig")]
+    pub path: PathBuf,
+    /// roles
+    #[arg(long, value_delimiter = ',', default_value = "os:admin")]
+    pub roles: Vec<String>,
+    /// certificate TTL
+    #[arg(long, default_value = "8760h")]
+    pub crt_ttl: String,
+}
+
+/// `gen` subcommands.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// What to generate.
+    #[command(subcommand)]
+    pub command: GenCommand,
+}
+
+/// `gen ...`.
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
+pub enum GenCommand {
+    /// Generates a set of configuration files for Talos cluster
+    Config(GenConfigArgs),
+    /// Generates a secrets bundle file which can later be used to generate a config
+    Secrets(GenSecretsArgs),
+}
+
+/// `gen config` arguments.
+#[derive(Debug, Args)]
+pub struct GenConfigArgs {
+    /// Cluster name
+    pub cluster_name: String,
+    /// Kubernetes API endpoint, e.g. https://10.5.0.2:6443
+    pub endpoint: String,
+    /// destination to output generated files
+    #[arg(
+        short = 'o',
+        long = "output",
+        alias = "output-dir",
+        default_value = "."
+    )]
+    pub output: PathBuf,
+    /// use a secrets file generated using 'gen secrets'
+    #[arg(long)]
+    pub with_secrets: Option<PathBuf>,
+    /// patch generated machineconfigs (applied to all node types), use @file to read a patch from file
+    #[arg(long, action = ArgAction::Append)]
+    pub config_patch: Vec<String>,
+    /// patch generated machineconfigs (applied to 'controlplane' type)
+    #[arg(long, action = ArgAction::Append)]
+    pub config_patch_control_plane: Vec<String>,
+    /// patch generated machineconfigs (applied to 'worker' type)
+    #[arg(long, action = ArgAction::Append)]
+    pub config_patch_worker: Vec<String>,
+    /// the disk to install to
+    #[arg(long)]
+    pub install_disk: Option<String>,
+    /// the image used to perform an installation
+    #[arg(long)]
+    pub install_image: Option<String>,
+    /// additional Subject-Alt-Names for the APIServer certificate
+    #[arg(long, value_delimiter = ',')]
+    pub additional_sans: Vec<String>,
+    /// the dns domain to use for cluster
+    #[arg(long)]
+    pub dns_domain: Option<String>,
+    /// desired kubernetes version to run
+    #[arg(long)]
+    pub kubernetes_version: Option<String>,
+    /// will overwrite existing files
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `gen secrets` flags.
+#[derive(Debug, Args)]
+pub struct GenSecretsArgs {
+    /// path of the output file
+    #[arg(short = 'o', long = "output-file", default_value = "secrets.yaml")]
+    pub output_file: PathBuf,
+    /// will overwrite existing files
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "talosctl",
+            "logs",
+            "kubelet",
+            "-n",
+            "10.5.0.2,10.5.0.3",
+            "-e",
+            "10.5.0.2",
+            "--tail",
+            "-1",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.nodes, ["10.5.0.2", "10.5.0.3"]);
+        assert_eq!(cli.global.endpoints, ["10.5.0.2"]);
+        let Command::Logs(args) = cli.command else {
+            panic!("not logs");
+        };
+        assert_eq!(args.id, "kubelet");
+        assert_eq!(args.tail, -1);
+    }
+
+    #[test]
+    fn aliases() {
+        for (alias, expected) in [
+            ("ls", "list"),
+            ("cat", "read"),
+            ("m", "memory"),
+            ("ps", "processes"),
+        ] {
+            let cli = Cli::try_parse_from(["talosctl", alias, "/"])
+                .or_else(|_| Cli::try_parse_from(["talosctl", alias]));
+            let cli = cli.expect("alias parses");
+            let name = match cli.command {
+                Command::List(_) => "list",
+                Command::Read(_) => "read",
+                Command::Memory(_) => "memory",
+                Command::Processes(_) => "processes",
+                _ => "other",
+            };
+            assert_eq!(name, expected, "{alias}");
+        }
+    }
+
+    #[test]
+    fn reset_graceful_accepts_false() {
+        let cli = Cli::try_parse_from(["talosctl", "reset", "--graceful=false"]).expect("parses");
+        let Command::Reset(args) = cli.command else {
+            panic!("not reset");
+        };
+        assert!(!args.graceful);
+        let cli = Cli::try_parse_from(["talosctl", "reset"]).expect("parses");
+        let Command::Reset(args) = cli.command else {
+            panic!("not reset");
+        };
+        assert!(args.graceful);
+    }
+}

@@ -1,0 +1,403 @@
+//! Lifecycle: `reboot`, `shutdown`, `reset`, `rollback`, `upgrade` (the
+//! legacy MachineService API) and `health` (ClusterService).
+//!
+//! `--wait` polls each node: a reboot is over when the node answers again
+//! after having been unreachable, or answers with a new kernel boot ID; a
+//! shutdown is over when the node stops answering. Progress goes to stderr.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail};
+use api::machine::{
+    ReadRequest, RebootRequest, ResetPartitionSpec, ResetRequest, RollbackRequest, ShutdownRequest,
+    UpgradeRequest, reboot_request, reset_request, upgrade_request,
+};
+use tokio::time::Instant;
+
+use crate::cli::{
+    GlobalArgs, HealthArgs, RebootArgs, RebootMode, ResetArgs, ShutdownArgs, UpgradeArgs,
+    UpgradeRebootMode, WipeMode,
+};
+use crate::client::{self, BOOT_ID_PATH, Client, NodePolicy, Options};
+use crate::output::{self, Table};
+
+/// How long one liveness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between liveness probes.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+fn parse_timeout(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    output::parse_go_duration(text).map_err(|err| anyhow!("--{flag}: {err}"))
+}
+
+/// Whether the node answers Version (within the probe timeout).
+async fn alive(client: &Client) -> bool {
+    let probe = client.try_call(|channel| {
+        let request = client.request(());
+        async move { client::machine(channel).version(request).await }
+    });
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+}
+
+/// The node's kernel boot ID, if it can be read.
+async fn read_boot_id(client: &Client) -> Option<String> {
+    let mut stream = client
+        .try_call(|channel| {
+            let request = client.request(ReadRequest {
+                path: BOOT_ID_PATH.to_owned(),
+            });
+            async move { client::machine(channel).read(request).await }
+        })
+        .await
+        .ok()?;
+    let mut bytes = Vec::new();
+    while let Ok(Some(data)) = stream.message().await {
+        if client::node_error(data.metadata.as_ref()).is_some() {
+            return None;
+        }
+        bytes.extend_from_slice(&data.bytes);
+    }
+    let id = String::from_utf8_lossy(&bytes).trim().to_owned();
+    (!id.is_empty()).then_some(id)
+}
+
+/// [`read_boot_id`] within the probe timeout.
+async fn boot_id(client: &Client) -> Option<String> {
+    tokio::time::timeout(PROBE_TIMEOUT, read_boot_id(client))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The boot IDs of the targeted nodes before an action (`None` where
+/// unreadable), one per node client.
+async fn boot_ids(nodes: &[Client]) -> Vec<Option<String>> {
+    let mut ids = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        ids.push(boot_id(node).await);
+    }
+    ids
+}
+
+/// Waits until every node has rebooted (see the module docs).
+async fn wait_for_reboot(
+    nodes: &[Client],
+    before: &[Option<String>],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for (node, before) in nodes.iter().zip(before) {
+        let name = node.default_node().to_owned();
+        eprintln!("{name}: waiting for the node to reboot");
+        let mut seen_down = false;
+        loop {
+            if Instant::now() >= deadline {
+                bail!("{name}: timed out waiting for the node to reboot");
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            if !alive(node).await {
+                if !seen_down {
+                    eprintln!("{name}: node is down");
+                }
+                seen_down = true;
+                continue;
+            }
+            let rebooted = seen_down
+                || match (before, boot_id(node).await) {
+                    (Some(before), Some(now)) => *before != now,
+                    _ => false,
+                };
+            if rebooted {
+                eprintln!("{name}: node is back up");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every node stops answering.
+async fn wait_for_down(nodes: &[Client], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for node in nodes {
+        let name = node.default_node().to_owned();
+        eprintln!("{name}: waiting for the node to go down");
+        loop {
+            if Instant::now() >= deadline {
+                bail!("{name}: timed out waiting for the node to go down");
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            if !alive(node).await {
+                eprintln!("{name}: node is down");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The per-node clients of the nodes that accepted an action.
+fn accepted(client: &Client, ok_nodes: &[String]) -> Vec<Client> {
+    client
+        .per_node()
+        .into_iter()
+        .filter(|node| ok_nodes.iter().any(|ok| ok == node.default_node()))
+        .collect()
+}
+
+/// Runs `talosctl reboot`.
+///
+/// # Errors
+/// The client setup or the call failed, a node failed, or waiting timed out.
+pub async fn reboot(global: &GlobalArgs, args: &RebootArgs) -> anyhow::Result<()> {
+    let timeout = parse_timeout("timeout", &args.timeout)?;
+    let client = Client::connect(global, Options::default())?;
+    let mode = match args.mode {
+        RebootMode::Default => reboot_request::Mode::Default,
+        RebootMode::Powercycle => reboot_request::Mode::Powercycle,
+        RebootMode::Force => reboot_request::Mode::Force,
+    };
+    let nodes = client.per_node();
+    let before = if args.wait {
+        boot_ids(&nodes).await
+    } else {
+        Vec::new()
+    };
+    let request = RebootRequest { mode: mode as i32 };
+    let response = client
+        .call(|channel| {
+            let request = client.request(request);
+            async move { client::machine(channel).reboot(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    if args.wait {
+        let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
+        let (waiting, before): (Vec<Client>, Vec<Option<String>>) = nodes
+            .into_iter()
+            .zip(before)
+            .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
+            .unzip();
+        wait_for_reboot(&waiting, &before, timeout).await?;
+    }
+    client::report(&results.failed)
+}
+
+/// Runs `talosctl shutdown`.
+///
+/// # Errors
+/// The client setup or the call failed, a node failed, or waiting timed out.
+pub async fn shutdown(global: &GlobalArgs, args: &ShutdownArgs) -> anyhow::Result<()> {
+    let timeout = parse_timeout("timeout", &args.timeout)?;
+    let client = Client::connect(global, Options::default())?;
+    let request = ShutdownRequest { force: args.force };
+    let response = client
+        .call(|channel| {
+            let request = client.request(request);
+            async move { client::machine(channel).shutdown(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    if args.wait {
+        let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
+        wait_for_down(&accepted(&client, &ok), timeout).await?;
+    }
+    client::report(&results.failed)
+}
+
+/// The reset request for the flags.
+#[must_use]
+pub fn build_reset_request(args: &ResetArgs) -> ResetRequest {
+    let mode = match args.wipe_mode {
+        WipeMode::All => reset_request::WipeMode::All,
+        WipeMode::SystemDisk => reset_request::WipeMode::SystemDisk,
+        WipeMode::UserDisks => reset_request::WipeMode::UserDisks,
+    };
+    ResetRequest {
+        graceful: args.graceful,
+        reboot: args.reboot,
+        system_partitions_to_wipe: args
+            .system_labels_to_wipe
+            .iter()
+            .map(|label| ResetPartitionSpec {
+                label: label.clone(),
+                wipe: true,
+            })
+            .collect(),
+        user_disks_to_wipe: args.user_disks_to_wipe.clone(),
+        mode: mode as i32,
+    }
+}
+
+/// Runs `talosctl reset`.
+///
+/// # Errors
+/// The client setup or the call failed, a node failed, or waiting timed out.
+pub async fn reset(global: &GlobalArgs, args: ResetArgs) -> anyhow::Result<()> {
+    let timeout = parse_timeout("timeout", &args.timeout)?;
+    let client = Client::connect(global, Options::default())?;
+    let nodes = client.per_node();
+    let before = if args.wait && args.reboot {
+        boot_ids(&nodes).await
+    } else {
+        Vec::new()
+    };
+    let request = build_reset_request(&args);
+    let response = client
+        .call(|channel| {
+            let request = client.request(request.clone());
+            async move { client::machine(channel).reset(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    if args.wait {
+        let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
+        if args.reboot {
+            let (waiting, before): (Vec<Client>, Vec<Option<String>>) = nodes
+                .into_iter()
+                .zip(before)
+                .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
+                .unzip();
+            wait_for_reboot(&waiting, &before, timeout).await?;
+        } else {
+            wait_for_down(&accepted(&client, &ok), timeout).await?;
+        }
+    }
+    client::report(&results.failed)
+}
+
+/// Runs `talosctl rollback`.
+///
+/// # Errors
+/// The client setup or the call failed, or a node failed.
+pub async fn rollback(global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let response = client
+        .call(|channel| {
+            let request = client.request(RollbackRequest {});
+            async move { client::machine(channel).rollback(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    client::report(&results.failed)
+}
+
+/// Runs `talosctl upgrade` (legacy MachineService.Upgrade).
+///
+/// # Errors
+/// The client setup or the call failed, a node failed, or waiting timed out.
+// MachineService.Upgrade is deprecated upstream (removal in v1.18) but is
+// what this client speaks.
+#[allow(deprecated)]
+pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<()> {
+    let timeout = parse_timeout("timeout", &args.timeout)?;
+    let client = Client::connect(global, Options::default())?;
+    let nodes = client.per_node();
+    let before = if args.wait {
+        boot_ids(&nodes).await
+    } else {
+        Vec::new()
+    };
+    let reboot_mode = match args.reboot_mode {
+        UpgradeRebootMode::Default => upgrade_request::RebootMode::Default,
+        UpgradeRebootMode::Powercycle => upgrade_request::RebootMode::Powercycle,
+    };
+    let request = UpgradeRequest {
+        image: args.image,
+        preserve: args.preserve,
+        stage: args.stage,
+        force: args.force,
+        reboot_mode: reboot_mode as i32,
+    };
+    let response = client
+        .call(|channel| {
+            let request = client.request(request.clone());
+            async move { client::machine(channel).upgrade(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    let started = output::system_time_string(SystemTime::now());
+    let mut table = Table::new(&["NODE", "ACK", "STARTED"]);
+    for (node, reply) in &results.ok {
+        table.push(vec![node.clone(), reply.ack.clone(), started.clone()]);
+    }
+    table.print()?;
+    if args.wait {
+        let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
+        let (waiting, before): (Vec<Client>, Vec<Option<String>>) = nodes
+            .into_iter()
+            .zip(before)
+            .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
+            .unzip();
+        wait_for_reboot(&waiting, &before, timeout).await?;
+    }
+    client::report(&results.failed)
+}
+
+/// Runs `talosctl health` (the check runs on the node, which reports its
+/// progress; each message is printed on stderr).
+///
+/// # Errors
+/// The client setup or the call failed, or the check failed.
+pub async fn health(global: &GlobalArgs, args: HealthArgs) -> anyhow::Result<()> {
+    let wait_timeout = parse_timeout("wait-timeout", &args.wait_timeout)?;
+    let client = Client::connect(global, Options::nodes(NodePolicy::Optional("health")))?;
+    let request = api::cluster::HealthCheckRequest {
+        wait_timeout: Some(output::proto_duration(wait_timeout)),
+        cluster_info: Some(api::cluster::ClusterInfo {
+            control_plane_nodes: args.control_plane_nodes,
+            worker_nodes: args.worker_nodes,
+            force_endpoint: args.k8s_endpoint.unwrap_or_default(),
+        }),
+    };
+    let mut stream = client
+        .call(|channel| {
+            let request = client.request(request.clone());
+            async move { client::cluster(channel).health_check(request).await }
+        })
+        .await?;
+    loop {
+        match stream.message().await {
+            Ok(Some(progress)) => {
+                if let Some(error) = client::node_error(progress.metadata.as_ref()) {
+                    bail!("healthcheck error: {error}");
+                }
+                eprintln!("{}", progress.message);
+            }
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(client.status_error(&status)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_flags_to_request() {
+        let args = ResetArgs {
+            graceful: false,
+            reboot: true,
+            system_labels_to_wipe: vec!["STATE".into(), "EPHEMERAL".into()],
+            user_disks_to_wipe: vec!["/dev/sdb".into()],
+            wipe_mode: WipeMode::SystemDisk,
+            wait: false,
+            timeout: "30m".into(),
+        };
+        let request = build_reset_request(&args);
+        assert!(!request.graceful);
+        assert!(request.reboot);
+        assert_eq!(request.mode, reset_request::WipeMode::SystemDisk as i32);
+        assert_eq!(
+            request
+                .system_partitions_to_wipe
+                .iter()
+                .map(|spec| (spec.label.as_str(), spec.wipe))
+                .collect::<Vec<_>>(),
+            [("STATE", true), ("EPHEMERAL", true)]
+        );
+        assert_eq!(request.user_disks_to_wipe, ["/dev/sdb"]);
+    }
+}

@@ -1,0 +1,103 @@
+//! The commands, one module per group, and the dispatcher.
+
+pub mod apply;
+pub mod config;
+pub mod events;
+pub mod files;
+pub mod generate;
+pub mod lifecycle;
+pub mod logs;
+pub mod services;
+pub mod system;
+pub mod version;
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+use clap::CommandFactory as _;
+
+use crate::cli::{Cli, Command, CompletionArgs};
+use crate::client;
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Whatever stops the command, as a message for the operator.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = cli.global;
+    match cli.command {
+        Command::ApplyConfig(args) => apply::run(&global, args).await,
+        Command::Cluster(args) => {
+            let path = client::talosconfig_path(&global);
+            crate::cluster::run(args, &path).await
+        }
+        Command::Completion(args) => completion(&args),
+        Command::Config(args) => config::run(&global, args).await,
+        Command::Copy(args) => files::copy(&global, args).await,
+        Command::Disks => system::disks(&global).await,
+        Command::Dmesg(args) => logs::dmesg(&global, &args).await,
+        Command::Events(args) => events::run(&global, args).await,
+        Command::Gen(args) => generate::run(args),
+        Command::Health(args) => lifecycle::health(&global, args).await,
+        Command::Interfaces => system::interfaces(&global).await,
+        Command::List(args) => files::list(&global, args).await,
+        Command::Logs(args) => logs::logs(&global, args).await,
+        Command::Memory(args) => system::memory(&global, &args).await,
+        Command::Mounts => system::mounts(&global).await,
+        Command::Processes(args) => system::processes(&global, &args).await,
+        Command::Read(args) => files::read(&global, args).await,
+        Command::Reboot(args) => lifecycle::reboot(&global, &args).await,
+        Command::Reset(args) => lifecycle::reset(&global, args).await,
+        Command::Rollback => lifecycle::rollback(&global).await,
+        Command::Routes => system::routes(&global).await,
+        Command::Service(args) => services::run(&global, args).await,
+        Command::Shutdown(args) => lifecycle::shutdown(&global, &args).await,
+        Command::Time(args) => system::time(&global, args).await,
+        Command::Upgrade(args) => lifecycle::upgrade(&global, args).await,
+        Command::Usage(args) => files::usage(&global, args).await,
+        Command::Version(args) => version::run(&global, &args).await,
+    }
+}
+
+fn completion(args: &CompletionArgs) -> anyhow::Result<()> {
+    let mut command = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::aot::generate(args.shell, &mut command, "talosctl", &mut script);
+    crate::output::out_bytes(&script)
+}
+
+/// A config patch argument: `@path` reads the file, anything else is the
+/// patch itself (YAML or JSON).
+///
+/// # Errors
+/// The file cannot be read.
+pub fn load_patch(argument: &str) -> anyhow::Result<String> {
+    match argument.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(Path::new(path))
+            .with_context(|| format!("reading config patch {path}")),
+        None if argument.trim().is_empty() => Err(anyhow!("config patch is empty")),
+        None => Ok(argument.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_and_file_patches() {
+        assert_eq!(
+            load_patch("machine: {install: {disk: /dev/vda}}").expect("inline"),
+            "machine: {install: {disk: /dev/vda}}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("patch.yaml");
+        std::fs::write(&path, "cluster: {}\n").expect("write");
+        assert_eq!(
+            load_patch(&format!("@{}", path.display())).expect("file"),
+            "cluster: {}\n"
+        );
+        assert!(load_patch("@/nonexistent/patch.yaml").is_err());
+        assert!(load_patch("  ").is_err());
+    }
+}

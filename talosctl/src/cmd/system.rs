@@ -1,0 +1,654 @@
+//! System views: `memory`, `processes`, `mounts`, `disks`, `time`,
+//! `interfaces`, `routes`.
+
+use std::cmp::Ordering;
+use std::path::Path;
+
+use api::machine::{MemInfo, ProcessInfo};
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, MemoryArgs, OutputFormat, ProcessSort, ProcessesArgs, TimeArgs};
+use crate::client::{self, CallError, Client, Options};
+use crate::output::{self, Table};
+
+// === memory ===
+
+/// The brief `memory` columns in MiB: total, used, free, shared, buffers,
+/// cache, available (upstream: meminfo kB / 1024; used = total - free -
+/// cached - buffers).
+#[must_use]
+pub fn memory_columns(info: &MemInfo) -> [u64; 7] {
+    let used = info
+        .memtotal
+        .saturating_sub(info.memfree)
+        .saturating_sub(info.cached)
+        .saturating_sub(info.buffers);
+    [
+        info.memtotal / 1024,
+        used / 1024,
+        info.memfree / 1024,
+        info.shmem / 1024,
+        info.buffers / 1024,
+        info.cached / 1024,
+        info.memavailable / 1024,
+    ]
+}
+
+/// The `memory` table.
+#[must_use]
+pub fn memory_table(rows: &[(String, MemInfo)]) -> Table {
+    let mut table = Table::new(&[
+        "NODE",
+        "TOTAL",
+        "USED",
+        "FREE",
+        "SHARED",
+        "BUFFERS",
+        "CACHE",
+        "AVAILABLE",
+    ]);
+    for (node, info) in rows {
+        let mut cells = vec![node.clone()];
+        cells.extend(memory_columns(info).iter().map(u64::to_string));
+        table.push(cells);
+    }
+    table
+}
+
+/// `memory -v`: every field, /proc/meminfo style.
+#[must_use]
+pub fn memory_verbose(node: &str, m: &MemInfo) -> String {
+    let kb: [(&str, u64); 44] = [
+        ("MemTotal", m.memtotal),
+        ("MemFree", m.memfree),
+        ("MemAvailable", m.memavailable),
+        ("Buffers", m.buffers),
+        ("Cached", m.cached),
+        ("SwapCached", m.swapcached),
+        ("Active", m.active),
+        ("Inactive", m.inactive),
+        ("ActiveAnon", m.activeanon),
+        ("InactiveAnon", m.inactiveanon),
+        ("ActiveFile", m.activefile),
+        ("InactiveFile", m.inactivefile),
+        ("Unevictable", m.unevictable),
+        ("Mlocked", m.mlocked),
+        ("SwapTotal", m.swaptotal),
+        ("SwapFree", m.swapfree),
+        ("Dirty", m.dirty),
+        ("Writeback", m.writeback),
+        ("AnonPages", m.anonpages),
+        ("Mapped", m.mapped),
+        ("Shmem", m.shmem),
+        ("Slab", m.slab),
+        ("SReclaimable", m.sreclaimable),
+        ("SUnreclaim", m.sunreclaim),
+        ("KernelStack", m.kernelstack),
+        ("PageTables", m.pagetables),
+        ("NFSUnstable", m.nfsunstable),
+        ("Bounce", m.bounce),
+        ("WritebackTmp", m.writebacktmp),
+        ("CommitLimit", m.commitlimit),
+        ("CommittedAS", m.committedas),
+        ("VmallocTotal", m.vmalloctotal),
+        ("VmallocUsed", m.vmallocused),
+        ("VmallocChunk", m.vmallocchunk),
+        ("HardwareCorrupted", m.hardwarecorrupted),
+        ("AnonHugePages", m.anonhugepages),
+        ("ShmemHugePages", m.shmemhugepages),
+        ("ShmemPmdMapped", m.shmempmdmapped),
+        ("CmaTotal", m.cmatotal),
+        ("CmaFree", m.cmafree),
+        ("Hugepagesize", m.hugepagesize),
+        ("DirectMap4k", m.directmap4k),
+        ("DirectMap2M", m.directmap2m),
+        ("DirectMap1G", m.directmap1g),
+    ];
+    let counts: [(&str, u64); 4] = [
+        ("HugePagesTotal", m.hugepagestotal),
+        ("HugePagesFree", m.hugepagesfree),
+        ("HugePagesRsvd", m.hugepagesrsvd),
+        ("HugePagesSurp", m.hugepagessurp),
+    ];
+    let mut text = format!("NODE: {node}\n");
+    for (name, value) in kb.iter().take(40) {
+        text.push_str(&format!("{name}: {value} kB\n"));
+    }
+    for (name, value) in counts {
+        text.push_str(&format!("{name}: {value}\n"));
+    }
+    for (name, value) in kb.iter().skip(40) {
+        text.push_str(&format!("{name}: {value} kB\n"));
+    }
+    text
+}
+
+/// The `memory -o json|yaml` view (MiB, as the table).
+#[derive(Debug, Serialize)]
+struct MemoryView {
+    node: String,
+    total: u64,
+    used: u64,
+    free: u64,
+    shared: u64,
+    buffers: u64,
+    cache: u64,
+    available: u64,
+}
+
+/// Runs `talosctl memory`.
+///
+/// # Errors
+/// The client setup or the call failed, or a node failed.
+pub async fn memory(global: &GlobalArgs, args: &MemoryArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let response = client
+        .call(|channel| {
+            let request = client.request(());
+            async move { client::machine(channel).memory(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    let rows: Vec<(String, MemInfo)> = results
+        .ok
+        .into_iter()
+        .map(|(node, reply)| (node, reply.meminfo.unwrap_or_default()))
+        .collect();
+    if args.output != OutputFormat::Text {
+        let views: Vec<MemoryView> = rows
+            .iter()
+            .map(|(node, info)| {
+                let [total, used, free, shared, buffers, cache, available] = memory_columns(info);
+                MemoryView {
+                    node: node.clone(),
+                    total,
+                    used,
+                    free,
+                    shared,
+                    buffers,
+                    cache,
+                    available,
+                }
+            })
+            .collect();
+        output::print_views(&views, args.output)?;
+    } else if args.verbose {
+        let text: String = rows
+            .iter()
+            .map(|(node, info)| memory_verbose(node, info))
+            .collect();
+        output::out(&text)?;
+    } else {
+        memory_table(&rows).print()?;
+    }
+    client::report(&results.failed)
+}
+
+// === processes ===
+
+/// The COMMAND column: the executable with its arguments, as upstream
+/// composes it.
+#[must_use]
+pub fn process_command(process: &ProcessInfo) -> String {
+    let command = if process.executable.is_empty() {
+        process.command.clone()
+    } else {
+        let first_arg = process.args.split_whitespace().next();
+        let executable_base = process
+            .executable
+            .split_whitespace()
+            .next()
+            .and_then(|first| Path::new(first).file_name())
+            .and_then(|name| name.to_str());
+        match (first_arg, executable_base) {
+            (Some(arg), Some(base)) if arg == base => {
+                process.args.replacen(arg, &process.executable, 1)
+            }
+            _ => process.args.clone(),
+        }
+    };
+    // Non-printable characters (argv separators and the like) are dropped.
+    command.chars().filter(|c| !c.is_control()).collect()
+}
+
+fn sort_processes(processes: &mut [ProcessInfo], sort: ProcessSort) {
+    match sort {
+        ProcessSort::Rss => processes.sort_by_key(|p| std::cmp::Reverse(p.resident_memory)),
+        ProcessSort::Cpu => processes.sort_by(|a, b| {
+            b.cpu_time
+                .partial_cmp(&a.cpu_time)
+                .unwrap_or(Ordering::Equal)
+        }),
+    }
+}
+
+/// The `processes` table (columns separated by two spaces, as upstream's
+/// columnize output).
+#[must_use]
+pub fn processes_table(nodes: Vec<(String, Vec<ProcessInfo>)>, sort: ProcessSort) -> Table {
+    let mut table = Table::with_padding(
+        &[
+            "NODE", "PID", "STATE", "THREADS", "CPU-TIME", "VIRTMEM", "RESMEM", "LABEL", "COMMAND",
+        ],
+        2,
+    );
+    for (node, mut processes) in nodes {
+        sort_processes(&mut processes, sort);
+        for process in &processes {
+            table.push(vec![
+                node.clone(),
+                process.pid.to_string(),
+                process.state.clone(),
+                process.threads.to_string(),
+                format!("{:.2}", process.cpu_time),
+                output::humanize_bytes(process.virtual_memory),
+                output::humanize_bytes(process.resident_memory),
+                process.label.clone(),
+                process_command(process),
+            ]);
+        }
+    }
+    table
+}
+
+/// Runs `talosctl processes`.
+///
+/// # Errors
+/// The client setup or the call failed, or a node failed.
+pub async fn processes(global: &GlobalArgs, args: &ProcessesArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let response = client
+        .call(|channel| {
+            let request = client.request(());
+            async move { client::machine(channel).processes(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    let nodes = results
+        .ok
+        .into_iter()
+        .map(|(node, reply)| (node, reply.processes))
+        .collect();
+    processes_table(nodes, args.sort).print()?;
+    client::report(&results.failed)
+}
+
+// === mounts ===
+
+/// The `mounts` table.
+#[must_use]
+pub fn mounts_table(rows: &[(String, api::machine::MountStat)]) -> Table {
+    let mut table = Table::new(&[
+        "NODE",
+        "FILESYSTEM",
+        "SIZE(GB)",
+        "USED(GB)",
+        "AVAILABLE(GB)",
+        "PERCENT USED",
+        "MOUNTED ON",
+    ]);
+    for (node, stat) in rows {
+        if stat.size == 0 {
+            // Upstream skips these (0/0 is NaN).
+            continue;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let (size, available) = (stat.size as f64, stat.available as f64);
+        let used = size - available;
+        let percent = 100.0 - 100.0 * (available / size);
+        table.push(vec![
+            node.clone(),
+            stat.filesystem.clone(),
+            format!("{:.2}", size * 1e-9),
+            format!("{:.2}", used * 1e-9),
+            format!("{:.2}", available * 1e-9),
+            format!("{percent:.2}%"),
+            stat.mounted_on.clone(),
+        ]);
+    }
+    table
+}
+
+/// Runs `talosctl mounts`.
+///
+/// # Errors
+/// The client setup or the call failed, or a node failed.
+pub async fn mounts(global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let response = client
+        .call(|channel| {
+            let request = client.request(());
+            async move { client::machine(channel).mounts(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    let rows: Vec<(String, api::machine::MountStat)> = results
+        .ok
+        .into_iter()
+        .flat_map(|(node, reply)| {
+            reply
+                .stats
+                .into_iter()
+                .map(move |stat| (node.clone(), stat))
+        })
+        .collect();
+    mounts_table(&rows).print()?;
+    client::report(&results.failed)
+}
+
+// === disks ===
+
+fn dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Runs `talosctl disks`.
+///
+/// # Errors
+/// The client setup or the call failed, or a node failed.
+pub async fn disks(global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let response = client
+        .call(|channel| {
+            let request = client.request(());
+            async move { client::storage(channel).disks(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    let mut table = Table::new(&[
+        "NODE",
+        "DEV",
+        "MODEL",
+        "SERIAL",
+        "TYPE",
+        "UUID",
+        "WWID",
+        "MODALIAS",
+        "NAME",
+        "SIZE",
+        "BUS_PATH",
+        "SUBSYSTEM",
+        "READ_ONLY",
+        "SYSTEM_DISK",
+    ]);
+    for (node, reply) in &results.ok {
+        for disk in &reply.disks {
+            let kind = api::storage::disk::DiskType::try_from(disk.r#type)
+                .map_or("UNKNOWN", |kind| kind.as_str_name());
+            table.push(vec![
+                node.clone(),
+                dash(&disk.device_name),
+                dash(&disk.model),
+                dash(&disk.serial),
+                kind.to_owned(),
+                dash(&disk.uuid),
+                dash(&disk.wwid),
+                dash(&disk.modalias),
+                dash(&disk.name),
+                output::humanize_bytes(disk.size),
+                dash(&disk.bus_path),
+                dash(&disk.subsystem),
+                if disk.readonly { "*" } else { "" }.to_owned(),
+                if disk.system_disk { "*" } else { "" }.to_owned(),
+            ]);
+        }
+    }
+    table.print()?;
+    client::report(&results.failed)
+}
+
+// === time ===
+
+/// Runs `talosctl time`.
+///
+/// # Errors
+/// The client setup or the call failed, or a node failed.
+pub async fn time(global: &GlobalArgs, args: TimeArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let response = match args.check {
+        Some(server) => {
+            let request = api::time::TimeRequest { server };
+            client
+                .call(|channel| {
+                    let request = client.request(request.clone());
+                    async move { client::time(channel).time_check(request).await }
+                })
+                .await?
+        }
+        None => {
+            client
+                .call(|channel| {
+                    let request = client.request(());
+                    async move { client::time(channel).time(request).await }
+                })
+                .await?
+        }
+    };
+    let results = client.split(response.messages);
+    let mut table = Table::new(&["NODE", "NTP-SERVER", "NODE-TIME", "NTP-SERVER-TIME"]);
+    for (node, reply) in &results.ok {
+        table.push(vec![
+            node.clone(),
+            reply.server.clone(),
+            output::timestamp_string(reply.localtime.as_ref()),
+            output::timestamp_string(reply.remotetime.as_ref()),
+        ]);
+    }
+    table.print()?;
+    client::report(&results.failed)
+}
+
+// === network ===
+
+/// `(node, reply)` of the nodes that answered, `(node, error)` of the
+/// others.
+type NodeReplies<R> = (Vec<(String, R)>, Vec<(String, String)>);
+
+/// Calls a NetworkService method on each node in turn (the method cannot
+/// be fanned out by apid), collecting replies and per-node failures.
+async fn per_node<R, F, Fut>(client: &Client, rpc: F) -> anyhow::Result<NodeReplies<R>>
+where
+    R: client::Reply,
+    F: Fn(tonic::transport::Channel, tonic::Request<()>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<Vec<R>>, tonic::Status>>,
+{
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for node_client in client.per_node() {
+        let result = node_client
+            .try_call(|channel| rpc(channel, node_client.request(())))
+            .await;
+        match result {
+            Ok(messages) => {
+                let results = node_client.split(messages);
+                ok.extend(results.ok);
+                failed.extend(results.failed);
+            }
+            Err(CallError::Status(status)) => failed.push((
+                node_client.default_node().to_owned(),
+                client::rpc_error_text(&status),
+            )),
+            Err(err @ CallError::Transport(_)) => return Err(node_client.call_error(err)),
+        }
+    }
+    Ok((ok, failed))
+}
+
+/// Runs `talosctl interfaces`.
+///
+/// # Errors
+/// The client setup or the calls failed, or a node failed.
+pub async fn interfaces(global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let (ok, failed) = per_node(&client, |channel, request| async move {
+        client::network(channel)
+            .interfaces(request)
+            .await
+            .map(|response| response.map(|reply| reply.messages))
+    })
+    .await?;
+    let mut table = Table::new(&["NODE", "INDEX", "NAME", "MAC", "MTU", "ADDRESS"]);
+    for (node, reply) in &ok {
+        for interface in &reply.interfaces {
+            let addresses = if interface.ipaddress.is_empty() {
+                vec![String::new()]
+            } else {
+                interface.ipaddress.clone()
+            };
+            for address in addresses {
+                table.push(vec![
+                    node.clone(),
+                    interface.index.to_string(),
+                    interface.name.clone(),
+                    interface.hardwareaddr.clone(),
+                    interface.mtu.to_string(),
+                    address,
+                ]);
+            }
+        }
+    }
+    table.print()?;
+    client::report(&failed)
+}
+
+/// Runs `talosctl routes`.
+///
+/// # Errors
+/// The client setup or the calls failed, or a node failed.
+pub async fn routes(global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let (ok, failed) = per_node(&client, |channel, request| async move {
+        client::network(channel)
+            .routes(request)
+            .await
+            .map(|response| response.map(|reply| reply.messages))
+    })
+    .await?;
+    let mut table = Table::new(&["NODE", "INTERFACE", "DESTINATION", "GATEWAY", "METRIC"]);
+    for (node, reply) in &ok {
+        for route in &reply.routes {
+            table.push(vec![
+                node.clone(),
+                route.interface.clone(),
+                route.destination.clone(),
+                route.gateway.clone(),
+                route.metric.to_string(),
+            ]);
+        }
+    }
+    table.print()?;
+    client::report(&failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_math_in_mib() {
+        let info = MemInfo {
+            memtotal: 8_000_000,
+            memfree: 2_000_000,
+            memavailable: 5_000_000,
+            buffers: 100_000,
+            cached: 1_900_000,
+            shmem: 50_000,
+            ..MemInfo::default()
+        };
+        // used = 8_000_000 - 2_000_000 - 1_900_000 - 100_000 = 4_000_000 kB
+        assert_eq!(
+            memory_columns(&info),
+            [7812, 3906, 1953, 48, 97, 1855, 4882]
+        );
+        let rows = vec![("10.5.0.2".to_owned(), info)];
+        assert_eq!(
+            memory_table(&rows).render(),
+            "NODE       TOTAL   USED   FREE   SHARED   BUFFERS   CACHE   AVAILABLE\n\
+             10.5.0.2   7812    3906   1953   48       97        1855    4882\n"
+        );
+    }
+
+    #[test]
+    fn memory_used_never_underflows() {
+        let info = MemInfo {
+            memtotal: 100,
+            memfree: 200,
+            ..MemInfo::default()
+        };
+        assert_eq!(memory_columns(&info)[1], 0);
+    }
+
+    #[test]
+    fn process_commands() {
+        let mut process = ProcessInfo {
+            command: "kthreadd".into(),
+            ..ProcessInfo::default()
+        };
+        assert_eq!(process_command(&process), "kthreadd");
+        process.executable = "/usr/bin/containerd".into();
+        process.args = "containerd --address /run/x.sock".into();
+        assert_eq!(
+            process_command(&process),
+            "/usr/bin/containerd --address /run/x.sock"
+        );
+        process.args = "other --flag".into();
+        assert_eq!(process_command(&process), "other --flag");
+        process.args = "other\u{0}--flag".into();
+        assert_eq!(process_command(&process), "other--flag");
+    }
+
+    #[test]
+    fn processes_sorted_by_rss() {
+        let small = ProcessInfo {
+            pid: 1,
+            resident_memory: 10,
+            command: "a".into(),
+            ..ProcessInfo::default()
+        };
+        let big = ProcessInfo {
+            pid: 2,
+            resident_memory: 20_000_000,
+            command: "b".into(),
+            ..ProcessInfo::default()
+        };
+        let table = processes_table(vec![("n".into(), vec![small, big])], ProcessSort::Rss);
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NODE  PID  STATE"), "{text}");
+        assert!(lines[1].starts_with("n     2"), "{text}");
+        assert!(lines[1].contains("20 MB"), "{text}");
+    }
+
+    #[test]
+    fn mounts_rows() {
+        let rows = vec![
+            (
+                "n".to_owned(),
+                api::machine::MountStat {
+                    filesystem: "/dev/sda1".into(),
+                    size: 10_000_000_000,
+                    available: 2_500_000_000,
+                    mounted_on: "/var".into(),
+                },
+            ),
+            (
+                "n".to_owned(),
+                api::machine::MountStat {
+                    filesystem: "proc".into(),
+                    size: 0,
+                    available: 0,
+                    mounted_on: "/proc".into(),
+                },
+            ),
+        ];
+        assert_eq!(
+            mounts_table(&rows).render(),
+            "NODE   FILESYSTEM   SIZE(GB)   USED(GB)   AVAILABLE(GB)   PERCENT USED   MOUNTED ON\n\
+             n      /dev/sda1    10.00      7.50       2.50            75.00%         /var\n"
+        );
+    }
+}

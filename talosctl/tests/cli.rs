@@ -1,0 +1,496 @@
+//! The real talosctl binary against real local clusters (process
+//! provisioner: container-mode machined, routerd, apid, trustd on loopback
+//! addresses). Needs every binary built: `cargo build --workspace --bins`
+//! (scripts/test does it first).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+fn talosctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_talosctl"))
+}
+
+fn require_binaries() {
+    let dir = talosctl().parent().expect("dir").to_path_buf();
+    for b in ["machined", "routerd", "apid", "trustd"] {
+        assert!(
+            dir.join(b).exists(),
+            "{b} is not built: run `cargo build --workspace --bins` (scripts/test does)"
+        );
+    }
+}
+
+struct Run {
+    out: String,
+    err: String,
+    code: i32,
+}
+
+fn run(talosconfig: &Path, args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(talosctl())
+        .arg("--talosconfig")
+        .arg(talosconfig)
+        .args(args)
+        .env_remove("TALOSCONFIG")
+        .output()
+        .expect("talosctl runs");
+    Run {
+        out: String::from_utf8_lossy(&stdout).into_owned(),
+        err: String::from_utf8_lossy(&stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+    }
+}
+
+fn ok(talosconfig: &Path, args: &[&str]) -> String {
+    let r = run(talosconfig, args);
+    assert_eq!(
+        r.code, 0,
+        "talosctl {args:?} failed:\nstdout: {}\nstderr: {}",
+        r.out, r.err
+    );
+    r.out
+}
+
+/// A cluster that is destroyed when the test ends, pass or fail.
+struct Cluster {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Cluster {
+    fn create(name: &str, cidr: &str, workers: u32) -> Cluster {
+        require_binaries();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Cluster {
+            dir,
+            name: name.to_owned(),
+        };
+        let r = run(
+            &c.talosconfig(),
+            &[
+                "cluster",
+                "create",
+                "--provisioner",
+                "process",
+                "--name",
+                name,
+                "--controlplanes",
+                "1",
+                "--workers",
+                &workers.to_string(),
+                "--state",
+                c.state().to_str().expect("utf8"),
+                "--cidr",
+                cidr,
+            ],
+        );
+        assert_eq!(r.code, 0, "cluster create failed:\n{}\n{}", r.out, r.err);
+        assert!(
+            r.out.contains(&format!("{name}-controlplane-1")) && r.out.contains("next:"),
+            "{}",
+            r.out
+        );
+        assert!(r.err.contains("merging talosconfig into"), "{}", r.err);
+        c
+    }
+
+    fn talosconfig(&self) -> PathBuf {
+        self.dir.path().join("talosconfig")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("clusters")
+    }
+
+    fn node_root(&self, node: &str) -> PathBuf {
+        self.state().join(&self.name).join(node)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let r = run(
+            &self.talosconfig(),
+            &[
+                "cluster",
+                "destroy",
+                "--name",
+                &self.name,
+                "--state",
+                self.state().to_str().expect("utf8"),
+            ],
+        );
+        if r.code != 0 && !std::thread::panicking() {
+            panic!("cluster destroy failed: {}", r.err);
+        }
+    }
+}
+
+#[test]
+fn gen_config_cluster_and_everyday_commands() {
+    // gen config, offline.
+    let work = tempfile::tempdir().expect("tempdir");
+    let out_dir = work.path().join("gen");
+    let r = run(
+        &work.path().join("unused"),
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--output-dir",
+            out_dir.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    let said = format!("{}{}", r.out, r.err);
+    for f in ["controlplane.yaml", "worker.yaml", "talosconfig"] {
+        assert!(out_dir.join(f).exists(), "{f} missing");
+        assert!(
+            said.contains(&format!("Created {}", out_dir.join(f).display())),
+            "{said}"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(out_dir.join("talosconfig"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    machinery::config::parse(&std::fs::read(out_dir.join("controlplane.yaml")).expect("read"))
+        .expect("generated config is valid");
+    let again = run(
+        &work.path().join("unused"),
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--output-dir",
+            out_dir.to_str().expect("utf8"),
+        ],
+    );
+    assert_ne!(again.code, 0, "overwrote without --force");
+    assert!(again.err.contains("already exists"), "{}", again.err);
+
+    let c = Cluster::create("cli", "127.6.1.0/24", 2);
+    let tc = c.talosconfig();
+    let (cp, w1, w2) = ("127.6.1.2", "127.6.1.3", "127.6.1.4");
+
+    let v = ok(&tc, &["version"]);
+    assert!(
+        v.contains("Client:")
+            && v.contains("Server:")
+            && v.contains(&format!("NODE:        {cp}"))
+            && v.contains("Enabled:     RBAC"),
+        "{v}"
+    );
+
+    // Three nodes through the control plane (issue #4): an entry each.
+    let nodes = format!("{cp},{w1},{w2}");
+    let v = ok(&tc, &["-e", cp, "-n", &nodes, "version"]);
+    for n in [cp, w1, w2] {
+        assert!(
+            v.contains(&format!("NODE:        {n}")),
+            "{n} missing:\n{v}"
+        );
+    }
+
+    let s = ok(&tc, &["-n", &nodes, "services"]);
+    assert!(s.starts_with("NODE"), "{s}");
+    for line in [
+        format!("{cp}   apid"),
+        format!("{cp}   trustd"),
+        format!("{w1}   apid"),
+        format!("{w2}   routerd"),
+    ] {
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with(&line) && l.contains("Running")),
+            "{line} missing:\n{s}"
+        );
+    }
+    assert!(
+        !s.lines().any(|l| l.starts_with(w1) && l.contains("trustd")),
+        "workers run no trustd:\n{s}"
+    );
+
+    let logs = ok(&tc, &["logs", "machined", "--tail", "5"]);
+    assert_eq!(logs.lines().count(), 5, "{logs}");
+    let m = ok(&tc, &["memory"]);
+    assert!(
+        m.starts_with("NODE")
+            && m.contains("TOTAL")
+            && m.lines().nth(1).is_some_and(|l| l.starts_with(cp)),
+        "{m}"
+    );
+
+    let root = c.node_root("cli-controlplane-1");
+    let listing = ok(&tc, &["list", root.to_str().expect("utf8")]);
+    assert!(
+        listing.lines().any(|l| l == "system") && listing.lines().any(|l| l == "machined.log"),
+        "{listing}"
+    );
+    let boot_id = ok(&tc, &["read", "/proc/sys/kernel/random/boot_id"]);
+    assert_eq!(
+        boot_id,
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id")
+    );
+
+    // apply-config: a changed config persists; a bad one is refused and
+    // changes nothing.
+    let config_path = root.join("system/state/config.yaml");
+    let current = std::fs::read_to_string(&config_path).expect("config");
+    let edited = work.path().join("edited.yaml");
+    std::fs::write(
+        &edited,
+        current.replace("hostname: cli-controlplane-1", "hostname: renamed-cp"),
+    )
+    .expect("write");
+    let r = run(
+        &tc,
+        &[
+            "apply-config",
+            "-f",
+            edited.to_str().expect("utf8"),
+            "--mode",
+            "no-reboot",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.out.contains("Applied configuration without a reboot")
+            || r.err.contains("Applied configuration without a reboot"),
+        "{}{}",
+        r.out,
+        r.err
+    );
+    assert!(
+        std::fs::read_to_string(&config_path)
+            .expect("config")
+            .contains("hostname: renamed-cp")
+    );
+    let bad = work.path().join("bad.yaml");
+    std::fs::write(&bad, current.replace("  network:", "  networkz:")).expect("write");
+    let r = run(&tc, &["apply-config", "-f", bad.to_str().expect("utf8")]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err.contains("unknown key") && r.err.contains("networkz"),
+        "{}",
+        r.err
+    );
+    assert!(
+        std::fs::read_to_string(&config_path)
+            .expect("config")
+            .contains("hostname: renamed-cp"),
+        "the bad config changed the node"
+    );
+
+    let info = ok(&tc, &["config", "info"]);
+    assert!(
+        info.contains("Current context:     cli") && info.contains("Roles:               os:admin"),
+        "{info}"
+    );
+}
+
+#[test]
+fn a_stopped_node_is_reported_and_streams_pass_through_the_endpoint() {
+    let c = Cluster::create("stop", "127.6.2.0/24", 2);
+    let tc = c.talosconfig();
+    let (cp, w1, w2) = ("127.6.2.2", "127.6.2.3", "127.6.2.4");
+
+    // logs -f from a worker, through the control plane.
+    let mut child = Command::new(talosctl())
+        .arg("--talosconfig")
+        .arg(&tc)
+        .args(["-e", cp, "-n", w1, "logs", "machined", "-f", "--tail", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("talosctl logs -f");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Make the worker log something new: a dry-run apply.
+    let config = c
+        .node_root("stop-worker-1")
+        .join("system/state/config.yaml");
+    ok(
+        &tc,
+        &[
+            "-n",
+            w1,
+            "apply-config",
+            "--dry-run",
+            "-f",
+            config.to_str().expect("utf8"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().count() >= 2 && text.contains("applying a machine config"),
+        "follow did not stream live lines:\n{text}"
+    );
+
+    // Stop worker 2's machined: two answers and one error naming it.
+    let state = std::fs::read_to_string(c.state().join("stop/cluster.yaml")).expect("state");
+    let pid = state
+        .split("name: stop-worker-2")
+        .nth(1)
+        .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("pid: ")))
+        .expect("pid")
+        .to_owned();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let r = run(
+        &tc,
+        &["-e", cp, "-n", &format!("{cp},{w1},{w2}"), "version"],
+    );
+    assert_ne!(r.code, 0, "a failed node must fail the command");
+    assert!(
+        r.out.contains(&format!("NODE:        {cp}"))
+            && r.out.contains(&format!("NODE:        {w1}")),
+        "{}",
+        r.out
+    );
+    assert!(!r.out.contains(&format!("NODE:        {w2}")));
+    let errors: Vec<&str> = r.err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{}", r.err);
+    assert!(errors[0].contains(w2), "{}", errors[0]);
+}
+
+#[test]
+fn bad_input_gets_one_actionable_line() {
+    let c = Cluster::create("bad", "127.6.3.0/24", 0);
+    let tc = c.talosconfig();
+    let one_line = |r: &Run, needle: &str| {
+        assert_ne!(r.code, 0, "{needle}: exit status 0");
+        let errors: Vec<&str> = r.err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{needle}: {}", r.err);
+        assert!(
+            errors[0].contains(needle),
+            "expected {needle:?} in {:?}",
+            errors[0]
+        );
+    };
+    let missing = c.dir.path().join("nope/config");
+    one_line(&run(&missing, &["version"]), "talosconfig not found");
+    one_line(&run(&tc, &["--context", "ghost", "version"]), "\"ghost\"");
+    one_line(&run(&tc, &["-e", "127.6.3.99", "version"]), "127.6.3.99");
+
+    // A talosconfig from another cluster: the server is not trusted.
+    let work = tempfile::tempdir().expect("tempdir");
+    let other = work.path().join("other");
+    ok(
+        &work.path().join("x"),
+        &[
+            "gen",
+            "config",
+            "other",
+            "https://127.6.3.2:6443",
+            "--output-dir",
+            other.to_str().expect("utf8"),
+        ],
+    );
+    let other_tc = other.join("talosconfig");
+    one_line(
+        &run(
+            &other_tc,
+            &["-e", "127.6.3.2", "-n", "127.6.3.2", "version"],
+        ),
+        "unknown authority",
+    );
+
+    // An expired client certificate, in a context of this cluster's CA.
+    let config = machinery::talosconfig::TalosConfig::load(&tc).expect("load");
+    let ctx = config.contexts.get("bad").expect("context").clone();
+    let ca = machinery::pki::CertificateAndKey {
+        cert_pem: String::from_utf8(ctx.ca_pem().expect("ca")).expect("utf8"),
+        key_pem: std::fs::read_to_string(c.state().join("bad/secrets.yaml"))
+            .map(|s| {
+                let bundle = machinery::secrets::SecretsBundle::from_yaml(&s).expect("bundle");
+                bundle.os_ca().expect("os ca").key_pem
+            })
+            .expect("secrets"),
+    };
+    let old = SystemTime::now() - Duration::from_secs(3 * 86_400);
+    let expired = machinery::pki::issue_client_cert(
+        &ca,
+        &["os:admin".into()],
+        Duration::from_secs(86_400),
+        old,
+    )
+    .expect("cert");
+    let mut expired_config =
+        machinery::talosconfig::TalosConfig::new_for("expired", &ca.cert_pem, &expired);
+    if let Some(x) = expired_config.contexts.get_mut("expired") {
+        x.endpoints = vec!["127.6.3.2".into()];
+        x.nodes = vec!["127.6.3.2".into()];
+    }
+    let expired_tc = work.path().join("expired");
+    expired_config.save(&expired_tc).expect("save");
+    one_line(&run(&expired_tc, &["version"]), "expired");
+}
+
+#[test]
+fn talosconfig_merge_and_upstream_format() {
+    let c = Cluster::create("merge", "127.6.4.0/24", 0);
+    let tc = c.talosconfig();
+    let config = machinery::talosconfig::TalosConfig::load(&tc).expect("load");
+    let ctx = config.contexts.get("merge").expect("context");
+    let b64 = |b: Vec<u8>| machinery::base64::encode(b);
+
+    // A talosconfig written by hand in upstream's documented format.
+    let upstream = format!(
+        "context: handmade\ncontexts:\n    handmade:\n        endpoints:\n            - 127.6.4.2\n        nodes:\n            - 127.6.4.2\n        ca: {}\n        crt: {}\n        key: {}\n",
+        b64(ctx.ca_pem().expect("ca")),
+        b64(ctx.crt_pem().expect("crt")),
+        b64(ctx.key_pem().expect("key"))
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let handmade = work.path().join("handmade");
+    std::fs::write(&handmade, &upstream).expect("write");
+    let v = ok(&handmade, &["version"]);
+    assert!(v.contains("NODE:        127.6.4.2"), "{v}");
+
+    // Merge it twice into the cluster's talosconfig: the second one is renamed.
+    let r = run(&tc, &["config", "merge", handmade.to_str().expect("utf8")]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    let r = run(&tc, &["config", "merge", handmade.to_str().expect("utf8")]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.err.contains("\"handmade\" -> \"handmade-1\""),
+        "{}",
+        r.err
+    );
+    let contexts = ok(&tc, &["config", "contexts"]);
+    for name in ["merge", "handmade", "handmade-1"] {
+        assert!(contexts.contains(name), "{contexts}");
+    }
+    assert!(
+        contexts
+            .lines()
+            .any(|l| l.starts_with('*') && l.contains("handmade-1")),
+        "{contexts}"
+    );
+    ok(&tc, &["config", "context", "merge"]);
+    assert!(
+        ok(&tc, &["config", "contexts"])
+            .lines()
+            .any(|l| l.starts_with('*') && l.contains("merge"))
+    );
+}
