@@ -207,7 +207,10 @@ async fn control_plane_and_worker_over_mtls() {
             })
             .collect();
         let ids: Vec<&str> = services.iter().map(|s| s.0.as_str()).collect();
-        assert_eq!(ids, ["apid", "machined", "routerd", "trustd"]);
+        assert_eq!(
+            ids,
+            ["apid", "machined", "routerd", "timed", "trustd", "udevd"]
+        );
         if services.iter().all(|s| s.1 == "Running" && s.2) {
             break;
         }
@@ -217,6 +220,32 @@ async fn control_plane_and_worker_over_mtls() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // storage.* is routed to udevd: the host's disks, read from /sys.
+    let channel =
+        machinery::grpc::tls_channel(format!("{cp_ip}:50000"), cp_ip, Arc::clone(&config))
+            .expect("channel");
+    let disks = api::storage::storage_service_client::StorageServiceClient::new(channel)
+        .disks(())
+        .await
+        .expect("disks via udevd")
+        .into_inner();
+    let expected = std::fs::read_dir("/sys/block")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    !(n.starts_with("loop")
+                        || n.starts_with("ram")
+                        || n.starts_with("zram")
+                        || n.starts_with("dm-"))
+                        && std::fs::read_to_string(e.path().join("size"))
+                            .is_ok_and(|s| s.trim() != "0")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(disks.messages[0].disks.len(), expected, "{disks:?}");
 
     // The control plane forwards to the worker (node metadata).
     let mut req = tonic::Request::new(());

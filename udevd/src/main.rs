@@ -1,7 +1,84 @@
-//! Thin binary: all logic lives in the library.
+//! udevd: thin binary; the work is in the library.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!("{}", udevd::not_built_yet());
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use udevd::{Mode, Options};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "udevd",
+    version,
+    about = "Kernel uevents, coldplug and /dev/disk links; serves storage.StorageService"
+)]
+struct Args {
+    /// metal (uevents, coldplug, /dev/disk links and the API) or container
+    /// (the API only, reading sysfs and writing nothing).
+    #[arg(long, value_parser = ["metal", "container"], default_value = "metal")]
+    mode: String,
+    /// Root of the node's paths (the API socket is under it).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Where sysfs is mounted.
+    #[arg(long, default_value = "/sys")]
+    sysfs: PathBuf,
+    /// Where devtmpfs is mounted; links are made under <dev>/disk.
+    #[arg(long, default_value = "/dev")]
+    dev: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let mode = if args.mode == "container" {
+        Mode::Container
+    } else {
+        Mode::Metal
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("udevd: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = Options {
+        mode,
+        root: args.root,
+        sysfs: args.sysfs,
+        dev: args.dev,
+    };
+    match runtime.block_on(udevd::run(options, shutdown())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("udevd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (never, if they cannot be watched).
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
 }

@@ -1,0 +1,429 @@
+//! The clock timed corrects, behind a trait so the reconcile loop can be
+//! tested without touching the host clock.
+//!
+//! - [`SystemClock`] (metal): steps with `clock_settime(CLOCK_REALTIME)`
+//!   (rustix, safe) and slews through the kernel PLL with `adjtimex`
+//!   (`ADJ_OFFSET` with `STA_PLL`, as systemd-timesyncd does). rustix has no
+//!   `adjtimex`, so that one call is a small `unsafe` libc block in the
+//!   private `sys` module.
+//! - [`ReadOnlyClock`] (container): the host owns the clock; it only logs
+//!   what it would do.
+//! - [`FakeClock`] (tests): records every step and slew.
+
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+/// A signed clock correction in nanoseconds: how far the reference clock is
+/// ahead of the local one (negative: the local clock is ahead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset {
+    nanos: i64,
+}
+
+impl Offset {
+    /// No correction.
+    pub const ZERO: Offset = Offset { nanos: 0 };
+
+    /// An offset of `nanos` nanoseconds.
+    #[must_use]
+    pub const fn from_nanos(nanos: i64) -> Offset {
+        Offset { nanos }
+    }
+
+    /// An offset of `millis` milliseconds (saturating).
+    #[must_use]
+    pub const fn from_millis(millis: i64) -> Offset {
+        Offset {
+            nanos: millis.saturating_mul(1_000_000),
+        }
+    }
+
+    /// An offset of `secs` seconds (saturating).
+    #[must_use]
+    pub const fn from_secs(secs: i64) -> Offset {
+        Offset {
+            nanos: secs.saturating_mul(1_000_000_000),
+        }
+    }
+
+    /// The offset that takes `from` to `to` (`to - from`), saturating at
+    /// about ±292 years.
+    #[must_use]
+    pub fn between(from: SystemTime, to: SystemTime) -> Offset {
+        match to.duration_since(from) {
+            Ok(ahead) => Offset::from_nanos(i64::try_from(ahead.as_nanos()).unwrap_or(i64::MAX)),
+            Err(behind) => Offset::from_nanos(
+                i64::try_from(behind.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+            ),
+        }
+    }
+
+    /// The offset in nanoseconds.
+    #[must_use]
+    pub const fn as_nanos(self) -> i64 {
+        self.nanos
+    }
+
+    /// The size of the offset, without its sign.
+    #[must_use]
+    pub const fn magnitude(self) -> Duration {
+        Duration::from_nanos(self.nanos.unsigned_abs())
+    }
+
+    /// Whether the local clock is ahead of the reference.
+    #[must_use]
+    pub const fn is_negative(self) -> bool {
+        self.nanos < 0
+    }
+
+    /// `time` moved by this offset (unchanged if that would overflow).
+    #[must_use]
+    pub fn apply(self, time: SystemTime) -> SystemTime {
+        let by = self.magnitude();
+        let moved = if self.is_negative() {
+            time.checked_sub(by)
+        } else {
+            time.checked_add(by)
+        };
+        moved.unwrap_or(time)
+    }
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.nanos < 0 { '-' } else { '+' };
+        let abs = self.nanos.unsigned_abs();
+        write!(
+            f,
+            "{sign}{}.{:06}s",
+            abs / 1_000_000_000,
+            (abs % 1_000_000_000) / 1_000
+        )
+    }
+}
+
+/// Errors changing the clock.
+#[derive(Debug, thiserror::Error)]
+pub enum ClockError {
+    /// `clock_settime` failed.
+    #[error("stepping the clock by {offset}: {source}")]
+    Step {
+        /// The requested step.
+        offset: Offset,
+        /// The cause (EPERM without CAP_SYS_TIME).
+        source: std::io::Error,
+    },
+    /// The stepped time does not fit a `timespec`.
+    #[error("stepping the clock by {offset}: the resulting time is out of range")]
+    OutOfRange {
+        /// The requested step.
+        offset: Offset,
+    },
+    /// `adjtimex` failed.
+    #[error("slewing the clock by {offset}: {source}")]
+    Slew {
+        /// The requested slew.
+        offset: Offset,
+        /// The cause (EPERM without CAP_SYS_TIME).
+        source: std::io::Error,
+    },
+}
+
+/// A clock timed can read and correct.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current wall-clock time.
+    fn now(&self) -> SystemTime;
+
+    /// Jumps the clock by `by` at once.
+    ///
+    /// # Errors
+    /// The clock cannot be set.
+    fn step(&self, by: Offset) -> Result<(), ClockError>;
+
+    /// Corrects the clock by `by` gradually (the clock keeps running
+    /// forward, a little faster or slower).
+    ///
+    /// # Errors
+    /// The clock cannot be adjusted.
+    fn slew(&self, by: Offset) -> Result<(), ClockError>;
+
+    /// Whether this clock never changes (container mode): the sync loop
+    /// then reports time as synced from the start, since the host owns it.
+    fn is_read_only(&self) -> bool {
+        false
+    }
+}
+
+/// The kernel's realtime clock (metal mode). Needs CAP_SYS_TIME.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    time_constant: i32,
+}
+
+impl SystemClock {
+    /// The PLL time constant used for slews: systemd-timesyncd's
+    /// `log2(poll interval in seconds) - 4`, i.e. 4 for the 5 minute poll.
+    pub const DEFAULT_TIME_CONSTANT: i32 = 4;
+
+    /// The system clock with the default PLL time constant.
+    #[must_use]
+    pub const fn new() -> SystemClock {
+        SystemClock {
+            time_constant: Self::DEFAULT_TIME_CONSTANT,
+        }
+    }
+
+    /// The system clock with PLL time constant `time_constant` (0..=10).
+    #[must_use]
+    pub fn with_time_constant(time_constant: i32) -> SystemClock {
+        SystemClock {
+            time_constant: time_constant.clamp(0, 10),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+const NANOS_PER_SEC: i128 = 1_000_000_000;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn step(&self, by: Offset) -> Result<(), ClockError> {
+        use rustix::time::{ClockId, Timespec};
+        let now = rustix::time::clock_gettime(ClockId::Realtime);
+        let target = i128::from(now.tv_sec) * NANOS_PER_SEC
+            + now.tv_nsec as i128
+            + i128::from(by.as_nanos());
+        let tv_sec = i64::try_from(target.div_euclid(NANOS_PER_SEC))
+            .map_err(|_| ClockError::OutOfRange { offset: by })?;
+        let tv_nsec = target.rem_euclid(NANOS_PER_SEC) as rustix::time::Nsecs;
+        rustix::time::clock_settime(ClockId::Realtime, Timespec { tv_sec, tv_nsec }).map_err(
+            |errno| ClockError::Step {
+                offset: by,
+                source: std::io::Error::from(errno),
+            },
+        )
+    }
+
+    fn slew(&self, by: Offset) -> Result<(), ClockError> {
+        sys::pll_offset(by.as_nanos(), self.time_constant)
+            .map_err(|source| ClockError::Slew { offset: by, source })
+    }
+}
+
+/// The one `adjtimex(2)` call timed makes: rustix does not wrap it.
+#[allow(unsafe_code)]
+mod sys {
+    /// The kernel PLL accepts at most ±0.5 s per update (MAXPHASE).
+    const MAX_PHASE_NANOS: i64 = 500_000_000;
+
+    /// Hands `offset_nanos` to the kernel PLL (`ADJ_OFFSET` in nanoseconds
+    /// with `STA_PLL`), which then slews the clock gradually. Setting the
+    /// status also clears `STA_UNSYNC`, and zero max/estimated errors mark
+    /// the clock as synchronized (the kernel's 11-minute RTC sync).
+    pub(super) fn pll_offset(offset_nanos: i64, time_constant: i32) -> std::io::Result<()> {
+        let clamped = offset_nanos.clamp(-MAX_PHASE_NANOS, MAX_PHASE_NANOS);
+        // ±5e8 always fits an i32, so the conversion below never fails.
+        let offset = i32::try_from(clamped).unwrap_or(0);
+        // SAFETY: `libc::timex` is a plain C struct made only of integers
+        // (and a `timeval` of integers) and padding, for which all-zero bytes
+        // are a valid value.
+        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+        tx.modes = libc::ADJ_STATUS
+            | libc::ADJ_NANO
+            | libc::ADJ_OFFSET
+            | libc::ADJ_TIMECONST
+            | libc::ADJ_MAXERROR
+            | libc::ADJ_ESTERROR;
+        tx.status = libc::STA_PLL;
+        tx.offset = offset.into();
+        tx.constant = time_constant.into();
+        tx.maxerror = 0;
+        tx.esterror = 0;
+        // SAFETY: `tx` is a valid, fully initialized `timex` that outlives
+        // the call; adjtimex only reads and writes that struct.
+        let rc = unsafe { libc::adjtimex(&mut tx) };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Container mode: the host owns the clock. Never changes it; logs what it
+/// would have done.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOnlyClock;
+
+impl Clock for ReadOnlyClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn step(&self, by: Offset) -> Result<(), ClockError> {
+        tracing::info!(offset = %by, "container mode: would step the clock (the host owns it)");
+        Ok(())
+    }
+
+    fn slew(&self, by: Offset) -> Result<(), ClockError> {
+        tracing::info!(offset = %by, "container mode: would slew the clock (the host owns it)");
+        Ok(())
+    }
+
+    fn is_read_only(&self) -> bool {
+        true
+    }
+}
+
+/// A clock for tests: records steps and slews; `now()` is the real time
+/// moved by every step so far. Can be told to fail like a process without
+/// CAP_SYS_TIME.
+#[derive(Debug, Default)]
+pub struct FakeClock {
+    state: Mutex<FakeClockState>,
+}
+
+#[derive(Debug, Default)]
+struct FakeClockState {
+    stepped: Offset,
+    steps: Vec<Offset>,
+    slews: Vec<Offset>,
+    fail: bool,
+}
+
+impl FakeClock {
+    /// A fake clock that accepts every change.
+    #[must_use]
+    pub fn new() -> FakeClock {
+        FakeClock::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeClockState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The steps made, in order.
+    #[must_use]
+    pub fn steps(&self) -> Vec<Offset> {
+        self.state().steps.clone()
+    }
+
+    /// The slews made, in order.
+    #[must_use]
+    pub fn slews(&self) -> Vec<Offset> {
+        self.state().slews.clone()
+    }
+
+    /// Makes every later step and slew fail with EPERM (`true`) or succeed.
+    pub fn set_failing(&self, fail: bool) {
+        self.state().fail = fail;
+    }
+}
+
+fn eperm() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::PermissionDenied)
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> SystemTime {
+        self.state().stepped.apply(SystemTime::now())
+    }
+
+    fn step(&self, by: Offset) -> Result<(), ClockError> {
+        let mut state = self.state();
+        if state.fail {
+            return Err(ClockError::Step {
+                offset: by,
+                source: eperm(),
+            });
+        }
+        state.stepped = Offset::from_nanos(state.stepped.as_nanos().saturating_add(by.as_nanos()));
+        state.steps.push(by);
+        Ok(())
+    }
+
+    fn slew(&self, by: Offset) -> Result<(), ClockError> {
+        let mut state = self.state();
+        if state.fail {
+            return Err(ClockError::Slew {
+                offset: by,
+                source: eperm(),
+            });
+        }
+        state.slews.push(by);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let later = t + Duration::from_millis(1500);
+        assert_eq!(Offset::between(t, later), Offset::from_millis(1500));
+        assert_eq!(Offset::between(later, t), Offset::from_millis(-1500));
+        assert_eq!(Offset::from_millis(-1500).apply(later), t);
+        assert_eq!(Offset::from_millis(1500).apply(t), later);
+        assert_eq!(
+            Offset::from_millis(-1500).magnitude(),
+            Duration::from_millis(1500)
+        );
+        assert!(Offset::from_nanos(-1).is_negative());
+        assert!(!Offset::ZERO.is_negative());
+        assert_eq!(Offset::from_secs(2), Offset::from_nanos(2_000_000_000));
+    }
+
+    #[test]
+    fn offsets_display_with_sign_and_microseconds() {
+        assert_eq!(Offset::from_nanos(12_345_678).to_string(), "+0.012345s");
+        assert_eq!(Offset::from_millis(-2500).to_string(), "-2.500000s");
+        assert_eq!(Offset::ZERO.to_string(), "+0.000000s");
+    }
+
+    #[test]
+    fn the_fake_clock_records_and_can_fail() {
+        let clock = FakeClock::new();
+        let before = clock.now();
+        clock.step(Offset::from_secs(3600)).expect("step");
+        clock.slew(Offset::from_millis(5)).expect("slew");
+        assert_eq!(clock.steps(), vec![Offset::from_secs(3600)]);
+        assert_eq!(clock.slews(), vec![Offset::from_millis(5)]);
+        assert!(clock.now() >= before + Duration::from_secs(3600));
+        clock.set_failing(true);
+        let err = clock.step(Offset::from_secs(1)).expect_err("fails");
+        assert!(
+            err.to_string().contains("stepping the clock by +1.000000s"),
+            "{err}"
+        );
+        assert!(clock.slew(Offset::from_secs(1)).is_err());
+        assert_eq!(clock.steps().len(), 1);
+        assert!(!clock.is_read_only());
+    }
+
+    #[test]
+    fn the_read_only_clock_changes_nothing() {
+        let clock = ReadOnlyClock;
+        assert!(clock.is_read_only());
+        clock.step(Offset::from_secs(100)).expect("step is a no-op");
+        clock.slew(Offset::from_millis(1)).expect("slew is a no-op");
+    }
+
+    #[test]
+    fn time_constants_are_clamped() {
+        assert_eq!(SystemClock::with_time_constant(-3).time_constant, 0);
+        assert_eq!(SystemClock::with_time_constant(42).time_constant, 10);
+        assert_eq!(SystemClock::new().time_constant, 4);
+    }
+}

@@ -1,0 +1,632 @@
+//! The reconcile loop: measure the clock against the configured servers and
+//! correct it.
+//!
+//! Every round reads the time settings, queries the servers in order until
+//! one answers (fail-over), and acts on that sample with [`decide`]:
+//!
+//! - |offset| > [`STEP_THRESHOLD`] (128 ms, ntpd's default step threshold):
+//!   **step**, at once. This is what happens at boot when the clock reads
+//!   1970, and after a suspend.
+//! - otherwise **slew** through the kernel PLL, except that after the first
+//!   sync an offset under [`NOISE_FLOOR`] (500 µs, within SNTP's own
+//!   measurement noise) is left alone. The first sync always acts, so the
+//!   kernel learns that the clock is synchronized.
+//!
+//! Rounds repeat every [`SyncOptions::poll_interval`] (5 minutes) after a
+//! success, [`SyncOptions::min_backoff`] (1 s) after a step (to confirm it
+//! and slew the remainder), and with exponential backoff after a failure:
+//! 1 s, 2 s, 4 s … capped at [`SyncOptions::max_backoff`] (5 minutes).
+//!
+//! Time is **synced** after the first successful round, when sync is
+//! disabled in the config (nothing to wait for), or from the start on a
+//! read-only clock (container mode: the host owns the clock). It is then
+//! published once, and stays: on a `watch` channel for in-process users, and
+//! as a marker file (`/system/run/timed/synced`) for other processes. A
+//! stale marker is removed when the loop starts.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock::{Clock, ClockError, Offset};
+use crate::config::ConfigSource;
+use crate::sntp::{SntpError, TimeSource};
+
+/// Offsets larger than this are stepped rather than slewed.
+pub const STEP_THRESHOLD: Duration = Duration::from_millis(128);
+
+/// After the first sync, offsets smaller than this are left alone.
+pub const NOISE_FLOOR: Duration = Duration::from_micros(500);
+
+/// What to do about a measured offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Jump the clock.
+    Step,
+    /// Correct it gradually.
+    Slew,
+    /// Leave it.
+    None,
+}
+
+impl Action {
+    /// A lowercase name for logs.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Step => "step",
+            Action::Slew => "slew",
+            Action::None => "none",
+        }
+    }
+}
+
+/// Decides how to correct `offset`; `first_sync` is true until a round has
+/// succeeded since timed started.
+#[must_use]
+pub fn decide(offset: Offset, first_sync: bool) -> Action {
+    let size = offset.magnitude();
+    if size > STEP_THRESHOLD {
+        Action::Step
+    } else if !first_sync && size < NOISE_FLOOR {
+        Action::None
+    } else {
+        Action::Slew
+    }
+}
+
+/// The wait after `failures` consecutive failed rounds (at least 1):
+/// `min · 2^(failures-1)`, capped at `max`.
+#[must_use]
+pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(31);
+    min.checked_mul(1u32 << exponent)
+        .map_or(max, |wait| wait.min(max))
+}
+
+/// Tunables of the loop.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Between successful rounds.
+    pub poll_interval: Duration,
+    /// First retry after a failure, and the pause after a step.
+    pub min_backoff: Duration,
+    /// Longest wait between failed rounds.
+    pub max_backoff: Duration,
+    /// Per server query.
+    pub query_timeout: Duration,
+    /// The marker file written once time is synced (`None`: no file).
+    pub marker: Option<PathBuf>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            poll_interval: Duration::from_secs(300),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            query_timeout: Duration::from_secs(5),
+            marker: None,
+        }
+    }
+}
+
+/// What a successful round did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Time sync is disabled in the config: nothing was queried.
+    Disabled,
+    /// A server answered and the clock was corrected (or left alone).
+    Adjusted {
+        /// The server that answered.
+        server: String,
+        /// Its offset.
+        offset: Offset,
+        /// What was done.
+        action: Action,
+    },
+}
+
+fn list(errors: &[SntpError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Sync is enabled but no server is configured.
+    #[error("no NTP server is configured")]
+    NoServers,
+    /// Every server failed.
+    #[error("no NTP server answered: {}", list(.0))]
+    AllFailed(Vec<SntpError>),
+    /// The clock could not be corrected.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+}
+
+/// The loop's state: the clock, where samples and settings come from, and
+/// the published "synced" flag.
+#[derive(Debug)]
+pub struct Syncer<S> {
+    clock: Arc<dyn Clock>,
+    source: S,
+    config: Arc<dyn ConfigSource>,
+    options: SyncOptions,
+    synced: watch::Sender<bool>,
+}
+
+impl<S: TimeSource> Syncer<S> {
+    /// A loop correcting `clock` from `source` with the servers of `config`.
+    #[must_use]
+    pub fn new(
+        clock: Arc<dyn Clock>,
+        source: S,
+        config: Arc<dyn ConfigSource>,
+        options: SyncOptions,
+    ) -> Syncer<S> {
+        let (synced, _) = watch::channel(false);
+        Syncer {
+            clock,
+            source,
+            config,
+            options,
+            synced,
+        }
+    }
+
+    /// The "time synced" flag: false until the first sync, then true for
+    /// good.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+
+    /// Whether time is synced.
+    #[must_use]
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// One round: query the servers in order until one answers, then step,
+    /// slew or leave the clock as [`decide`] says.
+    ///
+    /// # Errors
+    /// No server is configured, none answered, or the clock refused.
+    pub async fn sync_once(&self, first_sync: bool) -> Result<Outcome, SyncError> {
+        let config = self.config.time_config();
+        if config.disabled {
+            return Ok(Outcome::Disabled);
+        }
+        if config.servers.is_empty() {
+            return Err(SyncError::NoServers);
+        }
+        let mut errors = Vec::new();
+        for server in &config.servers {
+            let sample = match self.source.query(server, self.options.query_timeout).await {
+                Ok(sample) => sample,
+                Err(e) => {
+                    tracing::warn!(error = %e, "NTP server failed; trying the next one");
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let action = decide(sample.offset, first_sync);
+            match action {
+                Action::Step => self.clock.step(sample.offset)?,
+                Action::Slew => self.clock.slew(sample.offset)?,
+                Action::None => {}
+            }
+            if action == Action::Step {
+                tracing::info!(
+                    server = %server,
+                    offset = %sample.offset,
+                    round_trip = ?sample.round_trip,
+                    "stepped the clock"
+                );
+            } else {
+                tracing::debug!(
+                    server = %server,
+                    offset = %sample.offset,
+                    round_trip = ?sample.round_trip,
+                    action = action.as_str(),
+                    "clock checked"
+                );
+            }
+            return Ok(Outcome::Adjusted {
+                server: server.clone(),
+                offset: sample.offset,
+                action,
+            });
+        }
+        Err(SyncError::AllFailed(errors))
+    }
+
+    /// Publishes "time synced" (once): the watch flag and the marker file.
+    fn mark_synced(&self, reason: &str) {
+        if self.synced.send_replace(true) {
+            return;
+        }
+        tracing::info!(reason, "time synced");
+        let Some(marker) = &self.options.marker else {
+            return;
+        };
+        if let Some(dir) = marker.parent()
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "creating the marker's directory");
+        }
+        if let Err(e) = std::fs::write(marker, format!("{reason}\n")) {
+            tracing::warn!(error = %e, marker = %marker.display(), "writing the time-synced marker");
+        }
+    }
+
+    /// Runs rounds until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        if let Some(marker) = &self.options.marker {
+            match std::fs::remove_file(marker) {
+                Ok(()) => {
+                    tracing::info!(marker = %marker.display(), "removed a stale time-synced marker")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, marker = %marker.display(), "removing a stale time-synced marker");
+                }
+            }
+        }
+        if self.clock.is_read_only() {
+            self.mark_synced("the host owns the clock (container mode)");
+        }
+        let mut first_sync = true;
+        let mut failures: u32 = 0;
+        loop {
+            let result = tokio::select! {
+                result = self.sync_once(first_sync) => result,
+                () = shutdown.as_mut() => return,
+            };
+            let wait = match result {
+                Ok(Outcome::Disabled) => {
+                    failures = 0;
+                    self.mark_synced("time sync is disabled in the machine config");
+                    self.options.poll_interval
+                }
+                Ok(Outcome::Adjusted {
+                    server,
+                    offset,
+                    action,
+                }) => {
+                    failures = 0;
+                    first_sync = false;
+                    self.mark_synced(&format!("synced with {server} (offset {offset})"));
+                    if action == Action::Step {
+                        self.options.min_backoff
+                    } else {
+                        self.options.poll_interval
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let wait =
+                        backoff(failures, self.options.min_backoff, self.options.max_backoff);
+                    tracing::warn!(error = %e, failures, retry_in = ?wait, "time sync failed");
+                    wait
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.as_mut() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::clock::{FakeClock, ReadOnlyClock};
+    use crate::config::TimeConfig;
+    use crate::sntp::{FakeAnswer, FakeSource};
+
+    #[test]
+    fn decisions() {
+        let ms = Offset::from_millis;
+        // Large offsets are stepped, first sync or not, either sign.
+        assert_eq!(
+            decide(Offset::from_secs(-1_700_000_000), true),
+            Action::Step
+        );
+        assert_eq!(decide(ms(129), true), Action::Step);
+        assert_eq!(decide(ms(-129), false), Action::Step);
+        assert_eq!(decide(Offset::from_secs(3600), false), Action::Step);
+        // At or below the threshold: slewed.
+        assert_eq!(decide(ms(128), true), Action::Slew);
+        assert_eq!(decide(ms(-128), false), Action::Slew);
+        assert_eq!(decide(ms(5), false), Action::Slew);
+        assert_eq!(decide(Offset::from_nanos(500_000), false), Action::Slew);
+        // Noise is ignored, except on the first sync.
+        assert_eq!(decide(Offset::from_nanos(499_999), false), Action::None);
+        assert_eq!(decide(Offset::ZERO, false), Action::None);
+        assert_eq!(decide(Offset::ZERO, true), Action::Slew);
+        assert_eq!(decide(Offset::from_nanos(-100_000), true), Action::Slew);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let s = Duration::from_secs;
+        let waits: Vec<_> = (1..=11).map(|n| backoff(n, s(1), s(300))).collect();
+        assert_eq!(
+            waits,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300].map(s).to_vec()
+        );
+        assert_eq!(backoff(0, s(1), s(300)), s(1));
+        assert_eq!(backoff(u32::MAX, s(1), s(300)), s(300));
+    }
+
+    fn syncer(
+        clock: &Arc<FakeClock>,
+        source: &Arc<FakeSource>,
+        config: TimeConfig,
+        options: SyncOptions,
+    ) -> Syncer<Arc<FakeSource>> {
+        Syncer::new(clock.clone(), source.clone(), Arc::new(config), options)
+    }
+
+    #[tokio::test]
+    async fn fails_over_to_the_next_server_and_steps_a_large_offset() {
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        source.push("a", FakeAnswer::Timeout);
+        source.push("b", FakeAnswer::Offset(Offset::from_secs(2)));
+        source.push("c", FakeAnswer::Offset(Offset::from_secs(9)));
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["a", "b", "c"]),
+            SyncOptions::default(),
+        );
+        let outcome = s.sync_once(true).await.expect("synced");
+        assert_eq!(
+            outcome,
+            Outcome::Adjusted {
+                server: "b".into(),
+                offset: Offset::from_secs(2),
+                action: Action::Step
+            }
+        );
+        assert_eq!(source.queries(), vec!["a", "b"]);
+        assert_eq!(clock.steps(), vec![Offset::from_secs(2)]);
+        assert!(clock.slews().is_empty());
+    }
+
+    #[tokio::test]
+    async fn small_offsets_are_slewed_and_noise_is_left_alone() {
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        source.push("a", FakeAnswer::Offset(Offset::from_millis(20)));
+        source.push("a", FakeAnswer::Offset(Offset::from_nanos(100_000)));
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["a"]),
+            SyncOptions::default(),
+        );
+        let first = s.sync_once(false).await.expect("first");
+        assert!(matches!(
+            first,
+            Outcome::Adjusted {
+                action: Action::Slew,
+                ..
+            }
+        ));
+        let second = s.sync_once(false).await.expect("second");
+        assert!(matches!(
+            second,
+            Outcome::Adjusted {
+                action: Action::None,
+                ..
+            }
+        ));
+        assert_eq!(clock.slews(), vec![Offset::from_millis(20)]);
+        assert!(clock.steps().is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_server_failing_is_an_error_naming_each() {
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        source.push("a", FakeAnswer::Timeout);
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["a", "b"]),
+            SyncOptions::default(),
+        );
+        let err = s.sync_once(true).await.expect_err("all fail");
+        assert!(matches!(&err, SyncError::AllFailed(errors) if errors.len() == 2));
+        let message = err.to_string();
+        assert!(message.contains("NTP server a:"), "{message}");
+        assert!(message.contains("NTP server b "), "{message}");
+        assert!(clock.steps().is_empty() && clock.slews().is_empty());
+    }
+
+    #[tokio::test]
+    async fn disabled_sync_queries_nothing() {
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::disabled(),
+            SyncOptions::default(),
+        );
+        assert_eq!(s.sync_once(true).await.expect("ok"), Outcome::Disabled);
+        assert!(source.queries().is_empty());
+        let none = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(Vec::<String>::new()),
+            SyncOptions::default(),
+        );
+        assert!(matches!(
+            none.sync_once(true).await,
+            Err(SyncError::NoServers)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_clock_that_refuses_fails_the_round() {
+        let clock = Arc::new(FakeClock::new());
+        clock.set_failing(true);
+        let source = Arc::new(FakeSource::new());
+        source.push("a", FakeAnswer::Offset(Offset::from_secs(5)));
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["a"]),
+            SyncOptions::default(),
+        );
+        let err = s.sync_once(true).await.expect_err("EPERM");
+        assert!(
+            matches!(err, SyncError::Clock(ClockError::Step { .. })),
+            "{err}"
+        );
+    }
+
+    fn fast_options(marker: Option<PathBuf>) -> SyncOptions {
+        SyncOptions {
+            poll_interval: Duration::from_millis(20),
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            query_timeout: Duration::from_millis(100),
+            marker,
+        }
+    }
+
+    async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_loop_retries_then_steps_then_slews_and_publishes_synced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("run/timed/synced");
+        std::fs::create_dir_all(marker.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&marker, "stale\n").expect("stale marker");
+
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        source.push("a", FakeAnswer::Unreachable);
+        source.push("a", FakeAnswer::Timeout);
+        source.push("a", FakeAnswer::Offset(Offset::from_secs(-30)));
+        source.push("a", FakeAnswer::Offset(Offset::from_millis(3)));
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["a"]),
+            fast_options(Some(marker.clone())),
+        );
+        let mut synced = s.subscribe();
+        assert!(!*synced.borrow());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(s.run(async {
+            let _ = stopped.await;
+        }));
+
+        // The stale marker goes first.
+        wait_until("the stale marker to be removed", || {
+            std::fs::read_to_string(&marker).map_or(true, |text| text != "stale\n")
+        })
+        .await;
+        tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s))
+            .await
+            .expect("synced in time")
+            .expect("sender alive");
+        let text = std::fs::read_to_string(&marker).expect("marker written");
+        assert!(
+            text.starts_with("synced with a (offset -30.000000s)"),
+            "{text}"
+        );
+
+        // After the step, the next rounds slew the small residual offset.
+        wait_until("a slew", || clock.slews().len() >= 2).await;
+        assert_eq!(clock.steps(), vec![Offset::from_secs(-30)]);
+        assert!(clock.slews().iter().all(|s| *s == Offset::from_millis(3)));
+        // Two failures before the first answer.
+        assert!(source.queries().len() >= 5);
+
+        stop.send(()).expect("loop alive");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops on shutdown")
+            .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_clock_is_synced_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("synced");
+        let source = Arc::new(FakeSource::new()); // nothing answers
+        let s = Syncer::new(
+            Arc::new(ReadOnlyClock),
+            source.clone(),
+            Arc::new(TimeConfig::with_servers(["a"])),
+            fast_options(Some(marker.clone())),
+        );
+        let mut synced = s.subscribe();
+        let task = tokio::spawn(s.run(std::future::pending()));
+        tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s))
+            .await
+            .expect("synced at once")
+            .expect("sender alive");
+        assert!(marker.exists());
+        // It still measures (and logs what it would do).
+        wait_until("a query", || !source.queries().is_empty()).await;
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn disabled_sync_counts_as_synced() {
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        let s = syncer(&clock, &source, TimeConfig::disabled(), fast_options(None));
+        let mut synced = s.subscribe();
+        let task = tokio::spawn(s.run(std::future::pending()));
+        tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s))
+            .await
+            .expect("synced")
+            .expect("sender alive");
+        assert!(source.queries().is_empty());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn failures_never_publish_synced() {
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["down"]),
+            fast_options(None),
+        );
+        let synced = s.subscribe();
+        let task = tokio::spawn(s.run(std::future::pending()));
+        wait_until("three attempts", || source.queries().len() >= 3).await;
+        assert!(!*synced.borrow());
+        task.abort();
+    }
+}

@@ -1,0 +1,755 @@
+//! Identifiers read from a block device or image file: the GPT and the
+//! filesystem superblocks (what blkid tells udev, without blkid).
+//!
+//! Recognised:
+//! - GPT: the primary header at LBA 1 (512- or 4096-byte sectors), falling
+//!   back to the backup header at the last LBA; both header and entry-array
+//!   CRC-32s are checked. Gives the disk GUID and, per partition, its slot
+//!   number, unique GUID, type GUID, name (UTF-16LE) and extent.
+//! - ext2/3/4 (magic 0xEF53 at 1024+56), XFS (`XFSB`), FAT12/16/32,
+//!   squashfs (`hsqs`, no UUID) and LUKS (UUID and, for LUKS2, label).
+//!
+//! GPT GUIDs are printed in the usual mixed-endian form, filesystem UUIDs in
+//! byte order, both lowercase; FAT volume ids as `XXXX-XXXX` in uppercase,
+//! as blkid does.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Seek as _, SeekFrom};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use crate::crc32;
+
+/// Errors probing a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The device or image could not be opened.
+    #[error("opening {path} to probe it: {source}")]
+    Open {
+        /// The device or image.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A read failed (other than running past the end).
+    #[error("reading {len} bytes at offset {offset} of {path}: {source}")]
+    Read {
+        /// The device or image.
+        path: PathBuf,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes asked for.
+        len: usize,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A filesystem (or container) type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    /// ext2.
+    Ext2,
+    /// ext3 (ext2 with a journal).
+    Ext3,
+    /// ext4.
+    Ext4,
+    /// XFS.
+    Xfs,
+    /// FAT12/16/32.
+    Vfat,
+    /// squashfs.
+    Squashfs,
+    /// LUKS encrypted volume.
+    Luks,
+}
+
+impl FsKind {
+    /// blkid's TYPE.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FsKind::Ext2 => "ext2",
+            FsKind::Ext3 => "ext3",
+            FsKind::Ext4 => "ext4",
+            FsKind::Xfs => "xfs",
+            FsKind::Vfat => "vfat",
+            FsKind::Squashfs => "squashfs",
+            FsKind::Luks => "crypto_LUKS",
+        }
+    }
+
+    /// Whether a label of this kind names a mountable filesystem (udev
+    /// makes `by-label` links only for those, not for LUKS).
+    #[must_use]
+    pub const fn is_filesystem(self) -> bool {
+        !matches!(self, FsKind::Luks)
+    }
+}
+
+/// A filesystem found on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fs {
+    /// Its type.
+    pub kind: FsKind,
+    /// UUID (or FAT volume id), when it has one.
+    pub uuid: Option<String>,
+    /// Label, when set.
+    pub label: Option<String>,
+}
+
+/// A GPT partition entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Slot number, from 1 (the kernel's partition number).
+    pub index: u32,
+    /// Unique partition GUID (PARTUUID).
+    pub uuid: String,
+    /// Partition name (PARTLABEL).
+    pub label: String,
+    /// Partition type GUID.
+    pub type_guid: String,
+    /// First LBA.
+    pub start_lba: u64,
+    /// Last LBA (inclusive).
+    pub end_lba: u64,
+    /// The filesystem at the partition's start, read through the whole
+    /// device.
+    pub fs: Option<Fs>,
+}
+
+/// What a device holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Probe {
+    /// The GPT disk GUID, when there is a GPT.
+    pub pt_uuid: Option<String>,
+    /// The logical sector size the GPT was found with.
+    pub sector_size: u64,
+    /// GPT partitions, by slot.
+    pub partitions: Vec<Part>,
+    /// A filesystem on the whole device (none when it holds a GPT).
+    pub fs: Option<Fs>,
+}
+
+impl Probe {
+    /// The partition in slot `index`.
+    #[must_use]
+    pub fn partition(&self, index: u32) -> Option<&Part> {
+        self.partitions.iter().find(|p| p.index == index)
+    }
+}
+
+/// Probes a device or image file for a GPT and filesystems.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn probe_path(path: &Path) -> Result<Probe, ProbeError> {
+    let file = File::open(path).map_err(|source| ProbeError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    probe_file(&file, path)
+}
+
+/// Probes an open device or image; `path` names it in errors.
+///
+/// # Errors
+/// A read fails.
+pub fn probe_file(file: &File, path: &Path) -> Result<Probe, ProbeError> {
+    let r = Reader { file, path };
+    if let Some(gpt) = read_gpt(&r)? {
+        let mut partitions = gpt.partitions;
+        for p in &mut partitions {
+            p.fs = probe_fs_at(&r, p.start_lba.saturating_mul(gpt.sector_size))?;
+        }
+        return Ok(Probe {
+            pt_uuid: Some(gpt.disk_guid),
+            sector_size: gpt.sector_size,
+            partitions,
+            fs: None,
+        });
+    }
+    Ok(Probe {
+        pt_uuid: None,
+        sector_size: 512,
+        partitions: Vec::new(),
+        fs: probe_fs_at(&r, 0)?,
+    })
+}
+
+/// Probes a device (typically a partition) for a filesystem only.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn probe_fs_path(path: &Path) -> Result<Option<Fs>, ProbeError> {
+    let file = File::open(path).map_err(|source| ProbeError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    probe_fs_at(&Reader { file: &file, path }, 0)
+}
+
+// === GUIDs ===
+
+/// Formats a GPT GUID (first three fields little-endian), lowercase.
+#[must_use]
+pub fn format_guid(b: &[u8; 16]) -> String {
+    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    format_in_order(b, &order)
+}
+
+/// Formats a UUID stored in byte order (ext4, XFS), lowercase.
+#[must_use]
+pub fn format_uuid(b: &[u8; 16]) -> String {
+    let order = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+    format_in_order(b, &order)
+}
+
+fn format_in_order(b: &[u8; 16], order: &[usize; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, &j) in order.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        let _ = write!(s, "{:02x}", b[j]);
+    }
+    s
+}
+
+/// Parses a GUID's text form into its GPT (mixed-endian) bytes.
+#[must_use]
+pub fn parse_guid(s: &str) -> Option<[u8; 16]> {
+    let plain = parse_uuid(s)?;
+    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    let mut out = [0u8; 16];
+    for (o, &j) in out.iter_mut().zip(order.iter()) {
+        *o = plain[j];
+    }
+    Some(out)
+}
+
+/// Parses a UUID's text form (`8-4-4-4-12` hex digits) into its bytes in
+/// order.
+#[must_use]
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let b = s.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    let mut i = 0;
+    while i < 36 {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if b[i] != b'-' {
+                return None;
+            }
+            i += 1;
+            continue;
+        }
+        out[n] = (nibble(b[i])? << 4) | nibble(b[i + 1])?;
+        n += 1;
+        i += 2;
+    }
+    Some(out)
+}
+
+// === reading ===
+
+struct Reader<'a> {
+    file: &'a File,
+    path: &'a Path,
+}
+
+impl Reader<'_> {
+    /// `len` bytes at `offset`, or `None` when the device ends first.
+    fn read(&self, offset: u64, len: usize) -> Result<Option<Vec<u8>>, ProbeError> {
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => return Ok(None),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(ProbeError::Read {
+                        path: self.path.to_path_buf(),
+                        offset,
+                        len,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(Some(buf))
+    }
+
+    /// The size in bytes (seeking to the end also works for block devices,
+    /// whose metadata says 0).
+    fn size(&self) -> Option<u64> {
+        let mut f = self.file;
+        f.seek(SeekFrom::End(0)).ok()
+    }
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn array16(b: &[u8], at: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    a
+}
+
+/// Text up to the first NUL, trimmed; `None` when empty.
+fn c_string(b: &[u8]) -> Option<String> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    let s = String::from_utf8_lossy(&b[..end]).trim().to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+// === GPT ===
+
+const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
+/// Largest entry array we read (the usual one is 16 KiB).
+const MAX_ENTRY_BYTES: u64 = 1 << 20;
+
+struct Gpt {
+    disk_guid: String,
+    sector_size: u64,
+    partitions: Vec<Part>,
+}
+
+fn read_gpt(r: &Reader<'_>) -> Result<Option<Gpt>, ProbeError> {
+    for sector in [512u64, 4096] {
+        if let Some(gpt) = read_gpt_header(r, sector, 1)? {
+            return Ok(Some(gpt));
+        }
+    }
+    // The primary copy is damaged: try the backup at the last LBA.
+    let Some(size) = r.size() else {
+        return Ok(None);
+    };
+    for sector in [512u64, 4096] {
+        if size < 2 * sector {
+            continue;
+        }
+        if let Some(gpt) = read_gpt_header(r, sector, size / sector - 1)? {
+            return Ok(Some(gpt));
+        }
+    }
+    Ok(None)
+}
+
+fn read_gpt_header(r: &Reader<'_>, sector: u64, lba: u64) -> Result<Option<Gpt>, ProbeError> {
+    let Some(h) = r.read(lba * sector, 512)? else {
+        return Ok(None);
+    };
+    if !h.starts_with(GPT_SIGNATURE) {
+        return Ok(None);
+    }
+    let header_size = le32(&h, 12) as usize;
+    if !(92..=512).contains(&header_size) {
+        return Ok(None);
+    }
+    let mut copy = h[..header_size].to_vec();
+    copy[16..20].fill(0);
+    if crc32::ieee(&copy) != le32(&h, 16) || le64(&h, 24) != lba {
+        return Ok(None);
+    }
+    let entries_lba = le64(&h, 72);
+    let count = u64::from(le32(&h, 80));
+    let entry_size = u64::from(le32(&h, 84));
+    if entry_size < 128 || !entry_size.is_multiple_of(8) || count * entry_size > MAX_ENTRY_BYTES {
+        return Ok(None);
+    }
+    let Some(entries) = r.read(entries_lba * sector, (count * entry_size) as usize)? else {
+        return Ok(None);
+    };
+    if crc32::ieee(&entries) != le32(&h, 88) {
+        return Ok(None);
+    }
+    let mut partitions = Vec::new();
+    for (slot, e) in entries.chunks_exact(entry_size as usize).enumerate() {
+        let type_guid = array16(e, 0);
+        if type_guid == [0u8; 16] {
+            continue;
+        }
+        let units: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        let label = char::decode_utf16(units)
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect();
+        partitions.push(Part {
+            index: u32::try_from(slot + 1).unwrap_or(u32::MAX),
+            uuid: format_guid(&array16(e, 16)),
+            label,
+            type_guid: format_guid(&type_guid),
+            start_lba: le64(e, 32),
+            end_lba: le64(e, 40),
+            fs: None,
+        });
+    }
+    Ok(Some(Gpt {
+        disk_guid: format_guid(&array16(&h, 56)),
+        sector_size: sector,
+        partitions,
+    }))
+}
+
+// === filesystems ===
+
+fn probe_fs_at(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
+    let Some(head) = r.read(offset, 512)? else {
+        return Ok(None);
+    };
+    if let Some(fs) = luks(&head) {
+        return Ok(Some(fs));
+    }
+    if head.starts_with(b"XFSB") {
+        return Ok(Some(Fs {
+            kind: FsKind::Xfs,
+            uuid: Some(format_uuid(&array16(&head, 32))),
+            label: c_string(&head[108..120]),
+        }));
+    }
+    if head.starts_with(b"hsqs") {
+        return Ok(Some(Fs {
+            kind: FsKind::Squashfs,
+            uuid: None,
+            label: None,
+        }));
+    }
+    if let Some(sb) = r.read(offset + 1024, 1024)?
+        && let Some(fs) = ext(&sb)
+    {
+        return Ok(Some(fs));
+    }
+    Ok(fat(&head))
+}
+
+fn ext(sb: &[u8]) -> Option<Fs> {
+    if le16(sb, 56) != 0xEF53 {
+        return None;
+    }
+    const COMPAT_HAS_JOURNAL: u32 = 0x4;
+    const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+    // extents, 64bit, flex_bg
+    const INCOMPAT_EXT4: u32 = 0x40 | 0x80 | 0x200;
+    // huge_file, gdt_csum, dir_nlink, extra_isize, metadata_csum
+    const RO_COMPAT_EXT4: u32 = 0x8 | 0x10 | 0x20 | 0x40 | 0x400;
+    let compat = le32(sb, 0x5C);
+    let incompat = le32(sb, 0x60);
+    let ro_compat = le32(sb, 0x64);
+    if incompat & INCOMPAT_JOURNAL_DEV != 0 {
+        return None;
+    }
+    let kind = if incompat & INCOMPAT_EXT4 != 0 || ro_compat & RO_COMPAT_EXT4 != 0 {
+        FsKind::Ext4
+    } else if compat & COMPAT_HAS_JOURNAL != 0 {
+        FsKind::Ext3
+    } else {
+        FsKind::Ext2
+    };
+    let uuid = array16(sb, 104);
+    Some(Fs {
+        kind,
+        uuid: (uuid != [0u8; 16]).then(|| format_uuid(&uuid)),
+        label: c_string(&sb[120..136]),
+    })
+}
+
+/// The file system types FAT12/16 boot sectors carry at byte 54.
+const FAT16_TYPES: [&[u8]; 3] = [b"FAT12", b"FAT16", b"FAT     "];
+
+fn fat(b: &[u8]) -> Option<Fs> {
+    if b[510] != 0x55 || b[511] != 0xAA {
+        return None;
+    }
+    let bytes_per_sector = le16(b, 11);
+    if !(512..=4096).contains(&bytes_per_sector) || !bytes_per_sector.is_power_of_two() {
+        return None;
+    }
+    let (id_at, label_at) = if b[82..].starts_with(b"FAT32   ") {
+        (67, 71)
+    } else if FAT16_TYPES.iter().any(|t| b[54..].starts_with(t)) {
+        (39, 43)
+    } else {
+        return None;
+    };
+    let id = le32(b, id_at);
+    let label = String::from_utf8_lossy(&b[label_at..label_at + 11])
+        .trim_end_matches([' ', '\0'])
+        .to_owned();
+    Some(Fs {
+        kind: FsKind::Vfat,
+        uuid: Some(format!("{:04X}-{:04X}", id >> 16, id & 0xFFFF)),
+        label: (!label.is_empty() && label != "NO NAME").then_some(label),
+    })
+}
+
+fn luks(b: &[u8]) -> Option<Fs> {
+    if !b.starts_with(b"LUKS\xba\xbe") {
+        return None;
+    }
+    let version = u16::from_be_bytes([b[6], b[7]]);
+    Some(Fs {
+        kind: FsKind::Luks,
+        uuid: c_string(&b[168..208]),
+        label: if version == 2 {
+            c_string(&b[24..72])
+        } else {
+            None
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt as _;
+
+    use super::*;
+    use crate::testing::{
+        EFI_SYSTEM, FakeFs, LINUX_DATA, SAMPLE_DISK_GUID, write_fs, write_sample_image,
+    };
+
+    const LINUX: &str = LINUX_DATA;
+    const ESP: &str = EFI_SYSTEM;
+
+    #[test]
+    fn guid_text_forms() {
+        let g = parse_guid(ESP).unwrap();
+        // The first three fields are little-endian on disk.
+        assert_eq!(&g[..4], &[0x28, 0x73, 0x2a, 0xc1]);
+        assert_eq!(format_guid(&g), ESP);
+        let u = parse_uuid("11223344-5566-7788-99aa-bbccddeeff00").unwrap();
+        assert_eq!(u[0], 0x11);
+        assert_eq!(format_uuid(&u), "11223344-5566-7788-99aa-bbccddeeff00");
+        assert_eq!(parse_uuid("not-a-uuid"), None);
+        assert_eq!(parse_uuid("112233445-566-7788-99aa-bbccddeeff00"), None);
+    }
+
+    #[test]
+    fn gpt_image_and_the_filesystems_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        write_sample_image(&image).unwrap();
+
+        let probe = probe_path(&image).unwrap();
+        assert_eq!(probe.pt_uuid.as_deref(), Some(SAMPLE_DISK_GUID));
+        assert_eq!(probe.sector_size, 512);
+        assert_eq!(probe.fs, None);
+        assert_eq!(
+            probe.partitions,
+            vec![
+                Part {
+                    index: 1,
+                    uuid: "3f2504e0-4f89-41d3-9a0c-0305e82c3301".into(),
+                    label: "EFI".into(),
+                    type_guid: ESP.into(),
+                    start_lba: 2048,
+                    end_lba: 4095,
+                    fs: Some(Fs {
+                        kind: FsKind::Vfat,
+                        uuid: Some("1234-ABCD".into()),
+                        label: Some("EFI".into()),
+                    }),
+                },
+                Part {
+                    index: 2,
+                    uuid: "a0000000-0000-4000-8000-000000000002".into(),
+                    label: "BOOT".into(),
+                    type_guid: LINUX.into(),
+                    start_lba: 4096,
+                    end_lba: 6143,
+                    fs: Some(Fs {
+                        kind: FsKind::Xfs,
+                        uuid: Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into()),
+                        label: Some("BOOT".into()),
+                    }),
+                },
+                Part {
+                    index: 3,
+                    uuid: "a0000000-0000-4000-8000-000000000003".into(),
+                    label: "STATE".into(),
+                    type_guid: LINUX.into(),
+                    start_lba: 6144,
+                    end_lba: 8191,
+                    fs: Some(Fs {
+                        kind: FsKind::Xfs,
+                        uuid: Some("5ea7e000-0000-4000-8000-000000000003".into()),
+                        label: Some("STATE".into()),
+                    }),
+                },
+                Part {
+                    index: 4,
+                    uuid: "a0000000-0000-4000-8000-000000000004".into(),
+                    label: "data 1/é".into(),
+                    type_guid: LINUX.into(),
+                    start_lba: 8192,
+                    end_lba: 10239,
+                    fs: Some(Fs {
+                        kind: FsKind::Ext4,
+                        uuid: Some("11223344-5566-7788-99aa-bbccddeeff00".into()),
+                        label: Some("my data/1".into()),
+                    }),
+                },
+            ]
+        );
+        assert_eq!(probe.partition(2).unwrap().label, "BOOT");
+        assert!(probe.partition(5).is_none());
+    }
+
+    #[test]
+    fn damaged_primary_header_falls_back_to_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        write_sample_image(&image).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        // Flip a byte of the primary header's disk GUID: its CRC no longer matches.
+        f.write_all_at(&[0xFF], 512 + 60).unwrap();
+        drop(f);
+        let probe = probe_path(&image).unwrap();
+        assert_eq!(probe.pt_uuid.as_deref(), Some(SAMPLE_DISK_GUID));
+        assert_eq!(probe.partitions.len(), 4);
+    }
+
+    #[test]
+    fn damaged_entries_mean_no_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        write_sample_image(&image).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        // Both entry arrays: their CRCs no longer match.
+        f.write_all_at(&[0xFF], 2 * 512 + 60).unwrap();
+        f.write_all_at(&[0xFF], (16383 - 32) * 512 + 60).unwrap();
+        drop(f);
+        let probe = probe_path(&image).unwrap();
+        assert_eq!(probe.pt_uuid, None);
+        assert!(probe.partitions.is_empty());
+    }
+
+    fn bare(fs: &FakeFs) -> Option<Fs> {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        let f = File::create(&image).unwrap();
+        f.set_len(1 << 20).unwrap();
+        write_fs(&f, 0, fs).unwrap();
+        drop(f);
+        let probe = probe_path(&image).unwrap();
+        assert_eq!(probe.pt_uuid, None);
+        assert_eq!(probe_fs_path(&image).unwrap(), probe.fs);
+        probe.fs
+    }
+
+    #[test]
+    fn bare_filesystems() {
+        assert_eq!(
+            bare(&FakeFs::Ext4 {
+                uuid: "11223344-5566-7788-99aa-bbccddeeff00".into(),
+                label: "EPHEMERAL".into(),
+            }),
+            Some(Fs {
+                kind: FsKind::Ext4,
+                uuid: Some("11223344-5566-7788-99aa-bbccddeeff00".into()),
+                label: Some("EPHEMERAL".into()),
+            })
+        );
+        assert_eq!(
+            bare(&FakeFs::Xfs {
+                uuid: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+                label: String::new(),
+            }),
+            Some(Fs {
+                kind: FsKind::Xfs,
+                uuid: Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into()),
+                label: None,
+            })
+        );
+        assert_eq!(
+            bare(&FakeFs::Fat16 {
+                id: 0x0A0B_0C0D,
+                label: "NO NAME".into(),
+            }),
+            Some(Fs {
+                kind: FsKind::Vfat,
+                uuid: Some("0A0B-0C0D".into()),
+                label: None,
+            })
+        );
+        assert_eq!(
+            bare(&FakeFs::Squashfs),
+            Some(Fs {
+                kind: FsKind::Squashfs,
+                uuid: None,
+                label: None,
+            })
+        );
+        assert_eq!(
+            bare(&FakeFs::Luks2 {
+                uuid: "5e1f0000-0000-4000-8000-00000000beef".into(),
+                label: "STATE".into(),
+            }),
+            Some(Fs {
+                kind: FsKind::Luks,
+                uuid: Some("5e1f0000-0000-4000-8000-00000000beef".into()),
+                label: Some("STATE".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn empty_and_short_files_hold_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.img");
+        File::create(&empty).unwrap();
+        assert_eq!(
+            probe_path(&empty).unwrap(),
+            Probe {
+                sector_size: 512,
+                ..Probe::default()
+            }
+        );
+        let zeros = dir.path().join("zeros.img");
+        File::create(&zeros).unwrap().set_len(1 << 16).unwrap();
+        assert_eq!(probe_path(&zeros).unwrap().fs, None);
+    }
+
+    #[test]
+    fn missing_file_error_names_it() {
+        let err = probe_path(Path::new("/nonexistent/udevd-probe")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/udevd-probe"),
+            "{err}"
+        );
+    }
+}
