@@ -28,10 +28,6 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
     let paths = machinery::constants::NodePaths::under(&args.root);
     let mut names = args.names.clone();
     names.push(args.listen.ip().to_string());
@@ -45,39 +41,19 @@ fn main() -> ExitCode {
         self_names: names.clone(),
         peer_port: machinery::constants::APID_PORT,
     };
-    // One thread: a proxy on a small node answers faster without cross-thread
-    // wake-ups (measured by `cargo bench -p bench`).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("apid: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result: Result<(), String> = runtime.block_on(async {
-        let tls = apid::tls::Reloader::start(options.credentials.clone(), names, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind(options.listen).await.map_err(|e| format!("binding {}: {e}", options.listen))?;
+    machinery::daemon::run("apid", async {
+        let tls =
+            apid::tls::Reloader::start(options.credentials.clone(), names, Duration::from_secs(1))
+                .map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|e| format!("binding {}: {e}", options.listen))?;
         tracing::info!(listen = %options.listen, maintenance = tls.borrow().maintenance, mode = %args.mode, "apid serving");
-        let shutdown = async {
-            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                term.recv().await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        apid::Apid::new(options, tls).serve(listener, shutdown).await;
-        Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("apid: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        apid::Apid::new(options, tls)
+            .serve(listener, machinery::daemon::shutdown_signal())
+            .await;
+        Ok::<(), String>(())
+    })
 }
 
 fn rustix_hostname() -> String {

@@ -419,27 +419,11 @@ async fn latency_real() {
 }
 
 fn client_tls(ctx: &machinery::talosconfig::Context) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ctx.ca_pem().expect("ca")) {
-        roots.add(c.expect("cert")).expect("root");
-    }
-    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&ctx.crt_pem().expect("crt"))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("chain");
-    let key = machinery::pki::to_pkcs8_pem(&String::from_utf8_lossy(&ctx.key_pem().expect("key")))
-        .expect("pkcs8");
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .expect("client"),
+    machinery::grpc::client_tls_config(
+        &ctx.ca_pem().expect("ca"),
+        Some((&ctx.crt_pem().expect("crt"), &ctx.key_pem().expect("key"))),
     )
+    .expect("tls")
 }
 
 fn main() {

@@ -190,24 +190,8 @@ async fn request_worker(
         .await
         .map_err(|e| CredentialsError::Trustd(e.to_string()))??;
     let ca_pem = config.ca_crt_pem().to_vec();
-    let mut roots = rustls::RootCertStore::empty();
-    {
-        use rustls_pki_types::pem::PemObject as _;
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
-            let cert = cert.map_err(|e| CredentialsError::Ca(e.to_string()))?;
-            roots
-                .add(cert)
-                .map_err(|e| CredentialsError::Ca(e.to_string()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| CredentialsError::Ca(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tls = Arc::new(tls);
+    let tls = machinery::grpc::client_tls_config(&ca_pem, None)
+        .map_err(|e| CredentialsError::Ca(e.to_string()))?;
     let mut endpoints: Vec<String> = trustd_endpoint(config.control_plane_endpoint())
         .into_iter()
         .collect();

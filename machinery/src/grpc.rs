@@ -92,3 +92,65 @@ pub fn tls_channel(
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?} is not a valid server name (a DNS name or an IP address)")]
 pub struct InvalidServerName(pub String);
+
+/// Which part of the TLS material was unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// The CA certificates.
+    #[error("ca: {0}")]
+    Ca(String),
+    /// The client certificate.
+    #[error("crt: {0}")]
+    Crt(String),
+    /// The client key.
+    #[error("key: {0}")]
+    Key(String),
+    /// rustls refused the combination.
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+/// A client TLS config trusting only the CA certificates in `ca_pem`,
+/// presenting `client` (certificate PEM, key PEM in any label upstream
+/// writes) when given. ALPN h2 is set by [`tls_channel`].
+///
+/// # Errors
+/// Malformed or mismatched material, naming which part.
+pub fn client_tls_config(
+    ca_pem: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsConfigError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| TlsConfigError::Ca(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsConfigError::Ca(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsConfigError::Ca("no certificate in it".into()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TlsConfigError::Setup(e.to_string()))?
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((crt, key)) => {
+            let chain = rustls_pki_types::CertificateDer::pem_slice_iter(crt)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsConfigError::Crt(e.to_string()))?;
+            let key = crate::pki::to_pkcs8_pem(&String::from_utf8_lossy(key))
+                .map_err(|e| TlsConfigError::Key(e.to_string()))?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| TlsConfigError::Key(e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsConfigError::Setup(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(std::sync::Arc::new(config))
+}

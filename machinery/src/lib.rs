@@ -12,6 +12,7 @@
 pub mod base64;
 pub mod config;
 pub mod constants;
+pub mod daemon;
 pub mod generate;
 pub mod grpc;
 pub mod h2;

@@ -23,46 +23,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
-    // One thread: a proxy on a small node answers faster without cross-thread
-    // wake-ups (measured by `cargo bench -p bench`).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("routerd: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let paths = machinery::constants::NodePaths::under(&args.root);
-    let result = runtime.block_on(async {
+    machinery::daemon::run("routerd", async {
         let router = routerd::Router::new(&paths)?;
         let socket = paths.socket("routerd");
         let listener = routerd::bind(&socket)?;
         tracing::info!(socket = %socket.display(), mode = %args.mode, "routerd serving");
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        router.serve(listener, shutdown).await;
+        router
+            .serve(listener, machinery::daemon::shutdown_signal())
+            .await;
         Ok::<(), routerd::RouterError>(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("routerd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -29,9 +29,8 @@ use api::common::Metadata;
 use machinery::talosconfig::{Context, Endpoint, TalosConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 
@@ -646,43 +645,25 @@ pub fn secure_tls_config(
     context: &Context,
     now: SystemTime,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let in_context = |what: &str, err: &dyn std::fmt::Display| {
-        anyhow!("talosconfig context {context_name:?}: {what}: {err}")
-    };
     if context.ca.is_empty() {
         bail!(
             "talosconfig context {context_name:?} has no CA certificate (\"ca\"): the server cannot be verified"
         );
     }
     let ca = context.ca_pem().map_err(|err| anyhow!("{err}"))?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&ca) {
-        let cert = cert.map_err(|err| in_context("ca", &err))?;
-        roots.add(cert).map_err(|err| in_context("ca", &err))?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|err| anyhow!("TLS setup: {err}"))?
-        .with_root_certificates(roots);
-    let config = if context.has_client_cert() {
+    let client = if context.has_client_cert() {
         let crt = context.crt_pem().map_err(|err| anyhow!("{err}"))?;
         check_client_cert(context_name, &crt, now)?;
-        let chain = CertificateDer::pem_slice_iter(&crt)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| in_context("crt", &err))?;
         let key = context.key_pem().map_err(|err| anyhow!("{err}"))?;
-        let key = String::from_utf8(key)
-            .map_err(|_| anyhow!("talosconfig context {context_name:?}: key: not PEM text"))?;
-        let key = machinery::pki::to_pkcs8_pem(&key).map_err(|err| in_context("key", &err))?;
-        let key =
-            PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|err| in_context("key", &err))?;
-        builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|err| in_context("crt and key", &err))?
+        Some((crt, key))
     } else {
-        builder.with_no_client_auth()
+        None
     };
-    Ok(Arc::new(config))
+    machinery::grpc::client_tls_config(
+        &ca,
+        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )
+    .map_err(|err| anyhow!("talosconfig context {context_name:?}: {err}"))
 }
 
 /// Maintenance mode: accepts any server certificate (its handshake

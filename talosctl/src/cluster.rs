@@ -315,7 +315,10 @@ async fn wait_ready(
         .contexts
         .get(context)
         .context("generated talosconfig has no context")?;
-    let tls = client_tls(&ctx.ca_pem()?, &ctx.crt_pem()?, &ctx.key_pem()?)?;
+    let tls = machinery::grpc::client_tls_config(
+        &ctx.ca_pem()?,
+        Some((&ctx.crt_pem()?, &ctx.key_pem()?)),
+    )?;
     let deadline = Instant::now() + timeout;
     for node in &state.nodes {
         let channel =
@@ -344,25 +347,6 @@ async fn wait_ready(
         }
     }
     Ok(())
-}
-
-fn client_tls(ca: &[u8], crt: &[u8], key: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca) {
-        roots.add(cert?)?;
-    }
-    let chain =
-        rustls_pki_types::CertificateDer::pem_slice_iter(crt).collect::<Result<Vec<_>, _>>()?;
-    let key = machinery::pki::to_pkcs8_pem(&String::from_utf8_lossy(key))?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?;
-    Ok(Arc::new(config))
 }
 
 fn load_state(args: &NameArgs) -> anyhow::Result<(PathBuf, ClusterState)> {

@@ -23,32 +23,16 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
     let dir = machinery::constants::NodePaths::under(&args.root).secrets_dir("trustd");
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("trustd: starting the runtime: {e}");
-            return ExitCode::FAILURE;
+    machinery::daemon::run("trustd", async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("binding {}: {e}", args.listen))?;
+        tracing::info!(listen = %args.listen, mode = %args.mode, "trustd serving");
+        tokio::select! {
+            () = trustd::serve(dir, listener) => {}
+            () = machinery::daemon::shutdown_signal() => {}
         }
-    };
-    runtime.block_on(async {
-        match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(listener) => {
-                tracing::info!(listen = %args.listen, mode = %args.mode, "trustd serving");
-                trustd::serve(dir, listener).await;
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("trustd: binding {}: {e}", args.listen);
-                ExitCode::FAILURE
-            }
-        }
+        Ok::<(), String>(())
     })
 }

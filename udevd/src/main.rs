@@ -31,25 +31,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
     let mode = if args.mode == "container" {
         Mode::Container
     } else {
         Mode::Metal
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("udevd: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     let options = Options {
         mode,
@@ -57,28 +42,8 @@ fn main() -> ExitCode {
         sysfs: args.sysfs,
         dev: args.dev,
     };
-    match runtime.block_on(udevd::run(options, shutdown())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("udevd: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT (never, if they cannot be watched).
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending::<()>().await,
-    }
+    machinery::daemon::run(
+        "udevd",
+        udevd::run(options, machinery::daemon::shutdown_signal()),
+    )
 }
