@@ -1,14 +1,45 @@
-//! Builds the boot image and installer; installs and upgrades a disk.
+//! Builds the boot image: `vmlinuz`, `initramfs.xz` (machined as `/init`,
+//! the kernel modules in load order, and `rootfs.sqsh`), and
+//! `manifest.json`; later, the installer and disk images.
 //!
-//! Not built yet: this crate holds its place in the workspace until its issue
-//! (#7) lands. Its binary says so and exits with status 2.
+//! # Design
+//!
+//! - [`kernel`]: Debian's `linux-image-*-amd64` (downloaded once, cached)
+//!   or a given vmlinuz and modules tree.
+//! - [`modules`]: the one list of modules the image carries, in load
+//!   order, and finding each in the modules tree.
+//! - [`squashfs`]: the read-only root, staged from our own daemons only
+//!   and packed with `mksquashfs`.
+//! - [`cpio`]: the initramfs archive (newc), written here.
+//! - [`manifest`]: versions and SHA-256 of every artifact.
+//! - [`build`]: the orchestration, driven by [`build::BuildInputs`] so
+//!   tests can pass fake inputs.
+//!
+//! # Reproducibility
+//!
+//! The same inputs give the same bytes: sorted entries, fixed inode numbers,
+//! uid/gid 0, every timestamp `SOURCE_DATE_EPOCH` (default 0), modes set
+//! explicitly, no build-host paths or xattrs, single-threaded xz. "The same
+//! inputs" includes the versions of `mksquashfs` and `xz`.
+//!
+//! # Limitations
+//!
+//! Needs `mksquashfs` (squashfs-tools >= 4.4), `xz` (xz-utils), and for the
+//! Debian kernel `apt-get`, `apt-cache` and `dpkg-deb`. Installer and disk
+//! images are not built yet.
+//!
+//! # Example
+//!
+//! ```text
+//! cargo build --release --target x86_64-unknown-linux-musl --bins
+//! imager build --output _out
+//! ```
 #![forbid(unsafe_code)]
 
-/// The message the placeholder binary prints.
-#[must_use]
-pub fn not_built_yet() -> String {
-    format!(
-        "imager {}: not built yet (tracked in issue #7)",
-        machinery::constants::VERSION
-    )
-}
+pub mod build;
+pub mod cpio;
+pub mod kernel;
+pub mod manifest;
+pub mod modules;
+pub mod squashfs;
+pub mod tool;

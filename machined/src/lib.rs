@@ -6,8 +6,9 @@
 //! [`stats`] and [`kmsg`] (what the API reads), [`server`] (the
 //! MachineService edge), [`node`] (shared state) and [`run`] (start-up and
 //! shutdown).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod boot;
 pub mod configstore;
 pub mod credentials;
 pub mod events;

@@ -24,7 +24,7 @@ struct Args {
     /// Hostname to report when the machine config sets none.
     #[arg(long)]
     hostname: Option<String>,
-    /// Directory holding the other daemons (default: beside machined).
+    /// Directory holding the other daemons (default: beside machined; /usr/bin on metal).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// apid's listen address.
@@ -36,20 +36,29 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let pid1 = rustix::process::getpid().is_init();
+    // As PID 1 the kernel hands unknown command-line words to /init as
+    // arguments; a parse error must not end init (that panics the kernel).
+    let args = if pid1 {
+        Args::try_parse().unwrap_or_else(|_| Args::parse_from(["machined"]))
+    } else {
+        Args::parse()
+    };
     let mode = if args.mode == "container" {
         Mode::Container
     } else {
         Mode::Metal
     };
-    let bin_dir = args
-        .bin_dir
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(PathBuf::from))
-        })
-        .unwrap_or_else(|| PathBuf::from("/usr/bin"));
+    let metal_init = pid1 && mode == Mode::Metal;
+    let report = metal_init.then(machined::boot::boot_metal);
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None if metal_init => PathBuf::from("/usr/bin"),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/usr/bin")),
+    };
     let options = NodeOptions {
         mode,
         root: args.root,
@@ -59,6 +68,9 @@ fn main() -> ExitCode {
         trustd_listen: args.trustd_listen,
     };
     let logs = machined::run::init_logging(&options);
+    if let Some(report) = &report {
+        tracing::info!(?report, "metal boot done");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -66,13 +78,20 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
+        Err(e) if metal_init => machined::boot::fatal(&format!("starting the runtime: {e}")),
         Err(e) => {
             eprintln!("machined: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(machined::run::run(options, logs)) {
+    let result = runtime.block_on(machined::run::run(options, logs));
+    drop(runtime);
+    match result {
+        Ok(action) if metal_init => {
+            machined::boot::power_off_or_reboot(action == PowerAction::Reboot)
+        }
         Ok(PowerAction::Shutdown | PowerAction::Reboot) => ExitCode::SUCCESS,
+        Err(e) if metal_init => machined::boot::fatal(&e.to_string()),
         Err(e) => {
             eprintln!("machined: {e}");
             ExitCode::FAILURE

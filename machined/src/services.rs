@@ -9,7 +9,7 @@ use crate::node::{Mode, Node};
 use crate::supervisor::{HealthCheck, HealthSpec, RestartPolicy, ServiceSpec};
 
 /// Daemons that exist and that machined starts.
-pub const SERVED: &[&str] = &["udevd", "timed", "routerd", "apid", "trustd"];
+pub const SERVED: &[&str] = &["udevd", "networkd", "timed", "routerd", "apid", "trustd"];
 
 /// The service specs for this node.
 #[must_use]

@@ -193,7 +193,9 @@ async fn control_plane_and_worker_over_mtls() {
         let ids: Vec<&str> = services.iter().map(|s| s.0.as_str()).collect();
         assert_eq!(
             ids,
-            ["apid", "machined", "routerd", "timed", "trustd", "udevd"]
+            [
+                "apid", "machined", "networkd", "routerd", "timed", "trustd", "udevd"
+            ]
         );
         if services.iter().all(|s| s.1 == "Running" && s.2) {
             break;

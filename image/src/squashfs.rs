@@ -1,0 +1,189 @@
+//! The read-only root: a staging directory made from nothing but our own
+//! daemons and a few files, packed by `mksquashfs`.
+//!
+//! What is in it: `/usr/bin/<daemon>` for each of
+//! [`machinery::constants::DAEMONS`] found in the binary directory (static
+//! musl builds), `/etc/os-release`, empty `/etc/hosts` and
+//! `/etc/resolv.conf` (machined bind-mounts `/system/etc/...` over them),
+//! an empty `/usr/etc/`, and empty mount points (`/dev /proc /sys /run /tmp
+//! /system /var`). What is not: a shell, busybox, coreutils, or anything
+//! else a person at a prompt would want. machined itself stays in the
+//! initramfs as `/init`.
+//!
+//! Reproducible: every mode is set explicitly (the umask does not leak in),
+//! `-all-root` owns everything by root, `-mkfs-time`/`-all-time` pin the
+//! timestamps, xattrs of the build host are left out, and mksquashfs
+//! (>= 4.4) orders its output reproducibly by default.
+//! `SOURCE_DATE_EPOCH` is removed from mksquashfs's environment, because it
+//! refuses to run with both it and the time options.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::tool::{self, ToolError};
+
+/// Directories of the root, created empty (mount points and `/usr/etc`).
+pub const ROOTFS_DIRS: &[&str] = &[
+    "dev", "etc", "proc", "run", "sys", "system", "tmp", "usr", "usr/bin", "usr/etc", "var",
+];
+
+/// Building the root failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SquashfsError {
+    /// A staging step failed.
+    #[error("staging the root: {operation} {path}: {source}")]
+    Stage {
+        /// What we were doing.
+        operation: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The timestamp does not fit squashfs's 32-bit time.
+    #[error("SOURCE_DATE_EPOCH {epoch} does not fit squashfs's 32-bit timestamps")]
+    Epoch {
+        /// The value.
+        epoch: u64,
+    },
+    /// mksquashfs failed.
+    #[error("{0}")]
+    Tool(#[from] ToolError),
+}
+
+/// The `/etc/os-release` of an image of `version`.
+#[must_use]
+pub fn os_release(version: &str) -> String {
+    format!(
+        "NAME=\"Talos-rs\"\n\
+         ID=talos-rs\n\
+         VERSION=\"{version}\"\n\
+         VERSION_ID={version}\n\
+         PRETTY_NAME=\"Talos-rs ({version})\"\n"
+    )
+}
+
+fn stage_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SquashfsError {
+    let path = path.to_path_buf();
+    move |source| SquashfsError::Stage {
+        operation,
+        path,
+        source,
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), SquashfsError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(stage_err("setting the mode of", path))
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), SquashfsError> {
+    fs::write(path, contents).map_err(stage_err("writing", path))?;
+    set_mode(path, mode)
+}
+
+/// Fills `root` (an empty directory) with the root file system; returns the
+/// daemons it took from `bin_dir`, in [`machinery::constants::DAEMONS`]
+/// order.
+///
+/// # Errors
+/// A file system operation failed.
+pub fn stage(root: &Path, bin_dir: &Path, version: &str) -> Result<Vec<String>, SquashfsError> {
+    set_mode(root, 0o755)?;
+    for dir in ROOTFS_DIRS {
+        let path = root.join(dir);
+        fs::create_dir_all(&path).map_err(stage_err("creating", &path))?;
+        set_mode(&path, 0o755)?;
+    }
+    write_file(
+        &root.join("etc/os-release"),
+        os_release(version).as_bytes(),
+        0o644,
+    )?;
+    write_file(&root.join("etc/hosts"), b"", 0o644)?;
+    write_file(&root.join("etc/resolv.conf"), b"", 0o644)?;
+
+    let mut daemons = Vec::new();
+    for &daemon in machinery::constants::DAEMONS {
+        let from = bin_dir.join(daemon);
+        if !from.is_file() {
+            continue;
+        }
+        let to = root.join("usr/bin").join(daemon);
+        fs::copy(&from, &to).map_err(stage_err("copying", &from))?;
+        set_mode(&to, 0o755)?;
+        daemons.push(daemon.to_owned());
+    }
+    Ok(daemons)
+}
+
+/// Packs `root` into the squashfs `out` (xz), every timestamp `epoch`.
+/// Blocks for as long as mksquashfs runs.
+///
+/// # Errors
+/// `epoch` does not fit 32 bits, or mksquashfs fails.
+pub fn mksquashfs(root: &Path, out: &Path, epoch: u64) -> Result<(), SquashfsError> {
+    let epoch = u32::try_from(epoch)
+        .map_err(|_| SquashfsError::Epoch { epoch })?
+        .to_string();
+    tool::run(
+        "packing the root file system",
+        Command::new("mksquashfs")
+            .arg(root)
+            .arg(out)
+            .args(["-noappend", "-all-root", "-no-xattrs", "-comp", "xz"])
+            .args(["-mkfs-time", epoch.as_str(), "-all-time", epoch.as_str()])
+            .args(["-no-progress", "-quiet"])
+            .env_remove("SOURCE_DATE_EPOCH"),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_names_the_version() {
+        let text = os_release("1.2.3");
+        assert!(text.contains("VERSION_ID=1.2.3\n"), "{text}");
+        assert!(text.starts_with("NAME="), "{text}");
+    }
+
+    #[test]
+    fn stages_only_our_daemons_with_fixed_modes() {
+        let bins = tempfile::tempdir().expect("tempdir");
+        for name in ["apid", "routerd", "machined", "sh", "busybox"] {
+            fs::write(bins.path().join(name), name).expect("write");
+            set_mode(&bins.path().join(name), 0o700).expect("chmod");
+        }
+        let root = tempfile::tempdir().expect("tempdir");
+        let daemons = stage(root.path(), bins.path(), "0.1.0").expect("stages");
+        assert_eq!(daemons, ["apid", "routerd"]);
+        let mode = |p: &str| {
+            fs::metadata(root.path().join(p))
+                .expect("exists")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("usr/bin/apid"), 0o755);
+        assert_eq!(mode("etc/hosts"), 0o644);
+        assert_eq!(mode("proc"), 0o755);
+        assert_eq!(mode(""), 0o755);
+        assert!(!root.path().join("usr/bin/sh").exists());
+        assert!(!root.path().join("usr/bin/busybox").exists());
+        assert!(!root.path().join("usr/bin/machined").exists());
+        assert!(!root.path().join("bin").exists());
+    }
+
+    #[test]
+    fn an_epoch_beyond_32_bits_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = mksquashfs(dir.path(), &dir.path().join("x"), 1 << 40).expect_err("too late");
+        assert!(matches!(err, SquashfsError::Epoch { .. }), "{err}");
+    }
+}

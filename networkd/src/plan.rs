@@ -1,0 +1,1008 @@
+//! Desired state and the plan that gets the kernel there.
+//!
+//! [`desired`] combines the machine config ([`Settings`]), the kernel
+//! arguments ([`KernelArgs`]), the DHCP leases held and the links that exist
+//! ([`Observed`]) into a [`Desired`] state per link; [`plan`] compares it
+//! with what the kernel has and lists the [`Action`]s to take. Both are pure
+//! functions: the reconcile loop re-runs them after every burst of netlink
+//! events, so a plan only has to add what is missing. Removal is explicit
+//! and owned: only the addresses and routes of a lease networkd itself
+//! holds are ever deleted ([`lease_removal`]).
+//!
+//! Which links are managed:
+//!
+//! | link | managed | DHCP |
+//! |---|---|---|
+//! | ignored (`talos.network.interface.ignore=`, `ignore: true`) | never | no |
+//! | loopback | brought up | no |
+//! | in `machine.network.interfaces` | yes | `dhcp: true` only |
+//! | named by `ip=...:<device>:...` | yes | autoconf `dhcp`/`on`/`any` |
+//! | other physical links (no link kind, not enslaved) | yes | yes, unless `ip=off`/`none` |
+//! | other virtual links (veth, bridge, ...) | no | no |
+//!
+//! A long-form `ip=` naming no device applies to the first physical link.
+//! The machine config wins over `ip=` for a link it names.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use crate::cmdline::{Autoconf, KernelArgs};
+use crate::dhcp::Lease;
+use crate::settings::{DEFAULT_ROUTE_METRIC, Settings, network_of};
+use crate::state::{AF_INET, AF_INET6, Link, Observed, RT_TABLE_MAIN, Route};
+
+/// `RTPROT_BOOT`: routes from the kernel command line.
+pub const RTPROT_BOOT: u8 = 3;
+/// `RTPROT_STATIC`: routes from the machine config.
+pub const RTPROT_STATIC: u8 = 4;
+/// `RTPROT_DHCP`: routes from a DHCP lease.
+pub const RTPROT_DHCP: u8 = 16;
+
+/// Address lifetimes, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Valid lifetime.
+    pub valid: u32,
+    /// Preferred lifetime.
+    pub preferred: u32,
+}
+
+impl Lifetime {
+    /// Lifetimes for a lease with `remaining` time left.
+    #[must_use]
+    pub fn remaining(remaining: Duration) -> Lifetime {
+        let secs = u32::try_from(remaining.as_secs())
+            .unwrap_or(u32::MAX - 1)
+            .max(1);
+        Lifetime {
+            valid: secs,
+            preferred: secs,
+        }
+    }
+}
+
+/// An address a link should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredAddress {
+    /// The address.
+    pub address: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Lifetimes; `None`: permanent.
+    pub lifetime: Option<Lifetime>,
+}
+
+/// Where a desired address or route comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The machine config.
+    Static,
+    /// An `ip=` kernel argument.
+    Cmdline,
+    /// A DHCP lease.
+    Dhcp,
+}
+
+impl Origin {
+    /// The route protocol (`rtm_protocol`) for routes of this origin.
+    #[must_use]
+    pub fn protocol(self) -> u8 {
+        match self {
+            Origin::Static => RTPROT_STATIC,
+            Origin::Cmdline => RTPROT_BOOT,
+            Origin::Dhcp => RTPROT_DHCP,
+        }
+    }
+}
+
+/// A route a link should have (main table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRoute {
+    /// Destination network (unspecified for the default route).
+    pub destination: IpAddr,
+    /// Destination prefix length.
+    pub prefix: u8,
+    /// Next hop; `None`: on-link.
+    pub gateway: Option<IpAddr>,
+    /// Metric.
+    pub metric: u32,
+    /// Route MTU.
+    pub mtu: Option<u32>,
+    /// Preferred source.
+    pub source: Option<IpAddr>,
+    /// Where it comes from.
+    pub origin: Origin,
+}
+
+impl DesiredRoute {
+    /// `AF_INET` or `AF_INET6`.
+    #[must_use]
+    pub fn family(&self) -> u8 {
+        if self.destination.is_ipv4() {
+            AF_INET
+        } else {
+            AF_INET6
+        }
+    }
+
+    /// Whether the kernel's `route` on link `index` is this route.
+    #[must_use]
+    pub fn matches(&self, index: u32, route: &Route) -> bool {
+        let unspecified = if self.destination.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        route.table == RT_TABLE_MAIN
+            && route.family == self.family()
+            && route.destination_len == self.prefix
+            && route.destination.unwrap_or(unspecified) == self.destination
+            && route.gateway == self.gateway
+            && route.oif == Some(index)
+            && route.metric == self.metric
+    }
+
+    fn default_via(gateway: IpAddr, origin: Origin) -> DesiredRoute {
+        DesiredRoute {
+            destination: if gateway.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            },
+            prefix: 0,
+            gateway: Some(gateway),
+            metric: DEFAULT_ROUTE_METRIC,
+            mtu: None,
+            source: None,
+            origin,
+        }
+    }
+}
+
+/// What one managed link should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredLink {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU, when set.
+    pub mtu: Option<u32>,
+    /// Addresses.
+    pub addresses: Vec<DesiredAddress>,
+    /// Routes.
+    pub routes: Vec<DesiredRoute>,
+    /// Whether a DHCP client runs on it.
+    pub dhcp: bool,
+    /// Its MAC (DHCP needs one).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The desired state: every managed link (all of them up).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Desired {
+    /// Managed links, by index.
+    pub links: Vec<DesiredLink>,
+}
+
+impl Desired {
+    /// The desired link named `name`.
+    #[must_use]
+    pub fn link(&self, name: &str) -> Option<&DesiredLink> {
+        self.links.iter().find(|l| l.name == name)
+    }
+}
+
+/// A change to make through netlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Bring the link up.
+    SetUp {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        name: String,
+    },
+    /// Set the link MTU.
+    SetMtu {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        name: String,
+        /// The MTU.
+        mtu: u32,
+    },
+    /// Add (or with `replace`, add or update) an address.
+    AddAddress {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        name: String,
+        /// The address.
+        address: DesiredAddress,
+        /// Update an existing address (its lifetimes).
+        replace: bool,
+    },
+    /// Remove an address.
+    DelAddress {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        name: String,
+        /// The address.
+        address: IpAddr,
+        /// Its prefix length.
+        prefix: u8,
+    },
+    /// Add (or with `replace`, add or update) a route.
+    AddRoute {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        name: String,
+        /// The route.
+        route: DesiredRoute,
+        /// Update an existing route.
+        replace: bool,
+    },
+    /// Remove a route.
+    DelRoute {
+        /// Interface index.
+        index: u32,
+        /// Interface name.
+        name: String,
+        /// The route.
+        route: DesiredRoute,
+    },
+}
+
+/// The address and routes a lease gives, at `now`.
+#[must_use]
+pub fn lease_config(lease: &Lease, now: Instant) -> (DesiredAddress, Vec<DesiredRoute>) {
+    let address = DesiredAddress {
+        address: IpAddr::V4(lease.address),
+        prefix: lease.prefix,
+        lifetime: lease.remaining(now).map(Lifetime::remaining),
+    };
+    let own_network = network_of(IpAddr::V4(lease.address), lease.prefix);
+    let mut routes = Vec::new();
+    if lease.routes.is_empty() {
+        // Option 3: the first router is the default gateway. One outside
+        // the leased network is first made reachable with a host route.
+        if let Some(router) = lease.routers.first() {
+            let router = IpAddr::V4(*router);
+            if network_of(router, lease.prefix) != own_network {
+                routes.push(DesiredRoute {
+                    destination: router,
+                    prefix: 32,
+                    gateway: None,
+                    metric: DEFAULT_ROUTE_METRIC,
+                    mtu: None,
+                    source: None,
+                    origin: Origin::Dhcp,
+                });
+            }
+            routes.push(DesiredRoute::default_via(router, Origin::Dhcp));
+        }
+    } else {
+        // Option 121 replaces option 3 (RFC 3442).
+        for (destination, prefix, gateway) in &lease.routes {
+            routes.push(DesiredRoute {
+                destination: network_of(IpAddr::V4(*destination), *prefix),
+                prefix: *prefix,
+                gateway: (!gateway.is_unspecified()).then_some(IpAddr::V4(*gateway)),
+                metric: DEFAULT_ROUTE_METRIC,
+                mtu: None,
+                source: None,
+                origin: Origin::Dhcp,
+            });
+        }
+    }
+    (address, routes)
+}
+
+/// The actions that (re)apply a lease on link `index`, refreshing the
+/// address lifetimes: run on every bind and renewal.
+#[must_use]
+pub fn lease_actions(index: u32, name: &str, lease: &Lease, now: Instant) -> Vec<Action> {
+    let (address, routes) = lease_config(lease, now);
+    let mut actions = vec![Action::AddAddress {
+        index,
+        name: name.to_owned(),
+        address,
+        replace: true,
+    }];
+    actions.extend(routes.into_iter().map(|route| Action::AddRoute {
+        index,
+        name: name.to_owned(),
+        route,
+        replace: true,
+    }));
+    actions
+}
+
+/// The actions that remove a lease's routes and address from link `index`.
+#[must_use]
+pub fn lease_removal(index: u32, name: &str, lease: &Lease) -> Vec<Action> {
+    let (address, routes) = lease_config(lease, lease.acquired);
+    let mut actions: Vec<Action> = routes
+        .into_iter()
+        .rev()
+        .map(|route| Action::DelRoute {
+            index,
+            name: name.to_owned(),
+            route,
+        })
+        .collect();
+    actions.push(Action::DelAddress {
+        index,
+        name: name.to_owned(),
+        address: address.address,
+        prefix: address.prefix,
+    });
+    actions
+}
+
+fn is_managed(link: &Link, configured: bool) -> bool {
+    link.is_loopback() || link.is_physical() || configured
+}
+
+/// The desired state of every managed link that exists.
+#[must_use]
+pub fn desired(
+    settings: &Settings,
+    kernel: &KernelArgs,
+    observed: &Observed,
+    leases: &BTreeMap<String, Lease>,
+    now: Instant,
+) -> Desired {
+    let first_physical = observed.first_physical().map(|l| l.index);
+    let global = kernel.global();
+    let mut links: Vec<&Link> = observed.links.iter().collect();
+    links.sort_by_key(|l| l.index);
+    let mut out = Vec::new();
+    for link in links {
+        if kernel.ignores(&link.name) || settings.ignores(&link.name) {
+            continue;
+        }
+        let mut want = DesiredLink {
+            index: link.index,
+            name: link.name.clone(),
+            mtu: None,
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            dhcp: false,
+            mac: link.mac6(),
+        };
+        if link.is_loopback() {
+            want.mac = None;
+            out.push(want);
+            continue;
+        }
+        let device = settings.device(&link.name);
+        let ip = kernel.config_for(&link.name, first_physical == Some(link.index));
+        if !is_managed(link, device.is_some() || ip.is_some()) {
+            continue;
+        }
+        match (device, ip) {
+            (Some(device), _) => {
+                want.mtu = device.mtu;
+                want.dhcp = device.dhcp.unwrap_or(false);
+                want.addresses = device
+                    .addresses
+                    .iter()
+                    .map(|(address, prefix)| DesiredAddress {
+                        address: *address,
+                        prefix: *prefix,
+                        lifetime: None,
+                    })
+                    .collect();
+                want.routes = device
+                    .routes
+                    .iter()
+                    .map(|r| DesiredRoute {
+                        destination: r.destination,
+                        prefix: r.prefix,
+                        gateway: r.gateway,
+                        metric: r.metric,
+                        mtu: r.mtu,
+                        source: r.source,
+                        origin: Origin::Static,
+                    })
+                    .collect();
+            }
+            (None, Some(ip)) => {
+                want.dhcp = ip.method() == Autoconf::Dhcp;
+                if !want.dhcp {
+                    if let Some((address, prefix)) = ip.client_cidr() {
+                        want.addresses.push(DesiredAddress {
+                            address,
+                            prefix,
+                            lifetime: None,
+                        });
+                    }
+                    if let Some(gateway) = ip.gateway {
+                        want.routes
+                            .push(DesiredRoute::default_via(gateway, Origin::Cmdline));
+                    }
+                }
+            }
+            (None, None) => {
+                want.dhcp = link.is_physical() && global != Some(Autoconf::Off);
+            }
+        }
+        if want.dhcp
+            && let Some(lease) = leases.get(&link.name)
+        {
+            let (address, routes) = lease_config(lease, now);
+            want.addresses.push(address);
+            want.routes.extend(routes);
+            if want.mtu.is_none() {
+                want.mtu = lease.mtu.map(u32::from);
+            }
+        }
+        out.push(want);
+    }
+    Desired { links: out }
+}
+
+/// What to do to get from `observed` to `desired`: MTUs and links up
+/// first, then missing addresses, then missing routes (which may need
+/// those addresses).
+#[must_use]
+pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
+    let mut links = Vec::new();
+    let mut addresses = Vec::new();
+    let mut routes = Vec::new();
+    for want in &desired.links {
+        let Some(link) = observed.link_by_index(want.index) else {
+            continue;
+        };
+        if let Some(mtu) = want.mtu
+            && mtu != link.mtu
+        {
+            links.push(Action::SetMtu {
+                index: want.index,
+                name: want.name.clone(),
+                mtu,
+            });
+        }
+        if !link.is_up() {
+            links.push(Action::SetUp {
+                index: want.index,
+                name: want.name.clone(),
+            });
+        }
+        for address in &want.addresses {
+            let present = observed
+                .addresses_of(want.index)
+                .any(|a| a.address == address.address && a.prefix == address.prefix);
+            if !present {
+                addresses.push(Action::AddAddress {
+                    index: want.index,
+                    name: want.name.clone(),
+                    address: address.clone(),
+                    replace: false,
+                });
+            }
+        }
+        for route in &want.routes {
+            if !observed.routes.iter().any(|r| route.matches(want.index, r)) {
+                routes.push(Action::AddRoute {
+                    index: want.index,
+                    name: want.name.clone(),
+                    route: route.clone(),
+                    replace: false,
+                });
+            }
+        }
+    }
+    links.into_iter().chain(addresses).chain(routes).collect()
+}
+
+/// A DHCP client to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpStart {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// The link's MAC.
+    pub mac: [u8; 6],
+}
+
+/// Which DHCP clients to start and which (by link name) to stop, given the
+/// clients `running` (link name → index). A link that was re-created under
+/// the same name (new index) gets its client restarted.
+#[must_use]
+pub fn dhcp_changes(
+    desired: &Desired,
+    running: &BTreeMap<String, u32>,
+) -> (Vec<DhcpStart>, Vec<String>) {
+    let wanted: BTreeMap<&str, (u32, [u8; 6])> = desired
+        .links
+        .iter()
+        .filter(|l| l.dhcp)
+        .filter_map(|l| l.mac.map(|mac| (l.name.as_str(), (l.index, mac))))
+        .collect();
+    let stop = running
+        .iter()
+        .filter(|(name, index)| {
+            wanted
+                .get(name.as_str())
+                .is_none_or(|(wanted_index, _)| wanted_index != *index)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    let start = wanted
+        .iter()
+        .filter(|(name, (index, _))| running.get(**name) != Some(index))
+        .map(|(name, (index, mac))| DhcpStart {
+            index: *index,
+            name: (*name).to_owned(),
+            mac: *mac,
+        })
+        .collect();
+    (start, stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{DeviceSettings, RouteSettings};
+    use crate::state::{ARPHRD_ETHER, Address, IFF_LOOPBACK, IFF_UP, RT_SCOPE_UNIVERSE};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn link(index: u32, name: &str, kind: Option<&str>, up: bool) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mtu: 1500,
+            mac: vec![2, 0, 0, 0, 0, u8::try_from(index).expect("small")],
+            flags: if up { IFF_UP } else { 0 },
+            kind: kind.map(str::to_owned),
+            controller: None,
+            link_type: ARPHRD_ETHER,
+        }
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            links: vec![
+                Link {
+                    index: 1,
+                    name: "lo".into(),
+                    mtu: 65536,
+                    flags: IFF_LOOPBACK,
+                    link_type: 772,
+                    ..Link::default()
+                },
+                link(2, "eth0", None, true),
+                link(3, "eth1", None, false),
+                link(4, "veth0", Some("veth"), false),
+                link(5, "ign0", Some("dummy"), false),
+            ],
+            addresses: vec![],
+            routes: vec![],
+        }
+    }
+
+    fn lease(now: Instant) -> Lease {
+        Lease {
+            address: Ipv4Addr::new(10, 99, 7, 55),
+            prefix: 24,
+            server: Ipv4Addr::new(10, 99, 7, 1),
+            routers: vec![Ipv4Addr::new(10, 99, 7, 1)],
+            dns: vec![Ipv4Addr::new(10, 99, 7, 1)],
+            hostname: None,
+            domain: None,
+            mtu: Some(1450),
+            routes: vec![],
+            lease_time: Some(Duration::from_secs(120)),
+            t1: Some(Duration::from_secs(60)),
+            t2: Some(Duration::from_secs(105)),
+            acquired: now,
+        }
+    }
+
+    fn static_settings() -> Settings {
+        Settings {
+            devices: vec![DeviceSettings {
+                name: "eth0".into(),
+                addresses: vec![(ip("10.99.8.5"), 24)],
+                routes: vec![RouteSettings {
+                    destination: ip("10.99.9.0"),
+                    prefix: 24,
+                    gateway: Some(ip("10.99.8.1")),
+                    source: None,
+                    metric: 1024,
+                    mtu: None,
+                }],
+                mtu: Some(1400),
+                dhcp: None,
+                ignore: false,
+            }],
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_manage_loopback_and_physical_links_with_dhcp() {
+        let now = Instant::now();
+        let d = desired(
+            &Settings::default(),
+            &KernelArgs::default(),
+            &observed(),
+            &BTreeMap::new(),
+            now,
+        );
+        let names: Vec<&str> = d.links.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, vec!["lo", "eth0", "eth1"]);
+        assert!(!d.link("lo").expect("lo").dhcp);
+        assert!(d.link("eth0").expect("eth0").dhcp);
+        assert!(d.link("eth1").expect("eth1").dhcp);
+        let actions = plan(&d, &observed());
+        assert_eq!(
+            actions,
+            vec![
+                Action::SetUp {
+                    index: 1,
+                    name: "lo".into()
+                },
+                Action::SetUp {
+                    index: 3,
+                    name: "eth1".into()
+                },
+            ]
+        );
+        let (start, stop) = dhcp_changes(&d, &BTreeMap::new());
+        assert_eq!(
+            start.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["eth0", "eth1"]
+        );
+        assert_eq!(start[0].mac, [2, 0, 0, 0, 0, 2]);
+        assert!(stop.is_empty());
+    }
+
+    #[test]
+    fn ignored_links_are_left_alone() {
+        let now = Instant::now();
+        let kernel = KernelArgs::parse(
+            "talos.network.interface.ignore=eth1 talos.network.interface.ignore=ign0 \
+             ip=10.99.6.5:::255.255.255.0::ign0:off",
+        );
+        let mut settings = static_settings();
+        settings.devices.push(DeviceSettings {
+            name: "ign0".into(),
+            addresses: vec![(ip("10.99.6.5"), 24)],
+            ..DeviceSettings::default()
+        });
+        let d = desired(&settings, &kernel, &observed(), &BTreeMap::new(), now);
+        assert!(d.link("eth1").is_none());
+        assert!(d.link("ign0").is_none());
+        let actions = plan(&d, &observed());
+        assert!(
+            actions.iter().all(|a| !matches!(a,
+                Action::SetUp { name, .. } | Action::SetMtu { name, .. }
+                | Action::AddAddress { name, .. } | Action::AddRoute { name, .. }
+                if name == "eth1" || name == "ign0")),
+            "{actions:?}"
+        );
+        // ignore: true in the config too.
+        let mut settings = Settings::default();
+        settings.devices.push(DeviceSettings {
+            name: "eth0".into(),
+            ignore: true,
+            ..DeviceSettings::default()
+        });
+        let d = desired(
+            &settings,
+            &KernelArgs::default(),
+            &observed(),
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(d.link("eth0").is_none());
+    }
+
+    #[test]
+    fn static_config_plans_mtu_up_addresses_then_routes() {
+        let now = Instant::now();
+        let mut obs = observed();
+        obs.links[1].flags = 0; // eth0 down
+        let d = desired(
+            &static_settings(),
+            &KernelArgs::default(),
+            &obs,
+            &BTreeMap::new(),
+            now,
+        );
+        let eth0 = d.link("eth0").expect("eth0");
+        assert!(!eth0.dhcp, "a configured link runs DHCP only when told");
+        let actions: Vec<Action> = plan(&d, &obs)
+            .into_iter()
+            .filter(|a| !matches!(a, Action::SetUp { name, .. } if name != "eth0"))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                Action::SetMtu {
+                    index: 2,
+                    name: "eth0".into(),
+                    mtu: 1400
+                },
+                Action::SetUp {
+                    index: 2,
+                    name: "eth0".into()
+                },
+                Action::AddAddress {
+                    index: 2,
+                    name: "eth0".into(),
+                    address: DesiredAddress {
+                        address: ip("10.99.8.5"),
+                        prefix: 24,
+                        lifetime: None
+                    },
+                    replace: false
+                },
+                Action::AddRoute {
+                    index: 2,
+                    name: "eth0".into(),
+                    route: DesiredRoute {
+                        destination: ip("10.99.9.0"),
+                        prefix: 24,
+                        gateway: Some(ip("10.99.8.1")),
+                        metric: 1024,
+                        mtu: None,
+                        source: None,
+                        origin: Origin::Static
+                    },
+                    replace: false
+                },
+            ]
+        );
+
+        // Once the kernel has it all, nothing is left to do for eth0.
+        obs.links[1].flags = IFF_UP;
+        obs.links[1].mtu = 1400;
+        obs.addresses.push(Address {
+            index: 2,
+            address: ip("10.99.8.5"),
+            prefix: 24,
+            scope: RT_SCOPE_UNIVERSE,
+        });
+        obs.routes.push(Route {
+            family: AF_INET,
+            table: RT_TABLE_MAIN,
+            destination: Some(ip("10.99.9.0")),
+            destination_len: 24,
+            gateway: Some(ip("10.99.8.1")),
+            oif: Some(2),
+            metric: 1024,
+            protocol: RTPROT_STATIC,
+            ..Route::default()
+        });
+        let left = plan(&d, &obs);
+        assert!(
+            left.iter().all(|a| !matches!(a,
+                Action::SetUp { name, .. } | Action::SetMtu { name, .. }
+                | Action::AddAddress { name, .. } | Action::AddRoute { name, .. }
+                if name == "eth0")),
+            "{left:?}"
+        );
+        // The same route with another metric or gateway does not count.
+        obs.routes[0].metric = 100;
+        assert!(
+            plan(&d, &obs)
+                .iter()
+                .any(|a| matches!(a, Action::AddRoute { .. }))
+        );
+    }
+
+    #[test]
+    fn kernel_ip_arguments() {
+        let now = Instant::now();
+        // Static on a named virtual link: it becomes managed, no DHCP.
+        let kernel = KernelArgs::parse("ip=10.0.0.5::10.0.0.1:255.255.255.0::veth0:off:1.1.1.1");
+        let d = desired(
+            &Settings::default(),
+            &kernel,
+            &observed(),
+            &BTreeMap::new(),
+            now,
+        );
+        let veth = d.link("veth0").expect("veth0 is managed");
+        assert!(!veth.dhcp);
+        assert_eq!(
+            veth.addresses,
+            vec![DesiredAddress {
+                address: ip("10.0.0.5"),
+                prefix: 24,
+                lifetime: None
+            }]
+        );
+        assert_eq!(veth.routes.len(), 1);
+        assert_eq!(veth.routes[0].destination, ip("0.0.0.0"));
+        assert_eq!(veth.routes[0].prefix, 0);
+        assert_eq!(veth.routes[0].gateway, Some(ip("10.0.0.1")));
+        assert_eq!(veth.routes[0].origin, Origin::Cmdline);
+        // Physical links keep their default.
+        assert!(d.link("eth0").expect("eth0").dhcp);
+
+        // DHCP on a named virtual link.
+        let kernel = KernelArgs::parse("ip=:::::veth0:dhcp");
+        let d = desired(
+            &Settings::default(),
+            &kernel,
+            &observed(),
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(d.link("veth0").expect("veth0").dhcp);
+
+        // ip=off: no DHCP by default.
+        let kernel = KernelArgs::parse("ip=off");
+        let d = desired(
+            &Settings::default(),
+            &kernel,
+            &observed(),
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(!d.link("eth0").expect("eth0").dhcp);
+
+        // No device: the first physical link.
+        let kernel = KernelArgs::parse("ip=192.168.1.9:::255.255.255.0");
+        let d = desired(
+            &Settings::default(),
+            &kernel,
+            &observed(),
+            &BTreeMap::new(),
+            now,
+        );
+        assert_eq!(d.link("eth0").expect("eth0").addresses.len(), 1);
+        assert!(d.link("eth1").expect("eth1").addresses.is_empty());
+
+        // The machine config wins over ip= for a link it names.
+        let kernel = KernelArgs::parse("ip=10.0.0.5:::255.255.255.0::eth0:off");
+        let d = desired(
+            &static_settings(),
+            &kernel,
+            &observed(),
+            &BTreeMap::new(),
+            now,
+        );
+        assert_eq!(
+            d.link("eth0").expect("eth0").addresses[0].address,
+            ip("10.99.8.5")
+        );
+    }
+
+    #[test]
+    fn leases_add_addresses_with_lifetimes_and_routes() {
+        let now = Instant::now();
+        let mut leases = BTreeMap::new();
+        leases.insert("eth0".to_owned(), lease(now));
+        // Configured for static only: the lease is not used.
+        leases.insert("veth0".to_owned(), lease(now));
+        let later = now + Duration::from_secs(20);
+        let d = desired(
+            &Settings::default(),
+            &KernelArgs::default(),
+            &observed(),
+            &leases,
+            later,
+        );
+        let eth0 = d.link("eth0").expect("eth0");
+        assert_eq!(
+            eth0.addresses,
+            vec![DesiredAddress {
+                address: ip("10.99.7.55"),
+                prefix: 24,
+                lifetime: Some(Lifetime {
+                    valid: 100,
+                    preferred: 100
+                }),
+            }]
+        );
+        assert_eq!(
+            eth0.routes,
+            vec![DesiredRoute::default_via(ip("10.99.7.1"), Origin::Dhcp)]
+        );
+        assert_eq!(eth0.routes[0].origin.protocol(), RTPROT_DHCP);
+        assert_eq!(eth0.mtu, Some(1450));
+        assert!(d.link("veth0").is_none());
+    }
+
+    #[test]
+    fn lease_actions_and_removal() {
+        let now = Instant::now();
+        let mut l = lease(now);
+        let actions = lease_actions(2, "eth0", &l, now);
+        assert_eq!(actions.len(), 2);
+        assert!(
+            matches!(&actions[0], Action::AddAddress { replace: true, address, .. }
+            if address.lifetime == Some(Lifetime { valid: 120, preferred: 120 }))
+        );
+        assert!(
+            matches!(&actions[1], Action::AddRoute { replace: true, route, .. }
+            if route.gateway == Some(ip("10.99.7.1")) && route.prefix == 0)
+        );
+        let removal = lease_removal(2, "eth0", &l);
+        assert!(matches!(&removal[0], Action::DelRoute { route, .. } if route.prefix == 0));
+        assert_eq!(
+            removal[1],
+            Action::DelAddress {
+                index: 2,
+                name: "eth0".into(),
+                address: ip("10.99.7.55"),
+                prefix: 24
+            }
+        );
+
+        // A router outside the leased network gets a host route first.
+        l.prefix = 32;
+        let (_, routes) = lease_config(&l, now);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].destination, ip("10.99.7.1"));
+        assert_eq!(routes[0].prefix, 32);
+        assert_eq!(routes[0].gateway, None);
+        assert_eq!(routes[1].prefix, 0);
+
+        // Classless static routes replace the router option.
+        l.prefix = 24;
+        l.routes = vec![
+            (Ipv4Addr::new(10, 50, 0, 9), 16, Ipv4Addr::new(10, 99, 7, 2)),
+            (Ipv4Addr::new(10, 60, 0, 0), 24, Ipv4Addr::UNSPECIFIED),
+        ];
+        let (_, routes) = lease_config(&l, now);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].destination, ip("10.50.0.0"));
+        assert_eq!(routes[0].gateway, Some(ip("10.99.7.2")));
+        assert_eq!(routes[1].gateway, None);
+
+        // An infinite lease: a permanent address.
+        l.lease_time = None;
+        let (address, _) = lease_config(&l, now);
+        assert_eq!(address.lifetime, None);
+    }
+
+    #[test]
+    fn dhcp_clients_follow_the_desired_links() {
+        let now = Instant::now();
+        let d = desired(
+            &Settings::default(),
+            &KernelArgs::default(),
+            &observed(),
+            &BTreeMap::new(),
+            now,
+        );
+        let mut running = BTreeMap::new();
+        running.insert("eth0".to_owned(), 2);
+        running.insert("eth1".to_owned(), 9); // re-created: new index
+        running.insert("gone0".to_owned(), 7);
+        let (start, stop) = dhcp_changes(&d, &running);
+        assert_eq!(
+            start
+                .iter()
+                .map(|s| (s.name.as_str(), s.index))
+                .collect::<Vec<_>>(),
+            vec![("eth1", 3)]
+        );
+        assert_eq!(stop, vec!["eth1".to_owned(), "gone0".to_owned()]);
+    }
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(Lifetime::remaining(Duration::from_millis(10)).valid, 1);
+        assert_eq!(Lifetime::remaining(Duration::from_secs(90)).preferred, 90);
+        assert_eq!(
+            Lifetime::remaining(Duration::from_secs(u64::MAX / 2)).valid,
+            u32::MAX - 1
+        );
+    }
+}

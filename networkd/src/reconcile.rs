@@ -1,0 +1,530 @@
+//! The reconcile loop.
+//!
+//! networkd subscribes to the rtnetlink multicast groups (links, IPv4/IPv6
+//! addresses and routes) before it first reads the kernel's state, so no
+//! change is missed. Each event marks the state stale; after a short quiet
+//! period ([`DEBOUNCE`]) that gathers a burst of events, the loop re-reads
+//! a full snapshot ([`crate::netlink::snapshot`]), computes the desired
+//! state and the plan ([`crate::plan`]), applies it, starts or stops DHCP
+//! clients, and rewrites the files that changed ([`crate::files`]). Reading
+//! a snapshot rather than patching a cached state from each event means a
+//! lost event (netlink drops them when its socket buffer overflows) heals
+//! on the next one. Nothing is polled: without events or DHCP timers the
+//! loop sleeps.
+//!
+//! DHCP clients run as tasks of their own ([`crate::dhcp::io`]) and report
+//! lease events on a channel; the loop applies a new or renewed lease at
+//! once (refreshing the address lifetimes) and removes the address and
+//! routes of a lost or released one.
+//!
+//! In container mode the loop only observes: it keeps the addresses file up
+//! to date and changes nothing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use machinery::constants::NodePaths;
+use rtnetlink::Handle;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::cmdline::KernelArgs;
+use crate::dhcp::{self, ClientLink, Lease, LeaseEvent, LeaseEventKind};
+use crate::plan::{self, Action, Desired};
+use crate::settings::ConfigFile;
+use crate::state::Observed;
+use crate::{Mode, Options, files, hostname, netlink};
+
+/// How long the loop waits for a burst of netlink events to end before it
+/// re-reads the state.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// How many times in a row the loop looks again after changes of its own.
+const MAX_FOLLOW_UPS: u32 = 3;
+
+/// How long a stopping DHCP client may take to send its RELEASE.
+const CLIENT_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A running DHCP client.
+#[derive(Debug)]
+struct RunningClient {
+    index: u32,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Option<Lease>>,
+}
+
+impl RunningClient {
+    /// Stops the client; returns the lease it released.
+    async fn stop(self, name: &str) -> Option<Lease> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(CLIENT_STOP_TIMEOUT, self.task).await {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(e)) => {
+                tracing::warn!(link = name, error = %e, "the DHCP client task failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(link = name, "the DHCP client did not stop in time");
+                None
+            }
+        }
+    }
+}
+
+/// The reconcile loop's state.
+#[derive(Debug)]
+pub struct Reconciler {
+    mode: Mode,
+    paths: NodePaths,
+    handle: Handle,
+    options: Options,
+    kernel: KernelArgs,
+    config: ConfigFile,
+    leases: BTreeMap<String, Lease>,
+    clients: BTreeMap<String, RunningClient>,
+    events_tx: mpsc::UnboundedSender<LeaseEvent>,
+    events_rx: mpsc::UnboundedReceiver<LeaseEvent>,
+    kernel_hostname: Option<String>,
+    node_addresses: Option<Vec<IpAddr>>,
+}
+
+impl Reconciler {
+    /// A loop for the node at `paths`, acting through `handle` (whose
+    /// connection must be running), with the kernel arguments `kernel`.
+    #[must_use]
+    pub fn new(
+        mode: Mode,
+        paths: NodePaths,
+        handle: Handle,
+        options: Options,
+        kernel: KernelArgs,
+    ) -> Reconciler {
+        let config = ConfigFile::new(machinery::config::persist_path(&paths.state_dir()));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Reconciler {
+            mode,
+            paths,
+            handle,
+            options,
+            kernel,
+            config,
+            leases: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            events_tx,
+            events_rx,
+            kernel_hostname: None,
+            node_addresses: None,
+        }
+    }
+
+    /// Runs until `stop` turns true (or its sender is dropped), following
+    /// the netlink `events`; then stops the DHCP clients, releasing their
+    /// leases.
+    pub async fn run<S>(mut self, mut events: S, mut stop: watch::Receiver<bool>)
+    where
+        S: Stream + Unpin,
+    {
+        let mut netlink_open = true;
+        // After changes of its own, the loop looks again once things
+        // settle: the kernel may report them to the socket that made them
+        // as replies rather than as events.
+        let mut follow_up: Option<tokio::time::Instant> = None;
+        let mut follow_ups = 0u32;
+        let mut changed = self.sync().await;
+        loop {
+            if changed && follow_ups < MAX_FOLLOW_UPS {
+                follow_ups += 1;
+                follow_up = Some(tokio::time::Instant::now() + DEBOUNCE);
+            } else if !changed {
+                follow_ups = 0;
+                follow_up = None;
+            }
+            changed = false;
+            if *stop.borrow() {
+                break;
+            }
+            let follow_up_at = follow_up;
+            let follow_up_timer = async move {
+                match follow_up_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                event = events.next(), if netlink_open => {
+                    if event.is_none() {
+                        tracing::warn!("the netlink event socket closed; network changes are no longer followed");
+                        netlink_open = false;
+                        continue;
+                    }
+                    // Gather the rest of the burst.
+                    let quiet_until = tokio::time::Instant::now() + DEBOUNCE;
+                    loop {
+                        match tokio::time::timeout_at(quiet_until, events.next()).await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => {
+                                netlink_open = false;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    changed = self.sync().await;
+                }
+                Some(event) = self.events_rx.recv() => {
+                    self.on_lease(event).await;
+                    changed = self.sync().await;
+                }
+                () = follow_up_timer => {
+                    follow_up = None;
+                    changed = self.sync().await;
+                }
+                result = stop.changed() => {
+                    if result.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Reads the state and reconciles once; returns whether it changed
+    /// anything in the kernel.
+    pub async fn sync(&mut self) -> bool {
+        let observed = match netlink::snapshot(self.handle.clone()).await {
+            Ok(observed) => observed,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the network state");
+                return false;
+            }
+        };
+        let mut changed = false;
+        if self.mode == Mode::Metal {
+            self.config.refresh();
+            let desired = plan::desired(
+                self.config.settings(),
+                &self.kernel,
+                &observed,
+                &self.leases,
+                Instant::now(),
+            );
+            let actions = plan::plan(&desired, &observed);
+            changed = self.apply_all(&actions).await > 0;
+            self.manage_dhcp(&desired).await;
+            self.write_node_files(&observed);
+        }
+        self.write_addresses(&observed);
+        changed
+    }
+
+    /// Applies `actions` in order; returns how many succeeded.
+    async fn apply_all(&self, actions: &[Action]) -> usize {
+        let mut applied = 0;
+        for action in actions {
+            tracing::info!("{}", describe(action));
+            match netlink::apply(&self.handle, action).await {
+                Ok(()) => applied += 1,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "network change failed (retried on the next network event)"
+                ),
+            }
+        }
+        applied
+    }
+
+    async fn manage_dhcp(&mut self, desired: &Desired) {
+        let running: BTreeMap<String, u32> = self
+            .clients
+            .iter()
+            .map(|(name, client)| (name.clone(), client.index))
+            .collect();
+        let (start, stop) = plan::dhcp_changes(desired, &running);
+        for name in stop {
+            self.stop_client(&name).await;
+        }
+        for client in start {
+            let config = dhcp::Config {
+                mac: client.mac,
+                hostname: self.config.settings().hostname.clone(),
+                renew_after: self.options.dhcp_renew_after,
+            };
+            let seed = getrandom::u32().unwrap_or_else(|_| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                nanos ^ client.index.rotate_left(16) ^ std::process::id()
+            });
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let task = tokio::spawn(dhcp::run_client(
+                ClientLink {
+                    index: client.index,
+                    name: client.name.clone(),
+                },
+                config,
+                seed,
+                self.events_tx.clone(),
+                stop_rx,
+            ));
+            self.clients.insert(
+                client.name,
+                RunningClient {
+                    index: client.index,
+                    stop: stop_tx,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stops the client on `name` and removes its lease from the link.
+    async fn stop_client(&mut self, name: &str) {
+        let Some(client) = self.clients.remove(name) else {
+            return;
+        };
+        let index = client.index;
+        let released = client.stop(name).await;
+        let held = self.leases.remove(name);
+        if let Some(lease) = released.or(held) {
+            self.apply_all(&plan::lease_removal(index, name, &lease))
+                .await;
+        }
+    }
+
+    async fn on_lease(&mut self, event: LeaseEvent) {
+        // Events of a client that was stopped or replaced are stale.
+        if self
+            .clients
+            .get(&event.link)
+            .is_none_or(|client| client.index != event.index)
+        {
+            return;
+        }
+        let lease = &event.lease;
+        let link = event.link.as_str();
+        let routers: Vec<String> = lease.routers.iter().map(ToString::to_string).collect();
+        let dns: Vec<String> = lease.dns.iter().map(ToString::to_string).collect();
+        let lease_secs = lease.lease_time.map(|d| d.as_secs());
+        let renew_secs = lease.t1.map(|d| d.as_secs());
+        match event.kind {
+            LeaseEventKind::Bound => {
+                tracing::info!(
+                    link,
+                    address = %format!("{}/{}", lease.address, lease.prefix),
+                    server = %lease.server,
+                    ?routers,
+                    ?dns,
+                    lease_secs,
+                    renew_secs,
+                    "DHCP lease acquired"
+                );
+            }
+            LeaseEventKind::Renewed => {
+                tracing::info!(
+                    link,
+                    address = %lease.address,
+                    lease_secs,
+                    renew_secs,
+                    "DHCP lease renewed"
+                );
+            }
+            LeaseEventKind::Lost => {
+                tracing::info!(link, address = %lease.address, "DHCP lease lost");
+            }
+        }
+        match event.kind {
+            LeaseEventKind::Bound | LeaseEventKind::Renewed => {
+                self.leases.insert(event.link.clone(), event.lease.clone());
+                let actions = plan::lease_actions(event.index, link, &event.lease, Instant::now());
+                self.apply_all(&actions).await;
+            }
+            LeaseEventKind::Lost => {
+                self.leases.remove(link);
+                self.apply_all(&plan::lease_removal(event.index, link, &event.lease))
+                    .await;
+            }
+        }
+    }
+
+    /// Stops every DHCP client, releasing and removing its lease.
+    async fn shutdown(&mut self) {
+        let names: Vec<String> = self.clients.keys().cloned().collect();
+        for name in names {
+            self.stop_client(&name).await;
+        }
+    }
+
+    fn write(&self, path: &Path, contents: &str, what: &str) -> bool {
+        match files::write_atomic(path, contents) {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "writing {what}");
+                false
+            }
+        }
+    }
+
+    fn write_node_files(&mut self, observed: &Observed) {
+        let settings = self.config.settings();
+        let dhcp_hostname = self.leases.values().find_map(|l| l.hostname.as_deref());
+        let dhcp_domain = self.leases.values().find_map(|l| l.domain.as_deref());
+        let name = hostname::choose(
+            settings.hostname.as_deref(),
+            self.kernel.hostname(),
+            dhcp_hostname,
+            dhcp_domain,
+            &observed.hostname_seed(),
+        );
+
+        let nameservers = if settings.nameservers.is_empty() {
+            let mut servers = self.kernel.dns();
+            for lease in self.leases.values() {
+                for server in &lease.dns {
+                    let server = IpAddr::V4(*server);
+                    if !servers.contains(&server) {
+                        servers.push(server);
+                    }
+                }
+            }
+            if servers.is_empty() {
+                files::DEFAULT_RESOLVERS.to_vec()
+            } else {
+                servers
+            }
+        } else {
+            settings.nameservers.clone()
+        };
+        let search: Vec<String> = if settings.search_domains.is_empty() {
+            name.domain.iter().cloned().collect()
+        } else {
+            settings.search_domains.clone()
+        };
+        let resolv = files::resolv_conf(&nameservers, &search);
+        if self.write(
+            &files::resolv_conf_path(&self.paths),
+            &resolv,
+            "resolv.conf",
+        ) {
+            tracing::info!(?nameservers, ?search, "resolvers updated");
+        }
+        let hosts = files::hosts(
+            &name.name,
+            &name.fqdn(),
+            observed.node_addresses().into_iter().next(),
+            &settings.extra_hosts,
+        );
+        self.write(&files::hosts_path(&self.paths), &hosts, "the hosts file");
+        if self.write(
+            &files::hostname_path(&self.paths),
+            &format!("{}\n", name.name),
+            "the hostname file",
+        ) {
+            tracing::info!(hostname = %name.fqdn(), source = ?name.source, "hostname");
+        }
+        // Only a node rooted at / owns the kernel hostname: a metal run
+        // under another root (a test) must not rename the machine it runs on.
+        if self.paths.root() == Path::new("/")
+            && self.kernel_hostname.as_deref() != Some(name.name.as_str())
+        {
+            match rustix::system::sethostname(name.name.as_bytes()) {
+                Ok(()) => self.kernel_hostname = Some(name.name.clone()),
+                Err(e) => {
+                    tracing::warn!(hostname = %name.name, error = %e, "setting the kernel hostname")
+                }
+            }
+        }
+    }
+
+    fn write_addresses(&mut self, observed: &Observed) {
+        let addresses = observed.node_addresses();
+        let path = files::addresses_path(&self.paths);
+        self.write(&path, &files::addresses(&addresses), "the node addresses");
+        if self.node_addresses.as_ref() != Some(&addresses) {
+            tracing::info!(?addresses, "node addresses");
+            self.node_addresses = Some(addresses);
+        }
+    }
+}
+
+/// A log line for an action.
+#[must_use]
+pub fn describe(action: &Action) -> String {
+    match action {
+        Action::SetUp { name, .. } => format!("bringing {name} up"),
+        Action::SetMtu { name, mtu, .. } => format!("setting the MTU of {name} to {mtu}"),
+        Action::AddAddress {
+            name,
+            address,
+            replace,
+            ..
+        } => {
+            let verb = if *replace { "refreshing" } else { "adding" };
+            match address.lifetime {
+                Some(lifetime) => format!(
+                    "{verb} {}/{} on {name} (valid {} s)",
+                    address.address, address.prefix, lifetime.valid
+                ),
+                None => format!("{verb} {}/{} on {name}", address.address, address.prefix),
+            }
+        }
+        Action::DelAddress {
+            name,
+            address,
+            prefix,
+            ..
+        } => format!("removing {address}/{prefix} from {name}"),
+        Action::AddRoute { name, route, .. } => match route.gateway {
+            Some(gateway) => format!(
+                "adding the route {}/{} via {gateway} on {name}",
+                route.destination, route.prefix
+            ),
+            None => format!(
+                "adding the on-link route {}/{} on {name}",
+                route.destination, route.prefix
+            ),
+        },
+        Action::DelRoute { name, route, .. } => format!(
+            "removing the route {}/{} from {name}",
+            route.destination, route.prefix
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{DesiredAddress, Lifetime};
+
+    #[test]
+    fn actions_read_well_in_the_log() {
+        let add = Action::AddAddress {
+            index: 2,
+            name: "eth0".into(),
+            address: DesiredAddress {
+                address: "10.0.0.5".parse().expect("ip"),
+                prefix: 24,
+                lifetime: Some(Lifetime {
+                    valid: 120,
+                    preferred: 120,
+                }),
+            },
+            replace: true,
+        };
+        assert_eq!(
+            describe(&add),
+            "refreshing 10.0.0.5/24 on eth0 (valid 120 s)"
+        );
+        assert_eq!(
+            describe(&Action::SetMtu {
+                index: 2,
+                name: "eth0".into(),
+                mtu: 1400
+            }),
+            "setting the MTU of eth0 to 1400"
+        );
+    }
+}

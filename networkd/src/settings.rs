@@ -1,0 +1,466 @@
+//! The network settings of the machine config (`machine.network`), as typed
+//! values.
+//!
+//! The config's own validation (machinery) already rejected malformed
+//! addresses and routes; what remains here is turning strings into
+//! addresses, filling defaults, and noting what networkd does not support
+//! (`deviceSelector`, bonds, bridges, VLANs...).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use machinery::config::MachineConfig;
+use machinery::config::v1alpha1::{Device, Network};
+
+/// The metric of routes that do not name one (upstream's default).
+pub const DEFAULT_ROUTE_METRIC: u32 = 1024;
+
+/// A static route of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSettings {
+    /// Destination network.
+    pub destination: IpAddr,
+    /// Destination prefix length (0 for the default route).
+    pub prefix: u8,
+    /// Next hop; `None`: on-link.
+    pub gateway: Option<IpAddr>,
+    /// Preferred source address.
+    pub source: Option<IpAddr>,
+    /// Metric.
+    pub metric: u32,
+    /// Route MTU.
+    pub mtu: Option<u32>,
+}
+
+/// One `machine.network.interfaces` entry that names its link.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceSettings {
+    /// Link name.
+    pub name: String,
+    /// Static addresses.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Static routes.
+    pub routes: Vec<RouteSettings>,
+    /// Link MTU.
+    pub mtu: Option<u32>,
+    /// `dhcp` as written.
+    pub dhcp: Option<bool>,
+    /// `ignore: true`.
+    pub ignore: bool,
+}
+
+/// An `extraHostEntries` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEntry {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its names.
+    pub aliases: Vec<String>,
+}
+
+/// `machine.network`, typed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// `hostname`.
+    pub hostname: Option<String>,
+    /// `nameservers`.
+    pub nameservers: Vec<IpAddr>,
+    /// `searchDomains`.
+    pub search_domains: Vec<String>,
+    /// `extraHostEntries`.
+    pub extra_hosts: Vec<HostEntry>,
+    /// `interfaces` with an `interface` name.
+    pub devices: Vec<DeviceSettings>,
+    /// What was skipped, and why (logged).
+    pub problems: Vec<String>,
+}
+
+/// Parses `address` or `address/prefix`; a bare address is a host address.
+fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+    let text = text.trim();
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, prefix)) => (ip.parse::<IpAddr>().ok()?, Some(prefix.parse::<u8>().ok()?)),
+        None => (text.parse::<IpAddr>().ok()?, None),
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = prefix.unwrap_or(max);
+    (prefix <= max).then_some((ip, prefix))
+}
+
+/// Zeroes the host bits of `ip` beyond `prefix`.
+#[must_use]
+pub fn network_of(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+impl DeviceSettings {
+    fn from_device(index: usize, device: &Device, problems: &mut Vec<String>) -> Option<Self> {
+        let path = format!("machine.network.interfaces[{index}]");
+        let Some(name) = non_empty(device.interface.as_deref()) else {
+            problems.push(format!(
+                "{path}: deviceSelector is not supported by networkd; the entry is skipped"
+            ));
+            return None;
+        };
+        for (what, value) in [
+            ("bond", device.bond.is_some()),
+            ("bridge", device.bridge.is_some()),
+            ("bridgePort", device.bridge_port.is_some()),
+            ("vlans", device.vlans.is_some()),
+            ("wireguard", device.wireguard.is_some()),
+            ("vip", device.vip.is_some()),
+            ("dummy", device.dummy == Some(true)),
+            ("dhcpOptions", device.dhcp_options.is_some()),
+        ] {
+            if value {
+                problems.push(format!(
+                    "{path} ({name}): {what} is not supported by networkd and is ignored"
+                ));
+            }
+        }
+        let mut settings = DeviceSettings {
+            name: name.to_owned(),
+            mtu: device.mtu,
+            dhcp: device.dhcp,
+            ignore: device.ignore == Some(true),
+            ..DeviceSettings::default()
+        };
+        let addresses = device
+            .addresses
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(non_empty(device.cidr.as_deref()));
+        for address in addresses {
+            match parse_cidr(address) {
+                Some(cidr) if !settings.addresses.contains(&cidr) => settings.addresses.push(cidr),
+                Some(_) => {}
+                None => problems.push(format!("{path}: address {address:?} is not usable")),
+            }
+        }
+        for (j, route) in device.routes.iter().flatten().enumerate() {
+            let gateway =
+                non_empty(route.gateway.as_deref()).and_then(|g| g.parse::<IpAddr>().ok());
+            let (destination, prefix) = match non_empty(route.network.as_deref()) {
+                Some(network) => match parse_cidr(network) {
+                    Some((ip, prefix)) => (network_of(ip, prefix), prefix),
+                    None => {
+                        problems.push(format!(
+                            "{path}.routes[{j}]: network {network:?} is not usable"
+                        ));
+                        continue;
+                    }
+                },
+                // No network: the default route of the gateway's family.
+                None => match gateway {
+                    Some(IpAddr::V6(_)) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+                    _ => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                },
+            };
+            if gateway.is_some_and(|g| g.is_ipv4() != destination.is_ipv4()) {
+                problems.push(format!(
+                    "{path}.routes[{j}]: the gateway and the network are of different families"
+                ));
+                continue;
+            }
+            settings.routes.push(RouteSettings {
+                destination,
+                prefix,
+                gateway,
+                source: non_empty(route.source.as_deref()).and_then(|s| s.parse().ok()),
+                metric: route
+                    .metric
+                    .filter(|m| *m != 0)
+                    .unwrap_or(DEFAULT_ROUTE_METRIC),
+                mtu: route.mtu.filter(|m| *m != 0),
+            });
+        }
+        Some(settings)
+    }
+}
+
+impl Settings {
+    /// The settings of `machine.network`.
+    #[must_use]
+    pub fn from_network(network: &Network) -> Settings {
+        let mut settings = Settings {
+            hostname: non_empty(network.hostname.as_deref()).map(str::to_owned),
+            nameservers: network
+                .nameservers
+                .iter()
+                .flatten()
+                .filter_map(|n| n.trim().parse().ok())
+                .collect(),
+            search_domains: network
+                .search_domains
+                .iter()
+                .flatten()
+                .map(|d| d.trim().to_owned())
+                .filter(|d| !d.is_empty())
+                .collect(),
+            ..Settings::default()
+        };
+        for host in network.extra_host_entries.iter().flatten() {
+            if let Some(ip) = non_empty(host.ip.as_deref()).and_then(|ip| ip.parse().ok()) {
+                settings.extra_hosts.push(HostEntry {
+                    ip,
+                    aliases: host.aliases.clone().unwrap_or_default(),
+                });
+            }
+        }
+        for (i, device) in network.interfaces.iter().flatten().enumerate() {
+            if let Some(device) = DeviceSettings::from_device(i, device, &mut settings.problems) {
+                settings.devices.push(device);
+            }
+        }
+        settings
+    }
+
+    /// The settings of a machine config (empty without `machine.network`).
+    #[must_use]
+    pub fn from_config(config: &MachineConfig) -> Settings {
+        config
+            .v1alpha1()
+            .machine
+            .as_ref()
+            .and_then(|machine| machine.network.as_ref())
+            .map(Settings::from_network)
+            .unwrap_or_default()
+    }
+
+    /// The device settings for link `name`.
+    #[must_use]
+    pub fn device(&self, name: &str) -> Option<&DeviceSettings> {
+        self.devices.iter().rev().find(|d| d.name == name)
+    }
+
+    /// Whether the config says to leave `name` alone.
+    #[must_use]
+    pub fn ignores(&self, name: &str) -> bool {
+        self.device(name).is_some_and(|d| d.ignore)
+    }
+}
+
+/// The persisted machine config, re-read when the file changes.
+///
+/// networkd checks the file (one `stat`) each time it reconciles, so a
+/// config applied in maintenance mode or later takes effect at the next
+/// network event without a restart.
+#[derive(Debug)]
+pub struct ConfigFile {
+    path: PathBuf,
+    stamp: Option<(SystemTime, u64)>,
+    settings: Settings,
+}
+
+impl ConfigFile {
+    /// The config at `path` (not read yet: call [`ConfigFile::refresh`]).
+    #[must_use]
+    pub fn new(path: impl Into<PathBuf>) -> ConfigFile {
+        ConfigFile {
+            path: path.into(),
+            stamp: None,
+            settings: Settings::default(),
+        }
+    }
+
+    /// The file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The settings last read.
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Re-reads the file if it changed since the last read. No file: empty
+    /// settings (maintenance mode). A file that does not load: a warning,
+    /// and empty settings. Returns whether the settings changed.
+    pub fn refresh(&mut self) -> bool {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        if stamp == self.stamp {
+            return false;
+        }
+        self.stamp = stamp;
+        let settings = if stamp.is_none() {
+            Settings::default()
+        } else {
+            match machinery::config::load(&self.path) {
+                Ok(config) => Settings::from_config(&config),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring the machine config's network settings");
+                    Settings::default()
+                }
+            }
+        };
+        for problem in &settings.problems {
+            tracing::warn!("{problem}");
+        }
+        let changed = settings != self.settings;
+        self.settings = settings;
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use machinery::config::v1alpha1::{ExtraHost, Route};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn network() -> Network {
+        Network {
+            hostname: Some("node1".into()),
+            nameservers: Some(vec!["10.0.0.53".into(), " 1.1.1.1 ".into()]),
+            search_domains: Some(vec!["example.com".into(), String::new()]),
+            extra_host_entries: Some(vec![ExtraHost {
+                ip: Some("10.0.0.9".into()),
+                aliases: Some(vec!["db".into()]),
+            }]),
+            interfaces: Some(vec![
+                Device {
+                    interface: Some("eth0".into()),
+                    addresses: Some(vec!["10.0.0.5/24".into(), "10.0.1.5".into()]),
+                    cidr: Some("10.0.0.5/24".into()),
+                    mtu: Some(9000),
+                    routes: Some(vec![
+                        Route {
+                            network: Some("192.168.0.7/16".into()),
+                            gateway: Some("10.0.0.1".into()),
+                            metric: Some(100),
+                            ..Route::default()
+                        },
+                        Route {
+                            gateway: Some("10.0.0.1".into()),
+                            mtu: Some(1400),
+                            ..Route::default()
+                        },
+                        Route {
+                            network: Some("fd00::/64".into()),
+                            gateway: Some("10.0.0.1".into()),
+                            ..Route::default()
+                        },
+                    ]),
+                    ..Device::default()
+                },
+                Device {
+                    interface: Some("eth1".into()),
+                    ignore: Some(true),
+                    ..Device::default()
+                },
+                Device {
+                    // Any value: the selector itself is not read.
+                    device_selector: Some(Default::default()),
+                    dhcp: Some(true),
+                    ..Device::default()
+                },
+            ]),
+            ..Network::default()
+        }
+    }
+
+    #[test]
+    fn typed_settings() {
+        let settings = Settings::from_network(&network());
+        assert_eq!(settings.hostname.as_deref(), Some("node1"));
+        assert_eq!(settings.nameservers, vec![ip("10.0.0.53"), ip("1.1.1.1")]);
+        assert_eq!(settings.search_domains, vec!["example.com"]);
+        assert_eq!(
+            settings.extra_hosts,
+            vec![HostEntry {
+                ip: ip("10.0.0.9"),
+                aliases: vec!["db".into()]
+            }]
+        );
+        assert_eq!(settings.devices.len(), 2);
+        let eth0 = settings.device("eth0").expect("eth0");
+        assert_eq!(
+            eth0.addresses,
+            vec![(ip("10.0.0.5"), 24), (ip("10.0.1.5"), 32)]
+        );
+        assert_eq!(eth0.mtu, Some(9000));
+        assert_eq!(eth0.dhcp, None);
+        assert_eq!(
+            eth0.routes,
+            vec![
+                RouteSettings {
+                    destination: ip("192.168.0.0"),
+                    prefix: 16,
+                    gateway: Some(ip("10.0.0.1")),
+                    source: None,
+                    metric: 100,
+                    mtu: None,
+                },
+                RouteSettings {
+                    destination: ip("0.0.0.0"),
+                    prefix: 0,
+                    gateway: Some(ip("10.0.0.1")),
+                    source: None,
+                    metric: DEFAULT_ROUTE_METRIC,
+                    mtu: Some(1400),
+                },
+            ]
+        );
+        assert!(settings.ignores("eth1"));
+        assert!(!settings.ignores("eth0"));
+        assert!(!settings.ignores("eth2"));
+        // The mixed-family route and the selector entry are reported.
+        assert_eq!(settings.problems.len(), 2, "{:?}", settings.problems);
+        assert!(
+            settings
+                .problems
+                .iter()
+                .any(|p| p.contains("deviceSelector"))
+        );
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(network_of(ip("10.1.2.3"), 8), ip("10.0.0.0"));
+        assert_eq!(network_of(ip("10.1.2.3"), 0), ip("0.0.0.0"));
+        assert_eq!(network_of(ip("10.1.2.3"), 32), ip("10.1.2.3"));
+        assert_eq!(network_of(ip("fd00::1:2"), 64), ip("fd00::"));
+        assert_eq!(parse_cidr("fd00::5"), Some((ip("fd00::5"), 128)));
+        assert_eq!(parse_cidr("10.0.0.1/33"), None);
+        assert_eq!(parse_cidr("nope"), None);
+    }
+
+    #[test]
+    fn the_config_file_is_reread_when_it_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        let mut file = ConfigFile::new(&path);
+        assert_eq!(file.path(), path.as_path());
+        assert!(!file.refresh(), "no file: empty settings, unchanged");
+        assert_eq!(file.settings(), &Settings::default());
+        std::fs::write(&path, "not: [a config").expect("write");
+        assert!(!file.refresh(), "a broken file gives empty settings");
+        assert!(!file.refresh());
+    }
+}
