@@ -833,6 +833,72 @@ impl MachineService for MachineApi {
         }))
     }
 
+    async fn generate_client_configuration(
+        &self,
+        req: Request<pb::GenerateClientConfigurationRequest>,
+    ) -> Result<Response<pb::GenerateClientConfigurationResponse>, Status> {
+        let req = req.into_inner();
+        let config = self.node.config.current().ok_or_else(|| {
+            ApiError::FailedPrecondition("the node has no machine config yet".into())
+        })?;
+        let Some(key) = config.ca_key_pem() else {
+            return Err(ApiError::FailedPrecondition(
+                "client configuration can only be generated on a control plane node (it holds the OS CA key)".into(),
+            )
+            .into());
+        };
+        let roles = if req.roles.is_empty() {
+            vec![api::roles::Role::Admin.as_str().to_owned()]
+        } else {
+            req.roles
+        };
+        if let Some(unknown) = roles.iter().find(|r| api::roles::Role::parse(r).is_none()) {
+            return Err(ApiError::InvalidArgument(format!("unknown role {unknown:?}")).into());
+        }
+        let ttl = req
+            .crt_ttl
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(machinery::pki::CLIENT_CERT_TTL);
+        let ca = machinery::pki::CertificateAndKey {
+            cert_pem: String::from_utf8_lossy(config.ca_crt_pem()).into_owned(),
+            key_pem: String::from_utf8_lossy(key).into_owned(),
+        };
+        let issued = {
+            let (ca, roles) = (ca.clone(), roles.clone());
+            // Key generation and signing are CPU work: off the runtime.
+            tokio::task::spawn_blocking(move || {
+                machinery::pki::issue_client_cert(&ca, &roles, ttl, SystemTime::now())
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+        };
+        let cluster = config.cluster_name().unwrap_or("talos").to_owned();
+        let mut talosconfig =
+            machinery::talosconfig::TalosConfig::new_for(&cluster, &ca.cert_pem, &issued);
+        if let (Some(ctx), Some(listen)) = (
+            talosconfig.contexts.get_mut(&cluster),
+            self.node.options.apid_listen,
+        ) && !listen.ip().is_unspecified()
+        {
+            ctx.endpoints = vec![listen.ip().to_string()];
+        }
+        let talosconfig = talosconfig
+            .to_yaml()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        tracing::info!(?roles, ?ttl, "issued a client configuration");
+        Ok(Response::new(pb::GenerateClientConfigurationResponse {
+            messages: vec![pb::GenerateClientConfiguration {
+                metadata: None,
+                ca: ca.cert_pem.into_bytes(),
+                crt: issued.cert_pem.into_bytes(),
+                key: issued.key_pem.into_bytes(),
+                talosconfig: talosconfig.into_bytes(),
+            }],
+        }))
+    }
+
     async fn events(
         &self,
         req: Request<pb::EventsRequest>,

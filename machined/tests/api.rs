@@ -396,3 +396,266 @@ async fn container_mode_refuses_power_actions() {
         .expect_err("etcd");
     assert_eq!(err.code(), Code::Unimplemented);
 }
+
+fn generated() -> machinery::generate::Generated {
+    let now = std::time::SystemTime::now();
+    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+    machinery::generate::generate(
+        &bundle,
+        &machinery::generate::GenOptions::new("apply", "https://127.0.0.1:6443"),
+        now,
+    )
+    .expect("configs")
+}
+
+fn with_hostname(yaml: &str, hostname: &str) -> String {
+    machinery::generate::apply_patch(
+        yaml,
+        &format!("machine:\n  network:\n    hostname: {hostname}\n"),
+    )
+    .expect("patch")
+}
+
+fn apply(
+    data: &str,
+    mode: pb::apply_configuration_request::Mode,
+    dry_run: bool,
+    try_timeout: Option<Duration>,
+) -> pb::ApplyConfigurationRequest {
+    pb::ApplyConfigurationRequest {
+        data: data.as_bytes().to_vec(),
+        mode: mode as i32,
+        dry_run,
+        try_mode_timeout: try_timeout
+            .map(|d| prost_types::Duration::try_from(d).expect("duration")),
+    }
+}
+
+async fn hostname(h: &mut Harness) -> String {
+    h.client
+        .hostname(())
+        .await
+        .expect("hostname")
+        .into_inner()
+        .messages
+        .remove(0)
+        .hostname
+}
+
+#[tokio::test]
+async fn apply_configuration_modes_and_refusals() {
+    use pb::apply_configuration_request::Mode;
+    let mut h = start(Vec::new(), 64 * 1024).await;
+    let persisted = h.root.join("config.yaml");
+    let base = generated().controlplane_yaml;
+
+    // Maintenance → first config, applied live and persisted.
+    let good = with_hostname(&base, "first");
+    let reply = h
+        .client
+        .apply_configuration(apply(&good, Mode::Auto, false, None))
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(reply.messages[0].mode, Mode::NoReboot as i32);
+    assert_eq!(
+        reply.messages[0].mode_details,
+        "Applied configuration without a reboot"
+    );
+    assert_eq!(hostname(&mut h).await, "first");
+    let on_disk = std::fs::read_to_string(&persisted).expect("persisted");
+    assert!(on_disk.contains("hostname: first"));
+
+    // Refusals: each names the problem, and nothing changes.
+    let bad_yaml = "version: v1alpha1\nmachine: [unclosed";
+    let unknown_key = base.replace("  network:", "  networkz:");
+    let wrong_type = with_hostname(&base, "x").replace("hostname: x", "hostname: [1, 2]");
+    for (what, data, needle) in [
+        ("bad YAML", bad_yaml.to_owned(), "machine config"),
+        ("unknown key", unknown_key, "networkz"),
+        ("wrong type", wrong_type, "machine.network.hostname"),
+    ] {
+        let err = h
+            .client
+            .apply_configuration(apply(&data, Mode::NoReboot, false, None))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{what}: {:?} does not name {needle:?}",
+            err.message()
+        );
+        assert_eq!(
+            hostname(&mut h).await,
+            "first",
+            "{what} changed the running config"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&persisted).expect("persisted"),
+            on_disk,
+            "{what} changed the persisted config"
+        );
+    }
+
+    // Dry run: a diff, no change.
+    let second = with_hostname(&base, "second");
+    let reply = h
+        .client
+        .apply_configuration(apply(&second, Mode::NoReboot, true, None))
+        .await
+        .expect("dry run")
+        .into_inner();
+    let details = &reply.messages[0].mode_details;
+    assert!(
+        details.contains("-    hostname: first") && details.contains("+    hostname: second"),
+        "{details}"
+    );
+    assert_eq!(hostname(&mut h).await, "first");
+
+    // Staged: persisted for the next boot, not live.
+    h.client
+        .apply_configuration(apply(&second, Mode::Staged, false, None))
+        .await
+        .expect("staged");
+    assert_eq!(hostname(&mut h).await, "first");
+    assert!(
+        std::fs::read_to_string(&persisted)
+            .expect("persisted")
+            .contains("hostname: second")
+    );
+    h.client
+        .apply_configuration(apply(&good, Mode::NoReboot, false, None))
+        .await
+        .expect("back to first");
+
+    // Try: live at once, reverted after its timeout.
+    let trial = with_hostname(&base, "trial");
+    let reply = h
+        .client
+        .apply_configuration(apply(
+            &trial,
+            Mode::Try,
+            false,
+            Some(Duration::from_secs(1)),
+        ))
+        .await
+        .expect("try")
+        .into_inner();
+    assert_eq!(reply.messages[0].mode, Mode::Try as i32);
+    assert_eq!(hostname(&mut h).await, "trial");
+    assert!(
+        !std::fs::read_to_string(&persisted)
+            .expect("persisted")
+            .contains("trial"),
+        "try mode must not persist"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(hostname(&mut h).await, "first", "try mode did not revert");
+
+    // A machine type change is refused.
+    let worker = with_hostname(&generated().worker_yaml, "w");
+    let err = h
+        .client
+        .apply_configuration(apply(&worker, Mode::NoReboot, false, None))
+        .await
+        .expect_err("type change");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("machine type"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn generate_client_configuration_issues_a_working_identity() {
+    use pb::apply_configuration_request::Mode;
+    let mut h = start(Vec::new(), 64 * 1024).await;
+    let req = pb::GenerateClientConfigurationRequest {
+        roles: vec!["os:reader".into()],
+        crt_ttl: None,
+    };
+    let err = h
+        .client
+        .generate_client_configuration(req.clone())
+        .await
+        .expect_err("no config yet");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let base = generated().controlplane_yaml;
+    h.client
+        .apply_configuration(apply(&base, Mode::NoReboot, false, None))
+        .await
+        .expect("apply");
+    let reply = h
+        .client
+        .generate_client_configuration(req)
+        .await
+        .expect("generated")
+        .into_inner()
+        .messages
+        .remove(0);
+    let info = machinery::pki::cert_info(&reply.crt).expect("cert");
+    assert_eq!(info.organizations, ["os:reader"]);
+    assert!(info.ext_key_usage_is_exactly_client_auth());
+    machinery::pki::verify_signed_by(&reply.crt, &reply.ca).expect("signed by the OS CA");
+    let ttl = info.not_after.duration_since(info.not_before).expect("ttl");
+    assert!(
+        ttl >= Duration::from_secs(8_700 * 3600),
+        "default TTL is a year: {ttl:?}"
+    );
+    let talosconfig = machinery::talosconfig::TalosConfig::from_yaml(
+        std::str::from_utf8(&reply.talosconfig).expect("utf8"),
+        std::path::Path::new("generated"),
+    )
+    .expect("talosconfig parses");
+    assert_eq!(talosconfig.context, "apply");
+
+    let bad = pb::GenerateClientConfigurationRequest {
+        roles: vec!["os:superuser".into()],
+        crt_ttl: None,
+    };
+    let err = h
+        .client
+        .generate_client_configuration(bad)
+        .await
+        .expect_err("unknown role");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn dmesg_reads_the_kernel_log_in_upstream_format() {
+    let mut h = start(Vec::new(), 64 * 1024).await;
+    match h
+        .client
+        .dmesg(pb::DmesgRequest {
+            follow: false,
+            tail: false,
+        })
+        .await
+    {
+        Ok(stream) => {
+            let out = collect_data(
+                stream.into_inner(),
+                |b| b.len() > 4096,
+                Duration::from_secs(10),
+            )
+            .await;
+            let text = String::from_utf8_lossy(&out);
+            let first = text
+                .lines()
+                .next()
+                .expect("the kernel has logged something");
+            // `<facility>: <priority, right-aligned to 7>: [<RFC 3339 time>]: <text>`
+            let parts: Vec<&str> = first.splitn(3, ": ").collect();
+            assert_eq!(parts.len(), 3, "{first}");
+            assert_eq!(parts[1].len(), 7, "priority right-aligned to 7: {first}");
+            assert!(
+                parts[2].starts_with('[') && parts[2].contains("]: "),
+                "{first}"
+            );
+        }
+        // Without CAP_SYSLOG the kernel refuses; the API says so plainly.
+        Err(status) => {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert!(status.message().contains("/dev/kmsg"));
+        }
+    }
+}

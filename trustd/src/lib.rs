@@ -171,6 +171,8 @@ pub async fn serve(dir: PathBuf, listener: tokio::net::TcpListener) {
         let Ok((tcp, addr)) = listener.accept().await else {
             continue;
         };
+        // Small replies: without this, Nagle and delayed ACKs add ~40 ms.
+        let _ = tcp.set_nodelay(true);
         let dir = dir.clone();
         let routes = routes.clone();
         tokio::spawn(async move {
@@ -189,6 +191,69 @@ pub async fn serve(dir: PathBuf, listener: tokio::net::TcpListener) {
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await;
         });
+    }
+}
+
+/// Helpers for trustd's integration tests and benchmarks (not used by the
+/// daemon): throwaway credentials in a directory, and a server on an
+/// ephemeral loopback port. They panic on failure, as test code does.
+pub mod testing {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::path::Path;
+    use std::time::SystemTime;
+
+    use machinery::constants::trustd_credentials as files;
+    use machinery::pki;
+
+    /// The machine token [`write_credentials`] writes.
+    pub const TOKEN: &str = "abcdef.0123456789abcdef";
+
+    /// Writes a fresh OS CA and its key, a server certificate for
+    /// 127.0.0.1 issued by that CA and its key, and [`TOKEN`] into `dir`.
+    /// Returns `(ca_pem, token)`.
+    ///
+    /// # Panics
+    /// Generating the material or writing a file fails.
+    #[must_use]
+    pub fn write_credentials(dir: &Path) -> (String, String) {
+        let now = SystemTime::now();
+        let ca = pki::generate_os_ca(now).expect("generating the OS CA");
+        let server = pki::issue_server_cert(
+            &ca,
+            "trustd",
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            &[],
+            pki::SERVER_CERT_TTL,
+            now,
+        )
+        .expect("issuing trustd's server certificate");
+        for (name, contents) in [
+            (files::CA, ca.cert_pem.as_str()),
+            (files::CA_KEY, ca.key_pem.as_str()),
+            (files::SERVER_CERT, server.cert_pem.as_str()),
+            (files::SERVER_KEY, server.key_pem.as_str()),
+            (files::TOKEN, TOKEN),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, contents)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        }
+        (ca.cert_pem, TOKEN.to_owned())
+    }
+
+    /// Binds 127.0.0.1 on an ephemeral port and spawns [`super::serve`]
+    /// with the credentials in `dir` on the current tokio runtime (the
+    /// server lives as long as the runtime). Returns the bound address.
+    ///
+    /// # Panics
+    /// Binding fails, or there is no tokio runtime.
+    pub async fn start(dir: &Path) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("binding 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        tokio::spawn(super::serve(dir.to_path_buf(), listener));
+        addr
     }
 }
 
