@@ -300,11 +300,35 @@ async fn memory() {
         }
     }
     println!("{:<10} {:>8} KiB (machined + its services)", "total", total);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &me.to_string()])
-        .status();
-    let _ = child.wait();
+    terminate(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM, then waits (at most 20 s) until the process is gone. Not
+/// `Child::wait`: once a supervisor ran in this process, its reaper owns
+/// waitpid and may have reaped the child already.
+fn terminate(child: &mut std::process::Child) {
+    let Some(pid) = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));
+        if stat.map_or(true, |s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        }) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A real node: container-mode machined (which starts routerd, apid and
@@ -316,10 +340,7 @@ struct RealNode {
 
 impl Drop for RealNode {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -47,32 +47,26 @@ pub enum CredentialsError {
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8], secret: bool) -> Result<(), CredentialsError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CredentialsError::Write { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).map_err(|source| CredentialsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(err(&tmp))?;
-    f.write_all(data).map_err(err(&tmp))?;
-    // Readers must never see half a key: the rename makes the swap atomic.
-    std::fs::rename(&tmp, dir.join(name)).map_err(err(&dir.join(name)))
+    // Readers (apid, trustd) must never see half a key.
+    machinery::fsutil::write_atomic(&dir.join(name), data, if secret { 0o600 } else { 0o644 })
+        .map_err(|e| CredentialsError::Write {
+            path: e.path,
+            source: e.source,
+        })
 }
 
 fn remove(dir: &Path, name: &str) {
     let _ = std::fs::remove_file(dir.join(name));
 }
 
-/// The node's addresses and names for certificate SANs.
+/// The node's addresses and names for certificate SANs: loopback, apid's
+/// listen address, what networkd reports, the hostname and `certSANs`.
 fn sans(node: &Node, config: &MachineConfig) -> (Vec<IpAddr>, Vec<String>) {
     let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
     if let Some(listen) = node.options.apid_listen
@@ -80,6 +74,15 @@ fn sans(node: &Node, config: &MachineConfig) -> (Vec<IpAddr>, Vec<String>) {
     {
         ips.push(listen.ip());
     }
+    // The addresses networkd reports (one per line); on metal these are the
+    // node's real addresses. Read at each issue: renewals pick up changes.
+    let reported = std::fs::read_to_string(node.paths.socket_dir("networkd").join("addresses"))
+        .unwrap_or_default();
+    ips.extend(
+        reported
+            .lines()
+            .filter_map(|l| l.trim().parse::<IpAddr>().ok()),
+    );
     let mut dns = vec![node.hostname(), "localhost".to_owned()];
     for san in config.cert_sans() {
         match san.parse::<IpAddr>() {

@@ -159,10 +159,11 @@ async fn kill_9_is_restarted_with_backoff() {
     let first = sup.status("victim").and_then(|s| s.pid).expect("pid");
 
     let killed_at = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-9", &first.to_string()])
-        .status();
-    assert!(status.is_ok_and(|s| s.success()));
+    // Not `Command::status()`: in this process the reaper owns waitpid and
+    // would take the exit status of a `kill` child.
+    let pid =
+        rustix::process::Pid::from_raw(i32::try_from(first).expect("pid")).expect("nonzero pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
     wait_for("restarted", Duration::from_secs(10), || {
         sup.status("victim")
             .is_some_and(|s| s.pid.is_some_and(|p| p != first))

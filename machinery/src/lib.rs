@@ -13,6 +13,7 @@ pub mod base64;
 pub mod config;
 pub mod constants;
 pub mod daemon;
+pub mod fsutil;
 pub mod generate;
 pub mod grpc;
 pub mod h2;

@@ -39,11 +39,10 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_yaml_ng::Value;
@@ -497,13 +496,13 @@ impl TalosConfig {
     pub fn save(&self, path: &Path) -> Result<(), TalosConfigError> {
         let yaml = self.to_yaml()?;
 
-        let Some(file_name) = path.file_name() else {
+        if path.file_name().is_none() {
             return Err(TalosConfigError::Io {
                 operation: "saving to",
                 path: path.to_path_buf(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
             });
-        };
+        }
         let dir = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
@@ -521,22 +520,13 @@ impl TalosConfig {
                 .map_err(io_error("creating directory", &dir))?;
         }
 
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut temp_name = OsString::from(".");
-        temp_name.push(file_name);
-        temp_name.push(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let temp = dir.join(temp_name);
-
-        let result = write_and_rename(&temp, path, &dir, yaml.as_bytes());
-        if result.is_err() {
-            // Best effort: do not leave half-written temporaries behind.
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        crate::fsutil::write_atomic(path, yaml.as_bytes(), 0o600).map_err(|e| {
+            TalosConfigError::Io {
+                operation: e.operation,
+                path: e.path,
+                source: e.source,
+            }
+        })
     }
 
     /// Adds every context of `other`. A name already taken is renamed
@@ -608,44 +598,6 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> T
     }
 }
 
-/// Writes `bytes` to the new file `temp` (mode 0600), syncs it, renames it
-/// over `path` and syncs `dir`, so a crash leaves the old file or the new one.
-fn write_and_rename(
-    temp: &Path,
-    path: &Path,
-    dir: &Path,
-    bytes: &[u8],
-) -> Result<(), TalosConfigError> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(temp)
-        .map_err(io_error("creating temporary file", temp))?;
-    file.write_all(bytes)
-        .map_err(io_error("writing temporary file", temp))?;
-    file.sync_all()
-        .map_err(io_error("syncing temporary file", temp))?;
-    drop(file);
-
-    fs::rename(temp, path).map_err(io_error("renaming into place", path))?;
-
-    #[cfg(unix)]
-    {
-        fs::File::open(dir)
-            .and_then(|handle| handle.sync_all())
-            .map_err(io_error("syncing directory", dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-
-    Ok(())
-}
-
 /// Where the talosconfig is (see the module docs for the order).
 ///
 /// Pure apart from checking which candidates exist; pass the environment in
@@ -701,7 +653,7 @@ pub fn resolve_path_from_env(flag: Option<&Path>) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
 

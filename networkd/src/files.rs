@@ -115,19 +115,9 @@ pub fn write_atomic(path: &Path, contents: &str) -> io::Result<bool> {
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no directory"))?;
     std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let temp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = std::fs::write(&temp, contents).and_then(|()| std::fs::rename(&temp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result.map(|()| true)
+    machinery::fsutil::write_atomic(path, contents.as_bytes(), 0o644)
+        .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -59,12 +59,10 @@ mod error;
 pub mod v1alpha1;
 mod validate;
 
-use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -598,9 +596,6 @@ pub fn load(path: &Path) -> Result<MachineConfig, ConfigError> {
     })
 }
 
-/// Makes temporary names unique within this process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Writes `config` to `path` so that a crash leaves the old file or the new
 /// one, never a mix.
 ///
@@ -608,80 +603,16 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub fn save_atomic(path: &Path, config: &MachineConfig) -> Result<(), ConfigError> {
     let yaml = config.to_yaml()?;
 
-    let Some(file_name) = path.file_name() else {
+    if path.file_name().is_none() {
         return Err(ConfigError::Io {
             operation: "saving to",
             path: path.to_path_buf(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
         });
-    };
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut temp_name = OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temp = dir.join(temp_name);
-
-    let result = write_and_rename(&temp, path, &dir, yaml.as_bytes());
-    if result.is_err() {
-        // Best effort: do not leave half-written temporaries behind.
-        let _ = fs::remove_file(&temp);
     }
-    result
-}
-
-/// The durable-write sequence behind [`save_atomic`].
-///
-/// 1. Write a temporary file in the *same directory*: `rename` is only
-///    atomic within one filesystem.
-/// 2. `fsync` it, so its contents are on disk before any name points at it;
-///    otherwise a crash after the rename can leave an empty or torn file
-///    under the real name.
-/// 3. `rename` it over the old file: readers see the old config or the new
-///    one, never a mix.
-/// 4. `fsync` the directory, so the rename itself survives a power loss.
-fn write_and_rename(temp: &Path, path: &Path, dir: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    let io_error = |operation: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source: io::Error| ConfigError::Io {
-            operation,
-            path,
-            source,
-        }
-    };
-
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(temp)
-        .map_err(io_error("creating temporary file", temp))?;
-    file.write_all(bytes)
-        .map_err(io_error("writing temporary file", temp))?;
-    file.sync_all()
-        .map_err(io_error("syncing temporary file", temp))?;
-    drop(file);
-
-    fs::rename(temp, path).map_err(io_error("renaming into place", path))?;
-
-    #[cfg(unix)]
-    {
-        fs::File::open(dir)
-            .and_then(|dir_handle| dir_handle.sync_all())
-            .map_err(io_error("syncing directory", dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-
-    Ok(())
+    crate::fsutil::write_atomic(path, yaml.as_bytes(), 0o600).map_err(|e| ConfigError::Io {
+        operation: e.operation,
+        path: e.path,
+        source: e.source,
+    })
 }
