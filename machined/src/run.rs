@@ -110,9 +110,7 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     tracing::info!(mode = node.mode().as_str(), root = %node.options.root.display(), "machined {} starting", machinery::constants::VERSION);
 
     let socket = paths.socket("machined");
-    let socket_dir = mkdir(paths.socket_dir("machined"))?;
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(|source| RunError::Bind {
+    let listener = machinery::daemon::bind_unix(&socket).map_err(|source| RunError::Bind {
         path: socket.clone(),
         source,
     })?;
@@ -177,7 +175,6 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&socket);
-    drop(socket_dir);
     Ok(action)
 }
 

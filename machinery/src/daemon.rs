@@ -60,3 +60,16 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("stopping");
 }
+
+/// Binds a daemon's unix socket at `path`: creates its directory and
+/// removes a stale socket first, so a restart never finds the old one.
+///
+/// # Errors
+/// The socket cannot be bound.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path)
+}

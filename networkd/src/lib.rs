@@ -164,11 +164,7 @@ pub enum NetworkdError {
 /// # Errors
 /// The socket cannot be bound.
 pub fn bind(path: &Path) -> Result<UnixListener, NetworkdError> {
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map_err(|source| NetworkdError::Bind {
+    machinery::daemon::bind_unix(path).map_err(|source| NetworkdError::Bind {
         path: path.to_path_buf(),
         source,
     })

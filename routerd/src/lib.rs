@@ -224,11 +224,7 @@ impl Router {
 /// # Errors
 /// The socket cannot be bound.
 pub fn bind(path: &std::path::Path) -> Result<UnixListener, RouterError> {
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map_err(|source| RouterError::Bind {
+    machinery::daemon::bind_unix(path).map_err(|source| RouterError::Bind {
         path: path.to_path_buf(),
         source,
     })

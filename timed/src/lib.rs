@@ -119,11 +119,7 @@ pub fn marker_path(paths: &NodePaths) -> PathBuf {
 /// # Errors
 /// The socket cannot be bound.
 pub fn bind(path: &Path) -> Result<UnixListener, TimedError> {
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map_err(|source| TimedError::Bind {
+    machinery::daemon::bind_unix(path).map_err(|source| TimedError::Bind {
         path: path.to_path_buf(),
         source,
     })

@@ -208,11 +208,7 @@ pub async fn serve(
 /// The socket cannot be bound.
 pub fn bind(path: &Path) -> Result<UnixListener, RunError> {
     use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|source| RunError::Bind {
+    let listener = machinery::daemon::bind_unix(path).map_err(|source| RunError::Bind {
         path: path.to_path_buf(),
         source,
     })?;
