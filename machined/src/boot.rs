@@ -640,6 +640,72 @@ fn bind_system_files() -> Result<(), BootError> {
     Ok(())
 }
 
+// === the STATE filesystem ===
+
+/// The label of the filesystem that keeps the machine config (upstream's
+/// STATE partition; a whole disk with that label works too).
+pub const STATE_LABEL: &str = "STATE";
+
+/// Where it is mounted: machined's state directory.
+pub const STATE_MOUNT: &str = "/system/state";
+
+/// Finds the block device (a partition or a whole disk) whose filesystem
+/// is labelled `label`, among the names in `class_block` (a
+/// `/sys/class/block`), opened under `dev`. Devices that cannot be read
+/// (an empty CD drive) are skipped. Returns the device and its
+/// filesystem type; with several, the first by name.
+pub fn find_labelled(
+    class_block: &Path,
+    dev: &Path,
+    label: &str,
+) -> Option<(PathBuf, udevd::probe::FsKind)> {
+    let mut names: Vec<String> = std::fs::read_dir(class_block)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        // The root image's loop device and RAM disks hold nothing of ours.
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let path = dev.join(&name);
+        match udevd::probe::probe_fs_path(&path) {
+            Ok(Some(fs)) if fs.label.as_deref() == Some(label) && fs.kind.is_filesystem() => {
+                Some((path, fs.kind))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Mounts the STATE filesystem (xfs or ext4) on [`STATE_MOUNT`] if a
+/// device carries one. Returns the device mounted, if any.
+///
+/// # Errors
+/// The filesystem was found but could not be mounted.
+pub fn mount_state(class_block: &Path, dev: &Path) -> Result<Option<PathBuf>, BootError> {
+    let Some((device, kind)) = find_labelled(class_block, dev, STATE_LABEL) else {
+        return Ok(None);
+    };
+    let target = Path::new(STATE_MOUNT);
+    mkdir_p(target)?;
+    let fstype: &'static str = kind.as_str();
+    mount(
+        &device,
+        target,
+        fstype,
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None::<&CStr>,
+    )
+    .map_err(|e| BootError::Mount {
+        fstype,
+        what: device.display().to_string(),
+        target: target.to_path_buf(),
+        source: e.into(),
+    })?;
+    Ok(Some(device))
+}
+
 // === logging before there is a logger ===
 
 /// Syslog priorities of `/dev/kmsg` records.
@@ -889,6 +955,18 @@ pub fn boot_metal() -> BootReport {
         fatal(&e.to_string());
     }
     kmsg_log("root switched to the squashfs");
+    match mount_state(Path::new("/sys/class/block"), Path::new("/dev")) {
+        Ok(Some(device)) => kmsg_log(&format!(
+            "STATE {} mounted on {STATE_MOUNT}",
+            device.display()
+        )),
+        Ok(None) => kmsg_log(&format!(
+            "no filesystem labelled {STATE_LABEL}: the machine config lives in memory until the node is installed"
+        )),
+        // The node still boots (into maintenance mode): an operator can
+        // see what happened and fix or reinstall the disk through the API.
+        Err(e) => log(Priority::Error, &e.to_string()),
+    }
     BootReport { cmdline, modules }
 }
 
@@ -1152,6 +1230,41 @@ mod tests {
         assert!(record.len() <= KMSG_MAX_TEXT + "<4>machined: \n".len());
         assert!(record.starts_with("<4>machined: é"));
         assert!(record.ends_with("é\n"));
+    }
+
+    #[test]
+    fn finds_the_state_filesystem_by_label() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let class = dir.path().join("class");
+        let dev = dir.path().join("dev");
+        std::fs::create_dir_all(&class).expect("mkdir");
+        std::fs::create_dir_all(&dev).expect("mkdir");
+        let mkfs = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mkfs.xfs (xfsprogs; scripts/setup installs it)");
+        // vda: xfs labelled EPHEMERAL; vdb: xfs labelled STATE; loop0:
+        // labelled STATE too but skipped (the root image lives on loops);
+        // sr0: unreadable.
+        for (name, label) in [("vda", "EPHEMERAL"), ("vdb", "STATE"), ("loop0", "STATE")] {
+            std::fs::create_dir(class.join(name)).expect("mkdir");
+            let image = dev.join(name);
+            std::fs::File::create(&image)
+                .and_then(|f| f.set_len(300 << 20))
+                .expect("image");
+            // Through the reaper: other tests in this binary run it, and
+            // it would steal a plain `Command::status`.
+            let spawned = crate::reaper::Reaper::global()
+                .spawn(Command::new(mkfs).args(["-q", "-L", label]).arg(&image))
+                .expect("mkfs.xfs runs");
+            let status = spawned.exit.blocking_recv().expect("reaped");
+            assert!(status.success(), "mkfs.xfs {label}: {status:?}");
+        }
+        std::fs::create_dir(class.join("sr0")).expect("mkdir");
+        let found = find_labelled(&class, &dev, STATE_LABEL).expect("found");
+        assert_eq!(found, (dev.join("vdb"), udevd::probe::FsKind::Xfs));
+        assert_eq!(find_labelled(&class, &dev, "META"), None);
     }
 
     #[test]

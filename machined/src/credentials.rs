@@ -252,8 +252,14 @@ async fn request_worker(
 pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
     let mut configs = node.config.subscribe();
     let mut failures = 0u32;
+    let addresses_file = node.paths.socket_dir("networkd").join("addresses");
+    let read_addresses = |path: &std::path::Path| std::fs::read(path).unwrap_or_default();
     loop {
         let config = configs.borrow_and_update().clone();
+        // The SANs follow networkd's addresses: remember what this issue
+        // saw, and issue again when they change (an address configured or
+        // leased after boot must be in the certificate).
+        let seen_addresses = read_addresses(&addresses_file);
         let next = match &config {
             None => {
                 let api = node.paths.secrets_dir("api");
@@ -295,6 +301,7 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
                 }
             }
         };
+        let watch_addresses = config.is_some();
         tokio::select! {
             changed = configs.changed() => if changed.is_err() { return },
             () = async {
@@ -303,6 +310,18 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
                     None => std::future::pending().await,
                 }
             } => {}
+            // A small file read once a second: networkd has no change feed
+            // to subscribe to.
+            () = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if read_addresses(&addresses_file) != seen_addresses {
+                        return;
+                    }
+                }
+            }, if watch_addresses => {
+                tracing::info!("node addresses changed: issuing the API certificate again");
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use machined::node::{Mode, NodeOptions, PowerAction};
@@ -84,13 +85,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(machined::run::run(options, logs));
+    let result = loop {
+        match runtime.block_on(machined::run::run(options.clone(), Arc::clone(&logs))) {
+            // Out of maintenance mode: run again from the applied config.
+            Ok(PowerAction::Configured) => continue,
+            other => break other,
+        }
+    };
     drop(runtime);
     match result {
         Ok(action) if metal_init => {
             machined::boot::power_off_or_reboot(action == PowerAction::Reboot)
         }
-        Ok(PowerAction::Shutdown | PowerAction::Reboot) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) if metal_init => machined::boot::fatal(&e.to_string()),
         Err(e) => {
             eprintln!("machined: {e}");

@@ -39,6 +39,9 @@ pub enum PowerAction {
     Shutdown,
     /// Stop and reboot (metal).
     Reboot,
+    /// A machine config arrived in maintenance mode: stop the services and
+    /// start again from the config, in the same process (no reboot).
+    Configured,
 }
 
 /// Node settings from the command line.
@@ -136,6 +139,7 @@ impl Node {
         let stage = match action {
             PowerAction::Reboot => MachineStage::Rebooting,
             PowerAction::Shutdown => MachineStage::ShuttingDown,
+            PowerAction::Configured => MachineStage::Booting,
         };
         self.events.publish(
             Payload::MachineStatus {

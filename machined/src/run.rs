@@ -126,7 +126,17 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     let credentials = tokio::spawn(crate::credentials::maintain(Arc::clone(&node), None));
 
     let events = Arc::clone(&node.events);
+    let metal = node.mode() == Mode::Metal;
     let observer: Observer = Arc::new(move |status, msg| {
+        // On metal, service transitions also go to the kernel log (and so
+        // the console and dmesg, with the boot clock), as upstream's do.
+        if metal {
+            crate::boot::kmsg_log(&format!(
+                "service[{}]({}): {msg}",
+                status.id,
+                status.state.as_str()
+            ));
+        }
         events.publish(
             Payload::ServiceState {
                 service: status.id.clone(),
@@ -158,8 +168,30 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         "",
     );
     tracing::info!(maintenance = node.in_maintenance(), "machined ready");
+    // Leaving maintenance mode: once a config is applied, start over from
+    // it (the right services for the machine type, the daemons reading the
+    // config at start). The pause lets the ApplyConfiguration reply travel
+    // back through apid before apid stops.
+    let leave_maintenance = node.in_maintenance().then(|| {
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            let mut configs = node.config.subscribe();
+            if configs.wait_for(Option::is_some).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                tracing::info!(
+                    "machine config applied in maintenance mode: starting the services from it"
+                );
+                node.request_power(PowerAction::Configured);
+            }
+        })
+    });
 
     let (action, actor) = wait_for_stop(&node).await?;
+    if !actor.is_empty() {
+        // Asked through the API: let the reply travel back through routerd
+        // and apid before they stop.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     tracing::info!(?action, actor, "stopping services");
     node.events.publish(
         Payload::Sequence {
@@ -172,6 +204,9 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     supervisor.stop_all().await;
     supervisor.shutdown();
     credentials.abort();
+    if let Some(task) = leave_maintenance {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&socket);

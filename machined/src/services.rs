@@ -78,7 +78,7 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
             _ => HealthCheck::UnixSocket(node.paths.socket(daemon)),
         };
         let mut health = HealthSpec::new(health);
-        health.initial_delay = Duration::from_millis(100);
+        health.initial_delay = Duration::from_millis(10);
         health.period = if node.mode() == Mode::Container {
             Duration::from_secs(2)
         } else {

@@ -1019,6 +1019,10 @@ async fn health_loop(
     observer: Option<Observer>,
 ) {
     tokio::time::sleep(spec.initial_delay).await;
+    // Until the first success the check is retried quickly (20 ms, doubling
+    // up to the period): dependents wait for "up", so a service that starts
+    // listening 10 ms after the first check must not cost them a whole period.
+    let mut startup_retry = Some(Duration::from_millis(20));
     loop {
         let result = tokio::time::timeout(spec.timeout, check(&spec.check)).await;
         let (healthy, message) = match result {
@@ -1061,7 +1065,17 @@ async fn health_loop(
                 observer(&status.borrow(), &message);
             }
         }
-        tokio::time::sleep(spec.period).await;
+        let next = match startup_retry {
+            Some(retry) if !healthy && retry < spec.period => {
+                startup_retry = Some(retry * 2);
+                retry
+            }
+            _ => {
+                startup_retry = None;
+                spec.period
+            }
+        };
+        tokio::time::sleep(next).await;
     }
 }
 

@@ -120,9 +120,51 @@ pub fn write_atomic(path: &Path, contents: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Rewrites `path` in place (truncate, write, fsync), creating the
+/// directory. For the files machined bind-mounts over `/etc` on metal: a
+/// bind mount pins the inode it was made with, so a rename would leave
+/// `/etc/resolv.conf` showing the old contents. Does nothing when the file
+/// already holds `contents`. Returns whether it wrote.
+///
+/// # Errors
+/// The directory or the file cannot be written.
+pub fn write_in_place(path: &Path, contents: &str) -> io::Result<bool> {
+    use std::io::Write as _;
+    if std::fs::read_to_string(path).is_ok_and(|current| current == contents) {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_place_writes_keep_the_inode() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("etc/resolv.conf");
+        assert!(write_in_place(&path, "nameserver 10.0.2.3\n").expect("write"));
+        let inode = std::fs::metadata(&path).expect("stat").ino();
+        assert!(!write_in_place(&path, "nameserver 10.0.2.3\n").expect("unchanged"));
+        assert!(write_in_place(&path, "nameserver 1.1.1.1\n").expect("rewrite"));
+        assert_eq!(std::fs::metadata(&path).expect("stat").ino(), inode);
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 1.1.1.1\n"
+        );
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")

@@ -359,7 +359,16 @@ impl Reconciler {
     }
 
     fn write(&self, path: &Path, contents: &str, what: &str) -> bool {
-        match files::write_atomic(path, contents) {
+        // resolv.conf and hosts are bind-mounted over /etc on metal: they
+        // must keep their inode.
+        let bound = *path == files::resolv_conf_path(&self.paths)
+            || *path == files::hosts_path(&self.paths);
+        let result = if bound {
+            files::write_in_place(path, contents)
+        } else {
+            files::write_atomic(path, contents)
+        };
+        match result {
             Ok(written) => written,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "writing {what}");
