@@ -31,7 +31,7 @@ pub const INITRAMFS_MODULES_DIR: &str = "lib/modules";
 /// The load order file in the initramfs.
 pub const INITRAMFS_MODULES_ORDER: &str = "modules.order";
 /// Where the binary directory is by default (relative to the workspace).
-pub const DEFAULT_BIN_DIR: &str = "target/x86_64-unknown-linux-musl/release";
+pub const DEFAULT_BIN_DIR: &str = "target/x86_64-unknown-linux-musl/image";
 
 /// Directories of the initramfs that are mount points for machined's early
 /// mounts and its switch to the squashfs root.

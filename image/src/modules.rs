@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// The modules of a Debian 6.1 kernel the image needs, in load order:
-/// virtio transport, network and block; squashfs over loop for the root;
+/// virtio transport, entropy, network and block; squashfs over loop for the root;
 /// overlay; xfs and ext4 (with their crc/journal helpers) for disks; vfat
 /// for the EFI system partition.
 pub const MODULES: &[&str] = &[
@@ -25,6 +25,9 @@ pub const MODULES: &[&str] = &[
     "virtio_pci_modern_dev",
     "virtio_pci_legacy_dev",
     "virtio_pci",
+    // Entropy from the host: without it the first getrandom() waits about
+    // a second for the pool under emulation.
+    "virtio_rng",
     "failover",
     "net_failover",
     "virtio_net",
