@@ -6,6 +6,12 @@
 //! root needed. State lives under `~/.talos/clusters/<name>`: one directory
 //! per node (its root) and `cluster.yaml` describing the cluster. The new
 //! context is merged into the talosconfig.
+//!
+//! The `qemu` provisioner (see [`crate::qemu`]) boots the image `imager
+//! build` makes in QEMU virtual machines instead; it shares the state
+//! layout, config generation, talosconfig merging and the readiness wait
+//! with `process`. `cluster.yaml` records which provisioner made a cluster,
+//! so `show` and `destroy` need no flag for it.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -35,12 +41,17 @@ pub enum ClusterCommand {
     Show(NameArgs),
     /// Destroys a local cluster.
     Destroy(NameArgs),
+    /// Runs the inter-node network hub of a qemu cluster (started by
+    /// `cluster create --provisioner qemu`, not by hand).
+    #[command(hide = true)]
+    Hub(crate::qemu::HubArgs),
 }
 
 /// `cluster create` flags.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Provisioner: process (container-mode nodes on loopback addresses).
+    /// Provisioner: process (container-mode nodes on loopback addresses) or
+    /// qemu (virtual machines booting the image of --image-dir).
     #[arg(long, default_value = "process")]
     pub provisioner: String,
     /// Cluster name.
@@ -61,10 +72,32 @@ pub struct CreateArgs {
     /// Directory holding machined and the other daemons (default: beside talosctl).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
-    /// How long to wait for every node to answer.
-    #[arg(long, default_value = "60s", value_parser = humantime_secs)]
-    pub wait_timeout: Duration,
+    /// How long to wait for the nodes to answer, per phase (qemu: boot, then
+    /// ready after the config is applied) [default: 60s for process, 600s
+    /// for qemu].
+    #[arg(long, value_parser = humantime_secs)]
+    pub wait_timeout: Option<Duration>,
+    /// qemu: directory holding vmlinuz, initramfs.xz and manifest.json (built
+    /// with `imager build` when missing and imager is beside talosctl).
+    #[arg(long, default_value = "_out")]
+    pub image_dir: PathBuf,
+    /// qemu: memory of each node, in MiB.
+    #[arg(long, default_value_t = 768)]
+    pub memory: u32,
+    /// qemu: virtual CPUs of each node.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// qemu: boot the nodes and leave them in maintenance mode; apply
+    /// <cluster dir>/<node>.yaml with apply-config --insecure.
+    #[arg(long)]
+    pub skip_apply: bool,
 }
+
+/// `--wait-timeout` of the process provisioner when not given.
+const PROCESS_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one readiness probe (an RPC) may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -91,23 +124,48 @@ pub struct NameArgs {
 }
 
 /// What `cluster.yaml` records.
+///
+/// Fields added after the first version are optional with serde defaults,
+/// so files written by older talosctl still parse.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ClusterState {
-    name: String,
-    provisioner: String,
-    nodes: Vec<NodeState>,
+pub(crate) struct ClusterState {
+    /// Cluster name (also the talosconfig context name).
+    pub(crate) name: String,
+    /// `process` or `qemu`.
+    pub(crate) provisioner: String,
+    /// The nodes, control planes first.
+    pub(crate) nodes: Vec<NodeState>,
+    /// qemu: pid of the inter-node network hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hub_pid: Option<u32>,
+    /// qemu: the boot image directory the nodes were started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) image_dir: Option<PathBuf>,
 }
 
+/// One node of `cluster.yaml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct NodeState {
-    name: String,
-    role: String,
-    ip: String,
-    pid: u32,
-    root: PathBuf,
+pub(crate) struct NodeState {
+    /// `<cluster>-controlplane-<n>` or `<cluster>-worker-<n>`.
+    pub(crate) name: String,
+    /// `controlplane` or `worker`.
+    pub(crate) role: String,
+    /// process: its loopback address; qemu: its inter-node address.
+    pub(crate) ip: String,
+    /// process: machined's pid; qemu: QEMU's pid.
+    pub(crate) pid: u32,
+    /// The node's directory.
+    pub(crate) root: PathBuf,
+    /// qemu: the host port forwarded to the node's apid (127.0.0.1:port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) api_port: Option<u16>,
+    /// qemu: the file the node's serial console is written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) console: Option<PathBuf>,
 }
 
-fn state_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// `~/.talos/clusters`, or `--state`.
+pub(crate) fn state_root(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = flag {
         return Ok(p.to_path_buf());
     }
@@ -125,6 +183,7 @@ pub async fn run(args: ClusterArgs, talosconfig: &Path) -> anyhow::Result<()> {
         ClusterCommand::Create(a) => create(a, talosconfig).await,
         ClusterCommand::Show(a) => show(&a),
         ClusterCommand::Destroy(a) => destroy(&a),
+        ClusterCommand::Hub(a) => crate::qemu::hub(&a),
     }
 }
 
@@ -154,12 +213,63 @@ fn addresses(cidr: &str, count: u32) -> anyhow::Result<Vec<Ipv4Addr>> {
 }
 
 async fn create(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Result<()> {
-    if args.provisioner != "process" {
-        bail!(
-            "provisioner {:?} is not available: use --provisioner process",
-            args.provisioner
-        );
+    match args.provisioner.as_str() {
+        "process" => create_process(args, talosconfig_path).await,
+        "qemu" => crate::qemu::create(&args, talosconfig_path).await,
+        other => bail!(
+            "provisioner {other:?} is not available: use --provisioner process or --provisioner qemu"
+        ),
     }
+}
+
+/// Generates a secrets bundle and the controlplane/worker configs and the
+/// talosconfig of cluster `name` whose Kubernetes API is `endpoint`.
+pub(crate) async fn generate_configs(
+    name: &str,
+    endpoint: String,
+) -> anyhow::Result<(
+    machinery::secrets::SecretsBundle,
+    machinery::generate::Generated,
+)> {
+    eprintln!("generating PKI and tokens");
+    // Key generation is CPU-bound: off the async thread.
+    tokio::task::spawn_blocking({
+        let name = name.to_owned();
+        move || -> anyhow::Result<_> {
+            let now = SystemTime::now();
+            let bundle = machinery::secrets::SecretsBundle::generate(now)?;
+            let opts = machinery::generate::GenOptions::new(name, endpoint);
+            let generated = machinery::generate::generate(&bundle, &opts, now)?;
+            Ok((bundle, generated))
+        }
+    })
+    .await?
+}
+
+/// Writes `cluster.yaml` into the cluster directory `dir`.
+pub(crate) fn save_state(dir: &Path, state: &ClusterState) -> anyhow::Result<()> {
+    let path = dir.join("cluster.yaml");
+    std::fs::write(&path, serde_yaml_ng::to_string(state)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Merges `config` into the talosconfig at `path` (created when missing)
+/// and returns the name of the new context (renamed on a clash).
+pub(crate) fn merge_talosconfig(path: &Path, config: TalosConfig) -> anyhow::Result<String> {
+    let mut talosconfig = match TalosConfig::load(path) {
+        Ok(c) => c,
+        Err(e) if e.is_not_found() => TalosConfig::default(),
+        Err(e) => return Err(e.into()),
+    };
+    eprintln!("merging talosconfig into {}", path.display());
+    for (from, to) in talosconfig.merge(config) {
+        eprintln!("renamed talosconfig context {from:?} -> {to:?}");
+    }
+    talosconfig.save(path)?;
+    Ok(talosconfig.context.clone())
+}
+
+async fn create_process(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Result<()> {
     if args.controlplanes == 0 {
         bail!("a cluster needs at least one control plane (--controlplanes)");
     }
@@ -189,19 +299,8 @@ async fn create(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Result<()>
     let ips = addresses(&args.cidr, args.controlplanes + args.workers)?;
     let endpoint_ip = ips[0];
 
-    eprintln!("generating PKI and tokens");
-    let (bundle, generated) = tokio::task::spawn_blocking({
-        let name = args.name.clone();
-        move || -> anyhow::Result<_> {
-            let now = SystemTime::now();
-            let bundle = machinery::secrets::SecretsBundle::generate(now)?;
-            let opts =
-                machinery::generate::GenOptions::new(name, format!("https://{endpoint_ip}:6443"));
-            let generated = machinery::generate::generate(&bundle, &opts, now)?;
-            Ok((bundle, generated))
-        }
-    })
-    .await??;
+    let (bundle, generated) =
+        generate_configs(&args.name, format!("https://{endpoint_ip}:6443")).await?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("secrets.yaml"), bundle.to_yaml()?)?;
 
@@ -255,6 +354,8 @@ async fn create(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Result<()>
             ip: ip.to_string(),
             pid: child.id(),
             root,
+            api_port: None,
+            console: None,
         });
         // The child is not waited for: it is a long-lived daemon, reparented
         // to init when this command exits.
@@ -264,8 +365,10 @@ async fn create(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Result<()>
         name: args.name.clone(),
         provisioner: args.provisioner.clone(),
         nodes,
+        hub_pid: None,
+        image_dir: None,
     };
-    std::fs::write(dir.join("cluster.yaml"), serde_yaml_ng::to_string(&state)?)?;
+    save_state(&dir, &state)?;
 
     let mut context_config = generated.talosconfig.clone();
     if let Some(ctx) = context_config.contexts.get_mut(&args.name) {
@@ -273,19 +376,27 @@ async fn create(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Result<()>
         ctx.nodes = vec![endpoint_ip.to_string()];
     }
     eprintln!("waiting for {} nodes to answer", state.nodes.len());
-    wait_ready(&context_config, &args.name, &state, args.wait_timeout).await?;
+    let targets: Vec<ReadyTarget> = state
+        .nodes
+        .iter()
+        .map(|node| ReadyTarget {
+            name: node.name.clone(),
+            addr: format!("{}:50000", node.ip),
+            server_name: node.ip.clone(),
+            log: node.root.join("machined.log"),
+            pid: None,
+        })
+        .collect();
+    wait_ready(
+        &context_config,
+        &args.name,
+        &targets,
+        args.wait_timeout.unwrap_or(PROCESS_WAIT_TIMEOUT),
+        false,
+    )
+    .await?;
 
-    let mut talosconfig = match TalosConfig::load(talosconfig_path) {
-        Ok(c) => c,
-        Err(e) if e.is_not_found() => TalosConfig::default(),
-        Err(e) => return Err(e.into()),
-    };
-    eprintln!("merging talosconfig into {}", talosconfig_path.display());
-    for (from, to) in talosconfig.merge(context_config) {
-        eprintln!("renamed talosconfig context {from:?} -> {to:?}");
-    }
-    talosconfig.save(talosconfig_path)?;
-    let context = talosconfig.context.clone();
+    let context = merge_talosconfig(talosconfig_path, context_config)?;
 
     print_cluster(&state);
     println!();
@@ -304,12 +415,118 @@ async fn create(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Waits until every node answers Version through its apid over mTLS.
-async fn wait_ready(
+/// One node [`wait_ready`] waits for: where its apid answers and where to
+/// look when it does not.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadyTarget {
+    /// Node name, for messages.
+    pub(crate) name: String,
+    /// `host:port` to connect to.
+    pub(crate) addr: String,
+    /// The name the server certificate must carry (an IP address).
+    pub(crate) server_name: String,
+    /// The log the operator should read when the node does not answer.
+    pub(crate) log: PathBuf,
+    /// The process running the node: when it is gone, waiting is pointless.
+    pub(crate) pid: Option<u32>,
+}
+
+/// The status as one line: its message and the causes tonic attached (a
+/// transport error says little without them).
+pub(crate) fn status_text(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = std::error::Error::source(err);
+    }
+    text
+}
+
+/// One Version call to `addr` with `tls`, bounded by [`PROBE_TIMEOUT`].
+///
+/// A fresh channel per probe: a connection the node dropped while booting
+/// (or rebooting) is not reused.
+pub(crate) async fn probe_version(
+    addr: &str,
+    server_name: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(), String> {
+    let channel = machinery::grpc::tls_channel(addr.to_owned(), server_name, Arc::clone(tls))
+        .map_err(|err| err.to_string())?;
+    let mut client = crate::client::machine(channel);
+    // tonic does not enforce the grpc-timeout header on the client side, and
+    // a forwarded port may accept a connection nobody answers on.
+    match tokio::time::timeout(PROBE_TIMEOUT, client.version(tonic::Request::new(()))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status_text(&status)),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// The services that are not `Running` and healthy, as `id (why)`.
+pub(crate) fn unready_services(services: &[api::machine::ServiceInfo]) -> Vec<String> {
+    services
+        .iter()
+        .filter_map(|service| {
+            if service.state != "Running" {
+                return Some(format!("{} ({})", service.id, service.state));
+            }
+            match &service.health {
+                Some(health) if health.healthy => None,
+                Some(health) if !health.last_message.is_empty() => Some(format!(
+                    "{} (unhealthy: {})",
+                    service.id, health.last_message
+                )),
+                _ => Some(format!("{} (not healthy yet)", service.id)),
+            }
+        })
+        .collect()
+}
+
+/// One ServiceList call: the services that are not ready yet.
+async fn probe_services(
+    target: &ReadyTarget,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Vec<String>, String> {
+    let channel =
+        machinery::grpc::tls_channel(target.addr.clone(), &target.server_name, Arc::clone(tls))
+            .map_err(|err| err.to_string())?;
+    let mut client = crate::client::machine(channel);
+    let reply =
+        match tokio::time::timeout(PROBE_TIMEOUT, client.service_list(tonic::Request::new(())))
+            .await
+        {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => return Err(status_text(&status)),
+            Err(_) => return Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+        };
+    let mut unready = Vec::new();
+    let mut any = false;
+    for list in &reply.messages {
+        if let Some(err) = crate::client::node_error(list.metadata.as_ref()) {
+            return Err(err);
+        }
+        any |= !list.services.is_empty();
+        unready.extend(unready_services(&list.services));
+    }
+    if !any {
+        return Err("no services reported yet".to_owned());
+    }
+    Ok(unready)
+}
+
+/// Waits until every target answers Version through its apid over mTLS
+/// with the credentials of `context` in `config`; with `services`, also
+/// until every service it lists is Running and healthy. `timeout` bounds
+/// the whole wait.
+pub(crate) async fn wait_ready(
     config: &TalosConfig,
     context: &str,
-    state: &ClusterState,
+    targets: &[ReadyTarget],
     timeout: Duration,
+    services: bool,
 ) -> anyhow::Result<()> {
     let ctx = config
         .contexts
@@ -320,30 +537,60 @@ async fn wait_ready(
         Some((&ctx.crt_pem()?, &ctx.key_pem()?)),
     )?;
     let deadline = Instant::now() + timeout;
-    for node in &state.nodes {
-        let channel =
-            machinery::grpc::tls_channel(format!("{}:50000", node.ip), &node.ip, Arc::clone(&tls))?;
-        let mut client = api::machine::machine_service_client::MachineServiceClient::new(channel);
-        let mut last: String;
+    let exited = |target: &ReadyTarget| -> anyhow::Result<()> {
+        if let Some(pid) = target.pid
+            && !alive(pid)
+        {
+            bail!(
+                "node {} stopped (process {pid} exited); see {}",
+                target.name,
+                target.log.display()
+            );
+        }
+        Ok(())
+    };
+    for target in targets {
         loop {
-            let mut req = tonic::Request::new(());
-            req.set_timeout(Duration::from_secs(5));
-            match client.version(req).await {
-                Ok(_) => {
-                    eprintln!("  {} ({}) is up", node.name, node.ip);
+            exited(target)?;
+            let last = match probe_version(&target.addr, &target.server_name, &tls).await {
+                Ok(()) => {
+                    eprintln!("  {} ({}) is up", target.name, target.addr);
                     break;
                 }
-                Err(status) => last = status.message().to_owned(),
-            }
+                Err(err) => err,
+            };
             if Instant::now() > deadline {
                 bail!(
                     "node {} ({}) did not answer within {timeout:?}: {last}; see {}",
-                    node.name,
-                    node.ip,
-                    node.root.join("machined.log").display()
+                    target.name,
+                    target.addr,
+                    target.log.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if !services {
+            continue;
+        }
+        loop {
+            exited(target)?;
+            let last = match probe_services(target, &tls).await {
+                Ok(unready) if unready.is_empty() => {
+                    eprintln!("  {}: every service is running and healthy", target.name);
+                    break;
+                }
+                Ok(unready) => format!("not ready: {}", unready.join(", ")),
+                Err(err) => err,
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} ({}): services not ready within {timeout:?}: {last}; see {}",
+                    target.name,
+                    target.addr,
+                    target.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     Ok(())
@@ -365,7 +612,8 @@ fn load_state(args: &NameArgs) -> anyhow::Result<(PathBuf, ClusterState)> {
     ))
 }
 
-fn alive(pid: u32) -> bool {
+/// Whether process `pid` exists and is not a zombie.
+pub(crate) fn alive(pid: u32) -> bool {
     // A zombie is not alive; /proc/<pid>/stat says Z for it.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(") ")
@@ -373,7 +621,9 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-fn print_cluster(state: &ClusterState) {
+/// Prints the cluster table (with an ENDPOINT column when nodes have
+/// forwarded API ports, i.e. for qemu).
+pub(crate) fn print_cluster(state: &ClusterState) {
     println!("PROVISIONER   {}", state.provisioner);
     println!("NAME          {}", state.name);
     println!();
@@ -384,10 +634,29 @@ fn print_cluster(state: &ClusterState) {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!("{:<w$}   {:<12}   {:<15}   STATE", "NAME", "TYPE", "IP");
+    let endpoints = state.nodes.iter().any(|n| n.api_port.is_some());
+    if endpoints {
+        println!(
+            "{:<w$}   {:<12}   {:<15}   {:<15}   STATE",
+            "NAME", "TYPE", "IP", "ENDPOINT"
+        );
+    } else {
+        println!("{:<w$}   {:<12}   {:<15}   STATE", "NAME", "TYPE", "IP");
+    }
     for n in &state.nodes {
         let st = if alive(n.pid) { "running" } else { "stopped" };
-        println!("{:<w$}   {:<12}   {:<15}   {st}", n.name, n.role, n.ip);
+        if endpoints {
+            let endpoint = n
+                .api_port
+                .map(|port| format!("127.0.0.1:{port}"))
+                .unwrap_or_default();
+            println!(
+                "{:<w$}   {:<12}   {:<15}   {endpoint:<15}   {st}",
+                n.name, n.role, n.ip
+            );
+        } else {
+            println!("{:<w$}   {:<12}   {:<15}   {st}", n.name, n.role, n.ip);
+        }
     }
 }
 
@@ -424,7 +693,8 @@ fn processes_under(root: &Path) -> Vec<u32> {
     out
 }
 
-fn signal(pid: u32, sig: &str) {
+/// Sends `sig` (`-TERM`, `-KILL`) to `pid`; a process already gone is fine.
+pub(crate) fn signal(pid: u32, sig: &str) {
     // kill(1) keeps this file free of unsafe code; ESRCH is fine.
     let _ = Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -435,6 +705,9 @@ fn signal(pid: u32, sig: &str) {
 
 fn destroy(args: &NameArgs) -> anyhow::Result<()> {
     let (dir, state) = load_state(args)?;
+    if state.provisioner == "qemu" {
+        return crate::qemu::destroy(&dir, &state);
+    }
     for node in &state.nodes {
         if alive(node.pid) {
             signal(node.pid, "-TERM");
@@ -496,6 +769,53 @@ mod tests {
         assert!(addresses("10.5.0.0/24", 1).is_err());
         assert!(addresses("127.5.0.0/30", 3).is_err());
         assert!(addresses("nonsense", 1).is_err());
+    }
+
+    #[test]
+    fn old_cluster_files_still_parse() {
+        let text = "name: demo\nprovisioner: process\nnodes:\n- name: demo-controlplane-1\n  role: controlplane\n  ip: 127.5.0.2\n  pid: 42\n  root: /tmp/demo/demo-controlplane-1\n";
+        let state: ClusterState = serde_yaml_ng::from_str(text).expect("parse");
+        assert_eq!(state.hub_pid, None);
+        assert_eq!(state.image_dir, None);
+        assert_eq!(state.nodes[0].api_port, None);
+        assert_eq!(state.nodes[0].console, None);
+        // And process clusters are written as before: no new keys.
+        let again = serde_yaml_ng::to_string(&state).expect("serialize");
+        assert!(
+            !again.contains("api_port") && !again.contains("hub_pid"),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn unready_services_names_what_is_missing() {
+        use api::machine::{ServiceHealth, ServiceInfo};
+        let service = |id: &str, state: &str, healthy: bool, message: &str| ServiceInfo {
+            id: id.to_owned(),
+            state: state.to_owned(),
+            events: None,
+            health: Some(ServiceHealth {
+                unknown: false,
+                healthy,
+                last_message: message.to_owned(),
+                last_change: None,
+            }),
+        };
+        let list = [
+            service("apid", "Running", true, ""),
+            service("trustd", "Waiting", false, ""),
+            service("routerd", "Running", false, "Health check failed: refused"),
+            service("udevd", "Running", false, ""),
+        ];
+        assert_eq!(
+            unready_services(&list),
+            [
+                "trustd (Waiting)",
+                "routerd (unhealthy: Health check failed: refused)",
+                "udevd (not healthy yet)"
+            ]
+        );
+        assert!(unready_services(&list[..1]).is_empty());
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! - [`output`]: the Go-tabwriter-like table writer and the formatting
 //!   helpers (Go `FileMode` strings, Go durations, humanized sizes and times);
 //! - [`cmd`]: one module per command group;
-//! - [`cluster`]: `talosctl cluster ...` (local clusters).
+//! - [`cluster`]: `talosctl cluster ...` (local clusters);
+//! - [`qemu`]: the `qemu` provisioner of `talosctl cluster create` (QEMU
+//!   virtual machines, their loopback-only inter-node network hub).
 //!
 //! Errors end the process with one line `error: <message>` on stderr and exit
 //! status 1. Per-node failures of a multi-node call are printed as
@@ -24,6 +26,7 @@ pub mod client;
 pub mod cluster;
 pub mod cmd;
 pub mod output;
+pub mod qemu;
 
 use std::process::ExitCode;
 
