@@ -120,7 +120,10 @@ pub fn stage(root: &Path, bin_dir: &Path, version: &str) -> Result<Vec<String>, 
     Ok(daemons)
 }
 
-/// Packs `root` into the squashfs `out` (xz), every timestamp `epoch`.
+/// Packs `root` into the squashfs `out` (zstd, level 19), every timestamp
+/// `epoch`. zstd, not xz: the guest decompresses every page of a daemon it
+/// starts, and under emulation xz made the daemons take seconds to start;
+/// zstd reads several times faster for about 8% more bytes.
 /// Blocks for as long as mksquashfs runs.
 ///
 /// # Errors
@@ -134,7 +137,8 @@ pub fn mksquashfs(root: &Path, out: &Path, epoch: u64) -> Result<(), SquashfsErr
         Command::new("mksquashfs")
             .arg(root)
             .arg(out)
-            .args(["-noappend", "-all-root", "-no-xattrs", "-comp", "xz"])
+            .args(["-noappend", "-all-root", "-no-xattrs"])
+            .args(["-comp", "zstd", "-Xcompression-level", "19"])
             .args(["-mkfs-time", epoch.as_str(), "-all-time", epoch.as_str()])
             .args(["-no-progress", "-quiet"])
             .env_remove("SOURCE_DATE_EPOCH"),

@@ -1013,16 +1013,20 @@ async fn pump_logs(reader: OwnedFd, log: Arc<LogBuffer>) {
     }
 }
 
+/// How often a health check is retried before its first success.
+const STARTUP_RETRY: Duration = Duration::from_millis(25);
+
 async fn health_loop(
     spec: HealthSpec,
     status: watch::Sender<ServiceStatus>,
     observer: Option<Observer>,
 ) {
     tokio::time::sleep(spec.initial_delay).await;
-    // Until the first success the check is retried quickly (20 ms, doubling
-    // up to the period): dependents wait for "up", so a service that starts
-    // listening 10 ms after the first check must not cost them a whole period.
-    let mut startup_retry = Some(Duration::from_millis(20));
+    // Until the first success the check is retried every 25 ms (a connect
+    // to a local socket costs microseconds): dependents wait for "up", so a
+    // service that starts listening just after a check must not cost them
+    // a whole period.
+    let mut starting = true;
     loop {
         let result = tokio::time::timeout(spec.timeout, check(&spec.check)).await;
         let (healthy, message) = match result {
@@ -1065,15 +1069,11 @@ async fn health_loop(
                 observer(&status.borrow(), &message);
             }
         }
-        let next = match startup_retry {
-            Some(retry) if !healthy && retry < spec.period => {
-                startup_retry = Some(retry * 2);
-                retry
-            }
-            _ => {
-                startup_retry = None;
-                spec.period
-            }
+        starting &= !healthy;
+        let next = if starting {
+            STARTUP_RETRY.min(spec.period)
+        } else {
+            spec.period
         };
         tokio::time::sleep(next).await;
     }

@@ -68,20 +68,41 @@ pub fn route(package: &str) -> Option<Backend> {
 /// Packages that are deliberately not routed here (served on their own port).
 pub const NOT_ROUTED: &[&str] = &["securityapi"];
 
+type ReflectionService = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
+/// The two reflection services, built from the descriptor set.
+struct Reflection {
+    v1: ReflectionService,
+    v1alpha: ReflectionService,
+}
+
+impl Reflection {
+    fn build() -> Result<Reflection, RouterError> {
+        let v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        Ok(Reflection {
+            v1: tower::util::BoxCloneSyncService::new(v1),
+            v1alpha: tower::util::BoxCloneSyncService::new(v1alpha),
+        })
+    }
+}
+
 /// The router.
 #[derive(Clone)]
 pub struct Router {
     backends: Arc<HashMap<Backend, H2Client>>,
-    reflection_v1: tower::util::BoxCloneSyncService<
-        http::Request<tonic::body::Body>,
-        http::Response<tonic::body::Body>,
-        Infallible,
-    >,
-    reflection_v1alpha: tower::util::BoxCloneSyncService<
-        http::Request<tonic::body::Body>,
-        http::Response<tonic::body::Body>,
-        Infallible,
-    >,
+    /// Built on the first reflection call: decoding the whole descriptor
+    /// set twice took routerd seconds at boot under emulation, on the path
+    /// every other call waits for.
+    reflection: Arc<std::sync::OnceLock<Result<Reflection, String>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -112,22 +133,16 @@ impl Router {
     /// A router forwarding to the backend sockets under `paths`.
     ///
     /// # Errors
-    /// The reflection service cannot load the descriptors.
+    /// None today: a descriptor set reflection cannot load is answered
+    /// with `Internal` on the first reflection call instead.
     pub fn new(paths: &NodePaths) -> Result<Router, RouterError> {
         let backends = Backend::ALL
             .iter()
             .map(|b| (*b, H2Client::unix(paths.socket(b.name()))))
             .collect();
-        let v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
         Ok(Router {
             backends: Arc::new(backends),
-            reflection_v1: tower::util::BoxCloneSyncService::new(v1),
-            reflection_v1alpha: tower::util::BoxCloneSyncService::new(v1alpha),
+            reflection: Arc::default(),
         })
     }
 
@@ -145,10 +160,13 @@ impl Router {
         if service == "grpc.reflection.v1.ServerReflection"
             || service == "grpc.reflection.v1alpha.ServerReflection"
         {
-            let svc = if service.ends_with("v1.ServerReflection") {
-                self.reflection_v1.clone()
-            } else {
-                self.reflection_v1alpha.clone()
+            let reflection = self
+                .reflection
+                .get_or_init(|| Reflection::build().map_err(|e| e.to_string()));
+            let svc = match reflection {
+                Ok(r) if service.ends_with("v1.ServerReflection") => r.v1.clone(),
+                Ok(r) => r.v1alpha.clone(),
+                Err(e) => return status_response(&tonic::Status::internal(e.clone())),
             };
             let request = request.map(tonic::body::Body::new);
             let Ok(response) = svc.oneshot(request).await;

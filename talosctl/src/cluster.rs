@@ -97,7 +97,7 @@ pub struct CreateArgs {
 const PROCESS_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long one readiness probe (an RPC) may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
