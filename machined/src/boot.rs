@@ -678,7 +678,7 @@ pub fn find_labelled(
     })
 }
 
-/// Mounts the STATE filesystem (xfs or ext4) on [`STATE_MOUNT`] if a
+/// Mounts the STATE filesystem (xfs: the image carries no ext4 module) on [`STATE_MOUNT`] if a
 /// device carries one. Returns the device mounted, if any.
 ///
 /// # Errors
