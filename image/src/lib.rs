@@ -12,6 +12,8 @@
 //!   and packed with `mksquashfs`.
 //! - [`cpio`]: the initramfs archive (newc), written here.
 //! - [`manifest`]: versions and SHA-256 of every artifact.
+//! - [`layout`]: the installed disk's partitions (EFI, two boot slots,
+//!   META, STATE, EPHEMERAL) and the GPT that describes them.
 //! - [`build`]: the orchestration, driven by [`build::BuildInputs`] so
 //!   tests can pass fake inputs.
 //!
@@ -39,6 +41,7 @@
 pub mod build;
 pub mod cpio;
 pub mod kernel;
+pub mod layout;
 pub mod manifest;
 pub mod modules;
 pub mod squashfs;

@@ -6,7 +6,9 @@
 //! - [`talosconfig`]: the client configuration;
 //! - [`generate`]: what `talosctl gen config` writes;
 //! - [`grpc`], [`h2`]: gRPC channels and the HTTP/2 plumbing of the proxies;
-//! - [`base64`]: the codec certificates in configs need.
+//! - [`base64`]: the codec certificates in configs need;
+//! - [`meta`]: the META partition's key/value store (upstream Talos's ADV
+//!   format), where upgrades record what to roll back to.
 #![forbid(unsafe_code)]
 
 pub mod base64;
@@ -17,6 +19,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod grpc;
 pub mod h2;
+pub mod meta;
 pub mod pki;
 pub mod secrets;
 pub mod talosconfig;

@@ -1,0 +1,865 @@
+//! The installed disk's partition layout, and a GPT writer for it.
+//!
+//! # Layout
+//!
+//! | # | name        | type       | size            | contents                          |
+//! |---|-------------|------------|-----------------|-----------------------------------|
+//! | 1 | `EFI`       | ESP        | 100 MiB         | vfat, the bootloader              |
+//! | 2 | `BOOT-A`    | Linux data | 400 MiB         | slot A's vmlinuz + initramfs.xz   |
+//! | 3 | `BOOT-B`    | Linux data | 400 MiB         | slot B's vmlinuz + initramfs.xz   |
+//! | 4 | `META`      | Linux data | 1 MiB           | raw, `machinery::meta`            |
+//! | 5 | `STATE`     | Linux data | 100 MiB         | xfs, the machine config           |
+//! | 6 | `EPHEMERAL` | Linux data | the rest        | xfs, at least 512 MiB             |
+//!
+//! Two boot slots let an upgrade write the slot not running and roll back
+//! by booting the other one. Partitions start on 1 MiB boundaries (what
+//! every partitioning tool does: it suits 4 KiB sectors, SSD erase blocks
+//! and RAID stripes alike).
+//!
+//! # GPT
+//!
+//! [`plan`] places the partitions; [`gpt_bytes`] renders the table
+//! (protective MBR, primary header and entries at the start, backup
+//! entries and header at the end), and [`write_gpt`] writes it. Pure
+//! except for the write, so tests check the bytes; 512-byte logical
+//! sectors only.
+
+use std::fs::OpenOptions;
+use std::io::{self, Seek as _, SeekFrom};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+/// The logical sector size the layout is computed for.
+pub const SECTOR_SIZE: u64 = 512;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Partitions start on multiples of this.
+pub const ALIGNMENT: u64 = MIB;
+
+const ALIGNMENT_SECTORS: u64 = ALIGNMENT / SECTOR_SIZE;
+
+/// Where the first partition starts: the first 1 MiB boundary after the
+/// primary GPT.
+pub const FIRST_PARTITION_LBA: u64 = ALIGNMENT_SECTORS;
+
+/// Partition entries in each table: the standard 128, which fill 32 sectors.
+const ENTRY_COUNT: usize = 128;
+
+/// Bytes per partition entry.
+const ENTRY_SIZE: usize = 128;
+
+/// Bytes of the entries array.
+const ENTRIES_BYTES: usize = ENTRY_COUNT * ENTRY_SIZE;
+
+/// Sectors of the entries array.
+const ENTRIES_SECTORS: u64 = ENTRIES_BYTES as u64 / SECTOR_SIZE;
+
+/// The header's size field: the defined fields of revision 1.0.
+const HEADER_SIZE: usize = 92;
+
+/// GPT revision 1.0.
+const REVISION: u32 = 0x0001_0000;
+
+/// The header's first usable LBA: after the MBR, the header and the
+/// entries. Partitions themselves start at [`FIRST_PARTITION_LBA`]; the
+/// gap is free space, as with every aligning tool.
+const FIRST_USABLE_LBA: u64 = 2 + ENTRIES_SECTORS;
+
+/// Sectors at the end of the disk the backup takes: entries, then header.
+const BACKUP_SECTORS: u64 = ENTRIES_SECTORS + 1;
+
+/// UTF-16 code units in an entry's name field (72 bytes).
+const NAME_UNITS: usize = 36;
+
+/// The EFI System Partition type, C12A7328-F81F-11D2-BA4B-00A0C93EC93B.
+pub const ESP_TYPE: [u8; 16] = guid("C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+
+/// The Linux filesystem data type, 0FC63DAF-8483-4772-8E79-3D69D8477DE4.
+pub const LINUX_DATA_TYPE: [u8; 16] = guid("0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+
+/// The EFI System Partition's name.
+pub const EFI: &str = "EFI";
+/// Boot slot A's partition name.
+pub const BOOT_A: &str = "BOOT-A";
+/// Boot slot B's partition name.
+pub const BOOT_B: &str = "BOOT-B";
+/// The META partition's name.
+pub const META: &str = "META";
+/// The STATE partition's name.
+pub const STATE: &str = "STATE";
+/// The EPHEMERAL partition's name.
+pub const EPHEMERAL: &str = "EPHEMERAL";
+
+/// The EFI System Partition's size.
+pub const EFI_SIZE: u64 = 100 * MIB;
+/// Each boot slot's size: room for several of our ~25 MB kernel and
+/// initramfs pairs, so the images can grow without repartitioning.
+pub const BOOT_SIZE: u64 = 400 * MIB;
+/// The META partition's size (its data takes the first 512 KiB).
+pub const META_SIZE: u64 = MIB;
+/// The STATE partition's size.
+pub const STATE_SIZE: u64 = 100 * MIB;
+/// The least EPHEMERAL may get; a smaller disk is refused.
+pub const EPHEMERAL_MIN_SIZE: u64 = 512 * MIB;
+
+/// One partition of the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSpec {
+    /// The GPT partition name (label).
+    pub name: &'static str,
+    /// The partition type GUID, in GPT on-disk byte order.
+    pub type_guid: [u8; 16],
+    /// Bytes, a multiple of [`ALIGNMENT`]; `None` for the rest of the disk
+    /// (only the last partition).
+    pub size: Option<u64>,
+}
+
+/// The installed disk's partitions, in order.
+pub const LAYOUT: &[PartitionSpec] = &[
+    PartitionSpec {
+        name: EFI,
+        type_guid: ESP_TYPE,
+        size: Some(EFI_SIZE),
+    },
+    PartitionSpec {
+        name: BOOT_A,
+        type_guid: LINUX_DATA_TYPE,
+        size: Some(BOOT_SIZE),
+    },
+    PartitionSpec {
+        name: BOOT_B,
+        type_guid: LINUX_DATA_TYPE,
+        size: Some(BOOT_SIZE),
+    },
+    PartitionSpec {
+        name: META,
+        type_guid: LINUX_DATA_TYPE,
+        size: Some(META_SIZE),
+    },
+    PartitionSpec {
+        name: STATE,
+        type_guid: LINUX_DATA_TYPE,
+        size: Some(STATE_SIZE),
+    },
+    PartitionSpec {
+        name: EPHEMERAL,
+        type_guid: LINUX_DATA_TYPE,
+        size: None,
+    },
+];
+
+/// A placed partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// The partition number (1-based; its entry is `index - 1`).
+    pub index: u32,
+    /// The GPT partition name.
+    pub name: String,
+    /// The type GUID, on-disk byte order.
+    pub type_guid: [u8; 16],
+    /// The partition's own GUID (PARTUUID), on-disk byte order.
+    pub unique_guid: [u8; 16],
+    /// The first sector.
+    pub first_lba: u64,
+    /// The last sector (inclusive, as GPT stores it).
+    pub last_lba: u64,
+}
+
+impl Partition {
+    /// The size in sectors.
+    #[must_use]
+    pub fn sectors(&self) -> u64 {
+        self.last_lba - self.first_lba + 1
+    }
+}
+
+/// Where everything goes on one disk: the input of [`gpt_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The disk GUID, on-disk byte order.
+    pub disk_guid: [u8; 16],
+    /// Bytes per sector; always [`SECTOR_SIZE`].
+    pub sector_size: u64,
+    /// The disk's size in sectors (a partial last sector is not counted).
+    pub total_sectors: u64,
+    /// The partitions, in [`LAYOUT`] order; `partitions[i].index == i + 1`.
+    pub partitions: Vec<Partition>,
+}
+
+/// A layout could not be planned or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// The disk cannot hold the layout.
+    #[error(
+        "the disk is too small: {disk_bytes} bytes, the install layout needs at least {minimum} bytes ({minimum_mib} MiB: EFI, BOOT-A, BOOT-B, META, STATE and 512 MiB of EPHEMERAL)"
+    )]
+    TooSmall {
+        /// The disk's size.
+        disk_bytes: u64,
+        /// [`minimum_disk_bytes`].
+        minimum: u64,
+        /// The same, in MiB rounded up.
+        minimum_mib: u64,
+    },
+    /// The device is not the size the plan was made for, so the backup
+    /// table would land in the wrong place.
+    #[error(
+        "{path} is {device_bytes} bytes but the partition plan is for {plan_bytes} bytes: plan for this device's size"
+    )]
+    SizeMismatch {
+        /// The device or image file.
+        path: PathBuf,
+        /// Its size.
+        device_bytes: u64,
+        /// `total_sectors * SECTOR_SIZE`.
+        plan_bytes: u64,
+    },
+    /// Opening, writing or syncing failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        operation: &'static str,
+        /// The device or image file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayoutError + use<> {
+    let path = path.to_path_buf();
+    move |source| LayoutError::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
+/// Parses a GUID's text form into GPT on-disk byte order, at compile time
+/// (a malformed constant fails the build). On disk the first three fields
+/// are little-endian and the last two are bytes in text order.
+const fn guid(text: &str) -> [u8; 16] {
+    const fn nibble(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => panic!("a GUID has hex digits and dashes only"),
+        }
+    }
+    let s = text.as_bytes();
+    assert!(s.len() == 36, "a GUID is 36 characters");
+    let mut b = [0u8; 16];
+    let (mut i, mut n) = (0, 0);
+    while i < 36 {
+        if i == 8 || i == 13 || i == 18 || i == 23 {
+            assert!(s[i] == b'-', "dashes at 8, 13, 18 and 23");
+            i += 1;
+            continue;
+        }
+        b[n] = (nibble(s[i]) << 4) | nibble(s[i + 1]);
+        n += 1;
+        i += 2;
+    }
+    [
+        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+        b[14], b[15],
+    ]
+}
+
+/// A GUID in on-disk byte order, as text in upper case (as `sgdisk` prints
+/// it; `blkid` and `/dev/disk/by-partuuid` use lower case).
+#[must_use]
+pub fn format_guid(g: &[u8; 16]) -> String {
+    format!(
+        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
+        g[3],
+        g[2],
+        g[1],
+        g[0],
+        g[5],
+        g[4],
+        g[7],
+        g[6],
+        g[8],
+        g[9],
+        g[10],
+        g[11],
+        g[12],
+        g[13],
+        g[14],
+        g[15]
+    )
+}
+
+/// A random (version 4) GUID in on-disk byte order: the GUID source real
+/// callers pass to [`plan`].
+#[must_use]
+pub fn random_guid() -> [u8; 16] {
+    uuid::Uuid::new_v4().to_bytes_le()
+}
+
+/// The smallest disk [`plan`] accepts: every fixed-size partition, aligned,
+/// plus [`EPHEMERAL_MIN_SIZE`] and the backup table.
+#[must_use]
+pub fn minimum_disk_bytes() -> u64 {
+    let mut next = FIRST_PARTITION_LBA;
+    for spec in LAYOUT {
+        next = next.next_multiple_of(ALIGNMENT_SECTORS)
+            + spec.size.unwrap_or(EPHEMERAL_MIN_SIZE) / SECTOR_SIZE;
+    }
+    // `next` is one past the last partition, which may end on the last
+    // usable LBA, right before the backup table.
+    (next + BACKUP_SECTORS) * SECTOR_SIZE
+}
+
+/// Places [`LAYOUT`] on a disk of `disk_bytes`: each partition starts on a
+/// 1 MiB boundary right after the previous one; the last takes the rest of
+/// the disk up to the last 1 MiB boundary before the backup table.
+///
+/// `guids` gives the disk GUID, then each partition's in order (in
+/// on-disk byte order): [`random_guid`] for a real install; tests pass a
+/// counter, and the plan is then deterministic.
+///
+/// # Errors
+/// [`LayoutError::TooSmall`] naming the disk's size and the minimum.
+pub fn plan(disk_bytes: u64, guids: &mut impl FnMut() -> [u8; 16]) -> Result<Plan, LayoutError> {
+    let minimum = minimum_disk_bytes();
+    if disk_bytes < minimum {
+        return Err(LayoutError::TooSmall {
+            disk_bytes,
+            minimum,
+            minimum_mib: minimum.div_ceil(MIB),
+        });
+    }
+    let total_sectors = disk_bytes / SECTOR_SIZE;
+    // The rest ends on a 1 MiB boundary too, giving up less than 1 MiB:
+    // encryption (LUKS on EPHEMERAL or STATE) and 4 KiB-sector tools want
+    // whole aligned units, and `sgdisk --verify` cautions otherwise.
+    let rest_end = (last_usable_lba(total_sectors) + 1) / ALIGNMENT_SECTORS * ALIGNMENT_SECTORS;
+    let disk_guid = guids();
+    let mut partitions = Vec::with_capacity(LAYOUT.len());
+    let mut next = FIRST_PARTITION_LBA;
+    for (i, spec) in LAYOUT.iter().enumerate() {
+        let first_lba = next.next_multiple_of(ALIGNMENT_SECTORS);
+        // The size check above guarantees the fixed partitions fit and
+        // leave EPHEMERAL its minimum (`minimum_disk_bytes` ends on an
+        // aligned boundary plus the backup table, so aligning `rest_end`
+        // down loses nothing at the minimum).
+        let last_lba = match spec.size {
+            Some(bytes) => first_lba + bytes / SECTOR_SIZE - 1,
+            None => rest_end - 1,
+        };
+        partitions.push(Partition {
+            index: i as u32 + 1,
+            name: spec.name.to_owned(),
+            type_guid: spec.type_guid,
+            unique_guid: guids(),
+            first_lba,
+            last_lba,
+        });
+        next = last_lba + 1;
+    }
+    Ok(Plan {
+        disk_guid,
+        sector_size: SECTOR_SIZE,
+        total_sectors,
+        partitions,
+    })
+}
+
+/// The last LBA a partition may use: right before the backup entries.
+fn last_usable_lba(total_sectors: u64) -> u64 {
+    total_sectors - BACKUP_SECTORS - 1
+}
+
+/// The byte offset and length of the partition called `name`.
+#[must_use]
+pub fn partition_offset(plan: &Plan, name: &str) -> Option<(u64, u64)> {
+    plan.partitions.iter().find(|p| p.name == name).map(|p| {
+        (
+            p.first_lba * plan.sector_size,
+            p.sectors() * plan.sector_size,
+        )
+    })
+}
+
+const CRC32_TABLE: [u32; 256] = crc32_table();
+
+const fn crc32_table() -> [u32; 256] {
+    // IEEE 802.3 / zlib, reflected.
+    const POLY: u32 = 0xEDB8_8320;
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { POLY ^ (c >> 1) } else { c >> 1 };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+}
+
+/// CRC-32 as GPT uses it (IEEE, zlib's). Kept here rather than depending
+/// on udevd's copy or a crate, for two checksums per table.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c = CRC32_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(buf: &mut [u8], at: usize, v: u64) {
+    buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// LBA 0: an MBR with one partition of type 0xEE over the whole disk, so
+/// MBR-only tools see the disk as used rather than empty.
+fn protective_mbr(total_sectors: u64) -> [u8; 512] {
+    let mut mbr = [0u8; 512];
+    let e = 446;
+    // Not bootable; CHS start 0/0/2 (LBA 1); type 0xEE; CHS end maxed out.
+    mbr[e + 1..e + 4].copy_from_slice(&[0x00, 0x02, 0x00]);
+    mbr[e + 4] = 0xEE;
+    mbr[e + 5..e + 8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+    put_u32(&mut mbr, e + 8, 1);
+    // The sectors after LBA 0, capped at what 32 bits hold (disks > 2 TiB).
+    put_u32(
+        &mut mbr,
+        e + 12,
+        u32::try_from(total_sectors - 1).unwrap_or(u32::MAX),
+    );
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    mbr
+}
+
+/// The entries array: one entry per partition at `index - 1`, the rest
+/// zero (unused).
+fn entries(plan: &Plan) -> Vec<u8> {
+    let mut out = vec![0u8; ENTRIES_BYTES];
+    for (slot, p) in plan.partitions.iter().enumerate().take(ENTRY_COUNT) {
+        let e = &mut out[slot * ENTRY_SIZE..(slot + 1) * ENTRY_SIZE];
+        e[..16].copy_from_slice(&p.type_guid);
+        e[16..32].copy_from_slice(&p.unique_guid);
+        put_u64(e, 32, p.first_lba);
+        put_u64(e, 40, p.last_lba);
+        // 48..56: attributes, none.
+        for (k, unit) in p.name.encode_utf16().take(NAME_UNITS).enumerate() {
+            e[56 + 2 * k..58 + 2 * k].copy_from_slice(&unit.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// A GPT header: the 92 defined bytes (the rest of its sector is zero).
+fn header(
+    plan: &Plan,
+    my_lba: u64,
+    alternate_lba: u64,
+    entries_lba: u64,
+    entries_crc: u32,
+) -> [u8; HEADER_SIZE] {
+    let mut h = [0u8; HEADER_SIZE];
+    h[..8].copy_from_slice(b"EFI PART");
+    put_u32(&mut h, 8, REVISION);
+    put_u32(&mut h, 12, HEADER_SIZE as u32);
+    // 16..20: the header CRC, computed last with this field zero;
+    // 20..24: reserved, zero.
+    put_u64(&mut h, 24, my_lba);
+    put_u64(&mut h, 32, alternate_lba);
+    put_u64(&mut h, 40, FIRST_USABLE_LBA);
+    put_u64(&mut h, 48, last_usable_lba(plan.total_sectors));
+    h[56..72].copy_from_slice(&plan.disk_guid);
+    put_u64(&mut h, 72, entries_lba);
+    put_u32(&mut h, 80, ENTRY_COUNT as u32);
+    put_u32(&mut h, 84, ENTRY_SIZE as u32);
+    put_u32(&mut h, 88, entries_crc);
+    let crc = crc32(&h);
+    put_u32(&mut h, 16, crc);
+    h
+}
+
+/// The GPT of `plan` (revision 1.0, 128 entries of 128 bytes, 512-byte
+/// sectors), as two runs of bytes:
+///
+/// - the start of the disk, LBA 0 to 33: protective MBR, primary header,
+///   entries;
+/// - the end of the disk, to be written at LBA `total_sectors - 33`: the
+///   backup entries, then the backup header (in the last sector).
+#[must_use]
+pub fn gpt_bytes(plan: &Plan) -> (Vec<u8>, Vec<u8>) {
+    let ss = SECTOR_SIZE as usize;
+    let entries = entries(plan);
+    let entries_crc = crc32(&entries);
+    let backup_header_lba = plan.total_sectors - 1;
+    let backup_entries_lba = plan.total_sectors - BACKUP_SECTORS;
+
+    let mut primary = vec![0u8; (2 + ENTRIES_SECTORS) as usize * ss];
+    primary[..ss].copy_from_slice(&protective_mbr(plan.total_sectors));
+    primary[ss..ss + HEADER_SIZE].copy_from_slice(&header(
+        plan,
+        1,
+        backup_header_lba,
+        2,
+        entries_crc,
+    ));
+    primary[2 * ss..].copy_from_slice(&entries);
+
+    let mut backup = vec![0u8; BACKUP_SECTORS as usize * ss];
+    backup[..ENTRIES_BYTES].copy_from_slice(&entries);
+    backup[ENTRIES_BYTES..ENTRIES_BYTES + HEADER_SIZE].copy_from_slice(&header(
+        plan,
+        backup_header_lba,
+        1,
+        backup_entries_lba,
+        entries_crc,
+    ));
+    (primary, backup)
+}
+
+/// Writes the GPT of `plan` to `path`, a block device or an image file of
+/// exactly the planned size (create it with `set_len` first), then syncs.
+///
+/// Only the table is written: the partitions' contents are untouched, and
+/// on a block device the kernel learns of the new table only when asked to
+/// re-read it (`BLKRRPART`, `partx`).
+///
+/// # Errors
+/// [`LayoutError::SizeMismatch`] when `path` is not the planned size (the
+/// backup table would land elsewhere than the header says);
+/// [`LayoutError::Io`] naming the step and `path`.
+pub fn write_gpt(path: &Path, plan: &Plan) -> Result<(), LayoutError> {
+    let (primary, backup) = gpt_bytes(plan);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err("opening", path))?;
+    // Seeking to the end gives the size of block devices too, where the
+    // metadata length is 0.
+    let device_bytes = file
+        .seek(SeekFrom::End(0))
+        .map_err(io_err("finding the size of", path))?;
+    if device_bytes / SECTOR_SIZE != plan.total_sectors {
+        return Err(LayoutError::SizeMismatch {
+            path: path.to_path_buf(),
+            device_bytes,
+            plan_bytes: plan.total_sectors * SECTOR_SIZE,
+        });
+    }
+    file.write_all_at(&primary, 0)
+        .map_err(io_err("writing the primary GPT to", path))?;
+    file.write_all_at(&backup, (plan.total_sectors - BACKUP_SECTORS) * SECTOR_SIZE)
+        .map_err(io_err("writing the backup GPT to", path))?;
+    file.sync_all().map_err(io_err("syncing", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    const GIB: u64 = 1024 * MIB;
+
+    /// A deterministic GUID source: 01 01 .., 02 02 .., ...
+    fn counter() -> impl FnMut() -> [u8; 16] {
+        let mut n = 0u8;
+        move || {
+            n += 1;
+            [n; 16]
+        }
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(a)
+    }
+
+    /// Recomputes a header's CRC the way a reader does.
+    fn header_crc_ok(h: &[u8]) -> bool {
+        let mut copy = h[..HEADER_SIZE].to_vec();
+        copy[16..20].fill(0);
+        crc32(&copy) == u32_at(h, 16)
+    }
+
+    #[test]
+    fn crc32_check_value() {
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn guid_byte_order() {
+        assert_eq!(
+            ESP_TYPE,
+            [
+                0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E,
+                0xC9, 0x3B
+            ]
+        );
+        assert_eq!(
+            format_guid(&LINUX_DATA_TYPE),
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+        );
+        assert_eq!(
+            format_guid(&ESP_TYPE),
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+        );
+        // Version 4 sits in the high nibble of the third field, which is
+        // little-endian on disk: byte 7.
+        assert_eq!(random_guid()[7] >> 4, 4);
+        assert_ne!(random_guid(), random_guid());
+    }
+
+    #[test]
+    fn only_the_last_spec_takes_the_rest() {
+        let (last, fixed) = LAYOUT.split_last().expect("non-empty");
+        assert_eq!(last.size, None);
+        for spec in fixed {
+            let size = spec.size.expect("fixed size");
+            assert_eq!(size % ALIGNMENT, 0, "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn plan_for_four_gib() {
+        let plan = plan(4 * GIB, &mut counter()).expect("plan");
+        assert_eq!(plan.sector_size, 512);
+        assert_eq!(plan.total_sectors, 4 * GIB / 512);
+        assert_eq!(plan.disk_guid, [1; 16]);
+        let names: Vec<&str> = plan.partitions.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["EFI", "BOOT-A", "BOOT-B", "META", "STATE", "EPHEMERAL"]
+        );
+        let last_usable = plan.total_sectors - 34;
+        for (i, p) in plan.partitions.iter().enumerate() {
+            assert_eq!(p.index as usize, i + 1);
+            assert_eq!(p.unique_guid, [i as u8 + 2; 16], "{}", p.name);
+            assert_eq!(p.first_lba % 2048, 0, "{} is not 1 MiB aligned", p.name);
+            assert!(p.first_lba >= 2048 && p.last_lba <= last_usable, "{p:?}");
+            assert!(p.first_lba <= p.last_lba, "{p:?}");
+            assert_eq!(
+                (p.last_lba + 1) % 2048,
+                0,
+                "{} does not end aligned",
+                p.name
+            );
+            if let Some(spec_size) = LAYOUT[i].size {
+                assert_eq!(p.sectors() * 512, spec_size, "{}", p.name);
+            }
+        }
+        for pair in plan.partitions.windows(2) {
+            assert!(pair[0].last_lba < pair[1].first_lba, "{pair:?} overlap");
+            // Sizes are MiB multiples: no gaps either.
+            assert_eq!(pair[0].last_lba + 1, pair[1].first_lba);
+        }
+        assert_eq!(plan.partitions[0].first_lba, 2048);
+        assert_eq!(plan.partitions[0].type_guid, ESP_TYPE);
+        assert_eq!(plan.partitions[1].type_guid, LINUX_DATA_TYPE);
+        let ephemeral = &plan.partitions[5];
+        // The rest, down to a 1 MiB boundary: 4 GiB less the backup
+        // table's 33 sectors leaves 4095 whole MiB.
+        assert_eq!(
+            ephemeral.last_lba,
+            4095 * 2048 - 1,
+            "EPHEMERAL takes the rest"
+        );
+        assert!(last_usable - ephemeral.last_lba < 2048);
+        assert_eq!(ephemeral.first_lba, 2048 * (1 + 100 + 400 + 400 + 1 + 100));
+    }
+
+    #[test]
+    fn partition_offsets() {
+        let plan = plan(4 * GIB, &mut counter()).expect("plan");
+        assert_eq!(partition_offset(&plan, EFI), Some((MIB, 100 * MIB)));
+        assert_eq!(
+            partition_offset(&plan, META),
+            Some(((1 + 100 + 400 + 400) * MIB, MIB))
+        );
+        assert_eq!(partition_offset(&plan, "nope"), None);
+    }
+
+    #[test]
+    fn too_small_disks_are_refused() {
+        let minimum = minimum_disk_bytes();
+        // 1 MiB lead-in, 1001 MiB of fixed partitions, 512 MiB, backup.
+        assert_eq!(minimum, (1 + 1001 + 512) * MIB + 33 * 512);
+
+        let err = plan(minimum - 1, &mut counter()).expect_err("too small");
+        assert!(
+            matches!(err, LayoutError::TooSmall { disk_bytes, minimum: m, minimum_mib: 1515 } if disk_bytes == minimum - 1 && m == minimum),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&(minimum - 1).to_string()), "{text}");
+        assert!(text.contains(&minimum.to_string()), "{text}");
+        assert!(text.contains("1515 MiB"), "{text}");
+
+        let plan = plan(minimum, &mut counter()).expect("exactly the minimum");
+        assert_eq!(plan.partitions[5].sectors() * 512, EPHEMERAL_MIN_SIZE);
+        assert!(plan.partitions[5].last_lba <= plan.total_sectors - 34);
+        // One sector less would leave EPHEMERAL short once aligned: refused.
+        assert!(super::plan(minimum - 512, &mut counter()).is_err());
+    }
+
+    #[test]
+    fn gpt_bytes_are_a_valid_table() {
+        let plan = plan(4 * GIB, &mut counter()).expect("plan");
+        let total = plan.total_sectors;
+        let (primary, backup) = gpt_bytes(&plan);
+        assert_eq!(primary.len(), 34 * 512);
+        assert_eq!(backup.len(), 33 * 512);
+
+        // Protective MBR.
+        assert_eq!(primary[510..512], [0x55, 0xAA]);
+        assert_eq!(primary[446 + 4], 0xEE);
+        assert_eq!(u32_at(&primary, 446 + 8), 1);
+        assert_eq!(u64::from(u32_at(&primary, 446 + 12)), total - 1);
+        // Only one MBR partition.
+        assert!(primary[462..510].iter().all(|&b| b == 0));
+
+        // Primary header.
+        let h = &primary[512..1024];
+        assert_eq!(&h[..8], b"EFI PART");
+        assert_eq!(u32_at(h, 8), 0x0001_0000);
+        assert_eq!(u32_at(h, 12), 92);
+        assert!(header_crc_ok(h), "primary header CRC");
+        assert!(h[HEADER_SIZE..].iter().all(|&b| b == 0));
+        assert_eq!(u64_at(h, 24), 1);
+        assert_eq!(u64_at(h, 32), total - 1);
+        assert_eq!(u64_at(h, 40), 34);
+        assert_eq!(u64_at(h, 48), total - 34);
+        assert_eq!(h[56..72], [1; 16]);
+        assert_eq!(u64_at(h, 72), 2);
+        assert_eq!(u32_at(h, 80), 128);
+        assert_eq!(u32_at(h, 84), 128);
+        let entries = &primary[1024..];
+        assert_eq!(crc32(entries), u32_at(h, 88), "entries CRC");
+
+        // The first entry.
+        let e = &entries[..128];
+        assert_eq!(e[..16], ESP_TYPE);
+        assert_eq!(e[16..32], [2; 16]);
+        assert_eq!(u64_at(e, 32), 2048);
+        assert_eq!(u64_at(e, 40), 2048 + 100 * 2048 - 1);
+        let units: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        assert_eq!(String::from_utf16(&units).expect("UTF-16"), "EFI");
+        // Entries past the sixth are unused.
+        assert!(entries[6 * 128..].iter().all(|&b| b == 0));
+
+        // Backup: the same entries, then a header pointing back.
+        assert_eq!(&backup[..16384], entries);
+        let b = &backup[16384..];
+        assert_eq!(&b[..8], b"EFI PART");
+        assert!(header_crc_ok(b), "backup header CRC");
+        assert_eq!(u64_at(b, 24), u64_at(h, 32), "backup my_lba");
+        assert_eq!(u64_at(b, 32), u64_at(h, 24), "backup alternate_lba");
+        assert_eq!(u64_at(b, 72), total - 33, "backup entries LBA");
+        assert_eq!(u32_at(b, 88), u32_at(h, 88));
+        assert_eq!(b[40..72], h[40..72], "same usable range and disk GUID");
+    }
+
+    #[test]
+    fn write_gpt_into_a_file_and_refuse_a_wrong_size() {
+        let file = tempfile::NamedTempFile::new().expect("tempfile");
+        file.as_file().set_len(4 * GIB).expect("sparse file");
+        let plan = plan(4 * GIB, &mut counter()).expect("plan");
+        write_gpt(file.path(), &plan).expect("write");
+        let (primary, backup) = gpt_bytes(&plan);
+        let mut got = vec![0u8; primary.len()];
+        file.as_file().read_exact_at(&mut got, 0).expect("read");
+        assert_eq!(got, primary);
+        let mut got = vec![0u8; backup.len()];
+        file.as_file()
+            .read_exact_at(&mut got, (plan.total_sectors - 33) * 512)
+            .expect("read");
+        assert_eq!(got, backup);
+        assert_eq!(file.as_file().metadata().expect("stat").len(), 4 * GIB);
+
+        let small = tempfile::NamedTempFile::new().expect("tempfile");
+        small.as_file().set_len(2 * GIB).expect("sparse file");
+        let err = write_gpt(small.path(), &plan).expect_err("wrong size");
+        assert!(matches!(err, LayoutError::SizeMismatch { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&small.path().display().to_string()),
+            "{err}"
+        );
+
+        let err = write_gpt(Path::new("/nonexistent/disk.raw"), &plan).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/disk.raw"), "{err}");
+    }
+
+    fn sgdisk() -> PathBuf {
+        ["/usr/sbin/sgdisk", "/sbin/sgdisk", "/usr/bin/sgdisk"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| {
+                panic!("sgdisk is missing (looked in /usr/sbin, /sbin, /usr/bin): run scripts/setup, which installs gdisk")
+            })
+    }
+
+    fn run(sgdisk: &Path, arg: &str, disk: &Path) -> String {
+        let out = Command::new(sgdisk)
+            .arg(arg)
+            .arg(disk)
+            .output()
+            .expect("running sgdisk");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "sgdisk {arg} failed: {text}");
+        text
+    }
+
+    #[test]
+    fn sgdisk_accepts_the_table() {
+        let sgdisk = sgdisk();
+        let file = tempfile::NamedTempFile::new().expect("tempfile");
+        file.as_file().set_len(4 * GIB).expect("sparse file");
+        let plan = plan(4 * GIB, &mut counter()).expect("plan");
+        write_gpt(file.path(), &plan).expect("write");
+
+        let verify = run(&sgdisk, "--verify", file.path());
+        assert!(verify.contains("No problems found"), "{verify}");
+
+        let print = run(&sgdisk, "--print", file.path());
+        for (spec, code) in LAYOUT
+            .iter()
+            .zip(["EF00", "8300", "8300", "8300", "8300", "8300"])
+        {
+            let line = print
+                .lines()
+                .find(|l| l.split_whitespace().next_back() == Some(spec.name))
+                .unwrap_or_else(|| panic!("no partition {} in:\n{print}", spec.name));
+            assert!(line.contains(code), "{} is not {code}: {line}", spec.name);
+        }
+        assert!(
+            print.contains(&format_guid(&plan.disk_guid)),
+            "disk GUID: {print}"
+        );
+    }
+}
