@@ -4,17 +4,19 @@
 //!
 //! | # | name        | type       | size            | contents                          |
 //! |---|-------------|------------|-----------------|-----------------------------------|
-//! | 1 | `EFI`       | ESP        | 100 MiB         | vfat, the bootloader              |
-//! | 2 | `BOOT-A`    | Linux data | 400 MiB         | slot A's vmlinuz + initramfs.xz   |
-//! | 3 | `BOOT-B`    | Linux data | 400 MiB         | slot B's vmlinuz + initramfs.xz   |
-//! | 4 | `META`      | Linux data | 1 MiB           | raw, `machinery::meta`            |
-//! | 5 | `STATE`     | Linux data | 100 MiB         | xfs, the machine config           |
-//! | 6 | `EPHEMERAL` | Linux data | the rest        | xfs, at least 512 MiB             |
+//! | 1 | `EFI`       | ESP        | 512 MiB         | vfat: systemd-boot, slots `A/` and `B/` |
+//! | 2 | `META`      | Linux data | 1 MiB           | raw, `machinery::meta`            |
+//! | 3 | `STATE`     | Linux data | 300 MiB         | xfs, the machine config           |
+//! | 4 | `EPHEMERAL` | Linux data | the rest        | xfs, at least 512 MiB             |
 //!
 //! Two boot slots let an upgrade write the slot not running and roll back
-//! by booting the other one. Partitions start on 1 MiB boundaries (what
-//! every partitioning tool does: it suits 4 KiB sectors, SSD erase blocks
-//! and RAID stripes alike).
+//! by booting the other one. They are directories on the ESP, not
+//! partitions: systemd-boot loads kernels only from the ESP (or one
+//! XBOOTLDR partition), and its boot counting, which gives the automatic
+//! rollback, works on the loader entries there. STATE is 300 MiB, not
+//! upstream's 100 MiB, because mkfs.xfs refuses anything smaller.
+//! Partitions start on 1 MiB boundaries (what every partitioning tool
+//! does: it suits 4 KiB sectors, SSD erase blocks and RAID stripes alike).
 //!
 //! # GPT
 //!
@@ -80,10 +82,6 @@ pub const LINUX_DATA_TYPE: [u8; 16] = guid("0FC63DAF-8483-4772-8E79-3D69D8477DE4
 
 /// The EFI System Partition's name.
 pub const EFI: &str = "EFI";
-/// Boot slot A's partition name.
-pub const BOOT_A: &str = "BOOT-A";
-/// Boot slot B's partition name.
-pub const BOOT_B: &str = "BOOT-B";
 /// The META partition's name.
 pub const META: &str = "META";
 /// The STATE partition's name.
@@ -91,15 +89,13 @@ pub const STATE: &str = "STATE";
 /// The EPHEMERAL partition's name.
 pub const EPHEMERAL: &str = "EPHEMERAL";
 
-/// The EFI System Partition's size.
-pub const EFI_SIZE: u64 = 100 * MIB;
-/// Each boot slot's size: room for several of our ~25 MB kernel and
-/// initramfs pairs, so the images can grow without repartitioning.
-pub const BOOT_SIZE: u64 = 400 * MIB;
+/// The EFI System Partition's size: systemd-boot and both slots (each a
+/// ~22 MB kernel and initramfs today), with room for them to grow.
+pub const EFI_SIZE: u64 = 512 * MIB;
 /// The META partition's size (its data takes the first 512 KiB).
 pub const META_SIZE: u64 = MIB;
 /// The STATE partition's size.
-pub const STATE_SIZE: u64 = 100 * MIB;
+pub const STATE_SIZE: u64 = 300 * MIB;
 /// The least EPHEMERAL may get; a smaller disk is refused.
 pub const EPHEMERAL_MIN_SIZE: u64 = 512 * MIB;
 
@@ -121,16 +117,6 @@ pub const LAYOUT: &[PartitionSpec] = &[
         name: EFI,
         type_guid: ESP_TYPE,
         size: Some(EFI_SIZE),
-    },
-    PartitionSpec {
-        name: BOOT_A,
-        type_guid: LINUX_DATA_TYPE,
-        size: Some(BOOT_SIZE),
-    },
-    PartitionSpec {
-        name: BOOT_B,
-        type_guid: LINUX_DATA_TYPE,
-        size: Some(BOOT_SIZE),
     },
     PartitionSpec {
         name: META,
@@ -192,7 +178,7 @@ pub struct Plan {
 pub enum LayoutError {
     /// The disk cannot hold the layout.
     #[error(
-        "the disk is too small: {disk_bytes} bytes, the install layout needs at least {minimum} bytes ({minimum_mib} MiB: EFI, BOOT-A, BOOT-B, META, STATE and 512 MiB of EPHEMERAL)"
+        "the disk is too small: {disk_bytes} bytes, the install layout needs at least {minimum} bytes ({minimum_mib} MiB: EFI, META, STATE and 512 MiB of EPHEMERAL)"
     )]
     TooSmall {
         /// The disk's size.
@@ -643,10 +629,7 @@ mod tests {
         assert_eq!(plan.total_sectors, 4 * GIB / 512);
         assert_eq!(plan.disk_guid, [1; 16]);
         let names: Vec<&str> = plan.partitions.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["EFI", "BOOT-A", "BOOT-B", "META", "STATE", "EPHEMERAL"]
-        );
+        assert_eq!(names, ["EFI", "META", "STATE", "EPHEMERAL"]);
         let last_usable = plan.total_sectors - 34;
         for (i, p) in plan.partitions.iter().enumerate() {
             assert_eq!(p.index as usize, i + 1);
@@ -672,7 +655,7 @@ mod tests {
         assert_eq!(plan.partitions[0].first_lba, 2048);
         assert_eq!(plan.partitions[0].type_guid, ESP_TYPE);
         assert_eq!(plan.partitions[1].type_guid, LINUX_DATA_TYPE);
-        let ephemeral = &plan.partitions[5];
+        let ephemeral = &plan.partitions[3];
         // The rest, down to a 1 MiB boundary: 4 GiB less the backup
         // table's 33 sectors leaves 4095 whole MiB.
         assert_eq!(
@@ -681,39 +664,36 @@ mod tests {
             "EPHEMERAL takes the rest"
         );
         assert!(last_usable - ephemeral.last_lba < 2048);
-        assert_eq!(ephemeral.first_lba, 2048 * (1 + 100 + 400 + 400 + 1 + 100));
+        assert_eq!(ephemeral.first_lba, 2048 * (1 + 512 + 1 + 300));
     }
 
     #[test]
     fn partition_offsets() {
         let plan = plan(4 * GIB, &mut counter()).expect("plan");
-        assert_eq!(partition_offset(&plan, EFI), Some((MIB, 100 * MIB)));
-        assert_eq!(
-            partition_offset(&plan, META),
-            Some(((1 + 100 + 400 + 400) * MIB, MIB))
-        );
+        assert_eq!(partition_offset(&plan, EFI), Some((MIB, 512 * MIB)));
+        assert_eq!(partition_offset(&plan, META), Some(((1 + 512) * MIB, MIB)));
         assert_eq!(partition_offset(&plan, "nope"), None);
     }
 
     #[test]
     fn too_small_disks_are_refused() {
         let minimum = minimum_disk_bytes();
-        // 1 MiB lead-in, 1001 MiB of fixed partitions, 512 MiB, backup.
-        assert_eq!(minimum, (1 + 1001 + 512) * MIB + 33 * 512);
+        // 1 MiB lead-in, 813 MiB of fixed partitions, 512 MiB, backup.
+        assert_eq!(minimum, (1 + 813 + 512) * MIB + 33 * 512);
 
         let err = plan(minimum - 1, &mut counter()).expect_err("too small");
         assert!(
-            matches!(err, LayoutError::TooSmall { disk_bytes, minimum: m, minimum_mib: 1515 } if disk_bytes == minimum - 1 && m == minimum),
+            matches!(err, LayoutError::TooSmall { disk_bytes, minimum: m, minimum_mib: 1327 } if disk_bytes == minimum - 1 && m == minimum),
             "{err}"
         );
         let text = err.to_string();
         assert!(text.contains(&(minimum - 1).to_string()), "{text}");
         assert!(text.contains(&minimum.to_string()), "{text}");
-        assert!(text.contains("1515 MiB"), "{text}");
+        assert!(text.contains("1327 MiB"), "{text}");
 
         let plan = plan(minimum, &mut counter()).expect("exactly the minimum");
-        assert_eq!(plan.partitions[5].sectors() * 512, EPHEMERAL_MIN_SIZE);
-        assert!(plan.partitions[5].last_lba <= plan.total_sectors - 34);
+        assert_eq!(plan.partitions[3].sectors() * 512, EPHEMERAL_MIN_SIZE);
+        assert!(plan.partitions[3].last_lba <= plan.total_sectors - 34);
         // One sector less would leave EPHEMERAL short once aligned: refused.
         assert!(super::plan(minimum - 512, &mut counter()).is_err());
     }
@@ -757,15 +737,15 @@ mod tests {
         assert_eq!(e[..16], ESP_TYPE);
         assert_eq!(e[16..32], [2; 16]);
         assert_eq!(u64_at(e, 32), 2048);
-        assert_eq!(u64_at(e, 40), 2048 + 100 * 2048 - 1);
+        assert_eq!(u64_at(e, 40), 2048 + 512 * 2048 - 1);
         let units: Vec<u16> = e[56..128]
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
         assert_eq!(String::from_utf16(&units).expect("UTF-16"), "EFI");
-        // Entries past the sixth are unused.
-        assert!(entries[6 * 128..].iter().all(|&b| b == 0));
+        // Entries past the fourth are unused.
+        assert!(entries[4 * 128..].iter().all(|&b| b == 0));
 
         // Backup: the same entries, then a header pointing back.
         assert_eq!(&backup[..16384], entries);

@@ -12,8 +12,10 @@
 //!   and packed with `mksquashfs`.
 //! - [`cpio`]: the initramfs archive (newc), written here.
 //! - [`manifest`]: versions and SHA-256 of every artifact.
-//! - [`layout`]: the installed disk's partitions (EFI, two boot slots,
-//!   META, STATE, EPHEMERAL) and the GPT that describes them.
+//! - [`layout`]: the installed disk's partitions (EFI with the two boot
+//!   slots, META, STATE, EPHEMERAL) and the GPT that describes them.
+//! - [`disk`]: `metal-amd64.raw`, a bootable disk in that layout
+//!   (systemd-boot, slot A), made with host tools.
 //! - [`build`]: the orchestration, driven by [`build::BuildInputs`] so
 //!   tests can pass fake inputs.
 //!
@@ -27,8 +29,9 @@
 //! # Limitations
 //!
 //! Needs `mksquashfs` (squashfs-tools >= 4.4), `xz` (xz-utils), and for the
-//! Debian kernel `apt-get`, `apt-cache` and `dpkg-deb`. Installer and disk
-//! images are not built yet.
+//! Debian kernel `apt-get`, `apt-cache` and `dpkg-deb`. The disk image needs
+//! `mkfs.vfat` (dosfstools), mtools, `mkfs.xfs` (xfsprogs) and Debian's
+//! systemd-boot-efi. The installer image is not built yet.
 //!
 //! # Example
 //!
@@ -40,6 +43,7 @@
 
 pub mod build;
 pub mod cpio;
+pub mod disk;
 pub mod kernel;
 pub mod layout;
 pub mod manifest;

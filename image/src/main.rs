@@ -44,6 +44,15 @@ struct BuildArgs {
     /// Timestamp of every file in the image.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     source_date_epoch: u64,
+    /// Skip the disk image (metal-amd64.raw).
+    #[arg(long)]
+    no_disk: bool,
+    /// Size of the disk image in bytes (sparse).
+    #[arg(long, default_value_t = image::disk::DEFAULT_DISK_SIZE)]
+    disk_size: u64,
+    /// systemd-boot's EFI binary for the disk image.
+    #[arg(long, default_value = image::disk::SYSTEMD_BOOT)]
+    systemd_boot: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -78,7 +87,32 @@ fn main() -> ExitCode {
                     artifact.sha256, artifact.size
                 );
             }
-            ExitCode::SUCCESS
+            if args.no_disk {
+                return ExitCode::SUCCESS;
+            }
+            let disk = inputs.output.join(image::disk::DISK_IMAGE);
+            let disk_inputs = image::disk::DiskInputs {
+                vmlinuz: inputs.output.join(build::VMLINUZ),
+                initramfs: inputs.output.join(build::INITRAMFS),
+                systemd_boot: args.systemd_boot,
+                version: manifest.version.clone(),
+                size: args.disk_size,
+                seed: args.source_date_epoch,
+            };
+            match image::disk::build_disk_image(&disk, &disk_inputs) {
+                Ok(_) => {
+                    println!(
+                        "  {:<14} {} bytes (sparse): EFI with slot A, META, STATE, EPHEMERAL",
+                        image::disk::DISK_IMAGE,
+                        args.disk_size
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("imager: building {}: {e}", disk.display());
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("imager: {e}");

@@ -678,16 +678,27 @@ pub fn find_labelled(
     })
 }
 
-/// Mounts the STATE filesystem (xfs: the image carries no ext4 module) on [`STATE_MOUNT`] if a
-/// device carries one. Returns the device mounted, if any.
+/// The label of the filesystem for `/var` (upstream's EPHEMERAL).
+pub const EPHEMERAL_LABEL: &str = "EPHEMERAL";
+
+/// Where it is mounted.
+pub const EPHEMERAL_MOUNT: &str = "/var";
+
+/// Mounts the filesystem labelled `label` (xfs or vfat: the modules the
+/// image carries) on `target` if a device carries one, `nosuid,nodev,
+/// noexec`. Returns the device mounted, if any.
 ///
 /// # Errors
 /// The filesystem was found but could not be mounted.
-pub fn mount_state(class_block: &Path, dev: &Path) -> Result<Option<PathBuf>, BootError> {
-    let Some((device, kind)) = find_labelled(class_block, dev, STATE_LABEL) else {
+pub fn mount_labelled(
+    class_block: &Path,
+    dev: &Path,
+    label: &str,
+    target: &Path,
+) -> Result<Option<PathBuf>, BootError> {
+    let Some((device, kind)) = find_labelled(class_block, dev, label) else {
         return Ok(None);
     };
-    let target = Path::new(STATE_MOUNT);
     mkdir_p(target)?;
     let fstype: &'static str = kind.as_str();
     mount(
@@ -955,17 +966,28 @@ pub fn boot_metal() -> BootReport {
         fatal(&e.to_string());
     }
     kmsg_log("root switched to the squashfs");
-    match mount_state(Path::new("/sys/class/block"), Path::new("/dev")) {
-        Ok(Some(device)) => kmsg_log(&format!(
-            "STATE {} mounted on {STATE_MOUNT}",
-            device.display()
-        )),
-        Ok(None) => kmsg_log(&format!(
-            "no filesystem labelled {STATE_LABEL}: the machine config lives in memory until the node is installed"
-        )),
-        // The node still boots (into maintenance mode): an operator can
-        // see what happened and fix or reinstall the disk through the API.
-        Err(e) => log(Priority::Error, &e.to_string()),
+    let (class_block, dev) = (Path::new("/sys/class/block"), Path::new("/dev"));
+    for (label, target, missing) in [
+        (
+            STATE_LABEL,
+            STATE_MOUNT,
+            "the machine config lives in memory until the node is installed",
+        ),
+        (
+            EPHEMERAL_LABEL,
+            EPHEMERAL_MOUNT,
+            "/var is part of the read-only root",
+        ),
+    ] {
+        match mount_labelled(class_block, dev, label, Path::new(target)) {
+            Ok(Some(device)) => {
+                kmsg_log(&format!("{label} {} mounted on {target}", device.display()))
+            }
+            Ok(None) => kmsg_log(&format!("no filesystem labelled {label}: {missing}")),
+            // The node still boots (into maintenance mode without STATE):
+            // an operator can see what happened through the API.
+            Err(e) => log(Priority::Error, &e.to_string()),
+        }
     }
     BootReport { cmdline, modules }
 }

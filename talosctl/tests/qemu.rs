@@ -408,3 +408,167 @@ fn create_applies_configs_waits_for_readiness_and_merges_the_context() {
     let left = processes_mentioning(c.dir.path().to_str().expect("utf8"));
     assert!(left.is_empty(), "still running: {left:?}");
 }
+
+/// A QEMU process killed when the test ends.
+struct Vm(std::process::Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[test]
+#[ignore = "boots QEMU with OVMF; scripts/test runs it after scripts/image"]
+fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
+    let image = image_dir();
+    let raw = image.join("metal-amd64.raw");
+    assert!(
+        raw.exists(),
+        "{} missing: scripts/image builds it",
+        raw.display()
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    // The test writes to an overlay, never to the built image.
+    let disk = work.path().join("disk.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&raw)
+        .arg(&disk)
+        .status()
+        .expect("qemu-img runs");
+    assert!(st.success());
+    let vars = work.path().join("OVMF_VARS.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF (package ovmf)");
+    let port = free_port();
+    let console = work.path().join("console.log");
+    let _vm = Vm(Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "768", "-smp", "1"])
+        .args(["-display", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args([
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=qcow2,if=virtio", disk.display()))
+        .arg("-netdev")
+        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:50000"))
+        .args([
+            "-device",
+            "virtio-net-pci,netdev=net0",
+            "-device",
+            "virtio-rng-pci",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/setup installs it)"));
+    let endpoint = format!("127.0.0.1:{port}");
+    let none = work.path().join("none");
+    let long = Duration::from_secs(300);
+
+    // Maintenance mode from the disk: firmware, systemd-boot, slot A.
+    eventually(
+        &none,
+        &["-n", &endpoint, "version", "--insecure"],
+        long,
+        |v| v.contains("Server:"),
+    );
+
+    // A config through the maintenance API lands on the disk's STATE.
+    let generated = work.path().join("gen");
+    ok(
+        &none,
+        &[
+            "gen",
+            "config",
+            "disk",
+            "https://10.0.2.15:6443",
+            "--output-dir",
+            generated.to_str().expect("utf8"),
+        ],
+    );
+    let tc = generated.join("talosconfig");
+    ok(
+        &tc,
+        &[
+            "-n",
+            &endpoint,
+            "apply-config",
+            "--insecure",
+            "-f",
+            generated.join("controlplane.yaml").to_str().expect("utf8"),
+        ],
+    );
+    let mtls = ["-e", &endpoint, "-n", "127.0.0.1"];
+    let with = |rest: &[&'static str]| -> Vec<String> {
+        mtls.iter()
+            .map(|s| (*s).to_owned())
+            .chain(rest.iter().map(|s| (*s).to_owned()))
+            .collect()
+    };
+    let version = with(&["version"]);
+    eventually(&tc, &args(&version), long, |v| {
+        v.contains("Enabled:     RBAC")
+    });
+
+    let cmdline = ok(&tc, &args(&with(&["read", "/proc/cmdline"])));
+    assert!(
+        cmdline.contains("talos.slot=A") && cmdline.contains("init_on_free=1"),
+        "{cmdline}"
+    );
+    let mounts = ok(&tc, &args(&with(&["read", "/proc/self/mounts"])));
+    let mounted = |target: &str| {
+        mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(target))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].to_owned(), f[2].to_owned())
+            })
+    };
+    assert_eq!(
+        mounted("/system/state"),
+        Some(("/dev/vda3".to_owned(), "xfs".to_owned())),
+        "{mounts}"
+    );
+    assert_eq!(
+        mounted("/var"),
+        Some(("/dev/vda4".to_owned(), "xfs".to_owned())),
+        "{mounts}"
+    );
+    let boot_id = ok(
+        &tc,
+        &args(&with(&["read", "/proc/sys/kernel/random/boot_id"])),
+    );
+
+    // After a reboot the node comes back from the disk with its config:
+    // mTLS works without applying anything again.
+    let r = run(&tc, &args(&with(&["reboot"])));
+    assert_eq!(r.code, 0, "reboot: {}{}", r.out, r.err);
+    let read_id = with(&["read", "/proc/sys/kernel/random/boot_id"]);
+    let after = eventually(&tc, &args(&read_id), long, |id| {
+        id.trim().len() == 36 && id != boot_id
+    });
+    assert_ne!(after, boot_id);
+}
