@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod boot;
+pub mod bootloader;
 pub mod configstore;
 pub mod credentials;
 pub mod events;

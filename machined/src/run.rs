@@ -168,6 +168,34 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         "",
     );
     tracing::info!(maintenance = node.in_maintenance(), "machined ready");
+    // Up on an installed disk: the slot that booted is good (boot counting
+    // stops), and a failed upgrade that brought us back is reported.
+    if node.mode() == Mode::Metal
+        && !node.in_maintenance()
+        && let Some(slot) = crate::bootloader::booted_slot(&crate::boot::read_cmdline())
+    {
+        let confirmed = tokio::task::spawn_blocking(move || {
+            crate::bootloader::with_esp(|esp| crate::bootloader::confirm(esp, slot))
+        })
+        .await;
+        let message = match confirmed {
+            Ok(Ok(crate::bootloader::Confirmation::Unchanged)) => None,
+            Ok(Ok(crate::bootloader::Confirmation::Confirmed(s))) => {
+                Some(format!("boot slot {s} confirmed"))
+            }
+            Ok(Ok(crate::bootloader::Confirmation::RolledBack { failed, running })) => {
+                Some(format!(
+                    "the upgrade to slot {failed} did not come up; running slot {running} again"
+                ))
+            }
+            Ok(Err(e)) => Some(format!("confirming boot slot {slot}: {e}")),
+            Err(e) => Some(format!("confirming boot slot {slot}: {e}")),
+        };
+        if let Some(message) = message {
+            tracing::info!("{message}");
+            crate::boot::kmsg_log(&message);
+        }
+    }
     // Leaving maintenance mode: once a config is applied, start over from
     // it (the right services for the machine type, the daemons reading the
     // config at start). The pause lets the ApplyConfiguration reply travel

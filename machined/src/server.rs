@@ -754,6 +754,38 @@ impl MachineService for MachineApi {
         }))
     }
 
+    async fn rollback(
+        &self,
+        _: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RollbackResponse>, Status> {
+        self.refuse_in_container("rollback")?;
+        let booted = crate::bootloader::booted_slot(&crate::boot::read_cmdline()).ok_or_else(
+            || {
+                ApiError::FailedPrecondition(
+                    "the node was not booted from an installed disk (no talos.slot= on the kernel command line)"
+                        .into(),
+                )
+            },
+        )?;
+        let result = tokio::task::spawn_blocking(move || {
+            crate::bootloader::with_esp(|esp| crate::bootloader::rollback(esp, booted))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("rollback task: {e}")))?;
+        let slot = match result {
+            Ok(slot) => slot,
+            Err(e @ crate::bootloader::BootloaderError::NoOtherSlot { .. }) => {
+                return Err(ApiError::FailedPrecondition(e.to_string()).into());
+            }
+            Err(e) => return Err(ApiError::Internal(e.to_string()).into()),
+        };
+        tracing::info!(from = %booted, to = %slot, "rolling back: rebooting into the other slot");
+        self.node.request_power(PowerAction::Reboot);
+        Ok(Response::new(pb::RollbackResponse {
+            messages: vec![pb::Rollback { metadata: None }],
+        }))
+    }
+
     async fn shutdown(
         &self,
         _: Request<pb::ShutdownRequest>,
