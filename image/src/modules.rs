@@ -43,6 +43,10 @@ pub const MODULES: &[&str] = &[
     "fat",
     "vfat",
     "nls_cp437",
+    // vfat's default iocharset (ascii) and its UTF-8 names: without them
+    // mounting the ESP fails with EINVAL.
+    "nls_ascii",
+    "nls_utf8",
 ];
 
 /// Module file extensions we accept, longest first.

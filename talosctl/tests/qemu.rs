@@ -562,6 +562,23 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         &args(&with(&["read", "/proc/sys/kernel/random/boot_id"])),
     );
 
+    // A fresh install has one slot: rollback is refused, and nothing
+    // reboots.
+    let r = run(&tc, &args(&with(&["rollback"])));
+    assert_ne!(r.code, 0, "rollback with one slot: {}", r.out);
+    assert!(
+        r.err.contains("no other installation to roll back to"),
+        "{}",
+        r.err
+    );
+    assert_eq!(
+        ok(
+            &tc,
+            &args(&with(&["read", "/proc/sys/kernel/random/boot_id"]))
+        ),
+        boot_id
+    );
+
     // After a reboot the node comes back from the disk with its config:
     // mTLS works without applying anything again.
     let r = run(&tc, &args(&with(&["reboot"])));
