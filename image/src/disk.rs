@@ -40,10 +40,11 @@ pub const DEFAULT_DISK_SIZE: u64 = 2 * 1024 * 1024 * 1024;
 /// Debian's systemd-boot (package systemd-boot-efi).
 pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
-/// The kernel arguments of every boot entry: the serial console and the
-/// KSPP hardening arguments machined insists on.
-pub const KERNEL_ARGS: &str =
-    "console=ttyS0 init_on_alloc=1 init_on_free=1 slab_nomerge pti=on talos.platform=metal";
+/// The kernel arguments of every boot entry: the serial console, the
+/// KSPP hardening arguments machined insists on, and `panic=10`: a kernel
+/// panic (say, a broken initramfs) reboots after 10 s instead of hanging,
+/// so systemd-boot's boot counting can fall back to the other slot.
+pub const KERNEL_ARGS: &str = "console=ttyS0 init_on_alloc=1 init_on_free=1 slab_nomerge pti=on panic=10 talos.platform=metal";
 
 /// Tries a slot on trial gets before systemd-boot gives up on it.
 pub const BOOT_TRIES: u32 = 3;
