@@ -170,32 +170,13 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     tracing::info!(maintenance = node.in_maintenance(), "machined ready");
     // Up on an installed disk: the slot that booted is good (boot counting
     // stops), and a failed upgrade that brought us back is reported.
-    if node.mode() == Mode::Metal
-        && !node.in_maintenance()
-        && let Some(slot) = crate::bootloader::booted_slot(&crate::boot::read_cmdline())
-    {
-        let confirmed = tokio::task::spawn_blocking(move || {
-            crate::bootloader::with_esp(|esp| crate::bootloader::confirm(esp, slot))
-        })
-        .await;
-        let message = match confirmed {
-            Ok(Ok(crate::bootloader::Confirmation::Unchanged)) => None,
-            Ok(Ok(crate::bootloader::Confirmation::Confirmed(s))) => {
-                Some(format!("boot slot {s} confirmed"))
-            }
-            Ok(Ok(crate::bootloader::Confirmation::RolledBack { failed, running })) => {
-                Some(format!(
-                    "the upgrade to slot {failed} did not come up; running slot {running} again"
-                ))
-            }
-            Ok(Err(e)) => Some(format!("confirming boot slot {slot}: {e}")),
-            Err(e) => Some(format!("confirming boot slot {slot}: {e}")),
-        };
-        if let Some(message) = message {
-            tracing::info!("{message}");
-            crate::boot::kmsg_log(&message);
-        }
-    }
+    let confirm_slot = (node.mode() == Mode::Metal && !node.in_maintenance())
+        .then(|| crate::bootloader::booted_slot(&crate::boot::read_cmdline()))
+        .flatten()
+        .map(|slot| {
+            let supervisor = Arc::clone(&supervisor);
+            tokio::spawn(async move { confirm_when_up(&supervisor, slot).await })
+        });
     // Leaving maintenance mode: once a config is applied, start over from
     // it (the right services for the machine type, the daemons reading the
     // config at start). The pause lets the ApplyConfiguration reply travel
@@ -235,10 +216,57 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     if let Some(task) = leave_maintenance {
         task.abort();
     }
+    if let Some(task) = confirm_slot {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&socket);
     Ok(action)
+}
+
+/// How long the services get to come up before the booted slot is left
+/// unconfirmed (on trial, it falls back at its next boots).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(600);
+
+/// Confirms the booted slot once every service is up (running, and
+/// healthy where it has a health check): only a node that really works
+/// makes its slot the known-good one.
+async fn confirm_when_up(supervisor: &Supervisor, slot: crate::bootloader::Slot) {
+    use crate::bootloader::Confirmation;
+    let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
+    while !supervisor
+        .list()
+        .iter()
+        .all(crate::supervisor::ServiceStatus::is_up)
+    {
+        if tokio::time::Instant::now() > deadline {
+            let message = format!(
+                "boot slot {slot} not confirmed: the services did not all come up within {CONFIRM_WITHIN:?}"
+            );
+            tracing::warn!("{message}");
+            crate::boot::kmsg_log(&message);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let confirmed = tokio::task::spawn_blocking(move || {
+        crate::bootloader::with_esp(|esp| crate::bootloader::confirm(esp, slot))
+    })
+    .await;
+    let message = match confirmed {
+        Ok(Ok(Confirmation::Unchanged)) => None,
+        Ok(Ok(Confirmation::Confirmed(s))) => Some(format!("boot slot {s} confirmed")),
+        Ok(Ok(Confirmation::RolledBack { failed, running })) => Some(format!(
+            "the upgrade to slot {failed} did not come up; running slot {running} again"
+        )),
+        Ok(Err(e)) => Some(format!("confirming boot slot {slot}: {e}")),
+        Err(e) => Some(format!("confirming boot slot {slot}: {e}")),
+    };
+    if let Some(message) = message {
+        tracing::info!("{message}");
+        crate::boot::kmsg_log(&message);
+    }
 }
 
 /// Serves the machine API on `listener` until `shutdown` resolves.

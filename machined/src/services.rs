@@ -48,7 +48,10 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
                     "--names".to_owned(),
                     node.hostname(),
                 ]);
-                spec = spec.depends_on(["routerd"]);
+                // No dependency on routerd: apid connects to it per call
+                // (lazily, reconnecting), so both start at once and the
+                // node answers a process start sooner; a call in the
+                // moment before routerd listens gets Unavailable.
                 spec.api_stoppable = false;
                 let check = if listen.ip().is_unspecified() {
                     ([127, 0, 0, 1], listen.port()).into()
