@@ -68,8 +68,10 @@ fn mkdir(path: PathBuf) -> Result<PathBuf, RunError> {
 pub fn init_logging(options: &NodeOptions) -> Arc<LogRegistry> {
     let log_dir = match options.mode {
         Mode::Container => mkdir(options.root.join("var/log")).ok(),
-        // On metal, /var is the EPHEMERAL partition: files come once it is mounted.
-        Mode::Metal => None,
+        // On metal, /var is the EPHEMERAL partition, mounted by the boot
+        // sequence before this runs; without it /var is on the read-only
+        // root, the mkdir fails, and logs stay in memory only.
+        Mode::Metal => mkdir(options.root.join("var/log")).ok(),
     };
     let logs = Arc::new(LogRegistry::new(DEFAULT_CAPACITY, log_dir));
     let writer = crate::logbuf::TeeWriter::new(logs.get_or_create("machined"));

@@ -562,6 +562,12 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         &args(&with(&["read", "/proc/sys/kernel/random/boot_id"])),
     );
 
+    // Service logs persist on EPHEMERAL.
+    let logs = ok(&tc, &args(&with(&["list", "/var/log"])));
+    for file in ["machined.log", "apid.log"] {
+        assert!(logs.lines().any(|l| l == file), "{file} missing:\n{logs}");
+    }
+
     // A fresh install has one slot: rollback is refused, and nothing
     // reboots.
     let r = run(&tc, &args(&with(&["rollback"])));
