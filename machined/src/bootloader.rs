@@ -133,6 +133,17 @@ pub fn list(esp: &Path) -> Result<Vec<Entry>, BootloaderError> {
     Ok(entries)
 }
 
+/// `text` (a loader entry) with its `sort-key` line replaced by `key`.
+fn with_sort_key(text: &str, key: &str) -> String {
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.starts_with("sort-key"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("sort-key {key}\n"));
+    out
+}
+
 /// Rewrites `entry` as `slot`'s uncounted, known-good entry with the sort
 /// key for `preferred`; the file is replaced by rename (vfat has no
 /// atomic replace across names, but the rename of a complete file is the
@@ -142,12 +153,7 @@ fn settle(esp: &Path, entry: &Entry, preferred: bool) -> Result<(), BootloaderEr
     let from = dir.join(&entry.file_name);
     let text = fs::read_to_string(&from).map_err(io_err("reading", &from))?;
     let key = if preferred { PREFERRED_KEY } else { OTHER_KEY };
-    let mut out: String = text
-        .lines()
-        .filter(|l| !l.starts_with("sort-key"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    out.push_str(&format!("sort-key {key}\n"));
+    let out = with_sort_key(&text, key);
     let to = dir.join(format!("talos-{}.conf", entry.slot));
     let tmp = dir.join(format!("talos-{}.tmp", entry.slot));
     fs::write(&tmp, out).map_err(io_err("writing", &tmp))?;
@@ -209,13 +215,7 @@ pub fn confirm(esp: &Path, booted: Slot) -> Result<Confirmation, BootloaderError
         if let Some(o) = refreshed.iter().find(|e| e.slot == o.slot) {
             let path = esp.join(ENTRIES).join(&o.file_name);
             let text = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
-            let mut out: String = text
-                .lines()
-                .filter(|l| !l.starts_with("sort-key"))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            out.push_str(&format!("sort-key {OTHER_KEY}\n"));
-            fs::write(&path, out).map_err(io_err("writing", &path))?;
+            fs::write(&path, with_sort_key(&text, OTHER_KEY)).map_err(io_err("writing", &path))?;
         }
     }
     Ok(result)
@@ -252,22 +252,16 @@ pub fn rollback(esp: &Path, booted: Slot) -> Result<Slot, BootloaderError> {
 pub fn with_esp<T>(
     f: impl FnOnce(&Path) -> Result<T, BootloaderError>,
 ) -> Result<T, BootloaderError> {
-    use rustix::mount::{MountFlags, UnmountFlags, mount, unmount};
-    let (device, kind) =
-        crate::boot::find_labelled(Path::new("/sys/class/block"), Path::new("/dev"), ESP_LABEL)
-            .ok_or_else(|| BootloaderError::Esp(format!("no filesystem labelled {ESP_LABEL}")))?;
+    use rustix::mount::{UnmountFlags, unmount};
     let target = Path::new(ESP_MOUNT);
-    fs::create_dir_all(target).map_err(io_err("creating", target))?;
-    mount(
-        &device,
+    crate::boot::mount_labelled(
+        Path::new("/sys/class/block"),
+        Path::new("/dev"),
+        ESP_LABEL,
         target,
-        kind.as_str(),
-        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        None::<&std::ffi::CStr>,
     )
-    .map_err(|e| {
-        BootloaderError::Esp(format!("mounting {} on {ESP_MOUNT}: {e}", device.display()))
-    })?;
+    .map_err(|e| BootloaderError::Esp(e.to_string()))?
+    .ok_or_else(|| BootloaderError::Esp(format!("no filesystem labelled {ESP_LABEL}")))?;
     let result = f(target);
     rustix::fs::sync();
     if let Err(e) = unmount(target, UnmountFlags::empty()) {

@@ -669,28 +669,24 @@ fn show(args: &NameArgs) -> anyhow::Result<()> {
 /// Processes whose command line mentions `root` (a node's daemons).
 fn processes_under(root: &Path) -> Vec<u32> {
     let needle = root.as_os_str().as_encoded_bytes().to_vec();
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-            && cmdline
-                .split(|b| *b == 0)
-                .any(|arg| arg == needle.as_slice())
-            && alive(pid)
-        {
-            out.push(pid);
-        }
-    }
-    out
+    pids()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == needle.as_slice())
+            }) && alive(*pid)
+        })
+        .collect()
+}
+
+/// Every pid `/proc` lists now (none if it cannot be read).
+pub(crate) fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 /// Sends `sig` (`-TERM`, `-KILL`) to `pid`; a process already gone is fine.

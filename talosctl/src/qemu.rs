@@ -40,7 +40,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -410,20 +410,10 @@ fn check_cluster_name(name: &str) -> anyhow::Result<()> {
 
 // === files and processes ===
 
-/// Writes `data` to `path`, readable by the owner only (configs carry the
-/// cluster's secrets).
+/// Writes `data` to `path` (atomically), readable by the owner only:
+/// configs carry the cluster's secrets.
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    // An existing file keeps its mode on open: set it again.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(data)
+    machinery::fsutil::write_atomic(path, data, 0o600)
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -898,17 +888,9 @@ fn cluster_processes(dir: &Path, recorded: &[u32]) -> Vec<u32> {
         .copied()
         .filter(|pid| belongs(*pid, dir))
         .collect();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-                && !pids.contains(&pid)
-                && belongs(pid, dir)
-            {
-                pids.push(pid);
-            }
+    for pid in crate::cluster::pids() {
+        if !pids.contains(&pid) && belongs(pid, dir) {
+            pids.push(pid);
         }
     }
     pids
