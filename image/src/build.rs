@@ -50,6 +50,9 @@ pub struct BuildInputs {
     pub source_date_epoch: u64,
     /// The OS version written into the image.
     pub version: String,
+    /// Public keys (name, SPKI PEM) of the installer image signers the
+    /// image trusts for installs and upgrades.
+    pub trusted_keys: Vec<(String, Vec<u8>)>,
 }
 
 impl BuildInputs {
@@ -65,6 +68,7 @@ impl BuildInputs {
             bin_dir,
             source_date_epoch,
             version: machinery::constants::VERSION.to_owned(),
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -223,7 +227,12 @@ pub fn build(inputs: &BuildInputs) -> Result<Manifest, BuildError> {
     // The root file system.
     let root = scratch_dir.join("rootfs");
     fs::create_dir(&root).map_err(io_err("creating", &root))?;
-    let daemons = squashfs::stage(&root, &inputs.bin_dir, &inputs.version)?;
+    let daemons = squashfs::stage(
+        &root,
+        &inputs.bin_dir,
+        &inputs.version,
+        &inputs.trusted_keys,
+    )?;
     let rootfs = scratch_dir.join(ROOTFS);
     squashfs::mksquashfs(&root, &rootfs, epoch)?;
 

@@ -1,35 +1,33 @@
 //! `metal-amd64.raw`: a ready-to-boot disk image in the installed layout
-//! ([`crate::layout`]), made on the build host.
+//! ([`crate::layout`]), made on the build host by the installer's own
+//! code ([`installer::install::install`]) on a sparse image file: what a
+//! node installing itself from maintenance mode writes, with GUIDs seeded
+//! from `SOURCE_DATE_EPOCH` instead of random ones.
 //!
-//! - `EFI` (vfat, made with `mkfs.vfat` and filled with mtools: the host
-//!   kernel has no vfat, so nothing is mounted): systemd-boot as the
-//!   removable-media loader `EFI/BOOT/BOOTX64.EFI`, `loader/loader.conf`,
-//!   slot A's `A/vmlinuz` and `A/initramfs.xz` and its loader entry.
-//! - `META`: an empty store in upstream's ADV format (both copies).
-//! - `STATE` and `EPHEMERAL`: empty xfs filesystems with those labels
-//!   (`mkfs.xfs` on a scratch file, copied in).
+//! The only host tool is `mkfs.xfs`, for the STATE and EPHEMERAL
+//! templates ([`make_templates`], which the imager also puts into the
+//! installer image); the ESP is made with `fatfs`, META and the GPT are
+//! written directly.
 //!
-//! The image file is sparse: only blocks that hold data are written.
-//!
-//! # Boot entries
-//!
-//! systemd-boot picks the first entry in its sort order; entries whose
-//! boot counter ran out sort last. So the slot to boot gets the lower
-//! `sort-key`, and a slot on trial (after an upgrade) has a counter in its
-//! file name (`talos-B+3.conf`): the firmware loader counts down at each
-//! try, and when none is left the other slot boots by itself. The
-//! installed slot A is known good and has no counter. `editor no`: nobody
-//! at the console can change the kernel command line (the KSPP arguments
-//! stay).
+//! The boot entries are described in [`installer::entries`]; the names
+//! below are re-exported from there for existing users.
 
 use std::fs::{self, File};
-use std::io::{self, Read as _};
-use std::os::unix::fs::FileExt as _;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::layout::{self, LayoutError, Plan};
+use installer::files;
+use installer::install::{self, InstallError, InstallInputs};
+use installer::sparse::{self, SparseError};
+use installer::target::{Disk, TargetError};
+
+use crate::layout::{self, Plan};
 use crate::tool::{self, ToolError};
+
+pub use installer::entries::{
+    BOOT_TRIES, KERNEL_ARGS, Slot, entry_file_name, loader_conf, loader_entry,
+};
 
 /// The disk image's file name.
 pub const DISK_IMAGE: &str = "metal-amd64.raw";
@@ -40,69 +38,14 @@ pub const DEFAULT_DISK_SIZE: u64 = 2 * 1024 * 1024 * 1024;
 /// Debian's systemd-boot (package systemd-boot-efi).
 pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
-/// The kernel arguments of every boot entry: the serial console, the
-/// KSPP hardening arguments machined insists on, and `panic=10`: a kernel
-/// panic (say, a broken initramfs) reboots after 10 s instead of hanging,
-/// so systemd-boot's boot counting can fall back to the other slot.
-pub const KERNEL_ARGS: &str = "console=ttyS0 init_on_alloc=1 init_on_free=1 slab_nomerge pti=on panic=10 talos.platform=metal";
+/// The EPHEMERAL template's size: the smallest filesystem `mkfs.xfs`
+/// makes. machined grows it to its partition at boot, so one template
+/// fits every disk.
+pub const EPHEMERAL_TEMPLATE_SIZE: u64 = 300 * 1024 * 1024;
 
-/// Tries a slot on trial gets before systemd-boot gives up on it.
-pub const BOOT_TRIES: u32 = 3;
-
-/// A boot slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    /// Slot A.
-    A,
-    /// Slot B.
-    B,
-}
-
-impl Slot {
-    /// Its name, also its directory on the ESP.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Slot::A => "A",
-            Slot::B => "B",
-        }
-    }
-}
-
-/// `loader/loader.conf`.
-#[must_use]
-pub fn loader_conf() -> String {
-    // No menu wait, no editing, no entries made up by the loader itself.
-    "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n".to_owned()
-}
-
-/// The loader entry of `slot` holding `version`; `preferred` gives it the
-/// lower sort key (booted first).
-#[must_use]
-pub fn loader_entry(slot: Slot, version: &str, preferred: bool) -> String {
-    let s = slot.as_str();
-    let key = if preferred { "talos-0" } else { "talos-1" };
-    format!(
-        "title Talos-rs {version} (slot {s})\nsort-key {key}\nversion {version}\nlinux /{s}/vmlinuz\ninitrd /{s}/initramfs.xz\noptions {KERNEL_ARGS} talos.slot={s}\n"
-    )
-}
-
-/// The entry's file name: `talos-A.conf`, or with a boot counter
-/// (`talos-B+3.conf`) for a slot on trial.
-#[must_use]
-pub fn entry_file_name(slot: Slot, tries: Option<u32>) -> String {
-    match tries {
-        Some(n) => format!("talos-{}+{n}.conf", slot.as_str()),
-        None => format!("talos-{}.conf", slot.as_str()),
-    }
-}
-
-/// Building the disk image failed.
+/// Building the disk image or the templates failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    /// The layout does not fit.
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
     /// A tool failed.
     #[error(transparent)]
     Tool(#[from] ToolError),
@@ -116,9 +59,15 @@ pub enum DiskError {
         /// The cause.
         source: io::Error,
     },
-    /// The META store could not be made.
-    #[error("initialising META: {0}")]
-    Meta(#[from] machinery::meta::MetaError),
+    /// A template could not be encoded.
+    #[error("encoding a filesystem template: {0}")]
+    Sparse(#[from] SparseError),
+    /// The image file could not be created.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// Installing onto the image file failed.
+    #[error(transparent)]
+    Install(#[from] InstallError),
 }
 
 fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskError + use<> {
@@ -143,83 +92,9 @@ pub struct DiskInputs {
     pub version: String,
     /// The image size in bytes.
     pub size: u64,
-    /// Seeds the GPT GUIDs, so the same inputs give the same table.
+    /// Seeds the GPT GUIDs, the ESP's volume id and the filesystems'
+    /// UUIDs, so the same inputs give the same table and identifiers.
     pub seed: u64,
-}
-
-/// GUIDs derived from `seed` (SHA-256 of seed and a counter, as version-4
-/// style random GUIDs): reproducible tables without sharing GUIDs across
-/// differently seeded disks.
-fn seeded_guids(seed: u64) -> impl FnMut() -> [u8; 16] {
-    let mut n = 0u64;
-    move || {
-        n += 1;
-        let mut input = seed.to_le_bytes().to_vec();
-        input.extend_from_slice(&n.to_le_bytes());
-        let d = ring::digest::digest(&ring::digest::SHA256, &input);
-        let mut g = [0u8; 16];
-        g.copy_from_slice(&d.as_ref()[..16]);
-        // Version 4, RFC 4122 variant, in GPT's mixed-endian byte order.
-        g[7] = (g[7] & 0x0f) | 0x40;
-        g[8] = (g[8] & 0x3f) | 0x80;
-        g
-    }
-}
-
-/// Builds the disk image at `out` (replacing it). Blocks while the tools
-/// run. Returns the partition plan.
-///
-/// # Errors
-/// A tool, a file operation or the layout failed; `out` may be left
-/// half-written.
-pub fn build_disk_image(out: &Path, inputs: &DiskInputs) -> Result<Plan, DiskError> {
-    let plan = layout::plan(inputs.size, &mut seeded_guids(inputs.seed))?;
-    let scratch = tempfile::tempdir().map_err(io_err("creating a scratch directory in", out))?;
-    let _ = fs::remove_file(out);
-    let file = File::create(out).map_err(io_err("creating", out))?;
-    file.set_len(inputs.size).map_err(io_err("sizing", out))?;
-    drop(file);
-    layout::write_gpt(out, &plan)?;
-
-    let offset = |name: &str| {
-        layout::partition_offset(&plan, name).unwrap_or_else(|| unreachable!("{name} is in LAYOUT"))
-    };
-
-    // EFI.
-    let (esp_at, esp_len) = offset(layout::EFI);
-    let esp = scratch.path().join("esp.img");
-    make_esp(&esp, esp_len, inputs, scratch.path())?;
-    copy_sparse(&esp, out, esp_at)?;
-
-    // META.
-    let (meta_at, _) = offset(layout::META);
-    let meta = machinery::meta::Adv::new().encode_partition();
-    let disk = fs::OpenOptions::new()
-        .write(true)
-        .open(out)
-        .map_err(io_err("opening", out))?;
-    disk.write_all_at(&meta, meta_at)
-        .map_err(io_err("writing META into", out))?;
-    drop(disk);
-
-    // STATE and EPHEMERAL.
-    for name in [layout::STATE, layout::EPHEMERAL] {
-        let (at, len) = offset(name);
-        let img = scratch.path().join(format!("{name}.img"));
-        let f = File::create(&img).map_err(io_err("creating", &img))?;
-        f.set_len(len).map_err(io_err("sizing", &img))?;
-        drop(f);
-        tool::run(
-            "making an xfs filesystem",
-            Command::new(mkfs("mkfs.xfs"))
-                .args(["-q", "-f", "-L", name])
-                .arg(&img),
-        )?;
-        copy_sparse(&img, out, at)?;
-    }
-    let disk = File::open(out).map_err(io_err("opening", out))?;
-    disk.sync_all().map_err(io_err("syncing", out))?;
-    Ok(plan)
 }
 
 /// `mkfs.*` lives in sbin, which a non-root PATH may lack.
@@ -231,158 +106,286 @@ fn mkfs(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn make_esp(esp: &Path, len: u64, inputs: &DiskInputs, scratch: &Path) -> Result<(), DiskError> {
-    tool::run(
-        "making the EFI system partition",
-        Command::new(mkfs("mkfs.vfat"))
-            .args(["-F", "32", "-n", "EFI", "-i", "54414c53", "-C"])
-            .arg(esp)
-            .arg((len / 1024).to_string()),
-    )?;
-    let mtools = |operation: &'static str, program: &str, args: &[&std::ffi::OsStr]| {
-        tool::run(
-            operation,
-            Command::new(program)
-                .arg("-i")
-                .arg(esp)
-                .args(args)
-                .env("MTOOLS_SKIP_CHECK", "1"),
-        )
-    };
-    for dir in [
-        "::/EFI",
-        "::/EFI/BOOT",
-        "::/loader",
-        "::/loader/entries",
-        "::/A",
-        "::/B",
-    ] {
-        mtools("making a directory on the ESP", "mmd", &[dir.as_ref()])?;
-    }
-    let conf = scratch.join("loader.conf");
-    fs::write(&conf, loader_conf()).map_err(io_err("writing", &conf))?;
-    let entry = scratch.join(entry_file_name(Slot::A, None));
-    fs::write(&entry, loader_entry(Slot::A, &inputs.version, true))
-        .map_err(io_err("writing", &entry))?;
-    let entry_target = format!("::/loader/entries/{}", entry_file_name(Slot::A, None));
-    let copies: [(&Path, &str); 5] = [
-        (&inputs.systemd_boot, "::/EFI/BOOT/BOOTX64.EFI"),
-        (&conf, "::/loader/loader.conf"),
-        (&entry, &entry_target),
-        (&inputs.vmlinuz, "::/A/vmlinuz"),
-        (&inputs.initramfs, "::/A/initramfs.xz"),
-    ];
-    for (from, to) in copies {
-        if !from.exists() {
-            return Err(DiskError::Io {
-                operation: "reading",
-                path: from.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::NotFound, "missing"),
-            });
-        }
-        mtools(
-            "copying onto the ESP",
-            "mcopy",
-            &[from.as_os_str(), to.as_ref()],
-        )?;
-    }
-    Ok(())
+/// The UUID of the filesystem labelled `label`, derived from `seed`
+/// (SHA-256, shaped as a version-4 UUID): reproducible, and different per
+/// label and seed.
+fn seeded_uuid(seed: u64, label: &str) -> uuid::Uuid {
+    let mut input = b"talos-rs xfs template ".to_vec();
+    input.extend_from_slice(&seed.to_le_bytes());
+    input.extend_from_slice(label.as_bytes());
+    let d = ring::digest::digest(&ring::digest::SHA256, &input);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    uuid::Builder::from_random_bytes(b).into_uuid()
 }
 
-/// Copies `from` into `to` at byte `at`, skipping all-zero blocks (the
-/// target is a fresh sparse file: they are zero already).
-fn copy_sparse(from: &Path, to: &Path, at: u64) -> Result<(), DiskError> {
-    const BLOCK: usize = 64 * 1024;
-    let mut src = File::open(from).map_err(io_err("opening", from))?;
-    let dst = fs::OpenOptions::new()
-        .write(true)
-        .open(to)
-        .map_err(io_err("opening", to))?;
-    let mut buf = vec![0u8; BLOCK];
-    let mut pos = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < BLOCK {
-            let n = src
-                .read(&mut buf[filled..])
-                .map_err(io_err("reading", from))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            return Ok(());
-        }
-        if buf[..filled].iter().any(|&b| b != 0) {
-            dst.write_all_at(&buf[..filled], at + pos)
-                .map_err(io_err("writing into", to))?;
-        }
-        pos += filled as u64;
-        if filled < BLOCK {
-            return Ok(());
-        }
-    }
+/// Makes an empty xfs filesystem of `size` bytes labelled `label` and
+/// encodes it as a template at `template`.
+fn make_template(
+    scratch: &Path,
+    label: &str,
+    size: u64,
+    seed: u64,
+    template: &Path,
+) -> Result<(), DiskError> {
+    let raw = scratch.join(format!("{label}.xfs"));
+    let _ = fs::remove_file(&raw);
+    let f = File::create(&raw).map_err(io_err("creating", &raw))?;
+    f.set_len(size).map_err(io_err("sizing", &raw))?;
+    drop(f);
+    tool::run(
+        "making an xfs filesystem template",
+        Command::new(mkfs("mkfs.xfs"))
+            .args(["-q", "-f", "-L", label, "-m"])
+            .arg(format!("uuid={}", seeded_uuid(seed, label)))
+            .arg(&raw),
+    )?;
+    sparse::encode(&raw, template)?;
+    fs::remove_file(&raw).map_err(io_err("removing", &raw))
+}
+
+/// Makes the STATE and EPHEMERAL filesystem templates in `scratch` (an
+/// existing directory), named as in an installer image
+/// ([`installer::files`]): empty xfs filesystems made with `mkfs.xfs`,
+/// STATE of its partition's size, EPHEMERAL of
+/// [`EPHEMERAL_TEMPLATE_SIZE`], in the [`installer::sparse`] encoding.
+/// Their UUIDs derive from `seed`. Returns their paths (STATE, EPHEMERAL).
+///
+/// mkfs.xfs stamps the current time into the root inode, so templates
+/// made at different times differ in those bytes.
+///
+/// # Errors
+/// `mkfs.xfs` is missing or failed, or a file operation failed.
+pub fn make_templates(scratch: &Path, seed: u64) -> Result<(PathBuf, PathBuf), DiskError> {
+    let state = scratch.join(files::STATE_TEMPLATE);
+    let ephemeral = scratch.join(files::EPHEMERAL_TEMPLATE);
+    make_template(scratch, layout::STATE, layout::STATE_SIZE, seed, &state)?;
+    make_template(
+        scratch,
+        layout::EPHEMERAL,
+        EPHEMERAL_TEMPLATE_SIZE,
+        seed,
+        &ephemeral,
+    )?;
+    Ok((state, ephemeral))
+}
+
+/// Builds the disk image at `out` (replacing it): the templates, then
+/// [`installer::install::install`] onto a sparse file of `inputs.size`
+/// bytes. Blocks while `mkfs.xfs` runs. Returns the partition plan.
+///
+/// # Errors
+/// A tool, a file operation or the install failed; `out` may be left
+/// half-written (and unbootable).
+pub fn build_disk_image(out: &Path, inputs: &DiskInputs) -> Result<Plan, DiskError> {
+    let scratch = tempfile::tempdir().map_err(io_err("creating a scratch directory for", out))?;
+    let (state_template, ephemeral_template) = make_templates(scratch.path(), inputs.seed)?;
+    let mut disk = Disk::create_image(out, inputs.size)?;
+    let plan = install::install(
+        &mut disk,
+        &InstallInputs {
+            vmlinuz: inputs.vmlinuz.clone(),
+            initramfs: inputs.initramfs.clone(),
+            systemd_boot: inputs.systemd_boot.clone(),
+            state_template,
+            ephemeral_template,
+            version: inputs.version.clone(),
+            guid_seed: Some(inputs.seed),
+        },
+        &mut |_| {},
+    )?;
+    Ok(plan)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt as _;
+
+    const MIB: u64 = 1024 * 1024;
 
     #[test]
-    fn entries_boot_the_preferred_slot_with_the_hardening_arguments() {
+    fn the_entry_names_are_the_installers() {
+        // Re-exported, not copies: the node and the image agree.
+        assert_eq!(KERNEL_ARGS, installer::entries::KERNEL_ARGS);
+        assert_eq!(BOOT_TRIES, 3);
+        assert_eq!(entry_file_name(Slot::B, Some(BOOT_TRIES)), "talos-B+3.conf");
         let a = loader_entry(Slot::A, "0.1.0", true);
         assert!(a.contains("sort-key talos-0\n"), "{a}");
-        assert!(a.contains("linux /A/vmlinuz\n"), "{a}");
-        assert!(a.contains("initrd /A/initramfs.xz\n"), "{a}");
-        assert!(
-            a.contains("init_on_alloc=1 init_on_free=1 slab_nomerge pti=on"),
-            "{a}"
-        );
-        assert!(a.contains("talos.slot=A\n"), "{a}");
-        let b = loader_entry(Slot::B, "0.2.0", false);
-        assert!(b.contains("sort-key talos-1\n"), "{b}");
-        assert_eq!(entry_file_name(Slot::B, Some(3)), "talos-B+3.conf");
-        assert_eq!(entry_file_name(Slot::A, None), "talos-A.conf");
+        assert!(a.contains(KERNEL_ARGS), "{a}");
         assert!(loader_conf().contains("editor no\n"));
     }
 
     #[test]
-    fn seeded_guids_are_reproducible_and_distinct() {
-        let first: Vec<[u8; 16]> = {
-            let mut g = seeded_guids(7);
-            (0..5).map(|_| g()).collect()
-        };
-        let again: Vec<[u8; 16]> = {
-            let mut g = seeded_guids(7);
-            (0..5).map(|_| g()).collect()
-        };
-        assert_eq!(first, again);
-        let other = seeded_guids(8)();
-        assert_ne!(first[0], other);
-        for g in &first {
-            assert_eq!(g[7] >> 4, 4, "version 4");
+    fn seeded_uuids_are_reproducible_per_seed_and_label() {
+        let a = seeded_uuid(1, "STATE");
+        assert_eq!(a, seeded_uuid(1, "STATE"));
+        assert_ne!(a, seeded_uuid(2, "STATE"));
+        assert_ne!(a, seeded_uuid(1, "EPHEMERAL"));
+        assert_eq!(a.get_version_num(), 4);
+    }
+
+    fn tool_path(name: &str, package: &str) -> PathBuf {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| {
+                panic!("`{name}` is missing: this test needs the Debian package `{package}`; scripts/setup installs it")
+            })
+    }
+
+    fn run(cmd: &mut Command) -> String {
+        let out = cmd.output().expect("runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{cmd:?} failed: {text}");
+        text
+    }
+
+    /// Copies `len` bytes at `at` of `from` into a new sparse file `to`.
+    fn extract_sparse(from: &Path, at: u64, len: u64, to: &Path) {
+        let src = File::open(from).expect("open");
+        let dst = File::create(to).expect("create");
+        dst.set_len(len).expect("size");
+        let mut buf = vec![0u8; MIB as usize];
+        for off in (0..len).step_by(MIB as usize) {
+            src.read_exact_at(&mut buf, at + off).expect("read");
+            if buf.iter().any(|&b| b != 0) {
+                dst.write_all_at(&buf, off).expect("write");
+            }
         }
-        let unique: std::collections::BTreeSet<_> = first.iter().collect();
-        assert_eq!(unique.len(), 5);
+    }
+
+    /// The xfs superblock at `at` of `disk`: its label and size in bytes.
+    fn xfs_superblock(disk: &File, at: u64) -> (String, u64) {
+        let mut sb = [0u8; 512];
+        disk.read_exact_at(&mut sb, at).expect("read");
+        assert_eq!(&sb[..4], b"XFSB", "xfs magic at {at}");
+        let blocksize = u32::from_be_bytes(sb[4..8].try_into().expect("4"));
+        let dblocks = u64::from_be_bytes(sb[8..16].try_into().expect("8"));
+        let label = String::from_utf8_lossy(&sb[108..120])
+            .trim_end_matches('\0')
+            .to_owned();
+        (label, dblocks * u64::from(blocksize))
     }
 
     #[test]
-    fn sparse_copy_places_data_at_the_offset() {
+    fn builds_a_disk_in_the_installed_layout() {
+        tool_path("mkfs.xfs", "xfsprogs");
+        let mdir = tool_path("mdir", "mtools");
+        let mtype = tool_path("mtype", "mtools");
+        let sgdisk = tool_path("sgdisk", "gdisk");
+
         let dir = tempfile::tempdir().expect("tempdir");
-        let src = dir.path().join("src");
-        let mut data = vec![0u8; 200 * 1024];
-        data[70 * 1024] = 7;
-        data[199 * 1024] = 9;
-        fs::write(&src, &data).expect("write");
-        let dst = dir.path().join("dst");
-        File::create(&dst)
-            .and_then(|f| f.set_len(1024 * 1024))
-            .expect("dst");
-        copy_sparse(&src, &dst, 4096).expect("copy");
-        let out = fs::read(&dst).expect("read");
-        assert_eq!(out[4096 + 70 * 1024], 7);
-        assert_eq!(out[4096 + 199 * 1024], 9);
-        assert_eq!(out.iter().filter(|&&b| b != 0).count(), 2);
+        let vmlinuz = dir.path().join("vmlinuz");
+        let initramfs = dir.path().join("initramfs.xz");
+        let boot = dir.path().join("systemd-bootx64.efi");
+        fs::write(&vmlinuz, b"fake kernel ".repeat(10_000)).expect("w");
+        fs::write(&initramfs, b"fake initramfs").expect("w");
+        fs::write(&boot, b"MZ fake loader").expect("w");
+        let out = dir.path().join(DISK_IMAGE);
+        fs::write(&out, b"an old file in the way").expect("w");
+        let inputs = DiskInputs {
+            vmlinuz: vmlinuz.clone(),
+            initramfs,
+            systemd_boot: boot,
+            version: "v1.2.3".to_owned(),
+            size: DEFAULT_DISK_SIZE,
+            seed: 42,
+        };
+        let plan = build_disk_image(&out, &inputs).expect("disk image");
+        assert_eq!(fs::metadata(&out).expect("stat").len(), DEFAULT_DISK_SIZE);
+        // The same seed gives the same table.
+        assert_eq!(
+            plan,
+            layout::plan(DEFAULT_DISK_SIZE, &mut layout::seeded_guids(42)).expect("plan")
+        );
+
+        let verify = run(Command::new(&sgdisk).arg("--verify").arg(&out));
+        assert!(verify.contains("No problems found"), "{verify}");
+
+        // The ESP, read with mtools.
+        let (esp_at, _) = layout::partition_offset(&plan, layout::EFI).expect("EFI");
+        let image = format!("{}@@{esp_at}", out.display());
+        let mtools = |tool: &Path, path: &str| {
+            run(Command::new(tool)
+                .arg("-i")
+                .arg(&image)
+                .arg(path)
+                .env("MTOOLS_SKIP_CHECK", "1"))
+        };
+        let root = mtools(&mdir, "::/");
+        assert!(root.contains("Volume in drive : is EFI"), "{root}");
+        let entries = mtools(&mdir, "::/loader/entries");
+        assert!(entries.contains("talos-A.conf"), "{entries}");
+        let entry = mtools(&mtype, "::/loader/entries/talos-A.conf");
+        assert!(entry.contains("talos.slot=A"), "{entry}");
+        assert!(entry.contains("sort-key talos-0"), "{entry}");
+        assert!(entry.contains("version v1.2.3"), "{entry}");
+        assert_eq!(mtools(&mtype, "::/EFI/BOOT/BOOTX64.EFI"), "MZ fake loader");
+        let kernel = mtools(&mdir, "::/A");
+        assert!(kernel.contains("120000"), "the kernel's size: {kernel}");
+
+        // fsck.fat finds nothing to repair (it needs the ESP on its own).
+        let esp = dir.path().join("esp.img");
+        extract_sparse(&out, esp_at, layout::EFI_SIZE, &esp);
+        let fsck = tool_path("fsck.fat", "dosfstools");
+        let report = run(Command::new(&fsck).arg("-n").arg(&esp));
+        assert!(!report.contains("Auto-renaming"), "{report}");
+
+        // STATE and EPHEMERAL: xfs with their labels; EPHEMERAL the
+        // template's size, to be grown at boot.
+        let disk = File::open(&out).expect("open");
+        let (state_at, state_len) = layout::partition_offset(&plan, layout::STATE).expect("STATE");
+        assert_eq!(
+            xfs_superblock(&disk, state_at),
+            ("STATE".to_owned(), state_len)
+        );
+        let (eph_at, eph_len) =
+            layout::partition_offset(&plan, layout::EPHEMERAL).expect("EPHEMERAL");
+        let (label, bytes) = xfs_superblock(&disk, eph_at);
+        assert_eq!(label, "EPHEMERAL");
+        assert_eq!(bytes, EPHEMERAL_TEMPLATE_SIZE);
+        assert!(eph_len > bytes);
+
+        // META: an empty store.
+        let (meta_at, meta_len) = layout::partition_offset(&plan, layout::META).expect("META");
+        let mut meta = vec![0u8; meta_len as usize];
+        disk.read_exact_at(&mut meta, meta_at).expect("read");
+        let (adv, _) = machinery::meta::decode_partition(&meta).expect("META decodes");
+        assert!(adv.is_empty());
+
+        // The image stays sparse: far less allocated than its size.
+        let allocated =
+            std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&out).expect("stat")) * 512;
+        assert!(allocated < 200 * MIB, "{allocated} bytes allocated");
+    }
+
+    #[test]
+    fn templates_fit_their_partitions() {
+        tool_path("mkfs.xfs", "xfsprogs");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (state, ephemeral) = make_templates(dir.path(), 7).expect("templates");
+        assert_eq!(state, dir.path().join("state.xfs.sparse"));
+        assert_eq!(ephemeral, dir.path().join("ephemeral.xfs.sparse"));
+        let total = |p: &Path| sparse::total_len(File::open(p).expect("open")).expect("header");
+        assert_eq!(total(&state), layout::STATE_SIZE);
+        assert_eq!(total(&ephemeral), EPHEMERAL_TEMPLATE_SIZE);
+        // Small to ship: an empty filesystem is mostly zeros.
+        for p in [&state, &ephemeral] {
+            let len = fs::metadata(p).expect("stat").len();
+            assert!(len < 4 * MIB, "{}: {len} bytes", p.display());
+        }
+        // Only the templates are left in the scratch directory.
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ephemeral.xfs.sparse", "state.xfs.sparse"]);
     }
 }

@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use image::build::{self, BuildInputs};
+use image::installer_image;
 use image::kernel::KernelSource;
 
 #[derive(Debug, Parser)]
@@ -44,6 +46,16 @@ struct BuildArgs {
     /// Timestamp of every file in the image.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     source_date_epoch: u64,
+    /// The version written into the image (default: this build's).
+    #[arg(long)]
+    version: Option<String>,
+    /// The ed25519 key (PKCS#8 PEM) that signs the installer image; made
+    /// when missing. Default: <output>/keys/installer-signing.pem.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// More public keys (SPKI PEM) the image trusts for upgrades.
+    #[arg(long)]
+    trust_key: Vec<PathBuf>,
     /// Skip the disk image (metal-amd64.raw).
     #[arg(long)]
     no_disk: bool,
@@ -58,6 +70,16 @@ struct BuildArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Cmd::Build(args) = cli.command;
+    match build_all(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imager: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_all(args: BuildArgs) -> anyhow::Result<()> {
     let mut inputs =
         BuildInputs::with_debian_kernel(args.output, args.bin_dir, args.source_date_epoch);
     match (args.kernel, args.modules) {
@@ -73,50 +95,93 @@ fn main() -> ExitCode {
             }
         }
     }
-    match build::build(&inputs) {
-        Ok(manifest) => {
-            println!(
-                "imager: built {} (kernel {}) into {}",
-                manifest.version,
-                manifest.kernel_version,
-                inputs.output.display()
-            );
-            for (name, artifact) in &manifest.artifacts {
-                println!(
-                    "  {name:<14} {} {:>10} bytes",
-                    artifact.sha256, artifact.size
-                );
-            }
-            if args.no_disk {
-                return ExitCode::SUCCESS;
-            }
-            let disk = inputs.output.join(image::disk::DISK_IMAGE);
-            let disk_inputs = image::disk::DiskInputs {
-                vmlinuz: inputs.output.join(build::VMLINUZ),
-                initramfs: inputs.output.join(build::INITRAMFS),
-                systemd_boot: args.systemd_boot,
-                version: manifest.version.clone(),
-                size: args.disk_size,
-                seed: args.source_date_epoch,
-            };
-            match image::disk::build_disk_image(&disk, &disk_inputs) {
-                Ok(_) => {
-                    println!(
-                        "  {:<14} {} bytes (sparse): EFI with slot A, META, STATE, EPHEMERAL",
-                        image::disk::DISK_IMAGE,
-                        args.disk_size
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("imager: building {}: {e}", disk.display());
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("imager: {e}");
-            ExitCode::FAILURE
-        }
+    if let Some(version) = args.version {
+        inputs.version = version;
     }
+    let output = inputs.output.clone();
+
+    // The release key: its public half goes into the root, the private
+    // half signs the installer image.
+    let key_path = args
+        .signing_key
+        .unwrap_or_else(|| output.join(installer_image::DEFAULT_SIGNING_KEY));
+    let (key, made) = installer_image::load_or_generate_key(&key_path)?;
+    if made {
+        println!(
+            "imager: made a new installer signing key {} ({}): keep it, nodes built from this output install and upgrade only to images it signs",
+            key_path.display(),
+            key.fingerprint()
+        );
+    }
+    inputs
+        .trusted_keys
+        .push(("release".to_owned(), key.public_key_pem().into_bytes()));
+    for (i, path) in args.trust_key.iter().enumerate() {
+        let pem = std::fs::read(path).with_context(|| format!("--trust-key {}", path.display()))?;
+        installer::sign::TrustedKeys::from_pem(&pem, &path.display().to_string())
+            .with_context(|| format!("--trust-key {}", path.display()))?;
+        inputs.trusted_keys.push((format!("extra-{i}"), pem));
+    }
+
+    let manifest = build::build(&inputs)?;
+    println!(
+        "imager: built {} (kernel {}) into {}",
+        manifest.version,
+        manifest.kernel_version,
+        output.display()
+    );
+    for (name, artifact) in &manifest.artifacts {
+        println!(
+            "  {name:<14} {} {:>10} bytes",
+            artifact.sha256, artifact.size
+        );
+    }
+
+    // The installer image.
+    let scratch = tempfile::Builder::new()
+        .prefix(".imager-")
+        .tempdir_in(&output)
+        .context("a scratch directory")?;
+    let (state_template, ephemeral_template) =
+        image::disk::make_templates(scratch.path(), args.source_date_epoch)?;
+    let digest = installer_image::build_installer_image(
+        &output,
+        &installer_image::InstallerInputs {
+            installer: inputs.bin_dir.join(installer::files::INSTALLER),
+            vmlinuz: output.join(build::VMLINUZ),
+            initramfs: output.join(build::INITRAMFS),
+            systemd_boot: args.systemd_boot.clone(),
+            state_template,
+            ephemeral_template,
+            version: manifest.version.clone(),
+        },
+        &key,
+    )?;
+    println!(
+        "  {:<14} {digest} (OCI image layout, signed by {})",
+        format!("{}/", installer_image::INSTALLER_DIR),
+        key.fingerprint()
+    );
+    if args.no_disk {
+        return Ok(());
+    }
+
+    // The disk image, written by the installer's own code.
+    let disk = output.join(image::disk::DISK_IMAGE);
+    let disk_inputs = image::disk::DiskInputs {
+        vmlinuz: output.join(build::VMLINUZ),
+        initramfs: output.join(build::INITRAMFS),
+        systemd_boot: args.systemd_boot,
+        version: manifest.version.clone(),
+        size: args.disk_size,
+        seed: args.source_date_epoch,
+    };
+    image::disk::build_disk_image(&disk, &disk_inputs)
+        .with_context(|| format!("building {}", disk.display()))?;
+    println!(
+        "  {:<14} {} bytes (sparse): EFI with slot A, META, STATE, EPHEMERAL",
+        image::disk::DISK_IMAGE,
+        args.disk_size
+    );
+    Ok(())
 }

@@ -3,7 +3,10 @@
 //!
 //! What is in it: `/usr/bin/<daemon>` for each of
 //! [`machinery::constants::DAEMONS`] found in the binary directory (static
-//! musl builds), `/etc/os-release`, empty `/etc/hosts` and
+//! musl builds), `/usr/bin/installer` (machined runs it to fetch and verify
+//! installer images), the public keys of the trusted image signers under
+//! `/usr/share/talos-rs/keys`, the CA bundle `/etc/ssl/certs/ca-certificates.crt`
+//! (from the build host's ca-certificates), `/etc/os-release`, empty `/etc/hosts` and
 //! `/etc/resolv.conf` (machined bind-mounts `/system/etc/...` over them),
 //! an empty `/usr/etc/`, and empty mount points (`/dev /proc /sys /run /tmp
 //! /system /var`). What is not: a shell, busybox, coreutils, or anything
@@ -29,6 +32,9 @@ use crate::tool::{self, ToolError};
 pub const ROOTFS_DIRS: &[&str] = &[
     "dev", "etc", "proc", "run", "sys", "system", "tmp", "usr", "usr/bin", "usr/etc", "var",
 ];
+
+/// The CA bundle staged into the root, on the build host and in the root.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Building the root failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +92,21 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), SquashfsErr
 }
 
 /// Fills `root` (an empty directory) with the root file system; returns the
-/// daemons it took from `bin_dir`, in [`machinery::constants::DAEMONS`]
-/// order.
+/// programs it took from `bin_dir`: the daemons in
+/// [`machinery::constants::DAEMONS`] order, then the tools
+/// ([`machinery::constants::TOOLS`]: the installer). `trusted_keys` (name,
+/// SPKI PEM) go to [`machinery::constants::TRUSTED_KEYS_DIR`]: the
+/// installer images this root will install or upgrade to must be signed
+/// by one of them.
 ///
 /// # Errors
 /// A file system operation failed.
-pub fn stage(root: &Path, bin_dir: &Path, version: &str) -> Result<Vec<String>, SquashfsError> {
+pub fn stage(
+    root: &Path,
+    bin_dir: &Path,
+    version: &str,
+    trusted_keys: &[(String, Vec<u8>)],
+) -> Result<Vec<String>, SquashfsError> {
     set_mode(root, 0o755)?;
     for dir in ROOTFS_DIRS {
         let path = root.join(dir);
@@ -104,10 +119,41 @@ pub fn stage(root: &Path, bin_dir: &Path, version: &str) -> Result<Vec<String>, 
         0o644,
     )?;
     write_file(&root.join("etc/hosts"), b"", 0o644)?;
+    // The CA bundle (Debian's ca-certificates, taken from the build host):
+    // the installer checks registries' certificates against it. Without a
+    // bundle an https pull cannot be verified, so the build refuses.
+    let bundle = Path::new(CA_BUNDLE);
+    let ca = fs::read(bundle).map_err(stage_err(
+        "reading the CA bundle (package ca-certificates)",
+        bundle,
+    ))?;
+    let certs = root.join("etc/ssl/certs");
+    fs::create_dir_all(&certs).map_err(stage_err("creating", &certs))?;
+    set_mode(&root.join("etc/ssl"), 0o755)?;
+    set_mode(&certs, 0o755)?;
+    write_file(&certs.join("ca-certificates.crt"), &ca, 0o644)?;
     write_file(&root.join("etc/resolv.conf"), b"", 0o644)?;
 
+    let keys_dir = root.join(
+        machinery::constants::TRUSTED_KEYS_DIR
+            .strip_prefix('/')
+            .unwrap_or(machinery::constants::TRUSTED_KEYS_DIR),
+    );
+    fs::create_dir_all(&keys_dir).map_err(stage_err("creating", &keys_dir))?;
+    let mut dir = keys_dir.as_path();
+    while dir != root {
+        set_mode(dir, 0o755)?;
+        dir = dir.parent().unwrap_or(root);
+    }
+    for (name, pem) in trusted_keys {
+        write_file(&keys_dir.join(format!("{name}.pub")), pem, 0o644)?;
+    }
+
     let mut daemons = Vec::new();
-    for &daemon in machinery::constants::DAEMONS {
+    let programs = machinery::constants::DAEMONS
+        .iter()
+        .chain(machinery::constants::TOOLS);
+    for &daemon in programs {
         let from = bin_dir.join(daemon);
         if !from.is_file() {
             continue;
@@ -160,13 +206,18 @@ mod tests {
     #[test]
     fn stages_only_our_daemons_with_fixed_modes() {
         let bins = tempfile::tempdir().expect("tempdir");
-        for name in ["apid", "routerd", "machined", "sh", "busybox"] {
+        for name in ["apid", "routerd", "machined", "installer", "sh", "busybox"] {
             fs::write(bins.path().join(name), name).expect("write");
             set_mode(&bins.path().join(name), 0o700).expect("chmod");
         }
         let root = tempfile::tempdir().expect("tempdir");
-        let daemons = stage(root.path(), bins.path(), "0.1.0").expect("stages");
-        assert_eq!(daemons, ["apid", "routerd"]);
+        let keys = [("release".to_owned(), b"PEM".to_vec())];
+        let daemons = stage(root.path(), bins.path(), "0.1.0", &keys).expect("stages");
+        assert_eq!(daemons, ["apid", "routerd", "installer"]);
+        assert_eq!(
+            fs::read(root.path().join("usr/share/talos-rs/keys/release.pub")).expect("key"),
+            b"PEM"
+        );
         let mode = |p: &str| {
             fs::metadata(root.path().join(p))
                 .expect("exists")
@@ -175,6 +226,8 @@ mod tests {
                 & 0o7777
         };
         assert_eq!(mode("usr/bin/apid"), 0o755);
+        assert_eq!(mode("usr/share/talos-rs/keys/release.pub"), 0o644);
+        assert_eq!(mode("usr/share"), 0o755);
         assert_eq!(mode("etc/hosts"), 0o644);
         assert_eq!(mode("proc"), 0o755);
         assert_eq!(mode(""), 0o755);

@@ -717,6 +717,36 @@ pub fn mount_labelled(
     Ok(Some(device))
 }
 
+/// Grows the xfs filesystem mounted on `target` to fill `device`: the
+/// installer writes EPHEMERAL from a small template, and a disk image
+/// copied onto a larger disk has a larger partition than its filesystem.
+/// A failure leaves `/var` as it is (smaller), and says so.
+fn grow_to_partition(device: &Path, target: &Path) {
+    let bytes = match installer::target::device_size(device) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            log(
+                Priority::Warning,
+                &format!("sizing {}: {e}", device.display()),
+            );
+            return;
+        }
+    };
+    match installer::xfs::grow_to_fill(target, bytes) {
+        Ok(Some((old, new))) => kmsg_log(&format!(
+            "{} grown from {} MiB to {} MiB",
+            target.display(),
+            old >> 20,
+            new >> 20
+        )),
+        Ok(None) => {}
+        Err(e) => log(
+            Priority::Warning,
+            &format!("growing {}: {e}", target.display()),
+        ),
+    }
+}
+
 // === logging before there is a logger ===
 
 /// Syslog priorities of `/dev/kmsg` records.
@@ -981,7 +1011,10 @@ pub fn boot_metal() -> BootReport {
     ] {
         match mount_labelled(class_block, dev, label, Path::new(target)) {
             Ok(Some(device)) => {
-                kmsg_log(&format!("{label} {} mounted on {target}", device.display()))
+                kmsg_log(&format!("{label} {} mounted on {target}", device.display()));
+                if label == EPHEMERAL_LABEL {
+                    grow_to_partition(&device, Path::new(target));
+                }
             }
             Ok(None) => kmsg_log(&format!("no filesystem labelled {label}: {missing}")),
             // The node still boots (into maintenance mode without STATE):

@@ -14,6 +14,7 @@ pub mod configstore;
 pub mod credentials;
 pub mod events;
 pub mod files;
+pub mod install;
 pub mod kmsg;
 pub mod logbuf;
 pub mod node;

@@ -177,7 +177,8 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         .flatten()
         .map(|slot| {
             let supervisor = Arc::clone(&supervisor);
-            tokio::spawn(async move { confirm_when_up(&supervisor, slot).await })
+            let node = Arc::clone(&node);
+            tokio::spawn(async move { confirm_when_up(&node, &supervisor, slot).await })
         });
     // Leaving maintenance mode: once a config is applied, start over from
     // it (the right services for the machine type, the daemons reading the
@@ -189,6 +190,10 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
             let mut configs = node.config.subscribe();
             if configs.wait_for(Option::is_some).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                if install_from_maintenance(&node).await {
+                    node.request_power(PowerAction::Reboot);
+                    return;
+                }
                 tracing::info!(
                     "machine config applied in maintenance mode: starting the services from it"
                 );
@@ -227,6 +232,70 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     Ok(action)
 }
 
+/// A metal node that did not boot from an installed disk and got a
+/// config naming `machine.install.disk` installs itself there (from
+/// `machine.install.image`). Returns whether it did (and so should reboot
+/// into the disk); on failure the node goes on from memory, and the
+/// reason is in the log, the console and the events.
+async fn install_from_maintenance(node: &Arc<Node>) -> bool {
+    if node.mode() != Mode::Metal
+        || crate::bootloader::booted_slot(&crate::boot::read_cmdline()).is_some()
+    {
+        return false;
+    }
+    let Some(config) = node.config.current() else {
+        return false;
+    };
+    let Some(disk) = config.install_disk().map(str::to_owned) else {
+        return false;
+    };
+    let image = config.install_image().unwrap_or_default().to_owned();
+    let Ok(_guard) = node.lifecycle.try_lock() else {
+        return false;
+    };
+    node.events.publish(
+        Payload::Sequence {
+            sequence: "install".into(),
+            start: true,
+            error: None,
+        },
+        "",
+    );
+    let bytes = std::fs::read(node.config.path()).unwrap_or_default();
+    let settings = crate::install::FetchSettings::from_config(Some(&config));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let console = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            crate::boot::kmsg_log(&format!("install: {line}"));
+        }
+    });
+    let result = tokio::task::spawn_blocking(move || {
+        crate::install::install(&image, &disk, &bytes, &settings, &tx)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(crate::install::InstallError::Step {
+            step: "install task",
+            message: e.to_string(),
+        })
+    });
+    let _ = console.await;
+    let error = result.as_ref().err().map(ToString::to_string);
+    if let Some(e) = &error {
+        tracing::error!(error = %e, "install failed: going on from memory");
+        crate::boot::kmsg_log(&format!("install failed: {e}"));
+    }
+    node.events.publish(
+        Payload::Sequence {
+            sequence: "install".into(),
+            start: false,
+            error,
+        },
+        "",
+    );
+    result.is_ok()
+}
+
 /// How long the services get to come up before the booted slot is left
 /// unconfirmed (on trial, it falls back at its next boots).
 const CONFIRM_WITHIN: Duration = Duration::from_secs(600);
@@ -234,7 +303,7 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(600);
 /// Confirms the booted slot once every service is up (running, and
 /// healthy where it has a health check): only a node that really works
 /// makes its slot the known-good one.
-async fn confirm_when_up(supervisor: &Supervisor, slot: crate::bootloader::Slot) {
+async fn confirm_when_up(node: &Node, supervisor: &Supervisor, slot: crate::bootloader::Slot) {
     use crate::bootloader::Confirmation;
     let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
     while !supervisor
@@ -256,18 +325,59 @@ async fn confirm_when_up(supervisor: &Supervisor, slot: crate::bootloader::Slot)
         crate::bootloader::with_esp(|esp| crate::bootloader::confirm(esp, slot))
     })
     .await;
-    let message = match confirmed {
-        Ok(Ok(Confirmation::Unchanged)) => None,
-        Ok(Ok(Confirmation::Confirmed(s))) => Some(format!("boot slot {s} confirmed")),
-        Ok(Ok(Confirmation::RolledBack { failed, running })) => Some(format!(
-            "the upgrade to slot {failed} did not come up; running slot {running} again"
-        )),
-        Ok(Err(e)) => Some(format!("confirming boot slot {slot}: {e}")),
-        Err(e) => Some(format!("confirming boot slot {slot}: {e}")),
+    let version = crate::server::version_tag();
+    let (message, outcome, failed) = match confirmed {
+        Ok(Ok(Confirmation::Unchanged)) => (None, None, false),
+        Ok(Ok(Confirmation::Confirmed(s))) => (
+            Some(format!("boot slot {s} confirmed")),
+            Some(format!(
+                "succeeded: slot {s} ({version}) came up and is the default"
+            )),
+            false,
+        ),
+        Ok(Ok(Confirmation::RolledBack { failed, running })) => {
+            let text = format!(
+                "the upgrade to slot {failed} did not come up; running slot {running} ({version}) again"
+            );
+            (Some(text.clone()), Some(format!("failed: {text}")), true)
+        }
+        Ok(Err(e)) => (
+            Some(format!("confirming boot slot {slot}: {e}")),
+            None,
+            false,
+        ),
+        Err(e) => (
+            Some(format!("confirming boot slot {slot}: {e}")),
+            None,
+            false,
+        ),
     };
-    if let Some(message) = message {
+    if let Some(message) = &message {
         tracing::info!("{message}");
-        crate::boot::kmsg_log(&message);
+        crate::boot::kmsg_log(message);
+    }
+    if let Some(outcome) = outcome {
+        // What happened survives reboots in META; the event tells whoever
+        // watches now (talosctl events, talosctl upgrade --wait).
+        let record = outcome.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            crate::install::update_meta(|adv| {
+                adv.delete(crate::install::TAG_UPGRADE);
+                let _ = adv.set(crate::install::TAG_UPGRADE_OUTCOME, record.into_bytes());
+            })
+        })
+        .await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(error = %e, "recording the upgrade outcome in META");
+        }
+        node.events.publish(
+            Payload::Sequence {
+                sequence: "upgrade".into(),
+                start: false,
+                error: failed.then(|| outcome.clone()),
+            },
+            "",
+        );
     }
 }
 
@@ -277,11 +387,15 @@ pub async fn serve_api(
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let api = MachineServiceServer::new(MachineApi::new(node))
+    let api = MachineServiceServer::new(MachineApi::new(Arc::clone(&node)))
         .max_decoding_message_size(api::MAX_MESSAGE_SIZE)
         .max_encoding_message_size(api::MAX_MESSAGE_SIZE);
+    let lifecycle = api::machine::lifecycle_service_server::LifecycleServiceServer::new(
+        crate::server::LifecycleApi::new(Arc::clone(&node)),
+    );
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(api)
+        .add_service(lifecycle)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
     {

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::configstore::{ApplyError, ApplyMode, DEFAULT_TRY_TIMEOUT};
 use crate::events::{Event, Payload, Tail};
 use crate::files::{self, FileError};
+use crate::install::{InstallError, Upgraded};
 use crate::logbuf::MAX_CHUNK;
 use crate::node::{Mode, Node, PowerAction};
 use crate::stats::{self, StatsError};
@@ -56,6 +57,9 @@ pub enum ApiError {
     /// Config apply.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// Install and upgrade.
+    #[error(transparent)]
+    Install(#[from] InstallError),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -85,6 +89,17 @@ impl From<ApiError> for Status {
                 FileError::Io { .. } => Status::internal(msg),
             },
             ApiError::Stats(_) | ApiError::Internal(_) => Status::internal(msg),
+            ApiError::Install(i) => match i {
+                InstallError::NotInstalled
+                | InstallError::AlreadyInstalled(_)
+                | InstallError::Busy => Status::failed_precondition(msg),
+                InstallError::NoImage
+                | InstallError::BadReference { .. }
+                | InstallError::Verification { .. } => Status::invalid_argument(msg),
+                InstallError::Unreachable { .. } => Status::unavailable(msg),
+                InstallError::NotFound { .. } => Status::not_found(msg),
+                InstallError::Step { .. } => Status::internal(msg),
+            },
             ApiError::Apply(a) => match a {
                 ApplyError::Invalid(_) | ApplyError::Refused(_) => Status::invalid_argument(msg),
                 ApplyError::Busy => Status::failed_precondition(msg),
@@ -265,6 +280,73 @@ fn stream_of<T: Send + 'static, U: Send + 'static>(
     Box::pin(ReceiverStream::new(rx).map(f))
 }
 
+/// The running image's version (`VERSION_ID` of `/etc/os-release`, which
+/// imager writes), else this build's.
+pub fn version_tag() -> String {
+    let version = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("VERSION_ID=")
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| machinery::constants::VERSION.to_owned());
+    if version.starts_with('v') {
+        version
+    } else {
+        format!("v{version}")
+    }
+}
+
+/// Upgrades the node from `image` (fetch, verify, write the inactive
+/// slot), holding the lifecycle lock, with the `upgrade` sequence events
+/// around it. Progress lines go to `progress`.
+///
+/// # Errors
+/// [`InstallError`].
+pub async fn run_upgrade(
+    node: &Arc<Node>,
+    image: String,
+    progress: crate::install::Progress,
+) -> Result<Upgraded, InstallError> {
+    if node.mode() == Mode::Container {
+        return Err(InstallError::NotInstalled);
+    }
+    let booted = crate::bootloader::booted_slot(&crate::boot::read_cmdline())
+        .ok_or(InstallError::NotInstalled)?;
+    let _guard = node.lifecycle.try_lock().map_err(|_| InstallError::Busy)?;
+    node.events.publish(
+        Payload::Sequence {
+            sequence: "upgrade".into(),
+            start: true,
+            error: None,
+        },
+        "",
+    );
+    let settings = crate::install::FetchSettings::from_config(node.config.current().as_deref());
+    let result = tokio::task::spawn_blocking(move || {
+        crate::install::upgrade(&image, booted, &settings, &progress)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(InstallError::Step {
+            step: "upgrade task",
+            message: e.to_string(),
+        })
+    });
+    node.events.publish(
+        Payload::Sequence {
+            sequence: "upgrade".into(),
+            start: false,
+            error: result.as_ref().err().map(ToString::to_string),
+        },
+        "",
+    );
+    result
+}
+
 fn arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -281,7 +363,7 @@ impl MachineService for MachineApi {
             messages: vec![pb::Version {
                 metadata: None,
                 version: Some(pb::VersionInfo {
-                    tag: format!("v{}", machinery::constants::VERSION),
+                    tag: version_tag(),
                     sha: option_env!("BUILD_SHA").unwrap_or("undefined").to_owned(),
                     built: String::new(),
                     go_version: "rust".to_owned(),
@@ -754,6 +836,46 @@ impl MachineService for MachineApi {
         }))
     }
 
+    async fn upgrade(
+        &self,
+        req: Request<pb::UpgradeRequest>,
+    ) -> Result<Response<pb::UpgradeResponse>, Status> {
+        self.refuse_in_container("upgrade")?;
+        let req = req.into_inner();
+        // `preserve` only skipped checks upstream since v1.8 (EPHEMERAL is
+        // never wiped); `force` skips etcd checks this OS has none of.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let upgraded = run_upgrade(&self.node, req.image, tx)
+            .await
+            .map_err(ApiError::from)?;
+        let _ = drain.await;
+        let (ack, actor_id) = if req.stage {
+            (
+                format!(
+                    "Upgrade staged: slot {} holds {}; it boots at the next reboot",
+                    upgraded.slot, upgraded.version
+                ),
+                String::new(),
+            )
+        } else {
+            (
+                format!(
+                    "Upgrade request received: slot {} holds {}; rebooting into it",
+                    upgraded.slot, upgraded.version
+                ),
+                self.node.request_power(PowerAction::Reboot),
+            )
+        };
+        Ok(Response::new(pb::UpgradeResponse {
+            messages: vec![pb::Upgrade {
+                metadata: None,
+                ack,
+                actor_id,
+            }],
+        }))
+    }
+
     async fn rollback(
         &self,
         _: Request<pb::RollbackRequest>,
@@ -767,6 +889,11 @@ impl MachineService for MachineApi {
                 )
             },
         )?;
+        let _guard = self
+            .node
+            .lifecycle
+            .try_lock()
+            .map_err(|_| ApiError::from(InstallError::Busy))?;
         let result = tokio::task::spawn_blocking(move || {
             crate::bootloader::with_esp(|esp| crate::bootloader::rollback(esp, booted))
         })
@@ -982,5 +1109,159 @@ impl MachineService for MachineApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `machine.LifecycleService`: install and upgrade with streamed progress.
+/// Neither reboots: the caller does (talosctl calls Reboot), as upstream.
+#[derive(Debug, Clone)]
+pub struct LifecycleApi {
+    node: Arc<Node>,
+}
+
+impl LifecycleApi {
+    /// Serves `node`.
+    #[must_use]
+    pub fn new(node: Arc<Node>) -> LifecycleApi {
+        LifecycleApi { node }
+    }
+}
+
+/// The progress stream of an install or upgrade: each line, then the exit
+/// code (0, or the failure's code with its message as the last line).
+fn progress_stream<T: Send + 'static>(
+    wrap: fn(pb::LifecycleServiceInstallProgress) -> T,
+    work: impl Future<Output = Result<(), InstallError>> + Send + 'static,
+    mut lines: mpsc::UnboundedReceiver<String>,
+) -> Stream_<T> {
+    use pb::lifecycle_service_install_progress::Response as P;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let forward = async {
+            while let Some(line) = lines.recv().await {
+                let msg = wrap(pb::LifecycleServiceInstallProgress {
+                    response: Some(P::Message(line)),
+                });
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let (result, ()) = tokio::join!(work, forward);
+        let code = match &result {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = tx
+                    .send(Ok(wrap(pb::LifecycleServiceInstallProgress {
+                        response: Some(P::Message(format!("error: {e}"))),
+                    })))
+                    .await;
+                exit_code_of(e)
+            }
+        };
+        let _ = tx
+            .send(Ok(wrap(pb::LifecycleServiceInstallProgress {
+                response: Some(P::ExitCode(code)),
+            })))
+            .await;
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// The exit code a failed install or upgrade reports.
+fn exit_code_of(e: &InstallError) -> i32 {
+    use crate::install::exit;
+    match e {
+        InstallError::BadReference { .. } | InstallError::NoImage => exit::BAD_REFERENCE,
+        InstallError::Unreachable { .. } => exit::UNREACHABLE,
+        InstallError::NotFound { .. } => exit::NOT_FOUND,
+        InstallError::Verification { .. } => exit::VERIFICATION,
+        _ => 1,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lifecycle_service_server::LifecycleService for LifecycleApi {
+    async fn install(
+        &self,
+        req: Request<pb::LifecycleServiceInstallRequest>,
+    ) -> Result<Response<Stream_<pb::LifecycleServiceInstallResponse>>, Status> {
+        if self.node.mode() == Mode::Container {
+            return Err(Status::failed_precondition(
+                "install is not supported in container mode",
+            ));
+        }
+        if let Some(slot) = crate::bootloader::booted_slot(&crate::boot::read_cmdline()) {
+            return Err(ApiError::from(InstallError::AlreadyInstalled(slot)).into());
+        }
+        let req = req.into_inner();
+        let image = req.source.map(|s| s.image_name).unwrap_or_default();
+        let disk = req.destination.map(|d| d.disk).unwrap_or_default();
+        if image.trim().is_empty() {
+            return Err(ApiError::from(InstallError::NoImage).into());
+        }
+        if !disk.starts_with("/dev/") {
+            return Err(ApiError::InvalidArgument(format!(
+                "destination disk {disk:?}: a /dev/... path is required"
+            ))
+            .into());
+        }
+        let node = Arc::clone(&self.node);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let work = async move {
+            let _guard = node.lifecycle.try_lock().map_err(|_| InstallError::Busy)?;
+            let config = std::fs::read(node.config.path()).unwrap_or_default();
+            let settings =
+                crate::install::FetchSettings::from_config(node.config.current().as_deref());
+            tokio::task::spawn_blocking(move || {
+                crate::install::install(&image, &disk, &config, &settings, &tx).map(|_| ())
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(InstallError::Step {
+                    step: "install task",
+                    message: e.to_string(),
+                })
+            })
+        };
+        Ok(Response::new(progress_stream(
+            |progress| pb::LifecycleServiceInstallResponse {
+                progress: Some(progress),
+            },
+            work,
+            rx,
+        )))
+    }
+
+    async fn upgrade(
+        &self,
+        req: Request<pb::LifecycleServiceUpgradeRequest>,
+    ) -> Result<Response<Stream_<pb::LifecycleServiceUpgradeResponse>>, Status> {
+        if self.node.mode() == Mode::Container {
+            return Err(Status::failed_precondition(
+                "upgrade is not supported in container mode",
+            ));
+        }
+        if crate::bootloader::booted_slot(&crate::boot::read_cmdline()).is_none() {
+            return Err(ApiError::from(InstallError::NotInstalled).into());
+        }
+        let image = req
+            .into_inner()
+            .source
+            .map(|s| s.image_name)
+            .unwrap_or_default();
+        if image.trim().is_empty() {
+            return Err(ApiError::from(InstallError::NoImage).into());
+        }
+        let node = Arc::clone(&self.node);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let work = async move { run_upgrade(&node, image, tx).await.map(|_| ()) };
+        Ok(Response::new(progress_stream(
+            |progress| pb::LifecycleServiceUpgradeResponse {
+                progress: Some(progress),
+            },
+            work,
+            rx,
+        )))
     }
 }

@@ -48,6 +48,13 @@ pub mod trustd_credentials {
 /// The daemons machined supervises, with their socket names.
 pub const DAEMONS: &[&str] = &["apid", "routerd", "networkd", "timed", "trustd", "udevd"];
 
+/// Programs in the root besides the daemons, run by machined on demand.
+pub const TOOLS: &[&str] = &["installer"];
+
+/// Where the root keeps the public keys whose installer images it trusts
+/// (`*.pub`, SubjectPublicKeyInfo PEM, written by imager).
+pub const TRUSTED_KEYS_DIR: &str = "/usr/share/talos-rs/keys";
+
 /// Where a node keeps its runtime files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePaths {

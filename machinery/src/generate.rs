@@ -98,6 +98,8 @@ pub struct GenOptions {
     pub install_disk: String,
     /// Installer image; empty leaves it out.
     pub install_image: String,
+    /// Extra installer image signing keys (PEM) the nodes trust.
+    pub installer_keys: Vec<String>,
     /// Extra SANs for the API server and apid certificates.
     pub additional_sans: Vec<String>,
     /// Kubernetes DNS domain.
@@ -115,6 +117,7 @@ impl GenOptions {
             endpoint: endpoint.into(),
             install_disk: DEFAULT_INSTALL_DISK.to_owned(),
             install_image: DEFAULT_INSTALL_IMAGE.to_owned(),
+            installer_keys: Vec::new(),
             additional_sans: Vec::new(),
             dns_domain: DEFAULT_DNS_DOMAIN.to_owned(),
             kubernetes_version: DEFAULT_KUBERNETES_VERSION.to_owned(),
@@ -375,6 +378,8 @@ impl<'a> Input<'a> {
             install: Some(Install {
                 disk: non_empty(&self.opts.install_disk),
                 image: non_empty(&self.opts.install_image),
+                trusted_keys: (!self.opts.installer_keys.is_empty())
+                    .then(|| self.opts.installer_keys.clone()),
                 wipe: Some(false),
                 ..Install::default()
             }),

@@ -619,6 +619,9 @@ pub struct GenConfigArgs {
     /// the image used to perform an installation
     #[arg(long)]
     pub install_image: Option<String>,
+    /// a public key (PEM) whose signed installer images the nodes trust, besides their image's own (repeatable)
+    #[arg(long)]
+    pub installer_key: Vec<std::path::PathBuf>,
     /// additional Subject-Alt-Names for the APIServer certificate
     #[arg(long, value_delimiter = ',')]
     pub additional_sans: Vec<String>,

@@ -515,6 +515,15 @@ pub fn machine(
         .max_encoding_message_size(api::MAX_MESSAGE_SIZE)
 }
 
+/// A machine.LifecycleService client.
+#[must_use]
+pub fn lifecycle(
+    channel: Channel,
+) -> api::machine::lifecycle_service_client::LifecycleServiceClient<Channel> {
+    api::machine::lifecycle_service_client::LifecycleServiceClient::new(channel)
+        .max_decoding_message_size(api::MAX_MESSAGE_SIZE)
+}
+
 /// A storage.StorageService client.
 #[must_use]
 pub fn storage(

@@ -298,6 +298,10 @@ pub fn node_patch(hostname: &str, address: Ipv4Addr, cert_sans: &[String]) -> St
                 ],
             },
             "certSANs": cert_sans,
+            // These nodes run from the kernel and initramfs with a STATE
+            // disk of their own: nothing to install (an install disk in
+            // maintenance would make them try).
+            "install": { "disk": "" },
         }
     })
     .to_string()
@@ -1126,6 +1130,7 @@ mod tests {
         .expect("patch");
         let config = machinery::config::parse(yaml.as_bytes()).expect("parse");
         assert_eq!(config.hostname(), Some("demo-worker-1"));
+        assert_eq!(config.install_disk(), None);
         assert!(config.cert_sans().iter().any(|san| san == "127.0.0.1"));
         let network = config
             .v1alpha1()

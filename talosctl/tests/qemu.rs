@@ -595,3 +595,581 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
     });
     assert_ne!(after, boot_id);
 }
+
+// === install and upgrade ===
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The host-side `installer` (pushes layouts), built next to talosctl.
+fn installer_bin() -> PathBuf {
+    talosctl()
+        .parent()
+        .expect("talosctl has a directory")
+        .join("installer")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// An OCI layout's manifest (through index.json).
+fn read_manifest(layout: &Path) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("index json");
+    let digest = index["manifests"][0]["digest"].as_str().expect("digest");
+    let hex = digest.strip_prefix("sha256:").expect("sha256");
+    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).expect("blob"))
+        .expect("manifest json")
+}
+
+/// Writes `manifest` as a new blob and points index.json at it: what an
+/// attacker who controls a registry can do.
+fn write_manifest(layout: &Path, manifest: &serde_json::Value) {
+    let bytes = serde_json::to_vec(manifest).expect("json");
+    let hex = sha256_hex(&bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).expect("write blob");
+    let path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("index.json")).expect("json");
+    index["manifests"][0]["digest"] = format!("sha256:{hex}").into();
+    index["manifests"][0]["size"] = bytes.len().into();
+    std::fs::write(&path, serde_json::to_vec(&index).expect("json")).expect("write index");
+}
+
+/// A copy of `layout` with one byte of `title`'s blob changed; the
+/// manifest is updated to the new digest (so a registry takes it), the
+/// signed config is not (so a node must refuse it).
+fn tamper_blob(layout: &Path, to: &Path, title: &str) {
+    copy_tree(layout, to);
+    let mut manifest = read_manifest(to);
+    let layers = manifest["layers"].as_array_mut().expect("layers");
+    let layer = layers
+        .iter_mut()
+        .find(|l| l["annotations"]["org.opencontainers.image.title"] == title)
+        .expect("the layer");
+    let hex = layer["digest"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("sha256:"))
+        .expect("digest")
+        .to_owned();
+    let mut bytes = std::fs::read(to.join("blobs/sha256").join(&hex)).expect("blob");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let new_hex = sha256_hex(&bytes);
+    std::fs::write(to.join("blobs/sha256").join(&new_hex), &bytes).expect("write");
+    layer["digest"] = format!("sha256:{new_hex}").into();
+    write_manifest(to, &manifest);
+}
+
+/// A copy of `layout` whose signature is not the signer's.
+fn tamper_signature(layout: &Path, to: &Path) {
+    copy_tree(layout, to);
+    let mut manifest = read_manifest(to);
+    let key = "dev.talos-rs.installer.signature";
+    let sig = manifest["annotations"][key]
+        .as_str()
+        .expect("a signature annotation")
+        .to_owned();
+    let mut chars: Vec<char> = sig.chars().collect();
+    chars[0] = if chars[0] == 'A' { 'B' } else { 'A' };
+    manifest["annotations"][key] = chars.into_iter().collect::<String>().into();
+    write_manifest(to, &manifest);
+}
+
+/// Builds an installer image of `version` with the same signing key as
+/// the image under test; `machined` replaces the real one (a broken
+/// release).
+fn build_variant(image: &Path, out: &Path, version: &str, machined: Option<&Path>) -> PathBuf {
+    std::fs::create_dir_all(out).expect("mkdir");
+    std::os::unix::fs::symlink(image.join("cache"), out.join("cache")).expect("symlink cache");
+    let bins = workspace().join("target/x86_64-unknown-linux-musl/image");
+    let bin_dir = match machined {
+        None => bins,
+        Some(replacement) => {
+            let dir = out.join("bin");
+            copy_tree(&bins, &dir);
+            std::fs::copy(replacement, dir.join("machined")).expect("copy machined");
+            dir
+        }
+    };
+    let st = Command::new(workspace().join("target/release/imager"))
+        .args(["build", "--no-disk", "--version", version, "--output"])
+        .arg(out)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--signing-key")
+        .arg(image.join("keys/installer-signing.pem"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("imager runs (scripts/image builds it)");
+    assert!(st.success(), "imager build {version}");
+    out.join("installer")
+}
+
+/// Debian's docker-registry on loopback, removed when dropped.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (scripts/setup installs it)");
+        let registry = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            use std::io::{Read as _, Write as _};
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") {
+                    return registry;
+                }
+            }
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn push(&self, layout: &Path, tag: &str) {
+        let host = format!("127.0.0.1:{}", self.port);
+        let out = Command::new(installer_bin())
+            .args(["push", "--layout"])
+            .arg(layout)
+            .args(["--image", &format!("{host}/talos/installer:{tag}")])
+            .args(["--plain-http-registry", &host])
+            .output()
+            .expect("installer runs");
+        assert!(
+            out.status.success(),
+            "push {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The reference as the guest sees it (QEMU's user network: the host
+    /// is 10.0.2.2).
+    fn guest_ref(&self, tag: &str) -> String {
+        format!("10.0.2.2:{}/talos/installer:{tag}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One QEMU run of the node on `disk`: from the image's kernel and
+/// initramfs (maintenance, the way a node first boots; `-no-reboot` makes
+/// its reboot after installing end QEMU), or from the disk through OVMF.
+fn node_vm(work: &Path, disk: &Path, port: u16, direct: Option<&Path>, name: &str) -> Vm {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "1"])
+        .args(["-display", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!(
+            "file:{}",
+            work.join(format!("console-{name}.log")).display()
+        ));
+    match direct {
+        Some(image) => {
+            cmd.arg("-kernel")
+                .arg(image.join("vmlinuz"))
+                .arg("-initrd")
+                .arg(image.join("initramfs.xz"))
+                .args([
+                    "-append",
+                    "console=ttyS0 init_on_alloc=1 init_on_free=1 slab_nomerge pti=on panic=10 talos.platform=metal",
+                    "-no-reboot",
+                ]);
+        }
+        None => {
+            let vars = work.join("OVMF_VARS.fd");
+            if !vars.exists() {
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .expect("OVMF (package ovmf)");
+            }
+            cmd.args([
+                "-drive",
+                "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+        }
+    }
+    cmd.arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .arg("-netdev")
+        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:50000"))
+        .args([
+            "-device",
+            "virtio-net-pci,netdev=net0",
+            "-device",
+            "virtio-rng-pci",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Vm(cmd
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/setup installs it)"))
+}
+
+/// The sha256 of the ESP (both boot slots) and META of the raw disk.
+fn boot_partitions_hash(disk: &Path) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    // EFI starts at 1 MiB and is 512 MiB; META follows (1 MiB).
+    let mut f = std::fs::File::open(disk).expect("open disk");
+    f.seek(SeekFrom::Start(1 << 20)).expect("seek");
+    let mut bytes = vec![0u8; 513 << 20];
+    f.read_exact(&mut bytes).expect("read");
+    sha256_hex(&bytes)
+}
+
+/// Prints the console logs of a failed test (the guest's own account).
+struct ConsoleOnFailure(PathBuf);
+
+impl Drop for ConsoleOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("=== {} (last lines)", log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn tag_of(version_output: &str) -> String {
+    // The server's section comes second.
+    version_output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Tag:"))
+        .map(|t| t.trim().to_owned())
+        .next_back()
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "boots QEMU (maintenance, then OVMF from the disk) and a registry; scripts/test runs it after scripts/image"]
+fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
+    let image = image_dir();
+    let v1 = image.join("installer");
+    assert!(
+        v1.join("index.json").exists(),
+        "{} missing: scripts/image builds it",
+        v1.display()
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let _console = ConsoleOnFailure(work.path().to_path_buf());
+
+    // The releases: v1 (the image under test), v2, and a v2 whose machined
+    // cannot start (a dynamically linked program as /init: the kernel
+    // finds no working init and panics); all signed with the same key.
+    let v2 = build_variant(&image, &work.path().join("v2"), "0.1.0-v2", None);
+    let broken = build_variant(
+        &image,
+        &work.path().join("broken"),
+        "0.1.0-broken",
+        Some(Path::new("/bin/false")),
+    );
+    let tampered = work.path().join("tampered");
+    tamper_blob(&v2, &tampered, "initramfs.xz");
+    let badsig = work.path().join("badsig");
+    tamper_signature(&v2, &badsig);
+    let registry = Registry::start();
+    for (tag, layout) in [
+        ("v1", &v1),
+        ("v2", &v2),
+        ("broken", &broken),
+        ("tampered", &tampered),
+        ("badsig", &badsig),
+    ] {
+        registry.push(layout, tag);
+    }
+
+    // A blank disk, a node booted from the kernel and initramfs.
+    let disk = work.path().join("disk.raw");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(3 << 30))
+        .expect("disk");
+    let port = free_port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let none = work.path().join("none");
+    let long = Duration::from_secs(300);
+    let mut vm = node_vm(work.path(), &disk, port, Some(&image), "install");
+    eventually(
+        &none,
+        &["-n", &endpoint, "version", "--insecure"],
+        long,
+        |v| v.contains("Server:"),
+    );
+
+    // Install: the config names the disk and the image (pulled over http
+    // from the test's registry, declared as a mirror).
+    let generated = work.path().join("gen");
+    let mirror = format!(
+        r#"{{"machine":{{"registries":{{"mirrors":{{"10.0.2.2:{p}":{{"endpoints":["http://10.0.2.2:{p}"]}}}}}}}}}}"#,
+        p = registry.port
+    );
+    ok(
+        &none,
+        &[
+            "gen",
+            "config",
+            "disk",
+            "https://10.0.2.15:6443",
+            "--install-disk",
+            "/dev/vda",
+            "--install-image",
+            &registry.guest_ref("v1"),
+            "--config-patch",
+            &mirror,
+            "--output-dir",
+            generated.to_str().expect("utf8"),
+        ],
+    );
+    let tc = generated.join("talosconfig");
+    let install_started = Instant::now();
+    ok(
+        &tc,
+        &[
+            "-n",
+            &endpoint,
+            "apply-config",
+            "--insecure",
+            "-f",
+            generated.join("controlplane.yaml").to_str().expect("utf8"),
+        ],
+    );
+    // The node installs, then reboots: QEMU ends (-no-reboot).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while vm.0.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not install and reboot"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let installed_in = install_started.elapsed();
+    drop(vm);
+
+    // From the disk: firmware, systemd-boot, slot A, the config from STATE.
+    let booted = Instant::now();
+    let mut vm = node_vm(work.path(), &disk, port, None, "disk");
+    let mtls = ["-e", &endpoint, "-n", "127.0.0.1"];
+    let with = |rest: &[&str]| -> Vec<String> {
+        mtls.iter()
+            .chain(rest.iter())
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let version = with(&["version"]);
+    let v = eventually(&tc, &args(&version), long, |v| {
+        v.contains("Enabled:     RBAC")
+    });
+    let first_boot = booted.elapsed();
+    eprintln!(
+        "bench: install (apply-config → installed and rebooting) {:.1} s; first boot from disk → mTLS Version {:.1} s",
+        installed_in.as_secs_f64(),
+        first_boot.as_secs_f64()
+    );
+    let v1_tag = tag_of(&v);
+    assert!(!v1_tag.is_empty() && !v1_tag.contains("v2"), "{v}");
+    let cmdline = with(&["read", "/proc/cmdline"]);
+    assert!(ok(&tc, &args(&cmdline)).contains("talos.slot=A"));
+    // EPHEMERAL was grown from its 300 MiB template to the partition.
+    let mounts = ok(&tc, &args(&with(&["mounts"])));
+    let var_gb: f64 = mounts
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("/var"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no /var in:\n{mounts}"));
+    assert!(var_gb > 1.5, "/var is {var_gb} GB:\n{mounts}");
+
+    // Refused before any write: a changed blob, a bad signature, a missing
+    // tag. The boot partitions stay byte for byte the same.
+    let before = boot_partitions_hash(&disk);
+    for (tag, expect) in [
+        ("tampered", "digest"),
+        ("badsig", "signature"),
+        ("missing", "not found"),
+    ] {
+        let r = run(
+            &tc,
+            &args(&with(&["upgrade", "--image", &registry.guest_ref(tag)])),
+        );
+        assert_ne!(r.code, 0, "upgrade to {tag} succeeded: {}", r.out);
+        assert!(
+            r.err.to_lowercase().contains(expect),
+            "upgrade to {tag}: expected {expect:?} in:\n{}",
+            r.err
+        );
+    }
+    assert_eq!(
+        boot_partitions_hash(&disk),
+        before,
+        "a refused upgrade changed the disk"
+    );
+
+    // v1 → v2 from the registry.
+    let started = Instant::now();
+    let r = run(
+        &tc,
+        &args(&with(&[
+            "upgrade",
+            "--image",
+            &registry.guest_ref("v2"),
+            "--wait",
+            "--timeout",
+            "10m",
+        ])),
+    );
+    assert_eq!(r.code, 0, "upgrade to v2:\n{}\n{}", r.out, r.err);
+    let v = eventually(&tc, &args(&version), long, |v| tag_of(v).contains("v2"));
+    eprintln!(
+        "bench: upgrade (API call → v2 answering) {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(tag_of(&v).contains("0.1.0-v2"), "{v}");
+    assert!(ok(&tc, &args(&cmdline)).contains("talos.slot=B"));
+
+    // Rollback → v1.
+    let boot_id = with(&["read", "/proc/sys/kernel/random/boot_id"]);
+    let id = ok(&tc, &args(&boot_id));
+    ok(&tc, &args(&with(&["rollback"])));
+    eventually(&tc, &args(&boot_id), long, |now| {
+        now.trim().len() == 36 && now != id
+    });
+    let v = eventually(&tc, &args(&version), long, |v| {
+        v.contains("Enabled:     RBAC")
+    });
+    assert_eq!(tag_of(&v), v1_tag);
+    assert!(ok(&tc, &args(&cmdline)).contains("talos.slot=A"));
+
+    // A release whose machined cannot start: the node falls back to v1 by
+    // itself and says the upgrade failed.
+    let r = run(
+        &tc,
+        &args(&with(&[
+            "upgrade",
+            "--image",
+            &registry.guest_ref("broken"),
+            "--wait",
+            "--timeout",
+            "15m",
+        ])),
+    );
+    assert_ne!(r.code, 0, "a broken upgrade reported success: {}", r.out);
+    assert!(r.err.contains("came back on its old slot A"), "{}", r.err);
+    let v = eventually(&tc, &args(&version), long, |v| {
+        v.contains("Enabled:     RBAC")
+    });
+    assert_eq!(tag_of(&v), v1_tag);
+    let events = eventually(
+        &tc,
+        &args(&with(&["events", "--tail", "-1", "--stop-after", "3s"])),
+        long,
+        |e| e.contains("did not come up"),
+    );
+    assert!(events.contains("upgrade"), "{events}");
+
+    // Power lost while the inactive slot is written: v1 boots.
+    let mut upgrade = Command::new(talosctl())
+        .arg("--talosconfig")
+        .arg(&tc)
+        .args(args(&with(&[
+            "upgrade",
+            "--image",
+            &registry.guest_ref("v2"),
+        ])))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("talosctl runs");
+    let stderr = upgrade.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+        let writing = line.contains("writing slot B");
+        seen.push(line);
+        if writing {
+            let _ = vm.0.kill();
+            break;
+        }
+    }
+    let _ = upgrade.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("writing slot B")),
+        "the upgrade never got to writing: {seen:?}"
+    );
+    drop(vm);
+    let _vm = node_vm(work.path(), &disk, port, None, "after-kill");
+    let v = eventually(&tc, &args(&version), long, |v| {
+        v.contains("Enabled:     RBAC")
+    });
+    assert_eq!(tag_of(&v), v1_tag, "after a killed upgrade");
+    assert!(ok(&tc, &args(&cmdline)).contains("talos.slot=A"));
+}

@@ -496,6 +496,16 @@ impl MachineConfig {
             .filter(|disk| !disk.is_empty())
     }
 
+    /// `machine.install.trustedKeys`: extra installer image signing keys
+    /// (PEM), empty when none.
+    #[must_use]
+    pub fn install_trusted_keys(&self) -> &[String] {
+        self.machine()
+            .and_then(|machine| machine.install.as_ref())
+            .and_then(|install| install.trusted_keys.as_deref())
+            .unwrap_or_default()
+    }
+
     /// `machine.install.image`, when set and non-empty.
     #[must_use]
     pub fn install_image(&self) -> Option<&str> {
@@ -503,6 +513,44 @@ impl MachineConfig {
             .and_then(|machine| machine.install.as_ref())
             .and_then(|install| install.image.as_deref())
             .filter(|image| !image.is_empty())
+    }
+
+    /// Registries to pull from over plain http: the names under
+    /// `machine.registries.mirrors` that list their own address with an
+    /// `http://` endpoint (`"10.5.0.1:5000": {endpoints: ["http://10.5.0.1:5000"]}`),
+    /// upstream's way of declaring an http registry. Whatever travels over
+    /// it is still verified (digests and signature).
+    #[must_use]
+    pub fn plain_http_registries(&self) -> Vec<String> {
+        let Some(mirrors) = self
+            .machine()
+            .and_then(|machine| machine.registries.as_ref())
+            .and_then(|r| r.get("mirrors"))
+            .and_then(Value::as_mapping)
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, mirror) in mirrors {
+            let Some(name) = name.as_str() else { continue };
+            let endpoints = mirror
+                .get("endpoints")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str);
+            for endpoint in endpoints {
+                let host = endpoint
+                    .strip_prefix("http://")
+                    .map(|h| h.trim_end_matches('/'));
+                if host == Some(name) {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Whether `machine.time.disabled` is set.

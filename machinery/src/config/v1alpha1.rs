@@ -590,6 +590,11 @@ pub struct Install {
     /// Wipe the disk before installing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wipe: Option<bool>,
+    /// Public keys (ed25519, SubjectPublicKeyInfo PEM) whose installer
+    /// images this node also trusts, besides the keys in its image. Ours:
+    /// upstream has no image signatures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_keys: Option<Vec<String>>,
     /// Mark the MBR partition active for legacy BIOS.
     #[serde(rename = "legacyBIOSSupport", skip_serializing_if = "Option::is_none")]
     pub legacy_bios_support: Option<bool>,

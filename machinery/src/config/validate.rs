@@ -73,6 +73,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     check_machine_token(machine, &mut issues);
     let (ca_crt_pem, ca_key_pem) = check_machine_ca(machine, machine_type, &mut issues);
     check_install(machine, &mut issues);
+    check_trusted_keys(machine, &mut issues);
     check_files(machine, &mut issues);
     if let Some(network) = &machine.network {
         check_network(network, &mut issues);
@@ -221,6 +222,22 @@ fn check_install(machine: &Machine, issues: &mut Issues) {
             "machine.install.disk",
             format!("{disk:?} is not a device path under /dev/"),
         );
+    }
+}
+
+fn check_trusted_keys(machine: &Machine, issues: &mut Issues) {
+    let keys = machine
+        .install
+        .as_ref()
+        .and_then(|install| install.trusted_keys.as_deref())
+        .unwrap_or_default();
+    for (i, key) in keys.iter().enumerate() {
+        if !key.contains("-----BEGIN PUBLIC KEY-----") {
+            issues.push(
+                format!("machine.install.trustedKeys[{i}]"),
+                "is not a PEM public key (-----BEGIN PUBLIC KEY-----)",
+            );
+        }
     }
 }
 

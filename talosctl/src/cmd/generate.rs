@@ -108,6 +108,17 @@ fn config(args: GenConfigArgs) -> anyhow::Result<()> {
     if let Some(image) = args.install_image {
         options.install_image = image;
     }
+    for path in &args.installer_key {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--installer-key {}", path.display()))?;
+        if !pem.contains("-----BEGIN PUBLIC KEY-----") {
+            bail!(
+                "--installer-key {}: not a PEM public key (-----BEGIN PUBLIC KEY-----)",
+                path.display()
+            );
+        }
+        options.installer_keys.push(pem);
+    }
     if let Some(domain) = args.dns_domain {
         options.dns_domain = domain;
     }
@@ -211,6 +222,7 @@ mod tests {
             config_patch_worker: Vec::new(),
             install_disk: None,
             install_image: None,
+            installer_key: Vec::new(),
             additional_sans: Vec::new(),
             dns_domain: None,
             kubernetes_version: None,

@@ -283,14 +283,187 @@ pub async fn rollback(global: &GlobalArgs) -> anyhow::Result<()> {
     client::report(&results.failed)
 }
 
-/// Runs `talosctl upgrade` (legacy MachineService.Upgrade).
+/// The slot a node booted (`talos.slot=` in its `/proc/cmdline`), if it
+/// can be read.
+async fn booted_slot(client: &Client) -> Option<String> {
+    let mut stream = client
+        .try_call(|channel| {
+            let request = client.request(ReadRequest {
+                path: "/proc/cmdline".to_owned(),
+            });
+            async move { client::machine(channel).read(request).await }
+        })
+        .await
+        .ok()?;
+    let mut bytes = Vec::new();
+    while let Ok(Some(data)) = stream.message().await {
+        bytes.extend_from_slice(&data.bytes);
+    }
+    String::from_utf8_lossy(&bytes)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("talos.slot=").map(str::to_owned))
+}
+
+/// The version tag a node reports.
+async fn version_tag(client: &Client) -> Option<String> {
+    let reply = client
+        .try_call(|channel| {
+            let request = client.request(());
+            async move { client::machine(channel).version(request).await }
+        })
+        .await
+        .ok()?;
+    reply
+        .messages
+        .into_iter()
+        .next()
+        .and_then(|m| m.version)
+        .map(|v| v.tag)
+}
+
+/// Streams one node's LifecycleService.Upgrade: progress on a spinner
+/// (plain lines when stderr is not a terminal). `Ok(None)` when the node
+/// does not serve it (an older node: use the legacy call).
+async fn lifecycle_upgrade(node: &Client, image: &str) -> anyhow::Result<Option<()>> {
+    use api::machine::lifecycle_service_install_progress::Response as P;
+    let name = node.default_node().to_owned();
+    let request = api::machine::LifecycleServiceUpgradeRequest {
+        containerd: None,
+        source: Some(api::machine::InstallArtifactsSource {
+            image_name: image.to_owned(),
+        }),
+    };
+    let stream = node
+        .try_call(|channel| {
+            let request = node.request(request.clone());
+            async move { client::lifecycle(channel).upgrade(request).await }
+        })
+        .await;
+    let mut stream = match stream {
+        Ok(stream) => stream,
+        Err(client::CallError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
+            return Ok(None);
+        }
+        Err(e) => return Err(node.call_error(e)),
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix}: {wide_msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(name.clone());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let plain = bar.is_hidden();
+    let mut last = String::new();
+    let code = loop {
+        match stream.message().await {
+            Ok(Some(reply)) => match reply.progress.and_then(|p| p.response) {
+                Some(P::Message(line)) => {
+                    if plain {
+                        eprintln!("{name}: {line}");
+                    } else {
+                        bar.println(format!("{name}: {line}"));
+                    }
+                    bar.set_message(line.clone());
+                    last = line;
+                }
+                Some(P::ExitCode(code)) => break code,
+                None => {}
+            },
+            Ok(None) => {
+                bar.finish_and_clear();
+                bail!("{name}: the upgrade stream ended without an exit code (last: {last})");
+            }
+            Err(status) => {
+                bar.finish_and_clear();
+                return Err(node.status_error(&status));
+            }
+        }
+    };
+    bar.finish_and_clear();
+    if code != 0 {
+        let last = last.strip_prefix("error: ").unwrap_or(&last);
+        bail!("{name}: upgrade failed (exit code {code}): {last}");
+    }
+    Ok(Some(()))
+}
+
+/// Runs `talosctl upgrade`: LifecycleService.Upgrade with its progress,
+/// then Reboot, as upstream v1.13+; the legacy MachineService.Upgrade for
+/// `--stage`, `--preserve`, `--force`, or a node that lacks the new API.
+/// With `--wait`, waits for each node to come back and checks that it
+/// runs the other slot: a node back on its old slot had its upgrade fail
+/// to boot, and that is an error.
 ///
 /// # Errors
-/// The client setup or the call failed, a node failed, or waiting timed out.
-// MachineService.Upgrade is deprecated upstream (removal in v1.18) but is
-// what this client speaks.
-#[allow(deprecated)]
+/// The client setup or a call failed, a node failed, or waiting timed out.
 pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<()> {
+    if args.stage || args.preserve || args.force {
+        return legacy_upgrade(global, args).await;
+    }
+    let timeout = parse_timeout("timeout", &args.timeout)?;
+    let client = Client::connect(global, Options::default())?;
+    let nodes = client.per_node();
+    let mut upgraded = Vec::new();
+    let mut failures = Vec::new();
+    for node in nodes {
+        let slot = booted_slot(&node).await;
+        let boot = boot_id(&node).await;
+        match lifecycle_upgrade(&node, &args.image).await {
+            Ok(Some(())) => upgraded.push((node, slot, boot)),
+            Ok(None) => return legacy_upgrade(global, args).await,
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    for (node, _, _) in &upgraded {
+        let name = node.default_node().to_owned();
+        let response = node
+            .call(|channel| {
+                let request = node.request(RebootRequest { mode: 0 });
+                async move { client::machine(channel).reboot(request).await }
+            })
+            .await;
+        match response {
+            Ok(_) => eprintln!("{name}: rebooting into the new slot"),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if args.wait {
+        for (node, slot, boot) in &upgraded {
+            let name = node.default_node().to_owned();
+            wait_for_reboot(
+                std::slice::from_ref(node),
+                std::slice::from_ref(boot),
+                timeout,
+            )
+            .await?;
+            let now = booted_slot(node).await;
+            let tag = version_tag(node).await.unwrap_or_default();
+            if now.is_some() && now == *slot {
+                failures.push(format!(
+                    "{name}: the upgrade did not boot: the node came back on its old slot {} ({tag}); see `talosctl events`",
+                    now.unwrap_or_default()
+                ));
+            } else {
+                println!(
+                    "{name}: upgraded: running {tag} from slot {}",
+                    now.unwrap_or_else(|| "?".into())
+                );
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("\n"))
+    }
+}
+
+/// `talosctl upgrade` through the legacy MachineService.Upgrade.
+// MachineService.Upgrade is deprecated upstream (removal in v1.18) but is
+// what older nodes and the staged flow speak.
+#[allow(deprecated)]
+async fn legacy_upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<()> {
     let timeout = parse_timeout("timeout", &args.timeout)?;
     let client = Client::connect(global, Options::default())?;
     let nodes = client.per_node();

@@ -26,10 +26,9 @@
 //! except for the write, so tests check the bytes; 512-byte logical
 //! sectors only.
 
-use std::fs::OpenOptions;
-use std::io::{self, Seek as _, SeekFrom};
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+
+use crate::target::{Disk, TargetError};
 
 /// The logical sector size the layout is computed for.
 pub const SECTOR_SIZE: u64 = 512;
@@ -201,25 +200,9 @@ pub enum LayoutError {
         /// `total_sectors * SECTOR_SIZE`.
         plan_bytes: u64,
     },
-    /// Opening, writing or syncing failed.
-    #[error("{operation} {path}: {source}")]
-    Io {
-        /// What we were doing.
-        operation: &'static str,
-        /// The device or image file.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
-    },
-}
-
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayoutError + use<> {
-    let path = path.to_path_buf();
-    move |source| LayoutError::Io {
-        operation,
-        path,
-        source,
-    }
+    /// Opening, writing or syncing the disk failed.
+    #[error("writing the partition table: {0}")]
+    Target(#[from] TargetError),
 }
 
 /// Parses a GUID's text form into GPT on-disk byte order, at compile time
@@ -284,6 +267,26 @@ pub fn format_guid(g: &[u8; 16]) -> String {
 #[must_use]
 pub fn random_guid() -> [u8; 16] {
     uuid::Uuid::new_v4().to_bytes_le()
+}
+
+/// GUIDs derived from `seed` (SHA-256 of seed and a counter, shaped as
+/// version-4 GUIDs in on-disk byte order): the GUID source of
+/// reproducible images, where the same inputs must give the same table,
+/// without sharing GUIDs across differently seeded disks.
+pub fn seeded_guids(seed: u64) -> impl FnMut() -> [u8; 16] {
+    let mut n = 0u64;
+    move || {
+        n += 1;
+        let mut input = seed.to_le_bytes().to_vec();
+        input.extend_from_slice(&n.to_le_bytes());
+        let d = ring::digest::digest(&ring::digest::SHA256, &input);
+        let mut g = [0u8; 16];
+        g.copy_from_slice(&d.as_ref()[..16]);
+        // Version 4, RFC 4122 variant, in GPT's mixed-endian byte order.
+        g[7] = (g[7] & 0x0f) | 0x40;
+        g[8] = (g[8] & 0x3f) | 0x80;
+        g
+    }
 }
 
 /// The smallest disk [`plan`] accepts: every fixed-size partition, aligned,
@@ -515,44 +518,47 @@ pub fn gpt_bytes(plan: &Plan) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Writes the GPT of `plan` to `path`, a block device or an image file of
-/// exactly the planned size (create it with `set_len` first), then syncs.
+/// exactly the planned size (create it with `set_len` first), then syncs:
+/// [`write_gpt_to`] on the opened disk.
+///
+/// # Errors
+/// As [`write_gpt_to`], and [`LayoutError::Target`] when `path` cannot be
+/// opened.
+pub fn write_gpt(path: &Path, plan: &Plan) -> Result<(), LayoutError> {
+    write_gpt_to(&Disk::open(path)?, plan)
+}
+
+/// Writes the GPT of `plan` to `disk`, which must be the planned size,
+/// then syncs.
 ///
 /// Only the table is written: the partitions' contents are untouched, and
 /// on a block device the kernel learns of the new table only when asked to
-/// re-read it (`BLKRRPART`, `partx`).
+/// re-read it ([`Disk::reread_partitions`]).
 ///
 /// # Errors
-/// [`LayoutError::SizeMismatch`] when `path` is not the planned size (the
-/// backup table would land elsewhere than the header says);
-/// [`LayoutError::Io`] naming the step and `path`.
-pub fn write_gpt(path: &Path, plan: &Plan) -> Result<(), LayoutError> {
+/// [`LayoutError::SizeMismatch`] when the disk is not the planned size
+/// (the backup table would land elsewhere than the header says);
+/// [`LayoutError::Target`] naming the step and the disk.
+pub fn write_gpt_to(disk: &Disk, plan: &Plan) -> Result<(), LayoutError> {
     let (primary, backup) = gpt_bytes(plan);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err("opening", path))?;
-    // Seeking to the end gives the size of block devices too, where the
-    // metadata length is 0.
-    let device_bytes = file
-        .seek(SeekFrom::End(0))
-        .map_err(io_err("finding the size of", path))?;
+    let device_bytes = disk.size();
     if device_bytes / SECTOR_SIZE != plan.total_sectors {
         return Err(LayoutError::SizeMismatch {
-            path: path.to_path_buf(),
+            path: disk.path().to_path_buf(),
             device_bytes,
             plan_bytes: plan.total_sectors * SECTOR_SIZE,
         });
     }
-    file.write_all_at(&primary, 0)
-        .map_err(io_err("writing the primary GPT to", path))?;
-    file.write_all_at(&backup, (plan.total_sectors - BACKUP_SECTORS) * SECTOR_SIZE)
-        .map_err(io_err("writing the backup GPT to", path))?;
-    file.sync_all().map_err(io_err("syncing", path))
+    disk.write_at(&primary, 0)?;
+    disk.write_at(&backup, (plan.total_sectors - BACKUP_SECTORS) * SECTOR_SIZE)?;
+    disk.sync()?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt as _;
     use std::process::Command;
 
     const GIB: u64 = 1024 * MIB;
@@ -610,6 +616,27 @@ mod tests {
         // little-endian on disk: byte 7.
         assert_eq!(random_guid()[7] >> 4, 4);
         assert_ne!(random_guid(), random_guid());
+    }
+
+    #[test]
+    fn seeded_guids_are_reproducible_and_distinct() {
+        let first: Vec<[u8; 16]> = {
+            let mut g = seeded_guids(7);
+            (0..5).map(|_| g()).collect()
+        };
+        let again: Vec<[u8; 16]> = {
+            let mut g = seeded_guids(7);
+            (0..5).map(|_| g()).collect()
+        };
+        assert_eq!(first, again);
+        let other = seeded_guids(8)();
+        assert_ne!(first[0], other);
+        for g in &first {
+            assert_eq!(g[7] >> 4, 4, "version 4");
+            assert_eq!(g[8] >> 6, 0b10, "RFC 4122 variant");
+        }
+        let unique: std::collections::BTreeSet<_> = first.iter().collect();
+        assert_eq!(unique.len(), 5);
     }
 
     #[test]

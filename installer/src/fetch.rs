@@ -1,0 +1,1255 @@
+//! Getting an installer image into a verified local layout, and pushing a
+//! layout to a registry.
+//!
+//! An image reference is one of:
+//!
+//! - an absolute path or `file:///abs/path`: a layout directory, or a
+//!   `.tar` of one ([`oci::pack_tar`]);
+//! - an `http://` or `https://` URL of such a tar;
+//! - an OCI reference (`registry/repo:tag` or `registry/repo@sha256:…`;
+//!   without a registry, docker.io), pulled with `oci-client`.
+//!
+//! Whatever the source, the result is checked by [`oci`]'s verification
+//! (signature over the config first, then every blob's digest) and nothing
+//! the transport claims is trusted. For registries the signature is
+//! checked right after the small manifest and config arrive, so an image
+//! signed by no trusted key is refused before its large files are
+//! downloaded.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt as _;
+use oci_client::Reference;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::oci::{self, Digest, OciError, VerifiedImage};
+use crate::sign::{SignError, TrustedKeys};
+
+/// How to fetch: which registries speak plain http, which keys to trust.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Registries (`host:port`, as written in references) pulled over
+    /// plain http instead of https: local and test registries.
+    pub plain_http_registries: Vec<String>,
+    /// The keys an image's signature must be made with.
+    pub trusted: TrustedKeys,
+}
+
+/// Why an image could not be fetched or pushed. Every variant names the
+/// reference; the variants tell callers which status to report (bad
+/// argument, unavailable, not found, refused image).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The reference is not a path, URL or OCI reference.
+    #[error("image reference {reference:?} is invalid: {detail}")]
+    InvalidReference {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The registry or server could not be reached (or the transfer broke).
+    #[error("{reference}: {step}: cannot reach {server}: {detail}")]
+    Unreachable {
+        /// The reference.
+        reference: String,
+        /// The registry, URL origin or place.
+        server: String,
+        /// What was being done.
+        step: String,
+        /// The cause.
+        detail: String,
+    },
+    /// The image (or one of its blobs) does not exist there.
+    #[error("{reference}: {step}: not found on {server}: {detail}")]
+    NotFound {
+        /// The reference.
+        reference: String,
+        /// The registry, URL origin or place.
+        server: String,
+        /// What was being done.
+        step: String,
+        /// The cause.
+        detail: String,
+    },
+    /// The registry or server answered with another error.
+    #[error("{reference}: {step}: {server} answered with an error: {detail}")]
+    Refused {
+        /// The reference.
+        reference: String,
+        /// The registry or URL origin.
+        server: String,
+        /// What was being done.
+        step: String,
+        /// The answer.
+        detail: String,
+    },
+    /// A local file operation failed.
+    #[error("{reference}: {action} {}: {source}", .path.display())]
+    Io {
+        /// The reference.
+        reference: String,
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The image arrived but is not acceptable: bad signature, digest or
+    /// layout.
+    #[error("{reference}: {source}")]
+    Verify {
+        /// The reference.
+        reference: String,
+        /// What verification found.
+        source: OciError,
+    },
+}
+
+impl FetchError {
+    fn oci(reference: &str, error: OciError) -> Self {
+        match error {
+            // Local file trouble is not a verdict on the image.
+            OciError::Io {
+                action,
+                path,
+                source,
+            } => Self::Io {
+                reference: reference.to_owned(),
+                action,
+                path,
+                source,
+            },
+            other => Self::Verify {
+                reference: reference.to_owned(),
+                source: other,
+            },
+        }
+    }
+
+    fn io(reference: &str, action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
+        let reference = reference.to_owned();
+        let path = path.to_owned();
+        move |source| Self::Io {
+            reference,
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// An error and its causes, joined: reqwest's own message ("error
+/// sending request") says little without them.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Sizes for progress lines: "512 B", "12.3 MiB".
+#[must_use]
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Where a reference points.
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    Path(PathBuf),
+    Url(String),
+    Registry(Reference),
+}
+
+fn classify(reference: &str) -> Result<Source, FetchError> {
+    let invalid = |detail: &str| FetchError::InvalidReference {
+        reference: reference.to_owned(),
+        detail: detail.to_owned(),
+    };
+    if reference.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if let Some(path) = reference.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(invalid(
+                "a file:// URL needs an absolute path, like file:///var/images/installer.tar",
+            ));
+        }
+        return Ok(Source::Path(PathBuf::from(path)));
+    }
+    if reference.starts_with('/') {
+        return Ok(Source::Path(PathBuf::from(reference)));
+    }
+    if reference.starts_with("http://") || reference.starts_with("https://") {
+        return Ok(Source::Url(reference.to_owned()));
+    }
+    if reference.contains("://") {
+        return Err(invalid(
+            "unsupported scheme (use file://, http://, https:// or an OCI reference)",
+        ));
+    }
+    if reference.starts_with('.') {
+        return Err(invalid("a local path must be absolute"));
+    }
+    reference
+        .parse::<Reference>()
+        .map(Source::Registry)
+        .map_err(|e| {
+            invalid(&format!(
+                "not an OCI reference (registry/repository:tag): {e}"
+            ))
+        })
+}
+
+/// Makes the crypto provider rustls uses process-wide (we build rustls
+/// without a built-in one); a provider already installed stays.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Fetches the image `reference` names, verifies it against
+/// `opts.trusted` and returns it; blobs that had to be downloaded or
+/// unpacked are under `work_dir` (created if absent), a local layout
+/// directory is verified in place.
+///
+/// `progress` gets one human-readable line per step.
+pub async fn fetch(
+    reference: &str,
+    work_dir: &Path,
+    opts: &FetchOptions,
+    progress: &mut dyn FnMut(String),
+) -> Result<VerifiedImage, FetchError> {
+    install_crypto_provider();
+    let source = classify(reference)?;
+    if opts.trusted.is_empty() {
+        // Refuse before downloading anything that could never be accepted.
+        return Err(FetchError::oci(
+            reference,
+            OciError::SignatureRejected(SignError::NoTrustedKeys),
+        ));
+    }
+    fs::create_dir_all(work_dir).map_err(FetchError::io(reference, "creating", work_dir))?;
+    match source {
+        Source::Path(path) => fetch_path(reference, &path, work_dir, opts, progress),
+        Source::Url(url) => fetch_url(reference, &url, work_dir, opts, progress).await,
+        Source::Registry(parsed) => {
+            fetch_registry(reference, &parsed, work_dir, opts, progress).await
+        }
+    }
+}
+
+/// An empty `work_dir/layout` to download or unpack into.
+fn fresh_layout_dir(reference: &str, work_dir: &Path) -> Result<PathBuf, FetchError> {
+    let layout = work_dir.join("layout");
+    match fs::remove_dir_all(&layout) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(FetchError::io(reference, "removing", &layout)(e)),
+    }
+    fs::create_dir_all(&layout).map_err(FetchError::io(reference, "creating", &layout))?;
+    Ok(layout)
+}
+
+/// Verifies a local layout and reports what was checked.
+fn verify_local(
+    reference: &str,
+    layout: &Path,
+    opts: &FetchOptions,
+    progress: &mut dyn FnMut(String),
+) -> Result<VerifiedImage, FetchError> {
+    let image =
+        oci::verify_layout(layout, &opts.trusted).map_err(|e| FetchError::oci(reference, e))?;
+    progress(format!("verified signature (key {})", image.signed_by));
+    for (name, file) in &image.files {
+        progress(format!("verified {name} ({})", human_size(file.size)));
+    }
+    progress(format!(
+        "verified {} ({})",
+        image.version, image.manifest_digest
+    ));
+    Ok(image)
+}
+
+fn fetch_path(
+    reference: &str,
+    path: &Path,
+    work_dir: &Path,
+    opts: &FetchOptions,
+    progress: &mut dyn FnMut(String),
+) -> Result<VerifiedImage, FetchError> {
+    let meta = fs::metadata(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            FetchError::NotFound {
+                reference: reference.to_owned(),
+                server: "the local filesystem".to_owned(),
+                step: format!("reading {}", path.display()),
+                detail: e.to_string(),
+            }
+        } else {
+            FetchError::io(reference, "reading", path)(e)
+        }
+    })?;
+    if meta.is_dir() {
+        progress(format!("reading layout {}", path.display()));
+        return verify_local(reference, path, opts, progress);
+    }
+    progress(format!("unpacking {}", path.display()));
+    let layout = fresh_layout_dir(reference, work_dir)?;
+    oci::unpack_tar(path, &layout).map_err(|e| FetchError::oci(reference, e))?;
+    verify_local(reference, &layout, opts, progress)
+}
+
+async fn fetch_url(
+    reference: &str,
+    url: &str,
+    work_dir: &Path,
+    opts: &FetchOptions,
+    progress: &mut dyn FnMut(String),
+) -> Result<VerifiedImage, FetchError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| FetchError::InvalidReference {
+        reference: reference.to_owned(),
+        detail: format!("not a valid URL: {e}"),
+    })?;
+    let server = parsed.origin().ascii_serialization();
+    let step = format!("downloading {url}");
+    let unreachable = |detail: String| FetchError::Unreachable {
+        reference: reference.to_owned(),
+        server: server.clone(),
+        step: step.clone(),
+        detail,
+    };
+    progress(step.clone());
+    let client = reqwest::Client::builder()
+        .build()
+        .map_err(|e| unreachable(format!("setting up the http client: {}", chain(&e))))?;
+    let mut response = client
+        .get(parsed.clone())
+        .send()
+        .await
+        .map_err(|e| unreachable(chain(&e)))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
+        return Err(FetchError::NotFound {
+            reference: reference.to_owned(),
+            server: server.clone(),
+            step: step.clone(),
+            detail: format!("HTTP {status}"),
+        });
+    }
+    if !status.is_success() {
+        return Err(FetchError::Refused {
+            reference: reference.to_owned(),
+            server: server.clone(),
+            step: step.clone(),
+            detail: format!("HTTP {status}"),
+        });
+    }
+    let tar_path = work_dir.join("download.tar");
+    let mut file = tokio::fs::File::create(&tar_path)
+        .await
+        .map_err(FetchError::io(reference, "creating", &tar_path))?;
+    let mut total = 0u64;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| unreachable(format!("the transfer broke: {}", chain(&e))))?
+    {
+        file.write_all(&chunk)
+            .await
+            .map_err(FetchError::io(reference, "writing", &tar_path))?;
+        total += chunk.len() as u64;
+    }
+    file.flush()
+        .await
+        .map_err(FetchError::io(reference, "writing", &tar_path))?;
+    drop(file);
+    progress(format!("downloaded {url} ({})", human_size(total)));
+
+    let layout = fresh_layout_dir(reference, work_dir)?;
+    let unpacked = oci::unpack_tar(&tar_path, &layout);
+    let _ = fs::remove_file(&tar_path);
+    unpacked.map_err(|e| FetchError::oci(reference, e))?;
+    verify_local(reference, &layout, opts, progress)
+}
+
+/// An `oci-client` for these plain-http registries. `Client::new` would
+/// fall back to a default client (https everywhere) on a setup error, so
+/// the fallible constructor is used.
+fn registry_client(
+    reference: &str,
+    registry: &str,
+    plain_http_registries: &[String],
+) -> Result<oci_client::Client, FetchError> {
+    let config = ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(plain_http_registries.to_vec()),
+        ..Default::default()
+    };
+    oci_client::Client::try_from(config).map_err(|e| FetchError::Unreachable {
+        reference: reference.to_owned(),
+        server: format!("registry {registry}"),
+        step: "setting up the registry client".to_owned(),
+        detail: chain(&e),
+    })
+}
+
+/// Sorts a registry client error into the variant callers map to a status.
+fn registry_error(
+    reference: &str,
+    registry: &str,
+    step: &str,
+    error: OciDistributionError,
+) -> FetchError {
+    let reference = reference.to_owned();
+    let server = format!("registry {registry}");
+    let step = step.to_owned();
+    let detail = chain(&error);
+    let not_found = match &error {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+            )
+        }),
+        _ => false,
+    };
+    if not_found {
+        return FetchError::NotFound {
+            reference,
+            server,
+            step,
+            detail,
+        };
+    }
+    match error {
+        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
+            FetchError::Unreachable {
+                reference,
+                server,
+                step,
+                detail,
+            }
+        }
+        _ => FetchError::Refused {
+            reference,
+            server,
+            step,
+            detail,
+        },
+    }
+}
+
+/// The digest a streaming hash arrived at.
+fn finish(ctx: ring::digest::Context) -> Digest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Digest::from_raw(out)
+}
+
+/// Downloads one blob into `path`, hashing and counting it on the way:
+/// the registry's (and the client's) word on the digest is not taken.
+async fn pull_blob(
+    client: &oci_client::Client,
+    reference: &str,
+    parsed: &Reference,
+    digest: &Digest,
+    size: u64,
+    what: &str,
+    path: &Path,
+) -> Result<(), FetchError> {
+    let registry = parsed.registry();
+    let step = format!("pulling blob {digest} of {what}");
+    let digest_text = digest.to_string();
+    let mut stream = client
+        .pull_blob_stream(parsed, digest_text.as_str())
+        .await
+        .map_err(|e| registry_error(reference, registry, &step, e))?;
+    let partial = path.with_extension("partial");
+    if let Some(parent) = partial.parent() {
+        fs::create_dir_all(parent).map_err(FetchError::io(reference, "creating", parent))?;
+    }
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .map_err(FetchError::io(reference, "creating", &partial))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                drop(file);
+                let _ = fs::remove_file(&partial);
+                // The client checks the digest at the end of the stream;
+                // when all bytes are in, say what they were ourselves.
+                if received == size {
+                    let actual = finish(ctx);
+                    if actual != *digest {
+                        return Err(FetchError::oci(
+                            reference,
+                            OciError::BlobDigest {
+                                what: what.to_owned(),
+                                expected: *digest,
+                                actual,
+                            },
+                        ));
+                    }
+                }
+                return Err(FetchError::Unreachable {
+                    reference: reference.to_owned(),
+                    server: format!("registry {registry}"),
+                    step,
+                    detail: format!("the transfer broke: {}", chain(&e)),
+                });
+            }
+        };
+        received += chunk.len() as u64;
+        if received > size {
+            drop(file);
+            let _ = fs::remove_file(&partial);
+            return Err(FetchError::oci(
+                reference,
+                OciError::BlobSize {
+                    what: what.to_owned(),
+                    digest: *digest,
+                    expected: size,
+                    actual: received,
+                },
+            ));
+        }
+        ctx.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(FetchError::io(reference, "writing", &partial))?;
+    }
+    file.flush()
+        .await
+        .map_err(FetchError::io(reference, "writing", &partial))?;
+    drop(file);
+    let actual = finish(ctx);
+    let mismatch = if received != size {
+        Some(OciError::BlobSize {
+            what: what.to_owned(),
+            digest: *digest,
+            expected: size,
+            actual: received,
+        })
+    } else if actual != *digest {
+        Some(OciError::BlobDigest {
+            what: what.to_owned(),
+            expected: *digest,
+            actual,
+        })
+    } else {
+        None
+    };
+    if let Some(error) = mismatch {
+        let _ = fs::remove_file(&partial);
+        return Err(FetchError::oci(reference, error));
+    }
+    fs::rename(&partial, path).map_err(FetchError::io(reference, "renaming", &partial))
+}
+
+async fn fetch_registry(
+    reference: &str,
+    parsed: &Reference,
+    work_dir: &Path,
+    opts: &FetchOptions,
+    progress: &mut dyn FnMut(String),
+) -> Result<VerifiedImage, FetchError> {
+    let registry = parsed.registry();
+    let client = registry_client(reference, registry, &opts.plain_http_registries)?;
+    progress(format!("pulling {reference}"));
+
+    let (manifest_bytes, _) = client
+        .pull_manifest_raw(
+            parsed,
+            &RegistryAuth::Anonymous,
+            &[oci::MANIFEST_MEDIA_TYPE],
+        )
+        .await
+        .map_err(|e| registry_error(reference, registry, "pulling the manifest", e))?;
+    let verify_err = |e| FetchError::oci(reference, e);
+    if manifest_bytes.len() as u64 > oci::MAX_METADATA_BYTES {
+        return Err(verify_err(OciError::TooLarge {
+            what: "the manifest".to_owned(),
+            size: manifest_bytes.len() as u64,
+        }));
+    }
+    let manifest_digest = Digest::of(&manifest_bytes);
+    if let Some(pinned) = parsed.digest() {
+        let expected = Digest::parse(pinned).ok_or_else(|| FetchError::InvalidReference {
+            reference: reference.to_owned(),
+            detail: format!("{pinned} is not a sha256 digest"),
+        })?;
+        if expected != manifest_digest {
+            return Err(verify_err(OciError::BlobDigest {
+                what: "the manifest".to_owned(),
+                expected,
+                actual: manifest_digest,
+            }));
+        }
+    }
+    let manifest = oci::parse_manifest(&manifest_bytes).map_err(verify_err)?;
+
+    let layout = fresh_layout_dir(reference, work_dir)?;
+    let config_digest = Digest::parse(&manifest.config.digest).ok_or_else(|| {
+        verify_err(OciError::BadDigest {
+            value: manifest.config.digest.clone(),
+            context: "the manifest's config".to_owned(),
+        })
+    })?;
+    if manifest.config.size > oci::MAX_METADATA_BYTES {
+        return Err(verify_err(OciError::TooLarge {
+            what: "the config".to_owned(),
+            size: manifest.config.size,
+        }));
+    }
+    let config_path = oci::blob_path(&layout, &config_digest);
+    pull_blob(
+        &client,
+        reference,
+        parsed,
+        &config_digest,
+        manifest.config.size,
+        "the config",
+        &config_path,
+    )
+    .await?;
+    let config_bytes =
+        fs::read(&config_path).map_err(FetchError::io(reference, "reading", &config_path))?;
+    // The signature before the big downloads.
+    let signed = oci::verify_config(&manifest, &config_bytes, &opts.trusted).map_err(verify_err)?;
+    progress(format!("verified signature (key {})", signed.signed_by));
+
+    for (name, (digest, size)) in &signed.files {
+        let path = oci::blob_path(&layout, digest);
+        pull_blob(&client, reference, parsed, digest, *size, name, &path).await?;
+        progress(format!("fetched {name} ({})", human_size(*size)));
+    }
+
+    // Now a layout like any other; verify it as one (every blob hashed
+    // again, the signature again) so there is one verification path.
+    oci::write_blob(&layout, &manifest_bytes).map_err(verify_err)?;
+    oci::write_index(
+        &layout,
+        &manifest_digest,
+        manifest_bytes.len() as u64,
+        &signed.version,
+    )
+    .map_err(verify_err)?;
+    let marker = layout.join(oci::LAYOUT_FILE);
+    fs::write(&marker, oci::LAYOUT_CONTENT)
+        .map_err(FetchError::io(reference, "writing", &marker))?;
+    let image = oci::verify_layout(&layout, &opts.trusted).map_err(verify_err)?;
+    progress(format!(
+        "verified {} ({})",
+        image.version, image.manifest_digest
+    ));
+    Ok(image)
+}
+
+/// Removes a temporary directory when dropped.
+#[derive(Debug)]
+struct TempDirGuard(PathBuf);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pushes a layout (a directory or a tar of one) to `reference` (which
+/// must name a tag), blobs and manifest exactly as they are, so the
+/// registry's manifest digest is the layout's. Returns that digest.
+///
+/// Each blob's digest and size are checked before it is sent; the
+/// signature is not (pushing is for image builders, who may push to test
+/// what a node refuses).
+pub async fn push(
+    layout: &Path,
+    reference: &str,
+    plain_http_registries: &[String],
+) -> Result<String, FetchError> {
+    install_crypto_provider();
+    let parsed: Reference = reference
+        .parse()
+        .map_err(|e| FetchError::InvalidReference {
+            reference: reference.to_owned(),
+            detail: format!("not an OCI reference (registry/repository:tag): {e}"),
+        })?;
+    if parsed.digest().is_some() {
+        return Err(FetchError::InvalidReference {
+            reference: reference.to_owned(),
+            detail: "name a tag to push to, not a digest".to_owned(),
+        });
+    }
+    let registry = parsed.registry();
+
+    let meta = fs::metadata(layout).map_err(FetchError::io(reference, "reading", layout))?;
+    let _guard;
+    let dir = if meta.is_dir() {
+        layout.to_owned()
+    } else {
+        let tmp = std::env::temp_dir().join(format!(
+            "installer-push-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        _guard = TempDirGuard(tmp.clone());
+        oci::unpack_tar(layout, &tmp).map_err(|e| FetchError::oci(reference, e))?;
+        tmp
+    };
+
+    let verify_err = |e| FetchError::oci(reference, e);
+    let (manifest_digest, manifest_bytes) = oci::read_manifest(&dir).map_err(verify_err)?;
+    let manifest = oci::parse_manifest(&manifest_bytes).map_err(verify_err)?;
+    let client = registry_client(reference, registry, plain_http_registries)?;
+
+    let mut descriptors = vec![(manifest.config.clone(), "the config".to_owned())];
+    for layer in &manifest.layers {
+        let title = layer
+            .annotations
+            .get(oci::ANNOTATION_TITLE)
+            .cloned()
+            .unwrap_or_else(|| "an untitled layer".to_owned());
+        descriptors.push((layer.clone(), title));
+    }
+    let mut pushed = std::collections::BTreeSet::new();
+    for (descriptor, what) in descriptors {
+        let digest = Digest::parse(&descriptor.digest).ok_or_else(|| {
+            verify_err(OciError::BadDigest {
+                value: descriptor.digest.clone(),
+                context: format!("the manifest's descriptor of {what}"),
+            })
+        })?;
+        if !pushed.insert(digest) {
+            continue;
+        }
+        let path = oci::blob_path(&dir, &digest);
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(FetchError::io(reference, "reading", &path))?;
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            return Err(verify_err(OciError::BlobDigest {
+                what,
+                expected: digest,
+                actual,
+            }));
+        }
+        if bytes.len() as u64 != descriptor.size {
+            return Err(verify_err(OciError::BlobSize {
+                what,
+                digest,
+                expected: descriptor.size,
+                actual: bytes.len() as u64,
+            }));
+        }
+        let step = format!("pushing blob {digest} of {what}");
+        let exists = client
+            .blob_exists(&parsed, &descriptor.digest)
+            .await
+            .map_err(|e| registry_error(reference, registry, &step, e))?;
+        if !exists {
+            client
+                .push_blob(&parsed, bytes, &descriptor.digest)
+                .await
+                .map_err(|e| registry_error(reference, registry, &step, e))?;
+        }
+    }
+    client
+        .push_manifest_raw(
+            &parsed,
+            manifest_bytes,
+            reqwest::header::HeaderValue::from_static(oci::MANIFEST_MEDIA_TYPE),
+        )
+        .await
+        .map_err(|e| registry_error(reference, registry, "pushing the manifest", e))?;
+    Ok(manifest_digest.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files;
+    use crate::sign::SigningKey;
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    struct Fixture {
+        tmp: tempfile::TempDir,
+        key: SigningKey,
+        layout: PathBuf,
+        digest: Digest,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let src = tmp.path().join("src");
+            fs::create_dir(&src).unwrap();
+            let mut sources = Vec::new();
+            for name in files::ALL {
+                let path = src.join(name);
+                fs::write(&path, format!("{name} bytes\n").repeat(3000)).unwrap();
+                sources.push((name, path));
+            }
+            let refs: Vec<(&str, &Path)> = sources.iter().map(|(n, p)| (*n, p.as_path())).collect();
+            let key =
+                SigningKey::from_pem(SigningKey::generate().unwrap().as_bytes(), "k").unwrap();
+            let layout = tmp.path().join("layout");
+            let digest = oci::write_layout(&layout, "v2.0.0", &refs, &key).unwrap();
+            Self {
+                tmp,
+                key,
+                layout,
+                digest,
+            }
+        }
+
+        fn opts(&self, plain: Vec<String>) -> FetchOptions {
+            FetchOptions {
+                plain_http_registries: plain,
+                trusted: TrustedKeys::from_pem(self.key.public_key_pem().as_bytes(), "k").unwrap(),
+            }
+        }
+
+        fn work(&self, name: &str) -> PathBuf {
+            self.tmp.path().join(name)
+        }
+
+        /// Checks a fetched image is the fixture's, extracting it.
+        fn check(&self, image: &VerifiedImage, name: &str) {
+            assert_eq!(image.manifest_digest, self.digest);
+            assert_eq!(image.version, "v2.0.0");
+            assert_eq!(image.signed_by, self.key.fingerprint());
+            let out = self.work(name);
+            oci::extract(image, &out).unwrap();
+            for file in files::ALL {
+                assert_eq!(
+                    fs::read_to_string(out.join(file)).unwrap(),
+                    format!("{file} bytes\n").repeat(3000)
+                );
+            }
+        }
+    }
+
+    async fn fetch_lines(
+        reference: &str,
+        work: &Path,
+        opts: &FetchOptions,
+    ) -> (Result<VerifiedImage, FetchError>, Vec<String>) {
+        let mut lines = Vec::new();
+        let result = fetch(reference, work, opts, &mut |l| lines.push(l)).await;
+        (result, lines)
+    }
+
+    #[test]
+    fn references_classified() {
+        assert_eq!(
+            classify("/srv/installer.tar").unwrap(),
+            Source::Path("/srv/installer.tar".into())
+        );
+        assert_eq!(
+            classify("file:///srv/layout").unwrap(),
+            Source::Path("/srv/layout".into())
+        );
+        assert_eq!(
+            classify("https://example.com/i.tar").unwrap(),
+            Source::Url("https://example.com/i.tar".into())
+        );
+        let Source::Registry(r) = classify("10.0.2.2:5000/talos/installer:v2").unwrap() else {
+            panic!("not a registry reference");
+        };
+        assert_eq!(r.registry(), "10.0.2.2:5000");
+        assert_eq!(r.repository(), "talos/installer");
+        assert_eq!(r.tag(), Some("v2"));
+        let Source::Registry(r) = classify("talos/installer:v2").unwrap() else {
+            panic!("not a registry reference");
+        };
+        assert_eq!(r.registry(), "docker.io");
+
+        for bad in [
+            "",
+            "file://relative/x",
+            "ftp://host/x",
+            "./layout",
+            "Upper/Case:tag",
+            "host/repo:bad tag",
+        ] {
+            let err = classify(bad).unwrap_err();
+            assert!(
+                matches!(err, FetchError::InvalidReference { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(12_897_485), "12.3 MiB");
+    }
+
+    #[tokio::test]
+    async fn fetch_layout_directory_and_tar() {
+        let fx = Fixture::new();
+        let opts = fx.opts(vec![]);
+
+        let dir_ref = fx.layout.display().to_string();
+        let (image, lines) = fetch_lines(&dir_ref, &fx.work("w1"), &opts).await;
+        let image = image.unwrap();
+        fx.check(&image, "out1");
+        assert_eq!(lines[0], format!("reading layout {dir_ref}"));
+        assert!(
+            lines.contains(&format!(
+                "verified signature (key {})",
+                fx.key.fingerprint()
+            )),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"verified vmlinuz (41.0 KiB)".to_owned()),
+            "{lines:?}"
+        );
+
+        let tar = fx.work("image.tar");
+        oci::pack_tar(&fx.layout, &tar).unwrap();
+        let tar_ref = format!("file://{}", tar.display());
+        let (image, _) = fetch_lines(&tar_ref, &fx.work("w2"), &opts).await;
+        let image = image.unwrap();
+        assert!(image.files[files::VMLINUZ].path.starts_with(fx.work("w2")));
+        fx.check(&image, "out2");
+
+        // A second fetch into the same work dir starts clean.
+        let (image, _) = fetch_lines(&tar_ref, &fx.work("w2"), &opts).await;
+        fx.check(&image.unwrap(), "out3");
+
+        let (err, _) = fetch_lines("/no/such/image.tar", &fx.work("w3"), &opts).await;
+        assert!(matches!(err, Err(FetchError::NotFound { .. })), "{err:?}");
+
+        let other = SigningKey::from_pem(SigningKey::generate().unwrap().as_bytes(), "o").unwrap();
+        let wrong = FetchOptions {
+            plain_http_registries: vec![],
+            trusted: TrustedKeys::from_pem(other.public_key_pem().as_bytes(), "o").unwrap(),
+        };
+        let (err, _) = fetch_lines(&tar_ref, &fx.work("w4"), &wrong).await;
+        let err = err.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchError::Verify {
+                    source: OciError::SignatureRejected(SignError::NoMatch { .. }),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{tar_ref}: signature: ")),
+            "{err}"
+        );
+
+        let (err, _) = fetch_lines(&tar_ref, &fx.work("w5"), &FetchOptions::default()).await;
+        assert!(
+            matches!(
+                err,
+                Err(FetchError::Verify {
+                    source: OciError::SignatureRejected(SignError::NoTrustedKeys),
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// Serves `body` with `status` to each of `count` connections on
+    /// loopback; returns the base URL.
+    fn serve_http(status: &'static str, body: Vec<u8>, count: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(count) {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).unwrap();
+                stream.write_all(&body).unwrap();
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn fetch_tar_over_http() {
+        let fx = Fixture::new();
+        let tar = fx.work("image.tar");
+        oci::pack_tar(&fx.layout, &tar).unwrap();
+        let base = serve_http("200 OK", fs::read(&tar).unwrap(), 1);
+        let url = format!("{base}/images/installer.tar");
+        let (image, lines) = fetch_lines(&url, &fx.work("w"), &fx.opts(vec![])).await;
+        fx.check(&image.unwrap(), "out");
+        assert_eq!(lines[0], format!("downloading {url}"));
+        assert!(!fx.work("w").join("download.tar").exists());
+
+        let base = serve_http("404 Not Found", b"no".to_vec(), 1);
+        let (err, _) =
+            fetch_lines(&format!("{base}/x.tar"), &fx.work("w2"), &fx.opts(vec![])).await;
+        assert!(matches!(err, Err(FetchError::NotFound { .. })), "{err:?}");
+
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (err, _) = fetch_lines(
+            &format!("http://{closed}/x.tar"),
+            &fx.work("w3"),
+            &fx.opts(vec![]),
+        )
+        .await;
+        assert!(
+            matches!(err, Err(FetchError::Unreachable { .. })),
+            "{err:?}"
+        );
+    }
+
+    /// Debian's registry (distribution 2.8) on a loopback port, stopped
+    /// when dropped.
+    struct Registry {
+        child: Child,
+        addr: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Registry {
+        const BINARY: &str = "/usr/bin/docker-registry";
+
+        fn start() -> Self {
+            assert!(
+                Path::new(Self::BINARY).exists(),
+                "{} is missing: run scripts/setup (it installs Debian's docker-registry, \
+                 which this test runs on loopback)",
+                Self::BINARY
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let config = dir.path().join("config.yml");
+            fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
+                     rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let log = fs::File::create(dir.path().join("log")).unwrap();
+            let child = Command::new(Self::BINARY)
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let mut registry = Self {
+                child,
+                addr,
+                _dir: dir,
+            };
+            registry.wait_ready();
+            registry
+        }
+
+        fn wait_ready(&mut self) {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    let log = fs::read_to_string(self._dir.path().join("log")).unwrap_or_default();
+                    panic!("docker-registry exited with {status}: {log}");
+                }
+                if let Ok(mut stream) = TcpStream::connect(&self.addr) {
+                    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+                    let mut answer = String::new();
+                    if stream.write_all(request.as_bytes()).is_ok()
+                        && stream.read_to_string(&mut answer).is_ok()
+                        && answer.split_whitespace().nth(1) == Some("200")
+                    {
+                        return;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "docker-registry did not answer GET /v2/ on {} within 15 s",
+                    self.addr
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    impl Drop for Registry {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn registry_push_fetch_and_tamper() {
+        let registry = Registry::start();
+        let fx = Fixture::new();
+        let plain = vec![registry.addr.clone()];
+        let opts = fx.opts(plain.clone());
+
+        // Push, pull back by tag and by digest.
+        let tag_ref = format!("{}/talos/installer:v2", registry.addr);
+        let pushed = push(&fx.layout, &tag_ref, &plain).await.unwrap();
+        assert_eq!(pushed, fx.digest.to_string());
+        let (image, lines) = fetch_lines(&tag_ref, &fx.work("w1"), &opts).await;
+        let image = image.unwrap();
+        fx.check(&image, "out1");
+        assert_eq!(lines[0], format!("pulling {tag_ref}"));
+        assert_eq!(
+            lines[1],
+            format!("verified signature (key {})", fx.key.fingerprint())
+        );
+        assert!(
+            lines.contains(&"fetched initramfs.xz (55.7 KiB)".to_owned()),
+            "{lines:?}"
+        );
+
+        let digest_ref = format!("{}/talos/installer@{}", registry.addr, fx.digest);
+        let (image, _) = fetch_lines(&digest_ref, &fx.work("w2"), &opts).await;
+        fx.check(&image.unwrap(), "out2");
+
+        // Pushing the tar form gives the same manifest.
+        let tar = fx.work("image.tar");
+        oci::pack_tar(&fx.layout, &tar).unwrap();
+        let tar_tag = format!("{}/talos/installer:from-tar", registry.addr);
+        assert_eq!(
+            push(&tar, &tar_tag, &plain).await.unwrap(),
+            fx.digest.to_string()
+        );
+
+        // Tampered: one layer's bytes changed, its descriptor updated in
+        // the manifest, the signed config unchanged.
+        let (_, bytes) = oci::read_manifest(&fx.layout).unwrap();
+        let mut manifest: oci::Manifest = serde_json::from_slice(&bytes).unwrap();
+        let evil = b"evil kernel\n".repeat(100);
+        let evil_digest = oci::write_blob(&fx.layout, &evil).unwrap();
+        for layer in &mut manifest.layers {
+            if layer.annotations[oci::ANNOTATION_TITLE] == files::VMLINUZ {
+                layer.digest = evil_digest.to_string();
+                layer.size = evil.len() as u64;
+            }
+        }
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        let tampered_digest = oci::write_blob(&fx.layout, &bytes).unwrap();
+        oci::write_index(&fx.layout, &tampered_digest, bytes.len() as u64, "v2.0.0").unwrap();
+        let evil_ref = format!("{}/talos/installer:tampered", registry.addr);
+        assert_eq!(
+            push(&fx.layout, &evil_ref, &plain).await.unwrap(),
+            tampered_digest.to_string()
+        );
+        let (err, _) = fetch_lines(&evil_ref, &fx.work("w3"), &opts).await;
+        let err = err.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                FetchError::Verify {
+                    source: OciError::LayerMismatch { name, what: "digest", .. },
+                    ..
+                } if name == files::VMLINUZ
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("layer vmlinuz: digest mismatch"),
+            "{err}"
+        );
+        assert!(
+            !fx.work("w3")
+                .join("layout")
+                .join("blobs/sha256")
+                .join(evil_digest.hex())
+                .exists()
+        );
+
+        // Not there, and not reachable.
+        let missing = format!("{}/talos/installer:nope", registry.addr);
+        let (err, _) = fetch_lines(&missing, &fx.work("w4"), &opts).await;
+        assert!(matches!(err, Err(FetchError::NotFound { .. })), "{err:?}");
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let down = format!("{closed}/talos/installer:v2");
+        let down_opts = fx.opts(vec![closed.to_string()]);
+        let (err, _) = fetch_lines(&down, &fx.work("w5"), &down_opts).await;
+        let err = err.unwrap_err();
+        assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&format!("registry {closed}")),
+            "{err}"
+        );
+
+        let (err, _) = fetch_lines(
+            &format!(
+                "{}/talos/installer@sha256:{}",
+                registry.addr,
+                "0".repeat(64)
+            ),
+            &fx.work("w6"),
+            &opts,
+        )
+        .await;
+        assert!(matches!(err, Err(FetchError::NotFound { .. })), "{err:?}");
+
+        let err = push(&fx.layout, &digest_ref, &plain).await.unwrap_err();
+        assert!(matches!(err, FetchError::InvalidReference { .. }), "{err}");
+    }
+}

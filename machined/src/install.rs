@@ -1,0 +1,493 @@
+//! Installing to disk and upgrading: machined's side.
+//!
+//! The work is done by the `installer` program in two steps, each a child
+//! process started through the reaper:
+//!
+//! 1. the root's own installer (trusted: it came with this image) fetches
+//!    the installer image (OCI registry, http(s) URL or path), checks every
+//!    blob's digest and the ed25519 signature against the keys this image
+//!    trusts, and unpacks the verified files into `/run/installer`;
+//! 2. only then the image's installer, verified code of the version being
+//!    installed (it knows its own disk layout), writes the disk: the whole
+//!    layout for an install, the inactive slot for an upgrade.
+//!
+//! Nothing is written before step 1 succeeds, so a bad reference, an
+//! unreachable registry or a tampered image leaves the disk as it was.
+//! Progress lines of both steps go to the caller (LifecycleService
+//! streams them) and to machined's log.
+//!
+//! META (upstream's ADV on the partition named `META`) records an upgrade
+//! in flight: tag 6 (`Upgrade`) holds the slot the node upgraded from, as
+//! upstream; machined deletes it once the new slot is confirmed. The
+//! outcome of the last upgrade stays in tag [`TAG_UPGRADE_OUTCOME`], so a
+//! node that fell back to its old slot can say so after the fact.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use machinery::meta;
+use tokio::sync::mpsc;
+
+use crate::bootloader::{self, Slot};
+use crate::reaper::{ExitStatus, Reaper};
+
+/// The installer in the root file system (fetches and verifies).
+pub const ROOT_INSTALLER: &str = "/usr/bin/installer";
+
+/// Where the verified image is unpacked (tmpfs; executable).
+pub const WORK_DIR: &str = "/run/installer";
+
+/// Where the config's extra trusted keys are written for the installer.
+pub const CONFIG_KEYS_DIR: &str = "/run/installer-keys";
+
+/// META tag: the slot an upgrade started from (upstream's `Upgrade`).
+pub const TAG_UPGRADE: u8 = 6;
+
+/// META tag: staged upgrade image reference (upstream's
+/// `StagedUpgradeImageRef`).
+pub const TAG_STAGED_IMAGE: u8 = 7;
+
+/// META tag (ours, outside upstream's range): the last upgrade's outcome,
+/// one line of text.
+pub const TAG_UPGRADE_OUTCOME: u8 = 0x40;
+
+/// The GPT partition name of META.
+pub const META_PARTITION: &str = "META";
+
+/// Exit codes of `installer fetch` that say what went wrong (the
+/// installer's `main` documents them).
+pub mod exit {
+    /// The image reference cannot be parsed.
+    pub const BAD_REFERENCE: i32 = 3;
+    /// The registry or server could not be reached.
+    pub const UNREACHABLE: i32 = 4;
+    /// The registry does not have the image.
+    pub const NOT_FOUND: i32 = 5;
+    /// The image failed verification (digest or signature).
+    pub const VERIFICATION: i32 = 6;
+}
+
+/// An install or upgrade that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Upgrade on a node that did not boot from an installed disk.
+    #[error(
+        "the node is not installed to disk (it booted without talos.slot= on the kernel command line): install it first"
+    )]
+    NotInstalled,
+    /// Install on a node that already is.
+    #[error("the node is already installed to disk (booted from slot {0})")]
+    AlreadyInstalled(Slot),
+    /// Another install, upgrade or power action holds the lifecycle.
+    #[error("another install, upgrade or lifecycle operation is running")]
+    Busy,
+    /// The request names no image.
+    #[error("no installer image given")]
+    NoImage,
+    /// The reference cannot be parsed.
+    #[error("installer image {image}: {message}")]
+    BadReference {
+        /// The reference.
+        image: String,
+        /// Why.
+        message: String,
+    },
+    /// The source could not be reached.
+    #[error("installer image {image}: {message}")]
+    Unreachable {
+        /// The reference.
+        image: String,
+        /// Why.
+        message: String,
+    },
+    /// The source has no such image.
+    #[error("installer image {image}: {message}")]
+    NotFound {
+        /// The reference.
+        image: String,
+        /// Why.
+        message: String,
+    },
+    /// The image is not what it claims (digest or signature).
+    #[error("installer image {image} failed verification, nothing was written: {message}")]
+    Verification {
+        /// The reference.
+        image: String,
+        /// Why.
+        message: String,
+    },
+    /// A step failed.
+    #[error("{step}: {message}")]
+    Step {
+        /// Which.
+        step: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Where progress lines go.
+pub type Progress = mpsc::UnboundedSender<String>;
+
+fn say(progress: &Progress, line: impl Into<String>) {
+    let line = line.into();
+    tracing::info!(target: "installer", "{line}");
+    let _ = progress.send(line);
+}
+
+/// Runs `cmd` through the reaper, sending each stdout line to `progress`;
+/// returns the exit status and the last stderr lines. Blocks.
+fn run_streaming(
+    step: &'static str,
+    cmd: &mut Command,
+    progress: &Progress,
+) -> Result<(ExitStatus, String), InstallError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut spawned = Reaper::global()
+        .spawn(cmd)
+        .map_err(|e| InstallError::Step {
+            step,
+            message: format!("starting {:?}: {e}", cmd.get_program()),
+        })?;
+    let stderr = spawned.child.stderr.take();
+    let errors = std::thread::Builder::new()
+        .name("installer-stderr".into())
+        .spawn(move || {
+            let mut text = String::new();
+            if let Some(mut s) = stderr {
+                let _ = s.read_to_string(&mut text);
+            }
+            text
+        })
+        .map_err(|e| InstallError::Step {
+            step,
+            message: format!("starting a reader thread: {e}"),
+        })?;
+    if let Some(stdout) = spawned.child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            say(progress, line);
+        }
+    }
+    let status = spawned
+        .exit
+        .blocking_recv()
+        .unwrap_or(ExitStatus::Signaled(0));
+    let text = errors.join().unwrap_or_default();
+    let message = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok((status, message))
+}
+
+/// What the fetch step needs from the config.
+#[derive(Debug, Clone, Default)]
+pub struct FetchSettings {
+    /// Registries pulled over plain http (a mirror endpoint `http://...`).
+    pub plain_http_registries: Vec<String>,
+    /// Extra trusted public keys (PEM) from `machine.install.trustedKeys`.
+    pub trusted_keys: Vec<String>,
+}
+
+impl FetchSettings {
+    /// From the machine config: `machine.registries.mirrors.<name>.endpoints`
+    /// entries `http://<name>` make `<name>` a plain-http registry.
+    #[must_use]
+    pub fn from_config(config: Option<&machinery::config::MachineConfig>) -> FetchSettings {
+        let mut settings = FetchSettings::default();
+        if let Some(config) = config {
+            settings.plain_http_registries = config.plain_http_registries();
+            settings.trusted_keys = config.install_trusted_keys().to_vec();
+        }
+        settings
+    }
+}
+
+/// The directory of keys the root trusts.
+pub const TRUSTED_KEYS_DIR: &str = machinery::constants::TRUSTED_KEYS_DIR;
+
+/// Step 1: fetch and verify `image` into `dir` with the root's installer.
+/// Blocks.
+fn fetch(
+    image: &str,
+    dir: &Path,
+    settings: &FetchSettings,
+    progress: &Progress,
+) -> Result<String, InstallError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| InstallError::Step {
+        step: "preparing the work directory",
+        message: format!("{}: {e}", dir.display()),
+    })?;
+    let mut cmd = Command::new(ROOT_INSTALLER);
+    cmd.args(["fetch", "--image", image, "--to"])
+        .arg(dir)
+        .arg("--trusted-key")
+        .arg(TRUSTED_KEYS_DIR);
+    if !settings.trusted_keys.is_empty() {
+        // The config's keys, as files for the installer to read.
+        let keys = Path::new(CONFIG_KEYS_DIR);
+        let _ = std::fs::remove_dir_all(keys);
+        std::fs::create_dir_all(keys).map_err(|e| InstallError::Step {
+            step: "writing the config's trusted keys",
+            message: format!("{}: {e}", keys.display()),
+        })?;
+        for (i, pem) in settings.trusted_keys.iter().enumerate() {
+            let path = keys.join(format!("config-{i}.pub"));
+            std::fs::write(&path, pem).map_err(|e| InstallError::Step {
+                step: "writing the config's trusted keys",
+                message: format!("{}: {e}", path.display()),
+            })?;
+        }
+        cmd.arg("--trusted-key").arg(keys);
+    }
+    for registry in &settings.plain_http_registries {
+        cmd.args(["--plain-http-registry", registry]);
+    }
+    let (status, message) = run_streaming("fetching the installer image", &mut cmd, progress)?;
+    let image = image.to_owned();
+    match status {
+        ExitStatus::Exited(0) => {}
+        ExitStatus::Exited(exit::BAD_REFERENCE) => {
+            return Err(InstallError::BadReference { image, message });
+        }
+        ExitStatus::Exited(exit::UNREACHABLE) => {
+            return Err(InstallError::Unreachable { image, message });
+        }
+        ExitStatus::Exited(exit::NOT_FOUND) => {
+            return Err(InstallError::NotFound { image, message });
+        }
+        ExitStatus::Exited(exit::VERIFICATION) => {
+            return Err(InstallError::Verification { image, message });
+        }
+        other => {
+            return Err(InstallError::Step {
+                step: "fetching the installer image",
+                message: format!("{other}: {message}"),
+            });
+        }
+    }
+    let version = std::fs::read_to_string(dir.join("image.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    Ok(version)
+}
+
+/// The partition whose GPT name is `name` (`/sys/class/block/*/uevent`
+/// `PARTNAME=`), as a `/dev` path.
+#[must_use]
+pub fn find_partition(class_block: &Path, dev: &Path, name: &str) -> Option<PathBuf> {
+    let mut names: Vec<String> = std::fs::read_dir(class_block)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .find(|n| {
+            std::fs::read_to_string(class_block.join(n).join("uevent"))
+                .map(|u| u.lines().any(|l| l == format!("PARTNAME={name}")))
+                .unwrap_or(false)
+        })
+        .map(|n| dev.join(n))
+}
+
+/// Reads, changes and writes META; a node without one changes nothing.
+/// Blocks.
+pub fn update_meta(change: impl FnOnce(&mut meta::Adv)) -> Result<bool, InstallError> {
+    let Some(path) = find_partition(
+        Path::new("/sys/class/block"),
+        Path::new("/dev"),
+        META_PARTITION,
+    ) else {
+        return Ok(false);
+    };
+    let mut adv = match meta::read_from(&path) {
+        Ok((adv, _)) => adv,
+        Err(e) => {
+            tracing::warn!(error = %e, "META unreadable: starting it afresh");
+            meta::Adv::new()
+        }
+    };
+    change(&mut adv);
+    adv.write_to(&path).map_err(|e| InstallError::Step {
+        step: "writing META",
+        message: e.to_string(),
+    })?;
+    Ok(true)
+}
+
+/// Reads one META tag as text. Blocks.
+#[must_use]
+pub fn read_meta(tag: u8) -> Option<String> {
+    let path = find_partition(
+        Path::new("/sys/class/block"),
+        Path::new("/dev"),
+        META_PARTITION,
+    )?;
+    let (adv, _) = meta::read_from(&path).ok()?;
+    adv.get(tag)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// What an upgrade did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgraded {
+    /// The slot written.
+    pub slot: Slot,
+    /// The version it holds.
+    pub version: String,
+}
+
+/// Upgrades a node booted from `booted`: fetch and verify `image`, then
+/// the image's installer writes the other slot and makes it boot next, on
+/// trial. Blocks (run it on a blocking thread).
+///
+/// # Errors
+/// [`InstallError`]; nothing is written unless verification passed.
+pub fn upgrade(
+    image: &str,
+    booted: Slot,
+    settings: &FetchSettings,
+    progress: &Progress,
+) -> Result<Upgraded, InstallError> {
+    if image.trim().is_empty() {
+        return Err(InstallError::NoImage);
+    }
+    let dir = Path::new(WORK_DIR);
+    say(
+        progress,
+        format!("upgrading from slot {booted}: fetching {image}"),
+    );
+    let version = fetch(image, dir, settings, progress)?;
+    say(progress, format!("verified {image} ({version})"));
+    let result = bootloader::with_esp(|esp| {
+        let mut cmd = Command::new(dir.join("installer"));
+        cmd.args(["upgrade", "--from"])
+            .arg(dir)
+            .arg("--esp")
+            .arg(esp)
+            .args(["--booted", &booted.to_string()]);
+        // The ESP error type carries text: keep ours in the message.
+        match run_streaming("writing the inactive slot", &mut cmd, progress) {
+            Ok((status, _)) if status.success() => Ok(Ok(())),
+            Ok((status, message)) => Ok(Err(InstallError::Step {
+                step: "writing the inactive slot",
+                message: format!("the installer ended with {status}: {message}"),
+            })),
+            Err(e) => Ok(Err(e)),
+        }
+    });
+    let _ = std::fs::remove_dir_all(dir);
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            return Err(InstallError::Step {
+                step: "mounting the ESP",
+                message: e.to_string(),
+            });
+        }
+    }
+    let slot = if booted == 'A' { 'B' } else { 'A' };
+    let from = booted.to_string();
+    let line = format!("pending: slot {slot} ({version}) from {image}, on trial");
+    // The slot is written and on trial whatever happens to this record:
+    // a failure here is said, not fatal.
+    if let Err(e) = update_meta(|adv| {
+        let _ = adv.set(TAG_UPGRADE, from.into_bytes());
+        let _ = adv.set(TAG_UPGRADE_OUTCOME, line.into_bytes());
+    }) {
+        say(
+            progress,
+            format!("warning: recording the upgrade in META: {e}"),
+        );
+    }
+    say(
+        progress,
+        format!("slot {slot} holds {version}: it boots next, on trial"),
+    );
+    Ok(Upgraded { slot, version })
+}
+
+/// Installs onto `disk` from `image`, then puts `config` on the new STATE
+/// so the installed node boots configured. Blocks.
+///
+/// # Errors
+/// [`InstallError`]; nothing is written unless verification passed.
+pub fn install(
+    image: &str,
+    disk: &str,
+    config: &[u8],
+    settings: &FetchSettings,
+    progress: &Progress,
+) -> Result<String, InstallError> {
+    if image.trim().is_empty() {
+        return Err(InstallError::NoImage);
+    }
+    let dir = Path::new(WORK_DIR);
+    say(progress, format!("installing to {disk}: fetching {image}"));
+    let version = fetch(image, dir, settings, progress)?;
+    say(progress, format!("verified {image} ({version})"));
+    let mut cmd = Command::new(dir.join("installer"));
+    cmd.args(["install", "--from"])
+        .arg(dir)
+        .args(["--disk", disk]);
+    let (status, message) = run_streaming("writing the disk", &mut cmd, progress)?;
+    let _ = std::fs::remove_dir_all(dir);
+    if !status.success() {
+        return Err(InstallError::Step {
+            step: "writing the disk",
+            message: format!("the installer ended with {status}: {message}"),
+        });
+    }
+    if config.is_empty() {
+        say(
+            progress,
+            "no machine config yet: the installed node boots into maintenance mode",
+        );
+    } else {
+        save_config_to_state(config)?;
+    }
+    say(progress, format!("installed {version} to {disk}"));
+    Ok(version)
+}
+
+/// Writes `config` as `config.yaml` on the filesystem labelled STATE
+/// (mounted on a scratch directory and unmounted again). Blocks.
+fn save_config_to_state(config: &[u8]) -> Result<(), InstallError> {
+    use rustix::mount::{UnmountFlags, unmount};
+    let step = "saving the config to STATE";
+    let target = Path::new("/run/installer-state");
+    let mounted = crate::boot::mount_labelled(
+        Path::new("/sys/class/block"),
+        Path::new("/dev"),
+        crate::boot::STATE_LABEL,
+        target,
+    )
+    .map_err(|e| InstallError::Step {
+        step,
+        message: e.to_string(),
+    })?;
+    if mounted.is_none() {
+        return Err(InstallError::Step {
+            step,
+            message: "no filesystem labelled STATE after the install".into(),
+        });
+    }
+    let written = machinery::fsutil::write_atomic(&target.join("config.yaml"), config, 0o600)
+        .map_err(|e| InstallError::Step {
+            step,
+            message: e.to_string(),
+        });
+    rustix::fs::sync();
+    let _ = unmount(target, UnmountFlags::empty());
+    written
+}
