@@ -808,6 +808,18 @@ impl Drop for Registry {
 /// initramfs (maintenance, the way a node first boots; `-no-reboot` makes
 /// its reboot after installing end QEMU), or from the disk through OVMF.
 fn node_vm(work: &Path, disk: &Path, port: u16, direct: Option<&Path>, name: &str) -> Vm {
+    node_vm_with(work, disk, port, direct, name, "")
+}
+
+/// [`node_vm`] with extra `-drive` options for the disk.
+fn node_vm_with(
+    work: &Path,
+    disk: &Path,
+    port: u16,
+    direct: Option<&Path>,
+    name: &str,
+    drive_options: &str,
+) -> Vm {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "1"])
         .args(["-display", "none", "-monitor", "none"])
@@ -846,7 +858,10 @@ fn node_vm(work: &Path, disk: &Path, port: u16, direct: Option<&Path>, name: &st
         }
     }
     cmd.arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .arg(format!(
+            "file={},format=raw,if=virtio{drive_options}",
+            disk.display()
+        ))
         .arg("-netdev")
         .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:50000"))
         .args([
@@ -1137,7 +1152,21 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     );
     assert!(events.contains("upgrade"), "{events}");
 
-    // Power lost while the inactive slot is written: v1 boots.
+    // Power lost while the inactive slot is written: v1 boots. The disk
+    // takes writes at 2 MiB/s here, so writing the slot's ~25 MB lasts
+    // long enough for the kill to land in the middle of it.
+    drop(vm);
+    let mut vm = node_vm_with(
+        work.path(),
+        &disk,
+        port,
+        None,
+        "slow-disk",
+        ",throttling.bps-write=2097152",
+    );
+    eventually(&tc, &args(&version), long, |v| {
+        v.contains("Enabled:     RBAC")
+    });
     let mut upgrade = Command::new(talosctl())
         .arg("--talosconfig")
         .arg(&tc)
@@ -1166,6 +1195,12 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         "the upgrade never got to writing: {seen:?}"
     );
     drop(vm);
+    let console = std::fs::read_to_string(work.path().join("console-slow-disk.log"))
+        .expect("the console log");
+    assert!(
+        console.contains("writing slot B") && !console.contains("slot B holds"),
+        "the kill did not land while slot B was written"
+    );
     let _vm = node_vm(work.path(), &disk, port, None, "after-kill");
     let v = eventually(&tc, &args(&version), long, |v| {
         v.contains("Enabled:     RBAC")
