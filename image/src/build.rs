@@ -30,6 +30,8 @@ pub const INIT_BINARY: &str = "machined";
 pub const INITRAMFS_MODULES_DIR: &str = "lib/modules";
 /// The load order file in the initramfs.
 pub const INITRAMFS_MODULES_ORDER: &str = "modules.order";
+/// The modules loaded later (see [`modules::DEFERRED`]), in load order.
+pub const INITRAMFS_MODULES_DEFERRED: &str = "modules.deferred";
 /// Where the binary directory is by default (relative to the workspace).
 pub const DEFAULT_BIN_DIR: &str = "target/x86_64-unknown-linux-musl/image";
 
@@ -140,6 +142,7 @@ pub fn initramfs_entries(
     init: Vec<u8>,
     modules: &[(String, Vec<u8>)],
     order: &str,
+    deferred: &str,
     rootfs: Vec<u8>,
 ) -> Vec<Entry> {
     let mut entries = vec![
@@ -149,6 +152,11 @@ pub fn initramfs_entries(
         Entry::dir("lib", 0o755),
         Entry::dir(INITRAMFS_MODULES_DIR, 0o755),
         Entry::file(INITRAMFS_MODULES_ORDER, 0o644, order.as_bytes().to_vec()),
+        Entry::file(
+            INITRAMFS_MODULES_DEFERRED,
+            0o644,
+            deferred.as_bytes().to_vec(),
+        ),
         Entry::file(ROOTFS, 0o644, rootfs),
     ];
     entries.extend(INITRAMFS_DIRS.iter().map(|d| Entry::dir(d, 0o755)));
@@ -241,6 +249,7 @@ pub fn build(inputs: &BuildInputs) -> Result<Manifest, BuildError> {
         read(&init_path)?,
         &module_contents(&selection)?,
         &selection.order_file(),
+        &selection.deferred_file(),
         read(&rootfs)?,
     );
     let archive = cpio::encode(&entries, epoch)?;
@@ -297,6 +306,7 @@ mod tests {
             b"init".to_vec(),
             &[("loop.ko".to_owned(), b"ko".to_vec())],
             "loop.ko\n",
+            "xfs.ko\n",
             b"sqsh".to_vec(),
         );
         let bytes = cpio::encode(&entries, 0).expect("a valid archive");
@@ -307,6 +317,7 @@ mod tests {
             "init",
             "lib/modules/loop.ko",
             "modules.order",
+            "modules.deferred",
             "newroot",
             "proc",
             "rootfs.sqsh",

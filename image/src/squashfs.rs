@@ -184,7 +184,7 @@ pub fn mksquashfs(root: &Path, out: &Path, epoch: u64) -> Result<(), SquashfsErr
             .arg(root)
             .arg(out)
             .args(["-noappend", "-all-root", "-no-xattrs"])
-            .args(["-comp", "zstd", "-Xcompression-level", "19"])
+            .args(["-comp", "zstd", "-Xcompression-level", "19", "-b", "32K"])
             .args(["-mkfs-time", epoch.as_str(), "-all-time", epoch.as_str()])
             .args(["-no-progress", "-quiet"])
             .env_remove("SOURCE_DATE_EPOCH"),

@@ -16,7 +16,7 @@ use image::build::{self, BuildInputs};
 use image::cpio::{self, ReadEntry};
 use image::kernel::KernelSource;
 use image::manifest;
-use image::modules::MODULES;
+use image::modules::{DEFERRED, MODULES};
 
 const EPOCH: u64 = 1_700_000_000;
 const KERNEL_VERSION: &str = "6.1.0-test-amd64";
@@ -247,13 +247,42 @@ fn two_builds_are_identical_and_hold_what_they_should() {
     assert_eq!(init.data, b"fake machined binary\n");
     let console = entries.get("dev/console").expect("/dev/console");
     assert_eq!((console.file_type(), console.rdev), (cpio::S_IFCHR, (5, 1)));
-    let order = entries.get("modules.order").expect("/modules.order");
+    // modules.order, then modules.deferred (the filesystems' modules,
+    // loaded later), together are every module in load order.
+    let listed_in = |name: &str| -> Vec<String> {
+        let file = entries.get(name).unwrap_or_else(|| panic!("/{name}"));
+        std::str::from_utf8(&file.data)
+            .expect("utf-8")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
     let expected: Vec<String> = MODULES.iter().map(|m| installed_file_name(m)).collect();
-    let listed: Vec<&str> = std::str::from_utf8(&order.data)
-        .expect("utf-8")
-        .lines()
+    let early = listed_in("modules.order");
+    let deferred = listed_in("modules.deferred");
+    let deferred_expected: Vec<String> = MODULES
+        .iter()
+        .filter(|m| DEFERRED.contains(m))
+        .map(|m| installed_file_name(m))
         .collect();
-    assert_eq!(listed, expected, "modules.order is the load order");
+    assert_eq!(deferred, deferred_expected, "modules.deferred");
+    assert!(!early.iter().any(|m| deferred.contains(m)));
+    let mut all = early.clone();
+    all.extend(deferred);
+    let mut sorted_all = all.clone();
+    sorted_all.sort();
+    let mut sorted_expected = expected.clone();
+    sorted_expected.sort();
+    assert_eq!(sorted_all, sorted_expected, "every module is listed once");
+    assert_eq!(
+        early,
+        expected
+            .iter()
+            .filter(|m| !all[early.len()..].contains(m))
+            .cloned()
+            .collect::<Vec<_>>(),
+        "modules.order is the load order"
+    );
     assert_eq!(first.modules, expected);
     for (file, module) in expected.iter().zip(MODULES) {
         let entry = entries

@@ -13,11 +13,20 @@
 //! 3. [`check_kernel_args`] of `/proc/cmdline`: the KSPP hardening
 //!    arguments must be there; if not, say which on the console and halt
 //!    (rebooting would not add them).
-//! 4. [`load_modules`] in `/modules.order` with `finit_module`, then lock
-//!    module loading (`kernel.modules_disabled = 1`).
+//! 4. [`load_modules`] in `/modules.order` with `finit_module`; the ones
+//!    in `/modules.deferred` (xfs, vfat, overlay: only disk filesystems
+//!    need them) are opened for later.
 //! 5. [`switch_root_to_squashfs`]: `/rootfs.sqsh` on a read-only loop
 //!    device becomes `/`, the early mounts move along, and
 //!    `/system/etc/{hosts,resolv.conf}` are bound over `/etc/...`.
+//! 6. If a disk has a filesystem of ours (STATE, EPHEMERAL, the ESP),
+//!    [`finish_modules`] loads the deferred modules and locks module
+//!    loading (`kernel.modules_disabled = 1`), and STATE and EPHEMERAL
+//!    are mounted. Otherwise (a first boot, no disk of ours yet) that
+//!    waits until apid is up, a few seconds later: under emulation xfs
+//!    alone takes 1.5 s to load, and the operator's first call need not
+//!    wait for it. Anything that mounts a disk filesystem calls
+//!    [`finish_modules`] first.
 //!
 //! Everything here blocks (mount, `finit_module`, ioctl, sleep, sync):
 //! call it on the main thread before any tokio runtime exists. Logging goes
@@ -43,6 +52,9 @@ use rustix::system::{RebootCommand, reboot};
 pub const INITRAMFS_MODULES_DIR: &str = "/lib/modules";
 /// The initramfs's module load order: one file name per line.
 pub const INITRAMFS_MODULES_ORDER: &str = "/modules.order";
+
+/// The modules only disk filesystems need, loaded by [`finish_modules`].
+pub const INITRAMFS_MODULES_DEFERRED: &str = "/modules.deferred";
 /// The root file system image in the initramfs.
 pub const INITRAMFS_ROOTFS: &str = "/rootfs.sqsh";
 /// Where the squashfs is mounted before it becomes `/`.
@@ -115,6 +127,14 @@ pub enum BootError {
     /// The module order file could not be read.
     #[error("reading the module order {path}: {source}")]
     ModuleOrder {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A module file could not be opened.
+    #[error("opening the module {path}: {source}")]
+    ModuleOpen {
         /// The file.
         path: PathBuf,
         /// The cause.
@@ -441,46 +461,103 @@ pub fn parse_module_order(text: &str) -> Result<Vec<&str>, BootError> {
     Ok(names)
 }
 
-fn load_one(path: &Path, name: &str) -> io::Result<()> {
-    let file = File::open(path)?;
+fn load_one(file: &File, name: &str) -> io::Result<()> {
     let flags = if name.ends_with(".ko") {
         0
     } else {
         MODULE_INIT_COMPRESSED_FILE
     };
-    rustix::system::finit_module(&file, c"", flags).map_err(io::Error::from)
+    rustix::system::finit_module(file, c"", flags).map_err(io::Error::from)
 }
 
-/// Loads each module listed in `order_file` from `dir` with
-/// `finit_module(2)`, in order; a module already loaded (EEXIST) is fine,
-/// one that fails is reported and the rest are still tried. Then locks
-/// module loading for good (`/proc/sys/kernel/modules_disabled` = 1), so
-/// nothing can load code into the kernel after boot.
-///
-/// Blocks (each module's init runs in the call, e.g. device probing).
+/// Opens each module listed in `order_file` (in `dir`), in order: the
+/// handles stay usable after the switch root hides the initramfs.
 ///
 /// # Errors
-/// The order file cannot be read or parsed, or the lock fails.
-pub fn load_modules(dir: &Path, order_file: &Path) -> Result<ModuleReport, BootError> {
+/// The order file cannot be read or parsed, or a module cannot be opened.
+pub fn open_modules(dir: &Path, order_file: &Path) -> Result<Vec<(String, File)>, BootError> {
     let text = std::fs::read_to_string(order_file).map_err(|source| BootError::ModuleOrder {
         path: order_file.to_path_buf(),
         source,
     })?;
+    parse_module_order(&text)?
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(name);
+            File::open(&path)
+                .map(|f| (name.to_owned(), f))
+                .map_err(|source| BootError::ModuleOpen { path, source })
+        })
+        .collect()
+}
+
+/// Loads `modules` with `finit_module(2)`, in order; a module already
+/// loaded (EEXIST) is fine, one that fails is reported and the rest are
+/// still tried. Blocks (each module's init runs in the call).
+#[must_use]
+pub fn load_modules(modules: Vec<(String, File)>) -> ModuleReport {
     let mut report = ModuleReport::default();
-    for name in parse_module_order(&text)? {
-        match load_one(&dir.join(name), name) {
-            Ok(()) => report.loaded.push(name.to_owned()),
+    for (name, file) in modules {
+        match load_one(&file, &name) {
+            Ok(()) => report.loaded.push(name),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => {
-                report.already_loaded.push(name.to_owned());
+                report.already_loaded.push(name);
             }
-            Err(e) => report.failed.push((name.to_owned(), e)),
+            Err(e) => report.failed.push((name, e)),
         }
     }
+    report
+}
+
+/// Locks module loading for good (`/proc/sys/kernel/modules_disabled` =
+/// 1): nothing can load code into the kernel after this.
+///
+/// # Errors
+/// The write fails.
+pub fn lock_modules() -> Result<(), BootError> {
     std::fs::write(MODULES_DISABLED, "1\n").map_err(|source| BootError::LockModules {
         path: PathBuf::from(MODULES_DISABLED),
         source,
-    })?;
-    Ok(report)
+    })
+}
+
+/// Where module loading stands (metal only).
+#[derive(Debug)]
+enum ModuleStage {
+    /// Not a metal boot: machined loads no modules.
+    None,
+    /// The deferred modules, opened, waiting for [`finish_modules`].
+    Pending(Vec<(String, File)>),
+    /// Everything loaded and loading locked.
+    Done,
+}
+
+static MODULES: std::sync::Mutex<ModuleStage> = std::sync::Mutex::new(ModuleStage::None);
+
+/// Loads the deferred modules (xfs, vfat, ...) if they are still pending,
+/// then locks module loading. Idempotent and safe from any thread; a no-op
+/// off metal. Whatever needs a disk filesystem calls it first. Blocks
+/// while the modules load. Returns the report when it loaded them now.
+pub fn finish_modules() -> Option<ModuleReport> {
+    let mut stage = MODULES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ModuleStage::Pending(modules) = std::mem::replace(&mut *stage, ModuleStage::Done) else {
+        return None;
+    };
+    let report = load_modules(modules);
+    if let Err(e) = lock_modules() {
+        log(Priority::Error, &e.to_string());
+    }
+    for (name, e) in &report.failed {
+        log(Priority::Warning, &format!("loading module {name}: {e}"));
+    }
+    kmsg_log(&format!(
+        "filesystem modules: {} loaded, {} failed; module loading locked",
+        report.loaded.len(),
+        report.failed.len()
+    ));
+    Some(report)
 }
 
 // === switch root ===
@@ -699,6 +776,8 @@ pub fn mount_labelled(
     let Some((device, kind)) = find_labelled(class_block, dev, label) else {
         return Ok(None);
     };
+    // The filesystem's module, if it was still deferred.
+    finish_modules();
     mkdir_p(target)?;
     let fstype: &'static str = kind.as_str();
     mount(
@@ -745,6 +824,51 @@ fn grow_to_partition(device: &Path, target: &Path) {
             &format!("growing {}: {e}", target.display()),
         ),
     }
+}
+
+// === loopback ===
+
+/// Brings up `lo` (always interface 1) with one rtnetlink request, so the
+/// daemons can reach each other on 127.0.0.1 from their first moment
+/// (apid's health check among them), before networkd has started.
+/// networkd still owns every interface's configuration afterwards; this
+/// only sets the one flag it would set first.
+///
+/// # Errors
+/// The socket, the send or the kernel's answer failed.
+pub fn loopback_up() -> io::Result<()> {
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, recv, send, socket};
+    const RTM_NEWLINK: u16 = 16;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_ACK: u16 = 4;
+    const NLMSG_ERROR: u16 = 2;
+    const IFF_UP: u32 = 1;
+    const LOOPBACK_INDEX: i32 = 1;
+    let fd = socket(AddressFamily::NETLINK, SocketType::RAW, None)?;
+    // struct nlmsghdr (16 bytes) + struct ifinfomsg (16 bytes).
+    let mut msg = Vec::with_capacity(32);
+    msg.extend_from_slice(&32u32.to_ne_bytes());
+    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
+    msg.extend_from_slice(&[0, 0]); // family AF_UNSPEC, padding
+    msg.extend_from_slice(&0u16.to_ne_bytes()); // device type
+    msg.extend_from_slice(&LOOPBACK_INDEX.to_ne_bytes());
+    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // flags
+    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // change mask
+    send(&fd, &msg, SendFlags::empty())?;
+    let mut reply = [0u8; 256];
+    let (n, _) = recv(&fd, &mut reply, RecvFlags::empty())?;
+    // The ack: an NLMSG_ERROR whose error code is 0, or -errno.
+    if n >= 20 && u16::from_ne_bytes([reply[4], reply[5]]) == NLMSG_ERROR {
+        let code = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
+        if code != 0 {
+            return Err(io::Error::from_raw_os_error(-code));
+        }
+        return Ok(());
+    }
+    Err(io::Error::other("no acknowledgement from the kernel"))
 }
 
 // === logging before there is a logger ===
@@ -975,28 +1099,55 @@ pub fn boot_metal() -> BootReport {
         halt_forever();
     }
 
-    let modules = match load_modules(
-        Path::new(INITRAMFS_MODULES_DIR),
-        Path::new(INITRAMFS_MODULES_ORDER),
-    ) {
-        Ok(report) => report,
-        Err(e) => fatal(&e.to_string()),
-    };
+    let dir = Path::new(INITRAMFS_MODULES_DIR);
+    let (early, deferred) =
+        match open_modules(dir, Path::new(INITRAMFS_MODULES_ORDER)).and_then(|early| {
+            // An image from before the split has no deferred list.
+            let deferred = Path::new(INITRAMFS_MODULES_DEFERRED);
+            let later = if deferred.exists() {
+                open_modules(dir, deferred)?
+            } else {
+                Vec::new()
+            };
+            Ok((early, later))
+        }) {
+            Ok(lists) => lists,
+            Err(e) => fatal(&e.to_string()),
+        };
+    let modules = load_modules(early);
     for (name, e) in &modules.failed {
         log(Priority::Warning, &format!("loading module {name}: {e}"));
     }
     kmsg_log(&format!(
-        "modules: {} loaded, {} already loaded, {} failed; module loading locked",
+        "modules: {} loaded, {} already loaded, {} failed",
         modules.loaded.len(),
         modules.already_loaded.len(),
         modules.failed.len()
     ));
+    *MODULES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = ModuleStage::Pending(deferred);
 
     if let Err(e) = switch_root_to_squashfs(Path::new(INITRAMFS_ROOTFS)) {
         fatal(&e.to_string());
     }
     kmsg_log("root switched to the squashfs");
+    if let Err(e) = loopback_up() {
+        log(Priority::Warning, &format!("bringing up lo: {e}"));
+    }
     let (class_block, dev) = (Path::new("/sys/class/block"), Path::new("/dev"));
+    // The filesystem modules now only if a disk has one of our
+    // filesystems (read straight from the superblocks, no module needed):
+    // a node without one (a first boot) gets to apid sooner, and they are
+    // loaded once apid is up.
+    let disk = [STATE_LABEL, EPHEMERAL_LABEL, crate::bootloader::ESP_LABEL]
+        .iter()
+        .any(|label| find_labelled(class_block, dev, label).is_some());
+    if disk {
+        finish_modules();
+    } else {
+        kmsg_log("no disk filesystem of ours: the filesystem modules load once apid is up");
+    }
     for (label, target, missing) in [
         (
             STATE_LABEL,
@@ -1171,6 +1322,30 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "BOOT_IMAGE=/vmlinuz console=ttyS0 init_on_alloc=1 init_on_free=1 slab_nomerge pti=on talos.platform=metal";
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn loopback_comes_up_in_a_fresh_network_namespace() {
+        // A thread of its own: a new network namespace applies to the
+        // calling thread only. Needs root (CI runs tests as root).
+        let outcome = std::thread::spawn(|| {
+            // SAFETY: only CLONE_NEWNET, on a thread of this test's own:
+            // no file table or filesystem state is unshared, which is what
+            // could invalidate other code's assumptions.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+                .map_err(|e| format!("unshare(CLONE_NEWNET) (run as root): {e}"))?;
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let before = std::net::TcpStream::connect(addr).is_ok();
+            loopback_up().map_err(|e| format!("loopback_up: {e}"))?;
+            let after = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"));
+            Ok::<_, String>((before, after.is_ok()))
+        })
+        .join()
+        .expect("the thread");
+        assert_eq!(outcome, Ok((false, true)));
+    }
 
     #[test]
     fn accepts_a_hardened_command_line() {

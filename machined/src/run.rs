@@ -155,7 +155,30 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         Some(observer),
     )?);
     let _ = node.supervisor.set(Arc::clone(&supervisor));
-    supervisor.start_all().await;
+    // On metal, what the first call needs starts first; the rest, and the
+    // filesystem modules a first boot left for later, once apid is up.
+    let modules = if node.mode() == Mode::Metal {
+        for id in FIRST_WAVE {
+            let _ = supervisor.start(id).await;
+        }
+        let supervisor = Arc::clone(&supervisor);
+        Some(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + SECOND_WAVE_WITHIN;
+            while tokio::time::Instant::now() < deadline
+                && !supervisor
+                    .list()
+                    .iter()
+                    .any(|s| s.id == "apid" && s.is_up())
+            {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            supervisor.start_all().await;
+            let _ = tokio::task::spawn_blocking(crate::boot::finish_modules).await;
+        }))
+    } else {
+        supervisor.start_all().await;
+        None
+    };
     let stage = if node.in_maintenance() {
         MachineStage::Maintenance
     } else {
@@ -226,11 +249,23 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     if let Some(task) = confirm_slot {
         task.abort();
     }
+    if let Some(task) = modules {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&socket);
     Ok(action)
 }
+
+/// Services started first on metal: what a call needs to reach machined
+/// (apid, routerd) and the node's addresses (networkd, which also brings
+/// up loopback). Under emulation on one CPU every process start slows the
+/// others, and an operator's first call waits for these.
+const FIRST_WAVE: &[&str] = &["apid", "routerd", "networkd"];
+
+/// The others start once apid is up, or after this long at the latest.
+const SECOND_WAVE_WITHIN: Duration = Duration::from_secs(3);
 
 /// A metal node that did not boot from an installed disk and got a
 /// config naming `machine.install.disk` installs itself there (from

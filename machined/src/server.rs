@@ -281,23 +281,33 @@ fn stream_of<T: Send + 'static, U: Send + 'static>(
 }
 
 /// The running image's version (`VERSION_ID` of `/etc/os-release`, which
-/// imager writes), else this build's.
+/// imager writes with `ID=talos-rs`), else this build's (container mode,
+/// where `/etc/os-release` is the host's).
 pub fn version_tag() -> String {
     let version = std::fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("VERSION_ID=")
-                    .map(|v| v.trim_matches('"').to_owned())
-            })
-        })
-        .filter(|v| !v.is_empty())
+        .and_then(|t| image_version(&t))
         .unwrap_or_else(|| machinery::constants::VERSION.to_owned());
     if version.starts_with('v') {
         version
     } else {
         format!("v{version}")
     }
+}
+
+/// `VERSION_ID` of an os-release text that is ours (`ID=talos-rs`). Pure.
+#[must_use]
+pub fn image_version(os_release: &str) -> Option<String> {
+    let value = |key: &str| {
+        os_release
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+    };
+    if value("ID=").as_deref() != Some("talos-rs") {
+        return None;
+    }
+    value("VERSION_ID=").filter(|v| !v.is_empty())
 }
 
 /// Upgrades the node from `image` (fetch, verify, write the inactive

@@ -659,3 +659,15 @@ async fn dmesg_reads_the_kernel_log_in_upstream_format() {
         }
     }
 }
+
+#[test]
+fn the_version_comes_from_our_os_release_only() {
+    let ours = "NAME=\"Talos-rs\"\nID=talos-rs\nVERSION=\"0.1.0-v2\"\nVERSION_ID=0.1.0-v2\n";
+    assert_eq!(
+        machined::server::image_version(ours).as_deref(),
+        Some("0.1.0-v2")
+    );
+    let debian = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_ID=\"12\"\nID=debian\n";
+    assert_eq!(machined::server::image_version(debian), None);
+    assert_eq!(machined::server::image_version("ID=talos-rs\n"), None);
+}

@@ -1033,7 +1033,7 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
 
     // From the disk: firmware, systemd-boot, slot A, the config from STATE.
     let booted = Instant::now();
-    let mut vm = node_vm(work.path(), &disk, port, None, "disk");
+    let vm = node_vm(work.path(), &disk, port, None, "disk");
     let mtls = ["-e", &endpoint, "-n", "127.0.0.1"];
     let with = |rest: &[&str]| -> Vec<String> {
         mtls.iter()
