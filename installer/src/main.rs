@@ -235,8 +235,12 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
-        if cause.downcast_ref::<oci::OciError>().is_some() {
-            return 6;
+        if let Some(e) = cause.downcast_ref::<oci::OciError>() {
+            // A local file problem (a full /run) is not a bad image.
+            return match e {
+                oci::OciError::Io { .. } | oci::OciError::Write { .. } => 1,
+                _ => 6,
+            };
         }
     }
     1

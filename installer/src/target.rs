@@ -100,16 +100,44 @@ impl Disk {
                 source,
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(err("opening"))?;
-        let block_device = file
-            .metadata()
-            .map_err(err("inspecting"))?
+        let block_device = std::fs::metadata(path)
+            .map_err(err("opening"))?
             .file_type()
             .is_block_device();
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if block_device {
+            // O_EXCL on a block device: EBUSY while any of its partitions
+            // is mounted or held, so a live filesystem is never written
+            // over underneath.
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        }
+        let file = options.open(path).map_err(|source| TargetError::Io {
+            operation: if source.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                "opening (it is in use: a partition is mounted?)".to_owned()
+            } else {
+                "opening".to_owned()
+            },
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if block_device {
+            let sector = rustix::fs::ioctl_blksszget(&file).map_err(|e| TargetError::Io {
+                operation: "reading the sector size of".to_owned(),
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
+            if u64::from(sector) != crate::layout::SECTOR_SIZE {
+                return Err(TargetError::Io {
+                    operation: format!(
+                        "using (its logical sectors are {sector} bytes; the layout needs 512)"
+                    ),
+                    path: path.to_path_buf(),
+                    source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+                });
+            }
+        }
         let size = size_of(&file).map_err(err("finding the size of"))?;
         Ok(Disk {
             file,

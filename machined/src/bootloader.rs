@@ -29,6 +29,9 @@ const ENTRIES: &str = "loader/entries";
 const PREFERRED_KEY: &str = "talos-0";
 const OTHER_KEY: &str = "talos-1";
 
+/// Tries a slot gets after a rollback, as after an upgrade.
+const ROLLBACK_TRIES: u32 = 3;
+
 /// A boot slot's name ("A" or "B").
 pub type Slot = char;
 
@@ -87,6 +90,12 @@ pub enum BootloaderError {
     NoOtherSlot {
         /// The running slot.
         booted: Slot,
+    },
+    /// The other slot failed to boot (its tries ran out).
+    #[error("slot {slot} failed to boot (no tries left): there is nothing good to roll back to")]
+    FailedSlot {
+        /// That slot.
+        slot: Slot,
     },
     /// The ESP could not be found or mounted.
     #[error("the EFI system partition: {0}")]
@@ -149,21 +158,43 @@ fn with_sort_key(text: &str, key: &str) -> String {
 /// atomic replace across names, but the rename of a complete file is the
 /// safest step it has).
 fn settle(esp: &Path, entry: &Entry, preferred: bool) -> Result<(), BootloaderError> {
+    rewrite(esp, entry, preferred, None)
+}
+
+/// [`settle`], or with `tries` a boot counter (the slot on trial).
+fn rewrite(
+    esp: &Path,
+    entry: &Entry,
+    preferred: bool,
+    tries: Option<u32>,
+) -> Result<(), BootloaderError> {
     let dir = esp.join(ENTRIES);
     let from = dir.join(&entry.file_name);
     let text = fs::read_to_string(&from).map_err(io_err("reading", &from))?;
     let key = if preferred { PREFERRED_KEY } else { OTHER_KEY };
     let out = with_sort_key(&text, key);
-    let to = dir.join(format!("talos-{}.conf", entry.slot));
+    let to = match tries {
+        Some(n) => dir.join(format!("talos-{}+{n}.conf", entry.slot)),
+        None => dir.join(format!("talos-{}.conf", entry.slot)),
+    };
     let tmp = dir.join(format!("talos-{}.tmp", entry.slot));
     fs::write(&tmp, out).map_err(io_err("writing", &tmp))?;
     let file = fs::File::open(&tmp).map_err(io_err("opening", &tmp))?;
     file.sync_all().map_err(io_err("syncing", &tmp))?;
+    // The new name first, then the old one goes: a power cut in between
+    // leaves two entries of the slot, never none.
+    fs::rename(&tmp, &to).map_err(io_err("renaming", &tmp))?;
     if from != to {
         fs::remove_file(&from).map_err(io_err("removing", &from))?;
     }
-    fs::rename(&tmp, &to).map_err(io_err("renaming", &tmp))?;
-    Ok(())
+    sync_dir(&dir)
+}
+
+/// Makes the directory's entries (renames, removals) durable.
+fn sync_dir(dir: &Path) -> Result<(), BootloaderError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing", dir))
 }
 
 /// What [`confirm`] found.
@@ -195,11 +226,24 @@ pub fn confirm(esp: &Path, booted: Slot) -> Result<Confirmation, BootloaderError
         return Ok(Confirmation::Unchanged);
     };
     let other = entries.iter().find(|e| e.slot != booted);
+    // The other slot preferred and on trial with tries left: an upgrade
+    // (or rollback) written since this boot, waiting for the next one.
+    // Ours is good (its counter goes), but the pending slot stays first.
+    if let Some(o) = other
+        && o.preferred
+        && o.tries_left.is_some_and(|n| n > 0)
+    {
+        if mine.tries_left.is_some() {
+            settle(esp, mine, false)?;
+            return Ok(Confirmation::Confirmed(booted));
+        }
+        return Ok(Confirmation::Unchanged);
+    }
     if mine.tries_left.is_none() && mine.preferred {
         return Ok(Confirmation::Unchanged);
     }
     let result = match other {
-        Some(o) if o.preferred && o.tries_left.is_some() => Confirmation::RolledBack {
+        Some(o) if o.preferred && o.is_bad() => Confirmation::RolledBack {
             failed: o.slot,
             running: booted,
         },
@@ -235,7 +279,11 @@ pub fn rollback(esp: &Path, booted: Slot) -> Result<Slot, BootloaderError> {
     if !kernel.exists() {
         return Err(BootloaderError::NoOtherSlot { booted });
     }
-    settle(esp, other, true)?;
+    if other.is_bad() {
+        return Err(BootloaderError::FailedSlot { slot: other.slot });
+    }
+    // On trial: if it does not come up, this slot boots again by itself.
+    rewrite(esp, other, true, Some(ROLLBACK_TRIES))?;
     if let Some(mine) = entries.iter().find(|e| e.slot == booted) {
         settle(esp, mine, false)?;
     }
@@ -366,15 +414,68 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_upgrade_is_left_alone_by_the_running_slot() {
+        // Upgraded from A while A was up; A's confirmation comes after.
+        let esp = esp_with(&[("talos-A.conf", "talos-1"), ("talos-B+3.conf", "talos-0")]);
+        assert_eq!(
+            confirm(esp.path(), 'A').expect("confirm"),
+            Confirmation::Unchanged
+        );
+        assert_eq!(
+            names(esp.path()),
+            [
+                ("talos-A.conf".to_owned(), false),
+                ("talos-B+3.conf".to_owned(), true)
+            ]
+        );
+        // The same while A itself is still on trial: only A's counter goes.
+        let esp = esp_with(&[
+            ("talos-A+2-1.conf", "talos-1"),
+            ("talos-B+3.conf", "talos-0"),
+        ]);
+        assert_eq!(
+            confirm(esp.path(), 'A').expect("confirm"),
+            Confirmation::Confirmed('A')
+        );
+        assert_eq!(
+            names(esp.path()),
+            [
+                ("talos-A.conf".to_owned(), false),
+                ("talos-B+3.conf".to_owned(), true)
+            ]
+        );
+    }
+
+    #[test]
     fn rollback_prefers_the_other_slot_and_needs_one() {
         let esp = esp_with(&[("talos-A.conf", "talos-1"), ("talos-B.conf", "talos-0")]);
         assert_eq!(rollback(esp.path(), 'B').expect("rollback"), 'A');
+        // A is preferred and on trial; B stays as the fallback.
+        assert_eq!(
+            names(esp.path()),
+            [
+                ("talos-A+3.conf".to_owned(), true),
+                ("talos-B.conf".to_owned(), false)
+            ]
+        );
+        // A came up: confirmed, B kept as the other slot.
+        assert_eq!(
+            confirm(esp.path(), 'A').expect("confirm"),
+            Confirmation::Confirmed('A')
+        );
         assert_eq!(
             names(esp.path()),
             [
                 ("talos-A.conf".to_owned(), true),
                 ("talos-B.conf".to_owned(), false)
             ]
+        );
+        // A slot that failed its tries is no rollback target.
+        let failed = esp_with(&[("talos-A.conf", "talos-0"), ("talos-B+0-3.conf", "talos-1")]);
+        let err = rollback(failed.path(), 'A').expect_err("failed slot");
+        assert!(
+            matches!(err, BootloaderError::FailedSlot { slot: 'B' }),
+            "{err}"
         );
         let single = esp_with(&[("talos-A.conf", "talos-0")]);
         let err = rollback(single.path(), 'A').expect_err("no other slot");

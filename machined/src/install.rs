@@ -454,34 +454,80 @@ pub fn install(
             "no machine config yet: the installed node boots into maintenance mode",
         );
     } else {
-        save_config_to_state(config)?;
+        save_config_to_state(disk, config)?;
     }
     say(progress, format!("installed {version} to {disk}"));
     Ok(version)
 }
 
-/// Writes `config` as `config.yaml` on the filesystem labelled STATE
-/// (mounted on a scratch directory and unmounted again). Blocks.
-fn save_config_to_state(config: &[u8]) -> Result<(), InstallError> {
-    use rustix::mount::{UnmountFlags, unmount};
+/// The partition named `name` of `disk` (`/sys/class/block/<disk>/<part>`
+/// with `PARTNAME=<name>`), as a `/dev` path, once its device node exists.
+#[must_use]
+pub fn partition_of(class_block: &Path, dev: &Path, disk: &str, name: &str) -> Option<PathBuf> {
+    let disk_name = Path::new(disk).file_name()?.to_str()?.to_owned();
+    let mut parts: Vec<String> = std::fs::read_dir(class_block.join(&disk_name))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&disk_name))
+        .collect();
+    parts.sort();
+    parts
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(class_block.join(&disk_name).join(p).join("uevent"))
+                .map(|u| u.lines().any(|l| l == format!("PARTNAME={name}")))
+                .unwrap_or(false)
+        })
+        .map(|p| dev.join(p))
+}
+
+/// Writes `config` as `config.yaml` on the STATE partition of `disk` (the
+/// one just installed, not whatever else carries that label; mounted on
+/// a scratch directory and unmounted again). The kernel may take a moment
+/// to show the new partitions: waits up to 10 s for them. Blocks.
+fn save_config_to_state(disk: &str, config: &[u8]) -> Result<(), InstallError> {
+    use rustix::mount::{MountFlags, UnmountFlags, mount, unmount};
     let step = "saving the config to STATE";
     let target = Path::new("/run/installer-state");
-    let mounted = crate::boot::mount_labelled(
-        Path::new("/sys/class/block"),
-        Path::new("/dev"),
-        crate::boot::STATE_LABEL,
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let device = loop {
+        let found = partition_of(
+            Path::new("/sys/class/block"),
+            Path::new("/dev"),
+            disk,
+            "STATE",
+        )
+        .filter(|p| p.exists());
+        match found {
+            Some(device) => break device,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            None => {
+                return Err(InstallError::Step {
+                    step,
+                    message: format!("{disk} shows no partition named STATE after the install"),
+                });
+            }
+        }
+    };
+    crate::boot::finish_modules();
+    std::fs::create_dir_all(target).map_err(|e| InstallError::Step {
+        step,
+        message: format!("{}: {e}", target.display()),
+    })?;
+    mount(
+        &device,
         target,
+        "xfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None::<&std::ffi::CStr>,
     )
     .map_err(|e| InstallError::Step {
         step,
-        message: e.to_string(),
+        message: format!("mounting {} on {}: {e}", device.display(), target.display()),
     })?;
-    if mounted.is_none() {
-        return Err(InstallError::Step {
-            step,
-            message: "no filesystem labelled STATE after the install".into(),
-        });
-    }
     let written = machinery::fsutil::write_atomic(&target.join("config.yaml"), config, 0o600)
         .map_err(|e| InstallError::Step {
             step,
@@ -490,4 +536,47 @@ fn save_config_to_state(config: &[u8]) -> Result<(), InstallError> {
     rustix::fs::sync();
     let _ = unmount(target, UnmountFlags::empty());
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_found_by_name_on_the_named_disk_only() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        let part = |disk: &str, p: &str, name: &str| {
+            let dir = sys.path().join(disk).join(p);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(
+                dir.join("uevent"),
+                format!("MAJOR=254\nDEVNAME={p}\nPARTNAME={name}\n"),
+            )
+            .expect("write");
+            // /sys/class/block also lists every partition by itself.
+            std::fs::create_dir_all(sys.path().join(p)).expect("mkdir");
+            std::fs::write(
+                sys.path().join(p).join("uevent"),
+                format!("PARTNAME={name}\n"),
+            )
+            .expect("write");
+        };
+        part("vda", "vda3", "STATE");
+        part("vda", "vda2", "META");
+        part("vdb", "vdb3", "STATE");
+        let dev = Path::new("/dev");
+        assert_eq!(
+            partition_of(sys.path(), dev, "/dev/vdb", "STATE"),
+            Some(PathBuf::from("/dev/vdb3"))
+        );
+        assert_eq!(
+            partition_of(sys.path(), dev, "/dev/vda", "STATE"),
+            Some(PathBuf::from("/dev/vda3"))
+        );
+        assert_eq!(partition_of(sys.path(), dev, "/dev/vdb", "META"), None);
+        assert_eq!(
+            find_partition(sys.path(), dev, "META"),
+            Some(PathBuf::from("/dev/vda2"))
+        );
+    }
 }

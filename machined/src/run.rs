@@ -356,6 +356,8 @@ async fn confirm_when_up(node: &Node, supervisor: &Supervisor, slot: crate::boot
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Not while an upgrade or rollback rewrites the entries.
+    let _guard = node.lifecycle.lock().await;
     let confirmed = tokio::task::spawn_blocking(move || {
         crate::bootloader::with_esp(|esp| crate::bootloader::confirm(esp, slot))
     })

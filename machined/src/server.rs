@@ -856,11 +856,16 @@ impl MachineService for MachineApi {
         // never wiped); `force` skips etcd checks this OS has none of.
         let (tx, mut rx) = mpsc::unbounded_channel();
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let upgraded = run_upgrade(&self.node, req.image, tx)
+        // A task of its own: a caller that goes away mid-call must not
+        // drop the lifecycle lock while the installer is still writing.
+        let node = Arc::clone(&self.node);
+        let (image, stage) = (req.image, req.stage);
+        let upgraded = tokio::spawn(async move { run_upgrade(&node, image, tx).await })
             .await
+            .map_err(|e| ApiError::Internal(format!("upgrade task: {e}")))?
             .map_err(ApiError::from)?;
         let _ = drain.await;
-        let (ack, actor_id) = if req.stage {
+        let (ack, actor_id) = if stage {
             (
                 format!(
                     "Upgrade staged: slot {} holds {}; it boots at the next reboot",
@@ -911,7 +916,10 @@ impl MachineService for MachineApi {
         .map_err(|e| ApiError::Internal(format!("rollback task: {e}")))?;
         let slot = match result {
             Ok(slot) => slot,
-            Err(e @ crate::bootloader::BootloaderError::NoOtherSlot { .. }) => {
+            Err(
+                e @ (crate::bootloader::BootloaderError::NoOtherSlot { .. }
+                | crate::bootloader::BootloaderError::FailedSlot { .. }),
+            ) => {
                 return Err(ApiError::FailedPrecondition(e.to_string()).into());
             }
             Err(e) => return Err(ApiError::Internal(e.to_string()).into()),
@@ -1210,9 +1218,12 @@ impl pb::lifecycle_service_server::LifecycleService for LifecycleApi {
         if image.trim().is_empty() {
             return Err(ApiError::from(InstallError::NoImage).into());
         }
-        if !disk.starts_with("/dev/") {
+        let is_block_device = std::fs::metadata(&disk)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+            .unwrap_or(false);
+        if !disk.starts_with("/dev/") || disk.contains("/../") || !is_block_device {
             return Err(ApiError::InvalidArgument(format!(
-                "destination disk {disk:?}: a /dev/... path is required"
+                "destination disk {disk:?}: not a block device under /dev"
             ))
             .into());
         }
