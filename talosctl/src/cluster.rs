@@ -385,6 +385,7 @@ async fn create_process(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Re
             server_name: node.ip.clone(),
             log: node.root.join("machined.log"),
             pid: None,
+            node: None,
         })
         .collect();
     wait_ready(
@@ -429,6 +430,10 @@ pub(crate) struct ReadyTarget {
     pub(crate) log: PathBuf,
     /// The process running the node: when it is gone, waiting is pointless.
     pub(crate) pid: Option<u32>,
+    /// The node's own address as the written context names it (`-n`),
+    /// when it differs from `addr`: ready also means a call to it through
+    /// `addr` works (its API certificate covers that address).
+    pub(crate) node: Option<String>,
 }
 
 /// The status as one line: its message and the causes tonic attached (a
@@ -459,6 +464,28 @@ pub(crate) async fn probe_version(
     // tonic does not enforce the grpc-timeout header on the client side, and
     // a forwarded port may accept a connection nobody answers on.
     match tokio::time::timeout(PROBE_TIMEOUT, client.version(tonic::Request::new(()))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status_text(&status)),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// Version through `target.addr` with `node` metadata naming `node`.
+async fn probe_version_via(
+    target: &ReadyTarget,
+    node: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(), String> {
+    let channel =
+        machinery::grpc::tls_channel(target.addr.clone(), &target.server_name, Arc::clone(tls))
+            .map_err(|err| err.to_string())?;
+    let mut client = crate::client::machine(channel);
+    let mut request = tonic::Request::new(());
+    let value = node
+        .parse()
+        .map_err(|_| format!("{node:?} is not a valid metadata value"))?;
+    request.metadata_mut().insert("node", value);
+    match tokio::time::timeout(PROBE_TIMEOUT, client.version(request)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(status)) => Err(status_text(&status)),
         Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
@@ -575,10 +602,25 @@ pub(crate) async fn wait_ready(
         loop {
             exited(target)?;
             let last = match probe_services(target, &tls).await {
-                Ok(unready) if unready.is_empty() => {
-                    eprintln!("  {}: every service is running and healthy", target.name);
-                    break;
-                }
+                Ok(unready) if unready.is_empty() => match &target.node {
+                    None => {
+                        eprintln!("  {}: every service is running and healthy", target.name);
+                        break;
+                    }
+                    // The node's certificate is issued again once its
+                    // addresses are up: until then a call naming the
+                    // address fails its TLS check.
+                    Some(node) => match probe_version_via(target, node, &tls).await {
+                        Ok(()) => {
+                            eprintln!(
+                                "  {}: every service is running and healthy; answers as {node}",
+                                target.name
+                            );
+                            break;
+                        }
+                        Err(err) => format!("not answering as {node} yet: {err}"),
+                    },
+                },
                 Ok(unready) => format!("not ready: {}", unready.join(", ")),
                 Err(err) => err,
             };

@@ -687,6 +687,7 @@ pub(crate) async fn create(args: &CreateArgs, talosconfig_path: &Path) -> anyhow
                 server_name: "127.0.0.1".to_owned(),
                 log: console_log(&node.root),
                 pid: Some(node.pid),
+                node: Some(node.ip.clone()),
             })
             .collect();
         cluster::wait_ready(&context_config, &args.name, &targets, timeout, true)
