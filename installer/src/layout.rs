@@ -374,34 +374,12 @@ pub fn partition_offset(plan: &Plan, name: &str) -> Option<(u64, u64)> {
     })
 }
 
-const CRC32_TABLE: [u32; 256] = crc32_table();
-
-const fn crc32_table() -> [u32; 256] {
-    // IEEE 802.3 / zlib, reflected.
-    const POLY: u32 = 0xEDB8_8320;
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { POLY ^ (c >> 1) } else { c >> 1 };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-}
-
-/// CRC-32 as GPT uses it (IEEE, zlib's). Kept here rather than depending
-/// on udevd's copy or a crate, for two checksums per table.
+/// CRC-32 as GPT uses it (IEEE, zlib's): flate2's, which the installer
+/// links anyway for the templates.
 fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c = CRC32_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    crc.sum()
 }
 
 fn put_u32(buf: &mut [u8], at: usize, v: u32) {

@@ -84,6 +84,17 @@ pub fn device_size(path: &Path) -> Result<u64, TargetError> {
     })
 }
 
+/// A [`TargetError::Io`] maker for `operation` on `path`.
+fn io_err(operation: &str, path: &Path) -> impl FnOnce(std::io::Error) -> TargetError + use<> {
+    let path = path.to_path_buf();
+    let operation = operation.to_owned();
+    move |source| TargetError::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
 impl Disk {
     /// Opens `path`, a block device or a regular file, for reading and
     /// writing.
@@ -91,15 +102,7 @@ impl Disk {
     /// # Errors
     /// [`TargetError::Io`] naming `path`.
     pub fn open(path: &Path) -> Result<Disk, TargetError> {
-        let err = |operation: &str| {
-            let path = path.to_path_buf();
-            let operation = operation.to_owned();
-            move |source| TargetError::Io {
-                operation,
-                path,
-                source,
-            }
-        };
+        let err = |operation: &str| io_err(operation, path);
         let block_device = std::fs::metadata(path)
             .map_err(err("opening"))?
             .file_type()
@@ -153,15 +156,7 @@ impl Disk {
     /// # Errors
     /// [`TargetError::Io`] naming `path`.
     pub fn create_image(path: &Path, size: u64) -> Result<Disk, TargetError> {
-        let err = |operation: &str| {
-            let path = path.to_path_buf();
-            let operation = operation.to_owned();
-            move |source| TargetError::Io {
-                operation,
-                path,
-                source,
-            }
-        };
+        let err = |operation: &str| io_err(operation, path);
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
