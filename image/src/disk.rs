@@ -95,6 +95,11 @@ pub struct DiskInputs {
     /// Seeds the GPT GUIDs, the ESP's volume id and the filesystems'
     /// UUIDs, so the same inputs give the same table and identifiers.
     pub seed: u64,
+    /// The STATE template ([`make_templates`]; the installer image
+    /// carries the same files).
+    pub state_template: PathBuf,
+    /// The EPHEMERAL template.
+    pub ephemeral_template: PathBuf,
 }
 
 /// `mkfs.*` lives in sbin, which a non-root PATH may lack.
@@ -178,8 +183,6 @@ pub fn make_templates(scratch: &Path, seed: u64) -> Result<(PathBuf, PathBuf), D
 /// A tool, a file operation or the install failed; `out` may be left
 /// half-written (and unbootable).
 pub fn build_disk_image(out: &Path, inputs: &DiskInputs) -> Result<Plan, DiskError> {
-    let scratch = tempfile::tempdir().map_err(io_err("creating a scratch directory for", out))?;
-    let (state_template, ephemeral_template) = make_templates(scratch.path(), inputs.seed)?;
     let mut disk = Disk::create_image(out, inputs.size)?;
     let plan = install::install(
         &mut disk,
@@ -187,8 +190,8 @@ pub fn build_disk_image(out: &Path, inputs: &DiskInputs) -> Result<Plan, DiskErr
             vmlinuz: inputs.vmlinuz.clone(),
             initramfs: inputs.initramfs.clone(),
             systemd_boot: inputs.systemd_boot.clone(),
-            state_template,
-            ephemeral_template,
+            state_template: inputs.state_template.clone(),
+            ephemeral_template: inputs.ephemeral_template.clone(),
             version: inputs.version.clone(),
             guid_seed: Some(inputs.seed),
         },
@@ -289,6 +292,8 @@ mod tests {
         fs::write(&boot, b"MZ fake loader").expect("w");
         let out = dir.path().join(DISK_IMAGE);
         fs::write(&out, b"an old file in the way").expect("w");
+        let (state_template, ephemeral_template) =
+            make_templates(dir.path(), 42).expect("templates");
         let inputs = DiskInputs {
             vmlinuz: vmlinuz.clone(),
             initramfs,
@@ -296,6 +301,8 @@ mod tests {
             version: "v1.2.3".to_owned(),
             size: DEFAULT_DISK_SIZE,
             seed: 42,
+            state_template,
+            ephemeral_template,
         };
         let plan = build_disk_image(&out, &inputs).expect("disk image");
         assert_eq!(fs::metadata(&out).expect("stat").len(), DEFAULT_DISK_SIZE);

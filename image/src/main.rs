@@ -151,8 +151,8 @@ fn build_all(args: BuildArgs) -> anyhow::Result<()> {
             vmlinuz: output.join(build::VMLINUZ),
             initramfs: output.join(build::INITRAMFS),
             systemd_boot: args.systemd_boot.clone(),
-            state_template,
-            ephemeral_template,
+            state_template: state_template.clone(),
+            ephemeral_template: ephemeral_template.clone(),
             version: manifest.version.clone(),
         },
         &key,
@@ -175,6 +175,9 @@ fn build_all(args: BuildArgs) -> anyhow::Result<()> {
         version: manifest.version.clone(),
         size: args.disk_size,
         seed: args.source_date_epoch,
+        // The templates the installer image carries: one mkfs.xfs each.
+        state_template,
+        ephemeral_template,
     };
     image::disk::build_disk_image(&disk, &disk_inputs)
         .with_context(|| format!("building {}", disk.display()))?;
