@@ -73,7 +73,7 @@ async fn latency() {
             .expect("routerd"),
     );
     let mut apid = admin(&pki, a.addr).await;
-    let n = 3000;
+    let n = calls();
     let d = measure(&mut direct, n, || tonic::Request::new(())).await;
     let r = measure(&mut router, n, || tonic::Request::new(())).await;
     let l = measure(&mut apid, n, || tonic::Request::new(())).await;
@@ -419,7 +419,7 @@ async fn latency_real() {
             .await
             .expect("routerd"),
     );
-    let n = 3000;
+    let n = calls();
     let d = measure(&mut direct, n, || tonic::Request::new(())).await;
     let r = measure(&mut router, n, || tonic::Request::new(())).await;
     let l = measure(&mut apid, n, || tonic::Request::new(())).await;
@@ -437,6 +437,14 @@ async fn latency_real() {
         over(&l, &d),
         over(&r, &d)
     );
+}
+
+/// Calls per scenario: 3000, or `BENCH_CALLS`.
+fn calls() -> usize {
+    std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
 }
 
 fn client_tls(ctx: &machinery::talosconfig::Context) -> Arc<rustls::ClientConfig> {
@@ -458,10 +466,21 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // BENCH_ONLY=real|inproc|services|memory runs one part (for profiling).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only == part;
     rt.block_on(async {
-        latency_real().await;
-        latency().await;
-        service_list().await;
-        memory().await;
+        if run("real") {
+            latency_real().await;
+        }
+        if run("inproc") {
+            latency().await;
+        }
+        if run("services") {
+            service_list().await;
+        }
+        if run("memory") {
+            memory().await;
+        }
     });
 }
