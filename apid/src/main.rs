@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| format!("binding {}: {e}", options.listen))?;
         tracing::info!(listen = %options.listen, maintenance = tls.borrow().maintenance, mode = %args.mode, "apid serving");
+        machinery::daemon::notify_ready();
         apid::Apid::new(options, tls)
             .serve(listener, machinery::daemon::shutdown_signal())
             .await;

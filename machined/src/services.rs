@@ -82,6 +82,16 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
         };
         let mut health = HealthSpec::new(health);
         health.initial_delay = Duration::from_millis(10);
+        // Each of our daemons reports when it listens
+        // (machinery::daemon::notify_ready): then a sparse startup poll is
+        // only the fallback.
+        health.notify = Some(
+            node.paths
+                .socket_dir("machined")
+                .join("notify")
+                .join(format!("{daemon}.sock")),
+        );
+        health.startup_retry = Duration::from_millis(250);
         health.period = if node.mode() == Mode::Container {
             Duration::from_secs(2)
         } else {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -96,6 +96,14 @@ pub struct HealthSpec {
     pub period: Duration,
     /// Time a single check may take.
     pub timeout: Duration,
+    /// Time between checks until the first success.
+    pub startup_retry: Duration,
+    /// Where the service may report that it is ready (systemd's
+    /// `NOTIFY_SOCKET` protocol, `READY=1`): a datagram socket machined
+    /// binds there before the start. A report makes the check run at once,
+    /// so the startup checks can be sparse: polling a socket every 25 ms
+    /// costs the CPU a starting node needs for the services themselves.
+    pub notify: Option<PathBuf>,
 }
 
 impl HealthSpec {
@@ -107,6 +115,8 @@ impl HealthSpec {
             initial_delay: Duration::from_secs(1),
             period: Duration::from_secs(5),
             timeout: Duration::from_millis(500),
+            startup_retry: STARTUP_RETRY,
+            notify: None,
         }
     }
 }
@@ -886,6 +896,20 @@ impl Runner {
 
     async fn run_once(&mut self) -> RunEnd {
         self.set(ServiceState::Starting, "Starting process");
+        // Bound before the start, so an early report is not lost. Without
+        // it the service still becomes healthy, by the checks alone.
+        let ready = self
+            .spec
+            .health
+            .as_ref()
+            .and_then(|h| h.notify.clone())
+            .and_then(|path| match bind_notify(&path) {
+                Ok(socket) => Some((path, socket)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "readiness socket");
+                    None
+                }
+            });
         let (reader, writer) = match std::io::pipe() {
             Ok(p) => p,
             Err(e) => return RunEnd::SpawnFailed(format!("creating the log pipe: {e}")),
@@ -896,6 +920,11 @@ impl Runner {
                 Err(e) => return RunEnd::SpawnFailed(format!("creating the log pipe: {e}")),
             };
             let mut cmd = Command::new(&self.spec.program);
+            match &ready {
+                Some((path, _)) => cmd.env("NOTIFY_SOCKET", path),
+                // Not one inherited from whoever started machined.
+                None => cmd.env_remove("NOTIFY_SOCKET"),
+            };
             cmd.args(&self.spec.args)
                 .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
@@ -931,7 +960,8 @@ impl Runner {
         let health = self.spec.health.clone().map(|h| {
             let status = self.status.clone();
             let observer = self.observer.clone();
-            tokio::spawn(health_loop(h, status, observer).in_current_span())
+            let ready = ready.map(|(_, socket)| socket);
+            tokio::spawn(health_loop(h, status, observer, ready).in_current_span())
         });
 
         let end = loop {
@@ -1013,19 +1043,34 @@ async fn pump_logs(reader: OwnedFd, log: Arc<LogBuffer>) {
     }
 }
 
-/// How often a health check is retried before its first success.
+/// How often a health check is retried before its first success, by
+/// default.
 const STARTUP_RETRY: Duration = Duration::from_millis(25);
+
+/// Binds the readiness socket at `path`, replacing a stale one.
+fn bind_notify(path: &Path) -> std::io::Result<tokio::net::UnixDatagram> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    tokio::net::UnixDatagram::bind(path)
+}
 
 async fn health_loop(
     spec: HealthSpec,
     status: watch::Sender<ServiceStatus>,
     observer: Option<Observer>,
+    ready: Option<tokio::net::UnixDatagram>,
 ) {
     tokio::time::sleep(spec.initial_delay).await;
-    // Until the first success the check is retried every 25 ms (a connect
-    // to a local socket costs microseconds): dependents wait for "up", so a
-    // service that starts listening just after a check must not cost them
-    // a whole period.
+    // Until the first success the check is retried every `startup_retry`,
+    // and at once when the service reports it is ready: dependents wait
+    // for "up", so a service that starts listening just after a check must
+    // not cost them a whole period.
     let mut starting = true;
     loop {
         let result = tokio::time::timeout(spec.timeout, check(&spec.check)).await;
@@ -1070,12 +1115,26 @@ async fn health_loop(
             }
         }
         starting &= !healthy;
-        let next = if starting {
-            STARTUP_RETRY.min(spec.period)
-        } else {
-            spec.period
-        };
-        tokio::time::sleep(next).await;
+        if !starting {
+            tokio::time::sleep(spec.period).await;
+            continue;
+        }
+        let retry = tokio::time::sleep(spec.startup_retry.min(spec.period));
+        match &ready {
+            Some(socket) => {
+                let mut buf = [0u8; 256];
+                tokio::pin!(retry);
+                tokio::select! {
+                    () = &mut retry => {}
+                    // Any datagram: READY=1 or not, checking costs little.
+                    // A socket that fails leaves the timer.
+                    received = socket.recv(&mut buf) => if received.is_err() {
+                        retry.await;
+                    },
+                }
+            }
+            None => retry.await,
+        }
     }
 }
 

@@ -58,6 +58,8 @@ async fn health_gated_dependency_order() {
         initial_delay: Duration::from_millis(50),
         period: Duration::from_millis(100),
         timeout: Duration::from_millis(200),
+        startup_retry: Duration::from_millis(25),
+        notify: None,
     });
     let app = sh("app", "exec sleep 60").depends_on(["db"]);
     let (observer, seen) = recorder();
@@ -102,6 +104,49 @@ async fn health_gated_dependency_order() {
     sup.stop_all().await;
     let states: Vec<ServiceState> = sup.list().iter().map(|s| s.state).collect();
     assert_eq!(states, [ServiceState::Finished, ServiceState::Finished]);
+}
+
+#[tokio::test]
+async fn a_readiness_report_runs_the_health_check_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("db.sock");
+    let notify = dir.path().join("notify").join("db.sock");
+    // Listens after a while, then reports READY=1 to $NOTIFY_SOCKET, as
+    // machinery::daemon::notify_ready does.
+    let listen = "import os,socket,sys,time; time.sleep(0.3); s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); n=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); n.sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); time.sleep(60)";
+    let db = ServiceSpec::new(
+        "db",
+        "python3",
+        ["-c", listen, sock.to_str().expect("utf8")],
+    )
+    .health(HealthSpec {
+        check: HealthCheck::UnixSocket(sock.clone()),
+        initial_delay: Duration::from_millis(10),
+        period: Duration::from_secs(600),
+        timeout: Duration::from_millis(200),
+        // Without the report the second check would come only after 10
+        // minutes: being up within the wait below shows the report did it.
+        startup_retry: Duration::from_secs(600),
+        notify: Some(notify.clone()),
+    });
+    let (observer, seen) = recorder();
+    let sup = Supervisor::new(vec![db], &logs(), Some(observer)).expect("valid");
+    sup.start_all().await;
+    wait_for("db up", Duration::from_secs(20), || {
+        sup.status("db").is_some_and(|s| s.is_up())
+    })
+    .await;
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.iter()
+            .any(|(id, _, msg, _)| id == "db" && msg.starts_with("Health check failed")),
+        "the first check ran before the service listened: {seen:?}"
+    );
+    assert!(
+        notify.exists(),
+        "the readiness socket is where the spec says"
+    );
+    sup.stop_all().await;
 }
 
 #[tokio::test]

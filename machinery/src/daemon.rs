@@ -73,3 +73,73 @@ pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixList
     let _ = std::fs::remove_file(path);
     tokio::net::UnixListener::bind(path)
 }
+
+/// Tells the supervisor that started this daemon that it is ready to serve
+/// (systemd's `NOTIFY_SOCKET` protocol: a `READY=1` datagram), if it asked
+/// to be told. Call it once the daemon's sockets are bound. machined checks
+/// a service's health as soon as it hears this, instead of polling for it.
+pub fn notify_ready() {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = notify_ready_to(std::path::Path::new(&target)) {
+        tracing::debug!(socket = ?target, error = %e, "reporting readiness");
+    }
+}
+
+/// Sends `READY=1` to the datagram socket `target` (a path, or an
+/// abstract name written `@name`, as systemd does).
+///
+/// # Errors
+/// The datagram cannot be sent.
+pub fn notify_ready_to(target: &std::path::Path) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = target.as_os_str().as_bytes();
+    match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(b"READY=1", &addr)?;
+        }
+        None => {
+            socket.send_to(b"READY=1", target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_reaches_a_path_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ready.sock");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        notify_ready_to(&path).expect("send");
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn readiness_reaches_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt as _;
+        let name = format!("talos-rs-notify-test-{}", std::process::id());
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
+        let listener = std::os::unix::net::UnixDatagram::bind_addr(&addr).expect("bind");
+        notify_ready_to(std::path::Path::new(&format!("@{name}"))).expect("send");
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn readiness_to_nobody_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(notify_ready_to(&dir.path().join("absent.sock")).is_err());
+    }
+}

@@ -240,6 +240,7 @@ pub async fn run_with(
         ignored = ?kernel.ignore,
         "networkd serving"
     );
+    machinery::daemon::notify_ready();
 
     let reconciler = Reconciler::new(mode, paths.clone(), handle.clone(), options, kernel);
     let server = NetworkServer::new(handle);

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         let socket = paths.socket("routerd");
         let listener = routerd::bind(&socket)?;
         tracing::info!(socket = %socket.display(), mode = %args.mode, "routerd serving");
+        machinery::daemon::notify_ready();
         router
             .serve(listener, machinery::daemon::shutdown_signal())
             .await;

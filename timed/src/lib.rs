@@ -181,6 +181,7 @@ pub async fn run_with(
         servers = ?config.time_config().servers,
         "timed serving"
     );
+    machinery::daemon::notify_ready();
     let result = if mode == Mode::Container {
         // The host owns the clock, and a container-mode node (tests, local
         // clusters) sends nothing to the network unasked: no sync loop.

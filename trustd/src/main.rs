@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| format!("binding {}: {e}", args.listen))?;
         tracing::info!(listen = %args.listen, mode = %args.mode, "trustd serving");
+        machinery::daemon::notify_ready();
         tokio::select! {
             () = trustd::serve(dir, listener) => {}
             () = machinery::daemon::shutdown_signal() => {}

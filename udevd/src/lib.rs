@@ -171,6 +171,7 @@ pub async fn run(
         "udevd {} serving",
         machinery::constants::VERSION
     );
+    machinery::daemon::notify_ready();
     let service = StorageApi::new(options.mode, options.sysfs, options.dev);
     let served = serve(service, listener, shutdown).await;
     if let Some(watcher) = watcher {
