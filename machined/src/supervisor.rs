@@ -957,7 +957,11 @@ impl Runner {
         if let Some(pid_) = self.status.borrow().pid {
             debug_assert_eq!(pid_, pid);
         }
-        let health = self.spec.health.clone().map(|h| {
+        let health = self.spec.health.clone().map(|mut h| {
+            if h.notify.is_some() && ready.is_none() {
+                // No report can come: poll as often as without one.
+                h.startup_retry = h.startup_retry.min(STARTUP_RETRY);
+            }
             let status = self.status.clone();
             let observer = self.observer.clone();
             let ready = ready.map(|(_, socket)| socket);
