@@ -19,7 +19,7 @@ use crate::events::{MachineStage, Payload};
 use crate::logbuf::{DEFAULT_CAPACITY, LogRegistry};
 use crate::node::{Mode, Node, NodeOptions, PowerAction};
 use crate::server::MachineApi;
-use crate::supervisor::{Observer, Supervisor};
+use crate::supervisor::{Observer, ServiceStatus, Supervisor};
 
 /// What can stop machined from starting.
 #[derive(Debug, thiserror::Error)]
@@ -163,15 +163,17 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         }
         let supervisor = Arc::clone(&supervisor);
         Some(tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + SECOND_WAVE_WITHIN;
-            while tokio::time::Instant::now() < deadline
-                && !supervisor
-                    .list()
-                    .iter()
-                    .any(|s| s.id == "apid" && s.is_up())
-            {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            // Woken by apid's status changes, not by polling: on a booting
+            // node every poll takes CPU from the services starting.
+            let apid_up = async {
+                match supervisor.subscribe("apid") {
+                    Some(mut apid) => {
+                        let _ = apid.wait_for(ServiceStatus::is_up).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let _ = tokio::time::timeout(SECOND_WAVE_WITHIN, apid_up).await;
             supervisor.start_all().await;
             let _ = tokio::task::spawn_blocking(crate::boot::finish_modules).await;
         }))
