@@ -30,13 +30,13 @@
 //!
 //! The same inputs give the same bytes: sorted entries, fixed inode numbers,
 //! uid/gid 0, every timestamp `SOURCE_DATE_EPOCH` (default 0), modes set
-//! explicitly, no build-host paths or xattrs, single-threaded xz. "The same
-//! inputs" includes the versions of `mksquashfs` and `xz`, the signing key
+//! explicitly, no build-host paths or xattrs, single-threaded zstd. "The
+//! same inputs" includes the versions of `mksquashfs` and libzstd, the signing key
 //! (its public half is in the root) and the build host's CA bundle.
 //!
 //! # Limitations
 //!
-//! Needs `mksquashfs` (squashfs-tools >= 4.4), `xz` (xz-utils), the build
+//! Needs `mksquashfs` (squashfs-tools >= 4.4), the build
 //! host's CA bundle (ca-certificates, copied into the root), and for the
 //! Debian kernel `apt-get`, `apt-cache` and `dpkg-deb`. The installer and
 //! disk images need `mkfs.xfs` (xfsprogs, for the STATE and EPHEMERAL
