@@ -5,15 +5,16 @@
 //! directory and renamed into place at the end, so a failed build leaves
 //! the previous artifacts alone (and the scratch directory is removed).
 
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
 use crate::cpio::{self, CpioError, Entry};
 use crate::kernel::{self, KernelError, KernelSource};
 use crate::manifest::{self, Manifest, ManifestError};
 use crate::modules::{self, ModulesError, Selection};
 use crate::squashfs::{self, SquashfsError};
-use std::fs::{self, File};
-use std::io;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
 
 /// The kernel image in the output directory.
 pub const VMLINUZ: &str = "vmlinuz";
@@ -176,32 +177,26 @@ pub fn initramfs_entries(
 /// still unpacks with an 8 MiB window.
 const INITRAMFS_ZSTD_LEVEL: i32 = 19;
 
-/// Compresses `input` into `output` the way the kernel unpacks it fastest:
+/// Compresses the cpio `archive` into `output` the way the kernel unpacks it fastest:
 /// one zstd frame with a checksum, one thread (deterministic output). Not
 /// xz, though the file keeps upstream's historical name `initramfs.xz`
 /// (upstream Talos made the same switch in v1.8): the kernel unpacks the
 /// initramfs before `/init` runs, and under emulation its xz decoder took
 /// seconds longer than zstd's for an archive of the same size.
-fn compress_initramfs(input: &Path, output: &Path) -> Result<(), BuildError> {
+fn compress_initramfs(archive: &[u8], output: &Path) -> Result<(), BuildError> {
     let compress_err = |source| BuildError::Compress {
         path: output.to_path_buf(),
         source,
     };
-    let mut reader = File::open(input).map_err(io_err("reading", input))?;
     let file = File::create(output).map_err(io_err("creating", output))?;
-    let mut encoder =
-        zstd::stream::Encoder::new(std::io::BufWriter::new(file), INITRAMFS_ZSTD_LEVEL)
-            .map_err(compress_err)?;
-    encoder.include_checksum(true).map_err(compress_err)?;
-    std::io::copy(&mut reader, &mut encoder).map_err(compress_err)?;
-    let mut writer = encoder.finish().map_err(compress_err)?;
-    std::io::Write::flush(&mut writer).map_err(compress_err)?;
-    writer
-        .into_inner()
-        .map_err(|e| compress_err(e.into_error()))?
-        .sync_all()
+    let mut encoder = zstd::stream::Encoder::new(io::BufWriter::new(file), INITRAMFS_ZSTD_LEVEL)
         .map_err(compress_err)?;
-    Ok(())
+    encoder.include_checksum(true).map_err(compress_err)?;
+    encoder.write_all(archive).map_err(compress_err)?;
+    encoder
+        .finish()
+        .and_then(|mut writer| writer.flush())
+        .map_err(compress_err)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
@@ -262,11 +257,11 @@ pub fn build(inputs: &BuildInputs) -> Result<Manifest, BuildError> {
     );
     let archive = cpio::encode(&entries, epoch)?;
     drop(entries);
-    let cpio_path = scratch_dir.join("initramfs.cpio");
-    fs::write(&cpio_path, &archive).map_err(io_err("writing", &cpio_path))?;
-    drop(archive);
     let initramfs = scratch_dir.join(INITRAMFS);
-    compress_initramfs(&cpio_path, &initramfs)?;
+    // Compressed in process, straight from memory: no uncompressed copy
+    // goes to disk.
+    compress_initramfs(&archive, &initramfs)?;
+    drop(archive);
 
     // The kernel.
     let vmlinuz = scratch_dir.join(VMLINUZ);
