@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -903,7 +903,7 @@ impl Runner {
             .health
             .as_ref()
             .and_then(|h| h.notify.clone())
-            .and_then(|path| match bind_notify(&path) {
+            .and_then(|path| match machinery::daemon::bind_unix_datagram(&path) {
                 Ok(socket) => Some((path, socket)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "readiness socket");
@@ -1050,19 +1050,6 @@ async fn pump_logs(reader: OwnedFd, log: Arc<LogBuffer>) {
 /// How often a health check is retried before its first success, by
 /// default.
 const STARTUP_RETRY: Duration = Duration::from_millis(25);
-
-/// Binds the readiness socket at `path`, replacing a stale one.
-fn bind_notify(path: &Path) -> std::io::Result<tokio::net::UnixDatagram> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    tokio::net::UnixDatagram::bind(path)
-}
 
 async fn health_loop(
     spec: HealthSpec,

@@ -67,11 +67,27 @@ pub async fn shutdown_signal() {
 /// # Errors
 /// The socket cannot be bound.
 pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    clear_socket_path(path);
+    tokio::net::UnixListener::bind(path)
+}
+
+/// Binds a unix datagram socket at `path` the same way as [`bind_unix`]
+/// (directory made, stale socket removed).
+///
+/// # Errors
+/// The socket cannot be bound.
+pub fn bind_unix_datagram(path: &std::path::Path) -> std::io::Result<tokio::net::UnixDatagram> {
+    clear_socket_path(path);
+    tokio::net::UnixDatagram::bind(path)
+}
+
+/// Makes `path`'s directory and removes what is at `path`. Failures show
+/// up as the bind's own error.
+fn clear_socket_path(path: &std::path::Path) {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = std::fs::remove_file(path);
-    tokio::net::UnixListener::bind(path)
 }
 
 /// Tells the supervisor that started this daemon that it is ready to serve
