@@ -48,8 +48,12 @@
 //!
 //! # Example
 //!
+//! `scripts/image` does this (the daemons, then the installer on its own
+//! so that cargo does not unify its features into the daemons'):
+//!
 //! ```text
-//! cargo build --release --target x86_64-unknown-linux-musl --bins
+//! cargo build --profile image --target x86_64-unknown-linux-musl -p machined -p apid ...
+//! cargo build --profile image --target x86_64-unknown-linux-musl -p installer
 //! imager build --output _out
 //! ```
 #![forbid(unsafe_code)]

@@ -52,13 +52,17 @@ pub const MODULES: &[&str] = &[
 /// Module file extensions we accept, longest first.
 const EXTENSIONS: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
-/// Modules only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the
-/// ESP), overlay and their helpers. They go to `/modules.deferred`, which
-/// machined loads at once when a disk carries one of its filesystems, and
-/// otherwise (a node without a disk yet, in maintenance mode) right after
-/// apid is up: xfs alone takes about 1.5 s to load under emulation, time
-/// a first boot need not wait for.
+/// Modules apid does not need to answer: the NIC driver (first, as
+/// networkd starts with them), and what only disk filesystems need: xfs
+/// (STATE, EPHEMERAL), vfat (the ESP), overlay and their helpers. They go
+/// to `/modules.deferred`, which machined loads at once when a disk
+/// carries one of its filesystems, and otherwise (a node without a disk
+/// yet, in maintenance mode) right after apid is up: xfs alone takes about
+/// 1.5 s to load under emulation, time a first boot need not wait for.
 pub const DEFERRED: &[&str] = &[
+    "failover",
+    "net_failover",
+    "virtio_net",
     "overlay",
     "crc32c_generic",
     "libcrc32c",

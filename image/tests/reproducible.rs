@@ -241,8 +241,9 @@ fn two_builds_are_identical_and_hold_what_they_should() {
     assert_eq!(init.data, b"fake machined binary\n");
     let console = entries.get("dev/console").expect("/dev/console");
     assert_eq!((console.file_type(), console.rdev), (cpio::S_IFCHR, (5, 1)));
-    // modules.order, then modules.deferred (the filesystems' modules,
-    // loaded later), together are every module in load order.
+    // modules.order, then modules.deferred (the NIC's and the
+    // filesystems' modules, loaded later), together are every module in
+    // load order.
     let listed_in = |name: &str| -> Vec<String> {
         let file = entries.get(name).unwrap_or_else(|| panic!("/{name}"));
         std::str::from_utf8(&file.data)

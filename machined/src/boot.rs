@@ -534,7 +534,8 @@ enum ModuleStage {
 
 static MODULES: std::sync::Mutex<ModuleStage> = std::sync::Mutex::new(ModuleStage::None);
 
-/// Loads the deferred modules (xfs, vfat, ...) if they are still pending,
+/// Loads the deferred modules (the NIC driver, xfs, vfat, ...) if they are
+/// still pending,
 /// then locks module loading. Idempotent and safe from any thread; a no-op
 /// off metal. Whatever needs a disk filesystem calls it first. Blocks
 /// while the modules load. Returns the report when it loaded them now.
@@ -553,7 +554,7 @@ pub fn finish_modules() -> Option<ModuleReport> {
         log(Priority::Warning, &format!("loading module {name}: {e}"));
     }
     kmsg_log(&format!(
-        "filesystem modules: {} loaded, {} failed; module loading locked",
+        "deferred modules: {} loaded, {} failed; module loading locked",
         report.loaded.len(),
         report.failed.len()
     ));
@@ -1136,17 +1137,19 @@ pub fn boot_metal() -> BootReport {
         log(Priority::Warning, &format!("bringing up lo: {e}"));
     }
     let (class_block, dev) = (Path::new("/sys/class/block"), Path::new("/dev"));
-    // The filesystem modules now only if a disk has one of our
-    // filesystems (read straight from the superblocks, no module needed):
-    // a node without one (a first boot) gets to apid sooner, and they are
-    // loaded once apid is up.
+    // The deferred modules (network and filesystems) now only if a disk
+    // has one of our filesystems (read straight from the superblocks, no
+    // module needed): a node without one (a first boot) gets to apid
+    // sooner, and they are loaded once apid is up.
     let disk = [STATE_LABEL, EPHEMERAL_LABEL, crate::bootloader::ESP_LABEL]
         .iter()
         .any(|label| find_labelled(class_block, dev, label).is_some());
     if disk {
         finish_modules();
     } else {
-        kmsg_log("no disk filesystem of ours: the filesystem modules load once apid is up");
+        kmsg_log(
+            "no disk filesystem of ours: the network and filesystem modules load once apid is up",
+        );
     }
     for (label, target, missing) in [
         (

@@ -156,7 +156,8 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     )?);
     let _ = node.supervisor.set(Arc::clone(&supervisor));
     // On metal, what the first call needs starts first; the rest, and the
-    // filesystem modules a first boot left for later, once apid is up.
+    // network and filesystem modules a first boot left for later, once
+    // apid is up.
     let modules = if node.mode() == Mode::Metal {
         for id in FIRST_WAVE {
             let _ = supervisor.start(id).await;
@@ -174,8 +175,13 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
                 }
             };
             let _ = tokio::time::timeout(SECOND_WAVE_WITHIN, apid_up).await;
+            // The node's addresses first, as a remote caller waits for
+            // them: networkd, and the NIC driver (first of the deferred
+            // modules; networkd takes the link up when it appears).
+            let _ = supervisor.start("networkd").await;
+            let modules = tokio::task::spawn_blocking(crate::boot::finish_modules);
             supervisor.start_all().await;
-            let _ = tokio::task::spawn_blocking(crate::boot::finish_modules).await;
+            let _ = modules.await;
         }))
     } else {
         supervisor.start_all().await;
@@ -260,11 +266,12 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     Ok(action)
 }
 
-/// Services started first on metal: what a call needs to reach machined
-/// (apid, routerd) and the node's addresses (networkd, which also brings
-/// up loopback). Under emulation on one CPU every process start slows the
-/// others, and an operator's first call waits for these.
-const FIRST_WAVE: &[&str] = &["apid", "routerd", "networkd"];
+/// Services started first on metal: what a call needs to reach machined.
+/// Under emulation on one CPU every process start slows the others, so
+/// networkd (the heaviest start of all, and loopback needs it not:
+/// machined brings up `lo` itself) waits for apid, then starts first of
+/// the rest.
+const FIRST_WAVE: &[&str] = &["apid", "routerd"];
 
 /// The others start once apid is up, or after this long at the latest.
 const SECOND_WAVE_WITHIN: Duration = Duration::from_secs(3);
