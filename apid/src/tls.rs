@@ -335,6 +335,8 @@ pub fn load_state(dir: &Path, names: &[String], generation: u64) -> Result<TlsSt
 
 fn fingerprint(dir: &Path) -> Vec<Option<(SystemTime, u64)>> {
     [
+        // The marker too: apid may start before machined writes it.
+        files::MAINTENANCE,
         files::CA,
         files::SERVER_CERT,
         files::SERVER_KEY,
@@ -397,5 +399,33 @@ impl Reloader {
             }
         });
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// apid may start before machined has written anything: it serves
+    /// nothing then, and takes up the maintenance marker once it appears.
+    #[tokio::test]
+    async fn a_maintenance_marker_written_after_the_start_is_taken_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut state = Reloader::start(
+            dir.path().to_path_buf(),
+            vec!["node".to_owned()],
+            Duration::from_millis(20),
+        )
+        .expect("start");
+        assert!(state.borrow().server.is_none());
+        assert!(!state.borrow().maintenance);
+        std::fs::write(dir.path().join(files::MAINTENANCE), "").expect("marker");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| s.maintenance && s.server.is_some()),
+        )
+        .await
+        .expect("the marker was not taken up")
+        .expect("reloader alive");
     }
 }
