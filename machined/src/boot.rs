@@ -535,10 +535,10 @@ enum ModuleStage {
 static MODULES: std::sync::Mutex<ModuleStage> = std::sync::Mutex::new(ModuleStage::None);
 
 /// Loads the deferred modules (the NIC driver, xfs, vfat, ...) if they are
-/// still pending,
-/// then locks module loading. Idempotent and safe from any thread; a no-op
-/// off metal. Whatever needs a disk filesystem calls it first. Blocks
-/// while the modules load. Returns the report when it loaded them now.
+/// still pending, then locks module loading. Idempotent and safe from any
+/// thread; a no-op off metal. Whatever needs a disk filesystem calls it
+/// first. Blocks while the modules load. Returns the report when it loaded
+/// them now.
 pub fn finish_modules() -> Option<ModuleReport> {
     let mut stage = MODULES
         .lock()
