@@ -28,6 +28,8 @@ pub const INIT_BINARY: &str = "machined";
 pub const INITRAMFS_MODULES_DIR: &str = "lib/modules";
 /// The load order file in the initramfs.
 pub const INITRAMFS_MODULES_ORDER: &str = "modules.order";
+/// The NIC driver, loaded as networkd starts (see [`modules::NETWORK`]).
+pub const INITRAMFS_MODULES_NETWORK: &str = "modules.network";
 /// The modules loaded later (see [`modules::DEFERRED`]), in load order.
 pub const INITRAMFS_MODULES_DEFERRED: &str = "modules.deferred";
 /// Where the binary directory is by default (relative to the workspace).
@@ -145,6 +147,7 @@ pub fn initramfs_entries(
     init: Vec<u8>,
     modules: &[(String, Vec<u8>)],
     order: &str,
+    network: &str,
     deferred: &str,
     rootfs: Vec<u8>,
 ) -> Vec<Entry> {
@@ -155,6 +158,11 @@ pub fn initramfs_entries(
         Entry::dir("lib", 0o755),
         Entry::dir(INITRAMFS_MODULES_DIR, 0o755),
         Entry::file(INITRAMFS_MODULES_ORDER, 0o644, order.as_bytes().to_vec()),
+        Entry::file(
+            INITRAMFS_MODULES_NETWORK,
+            0o644,
+            network.as_bytes().to_vec(),
+        ),
         Entry::file(
             INITRAMFS_MODULES_DEFERRED,
             0o644,
@@ -252,6 +260,7 @@ pub fn build(inputs: &BuildInputs) -> Result<Manifest, BuildError> {
         read(&init_path)?,
         &module_contents(&selection)?,
         &selection.order_file(),
+        &selection.network_file(),
         &selection.deferred_file(),
         read(&rootfs)?,
     );
@@ -309,6 +318,7 @@ mod tests {
             b"init".to_vec(),
             &[("loop.ko".to_owned(), b"ko".to_vec())],
             "loop.ko\n",
+            "virtio_net.ko\n",
             "xfs.ko\n",
             b"sqsh".to_vec(),
         );
@@ -320,6 +330,7 @@ mod tests {
             "init",
             "lib/modules/loop.ko",
             "modules.order",
+            "modules.network",
             "modules.deferred",
             "newroot",
             "proc",

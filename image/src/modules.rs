@@ -52,17 +52,19 @@ pub const MODULES: &[&str] = &[
 /// Module file extensions we accept, longest first.
 const EXTENSIONS: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
-/// Modules apid does not need to answer: the NIC driver (first, as
-/// networkd starts with them), and what only disk filesystems need: xfs
-/// (STATE, EPHEMERAL), vfat (the ESP), overlay and their helpers. They go
-/// to `/modules.deferred`, which machined loads at once when a disk
-/// carries one of its filesystems, and otherwise (a node without a disk
-/// yet, in maintenance mode) right after apid is up: xfs alone takes about
-/// 1.5 s to load under emulation, time a first boot need not wait for.
+/// The NIC driver: apid does not need it to answer on loopback. It goes
+/// to `/modules.network`, which machined loads as it starts networkd (once
+/// apid is up), or at once when a disk carries one of its filesystems.
+pub const NETWORK: &[&str] = &["failover", "net_failover", "virtio_net"];
+
+/// What only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the
+/// ESP), overlay and their helpers. They go to `/modules.deferred`, which
+/// machined loads at once when a disk carries one of its filesystems, and
+/// otherwise (a node without a disk yet, in maintenance mode) after the
+/// network modules, at a low CPU priority: xfs alone takes about 1.5 s to
+/// load under emulation, time a first boot's daemons and its DHCP lease
+/// need not wait for.
 pub const DEFERRED: &[&str] = &[
-    "failover",
-    "net_failover",
-    "virtio_net",
     "overlay",
     "crc32c_generic",
     "libcrc32c",
@@ -97,10 +99,17 @@ pub struct Selection {
 
 impl Selection {
     /// The `/modules.order` text: one file name per line, in load order,
-    /// without the [`DEFERRED`] ones.
+    /// without the [`NETWORK`] and [`DEFERRED`] ones.
     #[must_use]
     pub fn order_file(&self) -> String {
-        self.list(|m| !DEFERRED.contains(&m.name.as_str()))
+        self.list(|m| !NETWORK.contains(&m.name.as_str()) && !DEFERRED.contains(&m.name.as_str()))
+    }
+
+    /// The `/modules.network` text: the [`NETWORK`] modules, in load
+    /// order.
+    #[must_use]
+    pub fn network_file(&self) -> String {
+        self.list(|m| NETWORK.contains(&m.name.as_str()))
     }
 
     /// The `/modules.deferred` text: the [`DEFERRED`] modules, in load
@@ -295,6 +304,7 @@ mod tests {
         std::fs::create_dir_all(&kernel).expect("mkdir");
         std::fs::write(kernel.join("virtio_ring.ko"), b"a").expect("write");
         std::fs::write(kernel.join("crc32c-generic.ko"), b"b").expect("write");
+        std::fs::write(kernel.join("virtio_net.ko"), b"n").expect("write");
         std::fs::write(kernel.join("xfs.ko.xz"), b"c").expect("write");
         std::fs::write(kernel.join("unwanted.ko"), b"d").expect("write");
         std::fs::write(
@@ -307,14 +317,29 @@ mod tests {
 
         let s = select(
             dir.path(),
-            &["virtio_ring", "virtio", "crc32c_generic", "xfs"],
+            &[
+                "virtio_ring",
+                "virtio",
+                "virtio_net",
+                "crc32c_generic",
+                "xfs",
+            ],
         )
         .expect("selects");
         let names: Vec<&str> = s.files.iter().map(|m| m.file_name.as_str()).collect();
-        assert_eq!(names, ["virtio_ring.ko", "crc32c_generic.ko", "xfs.ko.xz"]);
+        assert_eq!(
+            names,
+            [
+                "virtio_ring.ko",
+                "virtio_net.ko",
+                "crc32c_generic.ko",
+                "xfs.ko.xz"
+            ]
+        );
         assert_eq!(s.builtin, ["virtio"]);
-        assert_eq!(s.files[1].source, kernel.join("crc32c-generic.ko"));
+        assert_eq!(s.files[2].source, kernel.join("crc32c-generic.ko"));
         assert_eq!(s.order_file(), "virtio_ring.ko\n");
+        assert_eq!(s.network_file(), "virtio_net.ko\n");
         assert_eq!(s.deferred_file(), "crc32c_generic.ko\nxfs.ko.xz\n");
 
         let err = select(dir.path(), &["ext4"]).expect_err("missing");

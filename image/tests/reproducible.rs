@@ -16,7 +16,7 @@ use image::build::{self, BuildInputs};
 use image::cpio::{self, ReadEntry};
 use image::kernel::KernelSource;
 use image::manifest;
-use image::modules::{DEFERRED, MODULES};
+use image::modules::{DEFERRED, MODULES, NETWORK};
 
 const EPOCH: u64 = 1_700_000_000;
 const KERNEL_VERSION: &str = "6.1.0-test-amd64";
@@ -252,9 +252,9 @@ fn two_builds_are_identical_and_hold_what_they_should() {
     assert_eq!(init.data, b"fake machined binary\n");
     let console = entries.get("dev/console").expect("/dev/console");
     assert_eq!((console.file_type(), console.rdev), (cpio::S_IFCHR, (5, 1)));
-    // modules.order, then modules.deferred (the NIC's and the
-    // filesystems' modules, loaded later), together are every module in
-    // load order.
+    // modules.order, then modules.network (the NIC driver) and
+    // modules.deferred (the filesystems' modules), both loaded later,
+    // together are every module in load order.
     let listed_in = |name: &str| -> Vec<String> {
         let file = entries.get(name).unwrap_or_else(|| panic!("/{name}"));
         std::str::from_utf8(&file.data)
@@ -265,15 +265,24 @@ fn two_builds_are_identical_and_hold_what_they_should() {
     };
     let expected: Vec<String> = MODULES.iter().map(|m| installed_file_name(m)).collect();
     let early = listed_in("modules.order");
+    let network = listed_in("modules.network");
     let deferred = listed_in("modules.deferred");
-    let deferred_expected: Vec<String> = MODULES
-        .iter()
-        .filter(|m| DEFERRED.contains(m))
-        .map(|m| installed_file_name(m))
-        .collect();
-    assert_eq!(deferred, deferred_expected, "modules.deferred");
-    assert!(!early.iter().any(|m| deferred.contains(m)));
+    let listed = |list: &[&str]| -> Vec<String> {
+        MODULES
+            .iter()
+            .filter(|m| list.contains(m))
+            .map(|m| installed_file_name(m))
+            .collect()
+    };
+    assert_eq!(network, listed(NETWORK), "modules.network");
+    assert_eq!(deferred, listed(DEFERRED), "modules.deferred");
+    assert!(
+        !early
+            .iter()
+            .any(|m| network.contains(m) || deferred.contains(m))
+    );
     let mut all = early.clone();
+    all.extend(network);
     all.extend(deferred);
     let mut sorted_all = all.clone();
     sorted_all.sort();

@@ -14,8 +14,8 @@
 //!    arguments must be there; if not, say which on the console and halt
 //!    (rebooting would not add them).
 //! 4. [`load_modules`] in `/modules.order` with `finit_module`; the ones
-//!    in `/modules.deferred` (xfs, vfat, overlay: only disk filesystems
-//!    need them) are opened for later.
+//!    in `/modules.network` (the NIC driver) and `/modules.deferred` (xfs,
+//!    vfat, overlay: only disk filesystems need them) are opened for later.
 //! 5. [`switch_root_to_squashfs`]: `/rootfs.sqsh` on a read-only loop
 //!    device becomes `/`, the early mounts move along, and
 //!    `/system/etc/{hosts,resolv.conf}` are bound over `/etc/...`.
@@ -23,10 +23,12 @@
 //!    [`finish_modules`] loads the deferred modules and locks module
 //!    loading (`kernel.modules_disabled = 1`), and STATE and EPHEMERAL
 //!    are mounted. Otherwise (a first boot, no disk of ours yet) that
-//!    waits until apid is up, a few seconds later: under emulation xfs
-//!    alone takes 1.5 s to load, and the operator's first call need not
-//!    wait for it. Anything that mounts a disk filesystem calls
-//!    [`finish_modules`] first.
+//!    waits until apid is up, a few seconds later: machined then loads
+//!    the NIC driver ([`load_network_modules`]) as networkd starts, and
+//!    the rest at a low priority ([`finish_modules_in_background`]):
+//!    under emulation xfs alone takes 1.5 s to load, and neither the
+//!    operator's first call nor the DHCP lease need wait for it. Anything
+//!    that mounts a disk filesystem calls [`finish_modules`] first.
 //!
 //! Everything here blocks (mount, `finit_module`, ioctl, sleep, sync):
 //! call it on the main thread before any tokio runtime exists. Logging goes
@@ -53,6 +55,8 @@ pub const INITRAMFS_MODULES_DIR: &str = "/lib/modules";
 /// The initramfs's module load order: one file name per line.
 pub const INITRAMFS_MODULES_ORDER: &str = "/modules.order";
 
+/// The NIC driver, loaded by [`load_network_modules`] as networkd starts.
+pub const INITRAMFS_MODULES_NETWORK: &str = "/modules.network";
 /// The modules only disk filesystems need, loaded by [`finish_modules`].
 pub const INITRAMFS_MODULES_DEFERRED: &str = "/modules.deferred";
 /// The root file system image in the initramfs.
@@ -526,40 +530,105 @@ pub fn lock_modules() -> Result<(), BootError> {
 enum ModuleStage {
     /// Not a metal boot: machined loads no modules.
     None,
-    /// The deferred modules, opened, waiting for [`finish_modules`].
-    Pending(Vec<(String, File)>),
+    /// Opened, waiting: the NIC driver for [`load_network_modules`] (empty
+    /// once loaded) and the filesystems' modules for [`finish_modules`].
+    Pending {
+        network: Vec<(String, File)>,
+        filesystems: Vec<(String, File)>,
+    },
     /// Everything loaded and loading locked.
     Done,
 }
 
 static MODULES: std::sync::Mutex<ModuleStage> = std::sync::Mutex::new(ModuleStage::None);
 
-/// Loads the deferred modules (the NIC driver, xfs, vfat, ...) if they are
-/// still pending, then locks module loading. Idempotent and safe from any
-/// thread; a no-op off metal. Whatever needs a disk filesystem calls it
-/// first. Blocks while the modules load. Returns the report when it loaded
-/// them now.
-pub fn finish_modules() -> Option<ModuleReport> {
-    let mut stage = MODULES
+fn modules_stage() -> std::sync::MutexGuard<'static, ModuleStage> {
+    MODULES
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ModuleStage::Pending(modules) = std::mem::replace(&mut *stage, ModuleStage::Done) else {
-        return None;
-    };
-    let report = load_modules(modules);
-    if let Err(e) = lock_modules() {
-        log(Priority::Error, &e.to_string());
-    }
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn report_modules(what: &str, report: &ModuleReport, locked: bool) {
     for (name, e) in &report.failed {
         log(Priority::Warning, &format!("loading module {name}: {e}"));
     }
     kmsg_log(&format!(
-        "deferred modules: {} loaded, {} failed; module loading locked",
+        "{what}: {} loaded, {} failed{}",
         report.loaded.len(),
-        report.failed.len()
+        report.failed.len(),
+        if locked {
+            "; module loading locked"
+        } else {
+            ""
+        }
     ));
+}
+
+/// Loads the NIC driver if it is still pending; the filesystems' modules
+/// stay pending. Idempotent and safe from any thread; a no-op off metal.
+/// Blocks while the modules load.
+pub fn load_network_modules() {
+    let mut stage = modules_stage();
+    let ModuleStage::Pending { network, .. } = &mut *stage else {
+        return;
+    };
+    if network.is_empty() {
+        return;
+    }
+    let report = load_modules(std::mem::take(network));
+    report_modules("network modules", &report, false);
+}
+
+/// Loads whatever modules are still pending (the NIC driver, then xfs,
+/// vfat, ...), then locks module loading. Idempotent and safe from any
+/// thread; a no-op off metal. Whatever needs a disk filesystem calls it
+/// first. Blocks while the modules load. Returns the report when it loaded
+/// them now.
+pub fn finish_modules() -> Option<ModuleReport> {
+    let mut stage = modules_stage();
+    let ModuleStage::Pending {
+        network,
+        filesystems,
+    } = std::mem::replace(&mut *stage, ModuleStage::Done)
+    else {
+        return None;
+    };
+    let mut modules = network;
+    modules.extend(filesystems);
+    let report = load_modules(modules);
+    if let Err(e) = lock_modules() {
+        log(Priority::Error, &e.to_string());
+    }
+    report_modules("deferred modules", &report, true);
     Some(report)
 }
+
+/// [`finish_modules`] at a low CPU priority for the calling thread: the
+/// modules load in the kernel in this thread's time, and on a first boot
+/// nothing waits for them while the daemons start and networkd takes its
+/// lease. The thread's priority is put back afterwards (it is a pooled
+/// blocking thread). A caller that needs a filesystem meanwhile blocks in
+/// [`finish_modules`] until the load is done.
+pub fn finish_modules_in_background() -> Option<ModuleReport> {
+    let tid = rustix::thread::gettid();
+    // PRIO_PROCESS with a thread id sets that one thread's nice value.
+    let before = rustix::process::getpriority_process(Some(tid)).ok();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
+        log(
+            Priority::Warning,
+            &format!("lowering the priority of module loading: {e}"),
+        );
+    }
+    let report = finish_modules();
+    if let Some(nice) = before {
+        let _ = rustix::process::setpriority_process(Some(tid), nice);
+    }
+    report
+}
+
+/// The nice value of [`finish_modules_in_background`]: a tenth of the CPU
+/// share of a default-priority task while others want it.
+const BACKGROUND_NICE: i32 = 10;
 
 // === switch root ===
 
@@ -1101,20 +1170,26 @@ pub fn boot_metal() -> BootReport {
     }
 
     let dir = Path::new(INITRAMFS_MODULES_DIR);
-    let (early, deferred) =
-        match open_modules(dir, Path::new(INITRAMFS_MODULES_ORDER)).and_then(|early| {
-            // An image from before the split has no deferred list.
-            let deferred = Path::new(INITRAMFS_MODULES_DEFERRED);
-            let later = if deferred.exists() {
-                open_modules(dir, deferred)?
-            } else {
-                Vec::new()
-            };
-            Ok((early, later))
+    // The later lists are optional: an image may load everything early.
+    let optional = |list: &str| {
+        let list = Path::new(list);
+        if list.exists() {
+            open_modules(dir, list)
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let (early, network, filesystems) = match open_modules(dir, Path::new(INITRAMFS_MODULES_ORDER))
+        .and_then(|early| {
+            Ok((
+                early,
+                optional(INITRAMFS_MODULES_NETWORK)?,
+                optional(INITRAMFS_MODULES_DEFERRED)?,
+            ))
         }) {
-            Ok(lists) => lists,
-            Err(e) => fatal(&e.to_string()),
-        };
+        Ok(lists) => lists,
+        Err(e) => fatal(&e.to_string()),
+    };
     let modules = load_modules(early);
     for (name, e) in &modules.failed {
         log(Priority::Warning, &format!("loading module {name}: {e}"));
@@ -1125,9 +1200,10 @@ pub fn boot_metal() -> BootReport {
         modules.already_loaded.len(),
         modules.failed.len()
     ));
-    *MODULES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = ModuleStage::Pending(deferred);
+    *modules_stage() = ModuleStage::Pending {
+        network,
+        filesystems,
+    };
 
     if let Err(e) = switch_root_to_squashfs(Path::new(INITRAMFS_ROOTFS)) {
         fatal(&e.to_string());

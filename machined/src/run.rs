@@ -176,10 +176,14 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
             };
             let _ = tokio::time::timeout(SECOND_WAVE_WITHIN, apid_up).await;
             // The node's addresses first, as a remote caller waits for
-            // them: networkd, and the NIC driver (first of the deferred
-            // modules; networkd takes the link up when it appears).
+            // them: networkd, and the NIC driver (networkd takes the link
+            // up when it appears); then the filesystems' modules, at a low
+            // priority so that they do not slow the lease and the rest.
             let _ = supervisor.start("networkd").await;
-            let modules = tokio::task::spawn_blocking(crate::boot::finish_modules);
+            let modules = tokio::task::spawn_blocking(|| {
+                crate::boot::load_network_modules();
+                crate::boot::finish_modules_in_background()
+            });
             supervisor.start_all().await;
             let _ = modules.await;
         }))

@@ -280,6 +280,28 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         dmesg.contains("STATE /dev/vda mounted on /system/state"),
         "{dmesg}"
     );
+    // A first boot loads the NIC driver once apid is up and the
+    // filesystems' modules after it, in the background; all of them are
+    // in, and module loading is locked.
+    assert!(
+        dmesg.contains("network modules: 3 loaded, 0 failed")
+            && dmesg.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
+        "{dmesg}"
+    );
+    let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
+    for module in ["virtio_net", "virtio_blk", "squashfs", "xfs", "vfat"] {
+        assert!(
+            modules
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(module)),
+            "{module} not loaded:\n{modules}"
+        );
+    }
+    let locked = ok(
+        &tc,
+        &["-n", cp_ip, "read", "/proc/sys/kernel/modules_disabled"],
+    );
+    assert_eq!(locked.trim(), "1", "module loading is not locked");
     let m = ok(&tc, &["-n", cp_ip, "memory"]);
     assert!(
         m.lines().nth(1).is_some_and(|l| l.starts_with(cp_ip)),
