@@ -280,12 +280,10 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         dmesg.contains("STATE /dev/vda mounted on /system/state"),
         "{dmesg}"
     );
-    // A first boot loads the NIC driver once apid is up and the
-    // filesystems' modules after it, in the background; all of them are
-    // in, and module loading is locked.
+    // Its disk carries STATE, so every module loaded at boot, before the
+    // services, and module loading is locked.
     assert!(
-        dmesg.contains("network modules: 3 loaded, 0 failed")
-            && dmesg.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
+        dmesg.contains("deferred modules: 12 loaded, 0 failed; module loading locked"),
         "{dmesg}"
     );
     let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
@@ -1052,6 +1050,17 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     }
     let installed_in = install_started.elapsed();
     drop(vm);
+    // That boot had a blank disk: the NIC driver loaded once apid was up,
+    // the filesystems' modules after it (in the background, or at once
+    // for the install), then module loading was locked.
+    let console = std::fs::read_to_string(work.path().join("console-install.log"))
+        .expect("the install boot's console log");
+    assert!(
+        console.contains("no disk filesystem of ours")
+            && console.contains("network modules: 3 loaded, 0 failed")
+            && console.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
+        "{console}"
+    );
 
     // From the disk: firmware, systemd-boot, slot A, the config from STATE.
     let booted = Instant::now();
