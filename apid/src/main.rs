@@ -6,28 +6,61 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use machinery::cli::{Opt, Spec, value};
 
-#[derive(Debug, Parser)]
-#[command(name = "apid", version, about = "The node's mTLS API front door")]
+const SPEC: Spec = Spec {
+    name: "apid",
+    about: "The node's mTLS API front door",
+    options: &[
+        Opt::new("mode", "MODE", "metal or container [default: metal]"),
+        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+        Opt::new(
+            "listen",
+            "LISTEN",
+            "Listen address [default: 0.0.0.0:50000]",
+        ),
+        Opt::new(
+            "names",
+            "NAMES",
+            "Names and addresses of this node (comma-separated; repeatable); the listen address and the kernel hostname are always included",
+        ),
+    ],
+};
+
+#[derive(Debug)]
 struct Args {
-    /// metal or container.
-    #[arg(long, default_value = "metal")]
     mode: String,
-    /// Root of the node's paths.
-    #[arg(long, default_value = "/")]
     root: PathBuf,
-    /// Listen address.
-    #[arg(long, default_value = "0.0.0.0:50000")]
     listen: SocketAddr,
-    /// Names and addresses of this node (comma-separated); the listen
-    /// address and the kernel hostname are always included.
-    #[arg(long, value_delimiter = ',')]
     names: Vec<String>,
 }
 
+impl Args {
+    fn from_env() -> Args {
+        let mut args = Args {
+            mode: "metal".into(),
+            root: PathBuf::from("/"),
+            listen: ([0, 0, 0, 0], machinery::constants::APID_PORT).into(),
+            names: Vec::new(),
+        };
+        SPEC.parse_env_or_exit(|option, v| {
+            match option {
+                "mode" => v.clone_into(&mut args.mode),
+                "root" => args.root = v.into(),
+                "listen" => args.listen = value(v)?,
+                "names" => args
+                    .names
+                    .extend(v.split(',').filter(|n| !n.is_empty()).map(str::to_owned)),
+                other => return Err(format!("no option --{other}")),
+            }
+            Ok(())
+        });
+        args
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_env();
     let paths = machinery::constants::NodePaths::under(&args.root);
     let mut names = args.names.clone();
     names.push(args.listen.ip().to_string());

@@ -6,50 +6,115 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use machined::node::{Mode, NodeOptions, PowerAction};
+use machinery::cli::{Opt, Parsed, Spec, value};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "machined",
-    version,
-    about = "PID 1 and service supervisor of the node"
-)]
+const SPEC: Spec = Spec {
+    name: "machined",
+    about: "PID 1 and service supervisor of the node",
+    options: &[
+        Opt::new(
+            "mode",
+            "MODE",
+            "metal (PID 1) or container (an ordinary process under a state directory) [default: metal]",
+        ),
+        Opt::new(
+            "root",
+            "ROOT",
+            "Root of the node's paths (container mode: the state directory) [default: /]",
+        ),
+        Opt::new(
+            "hostname",
+            "HOSTNAME",
+            "Hostname to report when the machine config sets none",
+        ),
+        Opt::new(
+            "bin-dir",
+            "BIN_DIR",
+            "Directory holding the other daemons (default: beside machined; /usr/bin on metal)",
+        ),
+        Opt::new("apid-listen", "APID_LISTEN", "apid's listen address"),
+        Opt::new("trustd-listen", "TRUSTD_LISTEN", "trustd's listen address"),
+    ],
+};
+
+#[derive(Debug)]
 struct Args {
-    /// metal (PID 1) or container (an ordinary process under a state directory).
-    #[arg(long, value_parser = ["metal", "container"], default_value = "metal")]
-    mode: String,
-    /// Root of the node's paths (container mode: the state directory).
-    #[arg(long, default_value = "/")]
+    mode: Mode,
     root: PathBuf,
-    /// Hostname to report when the machine config sets none.
-    #[arg(long)]
     hostname: Option<String>,
-    /// Directory holding the other daemons (default: beside machined; /usr/bin on metal).
-    #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// apid's listen address.
-    #[arg(long)]
     apid_listen: Option<SocketAddr>,
-    /// trustd's listen address.
-    #[arg(long)]
     trustd_listen: Option<SocketAddr>,
+}
+
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            mode: Mode::Metal,
+            root: PathBuf::from("/"),
+            hostname: None,
+            bin_dir: None,
+            apid_listen: None,
+            trustd_listen: None,
+        }
+    }
+}
+
+impl Args {
+    fn set(&mut self, option: &str, v: &str) -> Result<(), String> {
+        match option {
+            "mode" => {
+                self.mode = match v {
+                    "metal" => Mode::Metal,
+                    "container" => Mode::Container,
+                    _ => return Err("expected metal or container".into()),
+                }
+            }
+            "root" => self.root = v.into(),
+            "hostname" => self.hostname = Some(v.to_owned()),
+            "bin-dir" => self.bin_dir = Some(v.into()),
+            "apid-listen" => self.apid_listen = Some(value(v)?),
+            "trustd-listen" => self.trustd_listen = Some(value(v)?),
+            other => return Err(format!("no option --{other}")),
+        }
+        Ok(())
+    }
+
+    fn from_env() -> Args {
+        let mut args = Args::default();
+        SPEC.parse_env_or_exit(|option, v| args.set(option, v));
+        args
+    }
+
+    /// As PID 1: the kernel hands unknown command-line words to /init as
+    /// arguments, and neither they nor `--help` may end init (that panics
+    /// the kernel): anything but a clean parse means the defaults.
+    fn from_kernel() -> Args {
+        Args::lenient(std::env::args_os())
+    }
+
+    fn lenient<I>(words: I) -> Args
+    where
+        I: IntoIterator,
+        I::Item: Into<std::ffi::OsString>,
+    {
+        let mut args = Args::default();
+        match SPEC.parse(words, |option, v| args.set(option, v)) {
+            Ok(Parsed::Run) => args,
+            _ => Args::default(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let pid1 = rustix::process::getpid().is_init();
-    // As PID 1 the kernel hands unknown command-line words to /init as
-    // arguments; a parse error must not end init (that panics the kernel).
     let args = if pid1 {
-        Args::try_parse().unwrap_or_else(|_| Args::parse_from(["machined"]))
+        Args::from_kernel()
     } else {
-        Args::parse()
+        Args::from_env()
     };
-    let mode = if args.mode == "container" {
-        Mode::Container
-    } else {
-        Mode::Metal
-    };
+    let mode = args.mode;
     let metal_init = pid1 && mode == Mode::Metal;
     let report = metal_init.then(machined::boot::boot_metal);
     let bin_dir = match args.bin_dir {
@@ -103,5 +168,29 @@ fn main() -> ExitCode {
             eprintln!("machined: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_pid_1_no_command_line_ends_init() {
+        // What the kernel passes on: words it does not know, or anything.
+        for words in [
+            &["/init", "quiet", "splash"][..],
+            &["/init", "--help"],
+            &["/init", "--version"],
+            &["/init", "--mode", "bogus"],
+            &["/init", "--root"],
+        ] {
+            let args = Args::lenient(words.iter().copied());
+            assert_eq!(args.mode, Mode::Metal, "{words:?}");
+            assert_eq!(args.root, PathBuf::from("/"), "{words:?}");
+        }
+        let args = Args::lenient(["/init", "--mode", "container", "--root", "/x"]);
+        assert_eq!(args.mode, Mode::Container);
+        assert_eq!(args.root, PathBuf::from("/x"));
     }
 }

@@ -7,11 +7,13 @@
 //! - [`generate`]: what `talosctl gen config` writes;
 //! - [`grpc`], [`h2`]: gRPC channels and the HTTP/2 plumbing of the proxies;
 //! - [`base64`]: the codec certificates in configs need;
+//! - [`cli`]: the daemons' command lines;
 //! - [`meta`]: the META partition's key/value store (upstream Talos's ADV
 //!   format), where upgrades record what to roll back to.
 #![forbid(unsafe_code)]
 
 pub mod base64;
+pub mod cli;
 pub mod config;
 pub mod constants;
 pub mod daemon;

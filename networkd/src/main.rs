@@ -5,34 +5,59 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use machinery::cli::{Opt, Spec, value};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "networkd",
-    version,
-    about = "Links, addresses, routes, DHCP, hostname and resolvers; serves network.NetworkService"
-)]
+const SPEC: Spec = Spec {
+    name: "networkd",
+    about: "Links, addresses, routes, DHCP, hostname and resolvers; serves network.NetworkService",
+    options: &[
+        Opt::new(
+            "mode",
+            "MODE",
+            "metal (networkd configures the network) or container (the host owns it: networkd only reports) [default: metal]",
+        ),
+        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+        // The kernel command line to read `ip=` and
+        // `talos.network.interface.ignore=` from (tests).
+        Opt::hidden("cmdline-file", "FILE"),
+        // Renew DHCP leases at most this many seconds after acquiring
+        // them, whatever their T1 (tests).
+        Opt::hidden("dhcp-renew-after", "SECONDS"),
+    ],
+};
+
+#[derive(Debug)]
 struct Args {
-    /// metal (networkd configures the network) or container (the host
-    /// owns it: networkd only reports).
-    #[arg(long, default_value = "metal")]
     mode: networkd::Mode,
-    /// Root of the node's paths.
-    #[arg(long, default_value = "/")]
     root: PathBuf,
-    /// The kernel command line to read `ip=` and
-    /// `talos.network.interface.ignore=` from (tests).
-    #[arg(long, default_value = networkd::DEFAULT_CMDLINE, hide = true)]
     cmdline_file: PathBuf,
-    /// Renew DHCP leases at most this many seconds after acquiring them,
-    /// whatever their T1 (tests).
-    #[arg(long, value_name = "SECONDS", hide = true)]
     dhcp_renew_after: Option<u64>,
 }
 
+impl Args {
+    fn from_env() -> Args {
+        let mut args = Args {
+            mode: networkd::Mode::Metal,
+            root: PathBuf::from("/"),
+            cmdline_file: PathBuf::from(networkd::DEFAULT_CMDLINE),
+            dhcp_renew_after: None,
+        };
+        SPEC.parse_env_or_exit(|option, v| {
+            match option {
+                "mode" => args.mode = value(v)?,
+                "root" => args.root = v.into(),
+                "cmdline-file" => args.cmdline_file = v.into(),
+                "dhcp-renew-after" => args.dhcp_renew_after = Some(value(v)?),
+                other => return Err(format!("no option --{other}")),
+            }
+            Ok(())
+        });
+        args
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_env();
     let paths = machinery::constants::NodePaths::under(&args.root);
     let options = networkd::Options {
         cmdline: args.cmdline_file,

@@ -4,25 +4,47 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use machinery::cli::{Opt, Spec};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "routerd",
-    version,
-    about = "Routes node API calls to the daemon serving them"
-)]
+const SPEC: Spec = Spec {
+    name: "routerd",
+    about: "Routes node API calls to the daemon serving them",
+    options: &[
+        Opt::new(
+            "mode",
+            "MODE",
+            "metal or container (accepted for symmetry; routerd behaves the same) [default: metal]",
+        ),
+        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+    ],
+};
+
+#[derive(Debug)]
 struct Args {
-    /// metal or container (accepted for symmetry; routerd behaves the same).
-    #[arg(long, default_value = "metal")]
     mode: String,
-    /// Root of the node's paths.
-    #[arg(long, default_value = "/")]
     root: PathBuf,
 }
 
+impl Args {
+    fn from_env() -> Args {
+        let mut args = Args {
+            mode: "metal".into(),
+            root: PathBuf::from("/"),
+        };
+        SPEC.parse_env_or_exit(|option, v| {
+            match option {
+                "mode" => v.clone_into(&mut args.mode),
+                "root" => args.root = v.into(),
+                other => return Err(format!("no option --{other}")),
+            }
+            Ok(())
+        });
+        args
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_env();
     let paths = machinery::constants::NodePaths::under(&args.root);
     machinery::daemon::run("routerd", async {
         let router = routerd::Router::new(&paths)?;

@@ -4,25 +4,47 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use machinery::cli::{Opt, Spec, value};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "timed",
-    version,
-    about = "Keeps the clock in sync with SNTP; serves time.TimeService"
-)]
+const SPEC: Spec = Spec {
+    name: "timed",
+    about: "Keeps the clock in sync with SNTP; serves time.TimeService",
+    options: &[
+        Opt::new(
+            "mode",
+            "MODE",
+            "metal (timed sets the clock) or container (the host owns it) [default: metal]",
+        ),
+        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+    ],
+};
+
+#[derive(Debug)]
 struct Args {
-    /// metal (timed sets the clock) or container (the host owns it).
-    #[arg(long, default_value = "metal")]
     mode: timed::Mode,
-    /// Root of the node's paths.
-    #[arg(long, default_value = "/")]
     root: PathBuf,
 }
 
+impl Args {
+    fn from_env() -> Args {
+        let mut args = Args {
+            mode: timed::Mode::Metal,
+            root: PathBuf::from("/"),
+        };
+        SPEC.parse_env_or_exit(|option, v| {
+            match option {
+                "mode" => args.mode = value(v)?,
+                "root" => args.root = v.into(),
+                other => return Err(format!("no option --{other}")),
+            }
+            Ok(())
+        });
+        args
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_env();
     let paths = machinery::constants::NodePaths::under(&args.root);
     machinery::daemon::run(
         "timed",

@@ -5,24 +5,51 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use machinery::cli::{Opt, Spec, value};
 
-#[derive(Debug, Parser)]
-#[command(name = "trustd", version, about = "Signs worker certificate requests")]
+const SPEC: Spec = Spec {
+    name: "trustd",
+    about: "Signs worker certificate requests",
+    options: &[
+        Opt::new("mode", "MODE", "metal or container [default: metal]"),
+        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+        Opt::new(
+            "listen",
+            "LISTEN",
+            "Listen address [default: 0.0.0.0:50001]",
+        ),
+    ],
+};
+
+#[derive(Debug)]
 struct Args {
-    /// metal or container.
-    #[arg(long, default_value = "metal")]
     mode: String,
-    /// Root of the node's paths.
-    #[arg(long, default_value = "/")]
     root: PathBuf,
-    /// Listen address.
-    #[arg(long, default_value = "0.0.0.0:50001")]
     listen: SocketAddr,
 }
 
+impl Args {
+    fn from_env() -> Args {
+        let mut args = Args {
+            mode: "metal".into(),
+            root: PathBuf::from("/"),
+            listen: ([0, 0, 0, 0], machinery::constants::TRUSTD_PORT).into(),
+        };
+        SPEC.parse_env_or_exit(|option, v| {
+            match option {
+                "mode" => v.clone_into(&mut args.mode),
+                "root" => args.root = v.into(),
+                "listen" => args.listen = value(v)?,
+                other => return Err(format!("no option --{other}")),
+            }
+            Ok(())
+        });
+        args
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_env();
     let dir = machinery::constants::NodePaths::under(&args.root).secrets_dir("trustd");
     machinery::daemon::run("trustd", async {
         let listener = tokio::net::TcpListener::bind(args.listen)

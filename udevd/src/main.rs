@@ -4,40 +4,72 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use machinery::cli::{Opt, Spec};
 use udevd::{Mode, Options};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "udevd",
-    version,
-    about = "Kernel uevents, coldplug and /dev/disk links; serves storage.StorageService"
-)]
+const SPEC: Spec = Spec {
+    name: "udevd",
+    about: "Kernel uevents, coldplug and /dev/disk links; serves storage.StorageService",
+    options: &[
+        Opt::new(
+            "mode",
+            "MODE",
+            "metal (uevents, coldplug, /dev/disk links and the API) or container (the API only, reading sysfs and writing nothing) [default: metal]",
+        ),
+        Opt::new(
+            "root",
+            "ROOT",
+            "Root of the node's paths (the API socket is under it) [default: /]",
+        ),
+        Opt::new("sysfs", "SYSFS", "Where sysfs is mounted [default: /sys]"),
+        Opt::new(
+            "dev",
+            "DEV",
+            "Where devtmpfs is mounted; links are made under <dev>/disk [default: /dev]",
+        ),
+    ],
+};
+
+#[derive(Debug)]
 struct Args {
-    /// metal (uevents, coldplug, /dev/disk links and the API) or container
-    /// (the API only, reading sysfs and writing nothing).
-    #[arg(long, value_parser = ["metal", "container"], default_value = "metal")]
-    mode: String,
-    /// Root of the node's paths (the API socket is under it).
-    #[arg(long, default_value = "/")]
+    mode: Mode,
     root: PathBuf,
-    /// Where sysfs is mounted.
-    #[arg(long, default_value = "/sys")]
     sysfs: PathBuf,
-    /// Where devtmpfs is mounted; links are made under <dev>/disk.
-    #[arg(long, default_value = "/dev")]
     dev: PathBuf,
 }
 
+impl Args {
+    fn from_env() -> Args {
+        let mut args = Args {
+            mode: Mode::Metal,
+            root: PathBuf::from("/"),
+            sysfs: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+        };
+        SPEC.parse_env_or_exit(|option, v| {
+            match option {
+                "mode" => {
+                    args.mode = match v {
+                        "metal" => Mode::Metal,
+                        "container" => Mode::Container,
+                        _ => return Err("expected metal or container".into()),
+                    }
+                }
+                "root" => args.root = v.into(),
+                "sysfs" => args.sysfs = v.into(),
+                "dev" => args.dev = v.into(),
+                other => return Err(format!("no option --{other}")),
+            }
+            Ok(())
+        });
+        args
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let mode = if args.mode == "container" {
-        Mode::Container
-    } else {
-        Mode::Metal
-    };
+    let args = Args::from_env();
     let options = Options {
-        mode,
+        mode: args.mode,
         root: args.root,
         sysfs: args.sysfs,
         dev: args.dev,
