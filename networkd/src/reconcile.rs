@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use crate::cmdline::KernelArgs;
 use crate::dhcp::{self, ClientLink, Lease, LeaseEvent, LeaseEventKind};
 use crate::plan::{self, Action, Desired};
-use crate::settings::ConfigFile;
+use crate::settings::{ConfigFile, ConfigWatch};
 use crate::state::Observed;
 use crate::{Mode, Options, files, hostname, netlink};
 
@@ -133,6 +133,14 @@ impl Reconciler {
         // as replies rather than as events.
         let mut follow_up: Option<tokio::time::Instant> = None;
         let mut follow_ups = 0u32;
+        // Watched before the first read, so that no change is missed.
+        let mut watch = match ConfigWatch::spawn(self.config.path()) {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                tracing::warn!(error = %e, "not watching the machine config: a change applies at the next network event");
+                None
+            }
+        };
         let mut changed = self.sync().await;
         loop {
             if changed && follow_ups < MAX_FOLLOW_UPS {
@@ -177,6 +185,23 @@ impl Reconciler {
                 Some(event) = self.events_rx.recv() => {
                     self.on_lease(event).await;
                     changed = self.sync().await;
+                }
+                result = async {
+                    match watch.as_mut() {
+                        Some(watch) => watch.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(path = %self.config.path().display(), "the machine config changed");
+                            changed = self.sync().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "watching the machine config stopped: a change applies at the next network event");
+                            watch = None;
+                        }
+                    }
                 }
                 () = follow_up_timer => {
                     follow_up = None;

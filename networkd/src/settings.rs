@@ -6,9 +6,17 @@
 //! addresses, filling defaults, and noting what networkd does not support
 //! (`deviceSelector`, bonds, bridges, VLANs...).
 
+use std::ffi::OsStr;
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use rustix::fs::inotify;
+use tokio::sync::mpsc;
 
 use machinery::config::MachineConfig;
 use machinery::config::v1alpha1::{Device, Network};
@@ -261,9 +269,9 @@ impl Settings {
 
 /// The persisted machine config, re-read when the file changes.
 ///
-/// networkd checks the file (one `stat`) each time it reconciles, so a
-/// config applied in maintenance mode or later takes effect at the next
-/// network event without a restart.
+/// networkd checks the file (one `stat`) each time it reconciles, and
+/// reconciles as soon as the file is written or replaced ([`ConfigWatch`]),
+/// so a config applied live takes effect at once, without a restart.
 #[derive(Debug)]
 pub struct ConfigFile {
     path: PathBuf,
@@ -322,6 +330,84 @@ impl ConfigFile {
         let changed = settings != self.settings;
         self.settings = settings;
         changed
+    }
+}
+
+/// Wakes networkd when the machine config file is written, replaced or
+/// removed: inotify on its directory (machined replaces the file with a
+/// rename as it persists an apply), read by a thread of its own.
+#[derive(Debug)]
+pub struct ConfigWatch {
+    changes: mpsc::Receiver<io::Result<()>>,
+}
+
+impl ConfigWatch {
+    /// Watches for changes to the file at `path`. The thread ends when the
+    /// watch is dropped and the next event arrives.
+    ///
+    /// # Errors
+    /// `path` names no file in a directory, inotify cannot watch the
+    /// directory (it does not exist, no inotify...), or the thread cannot
+    /// be started.
+    pub fn spawn(path: &Path) -> io::Result<ConfigWatch> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} names no file in a directory", path.display()),
+            ));
+        };
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC)?;
+        inotify::add_watch(
+            &fd,
+            dir,
+            inotify::WatchFlags::CLOSE_WRITE
+                | inotify::WatchFlags::MOVED_TO
+                | inotify::WatchFlags::MOVED_FROM
+                | inotify::WatchFlags::DELETE,
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("watching {}: {e}", dir.display())))?;
+        let name = name.to_owned();
+        // One pending wake-up is enough: each one re-reads the file.
+        let (tx, changes) = mpsc::channel(1);
+        std::thread::Builder::new()
+            .name("config-watch".into())
+            .spawn(move || watch_thread(&fd, &name, &tx))?;
+        Ok(ConfigWatch { changes })
+    }
+
+    /// Waits until the file has changed (or the kernel dropped events, so
+    /// it may have).
+    ///
+    /// # Errors
+    /// Reading the inotify descriptor failed; the watch is over.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        self.changes
+            .recv()
+            .await
+            .unwrap_or_else(|| Err(io::Error::other("the config watch thread ended")))
+    }
+}
+
+fn watch_thread(fd: &OwnedFd, name: &OsStr, tx: &mpsc::Sender<io::Result<()>>) {
+    let mut buf = vec![MaybeUninit::uninit(); 4096];
+    let mut reader = inotify::Reader::new(fd, &mut buf);
+    loop {
+        match reader.next() {
+            Ok(event) => {
+                let hit = event.events().contains(inotify::ReadFlags::QUEUE_OVERFLOW)
+                    || event
+                        .file_name()
+                        .is_some_and(|n| n.to_bytes() == name.as_bytes());
+                if hit && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(())) {
+                    return;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e.into()));
+                return;
+            }
+        }
     }
 }
 
@@ -462,5 +548,47 @@ mod tests {
         std::fs::write(&path, "not: [a config").expect("write");
         assert!(!file.refresh(), "a broken file gives empty settings");
         assert!(!file.refresh());
+    }
+
+    #[tokio::test]
+    async fn the_watch_wakes_for_the_config_file_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        let mut watch = ConfigWatch::spawn(&path).expect("watch");
+        let soon = std::time::Duration::from_secs(5);
+        let quiet = std::time::Duration::from_millis(300);
+
+        // Another file in the directory: no wake-up.
+        std::fs::write(dir.path().join("other.yaml"), "x").expect("other file");
+        assert!(
+            tokio::time::timeout(quiet, watch.changed()).await.is_err(),
+            "woken by another file"
+        );
+        // Replaced by a rename, as machined persists it.
+        std::fs::write(dir.path().join("config.yaml.tmp"), "a: 1\n").expect("temp file");
+        std::fs::rename(dir.path().join("config.yaml.tmp"), &path).expect("rename");
+        tokio::time::timeout(soon, watch.changed())
+            .await
+            .expect("woken by the rename")
+            .expect("watch still running");
+        // Written in place.
+        std::fs::write(&path, "a: 2\n").expect("write");
+        tokio::time::timeout(soon, watch.changed())
+            .await
+            .expect("woken by the write")
+            .expect("watch still running");
+        // Removed.
+        std::fs::remove_file(&path).expect("remove");
+        tokio::time::timeout(soon, watch.changed())
+            .await
+            .expect("woken by the removal")
+            .expect("watch still running");
+    }
+
+    #[test]
+    fn a_watch_on_a_missing_directory_is_refused() {
+        let e = ConfigWatch::spawn(Path::new("/nonexistent/dir/config.yaml"))
+            .expect_err("no directory");
+        assert!(e.to_string().contains("/nonexistent/dir"), "{e}");
     }
 }

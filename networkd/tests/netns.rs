@@ -554,27 +554,29 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
         now,
     )
     .expect("configs");
-    let patch = format!(
-        "machine:
+    let config_with = |addresses: &str, nameserver: &str| {
+        let patch = format!(
+            "machine:
   network:
     hostname: static-node
-    nameservers: [10.99.8.53]
+    nameservers: [{nameserver}]
     interfaces:
       - interface: {link}
-        addresses: [10.99.8.5/24]
+        addresses: [{addresses}]
         mtu: 1400
         routes:
           - network: 10.99.9.0/24
             gateway: 10.99.8.1
             metric: 100
 ",
-        link = ns.cli_link
-    );
-    let config =
-        machinery::generate::apply_patch(&generated.worker_yaml, &patch).expect("patched config");
+            link = ns.cli_link
+        );
+        machinery::generate::apply_patch(&generated.worker_yaml, &patch).expect("patched config")
+    };
     let state = root.join("system/state");
     std::fs::create_dir_all(&state).expect("state dir");
-    std::fs::write(machinery::config::persist_path(&state), config).expect("config");
+    let config_path = machinery::config::persist_path(&state);
+    std::fs::write(&config_path, config_with("10.99.8.5/24", "10.99.8.53")).expect("config");
 
     let networkd = start_networkd(&ns, dir.path(), &root, "console=ttyS0\n");
     let context = || networkd.context();
@@ -643,5 +645,40 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
         !networkd.log().contains("DHCP client started"),
         "{}",
         context()
+    );
+
+    // A config applied live (machined replaces the file, as it persists an
+    // `auto` or `no-reboot` apply) takes effect at once. The pause lets the
+    // link go quiet first (IPv6 address setup ends within about 2 s), so
+    // that no network event wakes networkd instead: without the config
+    // watch this fails.
+    std::thread::sleep(Duration::from_secs(5));
+    let replacement = config_path.with_extension("yaml.new");
+    std::fs::write(
+        &replacement,
+        config_with("10.99.8.5/24, 10.99.8.6/24", "10.99.8.54"),
+    )
+    .expect("new config");
+    std::fs::rename(&replacement, &config_path).expect("replacing the config");
+    wait_for(
+        Duration::from_secs(5),
+        "10.99.8.6/24 added from the replaced config",
+        context,
+        || {
+            let addresses = ipv4_addresses(&ns.cli, &ns.cli_link);
+            (addresses.contains(&(Ipv4Addr::new(10, 99, 8, 6), 24))
+                && addresses.contains(&(Ipv4Addr::new(10, 99, 8, 5), 24)))
+            .then_some(())
+        },
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "resolv.conf naming 10.99.8.54",
+        || format!("resolv.conf: {:?}\n{}", read(&resolv_conf), context()),
+        || {
+            read(&resolv_conf)
+                .contains("nameserver 10.99.8.54\n")
+                .then_some(())
+        },
     );
 }
