@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use machinery::cli::{Opt, Spec, value};
+use machinery::cli::{self, Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "apid",
     about: "The node's mTLS API front door",
     options: &[
-        Opt::new("mode", "MODE", "metal or container [default: metal]"),
-        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+        cli::MODE,
+        cli::ROOT,
         Opt::new(
             "listen",
             "LISTEN",

@@ -47,6 +47,13 @@ impl Opt {
     }
 }
 
+/// `--root`, as most daemons describe it.
+pub const ROOT: Opt = Opt::new("root", "ROOT", "Root of the node's paths [default: /]");
+
+/// `--mode`, for a daemon that works the same in both modes but for the
+/// paths.
+pub const MODE: Opt = Opt::new("mode", "MODE", "metal or container [default: metal]");
+
 /// A daemon's command line: its name, what it is, its options.
 #[derive(Debug, Clone, Copy)]
 pub struct Spec {

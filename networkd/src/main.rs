@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use machinery::cli::{Opt, Spec, value};
+use machinery::cli::{self, Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "networkd",
@@ -16,7 +16,7 @@ const SPEC: Spec = Spec {
             "MODE",
             "metal (networkd configures the network) or container (the host owns it: networkd only reports) [default: metal]",
         ),
-        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+        cli::ROOT,
         // The kernel command line to read `ip=` and
         // `talos.network.interface.ignore=` from (tests).
         Opt::hidden("cmdline-file", "FILE"),

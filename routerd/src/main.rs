@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use machinery::cli::{Opt, Spec};
+use machinery::cli::{self, Opt, Spec};
 
 const SPEC: Spec = Spec {
     name: "routerd",
@@ -15,7 +15,7 @@ const SPEC: Spec = Spec {
             "MODE",
             "metal or container (accepted for symmetry; routerd behaves the same) [default: metal]",
         ),
-        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+        cli::ROOT,
     ],
 };
 

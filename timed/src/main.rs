@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use machinery::cli::{Opt, Spec, value};
+use machinery::cli::{self, Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "timed",
@@ -15,7 +15,7 @@ const SPEC: Spec = Spec {
             "MODE",
             "metal (timed sets the clock) or container (the host owns it) [default: metal]",
         ),
-        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+        cli::ROOT,
     ],
 };
 

@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use machinery::cli::{Opt, Spec, value};
+use machinery::cli::{self, Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "trustd",
     about: "Signs worker certificate requests",
     options: &[
-        Opt::new("mode", "MODE", "metal or container [default: metal]"),
-        Opt::new("root", "ROOT", "Root of the node's paths [default: /]"),
+        cli::MODE,
+        cli::ROOT,
         Opt::new(
             "listen",
             "LISTEN",
