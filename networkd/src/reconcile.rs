@@ -133,13 +133,17 @@ impl Reconciler {
         // as replies rather than as events.
         let mut follow_up: Option<tokio::time::Instant> = None;
         let mut follow_ups = 0u32;
-        // Watched before the first read, so that no change is missed.
-        let mut watch = match ConfigWatch::spawn(self.config.path()) {
-            Ok(watch) => Some(watch),
-            Err(e) => {
-                tracing::warn!(error = %e, "not watching the machine config: a change applies at the next network event");
-                None
-            }
+        // Watched before the first read, so that no change is missed. Only
+        // on metal: in a container networkd reads no config.
+        let mut watch = match self.mode {
+            Mode::Metal => match ConfigWatch::spawn(self.config.path()) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not watching the machine config: a change applies at the next network event");
+                    None
+                }
+            },
+            Mode::Container => None,
         };
         let mut changed = self.sync().await;
         loop {

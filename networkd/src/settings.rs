@@ -12,7 +12,9 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use rustix::fs::inotify;
@@ -275,7 +277,9 @@ impl Settings {
 #[derive(Debug)]
 pub struct ConfigFile {
     path: PathBuf,
-    stamp: Option<(SystemTime, u64)>,
+    /// Modification time, length, inode and change time: a replacement
+    /// of the same length within one timestamp tick still has a new inode.
+    stamp: Option<(SystemTime, u64, u64, i64, i64)>,
     settings: Settings,
 }
 
@@ -306,9 +310,15 @@ impl ConfigFile {
     /// settings (maintenance mode). A file that does not load: a warning,
     /// and empty settings. Returns whether the settings changed.
     pub fn refresh(&mut self) -> bool {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let stamp = std::fs::metadata(&self.path).ok().map(|m| {
+            (
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.len(),
+                m.ino(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        });
         if stamp == self.stamp {
             return false;
         }
@@ -339,11 +349,12 @@ impl ConfigFile {
 #[derive(Debug)]
 pub struct ConfigWatch {
     changes: mpsc::Receiver<io::Result<()>>,
+    inotify: Arc<OwnedFd>,
+    watch: i32,
 }
 
 impl ConfigWatch {
-    /// Watches for changes to the file at `path`. The thread ends when the
-    /// watch is dropped and the next event arrives.
+    /// Watches for changes to the file at `path`.
     ///
     /// # Errors
     /// `path` names no file in a directory, inotify cannot watch the
@@ -356,30 +367,39 @@ impl ConfigWatch {
                 format!("{} names no file in a directory", path.display()),
             ));
         };
-        let fd = inotify::init(inotify::CreateFlags::CLOEXEC)?;
-        inotify::add_watch(
-            &fd,
+        let inotify = Arc::new(inotify::init(inotify::CreateFlags::CLOEXEC)?);
+        let watch = inotify::add_watch(
+            &*inotify,
             dir,
             inotify::WatchFlags::CLOSE_WRITE
                 | inotify::WatchFlags::MOVED_TO
                 | inotify::WatchFlags::MOVED_FROM
-                | inotify::WatchFlags::DELETE,
+                | inotify::WatchFlags::DELETE
+                | inotify::WatchFlags::DELETE_SELF
+                | inotify::WatchFlags::MOVE_SELF,
         )
         .map_err(|e| io::Error::new(e.kind(), format!("watching {}: {e}", dir.display())))?;
         let name = name.to_owned();
+        let dir = dir.to_owned();
         // One pending wake-up is enough: each one re-reads the file.
         let (tx, changes) = mpsc::channel(1);
+        let fd = Arc::clone(&inotify);
         std::thread::Builder::new()
             .name("config-watch".into())
-            .spawn(move || watch_thread(&fd, &name, &tx))?;
-        Ok(ConfigWatch { changes })
+            .spawn(move || watch_thread(&fd, &dir, &name, &tx))?;
+        Ok(ConfigWatch {
+            changes,
+            inotify,
+            watch,
+        })
     }
 
     /// Waits until the file has changed (or the kernel dropped events, so
     /// it may have).
     ///
     /// # Errors
-    /// Reading the inotify descriptor failed; the watch is over.
+    /// The watch is over: the directory went away (removed, moved,
+    /// unmounted) or reading the inotify descriptor failed.
     pub async fn changed(&mut self) -> io::Result<()> {
         self.changes
             .recv()
@@ -388,18 +408,43 @@ impl ConfigWatch {
     }
 }
 
-fn watch_thread(fd: &OwnedFd, name: &OsStr, tx: &mpsc::Sender<io::Result<()>>) {
+impl Drop for ConfigWatch {
+    fn drop(&mut self) {
+        // The kernel answers with IN_IGNORED, which ends the thread.
+        let _ = inotify::remove_watch(&*self.inotify, self.watch);
+    }
+}
+
+fn watch_thread(fd: &OwnedFd, dir: &Path, name: &OsStr, tx: &mpsc::Sender<io::Result<()>>) {
+    let gone = inotify::ReadFlags::IGNORED
+        | inotify::ReadFlags::UNMOUNT
+        | inotify::ReadFlags::DELETE_SELF
+        | inotify::ReadFlags::MOVE_SELF;
     let mut buf = vec![MaybeUninit::uninit(); 4096];
     let mut reader = inotify::Reader::new(fd, &mut buf);
     loop {
+        if tx.is_closed() {
+            return;
+        }
         match reader.next() {
+            Ok(event) if event.events().intersects(gone) => {
+                // Look once more (the file may have gone with it), then
+                // stop: the watch no longer sees the directory the path
+                // names.
+                let _ = tx.try_send(Ok(()));
+                let _ = tx.blocking_send(Err(io::Error::other(format!(
+                    "{} was removed, moved or unmounted",
+                    dir.display()
+                ))));
+                return;
+            }
             Ok(event) => {
                 let hit = event.events().contains(inotify::ReadFlags::QUEUE_OVERFLOW)
                     || event
                         .file_name()
                         .is_some_and(|n| n.to_bytes() == name.as_bytes());
-                if hit && let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(())) {
-                    return;
+                if hit {
+                    let _ = tx.try_send(Ok(()));
                 }
             }
             Err(rustix::io::Errno::INTR) => {}
@@ -583,6 +628,28 @@ mod tests {
             .await
             .expect("woken by the removal")
             .expect("watch still running");
+    }
+
+    #[tokio::test]
+    async fn the_watch_ends_when_its_directory_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("state dir");
+        let mut watch = ConfigWatch::spawn(&state.join("config.yaml")).expect("watch");
+        std::fs::remove_dir(&state).expect("remove the directory");
+        let soon = std::time::Duration::from_secs(5);
+        tokio::time::timeout(soon, watch.changed())
+            .await
+            .expect("a last look")
+            .expect("a last look, not yet the end");
+        let end = tokio::time::timeout(soon, watch.changed())
+            .await
+            .expect("the end")
+            .expect_err("the watch is over");
+        assert!(
+            end.to_string().contains("was removed, moved or unmounted"),
+            "{end}"
+        );
     }
 
     #[test]

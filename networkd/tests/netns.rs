@@ -681,4 +681,10 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
                 .then_some(())
         },
     );
+    // And it was the watch that woke networkd.
+    assert!(
+        networkd.log().contains("the machine config changed"),
+        "{}",
+        context()
+    );
 }
