@@ -10,6 +10,7 @@
 //! message; it moves HTTP/2 frames and trailers.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod director;
 pub mod inject;
 pub mod tls;

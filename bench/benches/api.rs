@@ -159,7 +159,7 @@ async fn service_list() {
         mode: machined::node::Mode::Container,
         root: dir.clone(),
         hostname: Some("bench".into()),
-        bin_dir: PathBuf::from("/nonexistent"),
+        bin_dir: Some(PathBuf::from("/nonexistent")),
         apid_listen: None,
         trustd_listen: None,
     };

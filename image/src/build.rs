@@ -46,7 +46,8 @@ pub struct BuildInputs {
     pub output: PathBuf,
     /// Where the kernel comes from.
     pub kernel: KernelSource,
-    /// Where `machined` and the daemons (static musl builds) are.
+    /// Where `machined` (which carries the other daemons) and the
+    /// `installer` (static musl builds) are.
     pub bin_dir: PathBuf,
     /// The timestamp every file carries (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: u64,
@@ -246,7 +247,7 @@ pub fn build(inputs: &BuildInputs) -> Result<Manifest, BuildError> {
     // The root file system.
     let root = scratch_dir.join("rootfs");
     fs::create_dir(&root).map_err(io_err("creating", &root))?;
-    let daemons = squashfs::stage(
+    let programs = squashfs::stage(
         &root,
         &inputs.bin_dir,
         &inputs.version,
@@ -296,7 +297,7 @@ pub fn build(inputs: &BuildInputs) -> Result<Manifest, BuildError> {
             .map(|m| m.file_name.clone())
             .collect(),
         builtin_modules: selection.builtin.clone(),
-        rootfs_binaries: daemons,
+        rootfs_binaries: programs,
         artifacts,
     };
     let manifest_tmp = scratch_dir.join(manifest::FILE_NAME);

@@ -9,9 +9,9 @@
 //!   or a given vmlinuz and modules tree.
 //! - [`modules`]: the one list of modules the image carries, in load
 //!   order, and finding each in the modules tree.
-//! - [`squashfs`]: the read-only root, staged only from our own daemons,
-//!   the `installer`, the trusted signing keys and the CA bundle, and
-//!   packed with `mksquashfs`.
+//! - [`squashfs`]: the read-only root, staged only from the `installer`,
+//!   the trusted signing keys and the CA bundle, and packed with
+//!   `mksquashfs` (`/init`, machined, carries the daemons).
 //! - [`cpio`]: the initramfs archive (newc), written here.
 //! - [`manifest`]: versions and SHA-256 of every artifact.
 //! - [`layout`]: the installed disk's partitions (EFI with the two boot
@@ -48,11 +48,11 @@
 //!
 //! # Example
 //!
-//! `scripts/image` does this (the daemons, then the installer on its own
-//! so that cargo does not unify its features into the daemons'):
+//! `scripts/image` does this (machined, then the installer on its own
+//! so that cargo does not unify its features into machined's):
 //!
 //! ```text
-//! cargo build --profile image --target x86_64-unknown-linux-musl -p machined -p apid ...
+//! cargo build --profile image --target x86_64-unknown-linux-musl -p machined
 //! cargo build --profile image --target x86_64-unknown-linux-musl -p installer
 //! imager build --output _out
 //! ```

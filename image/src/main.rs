@@ -40,7 +40,8 @@ struct BuildArgs {
     /// The Debian metapackage that names the kernel package.
     #[arg(long, default_value = image::kernel::DEFAULT_META_PACKAGE, conflicts_with = "kernel")]
     kernel_package: String,
-    /// Where machined and the daemons (static musl builds) are.
+    /// Where machined (which carries the other daemons) and the installer
+    /// (static musl builds) are.
     #[arg(long, default_value = build::DEFAULT_BIN_DIR)]
     bin_dir: PathBuf,
     /// Timestamp of every file in the image.

@@ -37,7 +37,8 @@ pub struct Manifest {
     pub modules: Vec<String>,
     /// Wanted modules the kernel has built in.
     pub builtin_modules: Vec<String>,
-    /// Daemons in the root's `/usr/bin`.
+    /// Programs in the root's `/usr/bin` (the installer: `/init`, machined,
+    /// carries the daemons).
     pub rootfs_binaries: Vec<String>,
     /// Each artifact by file name.
     pub artifacts: BTreeMap<String, Artifact>,
@@ -136,7 +137,7 @@ mod tests {
             kernel_package: None,
             modules: vec!["loop.ko".into()],
             builtin_modules: Vec::new(),
-            rootfs_binaries: vec!["apid".into()],
+            rootfs_binaries: vec!["installer".into()],
             artifacts: BTreeMap::from([(
                 "vmlinuz".to_owned(),
                 Artifact {

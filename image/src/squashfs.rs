@@ -1,17 +1,17 @@
 //! The read-only root: a staging directory made from nothing but our own
-//! daemons and a few files, packed by `mksquashfs`.
+//! programs and a few files, packed by `mksquashfs`.
 //!
-//! What is in it: `/usr/bin/<daemon>` for each of
-//! [`machinery::constants::DAEMONS`] found in the binary directory (static
-//! musl builds), `/usr/bin/installer` (machined runs it to fetch and verify
-//! installer images), the public keys of the trusted image signers under
+//! What is in it: `/usr/bin/installer` (machined runs it to fetch and
+//! verify installer images), the public keys of the trusted image signers under
 //! `/usr/share/talos-rs/keys`, the CA bundle `/etc/ssl/certs/ca-certificates.crt`
 //! (from the build host's ca-certificates), `/etc/os-release`, empty `/etc/hosts` and
 //! `/etc/resolv.conf` (machined bind-mounts `/system/etc/...` over them),
 //! an empty `/usr/etc/`, and empty mount points (`/dev /proc /sys /run /tmp
 //! /system /var`). What is not: a shell, busybox, coreutils, or anything
-//! else a person at a prompt would want. machined itself stays in the
-//! initramfs as `/init`.
+//! else a person at a prompt would want. machined stays in the initramfs
+//! as `/init`, and it carries the other daemons: it starts each by
+//! executing itself under the daemon's name (see machined's `daemons`
+//! module), so they are not in the root.
 //!
 //! Reproducible: every mode is set explicitly (the umask does not leak in),
 //! `-all-root` owns everything by root, `-mkfs-time`/`-all-time` pin the
@@ -92,9 +92,9 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), SquashfsErr
 }
 
 /// Fills `root` (an empty directory) with the root file system; returns the
-/// programs it took from `bin_dir`: the daemons in
-/// [`machinery::constants::DAEMONS`] order, then the tools
-/// ([`machinery::constants::TOOLS`]: the installer). `trusted_keys` (name,
+/// programs it took from `bin_dir`: the tools
+/// ([`machinery::constants::TOOLS`]: the installer). The daemons are not
+/// taken: `/init` carries them. `trusted_keys` (name,
 /// SPKI PEM) go to [`machinery::constants::TRUSTED_KEYS_DIR`]: the
 /// installer images this root will install or upgrade to must be signed
 /// by one of them.
@@ -149,21 +149,18 @@ pub fn stage(
         write_file(&keys_dir.join(format!("{name}.pub")), pem, 0o644)?;
     }
 
-    let mut daemons = Vec::new();
-    let programs = machinery::constants::DAEMONS
-        .iter()
-        .chain(machinery::constants::TOOLS);
-    for &daemon in programs {
-        let from = bin_dir.join(daemon);
+    let mut programs = Vec::new();
+    for &program in machinery::constants::TOOLS {
+        let from = bin_dir.join(program);
         if !from.is_file() {
             continue;
         }
-        let to = root.join("usr/bin").join(daemon);
+        let to = root.join("usr/bin").join(program);
         fs::copy(&from, &to).map_err(stage_err("copying", &from))?;
         set_mode(&to, 0o755)?;
-        daemons.push(daemon.to_owned());
+        programs.push(program.to_owned());
     }
-    Ok(daemons)
+    Ok(programs)
 }
 
 /// Packs `root` into the squashfs `out` (lz4, high compression, 32 KiB
@@ -207,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn stages_only_our_daemons_with_fixed_modes() {
+    fn stages_only_our_tools_with_fixed_modes() {
         let bins = tempfile::tempdir().expect("tempdir");
         for name in ["apid", "routerd", "machined", "installer", "sh", "busybox"] {
             fs::write(bins.path().join(name), name).expect("write");
@@ -215,8 +212,8 @@ mod tests {
         }
         let root = tempfile::tempdir().expect("tempdir");
         let keys = [("release".to_owned(), b"PEM".to_vec())];
-        let daemons = stage(root.path(), bins.path(), "0.1.0", &keys).expect("stages");
-        assert_eq!(daemons, ["apid", "routerd", "installer"]);
+        let programs = stage(root.path(), bins.path(), "0.1.0", &keys).expect("stages");
+        assert_eq!(programs, ["installer"]);
         assert_eq!(
             fs::read(root.path().join("usr/share/talos-rs/keys/release.pub")).expect("key"),
             b"PEM"
@@ -228,7 +225,7 @@ mod tests {
                 .mode()
                 & 0o7777
         };
-        assert_eq!(mode("usr/bin/apid"), 0o755);
+        assert_eq!(mode("usr/bin/installer"), 0o755);
         assert_eq!(mode("usr/share/talos-rs/keys/release.pub"), 0o644);
         assert_eq!(mode("usr/share"), 0o755);
         assert_eq!(mode("etc/hosts"), 0o644);
@@ -236,7 +233,10 @@ mod tests {
         assert_eq!(mode(""), 0o755);
         assert!(!root.path().join("usr/bin/sh").exists());
         assert!(!root.path().join("usr/bin/busybox").exists());
+        // machined is /init, and carries the daemons.
         assert!(!root.path().join("usr/bin/machined").exists());
+        assert!(!root.path().join("usr/bin/apid").exists());
+        assert!(!root.path().join("usr/bin/routerd").exists());
         assert!(!root.path().join("bin").exists());
     }
 

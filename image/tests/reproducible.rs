@@ -77,7 +77,8 @@ fn fake_inputs(dir: &Path) -> Inputs {
 
     let bin_dir = dir.join("bin");
     fs::create_dir_all(&bin_dir).expect("mkdir bin");
-    for name in ["machined", "apid", "routerd", "networkd"] {
+    // apid and routerd too: machined carries them, so the root must not.
+    for name in ["machined", "apid", "routerd", "installer"] {
         fs::write(bin_dir.join(name), format!("fake {name} binary\n")).expect("write binary");
     }
     // What must never reach the image, even if it sits in the bin dir.
@@ -175,7 +176,7 @@ fn two_builds_are_identical_and_hold_what_they_should() {
     }
     assert_eq!(first.kernel_version, KERNEL_VERSION);
     assert_eq!(first.source_date_epoch, EPOCH);
-    assert_eq!(first.rootfs_binaries, ["apid", "routerd", "networkd"]);
+    assert_eq!(first.rootfs_binaries, ["installer"]);
     assert_eq!(
         fs::read(out1.join(build::VMLINUZ)).expect("vmlinuz"),
         b"not really a kernel\n"
@@ -192,7 +193,8 @@ fn two_builds_are_identical_and_hold_what_they_should() {
     assert!(superblock.contains("Compression lz4"), "{superblock}");
     assert!(superblock.contains("Block size 32768"), "{superblock}");
 
-    // The root: our daemons, mount points, no shell of any kind.
+    // The root: the installer, mount points, no shell of any kind, and no
+    // daemon (/init carries them).
     let listing = Command::new("unsquashfs")
         .args(["-lls", "-UTC"])
         .arg(out1.join(build::ROOTFS))
@@ -210,9 +212,7 @@ fn two_builds_are_identical_and_hold_what_they_should() {
         .filter_map(|p| p.strip_prefix("squashfs-root"))
         .collect();
     for want in [
-        "/usr/bin/apid",
-        "/usr/bin/routerd",
-        "/usr/bin/networkd",
+        "/usr/bin/installer",
         "/etc/os-release",
         "/etc/hosts",
         "/etc/resolv.conf",
@@ -230,7 +230,7 @@ fn two_builds_are_identical_and_hold_what_they_should() {
             "{want} missing from the root:\n{listing}"
         );
     }
-    for banned in ["sh", "bash", "busybox", "machined"] {
+    for banned in ["sh", "bash", "busybox", "machined", "apid", "routerd"] {
         assert!(
             !paths.iter().any(|p| p.rsplit('/').next() == Some(banned)),
             "{banned} must not be in the root:\n{listing}"

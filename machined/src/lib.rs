@@ -12,6 +12,7 @@ pub mod boot;
 pub mod bootloader;
 pub mod configstore;
 pub mod credentials;
+pub mod daemons;
 pub mod events;
 pub mod files;
 pub mod install;

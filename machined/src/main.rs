@@ -31,7 +31,7 @@ const SPEC: Spec = Spec {
         Opt::new(
             "bin-dir",
             "BIN_DIR",
-            "Directory holding the other daemons (default: beside machined; /usr/bin on metal)",
+            "Directory holding the other daemons' own binaries (default: none; machined's own executable carries them)",
         ),
         Opt::new("apid-listen", "APID_LISTEN", "apid's listen address"),
         Opt::new("trustd-listen", "TRUSTD_LISTEN", "trustd's listen address"),
@@ -108,6 +108,10 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // Started as another daemon (by machined, through its own executable).
+    if let Some(status) = machined::daemons::run_if_carried() {
+        return status;
+    }
     let pid1 = rustix::process::getpid().is_init();
     let args = if pid1 {
         Args::from_kernel()
@@ -117,19 +121,12 @@ fn main() -> ExitCode {
     let mode = args.mode;
     let metal_init = pid1 && mode == Mode::Metal;
     let report = metal_init.then(machined::boot::boot_metal);
-    let bin_dir = match args.bin_dir {
-        Some(d) => d,
-        None if metal_init => PathBuf::from("/usr/bin"),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("/usr/bin")),
-    };
     let options = NodeOptions {
         mode,
         root: args.root,
         hostname: args.hostname,
-        bin_dir,
+        // None: machined's own executable carries the daemons.
+        bin_dir: args.bin_dir,
         apid_listen: args.apid_listen,
         trustd_listen: args.trustd_listen,
     };

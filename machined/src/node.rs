@@ -53,8 +53,9 @@ pub struct NodeOptions {
     pub root: PathBuf,
     /// Hostname to report when the config sets none.
     pub hostname: Option<String>,
-    /// Where the other daemons' binaries are.
-    pub bin_dir: PathBuf,
+    /// Where the other daemons' own binaries are; `None` (the default):
+    /// machined's own executable carries them (see [`crate::daemons`]).
+    pub bin_dir: Option<PathBuf>,
     /// apid's listen address (container mode: one loopback address per node).
     pub apid_listen: Option<SocketAddr>,
     /// trustd's listen address.

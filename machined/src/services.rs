@@ -25,13 +25,20 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
         if daemon == "trustd" && !control_plane {
             continue;
         }
-        let program = node.options.bin_dir.join(daemon);
-        if !program.exists() {
-            tracing::warn!(daemon, path = %program.display(), "daemon binary missing; not starting it");
-            continue;
-        }
+        let args = ["--mode", mode, "--root", root.as_str()];
+        let spec = match &node.options.bin_dir {
+            Some(dir) => {
+                let program = dir.join(daemon);
+                if !program.exists() {
+                    tracing::warn!(daemon, path = %program.display(), "daemon binary missing; not starting it");
+                    continue;
+                }
+                ServiceSpec::new(daemon, program, args)
+            }
+            None => ServiceSpec::new(daemon, crate::daemons::OWN_EXECUTABLE, args).arg0(daemon),
+        };
         let socket_dir = node.paths.socket_dir(daemon);
-        let mut spec = ServiceSpec::new(daemon, program, ["--mode", mode, "--root", root.as_str()])
+        let mut spec = spec
             .restart(RestartPolicy::Forever)
             .backoff(Duration::from_millis(500), Duration::from_secs(30))
             .stop_grace(Duration::from_secs(10))

@@ -137,6 +137,9 @@ pub struct ServiceSpec {
     pub id: String,
     /// The program to run.
     pub program: PathBuf,
+    /// The name it is started as (`argv[0]`), if not `program`: the
+    /// daemons machined's own executable carries are chosen by it.
+    pub arg0: Option<String>,
     /// Its arguments.
     pub args: Vec<String>,
     /// Extra environment.
@@ -171,6 +174,7 @@ impl ServiceSpec {
         ServiceSpec {
             id: id.into(),
             program: program.into(),
+            arg0: None,
             args: args.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             depends_on: Vec::new(),
@@ -182,6 +186,13 @@ impl ServiceSpec {
             socket_dirs: Vec::new(),
             api_stoppable: true,
         }
+    }
+
+    /// Starts the program as `name` (its `argv[0]`).
+    #[must_use]
+    pub fn arg0(mut self, name: impl Into<String>) -> Self {
+        self.arg0 = Some(name.into());
+        self
     }
 
     /// Adds dependencies.
@@ -920,6 +931,9 @@ impl Runner {
                 Err(e) => return RunEnd::SpawnFailed(format!("creating the log pipe: {e}")),
             };
             let mut cmd = Command::new(&self.spec.program);
+            if let Some(name) = &self.spec.arg0 {
+                cmd.arg0(name);
+            }
             match &ready {
                 Some((path, _)) => cmd.env("NOTIFY_SOCKET", path),
                 // Not one inherited from whoever started machined.

@@ -37,7 +37,7 @@ async fn start(services: Vec<ServiceSpec>, ring: usize) -> Harness {
         mode: Mode::Container,
         root: root.clone(),
         hostname: Some("node-1".into()),
-        bin_dir: PathBuf::from("/nonexistent"),
+        bin_dir: Some(PathBuf::from("/nonexistent")),
         apid_listen: None,
         trustd_listen: None,
     };

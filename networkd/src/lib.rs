@@ -55,6 +55,7 @@
 //!   off on the link until it has an address (see [`dhcp::io`]).
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod cmdline;
 pub mod dhcp;
 pub mod files;

@@ -10,6 +10,8 @@
 //! server reflection (v1 and v1alpha) for every contract.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;

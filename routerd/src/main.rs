@@ -1,60 +1,6 @@
-//! routerd: thin binary.
+//! routerd: thin binary; its command line and the daemon are in the library.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-
-use machinery::cli::{self, Opt, Spec};
-
-const SPEC: Spec = Spec {
-    name: "routerd",
-    about: "Routes node API calls to the daemon serving them",
-    options: &[
-        Opt::new(
-            "mode",
-            "MODE",
-            "metal or container (accepted for symmetry; routerd behaves the same) [default: metal]",
-        ),
-        cli::ROOT,
-    ],
-};
-
-#[derive(Debug)]
-struct Args {
-    mode: String,
-    root: PathBuf,
-}
-
-impl Args {
-    fn from_env() -> Args {
-        let mut args = Args {
-            mode: "metal".into(),
-            root: PathBuf::from("/"),
-        };
-        SPEC.parse_env_or_exit(|option, v| {
-            match option {
-                "mode" => v.clone_into(&mut args.mode),
-                "root" => args.root = v.into(),
-                other => return Err(format!("no option --{other}")),
-            }
-            Ok(())
-        });
-        args
-    }
-}
-
-fn main() -> ExitCode {
-    let args = Args::from_env();
-    let paths = machinery::constants::NodePaths::under(&args.root);
-    machinery::daemon::run("routerd", async {
-        let router = routerd::Router::new(&paths)?;
-        let socket = paths.socket("routerd");
-        let listener = routerd::bind(&socket)?;
-        tracing::info!(socket = %socket.display(), mode = %args.mode, "routerd serving");
-        machinery::daemon::notify_ready();
-        router
-            .serve(listener, machinery::daemon::shutdown_signal())
-            .await;
-        Ok::<(), routerd::RouterError>(())
-    })
+fn main() -> std::process::ExitCode {
+    routerd::cli::main()
 }

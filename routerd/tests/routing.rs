@@ -34,7 +34,7 @@ async fn start_machined(paths: &NodePaths) {
         mode: machined::node::Mode::Container,
         root: paths.root().to_path_buf(),
         hostname: Some("routed".into()),
-        bin_dir: PathBuf::from("/nonexistent"),
+        bin_dir: Some(PathBuf::from("/nonexistent")),
         apid_listen: None,
         trustd_listen: None,
     };

@@ -178,7 +178,7 @@ pub async fn start_node(hostname: &str, listen: SocketAddr, pki: Option<(&Pki, b
         mode: machined::node::Mode::Container,
         root: dir.path().to_path_buf(),
         hostname: Some(hostname.into()),
-        bin_dir: PathBuf::from("/nonexistent"),
+        bin_dir: Some(PathBuf::from("/nonexistent")),
         apid_listen: None,
         trustd_listen: None,
     };

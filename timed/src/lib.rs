@@ -23,6 +23,7 @@
 //! no wrapper for it), allowed on that private module alone.
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod server;

@@ -1,53 +1,6 @@
-//! timed: thin binary.
+//! timed: thin binary; its command line and the daemon are in the library.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-
-use machinery::cli::{self, Opt, Spec, value};
-
-const SPEC: Spec = Spec {
-    name: "timed",
-    about: "Keeps the clock in sync with SNTP; serves time.TimeService",
-    options: &[
-        Opt::new(
-            "mode",
-            "MODE",
-            "metal (timed sets the clock) or container (the host owns it) [default: metal]",
-        ),
-        cli::ROOT,
-    ],
-};
-
-#[derive(Debug)]
-struct Args {
-    mode: timed::Mode,
-    root: PathBuf,
-}
-
-impl Args {
-    fn from_env() -> Args {
-        let mut args = Args {
-            mode: timed::Mode::Metal,
-            root: PathBuf::from("/"),
-        };
-        SPEC.parse_env_or_exit(|option, v| {
-            match option {
-                "mode" => args.mode = value(v)?,
-                "root" => args.root = v.into(),
-                other => return Err(format!("no option --{other}")),
-            }
-            Ok(())
-        });
-        args
-    }
-}
-
-fn main() -> ExitCode {
-    let args = Args::from_env();
-    let paths = machinery::constants::NodePaths::under(&args.root);
-    machinery::daemon::run(
-        "timed",
-        timed::run(args.mode, &paths, machinery::daemon::shutdown_signal()),
-    )
+fn main() -> std::process::ExitCode {
+    timed::cli::main()
 }

@@ -13,6 +13,8 @@
 //! needs no restart.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -58,6 +58,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod crc32;
 pub mod links;
 pub mod probe;
