@@ -64,13 +64,7 @@ impl Default for Args {
 impl Args {
     fn set(&mut self, option: &str, v: &str) -> Result<(), String> {
         match option {
-            "mode" => {
-                self.mode = match v {
-                    "metal" => Mode::Metal,
-                    "container" => Mode::Container,
-                    _ => return Err("expected metal or container".into()),
-                }
-            }
+            "mode" => self.mode = value(v)?,
             "root" => self.root = v.into(),
             "hostname" => self.hostname = Some(v.to_owned()),
             "bin-dir" => self.bin_dir = Some(v.into()),

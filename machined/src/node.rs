@@ -12,25 +12,9 @@ use crate::events::{EventBus, MachineStage, Payload};
 use crate::logbuf::LogRegistry;
 use crate::supervisor::Supervisor;
 
-/// How machined runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// PID 1 on a VM or hardware.
-    Metal,
-    /// An ordinary process with a state directory (tests, `process` clusters).
-    Container,
-}
-
-impl Mode {
-    /// Upstream's platform/mode name.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Mode::Metal => "metal",
-            Mode::Container => "container",
-        }
-    }
-}
+/// How machined runs: PID 1 on a VM or hardware (metal), or an ordinary
+/// process with a state directory (container: tests, `process` clusters).
+pub use machinery::mode::Mode;
 
 /// What the lifecycle is asked to do when machined winds down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

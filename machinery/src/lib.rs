@@ -8,6 +8,7 @@
 //! - [`grpc`], [`h2`]: gRPC channels and the HTTP/2 plumbing of the proxies;
 //! - [`base64`]: the codec certificates in configs need;
 //! - [`cli`]: the daemons' command lines;
+//! - [`mode`]: metal or container, for machined and every daemon;
 //! - [`meta`]: the META partition's key/value store (upstream Talos's ADV
 //!   format), where upgrades record what to roll back to.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod generate;
 pub mod grpc;
 pub mod h2;
 pub mod meta;
+pub mod mode;
 pub mod pki;
 pub mod secrets;
 pub mod talosconfig;

@@ -69,7 +69,6 @@ pub mod state;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use api::network::network_service_server::NetworkServiceServer;
@@ -88,39 +87,9 @@ pub const NAME: &str = "networkd";
 /// Where the kernel command line is read from on a node.
 pub const DEFAULT_CMDLINE: &str = "/proc/cmdline";
 
-/// How the node runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// networkd owns the network.
-    Metal,
-    /// The host owns the network: networkd only reports.
-    Container,
-}
-
-impl Mode {
-    /// The mode's name, as machined passes it in `--mode`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Mode::Metal => "metal",
-            Mode::Container => "container",
-        }
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Mode, String> {
-        match s {
-            "metal" => Ok(Mode::Metal),
-            "container" => Ok(Mode::Container),
-            other => Err(format!(
-                "unknown mode {other:?} (expected \"metal\" or \"container\")"
-            )),
-        }
-    }
-}
+/// How the node runs: on metal networkd owns the network; in a container
+/// the host does, and networkd only reports.
+pub use machinery::mode::Mode;
 
 /// Tunables; the defaults are a node's.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use machinery::cli::{self, Opt, Spec};
+use machinery::cli::{self, Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "routerd",
@@ -22,19 +22,19 @@ const SPEC: Spec = Spec {
 
 #[derive(Debug)]
 struct Args {
-    mode: String,
+    mode: machinery::mode::Mode,
     root: PathBuf,
 }
 
 impl Args {
     fn from_env() -> Args {
         let mut args = Args {
-            mode: "metal".into(),
+            mode: machinery::mode::Mode::Metal,
             root: PathBuf::from("/"),
         };
         SPEC.parse_env_or_exit(|option, v| {
             match option {
-                "mode" => v.clone_into(&mut args.mode),
+                "mode" => args.mode = value(v)?,
                 "root" => args.root = v.into(),
                 other => return Err(format!("no option --{other}")),
             }

@@ -32,7 +32,6 @@ pub mod sync;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use api::time::time_service_server::TimeServiceServer;
@@ -49,46 +48,16 @@ pub use sync::{Action, SyncOptions, Syncer, decide};
 /// The daemon's name (and socket name).
 pub const NAME: &str = "timed";
 
-/// How the node runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// timed owns the kernel clock.
-    Metal,
-    /// The host owns the clock: timed measures and serves, never sets.
-    Container,
-}
+/// How the node runs: on metal timed owns the kernel clock; in a
+/// container the host does, and timed measures and serves, never sets.
+pub use machinery::mode::Mode;
 
-impl Mode {
-    /// The mode's name, as machined passes it in `--mode`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Mode::Metal => "metal",
-            Mode::Container => "container",
-        }
-    }
-
-    /// The clock timed corrects in this mode.
-    #[must_use]
-    pub fn clock(self) -> Arc<dyn Clock> {
-        match self {
-            Mode::Metal => Arc::new(SystemClock::new()),
-            Mode::Container => Arc::new(ReadOnlyClock),
-        }
-    }
-}
-
-impl FromStr for Mode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Mode, String> {
-        match s {
-            "metal" => Ok(Mode::Metal),
-            "container" => Ok(Mode::Container),
-            other => Err(format!(
-                "unknown mode {other:?} (expected \"metal\" or \"container\")"
-            )),
-        }
+/// The clock timed corrects in `mode`.
+#[must_use]
+pub fn clock_for(mode: Mode) -> Arc<dyn Clock> {
+    match mode {
+        Mode::Metal => Arc::new(SystemClock::new()),
+        Mode::Container => Arc::new(ReadOnlyClock),
     }
 }
 
@@ -175,7 +144,7 @@ pub async fn run_with(
         marker: Some(marker_path(paths)),
         ..options
     };
-    let syncer = Syncer::new(mode.clock(), Sntp, config.clone(), options);
+    let syncer = Syncer::new(clock_for(mode), Sntp, config.clone(), options);
     tracing::info!(
         socket = %socket.display(),
         mode = mode.as_str(),
@@ -212,8 +181,8 @@ mod tests {
         assert_eq!("container".parse::<Mode>(), Ok(Mode::Container));
         assert!("cloud".parse::<Mode>().is_err());
         assert_eq!(Mode::Container.as_str(), "container");
-        assert!(Mode::Container.clock().is_read_only());
-        assert!(!Mode::Metal.clock().is_read_only());
+        assert!(clock_for(Mode::Container).is_read_only());
+        assert!(!clock_for(Mode::Metal).is_read_only());
     }
 
     #[test]

@@ -24,7 +24,7 @@ const SPEC: Spec = Spec {
 
 #[derive(Debug)]
 struct Args {
-    mode: String,
+    mode: machinery::mode::Mode,
     root: PathBuf,
     listen: SocketAddr,
 }
@@ -32,13 +32,13 @@ struct Args {
 impl Args {
     fn from_env() -> Args {
         let mut args = Args {
-            mode: "metal".into(),
+            mode: machinery::mode::Mode::Metal,
             root: PathBuf::from("/"),
             listen: ([0, 0, 0, 0], machinery::constants::TRUSTD_PORT).into(),
         };
         SPEC.parse_env_or_exit(|option, v| {
             match option {
-                "mode" => v.clone_into(&mut args.mode),
+                "mode" => args.mode = value(v)?,
                 "root" => args.root = v.into(),
                 "listen" => args.listen = value(v)?,
                 other => return Err(format!("no option --{other}")),

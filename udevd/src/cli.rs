@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::{Mode, Options};
-use machinery::cli::{Opt, Spec};
+use machinery::cli::{Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "udevd",
@@ -49,13 +49,7 @@ impl Args {
         };
         SPEC.parse_env_or_exit(|option, v| {
             match option {
-                "mode" => {
-                    args.mode = match v {
-                        "metal" => Mode::Metal,
-                        "container" => Mode::Container,
-                        _ => return Err("expected metal or container".into()),
-                    }
-                }
+                "mode" => args.mode = value(v)?,
                 "root" => args.root = v.into(),
                 "sysfs" => args.sysfs = v.into(),
                 "dev" => args.dev = v.into(),

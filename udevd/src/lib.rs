@@ -77,25 +77,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 pub use server::StorageApi;
 use uevent::Events;
 
-/// How udevd runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// On a node: uevents, coldplug, links and the API.
-    Metal,
-    /// Beside a container-mode node: the API only, read-only.
-    Container,
-}
-
-impl Mode {
-    /// Its name on the command line.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Mode::Metal => "metal",
-            Mode::Container => "container",
-        }
-    }
-}
+/// How udevd runs: on metal, uevents, coldplug, links and the API;
+/// beside a container-mode node, the API only, read-only.
+pub use machinery::mode::Mode;
 
 /// What [`run`] needs.
 #[derive(Debug, Clone)]
