@@ -3,11 +3,10 @@
 //! (see `machined::daemons`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use machinery::cli::{self, Opt, Spec, value};
+use machinery::cli::{self, Common, Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "apid",
@@ -30,8 +29,7 @@ const SPEC: Spec = Spec {
 
 #[derive(Debug)]
 struct Args {
-    mode: machinery::mode::Mode,
-    root: PathBuf,
+    common: Common,
     listen: SocketAddr,
     names: Vec<String>,
 }
@@ -39,20 +37,17 @@ struct Args {
 impl Args {
     fn from_env() -> Args {
         let mut args = Args {
-            mode: machinery::mode::Mode::Metal,
-            root: PathBuf::from("/"),
+            common: Common::default(),
             listen: ([0, 0, 0, 0], machinery::constants::APID_PORT).into(),
             names: Vec::new(),
         };
         SPEC.parse_env_or_exit(|option, v| {
             match option {
-                "mode" => args.mode = value(v)?,
-                "root" => args.root = v.into(),
                 "listen" => args.listen = value(v)?,
                 "names" => args
                     .names
                     .extend(v.split(',').filter(|n| !n.is_empty()).map(str::to_owned)),
-                other => return Err(format!("no option --{other}")),
+                other => args.common.set(other, v)?,
             }
             Ok(())
         });
@@ -65,7 +60,7 @@ impl Args {
 /// stopped.
 pub fn main() -> ExitCode {
     let args = Args::from_env();
-    let paths = machinery::constants::NodePaths::under(&args.root);
+    let paths = machinery::constants::NodePaths::under(&args.common.root);
     let mut names = args.names.clone();
     names.push(args.listen.ip().to_string());
     names.push(args.listen.to_string());
@@ -85,7 +80,7 @@ pub fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|e| format!("binding {}: {e}", options.listen))?;
-        tracing::info!(listen = %options.listen, maintenance = tls.borrow().maintenance, mode = %args.mode, "apid serving");
+        tracing::info!(listen = %options.listen, maintenance = tls.borrow().maintenance, mode = %args.common.mode, "apid serving");
         machinery::daemon::notify_ready();
         crate::Apid::new(options, tls)
             .serve(listener, machinery::daemon::shutdown_signal())

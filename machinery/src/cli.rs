@@ -9,6 +9,9 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::mode::Mode;
 
 /// One `--name <VALUE>` option of a daemon.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +56,50 @@ pub const ROOT: Opt = Opt::new("root", "ROOT", "Root of the node's paths [defaul
 /// `--mode`, for a daemon that works the same in both modes but for the
 /// paths.
 pub const MODE: Opt = Opt::new("mode", "MODE", "metal or container [default: metal]");
+
+/// The options most daemons share, [`MODE`] and [`ROOT`] (under these
+/// names), parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Common {
+    /// `--mode`: metal (the default) or container.
+    pub mode: Mode,
+    /// `--root`: the root of the node's paths, `/` by default.
+    pub root: PathBuf,
+}
+
+impl Default for Common {
+    fn default() -> Common {
+        Common {
+            mode: Mode::Metal,
+            root: PathBuf::from("/"),
+        }
+    }
+}
+
+impl Common {
+    /// Takes `--mode` or `--root`; any other option is an error: a
+    /// daemon's parser hands on the options it does not declare itself.
+    ///
+    /// # Errors
+    /// A mode that is neither metal nor container, or another option.
+    pub fn set(&mut self, option: &str, v: &str) -> Result<(), String> {
+        match option {
+            "mode" => self.mode = value(v)?,
+            "root" => self.root = v.into(),
+            other => return Err(format!("no option --{other}")),
+        }
+        Ok(())
+    }
+
+    /// The process's command line for a daemon whose only options are
+    /// these two (see [`Spec::parse_env_or_exit`]).
+    #[must_use]
+    pub fn from_env(spec: &Spec) -> Common {
+        let mut common = Common::default();
+        spec.parse_env_or_exit(|option, v| common.set(option, v));
+        common
+    }
+}
 
 /// A daemon's command line: its name, what it is, its options.
 #[derive(Debug, Clone, Copy)]
@@ -298,6 +345,33 @@ mod tests {
         assert_eq!(
             SPEC.version(),
             format!("testd {}\n", crate::constants::VERSION)
+        );
+    }
+
+    #[test]
+    fn the_common_options_parse_and_refuse_the_rest() {
+        let spec = Spec {
+            name: "commond",
+            about: "Takes only the common options",
+            options: &[MODE, ROOT],
+        };
+        let mut common = Common::default();
+        let words = ["commond", "--mode", "container", "--root=/node"];
+        let parsed = spec.parse(words, |option, v| common.set(option, v));
+        assert!(matches!(parsed, Ok(Parsed::Run)), "{parsed:?}");
+        assert_eq!(common.mode, Mode::Container);
+        assert_eq!(common.root, PathBuf::from("/node"));
+
+        let mut common = Common::default();
+        let err = spec
+            .parse(["commond", "--mode", "vm"], |option, v| {
+                common.set(option, v)
+            })
+            .expect_err("an unknown mode");
+        assert!(err.to_string().contains("unknown mode \"vm\""), "{err}");
+        assert_eq!(
+            Common::default().set("listen", "x"),
+            Err("no option --listen".to_owned())
         );
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use machinery::cli::{self, Opt, Spec, value};
+use machinery::cli::{self, Common, Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "networkd",
@@ -29,8 +29,7 @@ const SPEC: Spec = Spec {
 
 #[derive(Debug)]
 struct Args {
-    mode: crate::Mode,
-    root: PathBuf,
+    common: Common,
     cmdline_file: PathBuf,
     dhcp_renew_after: Option<u64>,
 }
@@ -38,18 +37,15 @@ struct Args {
 impl Args {
     fn from_env() -> Args {
         let mut args = Args {
-            mode: crate::Mode::Metal,
-            root: PathBuf::from("/"),
+            common: Common::default(),
             cmdline_file: PathBuf::from(crate::DEFAULT_CMDLINE),
             dhcp_renew_after: None,
         };
         SPEC.parse_env_or_exit(|option, v| {
             match option {
-                "mode" => args.mode = value(v)?,
-                "root" => args.root = v.into(),
                 "cmdline-file" => args.cmdline_file = v.into(),
                 "dhcp-renew-after" => args.dhcp_renew_after = Some(value(v)?),
-                other => return Err(format!("no option --{other}")),
+                other => args.common.set(other, v)?,
             }
             Ok(())
         });
@@ -62,7 +58,7 @@ impl Args {
 /// stopped.
 pub fn main() -> ExitCode {
     let args = Args::from_env();
-    let paths = machinery::constants::NodePaths::under(&args.root);
+    let paths = machinery::constants::NodePaths::under(&args.common.root);
     let options = crate::Options {
         cmdline: args.cmdline_file,
         dhcp_renew_after: args.dhcp_renew_after.map(Duration::from_secs),
@@ -70,7 +66,7 @@ pub fn main() -> ExitCode {
     machinery::daemon::run(
         crate::NAME,
         crate::run_with(
-            args.mode,
+            args.common.mode,
             &paths,
             options,
             machinery::daemon::shutdown_signal(),

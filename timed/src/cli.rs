@@ -2,10 +2,9 @@
 //! and by machined, whose executable runs timed in the boot image
 //! (see `machined::daemons`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use machinery::cli::{self, Opt, Spec, value};
+use machinery::cli::{self, Common, Opt, Spec};
 
 const SPEC: Spec = Spec {
     name: "timed",
@@ -20,35 +19,11 @@ const SPEC: Spec = Spec {
     ],
 };
 
-#[derive(Debug)]
-struct Args {
-    mode: crate::Mode,
-    root: PathBuf,
-}
-
-impl Args {
-    fn from_env() -> Args {
-        let mut args = Args {
-            mode: crate::Mode::Metal,
-            root: PathBuf::from("/"),
-        };
-        SPEC.parse_env_or_exit(|option, v| {
-            match option {
-                "mode" => args.mode = value(v)?,
-                "root" => args.root = v.into(),
-                other => return Err(format!("no option --{other}")),
-            }
-            Ok(())
-        });
-        args
-    }
-}
-
 /// Runs timed with this process's command line: parses it (exiting with
 /// status 2 and a usage message when it is wrong), then serves until
 /// stopped.
 pub fn main() -> ExitCode {
-    let args = Args::from_env();
+    let args = Common::from_env(&SPEC);
     let paths = machinery::constants::NodePaths::under(&args.root);
     machinery::daemon::run(
         "timed",

@@ -3,10 +3,9 @@
 //! (see `machined::daemons`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use machinery::cli::{self, Opt, Spec, value};
+use machinery::cli::{self, Common, Opt, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "trustd",
@@ -24,24 +23,20 @@ const SPEC: Spec = Spec {
 
 #[derive(Debug)]
 struct Args {
-    mode: machinery::mode::Mode,
-    root: PathBuf,
+    common: Common,
     listen: SocketAddr,
 }
 
 impl Args {
     fn from_env() -> Args {
         let mut args = Args {
-            mode: machinery::mode::Mode::Metal,
-            root: PathBuf::from("/"),
+            common: Common::default(),
             listen: ([0, 0, 0, 0], machinery::constants::TRUSTD_PORT).into(),
         };
         SPEC.parse_env_or_exit(|option, v| {
             match option {
-                "mode" => args.mode = value(v)?,
-                "root" => args.root = v.into(),
                 "listen" => args.listen = value(v)?,
-                other => return Err(format!("no option --{other}")),
+                other => args.common.set(other, v)?,
             }
             Ok(())
         });
@@ -54,12 +49,12 @@ impl Args {
 /// stopped.
 pub fn main() -> ExitCode {
     let args = Args::from_env();
-    let dir = machinery::constants::NodePaths::under(&args.root).secrets_dir("trustd");
+    let dir = machinery::constants::NodePaths::under(&args.common.root).secrets_dir("trustd");
     machinery::daemon::run("trustd", async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("binding {}: {e}", args.listen))?;
-        tracing::info!(listen = %args.listen, mode = %args.mode, "trustd serving");
+        tracing::info!(listen = %args.listen, mode = %args.common.mode, "trustd serving");
         machinery::daemon::notify_ready();
         tokio::select! {
             () = crate::serve(dir, listener) => {}

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::{Mode, Options};
-use machinery::cli::{Opt, Spec, value};
+use crate::Options;
+use machinery::cli::{Common, Opt, Spec};
 
 const SPEC: Spec = Spec {
     name: "udevd",
@@ -33,8 +33,7 @@ const SPEC: Spec = Spec {
 
 #[derive(Debug)]
 struct Args {
-    mode: Mode,
-    root: PathBuf,
+    common: Common,
     sysfs: PathBuf,
     dev: PathBuf,
 }
@@ -42,18 +41,15 @@ struct Args {
 impl Args {
     fn from_env() -> Args {
         let mut args = Args {
-            mode: Mode::Metal,
-            root: PathBuf::from("/"),
+            common: Common::default(),
             sysfs: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
         };
         SPEC.parse_env_or_exit(|option, v| {
             match option {
-                "mode" => args.mode = value(v)?,
-                "root" => args.root = v.into(),
                 "sysfs" => args.sysfs = v.into(),
                 "dev" => args.dev = v.into(),
-                other => return Err(format!("no option --{other}")),
+                other => args.common.set(other, v)?,
             }
             Ok(())
         });
@@ -67,8 +63,8 @@ impl Args {
 pub fn main() -> ExitCode {
     let args = Args::from_env();
     let options = Options {
-        mode: args.mode,
-        root: args.root,
+        mode: args.common.mode,
+        root: args.common.root,
         sysfs: args.sysfs,
         dev: args.dev,
     };
