@@ -274,30 +274,9 @@ async fn memory() {
     let me = child.id();
     let mut total = rss_kib(me);
     println!("{:<10} {:>8} KiB", "machined", rss_kib(me));
-    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let ppid: u32 = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if ppid == me {
-            let name = head.split_once(" (").map_or("?", |(_, n)| n);
-            println!("{name:<10} {:>8} KiB", rss_kib(pid));
-            total += rss_kib(pid);
-        }
+    for (pid, name) in testkit::children_of(me) {
+        println!("{name:<10} {:>8} KiB", rss_kib(pid));
+        total += rss_kib(pid);
     }
     println!("{:<10} {:>8} KiB (machined + its services)", "total", total);
     terminate(&mut child);

@@ -109,36 +109,6 @@ async fn wait_for_version(
     }
 }
 
-/// The children of `parent`: PID and process name (`/proc/PID/comm`).
-fn children_of(parent: u32) -> Vec<(u32, String)> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "PID (comm) STATE PPID ...": comm may hold spaces and parens.
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            children.push((pid, comm.trim_end().to_owned()));
-        }
-    }
-    children
-}
-
 #[tokio::test]
 async fn control_plane_and_worker_over_mtls() {
     require_binaries();
@@ -241,7 +211,7 @@ async fn control_plane_and_worker_over_mtls() {
     // each named after its daemon (argv[0] and the process name).
     let machined_exe = std::fs::canonicalize(bin_dir().join("machined")).expect("machined");
     let mut carried = Vec::new();
-    for (pid, comm) in children_of(cp.child.id()) {
+    for (pid, comm) in testkit::children_of(cp.child.id()) {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
         assert_eq!(
             exe, machined_exe,

@@ -243,3 +243,39 @@ pub async fn start_node(hostname: &str, listen: SocketAddr, pki: Option<(&Pki, b
 pub fn bytes_of(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
+
+/// The running children of `parent`: PID and process name (the `comm` of
+/// `/proc/PID/stat`), from a scan of `/proc`.
+#[must_use]
+pub fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut children = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return children;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "PID (comm) STATE PPID ...": comm may hold spaces and parens.
+        let (Some((head, _)), Some((_, rest))) = (stat.split_once(" ("), stat.rsplit_once(") "))
+        else {
+            continue;
+        };
+        let comm = &stat[head.len() + 2..stat.len() - rest.len() - 2];
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push((pid, comm.to_owned()));
+        }
+    }
+    children
+}
