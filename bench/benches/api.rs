@@ -215,16 +215,27 @@ fn tempfile_dir() -> PathBuf {
     d
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A field of `/proc/PID/<file>` in kB (`VmRSS:` of `status`, `Pss:` of
+/// `smaps_rollup`), or 0.
+fn proc_kib(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
+                l.strip_prefix(field)
                     .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
             })
         })
         .unwrap_or(0)
+}
+
+/// Resident set and proportional set (shared pages divided among the
+/// processes that map them: what the node really spends) of a process.
+fn rss_pss_kib(pid: u32) -> (u64, u64) {
+    (
+        proc_kib(pid, "status", "VmRSS:"),
+        proc_kib(pid, "smaps_rollup", "Pss:"),
+    )
 }
 
 async fn memory() {
@@ -239,6 +250,46 @@ async fn memory() {
         );
         return;
     }
+    // Side by side: the daemons run from machined's own executable (the
+    // default, as in the boot image), then from their separate binaries
+    // (--bin-dir).
+    let carried = memory_of_node(&bin, None).await;
+    let separate = memory_of_node(&bin, Some(&bin)).await;
+    println!(
+        "{:<10} {:>12} {:>12} {:>12} {:>12}",
+        "process", "RSS carried", "PSS carried", "RSS separate", "PSS separate"
+    );
+    let mut names: Vec<&String> = carried.iter().map(|(n, _)| n).collect();
+    names.sort();
+    names.dedup();
+    let find = |rows: &[(String, (u64, u64))], name: &str| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .map_or((0, 0), |&(_, v)| v)
+    };
+    let mut totals = [0_u64; 4];
+    for name in names {
+        let (cr, cp) = find(&carried, name);
+        let (sr, sp) = find(&separate, name);
+        for (t, v) in totals.iter_mut().zip([cr, cp, sr, sp]) {
+            *t += v;
+        }
+        println!("{name:<10} {cr:>8} KiB {cp:>8} KiB {sr:>8} KiB {sp:>8} KiB");
+    }
+    let [cr, cp, sr, sp] = totals;
+    println!(
+        "{:<10} {cr:>8} KiB {cp:>8} KiB {sr:>8} KiB {sp:>8} KiB",
+        "total"
+    );
+}
+
+/// Starts a control plane (container mode) with the daemons from
+/// `bin_dir`, or from machined itself if `None`; after 4 s, the RSS and PSS
+/// of machined and each of its children, by process name.
+async fn memory_of_node(
+    bin: &std::path::Path,
+    bin_dir: Option<&std::path::Path>,
+) -> Vec<(String, (u64, u64))> {
     let dir = tempfile_dir();
     let now = SystemTime::now();
     let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
@@ -255,7 +306,8 @@ async fn memory() {
         &generated.controlplane_yaml,
     )
     .expect("config");
-    let mut child = std::process::Command::new(bin.join("machined"))
+    let mut command = std::process::Command::new(bin.join("machined"));
+    command
         .args(["--mode", "container", "--root"])
         .arg(&dir)
         .args([
@@ -265,22 +317,24 @@ async fn memory() {
             "127.9.9.2:50000",
             "--trustd-listen",
             "127.9.9.2:50001",
-        ])
+        ]);
+    if let Some(d) = bin_dir {
+        command.arg("--bin-dir").arg(d);
+    }
+    let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("machined");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let me = child.id();
-    let mut total = rss_kib(me);
-    println!("{:<10} {:>8} KiB", "machined", rss_kib(me));
+    let mut rows = vec![("machined".to_owned(), rss_pss_kib(me))];
     for (pid, name) in testkit::children_of(me) {
-        println!("{name:<10} {:>8} KiB", rss_kib(pid));
-        total += rss_kib(pid);
+        rows.push((name, rss_pss_kib(pid)));
     }
-    println!("{:<10} {:>8} KiB (machined + its services)", "total", total);
     terminate(&mut child);
     let _ = std::fs::remove_dir_all(&dir);
+    rows
 }
 
 /// SIGTERM, then waits (at most 20 s) until the process is gone. Not

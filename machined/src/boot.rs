@@ -702,9 +702,10 @@ fn attach_loop(image: &Path) -> Result<(PathBuf, File), BootError> {
 ///    its placeholder in `/etc`.
 ///
 /// The initramfs's files are not deleted: `rootfs.sqsh` must stay (it backs
-/// the loop device), and the rest (machined, ~22 modules) is a few MB of
-/// RAM that nothing can reach any more. machined keeps running from the
-/// old `/init`; its daemons are exec'd from the new root's `/usr/bin`.
+/// the loop device), and so must `/init`: machined keeps running from it,
+/// and starts every daemon by executing it again through `/proc/self/exe`
+/// (see [`crate::daemons`]), the one way left to reach it. The rest (~22
+/// modules) is about a MB of RAM that nothing reaches any more.
 ///
 /// Blocks (ioctl, mount).
 ///

@@ -3,8 +3,9 @@
 //! In the boot image, `/init` (machined) is the only daemon executable: the
 //! other daemons are linked into it, and a process runs the one it was
 //! started as (`argv[0]`), as upstream Talos's init does for apid and
-//! trustd. On metal, machined starts a daemon by executing
-//! [`OWN_EXECUTABLE`] with the daemon's name as `argv[0]`.
+//! trustd. machined starts a daemon by executing [`OWN_EXECUTABLE`] with
+//! the daemon's name as `argv[0]`, in either mode, unless `--bin-dir`
+//! names a directory of separate binaries.
 //!
 //! Why: what the daemons share (tokio, hyper, h2, tonic, prost, rustls,
 //! std) is then in the image once instead of seven times, and a daemon
@@ -13,8 +14,9 @@
 //! translated for machined. The squashfs no longer holds the daemons; it
 //! keeps the installer and the files the daemons read.
 //!
-//! Each daemon still has its own crate and binary: container mode, the
-//! tests and the benchmarks run those.
+//! Each daemon still has its own crate and binary, which `--bin-dir` runs
+//! (the `process` provisioner of `talosctl cluster create` passes it) and
+//! the daemons' own tests start.
 
 use std::ffi::{CString, OsStr};
 use std::path::Path;
@@ -39,25 +41,14 @@ pub const CARRIED: &[(&str, Entry)] = &[
 ];
 
 /// The daemon a process started as `argv0` runs (its file name is what
-/// counts), or `None` for machined itself.
+/// counts) and its entry point, or `None` for machined itself.
 #[must_use]
-pub fn carried(argv0: &OsStr) -> Option<&'static str> {
+pub fn carried(argv0: &OsStr) -> Option<(&'static str, Entry)> {
     let name = Path::new(argv0).file_name()?;
     CARRIED
         .iter()
-        .map(|&(daemon, _)| daemon)
-        .find(|daemon| OsStr::new(daemon) == name)
-}
-
-/// The entry point of the daemon a process started as `argv0` runs (see
-/// [`carried`]).
-#[must_use]
-pub fn entry(argv0: &OsStr) -> Option<Entry> {
-    let daemon = carried(argv0)?;
-    CARRIED
-        .iter()
-        .find(|&&(name, _)| name == daemon)
-        .map(|&(_, entry)| entry)
+        .find(|(daemon, _)| OsStr::new(daemon) == name)
+        .copied()
 }
 
 /// Runs the daemon this process was started as, if machined carries it:
@@ -65,8 +56,7 @@ pub fn entry(argv0: &OsStr) -> Option<Entry> {
 #[must_use]
 pub fn run_if_carried() -> Option<ExitCode> {
     let argv0 = std::env::args_os().next()?;
-    let daemon = carried(&argv0)?;
-    let entry = entry(&argv0)?;
+    let (daemon, entry) = carried(&argv0)?;
     // Executed as /proc/self/exe, the kernel names the process "exe";
     // `ps`, /proc/PID/comm and `talosctl processes` should say which
     // daemon it is. Best effort: a wrong name stops nothing.
@@ -99,13 +89,12 @@ mod tests {
             ("trustd", "trustd"),
             ("networkd", "networkd"),
         ] {
-            assert_eq!(carried(OsStr::new(argv0)), Some(expected), "{argv0}");
-            assert!(entry(OsStr::new(argv0)).is_some(), "{argv0}");
+            let found = carried(OsStr::new(argv0)).map(|(daemon, _)| daemon);
+            assert_eq!(found, Some(expected), "{argv0}");
         }
         // machined itself, as PID 1 and otherwise.
         for argv0 in ["/init", "machined", "/usr/bin/machined", "", "apid-x", "/"] {
-            assert_eq!(carried(OsStr::new(argv0)), None, "{argv0:?}");
-            assert!(entry(OsStr::new(argv0)).is_none(), "{argv0:?}");
+            assert!(carried(OsStr::new(argv0)).is_none(), "{argv0:?}");
         }
     }
 }

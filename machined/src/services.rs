@@ -35,6 +35,15 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
                 }
                 ServiceSpec::new(daemon, program, args)
             }
+            // Started as a name it does not carry, the executable would
+            // run as another machined: never start that.
+            None if crate::daemons::carried(std::ffi::OsStr::new(daemon)).is_none() => {
+                tracing::error!(
+                    daemon,
+                    "machined does not carry this daemon; not starting it"
+                );
+                continue;
+            }
             None => ServiceSpec::new(daemon, crate::daemons::OWN_EXECUTABLE, args).arg0(daemon),
         };
         let socket_dir = node.paths.socket_dir(daemon);

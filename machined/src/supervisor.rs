@@ -778,7 +778,13 @@ impl Runner {
                 RunEnd::SpawnFailed(e) => {
                     self.set(
                         ServiceState::Failed,
-                        format!("Failed to start {}: {e}", self.spec.program.display()),
+                        match &self.spec.arg0 {
+                            Some(name) => format!(
+                                "Failed to start {name} ({}): {e}",
+                                self.spec.program.display()
+                            ),
+                            None => format!("Failed to start {}: {e}", self.spec.program.display()),
+                        },
                     );
                     if !self.backoff_or_stop(&mut wanted).await {
                         return;

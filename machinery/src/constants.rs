@@ -45,10 +45,8 @@ pub mod trustd_credentials {
     pub const TOKEN: &str = "token";
 }
 
-/// The daemons machined supervises, with their socket names.
-pub const DAEMONS: &[&str] = &["apid", "routerd", "networkd", "timed", "trustd", "udevd"];
-
-/// Programs in the root besides the daemons, run by machined on demand.
+/// Programs in the root's `/usr/bin`, run by machined on demand (the
+/// daemons are not there: machined's executable carries them).
 pub const TOOLS: &[&str] = &["installer"];
 
 /// Where the root keeps the public keys whose installer images it trusts
