@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use machined::node::{Mode, NodeOptions, PowerAction};
-use machinery::cli::{Opt, Parsed, Spec, value};
+use machinery::cli::{Common, Opt, Parsed, Spec, value};
 
 const SPEC: Spec = Spec {
     name: "machined",
@@ -38,39 +38,23 @@ const SPEC: Spec = Spec {
     ],
 };
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Args {
-    mode: Mode,
-    root: PathBuf,
+    common: Common,
     hostname: Option<String>,
     bin_dir: Option<PathBuf>,
     apid_listen: Option<SocketAddr>,
     trustd_listen: Option<SocketAddr>,
 }
 
-impl Default for Args {
-    fn default() -> Args {
-        Args {
-            mode: Mode::Metal,
-            root: PathBuf::from("/"),
-            hostname: None,
-            bin_dir: None,
-            apid_listen: None,
-            trustd_listen: None,
-        }
-    }
-}
-
 impl Args {
     fn set(&mut self, option: &str, v: &str) -> Result<(), String> {
         match option {
-            "mode" => self.mode = value(v)?,
-            "root" => self.root = v.into(),
             "hostname" => self.hostname = Some(v.to_owned()),
             "bin-dir" => self.bin_dir = Some(v.into()),
             "apid-listen" => self.apid_listen = Some(value(v)?),
             "trustd-listen" => self.trustd_listen = Some(value(v)?),
-            other => return Err(format!("no option --{other}")),
+            other => self.common.set(other, v)?,
         }
         Ok(())
     }
@@ -112,12 +96,12 @@ fn main() -> ExitCode {
     } else {
         Args::from_env()
     };
-    let mode = args.mode;
+    let mode = args.common.mode;
     let metal_init = pid1 && mode == Mode::Metal;
     let report = metal_init.then(machined::boot::boot_metal);
     let options = NodeOptions {
         mode,
-        root: args.root,
+        root: args.common.root,
         hostname: args.hostname,
         // None: machined's own executable carries the daemons.
         bin_dir: args.bin_dir,
@@ -177,11 +161,11 @@ mod tests {
             &["/init", "--root"],
         ] {
             let args = Args::lenient(words.iter().copied());
-            assert_eq!(args.mode, Mode::Metal, "{words:?}");
-            assert_eq!(args.root, PathBuf::from("/"), "{words:?}");
+            assert_eq!(args.common.mode, Mode::Metal, "{words:?}");
+            assert_eq!(args.common.root, PathBuf::from("/"), "{words:?}");
         }
         let args = Args::lenient(["/init", "--mode", "container", "--root", "/x"]);
-        assert_eq!(args.mode, Mode::Container);
-        assert_eq!(args.root, PathBuf::from("/x"));
+        assert_eq!(args.common.mode, Mode::Container);
+        assert_eq!(args.common.root, PathBuf::from("/x"));
     }
 }

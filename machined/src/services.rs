@@ -1,15 +1,10 @@
-//! The daemons machined runs as services, and their order.
-//!
-//! Each daemon lands with its own issue; until then it is simply not in
-//! [`SERVED`], and machined does not start it.
+//! The daemons machined runs as services: those its executable carries
+//! ([`crate::daemons::CARRIED`]), in that order.
 
 use std::time::Duration;
 
 use crate::node::{Mode, Node};
 use crate::supervisor::{HealthCheck, HealthSpec, RestartPolicy, ServiceSpec};
-
-/// Daemons that exist and that machined starts.
-pub const SERVED: &[&str] = &["udevd", "networkd", "timed", "routerd", "apid", "trustd"];
 
 /// The service specs for this node.
 #[must_use]
@@ -21,7 +16,7 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
     let root = node.options.root.display().to_string();
     let mode = node.mode().as_str();
     let mut specs = Vec::new();
-    for &daemon in SERVED {
+    for &(daemon, _) in crate::daemons::CARRIED {
         if daemon == "trustd" && !control_plane {
             continue;
         }
@@ -34,15 +29,6 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
                     continue;
                 }
                 ServiceSpec::new(daemon, program, args)
-            }
-            // Started as a name it does not carry, the executable would
-            // run as another machined: never start that.
-            None if crate::daemons::carried(std::ffi::OsStr::new(daemon)).is_none() => {
-                tracing::error!(
-                    daemon,
-                    "machined does not carry this daemon; not starting it"
-                );
-                continue;
             }
             None => ServiceSpec::new(daemon, crate::daemons::OWN_EXECUTABLE, args).arg0(daemon),
         };

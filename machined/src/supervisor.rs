@@ -776,16 +776,12 @@ impl Runner {
                     let _ = ack.send(());
                 }
                 RunEnd::SpawnFailed(e) => {
-                    self.set(
-                        ServiceState::Failed,
-                        match &self.spec.arg0 {
-                            Some(name) => format!(
-                                "Failed to start {name} ({}): {e}",
-                                self.spec.program.display()
-                            ),
-                            None => format!("Failed to start {}: {e}", self.spec.program.display()),
-                        },
-                    );
+                    let program = self.spec.program.display();
+                    let what = match &self.spec.arg0 {
+                        Some(name) => format!("{name} ({program})"),
+                        None => program.to_string(),
+                    };
+                    self.set(ServiceState::Failed, format!("Failed to start {what}: {e}"));
                     if !self.backoff_or_stop(&mut wanted).await {
                         return;
                     }
