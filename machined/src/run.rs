@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use api::machine::machine_service_server::MachineServiceServer;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::configstore::ConfigStore;
 use crate::events::{MachineStage, Payload};
@@ -446,7 +445,7 @@ pub async fn serve_api(
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(api)
         .add_service(lifecycle)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(machinery::uds::incoming(listener), shutdown)
         .await
     {
         tracing::error!(error = %e, "machine API server failed");

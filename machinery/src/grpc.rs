@@ -45,17 +45,13 @@ fn connector(
     path: PathBuf,
 ) -> impl tower::Service<
     Uri,
-    Response = TokioIo<tokio::net::UnixStream>,
+    Response = TokioIo<crate::uds::Stream>,
     Error = std::io::Error,
     Future: Send,
 > + Clone {
     tower::service_fn(move |_: Uri| {
         let path = path.clone();
-        async move {
-            tokio::net::UnixStream::connect(path)
-                .await
-                .map(TokioIo::new)
-        }
+        async move { crate::uds::Stream::connect(path).await.map(TokioIo::new) }
     })
 }
 

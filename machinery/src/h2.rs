@@ -145,11 +145,7 @@ impl H2Client {
         let target = path.display().to_string();
         H2Client::new(target, move || {
             let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
+            async move { crate::uds::Stream::connect(path).await.map(TokioIo::new) }
         })
     }
 

@@ -6,12 +6,13 @@
 //! - [`talosconfig`]: the client configuration;
 //! - [`generate`]: what `talosctl gen config` writes;
 //! - [`grpc`], [`h2`]: gRPC channels and the HTTP/2 plumbing of the proxies;
+//! - [`uds`]: unix-socket streams without spurious write wake-ups;
 //! - [`base64`]: the codec certificates in configs need;
 //! - [`cli`]: the daemons' command lines;
 //! - [`mode`]: metal or container, for machined and every daemon;
 //! - [`meta`]: the META partition's key/value store (upstream Talos's ADV
 //!   format), where upgrades record what to roll back to.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod base64;
 pub mod cli;
@@ -27,3 +28,4 @@ pub mod mode;
 pub mod pki;
 pub mod secrets;
 pub mod talosconfig;
+pub mod uds;

@@ -75,7 +75,6 @@ use api::network::network_service_server::NetworkServiceServer;
 use machinery::constants::NodePaths;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub use cmdline::KernelArgs;
 pub use reconcile::Reconciler;
@@ -151,7 +150,7 @@ pub async fn serve(
 ) -> Result<(), NetworkdError> {
     tonic::transport::Server::builder()
         .add_service(NetworkServiceServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(machinery::uds::incoming(listener), shutdown)
         .await?;
     Ok(())
 }

@@ -208,7 +208,13 @@ impl Router {
         loop {
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => match machinery::uds::Stream::from_tokio(stream) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "registering a connection");
+                            continue;
+                        }
+                    },
                     Err(e) => {
                         tracing::warn!(error = %e, "accept");
                         continue;

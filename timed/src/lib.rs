@@ -37,7 +37,6 @@ use std::sync::Arc;
 use api::time::time_service_server::TimeServiceServer;
 use machinery::constants::NodePaths;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub use clock::{Clock, ClockError, FakeClock, Offset, ReadOnlyClock, SystemClock};
 pub use config::{ConfigSource, PersistedConfig, TimeConfig};
@@ -106,7 +105,7 @@ pub async fn serve<S: TimeSource + 'static>(
 ) -> Result<(), TimedError> {
     tonic::transport::Server::builder()
         .add_service(TimeServiceServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(machinery::uds::incoming(listener), shutdown)
         .await?;
     Ok(())
 }

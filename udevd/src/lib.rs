@@ -72,7 +72,6 @@ use std::time::Duration;
 
 use api::storage::storage_service_server::StorageServiceServer;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub use server::StorageApi;
 use uevent::Events;
@@ -183,7 +182,7 @@ pub async fn serve(
         .max_encoding_message_size(api::MAX_MESSAGE_SIZE);
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(machinery::uds::incoming(listener), shutdown)
         .await
 }
 
