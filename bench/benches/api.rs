@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use api::machine::machine_service_client::MachineServiceClient;
-use bench::Samples;
+use bench::{Samples, Usage};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -453,15 +453,55 @@ async fn latency_real() {
             .expect("routerd"),
     );
     let n = calls();
+    // Node A's processes, and this one (the client), whose CPU time and
+    // context switches per call show where a hop's time goes.
+    let mut watched = vec![("machined".to_owned(), a.child.id())];
+    watched.extend(
+        testkit::children_of(a.child.id())
+            .into_iter()
+            .filter(|(_, name)| name == "routerd" || name == "apid")
+            .map(|(pid, name)| (name, pid)),
+    );
+    watched.push(("client".to_owned(), std::process::id()));
+    let snapshot = || {
+        watched
+            .iter()
+            .map(|&(_, pid)| Usage::of(pid))
+            .collect::<Vec<_>>()
+    };
+    let mut usage = Vec::new();
+    let before = snapshot();
     let d = measure(&mut direct, n, || tonic::Request::new(())).await;
+    let after_d = snapshot();
     let r = measure(&mut router, n, || tonic::Request::new(())).await;
+    let after_r = snapshot();
     let l = measure(&mut apid, n, || tonic::Request::new(())).await;
+    let after_l = snapshot();
+    usage.push(("direct", before, after_d.clone()));
+    usage.push(("routerd", after_d, after_r.clone()));
+    usage.push(("apid", after_r, after_l));
     let b = "127.9.8.3".to_owned();
     let o = measure(&mut apid, n, || with("node", std::slice::from_ref(&b))).await;
     println!("{}", d.line("direct to machined (UDS)"));
     println!("{}", r.line("through routerd (UDS)"));
     println!("{}", l.line("through apid (mTLS) -> routerd -> machined"));
     println!("{}", o.line("apid -> apid (node=B, mTLS both hops)"));
+    // Warm-up calls (n / 10, at least 20) are counted too.
+    let counted = n + (n / 10).max(20);
+    for (scenario, from, to) in &usage {
+        let parts: Vec<String> = watched
+            .iter()
+            .zip(from.iter().zip(to))
+            .map(|((name, _), (f, t))| {
+                let (cpu, switches) = t.per_call_since(f, counted);
+                format!("{name} {cpu:.0}µs/{switches:.1}")
+            })
+            .collect();
+        println!(
+            "  per call, {scenario:<8} CPU/context switches: {}",
+            parts.join(", ")
+        );
+    }
     let over = |x: &Samples, y: &Samples| {
         (x.quantile(0.5).as_secs_f64() - y.quantile(0.5).as_secs_f64()) * 1e6
     };

@@ -56,9 +56,91 @@ impl Samples {
     }
 }
 
+/// What a process has used so far, over all its threads: CPU time and
+/// context switches (from `/proc/PID/task/*/schedstat` and `status`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Time on a CPU, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Voluntary and involuntary context switches.
+    pub switches: u64,
+}
+
+impl Usage {
+    /// The usage of process `pid` (zero if it is gone).
+    #[must_use]
+    pub fn of(pid: u32) -> Usage {
+        let mut total = Usage::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return total;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            if let Ok(s) = std::fs::read_to_string(path.join("schedstat")) {
+                total.cpu_ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if let Ok(s) = std::fs::read_to_string(path.join("status")) {
+                total.switches += switches_in_status(&s);
+            }
+        }
+        total
+    }
+
+    /// What was used between `earlier` and `self`, per call of `calls`:
+    /// (CPU µs, context switches).
+    #[must_use]
+    pub fn per_call_since(&self, earlier: &Usage, calls: usize) -> (f64, f64) {
+        let n = calls.max(1) as f64;
+        (
+            self.cpu_ns.saturating_sub(earlier.cpu_ns) as f64 / 1e3 / n,
+            self.switches.saturating_sub(earlier.switches) as f64 / n,
+        )
+    }
+}
+
+/// The sum of `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches`
+/// in a `/proc/.../status` text.
+fn switches_in_status(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|l| {
+            l.starts_with("voluntary_ctxt_switches:")
+                || l.starts_with("nonvoluntary_ctxt_switches:")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_of_this_process_grows_with_work() {
+        let before = Usage::of(std::process::id());
+        let mut x = 0_u64;
+        let until = std::time::Instant::now() + Duration::from_millis(30);
+        while std::time::Instant::now() < until {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = Usage::of(std::process::id());
+        let (cpu_us, _) = after.per_call_since(&before, 1);
+        assert!(
+            cpu_us >= 20_000.0,
+            "30 ms of spinning counted as {cpu_us} µs"
+        );
+        assert_eq!(Usage::of(u32::MAX), Usage::default());
+    }
+
+    #[test]
+    fn switches_are_summed() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(switches_in_status(status), 15);
+    }
 
     #[test]
     fn quantiles() {
