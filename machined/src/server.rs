@@ -283,16 +283,24 @@ fn stream_of<T: Send + 'static, U: Send + 'static>(
 /// The running image's version (`VERSION_ID` of `/etc/os-release`, which
 /// imager writes with `ID=talos-rs`), else this build's (container mode,
 /// where `/etc/os-release` is the host's).
+///
+/// Read once: the image's root is read-only and a new version needs a
+/// reboot, and Version is the call clients poll, so it should not open a
+/// file each time.
 pub fn version_tag() -> String {
-    let version = std::fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|t| image_version(&t))
-        .unwrap_or_else(|| machinery::constants::VERSION.to_owned());
-    if version.starts_with('v') {
-        version
-    } else {
-        format!("v{version}")
-    }
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let version = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|t| image_version(&t))
+            .unwrap_or_else(|| machinery::constants::VERSION.to_owned());
+        if version.starts_with('v') {
+            version
+        } else {
+            format!("v{version}")
+        }
+    })
+    .clone()
 }
 
 /// `VERSION_ID` of an os-release text that is ours (`ID=talos-rs`). Pure.
