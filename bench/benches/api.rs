@@ -6,7 +6,9 @@
 //!   apid (mTLS), apid → apid (`node`), fan-out (`nodes`) to 1, 8, 32 nodes;
 //! - ServiceList latency on machined's socket with 6 services;
 //! - Logs follow throughput over machined's socket and through apid;
-//! - machined's RSS at idle with its services up (real binaries).
+//! - machined's RSS at idle with its services up (real binaries);
+//! - the floor: raw round trips through 0, 1 and 2 relay processes with
+//!   no protocol, what any two proxies pay here just to wake each other.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -512,6 +514,121 @@ async fn latency_real() {
     );
 }
 
+/// `--raw-hop SOCKET [UPSTREAM]`: this executable as one hop of
+/// [`relay_floor`], a process with a current-thread runtime like a daemon.
+/// Each connection echoes what it reads or, with `UPSTREAM`, relays each
+/// message there and the answer back. No protocol. Runs until killed.
+fn raw_hop(socket: PathBuf, upstream: Option<PathBuf>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        while let Ok((conn, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut conn = machinery::uds::Stream::from_tokio(conn).expect("register");
+                let mut up = match &upstream {
+                    Some(path) => Some(machinery::uds::Stream::connect(path).await.expect("up")),
+                    None => None,
+                };
+                let mut buf = vec![0_u8; 4096];
+                loop {
+                    let n = match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if let Some(up) = up.as_mut() {
+                        up.write_all(&buf[..n]).await.expect("relay request");
+                        let m = up.read(&mut buf).await.expect("relay answer");
+                        conn.write_all(&buf[..m]).await.expect("answer");
+                    } else {
+                        conn.write_all(&buf[..n]).await.expect("echo");
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The floor under the proxies' cost on this machine: 100-byte messages
+/// to an echo server directly, through one relay and through two, each a
+/// process of its own with a current-thread runtime like a daemon, over
+/// the node's unix-socket streams, with no HTTP/2, TLS or gRPC. What the
+/// relays add is what any two proxy processes pay here to wake each other.
+async fn relay_floor() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    println!("== the floor: raw 100-byte round trips through 0, 1, 2 relay processes ==");
+    let dir = tempfile_dir();
+    let exe = std::env::current_exe().expect("own executable");
+    let mut hops = Vec::new();
+    for (socket, upstream) in [
+        ("echo.sock", None),
+        ("relay1.sock", Some("echo.sock")),
+        ("relay2.sock", Some("relay1.sock")),
+    ] {
+        let mut command = std::process::Command::new(&exe);
+        command.arg("--raw-hop").arg(dir.join(socket));
+        if let Some(up) = upstream {
+            command.arg(dir.join(up));
+        }
+        hops.push(KillOnDrop(command.spawn().expect("raw hop")));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.join(socket).exists() {
+            assert!(Instant::now() < deadline, "{socket} never appeared");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let n = calls();
+    let mut results = Vec::new();
+    for (name, socket) in [
+        ("echo directly", "echo.sock"),
+        ("through one relay", "relay1.sock"),
+        ("through two relays", "relay2.sock"),
+    ] {
+        let mut conn = machinery::uds::Stream::connect(dir.join(socket))
+            .await
+            .expect("connect");
+        let message = [7_u8; 100];
+        let mut answer = [0_u8; 100];
+        let mut s = Samples::default();
+        let start = Instant::now();
+        for i in 0..n + 200 {
+            let t = Instant::now();
+            conn.write_all(&message).await.expect("write");
+            conn.read_exact(&mut answer).await.expect("read");
+            if i >= 200 {
+                s.push(t.elapsed());
+            }
+        }
+        s.set_wall(start.elapsed());
+        println!("{}", s.line(name));
+        results.push(s);
+    }
+    let over = |x: &Samples| {
+        (x.quantile(0.5).as_secs_f64() - results[0].quantile(0.5).as_secs_f64()) * 1e6
+    };
+    println!(
+        "two relays add {:.1}µs p50 (one adds {:.1}µs): wake-ups alone, without HTTP/2 or TLS",
+        over(&results[2]),
+        over(&results[1])
+    );
+    drop(hops);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Calls per scenario: 3000, or `BENCH_CALLS`.
 fn calls() -> usize {
     std::env::var("BENCH_CALLS")
@@ -529,9 +646,17 @@ fn client_tls(ctx: &machinery::talosconfig::Context) -> Arc<rustls::ClientConfig
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--raw-hop") {
+        raw_hop(
+            PathBuf::from(args.get(2).expect("--raw-hop SOCKET [UPSTREAM]")),
+            args.get(3).map(PathBuf::from),
+        );
+        return;
+    }
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // special: run only when benchmarking.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !args.iter().any(|a| a == "--bench") {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -545,6 +670,7 @@ fn main() {
     rt.block_on(async {
         if run("real") {
             latency_real().await;
+            relay_floor().await;
         }
         if run("inproc") {
             latency().await;
