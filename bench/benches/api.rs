@@ -520,6 +520,8 @@ async fn latency_real() {
 /// message there and the answer back. No protocol. Runs until killed.
 fn raw_hop(socket: PathBuf, upstream: Option<PathBuf>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Gone with the benchmark, however it ends.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -542,7 +544,10 @@ fn raw_hop(socket: PathBuf, upstream: Option<PathBuf>) {
                     };
                     if let Some(up) = up.as_mut() {
                         up.write_all(&buf[..n]).await.expect("relay request");
-                        let m = up.read(&mut buf).await.expect("relay answer");
+                        let m = match up.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(m) => m,
+                        };
                         conn.write_all(&buf[..m]).await.expect("answer");
                     } else {
                         conn.write_all(&buf[..n]).await.expect("echo");
