@@ -22,8 +22,14 @@ use tonic::transport::Channel;
 
 type Client = MachineServiceClient<Channel>;
 
+/// Calls made before a scenario's `n` timed ones, to warm connections
+/// and caches.
+fn warm_ups(n: usize) -> usize {
+    (n / 10).max(20)
+}
+
 async fn measure(client: &mut Client, n: usize, make: impl Fn() -> tonic::Request<()>) -> Samples {
-    for _ in 0..(n / 10).max(20) {
+    for _ in 0..warm_ups(n) {
         client.version(make()).await.expect("warm-up call");
     }
     let mut s = Samples::default();
@@ -85,13 +91,10 @@ async fn latency() {
     println!("{}", r.line("through routerd (UDS)"));
     println!("{}", l.line("through apid (mTLS) -> routerd -> machined"));
     println!("{}", o.line("apid -> apid (node=B, mTLS both hops)"));
-    let over = |x: &Samples, y: &Samples| {
-        (x.quantile(0.5).as_secs_f64() - y.quantile(0.5).as_secs_f64()) * 1e6
-    };
     println!(
         "apid local hop adds {:.1}µs p50 over direct (goal <= 150µs); routerd adds {:.1}µs",
-        over(&l, &d),
-        over(&r, &d)
+        l.p50_over_us(&d),
+        r.p50_over_us(&d)
     );
 
     println!("== fan-out (nodes=...) through apid A ==");
@@ -471,26 +474,24 @@ async fn latency_real() {
             .map(|&(_, pid)| Usage::of(pid))
             .collect::<Vec<_>>()
     };
-    let mut usage = Vec::new();
-    let before = snapshot();
+    // Usage before each scenario and after the last.
+    let mut marks = vec![snapshot()];
     let d = measure(&mut direct, n, || tonic::Request::new(())).await;
-    let after_d = snapshot();
+    marks.push(snapshot());
     let r = measure(&mut router, n, || tonic::Request::new(())).await;
-    let after_r = snapshot();
+    marks.push(snapshot());
     let l = measure(&mut apid, n, || tonic::Request::new(())).await;
-    let after_l = snapshot();
-    usage.push(("direct", before, after_d.clone()));
-    usage.push(("routerd", after_d, after_r.clone()));
-    usage.push(("apid", after_r, after_l));
+    marks.push(snapshot());
     let b = "127.9.8.3".to_owned();
     let o = measure(&mut apid, n, || with("node", std::slice::from_ref(&b))).await;
     println!("{}", d.line("direct to machined (UDS)"));
     println!("{}", r.line("through routerd (UDS)"));
     println!("{}", l.line("through apid (mTLS) -> routerd -> machined"));
     println!("{}", o.line("apid -> apid (node=B, mTLS both hops)"));
-    // Warm-up calls (n / 10, at least 20) are counted too.
-    let counted = n + (n / 10).max(20);
-    for (scenario, from, to) in &usage {
+    // The warm-up calls are counted too.
+    let counted = n + warm_ups(n);
+    for (scenario, span) in ["direct", "routerd", "apid"].iter().zip(marks.windows(2)) {
+        let (from, to) = (&span[0], &span[1]);
         let parts: Vec<String> = watched
             .iter()
             .zip(from.iter().zip(to))
@@ -504,13 +505,10 @@ async fn latency_real() {
             parts.join(", ")
         );
     }
-    let over = |x: &Samples, y: &Samples| {
-        (x.quantile(0.5).as_secs_f64() - y.quantile(0.5).as_secs_f64()) * 1e6
-    };
     println!(
         "apid local hop adds {:.1}µs p50 over direct (goal <= 150µs); routerd adds {:.1}µs",
-        over(&l, &d),
-        over(&r, &d)
+        l.p50_over_us(&d),
+        r.p50_over_us(&d)
     );
 }
 
@@ -558,13 +556,12 @@ fn raw_hop(socket: PathBuf, upstream: Option<PathBuf>) {
     });
 }
 
-/// A child process killed when dropped.
-struct KillOnDrop(std::process::Child);
+/// A child process stopped (see [`terminate`]) when dropped.
+struct StopOnDrop(std::process::Child);
 
-impl Drop for KillOnDrop {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        terminate(&mut self.0);
     }
 }
 
@@ -589,7 +586,7 @@ async fn relay_floor() {
         if let Some(up) = upstream {
             command.arg(dir.join(up));
         }
-        hops.push(KillOnDrop(command.spawn().expect("raw hop")));
+        hops.push(StopOnDrop(command.spawn().expect("raw hop")));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !dir.join(socket).exists() {
             assert!(Instant::now() < deadline, "{socket} never appeared");
@@ -608,27 +605,26 @@ async fn relay_floor() {
             .expect("connect");
         let message = [7_u8; 100];
         let mut answer = [0_u8; 100];
+        for _ in 0..warm_ups(n) {
+            conn.write_all(&message).await.expect("warm-up write");
+            conn.read_exact(&mut answer).await.expect("warm-up read");
+        }
         let mut s = Samples::default();
         let start = Instant::now();
-        for i in 0..n + 200 {
+        for _ in 0..n {
             let t = Instant::now();
             conn.write_all(&message).await.expect("write");
             conn.read_exact(&mut answer).await.expect("read");
-            if i >= 200 {
-                s.push(t.elapsed());
-            }
+            s.push(t.elapsed());
         }
         s.set_wall(start.elapsed());
         println!("{}", s.line(name));
         results.push(s);
     }
-    let over = |x: &Samples| {
-        (x.quantile(0.5).as_secs_f64() - results[0].quantile(0.5).as_secs_f64()) * 1e6
-    };
     println!(
         "two relays add {:.1}µs p50 (one adds {:.1}µs): wake-ups alone, without HTTP/2 or TLS",
-        over(&results[2]),
-        over(&results[1])
+        results[2].p50_over_us(&results[0]),
+        results[1].p50_over_us(&results[0])
     );
     drop(hops);
     let _ = std::fs::remove_dir_all(&dir);

@@ -33,6 +33,12 @@ impl Samples {
         v[i.min(v.len() - 1)]
     }
 
+    /// How much higher this median is than `base`'s, in µs.
+    #[must_use]
+    pub fn p50_over_us(&self, base: &Samples) -> f64 {
+        (self.quantile(0.5).as_secs_f64() - base.quantile(0.5).as_secs_f64()) * 1e6
+    }
+
     /// Calls per second over the wall time.
     #[must_use]
     pub fn rate(&self) -> f64 {
@@ -158,5 +164,8 @@ mod tests {
         assert_eq!(s.quantile(0.5), Duration::from_micros(51));
         assert_eq!(s.quantile(0.99), Duration::from_micros(99));
         assert!((s.rate() - 10_000.0).abs() < 1e-6);
+        let mut base = Samples::default();
+        base.push(Duration::from_micros(1));
+        assert!((s.p50_over_us(&base) - 50.0).abs() < 1e-6);
     }
 }

@@ -166,6 +166,15 @@ impl tonic::transport::server::Connected for Stream {
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
+/// Accepts the next connection on `listener` as a [`Stream`].
+///
+/// # Errors
+/// Accepting fails, or the connection cannot be registered.
+pub async fn accept(listener: &tokio::net::UnixListener) -> io::Result<Stream> {
+    let (stream, _) = listener.accept().await?;
+    Stream::from_tokio(stream)
+}
+
 /// The connections `listener` accepts, as [`Stream`]s (for tonic's
 /// `serve_with_incoming`).
 pub fn incoming(

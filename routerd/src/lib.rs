@@ -207,14 +207,8 @@ impl Router {
         tokio::pin!(shutdown);
         loop {
             let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => match machinery::uds::Stream::from_tokio(stream) {
-                        Ok(stream) => stream,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "registering a connection");
-                            continue;
-                        }
-                    },
+                accepted = machinery::uds::accept(&listener) => match accepted {
+                    Ok(stream) => stream,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept");
                         continue;
