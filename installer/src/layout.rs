@@ -200,7 +200,28 @@ pub enum LayoutError {
         /// `total_sectors * SECTOR_SIZE`.
         plan_bytes: u64,
     },
-    /// Opening, writing or syncing the disk failed.
+    /// The table on a disk is not one [`gpt_bytes`] renders, so rewriting
+    /// it could lose something: it is left as it is.
+    #[error("{path}: {reason}: not the partition table the installer writes, left as it is")]
+    NotOurs {
+        /// The device or image file.
+        path: PathBuf,
+        /// What did not match.
+        reason: String,
+    },
+    /// The table describes a larger disk than the device is.
+    #[error(
+        "{path} is {device_bytes} bytes but its partition table is for {table_bytes} bytes: the disk shrank, left as it is"
+    )]
+    Shrunk {
+        /// The device or image file.
+        path: PathBuf,
+        /// Its size.
+        device_bytes: u64,
+        /// The size the table's backup header places the disk's end at.
+        table_bytes: u64,
+    },
+    /// Opening, reading, writing or syncing the disk failed.
     #[error("writing the partition table: {0}")]
     Target(#[from] TargetError),
 }
@@ -323,10 +344,7 @@ pub fn plan(disk_bytes: u64, guids: &mut impl FnMut() -> [u8; 16]) -> Result<Pla
         });
     }
     let total_sectors = disk_bytes / SECTOR_SIZE;
-    // The rest ends on a 1 MiB boundary too, giving up less than 1 MiB:
-    // encryption (LUKS on EPHEMERAL or STATE) and 4 KiB-sector tools want
-    // whole aligned units, and `sgdisk --verify` cautions otherwise.
-    let rest_end = (last_usable_lba(total_sectors) + 1) / ALIGNMENT_SECTORS * ALIGNMENT_SECTORS;
+    let rest_end = rest_end(total_sectors);
     let disk_guid = guids();
     let mut partitions = Vec::with_capacity(LAYOUT.len());
     let mut next = FIRST_PARTITION_LBA;
@@ -361,6 +379,14 @@ pub fn plan(disk_bytes: u64, guids: &mut impl FnMut() -> [u8; 16]) -> Result<Pla
 /// The last LBA a partition may use: right before the backup entries.
 fn last_usable_lba(total_sectors: u64) -> u64 {
     total_sectors - BACKUP_SECTORS - 1
+}
+
+/// One past the last sector of the partition that takes the rest of a
+/// disk of `total_sectors`. It ends on a 1 MiB boundary too, giving up
+/// less than 1 MiB: encryption (LUKS on EPHEMERAL or STATE) and 4 KiB-sector
+/// tools want whole aligned units, and `sgdisk --verify` cautions otherwise.
+fn rest_end(total_sectors: u64) -> u64 {
+    (last_usable_lba(total_sectors) + 1) / ALIGNMENT_SECTORS * ALIGNMENT_SECTORS
 }
 
 /// The byte offset and length of the partition called `name`.
@@ -531,6 +557,168 @@ pub fn write_gpt_to(disk: &Disk, plan: &Plan) -> Result<(), LayoutError> {
     disk.write_at(&backup, (plan.total_sectors - BACKUP_SECTORS) * SECTOR_SIZE)?;
     disk.sync()?;
     Ok(())
+}
+
+/// Reads back a table [`write_gpt_to`] wrote: the plan it was rendered
+/// from, with `total_sectors` the disk size the table was made for (its
+/// backup header's sector plus one), which may be less than the device's.
+///
+/// Only the primary table is read, and only a table that renders back to
+/// the same bytes is accepted (protective MBR, header and all 128 entries),
+/// so that writing the plan again loses nothing.
+///
+/// # Errors
+/// [`LayoutError::NotOurs`] naming what differs; [`LayoutError::Target`]
+/// when the disk cannot be read.
+pub fn read_gpt(disk: &Disk) -> Result<Plan, LayoutError> {
+    let ss = SECTOR_SIZE as usize;
+    let not_ours = |reason: &str| LayoutError::NotOurs {
+        path: disk.path().to_path_buf(),
+        reason: reason.to_owned(),
+    };
+    let mut start = vec![0u8; (2 + ENTRIES_SECTORS) as usize * ss];
+    if disk.size() < (2 + ENTRIES_SECTORS + BACKUP_SECTORS) * SECTOR_SIZE {
+        return Err(not_ours("too small to hold a GPT"));
+    }
+    disk.read_at(&mut start, 0)?;
+    let h = &start[ss..ss + HEADER_SIZE];
+    if &h[..8] != b"EFI PART" {
+        return Err(not_ours("no GPT header at LBA 1"));
+    }
+    let le64 = |b: &[u8], at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    let alternate_lba = le64(h, 32);
+    if alternate_lba < 2 + ENTRIES_SECTORS + BACKUP_SECTORS {
+        return Err(not_ours(
+            "the backup header's place is inside the primary table",
+        ));
+    }
+    let mut disk_guid = [0u8; 16];
+    disk_guid.copy_from_slice(&h[56..72]);
+    let entries = &start[2 * ss..];
+    let mut partitions = Vec::new();
+    for (slot, e) in entries.chunks_exact(ENTRY_SIZE).enumerate() {
+        if e[..16].iter().all(|&b| b == 0) {
+            break;
+        }
+        let mut type_guid = [0u8; 16];
+        type_guid.copy_from_slice(&e[..16]);
+        let mut unique_guid = [0u8; 16];
+        unique_guid.copy_from_slice(&e[16..32]);
+        let units: Vec<u16> = e[56..]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        let name = String::from_utf16(&units)
+            .map_err(|_| not_ours(&format!("partition {} has a malformed name", slot + 1)))?;
+        let (first_lba, last_lba) = (le64(e, 32), le64(e, 40));
+        if first_lba > last_lba {
+            return Err(not_ours(&format!(
+                "partition {} ends before it starts",
+                slot + 1
+            )));
+        }
+        partitions.push(Partition {
+            index: slot as u32 + 1,
+            name,
+            type_guid,
+            unique_guid,
+            first_lba,
+            last_lba,
+        });
+    }
+    let plan = Plan {
+        disk_guid,
+        sector_size: SECTOR_SIZE,
+        total_sectors: alternate_lba + 1,
+        partitions,
+    };
+    // Everything else (revision, sizes, usable range, CRCs, attributes,
+    // entries after the last partition) is checked by rendering the plan
+    // again: any difference means the table is not ours to rewrite.
+    if gpt_bytes(&plan).0 != start {
+        return Err(not_ours(
+            "the protective MBR, header or entries differ from what the installer writes",
+        ));
+    }
+    Ok(plan)
+}
+
+/// What [`grow_to_disk`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Growth {
+    /// The disk size in sectors the table was for, then is for.
+    pub disk_sectors: (u64, u64),
+    /// The last partition's name and its size in sectors before and after
+    /// (the same when the disk grew by less than its alignment, or when
+    /// the last partition is not the one that takes the rest).
+    pub last_partition: Option<(String, u64, u64)>,
+}
+
+/// Fits a table [`write_gpt_to`] wrote for a smaller disk to `disk`'s
+/// whole size: the backup table moves to the disk's end and the last
+/// partition, when it is the one that takes the rest ([`EPHEMERAL`]),
+/// grows up to the last 1 MiB boundary before it, as [`plan`] would have
+/// placed it. A disk image copied onto a larger disk is the case. Its
+/// filesystem grows separately, once mounted.
+///
+/// Crash-safe in order: the new backup table is written and synced first,
+/// while the old primary still names the old backup; then the primary;
+/// then the old backup is zeroed. Whatever is interrupted, one valid table
+/// describes the disk. On a block device the kernel learns of the new
+/// partition size only when asked ([`Disk::reread_partitions`]).
+///
+/// Returns `None` when the table already fits the disk.
+///
+/// # Errors
+/// [`LayoutError::NotOurs`] or [`LayoutError::Shrunk`], with nothing
+/// written; [`LayoutError::Target`] naming the step that failed.
+pub fn grow_to_disk(disk: &Disk) -> Result<Option<Growth>, LayoutError> {
+    let mut plan = read_gpt(disk)?;
+    let old_total = plan.total_sectors;
+    let total = disk.size() / SECTOR_SIZE;
+    if old_total == total {
+        return Ok(None);
+    }
+    if old_total > total {
+        return Err(LayoutError::Shrunk {
+            path: disk.path().to_path_buf(),
+            device_bytes: disk.size(),
+            table_bytes: old_total * SECTOR_SIZE,
+        });
+    }
+    plan.total_sectors = total;
+    let takes_the_rest = LAYOUT.iter().find(|s| s.size.is_none()).map(|s| s.name);
+    let last_partition = plan.partitions.last_mut().map(|p| {
+        let before = p.sectors();
+        if Some(p.name.as_str()) == takes_the_rest {
+            p.last_lba = p.last_lba.max(rest_end(total) - 1);
+        }
+        (p.name.clone(), before, p.sectors())
+    });
+    let (primary, backup) = gpt_bytes(&plan);
+    let new_backup_lba = total - BACKUP_SECTORS;
+    disk.write_at(&backup, new_backup_lba * SECTOR_SIZE)?;
+    disk.sync()?;
+    disk.write_at(&primary, 0)?;
+    disk.sync()?;
+    // The old backup is past the old table's last usable sector; zero what
+    // the new backup did not overwrite, so no stale header lingers.
+    let old_backup_lba = old_total - BACKUP_SECTORS;
+    let stale_end = old_total.min(new_backup_lba);
+    if stale_end > old_backup_lba {
+        let stale = vec![0u8; ((stale_end - old_backup_lba) * SECTOR_SIZE) as usize];
+        disk.write_at(&stale, old_backup_lba * SECTOR_SIZE)?;
+        disk.sync()?;
+    }
+    Ok(Some(Growth {
+        disk_sectors: (old_total, total),
+        last_partition,
+    }))
 }
 
 #[cfg(test)]
@@ -818,6 +1006,160 @@ mod tests {
         );
         assert!(out.status.success(), "sgdisk {arg} failed: {text}");
         text
+    }
+
+    /// A sparse image file of `bytes` with the table planned for `table_bytes`.
+    fn image_with_table(table_bytes: u64, bytes: u64) -> (tempfile::NamedTempFile, Plan) {
+        let file = tempfile::NamedTempFile::new().expect("tempfile");
+        file.as_file().set_len(table_bytes).expect("sparse file");
+        let plan = plan(table_bytes, &mut counter()).expect("plan");
+        write_gpt(file.path(), &plan).expect("write");
+        file.as_file().set_len(bytes).expect("resize");
+        (file, plan)
+    }
+
+    fn read_at(file: &tempfile::NamedTempFile, offset: u64, len: usize) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        file.as_file()
+            .read_exact_at(&mut got, offset)
+            .expect("read");
+        got
+    }
+
+    #[test]
+    fn a_table_reads_back_as_its_plan() {
+        let (file, plan) = image_with_table(4 * GIB, 4 * GIB);
+        let disk = Disk::open(file.path()).expect("open");
+        assert_eq!(read_gpt(&disk).expect("read"), plan);
+        assert_eq!(grow_to_disk(&disk).expect("grow"), None, "already fits");
+    }
+
+    #[test]
+    fn a_table_grows_to_a_larger_disk() {
+        let sgdisk = sgdisk();
+        // 6 GiB and 5 sectors: the end is not aligned.
+        let bytes = 6 * GIB + 5 * 512;
+        let (file, old) = image_with_table(4 * GIB, bytes);
+        let verify = run(&sgdisk, "--verify", file.path());
+        assert!(!verify.contains("No problems found"), "{verify}");
+        let state_at = old.partitions[2].first_lba * 512;
+        file.as_file()
+            .write_all_at(b"state contents", state_at)
+            .expect("marker");
+
+        let disk = Disk::open(file.path()).expect("open");
+        let growth = grow_to_disk(&disk).expect("grow").expect("it grew");
+        let total = bytes / 512;
+        let old_ephemeral = old.partitions[3].sectors();
+        // 6 GiB less the backup's 33 sectors, plus 5: 6143 whole MiB.
+        let new_last = 6143 * 2048 - 1;
+        assert_eq!(
+            growth,
+            Growth {
+                disk_sectors: (4 * GIB / 512, total),
+                last_partition: Some((
+                    EPHEMERAL.to_owned(),
+                    old_ephemeral,
+                    new_last - old.partitions[3].first_lba + 1
+                )),
+            }
+        );
+
+        let new = read_gpt(&disk).expect("read back");
+        assert_eq!(new.total_sectors, total);
+        assert_eq!(new.disk_guid, old.disk_guid);
+        assert_eq!(
+            new.partitions[..3],
+            old.partitions[..3],
+            "only the last moves"
+        );
+        assert_eq!(new.partitions[3].first_lba, old.partitions[3].first_lba);
+        assert_eq!(new.partitions[3].unique_guid, old.partitions[3].unique_guid);
+        assert_eq!(new.partitions[3].last_lba, new_last);
+        // The backup table at the new end; the old one is gone.
+        let (_, backup) = gpt_bytes(&new);
+        assert_eq!(read_at(&file, (total - 33) * 512, backup.len()), backup);
+        let old_backup = read_at(&file, (old.total_sectors - 33) * 512, 33 * 512);
+        assert!(old_backup.iter().all(|&b| b == 0), "stale backup left");
+        assert_eq!(read_at(&file, state_at, 14), b"state contents");
+
+        let verify = run(&sgdisk, "--verify", file.path());
+        assert!(verify.contains("No problems found"), "{verify}");
+        assert_eq!(grow_to_disk(&disk).expect("again"), None, "idempotent");
+    }
+
+    #[test]
+    fn a_few_sectors_more_move_only_the_backup() {
+        // Fewer sectors than the backup table takes: old and new overlap.
+        let bytes = 4 * GIB + 10 * 512;
+        let (file, old) = image_with_table(4 * GIB, bytes);
+        let disk = Disk::open(file.path()).expect("open");
+        let growth = grow_to_disk(&disk).expect("grow").expect("it moved");
+        let size = old.partitions[3].sectors();
+        assert_eq!(
+            growth.last_partition,
+            Some((EPHEMERAL.to_owned(), size, size))
+        );
+        let new = read_gpt(&disk).expect("read back");
+        assert_eq!(new.partitions, old.partitions);
+        let (_, backup) = gpt_bytes(&new);
+        assert_eq!(
+            read_at(&file, (bytes / 512 - 33) * 512, backup.len()),
+            backup
+        );
+        assert!(
+            read_at(&file, (old.total_sectors - 33) * 512, 10 * 512)
+                .iter()
+                .all(|&b| b == 0)
+        );
+        let verify = run(&sgdisk(), "--verify", file.path());
+        assert!(verify.contains("No problems found"), "{verify}");
+    }
+
+    #[test]
+    fn tables_not_ours_are_left_alone() {
+        // No table at all.
+        let blank = tempfile::NamedTempFile::new().expect("tempfile");
+        blank.as_file().set_len(GIB).expect("sparse file");
+        let err = grow_to_disk(&Disk::open(blank.path()).expect("open")).expect_err("blank");
+        assert!(
+            matches!(&err, LayoutError::NotOurs { reason, .. } if reason.contains("no GPT header")),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&blank.path().display().to_string())
+        );
+
+        // One attribute bit set on a partition: rewriting would drop it.
+        let bytes = 6 * GIB;
+        let (file, old) = image_with_table(4 * GIB, bytes);
+        let entry = 2 * 512 + 2 * 128;
+        file.as_file()
+            .write_all_at(&[1], entry + 48)
+            .expect("attribute");
+        let before = read_at(&file, 0, 34 * 512);
+        let err = grow_to_disk(&Disk::open(file.path()).expect("open")).expect_err("changed");
+        assert!(matches!(err, LayoutError::NotOurs { .. }), "{err}");
+        assert_eq!(read_at(&file, 0, 34 * 512), before, "primary untouched");
+        assert!(
+            read_at(&file, bytes - 33 * 512, 33 * 512)
+                .iter()
+                .all(|&b| b == 0),
+            "no backup written"
+        );
+        assert!(
+            read_at(&file, (old.total_sectors - 1) * 512, 8).starts_with(b"EFI PART"),
+            "old backup kept"
+        );
+
+        // A disk smaller than its table.
+        let (small, _) = image_with_table(4 * GIB, 3 * GIB);
+        let err = grow_to_disk(&Disk::open(small.path()).expect("open")).expect_err("shrunk");
+        assert!(
+            matches!(err, LayoutError::Shrunk { device_bytes, table_bytes, .. } if device_bytes == 3 * GIB && table_bytes == 4 * GIB),
+            "{err}"
+        );
     }
 
     #[test]

@@ -897,6 +897,78 @@ fn grow_to_partition(device: &Path, target: &Path) {
     }
 }
 
+/// The disk that partition `part` (a device path under `dev`) is on, from
+/// sysfs: `/sys/class/block/vda4` links into `.../block/vda/vda4`.
+pub fn disk_of(class_block: &Path, dev: &Path, part: &Path) -> Option<PathBuf> {
+    let name = part.file_name()?;
+    let entry = class_block.join(name);
+    if !entry.join("partition").exists() {
+        return None;
+    }
+    let real = std::fs::canonicalize(&entry).ok()?;
+    Some(dev.join(real.parent()?.file_name()?))
+}
+
+/// Fits the partition table of the disk EPHEMERAL is on to the whole disk
+/// before anything on it is mounted: `metal-amd64.raw` copied onto a larger
+/// disk keeps the table it was built with, its backup in the middle of the
+/// disk and EPHEMERAL ending there. The backup moves to the end and
+/// EPHEMERAL's partition grows to it (`installer::layout::grow_to_disk`);
+/// the kernel then re-reads the table, and [`grow_to_partition`] grows the
+/// filesystem once mounted. A table the installer did not write, or any
+/// failure, leaves the disk as it is, and says so.
+fn grow_partition_table(class_block: &Path, dev: &Path) {
+    let Some((part, _)) = find_labelled(class_block, dev, EPHEMERAL_LABEL) else {
+        return;
+    };
+    let Some(path) = disk_of(class_block, dev, &part) else {
+        return;
+    };
+    let disk = match installer::target::Disk::open(&path) {
+        Ok(disk) => disk,
+        Err(e) => {
+            log(
+                Priority::Warning,
+                &format!("fitting the partition table: {e}"),
+            );
+            return;
+        }
+    };
+    match installer::layout::grow_to_disk(&disk) {
+        Ok(None) => {}
+        Ok(Some(growth)) => {
+            let mib = |sectors: u64| (sectors * installer::layout::SECTOR_SIZE) >> 20;
+            let (from, to) = growth.disk_sectors;
+            let mut line = format!(
+                "{}: partition table moved from a {} MiB to a {} MiB disk",
+                path.display(),
+                mib(from),
+                mib(to)
+            );
+            if let Some((name, before, after)) = growth.last_partition
+                && after != before
+            {
+                line.push_str(&format!(
+                    ", {name} grown from {} MiB to {} MiB",
+                    mib(before),
+                    mib(after)
+                ));
+            }
+            kmsg_log(&line);
+            if let Err(e) = disk.reread_partitions() {
+                log(
+                    Priority::Warning,
+                    &format!("{e}: the new partition sizes take effect at the next boot"),
+                );
+            }
+        }
+        Err(e) => log(
+            Priority::Warning,
+            &format!("fitting the partition table: {e}"),
+        ),
+    }
+}
+
 // === loopback ===
 
 /// Brings up `lo` (always interface 1) with one rtnetlink request, so the
@@ -1227,6 +1299,9 @@ pub fn boot_metal() -> BootReport {
         kmsg_log(
             "no disk filesystem of ours: the network and filesystem modules load once apid is up",
         );
+    }
+    if disk {
+        grow_partition_table(class_block, dev);
     }
     for (label, target, missing) in [
         (
@@ -1575,6 +1650,29 @@ mod tests {
         let found = find_labelled(&class, &dev, STATE_LABEL).expect("found");
         assert_eq!(found, (dev.join("vdb"), udevd::probe::FsKind::Xfs));
         assert_eq!(find_labelled(&class, &dev, "META"), None);
+    }
+
+    #[test]
+    fn a_partition_names_its_disk() {
+        use std::os::unix::fs::symlink;
+        // As sysfs has it: class/block entries link into the device tree,
+        // where a partition is a directory inside its disk's.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let class = dir.path().join("class/block");
+        let devices = dir.path().join("devices/pci0/virtio1/block/vda");
+        std::fs::create_dir_all(devices.join("vda4")).expect("mkdir");
+        std::fs::write(devices.join("vda4/partition"), "4\n").expect("partition");
+        std::fs::create_dir_all(&class).expect("mkdir");
+        symlink(&devices, class.join("vda")).expect("symlink");
+        symlink(devices.join("vda4"), class.join("vda4")).expect("symlink");
+        let dev = Path::new("/dev");
+        assert_eq!(
+            disk_of(&class, dev, Path::new("/dev/vda4")),
+            Some(PathBuf::from("/dev/vda"))
+        );
+        // A whole disk is no partition; an unknown name is nothing.
+        assert_eq!(disk_of(&class, dev, Path::new("/dev/vda")), None);
+        assert_eq!(disk_of(&class, dev, Path::new("/dev/vdz1")), None);
     }
 
     #[test]

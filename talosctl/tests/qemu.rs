@@ -469,12 +469,16 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         raw.display()
     );
     let work = tempfile::tempdir().expect("tempdir");
-    // The test writes to an overlay, never to the built image.
+    // The test writes to an overlay, never to the built image. The overlay
+    // is 1 GiB larger than the image, as a disk the image is copied onto
+    // usually is: the node fits its partition table to the disk.
     let disk = work.path().join("disk.qcow2");
+    let disk_bytes = std::fs::metadata(&raw).expect("image size").len() + (1 << 30);
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(&raw)
         .arg(&disk)
+        .arg(disk_bytes.to_string())
         .status()
         .expect("qemu-img runs");
     assert!(st.success());
@@ -590,6 +594,32 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         &args(&with(&["read", "/proc/sys/kernel/random/boot_id"])),
     );
 
+    // The image's table was for a smaller disk, as the kernel said; the
+    // node moved the backup table to the disk's end, grew EPHEMERAL's
+    // partition up to the last MiB boundary before it, and /var with it.
+    let dmesg = ok(&tc, &args(&with(&["dmesg"])));
+    for line in [
+        "Alternate GPT header not at the end of the disk",
+        "/dev/vda: partition table moved from a",
+        "EPHEMERAL grown from",
+        "/var grown from",
+    ] {
+        assert!(dmesg.contains(line), "{line:?} missing:\n{dmesg}");
+    }
+    let sectors = |path: &'static str| -> u64 {
+        let text = ok(&tc, &args(&with(&["read", path])));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{path}: {text:?}: {e}"))
+    };
+    assert_eq!(sectors("/sys/class/block/vda/size"), disk_bytes / 512);
+    let ephemeral_end = (disk_bytes / 512 - 33) / 2048 * 2048;
+    let ephemeral_start = sectors("/sys/class/block/vda4/start");
+    assert_eq!(
+        sectors("/sys/class/block/vda4/size"),
+        ephemeral_end - ephemeral_start
+    );
+
     // Service logs persist on EPHEMERAL.
     let logs = ok(&tc, &args(&with(&["list", "/var/log"])));
     for file in ["machined.log", "apid.log"] {
@@ -622,6 +652,16 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         id.trim().len() == 36 && id != boot_id
     });
     assert_ne!(after, boot_id);
+
+    // The kernel finds the table whole at the next boot.
+    let dmesg = ok(&tc, &args(&with(&["dmesg"])));
+    assert!(dmesg.contains("EPHEMERAL"), "not this boot's log:\n{dmesg}");
+    assert!(!dmesg.contains("GPT header not at the end"), "{dmesg}");
+    assert!(!dmesg.contains("partition table moved"), "{dmesg}");
+    assert_eq!(
+        sectors("/sys/class/block/vda4/size"),
+        ephemeral_end - ephemeral_start
+    );
 }
 
 // === install and upgrade ===
