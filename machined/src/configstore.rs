@@ -7,6 +7,13 @@
 //! another apply lands first; `dry_run` changes nothing and describes the
 //! diff. A config that fails to parse or validate is refused with the reason
 //! and nothing changes. Only one apply runs at a time.
+//!
+//! The daemons that read the config themselves (networkd, timed) read the
+//! live one, not the persisted one: machined keeps a copy of it at
+//! [`NodePaths::live_config`](machinery::constants::NodePaths::live_config)
+//! ([`ConfigStore::with_live_copy`]). So a `try` apply reaches them and is
+//! reverted in them too, and a `staged` one waits for the next boot there
+//! as well.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -62,6 +69,10 @@ pub enum ApplyError {
     /// Persisting failed; nothing changed.
     #[error("persisting the machine config: {0}")]
     Persist(ConfigError),
+    /// The live copy the daemons read could not be written; nothing
+    /// changed.
+    #[error("writing the live machine config for networkd and timed: {0}")]
+    LiveCopy(ConfigError),
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +86,7 @@ struct TryState {
 #[derive(Debug)]
 pub struct ConfigStore {
     path: PathBuf,
+    live_copy: Option<PathBuf>,
     live: watch::Sender<Option<Arc<MachineConfig>>>,
     persisted: Mutex<Option<Arc<MachineConfig>>>,
     apply_lock: tokio::sync::Mutex<()>,
@@ -99,11 +111,56 @@ impl ConfigStore {
         };
         Ok(ConfigStore {
             path,
+            live_copy: None,
             live: watch::channel(config.clone()).0,
             persisted: Mutex::new(config),
             apply_lock: tokio::sync::Mutex::new(()),
             try_state: Mutex::default(),
         })
+    }
+
+    /// Keeps a copy of the live config at `copy` from now on (written at
+    /// once; removed while there is none), for the daemons that read the
+    /// config themselves.
+    ///
+    /// # Errors
+    /// The copy cannot be written (or a stale one removed).
+    pub fn with_live_copy(mut self, copy: PathBuf) -> Result<ConfigStore, ApplyError> {
+        self.live_copy = Some(copy);
+        self.write_live_copy(self.current().as_ref())?;
+        Ok(self)
+    }
+
+    /// Writes `config` to the live copy atomically (a rename, which the
+    /// daemons' inotify watches see), or removes the copy for `None`.
+    fn write_live_copy(&self, config: Option<&Arc<MachineConfig>>) -> Result<(), ApplyError> {
+        let Some(path) = &self.live_copy else {
+            return Ok(());
+        };
+        let io = |operation: &'static str, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| {
+                ApplyError::LiveCopy(ConfigError::Io {
+                    operation,
+                    path,
+                    source,
+                })
+            }
+        };
+        if let Some(dir) = path.parent() {
+            // The daemons watch this directory: it exists even without a
+            // config.
+            std::fs::create_dir_all(dir).map_err(io("creating the directory", dir))?;
+        }
+        match config {
+            Some(config) => {
+                machinery::config::save_atomic(path, config).map_err(ApplyError::LiveCopy)
+            }
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", path)(e)),
+                _ => Ok(()),
+            },
+        }
     }
 
     /// The live config, if any.
@@ -213,6 +270,7 @@ impl ConfigStore {
         };
         match mode {
             ApplyMode::Try(timeout) => {
+                self.write_live_copy(Some(&config))?;
                 self.live.send_replace(Some(config));
                 let store = Arc::clone(self);
                 let revert = tokio::spawn(async move {
@@ -223,7 +281,15 @@ impl ConfigStore {
             }
             ApplyMode::Staged => self.persist(&config)?,
             _ => {
-                self.persist(&config)?;
+                // The live copy first: if persisting then fails, it is put
+                // back, and nothing changed.
+                self.write_live_copy(Some(&config))?;
+                if let Err(e) = self.persist(&config) {
+                    if let Err(undo) = self.write_live_copy(current.as_ref()) {
+                        tracing::warn!(error = %undo, "restoring the live machine config copy");
+                    }
+                    return Err(e);
+                }
                 self.live.send_replace(Some(config));
             }
         }
@@ -257,6 +323,11 @@ impl ConfigStore {
         t.pending = None;
         let persisted = lock(&self.persisted).clone();
         tracing::info!("try mode timed out: reverting to the persisted machine config");
+        if let Err(e) = self.write_live_copy(persisted.as_ref()) {
+            // The API and machined revert regardless; networkd and timed
+            // keep the trial's settings until the next apply or boot.
+            tracing::warn!(error = %e, "reverting the live machine config copy");
+        }
         self.live.send_replace(persisted);
     }
 }
@@ -267,5 +338,74 @@ fn humanize(d: Duration) -> String {
         (0, 0, s) => format!("{s}s"),
         (0, m, s) => format!("{m}m{s}s"),
         (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(hostname: &str) -> String {
+        let now = std::time::SystemTime::now();
+        let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+        let generated = machinery::generate::generate(
+            &bundle,
+            &machinery::generate::GenOptions::new("store", "https://127.0.0.1:6443"),
+            now,
+        )
+        .expect("configs");
+        machinery::generate::apply_patch(
+            &generated.controlplane_yaml,
+            &format!("machine:\n  network:\n    hostname: {hostname}\n"),
+        )
+        .expect("patch")
+    }
+
+    #[tokio::test]
+    async fn a_failed_persist_leaves_the_live_copy_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = dir.path().join("run/config.yaml");
+        // The persisted path's parent is a file: persisting fails.
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, "").expect("file");
+        let store = Arc::new(
+            ConfigStore::load(blocker.join("config.yaml"))
+                .expect("no config")
+                .with_live_copy(live.clone())
+                .expect("live copy"),
+        );
+        let err = store
+            .apply(config("one").as_bytes(), ApplyMode::NoReboot, false, true)
+            .await
+            .expect_err("cannot persist");
+        assert!(matches!(err, ApplyError::Persist(_)), "{err}");
+        assert!(!live.exists(), "the live copy kept the refused config");
+        assert!(store.current().is_none());
+
+        // A try needs no persisting: its copy is written, and a stale
+        // copy is replaced at load.
+        std::fs::write(&live, "stale").expect("stale copy");
+        let store = Arc::new(
+            ConfigStore::load(dir.path().join("state/config.yaml"))
+                .expect("no config")
+                .with_live_copy(live.clone())
+                .expect("live copy"),
+        );
+        assert!(!live.exists(), "a stale copy survived the load");
+        store
+            .apply(config("two").as_bytes(), ApplyMode::NoReboot, false, true)
+            .await
+            .expect("applied");
+        store
+            .apply(
+                config("three").as_bytes(),
+                ApplyMode::Try(Duration::from_secs(60)),
+                false,
+                false,
+            )
+            .await
+            .expect("tried");
+        let copy = std::fs::read_to_string(&live).expect("copy");
+        assert!(copy.contains("hostname: three"), "{copy}");
     }
 }

@@ -42,6 +42,9 @@ pub enum RunError {
     /// The persisted config is broken.
     #[error(transparent)]
     Config(#[from] machinery::config::ConfigError),
+    /// The live copy of the config could not be written.
+    #[error(transparent)]
+    LiveConfig(#[from] crate::configstore::ApplyError),
     /// Services are misdefined.
     #[error(transparent)]
     Services(#[from] crate::supervisor::SupervisorError),
@@ -98,7 +101,10 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
 
     let paths = machinery::constants::NodePaths::under(&options.root);
     let state = mkdir(paths.state_dir())?;
-    let config = Arc::new(ConfigStore::load(machinery::config::persist_path(&state))?);
+    let config = Arc::new(
+        ConfigStore::load(machinery::config::persist_path(&state))?
+            .with_live_copy(paths.live_config())?,
+    );
     let node = Arc::new(Node::new(options, logs, config));
     node.events.publish(
         Payload::MachineStatus {

@@ -104,7 +104,7 @@ impl From<ApiError> for Status {
                 ApplyError::Invalid(_) | ApplyError::Refused(_) => Status::invalid_argument(msg),
                 ApplyError::Busy => Status::failed_precondition(msg),
                 ApplyError::Unsupported(_) => Status::unimplemented(msg),
-                ApplyError::Persist(_) => Status::internal(msg),
+                ApplyError::Persist(_) | ApplyError::LiveCopy(_) => Status::internal(msg),
             },
         }
     }

@@ -42,7 +42,12 @@ async fn start(services: Vec<ServiceSpec>, ring: usize) -> Harness {
         trustd_listen: None,
     };
     let logs = Arc::new(LogRegistry::new(ring, Some(root.clone())));
-    let config = Arc::new(ConfigStore::load(root.join("config.yaml")).expect("no config yet"));
+    let config = Arc::new(
+        ConfigStore::load(root.join("config.yaml"))
+            .expect("no config yet")
+            .with_live_copy(root.join("live/config.yaml"))
+            .expect("live copy"),
+    );
     let node = Arc::new(Node::new(options, logs, config));
     let supervisor = Arc::new(Supervisor::new(services, &node.logs, None).expect("services"));
     node.supervisor
@@ -447,6 +452,13 @@ async fn apply_configuration_modes_and_refusals() {
     use pb::apply_configuration_request::Mode;
     let mut h = start(Vec::new(), 64 * 1024).await;
     let persisted = h.root.join("config.yaml");
+    // What networkd and timed read: the live config.
+    let live = h.root.join("live/config.yaml");
+    let live_now = || std::fs::read_to_string(&live).expect("live copy");
+    assert!(
+        h.root.join("live").is_dir() && !live.exists(),
+        "no config yet"
+    );
     let base = generated().controlplane_yaml;
 
     // Maintenance → first config, applied live and persisted.
@@ -465,6 +477,7 @@ async fn apply_configuration_modes_and_refusals() {
     assert_eq!(hostname(&mut h).await, "first");
     let on_disk = std::fs::read_to_string(&persisted).expect("persisted");
     assert!(on_disk.contains("hostname: first"));
+    assert_eq!(live_now(), on_disk);
 
     // Refusals: each names the problem, and nothing changes.
     let bad_yaml = "version: v1alpha1\nmachine: [unclosed";
@@ -496,6 +509,7 @@ async fn apply_configuration_modes_and_refusals() {
             on_disk,
             "{what} changed the persisted config"
         );
+        assert_eq!(live_now(), on_disk, "{what} changed the live config");
     }
 
     // Dry run: a diff, no change.
@@ -524,6 +538,7 @@ async fn apply_configuration_modes_and_refusals() {
             .expect("persisted")
             .contains("hostname: second")
     );
+    assert_eq!(live_now(), on_disk, "staged reached the daemons");
     h.client
         .apply_configuration(apply(&good, Mode::NoReboot, false, None))
         .await
@@ -550,8 +565,13 @@ async fn apply_configuration_modes_and_refusals() {
             .contains("trial"),
         "try mode must not persist"
     );
+    assert!(
+        live_now().contains("hostname: trial"),
+        "try did not reach the daemons"
+    );
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(hostname(&mut h).await, "first", "try mode did not revert");
+    assert_eq!(live_now(), on_disk, "the daemons' copy did not revert");
 
     // A machine type change is refused.
     let worker = with_hostname(&generated().worker_yaml, "w");

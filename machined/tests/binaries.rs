@@ -284,6 +284,64 @@ async fn control_plane_and_worker_over_mtls() {
         .expect_err("workers do not forward");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
+    // timed follows the live config: a `try` apply reaches it and is
+    // reverted in it; a `staged` one does not reach it. Asked with a short
+    // deadline, so that with sync on, the default server's answer (or its
+    // absence, offline) does not hold the test up.
+    let channel =
+        machinery::grpc::tls_channel(format!("{cp_ip}:50000"), cp_ip, Arc::clone(&config))
+            .expect("channel");
+    let mut time = api::time::time_service_client::TimeServiceClient::new(channel);
+    let mut time_code = async || {
+        let mut req = tonic::Request::new(());
+        req.set_timeout(Duration::from_secs(1));
+        match time.time(req).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    };
+    let disabled = machinery::generate::apply_patch(
+        &generated.controlplane_yaml,
+        "machine:\n  time:\n    disabled: true\n",
+    )
+    .expect("patch");
+    let apply = |mode: api::machine::apply_configuration_request::Mode, timeout| {
+        api::machine::ApplyConfigurationRequest {
+            data: disabled.clone().into_bytes(),
+            mode: mode as i32,
+            dry_run: false,
+            try_mode_timeout: timeout,
+        }
+    };
+    use api::machine::apply_configuration_request::Mode;
+    assert_ne!(time_code().await, tonic::Code::FailedPrecondition);
+    cp_client
+        .apply_configuration(apply(
+            Mode::Try,
+            Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+        ))
+        .await
+        .expect("try");
+    assert_eq!(time_code().await, tonic::Code::FailedPrecondition);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_ne!(
+        time_code().await,
+        tonic::Code::FailedPrecondition,
+        "the try was not reverted in timed"
+    );
+    cp_client
+        .apply_configuration(apply(Mode::Staged, None))
+        .await
+        .expect("staged");
+    assert_ne!(
+        time_code().await,
+        tonic::Code::FailedPrecondition,
+        "a staged config reached timed"
+    );
+
     drop(worker);
     drop(cp);
     // machined stopped its services: nothing of this test is left running.

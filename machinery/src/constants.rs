@@ -98,6 +98,16 @@ impl NodePaths {
         self.socket_dir(daemon).join(format!("{daemon}.sock"))
     }
 
+    /// `/system/run/config/config.yaml`: machined's copy of the live machine
+    /// config (a `try` apply's while it lasts; not a `staged` one), what
+    /// networkd and timed read. Absent in maintenance mode.
+    #[must_use]
+    pub fn live_config(&self) -> PathBuf {
+        self.run_dir()
+            .join("config")
+            .join(crate::config::CONFIG_FILE_NAME)
+    }
+
     /// `/system/state`: the persisted machine config (the STATE partition).
     #[must_use]
     pub fn state_dir(&self) -> PathBuf {

@@ -16,8 +16,8 @@
 //!
 //! - [`cmdline`]: parses `ip=` (the kernel's syntax) and
 //!   `talos.network.interface.ignore=`.
-//! - [`settings`]: `machine.network` as typed values; the persisted config
-//!   is re-read when its file changes.
+//! - [`settings`]: `machine.network` as typed values; the live config
+//!   (machined's copy) is re-read when its file changes.
 //! - [`state`]: the observed links, addresses and routes, converted from
 //!   rtnetlink messages.
 //! - [`plan`]: the desired state per link and the pure

@@ -102,7 +102,7 @@ impl Reconciler {
         options: Options,
         kernel: KernelArgs,
     ) -> Reconciler {
-        let config = ConfigFile::new(machinery::config::persist_path(&paths.state_dir()));
+        let config = ConfigFile::new(paths.live_config());
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Reconciler {
             mode,

@@ -269,7 +269,8 @@ impl Settings {
     }
 }
 
-/// The persisted machine config, re-read when the file changes.
+/// The live machine config (machined's copy of the config it runs with,
+/// `NodePaths::live_config`), re-read when the file changes.
 ///
 /// networkd checks the file (one `stat`) each time it reconciles, and
 /// reconciles as soon as the file is written or replaced ([`ConfigWatch`]),
@@ -345,7 +346,7 @@ impl ConfigFile {
 
 /// Wakes networkd when the machine config file is written, replaced or
 /// removed: inotify on its directory (machined replaces the file with a
-/// rename as it persists an apply), read by a thread of its own.
+/// rename at each apply), read by a thread of its own.
 #[derive(Debug)]
 pub struct ConfigWatch {
     changes: mpsc::Receiver<io::Result<()>>,
@@ -609,7 +610,7 @@ mod tests {
             tokio::time::timeout(quiet, watch.changed()).await.is_err(),
             "woken by another file"
         );
-        // Replaced by a rename, as machined persists it.
+        // Replaced by a rename, as machined writes it.
         std::fs::write(dir.path().join("config.yaml.tmp"), "a: 1\n").expect("temp file");
         std::fs::rename(dir.path().join("config.yaml.tmp"), &path).expect("rename");
         tokio::time::timeout(soon, watch.changed())

@@ -573,9 +573,9 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
         );
         machinery::generate::apply_patch(&generated.worker_yaml, &patch).expect("patched config")
     };
-    let state = root.join("system/state");
-    std::fs::create_dir_all(&state).expect("state dir");
-    let config_path = machinery::config::persist_path(&state);
+    // Where machined keeps its copy of the live config.
+    let config_path = machinery::constants::NodePaths::under(&root).live_config();
+    std::fs::create_dir_all(config_path.parent().expect("a directory")).expect("config dir");
     std::fs::write(&config_path, config_with("10.99.8.5/24", "10.99.8.53")).expect("config");
 
     let networkd = start_networkd(&ns, dir.path(), &root, "console=ttyS0\n");

@@ -1,7 +1,8 @@
 //! Which NTP servers to use, from the machine config.
 //!
-//! The persisted config is read again on every sync and every API call, so
-//! an applied config takes effect without restarting timed.
+//! The live config (machined's copy of the config it runs with, a `try`
+//! apply's included) is read again on every sync and every API call, so an
+//! applied config takes effect without restarting timed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -77,23 +78,24 @@ impl ConfigSource for TimeConfig {
     }
 }
 
-/// The node's persisted machine config.
+/// The node's live machine config: machined's copy of the config it runs
+/// with ([`NodePaths::live_config`]), a `try` apply's while it lasts.
 #[derive(Debug, Clone)]
-pub struct PersistedConfig {
+pub struct LiveConfig {
     path: PathBuf,
 }
 
-impl PersistedConfig {
+impl LiveConfig {
     /// The config at `path`.
     #[must_use]
-    pub fn new(path: impl Into<PathBuf>) -> PersistedConfig {
-        PersistedConfig { path: path.into() }
+    pub fn new(path: impl Into<PathBuf>) -> LiveConfig {
+        LiveConfig { path: path.into() }
     }
 
-    /// The config persisted in the node's state directory.
+    /// The node's live config.
     #[must_use]
-    pub fn for_node(paths: &NodePaths) -> PersistedConfig {
-        PersistedConfig::new(machinery::config::persist_path(&paths.state_dir()))
+    pub fn for_node(paths: &NodePaths) -> LiveConfig {
+        LiveConfig::new(paths.live_config())
     }
 
     /// The file read.
@@ -103,9 +105,9 @@ impl PersistedConfig {
     }
 }
 
-impl ConfigSource for PersistedConfig {
+impl ConfigSource for LiveConfig {
     /// No file yet (maintenance mode): the default server. A file that
-    /// does not load (machined validates before persisting, so this should
+    /// does not load (machined validates before writing it, so this should
     /// not happen): a warning and the default server, so the clock still
     /// gets set.
     fn time_config(&self) -> TimeConfig {
@@ -129,10 +131,10 @@ mod tests {
     #[test]
     fn without_a_config_the_default_server_is_used() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let source = PersistedConfig::for_node(&NodePaths::under(dir.path()));
+        let source = LiveConfig::for_node(&NodePaths::under(dir.path()));
         assert_eq!(
             source.path(),
-            dir.path().join("system/state/config.yaml").as_path()
+            dir.path().join("system/run/config/config.yaml").as_path()
         );
         assert_eq!(
             source.time_config(),
@@ -145,10 +147,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, "not: [valid").expect("write");
-        assert_eq!(
-            PersistedConfig::new(&path).time_config(),
-            TimeConfig::defaults()
-        );
+        assert_eq!(LiveConfig::new(&path).time_config(), TimeConfig::defaults());
     }
 
     #[test]

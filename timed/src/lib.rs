@@ -16,8 +16,8 @@
 //!   step above 128 ms, else slew) with fail-over across servers and
 //!   bounded exponential backoff; publishes "time synced".
 //! - [`server`]: the gRPC `TimeService` on `/system/run/timed/timed.sock`.
-//! - [`config`]: the time settings, re-read from the persisted machine
-//!   config on every use.
+//! - [`config`]: the time settings, re-read from the live machine config
+//!   on every use.
 //!
 //! The only `unsafe` is the one `adjtimex(2)` call in `clock` (rustix has
 //! no wrapper for it), allowed on that private module alone.
@@ -39,7 +39,7 @@ use machinery::constants::NodePaths;
 use tokio::net::UnixListener;
 
 pub use clock::{Clock, ClockError, FakeClock, Offset, ReadOnlyClock, SystemClock};
-pub use config::{ConfigSource, PersistedConfig, TimeConfig};
+pub use config::{ConfigSource, LiveConfig, TimeConfig};
 pub use server::TimeServer;
 pub use sntp::{Sample, Sntp, SntpError, TimeSource};
 pub use sync::{Action, SyncOptions, Syncer, decide};
@@ -111,7 +111,7 @@ pub async fn serve<S: TimeSource + 'static>(
 }
 
 /// Runs timed for the node at `paths`: binds `timed.sock`, then serves the
-/// TimeService and runs the sync loop with the persisted machine config
+/// TimeService and runs the sync loop with the live machine config
 /// until `shutdown` resolves.
 ///
 /// # Errors
@@ -121,7 +121,7 @@ pub async fn run(
     paths: &NodePaths,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TimedError> {
-    let config = Arc::new(PersistedConfig::for_node(paths));
+    let config = Arc::new(LiveConfig::for_node(paths));
     run_with(mode, paths, config, SyncOptions::default(), shutdown).await
 }
 
