@@ -383,7 +383,7 @@ pub enum UpgradeRebootMode {
 }
 
 /// `upgrade` flags.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct UpgradeArgs {
     /// the container image to use for performing the install
     #[arg(short = 'i', long, default_value = machinery::generate::DEFAULT_INSTALL_IMAGE)]

@@ -315,6 +315,35 @@ impl Client {
             .collect()
     }
 
+    /// This client for those of its target nodes named in `names` only (in
+    /// its own order), fanning out to them as it would to all; itself when
+    /// it targets at most one node.
+    #[must_use]
+    pub fn only(&self, names: &[String]) -> Client {
+        if self.targets.len() <= 1 {
+            return self.clone();
+        }
+        let (targets, node_values): (Vec<String>, Vec<MetadataValue<Ascii>>) = self
+            .targets
+            .iter()
+            .zip(&self.node_values)
+            .filter(|(target, _)| names.contains(target))
+            .map(|(t, v)| (t.clone(), v.clone()))
+            .unzip();
+        let default_node = match targets.as_slice() {
+            [one] => one.clone(),
+            _ => self.default_node.clone(),
+        };
+        Client {
+            conns: self.conns.clone(),
+            targets,
+            node_values,
+            context: self.context.clone(),
+            default_node,
+            endpoints: self.endpoints.clone(),
+        }
+    }
+
     /// A request carrying the node-targeting metadata.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -980,6 +1009,35 @@ mod tests {
     fn values(nodes: &[&str]) -> Vec<MetadataValue<Ascii>> {
         node_metadata_values(&nodes.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
             .expect("valid")
+    }
+
+    #[test]
+    fn only_keeps_the_named_targets() {
+        let names = |v: &[&str]| v.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let all = Client::assemble(
+            Vec::new(),
+            names(&["a", "b", "c"]),
+            "ctx".into(),
+            names(&["ep"]),
+        )
+        .expect("client");
+        let two = all.only(&names(&["c", "a"]));
+        assert_eq!(two.targets(), ["a", "c"]);
+        let mut map = MetadataMap::new();
+        apply_node_metadata(&mut map, &two.node_values);
+        let sent: Vec<&str> = map
+            .get_all("nodes")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(sent, ["a", "c"]);
+        let one = all.only(&names(&["b"]));
+        assert_eq!(one.targets(), ["b"]);
+        assert_eq!(one.default_node(), "b");
+        assert!(!one.multiple_nodes());
+        // A client for one node is that node's.
+        let single = one.only(&names(&["x"]));
+        assert_eq!(single.targets(), ["b"]);
     }
 
     #[test]

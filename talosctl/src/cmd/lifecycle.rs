@@ -398,22 +398,30 @@ async fn lifecycle_upgrade(node: &Client, image: &str) -> anyhow::Result<Option<
 /// # Errors
 /// The client setup or a call failed, a node failed, or waiting timed out.
 pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<()> {
-    if args.stage || args.preserve || args.force {
-        return legacy_upgrade(global, args).await;
-    }
     let timeout = parse_timeout("timeout", &args.timeout)?;
     let client = Client::connect(global, Options::default())?;
+    if args.stage || args.preserve || args.force {
+        return legacy_upgrade(&client, args, timeout).await;
+    }
     let nodes = client.per_node();
     let mut upgraded = Vec::new();
+    let mut legacy = Vec::new();
     let mut failures = Vec::new();
     for node in nodes {
         let slot = booted_slot(&node).await;
         let boot = boot_id(&node).await;
         match lifecycle_upgrade(&node, &args.image).await {
             Ok(Some(())) => upgraded.push((node, slot, boot)),
-            Ok(None) => return legacy_upgrade(global, args).await,
+            // Only the nodes that do not know the new call take the old
+            // one: the others' slots are written already.
+            Ok(None) => legacy.push(node.default_node().to_owned()),
             Err(e) => failures.push(e.to_string()),
         }
+    }
+    if !legacy.is_empty()
+        && let Err(e) = legacy_upgrade(&client.only(&legacy), args.clone(), timeout).await
+    {
+        failures.push(e.to_string());
     }
     for (node, _, _) in &upgraded {
         let name = node.default_node().to_owned();
@@ -463,9 +471,11 @@ pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<(
 // MachineService.Upgrade is deprecated upstream (removal in v1.18) but is
 // what older nodes and the staged flow speak.
 #[allow(deprecated)]
-async fn legacy_upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<()> {
-    let timeout = parse_timeout("timeout", &args.timeout)?;
-    let client = Client::connect(global, Options::default())?;
+async fn legacy_upgrade(
+    client: &Client,
+    args: UpgradeArgs,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let nodes = client.per_node();
     let before = if args.wait {
         boot_ids(&nodes).await
