@@ -15,8 +15,11 @@
 /// The kernel arguments of every boot entry: the serial console, the
 /// KSPP hardening arguments machined insists on, and `panic=10`: a kernel
 /// panic (say, a broken initramfs) reboots after 10 s instead of hanging,
-/// so systemd-boot's boot counting can fall back to the other slot.
-pub const KERNEL_ARGS: &str = "console=ttyS0 init_on_alloc=1 init_on_free=1 slab_nomerge pti=on panic=10 talos.platform=metal";
+/// so systemd-boot's boot counting can fall back to the other slot. `gpt`:
+/// a primary partition table that fails its checks (a rewrite interrupted
+/// half-way, see [`crate::layout::grow_to_disk`]) makes Linux read the
+/// backup at the disk's end instead of finding no partitions at all.
+pub const KERNEL_ARGS: &str = "console=ttyS0 init_on_alloc=1 init_on_free=1 slab_nomerge pti=on panic=10 gpt talos.platform=metal";
 
 /// Tries a slot on trial gets before systemd-boot gives up on it.
 pub const BOOT_TRIES: u32 = 3;

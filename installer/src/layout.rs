@@ -559,46 +559,27 @@ pub fn write_gpt_to(disk: &Disk, plan: &Plan) -> Result<(), LayoutError> {
     Ok(())
 }
 
-/// Reads back a table [`write_gpt_to`] wrote: the plan it was rendered
-/// from, with `total_sectors` the disk size the table was made for (its
-/// backup header's sector plus one), which may be less than the device's.
-///
-/// Only the primary table is read, and only a table that renders back to
-/// the same bytes is accepted (protective MBR, header and all 128 entries),
-/// so that writing the plan again loses nothing.
-///
-/// # Errors
-/// [`LayoutError::NotOurs`] naming what differs; [`LayoutError::Target`]
-/// when the disk cannot be read.
-pub fn read_gpt(disk: &Disk) -> Result<Plan, LayoutError> {
-    let ss = SECTOR_SIZE as usize;
-    let not_ours = |reason: &str| LayoutError::NotOurs {
-        path: disk.path().to_path_buf(),
-        reason: reason.to_owned(),
-    };
-    let mut start = vec![0u8; (2 + ENTRIES_SECTORS) as usize * ss];
-    if disk.size() < (2 + ENTRIES_SECTORS + BACKUP_SECTORS) * SECTOR_SIZE {
-        return Err(not_ours("too small to hold a GPT"));
-    }
-    disk.read_at(&mut start, 0)?;
-    let h = &start[ss..ss + HEADER_SIZE];
-    if &h[..8] != b"EFI PART" {
-        return Err(not_ours("no GPT header at LBA 1"));
-    }
-    let le64 = |b: &[u8], at: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[at..at + 8]);
-        u64::from_le_bytes(a)
-    };
-    let alternate_lba = le64(h, 32);
-    if alternate_lba < 2 + ENTRIES_SECTORS + BACKUP_SECTORS {
-        return Err(not_ours(
-            "the backup header's place is inside the primary table",
-        ));
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// The plan a header (its 92 bytes) and entries array describe, for a
+/// disk of `total_sectors`; the caller checks that it renders back to the
+/// same bytes. `Err` says why it cannot be one of ours.
+fn plan_from(header: &[u8], entries: &[u8], total_sectors: u64) -> Result<Plan, String> {
+    if &header[..8] != b"EFI PART" {
+        return Err("no GPT header".into());
     }
     let mut disk_guid = [0u8; 16];
-    disk_guid.copy_from_slice(&h[56..72]);
-    let entries = &start[2 * ss..];
+    disk_guid.copy_from_slice(&header[56..72]);
     let mut partitions = Vec::new();
     for (slot, e) in entries.chunks_exact(ENTRY_SIZE).enumerate() {
         if e[..16].iter().all(|&b| b == 0) {
@@ -614,13 +595,10 @@ pub fn read_gpt(disk: &Disk) -> Result<Plan, LayoutError> {
             .take_while(|&u| u != 0)
             .collect();
         let name = String::from_utf16(&units)
-            .map_err(|_| not_ours(&format!("partition {} has a malformed name", slot + 1)))?;
+            .map_err(|_| format!("partition {} has a malformed name", slot + 1))?;
         let (first_lba, last_lba) = (le64(e, 32), le64(e, 40));
         if first_lba > last_lba {
-            return Err(not_ours(&format!(
-                "partition {} ends before it starts",
-                slot + 1
-            )));
+            return Err(format!("partition {} ends before it starts", slot + 1));
         }
         partitions.push(Partition {
             index: slot as u32 + 1,
@@ -631,18 +609,114 @@ pub fn read_gpt(disk: &Disk) -> Result<Plan, LayoutError> {
             last_lba,
         });
     }
-    let plan = Plan {
+    Ok(Plan {
         disk_guid,
         sector_size: SECTOR_SIZE,
-        total_sectors: alternate_lba + 1,
+        total_sectors,
         partitions,
+    })
+}
+
+/// Reads back a table [`write_gpt_to`] wrote: the plan it was rendered
+/// from, with `total_sectors` the disk size the table was made for (its
+/// backup header's sector plus one), which may be less than the device's.
+///
+/// Only the primary table is read, and only a table that renders back to
+/// the same bytes is accepted (protective MBR, header and all 128 entries),
+/// so that writing the plan again loses nothing.
+///
+/// # Errors
+/// [`LayoutError::NotOurs`] naming what differs; [`LayoutError::Target`]
+/// when the disk cannot be read.
+pub fn read_gpt(disk: &Disk) -> Result<Plan, LayoutError> {
+    read_primary(disk)?.0
+}
+
+/// [`read_gpt`]'s answer, and the primary table's bytes (LBA 0 to 33; none
+/// when the disk is too small) for a caller that looks further.
+fn read_primary(disk: &Disk) -> Result<(Result<Plan, LayoutError>, Vec<u8>), LayoutError> {
+    let ss = SECTOR_SIZE as usize;
+    let not_ours = |reason: String| LayoutError::NotOurs {
+        path: disk.path().to_path_buf(),
+        reason,
+    };
+    if disk.size() < (2 + ENTRIES_SECTORS + BACKUP_SECTORS) * SECTOR_SIZE {
+        return Ok((Err(not_ours("too small to hold a GPT".into())), Vec::new()));
+    }
+    let mut start = vec![0u8; (2 + ENTRIES_SECTORS) as usize * ss];
+    disk.read_at(&mut start, 0)?;
+    let h = &start[ss..ss + HEADER_SIZE];
+    let alternate_lba = le64(h, 32);
+    let total_sectors = match alternate_lba.checked_add(1) {
+        Some(t) if alternate_lba >= 2 + ENTRIES_SECTORS + BACKUP_SECTORS => t,
+        _ if &h[..8] != b"EFI PART" => {
+            return Ok((Err(not_ours("no GPT header at LBA 1".into())), start));
+        }
+        _ => {
+            return Ok((
+                Err(not_ours(format!(
+                    "the backup header's place, LBA {alternate_lba}, cannot be"
+                ))),
+                start,
+            ));
+        }
+    };
+    let plan = match plan_from(h, &start[2 * ss..], total_sectors) {
+        Ok(plan) => plan,
+        Err(reason) => return Ok((Err(not_ours(format!("{reason} at LBA 1"))), start)),
     };
     // Everything else (revision, sizes, usable range, CRCs, attributes,
     // entries after the last partition) is checked by rendering the plan
     // again: any difference means the table is not ours to rewrite.
     if gpt_bytes(&plan).0 != start {
+        return Ok((
+            Err(not_ours(
+                "the protective MBR, header or entries differ from what the installer writes"
+                    .into(),
+            )),
+            start,
+        ));
+    }
+    Ok((Ok(plan), start))
+}
+
+/// Whether the primary table `start` (LBA 0 to 33) is damaged rather than
+/// absent or foreign: a GPT header whose own CRC or whose entries' CRC
+/// does not match, as a write interrupted half-way leaves it.
+fn primary_damaged(start: &[u8]) -> bool {
+    let ss = SECTOR_SIZE as usize;
+    if start.len() < (2 + ENTRIES_SECTORS) as usize * ss {
+        return false;
+    }
+    let h = &start[ss..ss + HEADER_SIZE];
+    if &h[..8] != b"EFI PART" {
+        return false;
+    }
+    let mut copy = h.to_vec();
+    copy[16..20].fill(0);
+    crc32(&copy) != le32(h, 16) || crc32(&start[2 * ss..]) != le32(h, 88)
+}
+
+/// The plan of the backup table at the end of `disk`, if it is one
+/// [`write_gpt_to`] wrote for a disk of exactly this size.
+fn read_backup(disk: &Disk) -> Result<Plan, LayoutError> {
+    let ss = SECTOR_SIZE as usize;
+    let total = disk.size() / SECTOR_SIZE;
+    let mut end = vec![0u8; BACKUP_SECTORS as usize * ss];
+    disk.read_at(&mut end, (total - BACKUP_SECTORS) * SECTOR_SIZE)?;
+    let not_ours = |reason: String| LayoutError::NotOurs {
+        path: disk.path().to_path_buf(),
+        reason,
+    };
+    let plan = plan_from(
+        &end[ENTRIES_BYTES..ENTRIES_BYTES + HEADER_SIZE],
+        &end[..ENTRIES_BYTES],
+        total,
+    )
+    .map_err(|reason| not_ours(format!("{reason} in the last sector")))?;
+    if gpt_bytes(&plan).1 != end {
         return Err(not_ours(
-            "the protective MBR, header or entries differ from what the installer writes",
+            "the backup table differs from what the installer writes".into(),
         ));
     }
     Ok(plan)
@@ -657,6 +731,10 @@ pub struct Growth {
     /// (the same when the disk grew by less than its alignment, or when
     /// the last partition is not the one that takes the rest).
     pub last_partition: Option<(String, u64, u64)>,
+    /// The primary table was damaged (an earlier rewrite interrupted) and
+    /// was written again from the backup at the disk's end; nothing else
+    /// changed.
+    pub primary_restored: bool,
 }
 
 /// Fits a table [`write_gpt_to`] wrote for a smaller disk to `disk`'s
@@ -666,11 +744,18 @@ pub struct Growth {
 /// placed it. A disk image copied onto a larger disk is the case. Its
 /// filesystem grows separately, once mounted.
 ///
-/// Crash-safe in order: the new backup table is written and synced first,
-/// while the old primary still names the old backup; then the primary;
-/// then the old backup is zeroed. Whatever is interrupted, one valid table
-/// describes the disk. On a block device the kernel learns of the new
-/// partition size only when asked ([`Disk::reread_partitions`]).
+/// In order: the new backup table is written and synced first, while the
+/// old primary still names the old backup; then the primary (34 sectors);
+/// then what is left of the old backup is zeroed. A write of the primary
+/// interrupted half-way leaves it failing its CRCs, and Linux then reads
+/// no partitions at all unless booted with `gpt` (the installed boot
+/// entries pass it), with which it uses the backup at the disk's end. The
+/// next call then writes the primary again from that backup. An interruption
+/// before the old backup is zeroed leaves it inside the grown partition,
+/// where the filesystem's growth overwrites it in time.
+///
+/// On a block device the kernel learns of the new partition size only when
+/// asked ([`Disk::reread_partitions`]).
 ///
 /// Returns `None` when the table already fits the disk.
 ///
@@ -678,7 +763,27 @@ pub struct Growth {
 /// [`LayoutError::NotOurs`] or [`LayoutError::Shrunk`], with nothing
 /// written; [`LayoutError::Target`] naming the step that failed.
 pub fn grow_to_disk(disk: &Disk) -> Result<Option<Growth>, LayoutError> {
-    let mut plan = read_gpt(disk)?;
+    let (read, start) = read_primary(disk)?;
+    let mut plan = match read {
+        Ok(plan) => plan,
+        Err(not_ours) => {
+            // Only a damaged primary is restored, never an absent (wiped)
+            // or foreign one, and only from a backup of ours.
+            if !primary_damaged(&start) {
+                return Err(not_ours);
+            }
+            let Ok(plan) = read_backup(disk) else {
+                return Err(not_ours);
+            };
+            disk.write_at(&gpt_bytes(&plan).0, 0)?;
+            disk.sync()?;
+            return Ok(Some(Growth {
+                disk_sectors: (plan.total_sectors, plan.total_sectors),
+                last_partition: None,
+                primary_restored: true,
+            }));
+        }
+    };
     let old_total = plan.total_sectors;
     let total = disk.size() / SECTOR_SIZE;
     if old_total == total {
@@ -688,7 +793,7 @@ pub fn grow_to_disk(disk: &Disk) -> Result<Option<Growth>, LayoutError> {
         return Err(LayoutError::Shrunk {
             path: disk.path().to_path_buf(),
             device_bytes: disk.size(),
-            table_bytes: old_total * SECTOR_SIZE,
+            table_bytes: old_total.saturating_mul(SECTOR_SIZE),
         });
     }
     plan.total_sectors = total;
@@ -718,6 +823,7 @@ pub fn grow_to_disk(disk: &Disk) -> Result<Option<Growth>, LayoutError> {
     Ok(Some(Growth {
         disk_sectors: (old_total, total),
         last_partition,
+        primary_restored: false,
     }))
 }
 
@@ -1062,6 +1168,7 @@ mod tests {
                     old_ephemeral,
                     new_last - old.partitions[3].first_lba + 1
                 )),
+                primary_restored: false,
             }
         );
 
@@ -1114,6 +1221,47 @@ mod tests {
         );
         let verify = run(&sgdisk(), "--verify", file.path());
         assert!(verify.contains("No problems found"), "{verify}");
+    }
+
+    #[test]
+    fn a_grow_interrupted_in_the_primary_is_finished_from_the_backup() {
+        let bytes = 6 * GIB;
+        let (file, old) = image_with_table(4 * GIB, bytes);
+        // What grow_to_disk writes, cut short: the new backup at the end,
+        // then of the primary only the entries, under the old header.
+        let mut grown = old.clone();
+        grown.total_sectors = bytes / 512;
+        grown.partitions[3].last_lba = 6143 * 2048 - 1;
+        let (primary, backup) = gpt_bytes(&grown);
+        file.as_file()
+            .write_all_at(&backup, bytes - 33 * 512)
+            .expect("backup");
+        file.as_file()
+            .write_all_at(&primary[1024..], 1024)
+            .expect("entries");
+        let disk = Disk::open(file.path()).expect("open");
+        assert!(matches!(read_gpt(&disk), Err(LayoutError::NotOurs { .. })));
+
+        let growth = grow_to_disk(&disk).expect("restored").expect("it acted");
+        assert!(growth.primary_restored);
+        assert_eq!(growth.disk_sectors, (bytes / 512, bytes / 512));
+        assert_eq!(read_gpt(&disk).expect("whole again"), grown);
+        assert_eq!(read_at(&file, 0, primary.len()), primary);
+        let verify = run(&sgdisk(), "--verify", file.path());
+        assert!(verify.contains("No problems found"), "{verify}");
+        assert_eq!(grow_to_disk(&disk).expect("again"), None);
+    }
+
+    #[test]
+    fn a_wiped_primary_is_not_brought_back() {
+        let bytes = 4 * GIB;
+        let (file, _) = image_with_table(bytes, bytes);
+        file.as_file()
+            .write_all_at(&vec![0u8; 34 * 512], 0)
+            .expect("wipe");
+        let err = grow_to_disk(&Disk::open(file.path()).expect("open")).expect_err("wiped");
+        assert!(matches!(err, LayoutError::NotOurs { .. }), "{err}");
+        assert!(read_at(&file, 0, 34 * 512).iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -939,12 +939,19 @@ fn grow_partition_table(class_block: &Path, dev: &Path) {
         Ok(Some(growth)) => {
             let mib = |sectors: u64| (sectors * installer::layout::SECTOR_SIZE) >> 20;
             let (from, to) = growth.disk_sectors;
-            let mut line = format!(
-                "{}: partition table moved from a {} MiB to a {} MiB disk",
-                path.display(),
-                mib(from),
-                mib(to)
-            );
+            let mut line = if growth.primary_restored {
+                format!(
+                    "{}: the damaged primary partition table was written again from the backup",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "{}: partition table moved from a {} MiB to a {} MiB disk",
+                    path.display(),
+                    mib(from),
+                    mib(to)
+                )
+            };
             if let Some((name, before, after)) = growth.last_partition
                 && after != before
             {

@@ -77,9 +77,13 @@ pub enum ApplyError {
 
 #[derive(Debug, Default)]
 struct TryState {
-    /// Bumped by every apply, so a stale revert timer does nothing.
+    /// Bumped by every apply that changes the live config, so a stale
+    /// revert timer does nothing.
     generation: u64,
     pending: Option<tokio::task::JoinHandle<()>>,
+    /// What a pending try reverts to: the live config before the first of
+    /// the tries in a row.
+    revert_to: Option<Arc<MachineConfig>>,
 }
 
 /// The node's config.
@@ -259,33 +263,38 @@ impl ConfigStore {
             });
         }
 
-        let config = Arc::new(config);
-        let generation = {
-            let mut t = lock(&self.try_state);
-            t.generation += 1;
-            if let Some(pending) = t.pending.take() {
-                pending.abort();
-            }
-            t.generation
-        };
+        self.commit(Arc::new(config), mode)?;
+        Ok(ApplyOutcome {
+            mode,
+            details: summary,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Makes a valid `config` live and/or persisted per `mode`, under the
+    /// try lock so a try's revert cannot interleave. A pending try is
+    /// replaced only once this succeeded: a refused apply leaves it to
+    /// revert as planned. A staged config does not touch it (the live
+    /// config stays the trial's until the revert).
+    fn commit(
+        self: &Arc<Self>,
+        config: Arc<MachineConfig>,
+        mode: ApplyMode,
+    ) -> Result<(), ApplyError> {
+        let mut t = lock(&self.try_state);
+        let before = self.current();
         match mode {
-            ApplyMode::Try(timeout) => {
+            ApplyMode::Try(_) => {
                 self.write_live_copy(Some(&config))?;
                 self.live.send_replace(Some(config));
-                let store = Arc::clone(self);
-                let revert = tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    store.revert_try(generation);
-                });
-                lock(&self.try_state).pending = Some(revert);
             }
-            ApplyMode::Staged => self.persist(&config)?,
+            ApplyMode::Staged => return self.persist(&config),
             _ => {
                 // The live copy first: if persisting then fails, it is put
                 // back, and nothing changed.
                 self.write_live_copy(Some(&config))?;
                 if let Err(e) = self.persist(&config) {
-                    if let Err(undo) = self.write_live_copy(current.as_ref()) {
+                    if let Err(undo) = self.write_live_copy(self.current().as_ref()) {
                         tracing::warn!(error = %undo, "restoring the live machine config copy");
                     }
                     return Err(e);
@@ -293,11 +302,23 @@ impl ConfigStore {
                 self.live.send_replace(Some(config));
             }
         }
-        Ok(ApplyOutcome {
-            mode,
-            details: summary,
-            warnings: Vec::new(),
-        })
+        t.generation += 1;
+        let revert_to = t.revert_to.take();
+        if let Some(pending) = t.pending.take() {
+            pending.abort();
+        }
+        if let ApplyMode::Try(timeout) = mode {
+            // A try on a pending try still reverts to what ran before the
+            // first.
+            t.revert_to = revert_to.or(before);
+            let generation = t.generation;
+            let store = Arc::clone(self);
+            t.pending = Some(tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                store.revert_try(generation);
+            }));
+        }
+        Ok(())
     }
 
     fn persist(&self, config: &Arc<MachineConfig>) -> Result<(), ApplyError> {
@@ -321,14 +342,14 @@ impl ConfigStore {
             return;
         }
         t.pending = None;
-        let persisted = lock(&self.persisted).clone();
-        tracing::info!("try mode timed out: reverting to the persisted machine config");
-        if let Err(e) = self.write_live_copy(persisted.as_ref()) {
+        let previous = t.revert_to.take();
+        tracing::info!("try mode timed out: reverting to the machine config from before it");
+        if let Err(e) = self.write_live_copy(previous.as_ref()) {
             // The API and machined revert regardless; networkd and timed
             // keep the trial's settings until the next apply or boot.
             tracing::warn!(error = %e, "reverting the live machine config copy");
         }
-        self.live.send_replace(persisted);
+        self.live.send_replace(previous);
     }
 }
 
@@ -407,5 +428,69 @@ mod tests {
             .expect("tried");
         let copy = std::fs::read_to_string(&live).expect("copy");
         assert!(copy.contains("hostname: three"), "{copy}");
+    }
+
+    fn hostname_of(config: Option<Arc<MachineConfig>>) -> String {
+        let yaml = config.expect("a config").to_yaml().expect("yaml");
+        yaml.lines()
+            .find_map(|l| l.trim().strip_prefix("hostname: "))
+            .expect("a hostname")
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_try_reverts_to_what_ran_before_it_whatever_lands_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let live = dir.path().join("run/config.yaml");
+        let store = Arc::new(
+            ConfigStore::load(state.join("config.yaml"))
+                .expect("no config")
+                .with_live_copy(live.clone())
+                .expect("live copy"),
+        );
+        let apply = async |name: &str, mode| {
+            store
+                .apply(config(name).as_bytes(), mode, false, false)
+                .await
+        };
+        let short = ApplyMode::Try(Duration::from_millis(300));
+        let live_hostname = || {
+            let copy = std::fs::read_to_string(&live).expect("copy");
+            assert_eq!(hostname_of(store.current()), {
+                let c = machinery::config::parse(copy.as_bytes()).expect("parses");
+                hostname_of(Some(Arc::new(c)))
+            });
+            hostname_of(store.current())
+        };
+        apply("base", ApplyMode::NoReboot).await.expect("base");
+
+        // A staged config meanwhile: persisted, but the try still reverts
+        // to what ran before it, not to the staged one.
+        apply("trial", short).await.expect("try");
+        apply("staged", ApplyMode::Staged).await.expect("staged");
+        assert_eq!(live_hostname(), "trial");
+        assert_eq!(hostname_of(store.persisted()), "staged");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(live_hostname(), "base");
+
+        // A try on a try reverts to what ran before the first.
+        apply("trial-1", short).await.expect("try");
+        apply("trial-2", short).await.expect("try");
+        assert_eq!(live_hostname(), "trial-2");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(live_hostname(), "base");
+
+        // A refused apply leaves the pending try to revert.
+        apply("trial-3", short).await.expect("try");
+        std::fs::remove_dir_all(&state).expect("rm");
+        std::fs::write(&state, "").expect("a file where the directory was");
+        let err = apply("refused", ApplyMode::NoReboot)
+            .await
+            .expect_err("cannot persist");
+        assert!(matches!(err, ApplyError::Persist(_)), "{err}");
+        assert_eq!(live_hostname(), "trial-3");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(live_hostname(), "base", "the try never reverted");
     }
 }

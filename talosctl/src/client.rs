@@ -317,11 +317,13 @@ impl Client {
 
     /// This client for those of its target nodes named in `names` only (in
     /// its own order), fanning out to them as it would to all; itself when
-    /// it targets at most one node.
+    /// it targets at most one node (named by [`Client::default_node`]).
+    /// `None` when no target is named: a client without targets would
+    /// mean the endpoint itself.
     #[must_use]
-    pub fn only(&self, names: &[String]) -> Client {
+    pub fn only(&self, names: &[String]) -> Option<Client> {
         if self.targets.len() <= 1 {
-            return self.clone();
+            return names.contains(&self.default_node).then(|| self.clone());
         }
         let (targets, node_values): (Vec<String>, Vec<MetadataValue<Ascii>>) = self
             .targets
@@ -331,17 +333,18 @@ impl Client {
             .map(|(t, v)| (t.clone(), v.clone()))
             .unzip();
         let default_node = match targets.as_slice() {
+            [] => return None,
             [one] => one.clone(),
             _ => self.default_node.clone(),
         };
-        Client {
+        Some(Client {
             conns: self.conns.clone(),
             targets,
             node_values,
             context: self.context.clone(),
             default_node,
             endpoints: self.endpoints.clone(),
-        }
+        })
     }
 
     /// A request carrying the node-targeting metadata.
@@ -1021,7 +1024,7 @@ mod tests {
             names(&["ep"]),
         )
         .expect("client");
-        let two = all.only(&names(&["c", "a"]));
+        let two = all.only(&names(&["c", "a"])).expect("two");
         assert_eq!(two.targets(), ["a", "c"]);
         let mut map = MetadataMap::new();
         apply_node_metadata(&mut map, &two.node_values);
@@ -1031,13 +1034,16 @@ mod tests {
             .filter_map(|v| v.to_str().ok())
             .collect();
         assert_eq!(sent, ["a", "c"]);
-        let one = all.only(&names(&["b"]));
+        let one = all.only(&names(&["b"])).expect("one");
         assert_eq!(one.targets(), ["b"]);
         assert_eq!(one.default_node(), "b");
         assert!(!one.multiple_nodes());
-        // A client for one node is that node's.
-        let single = one.only(&names(&["x"]));
-        assert_eq!(single.targets(), ["b"]);
+        // None named: no client (not one for the endpoint itself).
+        assert!(all.only(&names(&["x"])).is_none());
+        assert!(all.only(&[]).is_none());
+        // A client for one node is that node's, if named.
+        assert_eq!(one.only(&names(&["b"])).expect("b").targets(), ["b"]);
+        assert!(one.only(&names(&["x"])).is_none());
     }
 
     #[test]

@@ -566,7 +566,9 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
 
     let cmdline = ok(&tc, &args(&with(&["read", "/proc/cmdline"])));
     assert!(
-        cmdline.contains("talos.slot=A") && cmdline.contains("init_on_free=1"),
+        cmdline.contains("talos.slot=A")
+            && cmdline.contains("init_on_free=1")
+            && cmdline.split_whitespace().any(|a| a == "gpt"),
         "{cmdline}"
     );
     let mounts = ok(&tc, &args(&with(&["read", "/proc/self/mounts"])));

@@ -418,11 +418,6 @@ pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<(
             Err(e) => failures.push(e.to_string()),
         }
     }
-    if !legacy.is_empty()
-        && let Err(e) = legacy_upgrade(&client.only(&legacy), args.clone(), timeout).await
-    {
-        failures.push(e.to_string());
-    }
     for (node, _, _) in &upgraded {
         let name = node.default_node().to_owned();
         let response = node
@@ -435,6 +430,13 @@ pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<(
             Ok(_) => eprintln!("{name}: rebooting into the new slot"),
             Err(e) => failures.push(e.to_string()),
         }
+    }
+    // After those reboots, so that waiting for the legacy nodes does not
+    // keep the others on their old slot.
+    if let Some(legacy) = client.only(&legacy)
+        && let Err(e) = legacy_upgrade(&legacy, args.clone(), timeout).await
+    {
+        failures.push(e.to_string());
     }
     if args.wait {
         for (node, slot, boot) in &upgraded {
