@@ -366,17 +366,23 @@ fn humanize(d: Duration) -> String {
 mod tests {
     use super::*;
 
+    /// A control plane config, generated once (keys take a while in a
+    /// debug build), with `hostname`.
     fn config(hostname: &str) -> String {
-        let now = std::time::SystemTime::now();
-        let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
-        let generated = machinery::generate::generate(
-            &bundle,
-            &machinery::generate::GenOptions::new("store", "https://127.0.0.1:6443"),
-            now,
-        )
-        .expect("configs");
+        static BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let base = BASE.get_or_init(|| {
+            let now = std::time::SystemTime::now();
+            let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+            machinery::generate::generate(
+                &bundle,
+                &machinery::generate::GenOptions::new("store", "https://127.0.0.1:6443"),
+                now,
+            )
+            .expect("configs")
+            .controlplane_yaml
+        });
         machinery::generate::apply_patch(
-            &generated.controlplane_yaml,
+            base,
             &format!("machine:\n  network:\n    hostname: {hostname}\n"),
         )
         .expect("patch")
@@ -449,12 +455,20 @@ mod tests {
                 .with_live_copy(live.clone())
                 .expect("live copy"),
         );
+        // Made before any try starts: the tries' timers run meanwhile.
+        let configs: std::collections::HashMap<&str, String> = [
+            "base", "trial", "staged", "trial-1", "trial-2", "trial-3", "refused",
+        ]
+        .into_iter()
+        .map(|name| (name, config(name)))
+        .collect();
         let apply = async |name: &str, mode| {
             store
-                .apply(config(name).as_bytes(), mode, false, false)
+                .apply(configs[name].as_bytes(), mode, false, false)
                 .await
         };
-        let short = ApplyMode::Try(Duration::from_millis(300));
+        let short = ApplyMode::Try(Duration::from_millis(800));
+        let past_it = Duration::from_millis(1600);
         let live_hostname = || {
             let copy = std::fs::read_to_string(&live).expect("copy");
             assert_eq!(hostname_of(store.current()), {
@@ -471,14 +485,14 @@ mod tests {
         apply("staged", ApplyMode::Staged).await.expect("staged");
         assert_eq!(live_hostname(), "trial");
         assert_eq!(hostname_of(store.persisted()), "staged");
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(past_it).await;
         assert_eq!(live_hostname(), "base");
 
         // A try on a try reverts to what ran before the first.
         apply("trial-1", short).await.expect("try");
         apply("trial-2", short).await.expect("try");
         assert_eq!(live_hostname(), "trial-2");
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(past_it).await;
         assert_eq!(live_hostname(), "base");
 
         // A refused apply leaves the pending try to revert.
@@ -490,7 +504,7 @@ mod tests {
             .expect_err("cannot persist");
         assert!(matches!(err, ApplyError::Persist(_)), "{err}");
         assert_eq!(live_hostname(), "trial-3");
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(past_it).await;
         assert_eq!(live_hostname(), "base", "the try never reverted");
     }
 }

@@ -322,7 +322,7 @@ async fn control_plane_and_worker_over_mtls() {
         .apply_configuration(apply(
             Mode::Try,
             Some(prost_types::Duration {
-                seconds: 2,
+                seconds: 4,
                 nanos: 0,
             }),
         ))
@@ -331,7 +331,7 @@ async fn control_plane_and_worker_over_mtls() {
     let answer = time_answer().await;
     assert_eq!(answer.0, tonic::Code::FailedPrecondition, "{answer:?}");
     assert!(answer.1.contains("disabled"), "{answer:?}");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let answer = time_answer().await;
     assert!(
         syncing(answer.clone()),
