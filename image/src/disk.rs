@@ -79,29 +79,6 @@ fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Dis
     }
 }
 
-/// What goes on the disk.
-#[derive(Debug, Clone)]
-pub struct DiskInputs {
-    /// The kernel.
-    pub vmlinuz: PathBuf,
-    /// The initramfs.
-    pub initramfs: PathBuf,
-    /// systemd-boot's EFI binary.
-    pub systemd_boot: PathBuf,
-    /// The OS version (loader entry titles).
-    pub version: String,
-    /// The image size in bytes.
-    pub size: u64,
-    /// Seeds the GPT GUIDs, the ESP's volume id and the filesystems'
-    /// UUIDs, so the same inputs give the same table and identifiers.
-    pub seed: u64,
-    /// The STATE template ([`make_templates`]; the installer image
-    /// carries the same files).
-    pub state_template: PathBuf,
-    /// The EPHEMERAL template.
-    pub ephemeral_template: PathBuf,
-}
-
 /// `mkfs.*` lives in sbin, which a non-root PATH may lack.
 fn mkfs(name: &str) -> PathBuf {
     ["/usr/sbin", "/sbin"]
@@ -175,28 +152,19 @@ pub fn make_templates(scratch: &Path, seed: u64) -> Result<(PathBuf, PathBuf), D
     Ok((state, ephemeral))
 }
 
-/// Builds the disk image at `out` (replacing it): the templates, then
-/// [`installer::install::install`] onto a sparse file of `inputs.size`
-/// bytes. Blocks while `mkfs.xfs` runs. Returns the partition plan.
+/// Builds the disk image at `out` (replacing it):
+/// [`installer::install::install`] of `inputs` onto a sparse file of
+/// `size` bytes, as a node installs itself. Give `inputs` a `guid_seed`
+/// so the same inputs give the same table and identifiers, and the
+/// templates of [`make_templates`] (the installer image carries the same
+/// files). Returns the partition plan.
 ///
 /// # Errors
-/// A tool, a file operation or the install failed; `out` may be left
-/// half-written (and unbootable).
-pub fn build_disk_image(out: &Path, inputs: &DiskInputs) -> Result<Plan, DiskError> {
-    let mut disk = Disk::create_image(out, inputs.size)?;
-    let plan = install::install(
-        &mut disk,
-        &InstallInputs {
-            vmlinuz: inputs.vmlinuz.clone(),
-            initramfs: inputs.initramfs.clone(),
-            systemd_boot: inputs.systemd_boot.clone(),
-            state_template: inputs.state_template.clone(),
-            ephemeral_template: inputs.ephemeral_template.clone(),
-            version: inputs.version.clone(),
-            guid_seed: Some(inputs.seed),
-        },
-        &mut |_| {},
-    )?;
+/// A file operation or the install failed; `out` may be left half-written
+/// (and unbootable).
+pub fn build_disk_image(out: &Path, size: u64, inputs: &InstallInputs) -> Result<Plan, DiskError> {
+    let mut disk = Disk::create_image(out, size)?;
+    let plan = install::install(&mut disk, inputs, &mut |_| {})?;
     Ok(plan)
 }
 
@@ -294,17 +262,16 @@ mod tests {
         fs::write(&out, b"an old file in the way").expect("w");
         let (state_template, ephemeral_template) =
             make_templates(dir.path(), 42).expect("templates");
-        let inputs = DiskInputs {
+        let inputs = InstallInputs {
             vmlinuz: vmlinuz.clone(),
             initramfs,
             systemd_boot: boot,
-            version: "v1.2.3".to_owned(),
-            size: DEFAULT_DISK_SIZE,
-            seed: 42,
             state_template,
             ephemeral_template,
+            version: "v1.2.3".to_owned(),
+            guid_seed: Some(42),
         };
-        let plan = build_disk_image(&out, &inputs).expect("disk image");
+        let plan = build_disk_image(&out, DEFAULT_DISK_SIZE, &inputs).expect("disk image");
         assert_eq!(fs::metadata(&out).expect("stat").len(), DEFAULT_DISK_SIZE);
         // The same seed gives the same table.
         assert_eq!(

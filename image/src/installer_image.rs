@@ -22,6 +22,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use installer::files;
+use installer::install::InstallInputs;
 use installer::oci::{self, OciError};
 use installer::sign::{SignError, SigningKey};
 
@@ -108,38 +109,22 @@ pub fn load_or_generate_key(path: &Path) -> Result<(SigningKey, bool), Installer
     Ok((key, true))
 }
 
-/// What goes into the installer image.
-#[derive(Debug, Clone)]
-pub struct InstallerInputs {
-    /// The `installer` binary (static).
-    pub installer: PathBuf,
-    /// The kernel.
-    pub vmlinuz: PathBuf,
-    /// The initramfs.
-    pub initramfs: PathBuf,
-    /// systemd-boot's EFI binary.
-    pub systemd_boot: PathBuf,
-    /// The STATE template (sparse encoding).
-    pub state_template: PathBuf,
-    /// The EPHEMERAL template (sparse encoding).
-    pub ephemeral_template: PathBuf,
-    /// The version.
-    pub version: String,
-}
-
 /// Writes the installer image into `<output>/installer`, replacing what
-/// was there only once the new layout is complete. Returns the manifest
-/// digest.
+/// was there only once the new layout is complete: the `installer` binary
+/// (static) and the files of `inputs`, what an install writes to a disk
+/// (its `guid_seed` is not carried: a node chooses its GUIDs as it
+/// installs). Returns the manifest digest.
 ///
 /// # Errors
 /// A missing input, a file operation or the layout writer failed.
 pub fn build_installer_image(
     output: &Path,
-    inputs: &InstallerInputs,
+    installer: &Path,
+    inputs: &InstallInputs,
     key: &SigningKey,
 ) -> Result<oci::Digest, InstallerImageError> {
     let sources: [(&'static str, &Path); 6] = [
-        (files::INSTALLER, &inputs.installer),
+        (files::INSTALLER, installer),
         (files::VMLINUZ, &inputs.vmlinuz),
         (files::INITRAMFS, &inputs.initramfs),
         (files::SYSTEMD_BOOT, &inputs.systemd_boot),
@@ -214,19 +199,20 @@ mod tests {
             fs::write(&p, format!("contents of {name}")).expect("write");
             p
         };
-        let inputs = InstallerInputs {
-            installer: input("installer"),
+        let installer = input("installer");
+        let inputs = InstallInputs {
             vmlinuz: input("vmlinuz"),
             initramfs: input("initramfs"),
             systemd_boot: input("efi"),
             state_template: input("state"),
             ephemeral_template: input("ephemeral"),
             version: "1.2.3".into(),
+            guid_seed: None,
         };
         let (key, _) = load_or_generate_key(&dir.path().join("k.pem")).expect("key");
         let out = dir.path().join("out");
         fs::create_dir_all(&out).expect("mkdir");
-        build_installer_image(&out, &inputs, &key).expect("built");
+        build_installer_image(&out, &installer, &inputs, &key).expect("built");
         let trusted = installer::sign::TrustedKeys::from_pem(key.public_key_pem().as_bytes(), "k")
             .expect("trusted");
         let verified = oci::verify_layout(&out.join(INSTALLER_DIR), &trusted).expect("verifies");
@@ -235,7 +221,8 @@ mod tests {
 
         let mut missing = inputs.clone();
         missing.vmlinuz = dir.path().join("nope");
-        let err = build_installer_image(&out, &missing, &key).expect_err("missing input");
+        let err =
+            build_installer_image(&out, &installer, &missing, &key).expect_err("missing input");
         assert!(err.to_string().contains("vmlinuz"), "{err}");
         // The earlier image is still there.
         oci::verify_layout(&out.join(INSTALLER_DIR), &trusted).expect("still verifies");

@@ -145,17 +145,22 @@ fn build_all(args: BuildArgs) -> anyhow::Result<()> {
         .context("a scratch directory")?;
     let (state_template, ephemeral_template) =
         image::disk::make_templates(scratch.path(), args.source_date_epoch)?;
+    // What an install writes: the installer image carries these files, and
+    // the disk image is an install of them (with GUIDs seeded, so the same
+    // inputs give the same disk).
+    let install = installer::install::InstallInputs {
+        vmlinuz: output.join(build::VMLINUZ),
+        initramfs: output.join(build::INITRAMFS),
+        systemd_boot: args.systemd_boot.clone(),
+        state_template,
+        ephemeral_template,
+        version: manifest.version.clone(),
+        guid_seed: Some(args.source_date_epoch),
+    };
     let digest = installer_image::build_installer_image(
         &output,
-        &installer_image::InstallerInputs {
-            installer: inputs.bin_dir.join(installer::files::INSTALLER),
-            vmlinuz: output.join(build::VMLINUZ),
-            initramfs: output.join(build::INITRAMFS),
-            systemd_boot: args.systemd_boot.clone(),
-            state_template: state_template.clone(),
-            ephemeral_template: ephemeral_template.clone(),
-            version: manifest.version.clone(),
-        },
+        &inputs.bin_dir.join(installer::files::INSTALLER),
+        &install,
         &key,
     )?;
     println!(
@@ -169,18 +174,7 @@ fn build_all(args: BuildArgs) -> anyhow::Result<()> {
 
     // The disk image, written by the installer's own code.
     let disk = output.join(image::disk::DISK_IMAGE);
-    let disk_inputs = image::disk::DiskInputs {
-        vmlinuz: output.join(build::VMLINUZ),
-        initramfs: output.join(build::INITRAMFS),
-        systemd_boot: args.systemd_boot,
-        version: manifest.version.clone(),
-        size: args.disk_size,
-        seed: args.source_date_epoch,
-        // The templates the installer image carries: one mkfs.xfs each.
-        state_template,
-        ephemeral_template,
-    };
-    image::disk::build_disk_image(&disk, &disk_inputs)
+    image::disk::build_disk_image(&disk, args.disk_size, &install)
         .with_context(|| format!("building {}", disk.display()))?;
     println!(
         "  {:<14} {} bytes (sparse): EFI with slot A, META, STATE, EPHEMERAL",
