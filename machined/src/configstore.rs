@@ -92,7 +92,6 @@ pub struct ConfigStore {
     path: PathBuf,
     live_copy: Option<PathBuf>,
     live: watch::Sender<Option<Arc<MachineConfig>>>,
-    persisted: Mutex<Option<Arc<MachineConfig>>>,
     apply_lock: tokio::sync::Mutex<()>,
     try_state: Mutex<TryState>,
 }
@@ -116,8 +115,7 @@ impl ConfigStore {
         Ok(ConfigStore {
             path,
             live_copy: None,
-            live: watch::channel(config.clone()).0,
-            persisted: Mutex::new(config),
+            live: watch::channel(config).0,
             apply_lock: tokio::sync::Mutex::new(()),
             try_state: Mutex::default(),
         })
@@ -141,27 +139,21 @@ impl ConfigStore {
         let Some(path) = &self.live_copy else {
             return Ok(());
         };
-        let io = |operation: &'static str, path: &std::path::Path| {
-            let path = path.to_path_buf();
-            move |source| {
-                ApplyError::LiveCopy(ConfigError::Io {
-                    operation,
-                    path,
-                    source,
-                })
-            }
-        };
-        if let Some(dir) = path.parent() {
-            // The daemons watch this directory: it exists even without a
-            // config.
-            std::fs::create_dir_all(dir).map_err(io("creating the directory", dir))?;
-        }
+        // The daemons watch the directory: it exists even without a config.
+        ensure_parent(path, "creating the live config's directory")
+            .map_err(ApplyError::LiveCopy)?;
         match config {
             Some(config) => {
                 machinery::config::save_atomic(path, config).map_err(ApplyError::LiveCopy)
             }
             None => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", path)(e)),
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    Err(ApplyError::LiveCopy(ConfigError::Io {
+                        operation: "removing",
+                        path: path.clone(),
+                        source,
+                    }))
+                }
                 _ => Ok(()),
             },
         }
@@ -171,12 +163,6 @@ impl ConfigStore {
     #[must_use]
     pub fn current(&self) -> Option<Arc<MachineConfig>> {
         self.live.borrow().clone()
-    }
-
-    /// The persisted config, if any.
-    #[must_use]
-    pub fn persisted(&self) -> Option<Arc<MachineConfig>> {
-        lock(&self.persisted).clone()
     }
 
     /// A watch on the live config.
@@ -322,18 +308,8 @@ impl ConfigStore {
     }
 
     fn persist(&self, config: &Arc<MachineConfig>) -> Result<(), ApplyError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ApplyError::Persist(ConfigError::Io {
-                    operation: "creating the state directory",
-                    path: dir.to_path_buf(),
-                    source: e,
-                })
-            })?;
-        }
-        machinery::config::save_atomic(&self.path, config).map_err(ApplyError::Persist)?;
-        *lock(&self.persisted) = Some(Arc::clone(config));
-        Ok(())
+        ensure_parent(&self.path, "creating the state directory").map_err(ApplyError::Persist)?;
+        machinery::config::save_atomic(&self.path, config).map_err(ApplyError::Persist)
     }
 
     fn revert_try(&self, generation: u64) {
@@ -350,6 +326,18 @@ impl ConfigStore {
             tracing::warn!(error = %e, "reverting the live machine config copy");
         }
         self.live.send_replace(previous);
+    }
+}
+
+/// Makes `path`'s directory (`operation` names the step in the error).
+fn ensure_parent(path: &std::path::Path, operation: &'static str) -> Result<(), ConfigError> {
+    match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| ConfigError::Io {
+            operation,
+            path: dir.to_path_buf(),
+            source,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -484,7 +472,8 @@ mod tests {
         apply("trial", short).await.expect("try");
         apply("staged", ApplyMode::Staged).await.expect("staged");
         assert_eq!(live_hostname(), "trial");
-        assert_eq!(hostname_of(store.persisted()), "staged");
+        let persisted = machinery::config::load(&state.join("config.yaml")).expect("persisted");
+        assert_eq!(hostname_of(Some(Arc::new(persisted))), "staged");
         tokio::time::sleep(past_it).await;
         assert_eq!(live_hostname(), "base");
 
