@@ -617,6 +617,25 @@ fn plan_from(header: &[u8], entries: &[u8], total_sectors: u64) -> Result<Plan, 
     })
 }
 
+/// LBA 0 to 33 of `disk` (protective MBR, primary header, entries), or
+/// `None` when the disk is too small to hold a GPT.
+fn read_start(disk: &Disk) -> Result<Option<Vec<u8>>, LayoutError> {
+    if disk.size() < (2 + ENTRIES_SECTORS + BACKUP_SECTORS) * SECTOR_SIZE {
+        return Ok(None);
+    }
+    let mut start = vec![0u8; ((2 + ENTRIES_SECTORS) * SECTOR_SIZE) as usize];
+    disk.read_at(&mut start, 0)?;
+    Ok(Some(start))
+}
+
+/// Whether a GPT header's own CRC matches (computed with its CRC field
+/// zero).
+fn header_crc_ok(h: &[u8]) -> bool {
+    let mut copy = h[..HEADER_SIZE].to_vec();
+    copy[16..20].fill(0);
+    crc32(&copy) == le32(h, 16)
+}
+
 /// Reads back a table [`write_gpt_to`] wrote: the plan it was rendered
 /// from, with `total_sectors` the disk size the table was made for (its
 /// backup header's sector plus one), which may be less than the device's.
@@ -629,72 +648,60 @@ fn plan_from(header: &[u8], entries: &[u8], total_sectors: u64) -> Result<Plan, 
 /// [`LayoutError::NotOurs`] naming what differs; [`LayoutError::Target`]
 /// when the disk cannot be read.
 pub fn read_gpt(disk: &Disk) -> Result<Plan, LayoutError> {
-    read_primary(disk)?.0
-}
-
-/// [`read_gpt`]'s answer, and the primary table's bytes (LBA 0 to 33; none
-/// when the disk is too small) for a caller that looks further.
-fn read_primary(disk: &Disk) -> Result<(Result<Plan, LayoutError>, Vec<u8>), LayoutError> {
     let ss = SECTOR_SIZE as usize;
     let not_ours = |reason: String| LayoutError::NotOurs {
         path: disk.path().to_path_buf(),
         reason,
     };
-    if disk.size() < (2 + ENTRIES_SECTORS + BACKUP_SECTORS) * SECTOR_SIZE {
-        return Ok((Err(not_ours("too small to hold a GPT".into())), Vec::new()));
-    }
-    let mut start = vec![0u8; (2 + ENTRIES_SECTORS) as usize * ss];
-    disk.read_at(&mut start, 0)?;
+    let Some(start) = read_start(disk)? else {
+        return Err(not_ours("too small to hold a GPT".into()));
+    };
     let h = &start[ss..ss + HEADER_SIZE];
     let alternate_lba = le64(h, 32);
     let total_sectors = match alternate_lba.checked_add(1) {
         Some(t) if alternate_lba >= 2 + ENTRIES_SECTORS + BACKUP_SECTORS => t,
-        _ if &h[..8] != b"EFI PART" => {
-            return Ok((Err(not_ours("no GPT header at LBA 1".into())), start));
-        }
+        _ if &h[..8] != b"EFI PART" => return Err(not_ours("no GPT header at LBA 1".into())),
         _ => {
-            return Ok((
-                Err(not_ours(format!(
-                    "the backup header's place, LBA {alternate_lba}, cannot be"
-                ))),
-                start,
-            ));
+            return Err(not_ours(format!(
+                "the backup header's place, LBA {alternate_lba}, cannot be"
+            )));
         }
     };
-    let plan = match plan_from(h, &start[2 * ss..], total_sectors) {
-        Ok(plan) => plan,
-        Err(reason) => return Ok((Err(not_ours(format!("{reason} at LBA 1"))), start)),
-    };
+    let plan = plan_from(h, &start[2 * ss..], total_sectors)
+        .map_err(|reason| not_ours(format!("{reason} at LBA 1")))?;
     // Everything else (revision, sizes, usable range, CRCs, attributes,
     // entries after the last partition) is checked by rendering the plan
     // again: any difference means the table is not ours to rewrite.
     if gpt_bytes(&plan).0 != start {
-        return Ok((
-            Err(not_ours(
-                "the protective MBR, header or entries differ from what the installer writes"
-                    .into(),
-            )),
-            start,
+        return Err(not_ours(
+            "the protective MBR, header or entries differ from what the installer writes".into(),
         ));
     }
-    Ok((Ok(plan), start))
+    Ok(plan)
 }
 
-/// Whether the primary table `start` (LBA 0 to 33) is damaged rather than
-/// absent or foreign: a GPT header whose own CRC or whose entries' CRC
-/// does not match, as a write interrupted half-way leaves it.
-fn primary_damaged(start: &[u8]) -> bool {
+/// Writes the primary table again from the backup at the disk's end, when
+/// the primary is damaged rather than absent or foreign (a GPT header
+/// whose own CRC or whose entries' CRC does not match, as a write
+/// interrupted half-way leaves it) and the backup is ours. Returns the
+/// plan restored, or `None` when there was nothing to restore from.
+fn restore_primary(disk: &Disk) -> Result<Option<Plan>, LayoutError> {
     let ss = SECTOR_SIZE as usize;
-    if start.len() < (2 + ENTRIES_SECTORS) as usize * ss {
-        return false;
-    }
+    let Some(start) = read_start(disk)? else {
+        return Ok(None);
+    };
     let h = &start[ss..ss + HEADER_SIZE];
-    if &h[..8] != b"EFI PART" {
-        return false;
+    let damaged =
+        &h[..8] == b"EFI PART" && (!header_crc_ok(h) || crc32(&start[2 * ss..]) != le32(h, 88));
+    if !damaged {
+        return Ok(None);
     }
-    let mut copy = h.to_vec();
-    copy[16..20].fill(0);
-    crc32(&copy) != le32(h, 16) || crc32(&start[2 * ss..]) != le32(h, 88)
+    let Ok(plan) = read_backup(disk) else {
+        return Ok(None);
+    };
+    disk.write_at(&gpt_bytes(&plan).0, 0)?;
+    disk.sync()?;
+    Ok(Some(plan))
 }
 
 /// The plan of the backup table at the end of `disk`, if it is one
@@ -763,26 +770,21 @@ pub struct Growth {
 /// [`LayoutError::NotOurs`] or [`LayoutError::Shrunk`], with nothing
 /// written; [`LayoutError::Target`] naming the step that failed.
 pub fn grow_to_disk(disk: &Disk) -> Result<Option<Growth>, LayoutError> {
-    let (read, start) = read_primary(disk)?;
-    let mut plan = match read {
+    let mut plan = match read_gpt(disk) {
         Ok(plan) => plan,
-        Err(not_ours) => {
+        Err(not_ours @ LayoutError::NotOurs { .. }) => {
             // Only a damaged primary is restored, never an absent (wiped)
             // or foreign one, and only from a backup of ours.
-            if !primary_damaged(&start) {
-                return Err(not_ours);
-            }
-            let Ok(plan) = read_backup(disk) else {
+            let Some(plan) = restore_primary(disk)? else {
                 return Err(not_ours);
             };
-            disk.write_at(&gpt_bytes(&plan).0, 0)?;
-            disk.sync()?;
             return Ok(Some(Growth {
                 disk_sectors: (plan.total_sectors, plan.total_sectors),
                 last_partition: None,
                 primary_restored: true,
             }));
         }
+        Err(e) => return Err(e),
     };
     let old_total = plan.total_sectors;
     let total = disk.size() / SECTOR_SIZE;
@@ -842,23 +844,6 @@ mod tests {
             n += 1;
             [n; 16]
         }
-    }
-
-    fn u32_at(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-    }
-
-    fn u64_at(b: &[u8], at: usize) -> u64 {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[at..at + 8]);
-        u64::from_le_bytes(a)
-    }
-
-    /// Recomputes a header's CRC the way a reader does.
-    fn header_crc_ok(h: &[u8]) -> bool {
-        let mut copy = h[..HEADER_SIZE].to_vec();
-        copy[16..20].fill(0);
-        crc32(&copy) == u32_at(h, 16)
     }
 
     #[test]
@@ -1008,35 +993,35 @@ mod tests {
         // Protective MBR.
         assert_eq!(primary[510..512], [0x55, 0xAA]);
         assert_eq!(primary[446 + 4], 0xEE);
-        assert_eq!(u32_at(&primary, 446 + 8), 1);
-        assert_eq!(u64::from(u32_at(&primary, 446 + 12)), total - 1);
+        assert_eq!(le32(&primary, 446 + 8), 1);
+        assert_eq!(u64::from(le32(&primary, 446 + 12)), total - 1);
         // Only one MBR partition.
         assert!(primary[462..510].iter().all(|&b| b == 0));
 
         // Primary header.
         let h = &primary[512..1024];
         assert_eq!(&h[..8], b"EFI PART");
-        assert_eq!(u32_at(h, 8), 0x0001_0000);
-        assert_eq!(u32_at(h, 12), 92);
+        assert_eq!(le32(h, 8), 0x0001_0000);
+        assert_eq!(le32(h, 12), 92);
         assert!(header_crc_ok(h), "primary header CRC");
         assert!(h[HEADER_SIZE..].iter().all(|&b| b == 0));
-        assert_eq!(u64_at(h, 24), 1);
-        assert_eq!(u64_at(h, 32), total - 1);
-        assert_eq!(u64_at(h, 40), 34);
-        assert_eq!(u64_at(h, 48), total - 34);
+        assert_eq!(le64(h, 24), 1);
+        assert_eq!(le64(h, 32), total - 1);
+        assert_eq!(le64(h, 40), 34);
+        assert_eq!(le64(h, 48), total - 34);
         assert_eq!(h[56..72], [1; 16]);
-        assert_eq!(u64_at(h, 72), 2);
-        assert_eq!(u32_at(h, 80), 128);
-        assert_eq!(u32_at(h, 84), 128);
+        assert_eq!(le64(h, 72), 2);
+        assert_eq!(le32(h, 80), 128);
+        assert_eq!(le32(h, 84), 128);
         let entries = &primary[1024..];
-        assert_eq!(crc32(entries), u32_at(h, 88), "entries CRC");
+        assert_eq!(crc32(entries), le32(h, 88), "entries CRC");
 
         // The first entry.
         let e = &entries[..128];
         assert_eq!(e[..16], ESP_TYPE);
         assert_eq!(e[16..32], [2; 16]);
-        assert_eq!(u64_at(e, 32), 2048);
-        assert_eq!(u64_at(e, 40), 2048 + 512 * 2048 - 1);
+        assert_eq!(le64(e, 32), 2048);
+        assert_eq!(le64(e, 40), 2048 + 512 * 2048 - 1);
         let units: Vec<u16> = e[56..128]
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -1051,10 +1036,10 @@ mod tests {
         let b = &backup[16384..];
         assert_eq!(&b[..8], b"EFI PART");
         assert!(header_crc_ok(b), "backup header CRC");
-        assert_eq!(u64_at(b, 24), u64_at(h, 32), "backup my_lba");
-        assert_eq!(u64_at(b, 32), u64_at(h, 24), "backup alternate_lba");
-        assert_eq!(u64_at(b, 72), total - 33, "backup entries LBA");
-        assert_eq!(u32_at(b, 88), u32_at(h, 88));
+        assert_eq!(le64(b, 24), le64(h, 32), "backup my_lba");
+        assert_eq!(le64(b, 32), le64(h, 24), "backup alternate_lba");
+        assert_eq!(le64(b, 72), total - 33, "backup entries LBA");
+        assert_eq!(le32(b, 88), le32(h, 88));
         assert_eq!(b[40..72], h[40..72], "same usable range and disk GUID");
     }
 
