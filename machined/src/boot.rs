@@ -1302,13 +1302,11 @@ pub fn boot_metal() -> BootReport {
         .any(|label| find_labelled(class_block, dev, label).is_some());
     if disk {
         finish_modules();
+        grow_partition_table(class_block, dev);
     } else {
         kmsg_log(
             "no disk filesystem of ours: the network and filesystem modules load once apid is up",
         );
-    }
-    if disk {
-        grow_partition_table(class_block, dev);
     }
     for (label, target, missing) in [
         (
