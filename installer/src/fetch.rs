@@ -16,26 +16,32 @@
 //! signed by no trusted key is refused before its large files are
 //! downloaded.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt as _;
-use oci_client::Reference;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use machinery::config::RegistryAccess;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::oci::{self, Digest, OciError, VerifiedImage};
 use crate::sign::{SignError, TrustedKeys};
 
-/// How to fetch: which registries speak plain http, which keys to trust.
+/// How to fetch: which registries speak plain http, how to reach private
+/// ones, which keys to trust.
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
     /// Registries (`host:port`, as written in references) pulled over
     /// plain http instead of https: local and test registries.
     pub plain_http_registries: Vec<String>,
+    /// Credentials and TLS settings per registry (`host` or `host:port`,
+    /// as written in references): the node's `machine.registries.config`.
+    pub registries: BTreeMap<String, RegistryAccess>,
     /// The keys an image's signature must be made with.
     pub trusted: TrustedKeys,
 }
@@ -76,6 +82,20 @@ pub enum FetchError {
         step: String,
         /// The cause.
         detail: String,
+    },
+    /// The registry wants credentials, or refused the ones it was given.
+    #[error("{reference}: {step}: {server} refused access: {detail}; {hint}")]
+    Unauthorized {
+        /// The reference.
+        reference: String,
+        /// The registry.
+        server: String,
+        /// What was being done.
+        step: String,
+        /// The answer.
+        detail: String,
+        /// What the operator can do about it.
+        hint: String,
     },
     /// The registry or server answered with another error.
     #[error("{reference}: {step}: {server} answered with an error: {detail}")]
@@ -403,11 +423,21 @@ fn registry_client(
     reference: &str,
     registry: &str,
     plain_http_registries: &[String],
+    access: Option<&RegistryAccess>,
 ) -> Result<oci_client::Client, FetchError> {
-    let config = ClientConfig {
+    let mut config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain_http_registries.to_vec()),
         ..Default::default()
     };
+    if let Some(access) = access {
+        config.accept_invalid_certificates = access.insecure_skip_verify;
+        if let Some(pem) = &access.ca_pem {
+            config.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone().into_bytes(),
+            });
+        }
+    }
     oci_client::Client::try_from(config).map_err(|e| FetchError::Unreachable {
         reference: reference.to_owned(),
         server: format!("registry {registry}"),
@@ -416,10 +446,47 @@ fn registry_client(
     })
 }
 
+/// The credentials configured for `registry`, if any.
+fn registry_auth(access: Option<&RegistryAccess>) -> RegistryAuth {
+    match access.and_then(|a| a.auth.as_ref()) {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+/// Whether the registry's answer means "not with these credentials".
+fn is_unauthorized(error: &OciDistributionError) -> bool {
+    match error {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
+        OciDistributionError::RequestError(e) => e.status().is_some_and(|s| {
+            s == reqwest::StatusCode::UNAUTHORIZED || s == reqwest::StatusCode::FORBIDDEN
+        }),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => false,
+    }
+}
+
+/// What to do about a refused access, for the error message.
+fn access_hint(registry: &str, access: Option<&RegistryAccess>) -> String {
+    if access.is_some_and(|a| a.auth.is_some()) {
+        format!("check the credentials in machine.registries.config.\"{registry}\".auth")
+    } else {
+        format!(
+            "no credentials are configured for it: set machine.registries.config.\"{registry}\".auth"
+        )
+    }
+}
+
 /// Sorts a registry client error into the variant callers map to a status.
 fn registry_error(
     reference: &str,
     registry: &str,
+    access: Option<&RegistryAccess>,
     step: &str,
     error: OciDistributionError,
 ) -> FetchError {
@@ -427,6 +494,15 @@ fn registry_error(
     let server = format!("registry {registry}");
     let step = step.to_owned();
     let detail = chain(&error);
+    if is_unauthorized(&error) {
+        return FetchError::Unauthorized {
+            reference,
+            server,
+            step,
+            detail,
+            hint: access_hint(registry, access),
+        };
+    }
     let not_found = match &error {
         OciDistributionError::ImageManifestNotFoundError(_) => true,
         OciDistributionError::ServerError { code, .. } => *code == 404,
@@ -473,24 +549,37 @@ fn finish(ctx: ring::digest::Context) -> Digest {
     Digest::from_raw(out)
 }
 
+/// Where blobs come from: the client, the reference and the registry's
+/// access settings (for error messages).
+struct BlobSource<'a> {
+    client: &'a oci_client::Client,
+    reference: &'a str,
+    parsed: &'a Reference,
+    access: Option<&'a RegistryAccess>,
+}
+
 /// Downloads one blob into `path`, hashing and counting it on the way:
 /// the registry's (and the client's) word on the digest is not taken.
 async fn pull_blob(
-    client: &oci_client::Client,
-    reference: &str,
-    parsed: &Reference,
+    source: &BlobSource<'_>,
     digest: &Digest,
     size: u64,
     what: &str,
     path: &Path,
 ) -> Result<(), FetchError> {
+    let BlobSource {
+        client,
+        reference,
+        parsed,
+        access,
+    } = *source;
     let registry = parsed.registry();
     let step = format!("pulling blob {digest} of {what}");
     let digest_text = digest.to_string();
     let mut stream = client
         .pull_blob_stream(parsed, digest_text.as_str())
         .await
-        .map_err(|e| registry_error(reference, registry, &step, e))?;
+        .map_err(|e| registry_error(reference, registry, access, &step, e))?;
     let partial = path.with_extension("partial");
     if let Some(parent) = partial.parent() {
         fs::create_dir_all(parent).map_err(FetchError::io(reference, "creating", parent))?;
@@ -584,17 +673,14 @@ async fn fetch_registry(
     progress: &mut dyn FnMut(String),
 ) -> Result<VerifiedImage, FetchError> {
     let registry = parsed.registry();
-    let client = registry_client(reference, registry, &opts.plain_http_registries)?;
+    let access = opts.registries.get(registry);
+    let client = registry_client(reference, registry, &opts.plain_http_registries, access)?;
     progress(format!("pulling {reference}"));
 
     let (manifest_bytes, _) = client
-        .pull_manifest_raw(
-            parsed,
-            &RegistryAuth::Anonymous,
-            &[oci::MANIFEST_MEDIA_TYPE],
-        )
+        .pull_manifest_raw(parsed, &registry_auth(access), &[oci::MANIFEST_MEDIA_TYPE])
         .await
-        .map_err(|e| registry_error(reference, registry, "pulling the manifest", e))?;
+        .map_err(|e| registry_error(reference, registry, access, "pulling the manifest", e))?;
     let verify_err = |e| FetchError::oci(reference, e);
     if manifest_bytes.len() as u64 > oci::MAX_METADATA_BYTES {
         return Err(verify_err(OciError::TooLarge {
@@ -632,10 +718,14 @@ async fn fetch_registry(
         }));
     }
     let config_path = oci::blob_path(&layout, &config_digest);
-    pull_blob(
-        &client,
+    let source = BlobSource {
+        client: &client,
         reference,
         parsed,
+        access,
+    };
+    pull_blob(
+        &source,
         &config_digest,
         manifest.config.size,
         "the config",
@@ -650,7 +740,7 @@ async fn fetch_registry(
 
     for (name, (digest, size)) in &signed.files {
         let path = oci::blob_path(&layout, digest);
-        pull_blob(&client, reference, parsed, digest, *size, name, &path).await?;
+        pull_blob(&source, digest, *size, name, &path).await?;
         progress(format!("fetched {name} ({})", human_size(*size)));
     }
 
@@ -696,6 +786,7 @@ pub async fn push(
     layout: &Path,
     reference: &str,
     plain_http_registries: &[String],
+    registries: &BTreeMap<String, RegistryAccess>,
 ) -> Result<String, FetchError> {
     install_crypto_provider();
     let parsed: Reference = reference
@@ -730,7 +821,12 @@ pub async fn push(
     let verify_err = |e| FetchError::oci(reference, e);
     let (manifest_digest, manifest_bytes) = oci::read_manifest(&dir).map_err(verify_err)?;
     let manifest = oci::parse_manifest(&manifest_bytes).map_err(verify_err)?;
-    let client = registry_client(reference, registry, plain_http_registries)?;
+    let access = registries.get(registry);
+    let client = registry_client(reference, registry, plain_http_registries, access)?;
+    client
+        .auth(&parsed, &registry_auth(access), RegistryOperation::Push)
+        .await
+        .map_err(|e| registry_error(reference, registry, access, "authenticating", e))?;
 
     let mut descriptors = vec![(manifest.config.clone(), "the config".to_owned())];
     for layer in &manifest.layers {
@@ -776,12 +872,12 @@ pub async fn push(
         let exists = client
             .blob_exists(&parsed, &descriptor.digest)
             .await
-            .map_err(|e| registry_error(reference, registry, &step, e))?;
+            .map_err(|e| registry_error(reference, registry, access, &step, e))?;
         if !exists {
             client
                 .push_blob(&parsed, bytes, &descriptor.digest)
                 .await
-                .map_err(|e| registry_error(reference, registry, &step, e))?;
+                .map_err(|e| registry_error(reference, registry, access, &step, e))?;
         }
     }
     client
@@ -791,7 +887,7 @@ pub async fn push(
             reqwest::header::HeaderValue::from_static(oci::MANIFEST_MEDIA_TYPE),
         )
         .await
-        .map_err(|e| registry_error(reference, registry, "pushing the manifest", e))?;
+        .map_err(|e| registry_error(reference, registry, access, "pushing the manifest", e))?;
     Ok(manifest_digest.to_string())
 }
 
@@ -839,6 +935,7 @@ mod tests {
         fn opts(&self, plain: Vec<String>) -> FetchOptions {
             FetchOptions {
                 plain_http_registries: plain,
+                registries: BTreeMap::new(),
                 trusted: TrustedKeys::from_pem(self.key.public_key_pem().as_bytes(), "k").unwrap(),
             }
         }
@@ -961,6 +1058,7 @@ mod tests {
         let other = SigningKey::from_pem(SigningKey::generate().unwrap().as_bytes(), "o").unwrap();
         let wrong = FetchOptions {
             plain_http_registries: vec![],
+            registries: BTreeMap::new(),
             trusted: TrustedKeys::from_pem(other.public_key_pem().as_bytes(), "o").unwrap(),
         };
         let (err, _) = fetch_lines(&tar_ref, &fx.work("w4"), &wrong).await;
@@ -1063,6 +1161,12 @@ mod tests {
         const BINARY: &str = "/usr/bin/docker-registry";
 
         fn start() -> Self {
+            Self::start_with(|_| String::new())
+        }
+
+        /// A registry whose config has `extra` appended; `extra` gets the
+        /// registry's directory, for files it names.
+        fn start_with(extra: impl FnOnce(&Path) -> String) -> Self {
             assert!(
                 Path::new(Self::BINARY).exists(),
                 "{} is missing: run scripts/setup (it installs Debian's docker-registry, \
@@ -1081,8 +1185,9 @@ mod tests {
                 &config,
                 format!(
                     "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
-                     rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                    dir.path().join("data").display()
+                     rootdirectory: {}\nhttp:\n  addr: {addr}\n{}",
+                    dir.path().join("data").display(),
+                    extra(dir.path())
                 ),
             )
             .unwrap();
@@ -1114,9 +1219,11 @@ mod tests {
                 if let Ok(mut stream) = TcpStream::connect(&self.addr) {
                     let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
                     let mut answer = String::new();
+                    // Any HTTP answer will do: 401 when it wants credentials,
+                    // 400 for plain http on its TLS port.
                     if stream.write_all(request.as_bytes()).is_ok()
                         && stream.read_to_string(&mut answer).is_ok()
-                        && answer.split_whitespace().nth(1) == Some("200")
+                        && answer.starts_with("HTTP/1.")
                     {
                         return;
                     }
@@ -1147,7 +1254,9 @@ mod tests {
 
         // Push, pull back by tag and by digest.
         let tag_ref = format!("{}/talos/installer:v2", registry.addr);
-        let pushed = push(&fx.layout, &tag_ref, &plain).await.unwrap();
+        let pushed = push(&fx.layout, &tag_ref, &plain, &BTreeMap::new())
+            .await
+            .unwrap();
         assert_eq!(pushed, fx.digest.to_string());
         let (image, lines) = fetch_lines(&tag_ref, &fx.work("w1"), &opts).await;
         let image = image.unwrap();
@@ -1171,7 +1280,9 @@ mod tests {
         oci::pack_tar(&fx.layout, &tar).unwrap();
         let tar_tag = format!("{}/talos/installer:from-tar", registry.addr);
         assert_eq!(
-            push(&tar, &tar_tag, &plain).await.unwrap(),
+            push(&tar, &tar_tag, &plain, &BTreeMap::new())
+                .await
+                .unwrap(),
             fx.digest.to_string()
         );
 
@@ -1192,7 +1303,9 @@ mod tests {
         oci::write_index(&fx.layout, &tampered_digest, bytes.len() as u64, "v2.0.0").unwrap();
         let evil_ref = format!("{}/talos/installer:tampered", registry.addr);
         assert_eq!(
-            push(&fx.layout, &evil_ref, &plain).await.unwrap(),
+            push(&fx.layout, &evil_ref, &plain, &BTreeMap::new())
+                .await
+                .unwrap(),
             tampered_digest.to_string()
         );
         let (err, _) = fetch_lines(&evil_ref, &fx.work("w3"), &opts).await;
@@ -1249,7 +1362,125 @@ mod tests {
         .await;
         assert!(matches!(err, Err(FetchError::NotFound { .. })), "{err:?}");
 
-        let err = push(&fx.layout, &digest_ref, &plain).await.unwrap_err();
+        let err = push(&fx.layout, &digest_ref, &plain, &BTreeMap::new())
+            .await
+            .unwrap_err();
         assert!(matches!(err, FetchError::InvalidReference { .. }), "{err}");
+    }
+
+    /// `talos`'s password in [`HTPASSWD`].
+    const PASSWORD: &str = "correct horse";
+    /// An htpasswd line for user `talos`, bcrypt at the lowest cost (the
+    /// registry checks it on every request). Made with Python's
+    /// `crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))`.
+    const HTPASSWD: &str = "talos:$2b$04$TBItg3Bu4C/ZKi.TghjUa.hHs2l3HZP/rnyOkY.agwwRVSUTk3RnO\n";
+
+    #[tokio::test]
+    async fn registry_with_credentials_over_tls() {
+        use machinery::config::RegistryCredentials;
+        use machinery::pki;
+
+        let now = std::time::SystemTime::now();
+        let ca = pki::generate_os_ca(now).unwrap();
+        let server = pki::issue_server_cert(
+            &ca,
+            "registry",
+            &["127.0.0.1".parse().unwrap()],
+            &[],
+            Duration::from_secs(3600),
+            now,
+        )
+        .unwrap();
+        let registry = Registry::start_with(|dir| {
+            fs::write(dir.join("htpasswd"), HTPASSWD).unwrap();
+            fs::write(dir.join("cert.pem"), &server.cert_pem).unwrap();
+            fs::write(dir.join("key.pem"), &server.key_pem).unwrap();
+            format!(
+                "  tls:\n    certificate: {d}/cert.pem\n    key: {d}/key.pem\n\
+                 auth:\n  htpasswd:\n    realm: test\n    path: {d}/htpasswd\n",
+                d = dir.display()
+            )
+        });
+        let fx = Fixture::new();
+        let name = registry.addr.clone();
+        let access = |password: Option<&str>, ca_pem: Option<&str>, insecure: bool| {
+            let access = RegistryAccess {
+                auth: password.map(|p| RegistryCredentials {
+                    username: "talos".to_owned(),
+                    password: p.to_owned(),
+                }),
+                ca_pem: ca_pem.map(str::to_owned),
+                insecure_skip_verify: insecure,
+            };
+            BTreeMap::from([(name.clone(), access)])
+        };
+        let opts_with = |registries| FetchOptions {
+            registries,
+            ..fx.opts(vec![])
+        };
+        let good = access(Some(PASSWORD), Some(&ca.cert_pem), false);
+        let tag_ref = format!("{name}/talos/installer:v2");
+
+        // Pushing needs the credentials too.
+        let anonymous = access(None, Some(&ca.cert_pem), false);
+        let err = push(&fx.layout, &tag_ref, &[], &anonymous)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Unauthorized { .. }), "{err}");
+        assert_eq!(
+            push(&fx.layout, &tag_ref, &[], &good).await.unwrap(),
+            fx.digest.to_string()
+        );
+
+        // With the credentials and the CA: the image, verified.
+        let (image, _) = fetch_lines(&tag_ref, &fx.work("ok"), &opts_with(good)).await;
+        fx.check(&image.unwrap(), "ok-out");
+
+        // No credentials, then wrong ones: refused, saying which field to set.
+        let field = format!("machine.registries.config.\"{name}\".auth");
+        for (work, registries, hint) in [
+            (
+                "anon",
+                anonymous,
+                "no credentials are configured for it: set",
+            ),
+            (
+                "wrong",
+                access(Some("wrong horse"), Some(&ca.cert_pem), false),
+                "check the credentials in",
+            ),
+        ] {
+            let (err, _) = fetch_lines(&tag_ref, &fx.work(work), &opts_with(registries)).await;
+            let err = err.unwrap_err();
+            assert!(matches!(err, FetchError::Unauthorized { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("registry {name} refused access"))
+                    && text.contains(&format!("{hint} {field}")),
+                "{text}"
+            );
+        }
+
+        // Without the CA the registry's certificate is not trusted...
+        let (err, _) = fetch_lines(
+            &tag_ref,
+            &fx.work("noca"),
+            &opts_with(access(Some(PASSWORD), None, false)),
+        )
+        .await;
+        let err = err.unwrap_err();
+        assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&format!("registry {name}")),
+            "{err}"
+        );
+        // ...unless certificate checks are off; the image is still verified.
+        let (image, _) = fetch_lines(
+            &tag_ref,
+            &fx.work("insecure"),
+            &opts_with(access(Some(PASSWORD), None, true)),
+        )
+        .await;
+        fx.check(&image.unwrap(), "insecure-out");
     }
 }

@@ -8,8 +8,10 @@
 //! failed `fetch` says why with its code (machined turns it into the gRPC
 //! status an operator sees): 3 the reference cannot be parsed, 4 the
 //! source cannot be reached, 5 the source has no such image, 6 the image
-//! failed verification (a digest or the signature).
+//! failed verification (a digest or the signature), 7 the registry refused
+//! access (no credentials, or wrong ones).
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -21,6 +23,7 @@ use clap::{Parser, Subcommand};
 use installer::fetch::{self, FetchOptions};
 use installer::oci;
 use installer::sign::{SigningKey, TrustedKeys};
+use machinery::config::RegistryAccess;
 
 /// Fetches, verifies and installs installer images.
 #[derive(Debug, Parser)]
@@ -51,6 +54,10 @@ enum Command {
         /// A registry (host:port) to pull from over plain http; repeatable.
         #[arg(long = "plain-http-registry", value_name = "HOST:PORT")]
         plain_http_registries: Vec<String>,
+        /// A JSON file of credentials and TLS settings per registry (what
+        /// machined writes from `machine.registries.config`).
+        #[arg(long = "registry-config", value_name = "FILE")]
+        registry_config: Option<PathBuf>,
     },
     /// Push an image layout (a directory or a tar of one) to a registry,
     /// unchanged, so its manifest digest stays the same.
@@ -64,6 +71,11 @@ enum Command {
         /// A registry (host:port) to push to over plain http; repeatable.
         #[arg(long = "plain-http-registry", value_name = "HOST:PORT")]
         plain_http_registries: Vec<String>,
+        /// A JSON file of credentials and TLS settings per registry:
+        /// `{"host:port": {"auth": {"username": "…", "password": "…"},
+        /// "ca_pem": "…", "insecure_skip_verify": false}}`.
+        #[arg(long = "registry-config", value_name = "FILE")]
+        registry_config: Option<PathBuf>,
     },
     /// Make a new ed25519 signing key (PKCS#8 PEM, mode 0600) and write its
     /// public key (SubjectPublicKeyInfo PEM) for nodes to trust.
@@ -123,11 +135,26 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Reads a `--registry-config` file; none means no registry settings.
+fn registry_config(path: Option<&Path>) -> Result<BTreeMap<String, RegistryAccess>> {
+    let Some(path) = path else {
+        return Ok(BTreeMap::new());
+    };
+    let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{}: not a JSON map of registry names to access settings",
+            path.display()
+        )
+    })
+}
+
 fn run_fetch(
     image: &str,
     to: &Path,
     trusted_keys: &[PathBuf],
     plain_http_registries: Vec<String>,
+    registry_config_file: Option<&Path>,
 ) -> Result<()> {
     let mut trusted = TrustedKeys::new();
     for path in trusted_keys {
@@ -135,6 +162,7 @@ fn run_fetch(
     }
     let opts = FetchOptions {
         plain_http_registries,
+        registries: registry_config(registry_config_file)?,
         trusted,
     };
     fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
@@ -195,14 +223,27 @@ fn run(command: Command) -> Result<()> {
             to,
             trusted_keys,
             plain_http_registries,
-        } => run_fetch(&image, &to, &trusted_keys, plain_http_registries),
+            registry_config: config,
+        } => run_fetch(
+            &image,
+            &to,
+            &trusted_keys,
+            plain_http_registries,
+            config.as_deref(),
+        ),
         Command::Push {
             layout,
             image,
             plain_http_registries,
+            registry_config: config,
         } => {
-            let digest =
-                runtime()?.block_on(fetch::push(&layout, &image, &plain_http_registries))?;
+            let registries = registry_config(config.as_deref())?;
+            let digest = runtime()?.block_on(fetch::push(
+                &layout,
+                &image,
+                &plain_http_registries,
+                &registries,
+            ))?;
             progress(format!("pushed {image} ({digest})"));
             Ok(())
         }
@@ -232,6 +273,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 FetchError::Unreachable { .. } => 4,
                 FetchError::NotFound { .. } => 5,
                 FetchError::Verify { .. } => 6,
+                FetchError::Unauthorized { .. } => 7,
                 _ => 1,
             };
         }

@@ -22,10 +22,13 @@
 //! outcome of the last upgrade stays in tag [`TAG_UPGRADE_OUTCOME`], so a
 //! node that fell back to its old slot can say so after the fact.
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use machinery::config::RegistryAccess;
 use machinery::meta;
 use tokio::sync::mpsc;
 
@@ -40,6 +43,10 @@ pub const WORK_DIR: &str = "/run/installer";
 
 /// Where the config's extra trusted keys are written for the installer.
 pub const CONFIG_KEYS_DIR: &str = "/run/installer-keys";
+
+/// Where the config's registry credentials and TLS settings are written for
+/// the installer (tmpfs, mode 0600, removed after the fetch).
+pub const REGISTRY_CONFIG_FILE: &str = "/run/installer-registries.json";
 
 /// META tag: the slot an upgrade started from (upstream's `Upgrade`).
 pub const TAG_UPGRADE: u8 = 6;
@@ -66,6 +73,8 @@ pub mod exit {
     pub const NOT_FOUND: i32 = 5;
     /// The image failed verification (digest or signature).
     pub const VERIFICATION: i32 = 6;
+    /// The registry refused access (no credentials, or wrong ones).
+    pub const UNAUTHORIZED: i32 = 7;
 }
 
 /// An install or upgrade that did not happen.
@@ -107,6 +116,15 @@ pub enum InstallError {
         /// The reference.
         image: String,
         /// Why.
+        message: String,
+    },
+    /// The registry wants credentials the config does not give, or refused
+    /// the ones it gives.
+    #[error("installer image {image}: {message}")]
+    Unauthorized {
+        /// The reference.
+        image: String,
+        /// Why, and which config field to look at.
         message: String,
     },
     /// The image is not what it claims (digest or signature).
@@ -191,6 +209,9 @@ pub struct FetchSettings {
     pub plain_http_registries: Vec<String>,
     /// Extra trusted public keys (PEM) from `machine.install.trustedKeys`.
     pub trusted_keys: Vec<String>,
+    /// Credentials and TLS settings per registry from
+    /// `machine.registries.config`.
+    pub registries: BTreeMap<String, RegistryAccess>,
 }
 
 impl FetchSettings {
@@ -202,6 +223,7 @@ impl FetchSettings {
         if let Some(config) = config {
             settings.plain_http_registries = config.plain_http_registries();
             settings.trusted_keys = config.install_trusted_keys().to_vec();
+            settings.registries = config.registry_access().clone();
         }
         settings
     }
@@ -248,7 +270,17 @@ fn fetch(
     for registry in &settings.plain_http_registries {
         cmd.args(["--plain-http-registry", registry]);
     }
-    let (status, message) = run_streaming("fetching the installer image", &mut cmd, progress)?;
+    // Credentials go in a file only root can read, not on the command line
+    // where every process could see them.
+    let registries = Path::new(REGISTRY_CONFIG_FILE);
+    let _ = std::fs::remove_file(registries);
+    if !settings.registries.is_empty() {
+        write_registry_config(registries, &settings.registries)?;
+        cmd.arg("--registry-config").arg(registries);
+    }
+    let result = run_streaming("fetching the installer image", &mut cmd, progress);
+    let _ = std::fs::remove_file(registries);
+    let (status, message) = result?;
     let image = image.to_owned();
     match status {
         ExitStatus::Exited(0) => {}
@@ -260,6 +292,9 @@ fn fetch(
         }
         ExitStatus::Exited(exit::NOT_FOUND) => {
             return Err(InstallError::NotFound { image, message });
+        }
+        ExitStatus::Exited(exit::UNAUTHORIZED) => {
+            return Err(InstallError::Unauthorized { image, message });
         }
         ExitStatus::Exited(exit::VERIFICATION) => {
             return Err(InstallError::Verification { image, message });
@@ -277,6 +312,29 @@ fn fetch(
         .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_owned))
         .unwrap_or_default();
     Ok(version)
+}
+
+/// Writes the registry settings for the installer, readable by root only.
+/// Blocks.
+pub fn write_registry_config(
+    path: &Path,
+    registries: &BTreeMap<String, RegistryAccess>,
+) -> Result<(), InstallError> {
+    let step = "writing the config's registry settings";
+    let json = serde_json::to_vec(registries).map_err(|e| InstallError::Step {
+        step,
+        message: e.to_string(),
+    })?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(&json))
+        .map_err(|e| InstallError::Step {
+            step,
+            message: format!("{}: {e}", path.display()),
+        })
 }
 
 /// The partition whose GPT name is `name` (`/sys/class/block/*/uevent`
@@ -541,6 +599,41 @@ fn save_config_to_state(disk: &str, config: &[u8]) -> Result<(), InstallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_settings_reach_the_installer_in_a_private_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let now = std::time::SystemTime::now();
+        let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+        let generated = machinery::generate::generate(
+            &bundle,
+            &machinery::generate::GenOptions::new("c", "https://127.0.0.1:6443"),
+            now,
+        )
+        .expect("configs");
+        let text = machinery::generate::apply_patch(
+            &generated.worker_yaml,
+            "machine:\n  registries:\n    config:\n      10.0.2.2:5000:\n        \
+             auth:\n          username: talos\n          password: pw\n",
+        )
+        .expect("patch");
+        let config = machinery::config::parse(text.as_bytes()).expect("config");
+        let settings = FetchSettings::from_config(Some(&config));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registries.json");
+        write_registry_config(&path, &settings.registries).expect("written");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let read: BTreeMap<String, RegistryAccess> =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        assert_eq!(read, settings.registries);
+        let auth = read["10.0.2.2:5000"].auth.as_ref().expect("credentials");
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("talos", "pw")
+        );
+    }
 
     #[test]
     fn partitions_are_found_by_name_on_the_named_disk_only() {

@@ -92,7 +92,8 @@ impl From<ApiError> for Status {
             ApiError::Install(i) => match i {
                 InstallError::NotInstalled
                 | InstallError::AlreadyInstalled(_)
-                | InstallError::Busy => Status::failed_precondition(msg),
+                | InstallError::Busy
+                | InstallError::Unauthorized { .. } => Status::failed_precondition(msg),
                 InstallError::NoImage
                 | InstallError::BadReference { .. }
                 | InstallError::Verification { .. } => Status::invalid_argument(msg),
@@ -1202,6 +1203,7 @@ fn exit_code_of(e: &InstallError) -> i32 {
         InstallError::Unreachable { .. } => exit::UNREACHABLE,
         InstallError::NotFound { .. } => exit::NOT_FOUND,
         InstallError::Verification { .. } => exit::VERIFICATION,
+        InstallError::Unauthorized { .. } => exit::UNAUTHORIZED,
         _ => 1,
     }
 }

@@ -1089,3 +1089,41 @@ fn plain_http_registries_and_installer_keys_are_read() {
             .is_empty()
     );
 }
+
+#[test]
+fn registry_credentials_and_ca_are_read_and_checked() {
+    let ca = base64::encode("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+    let section = format!(
+        "        wipe: false # wipe before install\n    registries:\n        config:\n            \
+         10.0.2.2:5000:\n                auth:\n                    username: talos\n                    \
+         password: hunter2\n                tls:\n                    ca: {ca}\n"
+    );
+    let text = edit(
+        &controlplane_yaml(),
+        "        wipe: false # wipe before install\n",
+        &section,
+    );
+    let cfg = parse_ok(&text);
+    let access = &cfg.registry_access()["10.0.2.2:5000"];
+    let auth = access.auth.as_ref().expect("credentials");
+    assert_eq!(
+        (auth.username.as_str(), auth.password.as_str()),
+        ("talos", "hunter2")
+    );
+    assert!(access.ca_pem.as_deref().is_some_and(|p| p.contains("MIIB")));
+    // The section round-trips as written.
+    assert!(cfg.to_yaml().expect("yaml").contains("hunter2"));
+    assert!(parse_ok(&controlplane_yaml()).registry_access().is_empty());
+
+    // A CA that is no PEM and a password without a user: refused at
+    // parse time, naming both fields.
+    let bad = edit(&text, &ca, &base64::encode("not a certificate"));
+    let bad = edit(&bad, "username: talos", "identityToken: tok");
+    assert_issues(
+        &parse_err(&bad),
+        &[
+            "machine.registries.config.10.0.2.2:5000.auth.username",
+            "machine.registries.config.10.0.2.2:5000.tls.ca",
+        ],
+    );
+}

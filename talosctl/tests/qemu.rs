@@ -796,7 +796,17 @@ fn build_variant(image: &Path, out: &Path, version: &str, machined: Option<&Path
     out.join("installer")
 }
 
-/// Debian's docker-registry on loopback, removed when dropped.
+/// The registry's user and password (the node gets them from
+/// `machine.registries.config`).
+const REGISTRY_USER: &str = "talos";
+const REGISTRY_PASSWORD: &str = "correct horse";
+/// [`REGISTRY_USER`]'s htpasswd line, bcrypt at the lowest cost. Made with
+/// Python's `crypt.crypt(REGISTRY_PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))`.
+const REGISTRY_HTPASSWD: &str =
+    "talos:$2b$04$TBItg3Bu4C/ZKi.TghjUa.hHs2l3HZP/rnyOkY.agwwRVSUTk3RnO\n";
+
+/// Debian's docker-registry on loopback, wanting a password, removed when
+/// dropped.
 struct Registry {
     child: std::process::Child,
     port: u16,
@@ -808,14 +818,26 @@ impl Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = dir.path().join("config.yml");
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, REGISTRY_HTPASSWD).expect("write htpasswd");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n\
+                 auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                dir.path().join("data").display(),
+                htpasswd.display()
             ),
         )
         .expect("write config");
+        // The installer's push reads its credentials from a file.
+        std::fs::write(
+            dir.path().join("access.json"),
+            format!(
+                r#"{{"127.0.0.1:{port}":{{"auth":{{"username":"{REGISTRY_USER}","password":"{REGISTRY_PASSWORD}"}}}}}}"#
+            ),
+        )
+        .expect("write access");
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -835,7 +857,8 @@ impl Registry {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut reply = String::new();
                 let _ = s.read_to_string(&mut reply);
-                if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") {
+                // It wants a password: 401 means it is up.
+                if reply.starts_with("HTTP/1.0 401") || reply.starts_with("HTTP/1.1 401") {
                     return registry;
                 }
             }
@@ -851,6 +874,8 @@ impl Registry {
             .arg(layout)
             .args(["--image", &format!("{host}/talos/installer:{tag}")])
             .args(["--plain-http-registry", &host])
+            .arg("--registry-config")
+            .arg(self._dir.path().join("access.json"))
             .output()
             .expect("installer runs");
         assert!(
@@ -1053,10 +1078,11 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     );
 
     // Install: the config names the disk and the image (pulled over http
-    // from the test's registry, declared as a mirror).
+    // from the test's registry, declared as a mirror, with the password the
+    // registry wants).
     let generated = work.path().join("gen");
     let mirror = format!(
-        r#"{{"machine":{{"registries":{{"mirrors":{{"10.0.2.2:{p}":{{"endpoints":["http://10.0.2.2:{p}"]}}}}}}}}}}"#,
+        r#"{{"machine":{{"registries":{{"mirrors":{{"10.0.2.2:{p}":{{"endpoints":["http://10.0.2.2:{p}"]}}}},"config":{{"10.0.2.2:{p}":{{"auth":{{"username":"{REGISTRY_USER}","password":"{REGISTRY_PASSWORD}"}}}}}}}}}}}}"#,
         p = registry.port
     );
     ok(

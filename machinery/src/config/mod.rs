@@ -33,13 +33,16 @@
 //!   `cluster.controlPlane.endpoint` is absent (upstream v1.14 moved it there).
 //! - Kubernetes-only sections (API server flags, admission plugins, CNI,
 //!   registries, disk encryption, ...) are raw YAML: they round-trip, but keys
-//!   inside them are not checked.
+//!   inside them are not checked, except the credentials and TLS settings of
+//!   `machine.registries.config` the node pulls installer images with.
 //! - Booleans must be YAML 1.2 `true`/`false`; Go's YAML decoder also takes
 //!   `yes`/`no`, which load here as strings and are rejected.
 //! - [`MachineConfig::to_yaml`] writes the v1alpha1 document first, drops
 //!   comments and explicit `null`s, and writes file permissions in decimal.
 //! - `Debug` output redacts tokens and keys held in typed fields, but not
-//!   secrets inside raw sections (registry passwords, encryption passphrases).
+//!   secrets inside raw sections (encryption passphrases). Registry
+//!   credentials are read into [`RegistryAccess`], whose `Debug` redacts the
+//!   password.
 //!
 //! # Example
 //!
@@ -56,9 +59,11 @@
 //! ```
 
 mod error;
+mod registries;
 pub mod v1alpha1;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -70,6 +75,7 @@ use serde_path_to_error::Segment;
 use serde_yaml_ng::Value;
 
 pub use error::{ConfigError, ValidationIssue, ValidationIssues};
+pub use registries::{RegistryAccess, RegistryCredentials};
 
 /// The only `version` (and `apiVersion`) this module understands.
 pub const V1ALPHA1: &str = "v1alpha1";
@@ -371,6 +377,7 @@ pub struct MachineConfig {
     ca_key_pem: Option<Vec<u8>>,
     control_plane_endpoint: String,
     boot_timeout: Option<Duration>,
+    registry_access: BTreeMap<String, RegistryAccess>,
 }
 
 impl fmt::Debug for MachineConfig {
@@ -400,6 +407,7 @@ impl MachineConfig {
             ca_key_pem: derived.ca_key_pem,
             control_plane_endpoint: derived.control_plane_endpoint,
             boot_timeout: derived.boot_timeout,
+            registry_access: derived.registry_access,
         })
     }
 
@@ -551,6 +559,14 @@ impl MachineConfig {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// How to reach each registry named under `machine.registries.config`
+    /// (credentials, CA, certificate checking), keyed by the name as
+    /// written (`host` or `host:port`).
+    #[must_use]
+    pub fn registry_access(&self) -> &BTreeMap<String, RegistryAccess> {
+        &self.registry_access
     }
 
     /// Whether `machine.time.disabled` is set.

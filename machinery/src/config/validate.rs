@@ -6,13 +6,14 @@
 //! machine type, ...), which the validated
 //! [`MachineConfig`](super::MachineConfig) keeps.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
 use super::error::ValidationIssue;
+use super::registries::{self, RegistryAccess};
 use super::v1alpha1::{Cluster, Device, Machine, Network, Route, Secret};
 use super::{Documents, MachineType, V1ALPHA1};
 use crate::base64;
@@ -32,6 +33,7 @@ pub(super) struct Derived {
     pub(super) ca_key_pem: Option<Vec<u8>>,
     pub(super) control_plane_endpoint: String,
     pub(super) boot_timeout: Option<Duration>,
+    pub(super) registry_access: BTreeMap<String, RegistryAccess>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +84,10 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     check_logging(machine, &mut issues);
     check_features(machine, &mut issues);
     check_kubelet(machine, &mut issues);
+    let registry_access = registries::read(machine.registries.as_ref()).unwrap_or_else(|found| {
+        issues.0.extend(found);
+        BTreeMap::new()
+    });
     let control_plane_endpoint = check_cluster(
         config.cluster.as_ref(),
         documents,
@@ -99,6 +105,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
                 ca_key_pem,
                 control_plane_endpoint,
                 boot_timeout,
+                registry_access,
             })
         }
         _ => {
