@@ -276,12 +276,14 @@ impl ConfigStore {
             }
             ApplyMode::Staged => return self.persist(&config),
             _ => {
-                // The live copy first: if persisting then fails, it is put
-                // back, and nothing changed.
-                self.write_live_copy(Some(&config))?;
-                if let Err(e) = self.persist(&config) {
-                    if let Err(undo) = self.write_live_copy(self.current().as_ref()) {
-                        tracing::warn!(error = %undo, "restoring the live machine config copy");
+                // Persisted first: nothing reads that file before the next
+                // boot, so if the live copy then cannot be written, the old
+                // file goes back and no daemon ever saw the refused config.
+                let previous = self.read_persisted()?;
+                self.persist(&config)?;
+                if let Err(e) = self.write_live_copy(Some(&config)) {
+                    if let Err(undo) = self.restore_persisted(previous.as_deref()) {
+                        tracing::warn!(error = %undo, "restoring the persisted machine config");
                     }
                     return Err(e);
                 }
@@ -305,6 +307,34 @@ impl ConfigStore {
             }));
         }
         Ok(())
+    }
+
+    /// The persisted file's bytes, `None` when there is none.
+    fn read_persisted(&self) -> Result<Option<Vec<u8>>, ApplyError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ApplyError::Persist(ConfigError::Io {
+                operation: "reading",
+                path: self.path.clone(),
+                source,
+            })),
+        }
+    }
+
+    /// Puts back what [`Self::read_persisted`] returned.
+    fn restore_persisted(&self, previous: Option<&[u8]>) -> Result<(), ConfigError> {
+        let io = |operation, path, source| ConfigError::Io {
+            operation,
+            path,
+            source,
+        };
+        match previous {
+            Some(bytes) => machinery::fsutil::write_atomic(&self.path, bytes, 0o600)
+                .map_err(|e| io(e.operation, e.path, e.source)),
+            None => std::fs::remove_file(&self.path)
+                .map_err(|source| io("removing", self.path.clone(), source)),
+        }
     }
 
     fn persist(&self, config: &Arc<MachineConfig>) -> Result<(), ApplyError> {
@@ -422,6 +452,80 @@ mod tests {
             .expect("tried");
         let copy = std::fs::read_to_string(&live).expect("copy");
         assert!(copy.contains("hostname: three"), "{copy}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_both_copies_as_they_were() {
+        use std::os::unix::fs::MetadataExt as _;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let persisted = state.join("config.yaml");
+        let run = dir.path().join("run");
+        let live = run.join("config.yaml");
+        let store = Arc::new(
+            ConfigStore::load(persisted.clone())
+                .expect("no config")
+                .with_live_copy(live.clone())
+                .expect("live copy"),
+        );
+        store
+            .apply(config("one").as_bytes(), ApplyMode::NoReboot, false, true)
+            .await
+            .expect("applied");
+        let before = std::fs::read(&persisted).expect("persisted");
+        // Inode numbers get reused; the inode and its change time together
+        // tell whether the file was replaced.
+        let stamp = || {
+            let m = std::fs::metadata(&live).expect("live copy");
+            (m.ino(), m.ctime(), m.ctime_nsec())
+        };
+        let live_stamp = stamp();
+
+        // STATE's directory becomes a file: persisting fails before the
+        // live copy is touched (not even written and put back), so the
+        // daemons watching it never see the refused config.
+        std::fs::remove_dir_all(&state).expect("rm");
+        std::fs::write(&state, "").expect("blocker");
+        let err = store
+            .apply(config("two").as_bytes(), ApplyMode::NoReboot, false, false)
+            .await
+            .expect_err("cannot persist");
+        assert!(matches!(err, ApplyError::Persist(_)), "{err}");
+        assert_eq!(stamp(), live_stamp, "the live copy was rewritten");
+        assert_eq!(hostname_of(store.current()), "one");
+        std::fs::remove_file(&state).expect("rm");
+        std::fs::create_dir(&state).expect("mkdir");
+        std::fs::write(&persisted, &before).expect("put back");
+
+        // The live copy's directory becomes a file: the copy cannot be
+        // written, so the apply fails and the persisted file is put back.
+        std::fs::remove_dir_all(&run).expect("rm");
+        std::fs::write(&run, "").expect("blocker");
+        let err = store
+            .apply(config("two").as_bytes(), ApplyMode::NoReboot, false, false)
+            .await
+            .expect_err("cannot write the live copy");
+        assert!(matches!(err, ApplyError::LiveCopy(_)), "{err}");
+        assert_eq!(std::fs::read(&persisted).expect("persisted"), before);
+        assert_eq!(hostname_of(store.current()), "one");
+
+        // The first config of a node: no file was there, and none stays.
+        std::fs::remove_file(&persisted).expect("rm");
+        let fresh = Arc::new(
+            ConfigStore::load(persisted.clone())
+                .expect("no config")
+                .with_live_copy(dir.path().join("run2/config.yaml"))
+                .expect("live copy"),
+        );
+        std::fs::remove_dir_all(dir.path().join("run2")).expect("rm");
+        std::fs::write(dir.path().join("run2"), "").expect("blocker");
+        fresh
+            .apply(config("three").as_bytes(), ApplyMode::NoReboot, false, true)
+            .await
+            .expect_err("cannot write the live copy");
+        assert!(!persisted.exists(), "the refused config stayed persisted");
+        assert!(fresh.current().is_none());
     }
 
     fn hostname_of(config: Option<Arc<MachineConfig>>) -> String {
