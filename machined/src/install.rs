@@ -357,39 +357,127 @@ pub fn find_partition(class_block: &Path, dev: &Path, name: &str) -> Option<Path
         .map(|n| dev.join(n))
 }
 
-/// Reads, changes and writes META; a node without one changes nothing.
-/// Blocks.
-pub fn update_meta(change: impl FnOnce(&mut meta::Adv)) -> Result<bool, InstallError> {
-    let Some(path) = find_partition(
+/// Serialises every read-modify-write of META: the API's key writes and
+/// the upgrade's bookkeeping must not undo each other.
+static META_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The META partition of this node, if it has one.
+fn meta_partition() -> Option<PathBuf> {
+    find_partition(
         Path::new("/sys/class/block"),
         Path::new("/dev"),
         META_PARTITION,
-    ) else {
-        return Ok(false);
-    };
-    let mut adv = match meta::read_from(&path) {
+    )
+}
+
+/// Reads META at `path` (afresh when unreadable), lets `change` edit it,
+/// and writes it back when `change` succeeds. Blocks.
+fn edit_meta_at<E>(
+    path: &Path,
+    change: impl FnOnce(&mut meta::Adv) -> Result<(), E>,
+) -> Result<Result<(), E>, meta::MetaError> {
+    let _lock = META_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut adv = match meta::read_from(path) {
         Ok((adv, _)) => adv,
         Err(e) => {
             tracing::warn!(error = %e, "META unreadable: starting it afresh");
             meta::Adv::new()
         }
     };
-    change(&mut adv);
-    adv.write_to(&path).map_err(|e| InstallError::Step {
+    if let Err(e) = change(&mut adv) {
+        return Ok(Err(e));
+    }
+    adv.write_to(path)?;
+    Ok(Ok(()))
+}
+
+/// Reads, changes and writes META; a node without one changes nothing.
+/// Blocks.
+pub fn update_meta(change: impl FnOnce(&mut meta::Adv)) -> Result<bool, InstallError> {
+    let Some(path) = meta_partition() else {
+        return Ok(false);
+    };
+    edit_meta_at(&path, |adv| {
+        change(adv);
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .map_err(|e| InstallError::Step {
         step: "writing META",
         message: e.to_string(),
-    })?;
+    })?
+    .unwrap_or_else(|never| match never {});
     Ok(true)
+}
+
+/// One change to a META key through the API (`MetaWrite`, `MetaDelete`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaChange {
+    /// Set the key to the value.
+    Write(u8, Vec<u8>),
+    /// Remove the key.
+    Delete(u8),
+}
+
+/// Why a META key change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaKeyError {
+    /// The node has no META partition to keep keys in.
+    #[error("this node has no META partition: it boots without an installed disk")]
+    NoPartition,
+    /// Tag 0 cannot hold a value, or the value does not fit.
+    #[error(transparent)]
+    Refused(meta::MetaError),
+    /// Deleting a key that is not set.
+    #[error("META key {0:#04x} is not set")]
+    NotSet(u8),
+    /// Reading or writing the partition failed.
+    #[error("writing META {}: {source}", .path.display())]
+    Write {
+        /// The partition.
+        path: PathBuf,
+        /// Why.
+        source: meta::MetaError,
+    },
+}
+
+/// Applies `change` to the META partition at `path`. Blocks.
+///
+/// # Errors
+/// See [`MetaKeyError`]; nothing is written on error.
+pub fn change_meta_key_at(path: &Path, change: &MetaChange) -> Result<(), MetaKeyError> {
+    edit_meta_at(path, |adv| match change {
+        MetaChange::Write(tag, value) => {
+            adv.set(*tag, value.clone()).map_err(MetaKeyError::Refused)
+        }
+        MetaChange::Delete(tag) => {
+            if adv.delete(*tag) {
+                Ok(())
+            } else {
+                Err(MetaKeyError::NotSet(*tag))
+            }
+        }
+    })
+    .map_err(|source| MetaKeyError::Write {
+        path: path.to_owned(),
+        source,
+    })?
+}
+
+/// Applies `change` to this node's META partition. Blocks.
+///
+/// # Errors
+/// See [`MetaKeyError`].
+pub fn change_meta_key(change: &MetaChange) -> Result<(), MetaKeyError> {
+    let path = meta_partition().ok_or(MetaKeyError::NoPartition)?;
+    change_meta_key_at(&path, change)
 }
 
 /// Reads one META tag as text. Blocks.
 #[must_use]
 pub fn read_meta(tag: u8) -> Option<String> {
-    let path = find_partition(
-        Path::new("/sys/class/block"),
-        Path::new("/dev"),
-        META_PARTITION,
-    )?;
+    let path = meta_partition()?;
     let (adv, _) = meta::read_from(&path).ok()?;
     adv.get(tag)
         .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -599,6 +687,38 @@ fn save_config_to_state(disk: &str, config: &[u8]) -> Result<(), InstallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_keys_are_written_and_deleted_and_refusals_write_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.img");
+        // A blank partition, as the installer leaves it.
+        std::fs::write(&path, vec![0u8; meta::PARTITION_DATA_SIZE]).expect("blank");
+        let read = || meta::read_from(&path).expect("META").0;
+
+        change_meta_key_at(&path, &MetaChange::Write(0x0c, b"hello".to_vec())).expect("write");
+        assert_eq!(read().get(0x0c), Some(&b"hello"[..]));
+        let written = std::fs::read(&path).expect("bytes");
+
+        for (change, expect) in [
+            (MetaChange::Delete(0x0d), "NotSet"),
+            (
+                MetaChange::Write(0x0d, vec![b'x'; meta::DATA_LENGTH]),
+                "Refused(TooBig",
+            ),
+            (MetaChange::Write(0, b"end".to_vec()), "Refused(ReservedTag"),
+        ] {
+            let err = change_meta_key_at(&path, &change).expect_err("refused");
+            assert!(
+                format!("{err:?}").starts_with(expect),
+                "{change:?}: {err:?}"
+            );
+            assert_eq!(std::fs::read(&path).expect("bytes"), written, "{change:?}");
+        }
+
+        change_meta_key_at(&path, &MetaChange::Delete(0x0c)).expect("delete");
+        assert!(read().get(0x0c).is_none());
+    }
 
     #[test]
     fn registry_settings_reach_the_installer_in_a_private_file() {

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::configstore::{ApplyError, ApplyMode, DEFAULT_TRY_TIMEOUT};
 use crate::events::{Event, Payload, Tail};
 use crate::files::{self, FileError};
-use crate::install::{InstallError, Upgraded};
+use crate::install::{InstallError, MetaChange, Upgraded};
 use crate::logbuf::MAX_CHUNK;
 use crate::node::{Mode, Node, PowerAction};
 use crate::stats::{self, StatsError};
@@ -60,6 +60,9 @@ pub enum ApiError {
     /// Install and upgrade.
     #[error(transparent)]
     Install(#[from] InstallError),
+    /// META key writes.
+    #[error(transparent)]
+    Meta(#[from] crate::install::MetaKeyError),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -101,6 +104,18 @@ impl From<ApiError> for Status {
                 InstallError::NotFound { .. } => Status::not_found(msg),
                 InstallError::Step { .. } => Status::internal(msg),
             },
+            ApiError::Meta(m) => {
+                use crate::install::MetaKeyError as M;
+                match m {
+                    M::NoPartition => Status::failed_precondition(msg),
+                    M::NotSet(_) => Status::not_found(msg),
+                    M::Refused(machinery::meta::MetaError::ReservedTag) => {
+                        Status::invalid_argument(msg)
+                    }
+                    M::Refused(_) => Status::resource_exhausted(msg),
+                    M::Write { .. } => Status::internal(msg),
+                }
+            }
             ApiError::Apply(a) => match a {
                 ApplyError::Invalid(_) | ApplyError::Refused(_) => Status::invalid_argument(msg),
                 ApplyError::Busy => Status::failed_precondition(msg),
@@ -139,6 +154,15 @@ impl MachineApi {
             .ok_or_else(|| ApiError::FailedPrecondition("services are not started yet".into()))
     }
 
+    /// Changes one META key on the node's disk.
+    async fn change_meta(&self, change: MetaChange) -> Result<(), ApiError> {
+        self.refuse_in_container("META")?;
+        tokio::task::spawn_blocking(move || crate::install::change_meta_key(&change))
+            .await
+            .map_err(|e| ApiError::Internal(format!("META task: {e}")))?
+            .map_err(ApiError::from)
+    }
+
     fn refuse_in_container(&self, what: &str) -> Result<(), ApiError> {
         if self.node.mode() == Mode::Container {
             return Err(ApiError::FailedPrecondition(format!(
@@ -147,6 +171,13 @@ impl MachineApi {
         }
         Ok(())
     }
+}
+
+/// A META key from the wire: upstream's keys are one byte.
+fn meta_key(key: u32) -> Result<u8, ApiError> {
+    u8::try_from(key).map_err(|_| {
+        ApiError::InvalidArgument(format!("META key {key:#x} does not fit in a uint8"))
+    })
 }
 
 fn ts(t: SystemTime) -> prost_types::Timestamp {
@@ -940,6 +971,29 @@ impl MachineService for MachineApi {
         }))
     }
 
+    async fn meta_write(
+        &self,
+        req: Request<pb::MetaWriteRequest>,
+    ) -> Result<Response<pb::MetaWriteResponse>, Status> {
+        let req = req.into_inner();
+        let key = meta_key(req.key)?;
+        self.change_meta(MetaChange::Write(key, req.value)).await?;
+        Ok(Response::new(pb::MetaWriteResponse {
+            messages: vec![pb::MetaWrite { metadata: None }],
+        }))
+    }
+
+    async fn meta_delete(
+        &self,
+        req: Request<pb::MetaDeleteRequest>,
+    ) -> Result<Response<pb::MetaDeleteResponse>, Status> {
+        let key = meta_key(req.into_inner().key)?;
+        self.change_meta(MetaChange::Delete(key)).await?;
+        Ok(Response::new(pb::MetaDeleteResponse {
+            messages: vec![pb::MetaDelete { metadata: None }],
+        }))
+    }
+
     async fn shutdown(
         &self,
         _: Request<pb::ShutdownRequest>,
@@ -1294,5 +1348,42 @@ impl pb::lifecycle_service_server::LifecycleService for LifecycleApi {
             work,
             rx,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::install::MetaKeyError;
+    use machinery::meta::MetaError;
+
+    #[test]
+    fn meta_errors_take_upstreams_codes() {
+        let code = |e: ApiError| Status::from(e).code();
+        assert_eq!(
+            code(meta_key(256).unwrap_err()),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(meta_key(0x0c).unwrap(), 0x0c);
+        let too_big = MetaError::TooBig {
+            tag: 12,
+            size: 1 << 20,
+            needed: 1 << 20,
+            available: machinery::meta::DATA_LENGTH,
+        };
+        for (error, expect) in [
+            (MetaKeyError::NoPartition, tonic::Code::FailedPrecondition),
+            (MetaKeyError::NotSet(12), tonic::Code::NotFound),
+            (
+                MetaKeyError::Refused(MetaError::ReservedTag),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                MetaKeyError::Refused(too_big),
+                tonic::Code::ResourceExhausted,
+            ),
+        ] {
+            assert_eq!(code(ApiError::Meta(error)), expect);
+        }
     }
 }

@@ -74,6 +74,8 @@ pub enum Command {
     /// Show memory usage
     #[command(visible_aliases = ["m", "free"])]
     Memory(MemoryArgs),
+    /// Write and delete keys in the META partition
+    Meta(MetaArgs),
     /// List mounts
     #[command(visible_alias = "mount")]
     Mounts,
@@ -150,6 +152,31 @@ pub struct ServiceArgs {
     /// output format of the service list
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+/// `meta` arguments.
+#[derive(Debug, Args)]
+pub struct MetaArgs {
+    /// What to do with the key.
+    #[command(subcommand)]
+    pub command: MetaCommand,
+}
+
+/// `meta` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MetaCommand {
+    /// Write a key value
+    Write {
+        /// The key: 0 to 255, decimal or 0x hex
+        key: String,
+        /// The value
+        value: String,
+    },
+    /// Delete a key
+    Delete {
+        /// The key: 0 to 255, decimal or 0x hex
+        key: String,
+    },
 }
 
 /// `logs` arguments.

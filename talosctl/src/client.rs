@@ -516,6 +516,8 @@ impl_reply!(
     api::machine::FileInfo,
     api::machine::GenerateClientConfiguration,
     api::machine::Memory,
+    api::machine::MetaDelete,
+    api::machine::MetaWrite,
     api::machine::Mounts,
     api::machine::Process,
     api::machine::Reboot,

@@ -391,6 +391,13 @@ fn bad_input_gets_one_actionable_line() {
     one_line(&run(&missing, &["version"]), "talosconfig not found");
     one_line(&run(&tc, &["--context", "ghost", "version"]), "\"ghost\"");
     one_line(&run(&tc, &["-e", "127.6.3.99", "version"]), "127.6.3.99");
+    // META: a key that is no byte is refused before any call; a node in
+    // container mode has no META partition to write.
+    one_line(&run(&tc, &["meta", "write", "0x100", "v"]), "from 0 to 255");
+    one_line(
+        &run(&tc, &["meta", "write", "0x0c", "v"]),
+        "META is not supported in container mode",
+    );
 
     // A talosconfig from another cluster: the server is not trusted.
     let work = tempfile::tempdir().expect("tempdir");

@@ -1172,6 +1172,10 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         .unwrap_or_else(|| panic!("no /var in:\n{mounts}"));
     assert!(var_gb > 1.5, "/var is {var_gb} GB:\n{mounts}");
 
+    // A META key (upstream's first user-reserved one), written now; it must
+    // outlive the upgrades' own META writes and the reboots below.
+    ok(&tc, &args(&with(&["meta", "write", "0x0c", "kept"])));
+
     // Refused before any write: a changed blob, a bad signature, a missing
     // tag. The boot partitions stay byte for byte the same.
     let before = boot_partitions_hash(&disk);
@@ -1231,6 +1235,16 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     });
     assert_eq!(tag_of(&v), v1_tag);
     assert!(ok(&tc, &args(&cmdline)).contains("talos.slot=A"));
+
+    // The META key is still there: deleting it works once, then it is gone.
+    ok(&tc, &args(&with(&["meta", "delete", "0x0c"])));
+    let r = run(&tc, &args(&with(&["meta", "delete", "0x0c"])));
+    assert_ne!(r.code, 0, "a second delete succeeded: {}", r.out);
+    assert!(
+        r.err.contains("META key 0x0c is not set") && r.err.contains("NotFound"),
+        "{}",
+        r.err
+    );
 
     // A release whose machined cannot start: the node falls back to v1 by
     // itself and says the upgrade failed.

@@ -1,5 +1,6 @@
 //! Lifecycle: `reboot`, `shutdown`, `reset`, `rollback`, `upgrade` (the
-//! legacy MachineService API) and `health` (ClusterService).
+//! legacy MachineService API), `meta` (the META keys upgrades and boot
+//! read) and `health` (ClusterService).
 //!
 //! `--wait` polls each node: a reboot is over when the node answers again
 //! after having been unreachable, or answers with a new kernel boot ID; a
@@ -9,14 +10,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail};
 use api::machine::{
-    ReadRequest, RebootRequest, ResetPartitionSpec, ResetRequest, RollbackRequest, ShutdownRequest,
-    UpgradeRequest, reboot_request, reset_request, upgrade_request,
+    MetaDeleteRequest, MetaWriteRequest, ReadRequest, RebootRequest, ResetPartitionSpec,
+    ResetRequest, RollbackRequest, ShutdownRequest, UpgradeRequest, reboot_request, reset_request,
+    upgrade_request,
 };
 use tokio::time::Instant;
 
 use crate::cli::{
-    GlobalArgs, HealthArgs, RebootArgs, RebootMode, ResetArgs, ShutdownArgs, UpgradeArgs,
-    UpgradeRebootMode, WipeMode,
+    GlobalArgs, HealthArgs, MetaArgs, MetaCommand, RebootArgs, RebootMode, ResetArgs, ShutdownArgs,
+    UpgradeArgs, UpgradeRebootMode, WipeMode,
 };
 use crate::client::{self, BOOT_ID_PATH, Client, NodePolicy, Options};
 use crate::output::{self, Table};
@@ -281,6 +283,60 @@ pub async fn rollback(global: &GlobalArgs) -> anyhow::Result<()> {
         .await?;
     let results = client.split(response.messages);
     client::report(&results.failed)
+}
+
+/// A META key as `talosctl meta` takes it: decimal, or with a 0x, 0o or 0b
+/// prefix, 0 to 255.
+fn parse_meta_key(text: &str) -> anyhow::Result<u32> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, radix) = match lower.get(..2) {
+        Some("0x") => (&lower[2..], 16),
+        Some("0o") => (&lower[2..], 8),
+        Some("0b") => (&lower[2..], 2),
+        _ => (lower.as_str(), 10),
+    };
+    u8::from_str_radix(digits, radix)
+        .map(u32::from)
+        .map_err(|_| {
+            anyhow!(
+                "META key {text:?}: expected a number from 0 to 255 (decimal, or hex like 0x0c)"
+            )
+        })
+}
+
+/// Runs `talosctl meta write|delete`.
+///
+/// # Errors
+/// A bad key, the client setup or the call failed, or a node failed.
+pub async fn meta(global: &GlobalArgs, args: MetaArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let failed = match args.command {
+        MetaCommand::Write { key, value } => {
+            let key = parse_meta_key(&key)?;
+            let value = value.into_bytes();
+            let response = client
+                .call(|channel| {
+                    let request = client.request(MetaWriteRequest {
+                        key,
+                        value: value.clone(),
+                    });
+                    async move { client::machine(channel).meta_write(request).await }
+                })
+                .await?;
+            client.split(response.messages).failed
+        }
+        MetaCommand::Delete { key } => {
+            let key = parse_meta_key(&key)?;
+            let response = client
+                .call(|channel| {
+                    let request = client.request(MetaDeleteRequest { key });
+                    async move { client::machine(channel).meta_delete(request).await }
+                })
+                .await?;
+            client.split(response.messages).failed
+        }
+    };
+    client::report(&failed)
 }
 
 /// The slot a node booted (`talos.slot=` in its `/proc/cmdline`), if it
@@ -559,6 +615,23 @@ pub async fn health(global: &GlobalArgs, args: HealthArgs) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_keys_parse_like_upstream() {
+        for (text, key) in [
+            ("10", 10),
+            ("0x0c", 12),
+            ("0XFF", 255),
+            ("0o17", 15),
+            ("0b11", 3),
+        ] {
+            assert_eq!(parse_meta_key(text).expect(text), key, "{text}");
+        }
+        for bad in ["256", "0x100", "-1", "", "0x", "twelve"] {
+            let err = parse_meta_key(bad).expect_err(bad).to_string();
+            assert!(err.contains("from 0 to 255"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn reset_flags_to_request() {

@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(args) => files::list(&global, args).await,
         Command::Logs(args) => logs::logs(&global, args).await,
         Command::Memory(args) => system::memory(&global, &args).await,
+        Command::Meta(args) => lifecycle::meta(&global, args).await,
         Command::Mounts => system::mounts(&global).await,
         Command::Processes(args) => system::processes(&global, &args).await,
         Command::Read(args) => files::read(&global, args).await,
