@@ -18,6 +18,7 @@ pub mod files;
 pub mod install;
 pub mod kmsg;
 pub mod logbuf;
+pub mod netstat;
 pub mod node;
 pub mod reaper;
 pub mod run;

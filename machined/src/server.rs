@@ -795,6 +795,94 @@ impl MachineService for MachineApi {
         }))
     }
 
+    async fn netstat(
+        &self,
+        req: Request<pb::NetstatRequest>,
+    ) -> Result<Response<pb::NetstatResponse>, Status> {
+        use crate::netstat::{self, Filter, Proto};
+        use pb::netstat_request::Filter as WireFilter;
+
+        let req = req.into_inner();
+        if let Some(name) = req.netns.as_ref().and_then(|n| n.netns.first()) {
+            return Err(ApiError::InvalidArgument(format!(
+                "network namespace {name:?}: only the host network is inspected (this node runs no pods)"
+            ))
+            .into());
+        }
+        let filter = match WireFilter::try_from(req.filter) {
+            Ok(WireFilter::All) => Filter::All,
+            Ok(WireFilter::Connected) => Filter::Connected,
+            Ok(WireFilter::Listening) => Filter::Listening,
+            Err(_) => {
+                return Err(
+                    ApiError::InvalidArgument(format!("unknown filter {}", req.filter)).into(),
+                );
+            }
+        };
+        // No family asked for means every family, as netstat without flags.
+        let l4 = req.l4proto.unwrap_or_default();
+        let asked = [
+            l4.tcp,
+            l4.tcp6,
+            l4.udp,
+            l4.udp6,
+            l4.udplite,
+            l4.udplite6,
+            l4.raw,
+            l4.raw6,
+        ];
+        let protos: Vec<Proto> = if asked.iter().any(|&a| a) {
+            Proto::ALL
+                .into_iter()
+                .zip(asked)
+                .filter_map(|(p, a)| a.then_some(p))
+                .collect()
+        } else {
+            Proto::ALL.to_vec()
+        };
+        let with_pids = req.feature.is_some_and(|f| f.pid);
+        let (sockets, owners) = tokio::task::spawn_blocking(move || {
+            let sockets = netstat::sockets(std::path::Path::new("/proc/net"), &protos, filter)?;
+            let owners = with_pids.then(|| netstat::socket_owners(std::path::Path::new("/proc")));
+            Ok::<_, netstat::NetstatError>((sockets, owners))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("netstat task: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let records = sockets
+            .into_iter()
+            .map(|s| pb::ConnectRecord {
+                l4proto: s.proto.name().to_owned(),
+                localip: s.local.ip().to_string(),
+                localport: u32::from(s.local.port()),
+                remoteip: s.remote.ip().to_string(),
+                remoteport: u32::from(s.remote.port()),
+                state: i32::try_from(s.state).unwrap_or_default(),
+                txqueue: s.tx_queue,
+                rxqueue: s.rx_queue,
+                tr: i32::try_from(s.timer).unwrap_or_default(),
+                timerwhen: s.timer_when,
+                retrnsmt: s.retransmits,
+                uid: s.uid,
+                timeout: s.timeout,
+                inode: s.inode,
+                r#ref: s.refs,
+                pointer: s.pointer,
+                process: owners.as_ref().map(|o| {
+                    let (pid, name) = o.get(&s.inode).cloned().unwrap_or_default();
+                    pb::connect_record::Process { pid, name }
+                }),
+                netns: String::new(),
+            })
+            .collect();
+        Ok(Response::new(pb::NetstatResponse {
+            messages: vec![pb::Netstat {
+                metadata: None,
+                connectrecord: records,
+            }],
+        }))
+    }
+
     async fn list(
         &self,
         req: Request<pb::ListRequest>,

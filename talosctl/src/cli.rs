@@ -74,11 +74,17 @@ pub enum Command {
     /// Show memory usage
     #[command(visible_aliases = ["m", "free"])]
     Memory(MemoryArgs),
+    /// Machine config commands that need no node
+    #[command(name = "machineconfig", visible_alias = "mc")]
+    MachineConfig(MachineConfigArgs),
     /// Write and delete keys in the META partition
     Meta(MetaArgs),
     /// List mounts
     #[command(visible_alias = "mount")]
     Mounts,
+    /// Show network connections and sockets
+    #[command(visible_alias = "ss")]
+    Netstat(NetstatArgs),
     /// List running processes
     #[command(visible_aliases = ["p", "ps"])]
     Processes(ProcessesArgs),
@@ -105,8 +111,71 @@ pub enum Command {
     /// Retrieve a disk usage
     #[command(visible_alias = "du")]
     Usage(UsageArgs),
+    /// Validate config
+    Validate(ValidateArgs),
     /// Prints the version
     Version(VersionArgs),
+}
+
+/// `validate` flags.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// the path of the config file
+    #[arg(short = 'c', long)]
+    pub config: PathBuf,
+    /// the mode to validate the config for (valid values are metal, cloud, and container)
+    #[arg(short = 'm', long, value_enum)]
+    pub mode: ValidateMode,
+    /// treat validation warnings as errors (none are emitted: every problem is an error)
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// What kind of node a config is validated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValidateMode {
+    /// Installed from an image onto a disk.
+    Metal,
+    /// A cloud VM.
+    Cloud,
+    /// A container.
+    Container,
+}
+
+impl ValidateMode {
+    /// The name upstream prints.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidateMode::Metal => "metal",
+            ValidateMode::Cloud => "cloud",
+            ValidateMode::Container => "container",
+        }
+    }
+}
+
+/// `machineconfig` arguments.
+#[derive(Debug, Args)]
+pub struct MachineConfigArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: MachineConfigCommand,
+}
+
+/// `machineconfig` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MachineConfigCommand {
+    /// Patch a machine config
+    Patch {
+        /// The machine config file
+        file: PathBuf,
+        /// patch generated machineconfigs (applied to all node types), @FILE reads a file
+        #[arg(short = 'p', long = "patch")]
+        patches: Vec<String>,
+        /// output destination; without it, stdout
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Output format of commands that print a table by default.
@@ -225,6 +294,42 @@ pub enum ProcessSort {
     Rss,
     /// CPU time, largest first.
     Cpu,
+}
+
+/// `netstat` flags.
+#[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // one per flag, as upstream
+pub struct NetstatArgs {
+    /// display all sockets states (default: connected)
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// show detailed socket information
+    #[arg(short = 'x', long)]
+    pub extend: bool,
+    /// display listening server sockets
+    #[arg(short = 'l', long)]
+    pub listening: bool,
+    /// show process using socket
+    #[arg(short = 'p', long)]
+    pub programs: bool,
+    /// display only RAW sockets
+    #[arg(short = 'w', long)]
+    pub raw: bool,
+    /// display only TCP sockets
+    #[arg(short = 't', long)]
+    pub tcp: bool,
+    /// display only UDP sockets
+    #[arg(short = 'u', long)]
+    pub udp: bool,
+    /// display only UDPLite sockets
+    #[arg(short = 'U', long)]
+    pub udplite: bool,
+    /// display only ipv4 sockets
+    #[arg(short = '4', long)]
+    pub ipv4: bool,
+    /// display only ipv6 sockets
+    #[arg(short = '6', long)]
+    pub ipv6: bool,
 }
 
 /// `processes` flags.

@@ -519,6 +519,7 @@ impl_reply!(
     api::machine::MetaDelete,
     api::machine::MetaWrite,
     api::machine::Mounts,
+    api::machine::Netstat,
     api::machine::Process,
     api::machine::Reboot,
     api::machine::Reset,

@@ -167,6 +167,37 @@ fn gen_config_cluster_and_everyday_commands() {
     );
     machinery::config::parse(&std::fs::read(out_dir.join("controlplane.yaml")).expect("read"))
         .expect("generated config is valid");
+    // Offline: validate, and patch then validate the result.
+    let unused = work.path().join("unused");
+    let cp = out_dir.join("controlplane.yaml");
+    let cp = cp.to_str().expect("utf8");
+    let said = ok(&unused, &["validate", "-c", cp, "-m", "metal"]);
+    assert_eq!(said.trim(), format!("{cp} is valid for metal mode"));
+    let patched = work.path().join("patched.yaml");
+    let patched = patched.to_str().expect("utf8");
+    ok(
+        &unused,
+        &[
+            "mc",
+            "patch",
+            cp,
+            "-p",
+            "machine: {install: {disk: ''}}",
+            "-o",
+            patched,
+        ],
+    );
+    let r = run(
+        &unused,
+        &["validate", "--config", patched, "--mode", "metal"],
+    );
+    assert_ne!(
+        r.code, 0,
+        "a config without a disk is valid for metal: {}",
+        r.out
+    );
+    assert!(r.err.contains("required in \"metal\" mode"), "{}", r.err);
+    ok(&unused, &["validate", "-c", patched, "-m", "container"]);
     let again = run(
         &work.path().join("unused"),
         &[
@@ -232,6 +263,33 @@ fn gen_config_cluster_and_everyday_commands() {
             && m.lines().nth(1).is_some_and(|l| l.starts_with(cp)),
         "{m}"
     );
+
+    // netstat: apid's listener with its process; this very call's
+    // connection among the connected sockets, and not among the listening.
+    let apid = format!("{cp}:50000");
+    let listening = ok(&tc, &["netstat", "-l", "-t", "-4", "-p"]);
+    let line = listening
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some(apid.as_str()))
+        .unwrap_or_else(|| panic!("no listener on {apid}:\n{listening}"));
+    assert!(line.contains("LISTEN"), "{line}");
+    let program = line.split_whitespace().last().expect("a last column");
+    assert!(
+        program
+            .split_once('/')
+            .is_some_and(|(pid, _)| pid.parse::<u32>().is_ok()),
+        "{line}"
+    );
+    assert!(!listening.contains("ESTABLISHED"), "{listening}");
+    let connected = ok(&tc, &["netstat", "-t", "-4"]);
+    assert!(
+        connected.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(4) == Some(&apid.as_str()) && cols.get(6) == Some(&"ESTABLISHED")
+        }),
+        "{connected}"
+    );
+    assert!(!connected.contains("LISTEN"), "{connected}");
 
     let root = c.node_root("cli-controlplane-1");
     let listing = ok(&tc, &["list", root.to_str().expect("utf8")]);

@@ -7,6 +7,7 @@ pub mod files;
 pub mod generate;
 pub mod lifecycle;
 pub mod logs;
+pub mod machineconfig;
 pub mod services;
 pub mod system;
 pub mod version;
@@ -43,8 +44,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(args) => files::list(&global, args).await,
         Command::Logs(args) => logs::logs(&global, args).await,
         Command::Memory(args) => system::memory(&global, &args).await,
+        Command::MachineConfig(args) => machineconfig::run(args),
         Command::Meta(args) => lifecycle::meta(&global, args).await,
         Command::Mounts => system::mounts(&global).await,
+        Command::Netstat(args) => system::netstat(&global, &args).await,
         Command::Processes(args) => system::processes(&global, &args).await,
         Command::Read(args) => files::read(&global, args).await,
         Command::Reboot(args) => lifecycle::reboot(&global, &args).await,
@@ -56,6 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Time(args) => system::time(&global, args).await,
         Command::Upgrade(args) => lifecycle::upgrade(&global, args).await,
         Command::Usage(args) => files::usage(&global, args).await,
+        Command::Validate(args) => machineconfig::validate(&args),
         Command::Version(args) => version::run(&global, &args).await,
     }
 }

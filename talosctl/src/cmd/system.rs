@@ -1,13 +1,17 @@
-//! System views: `memory`, `processes`, `mounts`, `disks`, `time`,
-//! `interfaces`, `routes`.
+//! System views: `memory`, `processes`, `mounts`, `netstat`, `disks`,
+//! `time`, `interfaces`, `routes`.
 
 use std::cmp::Ordering;
 use std::path::Path;
 
-use api::machine::{MemInfo, ProcessInfo};
+use api::machine::{
+    ConnectRecord, MemInfo, NetstatRequest, ProcessInfo, connect_record, netstat_request,
+};
 use serde::Serialize;
 
-use crate::cli::{GlobalArgs, MemoryArgs, OutputFormat, ProcessSort, ProcessesArgs, TimeArgs};
+use crate::cli::{
+    GlobalArgs, MemoryArgs, NetstatArgs, OutputFormat, ProcessSort, ProcessesArgs, TimeArgs,
+};
 use crate::client::{self, CallError, Client, Options};
 use crate::output::{self, Table};
 
@@ -336,6 +340,146 @@ pub async fn mounts(global: &GlobalArgs) -> anyhow::Result<()> {
     client::report(&results.failed)
 }
 
+// === netstat ===
+
+/// The request for `netstat`'s flags: no family flag means every family,
+/// neither -4 nor -6 means both.
+#[must_use]
+pub fn netstat_request(args: &NetstatArgs) -> NetstatRequest {
+    use netstat_request::{Feature, Filter, L4proto, NetNs};
+    let any_proto = args.tcp || args.udp || args.udplite || args.raw;
+    let proto = |flag: bool| flag || !any_proto;
+    let (v4, v6) = if args.ipv4 || args.ipv6 {
+        (args.ipv4, args.ipv6)
+    } else {
+        (true, true)
+    };
+    let filter = if args.all {
+        Filter::All
+    } else if args.listening {
+        Filter::Listening
+    } else {
+        Filter::Connected
+    };
+    NetstatRequest {
+        filter: filter as i32,
+        feature: Some(Feature { pid: args.programs }),
+        l4proto: Some(L4proto {
+            tcp: proto(args.tcp) && v4,
+            tcp6: proto(args.tcp) && v6,
+            udp: proto(args.udp) && v4,
+            udp6: proto(args.udp) && v6,
+            udplite: proto(args.udplite) && v4,
+            udplite6: proto(args.udplite) && v6,
+            raw: proto(args.raw) && v4,
+            raw6: proto(args.raw) && v6,
+        }),
+        netns: Some(NetNs {
+            hostnetwork: true,
+            netns: Vec::new(),
+            allnetns: false,
+        }),
+    }
+}
+
+/// `ip:port`, IPv6 in brackets, `*` for an unspecified address or port.
+fn endpoint(ip: &str, port: u32) -> String {
+    let unspecified = ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    let host = match (unspecified, ip.contains(':')) {
+        (true, _) => "*".to_owned(),
+        (false, true) => format!("[{ip}]"),
+        (false, false) => ip.to_owned(),
+    };
+    let port = if port == 0 {
+        "*".to_owned()
+    } else {
+        port.to_string()
+    };
+    format!("{host}:{port}")
+}
+
+/// The `netstat` table: upstream's columns, `Uid` and `Inode` with -x,
+/// `PID/Program name` with -p. TCP sockets show their state; the others
+/// have none to show, as in net-tools' netstat.
+#[must_use]
+pub fn netstat_table(rows: &[(String, ConnectRecord)], args: &NetstatArgs) -> Table {
+    let mut header = vec![
+        "NODE",
+        "Proto",
+        "Recv-Q",
+        "Send-Q",
+        "Local Address",
+        "Foreign Address",
+        "State",
+    ];
+    if args.extend {
+        header.extend(["Uid", "Inode"]);
+    }
+    if args.programs {
+        header.push("PID/Program name");
+    }
+    let mut table = Table::new(&header);
+    for (node, r) in rows {
+        let state = if r.l4proto.starts_with("tcp") {
+            connect_record::State::try_from(r.state)
+                .map(|s| s.as_str_name().to_owned())
+                .unwrap_or_else(|_| r.state.to_string())
+        } else {
+            String::new()
+        };
+        let mut row = vec![
+            node.clone(),
+            r.l4proto.clone(),
+            r.rxqueue.to_string(),
+            r.txqueue.to_string(),
+            endpoint(&r.localip, r.localport),
+            endpoint(&r.remoteip, r.remoteport),
+            state,
+        ];
+        if args.extend {
+            row.extend([r.uid.to_string(), r.inode.to_string()]);
+        }
+        if args.programs {
+            row.push(match &r.process {
+                Some(p) if p.pid != 0 => format!("{}/{}", p.pid, p.name),
+                _ => "-".to_owned(),
+            });
+        }
+        table.push(row);
+    }
+    table
+}
+
+/// Runs `talosctl netstat`.
+///
+/// # Errors
+/// The client setup or the call failed, or a node failed.
+pub async fn netstat(global: &GlobalArgs, args: &NetstatArgs) -> anyhow::Result<()> {
+    let client = Client::connect(global, Options::default())?;
+    let request = netstat_request(args);
+    let response = client
+        .call(|channel| {
+            let request = client.request(request.clone());
+            async move { client::machine(channel).netstat(request).await }
+        })
+        .await?;
+    let results = client.split(response.messages);
+    let rows: Vec<(String, ConnectRecord)> = results
+        .ok
+        .into_iter()
+        .flat_map(|(node, reply)| {
+            reply
+                .connectrecord
+                .into_iter()
+                .map(move |r| (node.clone(), r))
+        })
+        .collect();
+    netstat_table(&rows, args).print()?;
+    client::report(&results.failed)
+}
+
 // === disks ===
 
 fn dash(text: &str) -> String {
@@ -547,6 +691,104 @@ pub async fn routes(global: &GlobalArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn netstat_args(flags: &str) -> NetstatArgs {
+        let has = |c| flags.contains(c);
+        NetstatArgs {
+            all: has('a'),
+            extend: has('x'),
+            listening: has('l'),
+            programs: has('p'),
+            raw: has('w'),
+            tcp: has('t'),
+            udp: has('u'),
+            udplite: has('U'),
+            ipv4: has('4'),
+            ipv6: has('6'),
+        }
+    }
+
+    #[test]
+    fn netstat_flags_to_request() {
+        use netstat_request::Filter;
+        let all = netstat_request(&netstat_args(""));
+        assert_eq!(all.filter, Filter::Connected as i32);
+        let l4 = all.l4proto.expect("l4");
+        assert!(l4.tcp && l4.tcp6 && l4.udp && l4.udp6 && l4.udplite && l4.raw6);
+        let tcp4 = netstat_request(&netstat_args("lt4p"));
+        assert_eq!(tcp4.filter, Filter::Listening as i32);
+        assert!(tcp4.feature.expect("feature").pid);
+        let l4 = tcp4.l4proto.expect("l4");
+        assert!(l4.tcp && !l4.tcp6 && !l4.udp && !l4.udp6 && !l4.raw);
+        assert_eq!(
+            netstat_request(&netstat_args("al")).filter,
+            Filter::All as i32
+        );
+    }
+
+    #[test]
+    fn netstat_rows() {
+        let record = |proto: &str, local: (&str, u32), remote: (&str, u32), state| ConnectRecord {
+            l4proto: proto.to_owned(),
+            localip: local.0.to_owned(),
+            localport: local.1,
+            remoteip: remote.0.to_owned(),
+            remoteport: remote.1,
+            state,
+            rxqueue: 1,
+            txqueue: 2,
+            uid: 0,
+            inode: 99,
+            process: Some(connect_record::Process {
+                pid: 7,
+                name: "apid".to_owned(),
+            }),
+            ..ConnectRecord::default()
+        };
+        let rows = vec![
+            (
+                "n1".to_owned(),
+                record("tcp", ("127.0.0.1", 50000), ("0.0.0.0", 0), 10),
+            ),
+            ("n1".to_owned(), record("udp6", ("::1", 514), ("::", 0), 7)),
+        ];
+        let text = netstat_table(&rows, &netstat_args("xp")).render();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0][..2], ["NODE", "Proto"]);
+        assert!(text.lines().next().unwrap().ends_with("PID/Program name"));
+        assert_eq!(
+            lines[1],
+            [
+                "n1",
+                "tcp",
+                "1",
+                "2",
+                "127.0.0.1:50000",
+                "*:*",
+                "LISTEN",
+                "0",
+                "99",
+                "7/apid"
+            ]
+        );
+        assert_eq!(
+            lines[2],
+            [
+                "n1",
+                "udp6",
+                "1",
+                "2",
+                "[::1]:514",
+                "*:*",
+                "0",
+                "99",
+                "7/apid"
+            ]
+        );
+    }
 
     #[test]
     fn memory_math_in_mib() {
