@@ -476,8 +476,10 @@ fn access_hint(registry: &str, access: Option<&RegistryAccess>) -> String {
     if access.is_some_and(|a| a.auth.is_some()) {
         format!("check the credentials in machine.registries.config.\"{registry}\".auth")
     } else {
+        // Registries also answer 401 for a repository that does not exist.
         format!(
-            "no credentials are configured for it: set machine.registries.config.\"{registry}\".auth"
+            "no credentials are configured for it (or the repository does not exist): \
+             set machine.registries.config.\"{registry}\".auth"
         )
     }
 }
@@ -1442,7 +1444,7 @@ mod tests {
             (
                 "anon",
                 anonymous,
-                "no credentials are configured for it: set",
+                "no credentials are configured for it (or the repository does not exist): set",
             ),
             (
                 "wrong",

@@ -73,6 +73,15 @@ pub enum ApplyError {
     /// changed.
     #[error("writing the live machine config for networkd and timed: {0}")]
     LiveCopy(ConfigError),
+    /// The apply failed and the persisted config could not be put back:
+    /// the next boot uses the config this apply tried to make.
+    #[error("{failed}; putting the previous machine config back failed too: {restore}")]
+    NotRestored {
+        /// Why the apply failed.
+        failed: Box<ApplyError>,
+        /// Why the previous config could not be put back.
+        restore: ConfigError,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +117,13 @@ impl ConfigStore {
     /// The file exists but is unreadable or invalid.
     pub fn load(path: PathBuf) -> Result<ConfigStore, ConfigError> {
         let config = if path.exists() {
-            Some(Arc::new(machinery::config::load(&path)?))
+            let config = machinery::config::load(&path)?;
+            // Rules added since it was persisted: it runs, the parts they
+            // reject unused, and the operator hears of it.
+            if let Err(e) = config.strict_check() {
+                tracing::warn!(error = %e, "the persisted machine config would be refused today");
+            }
+            Some(Arc::new(config))
         } else {
             None
         };
@@ -191,6 +206,7 @@ impl ConfigStore {
     ) -> Result<ApplyOutcome, ApplyError> {
         let _guard = self.apply_lock.try_lock().map_err(|_| ApplyError::Busy)?;
         let config = machinery::config::parse(data)?;
+        config.strict_check()?;
         let current = self.current();
         if let Some(old) = &current
             && old.machine_type() != config.machine_type()
@@ -276,16 +292,26 @@ impl ConfigStore {
             }
             ApplyMode::Staged => return self.persist(&config),
             _ => {
-                // Persisted first: nothing reads that file before the next
-                // boot, so if the live copy then cannot be written, the old
-                // file goes back and no daemon ever saw the refused config.
+                // Persisted first: before the next boot only an install
+                // reads that file, and it waits for the apply lock
+                // (`persisted_bytes`). So if the live copy then cannot be
+                // written, the old file goes back and no daemon ever saw
+                // the refused config.
+                // A failed persist may still have renamed the new file into
+                // place (syncing the directory comes after), so it is put
+                // back then too.
                 let previous = self.read_persisted()?;
-                self.persist(&config)?;
-                if let Err(e) = self.write_live_copy(Some(&config)) {
-                    if let Err(undo) = self.restore_persisted(previous.as_deref()) {
-                        tracing::warn!(error = %undo, "restoring the persisted machine config");
-                    }
-                    return Err(e);
+                if let Err(e) = self
+                    .persist(&config)
+                    .and_then(|()| self.write_live_copy(Some(&config)))
+                {
+                    return Err(match self.restore_persisted(previous.as_deref()) {
+                        Ok(()) => e,
+                        Err(restore) => ApplyError::NotRestored {
+                            failed: Box::new(e),
+                            restore,
+                        },
+                    });
                 }
                 self.live.send_replace(Some(config));
             }
@@ -309,6 +335,17 @@ impl ConfigStore {
         Ok(())
     }
 
+    /// The persisted config's bytes as no apply is changing them (an apply
+    /// writes the file before it knows whether it succeeded), `None` when
+    /// there is none.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read.
+    pub async fn persisted_bytes(&self) -> Result<Option<Vec<u8>>, ApplyError> {
+        let _guard = self.apply_lock.lock().await;
+        self.read_persisted()
+    }
+
     /// The persisted file's bytes, `None` when there is none.
     fn read_persisted(&self) -> Result<Option<Vec<u8>>, ApplyError> {
         match std::fs::read(&self.path) {
@@ -322,7 +359,8 @@ impl ConfigStore {
         }
     }
 
-    /// Puts back what [`Self::read_persisted`] returned.
+    /// Puts back what [`Self::read_persisted`] returned. Only an apply
+    /// calls this, holding the apply lock.
     fn restore_persisted(&self, previous: Option<&[u8]>) -> Result<(), ConfigError> {
         let io = |operation, path, source| ConfigError::Io {
             operation,
@@ -332,8 +370,12 @@ impl ConfigStore {
         match previous {
             Some(bytes) => machinery::fsutil::write_atomic(&self.path, bytes, 0o600)
                 .map_err(|e| io(e.operation, e.path, e.source)),
-            None => std::fs::remove_file(&self.path)
-                .map_err(|source| io("removing", self.path.clone(), source)),
+            None => match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io("removing", self.path.clone(), e))
+                }
+                _ => Ok(()),
+            },
         }
     }
 
@@ -384,26 +426,9 @@ fn humanize(d: Duration) -> String {
 mod tests {
     use super::*;
 
-    /// A control plane config, generated once (keys take a while in a
-    /// debug build), with `hostname`.
+    /// A control plane config with `hostname`.
     fn config(hostname: &str) -> String {
-        static BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let base = BASE.get_or_init(|| {
-            let now = std::time::SystemTime::now();
-            let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
-            machinery::generate::generate(
-                &bundle,
-                &machinery::generate::GenOptions::new("store", "https://127.0.0.1:6443"),
-                now,
-            )
-            .expect("configs")
-            .controlplane_yaml
-        });
-        machinery::generate::apply_patch(
-            base,
-            &format!("machine:\n  network:\n    hostname: {hostname}\n"),
-        )
-        .expect("patch")
+        crate::test_config::patched(&format!("machine:\n  network:\n    hostname: {hostname}\n"))
     }
 
     #[tokio::test]
@@ -526,6 +551,34 @@ mod tests {
             .expect_err("cannot write the live copy");
         assert!(!persisted.exists(), "the refused config stayed persisted");
         assert!(fresh.current().is_none());
+    }
+
+    #[tokio::test]
+    async fn rules_newer_than_a_persisted_config_refuse_applies_but_not_boots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let persisted = dir.path().join("config.yaml");
+        // A registry password without a user: the apply is refused.
+        let bad = crate::test_config::patched(
+            "machine:\n  registries:\n    config:\n      r.example:\n        auth:\n          password: pw\n",
+        );
+        let store = Arc::new(ConfigStore::load(persisted.clone()).expect("no config"));
+        let err = store
+            .apply(bad.as_bytes(), ApplyMode::NoReboot, false, true)
+            .await
+            .expect_err("refused");
+        let field = "machine.registries.config.r.example.auth.username";
+        let named = match &err {
+            ApplyError::Invalid(e) => e.validation_issues().is_some_and(|i| i.mentions(field)),
+            _ => false,
+        };
+        assert!(named, "{err}");
+        assert!(!persisted.exists() && store.current().is_none());
+
+        // The same config persisted by an older version still loads.
+        std::fs::write(&persisted, &bad).expect("persist");
+        let store = ConfigStore::load(persisted).expect("loads");
+        let current = store.current().expect("a config");
+        assert!(current.registry_access()["r.example"].auth.is_none());
     }
 
     fn hostname_of(config: Option<Arc<MachineConfig>>) -> String {

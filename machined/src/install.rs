@@ -381,10 +381,14 @@ fn edit_meta_at<E>(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut adv = match meta::read_from(path) {
         Ok((adv, _)) => adv,
-        Err(e) => {
-            tracing::warn!(error = %e, "META unreadable: starting it afresh");
+        // Nothing valid to keep: never written, or both copies corrupt.
+        Err(e @ (meta::MetaError::Blank | meta::MetaError::BothBad { .. })) => {
+            tracing::warn!(error = %e, "META holds no valid copy: starting it afresh");
             meta::Adv::new()
         }
+        // A read that failed says nothing about what is there: writing a
+        // fresh store now could erase every key.
+        Err(e) => return Err(e),
     };
     if let Err(e) = change(&mut adv) {
         return Ok(Err(e));
@@ -395,21 +399,25 @@ fn edit_meta_at<E>(
 
 /// Reads, changes and writes META; a node without one changes nothing.
 /// Blocks.
-pub fn update_meta(change: impl FnOnce(&mut meta::Adv)) -> Result<bool, InstallError> {
+pub fn update_meta(
+    change: impl FnOnce(&mut meta::Adv) -> Result<(), meta::MetaError>,
+) -> Result<bool, InstallError> {
     let Some(path) = meta_partition() else {
         return Ok(false);
     };
-    edit_meta_at(&path, |adv| {
-        change(adv);
-        Ok::<(), std::convert::Infallible>(())
-    })
-    .map_err(|e| InstallError::Step {
-        step: "writing META",
-        message: e.to_string(),
-    })?
-    .unwrap_or_else(|never| match never {});
+    edit_meta_at(&path, change)
+        .and_then(|changed| changed)
+        .map_err(|e| InstallError::Step {
+            step: "writing META",
+            message: e.to_string(),
+        })?;
     Ok(true)
 }
+
+/// Bytes of META's data area that key writes through the API leave free,
+/// so machined's own upgrade records (tags 6 and `0x40`, well under this)
+/// always fit.
+pub const META_RESERVED: usize = 4096;
 
 /// One change to a META key through the API (`MetaWrite`, `MetaDelete`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,7 +457,18 @@ pub enum MetaKeyError {
 pub fn change_meta_key_at(path: &Path, change: &MetaChange) -> Result<(), MetaKeyError> {
     edit_meta_at(path, |adv| match change {
         MetaChange::Write(tag, value) => {
-            adv.set(*tag, value.clone()).map_err(MetaKeyError::Refused)
+            adv.set(*tag, value.clone())
+                .map_err(MetaKeyError::Refused)?;
+            let available = meta::DATA_LENGTH - META_RESERVED;
+            if adv.encoded_len() > available {
+                return Err(MetaKeyError::Refused(meta::MetaError::TooBig {
+                    tag: *tag,
+                    size: value.len(),
+                    needed: adv.encoded_len(),
+                    available,
+                }));
+            }
+            Ok(())
         }
         MetaChange::Delete(tag) => {
             if adv.delete(*tag) {
@@ -548,8 +567,8 @@ pub fn upgrade(
     // The slot is written and on trial whatever happens to this record:
     // a failure here is said, not fatal.
     if let Err(e) = update_meta(|adv| {
-        let _ = adv.set(TAG_UPGRADE, from.into_bytes());
-        let _ = adv.set(TAG_UPGRADE_OUTCOME, line.into_bytes());
+        adv.set(TAG_UPGRADE, from.into_bytes())?;
+        adv.set(TAG_UPGRADE_OUTCOME, line.into_bytes())
     }) {
         say(
             progress,
@@ -706,6 +725,11 @@ mod tests {
                 MetaChange::Write(0x0d, vec![b'x'; meta::DATA_LENGTH]),
                 "Refused(TooBig",
             ),
+            // Fits the data area, but not beside machined's reserve.
+            (
+                MetaChange::Write(0x0d, vec![b'x'; meta::DATA_LENGTH - META_RESERVED]),
+                "Refused(TooBig",
+            ),
             (MetaChange::Write(0, b"end".to_vec()), "Refused(ReservedTag"),
         ] {
             let err = change_meta_key_at(&path, &change).expect_err("refused");
@@ -718,26 +742,25 @@ mod tests {
 
         change_meta_key_at(&path, &MetaChange::Delete(0x0c)).expect("delete");
         assert!(read().get(0x0c).is_none());
+
+        // A partition that cannot be read whole is not started afresh
+        // (that would erase what is there): the write fails, nothing written.
+        let short = dir.path().join("short.img");
+        std::fs::write(&short, b"not all of META").expect("short");
+        let err = change_meta_key_at(&short, &MetaChange::Write(0x0c, b"x".to_vec()))
+            .expect_err("unreadable");
+        assert!(matches!(err, MetaKeyError::Write { .. }), "{err:?}");
+        assert_eq!(std::fs::read(&short).expect("bytes"), b"not all of META");
     }
 
     #[test]
     fn registry_settings_reach_the_installer_in_a_private_file() {
         use std::os::unix::fs::PermissionsExt as _;
 
-        let now = std::time::SystemTime::now();
-        let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
-        let generated = machinery::generate::generate(
-            &bundle,
-            &machinery::generate::GenOptions::new("c", "https://127.0.0.1:6443"),
-            now,
-        )
-        .expect("configs");
-        let text = machinery::generate::apply_patch(
-            &generated.worker_yaml,
+        let text = crate::test_config::patched(
             "machine:\n  registries:\n    config:\n      10.0.2.2:5000:\n        \
              auth:\n          username: talos\n          password: pw\n",
-        )
-        .expect("patch");
+        );
         let config = machinery::config::parse(text.as_bytes()).expect("config");
         let settings = FetchSettings::from_config(Some(&config));
         let dir = tempfile::tempdir().expect("tempdir");

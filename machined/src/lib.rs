@@ -26,3 +26,25 @@ pub mod server;
 pub mod services;
 pub mod stats;
 pub mod supervisor;
+
+/// A generated config for unit tests.
+#[cfg(test)]
+mod test_config {
+    /// A control plane config, generated once per test binary (keys take a
+    /// while in a debug build), with `patch` applied.
+    pub(crate) fn patched(patch: &str) -> String {
+        static BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let base = BASE.get_or_init(|| {
+            let now = std::time::SystemTime::now();
+            let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+            machinery::generate::generate(
+                &bundle,
+                &machinery::generate::GenOptions::new("test", "https://127.0.0.1:6443"),
+                now,
+            )
+            .expect("configs")
+            .controlplane_yaml
+        });
+        machinery::generate::apply_patch(base, patch).expect("patch")
+    }
+}

@@ -76,7 +76,8 @@ pub enum Filter {
     All,
     /// Sockets with a peer.
     Connected,
-    /// Sockets without one: listening TCP, bound UDP and raw sockets.
+    /// Sockets without a remote address or port: listening TCP, bound UDP
+    /// and raw sockets.
     Listening,
 }
 
@@ -114,11 +115,18 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// Whether the socket has a peer (upstream's test: a remote port or
-    /// address).
+    /// Whether the socket has a peer: a remote address and port
+    /// (upstream's test).
     #[must_use]
     pub fn connected(&self) -> bool {
-        self.remote.port() != 0 || !self.remote.ip().is_unspecified()
+        self.remote.port() != 0 && !self.remote.ip().is_unspecified()
+    }
+
+    /// Whether it has neither a remote address nor port: listening TCP,
+    /// bound UDP and raw sockets (upstream's test).
+    #[must_use]
+    pub fn listening(&self) -> bool {
+        self.remote.port() == 0 && self.remote.ip().is_unspecified()
     }
 }
 
@@ -176,7 +184,7 @@ pub fn sockets(
             let keep = match filter {
                 Filter::All => true,
                 Filter::Connected => socket.connected(),
-                Filter::Listening => !socket.connected(),
+                Filter::Listening => socket.listening(),
             };
             if keep {
                 out.push(socket);
@@ -313,6 +321,7 @@ mod tests {
 ";
     const UDP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
  1234: 00000000000000000000000001000000:0202 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000   102        0 777 2 0000000000000000 0
+ 1235: B80D0120000000000000000001000000:0035 B80D0120000000000000000002000000:C001 01 00000000:00000000 00:00000000 00000000     0        0 778 2 0000000000000000 0
 ";
 
     fn tables() -> tempfile::TempDir {
@@ -326,7 +335,7 @@ mod tests {
     fn lines_parse_into_every_field() {
         let dir = tables();
         let all = sockets(dir.path(), &Proto::ALL, Filter::All).expect("parsed");
-        assert_eq!(all.len(), 3);
+        assert_eq!(all.len(), 4);
         let conn = &all[1];
         assert_eq!(conn.proto, Proto::Tcp);
         assert_eq!(conn.local, "127.0.0.1:50000".parse().unwrap());
@@ -345,6 +354,10 @@ mod tests {
         assert_eq!(udp.proto, Proto::Udp6);
         assert_eq!(udp.local, "[::1]:514".parse().unwrap());
         assert_eq!((udp.state, udp.uid, udp.inode, udp.refs), (7, 102, 777, 2));
+        // Every 32-bit word in host order, and the words in address order.
+        let doc = &all[3];
+        assert_eq!(doc.local, "[2001:db8::1]:53".parse().unwrap());
+        assert_eq!(doc.remote, "[2001:db8::2]:49153".parse().unwrap());
     }
 
     #[test]
@@ -354,11 +367,11 @@ mod tests {
         let inodes: Vec<u64> = listening.iter().map(|s| s.inode).collect();
         assert_eq!(inodes, [4242, 777]);
         let connected = sockets(dir.path(), &Proto::ALL, Filter::Connected).expect("parsed");
-        assert_eq!(connected.len(), 1);
-        assert_eq!(connected[0].inode, 4343);
+        let inodes: Vec<u64> = connected.iter().map(|s| s.inode).collect();
+        assert_eq!(inodes, [4343, 778]);
         // Only the tables asked for; a table the kernel lacks is empty.
         let v6 = sockets(dir.path(), &[Proto::Udp6, Proto::Raw6], Filter::All).expect("parsed");
-        assert_eq!(v6.len(), 1);
+        assert_eq!(v6.len(), 2);
     }
 
     #[test]

@@ -314,7 +314,13 @@ async fn install_from_maintenance(node: &Arc<Node>) -> bool {
         },
         "",
     );
-    let bytes = std::fs::read(node.config.path()).unwrap_or_default();
+    let bytes = node
+        .config
+        .persisted_bytes()
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let settings = crate::install::FetchSettings::from_config(Some(&config));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let console = tokio::spawn(async move {
@@ -418,7 +424,7 @@ async fn confirm_when_up(node: &Node, supervisor: &Supervisor, slot: crate::boot
         let saved = tokio::task::spawn_blocking(move || {
             crate::install::update_meta(|adv| {
                 adv.delete(crate::install::TAG_UPGRADE);
-                let _ = adv.set(crate::install::TAG_UPGRADE_OUTCOME, record.into_bytes());
+                adv.set(crate::install::TAG_UPGRADE_OUTCOME, record.into_bytes())
             })
         })
         .await;

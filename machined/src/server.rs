@@ -120,7 +120,9 @@ impl From<ApiError> for Status {
                 ApplyError::Invalid(_) | ApplyError::Refused(_) => Status::invalid_argument(msg),
                 ApplyError::Busy => Status::failed_precondition(msg),
                 ApplyError::Unsupported(_) => Status::unimplemented(msg),
-                ApplyError::Persist(_) | ApplyError::LiveCopy(_) => Status::internal(msg),
+                ApplyError::Persist(_)
+                | ApplyError::LiveCopy(_)
+                | ApplyError::NotRestored { .. } => Status::internal(msg),
             },
         }
     }
@@ -1383,7 +1385,13 @@ impl pb::lifecycle_service_server::LifecycleService for LifecycleApi {
         let (tx, rx) = mpsc::unbounded_channel();
         let work = async move {
             let _guard = node.lifecycle.try_lock().map_err(|_| InstallError::Busy)?;
-            let config = std::fs::read(node.config.path()).unwrap_or_default();
+            let config = node
+                .config
+                .persisted_bytes()
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             let settings =
                 crate::install::FetchSettings::from_config(node.config.current().as_deref());
             tokio::task::spawn_blocking(move || {

@@ -1115,12 +1115,22 @@ fn registry_credentials_and_ca_are_read_and_checked() {
     assert!(cfg.to_yaml().expect("yaml").contains("hunter2"));
     assert!(parse_ok(&controlplane_yaml()).registry_access().is_empty());
 
-    // A CA that is no PEM and a password without a user: refused at
-    // parse time, naming both fields.
+    assert!(cfg.strict_check().is_ok());
+
+    // A CA that is no PEM and a password without a user: such a config
+    // still loads (one persisted before these checks must boot), without
+    // the bad parts, but the strict check an apply runs refuses it, naming
+    // both fields.
     let bad = edit(&text, &ca, &base64::encode("not a certificate"));
     let bad = edit(&bad, "username: talos", "identityToken: tok");
+    let loaded = parse_ok(&bad);
+    let access = &loaded.registry_access()["10.0.2.2:5000"];
+    assert!(
+        access.auth.is_none() && access.ca_pem.is_none(),
+        "{access:?}"
+    );
     assert_issues(
-        &parse_err(&bad),
+        &loaded.strict_check().expect_err("strict"),
         &[
             "machine.registries.config.10.0.2.2:5000.auth.username",
             "machine.registries.config.10.0.2.2:5000.tls.ca",

@@ -378,6 +378,7 @@ pub struct MachineConfig {
     control_plane_endpoint: String,
     boot_timeout: Option<Duration>,
     registry_access: BTreeMap<String, RegistryAccess>,
+    strict_issues: Vec<ValidationIssue>,
 }
 
 impl fmt::Debug for MachineConfig {
@@ -408,6 +409,7 @@ impl MachineConfig {
             control_plane_endpoint: derived.control_plane_endpoint,
             boot_timeout: derived.boot_timeout,
             registry_access: derived.registry_access,
+            strict_issues: derived.strict_issues,
         })
     }
 
@@ -559,6 +561,24 @@ impl MachineConfig {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The rules a config must pass to be applied, on top of the ones
+    /// [`parse`] enforces: rules added after configs were persisted without
+    /// them, so a persisted config that breaks one still loads at boot (the
+    /// offending parts unused) while a new one is refused. Today: the
+    /// credentials and CA of `machine.registries.config`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Validation`] listing every problem.
+    pub fn strict_check(&self) -> Result<(), ConfigError> {
+        if self.strict_issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Validation(ValidationIssues(
+                self.strict_issues.clone(),
+            )))
+        }
     }
 
     /// How to reach each registry named under `machine.registries.config`

@@ -3,8 +3,10 @@
 //! The section stays raw YAML in the config (upstream hands it to
 //! containerd), but the parts the node itself uses to pull installer images
 //! are read here, once, at validation, so a config with credentials or a CA
-//! that cannot work is refused when it is applied rather than when an
-//! upgrade needs it:
+//! that cannot work is refused when it is applied
+//! ([`MachineConfig::strict_check`](super::MachineConfig::strict_check))
+//! rather than when an upgrade needs it. A config persisted before these
+//! checks existed still loads; its bad parts are left unused:
 //!
 //! ```yaml
 //! machine:
@@ -68,23 +70,24 @@ pub struct RegistryAccess {
 }
 
 /// Reads `machine.registries.config` into one [`RegistryAccess`] per
-/// registry name (the key as written, `host` or `host:port`). Every
-/// problem is reported with its field path.
+/// registry name (the key as written, `host` or `host:port`), with every
+/// problem found, each with its field path. A part with a problem (say, a
+/// CA that is no certificate) is left out of its entry; the rest is kept.
 pub(super) fn read(
     registries: Option<&Value>,
-) -> Result<BTreeMap<String, RegistryAccess>, Vec<ValidationIssue>> {
+) -> (BTreeMap<String, RegistryAccess>, Vec<ValidationIssue>) {
     let mut out = BTreeMap::new();
     let mut issues = Vec::new();
     let mut issue = |path: String, reason: String| issues.push(ValidationIssue { path, reason });
     let Some(config) = registries.and_then(|r| r.get("config")) else {
-        return Ok(out);
+        return (out, issues);
     };
     let Some(config) = config.as_mapping() else {
         issue(
             "machine.registries.config".to_owned(),
             "must be a mapping of registry names".to_owned(),
         );
-        return Err(issues);
+        return (out, issues);
     };
     for (name, entry) in config {
         let Some(name) = name.as_str().filter(|n| !n.is_empty()) else {
@@ -122,11 +125,7 @@ pub(super) fn read(
         }
         out.insert(name.to_owned(), access);
     }
-    if issues.is_empty() {
-        Ok(out)
-    } else {
-        Err(issues)
-    }
+    (out, issues)
 }
 
 /// A string field of a mapping: absent and empty are both `None`.
@@ -196,7 +195,10 @@ mod tests {
 
     fn read_yaml(yaml: &str) -> Result<BTreeMap<String, RegistryAccess>, Vec<ValidationIssue>> {
         let value: Value = serde_yaml_ng::from_str(yaml).unwrap();
-        read(Some(&value))
+        match read(Some(&value)) {
+            (access, issues) if issues.is_empty() => Ok(access),
+            (_, issues) => Err(issues),
+        }
     }
 
     #[test]
@@ -218,7 +220,10 @@ mod tests {
         // The password never shows in Debug output.
         let debug = format!("{got:?}");
         assert!(
-            debug.contains("alice") && !debug.contains("pw\""),
+            debug.contains("alice")
+                && debug.contains("bob")
+                && !debug.contains("\"pw\"")
+                && !debug.contains("p:w"),
             "{debug}"
         );
     }
@@ -271,7 +276,7 @@ mod tests {
 
     #[test]
     fn no_section_means_no_access() {
-        assert!(read(None).unwrap().is_empty());
+        assert!(read(None).0.is_empty() && read(None).1.is_empty());
         assert!(read_yaml("mirrors: {}\n").unwrap().is_empty());
         assert!(read_yaml("config: 3\n").is_err());
     }

@@ -34,6 +34,7 @@ pub(super) struct Derived {
     pub(super) control_plane_endpoint: String,
     pub(super) boot_timeout: Option<Duration>,
     pub(super) registry_access: BTreeMap<String, RegistryAccess>,
+    pub(super) strict_issues: Vec<ValidationIssue>,
 }
 
 #[derive(Debug, Default)]
@@ -84,10 +85,10 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     check_logging(machine, &mut issues);
     check_features(machine, &mut issues);
     check_kubelet(machine, &mut issues);
-    let registry_access = registries::read(machine.registries.as_ref()).unwrap_or_else(|found| {
-        issues.0.extend(found);
-        BTreeMap::new()
-    });
+    // Checked strictly only when a config is applied (see
+    // `MachineConfig::strict_check`): configs persisted before these rules
+    // existed must still load at boot.
+    let (registry_access, strict_issues) = registries::read(machine.registries.as_ref());
     let control_plane_endpoint = check_cluster(
         config.cluster.as_ref(),
         documents,
@@ -106,6 +107,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
                 control_plane_endpoint,
                 boot_timeout,
                 registry_access,
+                strict_issues,
             })
         }
         _ => {

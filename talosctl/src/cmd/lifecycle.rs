@@ -285,19 +285,26 @@ pub async fn rollback(global: &GlobalArgs) -> anyhow::Result<()> {
     client::report(&results.failed)
 }
 
-/// A META key as `talosctl meta` takes it: decimal, or with a 0x, 0o or 0b
-/// prefix, 0 to 255.
+/// A META key as `talosctl meta` takes it, 0 to 255: decimal, with a 0x,
+/// 0o or 0b prefix, or octal after a bare leading 0.
 fn parse_meta_key(text: &str) -> anyhow::Result<u32> {
     let lower = text.to_ascii_lowercase();
+    // Go's ParseUint(s, 0, 8): a prefix picks the base, a bare leading 0
+    // means octal, and there is no sign.
     let (digits, radix) = match lower.get(..2) {
         Some("0x") => (&lower[2..], 16),
         Some("0o") => (&lower[2..], 8),
         Some("0b") => (&lower[2..], 2),
+        _ if lower.len() > 1 && lower.starts_with('0') => (&lower[1..], 8),
         _ => (lower.as_str(), 10),
     };
-    u8::from_str_radix(digits, radix)
+    // from_str_radix would take a sign.
+    let unsigned = digits.chars().all(|c| c.is_ascii_alphanumeric());
+    unsigned
+        .then(|| u8::from_str_radix(digits, radix).ok())
+        .flatten()
         .map(u32::from)
-        .map_err(|_| {
+        .ok_or_else(|| {
             anyhow!(
                 "META key {text:?}: expected a number from 0 to 255 (decimal, or hex like 0x0c)"
             )
@@ -624,10 +631,12 @@ mod tests {
             ("0XFF", 255),
             ("0o17", 15),
             ("0b11", 3),
+            ("012", 10),
+            ("0", 0),
         ] {
             assert_eq!(parse_meta_key(text).expect(text), key, "{text}");
         }
-        for bad in ["256", "0x100", "-1", "", "0x", "twelve"] {
+        for bad in ["256", "0x100", "-1", "+5", "", "0x", "twelve", "09"] {
             let err = parse_meta_key(bad).expect_err(bad).to_string();
             assert!(err.contains("from 0 to 255"), "{bad}: {err}");
         }

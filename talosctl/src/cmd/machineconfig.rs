@@ -9,14 +9,23 @@ use machinery::config::{self, MachineConfig};
 use crate::cli::{MachineConfigArgs, MachineConfigCommand, ValidateArgs, ValidateMode};
 use crate::output;
 
-/// Reads and parses a config file; the error names the file.
+/// Reads a config file and checks it as a node checks a config it is
+/// given; the error names the file.
 fn load(path: &Path) -> anyhow::Result<MachineConfig> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    config::parse(&data).with_context(|| path.display().to_string())
+    check(&data).with_context(|| path.display().to_string())
+}
+
+/// Parses a config and runs the checks an apply adds.
+fn check(data: &[u8]) -> Result<MachineConfig, config::ConfigError> {
+    let config = config::parse(data)?;
+    config.strict_check()?;
+    Ok(config)
 }
 
 /// The rules a mode adds to the config's own: a metal node installs itself
-/// to a disk, so its config must name one (upstream's rule).
+/// to a disk, so its config must name one. (Upstream also takes a
+/// `diskSelector`; this system installs only to a named disk.)
 fn check_mode(config: &MachineConfig, mode: ValidateMode) -> Result<(), String> {
     match mode {
         ValidateMode::Metal if config.install_disk().is_none() => Err(
@@ -64,7 +73,7 @@ fn patch(file: &Path, patches: &[String], output: Option<&Path>) -> anyhow::Resu
         bail!("no patches given: use --patch (-p) PATCH or --patch @FILE");
     }
     let data = super::apply::load_config(file, patches)?;
-    config::parse(&data).with_context(|| format!("{} once patched", file.display()))?;
+    check(&data).with_context(|| format!("{} once patched", file.display()))?;
     match output {
         None => output::out_bytes(&data),
         Some(path) => machinery::fsutil::write_atomic(path, &data, 0o600)
