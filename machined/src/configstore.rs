@@ -290,29 +290,9 @@ impl ConfigStore {
                 self.write_live_copy(Some(&config))?;
                 self.live.send_replace(Some(config));
             }
-            ApplyMode::Staged => return self.persist(&config),
+            ApplyMode::Staged => return self.persist_or_restore(&config, false),
             _ => {
-                // Persisted first: before the next boot only an install
-                // reads that file, and it waits for the apply lock
-                // (`persisted_bytes`). So if the live copy then cannot be
-                // written, the old file goes back and no daemon ever saw
-                // the refused config.
-                // A failed persist may still have renamed the new file into
-                // place (syncing the directory comes after), so it is put
-                // back then too.
-                let previous = self.read_persisted()?;
-                if let Err(e) = self
-                    .persist(&config)
-                    .and_then(|()| self.write_live_copy(Some(&config)))
-                {
-                    return Err(match self.restore_persisted(previous.as_deref()) {
-                        Ok(()) => e,
-                        Err(restore) => ApplyError::NotRestored {
-                            failed: Box::new(e),
-                            restore,
-                        },
-                    });
-                }
+                self.persist_or_restore(&config, true)?;
                 self.live.send_replace(Some(config));
             }
         }
@@ -359,14 +339,53 @@ impl ConfigStore {
         }
     }
 
-    /// Puts back what [`Self::read_persisted`] returned. Only an apply
-    /// calls this, holding the apply lock.
+    /// Persists `config` and, with `live`, then writes the live copy; if
+    /// either fails, the persisted file is as it was before.
+    ///
+    /// Persisted first: before the next boot only an install reads that
+    /// file, and it waits for the apply lock (`persisted_bytes`), so if the
+    /// live copy then cannot be written, the old file goes back and no
+    /// daemon ever saw the refused config. A failed persist may have
+    /// renamed the new file into place before the directory sync failed,
+    /// so it is checked and put back then too.
+    fn persist_or_restore(
+        &self,
+        config: &Arc<MachineConfig>,
+        live: bool,
+    ) -> Result<(), ApplyError> {
+        let previous = self.read_persisted()?;
+        let result = self.persist(config).and_then(|()| {
+            if live {
+                self.write_live_copy(Some(config))
+            } else {
+                Ok(())
+            }
+        });
+        let Err(failed) = result else {
+            return Ok(());
+        };
+        match self.restore_persisted(previous.as_deref()) {
+            Ok(()) => Err(failed),
+            Err(restore) => Err(ApplyError::NotRestored {
+                failed: Box::new(failed),
+                restore,
+            }),
+        }
+    }
+
+    /// Puts back what [`Self::read_persisted`] returned, unless the file
+    /// already holds it (most failed persists fail before the rename, and
+    /// a rewrite would likely fail the same way). Only an apply calls
+    /// this, holding the apply lock.
     fn restore_persisted(&self, previous: Option<&[u8]>) -> Result<(), ConfigError> {
         let io = |operation, path, source| ConfigError::Io {
             operation,
             path,
             source,
         };
+        if self.read_persisted().ok() == Some(previous.map(<[u8]>::to_vec)) {
+            return Ok(());
+        }
         match previous {
             Some(bytes) => machinery::fsutil::write_atomic(&self.path, bytes, 0o600)
                 .map_err(|e| io(e.operation, e.path, e.source)),

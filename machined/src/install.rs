@@ -370,8 +370,9 @@ fn meta_partition() -> Option<PathBuf> {
     )
 }
 
-/// Reads META at `path` (afresh when unreadable), lets `change` edit it,
-/// and writes it back when `change` succeeds. Blocks.
+/// Reads META at `path` (starting afresh only when it is blank or both
+/// copies are corrupt), lets `change` edit it, and writes it back when
+/// `change` succeeds. Blocks.
 fn edit_meta_at<E>(
     path: &Path,
     change: impl FnOnce(&mut meta::Adv) -> Result<(), E>,

@@ -306,6 +306,14 @@ async fn install_from_maintenance(node: &Arc<Node>) -> bool {
     let Ok(_guard) = node.lifecycle.try_lock() else {
         return false;
     };
+    let bytes = match node.config.persisted_bytes().await {
+        Ok(bytes) => bytes.unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(error = %e, "install: reading the machine config");
+            crate::boot::kmsg_log(&format!("install: reading the machine config: {e}"));
+            return false;
+        }
+    };
     node.events.publish(
         Payload::Sequence {
             sequence: "install".into(),
@@ -314,13 +322,6 @@ async fn install_from_maintenance(node: &Arc<Node>) -> bool {
         },
         "",
     );
-    let bytes = node
-        .config
-        .persisted_bytes()
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
     let settings = crate::install::FetchSettings::from_config(Some(&config));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let console = tokio::spawn(async move {

@@ -1389,8 +1389,10 @@ impl pb::lifecycle_service_server::LifecycleService for LifecycleApi {
                 .config
                 .persisted_bytes()
                 .await
-                .ok()
-                .flatten()
+                .map_err(|e| InstallError::Step {
+                    step: "reading the machine config",
+                    message: e.to_string(),
+                })?
                 .unwrap_or_default();
             let settings =
                 crate::install::FetchSettings::from_config(node.config.current().as_deref());
