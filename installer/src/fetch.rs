@@ -22,7 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt as _;
-use machinery::config::RegistryAccess;
+use machinery::config::{Registries, RegistryAccess};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -39,9 +39,10 @@ pub struct FetchOptions {
     /// Registries (`host:port`, as written in references) pulled over
     /// plain http instead of https: local and test registries.
     pub plain_http_registries: Vec<String>,
-    /// Credentials and TLS settings per registry (`host` or `host:port`,
-    /// as written in references): the node's `machine.registries.config`.
-    pub registries: BTreeMap<String, RegistryAccess>,
+    /// Mirrors per registry, and credentials and TLS settings per host
+    /// (`host` or `host:port`, as written in references): the node's
+    /// `machine.registries`.
+    pub registries: Registries,
     /// The keys an image's signature must be made with.
     pub trusted: TrustedKeys,
 }
@@ -551,12 +552,13 @@ fn finish(ctx: ring::digest::Context) -> Digest {
     Digest::from_raw(out)
 }
 
-/// Where blobs come from: the client, the reference and the registry's
-/// access settings (for error messages).
+/// Where blobs come from: the client, the reference, and the host pulled
+/// from with its access settings (for error messages).
 struct BlobSource<'a> {
     client: &'a oci_client::Client,
     reference: &'a str,
     parsed: &'a Reference,
+    host: &'a str,
     access: Option<&'a RegistryAccess>,
 }
 
@@ -573,9 +575,9 @@ async fn pull_blob(
         client,
         reference,
         parsed,
+        host: registry,
         access,
     } = *source;
-    let registry = parsed.registry();
     let step = format!("pulling blob {digest} of {what}");
     let digest_text = digest.to_string();
     let mut stream = client
@@ -667,6 +669,77 @@ async fn pull_blob(
     fs::rename(&partial, path).map_err(FetchError::io(reference, "renaming", &partial))
 }
 
+/// One place to pull a registry's image from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    /// `host` or `host:port`.
+    host: String,
+    /// Over plain http.
+    plain_http: bool,
+    /// A mirror (requests carry `?ns=<registry>`, as containerd's do), not
+    /// the registry itself.
+    mirror: bool,
+}
+
+/// Where to pull `registry`'s images from, in order: the endpoints of its
+/// mirror entry (or of `*`), then the registry itself unless the entry
+/// says `skipFallback`. Also the endpoints skipped, and why.
+fn sources(registry: &str, opts: &FetchOptions) -> (Vec<Endpoint>, Vec<String>) {
+    let mirrors = &opts.registries.mirrors;
+    let entry = mirrors.get(registry).or_else(|| mirrors.get("*"));
+    let mut out: Vec<Endpoint> = Vec::new();
+    let mut skipped = Vec::new();
+    for endpoint in entry.map(|m| m.endpoints.as_slice()).unwrap_or_default() {
+        let (plain_http, rest) = if let Some(rest) = endpoint.strip_prefix("http://") {
+            (true, rest)
+        } else if let Some(rest) = endpoint.strip_prefix("https://") {
+            (false, rest)
+        } else {
+            skipped.push(format!(
+                "mirror endpoint {endpoint:?} skipped: not an http(s) URL"
+            ));
+            continue;
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if host.is_empty() || !matches!(path.trim_end_matches('/'), "" | "v2") {
+            skipped.push(format!(
+                "mirror endpoint {endpoint:?} skipped: installer images are pulled from a \
+                 registry's root, not a path"
+            ));
+            continue;
+        }
+        let source = Endpoint {
+            host: host.to_owned(),
+            plain_http,
+            mirror: host != registry,
+        };
+        if !out.contains(&source) {
+            out.push(source);
+        }
+    }
+    if !entry.is_some_and(|m| m.skip_fallback) && !out.iter().any(|s| !s.mirror) {
+        out.push(Endpoint {
+            host: registry.to_owned(),
+            plain_http: false,
+            mirror: false,
+        });
+    }
+    (out, skipped)
+}
+
+/// Whether the next source may have what this one failed to give: not for
+/// a bad reference, a local file problem or an image that failed
+/// verification (an operator should hear that a mirror serves bad bytes).
+fn try_next(error: &FetchError) -> bool {
+    matches!(
+        error,
+        FetchError::Unreachable { .. }
+            | FetchError::NotFound { .. }
+            | FetchError::Unauthorized { .. }
+            | FetchError::Refused { .. }
+    )
+}
+
 async fn fetch_registry(
     reference: &str,
     parsed: &Reference,
@@ -675,9 +748,57 @@ async fn fetch_registry(
     progress: &mut dyn FnMut(String),
 ) -> Result<VerifiedImage, FetchError> {
     let registry = parsed.registry();
-    let access = opts.registries.get(registry);
-    let client = registry_client(reference, registry, &opts.plain_http_registries, access)?;
-    progress(format!("pulling {reference}"));
+    let (sources, skipped) = sources(registry, opts);
+    for line in skipped {
+        progress(line);
+    }
+    let mut last = None;
+    let count = sources.len();
+    for (i, source) in sources.into_iter().enumerate() {
+        let mut from = parsed.clone();
+        if source.mirror {
+            // Hidden in oci-spec (the `ns` parameter is not in the
+            // distribution spec yet); Cargo.lock pins it.
+            from.set_mirror_registry(source.host.clone());
+            progress(format!("pulling {reference} from mirror {}", source.host));
+        } else {
+            progress(format!("pulling {reference}"));
+        }
+        match fetch_from(reference, &from, &source, work_dir, opts, progress).await {
+            Ok(image) => return Ok(image),
+            Err(e) if try_next(&e) && i + 1 < count => {
+                progress(format!("{e}; trying the next source"));
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| FetchError::Unreachable {
+        reference: reference.to_owned(),
+        server: format!("registry {registry}"),
+        step: "choosing where to pull from".to_owned(),
+        detail: "its mirror entry has skipFallback and no endpoint the installer can use"
+            .to_owned(),
+    }))
+}
+
+/// Pulls from one source: the manifest, the signed config (checked before
+/// anything large), the files, then the whole layout verified again.
+async fn fetch_from(
+    reference: &str,
+    parsed: &Reference,
+    source: &Endpoint,
+    work_dir: &Path,
+    opts: &FetchOptions,
+    progress: &mut dyn FnMut(String),
+) -> Result<VerifiedImage, FetchError> {
+    let registry = source.host.as_str();
+    let access = opts.registries.config.get(registry);
+    let mut plain_http = opts.plain_http_registries.clone();
+    if source.plain_http {
+        plain_http.push(source.host.clone());
+    }
+    let client = registry_client(reference, registry, &plain_http, access)?;
 
     let (manifest_bytes, _) = client
         .pull_manifest_raw(parsed, &registry_auth(access), &[oci::MANIFEST_MEDIA_TYPE])
@@ -724,6 +845,7 @@ async fn fetch_registry(
         client: &client,
         reference,
         parsed,
+        host: registry,
         access,
     };
     pull_blob(
@@ -790,6 +912,7 @@ pub async fn push(
     plain_http_registries: &[String],
     registries: &BTreeMap<String, RegistryAccess>,
 ) -> Result<String, FetchError> {
+    // Pushes go to the registry the reference names, never a mirror.
     install_crypto_provider();
     let parsed: Reference = reference
         .parse()
@@ -937,7 +1060,7 @@ mod tests {
         fn opts(&self, plain: Vec<String>) -> FetchOptions {
             FetchOptions {
                 plain_http_registries: plain,
-                registries: BTreeMap::new(),
+                registries: Registries::default(),
                 trusted: TrustedKeys::from_pem(self.key.public_key_pem().as_bytes(), "k").unwrap(),
             }
         }
@@ -1060,7 +1183,7 @@ mod tests {
         let other = SigningKey::from_pem(SigningKey::generate().unwrap().as_bytes(), "o").unwrap();
         let wrong = FetchOptions {
             plain_http_registries: vec![],
-            registries: BTreeMap::new(),
+            registries: Registries::default(),
             trusted: TrustedKeys::from_pem(other.public_key_pem().as_bytes(), "o").unwrap(),
         };
         let (err, _) = fetch_lines(&tar_ref, &fx.work("w4"), &wrong).await;
@@ -1416,8 +1539,11 @@ mod tests {
             };
             BTreeMap::from([(name.clone(), access)])
         };
-        let opts_with = |registries| FetchOptions {
-            registries,
+        let opts_with = |config| FetchOptions {
+            registries: Registries {
+                config,
+                ..Registries::default()
+            },
             ..fx.opts(vec![])
         };
         let good = access(Some(PASSWORD), Some(&ca.cert_pem), false);
@@ -1484,5 +1610,83 @@ mod tests {
         )
         .await;
         fx.check(&image.unwrap(), "insecure-out");
+    }
+
+    #[tokio::test]
+    async fn mirrors_first_then_the_registry_unless_skip_fallback() {
+        use machinery::config::RegistryMirror;
+
+        let mirror = Registry::start();
+        let origin = Registry::start();
+        let fx = Fixture::new();
+        let none = BTreeMap::new();
+        // The mirror has v2; the origin has v2 and v3.
+        for (registry, tag) in [(&mirror, "v2"), (&origin, "v2"), (&origin, "v3")] {
+            let to = format!("{}/talos/installer:{tag}", registry.addr);
+            push(&fx.layout, &to, std::slice::from_ref(&registry.addr), &none)
+                .await
+                .unwrap();
+        }
+        let opts = |name: &str, skip_fallback: bool| FetchOptions {
+            registries: Registries {
+                mirrors: BTreeMap::from([(
+                    name.to_owned(),
+                    RegistryMirror {
+                        endpoints: vec![
+                            "ftp://nowhere.example".to_owned(),
+                            format!("http://{}/v2/", mirror.addr),
+                        ],
+                        skip_fallback,
+                    },
+                )]),
+                config: BTreeMap::new(),
+            },
+            ..fx.opts(vec![origin.addr.clone()])
+        };
+
+        // From the mirror: the registry named is never contacted (here
+        // nothing listens there). The endpoint it cannot use is said.
+        let gone = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let reference = format!("{gone}/talos/installer:v2");
+        let (image, lines) = fetch_lines(&reference, &fx.work("m"), &opts(&gone, false)).await;
+        fx.check(&image.unwrap(), "m-out");
+        assert!(
+            lines[0].contains("\"ftp://nowhere.example\" skipped"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1],
+            format!("pulling {reference} from mirror {}", mirror.addr)
+        );
+
+        // The mirror lacks v3: the origin has it ("*" covers every registry).
+        let reference = format!("{}/talos/installer:v3", origin.addr);
+        let (image, lines) = fetch_lines(&reference, &fx.work("f"), &opts("*", false)).await;
+        fx.check(&image.unwrap(), "f-out");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("not found") && l.ends_with("trying the next source")),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&format!("pulling {reference}")), "{lines:?}");
+
+        // skipFallback: the mirror's answer is final.
+        let (err, lines) = fetch_lines(&reference, &fx.work("s"), &opts("*", true)).await;
+        let err = err.unwrap_err();
+        assert!(matches!(err, FetchError::NotFound { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("registry {}", mirror.addr)),
+            "{err}"
+        );
+        assert!(
+            !lines.contains(&format!("pulling {reference}")),
+            "{lines:?}"
+        );
     }
 }

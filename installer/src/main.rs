@@ -11,7 +11,6 @@
 //! failed verification (a digest or the signature), 7 the registry refused
 //! access (no credentials, or wrong ones).
 
-use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -23,7 +22,7 @@ use clap::{Parser, Subcommand};
 use installer::fetch::{self, FetchOptions};
 use installer::oci;
 use installer::sign::{SigningKey, TrustedKeys};
-use machinery::config::RegistryAccess;
+use machinery::config::Registries;
 
 /// Fetches, verifies and installs installer images.
 #[derive(Debug, Parser)]
@@ -54,8 +53,8 @@ enum Command {
         /// A registry (host:port) to pull from over plain http; repeatable.
         #[arg(long = "plain-http-registry", value_name = "HOST:PORT")]
         plain_http_registries: Vec<String>,
-        /// A JSON file of credentials and TLS settings per registry (what
-        /// machined writes from `machine.registries.config`).
+        /// A JSON file of mirrors, credentials and TLS settings (what
+        /// machined writes from `machine.registries`).
         #[arg(long = "registry-config", value_name = "FILE")]
         registry_config: Option<PathBuf>,
     },
@@ -72,8 +71,8 @@ enum Command {
         #[arg(long = "plain-http-registry", value_name = "HOST:PORT")]
         plain_http_registries: Vec<String>,
         /// A JSON file of credentials and TLS settings per registry:
-        /// `{"host:port": {"auth": {"username": "…", "password": "…"},
-        /// "ca_pem": "…", "insecure_skip_verify": false}}`.
+        /// `{"config": {"host:port": {"auth": {"username": "…", "password":
+        /// "…"}, "ca_pem": "…", "insecure_skip_verify": false}}}`.
         #[arg(long = "registry-config", value_name = "FILE")]
         registry_config: Option<PathBuf>,
     },
@@ -136,14 +135,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Reads a `--registry-config` file; none means no registry settings.
-fn registry_config(path: Option<&Path>) -> Result<BTreeMap<String, RegistryAccess>> {
+fn registry_config(path: Option<&Path>) -> Result<Registries> {
     let Some(path) = path else {
-        return Ok(BTreeMap::new());
+        return Ok(Registries::default());
     };
     let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&text).with_context(|| {
         format!(
-            "{}: not a JSON map of registry names to access settings",
+            "{}: not registry settings ({{\"mirrors\": {{...}}, \"config\": {{...}}}})",
             path.display()
         )
     })
@@ -242,7 +241,7 @@ fn run(command: Command) -> Result<()> {
                 &layout,
                 &image,
                 &plain_http_registries,
-                &registries,
+                &registries.config,
             ))?;
             progress(format!("pushed {image} ({digest})"));
             Ok(())

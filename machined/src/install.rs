@@ -22,13 +22,12 @@
 //! outcome of the last upgrade stays in tag [`TAG_UPGRADE_OUTCOME`], so a
 //! node that fell back to its old slot can say so after the fact.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use machinery::config::RegistryAccess;
+use machinery::config::Registries;
 use machinery::meta;
 use tokio::sync::mpsc;
 
@@ -209,9 +208,8 @@ pub struct FetchSettings {
     pub plain_http_registries: Vec<String>,
     /// Extra trusted public keys (PEM) from `machine.install.trustedKeys`.
     pub trusted_keys: Vec<String>,
-    /// Credentials and TLS settings per registry from
-    /// `machine.registries.config`.
-    pub registries: BTreeMap<String, RegistryAccess>,
+    /// Mirrors, credentials and TLS settings from `machine.registries`.
+    pub registries: Registries,
 }
 
 impl FetchSettings {
@@ -223,7 +221,7 @@ impl FetchSettings {
         if let Some(config) = config {
             settings.plain_http_registries = config.plain_http_registries();
             settings.trusted_keys = config.install_trusted_keys().to_vec();
-            settings.registries = config.registry_access().clone();
+            settings.registries = config.registries().clone();
         }
         settings
     }
@@ -316,10 +314,7 @@ fn fetch(
 
 /// Writes the registry settings for the installer, readable by root only.
 /// Blocks.
-pub fn write_registry_config(
-    path: &Path,
-    registries: &BTreeMap<String, RegistryAccess>,
-) -> Result<(), InstallError> {
+pub fn write_registry_config(path: &Path, registries: &Registries) -> Result<(), InstallError> {
     let step = "writing the config's registry settings";
     let json = serde_json::to_vec(registries).map_err(|e| InstallError::Step {
         step,
@@ -760,7 +755,8 @@ mod tests {
 
         let text = crate::test_config::patched(
             "machine:\n  registries:\n    config:\n      10.0.2.2:5000:\n        \
-             auth:\n          username: talos\n          password: pw\n",
+             auth:\n          username: talos\n          password: pw\n    \
+             mirrors:\n      docker.io:\n        endpoints: [http://10.0.2.2:5000]\n",
         );
         let config = machinery::config::parse(text.as_bytes()).expect("config");
         let settings = FetchSettings::from_config(Some(&config));
@@ -769,10 +765,17 @@ mod tests {
         write_registry_config(&path, &settings.registries).expect("written");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let read: BTreeMap<String, RegistryAccess> =
+        let read: Registries =
             serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
         assert_eq!(read, settings.registries);
-        let auth = read["10.0.2.2:5000"].auth.as_ref().expect("credentials");
+        assert_eq!(
+            read.mirrors["docker.io"].endpoints,
+            ["http://10.0.2.2:5000"]
+        );
+        let auth = read.config["10.0.2.2:5000"]
+            .auth
+            .as_ref()
+            .expect("credentials");
         assert_eq!(
             (auth.username.as_str(), auth.password.as_str()),
             ("talos", "pw")

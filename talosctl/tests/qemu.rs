@@ -834,7 +834,7 @@ impl Registry {
         std::fs::write(
             dir.path().join("access.json"),
             format!(
-                r#"{{"127.0.0.1:{port}":{{"auth":{{"username":"{REGISTRY_USER}","password":"{REGISTRY_PASSWORD}"}}}}}}"#
+                r#"{{"config":{{"127.0.0.1:{port}":{{"auth":{{"username":"{REGISTRY_USER}","password":"{REGISTRY_PASSWORD}"}}}}}}}}"#
             ),
         )
         .expect("write access");

@@ -75,7 +75,7 @@ use serde_path_to_error::Segment;
 use serde_yaml_ng::Value;
 
 pub use error::{ConfigError, ValidationIssue, ValidationIssues};
-pub use registries::{RegistryAccess, RegistryCredentials};
+pub use registries::{Registries, RegistryAccess, RegistryCredentials, RegistryMirror};
 
 /// The only `version` (and `apiVersion`) this module understands.
 pub const V1ALPHA1: &str = "v1alpha1";
@@ -377,7 +377,7 @@ pub struct MachineConfig {
     ca_key_pem: Option<Vec<u8>>,
     control_plane_endpoint: String,
     boot_timeout: Option<Duration>,
-    registry_access: BTreeMap<String, RegistryAccess>,
+    registries: Registries,
     strict_issues: Vec<ValidationIssue>,
 }
 
@@ -408,7 +408,7 @@ impl MachineConfig {
             ca_key_pem: derived.ca_key_pem,
             control_plane_endpoint: derived.control_plane_endpoint,
             boot_timeout: derived.boot_timeout,
-            registry_access: derived.registry_access,
+            registries: derived.registries,
             strict_issues: derived.strict_issues,
         })
     }
@@ -586,7 +586,14 @@ impl MachineConfig {
     /// written (`host` or `host:port`).
     #[must_use]
     pub fn registry_access(&self) -> &BTreeMap<String, RegistryAccess> {
-        &self.registry_access
+        &self.registries.config
+    }
+
+    /// `machine.registries`: mirrors and per-host access, as the node pulls
+    /// installer images with them.
+    #[must_use]
+    pub fn registries(&self) -> &Registries {
+        &self.registries
     }
 
     /// Whether `machine.time.disabled` is set.

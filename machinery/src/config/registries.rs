@@ -69,6 +69,74 @@ pub struct RegistryAccess {
     pub insecure_skip_verify: bool,
 }
 
+/// Where to pull one registry's images from: its mirrors in order, then
+/// the registry itself unless `skip_fallback`
+/// (`machine.registries.mirrors.<name>`; the name `*` stands for every
+/// registry without its own entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryMirror {
+    /// The endpoints as written (`https://mirror.example:5000`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Never fall back to the registry itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_fallback: bool,
+}
+
+/// Everything the node uses to reach registries: what the installer gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registries {
+    /// Mirrors per registry name.
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, RegistryMirror>,
+    /// Credentials and TLS settings per registry (or mirror) host.
+    #[serde(default)]
+    pub config: BTreeMap<String, RegistryAccess>,
+}
+
+impl Registries {
+    /// Whether there is nothing in it.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.mirrors.is_empty() && self.config.is_empty()
+    }
+}
+
+/// Reads `machine.registries.mirrors`. Containerd reads this section too,
+/// with features the installer lacks (endpoint paths, `overridePath`), so
+/// nothing here is refused: what the installer cannot use it skips, and
+/// says so when it pulls.
+pub(super) fn read_mirrors(registries: Option<&Value>) -> BTreeMap<String, RegistryMirror> {
+    let Some(mirrors) = registries
+        .and_then(|r| r.get("mirrors"))
+        .and_then(Value::as_mapping)
+    else {
+        return BTreeMap::new();
+    };
+    mirrors
+        .iter()
+        .filter_map(|(name, mirror)| {
+            let name = name.as_str()?;
+            let endpoints = mirror
+                .get("endpoints")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
+            let skip_fallback = mirror.get("skipFallback").and_then(Value::as_bool) == Some(true);
+            Some((
+                name.to_owned(),
+                RegistryMirror {
+                    endpoints,
+                    skip_fallback,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Reads `machine.registries.config` into one [`RegistryAccess`] per
 /// registry name (the key as written, `host` or `host:port`), with every
 /// problem found, each with its field path. A part with a problem (say, a
@@ -272,6 +340,30 @@ mod tests {
         assert!(issues[0].reason.contains("base64"), "{issues:?}");
         assert!(issues[1].reason.contains("PEM certificate"), "{issues:?}");
         assert!(issues[4].reason.contains("username:password"), "{issues:?}");
+    }
+
+    #[test]
+    fn mirrors_are_read_as_written() {
+        let value: Value = serde_yaml_ng::from_str(
+            "mirrors:\n  docker.io:\n    endpoints: [https://m1.example, 'http://m2.example:5000/v2']\n    \
+             skipFallback: true\n  '*':\n    endpoints: [https://all.example]\n  bad: 3\n",
+        )
+        .unwrap();
+        let mirrors = read_mirrors(Some(&value));
+        assert_eq!(
+            mirrors["docker.io"],
+            RegistryMirror {
+                endpoints: vec![
+                    "https://m1.example".to_owned(),
+                    "http://m2.example:5000/v2".to_owned()
+                ],
+                skip_fallback: true,
+            }
+        );
+        assert_eq!(mirrors["*"].endpoints, ["https://all.example"]);
+        assert!(!mirrors["*"].skip_fallback);
+        assert!(mirrors["bad"].endpoints.is_empty());
+        assert!(read_mirrors(None).is_empty());
     }
 
     #[test]

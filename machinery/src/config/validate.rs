@@ -6,14 +6,14 @@
 //! machine type, ...), which the validated
 //! [`MachineConfig`](super::MachineConfig) keeps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
 use super::error::ValidationIssue;
-use super::registries::{self, RegistryAccess};
+use super::registries::{self, Registries};
 use super::v1alpha1::{Cluster, Device, Machine, Network, Route, Secret};
 use super::{Documents, MachineType, V1ALPHA1};
 use crate::base64;
@@ -33,7 +33,7 @@ pub(super) struct Derived {
     pub(super) ca_key_pem: Option<Vec<u8>>,
     pub(super) control_plane_endpoint: String,
     pub(super) boot_timeout: Option<Duration>,
-    pub(super) registry_access: BTreeMap<String, RegistryAccess>,
+    pub(super) registries: Registries,
     pub(super) strict_issues: Vec<ValidationIssue>,
 }
 
@@ -88,7 +88,11 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     // Checked strictly only when a config is applied (see
     // `MachineConfig::strict_check`): configs persisted before these rules
     // existed must still load at boot.
-    let (registry_access, strict_issues) = registries::read(machine.registries.as_ref());
+    let (access, strict_issues) = registries::read(machine.registries.as_ref());
+    let registries = Registries {
+        mirrors: registries::read_mirrors(machine.registries.as_ref()),
+        config: access,
+    };
     let control_plane_endpoint = check_cluster(
         config.cluster.as_ref(),
         documents,
@@ -106,7 +110,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
                 ca_key_pem,
                 control_plane_endpoint,
                 boot_timeout,
-                registry_access,
+                registries,
                 strict_issues,
             })
         }
