@@ -701,7 +701,16 @@ fn sources(registry: &str, opts: &FetchOptions) -> (Vec<Endpoint>, Vec<String>) 
             continue;
         };
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        if host.is_empty() || !matches!(path.trim_end_matches('/'), "" | "v2") {
+        // The installer speaks the API at `/v2` of a host: an endpoint
+        // with a path, or one whose path replaces `/v2`
+        // (`overridePath`), works only when that path is `/v2`.
+        let path = path.trim_end_matches('/');
+        let usable = if entry.is_some_and(|m| m.override_path) {
+            path == "v2"
+        } else {
+            matches!(path, "" | "v2")
+        };
+        if host.is_empty() || !usable {
             skipped.push(format!(
                 "mirror endpoint {endpoint:?} skipped: installer images are pulled from a \
                  registry's root, not a path"
@@ -752,7 +761,10 @@ async fn fetch_registry(
     for line in skipped {
         progress(line);
     }
-    let mut last = None;
+    // What to report when every source failed: the first failure that is
+    // not "no such image" (a mirror refusing the credentials says more
+    // than the registry behind it being unreachable), as containerd does.
+    let mut first: Option<FetchError> = None;
     let count = sources.len();
     for (i, source) in sources.into_iter().enumerate() {
         let mut from = parsed.clone();
@@ -768,12 +780,14 @@ async fn fetch_registry(
             Ok(image) => return Ok(image),
             Err(e) if try_next(&e) && i + 1 < count => {
                 progress(format!("{e}; trying the next source"));
-                last = Some(e);
+                if first.is_none() && !matches!(e, FetchError::NotFound { .. }) {
+                    first = Some(e);
+                }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(first.filter(|_| try_next(&e)).unwrap_or(e)),
         }
     }
-    Err(last.unwrap_or_else(|| FetchError::Unreachable {
+    Err(first.unwrap_or_else(|| FetchError::Unreachable {
         reference: reference.to_owned(),
         server: format!("registry {registry}"),
         step: "choosing where to pull from".to_owned(),
@@ -794,7 +808,14 @@ async fn fetch_from(
 ) -> Result<VerifiedImage, FetchError> {
     let registry = source.host.as_str();
     let access = opts.registries.config.get(registry);
-    let mut plain_http = opts.plain_http_registries.clone();
+    // A mirror speaks plain http only if its endpoint says so: a host
+    // declared plain elsewhere must not take an https endpoint's
+    // credentials in the clear.
+    let mut plain_http = if source.mirror {
+        Vec::new()
+    } else {
+        opts.plain_http_registries.clone()
+    };
     if source.plain_http {
         plain_http.push(source.host.clone());
     }
@@ -1612,6 +1633,68 @@ mod tests {
         fx.check(&image.unwrap(), "insecure-out");
     }
 
+    #[test]
+    fn sources_in_order_with_unusable_endpoints_named() {
+        use machinery::config::RegistryMirror;
+
+        let opts = |override_path| FetchOptions {
+            registries: Registries {
+                mirrors: BTreeMap::from([(
+                    "r.example".to_owned(),
+                    RegistryMirror {
+                        endpoints: vec![
+                            "https://a.example/v2".to_owned(),
+                            "https://b.example".to_owned(),
+                            "http://r.example".to_owned(),
+                            "https://c.example/proxy".to_owned(),
+                        ],
+                        skip_fallback: false,
+                        override_path,
+                    },
+                )]),
+                config: BTreeMap::new(),
+            },
+            ..FetchOptions::default()
+        };
+        let hosts = |(sources, skipped): (Vec<Endpoint>, Vec<String>)| {
+            let hosts: Vec<(String, bool, bool)> = sources
+                .into_iter()
+                .map(|s| (s.host, s.mirror, s.plain_http))
+                .collect();
+            (hosts, skipped.len())
+        };
+        let own = |h: &str, mirror, plain| (h.to_owned(), mirror, plain);
+        // The registry's own http endpoint is the registry itself, over
+        // http, in its place; no second fallback to it.
+        assert_eq!(
+            hosts(sources("r.example", &opts(false))),
+            (
+                vec![
+                    own("a.example", true, false),
+                    own("b.example", true, false),
+                    own("r.example", false, true),
+                ],
+                1
+            )
+        );
+        // overridePath: only an endpoint whose path is /v2 works.
+        assert_eq!(
+            hosts(sources("r.example", &opts(true))),
+            (
+                vec![
+                    own("a.example", true, false),
+                    own("r.example", false, false)
+                ],
+                3
+            )
+        );
+        // Another registry, no "*": the registry alone.
+        assert_eq!(
+            hosts(sources("s.example", &opts(false))),
+            (vec![own("s.example", false, false)], 0)
+        );
+    }
+
     #[tokio::test]
     async fn mirrors_first_then_the_registry_unless_skip_fallback() {
         use machinery::config::RegistryMirror;
@@ -1637,6 +1720,7 @@ mod tests {
                             format!("http://{}/v2/", mirror.addr),
                         ],
                         skip_fallback,
+                        override_path: false,
                     },
                 )]),
                 config: BTreeMap::new(),
@@ -1687,6 +1771,31 @@ mod tests {
         assert!(
             !lines.contains(&format!("pulling {reference}")),
             "{lines:?}"
+        );
+
+        // Every source failed: the first failure that is not "no such
+        // image" is the one reported (here the unreachable mirror, not the
+        // registry's missing tag).
+        let opts = FetchOptions {
+            registries: Registries {
+                mirrors: BTreeMap::from([(
+                    "*".to_owned(),
+                    RegistryMirror {
+                        endpoints: vec![format!("http://{gone}")],
+                        ..RegistryMirror::default()
+                    },
+                )]),
+                config: BTreeMap::new(),
+            },
+            ..fx.opts(vec![origin.addr.clone()])
+        };
+        let missing = format!("{}/talos/installer:nope", origin.addr);
+        let (err, _) = fetch_lines(&missing, &fx.work("u"), &opts).await;
+        let err = err.unwrap_err();
+        assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&format!("registry {gone}")),
+            "{err}"
         );
     }
 }

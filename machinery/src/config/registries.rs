@@ -81,6 +81,10 @@ pub struct RegistryMirror {
     /// Never fall back to the registry itself.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_fallback: bool,
+    /// The endpoints' paths replace the API's `/v2` (containerd's
+    /// `override_path`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub override_path: bool,
 }
 
 /// Everything the node uses to reach registries: what the installer gets.
@@ -125,12 +129,13 @@ pub(super) fn read_mirrors(registries: Option<&Value>) -> BTreeMap<String, Regis
                 .filter_map(Value::as_str)
                 .map(str::to_owned)
                 .collect();
-            let skip_fallback = mirror.get("skipFallback").and_then(Value::as_bool) == Some(true);
+            let flag = |key| mirror.get(key).and_then(Value::as_bool) == Some(true);
             Some((
                 name.to_owned(),
                 RegistryMirror {
                     endpoints,
-                    skip_fallback,
+                    skip_fallback: flag("skipFallback"),
+                    override_path: flag("overridePath"),
                 },
             ))
         })
@@ -358,6 +363,7 @@ mod tests {
                     "http://m2.example:5000/v2".to_owned()
                 ],
                 skip_fallback: true,
+                override_path: false,
             }
         );
         assert_eq!(mirrors["*"].endpoints, ["https://all.example"]);
