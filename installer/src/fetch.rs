@@ -669,6 +669,29 @@ async fn pull_blob(
     fs::rename(&partial, path).map_err(FetchError::io(reference, "renaming", &partial))
 }
 
+/// A registry name as the config and references may both write it:
+/// lower case, without https's default port, and Docker Hub's hosts
+/// (`index.docker.io`, `registry-1.docker.io`) as `docker.io`.
+fn canonical_registry(name: &str) -> String {
+    let name = name.to_ascii_lowercase();
+    let name = name.strip_suffix(":443").unwrap_or(&name);
+    match name {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// The entry of `map` for registry `name`: the one written exactly so,
+/// else one naming the same registry another way.
+fn entry_for<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<&'a T> {
+    map.get(name).or_else(|| {
+        let wanted = canonical_registry(name);
+        map.iter()
+            .find(|(key, _)| canonical_registry(key) == wanted)
+            .map(|(_, value)| value)
+    })
+}
+
 /// One place to pull a registry's image from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoint {
@@ -686,7 +709,7 @@ struct Endpoint {
 /// says `skipFallback`. Also the endpoints skipped, and why.
 fn sources(registry: &str, opts: &FetchOptions) -> (Vec<Endpoint>, Vec<String>) {
     let mirrors = &opts.registries.mirrors;
-    let entry = mirrors.get(registry).or_else(|| mirrors.get("*"));
+    let entry = entry_for(mirrors, registry).or_else(|| mirrors.get("*"));
     let mut out: Vec<Endpoint> = Vec::new();
     let mut skipped = Vec::new();
     for endpoint in entry.map(|m| m.endpoints.as_slice()).unwrap_or_default() {
@@ -720,7 +743,7 @@ fn sources(registry: &str, opts: &FetchOptions) -> (Vec<Endpoint>, Vec<String>) 
         let source = Endpoint {
             host: host.to_owned(),
             plain_http,
-            mirror: host != registry,
+            mirror: canonical_registry(host) != canonical_registry(registry),
         };
         if !out.contains(&source) {
             out.push(source);
@@ -807,7 +830,7 @@ async fn fetch_from(
     progress: &mut dyn FnMut(String),
 ) -> Result<VerifiedImage, FetchError> {
     let registry = source.host.as_str();
-    let access = opts.registries.config.get(registry);
+    let access = entry_for(&opts.registries.config, registry);
     // A mirror speaks plain http only if its endpoint says so: a host
     // declared plain elsewhere must not take an https endpoint's
     // credentials in the clear.
@@ -967,7 +990,7 @@ pub async fn push(
     let verify_err = |e| FetchError::oci(reference, e);
     let (manifest_digest, manifest_bytes) = oci::read_manifest(&dir).map_err(verify_err)?;
     let manifest = oci::parse_manifest(&manifest_bytes).map_err(verify_err)?;
-    let access = registries.get(registry);
+    let access = entry_for(registries, registry);
     let client = registry_client(reference, registry, plain_http_registries, access)?;
     client
         .auth(&parsed, &registry_auth(access), RegistryOperation::Push)
@@ -1631,6 +1654,27 @@ mod tests {
         )
         .await;
         fx.check(&image.unwrap(), "insecure-out");
+    }
+
+    #[test]
+    fn registry_names_match_however_written() {
+        let map = BTreeMap::from([
+            ("docker.io".to_owned(), 1),
+            ("Registry.Example:443".to_owned(), 2),
+            ("r.example:5000".to_owned(), 3),
+        ]);
+        for (name, expect) in [
+            ("docker.io", Some(1)),
+            ("index.docker.io", Some(1)),
+            ("registry-1.docker.io", Some(1)),
+            ("registry.example", Some(2)),
+            ("registry.example:443", Some(2)),
+            ("r.example:5000", Some(3)),
+            ("r.example", None),
+            ("r.example:443", None),
+        ] {
+            assert_eq!(entry_for(&map, name).copied(), expect, "{name}");
+        }
     }
 
     #[test]
