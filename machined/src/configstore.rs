@@ -161,16 +161,7 @@ impl ConfigStore {
             Some(config) => {
                 machinery::config::save_atomic(path, config).map_err(ApplyError::LiveCopy)
             }
-            None => match std::fs::remove_file(path) {
-                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                    Err(ApplyError::LiveCopy(ConfigError::Io {
-                        operation: "removing",
-                        path: path.clone(),
-                        source,
-                    }))
-                }
-                _ => Ok(()),
-            },
+            None => remove_if_present(path).map_err(ApplyError::LiveCopy),
         }
     }
 
@@ -378,23 +369,12 @@ impl ConfigStore {
     /// a rewrite would likely fail the same way). Only an apply calls
     /// this, holding the apply lock.
     fn restore_persisted(&self, previous: Option<&[u8]>) -> Result<(), ConfigError> {
-        let io = |operation, path, source| ConfigError::Io {
-            operation,
-            path,
-            source,
-        };
-        if self.read_persisted().ok() == Some(previous.map(<[u8]>::to_vec)) {
+        if matches!(self.read_persisted(), Ok(now) if now.as_deref() == previous) {
             return Ok(());
         }
         match previous {
-            Some(bytes) => machinery::fsutil::write_atomic(&self.path, bytes, 0o600)
-                .map_err(|e| io(e.operation, e.path, e.source)),
-            None => match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(io("removing", self.path.clone(), e))
-                }
-                _ => Ok(()),
-            },
+            Some(bytes) => Ok(machinery::fsutil::write_atomic(&self.path, bytes, 0o600)?),
+            None => remove_if_present(&self.path),
         }
     }
 
@@ -417,6 +397,18 @@ impl ConfigStore {
             tracing::warn!(error = %e, "reverting the live machine config copy");
         }
         self.live.send_replace(previous);
+    }
+}
+
+/// Removes `path`; one that is not there is fine.
+fn remove_if_present(path: &std::path::Path) -> Result<(), ConfigError> {
+    match std::fs::remove_file(path) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(ConfigError::Io {
+            operation: "removing",
+            path: path.to_path_buf(),
+            source,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -22,8 +22,7 @@
 //! outcome of the last upgrade stays in tag [`TAG_UPGRADE_OUTCOME`], so a
 //! node that fell back to its old slot can say so after the fact.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -320,16 +319,10 @@ pub fn write_registry_config(path: &Path, registries: &Registries) -> Result<(),
         step,
         message: e.to_string(),
     })?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(&json))
-        .map_err(|e| InstallError::Step {
-            step,
-            message: format!("{}: {e}", path.display()),
-        })
+    machinery::fsutil::write_atomic(path, &json, 0o600).map_err(|e| InstallError::Step {
+        step,
+        message: e.to_string(),
+    })
 }
 
 /// The partition whose GPT name is `name` (`/sys/class/block/*/uevent`

@@ -185,6 +185,16 @@ pub enum ConfigError {
     },
 }
 
+impl From<crate::fsutil::WriteError> for ConfigError {
+    fn from(e: crate::fsutil::WriteError) -> Self {
+        Self::Io {
+            operation: e.operation,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl ConfigError {
     /// The validation problems, when this is a validation error (also inside [`ConfigError::InFile`]).
     #[must_use]

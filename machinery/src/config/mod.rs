@@ -701,9 +701,5 @@ pub fn save_atomic(path: &Path, config: &MachineConfig) -> Result<(), ConfigErro
             source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
         });
     }
-    crate::fsutil::write_atomic(path, yaml.as_bytes(), 0o600).map_err(|e| ConfigError::Io {
-        operation: e.operation,
-        path: e.path,
-        source: e.source,
-    })
+    Ok(crate::fsutil::write_atomic(path, yaml.as_bytes(), 0o600)?)
 }

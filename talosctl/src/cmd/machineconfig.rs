@@ -76,8 +76,7 @@ fn patch(file: &Path, patches: &[String], output: Option<&Path>) -> anyhow::Resu
     check(&data).with_context(|| format!("{} once patched", file.display()))?;
     match output {
         None => output::out_bytes(&data),
-        Some(path) => machinery::fsutil::write_atomic(path, &data, 0o600)
-            .map_err(|e| anyhow::anyhow!("{} {}: {}", e.operation, e.path.display(), e.source)),
+        Some(path) => Ok(machinery::fsutil::write_atomic(path, &data, 0o600)?),
     }
 }
 
