@@ -18,6 +18,14 @@ const CONTRACTS: &[&str] = &[
     "storage/storage.proto",
     "cluster/cluster.proto",
     "network/network.proto",
+    "cosi/resource.proto",
+    "cosi/state.proto",
+    "cosi/meta.proto",
+    "resource/config/config.proto",
+    "resource/definitions/enums/enums.proto",
+    "resource/definitions/runtime/runtime.proto",
+    "resource/definitions/network/network.proto",
+    "resource/definitions/v1alpha1/v1alpha1.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

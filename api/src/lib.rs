@@ -66,6 +66,56 @@ pub mod network {
     tonic::include_proto!("network");
 }
 
+pub mod cosi {
+    //! The COSI resource API (`cosi.resource.State`, served read-only by
+    //! machined) and the specs of COSI's own `meta` resources.
+    pub mod resource {
+        //! `cosi.resource`: State, Resource, Metadata.
+        tonic::include_proto!("cosi.resource");
+
+        pub mod meta {
+            //! `cosi.resource.meta`: NamespaceSpec, ResourceDefinitionSpec.
+            tonic::include_proto!("cosi.resource.meta");
+        }
+    }
+}
+
+pub mod resource {
+    //! `resource.*`: protobuf forms of resource specs kept from upstream's
+    //! older layout.
+    pub mod config {
+        //! `resource.config`: MachineConfigSpec.
+        tonic::include_proto!("resource.config");
+    }
+}
+
+pub mod talos {
+    //! `talos.resource.definitions.*`: protobuf forms of the resource specs
+    //! (what `talosctl get` decodes from `proto_spec`).
+    pub mod resource {
+        //! Resource spec packages.
+        pub mod definitions {
+            //! One module per upstream package.
+            pub mod enums {
+                //! `talos.resource.definitions.enums`.
+                tonic::include_proto!("talos.resource.definitions.enums");
+            }
+            pub mod runtime {
+                //! `talos.resource.definitions.runtime`.
+                tonic::include_proto!("talos.resource.definitions.runtime");
+            }
+            pub mod network {
+                //! `talos.resource.definitions.network`.
+                tonic::include_proto!("talos.resource.definitions.network");
+            }
+            pub mod v1alpha1 {
+                //! `talos.resource.definitions.v1alpha1`.
+                tonic::include_proto!("talos.resource.definitions.v1alpha1");
+            }
+        }
+    }
+}
+
 #[deny(clippy::all, missing_debug_implementations)]
 pub mod compat;
 #[deny(clippy::all, missing_debug_implementations)]
@@ -91,6 +141,14 @@ pub const CONTRACT_VERSIONS: &[(&str, &str)] = &[
     ("storage/storage.proto", "1.0.0"),
     ("cluster/cluster.proto", "1.0.0"),
     ("network/network.proto", "1.0.0"),
+    ("cosi/resource.proto", "1.0.0"),
+    ("cosi/state.proto", "1.0.0"),
+    ("cosi/meta.proto", "1.0.0"),
+    ("resource/config/config.proto", "1.0.0"),
+    ("resource/definitions/enums/enums.proto", "1.0.0"),
+    ("resource/definitions/runtime/runtime.proto", "1.0.0"),
+    ("resource/definitions/network/network.proto", "1.0.0"),
+    ("resource/definitions/v1alpha1/v1alpha1.proto", "1.0.0"),
 ];
 
 /// Decodes [`FILE_DESCRIPTOR_SET`].

@@ -184,6 +184,14 @@ const fn maintenance(path: &'static str) -> Rule {
 /// The method → role table, sorted by path.
 pub const RULES: &[Rule] = &[
     rule("/cluster.ClusterService/HealthCheck", ARO),
+    // COSI: reads for every reader (sensitive types need os:admin, which
+    // machined checks per type); writes are admin's and refused anyway.
+    rule("/cosi.resource.State/Create", A),
+    rule("/cosi.resource.State/Destroy", A),
+    rule("/cosi.resource.State/Get", ARO),
+    rule("/cosi.resource.State/List", ARO),
+    rule("/cosi.resource.State/Update", A),
+    rule("/cosi.resource.State/Watch", ARO),
     rule("/machine.LifecycleService/Install", A),
     rule("/machine.LifecycleService/Upgrade", A),
     maintenance("/machine.MachineService/ApplyConfiguration"),

@@ -292,3 +292,79 @@ fn concatenated_envelopes_are_the_union() {
         .collect();
     assert_eq!(hosts, ["a", "b"]);
 }
+
+#[test]
+fn cosi_resource_and_definition() {
+    use api::cosi::resource::meta::ResourceDefinitionSpec;
+    use api::cosi::resource::meta::resource_definition_spec::{PrintColumn, Sensitivity};
+    use api::cosi::resource::{GetResponse, Metadata as CosiMetadata, Resource, Spec};
+
+    let value = GetResponse {
+        resource: Some(Resource {
+            metadata: Some(CosiMetadata {
+                namespace: "runtime".into(),
+                r#type: "MetaKeys.runtime.talos.dev".into(),
+                id: "0x0c".into(),
+                version: "2".into(),
+                owner: "machined".into(),
+                phase: "running".into(),
+                created: Some(prost_types::Timestamp {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                ..CosiMetadata::default()
+            }),
+            spec: Some(Spec {
+                proto_spec: vec![0x0a, 0x01, b'x'],
+                yaml_spec: "value: x\n".into(),
+            }),
+        }),
+    };
+    // GetResponse.resource = 1 { metadata = 1 {ns 1, type 2, id 3,
+    // version 4, owner 5, phase 6, created 7 {seconds 1}}, spec = 2
+    // {proto_spec 1, yaml_spec 2} }
+    let expected = message(
+        1,
+        &[
+            message(
+                1,
+                &[
+                    string(1, "runtime"),
+                    string(2, "MetaKeys.runtime.talos.dev"),
+                    string(3, "0x0c"),
+                    string(4, "2"),
+                    string(5, "machined"),
+                    string(6, "running"),
+                    message(7, &[uint(1, 5)]),
+                ],
+            ),
+            message(2, &[bytes(1, &[0x0a, 0x01, b'x']), string(2, "value: x\n")]),
+        ],
+    );
+    assert_golden(&value, &expected);
+
+    let value = ResourceDefinitionSpec {
+        resource_type: "MachineConfigs.config.talos.dev".into(),
+        display_type: "MachineConfig".into(),
+        default_namespace: "config".into(),
+        aliases: vec!["mc".into()],
+        all_aliases: vec!["machineconfigs".into(), "mc".into()],
+        print_columns: vec![PrintColumn {
+            name: "Type".into(),
+            json_path: "{@}".into(),
+        }],
+        sensitivity: Sensitivity::Sensitive.into(),
+    };
+    let expected = [
+        string(1, "MachineConfigs.config.talos.dev"),
+        string(2, "MachineConfig"),
+        string(3, "config"),
+        string(4, "mc"),
+        string(5, "machineconfigs"),
+        string(5, "mc"),
+        message(6, &[string(1, "Type"), string(2, "{@}")]),
+        uint(7, 1),
+    ]
+    .concat();
+    assert_golden(&value, &expected);
+}

@@ -134,6 +134,8 @@ pub struct EventBus {
     ring: Mutex<VecDeque<Event>>,
     live: broadcast::Sender<Event>,
     ids: XidGen,
+    /// Kept apart from the ring, which other events may push it out of.
+    machine_status: Mutex<Option<Payload>>,
 }
 
 impl Default for EventBus {
@@ -150,6 +152,7 @@ impl EventBus {
             ring: Mutex::new(VecDeque::with_capacity(RING_SIZE)),
             live: broadcast::channel(RING_SIZE).0,
             ids: XidGen::new(),
+            machine_status: Mutex::new(None),
         }
     }
 
@@ -167,6 +170,12 @@ impl EventBus {
             time,
             payload,
         };
+        if matches!(event.payload, Payload::MachineStatus { .. }) {
+            *self
+                .machine_status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(event.payload.clone());
+        }
         if ring.len() == RING_SIZE {
             ring.pop_front();
         }
@@ -175,6 +184,15 @@ impl EventBus {
         // subscribes under the lock sees every event exactly once.
         let _ = self.live.send(event.clone());
         event
+    }
+
+    /// The payload of the newest machine status event.
+    #[must_use]
+    pub fn last_machine_status(&self) -> Option<Payload> {
+        self.machine_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The backlog per `tail` and a live receiver that continues right

@@ -482,6 +482,30 @@ pub fn change_meta_key(change: &MetaChange) -> Result<(), MetaKeyError> {
     change_meta_key_at(&path, change)
 }
 
+/// Every key of this node's META partition with its value, by tag; none on
+/// a node without one, or whose META was never written. Blocks.
+///
+/// # Errors
+/// The partition exists but cannot be read.
+pub fn read_meta_keys() -> Result<Vec<(u8, Vec<u8>)>, meta::MetaError> {
+    let Some(path) = meta_partition() else {
+        return Ok(Vec::new());
+    };
+    read_meta_keys_at(&path)
+}
+
+/// [`read_meta_keys`] of the META partition at `path`. Blocks.
+///
+/// # Errors
+/// The partition cannot be read, or holds two corrupt copies.
+pub fn read_meta_keys_at(path: &Path) -> Result<Vec<(u8, Vec<u8>)>, meta::MetaError> {
+    match meta::read_from(path) {
+        Ok((adv, _)) => Ok(adv.tags().map(|(t, v)| (t, v.to_vec())).collect()),
+        Err(meta::MetaError::Blank) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads one META tag as text. Blocks.
 #[must_use]
 pub fn read_meta(tag: u8) -> Option<String> {
@@ -704,8 +728,14 @@ mod tests {
         std::fs::write(&path, vec![0u8; meta::PARTITION_DATA_SIZE]).expect("blank");
         let read = || meta::read_from(&path).expect("META").0;
 
+        assert_eq!(read_meta_keys_at(&path).expect("blank reads"), []);
         change_meta_key_at(&path, &MetaChange::Write(0x0c, b"hello".to_vec())).expect("write");
         assert_eq!(read().get(0x0c), Some(&b"hello"[..]));
+        // What `talosctl get meta` shows.
+        assert_eq!(
+            read_meta_keys_at(&path).expect("keys"),
+            [(0x0c, b"hello".to_vec())]
+        );
         let written = std::fs::read(&path).expect("bytes");
 
         for (change, expect) in [

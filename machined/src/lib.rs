@@ -11,6 +11,7 @@
 pub mod boot;
 pub mod bootloader;
 pub mod configstore;
+pub mod cosi;
 pub mod credentials;
 pub mod daemons;
 pub mod events;
@@ -21,6 +22,7 @@ pub mod logbuf;
 pub mod netstat;
 pub mod node;
 pub mod reaper;
+pub mod resources;
 pub mod run;
 pub mod server;
 pub mod services;

@@ -458,6 +458,12 @@ pub async fn serve_api(
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(api)
         .add_service(lifecycle)
+        .add_service(
+            api::cosi::resource::state_server::StateServer::new(crate::cosi::StateApi::new(
+                Arc::clone(&node),
+            ))
+            .max_encoding_message_size(api::MAX_MESSAGE_SIZE),
+        )
         .serve_with_incoming_shutdown(machinery::uds::incoming(listener), shutdown)
         .await
     {

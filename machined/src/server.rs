@@ -63,6 +63,9 @@ pub enum ApiError {
     /// META key writes.
     #[error(transparent)]
     Meta(#[from] crate::install::MetaKeyError),
+    /// Resource reads.
+    #[error(transparent)]
+    Resource(#[from] crate::resources::ResourceError),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -104,6 +107,17 @@ impl From<ApiError> for Status {
                 InstallError::NotFound { .. } => Status::not_found(msg),
                 InstallError::Step { .. } => Status::internal(msg),
             },
+            ApiError::Resource(r) => {
+                use crate::resources::ResourceError as R;
+                match r {
+                    R::ReadOnly | R::UnknownNamespace(_) | R::UnknownType(_) | R::NotAuthorized => {
+                        Status::permission_denied(msg)
+                    }
+                    R::NotFound { .. } => Status::not_found(msg),
+                    R::BadQuery { .. } => Status::invalid_argument(msg),
+                    R::Read { .. } => Status::internal(msg),
+                }
+            }
             ApiError::Meta(m) => {
                 use crate::install::MetaKeyError as M;
                 match m {

@@ -691,3 +691,357 @@ fn the_version_comes_from_our_os_release_only() {
     assert_eq!(machined::server::image_version(debian), None);
     assert_eq!(machined::server::image_version("ID=talos-rs\n"), None);
 }
+
+// === COSI resources ===
+
+mod cosi {
+    use super::*;
+    use api::cosi::resource::state_client::StateClient;
+    use api::cosi::resource::{self as cosi_pb, EventType};
+    use prost::Message as _;
+
+    fn get(namespace: &str, type_: &str, id: &str) -> cosi_pb::GetRequest {
+        cosi_pb::GetRequest {
+            namespace: namespace.into(),
+            r#type: type_.into(),
+            id: id.into(),
+            options: None,
+        }
+    }
+
+    fn with_role<T>(message: T, role: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("talos-role", role.parse().expect("ascii"));
+        request
+    }
+
+    async fn list(
+        state: &mut StateClient<Channel>,
+        namespace: &str,
+        type_: &str,
+        id_regexp: &str,
+    ) -> Result<Vec<cosi_pb::Resource>, tonic::Status> {
+        let mut stream = state
+            .list(cosi_pb::ListRequest {
+                namespace: namespace.into(),
+                r#type: type_.into(),
+                options: Some(cosi_pb::ListOptions {
+                    id_query: Some(cosi_pb::IdQuery {
+                        regexp: id_regexp.into(),
+                    }),
+                }),
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(reply) = stream.message().await? {
+            out.extend(reply.resource);
+        }
+        Ok(out)
+    }
+
+    fn id(r: &cosi_pb::Resource) -> &str {
+        &r.metadata.as_ref().expect("metadata").id
+    }
+
+    fn version(r: &cosi_pb::Resource) -> &str {
+        &r.metadata.as_ref().expect("metadata").version
+    }
+
+    fn yaml(r: &cosi_pb::Resource) -> &str {
+        &r.spec.as_ref().expect("spec").yaml_spec
+    }
+
+    const MC: &str = "MachineConfigs.config.talos.dev";
+    const SVC: &str = "Services.v1alpha1.talos.dev";
+
+    #[tokio::test]
+    async fn resources_are_read_only_versioned_role_checked_and_watched() {
+        use pb::apply_configuration_request::Mode;
+        let mut h = start(
+            vec![ServiceSpec::new(
+                "worker",
+                "/bin/sh",
+                ["-c", "exec sleep 60"],
+            )],
+            64 * 1024,
+        )
+        .await;
+        let channel = machinery::grpc::unix_channel(&h.root.join("machined.sock"))
+            .await
+            .expect("connect");
+        let mut state = StateClient::new(channel);
+
+        // The definitions clients resolve names against, in upstream's
+        // shape (proto spec and YAML spec agree).
+        let defs = list(&mut state, "meta", "ResourceDefinitions.meta.cosi.dev", "")
+            .await
+            .expect("definitions");
+        let meta_keys = defs
+            .iter()
+            .find(|d| id(d) == "metakeys.runtime.talos.dev")
+            .expect("MetaKeys defined");
+        let spec = api::cosi::resource::meta::ResourceDefinitionSpec::decode(
+            meta_keys.spec.as_ref().expect("spec").proto_spec.as_slice(),
+        )
+        .expect("proto spec");
+        assert_eq!(spec.resource_type, "MetaKeys.runtime.talos.dev");
+        assert_eq!(spec.display_type, "MetaKey");
+        assert_eq!(spec.default_namespace, "runtime");
+        assert_eq!(spec.aliases, ["meta", "metakey", "mk", "mks"]);
+        assert_eq!(
+            spec.all_aliases,
+            [
+                "metakeys",
+                "metakeys.runtime",
+                "metakeys.runtime.talos",
+                "meta",
+                "metakey",
+                "mk",
+                "mks"
+            ]
+        );
+        assert_eq!(spec.print_columns[0].json_path, "{.value}");
+        assert!(yaml(meta_keys).contains("defaultNamespace: runtime"));
+        let mc_def = defs
+            .iter()
+            .find(|d| id(d) == "machineconfigs.config.talos.dev")
+            .expect("MachineConfigs defined");
+        assert!(yaml(mc_def).contains("sensitivity: sensitive"));
+        let namespaces: Vec<String> = list(&mut state, "meta", "Namespaces.meta.cosi.dev", "")
+            .await
+            .expect("namespaces")
+            .iter()
+            .map(|r| id(r).to_owned())
+            .collect();
+        assert_eq!(namespaces, ["config", "meta", "network", "runtime"]);
+
+        // No config yet: no MachineConfig, and the error is upstream's.
+        let err = state
+            .get(get("config", MC, "v1alpha1"))
+            .await
+            .expect_err("no config yet");
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(
+            err.message(),
+            "resource MachineConfigs.config.talos.dev(config/v1alpha1@undefined) doesn't exist"
+        );
+
+        // A config applied: the resource holds it, version 1.
+        let base = generated().controlplane_yaml;
+        h.client
+            .apply_configuration(apply(
+                &with_hostname(&base, "first"),
+                Mode::Auto,
+                false,
+                None,
+            ))
+            .await
+            .expect("apply");
+        let first = state
+            .get(get("config", MC, "v1alpha1"))
+            .await
+            .expect("machine config")
+            .into_inner()
+            .resource
+            .expect("resource");
+        assert_eq!(version(&first), "1");
+        let proto = api::resource::config::MachineConfigSpec::decode(
+            first.spec.as_ref().expect("spec").proto_spec.as_slice(),
+        )
+        .expect("proto spec");
+        let text = String::from_utf8(proto.yaml_marshalled).expect("utf8");
+        assert!(text.contains("hostname: first"), "{text}");
+        // The YAML spec is that same document as one string.
+        let as_string: String = serde_yaml_ng::from_str(yaml(&first)).expect("a YAML string");
+        assert_eq!(as_string, text);
+
+        // Sensitive: only os:admin through apid; a local caller (no
+        // talos-role) is root on the node.
+        let err = state
+            .get(with_role(get("config", MC, "v1alpha1"), "os:reader"))
+            .await
+            .expect_err("reader");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(err.message(), "not authorized");
+        state
+            .get(with_role(get("config", MC, "v1alpha1"), "os:admin"))
+            .await
+            .expect("admin reads the config");
+        let host = state
+            .get(with_role(
+                get("network", "HostnameStatuses.net.talos.dev", "hostname"),
+                "os:reader",
+            ))
+            .await
+            .expect("readers read the hostname")
+            .into_inner()
+            .resource
+            .expect("resource");
+        assert_eq!(yaml(&host), "hostname: first\ndomainname: ''\n");
+
+        // Another config: the version counts the change; created stays.
+        h.client
+            .apply_configuration(apply(
+                &with_hostname(&base, "second"),
+                Mode::NoReboot,
+                false,
+                None,
+            ))
+            .await
+            .expect("apply");
+        let second = state
+            .get(get("config", MC, "v1alpha1"))
+            .await
+            .expect("machine config")
+            .into_inner()
+            .resource
+            .expect("resource");
+        assert_eq!(version(&second), "2");
+        let (m1, m2) = (
+            first.metadata.as_ref().expect("md"),
+            second.metadata.as_ref().expect("md"),
+        );
+        assert_eq!(m1.created, m2.created);
+        assert!(yaml(&second).contains("hostname: second"));
+        let again = state
+            .get(get("config", MC, "v1alpha1"))
+            .await
+            .expect("machine config")
+            .into_inner()
+            .resource
+            .expect("resource");
+        assert_eq!(version(&again), "2", "unchanged: same version");
+
+        // Refusals, each with upstream's code.
+        let err = state
+            .get(get("cluster", "Members.cluster.talos.dev", "x"))
+            .await
+            .expect_err("unknown type");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(
+            err.message(),
+            "resource type \"Members.cluster.talos.dev\" is not supported"
+        );
+        let err = state
+            .get(get("secrets", SVC, "worker"))
+            .await
+            .expect_err("unknown namespace");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(err.message(), "namespace \"secrets\" is not supported");
+        let err = state
+            .get(get("network", SVC, "worker"))
+            .await
+            .expect_err("not in that namespace");
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(
+            list(&mut state, "network", SVC, "")
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        let err = state
+            .create(cosi_pb::CreateRequest {
+                resource: Some(first.clone()),
+                options: None,
+            })
+            .await
+            .expect_err("writes");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(err.message(), "write access is not allowed");
+        let err = list(&mut state, "runtime", SVC, "(unclosed")
+            .await
+            .expect_err("bad regexp");
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        // Services, filtered by id.
+        let services: Vec<String> = list(&mut state, "runtime", SVC, "")
+            .await
+            .expect("services")
+            .iter()
+            .map(|r| id(r).to_owned())
+            .collect();
+        assert_eq!(services, ["machined", "worker"]);
+        let only = list(&mut state, "runtime", SVC, "^work")
+            .await
+            .expect("services");
+        assert_eq!(only.len(), 1);
+        assert_eq!(
+            yaml(&only[0]),
+            "running: true\nhealthy: false\nunknown: true\n"
+        );
+
+        // Watch: a ready signal, the contents, BOOTSTRAPPED, then the
+        // change a stopped service makes.
+        let err = state
+            .watch(cosi_pb::WatchRequest {
+                namespace: "runtime".into(),
+                r#type: SVC.into(),
+                id: Some("worker".into()),
+                options: Some(cosi_pb::WatchOptions {
+                    bootstrap_contents: true,
+                    ..Default::default()
+                }),
+                api_version: 1,
+            })
+            .await
+            .expect_err("bootstrap of one resource");
+        assert_eq!(err.code(), Code::Unimplemented);
+        let mut watch = state
+            .watch(cosi_pb::WatchRequest {
+                namespace: "runtime".into(),
+                r#type: SVC.into(),
+                id: None,
+                options: Some(cosi_pb::WatchOptions {
+                    bootstrap_contents: true,
+                    ..Default::default()
+                }),
+                api_version: 1,
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(10), watch.message())
+                .await
+                .expect("an event in time")
+                .expect("stream")
+                .expect("open")
+                .event
+        };
+        assert!(next().await.is_empty(), "the ready signal comes first");
+        let mut seen = Vec::new();
+        loop {
+            let events = next().await;
+            assert_eq!(events.len(), 1, "one event per response: {events:?}");
+            let e = &events[0];
+            if e.event_type() == EventType::Bootstrapped {
+                assert_eq!(id(e.resource.as_ref().expect("tombstone")), "");
+                break;
+            }
+            assert_eq!(e.event_type(), EventType::Created);
+            seen.push(id(e.resource.as_ref().expect("resource")).to_owned());
+        }
+        assert_eq!(seen, ["machined", "worker"]);
+        h.client
+            .service_stop(pb::ServiceStopRequest {
+                id: "worker".into(),
+            })
+            .await
+            .expect("stop");
+        let event = loop {
+            let events = next().await;
+            if let Some(e) = events.into_iter().next() {
+                break e;
+            }
+        };
+        assert_eq!(event.event_type(), EventType::Updated);
+        let now = event.resource.as_ref().expect("resource");
+        assert_eq!(id(now), "worker");
+        assert!(yaml(now).starts_with("running: false\n"), "{}", yaml(now));
+        assert!(yaml(event.old.as_ref().expect("old")).starts_with("running: true\n"));
+        assert_eq!(version(now), "2");
+    }
+}

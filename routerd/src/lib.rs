@@ -24,7 +24,7 @@ use tower::ServiceExt as _;
 /// The daemons routerd forwards to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// machine.*, cluster.*
+    /// machine.*, cluster.*, cosi.resource.* (the node's resources)
     Machined,
     /// time.*
     Timed,
@@ -59,7 +59,7 @@ impl Backend {
 #[must_use]
 pub fn route(package: &str) -> Option<Backend> {
     match package {
-        "machine" | "cluster" => Some(Backend::Machined),
+        "machine" | "cluster" | "cosi.resource" => Some(Backend::Machined),
         "time" => Some(Backend::Timed),
         "network" => Some(Backend::Networkd),
         "storage" => Some(Backend::Udevd),
@@ -272,7 +272,8 @@ mod tests {
         assert_eq!(route("time"), Some(Backend::Timed));
         assert_eq!(route("network"), Some(Backend::Networkd));
         assert_eq!(route("storage"), Some(Backend::Udevd));
-        assert_eq!(route("cosi.resource"), None);
+        assert_eq!(route("cosi.resource"), Some(Backend::Machined));
+        assert_eq!(route("inspect"), None);
         assert_eq!(route("securityapi"), None);
     }
 }

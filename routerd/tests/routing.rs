@@ -173,7 +173,7 @@ async fn unknown_service_and_dead_backend() {
     let client = H2Client::unix(socket);
     let req = http::Request::builder()
         .method("POST")
-        .uri("http://localhost/cosi.resource.State/List")
+        .uri("http://localhost/inspect.InspectService/ControllerRuntimeDependencies")
         .header("content-type", "application/grpc")
         .body(boxed(http_body_util::Full::new(grpc_frame(b""))))
         .expect("request");
@@ -181,7 +181,7 @@ async fn unknown_service_and_dead_backend() {
     assert_eq!(resp.headers()["grpc-status"], "12");
     assert_eq!(
         resp.headers()["grpc-message"],
-        "unknown%20service%20cosi.resource.State"
+        "unknown%20service%20inspect.InspectService"
     );
 }
 

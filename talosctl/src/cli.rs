@@ -62,6 +62,9 @@ pub enum Command {
     Events(EventsArgs),
     /// Generate CAs, certificates, and private keys
     Gen(GenArgs),
+    /// Get a specific resource or list of resources (use 'talosctl get rd' to see all available resource types)
+    #[command(visible_alias = "g")]
+    Get(GetArgs),
     /// Check cluster health
     Health(HealthArgs),
     /// List network interfaces
@@ -221,6 +224,37 @@ pub struct ServiceArgs {
     /// output format of the service list
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+/// `get` arguments.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The resource type: its full name or an alias (`talosctl get rd`
+    /// lists them)
+    pub resource: String,
+    /// Only the resource with this id
+    pub id: Option<String>,
+    /// Resource namespace (default is to use default namespace per resource)
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Output mode
+    #[arg(short = 'o', long, value_enum, default_value_t = GetOutput::Table)]
+    pub output: GetOutput,
+    /// Watch resource changes
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+/// `get` output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum GetOutput {
+    /// Aligned columns
+    #[default]
+    Table,
+    /// One YAML document per resource
+    Yaml,
+    /// One JSON object per resource
+    Json,
 }
 
 /// `meta` arguments.

@@ -291,6 +291,60 @@ fn gen_config_cluster_and_everyday_commands() {
     );
     assert!(!connected.contains("LISTEN"), "{connected}");
 
+    // get: resources through apid, one node after another, resolved by
+    // alias; the config's version counts the apply below.
+    let rd = ok(&tc, &["get", "rd"]);
+    assert!(
+        rd.starts_with("NODE") && rd.contains("metakeys.runtime.talos.dev"),
+        "{rd}"
+    );
+    let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
+    let header: Vec<&str> = svc
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NODE",
+            "NAMESPACE",
+            "TYPE",
+            "ID",
+            "VERSION",
+            "RUNNING",
+            "HEALTHY",
+            "HEALTH UNKNOWN"
+        ],
+        "{svc}"
+    );
+    for node in [cp, w1] {
+        assert!(
+            svc.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.starts_with(&[node, "runtime", "Service", "apid"])
+                    && cols.get(5) == Some(&"true")
+            }),
+            "{node} apid missing:\n{svc}"
+        );
+    }
+    let before = ok(&tc, &["get", "machineconfig", "v1alpha1", "-o", "yaml"]);
+    assert!(
+        before.starts_with(&format!("node: {cp}\nmetadata:\n"))
+            && before.contains("  version: '1'\n"),
+        "{before}"
+    );
+    let r = run(&tc, &["get", "members"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err.contains("resource \"members\" is not registered"),
+        "{}",
+        r.err
+    );
+
     let root = c.node_root("cli-controlplane-1");
     let listing = ok(&tc, &["list", root.to_str().expect("utf8")]);
     assert!(
@@ -335,6 +389,31 @@ fn gen_config_cluster_and_everyday_commands() {
         std::fs::read_to_string(&config_path)
             .expect("config")
             .contains("hostname: renamed-cp")
+    );
+    let after = ok(&tc, &["get", "mc", "v1alpha1", "-o", "json"]);
+    let after: serde_json::Value = serde_json::from_str(&after).expect("one JSON object");
+    assert_eq!(after["metadata"]["version"], "2", "{after}");
+    assert!(
+        after["spec"]
+            .as_str()
+            .is_some_and(|s| s.contains("hostname: renamed-cp")),
+        "{after}"
+    );
+    let hostname = ok(&tc, &["get", "hostname"]);
+    assert!(
+        hostname
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    cp,
+                    "network",
+                    "HostnameStatus",
+                    "hostname",
+                    "1",
+                    "renamed-cp"
+                ]),
+        "{hostname}"
     );
     let bad = work.path().join("bad.yaml");
     std::fs::write(&bad, current.replace("  network:", "  networkz:")).expect("write");

@@ -5,6 +5,7 @@ pub mod config;
 pub mod events;
 pub mod files;
 pub mod generate;
+pub mod get;
 pub mod lifecycle;
 pub mod logs;
 pub mod machineconfig;
@@ -46,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Memory(args) => system::memory(&global, &args).await,
         Command::MachineConfig(args) => machineconfig::run(args),
         Command::Meta(args) => lifecycle::meta(&global, args).await,
+        Command::Get(args) => get::get(&global, args).await,
         Command::Mounts => system::mounts(&global).await,
         Command::Netstat(args) => system::netstat(&global, &args).await,
         Command::Processes(args) => system::processes(&global, &args).await,

@@ -1,0 +1,831 @@
+//! The node's state as read-only COSI resources (`talosctl get`).
+//!
+//! Background: upstream Talos keeps its state in a COSI runtime of
+//! controllers and resources and serves it through `cosi.resource.State`;
+//! `talosctl get` resolves a type name against the `ResourceDefinitions` in
+//! namespace `meta`, then lists or gets resources of that type. Nothing may be
+//! written through the API.
+//!
+//! Design: this node has no controller runtime. Each resource type is a view
+//! computed when it is read, from the same state the other calls report (the
+//! config store, META, the supervisor, the event ring). [`Resources`]
+//! remembers what each resource looked like when last read, so that versions
+//! count changes and `created`/`updated` are stable across calls; a change
+//! that comes and goes between two reads is not counted. Watches poll.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use api::cosi::resource::meta as meta_pb;
+use api::talos::resource::definitions::{
+    network as network_pb, runtime as runtime_pb, v1alpha1 as v1alpha1_pb,
+};
+use serde::Serialize;
+
+use crate::events::{MachineStage, Payload};
+use crate::node::Node;
+use crate::supervisor::ServiceState;
+
+/// Namespace of the namespaces and resource definitions.
+pub const NS_META: &str = "meta";
+/// Namespace of the machine config.
+pub const NS_CONFIG: &str = "config";
+/// Namespace of runtime state.
+pub const NS_RUNTIME: &str = "runtime";
+/// Namespace of network state.
+pub const NS_NETWORK: &str = "network";
+
+/// Every namespace served, with upstream's descriptions.
+pub const NAMESPACES: &[(&str, &str)] = &[
+    (NS_CONFIG, "Talos node configuration."),
+    (
+        NS_META,
+        "Metadata namespace which contains resource and namespace definitions.",
+    ),
+    (NS_NETWORK, "Networking resources."),
+    (NS_RUNTIME, "Talos v1alpha1 subsystems glue resources."),
+];
+
+/// A resource type and how clients name and print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Definition {
+    /// Canonical type, `<Plural>.<suffix>`.
+    pub type_: &'static str,
+    /// Singular name, e.g. "MetaKey".
+    pub display: &'static str,
+    /// The namespace its resources live in.
+    pub namespace: &'static str,
+    /// Extra short names.
+    pub aliases: &'static [&'static str],
+    /// Extra table columns: (header, JSONPath into the spec).
+    pub columns: &'static [(&'static str, &'static str)],
+    /// Reading it needs os:admin.
+    pub sensitive: bool,
+}
+
+/// `Namespaces.meta.cosi.dev`.
+pub const NAMESPACE: Definition = Definition {
+    type_: "Namespaces.meta.cosi.dev",
+    display: "Namespace",
+    namespace: NS_META,
+    aliases: &["ns"],
+    columns: &[],
+    sensitive: false,
+};
+/// `ResourceDefinitions.meta.cosi.dev`.
+pub const RESOURCE_DEFINITION: Definition = Definition {
+    type_: "ResourceDefinitions.meta.cosi.dev",
+    display: "ResourceDefinition",
+    namespace: NS_META,
+    aliases: &[],
+    columns: &[],
+    sensitive: false,
+};
+/// `MachineConfigs.config.talos.dev`: the config in effect (id `v1alpha1`).
+pub const MACHINE_CONFIG: Definition = Definition {
+    type_: "MachineConfigs.config.talos.dev",
+    display: "MachineConfig",
+    namespace: NS_CONFIG,
+    aliases: &[],
+    columns: &[],
+    sensitive: true,
+};
+/// `MachineTypes.config.talos.dev` (id `machine-type`).
+pub const MACHINE_TYPE: Definition = Definition {
+    type_: "MachineTypes.config.talos.dev",
+    display: "MachineType",
+    namespace: NS_CONFIG,
+    aliases: &[],
+    columns: &[("Type", "{@}")],
+    sensitive: false,
+};
+/// `MetaKeys.runtime.talos.dev`: one per key of the META partition.
+pub const META_KEY: Definition = Definition {
+    type_: "MetaKeys.runtime.talos.dev",
+    display: "MetaKey",
+    namespace: NS_RUNTIME,
+    aliases: &["meta"],
+    columns: &[("Value", "{.value}")],
+    sensitive: false,
+};
+/// `KernelCmdlines.runtime.talos.dev` (id `cmdline`).
+pub const KERNEL_CMDLINE: Definition = Definition {
+    type_: "KernelCmdlines.runtime.talos.dev",
+    display: "KernelCmdline",
+    namespace: NS_RUNTIME,
+    aliases: &["cmdline"],
+    columns: &[("Cmdline", "{.cmdline}")],
+    sensitive: false,
+};
+/// `MachineStatuses.runtime.talos.dev` (id `machine`).
+pub const MACHINE_STATUS: Definition = Definition {
+    type_: "MachineStatuses.runtime.talos.dev",
+    display: "MachineStatus",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[("Stage", "{.stage}"), ("Ready", "{.status.ready}")],
+    sensitive: false,
+};
+/// `Services.v1alpha1.talos.dev`: one per supervised service.
+pub const SERVICE: Definition = Definition {
+    type_: "Services.v1alpha1.talos.dev",
+    display: "Service",
+    namespace: NS_RUNTIME,
+    aliases: &["svc"],
+    columns: &[
+        ("Running", "{.running}"),
+        ("Healthy", "{.healthy}"),
+        ("Health Unknown", "{.unknown}"),
+    ],
+    sensitive: false,
+};
+/// `HostnameStatuses.net.talos.dev` (id `hostname`).
+pub const HOSTNAME_STATUS: Definition = Definition {
+    type_: "HostnameStatuses.net.talos.dev",
+    display: "HostnameStatus",
+    namespace: NS_NETWORK,
+    aliases: &["hostname"],
+    columns: &[("Hostname", "{.hostname}"), ("Domainname", "{.domainname}")],
+    sensitive: false,
+};
+
+/// Every type served.
+pub const DEFINITIONS: &[Definition] = &[
+    NAMESPACE,
+    RESOURCE_DEFINITION,
+    MACHINE_CONFIG,
+    MACHINE_TYPE,
+    META_KEY,
+    KERNEL_CMDLINE,
+    MACHINE_STATUS,
+    SERVICE,
+    HOSTNAME_STATUS,
+];
+
+impl Definition {
+    /// The definition of `type_` (exact canonical name).
+    #[must_use]
+    pub fn of(type_: &str) -> Option<&'static Definition> {
+        DEFINITIONS.iter().find(|d| d.type_ == type_)
+    }
+
+    /// The short names a person types: the extra aliases, the lowercase
+    /// singular, and the capitals' initials ("MetaKey" → "mk", "mks"), as
+    /// COSI derives them.
+    #[must_use]
+    pub fn short_aliases(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.aliases.iter().map(|a| (*a).to_owned()).collect();
+        out.push(self.display.to_lowercase());
+        let plural = self.plural();
+        let initials: String = plural.chars().filter(char::is_ascii_uppercase).collect();
+        if initials.len() > 1 {
+            out.push(initials.to_lowercase());
+            if !initials.ends_with('S') {
+                out.push(format!("{}s", initials.to_lowercase()));
+            }
+        }
+        out
+    }
+
+    /// Every name the type answers to: the lowercase plural, the plural
+    /// with each leading part of the suffix ("metakeys.runtime",
+    /// "metakeys.runtime.talos"), then the short names.
+    #[must_use]
+    pub fn all_aliases(&self) -> Vec<String> {
+        let plural = self.plural().to_lowercase();
+        let mut out = vec![plural.clone()];
+        let suffix: Vec<&str> = self.suffix().split('.').collect();
+        for i in 1..suffix.len() {
+            out.push(format!("{plural}.{}", suffix[..i].join(".")));
+        }
+        out.extend(self.short_aliases());
+        out
+    }
+
+    fn plural(&self) -> &'static str {
+        self.type_.split_once('.').map_or(self.type_, |(p, _)| p)
+    }
+
+    fn suffix(&self) -> &'static str {
+        self.type_.split_once('.').map_or("", |(_, s)| s)
+    }
+}
+
+/// One resource as it is now, before version bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Its id.
+    pub id: String,
+    /// The spec as YAML.
+    pub yaml: String,
+    /// The spec as upstream's protobuf message.
+    pub proto: Vec<u8>,
+}
+
+/// One resource with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Namespace.
+    pub namespace: &'static str,
+    /// Type.
+    pub type_: &'static str,
+    /// Id.
+    pub id: String,
+    /// Changes seen, starting at 1.
+    pub version: u64,
+    /// First seen.
+    pub created: SystemTime,
+    /// Last changed.
+    pub updated: SystemTime,
+    /// The spec as YAML.
+    pub yaml: String,
+    /// The spec as protobuf.
+    pub proto: Vec<u8>,
+}
+
+/// Why a resource read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// Create, Update, Destroy and Teardown: state is the node's own.
+    #[error("write access is not allowed")]
+    ReadOnly,
+    /// No such namespace.
+    #[error("namespace {0:?} is not supported")]
+    UnknownNamespace(String),
+    /// No such type.
+    #[error("resource type {0:?} is not supported")]
+    UnknownType(String),
+    /// No resource with that id.
+    #[error("resource {type_}({namespace}/{id}@undefined) doesn't exist")]
+    NotFound {
+        /// Namespace.
+        namespace: String,
+        /// Type.
+        type_: String,
+        /// Id.
+        id: String,
+    },
+    /// A sensitive type read without os:admin.
+    #[error("not authorized")]
+    NotAuthorized,
+    /// A bad id query.
+    #[error("invalid id query {query:?}: {message}")]
+    BadQuery {
+        /// The regular expression.
+        query: String,
+        /// Why.
+        message: String,
+    },
+    /// Producing the resource failed.
+    #[error("reading {what}: {message}")]
+    Read {
+        /// What was read.
+        what: &'static str,
+        /// Why it failed.
+        message: String,
+    },
+}
+
+/// What was last seen of one resource.
+#[derive(Debug, Clone)]
+struct Seen {
+    version: u64,
+    created: SystemTime,
+    updated: SystemTime,
+    yaml: String,
+}
+
+/// The resource views of one node and their version bookkeeping.
+#[derive(Debug)]
+pub struct Resources {
+    node: Arc<Node>,
+    seen: Mutex<HashMap<(&'static str, String), Seen>>,
+}
+
+impl Resources {
+    /// Views of `node`.
+    #[must_use]
+    pub fn new(node: Arc<Node>) -> Resources {
+        Resources {
+            node,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks that `type_` in `namespace` may be read by a caller who is
+    /// (or is not) an admin, in upstream's order, and returns the type's
+    /// definition.
+    ///
+    /// # Errors
+    /// Unknown type, a sensitive type without os:admin, unknown namespace.
+    pub fn resolve(
+        namespace: &str,
+        type_: &str,
+        admin: bool,
+    ) -> Result<&'static Definition, ResourceError> {
+        let def =
+            Definition::of(type_).ok_or_else(|| ResourceError::UnknownType(type_.to_owned()))?;
+        if def.sensitive && !admin {
+            return Err(ResourceError::NotAuthorized);
+        }
+        if !NAMESPACES.iter().any(|(n, _)| *n == namespace) {
+            return Err(ResourceError::UnknownNamespace(namespace.to_owned()));
+        }
+        Ok(def)
+    }
+
+    /// Every resource of `def` in `namespace` (none outside the type's own
+    /// namespace), ordered by id.
+    ///
+    /// # Errors
+    /// Producing the view failed (e.g. META unreadable).
+    pub async fn list(
+        &self,
+        namespace: &str,
+        def: &'static Definition,
+    ) -> Result<Vec<Resource>, ResourceError> {
+        if namespace != def.namespace {
+            return Ok(Vec::new());
+        }
+        let items = self.items(def).await?;
+        Ok(self.track(def, items, None))
+    }
+
+    /// The resource `id` of `def` in `namespace`.
+    ///
+    /// # Errors
+    /// [`ResourceError::NotFound`], or producing the view failed.
+    pub async fn get(
+        &self,
+        namespace: &str,
+        def: &'static Definition,
+        id: &str,
+    ) -> Result<Resource, ResourceError> {
+        let not_found = || ResourceError::NotFound {
+            namespace: namespace.to_owned(),
+            type_: def.type_.to_owned(),
+            id: id.to_owned(),
+        };
+        if namespace != def.namespace {
+            return Err(not_found());
+        }
+        let items: Vec<Item> = self
+            .items(def)
+            .await?
+            .into_iter()
+            .filter(|i| i.id == id)
+            .collect();
+        self.track(def, items, Some(id)).pop().ok_or_else(not_found)
+    }
+
+    /// Gives `items` their versions; forgets resources that are gone
+    /// (all of the type's, or only `only`).
+    fn track(
+        &self,
+        def: &'static Definition,
+        mut items: Vec<Item>,
+        only: Option<&str>,
+    ) -> Vec<Resource> {
+        items.sort_by(|a, b| a.id.cmp(&b.id));
+        let now = SystemTime::now();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.retain(|(type_, id), _| {
+            *type_ != def.type_
+                || only.is_some_and(|o| o != id)
+                || items.iter().any(|i| &i.id == id)
+        });
+        items
+            .into_iter()
+            .map(|item| {
+                let entry = seen
+                    .entry((def.type_, item.id.clone()))
+                    .or_insert_with(|| Seen {
+                        version: 1,
+                        created: now,
+                        updated: now,
+                        yaml: item.yaml.clone(),
+                    });
+                if entry.yaml != item.yaml {
+                    entry.version += 1;
+                    entry.updated = now;
+                    entry.yaml.clone_from(&item.yaml);
+                }
+                Resource {
+                    namespace: def.namespace,
+                    type_: def.type_,
+                    id: item.id,
+                    version: entry.version,
+                    created: entry.created,
+                    updated: entry.updated,
+                    yaml: item.yaml,
+                    proto: item.proto,
+                }
+            })
+            .collect()
+    }
+
+    /// The resources of `def` as they are now.
+    async fn items(&self, def: &'static Definition) -> Result<Vec<Item>, ResourceError> {
+        match def.type_ {
+            t if t == NAMESPACE.type_ => NAMESPACES
+                .iter()
+                .map(|(id, description)| {
+                    item(
+                        *id,
+                        &NamespaceYaml { description },
+                        &meta_pb::NamespaceSpec {
+                            description: (*description).to_owned(),
+                        },
+                    )
+                })
+                .collect(),
+            t if t == RESOURCE_DEFINITION.type_ => {
+                DEFINITIONS.iter().map(definition_item).collect()
+            }
+            t if t == MACHINE_CONFIG.type_ => self.machine_config(),
+            t if t == MACHINE_TYPE.type_ => self.machine_type(),
+            t if t == META_KEY.type_ => meta_keys().await,
+            t if t == KERNEL_CMDLINE.type_ => kernel_cmdline().await,
+            t if t == MACHINE_STATUS.type_ => self.machine_status(),
+            t if t == SERVICE.type_ => self.services(),
+            t if t == HOSTNAME_STATUS.type_ => self.hostname_status(),
+            other => Err(ResourceError::UnknownType(other.to_owned())),
+        }
+    }
+
+    fn machine_config(&self) -> Result<Vec<Item>, ResourceError> {
+        let Some(config) = self.node.config.current() else {
+            return Ok(Vec::new());
+        };
+        let yaml = config.to_yaml().map_err(|e| ResourceError::Read {
+            what: "the machine config",
+            message: e.to_string(),
+        })?;
+        // As upstream, the YAML spec is the config as one string.
+        Ok(vec![item(
+            "v1alpha1",
+            &yaml,
+            &api::resource::config::MachineConfigSpec {
+                yaml_marshalled: yaml.clone().into_bytes(),
+            },
+        )?])
+    }
+
+    fn machine_type(&self) -> Result<Vec<Item>, ResourceError> {
+        use api::resource::config::MachineType as Pb;
+        use machinery::config::MachineType;
+        let (name, number) = match self.node.config.current().map(|c| c.machine_type()) {
+            None => ("unknown", Pb::Unknown),
+            Some(MachineType::ControlPlane) => ("controlplane", Pb::ControlPlane),
+            Some(MachineType::Worker) => ("worker", Pb::Worker),
+        };
+        Ok(vec![item(
+            "machine-type",
+            &name,
+            &api::resource::config::MachineTypeSpec {
+                machine_type: number.into(),
+            },
+        )?])
+    }
+
+    fn machine_status(&self) -> Result<Vec<Item>, ResourceError> {
+        let (stage, ready, unmet) = self.node.events.last_machine_status().map_or(
+            (MachineStage::Booting, false, Vec::new()),
+            |p| match p {
+                Payload::MachineStatus {
+                    stage,
+                    ready,
+                    unmet,
+                } => (stage, ready, unmet),
+                _ => (MachineStage::Booting, false, Vec::new()),
+            },
+        );
+        let yaml = MachineStatusYaml {
+            stage: stage_name(stage),
+            status: MachineStatusStatusYaml {
+                ready,
+                unmet_conditions: unmet
+                    .iter()
+                    .map(|(name, reason)| UnmetYaml { name, reason })
+                    .collect(),
+            },
+        };
+        let proto = runtime_pb::MachineStatusSpec {
+            stage: stage.number(),
+            status: Some(runtime_pb::MachineStatusStatus {
+                ready,
+                unmet_conditions: unmet
+                    .iter()
+                    .map(|(name, reason)| runtime_pb::UnmetCondition {
+                        name: name.clone(),
+                        reason: reason.clone(),
+                    })
+                    .collect(),
+            }),
+        };
+        Ok(vec![item("machine", &yaml, &proto)?])
+    }
+
+    fn services(&self) -> Result<Vec<Item>, ResourceError> {
+        // machined itself is a service too, as ServiceList reports it.
+        let mut rows = vec![("machined".to_owned(), true, true, false)];
+        if let Some(supervisor) = self.node.supervisor.get() {
+            rows.extend(supervisor.list().into_iter().map(|s| {
+                (
+                    s.id,
+                    s.state == ServiceState::Running,
+                    s.health.healthy,
+                    s.health.unknown,
+                )
+            }));
+        }
+        rows.into_iter()
+            .map(|(id, running, healthy, unknown)| {
+                item(
+                    id,
+                    &ServiceYaml {
+                        running,
+                        healthy,
+                        unknown,
+                    },
+                    &v1alpha1_pb::ServiceSpec {
+                        running,
+                        healthy,
+                        unknown,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn hostname_status(&self) -> Result<Vec<Item>, ResourceError> {
+        let fqdn = self.node.hostname();
+        let (hostname, domainname) = fqdn.split_once('.').unwrap_or((&fqdn, ""));
+        Ok(vec![item(
+            "hostname",
+            &HostnameYaml {
+                hostname,
+                domainname,
+            },
+            &network_pb::HostnameStatusSpec {
+                hostname: hostname.to_owned(),
+                domainname: domainname.to_owned(),
+            },
+        )?])
+    }
+}
+
+/// The name of a stage as upstream prints it.
+#[must_use]
+pub fn stage_name(stage: MachineStage) -> &'static str {
+    match stage {
+        MachineStage::Booting => "booting",
+        MachineStage::Installing => "installing",
+        MachineStage::Maintenance => "maintenance",
+        MachineStage::Running => "running",
+        MachineStage::Rebooting => "rebooting",
+        MachineStage::ShuttingDown => "shutting down",
+        MachineStage::Resetting => "resetting",
+        MachineStage::Upgrading => "upgrading",
+    }
+}
+
+fn item(
+    id: impl Into<String>,
+    yaml: &impl Serialize,
+    proto: &impl prost::Message,
+) -> Result<Item, ResourceError> {
+    Ok(Item {
+        id: id.into(),
+        yaml: serde_yaml_ng::to_string(yaml).map_err(|e| ResourceError::Read {
+            what: "a resource spec",
+            message: e.to_string(),
+        })?,
+        proto: proto.encode_to_vec(),
+    })
+}
+
+fn definition_item(def: &Definition) -> Result<Item, ResourceError> {
+    let aliases = def.short_aliases();
+    let all_aliases = def.all_aliases();
+    let columns: Vec<ColumnYaml<'_>> = def
+        .columns
+        .iter()
+        .map(|(name, json_path)| ColumnYaml { name, json_path })
+        .collect();
+    let yaml = DefinitionYaml {
+        type_: def.type_,
+        display_type: def.display,
+        default_namespace: def.namespace,
+        aliases: &aliases,
+        all_aliases: &all_aliases,
+        print_columns: &columns,
+        sensitivity: def.sensitive.then_some("sensitive"),
+    };
+    let proto = meta_pb::ResourceDefinitionSpec {
+        resource_type: def.type_.to_owned(),
+        display_type: def.display.to_owned(),
+        default_namespace: def.namespace.to_owned(),
+        aliases: aliases.clone(),
+        all_aliases: all_aliases.clone(),
+        print_columns: def
+            .columns
+            .iter()
+            .map(
+                |(name, json_path)| meta_pb::resource_definition_spec::PrintColumn {
+                    name: (*name).to_owned(),
+                    json_path: (*json_path).to_owned(),
+                },
+            )
+            .collect(),
+        sensitivity: if def.sensitive {
+            meta_pb::resource_definition_spec::Sensitivity::Sensitive
+        } else {
+            meta_pb::resource_definition_spec::Sensitivity::NonSensitive
+        }
+        .into(),
+    };
+    item(def.type_.to_lowercase(), &yaml, &proto)
+}
+
+/// The keys of the META partition; none on a node without one.
+async fn meta_keys() -> Result<Vec<Item>, ResourceError> {
+    let keys = tokio::task::spawn_blocking(crate::install::read_meta_keys)
+        .await
+        .map_err(|e| ResourceError::Read {
+            what: "META",
+            message: e.to_string(),
+        })?
+        .map_err(|e| ResourceError::Read {
+            what: "META",
+            message: e.to_string(),
+        })?;
+    keys.into_iter()
+        .map(|(tag, value)| {
+            let value = String::from_utf8_lossy(&value).into_owned();
+            item(
+                meta_key_id(tag),
+                &MetaKeyYaml { value: &value },
+                &runtime_pb::MetaKeySpec {
+                    value: value.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A META key's resource id, as upstream writes it: `0x0a`.
+#[must_use]
+pub fn meta_key_id(tag: u8) -> String {
+    format!("0x{tag:02x}")
+}
+
+async fn kernel_cmdline() -> Result<Vec<Item>, ResourceError> {
+    let cmdline = tokio::fs::read_to_string("/proc/cmdline")
+        .await
+        .map_err(|e| ResourceError::Read {
+            what: "/proc/cmdline",
+            message: e.to_string(),
+        })?;
+    let cmdline = cmdline.trim_end();
+    Ok(vec![item(
+        "cmdline",
+        &CmdlineYaml { cmdline },
+        &runtime_pb::KernelCmdlineSpec {
+            cmdline: cmdline.to_owned(),
+        },
+    )?])
+}
+
+// === YAML shapes of the specs (upstream's field names) ===
+
+#[derive(Serialize)]
+struct NamespaceYaml<'a> {
+    description: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DefinitionYaml<'a> {
+    #[serde(rename = "type")]
+    type_: &'a str,
+    display_type: &'a str,
+    default_namespace: &'a str,
+    aliases: &'a [String],
+    all_aliases: &'a [String],
+    print_columns: &'a [ColumnYaml<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sensitivity: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ColumnYaml<'a> {
+    name: &'a str,
+    json_path: &'a str,
+}
+
+#[derive(Serialize)]
+struct MetaKeyYaml<'a> {
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct CmdlineYaml<'a> {
+    cmdline: &'a str,
+}
+
+#[derive(Serialize)]
+struct MachineStatusYaml<'a> {
+    stage: &'a str,
+    status: MachineStatusStatusYaml<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MachineStatusStatusYaml<'a> {
+    ready: bool,
+    unmet_conditions: Vec<UnmetYaml<'a>>,
+}
+
+#[derive(Serialize)]
+struct UnmetYaml<'a> {
+    name: &'a str,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct ServiceYaml {
+    running: bool,
+    healthy: bool,
+    unknown: bool,
+}
+
+#[derive(Serialize)]
+struct HostnameYaml<'a> {
+    hostname: &'a str,
+    domainname: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_derived_as_cosi_derives_them() {
+        assert_eq!(MACHINE_STATUS.short_aliases(), ["machinestatus", "ms"]);
+        assert_eq!(SERVICE.short_aliases(), ["svc", "service"]);
+        assert_eq!(
+            RESOURCE_DEFINITION.all_aliases(),
+            [
+                "resourcedefinitions",
+                "resourcedefinitions.meta",
+                "resourcedefinitions.meta.cosi",
+                "resourcedefinition",
+                "rd",
+                "rds"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_definition_is_well_formed_and_in_a_served_namespace() {
+        for def in DEFINITIONS {
+            assert!(
+                NAMESPACES.iter().any(|(n, _)| *n == def.namespace),
+                "{}",
+                def.type_
+            );
+            assert_eq!(Definition::of(def.type_), Some(def));
+            assert!(def.plural().starts_with(def.display), "{}", def.type_);
+            assert!(def.plural().ends_with('s'), "{}", def.type_);
+            assert!(!def.suffix().is_empty(), "{}", def.type_);
+        }
+    }
+
+    #[test]
+    fn reads_are_checked_in_upstreams_order() {
+        let err = Resources::resolve("nowhere", "Nope.x.dev", true).expect_err("type first");
+        assert!(matches!(err, ResourceError::UnknownType(_)), "{err:?}");
+        let err = Resources::resolve("nowhere", MACHINE_CONFIG.type_, false)
+            .expect_err("sensitive before namespace");
+        assert!(matches!(err, ResourceError::NotAuthorized), "{err:?}");
+        let err = Resources::resolve("nowhere", MACHINE_CONFIG.type_, true).expect_err("namespace");
+        assert!(matches!(err, ResourceError::UnknownNamespace(_)), "{err:?}");
+        assert_eq!(
+            Resources::resolve("config", MACHINE_CONFIG.type_, true).expect("admin"),
+            &MACHINE_CONFIG
+        );
+    }
+
+    #[test]
+    fn meta_key_ids_are_upstreams() {
+        assert_eq!(meta_key_id(0x0a), "0x0a");
+        assert_eq!(meta_key_id(255), "0xff");
+        assert_eq!(stage_name(MachineStage::ShuttingDown), "shutting down");
+    }
+}
