@@ -1175,6 +1175,16 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     // A META key (upstream's first user-reserved one), written now; it must
     // outlive the upgrades' own META writes and the reboots below.
     ok(&tc, &args(&with(&["meta", "write", "0x0c", "kept"])));
+    // It reads back as upstream's MetaKey resource.
+    let keys = ok(&tc, &args(&with(&["get", "meta"])));
+    assert!(
+        keys.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(1..4) == Some(&["runtime", "MetaKey", "0x0c"][..])
+                && cols.last() == Some(&"kept")
+        }),
+        "{keys}"
+    );
 
     // Refused before any write: a changed blob, a bad signature, a missing
     // tag. The boot partitions stay byte for byte the same.
@@ -1236,7 +1246,13 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     assert_eq!(tag_of(&v), v1_tag);
     assert!(ok(&tc, &args(&cmdline)).contains("talos.slot=A"));
 
-    // The META key is still there: deleting it works once, then it is gone.
+    // The META key is still there: it reads back, deleting it works once,
+    // then it is gone.
+    let key = ok(&tc, &args(&with(&["get", "meta", "0x0c", "-o", "yaml"])));
+    assert!(
+        key.contains("  id: '0x0c'\n") && key.ends_with("spec:\n  value: kept\n"),
+        "{key}"
+    );
     ok(&tc, &args(&with(&["meta", "delete", "0x0c"])));
     let r = run(&tc, &args(&with(&["meta", "delete", "0x0c"])));
     assert_ne!(r.code, 0, "a second delete succeeded: {}", r.out);
