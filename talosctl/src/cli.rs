@@ -69,6 +69,10 @@ pub enum Command {
     Health(HealthArgs),
     /// List network interfaces
     Interfaces,
+    /// Edit the machine config of a node with your editor and apply it
+    Edit(EditArgs),
+    /// Patch the machine config of a node and apply it
+    Patch(PatchArgs),
     /// Retrieve a directory listing
     #[command(visible_alias = "ls")]
     List(ListArgs),
@@ -255,6 +259,46 @@ pub enum GetOutput {
     Yaml,
     /// One JSON object per resource
     Json,
+}
+
+/// `patch` arguments.
+#[derive(Debug, Args)]
+pub struct PatchArgs {
+    /// The resource: `machineconfig` (`mc`), the only one that can be patched
+    pub resource: String,
+    /// Its id: `v1alpha1`, the config in effect
+    pub id: Option<String>,
+    /// The patch: a partial config to merge (inline YAML or @FILE);
+    /// repeat to apply several in order
+    #[arg(short = 'p', long = "patch", action = ArgAction::Append)]
+    pub patches: Vec<String>,
+    /// apply config mode
+    #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::Auto)]
+    pub mode: ApplyMode,
+    /// check how the config change will be applied in dry-run mode
+    #[arg(long)]
+    pub dry_run: bool,
+    /// the config will be rolled back after specified timeout (if try mode is selected)
+    #[arg(long, default_value = "1m")]
+    pub timeout: String,
+}
+
+/// `edit` arguments.
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The resource: `machineconfig` (`mc`), the only one that can be edited
+    pub resource: String,
+    /// Its id: `v1alpha1`, the config in effect
+    pub id: Option<String>,
+    /// apply config mode
+    #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::Auto)]
+    pub mode: ApplyMode,
+    /// do not apply the change after editing and print the change summary instead
+    #[arg(long)]
+    pub dry_run: bool,
+    /// the config will be rolled back after specified timeout (if try mode is selected)
+    #[arg(long, default_value = "1m")]
+    pub timeout: String,
 }
 
 /// `meta` arguments.

@@ -46,6 +46,28 @@ fn run(talosconfig: &Path, args: &[&str]) -> Run {
     }
 }
 
+/// [`run`] with `EDITOR` set (for `talosctl edit`).
+fn run_with_editor(talosconfig: &Path, editor: &Path, args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(talosctl())
+        .arg("--talosconfig")
+        .arg(talosconfig)
+        .args(args)
+        .env_remove("TALOSCONFIG")
+        .env_remove("TALOS_EDITOR")
+        .env("EDITOR", editor)
+        .output()
+        .expect("talosctl runs");
+    Run {
+        out: String::from_utf8_lossy(&stdout).into_owned(),
+        err: String::from_utf8_lossy(&stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+    }
+}
+
 fn ok(talosconfig: &Path, args: &[&str]) -> String {
     let r = run(talosconfig, args);
     assert_eq!(
@@ -430,6 +452,77 @@ fn gen_config_cluster_and_everyday_commands() {
             .contains("hostname: renamed-cp"),
         "the bad config changed the node"
     );
+
+    // patch and edit: the node's own config, changed and applied.
+    let said = ok(
+        &tc,
+        &[
+            "patch",
+            "mc",
+            "-p",
+            "machine: {network: {hostname: patched-cp}}",
+            "--mode",
+            "no-reboot",
+        ],
+    );
+    assert_eq!(
+        said,
+        format!(
+            "patched MachineConfigs.config.talos.dev/v1alpha1 at the node {cp}\n\
+             Applied configuration without a reboot\n"
+        )
+    );
+    let on_disk = || std::fs::read_to_string(&config_path).expect("config");
+    assert!(on_disk().contains("hostname: patched-cp"));
+    let r = run(&tc, &["patch", "mc", "-p", "machine: {networkz: {}}"]);
+    assert_ne!(r.code, 0);
+    assert!(r.err.contains("networkz"), "{}", r.err);
+    let r = run(&tc, &["patch", "svc", "-p", "running: false"]);
+    assert_ne!(r.code, 0);
+    assert!(r.err.contains("only the machine config"), "{}", r.err);
+    assert!(
+        on_disk().contains("hostname: patched-cp"),
+        "a refused patch changed the node"
+    );
+
+    let editor = work.path().join("editor.sh");
+    let script = |body: &str| {
+        std::fs::write(&editor, format!("#!/bin/sh\n{body}\n")).expect("editor");
+        std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    script("exit 0");
+    let r = run_with_editor(&tc, &editor, &["edit", "mc"]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out, "Apply was skipped: no changes detected.\n");
+    script("sed -i 's/hostname: patched-cp/hostname: edited-cp/' \"$1\"");
+    let r = run_with_editor(
+        &tc,
+        &editor,
+        &["edit", "machineconfig", "--mode", "no-reboot"],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.out.starts_with(&format!(
+            "edited MachineConfigs.config.talos.dev/v1alpha1 at the node {cp}\n"
+        )),
+        "{}",
+        r.out
+    );
+    assert!(on_disk().contains("hostname: edited-cp"));
+    // A refused edit is reopened with the reason; leaving it as it is
+    // cancels, and the node keeps its config.
+    script(
+        "grep -q '^# ERROR: .*networkz' \"$1\" && exit 0\n\
+         sed -i 's/^  network:/  networkz:/' \"$1\"",
+    );
+    let r = run_with_editor(&tc, &editor, &["edit", "mc"]);
+    assert_ne!(r.code, 0, "{}", r.out);
+    assert!(
+        r.err.contains("no valid changes were saved") && r.err.contains("networkz"),
+        "{}",
+        r.err
+    );
+    assert!(on_disk().contains("hostname: edited-cp"));
 
     let info = ok(&tc, &["config", "info"]);
     assert!(

@@ -317,7 +317,10 @@ impl Printer {
 }
 
 /// Lists every resource definition of the node `client` targets.
-async fn definitions(client: &Client) -> Result<Vec<ResourceDefinitionSpec>, CallError> {
+///
+/// # Errors
+/// The call failed, or a definition does not decode.
+pub async fn definitions(client: &Client) -> Result<Vec<ResourceDefinitionSpec>, CallError> {
     let mut stream = client
         .try_call(|channel| {
             let request = client.request(pb::ListRequest {

@@ -9,6 +9,7 @@ pub mod get;
 pub mod lifecycle;
 pub mod logs;
 pub mod machineconfig;
+pub mod patch;
 pub mod services;
 pub mod system;
 pub mod version;
@@ -48,6 +49,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MachineConfig(args) => machineconfig::run(args),
         Command::Meta(args) => lifecycle::meta(&global, args).await,
         Command::Get(args) => get::get(&global, args).await,
+        Command::Patch(args) => patch::patch(&global, args).await,
+        Command::Edit(args) => patch::edit(&global, args).await,
         Command::Mounts => system::mounts(&global).await,
         Command::Netstat(args) => system::netstat(&global, &args).await,
         Command::Processes(args) => system::processes(&global, &args).await,
