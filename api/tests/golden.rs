@@ -368,3 +368,77 @@ fn cosi_resource_and_definition() {
     .concat();
     assert_golden(&value, &expected);
 }
+
+#[test]
+fn cosi_watch() {
+    use api::cosi::resource::{
+        Event, EventType, IdQuery, Metadata as CosiMetadata, Resource, WatchOptions, WatchRequest,
+        WatchResponse,
+    };
+
+    let value = WatchRequest {
+        namespace: "runtime".into(),
+        r#type: "Services.v1alpha1.talos.dev".into(),
+        id: Some("apid".into()),
+        options: Some(WatchOptions {
+            bootstrap_contents: true,
+            tail_events: 2,
+            id_query: Some(IdQuery {
+                regexp: "^a".into(),
+            }),
+            aggregated: true,
+        }),
+        api_version: 1,
+    };
+    // namespace 1, type 2, id 3, options 4 {bootstrap_contents 1,
+    // tail_events 2, id_query 4 {regexp 1}, aggregated 5}, api_version 5
+    let expected = [
+        string(1, "runtime"),
+        string(2, "Services.v1alpha1.talos.dev"),
+        string(3, "apid"),
+        message(
+            4,
+            &[
+                uint(1, 1),
+                uint(2, 2),
+                message(4, &[string(1, "^a")]),
+                uint(5, 1),
+            ],
+        ),
+        uint(5, 1),
+    ]
+    .concat();
+    assert_golden(&value, &expected);
+
+    let md = |id: &str| CosiMetadata {
+        id: id.into(),
+        ..CosiMetadata::default()
+    };
+    let value = WatchResponse {
+        event: vec![Event {
+            resource: Some(Resource {
+                metadata: Some(md("new")),
+                spec: None,
+            }),
+            event_type: EventType::Updated.into(),
+            old: Some(Resource {
+                metadata: Some(md("old")),
+                spec: None,
+            }),
+            error: Some("e".into()),
+        }],
+    };
+    // WatchResponse.event = 1 {resource 1, event_type 2, old 3, error 4}
+    let expected = message(
+        1,
+        &[
+            message(1, &[message(1, &[string(3, "new")])]),
+            uint(2, 1),
+            message(3, &[message(1, &[string(3, "old")])]),
+            string(4, "e"),
+        ],
+    );
+    assert_golden(&value, &expected);
+    assert_eq!(EventType::Bootstrapped as i32, 3);
+    assert_eq!(EventType::Errored as i32, 4);
+}

@@ -235,6 +235,20 @@ struct Watch {
 }
 
 impl Watch {
+    /// A resource of the watched type with metadata only.
+    fn tombstone(&self, id: &str) -> pb::Resource {
+        pb::Resource {
+            metadata: Some(pb::Metadata {
+                namespace: self.namespace.clone(),
+                r#type: self.def.type_.to_owned(),
+                id: id.to_owned(),
+                phase: "running".into(),
+                ..pb::Metadata::default()
+            }),
+            spec: None,
+        }
+    }
+
     /// The watched resources now, by id.
     async fn snapshot(&self) -> Result<BTreeMap<String, Resource>, ResourceError> {
         let listed = match &self.id {
@@ -292,7 +306,17 @@ impl Watch {
                 return;
             }
         };
-        if self.bootstrap {
+        if let Some(id) = &self.id {
+            // One resource: its state now comes first, as upstream's
+            // server sends it (DESTROYED when there is none).
+            let first = match known.get(id) {
+                Some(r) => event(resource_pb(r), pb::EventType::Created, None),
+                None => event(self.tombstone(id), pb::EventType::Destroyed, None),
+            };
+            if !send(vec![first]).await {
+                return;
+            }
+        } else if self.bootstrap {
             let mut events: Vec<pb::Event> = known
                 .values()
                 .map(|r| event(resource_pb(r), pb::EventType::Created, None))
@@ -300,17 +324,8 @@ impl Watch {
             if self.bootstrapped_event {
                 // Upstream marks the end with a tombstone: namespace and
                 // type, no id.
-                let tombstone = pb::Resource {
-                    metadata: Some(pb::Metadata {
-                        namespace: self.namespace.clone(),
-                        r#type: self.def.type_.to_owned(),
-                        phase: "running".into(),
-                        ..pb::Metadata::default()
-                    }),
-                    spec: None,
-                };
                 events.push(pb::Event {
-                    resource: Some(tombstone),
+                    resource: Some(self.tombstone("")),
                     event_type: pb::EventType::Bootstrapped.into(),
                     old: None,
                     error: None,

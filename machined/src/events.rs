@@ -102,6 +102,17 @@ pub enum Payload {
     },
 }
 
+/// The machine's stage and readiness, as last published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineStatus {
+    /// Stage.
+    pub stage: MachineStage,
+    /// Ready.
+    pub ready: bool,
+    /// Unmet conditions: (name, reason).
+    pub unmet: Vec<(String, String)>,
+}
+
 /// One event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -135,7 +146,7 @@ pub struct EventBus {
     live: broadcast::Sender<Event>,
     ids: XidGen,
     /// Kept apart from the ring, which other events may push it out of.
-    machine_status: Mutex<Option<Payload>>,
+    machine_status: Mutex<Option<MachineStatus>>,
 }
 
 impl Default for EventBus {
@@ -170,11 +181,20 @@ impl EventBus {
             time,
             payload,
         };
-        if matches!(event.payload, Payload::MachineStatus { .. }) {
+        if let Payload::MachineStatus {
+            stage,
+            ready,
+            unmet,
+        } = &event.payload
+        {
             *self
                 .machine_status
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(event.payload.clone());
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(MachineStatus {
+                stage: *stage,
+                ready: *ready,
+                unmet: unmet.clone(),
+            });
         }
         if ring.len() == RING_SIZE {
             ring.pop_front();
@@ -186,9 +206,9 @@ impl EventBus {
         event
     }
 
-    /// The payload of the newest machine status event.
+    /// What the newest machine status event said.
     #[must_use]
-    pub fn last_machine_status(&self) -> Option<Payload> {
+    pub fn last_machine_status(&self) -> Option<MachineStatus> {
         self.machine_status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

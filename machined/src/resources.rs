@@ -23,7 +23,7 @@ use api::talos::resource::definitions::{
 };
 use serde::Serialize;
 
-use crate::events::{MachineStage, Payload};
+use crate::events::{MachineStage, MachineStatus};
 use crate::node::Node;
 use crate::supervisor::ServiceState;
 
@@ -164,10 +164,13 @@ pub const DEFINITIONS: &[Definition] = &[
 ];
 
 impl Definition {
-    /// The definition of `type_` (exact canonical name).
+    /// The definition of `type_` (the canonical name in any case).
     #[must_use]
     pub fn of(type_: &str) -> Option<&'static Definition> {
-        DEFINITIONS.iter().find(|d| d.type_ == type_)
+        // Any case, as upstream looks definitions up by the lowercase type.
+        DEFINITIONS
+            .iter()
+            .find(|d| d.type_.eq_ignore_ascii_case(type_))
     }
 
     /// The short names a person types: the extra aliases, the lowercase
@@ -301,6 +304,9 @@ struct Seen {
 pub struct Resources {
     node: Arc<Node>,
     seen: Mutex<HashMap<(&'static str, String), Seen>>,
+    /// Held from computing a view to recording it, so an older view is
+    /// never recorded after a newer one (which would count a change back).
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl Resources {
@@ -310,6 +316,7 @@ impl Resources {
         Resources {
             node,
             seen: Mutex::new(HashMap::new()),
+            reading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -348,6 +355,7 @@ impl Resources {
         if namespace != def.namespace {
             return Ok(Vec::new());
         }
+        let _reading = self.reading.lock().await;
         let items = self.items(def).await?;
         Ok(self.track(def, items, None))
     }
@@ -370,6 +378,7 @@ impl Resources {
         if namespace != def.namespace {
             return Err(not_found());
         }
+        let _reading = self.reading.lock().await;
         let items: Vec<Item> = self
             .items(def)
             .await?
@@ -465,14 +474,16 @@ impl Resources {
             what: "the machine config",
             message: e.to_string(),
         })?;
-        // As upstream, the YAML spec is the config as one string.
-        Ok(vec![item(
-            "v1alpha1",
-            &yaml,
-            &api::resource::config::MachineConfigSpec {
-                yaml_marshalled: yaml.clone().into_bytes(),
-            },
-        )?])
+        // As upstream, the YAML spec is the config document itself (its
+        // "raw YAML"), not a YAML encoding of it.
+        let proto = api::resource::config::MachineConfigSpec {
+            yaml_marshalled: yaml.clone().into_bytes(),
+        };
+        Ok(vec![Item {
+            id: "v1alpha1".into(),
+            yaml,
+            proto: prost::Message::encode_to_vec(&proto),
+        }])
     }
 
     fn machine_type(&self) -> Result<Vec<Item>, ResourceError> {
@@ -493,17 +504,19 @@ impl Resources {
     }
 
     fn machine_status(&self) -> Result<Vec<Item>, ResourceError> {
-        let (stage, ready, unmet) = self.node.events.last_machine_status().map_or(
-            (MachineStage::Booting, false, Vec::new()),
-            |p| match p {
-                Payload::MachineStatus {
-                    stage,
-                    ready,
-                    unmet,
-                } => (stage, ready, unmet),
-                _ => (MachineStage::Booting, false, Vec::new()),
-            },
-        );
+        let MachineStatus {
+            stage,
+            ready,
+            unmet,
+        } = self
+            .node
+            .events
+            .last_machine_status()
+            .unwrap_or(MachineStatus {
+                stage: MachineStage::Booting,
+                ready: false,
+                unmet: Vec::new(),
+            });
         let yaml = MachineStatusYaml {
             stage: stage_name(stage),
             status: MachineStatusStatusYaml {

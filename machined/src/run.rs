@@ -121,7 +121,6 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         path: socket.clone(),
         source,
     })?;
-    restrict(&socket);
     tracing::info!(socket = %socket.display(), "serving the machine API");
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -468,14 +467,6 @@ pub async fn serve_api(
         .await
     {
         tracing::error!(error = %e, "machine API server failed");
-    }
-}
-
-/// The socket is the trusted local door: only its owner may use it.
-fn restrict(socket: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Err(e) = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(error = %e, "restricting the API socket");
     }
 }
 

@@ -854,9 +854,8 @@ mod cosi {
         .expect("proto spec");
         let text = String::from_utf8(proto.yaml_marshalled).expect("utf8");
         assert!(text.contains("hostname: first"), "{text}");
-        // The YAML spec is that same document as one string.
-        let as_string: String = serde_yaml_ng::from_str(yaml(&first)).expect("a YAML string");
-        assert_eq!(as_string, text);
+        // The YAML spec is that same document.
+        assert_eq!(yaml(&first), text);
 
         // Sensitive: only os:admin through apid; a local caller (no
         // talos-role) is root on the node.
@@ -866,6 +865,32 @@ mod cosi {
             .expect_err("reader");
         assert_eq!(err.code(), Code::PermissionDenied);
         assert_eq!(err.message(), "not authorized");
+        let err = state
+            .list(with_role(
+                cosi_pb::ListRequest {
+                    namespace: "config".into(),
+                    r#type: MC.into(),
+                    options: None,
+                },
+                "os:operator",
+            ))
+            .await
+            .expect_err("operator lists");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let err = state
+            .watch(with_role(
+                cosi_pb::WatchRequest {
+                    namespace: "config".into(),
+                    r#type: MC.into(),
+                    id: Some("v1alpha1".into()),
+                    options: None,
+                    api_version: 1,
+                },
+                "os:reader",
+            ))
+            .await
+            .expect_err("reader watches");
+        assert_eq!(err.code(), Code::PermissionDenied);
         state
             .get(with_role(get("config", MC, "v1alpha1"), "os:admin"))
             .await
@@ -989,6 +1014,46 @@ mod cosi {
             .await
             .expect_err("bootstrap of one resource");
         assert_eq!(err.code(), Code::Unimplemented);
+        let err = state
+            .watch(cosi_pb::WatchRequest {
+                namespace: "runtime".into(),
+                r#type: SVC.into(),
+                id: None,
+                options: Some(cosi_pb::WatchOptions {
+                    tail_events: 5,
+                    ..Default::default()
+                }),
+                api_version: 1,
+            })
+            .await
+            .expect_err("history");
+        assert_eq!(err.code(), Code::Unimplemented);
+        // One resource: its state comes first, DESTROYED when it is absent.
+        for (which, expect) in [
+            ("worker", EventType::Created),
+            ("nope", EventType::Destroyed),
+        ] {
+            let mut one = state
+                .watch(cosi_pb::WatchRequest {
+                    namespace: "runtime".into(),
+                    r#type: SVC.into(),
+                    id: Some(which.into()),
+                    options: None,
+                    api_version: 1,
+                })
+                .await
+                .expect("watch one")
+                .into_inner();
+            let ready = one.message().await.expect("stream").expect("open");
+            assert!(ready.event.is_empty());
+            let first = one.message().await.expect("stream").expect("open");
+            assert_eq!(first.event.len(), 1);
+            assert_eq!(first.event[0].event_type(), expect, "{which}");
+            assert_eq!(
+                id(first.event[0].resource.as_ref().expect("resource")),
+                which
+            );
+        }
         let mut watch = state
             .watch(cosi_pb::WatchRequest {
                 namespace: "runtime".into(),

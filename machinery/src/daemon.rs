@@ -63,12 +63,17 @@ pub async fn shutdown_signal() {
 
 /// Binds a daemon's unix socket at `path`: creates its directory and
 /// removes a stale socket first, so a restart never finds the old one.
+/// Only the owner may connect: the sockets are the node's trusted local
+/// doors (a call on them carries no certificate).
 ///
 /// # Errors
-/// The socket cannot be bound.
+/// The socket cannot be bound or restricted.
 pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
     clear_socket_path(path);
-    tokio::net::UnixListener::bind(path)
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Binds a unix datagram socket at `path` the same way as [`bind_unix`]

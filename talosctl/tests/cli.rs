@@ -359,6 +359,22 @@ fn gen_config_cluster_and_everyday_commands() {
             && before.contains("  version: '1'\n"),
         "{before}"
     );
+    let hostname = ok(&tc, &["get", "hostname"]);
+    assert!(
+        hostname
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    cp,
+                    "network",
+                    "HostnameStatus",
+                    "hostname",
+                    "1",
+                    "cli-controlplane-1"
+                ]),
+        "{hostname}"
+    );
     let r = run(&tc, &["get", "members"]);
     assert_ne!(r.code, 0);
     assert!(
@@ -415,10 +431,8 @@ fn gen_config_cluster_and_everyday_commands() {
     let after = ok(&tc, &["get", "mc", "v1alpha1", "-o", "json"]);
     let after: serde_json::Value = serde_json::from_str(&after).expect("one JSON object");
     assert_eq!(after["metadata"]["version"], "2", "{after}");
-    assert!(
-        after["spec"]
-            .as_str()
-            .is_some_and(|s| s.contains("hostname: renamed-cp")),
+    assert_eq!(
+        after["spec"]["machine"]["network"]["hostname"], "renamed-cp",
         "{after}"
     );
     let hostname = ok(&tc, &["get", "hostname"]);
@@ -432,7 +446,7 @@ fn gen_config_cluster_and_everyday_commands() {
                     "network",
                     "HostnameStatus",
                     "hostname",
-                    "1",
+                    "2",
                     "renamed-cp"
                 ]),
         "{hostname}"

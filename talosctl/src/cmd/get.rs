@@ -377,7 +377,8 @@ pub async fn get(global: &GlobalArgs, args: GetArgs) -> anyhow::Result<()> {
             Err(CallError::Status(status)) => {
                 failed.push((node, client::rpc_error_text(&status)));
             }
-            Err(err @ CallError::Transport(_)) => return Err(node_client.call_error(err)),
+            // The other nodes' answers are still printed.
+            Err(CallError::Transport(message)) => failed.push((node, message)),
         }
     }
     text.push_str(&printer.table_text());
