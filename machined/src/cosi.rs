@@ -343,7 +343,12 @@ impl Watch {
                 _ = tick.tick() => {}
                 () = tx.closed() => return,
             }
-            let now = match self.snapshot().await {
+            // A slow read must not outlive the caller.
+            let now = tokio::select! {
+                now = self.snapshot() => now,
+                () = tx.closed() => return,
+            };
+            let now = match now {
                 Ok(now) => now,
                 Err(e) => {
                     let _ = tx.send(Err(ApiError::from(e).into())).await;

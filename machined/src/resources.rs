@@ -304,9 +304,10 @@ struct Seen {
 pub struct Resources {
     node: Arc<Node>,
     seen: Mutex<HashMap<(&'static str, String), Seen>>,
-    /// Held from computing a view to recording it, so an older view is
-    /// never recorded after a newer one (which would count a change back).
-    reading: tokio::sync::Mutex<()>,
+    /// One per type, held from computing a view to recording it, so an
+    /// older view is never recorded after a newer one (which would count a
+    /// change back); types do not wait for each other.
+    reading: HashMap<&'static str, tokio::sync::Mutex<()>>,
 }
 
 impl Resources {
@@ -316,7 +317,10 @@ impl Resources {
         Resources {
             node,
             seen: Mutex::new(HashMap::new()),
-            reading: tokio::sync::Mutex::new(()),
+            reading: DEFINITIONS
+                .iter()
+                .map(|d| (d.type_, tokio::sync::Mutex::new(())))
+                .collect(),
         }
     }
 
@@ -355,7 +359,7 @@ impl Resources {
         if namespace != def.namespace {
             return Ok(Vec::new());
         }
-        let _reading = self.reading.lock().await;
+        let _reading = self.lock(def).await;
         let items = self.items(def).await?;
         Ok(self.track(def, items, None))
     }
@@ -378,7 +382,7 @@ impl Resources {
         if namespace != def.namespace {
             return Err(not_found());
         }
-        let _reading = self.reading.lock().await;
+        let _reading = self.lock(def).await;
         let items: Vec<Item> = self
             .items(def)
             .await?
@@ -386,6 +390,14 @@ impl Resources {
             .filter(|i| i.id == id)
             .collect();
         self.track(def, items, Some(id)).pop().ok_or_else(not_found)
+    }
+
+    /// Serialises the reads of one type.
+    async fn lock(&self, def: &'static Definition) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.reading.get(def.type_) {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
     }
 
     /// Gives `items` their versions; forgets resources that are gone
@@ -814,6 +826,7 @@ mod tests {
                 def.type_
             );
             assert_eq!(Definition::of(def.type_), Some(def));
+            assert_eq!(Definition::of(&def.type_.to_uppercase()), Some(def));
             assert!(def.plural().starts_with(def.display), "{}", def.type_);
             assert!(def.plural().ends_with('s'), "{}", def.type_);
             assert!(!def.suffix().is_empty(), "{}", def.type_);

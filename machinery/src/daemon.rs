@@ -64,12 +64,22 @@ pub async fn shutdown_signal() {
 /// Binds a daemon's unix socket at `path`: creates its directory and
 /// removes a stale socket first, so a restart never finds the old one.
 /// Only the owner may connect: the sockets are the node's trusted local
-/// doors (a call on them carries no certificate).
+/// doors (a call on them carries no certificate). The socket is made
+/// 0600; a socket directory this creates is 0700, so there is no moment
+/// in which another user could connect.
 ///
 /// # Errors
 /// The socket cannot be bound or restricted.
 pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     clear_socket_path(path);
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -133,6 +143,18 @@ pub fn notify_ready_to(target: &std::path::Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sockets_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("new/d.sock");
+        let _listener = bind_unix(&path).expect("bind");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("dir")), 0o700);
+    }
 
     #[test]
     fn readiness_reaches_a_path_socket() {

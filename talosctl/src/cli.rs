@@ -272,6 +272,9 @@ pub struct PatchArgs {
     /// repeat to apply several in order
     #[arg(short = 'p', long = "patch", action = ArgAction::Append)]
     pub patches: Vec<String>,
+    /// A file holding a patch (the same as `--patch @FILE`)
+    #[arg(long)]
+    pub patch_file: Option<PathBuf>,
     /// apply config mode
     #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::Auto)]
     pub mode: ApplyMode,

@@ -488,6 +488,32 @@ fn gen_config_cluster_and_everyday_commands() {
     );
     let on_disk = || std::fs::read_to_string(&config_path).expect("config");
     assert!(on_disk().contains("hostname: patched-cp"));
+    // A patch that changes nothing is not applied; a dry run only says
+    // what would happen.
+    let said = ok(
+        &tc,
+        &[
+            "patch",
+            "mc",
+            "-p",
+            "machine: {network: {hostname: patched-cp}}",
+        ],
+    );
+    assert_eq!(said, "Apply was skipped: no changes detected.\n");
+    let said = ok(
+        &tc,
+        &[
+            "patch",
+            "mc",
+            "-p",
+            "machine: {network: {hostname: dry-cp}}",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        said.starts_with("Dry run summary:\n") && said.contains("+    hostname: dry-cp"),
+        "{said}"
+    );
     let r = run(&tc, &["patch", "mc", "-p", "machine: {networkz: {}}"]);
     assert_ne!(r.code, 0);
     assert!(r.err.contains("networkz"), "{}", r.err);
@@ -523,6 +549,38 @@ fn gen_config_cluster_and_everyday_commands() {
         r.out
     );
     assert!(on_disk().contains("hostname: edited-cp"));
+    // The config is edited in a private file in a private directory, gone
+    // afterwards.
+    let seen = work.path().join("seen");
+    script(&format!(
+        "stat -c '%a' \"$1\" \"$(dirname \"$1\")\" > {seen}; echo \"$1\" >> {seen}; : > \"$1\"",
+        seen = seen.display()
+    ));
+    let r = run_with_editor(&tc, &editor, &["edit", "mc"]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert_eq!(r.out, "Apply was skipped: empty file.\n");
+    let seen = std::fs::read_to_string(&seen).expect("the editor ran");
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[..2], ["600", "700"], "{seen}");
+    assert!(!Path::new(lines[2]).exists(), "{} left behind", lines[2]);
+    // An editor that fails after a change: nothing is applied, and the
+    // change is kept for the person.
+    script("sed -i 's/hostname: edited-cp/hostname: lost-cp/' \"$1\"; exit 3");
+    let r = run_with_editor(&tc, &editor, &["edit", "mc"]);
+    assert_ne!(r.code, 0, "{}", r.out);
+    let kept = r
+        .err
+        .lines()
+        .find_map(|l| l.split_once("A copy of your changes has been stored to "))
+        .map(|(_, path)| PathBuf::from(path.trim()))
+        .unwrap_or_else(|| panic!("no copy named:\n{}", r.err));
+    assert!(
+        std::fs::read_to_string(&kept)
+            .expect("the copy")
+            .contains("hostname: lost-cp")
+    );
+    std::fs::remove_dir_all(kept.parent().expect("dir")).expect("clean up");
+    assert!(on_disk().contains("hostname: edited-cp"));
     // A refused edit is reopened with the reason; leaving it as it is
     // cancels, and the node keeps its config.
     script(
@@ -536,6 +594,15 @@ fn gen_config_cluster_and_everyday_commands() {
         "{}",
         r.err
     );
+    if let Some((_, path)) = r
+        .err
+        .split_once("A copy of your changes has been stored to ")
+    {
+        let kept = PathBuf::from(path.trim());
+        std::fs::remove_dir_all(kept.parent().expect("dir")).expect("clean up");
+    } else {
+        panic!("the refused edit was not kept:\n{}", r.err);
+    }
     assert!(on_disk().contains("hostname: edited-cp"));
 
     let info = ok(&tc, &["config", "info"]);

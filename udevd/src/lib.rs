@@ -192,15 +192,10 @@ pub async fn serve(
 /// # Errors
 /// The socket cannot be bound.
 pub fn bind(path: &Path) -> Result<UnixListener, RunError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let listener = machinery::daemon::bind_unix(path).map_err(|source| RunError::Bind {
+    machinery::daemon::bind_unix(path).map_err(|source| RunError::Bind {
         path: path.to_path_buf(),
         source,
-    })?;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(error = %e, socket = %path.display(), "restricting the API socket");
-    }
-    Ok(listener)
+    })
 }
 
 /// The metal event loop: coldplugs `sysfs`, computes the links under

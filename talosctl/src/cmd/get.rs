@@ -377,8 +377,13 @@ pub async fn get(global: &GlobalArgs, args: GetArgs) -> anyhow::Result<()> {
             Err(CallError::Status(status)) => {
                 failed.push((node, client::rpc_error_text(&status)));
             }
-            // The other nodes' answers are still printed.
-            Err(CallError::Transport(message)) => failed.push((node, message)),
+            // No endpoint answers: the nodes after this one cannot be
+            // reached either; what the others said is still printed.
+            Err(err @ CallError::Transport(_)) => {
+                text.push_str(&printer.table_text());
+                output::out(&text)?;
+                return Err(node_client.call_error(err));
+            }
         }
     }
     text.push_str(&printer.table_text());

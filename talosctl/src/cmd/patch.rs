@@ -63,9 +63,9 @@ async fn resolve(client: &Client, resource: &str, id: Option<&str>) -> anyhow::R
 }
 
 /// The config in effect on the node `client` targets.
-async fn fetch(client: &Client, kind: &Kind) -> Result<Vec<u8>, CallError> {
+async fn fetch(client: &Client, kind: &Kind) -> anyhow::Result<String> {
     let reply = client
-        .try_call(|channel| {
+        .call(|channel| {
             let request = client.request(pb::GetRequest {
                 namespace: kind.namespace.clone(),
                 r#type: kind.type_.clone(),
@@ -75,17 +75,25 @@ async fn fetch(client: &Client, kind: &Kind) -> Result<Vec<u8>, CallError> {
             async move { get::state(channel).get(request).await }
         })
         .await?;
-    let spec = reply.resource.and_then(|r| r.spec).unwrap_or_default();
+    let node = client.default_node();
+    let spec = reply
+        .resource
+        .and_then(|r| r.spec)
+        .ok_or_else(|| anyhow!("{node}: the node returned no machine config"))?;
     let config = api::resource::config::MachineConfigSpec::decode(spec.proto_spec.as_slice())
-        .map_err(|e| CallError::Status(tonic::Status::internal(format!("machine config: {e}"))))?;
-    Ok(config.yaml_marshalled)
+        .with_context(|| format!("{node}: decoding the machine config the node returned"))?;
+    if config.yaml_marshalled.is_empty() {
+        bail!("{node}: the node returned an empty machine config");
+    }
+    String::from_utf8(config.yaml_marshalled)
+        .map_err(|_| anyhow!("{node}: the machine config is not UTF-8 text"))
 }
 
-/// Sends `data` to the node `client` targets; prints its warnings and what
-/// it did.
-async fn send(client: &Client, data: Vec<u8>, how: &Apply) -> Result<String, CallError> {
+/// Sends `data` to the node `client` targets; prints its warnings and
+/// returns what it did.
+async fn send(client: &Client, data: &str, how: &Apply) -> Result<String, CallError> {
     let request = ApplyConfigurationRequest {
-        data,
+        data: data.as_bytes().to_vec(),
         mode: request_mode(how.mode) as i32,
         dry_run: how.dry_run,
         try_mode_timeout: Some(how.try_timeout),
@@ -110,18 +118,48 @@ async fn send(client: &Client, data: Vec<u8>, how: &Apply) -> Result<String, Cal
     Ok(said)
 }
 
-/// Applies `patches` in order to `config`.
+/// Applies `patches` (their text, already loaded) in order to `config`.
 ///
 /// # Errors
-/// The config is not text, or a patch does not apply.
-pub fn patched(config: &[u8], patches: &[String]) -> anyhow::Result<Vec<u8>> {
-    let mut text = String::from_utf8(config.to_vec())
-        .map_err(|_| anyhow!("the node's machine config is not UTF-8 text"))?;
+/// A patch does not apply, or the result is no valid config.
+pub fn patched(config: &str, patches: &[String]) -> anyhow::Result<String> {
+    let mut text = config.to_owned();
     for patch in patches {
-        let patch = super::load_patch(patch)?;
-        text = machinery::generate::apply_patch(&text, &patch).map_err(|err| anyhow!("{err}"))?;
+        text = machinery::generate::apply_patch(&text, patch).map_err(|err| anyhow!("{err}"))?;
     }
-    Ok(text.into_bytes())
+    Ok(text)
+}
+
+/// Whether two configs say the same: equal once parsed and written back
+/// (a patch rewrites the text even when it changes nothing), or equal as
+/// text when either does not parse.
+#[must_use]
+pub fn same_config(a: &str, b: &str) -> bool {
+    let written = |text: &str| {
+        machinery::config::parse(text.as_bytes())
+            .ok()
+            .and_then(|c| c.to_yaml().ok())
+    };
+    match (written(a), written(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// What to print once a node took the config: the node's own words, after
+/// a line naming it unless this was a dry run.
+fn done(verb: &str, node: &str, said: &str, dry_run: bool) -> String {
+    let mut text = String::new();
+    if !dry_run {
+        text.push_str(&format!(
+            "{verb} {MACHINE_CONFIG}/{ACTIVE_ID} at the node {node}\n"
+        ));
+    }
+    if !said.is_empty() {
+        text.push_str(said);
+        text.push('\n');
+    }
+    text
 }
 
 /// Runs `talosctl patch machineconfig`.
@@ -130,12 +168,13 @@ pub fn patched(config: &[u8], patches: &[String]) -> anyhow::Result<Vec<u8>> {
 /// No patch, the type is not the machine config, a patch does not apply,
 /// or a call failed (nodes after a failed one are still patched).
 pub async fn patch(global: &GlobalArgs, args: PatchArgs) -> anyhow::Result<()> {
-    if args.patches.is_empty() {
+    let mut arguments = args.patches.clone();
+    arguments.extend(args.patch_file.iter().map(|f| format!("@{}", f.display())));
+    if arguments.is_empty() {
         bail!("no patches given: use --patch (-p) PATCH or --patch @FILE");
     }
     // Patches are read once, before any node is touched.
-    let patches = args
-        .patches
+    let patches = arguments
         .iter()
         .map(|p| super::load_patch(p))
         .collect::<anyhow::Result<Vec<String>>>()?;
@@ -148,24 +187,19 @@ pub async fn patch(global: &GlobalArgs, args: PatchArgs) -> anyhow::Result<()> {
     for node_client in &nodes {
         let node = node_client.default_node().to_owned();
         let result = async {
-            let config = fetch(node_client, &kind)
+            let config = fetch(node_client, &kind).await?;
+            let data = patched(&config, &patches)?;
+            if same_config(&config, &data) {
+                return Ok("Apply was skipped: no changes detected.\n".to_owned());
+            }
+            let said = send(node_client, &data, &how)
                 .await
                 .map_err(|e| node_client.call_error(e))?;
-            let data = patched(&config, &patches)?;
-            send(node_client, data, &how)
-                .await
-                .map_err(|e| node_client.call_error(e))
+            Ok::<_, anyhow::Error>(done("patched", &node, &said, how.dry_run))
         }
         .await;
         match result {
-            Ok(said) => {
-                let mut text = format!("patched {MACHINE_CONFIG}/{ACTIVE_ID} at the node {node}\n");
-                if !said.is_empty() {
-                    text.push_str(&said);
-                    text.push('\n');
-                }
-                output::out(&text)?;
-            }
+            Ok(text) => output::out(&text)?,
             Err(err) => failed.push((node, format!("{err:#}"))),
         }
     }
@@ -203,8 +237,18 @@ fn without_header(text: &str, header: &str) -> String {
         .collect()
 }
 
-/// Runs the editor on `path` and waits for it.
-fn run_editor(path: &Path) -> anyhow::Result<()> {
+/// Whether a config holds nothing but blank and comment lines.
+fn is_blank(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#'))
+}
+
+/// Runs the editor on `path` and waits for it. Interrupts go to the
+/// editor: talosctl outlives them, so the private copy of the config is
+/// always cleaned up or reported.
+async fn run_editor(path: &Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let editor = ["TALOS_EDITOR", "EDITOR", "VISUAL"]
         .iter()
         .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
@@ -213,13 +257,17 @@ fn run_editor(path: &Path) -> anyhow::Result<()> {
     let program = words
         .next()
         .ok_or_else(|| anyhow!("the editor command is empty"))?;
-    let status = std::process::Command::new(program)
+    // Registered handlers replace the default action (exit) while held.
+    let _interrupt = signal(SignalKind::interrupt()).context("holding SIGINT for the editor")?;
+    let _quit = signal(SignalKind::quit()).context("holding SIGQUIT for the editor")?;
+    let status = tokio::process::Command::new(program)
         .args(words)
         .arg(path)
         .status()
+        .await
         .with_context(|| format!("starting the editor {editor:?} (set TALOS_EDITOR or EDITOR)"))?;
     if !status.success() {
-        bail!("the editor {editor:?} failed ({status}); nothing was applied");
+        bail!("the editor {editor:?} failed ({status})");
     }
     Ok(())
 }
@@ -237,64 +285,78 @@ pub async fn edit(global: &GlobalArgs, args: EditArgs) -> anyhow::Result<()> {
     let kind = resolve(first, &args.resource, args.id.as_deref()).await?;
     for node_client in &nodes {
         let node = node_client.default_node().to_owned();
-        let config = fetch(node_client, &kind)
-            .await
-            .map_err(|e| node_client.call_error(e))?;
-        let original = String::from_utf8(config)
-            .map_err(|_| anyhow!("{node}: the machine config is not UTF-8 text"))?;
+        let original = fetch(node_client, &kind).await?;
         edit_node(node_client, &node, &original, &how).await?;
     }
     Ok(())
 }
 
-/// One node's edit loop: edit, apply, and on a refusal edit again with the
-/// reason shown, until the config is accepted or left unchanged.
+/// One node's edit loop: edit, apply, and when the node refuses, edit
+/// again with the reason shown, until the config is taken or left as it
+/// was. When the edit ends without being applied, the person's changes
+/// are kept in the private file and its path is printed.
 async fn edit_node(client: &Client, node: &str, original: &str, how: &Apply) -> anyhow::Result<()> {
     // The config holds the cluster's keys: a private directory and file.
     let dir = tempfile::Builder::new()
         .prefix("talosctl-edit-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .context("creating a temporary directory for the editor")?;
     let path = dir.path().join("machineconfig.yaml");
     let mut errors: Vec<String> = Vec::new();
     let mut current = original.to_owned();
+    // Hands the person's changes back when they cannot be applied.
+    let keep = |dir: tempfile::TempDir, why: anyhow::Error| -> anyhow::Error {
+        let kept = dir.keep();
+        anyhow!(
+            "{why:#}\nA copy of your changes has been stored to {}",
+            kept.join("machineconfig.yaml").display()
+        )
+    };
     loop {
         let header = edit_header(node, &errors);
-        let shown = format!("{header}{current}");
-        machinery::fsutil::write_atomic(&path, shown.as_bytes(), 0o600)?;
-        run_editor(&path)?;
+        machinery::fsutil::write_atomic(&path, format!("{header}{current}").as_bytes(), 0o600)?;
+        if let Err(err) = run_editor(&path).await {
+            // Keep whatever the person changed before the editor failed.
+            let left = std::fs::read_to_string(&path)
+                .map(|t| without_header(&t, &header))
+                .unwrap_or_default();
+            return Err(if left == original {
+                err
+            } else {
+                keep(dir, err)
+            });
+        }
         let edited = without_header(
             &std::fs::read_to_string(&path).context("reading the edited config back")?,
             &header,
         );
-        if edited.trim().is_empty() {
-            output::out("Edit cancelled: the file was emptied.\n")?;
+        if is_blank(&edited) {
+            output::out("Apply was skipped: empty file.\n")?;
+            return Ok(());
+        }
+        if edited == original {
+            output::out("Apply was skipped: no changes detected.\n")?;
             return Ok(());
         }
         if edited == current {
-            if errors.is_empty() {
-                output::out("Apply was skipped: no changes detected.\n")?;
-                return Ok(());
-            }
-            bail!(
+            let why = anyhow!(
                 "{node}: edit cancelled, no valid changes were saved: {}",
                 errors.join("; ")
             );
+            return Err(keep(dir, why));
         }
-        match send(client, edited.clone().into_bytes(), how).await {
-            Ok(said) => {
-                let mut text = format!("edited {MACHINE_CONFIG}/{ACTIVE_ID} at the node {node}\n");
-                if !said.is_empty() {
-                    text.push_str(&said);
-                    text.push('\n');
-                }
-                return output::out(&text);
-            }
-            Err(CallError::Status(status)) if status.code() == tonic::Code::InvalidArgument => {
+        match send(client, &edited, how).await {
+            Ok(said) => return output::out(&done("edited", node, &said, how.dry_run)),
+            Err(CallError::Status(status)) => {
                 errors = vec![client::rpc_error_text(&status)];
                 current = edited;
             }
-            Err(err) => return Err(client.call_error(err)),
+            Err(err) => {
+                // Write the edit back so that the kept copy has it.
+                machinery::fsutil::write_atomic(&path, edited.as_bytes(), 0o600)?;
+                return Err(keep(dir, client.call_error(err)));
+            }
         }
     }
 }
@@ -315,20 +377,22 @@ mod tests {
         .expect("configs")
         .worker_yaml;
         let out = patched(
-            config.as_bytes(),
+            &config,
             &[
                 "machine: {network: {hostname: b}}".to_owned(),
                 "machine: {network: {hostname: c}}".to_owned(),
             ],
         )
         .expect("patched");
-        let text = String::from_utf8(out).expect("utf8");
-        assert!(text.contains("hostname: c"), "{text}");
-        let err = patched(config.as_bytes(), &["machine: {networkz: {}}".to_owned()])
-            .expect_err("unknown key");
+        assert!(out.contains("hostname: c"), "{out}");
+        assert!(!same_config(&config, &out));
+        // A patch that changes nothing rewrites the text, but says the same.
+        let again =
+            patched(&out, &["machine: {network: {hostname: c}}".to_owned()]).expect("patched");
+        assert!(same_config(&out, &again));
+        let err =
+            patched(&config, &["machine: {networkz: {}}".to_owned()]).expect_err("unknown key");
         assert!(format!("{err:#}").contains("networkz"), "{err:#}");
-        let err = patched(b"\xff", &[]).expect_err("binary");
-        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 
     #[test]
@@ -346,5 +410,7 @@ mod tests {
         // A header the person changed: every leading comment line goes.
         let text = "# mine\n# ERROR: old\nversion: v1alpha1\n";
         assert_eq!(without_header(text, &header), "version: v1alpha1\n");
+        assert!(is_blank("# only\n\n  # comments\n"));
+        assert!(!is_blank("# a\nversion: v1alpha1\n"));
     }
 }
