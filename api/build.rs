@@ -26,6 +26,7 @@ const CONTRACTS: &[&str] = &[
     "resource/definitions/runtime/runtime.proto",
     "resource/definitions/network/network.proto",
     "resource/definitions/v1alpha1/v1alpha1.proto",
+    "resource/definitions/block/block.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -96,6 +96,10 @@ pub mod talos {
         //! Resource spec packages.
         pub mod definitions {
             //! One module per upstream package.
+            pub mod block {
+                //! `talos.resource.definitions.block`.
+                tonic::include_proto!("talos.resource.definitions.block");
+            }
             pub mod enums {
                 //! `talos.resource.definitions.enums`.
                 tonic::include_proto!("talos.resource.definitions.enums");
@@ -149,6 +153,7 @@ pub const CONTRACT_VERSIONS: &[(&str, &str)] = &[
     ("resource/definitions/runtime/runtime.proto", "1.0.0"),
     ("resource/definitions/network/network.proto", "1.0.0"),
     ("resource/definitions/v1alpha1/v1alpha1.proto", "1.0.0"),
+    ("resource/definitions/block/block.proto", "1.0.0"),
 ];
 
 /// Decodes [`FILE_DESCRIPTOR_SET`].

@@ -14,12 +14,13 @@
 //! that comes and goes between two reads is not counted. Watches poll.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use api::cosi::resource::meta as meta_pb;
 use api::talos::resource::definitions::{
-    network as network_pb, runtime as runtime_pb, v1alpha1 as v1alpha1_pb,
+    block as block_pb, network as network_pb, runtime as runtime_pb, v1alpha1 as v1alpha1_pb,
 };
 use serde::Serialize;
 
@@ -150,6 +151,24 @@ pub const HOSTNAME_STATUS: Definition = Definition {
     sensitive: false,
 };
 
+/// `Disks.block.talos.dev`: one per whole disk (`vda`, `nvme0n1`...).
+pub const DISK: Definition = Definition {
+    type_: "Disks.block.talos.dev",
+    display: "Disk",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[
+        ("Size", "{.pretty_size}"),
+        ("Read Only", "{.readonly}"),
+        ("Transport", "{.transport}"),
+        ("Rotational", "{.rotational}"),
+        ("WWID", "{.wwid}"),
+        ("Model", "{.model}"),
+        ("Serial", "{.serial}"),
+    ],
+    sensitive: false,
+};
+
 /// Every type served.
 pub const DEFINITIONS: &[Definition] = &[
     NAMESPACE,
@@ -161,6 +180,7 @@ pub const DEFINITIONS: &[Definition] = &[
     MACHINE_STATUS,
     SERVICE,
     HOSTNAME_STATUS,
+    DISK,
 ];
 
 impl Definition {
@@ -474,6 +494,7 @@ impl Resources {
             t if t == MACHINE_STATUS.type_ => self.machine_status(),
             t if t == SERVICE.type_ => self.services(),
             t if t == HOSTNAME_STATUS.type_ => self.hostname_status(),
+            t if t == DISK.type_ => disks(PathBuf::from("/sys")).await,
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
     }
@@ -703,6 +724,120 @@ async fn meta_keys() -> Result<Vec<Item>, ResourceError> {
         .collect()
 }
 
+/// The disks under `<sysfs>/block`, as udevd's Disks API lists them
+/// (no loop, RAM or device-mapper devices), CD drives without media with
+/// size 0. Blocks on sysfs reads: runs on the blocking pool.
+async fn disks(sysfs: PathBuf) -> Result<Vec<Item>, ResourceError> {
+    let read = |e: String| ResourceError::Read {
+        what: "the disks in sysfs",
+        message: e,
+    };
+    tokio::task::spawn_blocking(move || {
+        let devices = udevd::sysfs::disks(&sysfs).map_err(|e| read(e.to_string()))?;
+        devices
+            .iter()
+            .filter(|d| d.size > 0 || d.cdrom)
+            .map(|d| disk_item(&sysfs, d))
+            .collect()
+    })
+    .await
+    .map_err(|e| read(e.to_string()))?
+}
+
+fn disk_item(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> Result<Item, ResourceError> {
+    let queue = sysfs.join("block").join(&dev.name).join("queue");
+    let number = |file: &str| {
+        std::fs::read_to_string(queue.join(file))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let spec = block_pb::DiskSpec {
+        size: dev.size,
+        io_size: number("minimum_io_size"),
+        sector_size: number("logical_block_size"),
+        readonly: dev.readonly,
+        model: dev.model.clone(),
+        serial: dev.serial.clone(),
+        modalias: dev.modalias.clone(),
+        wwid: dev.wwid.clone(),
+        bus_path: dev.bus_path.clone(),
+        sub_system: dev.subsystem.clone(),
+        transport: transport_name(sysfs, dev).to_owned(),
+        rotational: dev.rotational,
+        cdrom: dev.cdrom,
+        dev_path: format!("/dev/{}", dev.name),
+        pretty_size: machinery::humanize::bytes(dev.size),
+        secondary_disks: Vec::new(),
+        uuid: dev.uuid.clone(),
+        symlinks: Vec::new(),
+    };
+    let yaml = DiskYaml {
+        dev_path: &spec.dev_path,
+        size: spec.size,
+        pretty_size: &spec.pretty_size,
+        io_size: spec.io_size,
+        sector_size: spec.sector_size,
+        readonly: spec.readonly,
+        cdrom: spec.cdrom,
+        model: &spec.model,
+        serial: &spec.serial,
+        modalias: &spec.modalias,
+        wwid: &spec.wwid,
+        uuid: &spec.uuid,
+        bus_path: &spec.bus_path,
+        sub_system: &spec.sub_system,
+        transport: &spec.transport,
+        rotational: spec.rotational,
+    };
+    item(dev.name.clone(), &yaml, &spec)
+}
+
+/// How a disk is attached, in upstream's words: by name for NVMe, virtio
+/// and MMC; by the SCSI host's driver for SCSI-attached disks (`ahci` →
+/// `sata`, other libata drivers → `ata`, `virtio_scsi` → `virtio`); `usb`
+/// below a USB port; empty when unknown.
+fn transport_name(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> &'static str {
+    use udevd::sysfs::Transport;
+    match dev.transport {
+        Transport::Nvme => "nvme",
+        Transport::Virtio => "virtio",
+        Transport::Mmc => "mmc",
+        Transport::Usb => "usb",
+        Transport::Ata | Transport::Scsi => {
+            let driver = scsi_host_driver(sysfs, &dev.name).unwrap_or_default();
+            match driver.as_str() {
+                "ahci" | "sata" => "sata",
+                "virtio_scsi" => "virtio",
+                d if d.contains("ata") => "ata",
+                _ => "",
+            }
+        }
+        Transport::Xen | Transport::Unknown => "",
+    }
+}
+
+/// The driver of the SCSI host a disk hangs off
+/// (`.../hostN/scsi_host/hostN/proc_name`).
+fn scsi_host_driver(sysfs: &Path, name: &str) -> Option<String> {
+    let device = sysfs
+        .join("block")
+        .join(name)
+        .join("device")
+        .canonicalize()
+        .ok()?;
+    let host = device.ancestors().find(|a| {
+        a.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("host"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })?;
+    let host_name = host.file_name()?;
+    std::fs::read_to_string(host.join("scsi_host").join(host_name).join("proc_name"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
 /// A META key's resource id, as upstream writes it: `0x0a`.
 #[must_use]
 pub fn meta_key_id(tag: u8) -> String {
@@ -790,6 +925,37 @@ struct ServiceYaml {
     unknown: bool,
 }
 
+/// Upstream's field names, snake case for this type; the identity and
+/// size fields are always written, the rest only when set.
+#[derive(Serialize)]
+struct DiskYaml<'a> {
+    dev_path: &'a str,
+    size: u64,
+    pretty_size: &'a str,
+    io_size: u64,
+    sector_size: u64,
+    readonly: bool,
+    cdrom: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    model: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    serial: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    modalias: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    wwid: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    uuid: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    bus_path: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sub_system: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    transport: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    rotational: bool,
+}
+
 #[derive(Serialize)]
 struct HostnameYaml<'a> {
     hostname: &'a str,
@@ -799,6 +965,7 @@ struct HostnameYaml<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     #[test]
     fn aliases_are_derived_as_cosi_derives_them() {
@@ -846,6 +1013,78 @@ mod tests {
             Resources::resolve("config", MACHINE_CONFIG.type_, true).expect("admin"),
             &MACHINE_CONFIG
         );
+    }
+
+    #[tokio::test]
+    async fn disks_are_read_from_sysfs_in_upstreams_shape() {
+        use udevd::testing::{FakeDisk, write_fake_disk};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path();
+        write_fake_disk(
+            sys,
+            &FakeDisk {
+                name: "vda".into(),
+                device_path: "pci0000:00/0000:00:05.0/virtio2".into(),
+                sectors: 20_971_520,
+                attrs: vec![
+                    ("serial".into(), "disk-one\n".into()),
+                    ("queue/logical_block_size".into(), "512\n".into()),
+                    ("queue/minimum_io_size".into(), "4096\n".into()),
+                ],
+                ..FakeDisk::default()
+            },
+        )
+        .expect("vda");
+        let ata = "pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0";
+        write_fake_disk(
+            sys,
+            &FakeDisk {
+                name: "sda".into(),
+                device_path: ata.into(),
+                sectors: 1000,
+                rotational: true,
+                device_attrs: vec![
+                    ("vendor".into(), "ATA     \n".into()),
+                    ("model".into(), "QEMU HARDDISK   \n".into()),
+                ],
+                ..FakeDisk::default()
+            },
+        )
+        .expect("sda");
+        let host = sys.join("devices/pci0000:00/0000:00:1f.2/ata1/host0/scsi_host/host0");
+        std::fs::create_dir_all(&host).expect("host");
+        std::fs::write(host.join("proc_name"), "ahci\n").expect("proc_name");
+        // Loop devices and empty drives are no disks.
+        write_fake_disk(
+            sys,
+            &FakeDisk {
+                name: "loop0".into(),
+                sectors: 8,
+                ..FakeDisk::default()
+            },
+        )
+        .expect("loop0");
+
+        let items = disks(sys.to_path_buf()).await.expect("disks");
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["sda", "vda"]);
+        let vda = &items[1];
+        assert_eq!(
+            vda.yaml,
+            "dev_path: /dev/vda\nsize: 10737418240\npretty_size: 11 GB\nio_size: 4096\n\
+             sector_size: 512\nreadonly: false\ncdrom: false\nserial: disk-one\n\
+             bus_path: /pci0000:00/0000:00:05.0/virtio2\nsub_system: /sys/class/block\n\
+             transport: virtio\n"
+        );
+        let spec = block_pb::DiskSpec::decode(vda.proto.as_slice()).expect("proto");
+        assert_eq!(spec.size, 10_737_418_240);
+        assert_eq!(spec.dev_path, "/dev/vda");
+        assert_eq!(spec.transport, "virtio");
+        let sda = block_pb::DiskSpec::decode(items[0].proto.as_slice()).expect("proto");
+        assert_eq!(sda.transport, "sata", "ahci is sata");
+        assert!(sda.rotational);
+        assert_eq!(sda.model, "QEMU HARDDISK");
+        assert!(items[0].yaml.contains("rotational: true\n"));
     }
 
     #[test]

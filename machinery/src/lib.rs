@@ -23,6 +23,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod grpc;
 pub mod h2;
+pub mod humanize;
 pub mod meta;
 pub mod mode;
 pub mod pki;

@@ -247,6 +247,10 @@ pub struct GetArgs {
     /// Watch resource changes
     #[arg(short = 'w', long)]
     pub watch: bool,
+    /// Talk to a node in maintenance mode: no server verification, no
+    /// client certificate (reads only; the machine config is not readable)
+    #[arg(short = 'i', long)]
+    pub insecure: bool,
 }
 
 /// `get` output formats.

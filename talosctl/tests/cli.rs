@@ -320,6 +320,34 @@ fn gen_config_cluster_and_everyday_commands() {
         rd.starts_with("NODE") && rd.contains("metakeys.runtime.talos.dev"),
         "{rd}"
     );
+    // The host's disks, whatever they are, under upstream's columns.
+    let disks = ok(&tc, &["get", "disks"]);
+    let header: Vec<&str> = disks
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NODE",
+            "NAMESPACE",
+            "TYPE",
+            "ID",
+            "VERSION",
+            "SIZE",
+            "READ ONLY",
+            "TRANSPORT",
+            "ROTATIONAL",
+            "WWID",
+            "MODEL",
+            "SERIAL"
+        ],
+        "{disks}"
+    );
     let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
     let header: Vec<&str> = svc
         .lines()

@@ -1077,6 +1077,23 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         |v| v.contains("Server:"),
     );
 
+    // The disk to install to, as an operator finds it: `get disks` in
+    // maintenance mode (the COSI API over the maintenance TLS, as
+    // os:reader); the machine config is not readable there.
+    let disks = ok(&none, &["-n", &endpoint, "get", "disks", "--insecure"]);
+    assert!(
+        disks.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(1..4) == Some(&["runtime", "Disk", "vda"][..])
+                && l.contains("3.2 GB")
+                && l.contains("virtio")
+        }),
+        "{disks}"
+    );
+    let r = run(&none, &["-n", &endpoint, "get", "mc", "--insecure"]);
+    assert_ne!(r.code, 0, "{}", r.out);
+    assert!(r.err.contains("not authorized"), "{}", r.err);
+
     // Install: the config names the disk and the image (pulled over http
     // from the test's registry, declared as a mirror, with the password the
     // registry wants).

@@ -349,7 +349,13 @@ pub async fn definitions(client: &Client) -> Result<Vec<ResourceDefinitionSpec>,
 /// The type is unknown, the client setup or a call failed, or a node
 /// failed (reported after the others are printed).
 pub async fn get(global: &GlobalArgs, args: GetArgs) -> anyhow::Result<()> {
-    let client = Client::connect(global, Options::default())?;
+    let client = Client::connect(
+        global,
+        Options {
+            insecure: args.insecure,
+            ..Options::default()
+        },
+    )?;
     let nodes = client.per_node();
     let first = nodes.first().ok_or_else(|| anyhow!("no node to ask"))?;
     let kind = match definitions(first).await {
