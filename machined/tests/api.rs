@@ -754,6 +754,17 @@ mod cosi {
         &r.spec.as_ref().expect("spec").yaml_spec
     }
 
+    /// The machine config resource, read as a local caller.
+    async fn current_config(state: &mut StateClient<Channel>) -> cosi_pb::Resource {
+        state
+            .get(get("config", MC, "v1alpha1"))
+            .await
+            .expect("machine config")
+            .into_inner()
+            .resource
+            .expect("resource")
+    }
+
     const MC: &str = "MachineConfigs.config.talos.dev";
     const SVC: &str = "Services.v1alpha1.talos.dev";
 
@@ -840,13 +851,7 @@ mod cosi {
             ))
             .await
             .expect("apply");
-        let first = state
-            .get(get("config", MC, "v1alpha1"))
-            .await
-            .expect("machine config")
-            .into_inner()
-            .resource
-            .expect("resource");
+        let first = current_config(&mut state).await;
         assert_eq!(version(&first), "1");
         let proto = api::resource::config::MachineConfigSpec::decode(
             first.spec.as_ref().expect("spec").proto_spec.as_slice(),
@@ -917,13 +922,7 @@ mod cosi {
             ))
             .await
             .expect("apply");
-        let second = state
-            .get(get("config", MC, "v1alpha1"))
-            .await
-            .expect("machine config")
-            .into_inner()
-            .resource
-            .expect("resource");
+        let second = current_config(&mut state).await;
         assert_eq!(version(&second), "2");
         let (m1, m2) = (
             first.metadata.as_ref().expect("md"),
@@ -931,13 +930,7 @@ mod cosi {
         );
         assert_eq!(m1.created, m2.created);
         assert!(yaml(&second).contains("hostname: second"));
-        let again = state
-            .get(get("config", MC, "v1alpha1"))
-            .await
-            .expect("machine config")
-            .into_inner()
-            .resource
-            .expect("resource");
+        let again = current_config(&mut state).await;
         assert_eq!(version(&again), "2", "unchanged: same version");
 
         // Refusals, each with upstream's code.

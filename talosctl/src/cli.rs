@@ -279,15 +279,9 @@ pub struct PatchArgs {
     /// A file holding a patch (the same as `--patch @FILE`)
     #[arg(long)]
     pub patch_file: Option<PathBuf>,
-    /// apply config mode
-    #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::Auto)]
-    pub mode: ApplyMode,
-    /// check how the config change will be applied in dry-run mode
-    #[arg(long)]
-    pub dry_run: bool,
-    /// the config will be rolled back after specified timeout (if try mode is selected)
-    #[arg(long, default_value = "1m")]
-    pub timeout: String,
+    /// How the node applies the config.
+    #[command(flatten)]
+    pub apply: ApplyFlags,
 }
 
 /// `edit` arguments.
@@ -297,15 +291,9 @@ pub struct EditArgs {
     pub resource: String,
     /// Its id: `v1alpha1`, the config in effect
     pub id: Option<String>,
-    /// apply config mode
-    #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::Auto)]
-    pub mode: ApplyMode,
-    /// do not apply the change after editing and print the change summary instead
-    #[arg(long)]
-    pub dry_run: bool,
-    /// the config will be rolled back after specified timeout (if try mode is selected)
-    #[arg(long, default_value = "1m")]
-    pub timeout: String,
+    /// How the node applies the config.
+    #[command(flatten)]
+    pub apply: ApplyFlags,
 }
 
 /// `meta` arguments.
@@ -664,6 +652,20 @@ pub struct ApplyArgs {
     /// the filename of the updated configuration
     #[arg(short = 'f', long)]
     pub file: Option<PathBuf>,
+    /// How the node applies the config.
+    #[command(flatten)]
+    pub apply: ApplyFlags,
+    /// apply the config using the insecure (encrypted with no auth) maintenance service
+    #[arg(short = 'i', long)]
+    pub insecure: bool,
+    /// the list of config patches to apply to the local config file before sending it to the node (@file or inline YAML/JSON)
+    #[arg(short = 'p', long = "config-patch", action = ArgAction::Append)]
+    pub patches: Vec<String>,
+}
+
+/// How a config is applied: `apply-config`, `patch` and `edit` alike.
+#[derive(Debug, Args)]
+pub struct ApplyFlags {
     /// apply config mode
     #[arg(short = 'm', long, value_enum, default_value_t = ApplyMode::Auto)]
     pub mode: ApplyMode,
@@ -673,12 +675,6 @@ pub struct ApplyArgs {
     /// the config will be rolled back after specified timeout (if try mode is selected)
     #[arg(long, default_value = "1m")]
     pub timeout: String,
-    /// apply the config using the insecure (encrypted with no auth) maintenance service
-    #[arg(short = 'i', long)]
-    pub insecure: bool,
-    /// the list of config patches to apply to the local config file before sending it to the node (@file or inline YAML/JSON)
-    #[arg(short = 'p', long = "config-patch", action = ArgAction::Append)]
-    pub patches: Vec<String>,
 }
 
 /// `completion` arguments.

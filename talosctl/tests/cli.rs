@@ -28,26 +28,15 @@ struct Run {
 }
 
 fn run(talosconfig: &Path, args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(talosctl())
-        .arg("--talosconfig")
-        .arg(talosconfig)
-        .args(args)
-        .env_remove("TALOSCONFIG")
-        .output()
-        .expect("talosctl runs");
-    Run {
-        out: String::from_utf8_lossy(&stdout).into_owned(),
-        err: String::from_utf8_lossy(&stderr).into_owned(),
-        code: status.code().unwrap_or(-1),
-    }
+    run_env(talosconfig, args, &[])
 }
 
 /// [`run`] with `EDITOR` set (for `talosctl edit`).
 fn run_with_editor(talosconfig: &Path, editor: &Path, args: &[&str]) -> Run {
+    run_env(talosconfig, args, &[("EDITOR", editor)])
+}
+
+fn run_env(talosconfig: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
     let Output {
         status,
         stdout,
@@ -58,7 +47,7 @@ fn run_with_editor(talosconfig: &Path, editor: &Path, args: &[&str]) -> Run {
         .args(args)
         .env_remove("TALOSCONFIG")
         .env_remove("TALOS_EDITOR")
-        .env("EDITOR", editor)
+        .envs(env.iter().copied())
         .output()
         .expect("talosctl runs");
     Run {
@@ -66,6 +55,19 @@ fn run_with_editor(talosconfig: &Path, editor: &Path, args: &[&str]) -> Run {
         err: String::from_utf8_lossy(&stderr).into_owned(),
         code: status.code().unwrap_or(-1),
     }
+}
+
+/// The column titles of a table's first line (columns are three or more
+/// spaces apart; titles may hold single spaces).
+fn header(table: &str) -> Vec<&str> {
+    table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
 }
 
 fn ok(talosconfig: &Path, args: &[&str]) -> String {
@@ -322,16 +324,8 @@ fn gen_config_cluster_and_everyday_commands() {
     );
     // The host's disks, whatever they are, under upstream's columns.
     let disks = ok(&tc, &["get", "disks"]);
-    let header: Vec<&str> = disks
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split("   ")
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
     assert_eq!(
-        header,
+        header(&disks),
         [
             "NODE",
             "NAMESPACE",
@@ -349,16 +343,8 @@ fn gen_config_cluster_and_everyday_commands() {
         "{disks}"
     );
     let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
-    let header: Vec<&str> = svc
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split("   ")
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
     assert_eq!(
-        header,
+        header(&svc),
         [
             "NODE",
             "NAMESPACE",

@@ -60,8 +60,8 @@ pub async fn run(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<()> {
         bail!("no filename supplied for configuration");
     };
     let data = load_config(file, &args.patches)?;
-    let try_timeout =
-        output::parse_go_duration(&args.timeout).map_err(|err| anyhow!("--timeout: {err}"))?;
+    let try_timeout = output::parse_go_duration(&args.apply.timeout)
+        .map_err(|err| anyhow!("--timeout: {err}"))?;
     let client = Client::connect(
         global,
         Options {
@@ -71,8 +71,8 @@ pub async fn run(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<()> {
     )?;
     let request = ApplyConfigurationRequest {
         data,
-        mode: request_mode(args.mode) as i32,
-        dry_run: args.dry_run,
+        mode: request_mode(args.apply.mode) as i32,
+        dry_run: args.apply.dry_run,
         try_mode_timeout: Some(output::proto_duration(try_timeout)),
     };
     let response = client

@@ -13,7 +13,7 @@ use api::cosi::resource as pb;
 use api::machine::ApplyConfigurationRequest;
 use prost::Message as _;
 
-use crate::cli::{ApplyMode, EditArgs, GlobalArgs, PatchArgs};
+use crate::cli::{ApplyFlags, ApplyMode, EditArgs, GlobalArgs, PatchArgs};
 use crate::client::{self, CallError, Client, Options};
 use crate::cmd::apply::request_mode;
 use crate::cmd::get::{self, Kind};
@@ -32,12 +32,12 @@ struct Apply {
 }
 
 impl Apply {
-    fn new(mode: ApplyMode, dry_run: bool, timeout: &str) -> anyhow::Result<Apply> {
+    fn new(flags: &ApplyFlags) -> anyhow::Result<Apply> {
         let timeout =
-            output::parse_go_duration(timeout).map_err(|err| anyhow!("--timeout: {err}"))?;
+            output::parse_go_duration(&flags.timeout).map_err(|err| anyhow!("--timeout: {err}"))?;
         Ok(Apply {
-            mode,
-            dry_run,
+            mode: flags.mode,
+            dry_run: flags.dry_run,
             try_timeout: output::proto_duration(timeout),
         })
     }
@@ -178,7 +178,7 @@ pub async fn patch(global: &GlobalArgs, args: PatchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| super::load_patch(p))
         .collect::<anyhow::Result<Vec<String>>>()?;
-    let how = Apply::new(args.mode, args.dry_run, &args.timeout)?;
+    let how = Apply::new(&args.apply)?;
     let client = Client::connect(global, Options::default())?;
     let nodes = client.per_node();
     let first = nodes.first().ok_or_else(|| anyhow!("no node to patch"))?;
@@ -278,7 +278,7 @@ async fn run_editor(path: &Path) -> anyhow::Result<()> {
 /// The type is not the machine config, the editor failed, or a call
 /// failed.
 pub async fn edit(global: &GlobalArgs, args: EditArgs) -> anyhow::Result<()> {
-    let how = Apply::new(args.mode, args.dry_run, &args.timeout)?;
+    let how = Apply::new(&args.apply)?;
     let client = Client::connect(global, Options::default())?;
     let nodes = client.per_node();
     let first = nodes.first().ok_or_else(|| anyhow!("no node to edit"))?;
