@@ -203,8 +203,6 @@ fn run_streaming(
 /// What the fetch step needs from the config.
 #[derive(Debug, Clone, Default)]
 pub struct FetchSettings {
-    /// Registries pulled over plain http (a mirror endpoint `http://...`).
-    pub plain_http_registries: Vec<String>,
     /// Extra trusted public keys (PEM) from `machine.install.trustedKeys`.
     pub trusted_keys: Vec<String>,
     /// Mirrors, credentials and TLS settings from `machine.registries`.
@@ -212,13 +210,13 @@ pub struct FetchSettings {
 }
 
 impl FetchSettings {
-    /// From the machine config: `machine.registries.mirrors.<name>.endpoints`
-    /// entries `http://<name>` make `<name>` a plain-http registry.
+    /// From the machine config. A registry that declares itself plain
+    /// http (`mirrors.<name>.endpoints: ["http://<name>"]`) reaches the
+    /// installer with the mirrors, which it reads the same way.
     #[must_use]
     pub fn from_config(config: Option<&machinery::config::MachineConfig>) -> FetchSettings {
         let mut settings = FetchSettings::default();
         if let Some(config) = config {
-            settings.plain_http_registries = config.plain_http_registries();
             settings.trusted_keys = config.install_trusted_keys().to_vec();
             settings.registries = config.registries().clone();
         }
@@ -263,9 +261,6 @@ fn fetch(
             })?;
         }
         cmd.arg("--trusted-key").arg(keys);
-    }
-    for registry in &settings.plain_http_registries {
-        cmd.args(["--plain-http-registry", registry]);
     }
     // Credentials go in a file only root can read, not on the command line
     // where every process could see them.

@@ -1065,15 +1065,19 @@ fn base64_round_trips_through_the_public_api() {
 }
 
 #[test]
-fn plain_http_registries_and_installer_keys_are_read() {
+fn self_declared_http_registries_and_installer_keys_are_read() {
     let text = edit(
         &controlplane_yaml(),
         "        wipe: false # wipe before install\n",
         "        wipe: false # wipe before install\n        trustedKeys:\n            - |\n              -----BEGIN PUBLIC KEY-----\n              MCowBQYDK2VwAyEA\n              -----END PUBLIC KEY-----\n    registries:\n        mirrors:\n            10.0.2.2:5000:\n                endpoints: [\"http://10.0.2.2:5000\"]\n            docker.io:\n                endpoints: [\"https://mirror.example\"]\n            ghcr.io:\n                endpoints: [\"http://elsewhere:5000\"]\n",
     );
     let cfg = parse_ok(&text);
-    // Only a mirror that names itself over http makes a plain-http registry.
-    assert_eq!(cfg.plain_http_registries(), ["10.0.2.2:5000"]);
+    // A registry that names itself over http: the installer reads that
+    // from the mirrors it is handed.
+    assert_eq!(
+        cfg.registries().mirrors["10.0.2.2:5000"].endpoints,
+        ["http://10.0.2.2:5000"]
+    );
     assert_eq!(cfg.install_trusted_keys().len(), 1);
     assert!(cfg.install_trusted_keys()[0].starts_with("-----BEGIN PUBLIC KEY-----"));
 
@@ -1083,11 +1087,7 @@ fn plain_http_registries_and_installer_keys_are_read() {
         "not a key\n              MCow",
     );
     assert_issues(&parse_err(&bad), &["machine.install.trustedKeys[0]"]);
-    assert!(
-        parse_ok(&controlplane_yaml())
-            .plain_http_registries()
-            .is_empty()
-    );
+    assert!(parse_ok(&controlplane_yaml()).registries().is_empty());
 }
 
 #[test]

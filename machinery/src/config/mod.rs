@@ -525,44 +525,6 @@ impl MachineConfig {
             .filter(|image| !image.is_empty())
     }
 
-    /// Registries to pull from over plain http: the names under
-    /// `machine.registries.mirrors` that list their own address with an
-    /// `http://` endpoint (`"10.5.0.1:5000": {endpoints: ["http://10.5.0.1:5000"]}`),
-    /// upstream's way of declaring an http registry. Whatever travels over
-    /// it is still verified (digests and signature).
-    #[must_use]
-    pub fn plain_http_registries(&self) -> Vec<String> {
-        let Some(mirrors) = self
-            .machine()
-            .and_then(|machine| machine.registries.as_ref())
-            .and_then(|r| r.get("mirrors"))
-            .and_then(Value::as_mapping)
-        else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (name, mirror) in mirrors {
-            let Some(name) = name.as_str() else { continue };
-            let endpoints = mirror
-                .get("endpoints")
-                .and_then(Value::as_sequence)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str);
-            for endpoint in endpoints {
-                let host = endpoint
-                    .strip_prefix("http://")
-                    .map(|h| h.trim_end_matches('/'));
-                if host == Some(name) {
-                    out.push(name.to_owned());
-                }
-            }
-        }
-        out.sort();
-        out.dedup();
-        out
-    }
-
     /// The rules a config must pass to be applied, on top of the ones
     /// [`parse`] enforces: rules added after configs were persisted without
     /// them, so a persisted config that breaks one still loads at boot (the
