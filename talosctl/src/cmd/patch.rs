@@ -7,11 +7,13 @@
 //! Nodes are handled one after another, each with its own config.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, anyhow, bail};
 use api::cosi::resource as pb;
 use api::machine::ApplyConfigurationRequest;
 use prost::Message as _;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{ApplyFlags, ApplyMode, EditArgs, GlobalArgs, PatchArgs};
 use crate::client::{self, CallError, Client, Options};
@@ -244,11 +246,27 @@ fn is_blank(text: &str) -> bool {
         .all(|l| l.is_empty() || l.starts_with('#'))
 }
 
-/// Runs the editor on `path` and waits for it. Interrupts go to the
-/// editor: talosctl outlives them, so the private copy of the config is
-/// always cleaned up or reported.
+/// Whether the editor is running: interrupts are then the editor's.
+static EDITOR_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Sets [`EDITOR_RUNNING`] for as long as it lives.
+struct EditorRunning;
+
+impl EditorRunning {
+    fn start() -> EditorRunning {
+        EDITOR_RUNNING.store(true, Ordering::SeqCst);
+        EditorRunning
+    }
+}
+
+impl Drop for EditorRunning {
+    fn drop(&mut self) {
+        EDITOR_RUNNING.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Runs the editor on `path` and waits for it.
 async fn run_editor(path: &Path) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let editor = ["TALOS_EDITOR", "EDITOR", "VISUAL"]
         .iter()
         .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
@@ -257,9 +275,7 @@ async fn run_editor(path: &Path) -> anyhow::Result<()> {
     let program = words
         .next()
         .ok_or_else(|| anyhow!("the editor command is empty"))?;
-    // Registered handlers replace the default action (exit) while held.
-    let _interrupt = signal(SignalKind::interrupt()).context("holding SIGINT for the editor")?;
-    let _quit = signal(SignalKind::quit()).context("holding SIGQUIT for the editor")?;
+    let _running = EditorRunning::start();
     let status = tokio::process::Command::new(program)
         .args(words)
         .arg(path)
@@ -283,10 +299,30 @@ pub async fn edit(global: &GlobalArgs, args: EditArgs) -> anyhow::Result<()> {
     let nodes = client.per_node();
     let first = nodes.first().ok_or_else(|| anyhow!("no node to edit"))?;
     let kind = resolve(first, &args.resource, args.id.as_deref()).await?;
+    // Interrupts while the editor runs are the editor's (talosctl outlives
+    // them); any other interrupt ends the edit, and with it the private
+    // copy of the config.
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("taking over interrupts for the editor")?;
+    let mut quit = signal(SignalKind::quit()).context("taking over SIGQUIT for the editor")?;
     for node_client in &nodes {
         let node = node_client.default_node().to_owned();
         let original = fetch(node_client, &kind).await?;
-        edit_node(node_client, &node, &original, &how).await?;
+        let work = edit_node(node_client, &node, &original, &how);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => {
+                    done?;
+                    break;
+                }
+                _ = interrupt.recv() => {}
+                _ = quit.recv() => {}
+            }
+            if !EDITOR_RUNNING.load(Ordering::SeqCst) {
+                bail!("{node}: interrupted (an edit already sent may have been applied)");
+            }
+        }
     }
     Ok(())
 }
