@@ -725,9 +725,14 @@ async fn meta_keys() -> Result<Vec<Item>, ResourceError> {
 }
 
 /// The disks under `<sysfs>/block`, as udevd's Disks API lists them
-/// (no loop, RAM or device-mapper devices), CD drives without media with
-/// size 0. Blocks on sysfs reads: runs on the blocking pool.
+/// (no loop, RAM or device-mapper devices); a CD drive without a disc
+/// has size 0 (the kernel reports a made-up size for it). Blocks on sysfs
+/// and drive reads: runs on the blocking pool.
 async fn disks(sysfs: PathBuf) -> Result<Vec<Item>, ResourceError> {
+    disks_with(sysfs, PathBuf::from("/dev")).await
+}
+
+async fn disks_with(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceError> {
     let read = |e: String| ResourceError::Read {
         what: "the disks in sysfs",
         message: e,
@@ -737,14 +742,40 @@ async fn disks(sysfs: PathBuf) -> Result<Vec<Item>, ResourceError> {
         devices
             .iter()
             .filter(|d| d.size > 0 || d.cdrom)
-            .map(|d| disk_item(&sysfs, d))
+            .map(|d| {
+                let size = if d.cdrom && !has_disc(&dev.join(&d.name)) {
+                    0
+                } else {
+                    d.size
+                };
+                disk_item(&sysfs, d, size)
+            })
             .collect()
     })
     .await
     .map_err(|e| read(e.to_string()))?
 }
 
-fn disk_item(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> Result<Item, ResourceError> {
+/// Whether a CD drive holds a disc: its first sector can be read (an
+/// empty drive answers "no medium").
+fn has_disc(node: &Path) -> bool {
+    use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+    let Ok(drive) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+        .open(node)
+    else {
+        return false;
+    };
+    let mut sector = [0u8; 2048];
+    drive.read_at(&mut sector, 0).is_ok_and(|n| n > 0)
+}
+
+fn disk_item(
+    sysfs: &Path,
+    dev: &udevd::sysfs::BlockDevice,
+    size: u64,
+) -> Result<Item, ResourceError> {
     let queue = sysfs.join("block").join(&dev.name).join("queue");
     let number = |file: &str| {
         std::fs::read_to_string(queue.join(file))
@@ -752,10 +783,20 @@ fn disk_item(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> Result<Item, Reso
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let sector_size = Some(number("logical_block_size"))
+        .filter(|n| *n > 0)
+        .unwrap_or(512);
+    // As upstream: the optimal I/O size, else the minimum, else the
+    // sector size; only powers of two count.
+    let io_size = ["optimal_io_size", "minimum_io_size"]
+        .into_iter()
+        .map(number)
+        .find(|n| n.is_power_of_two())
+        .unwrap_or(sector_size);
     let spec = block_pb::DiskSpec {
-        size: dev.size,
-        io_size: number("minimum_io_size"),
-        sector_size: number("logical_block_size"),
+        size,
+        io_size,
+        sector_size,
         readonly: dev.readonly,
         model: dev.model.clone(),
         serial: dev.serial.clone(),
@@ -767,7 +808,7 @@ fn disk_item(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> Result<Item, Reso
         rotational: dev.rotational,
         cdrom: dev.cdrom,
         dev_path: format!("/dev/{}", dev.name),
-        pretty_size: machinery::humanize::bytes(dev.size),
+        pretty_size: machinery::humanize::bytes(size),
         secondary_disks: Vec::new(),
         uuid: dev.uuid.clone(),
         symlinks: Vec::new(),
@@ -1065,10 +1106,37 @@ mod tests {
         )
         .expect("loop0");
 
-        let items = disks(sys.to_path_buf()).await.expect("disks");
+        // Two CD drives; the kernel gives both a size, only sr1 holds a disc.
+        let dev = dir.path().join("dev");
+        std::fs::create_dir_all(&dev).expect("dev");
+        for name in ["sr0", "sr1"] {
+            write_fake_disk(
+                sys,
+                &FakeDisk {
+                    name: name.into(),
+                    device_path: format!(
+                        "pci0000:00/0000:00:01.1/ata2/host1/target1:0:0/1:0:0:{name}"
+                    ),
+                    sectors: 2_097_151,
+                    ..FakeDisk::default()
+                },
+            )
+            .expect("cd");
+        }
+        std::fs::write(dev.join("sr1"), vec![1u8; 4096]).expect("disc");
+
+        let items = disks_with(sys.to_path_buf(), dev).await.expect("disks");
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(ids, ["sda", "vda"]);
-        let vda = &items[1];
+        assert_eq!(ids, ["sda", "sr0", "sr1", "vda"]);
+        let cd = |i: usize| block_pb::DiskSpec::decode(items[i].proto.as_slice()).expect("proto");
+        assert!(cd(1).cdrom);
+        assert_eq!(
+            (cd(1).size, cd(1).pretty_size.as_str()),
+            (0, "0 B"),
+            "no disc"
+        );
+        assert_eq!(cd(2).size, 2_097_151 * 512, "a disc");
+        let vda = &items[3];
         assert_eq!(
             vda.yaml,
             "dev_path: /dev/vda\nsize: 10737418240\npretty_size: 11 GB\nio_size: 4096\n\
@@ -1083,6 +1151,7 @@ mod tests {
         let sda = block_pb::DiskSpec::decode(items[0].proto.as_slice()).expect("proto");
         assert_eq!(sda.transport, "sata", "ahci is sata");
         assert!(sda.rotational);
+        assert_eq!((sda.sector_size, sda.io_size), (512, 512), "the defaults");
         assert_eq!(sda.model, "QEMU HARDDISK");
         assert!(items[0].yaml.contains("rotational: true\n"));
     }

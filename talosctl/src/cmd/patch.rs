@@ -307,17 +307,22 @@ pub async fn edit(global: &GlobalArgs, args: EditArgs) -> anyhow::Result<()> {
     let mut quit = signal(SignalKind::quit()).context("taking over SIGQUIT for the editor")?;
     for node_client in &nodes {
         let node = node_client.default_node().to_owned();
-        let original = fetch(node_client, &kind).await?;
-        let work = edit_node(node_client, &node, &original, &how);
+        let work = async {
+            let original = fetch(node_client, &kind).await?;
+            edit_node(node_client, &node, &original, &how).await
+        };
         tokio::pin!(work);
         loop {
+            // Signals first: one that came with the editor's exit is
+            // judged while the editor still counts as running.
             tokio::select! {
+                biased;
+                _ = interrupt.recv() => {}
+                _ = quit.recv() => {}
                 done = &mut work => {
                     done?;
                     break;
                 }
-                _ = interrupt.recv() => {}
-                _ = quit.recv() => {}
             }
             if !EDITOR_RUNNING.load(Ordering::SeqCst) {
                 bail!("{node}: interrupted (an edit already sent may have been applied)");
