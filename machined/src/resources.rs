@@ -748,7 +748,7 @@ async fn disks_with(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceE
                 } else {
                     d.size
                 };
-                disk_item(&sysfs, d, size)
+                disk_item(&sysfs, d, size, symlinks(&dev, &d.name))
             })
             .collect()
     })
@@ -771,10 +771,34 @@ fn has_disc(node: &Path) -> bool {
     drive.read_at(&mut sector, 0).is_ok_and(|n| n > 0)
 }
 
+/// The links under `<dev>/disk/by-*` that lead to `<dev>/<name>`, sorted
+/// (`/dev/disk/by-id/virtio-...`, `/dev/disk/by-path/...`): the names an
+/// install disk can be chosen by.
+fn symlinks(dev: &Path, name: &str) -> Vec<String> {
+    let Ok(target) = dev.join(name).canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(kinds) = std::fs::read_dir(dev.join("disk")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = kinds
+        .filter_map(Result::ok)
+        .filter_map(|kind| std::fs::read_dir(kind.path()).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|link| link.path())
+        .filter(|link| link.is_symlink() && link.canonicalize().is_ok_and(|t| t == target))
+        .map(|link| link.display().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
 fn disk_item(
     sysfs: &Path,
     dev: &udevd::sysfs::BlockDevice,
     size: u64,
+    symlinks: Vec<String>,
 ) -> Result<Item, ResourceError> {
     let queue = sysfs.join("block").join(&dev.name).join("queue");
     let number = |file: &str| {
@@ -811,7 +835,7 @@ fn disk_item(
         pretty_size: machinery::humanize::bytes(size),
         secondary_disks: Vec::new(),
         uuid: dev.uuid.clone(),
-        symlinks: Vec::new(),
+        symlinks,
     };
     let yaml = DiskYaml {
         dev_path: &spec.dev_path,
@@ -830,6 +854,7 @@ fn disk_item(
         sub_system: &spec.sub_system,
         transport: &spec.transport,
         rotational: spec.rotational,
+        symlinks: &spec.symlinks,
     };
     item(dev.name.clone(), &yaml, &spec)
 }
@@ -995,6 +1020,8 @@ struct DiskYaml<'a> {
     transport: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     rotational: bool,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    symlinks: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -1124,8 +1151,19 @@ mod tests {
             .expect("cd");
         }
         std::fs::write(dev.join("sr1"), vec![1u8; 4096]).expect("disc");
+        // udevd's links to vda, and one that leads nowhere.
+        std::fs::write(dev.join("vda"), b"").expect("vda node");
+        let by_id = dev.join("disk/by-id");
+        let by_path = dev.join("disk/by-path");
+        std::fs::create_dir_all(&by_id).expect("by-id");
+        std::fs::create_dir_all(&by_path).expect("by-path");
+        std::os::unix::fs::symlink("../../vda", by_id.join("virtio-disk-one")).expect("link");
+        std::os::unix::fs::symlink("../../vda", by_path.join("pci-0000:00:05.0")).expect("link");
+        std::os::unix::fs::symlink("../../gone", by_id.join("virtio-gone")).expect("link");
 
-        let items = disks_with(sys.to_path_buf(), dev).await.expect("disks");
+        let items = disks_with(sys.to_path_buf(), dev.clone())
+            .await
+            .expect("disks");
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["sda", "sr0", "sr1", "vda"]);
         let cd = |i: usize| block_pb::DiskSpec::decode(items[i].proto.as_slice()).expect("proto");
@@ -1137,14 +1175,27 @@ mod tests {
         );
         assert_eq!(cd(2).size, 2_097_151 * 512, "a disc");
         let vda = &items[3];
-        assert_eq!(
-            vda.yaml,
-            "dev_path: /dev/vda\nsize: 10737418240\npretty_size: 11 GB\nio_size: 4096\n\
-             sector_size: 512\nreadonly: false\ncdrom: false\nserial: disk-one\n\
-             bus_path: /pci0000:00/0000:00:05.0/virtio2\nsub_system: /sys/class/block\n\
-             transport: virtio\n"
+        assert!(
+            vda.yaml.starts_with(
+                "dev_path: /dev/vda\nsize: 10737418240\npretty_size: 11 GB\nio_size: 4096\n\
+                 sector_size: 512\nreadonly: false\ncdrom: false\nserial: disk-one\n\
+                 bus_path: /pci0000:00/0000:00:05.0/virtio2\nsub_system: /sys/class/block\n\
+                 transport: virtio\nsymlinks:\n"
+            ),
+            "{}",
+            vda.yaml
         );
         let spec = block_pb::DiskSpec::decode(vda.proto.as_slice()).expect("proto");
+        assert_eq!(
+            spec.symlinks,
+            [
+                dev.join("disk/by-id/virtio-disk-one").display().to_string(),
+                dev.join("disk/by-path/pci-0000:00:05.0")
+                    .display()
+                    .to_string(),
+            ]
+        );
+        assert!(cd(2).symlinks.is_empty());
         assert_eq!(spec.size, 10_737_418_240);
         assert_eq!(spec.dev_path, "/dev/vda");
         assert_eq!(spec.transport, "virtio");
