@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use api::cosi::resource as pb;
 use api::cosi::resource::state_server::State;
+use api::roles::{Role, RoleSet};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -47,18 +48,13 @@ impl StateApi {
 /// in `talos-role`; a call without it came straight to machined's socket,
 /// which only root on the node can open.
 fn is_admin<T>(request: &Request<T>) -> bool {
-    let roles = request.metadata().get_all("talos-role");
-    let mut any = false;
-    for value in roles {
-        any = true;
-        if value
-            .to_str()
-            .is_ok_and(|v| v == api::roles::Role::Admin.as_str())
-        {
-            return true;
-        }
-    }
-    !any
+    let names: Vec<&str> = request
+        .metadata()
+        .get_all("talos-role")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    names.is_empty() || RoleSet::from_names(names).contains(Role::Admin)
 }
 
 /// An id filter from an `IDQuery`; none when the query is empty.
@@ -324,12 +320,7 @@ impl Watch {
             if self.bootstrapped_event {
                 // Upstream marks the end with a tombstone: namespace and
                 // type, no id.
-                events.push(pb::Event {
-                    resource: Some(self.tombstone("")),
-                    event_type: pb::EventType::Bootstrapped.into(),
-                    old: None,
-                    error: None,
-                });
+                events.push(event(self.tombstone(""), pb::EventType::Bootstrapped, None));
             }
             if !send(events).await {
                 return;

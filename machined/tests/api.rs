@@ -76,6 +76,11 @@ async fn start(services: Vec<ServiceSpec>, ring: usize) -> Harness {
     }
 }
 
+/// A service `worker` that runs and does nothing.
+fn sleeping_worker() -> ServiceSpec {
+    ServiceSpec::new("worker", "/bin/sh", ["-c", "exec sleep 60"])
+}
+
 async fn collect_data(
     mut stream: tonic::Streaming<api::common::Data>,
     until: impl Fn(&[u8]) -> bool,
@@ -100,15 +105,7 @@ fn lines(n: usize) -> String {
 
 #[tokio::test]
 async fn version_hostname_and_services() {
-    let mut h = start(
-        vec![ServiceSpec::new(
-            "worker",
-            "/bin/sh",
-            ["-c", "exec sleep 60"],
-        )],
-        64 * 1024,
-    )
-    .await;
+    let mut h = start(vec![sleeping_worker()], 64 * 1024).await;
     let v = h.client.version(()).await.expect("version").into_inner();
     let v = &v.messages[0];
     assert!(v.metadata.is_none(), "a node leaves metadata empty");
@@ -771,15 +768,7 @@ mod cosi {
     #[tokio::test]
     async fn resources_are_read_only_versioned_role_checked_and_watched() {
         use pb::apply_configuration_request::Mode;
-        let mut h = start(
-            vec![ServiceSpec::new(
-                "worker",
-                "/bin/sh",
-                ["-c", "exec sleep 60"],
-            )],
-            64 * 1024,
-        )
-        .await;
+        let mut h = start(vec![sleeping_worker()], 64 * 1024).await;
         let channel = machinery::grpc::unix_channel(&h.root.join("machined.sock"))
             .await
             .expect("connect");

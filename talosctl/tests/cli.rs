@@ -57,6 +57,26 @@ fn run_env(talosconfig: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
     }
 }
 
+/// `get hostname` shows one row: the node's hostname at that version.
+fn assert_hostname_row(talosconfig: &Path, node: &str, version: &str, hostname: &str) {
+    let table = ok(talosconfig, &["get", "hostname"]);
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    node,
+                    "network",
+                    "HostnameStatus",
+                    "hostname",
+                    version,
+                    hostname
+                ]),
+        "{table}"
+    );
+}
+
 /// The column titles of a table's first line (columns are three or more
 /// spaces apart; titles may hold single spaces).
 fn header(table: &str) -> Vec<&str> {
@@ -373,22 +393,7 @@ fn gen_config_cluster_and_everyday_commands() {
             && before.contains("  version: '1'\n"),
         "{before}"
     );
-    let hostname = ok(&tc, &["get", "hostname"]);
-    assert!(
-        hostname
-            .lines()
-            .nth(1)
-            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
-                == [
-                    cp,
-                    "network",
-                    "HostnameStatus",
-                    "hostname",
-                    "1",
-                    "cli-controlplane-1"
-                ]),
-        "{hostname}"
-    );
+    assert_hostname_row(&tc, cp, "1", "cli-controlplane-1");
     let r = run(&tc, &["get", "members"]);
     assert_ne!(r.code, 0);
     assert!(
@@ -449,22 +454,7 @@ fn gen_config_cluster_and_everyday_commands() {
         after["spec"]["machine"]["network"]["hostname"], "renamed-cp",
         "{after}"
     );
-    let hostname = ok(&tc, &["get", "hostname"]);
-    assert!(
-        hostname
-            .lines()
-            .nth(1)
-            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
-                == [
-                    cp,
-                    "network",
-                    "HostnameStatus",
-                    "hostname",
-                    "2",
-                    "renamed-cp"
-                ]),
-        "{hostname}"
-    );
+    assert_hostname_row(&tc, cp, "2", "renamed-cp");
     let bad = work.path().join("bad.yaml");
     std::fs::write(&bad, current.replace("  network:", "  networkz:")).expect("write");
     let r = run(&tc, &["apply-config", "-f", bad.to_str().expect("utf8")]);

@@ -321,11 +321,31 @@ impl Printer {
 /// # Errors
 /// The call failed, or a definition does not decode.
 pub async fn definitions(client: &Client) -> Result<Vec<ResourceDefinitionSpec>, CallError> {
+    list(client, META_NAMESPACE, DEFINITION_TYPE)
+        .await?
+        .into_iter()
+        .filter_map(|r| r.spec)
+        .map(|spec| {
+            ResourceDefinitionSpec::decode(spec.proto_spec.as_slice())
+                .map_err(|e| CallError::Status(tonic::Status::internal(e.to_string())))
+        })
+        .collect()
+}
+
+/// Every resource of `type_` in `namespace` on the node `client` targets.
+///
+/// # Errors
+/// The call or the stream failed.
+pub async fn list(
+    client: &Client,
+    namespace: &str,
+    type_: &str,
+) -> Result<Vec<pb::Resource>, CallError> {
     let mut stream = client
         .try_call(|channel| {
             let request = client.request(pb::ListRequest {
-                namespace: META_NAMESPACE.to_owned(),
-                r#type: DEFINITION_TYPE.to_owned(),
+                namespace: namespace.to_owned(),
+                r#type: type_.to_owned(),
                 options: None,
             });
             async move { state(channel).list(request).await }
@@ -333,14 +353,34 @@ pub async fn definitions(client: &Client) -> Result<Vec<ResourceDefinitionSpec>,
         .await?;
     let mut out = Vec::new();
     while let Some(reply) = stream.message().await.map_err(CallError::Status)? {
-        let Some(spec) = reply.resource.and_then(|r| r.spec) else {
-            continue;
-        };
-        let definition = ResourceDefinitionSpec::decode(spec.proto_spec.as_slice())
-            .map_err(|e| CallError::Status(tonic::Status::internal(e.to_string())))?;
-        out.push(definition);
+        out.extend(reply.resource);
     }
     Ok(out)
+}
+
+/// The resource `id` of `type_` in `namespace` on the node `client`
+/// targets (`None` only if the node answers without one).
+///
+/// # Errors
+/// The call failed (NotFound when there is no such resource).
+pub async fn get_one(
+    client: &Client,
+    namespace: &str,
+    type_: &str,
+    id: &str,
+) -> Result<Option<pb::Resource>, CallError> {
+    let reply = client
+        .try_call(|channel| {
+            let request = client.request(pb::GetRequest {
+                namespace: namespace.to_owned(),
+                r#type: type_.to_owned(),
+                id: id.to_owned(),
+                options: None,
+            });
+            async move { state(channel).get(request).await }
+        })
+        .await?;
+    Ok(reply.resource)
 }
 
 /// Runs `talosctl get`.
@@ -404,35 +444,13 @@ async fn read(
     namespace: &str,
     id: Option<&str>,
 ) -> Result<Vec<pb::Resource>, CallError> {
-    if let Some(id) = id {
-        let reply = client
-            .try_call(|channel| {
-                let request = client.request(pb::GetRequest {
-                    namespace: namespace.to_owned(),
-                    r#type: kind.type_.clone(),
-                    id: id.to_owned(),
-                    options: None,
-                });
-                async move { state(channel).get(request).await }
-            })
-            .await?;
-        return Ok(reply.resource.into_iter().collect());
+    match id {
+        Some(id) => Ok(get_one(client, namespace, &kind.type_, id)
+            .await?
+            .into_iter()
+            .collect()),
+        None => list(client, namespace, &kind.type_).await,
     }
-    let mut stream = client
-        .try_call(|channel| {
-            let request = client.request(pb::ListRequest {
-                namespace: namespace.to_owned(),
-                r#type: kind.type_.clone(),
-                options: None,
-            });
-            async move { state(channel).list(request).await }
-        })
-        .await?;
-    let mut out = Vec::new();
-    while let Some(reply) = stream.message().await.map_err(CallError::Status)? {
-        out.extend(reply.resource);
-    }
-    Ok(out)
 }
 
 /// Prints the changes on every node until interrupted or a node's watch

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, anyhow, bail};
-use api::cosi::resource as pb;
 use api::machine::ApplyConfigurationRequest;
 use prost::Message as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -66,20 +65,11 @@ async fn resolve(client: &Client, resource: &str, id: Option<&str>) -> anyhow::R
 
 /// The config in effect on the node `client` targets.
 async fn fetch(client: &Client, kind: &Kind) -> anyhow::Result<String> {
-    let reply = client
-        .call(|channel| {
-            let request = client.request(pb::GetRequest {
-                namespace: kind.namespace.clone(),
-                r#type: kind.type_.clone(),
-                id: ACTIVE_ID.to_owned(),
-                options: None,
-            });
-            async move { get::state(channel).get(request).await }
-        })
-        .await?;
+    let resource = get::get_one(client, &kind.namespace, &kind.type_, ACTIVE_ID)
+        .await
+        .map_err(|e| client.call_error(e))?;
     let node = client.default_node();
-    let spec = reply
-        .resource
+    let spec = resource
         .and_then(|r| r.spec)
         .ok_or_else(|| anyhow!("{node}: the node returned no machine config"))?;
     let config = api::resource::config::MachineConfigSpec::decode(spec.proto_spec.as_slice())
