@@ -41,13 +41,13 @@ pub fn load_config(file: &std::path::Path, patches: &[String]) -> anyhow::Result
     if patches.is_empty() {
         return Ok(data);
     }
-    let mut text = String::from_utf8(data)
+    let text = String::from_utf8(data)
         .map_err(|_| anyhow!("configuration {} is not UTF-8 text", file.display()))?;
-    for patch in patches {
-        let patch = super::load_patch(patch)?;
-        text = machinery::generate::apply_patch(&text, &patch).map_err(|err| anyhow!("{err}"))?;
-    }
-    Ok(text.into_bytes())
+    let patches = patches
+        .iter()
+        .map(|patch| super::load_patch(patch))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(super::patch::patched(&text, &patches)?.into_bytes())
 }
 
 /// Runs `talosctl apply-config`.
