@@ -19,6 +19,7 @@ pub mod files;
 pub mod install;
 pub mod kmsg;
 pub mod logbuf;
+pub mod netres;
 pub mod netstat;
 pub mod node;
 pub mod reaper;

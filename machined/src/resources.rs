@@ -25,6 +25,7 @@ use api::talos::resource::definitions::{
 use serde::Serialize;
 
 use crate::events::{MachineStage, MachineStatus};
+use crate::netres;
 use crate::node::Node;
 use crate::supervisor::ServiceState;
 
@@ -169,6 +170,49 @@ pub const DISK: Definition = Definition {
     sensitive: false,
 };
 
+/// `AddressStatuses.net.talos.dev`: one per address on a link.
+pub const ADDRESS_STATUS: Definition = Definition {
+    type_: "AddressStatuses.net.talos.dev",
+    display: "AddressStatus",
+    namespace: NS_NETWORK,
+    aliases: &["address", "addresses"],
+    columns: &[("Address", "{.address}"), ("Link", "{.linkName}")],
+    sensitive: false,
+};
+
+/// `LinkStatuses.net.talos.dev`: one per link, id its name.
+pub const LINK_STATUS: Definition = Definition {
+    type_: "LinkStatuses.net.talos.dev",
+    display: "LinkStatus",
+    namespace: NS_NETWORK,
+    aliases: &["link", "links"],
+    columns: &[
+        ("Alias", "{.alias}"),
+        ("Type", "{.type}"),
+        ("Kind", "{.kind}"),
+        ("Hw Addr", "{.hardwareAddr}"),
+        ("Oper State", "{.operationalState}"),
+        ("Link State", "{.linkState}"),
+    ],
+    sensitive: false,
+};
+
+/// `RouteStatuses.net.talos.dev`: one per route of every table.
+pub const ROUTE_STATUS: Definition = Definition {
+    type_: "RouteStatuses.net.talos.dev",
+    display: "RouteStatus",
+    namespace: NS_NETWORK,
+    aliases: &["route", "routes"],
+    columns: &[
+        ("Destination", "{.dst}"),
+        ("Gateway", "{.gateway}"),
+        ("Link", "{.outLinkName}"),
+        ("Metric", "{.priority}"),
+        ("Table", "{.table}"),
+    ],
+    sensitive: false,
+};
+
 /// Every type served.
 pub const DEFINITIONS: &[Definition] = &[
     NAMESPACE,
@@ -181,6 +225,9 @@ pub const DEFINITIONS: &[Definition] = &[
     SERVICE,
     HOSTNAME_STATUS,
     DISK,
+    ADDRESS_STATUS,
+    LINK_STATUS,
+    ROUTE_STATUS,
 ];
 
 impl Definition {
@@ -495,6 +542,22 @@ impl Resources {
             t if t == SERVICE.type_ => self.services(),
             t if t == HOSTNAME_STATUS.type_ => self.hostname_status(),
             t if t == DISK.type_ => disks(PathBuf::from("/sys")).await,
+            t if t == ADDRESS_STATUS.type_ => {
+                netres::addresses(&netres::dump(netres::Want::Addresses).await?)
+            }
+            t if t == LINK_STATUS.type_ => {
+                let dump = netres::dump(netres::Want::Links).await?;
+                // sysfs reads block: off the runtime's thread.
+                tokio::task::spawn_blocking(move || netres::links(&dump, Path::new("/sys")))
+                    .await
+                    .map_err(|e| ResourceError::Read {
+                        what: "the links",
+                        message: e.to_string(),
+                    })?
+            }
+            t if t == ROUTE_STATUS.type_ => {
+                netres::routes(&netres::dump(netres::Want::Routes).await?)
+            }
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
     }
@@ -640,7 +703,7 @@ pub fn stage_name(stage: MachineStage) -> &'static str {
     }
 }
 
-fn item(
+pub(crate) fn item(
     id: impl Into<String>,
     yaml: &impl Serialize,
     proto: &impl prost::Message,

@@ -362,6 +362,48 @@ fn gen_config_cluster_and_everyday_commands() {
         ],
         "{disks}"
     );
+    // The host's network (container-mode nodes share it): loopback's
+    // address, link and local route, by upstream's aliases and columns.
+    let addresses = ok(&tc, &["get", "addresses"]);
+    assert_eq!(
+        header(&addresses),
+        [
+            "NODE",
+            "NAMESPACE",
+            "TYPE",
+            "ID",
+            "VERSION",
+            "ADDRESS",
+            "LINK"
+        ],
+        "{addresses}"
+    );
+    assert!(
+        addresses.lines().any(|l| l.split_whitespace().eq([
+            cp,
+            "network",
+            "AddressStatus",
+            "lo/127.0.0.1/8",
+            "1",
+            "127.0.0.1/8",
+            "lo"
+        ])),
+        "{addresses}"
+    );
+    let links = ok(&tc, &["get", "links", "lo", "-o", "yaml"]);
+    assert!(
+        links.contains("  type: loopback\n") && links.contains("  operationalState: unknown\n"),
+        "{links}"
+    );
+    let routes = ok(&tc, &["get", "rs"]);
+    assert!(
+        routes.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(3) == Some(&"local/inet4//127.0.0.1/32/0")
+                && cols[5..] == ["127.0.0.1/32", "lo", "0", "local"]
+        }),
+        "{routes}"
+    );
     let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
     assert_eq!(
         header(&svc),

@@ -1094,6 +1094,37 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     assert_ne!(r.code, 0, "{}", r.out);
     assert!(r.err.contains("not authorized"), "{}", r.err);
 
+    // Its network as the kernel has it: the virtio NIC up with a carrier,
+    // the address DHCP gave it and the default route through QEMU's
+    // gateway.
+    let links = ok(
+        &none,
+        &["-n", &endpoint, "get", "links", "--insecure", "-o", "yaml"],
+    );
+    assert!(
+        links
+            .split("---\n")
+            .any(|doc| doc.contains("  driver: virtio_net\n")
+                && doc.contains("  operationalState: up\n")
+                && doc.contains("  linkState: true\n")),
+        "{links}"
+    );
+    let addresses = ok(&none, &["-n", &endpoint, "get", "addresses", "--insecure"]);
+    assert!(
+        addresses
+            .lines()
+            .any(|l| l.contains("/10.0.2.15/24") && l.contains("AddressStatus")),
+        "{addresses}"
+    );
+    let routes = ok(&none, &["-n", &endpoint, "get", "routes", "--insecure"]);
+    assert!(
+        routes.lines().any(|l| l
+            .split_whitespace()
+            .nth(3)
+            .is_some_and(|id| id.starts_with("inet4/10.0.2.2//"))),
+        "{routes}"
+    );
+
     // Install: the config names the disk and the image (pulled over http
     // from the test's registry, declared as a mirror, with the password the
     // registry wants).
