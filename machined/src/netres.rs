@@ -798,7 +798,8 @@ fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn net_ip(ip: IpAddr) -> NetIp {
+/// An address as upstream sends it: `common.NetIP` of its bytes.
+pub(crate) fn net_ip(ip: IpAddr) -> NetIp {
     NetIp { ip: ip_bytes(ip) }
 }
 

@@ -14,6 +14,7 @@
 //! that comes and goes between two reads is not counted. Watches poll.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -22,6 +23,7 @@ use api::cosi::resource::meta as meta_pb;
 use api::talos::resource::definitions::{
     block as block_pb, network as network_pb, runtime as runtime_pb, v1alpha1 as v1alpha1_pb,
 };
+use machinery::mode::Mode;
 use serde::Serialize;
 
 use crate::events::{MachineStage, MachineStatus};
@@ -213,6 +215,29 @@ pub const ROUTE_STATUS: Definition = Definition {
     sensitive: false,
 };
 
+/// `ResolverStatuses.net.talos.dev` (id `resolvers`).
+pub const RESOLVER_STATUS: Definition = Definition {
+    type_: "ResolverStatuses.net.talos.dev",
+    display: "ResolverStatus",
+    namespace: NS_NETWORK,
+    aliases: &["resolvers"],
+    columns: &[
+        ("Resolvers", "{.dnsServers}"),
+        ("Search Domains", "{.searchDomains}"),
+    ],
+    sensitive: false,
+};
+
+/// `TimeServerStatuses.net.talos.dev` (id `timeservers`).
+pub const TIME_SERVER_STATUS: Definition = Definition {
+    type_: "TimeServerStatuses.net.talos.dev",
+    display: "TimeServerStatus",
+    namespace: NS_NETWORK,
+    aliases: &["timeserver", "timeservers"],
+    columns: &[("Timeservers", "{.timeServers}")],
+    sensitive: false,
+};
+
 /// Every type served.
 pub const DEFINITIONS: &[Definition] = &[
     NAMESPACE,
@@ -228,6 +253,8 @@ pub const DEFINITIONS: &[Definition] = &[
     ADDRESS_STATUS,
     LINK_STATUS,
     ROUTE_STATUS,
+    RESOLVER_STATUS,
+    TIME_SERVER_STATUS,
 ];
 
 impl Definition {
@@ -555,6 +582,8 @@ impl Resources {
                         message: e.to_string(),
                     })?
             }
+            t if t == RESOLVER_STATUS.type_ => self.resolver_status().await,
+            t if t == TIME_SERVER_STATUS.type_ => self.time_server_status().await,
             t if t == ROUTE_STATUS.type_ => {
                 netres::routes(&netres::dump(netres::Want::Routes).await?)
             }
@@ -669,6 +698,59 @@ impl Resources {
                 )
             })
             .collect()
+    }
+
+    /// The resolvers the node's programs use: networkd's `resolv.conf` on
+    /// metal (bound over `/etc/resolv.conf`), the host's in container mode;
+    /// none before networkd has written it.
+    async fn resolver_status(&self) -> Result<Vec<Item>, ResourceError> {
+        let path = match self.node.mode() {
+            Mode::Metal => self.node.paths.root().join("system/etc/resolv.conf"),
+            Mode::Container => PathBuf::from("/etc/resolv.conf"),
+        };
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ResourceError::Read {
+                    what: "resolv.conf",
+                    message: format!("{}: {e}", path.display()),
+                });
+            }
+        };
+        let (servers, search) = parse_resolv_conf(&text);
+        Ok(vec![item(
+            "resolvers",
+            &ResolverYaml {
+                dns_servers: servers.iter().map(ToString::to_string).collect(),
+                search_domains: &search,
+            },
+            &network_pb::ResolverStatusSpec {
+                dns_servers: servers.iter().map(|ip| netres::net_ip(*ip)).collect(),
+                search_domains: search.clone(),
+            },
+        )?])
+    }
+
+    /// The servers timed asks, from the same live config it reads.
+    async fn time_server_status(&self) -> Result<Vec<Item>, ResourceError> {
+        let source = timed::LiveConfig::for_node(&self.node.paths);
+        let config = tokio::task::spawn_blocking(move || timed::ConfigSource::time_config(&source))
+            .await
+            .map_err(|e| ResourceError::Read {
+                what: "the time servers",
+                message: e.to_string(),
+            })?;
+        Ok(vec![item(
+            "timeservers",
+            &TimeServerYaml {
+                time_servers: &config.servers,
+            },
+            &network_pb::TimeServerStatusSpec {
+                ntp_servers: config.servers.clone(),
+                use_nts: false,
+            },
+        )?])
     }
 
     fn hostname_status(&self) -> Result<Vec<Item>, ResourceError> {
@@ -1088,6 +1170,45 @@ struct DiskYaml<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResolverYaml<'a> {
+    dns_servers: Vec<String>,
+    search_domains: &'a [String],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TimeServerYaml<'a> {
+    time_servers: &'a [String],
+}
+
+/// The `nameserver` addresses and the search domains (the last `search`
+/// or `domain` line, as the resolver reads them) of a `resolv.conf`.
+#[must_use]
+pub fn parse_resolv_conf(text: &str) -> (Vec<IpAddr>, Vec<String>) {
+    let mut servers = Vec::new();
+    let mut search = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                // A scoped IPv6 address (fe80::1%eth0) keeps its address.
+                if let Some(ip) = words
+                    .next()
+                    .and_then(|w| w.split('%').next())
+                    .and_then(|w| w.parse().ok())
+                {
+                    servers.push(ip);
+                }
+            }
+            Some("search" | "domain") => search = words.map(str::to_owned).collect(),
+            _ => {}
+        }
+    }
+    (servers, search)
+}
+
+#[derive(Serialize)]
 struct HostnameYaml<'a> {
     hostname: &'a str,
     domainname: &'a str,
@@ -1268,6 +1389,22 @@ mod tests {
         assert_eq!((sda.sector_size, sda.io_size), (512, 512), "the defaults");
         assert_eq!(sda.model, "QEMU HARDDISK");
         assert!(items[0].yaml.contains("rotational: true\n"));
+    }
+
+    #[test]
+    fn resolv_conf_gives_the_servers_and_the_last_search_line() {
+        let (servers, search) = parse_resolv_conf(
+            "# written by networkd\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\nnameserver bogus\nsearch a.example\noptions ndots:2\nsearch b.example c.example\n",
+        );
+        assert_eq!(
+            servers,
+            [
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(search, ["b.example", "c.example"]);
+        assert_eq!(parse_resolv_conf(""), (Vec::new(), Vec::new()));
     }
 
     #[test]

@@ -395,7 +395,11 @@ fn gen_config_cluster_and_everyday_commands() {
         links.contains("  type: loopback\n") && links.contains("  operationalState: unknown\n"),
         "{links}"
     );
-    let routes = ok(&tc, &["get", "rs"]);
+    // "rs" is both RouteStatus's and ResolverStatus's initials, as
+    // upstream: ambiguous, so refused.
+    let r = run(&tc, &["get", "rs"]);
+    assert_ne!(r.code, 0, "{}", r.out);
+    let routes = ok(&tc, &["get", "routes"]);
     assert!(
         routes.lines().any(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
@@ -404,6 +408,29 @@ fn gen_config_cluster_and_everyday_commands() {
         }),
         "{routes}"
     );
+    // The servers timed asks (the config names none: the default) and the
+    // resolvers the host gives the nodes (container mode).
+    let timeservers = ok(&tc, &["get", "timeservers"]);
+    assert!(
+        timeservers.lines().any(|l| l.split_whitespace().eq([
+            cp,
+            "network",
+            "TimeServerStatus",
+            "timeservers",
+            "1",
+            "[\"time.cloudflare.com\"]"
+        ])),
+        "{timeservers}"
+    );
+    let host = std::fs::read_to_string("/etc/resolv.conf").expect("the host's /etc/resolv.conf");
+    let resolvers = ok(&tc, &["get", "resolvers", "resolvers", "-o", "yaml"]);
+    assert!(resolvers.contains("dnsServers:"), "{resolvers}");
+    for server in host.lines().filter_map(|l| l.strip_prefix("nameserver ")) {
+        assert!(
+            resolvers.contains(&format!("- {}\n", server.trim())),
+            "{server}: {resolvers}"
+        );
+    }
     let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
     assert_eq!(
         header(&svc),
