@@ -21,12 +21,15 @@ use std::path::Path;
 use api::common::{NetIp, NetIpPrefix};
 use api::talos::resource::definitions::network as pb;
 use futures_util::TryStreamExt as _;
+use networkd::state::route_ip;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoBridge, InfoData, InfoKind, InfoMacVlan, InfoPortKind, InfoVlan, InfoVrf, LinkAttribute,
-    LinkInfo, LinkMessage, Prop,
+    InfoBridge, InfoData, InfoMacVlan, InfoVlan, InfoVrf, LinkAttribute, LinkInfo, LinkMessage,
+    Prop,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric};
+use rtnetlink::packet_route::route::{
+    RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteType,
+};
 use serde::Serialize;
 
 use crate::resources::{Item, ResourceError, item};
@@ -60,12 +63,27 @@ fn failed(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> ResourceError 
     }
 }
 
+/// How long one read's dumps may take: a stuck read would hold its type's
+/// lock, and every later read of the type would wait behind it.
+const DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Dumps the kernel's links, and the addresses or routes, on a netlink
-/// socket of this read's own (its connection is driven here, not spawned).
+/// socket of this read's own. Its connection is polled here rather than
+/// spawned, so the socket closes when the read ends and nothing outlives
+/// it.
 ///
 /// # Errors
-/// The socket cannot be opened or a dump fails.
+/// The socket cannot be opened, a dump fails or takes too long.
 pub async fn dump(want: Want) -> Result<Dump, ResourceError> {
+    tokio::time::timeout(DUMP_TIMEOUT, dump_now(want))
+        .await
+        .map_err(|_| ResourceError::Read {
+            what: "the network state",
+            message: format!("netlink did not answer within {DUMP_TIMEOUT:?}"),
+        })?
+}
+
+async fn dump_now(want: Want) -> Result<Dump, ResourceError> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| ResourceError::Read {
         what: "the network state (netlink socket)",
         message: e.to_string(),
@@ -93,10 +111,15 @@ pub async fn dump(want: Want) -> Result<Dump, ResourceError> {
                     .map_err(failed("the addresses"))?;
             }
             Want::Routes => {
-                for request in [
+                for mut request in [
                     rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
                     rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
                 ] {
+                    // The builder's main/static/unicast would filter a dump
+                    // on a strict-checking socket; unspecified asks for all.
+                    request.header.table = 0;
+                    request.header.protocol = RouteProtocol::Unspec;
+                    request.header.kind = RouteType::Unspec;
                     let routes: Vec<RouteMessage> = handle
                         .route()
                         .get(request)
@@ -202,7 +225,25 @@ pub fn addresses(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
             &spec,
         )?);
     }
-    Ok(out)
+    Ok(last_of_each_id(out))
+}
+
+/// One item per id, the last one dumped, as upstream's controllers
+/// overwrite a resource: two links in one subnet each have a connected
+/// route, and a point-to-point link's addresses may share their peer.
+fn last_of_each_id(items: Vec<Item>) -> Vec<Item> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<Item> = Vec::with_capacity(items.len());
+    for item in items {
+        match index.get(&item.id) {
+            Some(&i) => out[i] = item,
+            None => {
+                index.insert(item.id.clone(), out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -311,27 +352,27 @@ fn is_zero_i64(n: &i64) -> bool {
 /// What sysfs says about a link's device (what upstream asks ethtool and
 /// the device's uevent for).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DeviceInfo {
+struct DeviceInfo {
     /// The driver bound to the device.
-    pub driver: String,
+    driver: String,
     /// The device's bus address (`0000:00:02.0`).
-    pub bus_path: String,
+    bus_path: String,
     /// `PCI_ID` of a PCI network device (`8086:100E`).
-    pub pci_id: String,
+    pci_id: String,
     /// `0x1af4`.
-    pub vendor_id: String,
+    vendor_id: String,
     /// `0x1000`.
-    pub product_id: String,
+    product_id: String,
     /// Mbit/s as the kernel reports it (`-1`, unknown, as 4294967295);
     /// 0 when the link has no speed.
-    pub speed: i64,
+    speed: i64,
     /// `DUPLEX_*`: 0 half, 1 full, 255 unknown.
-    pub duplex: u8,
+    duplex: u8,
 }
 
 /// Reads `name`'s device details under `sysfs` (`/sys`).
 #[must_use]
-pub fn device_info(sysfs: &Path, name: &str) -> DeviceInfo {
+fn device_info(sysfs: &Path, name: &str) -> DeviceInfo {
     let net = sysfs.join("class/net").join(name);
     let mut info = DeviceInfo {
         duplex: 255,
@@ -420,6 +461,7 @@ pub fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
             ..pb::LinkStatusSpec::default()
         };
         let mut carrier = false;
+        let mut other_namespace = false;
         let mut info_data = None;
         for attribute in &message.attributes {
             match attribute {
@@ -444,11 +486,13 @@ pub fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
                     spec.operational_state = i32::from(u8::from(*state));
                 }
                 LinkAttribute::Carrier(c) => carrier = *c != 0,
+                // IFLA_LINK then indexes another namespace's links.
+                LinkAttribute::LinkNetNsId(_) => other_namespace = true,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
-                            LinkInfo::Kind(kind) => spec.kind = kind_name(kind),
-                            LinkInfo::PortKind(kind) => spec.slave_kind = port_kind_name(kind),
+                            LinkInfo::Kind(kind) => spec.kind = kind.to_string(),
+                            LinkInfo::PortKind(kind) => spec.slave_kind = kind.to_string(),
                             LinkInfo::Data(data) => info_data = Some(data),
                             _ => {}
                         }
@@ -457,7 +501,9 @@ pub fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
                 _ => {}
             }
         }
-        // What ethtool's link state says: running and carrier.
+        // Upstream asks ethtool's get_link, which is the carrier of a
+        // running link for most drivers (a link whose driver has no
+        // get_link, like WireGuard, is false there and may be true here).
         const IFF_UP: u32 = 0x1;
         spec.link_state = spec.flags & IFF_UP != 0 && carrier;
 
@@ -492,63 +538,67 @@ pub fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
                 }
             }
             Some(InfoData::Bridge(bridge)) => {
+                // Upstream sends and prints only what is on: a bridge
+                // without STP or VLAN filtering has no bridgeMaster.
                 let mut b = pb::BridgeMasterSpec::default();
                 for attribute in bridge {
                     match attribute {
-                        InfoBridge::StpState(state) => {
-                            b.stp = Some(pb::StpSpec {
-                                enabled: u32::from(*state) == 1,
-                            });
+                        InfoBridge::StpState(state) if u32::from(*state) == 1 => {
+                            b.stp = Some(pb::StpSpec { enabled: true });
                         }
-                        InfoBridge::VlanFiltering(on) => {
+                        InfoBridge::VlanFiltering(true) => {
                             b.vlan = Some(pb::BridgeVlanSpec {
-                                filtering_enabled: *on,
+                                filtering_enabled: true,
                             });
                         }
                         _ => {}
                     }
                 }
-                spec.bridge_master = Some(b);
+                if b.stp.is_some() || b.vlan.is_some() {
+                    spec.bridge_master = Some(b);
+                }
             }
             Some(InfoData::Vrf(vrf)) => {
                 for attribute in vrf {
                     if let InfoVrf::TableId(table) = attribute {
+                        // Go's uint32 on the wire: the bits, as an int32.
                         spec.vrf_master = Some(pb::VrfMasterSpec {
-                            table: i32::try_from(*table).unwrap_or_default(),
+                            table: table.cast_signed(),
                         });
                     }
                 }
             }
             _ => {}
         }
-        out.push((name, spec));
+        out.push((name, spec, other_namespace));
     }
 
     // A veth's peer: the veth its IFLA_LINK names, when that one names it
     // back (within this namespace).
     let peers: Vec<Option<String>> = out
         .iter()
-        .map(|(_, spec)| {
-            (spec.kind == "veth" && spec.link_index != 0)
+        .map(|(_, spec, elsewhere)| {
+            (spec.kind == "veth" && spec.link_index != 0 && !elsewhere)
                 .then(|| {
-                    out.iter().find(|(_, other)| {
+                    out.iter().find(|(_, other, other_elsewhere)| {
                         other.kind == "veth"
+                            && !other_elsewhere
                             && other.index == spec.link_index
                             && other.link_index == spec.index
                     })
                 })
                 .flatten()
-                .map(|(name, _)| name.clone())
+                .map(|(name, _, _)| name.clone())
         })
         .collect();
-    for ((_, spec), peer) in out.iter_mut().zip(peers) {
+    for ((_, spec, _), peer) in out.iter_mut().zip(peers) {
         if let Some(peer_name) = peer {
             spec.veth = Some(pb::VethSpec { peer_name });
         }
     }
 
     out.iter()
-        .map(|(name, spec)| link_item(name, spec))
+        .map(|(name, spec, _)| link_item(name, spec))
         .collect()
 }
 
@@ -603,21 +653,13 @@ fn link_item(name: &str, spec: &pb::LinkStatusSpec) -> Result<Item, ResourceErro
             }),
         }),
         vrf_master: spec.vrf_master.as_ref().map(|v| VrfYaml {
-            table: routing_table(u32::try_from(v.table).unwrap_or_default()),
+            table: routing_table(v.table.cast_unsigned()),
         }),
         veth: spec.veth.as_ref().map(|v| VethYaml {
             peer_name: v.peer_name.clone(),
         }),
     };
     item(name, &yaml, spec)
-}
-
-fn kind_name(kind: &InfoKind) -> String {
-    kind.to_string()
-}
-
-fn port_kind_name(kind: &InfoPortKind) -> String {
-    kind.to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -653,14 +695,6 @@ struct NextHopYaml {
     gateway: String,
     out_link_name: String,
     weight: u32,
-}
-
-fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
-    match address {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
 }
 
 /// `RouteStatuses`, one per route of every table, with upstream's ids:
@@ -777,7 +811,7 @@ pub fn routes(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
         };
         out.push(item(id, &yaml, &spec)?);
     }
-    Ok(out)
+    Ok(last_of_each_id(out))
 }
 
 // ---------------------------------------------------------------------------
@@ -812,7 +846,7 @@ fn net_prefix(ip: IpAddr, length: u8) -> NetIpPrefix {
 
 /// `inet4`, `inet6`, else `Family(N)`.
 #[must_use]
-pub fn family(n: u8) -> String {
+fn family(n: u8) -> String {
     match n {
         2 => "inet4".to_owned(),
         10 => "inet6".to_owned(),
@@ -822,7 +856,7 @@ pub fn family(n: u8) -> String {
 
 /// `global`, `site`, `link`, `host`, `nowhere`, else `Scope(N)`.
 #[must_use]
-pub fn scope(n: u8) -> String {
+fn scope(n: u8) -> String {
     match n {
         0 => "global".to_owned(),
         200 => "site".to_owned(),
@@ -875,7 +909,7 @@ const LINK_FLAGS: &[&str] = &[
 /// The names of the bits set in `bits`, lowest first, joined by commas;
 /// bits without a name are left out.
 #[must_use]
-pub fn flag_names(bits: u32, names: &[&str]) -> String {
+fn flag_names(bits: u32, names: &[&str]) -> String {
     names
         .iter()
         .enumerate()
@@ -887,7 +921,7 @@ pub fn flag_names(bits: u32, names: &[&str]) -> String {
 
 /// `RTM_F_*` (bits 8 to 15).
 #[must_use]
-pub fn route_flags(bits: u32) -> String {
+fn route_flags(bits: u32) -> String {
     const NAMES: &[&str] = &[
         "notify",
         "cloned",
@@ -903,7 +937,7 @@ pub fn route_flags(bits: u32) -> String {
 
 /// A hardware address as lowercase hex pairs; empty for none.
 #[must_use]
-pub fn hardware_addr(bytes: &[u8]) -> String {
+fn hardware_addr(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -947,7 +981,7 @@ fn duplex(n: i32) -> &'static str {
 
 /// `RTN_*`, else `RouteType(N)`.
 #[must_use]
-pub fn route_type(n: u8) -> String {
+fn route_type(n: u8) -> String {
     const NAMES: &[&str] = &[
         "unspec",
         "unicast",
@@ -969,7 +1003,7 @@ pub fn route_type(n: u8) -> String {
 
 /// `RTPROT_*`, else `RouteProtocol(N)`.
 #[must_use]
-pub fn route_protocol(n: u8) -> String {
+fn route_protocol(n: u8) -> String {
     let name = match n {
         0 => "unspec",
         1 => "redirect",
@@ -1000,7 +1034,7 @@ pub fn route_protocol(n: u8) -> String {
 
 /// `unspec`, `default`, `main`, `local`, else `RoutingTable(N)`.
 #[must_use]
-pub fn routing_table(n: u32) -> String {
+fn routing_table(n: u32) -> String {
     match n {
         0 => "unspec".to_owned(),
         253 => "default".to_owned(),
@@ -1010,9 +1044,11 @@ pub fn routing_table(n: u32) -> String {
     }
 }
 
-/// `ARPHRD_*` as upstream names them, else `LinkType(N)`.
+/// `ARPHRD_*` as upstream names them, else `LinkType(N)`. (The netlink
+/// crate reads a type it does not know as `void`, so real links rarely
+/// reach the fallback.)
 #[must_use]
-pub fn link_type(n: u16) -> String {
+fn link_type(n: u16) -> String {
     let name = match n {
         0 => "netrom",
         1 => "ether",
@@ -1090,7 +1126,8 @@ mod tests {
     use prost::Message as _;
     use rtnetlink::packet_route::AddressFamily;
     use rtnetlink::packet_route::address::AddressFlags;
-    use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
+    use rtnetlink::packet_route::link::{InfoKind, InfoPortKind};
+    use rtnetlink::packet_route::route::{RouteAddress, RouteProtocol, RouteType};
 
     use super::*;
 
@@ -1209,7 +1246,7 @@ mod tests {
             message
         };
         let dump = Dump {
-            links: vec![link(2, "eth0")],
+            links: vec![link(2, "eth0"), link(3, "eth1")],
             addresses: Vec::new(),
             routes: vec![
                 route(AddressFamily::Inet, 254, None, Some("10.5.0.1"), 2, 1024),
@@ -1223,6 +1260,9 @@ mod tests {
                     256,
                 ),
                 route(AddressFamily::Inet, 252, None, None, 0, 0),
+                // Two links in one subnet: one id, the last route dumped.
+                route(AddressFamily::Inet, 254, Some(("10.9.0.0", 24)), None, 2, 0),
+                route(AddressFamily::Inet, 254, Some(("10.9.0.0", 24)), None, 3, 0),
             ],
         };
         let items = routes(&dump).unwrap();
@@ -1234,8 +1274,10 @@ mod tests {
                 "local/inet4//10.5.0.2/32/0",
                 "eth0/inet6//fd00::/64/256",
                 "RoutingTable(252)/inet4///0",
+                "inet4//10.9.0.0/24/0",
             ]
         );
+        assert_eq!(yaml_of(&items[4])["outLinkName"], "eth1");
         let default = yaml_of(&items[0]);
         assert_eq!(default["dst"], "");
         assert_eq!(default["gateway"], "10.5.0.1");
@@ -1291,7 +1333,8 @@ mod tests {
         let bridge = yaml_of(find(&items, "br0"));
         assert_eq!(bridge["kind"], "bridge");
         assert_eq!(bridge["bridgeMaster"]["stp"]["enabled"], true);
-        assert_eq!(bridge["bridgeMaster"]["vlan"]["filteringEnabled"], false);
+        // VLAN filtering off: left out, as upstream.
+        assert!(bridge["bridgeMaster"].get("vlan").is_none(), "{bridge:?}");
         let port = yaml_of(find(&items, "eth1"));
         assert_eq!(port["masterIndex"], 4);
         assert_eq!(port["slaveKind"], "bridge");
@@ -1435,8 +1478,11 @@ mod tests {
             ],
             || {
                 let with_addresses = read(Want::Addresses);
+                // This process's /sys is the host namespace's: no device
+                // details for these links, as for any virtual link.
+                let no_sysfs = tempfile::tempdir().unwrap();
                 (
-                    links(&with_addresses, Path::new("/sys")).unwrap(),
+                    links(&with_addresses, no_sysfs.path()).unwrap(),
                     addresses(&with_addresses).unwrap(),
                     routes(&read(Want::Routes)).unwrap(),
                 )

@@ -578,7 +578,7 @@ impl Resources {
                 tokio::task::spawn_blocking(move || netres::links(&dump, Path::new("/sys")))
                     .await
                     .map_err(|e| ResourceError::Read {
-                        what: "the links",
+                        what: "the links' sysfs details",
                         message: e.to_string(),
                     })?
             }

@@ -280,7 +280,8 @@ impl Route {
 }
 
 /// The IP address in a route attribute.
-fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
+#[must_use]
+pub fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
     match address {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),

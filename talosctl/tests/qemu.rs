@@ -1116,13 +1116,18 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             .any(|l| l.contains("/10.0.2.15/24") && l.contains("AddressStatus")),
         "{addresses}"
     );
-    let routes = ok(&none, &["-n", &endpoint, "get", "routes", "--insecure"]);
-    assert!(
-        routes.lines().any(|l| l
-            .split_whitespace()
-            .nth(3)
-            .is_some_and(|id| id.starts_with("inet4/10.0.2.2//"))),
-        "{routes}"
+    // networkd adds the default route after the address.
+    eventually(
+        &none,
+        &["-n", &endpoint, "get", "routes", "--insecure"],
+        Duration::from_secs(60),
+        |routes| {
+            routes.lines().any(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .is_some_and(|id| id.starts_with("inet4/10.0.2.2//"))
+            })
+        },
     );
 
     // Install: the config names the disk and the image (pulled over http
