@@ -29,6 +29,7 @@ pub mod server;
 pub mod services;
 pub mod stats;
 pub mod supervisor;
+pub mod volumes;
 
 /// A generated config for unit tests.
 #[cfg(test)]

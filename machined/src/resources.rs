@@ -30,6 +30,7 @@ use crate::events::{MachineStage, MachineStatus};
 use crate::netres;
 use crate::node::Node;
 use crate::supervisor::ServiceState;
+use crate::volumes;
 
 /// Namespace of the namespaces and resource definitions.
 pub const NS_META: &str = "meta";
@@ -238,6 +239,23 @@ pub const TIME_SERVER_STATUS: Definition = Definition {
     sensitive: false,
 };
 
+/// `DiscoveredVolumes.block.talos.dev`: each block device and partition
+/// and what a probe found on it.
+pub const DISCOVERED_VOLUME: Definition = Definition {
+    type_: "DiscoveredVolumes.block.talos.dev",
+    display: "DiscoveredVolume",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[
+        ("Type", "{.type}"),
+        ("Size", "{.pretty_size}"),
+        ("Discovered", "{.name}"),
+        ("Label", "{.label}"),
+        ("PartitionLabel", "{.partition_label}"),
+    ],
+    sensitive: false,
+};
+
 /// Every type served.
 pub const DEFINITIONS: &[Definition] = &[
     NAMESPACE,
@@ -255,6 +273,7 @@ pub const DEFINITIONS: &[Definition] = &[
     ROUTE_STATUS,
     RESOLVER_STATUS,
     TIME_SERVER_STATUS,
+    DISCOVERED_VOLUME,
 ];
 
 impl Definition {
@@ -583,6 +602,14 @@ impl Resources {
                     })?
             }
             t if t == RESOLVER_STATUS.type_ => self.resolver_status().await,
+            // As upstream, a container-mode node has no block devices of
+            // its own (the host's are not probed).
+            t if t == DISCOVERED_VOLUME.type_ => match self.node.mode() {
+                Mode::Container => Ok(Vec::new()),
+                Mode::Metal => {
+                    volumes::discovered(PathBuf::from("/sys"), PathBuf::from("/dev")).await
+                }
+            },
             t if t == TIME_SERVER_STATUS.type_ => self.time_server_status().await,
             t if t == ROUTE_STATUS.type_ => {
                 netres::routes(&netres::dump(netres::Want::Routes).await?)
@@ -903,7 +930,7 @@ async fn disks_with(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceE
 
 /// Whether a CD drive holds a disc: its first sector can be read (an
 /// empty drive answers "no medium").
-fn has_disc(node: &Path) -> bool {
+pub(crate) fn has_disc(node: &Path) -> bool {
     use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
     let Ok(drive) = std::fs::OpenOptions::new()
         .read(true)
@@ -939,13 +966,11 @@ fn symlinks(dev: &Path, name: &str) -> Vec<String> {
     out
 }
 
-fn disk_item(
-    sysfs: &Path,
-    dev: &udevd::sysfs::BlockDevice,
-    size: u64,
-    symlinks: Vec<String>,
-) -> Result<Item, ResourceError> {
-    let queue = sysfs.join("block").join(&dev.name).join("queue");
+/// A disk's logical sector size and I/O size, as upstream chooses them:
+/// the optimal I/O size, else the minimum, else the sector size (only
+/// powers of two count); 512 when sysfs says nothing.
+pub(crate) fn queue_sizes(sysfs: &Path, name: &str) -> (u64, u64) {
+    let queue = sysfs.join("block").join(name).join("queue");
     let number = |file: &str| {
         std::fs::read_to_string(queue.join(file))
             .ok()
@@ -955,13 +980,21 @@ fn disk_item(
     let sector_size = Some(number("logical_block_size"))
         .filter(|n| *n > 0)
         .unwrap_or(512);
-    // As upstream: the optimal I/O size, else the minimum, else the
-    // sector size; only powers of two count.
     let io_size = ["optimal_io_size", "minimum_io_size"]
         .into_iter()
         .map(number)
         .find(|n| n.is_power_of_two())
         .unwrap_or(sector_size);
+    (sector_size, io_size)
+}
+
+fn disk_item(
+    sysfs: &Path,
+    dev: &udevd::sysfs::BlockDevice,
+    size: u64,
+    symlinks: Vec<String>,
+) -> Result<Item, ResourceError> {
+    let (sector_size, io_size) = queue_sizes(sysfs, &dev.name);
     let spec = block_pb::DiskSpec {
         size,
         io_size,

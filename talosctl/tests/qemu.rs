@@ -1239,6 +1239,27 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         "{keys}"
     );
 
+    // The installed disk as upstream's DiscoveredVolumes: its GPT, and each
+    // partition with what a probe finds there (META by its magic).
+    let volumes = ok(&tc, &args(&with(&["get", "dv", "-o", "yaml"])));
+    for (id, name, partition_label) in [
+        ("vda", "gpt", ""),
+        ("vda1", "vfat", "EFI"),
+        ("vda2", "talosmeta", "META"),
+        ("vda3", "xfs", "STATE"),
+        ("vda4", "xfs", "EPHEMERAL"),
+    ] {
+        assert!(
+            volumes
+                .split("---\n")
+                .any(|doc| doc.contains(&format!("  id: {id}\n"))
+                    && doc.contains(&format!("  name: {name}\n"))
+                    && (partition_label.is_empty()
+                        || doc.contains(&format!("  partition_label: {partition_label}\n")))),
+            "{id}: {volumes}"
+        );
+    }
+
     // Refused before any write: a changed blob, a bad signature, a missing
     // tag. The boot partitions stay byte for byte the same.
     let before = boot_partitions_hash(&disk);

@@ -1,0 +1,369 @@
+//! `DiscoveredVolumes`: every block device and partition of the node and
+//! what a probe finds on it.
+//!
+//! Background: upstream's discovery controller probes each block device
+//! and each partition of a GPT it finds, and `talosctl get dv` is how an
+//! operator sees a disk's partitions, their filesystems and labels. The
+//! ids are the kernel's names (`vda`, `vda3`, `nvme0n1p1`), and the probe
+//! names are upstream's (`gpt`, `xfs`, `vfat`, `luks`, `talosmeta`).
+//!
+//! The probe is udevd's own (GPT, ext, XFS, FAT, squashfs, LUKS) plus the
+//! META partition's magic. Not read: a filesystem's block size and probed
+//! size, and the filesystems upstream knows and udevd does not (swap, LVM,
+//! ZFS, ISO 9660, bluestore), which show an empty name.
+
+use std::path::{Path, PathBuf};
+
+use api::talos::resource::definitions::block as block_pb;
+use serde::Serialize;
+use udevd::probe::{Fs, FsKind, Probe};
+use udevd::sysfs::BlockDevice;
+
+use crate::resources::{Item, ResourceError, has_disc, item, queue_sizes};
+
+#[derive(Serialize)]
+struct VolumeYaml<'a> {
+    dev_path: &'a str,
+    #[serde(rename = "type")]
+    type_: &'a str,
+    device_path: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    parent: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    parent_dev_path: &'a str,
+    size: u64,
+    pretty_size: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    sector_size: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    io_size: u64,
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    uuid: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    label: &'a str,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    block_size: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    partition_uuid: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    partition_type: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    partition_label: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    partition_index: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The volumes under `sysfs` (`/sys`), probed through `dev` (`/dev`).
+///
+/// # Errors
+/// sysfs cannot be listed.
+pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceError> {
+    let read = |message: String| ResourceError::Read {
+        what: "the block devices",
+        message,
+    };
+    // Probing reads the devices: off the runtime's thread.
+    tokio::task::spawn_blocking(move || {
+        let devices = udevd::sysfs::block_devices(&sysfs).map_err(|e| read(e.to_string()))?;
+        let mut out = Vec::new();
+        for device in devices
+            .iter()
+            // RAM disks are not probed upstream; an empty device (a loop
+            // device with nothing attached) has nothing to find.
+            .filter(|d| !d.name.starts_with("ram") && (d.size > 0 || d.cdrom))
+        {
+            volumes_of(&sysfs, &dev, device, &mut out)?;
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| read(e.to_string()))?
+}
+
+/// The device and its partitions.
+fn volumes_of(
+    sysfs: &Path,
+    dev: &Path,
+    device: &BlockDevice,
+    out: &mut Vec<Item>,
+) -> Result<(), ResourceError> {
+    let node = dev.join(&device.name);
+    // A CD drive without a disc is listed unprobed, as upstream; any other
+    // device that cannot be read is left out, as upstream drops a device
+    // whose probe fails.
+    let probe = if device.cdrom && !has_disc(&node) {
+        None
+    } else {
+        match udevd::probe::probe_path(&node) {
+            Ok(probe) => Some(probe),
+            Err(e) => {
+                tracing::debug!(device = %device.name, error = %e, "not probed");
+                return Ok(());
+            }
+        }
+    };
+    let size = if probe.is_none() { 0 } else { device.size };
+    let (sector_size, io_size) = queue_sizes(sysfs, &device.name);
+    let device_path = std::fs::canonicalize(sysfs.join("block").join(&device.name))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+
+    let mut disk = block_pb::DiscoveredVolumeSpec {
+        dev_path: node.display().to_string(),
+        r#type: "disk".to_owned(),
+        device_path: device_path.clone(),
+        size,
+        pretty_size: machinery::humanize::bytes(size),
+        sector_size,
+        io_size,
+        ..block_pb::DiscoveredVolumeSpec::default()
+    };
+    match &probe {
+        Some(Probe {
+            pt_uuid: Some(guid),
+            sector_size,
+            ..
+        }) => {
+            "gpt".clone_into(&mut disk.name);
+            disk.uuid.clone_from(guid);
+            disk.block_size = u32::try_from(*sector_size).unwrap_or_default();
+        }
+        Some(Probe { fs: Some(fs), .. }) => found(&mut disk, fs),
+        _ if is_meta(&node, 0) => "talosmeta".clone_into(&mut disk.name),
+        _ => {}
+    }
+    out.push(volume_item(&device.name, &disk)?);
+
+    for partition in &device.partitions {
+        let part_node = dev.join(&partition.name);
+        let offset = partition.start.saturating_mul(512);
+        let mut spec = block_pb::DiscoveredVolumeSpec {
+            dev_path: part_node.display().to_string(),
+            r#type: "partition".to_owned(),
+            device_path: format!("{device_path}/{}", partition.name),
+            parent: device.name.clone(),
+            parent_dev_path: node.display().to_string(),
+            size: partition.size,
+            pretty_size: machinery::humanize::bytes(partition.size),
+            sector_size,
+            io_size,
+            offset,
+            ..block_pb::DiscoveredVolumeSpec::default()
+        };
+        let entry = probe.as_ref().and_then(|p| p.partition(partition.number));
+        let fs = match entry {
+            Some(entry) => {
+                spec.partition_uuid.clone_from(&entry.uuid);
+                spec.partition_type.clone_from(&entry.type_guid);
+                spec.partition_label.clone_from(&entry.label);
+                spec.partition_index = u64::from(entry.index);
+                entry.fs.clone()
+            }
+            // Not in a GPT (an MBR disk): the partition's own probe.
+            None => udevd::probe::probe_fs_path(&part_node).ok().flatten(),
+        };
+        match &fs {
+            Some(fs) => found(&mut spec, fs),
+            // META sits inside the whole device: read it there.
+            None if is_meta(&node, offset) => "talosmeta".clone_into(&mut spec.name),
+            None => {}
+        }
+        out.push(volume_item(&partition.name, &spec)?);
+    }
+    Ok(())
+}
+
+/// What a filesystem probe found, named as upstream names it.
+fn found(spec: &mut block_pb::DiscoveredVolumeSpec, fs: &Fs) {
+    spec.name = match fs.kind {
+        FsKind::Luks => "luks",
+        kind => kind.as_str(),
+    }
+    .to_owned();
+    spec.uuid = fs.uuid.clone().unwrap_or_default();
+    spec.label = fs.label.clone().unwrap_or_default();
+}
+
+/// Whether the META store's magics are at `offset` of `node` (either of
+/// its two copies), as upstream's `talosmeta` probe looks for them.
+fn is_meta(node: &Path, offset: u64) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let Ok(file) = std::fs::File::open(node) else {
+        return false;
+    };
+    let block = machinery::meta::BLOCK_SIZE as u64;
+    let word = |at: u64| {
+        let mut bytes = [0u8; 4];
+        file.read_exact_at(&mut bytes, at)
+            .ok()
+            .map(|()| u32::from_be_bytes(bytes))
+    };
+    [offset, offset + block].into_iter().any(|copy| {
+        word(copy) == Some(machinery::meta::MAGIC1)
+            && word(copy + block - 4) == Some(machinery::meta::MAGIC2)
+    })
+}
+
+fn volume_item(id: &str, spec: &block_pb::DiscoveredVolumeSpec) -> Result<Item, ResourceError> {
+    let yaml = VolumeYaml {
+        dev_path: &spec.dev_path,
+        type_: &spec.r#type,
+        device_path: &spec.device_path,
+        parent: &spec.parent,
+        parent_dev_path: &spec.parent_dev_path,
+        size: spec.size,
+        pretty_size: &spec.pretty_size,
+        sector_size: spec.sector_size,
+        io_size: spec.io_size,
+        name: &spec.name,
+        uuid: &spec.uuid,
+        label: &spec.label,
+        block_size: spec.block_size,
+        partition_uuid: &spec.partition_uuid,
+        partition_type: &spec.partition_type,
+        partition_label: &spec.partition_label,
+        partition_index: spec.partition_index,
+        offset: spec.offset,
+    };
+    item(id, &yaml, spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use udevd::testing::{
+        FakeDisk, SAMPLE_DISK_GUID, SAMPLE_SECTORS, sample_sysfs_partitions, write_fake_disk,
+        write_sample_image,
+    };
+
+    use super::*;
+
+    fn yaml(items: &[Item], id: &str) -> serde_yaml_ng::Value {
+        let item = items.iter().find(|i| i.id == id).unwrap_or_else(|| {
+            let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+            panic!("no {id} among {ids:?}")
+        });
+        serde_yaml_ng::from_str(&item.yaml).expect("YAML")
+    }
+
+    #[tokio::test]
+    async fn disks_and_partitions_are_probed_as_upstream_names_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path().join("sys");
+        let dev = dir.path().join("dev");
+        std::fs::create_dir_all(&dev).expect("dev");
+        // vda: the sample GPT (EFI vfat, BOOT and STATE xfs, an ext4 data
+        // partition) as the kernel lists it and as its node reads.
+        write_fake_disk(
+            &sys,
+            &FakeDisk {
+                name: "vda".into(),
+                device_path: "pci0000:00/0000:00:05.0/virtio2".into(),
+                sectors: SAMPLE_SECTORS,
+                partitions: sample_sysfs_partitions("vda"),
+                ..FakeDisk::default()
+            },
+        )
+        .expect("vda");
+        write_sample_image(&dev.join("vda")).expect("image");
+        // vdb: a META store (its first copy) on a whole device.
+        write_fake_disk(
+            &sys,
+            &FakeDisk {
+                name: "vdb".into(),
+                device_path: "pci0000:00/0000:00:06.0/virtio3".into(),
+                sectors: 2048,
+                ..FakeDisk::default()
+            },
+        )
+        .expect("vdb");
+        let mut meta = machinery::meta::Adv::new();
+        meta.set(0x0c, "kept").expect("set");
+        std::fs::write(dev.join("vdb"), meta.encode_partition()).expect("meta");
+        // A loop device with nothing attached and a RAM disk: not listed.
+        for name in ["loop0", "ram0"] {
+            write_fake_disk(
+                &sys,
+                &FakeDisk {
+                    name: name.into(),
+                    sectors: if name == "ram0" { 8192 } else { 0 },
+                    ..FakeDisk::default()
+                },
+            )
+            .expect("virtual");
+        }
+
+        let items = discovered(sys.clone(), dev.clone()).await.expect("volumes");
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["vda", "vda1", "vda2", "vda3", "vda4", "vdb"]);
+
+        let vda = yaml(&items, "vda");
+        assert_eq!(vda["type"], "disk");
+        assert_eq!(vda["name"], "gpt");
+        assert_eq!(vda["uuid"], SAMPLE_DISK_GUID);
+        assert_eq!(vda["size"], SAMPLE_SECTORS * 512);
+        assert_eq!(vda["pretty_size"], "8.4 MB");
+        assert_eq!(vda["dev_path"], dev.join("vda").display().to_string());
+        assert!(
+            vda["device_path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("devices/pci0000:00/0000:00:05.0/virtio2/block/vda")),
+            "{vda:?}"
+        );
+        assert!(vda.get("parent").is_none() && vda.get("offset").is_none());
+
+        let efi = yaml(&items, "vda1");
+        assert_eq!(efi["type"], "partition");
+        assert_eq!(efi["name"], "vfat");
+        assert_eq!(efi["label"], "EFI");
+        assert_eq!(efi["uuid"], "1234-ABCD");
+        assert_eq!(efi["partition_label"], "EFI");
+        assert_eq!(efi["partition_type"], udevd::testing::EFI_SYSTEM);
+        assert_eq!(
+            efi["partition_uuid"],
+            "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+        );
+        assert_eq!(efi["partition_index"], 1);
+        assert_eq!(efi["parent"], "vda");
+        assert_eq!(efi["parent_dev_path"], vda["dev_path"]);
+        assert_eq!(efi["offset"], 2048 * 512);
+        assert_eq!(efi["size"], 2048 * 512);
+        assert_eq!(efi["pretty_size"], "1.0 MB");
+        assert_eq!(
+            efi["device_path"].as_str(),
+            vda["device_path"]
+                .as_str()
+                .map(|p| format!("{p}/vda1"))
+                .as_deref()
+        );
+        let state = yaml(&items, "vda3");
+        assert_eq!(state["name"], "xfs");
+        assert_eq!(state["label"], "STATE");
+        assert_eq!(state["uuid"], "5ea7e000-0000-4000-8000-000000000003");
+        let data = yaml(&items, "vda4");
+        assert_eq!(data["name"], "ext4");
+        assert_eq!(data["label"], "my data/1");
+        assert_eq!(data["partition_label"], "data 1/é");
+
+        assert_eq!(yaml(&items, "vdb")["name"], "talosmeta");
+
+        // The protobuf spec carries upstream's field numbers.
+        let item = items.iter().find(|i| i.id == "vda3").expect("vda3");
+        let spec = block_pb::DiscoveredVolumeSpec::decode(item.proto.as_slice()).expect("decode");
+        assert_eq!(
+            (spec.name.as_str(), spec.partition_index, spec.offset),
+            ("xfs", 3, 6144 * 512)
+        );
+    }
+}
