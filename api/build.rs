@@ -27,6 +27,7 @@ const CONTRACTS: &[&str] = &[
     "resource/definitions/network/network.proto",
     "resource/definitions/v1alpha1/v1alpha1.proto",
     "resource/definitions/block/block.proto",
+    "resource/definitions/hardware/hardware.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

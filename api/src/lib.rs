@@ -100,6 +100,10 @@ pub mod talos {
                 //! `talos.resource.definitions.block`.
                 tonic::include_proto!("talos.resource.definitions.block");
             }
+            pub mod hardware {
+                //! `talos.resource.definitions.hardware`.
+                tonic::include_proto!("talos.resource.definitions.hardware");
+            }
             pub mod enums {
                 //! `talos.resource.definitions.enums`.
                 tonic::include_proto!("talos.resource.definitions.enums");
@@ -154,6 +158,7 @@ pub const CONTRACT_VERSIONS: &[(&str, &str)] = &[
     ("resource/definitions/network/network.proto", "1.1.0"),
     ("resource/definitions/v1alpha1/v1alpha1.proto", "1.0.0"),
     ("resource/definitions/block/block.proto", "1.1.0"),
+    ("resource/definitions/hardware/hardware.proto", "1.0.0"),
 ];
 
 /// Decodes [`FILE_DESCRIPTOR_SET`].

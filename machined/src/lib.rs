@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod daemons;
 pub mod events;
 pub mod files;
+pub mod hardware;
 pub mod install;
 pub mod kmsg;
 pub mod logbuf;

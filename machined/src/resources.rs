@@ -14,14 +14,14 @@
 //! that comes and goes between two reads is not counted. Watches poll.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use api::cosi::resource::meta as meta_pb;
 use api::talos::resource::definitions::{
-    block as block_pb, network as network_pb, runtime as runtime_pb, v1alpha1 as v1alpha1_pb,
+    block as block_pb, hardware as hardware_pb, network as network_pb, runtime as runtime_pb,
+    v1alpha1 as v1alpha1_pb,
 };
 use machinery::mode::Mode;
 use serde::Serialize;
@@ -40,10 +40,13 @@ pub const NS_CONFIG: &str = "config";
 pub const NS_RUNTIME: &str = "runtime";
 /// Namespace of network state.
 pub const NS_NETWORK: &str = "network";
+/// Namespace of hardware facts.
+pub const NS_HARDWARE: &str = "hardware";
 
 /// Every namespace served, with upstream's descriptions.
 pub const NAMESPACES: &[(&str, &str)] = &[
     (NS_CONFIG, "Talos node configuration."),
+    (NS_HARDWARE, "Hardware resources."),
     (
         NS_META,
         "Metadata namespace which contains resource and namespace definitions.",
@@ -256,6 +259,24 @@ pub const DISCOVERED_VOLUME: Definition = Definition {
     sensitive: false,
 };
 
+/// `SystemInformations.hardware.talos.dev` (id `systeminformation`).
+pub const SYSTEM_INFORMATION: Definition = Definition {
+    type_: "SystemInformations.hardware.talos.dev",
+    display: "SystemInformation",
+    namespace: NS_HARDWARE,
+    aliases: &["systeminformation"],
+    columns: &[
+        ("Manufacturer", "{.manufacturer}"),
+        ("ProductName", "{.productName}"),
+        ("Version", "{.version}"),
+        ("SerialNumber", "{.serialnumber}"),
+        ("UUID", "{.uuid}"),
+        ("WakeUpType", "{.wakeUpType}"),
+        ("SKUNumber", "{.skuNumber}"),
+    ],
+    sensitive: false,
+};
+
 /// Every type served.
 pub const DEFINITIONS: &[Definition] = &[
     NAMESPACE,
@@ -274,6 +295,7 @@ pub const DEFINITIONS: &[Definition] = &[
     RESOLVER_STATUS,
     TIME_SERVER_STATUS,
     DISCOVERED_VOLUME,
+    SYSTEM_INFORMATION,
 ];
 
 impl Definition {
@@ -602,6 +624,7 @@ impl Resources {
                     })?
             }
             t if t == RESOLVER_STATUS.type_ => self.resolver_status().await,
+            t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
             // As upstream, a container-mode node has no block devices of
             // its own (the host's are not probed).
             t if t == DISCOVERED_VOLUME.type_ => match self.node.mode() {
@@ -732,7 +755,7 @@ impl Resources {
     /// none before networkd has written it.
     async fn resolver_status(&self) -> Result<Vec<Item>, ResourceError> {
         let path = match self.node.mode() {
-            Mode::Metal => self.node.paths.root().join("system/etc/resolv.conf"),
+            Mode::Metal => networkd::files::resolv_conf_path(&self.node.paths),
             Mode::Container => PathBuf::from("/etc/resolv.conf"),
         };
         let text = match tokio::fs::read_to_string(&path).await {
@@ -745,16 +768,67 @@ impl Resources {
                 });
             }
         };
-        let (servers, search) = parse_resolv_conf(&text);
+        let (servers, search) = networkd::files::parse_resolv_conf(&text);
         Ok(vec![item(
             "resolvers",
             &ResolverYaml {
-                dns_servers: servers.iter().map(ToString::to_string).collect(),
+                dns_servers: servers.iter().map(|(text, _)| text.as_str()).collect(),
                 search_domains: &search,
             },
             &network_pb::ResolverStatusSpec {
-                dns_servers: servers.iter().map(|ip| netres::net_ip(*ip)).collect(),
+                dns_servers: servers.iter().map(|(_, ip)| netres::net_ip(*ip)).collect(),
                 search_domains: search.clone(),
+            },
+        )?])
+    }
+
+    /// SMBIOS type 1; none in container mode (the host's hardware), as
+    /// upstream, or without an SMBIOS table. META's UUID override, when
+    /// set, replaces the UUID, as upstream.
+    async fn system_information(&self) -> Result<Vec<Item>, ResourceError> {
+        if self.node.mode() == Mode::Container {
+            return Ok(Vec::new());
+        }
+        let read = tokio::task::spawn_blocking(|| {
+            let info = crate::hardware::read(Path::new("/sys"));
+            let uuid = crate::install::read_meta(machinery::meta::tag::UUID_OVERRIDE);
+            (info, uuid)
+        })
+        .await
+        .map_err(|e| ResourceError::Read {
+            what: "SMBIOS",
+            message: e.to_string(),
+        })?;
+        let (info, uuid_override) = read;
+        let Some(mut info) = info.map_err(|e| ResourceError::Read {
+            what: "SMBIOS (/sys/firmware/dmi/tables)",
+            message: e.to_string(),
+        })?
+        else {
+            return Ok(Vec::new());
+        };
+        if let Some(uuid) = uuid_override.filter(|u| !u.is_empty()) {
+            info.uuid = uuid;
+        }
+        Ok(vec![item(
+            "systeminformation",
+            &SystemInformationYaml {
+                manufacturer: &info.manufacturer,
+                product_name: &info.product_name,
+                version: &info.version,
+                serialnumber: &info.serial_number,
+                uuid: &info.uuid,
+                wake_up_type: &info.wake_up_type,
+                sku_number: &info.sku_number,
+            },
+            &hardware_pb::SystemInformationSpec {
+                manufacturer: info.manufacturer.clone(),
+                product_name: info.product_name.clone(),
+                version: info.version.clone(),
+                serial_number: info.serial_number.clone(),
+                uuid: info.uuid.clone(),
+                wake_up_type: info.wake_up_type.clone(),
+                sku_number: info.sku_number.clone(),
             },
         )?])
     }
@@ -930,7 +1004,7 @@ async fn disks_with(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceE
 
 /// Whether a CD drive holds a disc: its first sector can be read (an
 /// empty drive answers "no medium").
-pub(crate) fn has_disc(node: &Path) -> bool {
+fn has_disc(node: &Path) -> bool {
     use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
     let Ok(drive) = std::fs::OpenOptions::new()
         .read(true)
@@ -1204,8 +1278,28 @@ struct DiskYaml<'a> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+struct SystemInformationYaml<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    manufacturer: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    product_name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    version: &'a str,
+    // Upstream's key is all lowercase.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    serialnumber: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    uuid: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    wake_up_type: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sku_number: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ResolverYaml<'a> {
-    dns_servers: Vec<String>,
+    dns_servers: Vec<&'a str>,
     search_domains: &'a [String],
 }
 
@@ -1213,32 +1307,6 @@ struct ResolverYaml<'a> {
 #[serde(rename_all = "camelCase")]
 struct TimeServerYaml<'a> {
     time_servers: &'a [String],
-}
-
-/// The `nameserver` addresses and the search domains (the last `search`
-/// or `domain` line, as the resolver reads them) of a `resolv.conf`.
-#[must_use]
-pub fn parse_resolv_conf(text: &str) -> (Vec<IpAddr>, Vec<String>) {
-    let mut servers = Vec::new();
-    let mut search = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => {
-                // A scoped IPv6 address (fe80::1%eth0) keeps its address.
-                if let Some(ip) = words
-                    .next()
-                    .and_then(|w| w.split('%').next())
-                    .and_then(|w| w.parse().ok())
-                {
-                    servers.push(ip);
-                }
-            }
-            Some("search" | "domain") => search = words.map(str::to_owned).collect(),
-            _ => {}
-        }
-    }
-    (servers, search)
 }
 
 #[derive(Serialize)]
@@ -1422,22 +1490,6 @@ mod tests {
         assert_eq!((sda.sector_size, sda.io_size), (512, 512), "the defaults");
         assert_eq!(sda.model, "QEMU HARDDISK");
         assert!(items[0].yaml.contains("rotational: true\n"));
-    }
-
-    #[test]
-    fn resolv_conf_gives_the_servers_and_the_last_search_line() {
-        let (servers, search) = parse_resolv_conf(
-            "# written by networkd\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\nnameserver bogus\nsearch a.example\noptions ndots:2\nsearch b.example c.example\n",
-        );
-        assert_eq!(
-            servers,
-            [
-                "10.0.0.1".parse::<IpAddr>().unwrap(),
-                "fe80::1".parse().unwrap()
-            ]
-        );
-        assert_eq!(search, ["b.example", "c.example"]);
-        assert_eq!(parse_resolv_conf(""), (Vec::new(), Vec::new()));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde::Serialize;
 use udevd::probe::{Fs, FsKind, Probe};
 use udevd::sysfs::BlockDevice;
 
-use crate::resources::{Item, ResourceError, has_disc, item, queue_sizes};
+use crate::resources::{Item, ResourceError, item, queue_sizes};
 
 #[derive(Serialize)]
 struct VolumeYaml<'a> {
@@ -64,17 +64,22 @@ fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
+/// How long one read's probes may take: a device whose reads hang (a
+/// dead network block device, a failing disk retrying) would otherwise
+/// hold the type's lock, and every later read would wait behind it.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The volumes under `sysfs` (`/sys`), probed through `dev` (`/dev`).
 ///
 /// # Errors
-/// sysfs cannot be listed.
+/// sysfs cannot be listed, or the probes take too long.
 pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceError> {
     let read = |message: String| ResourceError::Read {
         what: "the block devices",
         message,
     };
     // Probing reads the devices: off the runtime's thread.
-    tokio::task::spawn_blocking(move || {
+    let probes = tokio::task::spawn_blocking(move || {
         let devices = udevd::sysfs::block_devices(&sysfs).map_err(|e| read(e.to_string()))?;
         let mut out = Vec::new();
         for device in devices
@@ -86,9 +91,21 @@ pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, Resou
             volumes_of(&sysfs, &dev, device, &mut out)?;
         }
         Ok(out)
-    })
-    .await
-    .map_err(|e| read(e.to_string()))?
+    });
+    tokio::time::timeout(PROBE_TIMEOUT, probes)
+        .await
+        .map_err(|_| read(format!("the probes took longer than {PROBE_TIMEOUT:?}")))?
+        .map_err(|e| read(e.to_string()))?
+}
+
+/// Opens a device to probe it, as upstream does: non-blocking, so that a
+/// CD drive is not made to close its tray or wait for a disc.
+fn open(node: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+        .open(node)
 }
 
 /// The device and its partitions.
@@ -98,19 +115,30 @@ fn volumes_of(
     device: &BlockDevice,
     out: &mut Vec<Item>,
 ) -> Result<(), ResourceError> {
+    use std::os::unix::fs::FileExt as _;
     let node = dev.join(&device.name);
-    // A CD drive without a disc is listed unprobed, as upstream; any other
-    // device that cannot be read is left out, as upstream drops a device
-    // whose probe fails.
-    let probe = if device.cdrom && !has_disc(&node) {
-        None
-    } else {
-        match udevd::probe::probe_path(&node) {
+    let file = open(&node);
+    // A CD drive without a disc is listed unprobed (size 0, as the Disks
+    // say), as upstream; any other device that cannot be read is left
+    // out, with its partitions, as upstream drops a device whose probe
+    // fails.
+    let has_disc = |f: &std::fs::File| {
+        let mut sector = [0u8; 2048];
+        f.read_at(&mut sector, 0).is_ok_and(|n| n > 0)
+    };
+    let probe = match &file {
+        Ok(f) if device.cdrom && !has_disc(f) => None,
+        Ok(f) => match udevd::probe::probe_file(f, &node) {
             Ok(probe) => Some(probe),
             Err(e) => {
                 tracing::debug!(device = %device.name, error = %e, "not probed");
                 return Ok(());
             }
+        },
+        Err(_) if device.cdrom => None,
+        Err(e) => {
+            tracing::debug!(device = %device.name, error = %e, "not opened");
+            return Ok(());
         }
     };
     let size = if probe.is_none() { 0 } else { device.size };
@@ -129,18 +157,23 @@ fn volumes_of(
         io_size,
         ..block_pb::DiscoveredVolumeSpec::default()
     };
-    match &probe {
-        Some(Probe {
-            pt_uuid: Some(guid),
-            sector_size,
-            ..
-        }) => {
+    match (&probe, &file) {
+        (
+            Some(Probe {
+                pt_uuid: Some(guid),
+                sector_size,
+                ..
+            }),
+            _,
+        ) => {
             "gpt".clone_into(&mut disk.name);
             disk.uuid.clone_from(guid);
             disk.block_size = u32::try_from(*sector_size).unwrap_or_default();
         }
-        Some(Probe { fs: Some(fs), .. }) => found(&mut disk, fs),
-        _ if is_meta(&node, 0) => "talosmeta".clone_into(&mut disk.name),
+        (Some(Probe { fs: Some(fs), .. }), _) => found(&mut disk, fs),
+        (Some(_), Ok(f)) if is_meta(f, 0, device.size) => {
+            "talosmeta".clone_into(&mut disk.name);
+        }
         _ => {}
     }
     out.push(volume_item(&device.name, &disk)?);
@@ -161,7 +194,13 @@ fn volumes_of(
             offset,
             ..block_pb::DiscoveredVolumeSpec::default()
         };
-        let entry = probe.as_ref().and_then(|p| p.partition(partition.number));
+        // The GPT's entry for this partition: the same slot starting where
+        // the kernel says (a hybrid MBR or a table rewritten since the
+        // kernel read it can number partitions otherwise).
+        let entry = probe.as_ref().and_then(|p| {
+            p.partition(partition.number)
+                .filter(|e| e.start_lba.saturating_mul(p.sector_size) == offset)
+        });
         let fs = match entry {
             Some(entry) => {
                 spec.partition_uuid.clone_from(&entry.uuid);
@@ -170,14 +209,26 @@ fn volumes_of(
                 spec.partition_index = u64::from(entry.index);
                 entry.fs.clone()
             }
-            // Not in a GPT (an MBR disk): the partition's own probe.
-            None => udevd::probe::probe_fs_path(&part_node).ok().flatten(),
+            // Not in the GPT (an MBR disk): the partition's own probe; one
+            // that fails is left out, as upstream.
+            None => match open(&part_node)
+                .map_err(|e| e.to_string())
+                .and_then(|f| udevd::probe::probe_file(&f, &part_node).map_err(|e| e.to_string()))
+            {
+                Ok(probe) => probe.fs,
+                Err(e) => {
+                    tracing::debug!(partition = %partition.name, error = %e, "not probed");
+                    continue;
+                }
+            },
         };
-        match &fs {
-            Some(fs) => found(&mut spec, fs),
+        match (&fs, &file) {
+            (Some(fs), _) => found(&mut spec, fs),
             // META sits inside the whole device: read it there.
-            None if is_meta(&node, offset) => "talosmeta".clone_into(&mut spec.name),
-            None => {}
+            (None, Ok(f)) if is_meta(f, offset, partition.size) => {
+                "talosmeta".clone_into(&mut spec.name);
+            }
+            _ => {}
         }
         out.push(volume_item(&partition.name, &spec)?);
     }
@@ -195,13 +246,11 @@ fn found(spec: &mut block_pb::DiscoveredVolumeSpec, fs: &Fs) {
     spec.label = fs.label.clone().unwrap_or_default();
 }
 
-/// Whether the META store's magics are at `offset` of `node` (either of
-/// its two copies), as upstream's `talosmeta` probe looks for them.
-fn is_meta(node: &Path, offset: u64) -> bool {
+/// Whether a META store starts at `offset` of `file` (within `size`
+/// bytes): its first copy's two magics, which is what upstream's
+/// `talosmeta` probe looks for.
+fn is_meta(file: &std::fs::File, offset: u64, size: u64) -> bool {
     use std::os::unix::fs::FileExt as _;
-    let Ok(file) = std::fs::File::open(node) else {
-        return false;
-    };
     let block = machinery::meta::BLOCK_SIZE as u64;
     let word = |at: u64| {
         let mut bytes = [0u8; 4];
@@ -209,10 +258,11 @@ fn is_meta(node: &Path, offset: u64) -> bool {
             .ok()
             .map(|()| u32::from_be_bytes(bytes))
     };
-    [offset, offset + block].into_iter().any(|copy| {
-        word(copy) == Some(machinery::meta::MAGIC1)
-            && word(copy + block - 4) == Some(machinery::meta::MAGIC2)
-    })
+    size >= block
+        && word(offset) == Some(machinery::meta::MAGIC1)
+        && offset
+            .checked_add(block - 4)
+            .is_some_and(|at| word(at) == Some(machinery::meta::MAGIC2))
 }
 
 fn volume_item(id: &str, spec: &block_pb::DiscoveredVolumeSpec) -> Result<Item, ResourceError> {
@@ -291,6 +341,38 @@ mod tests {
         let mut meta = machinery::meta::Adv::new();
         meta.set(0x0c, "kept").expect("set");
         std::fs::write(dev.join("vdb"), meta.encode_partition()).expect("meta");
+        // An NVMe namespace (partitions named with a `p`) with the same
+        // GPT; a CD drive without a disc, and one with a disc that holds
+        // nothing known.
+        write_fake_disk(
+            &sys,
+            &FakeDisk {
+                name: "nvme0n1".into(),
+                device_path: "pci0000:00/0000:00:07.0/nvme/nvme0".into(),
+                flat: true,
+                sectors: SAMPLE_SECTORS,
+                partitions: sample_sysfs_partitions("nvme0n1"),
+                ..FakeDisk::default()
+            },
+        )
+        .expect("nvme0n1");
+        write_sample_image(&dev.join("nvme0n1")).expect("image");
+        for name in ["sr0", "sr1"] {
+            write_fake_disk(
+                &sys,
+                &FakeDisk {
+                    name: name.into(),
+                    device_path: format!(
+                        "pci0000:00/0000:00:01.1/ata2/host1/target1:0:0/1:0:0:{name}"
+                    ),
+                    sectors: 2_097_151,
+                    ..FakeDisk::default()
+                },
+            )
+            .expect("cd");
+        }
+        std::fs::write(dev.join("sr0"), b"").expect("empty drive");
+        std::fs::write(dev.join("sr1"), vec![1u8; 4096]).expect("disc");
         // A loop device with nothing attached and a RAM disk: not listed.
         for name in ["loop0", "ram0"] {
             write_fake_disk(
@@ -306,7 +388,36 @@ mod tests {
 
         let items = discovered(sys.clone(), dev.clone()).await.expect("volumes");
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(ids, ["vda", "vda1", "vda2", "vda3", "vda4", "vdb"]);
+        assert_eq!(
+            ids,
+            [
+                "nvme0n1",
+                "nvme0n1p1",
+                "nvme0n1p2",
+                "nvme0n1p3",
+                "nvme0n1p4",
+                "sr0",
+                "sr1",
+                "vda",
+                "vda1",
+                "vda2",
+                "vda3",
+                "vda4",
+                "vdb"
+            ]
+        );
+        let nvme = yaml(&items, "nvme0n1p3");
+        assert_eq!(nvme["name"], "xfs");
+        assert_eq!(nvme["parent"], "nvme0n1");
+        assert_eq!(nvme["partition_index"], 3);
+        let empty = yaml(&items, "sr0");
+        assert_eq!(
+            (empty["size"].as_u64(), empty["name"].as_str()),
+            (Some(0), Some(""))
+        );
+        let disc = yaml(&items, "sr1");
+        assert_eq!(disc["size"], 2_097_151 * 512);
+        assert_eq!(disc["name"], "");
 
         let vda = yaml(&items, "vda");
         assert_eq!(vda["type"], "disk");

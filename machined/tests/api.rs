@@ -816,7 +816,10 @@ mod cosi {
             .iter()
             .map(|r| id(r).to_owned())
             .collect();
-        assert_eq!(namespaces, ["config", "meta", "network", "runtime"]);
+        assert_eq!(
+            namespaces,
+            ["config", "hardware", "meta", "network", "runtime"]
+        );
 
         // No config yet: no MachineConfig, and the error is upstream's.
         let err = state

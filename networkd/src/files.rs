@@ -69,6 +69,31 @@ pub fn resolv_conf(nameservers: &[IpAddr], search: &[String]) -> String {
     out
 }
 
+/// The `nameserver` lines of a `resolv.conf` (as written, a scoped IPv6
+/// address keeping its `%zone`, with the address parsed) and the search
+/// domains of its last `search` or `domain` line, as the resolver reads
+/// them. Lines that are not nameservers or search domains are ignored.
+#[must_use]
+pub fn parse_resolv_conf(text: &str) -> (Vec<(String, IpAddr)>, Vec<String>) {
+    let mut servers = Vec::new();
+    let mut search = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                if let Some(word) = words.next()
+                    && let Ok(ip) = word.split('%').next().unwrap_or(word).parse::<IpAddr>()
+                {
+                    servers.push((word.to_owned(), ip));
+                }
+            }
+            Some("search" | "domain") => search = words.map(str::to_owned).collect(),
+            _ => {}
+        }
+    }
+    (servers, search)
+}
+
 /// `/etc/hosts`: localhost, the node's name on `address` (`127.0.1.1`
 /// when it has none yet), and the extra entries.
 #[must_use]
@@ -149,6 +174,27 @@ pub fn write_in_place(path: &Path, contents: &str) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_reads_back_what_is_written() {
+        let servers: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "fd00::53".parse().unwrap()];
+        let search = vec!["a.example".to_owned(), "b.example".to_owned()];
+        let (read, read_search) = parse_resolv_conf(&resolv_conf(&servers, &search));
+        assert_eq!(read.iter().map(|(_, ip)| *ip).collect::<Vec<_>>(), servers);
+        assert_eq!(read_search, search);
+        // Zones stay in the text; the last search line wins; junk is skipped.
+        let (read, read_search) = parse_resolv_conf(
+            "nameserver fe80::1%eth0\nnameserver bogus\nsearch x.example\noptions ndots:2\ndomain y.example\n",
+        );
+        assert_eq!(
+            read,
+            [(
+                "fe80::1%eth0".to_owned(),
+                "fe80::1".parse::<IpAddr>().unwrap()
+            )]
+        );
+        assert_eq!(read_search, ["y.example"]);
+    }
 
     #[test]
     fn in_place_writes_keep_the_inode() {

@@ -399,6 +399,7 @@ fn gen_config_cluster_and_everyday_commands() {
     // upstream: ambiguous, so refused.
     let r = run(&tc, &["get", "rs"]);
     assert_ne!(r.code, 0, "{}", r.out);
+    assert!(r.err.contains("ambiguous"), "{}", r.err);
     let routes = ok(&tc, &["get", "routes"]);
     assert!(
         routes.lines().any(|l| {
@@ -422,14 +423,36 @@ fn gen_config_cluster_and_everyday_commands() {
         ])),
         "{timeservers}"
     );
-    let host = std::fs::read_to_string("/etc/resolv.conf").expect("the host's /etc/resolv.conf");
-    let resolvers = ok(&tc, &["get", "resolvers", "resolvers", "-o", "yaml"]);
-    assert!(resolvers.contains("dnsServers:"), "{resolvers}");
-    for server in host.lines().filter_map(|l| l.strip_prefix("nameserver ")) {
-        assert!(
-            resolvers.contains(&format!("- {}\n", server.trim())),
-            "{server}: {resolvers}"
-        );
+    match std::fs::read_to_string("/etc/resolv.conf") {
+        Ok(host) => {
+            let servers: Vec<&str> = host
+                .lines()
+                .filter_map(|l| {
+                    let mut words = l.split_whitespace();
+                    (words.next() == Some("nameserver"))
+                        .then(|| words.next())
+                        .flatten()
+                })
+                .filter(|w| {
+                    w.split('%')
+                        .next()
+                        .is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok())
+                })
+                .collect();
+            let resolvers = ok(&tc, &["get", "resolvers", "resolvers", "-o", "yaml"]);
+            let doc: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(&resolvers).expect("the resolvers as YAML");
+            let listed: Vec<&str> = doc["spec"]["dnsServers"]
+                .as_sequence()
+                .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            assert_eq!(listed, servers, "{resolvers}");
+        }
+        // No file: no resource.
+        Err(_) => {
+            let r = run(&tc, &["get", "resolvers", "resolvers"]);
+            assert!(r.err.contains("NotFound"), "{}", r.err);
+        }
     }
     let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
     assert_eq!(

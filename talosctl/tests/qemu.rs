@@ -1094,6 +1094,25 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     assert_ne!(r.code, 0, "{}", r.out);
     assert!(r.err.contains("not authorized"), "{}", r.err);
 
+    // What the firmware says it is (SMBIOS type 1), as upstream shows it.
+    let system = ok(
+        &none,
+        &[
+            "-n",
+            &endpoint,
+            "get",
+            "systeminformation",
+            "--insecure",
+            "-o",
+            "yaml",
+        ],
+    );
+    assert!(
+        system.contains("  manufacturer: QEMU\n")
+            && system.contains("  wakeUpType: Power Switch\n"),
+        "{system}"
+    );
+
     // Its network as the kernel has it: the virtio NIC up with a carrier,
     // the address DHCP gave it and the default route through QEMU's
     // gateway.
