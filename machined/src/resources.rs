@@ -1422,18 +1422,7 @@ mod tests {
         let dev = dir.path().join("dev");
         std::fs::create_dir_all(&dev).expect("dev");
         for name in ["sr0", "sr1"] {
-            write_fake_disk(
-                sys,
-                &FakeDisk {
-                    name: name.into(),
-                    device_path: format!(
-                        "pci0000:00/0000:00:01.1/ata2/host1/target1:0:0/1:0:0:{name}"
-                    ),
-                    sectors: 2_097_151,
-                    ..FakeDisk::default()
-                },
-            )
-            .expect("cd");
+            write_fake_disk(sys, &udevd::testing::cd_drive(name)).expect("cd");
         }
         std::fs::write(dev.join("sr1"), vec![1u8; 4096]).expect("disc");
         // udevd's links to vda, and one that leads nowhere.

@@ -358,18 +358,7 @@ mod tests {
         .expect("nvme0n1");
         write_sample_image(&dev.join("nvme0n1")).expect("image");
         for name in ["sr0", "sr1"] {
-            write_fake_disk(
-                &sys,
-                &FakeDisk {
-                    name: name.into(),
-                    device_path: format!(
-                        "pci0000:00/0000:00:01.1/ata2/host1/target1:0:0/1:0:0:{name}"
-                    ),
-                    sectors: 2_097_151,
-                    ..FakeDisk::default()
-                },
-            )
-            .expect("cd");
+            write_fake_disk(&sys, &udevd::testing::cd_drive(name)).expect("cd");
         }
         std::fs::write(dev.join("sr0"), b"").expect("empty drive");
         std::fs::write(dev.join("sr1"), vec![1u8; 4096]).expect("disc");

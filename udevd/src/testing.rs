@@ -40,6 +40,18 @@ pub struct FakeDisk {
     pub partitions: Vec<(String, u32, u64, u64)>,
 }
 
+/// A CD drive `name` (`sr0`) on an ATA host, as QEMU's IDE CD-ROM shows
+/// in sysfs (the kernel gives a drive a size with or without a disc).
+#[must_use]
+pub fn cd_drive(name: &str) -> FakeDisk {
+    FakeDisk {
+        name: name.into(),
+        device_path: format!("pci0000:00/0000:00:01.1/ata2/host1/target1:0:0/1:0:0:{name}"),
+        sectors: 2_097_151,
+        ..FakeDisk::default()
+    }
+}
+
 /// Lays `disk` out under `sysfs` as the kernel does: its directory below
 /// `devices/`, with `size`, `ro`, `queue/rotational`, `uevent`, the
 /// `subsystem` and `device` links and one subdirectory per partition, and
