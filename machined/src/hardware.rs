@@ -45,14 +45,15 @@ pub fn read(sysfs: &Path) -> std::io::Result<Option<SystemInformation>> {
     Ok(parse(&entry, &table))
 }
 
-/// The SMBIOS version an entry point announces (`_SM3_` or `_SM_`).
-fn version(entry: &[u8]) -> (u8, u8) {
+/// The SMBIOS version an entry point announces (`_SM3_` or `_SM_`);
+/// none for another or a missing one.
+fn version(entry: &[u8]) -> Option<(u8, u8)> {
     if entry.starts_with(b"_SM3_") && entry.len() > 8 {
-        (entry[7], entry[8])
+        Some((entry[7], entry[8]))
     } else if entry.starts_with(b"_SM_") && entry.len() > 7 {
-        (entry[6], entry[7])
+        Some((entry[6], entry[7]))
     } else {
-        (0, 0)
+        None
     }
 }
 
@@ -71,10 +72,18 @@ pub fn parse(entry: &[u8], table: &[u8]) -> Option<SystemInformation> {
         // The strings follow, each NUL-terminated, the set ended by a
         // second NUL.
         let mut end = at + length;
-        while end + 1 < table.len() && !(table[end] == 0 && table[end + 1] == 0) {
+        loop {
+            // A table cut short ends the strings where it ends.
+            if end + 1 >= table.len() {
+                end = table.len();
+                break;
+            }
+            if table[end] == 0 && table[end + 1] == 0 {
+                break;
+            }
             end += 1;
         }
-        let strings: Vec<&[u8]> = table[at + length..end.min(table.len())]
+        let strings: Vec<&[u8]> = table[at + length..end]
             .split(|b| *b == 0)
             .collect();
         if kind == 1 {
@@ -88,7 +97,7 @@ pub fn parse(entry: &[u8], table: &[u8]) -> Option<SystemInformation> {
     found
 }
 
-fn system(version: (u8, u8), formatted: &[u8], strings: &[&[u8]]) -> SystemInformation {
+fn system(version: Option<(u8, u8)>, formatted: &[u8], strings: &[&[u8]]) -> SystemInformation {
     let byte = |offset: usize| formatted.get(offset).copied().unwrap_or(0);
     let text = |offset: usize| {
         let index = usize::from(byte(offset));
@@ -106,8 +115,9 @@ fn system(version: (u8, u8), formatted: &[u8], strings: &[&[u8]]) -> SystemInfor
     let uuid = formatted.get(8..24).map_or_else(String::new, |raw| {
         let mut b: [u8; 16] = raw.try_into().unwrap_or([0; 16]);
         // From 2.6 the first three fields are little-endian, as dmidecode
-        // and the kernel read them.
-        if version >= (2, 6) {
+        // and the kernel read them; a version not announced is taken to be
+        // a current one.
+        if version.is_none_or(|v| v >= (2, 6)) {
             b[0..4].reverse();
             b[4..6].reverse();
             b[6..8].reverse();
@@ -194,5 +204,21 @@ mod tests {
         assert_eq!(parse(b"", &[]), None);
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(read(dir.path()).expect("no table"), None);
+        // Cut short or malformed: no panic, and nothing made up.
+        let whole = table();
+        for end in 0..whole.len() {
+            let _ = parse(b"", &whole[..end]);
+        }
+        // A structure cut off in its UUID: the strings it names are gone too.
+        let cut = parse(b"", &whole[..20]);
+        assert_eq!(cut, None);
+        // Strings without their final terminator still read.
+        let mut open_ended = whole[..whole.len() - 7].to_vec();
+        open_ended.truncate(open_ended.len() - 1);
+        let info = parse(b"", &open_ended).expect("type 1");
+        assert_eq!(info.manufacturer, "QEMU");
+        assert_eq!(info.version, "pc-q35-9.1");
+        // No entry point: the UUID is read as a current SMBIOS writes it.
+        assert_eq!(info.uuid, "d42c3304-5d2d-48f2-98cf-7cf600c8e88d");
     }
 }

@@ -132,7 +132,9 @@ fn main() -> ExitCode {
             other => break other,
         }
     };
-    drop(runtime);
+    // Bounded: a blocking read stuck on a device that stopped answering
+    // (a probe given up on) must not keep PID 1 from rebooting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(action) if metal_init => {
             machined::boot::power_off_or_reboot(action == PowerAction::Reboot)

@@ -1005,14 +1005,17 @@ async fn disks_with(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceE
 /// Whether a CD drive holds a disc: its first sector can be read (an
 /// empty drive answers "no medium").
 fn has_disc(node: &Path) -> bool {
-    use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
-    let Ok(drive) = std::fs::OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
         .open(node)
-    else {
-        return false;
-    };
+        .is_ok_and(|drive| has_disc_in(&drive))
+}
+
+/// Whether an open CD drive holds a disc: its first sector reads.
+pub(crate) fn has_disc_in(drive: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt as _;
     let mut sector = [0u8; 2048];
     drive.read_at(&mut sector, 0).is_ok_and(|n| n > 0)
 }

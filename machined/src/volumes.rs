@@ -19,7 +19,7 @@ use serde::Serialize;
 use udevd::probe::{Fs, FsKind, Probe};
 use udevd::sysfs::BlockDevice;
 
-use crate::resources::{Item, ResourceError, item, queue_sizes};
+use crate::resources::{Item, ResourceError, has_disc_in, item, queue_sizes};
 
 #[derive(Serialize)]
 struct VolumeYaml<'a> {
@@ -78,8 +78,24 @@ pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, Resou
         what: "the block devices",
         message,
     };
+    // One probe at a time: one given up on below may still be stuck on a
+    // device, and starting another would only stick behind it (and fill
+    // the blocking pool), so until it ends reads fail at once.
+    static PROBING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if PROBING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return Err(read(
+            "an earlier probe is still waiting for a device that does not answer".to_owned(),
+        ));
+    }
     // Probing reads the devices: off the runtime's thread.
     let probes = tokio::task::spawn_blocking(move || {
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                PROBING.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _done = Done;
         let devices = udevd::sysfs::block_devices(&sysfs).map_err(|e| read(e.to_string()))?;
         let mut out = Vec::new();
         for device in devices
@@ -115,19 +131,14 @@ fn volumes_of(
     device: &BlockDevice,
     out: &mut Vec<Item>,
 ) -> Result<(), ResourceError> {
-    use std::os::unix::fs::FileExt as _;
     let node = dev.join(&device.name);
     let file = open(&node);
     // A CD drive without a disc is listed unprobed (size 0, as the Disks
     // say), as upstream; any other device that cannot be read is left
     // out, with its partitions, as upstream drops a device whose probe
     // fails.
-    let has_disc = |f: &std::fs::File| {
-        let mut sector = [0u8; 2048];
-        f.read_at(&mut sector, 0).is_ok_and(|n| n > 0)
-    };
     let probe = match &file {
-        Ok(f) if device.cdrom && !has_disc(f) => None,
+        Ok(f) if device.cdrom && !has_disc_in(f) => None,
         Ok(f) => match udevd::probe::probe_file(f, &node) {
             Ok(probe) => Some(probe),
             Err(e) => {
@@ -211,11 +222,10 @@ fn volumes_of(
             }
             // Not in the GPT (an MBR disk): the partition's own probe; one
             // that fails is left out, as upstream.
-            None => match open(&part_node)
-                .map_err(|e| e.to_string())
-                .and_then(|f| udevd::probe::probe_file(&f, &part_node).map_err(|e| e.to_string()))
-            {
-                Ok(probe) => probe.fs,
+            None => match open(&part_node).map_err(|e| e.to_string()).and_then(|f| {
+                udevd::probe::probe_fs_file(&f, &part_node).map_err(|e| e.to_string())
+            }) {
+                Ok(fs) => fs,
                 Err(e) => {
                     tracing::debug!(partition = %partition.name, error = %e, "not probed");
                     continue;
@@ -247,8 +257,9 @@ fn found(spec: &mut block_pb::DiscoveredVolumeSpec, fs: &Fs) {
 }
 
 /// Whether a META store starts at `offset` of `file` (within `size`
-/// bytes): its first copy's two magics, which is what upstream's
-/// `talosmeta` probe looks for.
+/// bytes), as upstream's `talosmeta` probe decides: the first magic at
+/// the start, and the closing magic of either copy (the second copy is
+/// what survives a torn write of the first).
 fn is_meta(file: &std::fs::File, offset: u64, size: u64) -> bool {
     use std::os::unix::fs::FileExt as _;
     let block = machinery::meta::BLOCK_SIZE as u64;
@@ -258,11 +269,13 @@ fn is_meta(file: &std::fs::File, offset: u64, size: u64) -> bool {
             .ok()
             .map(|()| u32::from_be_bytes(bytes))
     };
-    size >= block
-        && word(offset) == Some(machinery::meta::MAGIC1)
-        && offset
-            .checked_add(block - 4)
-            .is_some_and(|at| word(at) == Some(machinery::meta::MAGIC2))
+    let at = |n: u64| offset.checked_add(n);
+    let copy_ends = |copy: u64| {
+        size >= copy + block
+            && at(copy).is_some_and(|a| word(a) == Some(machinery::meta::MAGIC1))
+            && at(copy + block - 4).is_some_and(|a| word(a) == Some(machinery::meta::MAGIC2))
+    };
+    word(offset) == Some(machinery::meta::MAGIC1) && (copy_ends(0) || copy_ends(block))
 }
 
 fn volume_item(id: &str, spec: &block_pb::DiscoveredVolumeSpec) -> Result<Item, ResourceError> {

@@ -69,10 +69,10 @@ pub fn resolv_conf(nameservers: &[IpAddr], search: &[String]) -> String {
     out
 }
 
-/// The `nameserver` lines of a `resolv.conf` (as written, a scoped IPv6
-/// address keeping its `%zone`, with the address parsed) and the search
-/// domains of its last `search` or `domain` line, as the resolver reads
-/// them. Lines that are not nameservers or search domains are ignored.
+/// The `nameserver` lines of a `resolv.conf` (each as upstream prints an
+/// address, a scoped IPv6 address keeping its `%zone`, with the address
+/// parsed) and the search domains of its last `search` line, or the one
+/// `domain`, as the resolver reads them. Anything else is ignored.
 #[must_use]
 pub fn parse_resolv_conf(text: &str) -> (Vec<(String, IpAddr)>, Vec<String>) {
     let mut servers = Vec::new();
@@ -81,13 +81,21 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<(String, IpAddr)>, Vec<String>) {
         let mut words = line.split_whitespace();
         match words.next() {
             Some("nameserver") => {
-                if let Some(word) = words.next()
-                    && let Ok(ip) = word.split('%').next().unwrap_or(word).parse::<IpAddr>()
-                {
-                    servers.push((word.to_owned(), ip));
+                let Some(word) = words.next() else { continue };
+                let (address, zone) = word.split_once('%').unwrap_or((word, ""));
+                match address.parse::<IpAddr>() {
+                    Ok(ip @ IpAddr::V6(_)) if !zone.is_empty() => {
+                        servers.push((format!("{ip}%{zone}"), ip));
+                    }
+                    // A zone only scopes IPv6 (glibc refuses it on IPv4).
+                    Ok(ip) if !word.contains('%') || ip.is_ipv6() => {
+                        servers.push((ip.to_string(), ip));
+                    }
+                    _ => {}
                 }
             }
-            Some("search" | "domain") => search = words.map(str::to_owned).collect(),
+            Some("search") => search = words.map(str::to_owned).collect(),
+            Some("domain") => search = words.next().map(str::to_owned).into_iter().collect(),
             _ => {}
         }
     }
@@ -184,15 +192,11 @@ mod tests {
         assert_eq!(read_search, search);
         // Zones stay in the text; the last search line wins; junk is skipped.
         let (read, read_search) = parse_resolv_conf(
-            "nameserver fe80::1%eth0\nnameserver bogus\nsearch x.example\noptions ndots:2\ndomain y.example\n",
+            "nameserver fe80::1%eth0\nnameserver bogus\nnameserver 10.0.0.1%eth0\nnameserver 2001:DB8:0:0::1\nsearch x.example\noptions ndots:2\ndomain y.example z.example\n",
         );
-        assert_eq!(
-            read,
-            [(
-                "fe80::1%eth0".to_owned(),
-                "fe80::1".parse::<IpAddr>().unwrap()
-            )]
-        );
+        let texts: Vec<&str> = read.iter().map(|(t, _)| t.as_str()).collect();
+        // Printed as upstream prints an address; a zoned IPv4 is refused.
+        assert_eq!(texts, ["fe80::1%eth0", "2001:db8::1"]);
         assert_eq!(read_search, ["y.example"]);
     }
 

@@ -425,7 +425,7 @@ fn gen_config_cluster_and_everyday_commands() {
     );
     match std::fs::read_to_string("/etc/resolv.conf") {
         Ok(host) => {
-            let servers: Vec<&str> = host
+            let servers: Vec<String> = host
                 .lines()
                 .filter_map(|l| {
                     let mut words = l.split_whitespace();
@@ -433,10 +433,17 @@ fn gen_config_cluster_and_everyday_commands() {
                         .then(|| words.next())
                         .flatten()
                 })
-                .filter(|w| {
-                    w.split('%')
-                        .next()
-                        .is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok())
+                .filter_map(|w| {
+                    // As upstream prints an address: canonical, an IPv6
+                    // zone kept.
+                    let (address, zone) = w.split_once('%').unwrap_or((w, ""));
+                    match address.parse::<std::net::IpAddr>().ok()? {
+                        ip @ std::net::IpAddr::V6(_) if !zone.is_empty() => {
+                            Some(format!("{ip}%{zone}"))
+                        }
+                        ip if zone.is_empty() => Some(ip.to_string()),
+                        _ => None,
+                    }
                 })
                 .collect();
             let resolvers = ok(&tc, &["get", "resolvers", "resolvers", "-o", "yaml"]);
@@ -449,10 +456,11 @@ fn gen_config_cluster_and_everyday_commands() {
             assert_eq!(listed, servers, "{resolvers}");
         }
         // No file: no resource.
-        Err(_) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let r = run(&tc, &["get", "resolvers", "resolvers"]);
             assert!(r.err.contains("NotFound"), "{}", r.err);
         }
+        Err(e) => panic!("reading the host's /etc/resolv.conf: {e}"),
     }
     let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
     assert_eq!(

@@ -906,6 +906,9 @@ fn node_vm(work: &Path, disk: &Path, port: u16, direct: Option<&Path>, name: &st
     node_vm_with(work, disk, port, direct, name, "")
 }
 
+/// The SMBIOS system UUID of every node VM.
+const VM_UUID: &str = "5c0f3a9e-1d2b-4c5d-8e6f-a0b1c2d3e4f5";
+
 /// [`node_vm`] with extra `-drive` options for the disk.
 fn node_vm_with(
     work: &Path,
@@ -917,6 +920,8 @@ fn node_vm_with(
 ) -> Vm {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "1"])
+        // The SMBIOS UUID `get systeminformation` must show.
+        .args(["-uuid", VM_UUID])
         .args(["-display", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!(
@@ -1109,7 +1114,8 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     );
     assert!(
         system.contains("  manufacturer: QEMU\n")
-            && system.contains("  wakeUpType: Power Switch\n"),
+            && system.contains("  wakeUpType: Power Switch\n")
+            && system.contains(&format!("  uuid: {VM_UUID}\n")),
         "{system}"
     );
 

@@ -190,6 +190,15 @@ pub fn probe_fs_path(path: &Path) -> Result<Option<Fs>, ProbeError> {
     probe_fs_at(&Reader { file: &file, path }, 0)
 }
 
+/// Probes an open device (typically a partition) for a filesystem only;
+/// `path` names it in errors.
+///
+/// # Errors
+/// A read fails.
+pub fn probe_fs_file(file: &File, path: &Path) -> Result<Option<Fs>, ProbeError> {
+    probe_fs_at(&Reader { file, path }, 0)
+}
+
 // === GUIDs ===
 
 /// Formats a GPT GUID (first three fields little-endian), lowercase.
