@@ -83,9 +83,7 @@ pub fn parse(entry: &[u8], table: &[u8]) -> Option<SystemInformation> {
             }
             end += 1;
         }
-        let strings: Vec<&[u8]> = table[at + length..end]
-            .split(|b| *b == 0)
-            .collect();
+        let strings: Vec<&[u8]> = table[at + length..end].split(|b| *b == 0).collect();
         if kind == 1 {
             found = Some(system(version(entry), formatted, &strings));
         }
