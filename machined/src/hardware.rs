@@ -10,31 +10,15 @@
 
 use std::path::Path;
 
-/// What SMBIOS type 1 says, as upstream prints it.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SystemInformation {
-    /// Offset 0x04.
-    pub manufacturer: String,
-    /// Offset 0x05.
-    pub product_name: String,
-    /// Offset 0x06.
-    pub version: String,
-    /// Offset 0x07.
-    pub serial_number: String,
-    /// Offsets 0x08 to 0x17, lowercase `8-4-4-4-12`.
-    pub uuid: String,
-    /// Offset 0x18, by name (`Power Switch`).
-    pub wake_up_type: String,
-    /// Offset 0x19.
-    pub sku_number: String,
-}
+use api::talos::resource::definitions::hardware::SystemInformationSpec;
 
-/// Reads the table under `sysfs` (`/sys`); `None` when the firmware has
-/// none (no SMBIOS, as on some virtual machines).
+/// What SMBIOS type 1 says, as upstream's spec carries it, read from the
+/// table under `sysfs` (`/sys`); `None` when the firmware has no table (no
+/// SMBIOS, as on some virtual machines) or the table no type 1.
 ///
 /// # Errors
 /// The table exists but cannot be read.
-pub fn read(sysfs: &Path) -> std::io::Result<Option<SystemInformation>> {
+pub fn read(sysfs: &Path) -> std::io::Result<Option<SystemInformationSpec>> {
     let tables = sysfs.join("firmware/dmi/tables");
     let table = match std::fs::read(tables.join("DMI")) {
         Ok(table) => table,
@@ -57,9 +41,9 @@ fn version(entry: &[u8]) -> Option<(u8, u8)> {
     }
 }
 
-/// The last type 1 structure of `table`, if any.
-#[must_use]
-pub fn parse(entry: &[u8], table: &[u8]) -> Option<SystemInformation> {
+/// The last type 1 structure of `table`, if any; the version `entry` (the
+/// entry point) announces decides the UUID's byte order.
+fn parse(entry: &[u8], table: &[u8]) -> Option<SystemInformationSpec> {
     let mut found = None;
     let mut at = 0;
     while at + 4 <= table.len() {
@@ -95,7 +79,7 @@ pub fn parse(entry: &[u8], table: &[u8]) -> Option<SystemInformation> {
     found
 }
 
-fn system(version: Option<(u8, u8)>, formatted: &[u8], strings: &[&[u8]]) -> SystemInformation {
+fn system(version: Option<(u8, u8)>, formatted: &[u8], strings: &[&[u8]]) -> SystemInformationSpec {
     let byte = |offset: usize| formatted.get(offset).copied().unwrap_or(0);
     let text = |offset: usize| {
         let index = usize::from(byte(offset));
@@ -110,27 +94,21 @@ fn system(version: Option<(u8, u8)>, formatted: &[u8], strings: &[&[u8]]) -> Sys
             value
         }
     };
-    let uuid = formatted.get(8..24).map_or_else(String::new, |raw| {
-        let mut b: [u8; 16] = raw.try_into().unwrap_or([0; 16]);
-        // From 2.6 the first three fields are little-endian, as dmidecode
-        // and the kernel read them; a version not announced is taken to be
-        // a current one.
-        if version.is_none_or(|v| v >= (2, 6)) {
-            b[0..4].reverse();
-            b[4..6].reverse();
-            b[6..8].reverse();
-        }
-        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
-    });
-    SystemInformation {
+    let uuid = formatted
+        .get(8..24)
+        .and_then(|raw| <[u8; 16]>::try_from(raw).ok())
+        .map(|b| {
+            // From 2.6 the first three fields are little-endian, as
+            // dmidecode and the kernel read them (a GPT GUID's order); a
+            // version not announced is taken to be a current one.
+            if version.is_none_or(|v| v >= (2, 6)) {
+                udevd::probe::format_guid(&b)
+            } else {
+                udevd::probe::format_uuid(&b)
+            }
+        })
+        .unwrap_or_default();
+    SystemInformationSpec {
         manufacturer: text(0x04),
         product_name: text(0x05),
         version: text(0x06),
@@ -145,6 +123,7 @@ fn wake_up_type(n: u8) -> &'static str {
     match n {
         0 => "Reserved",
         1 => "Other",
+        2 => "Unknown",
         3 => "APM Timer",
         4 => "Modem Ring",
         5 => "LAN Remote",
@@ -179,7 +158,7 @@ mod tests {
         let info = parse(b"_SM3_\x00\x18\x03\x00", &table()).expect("type 1");
         assert_eq!(
             info,
-            SystemInformation {
+            SystemInformationSpec {
                 manufacturer: "QEMU".to_owned(),
                 product_name: "Standard PC (Q35 + ICH9, 2009)".to_owned(),
                 version: "pc-q35-9.1".to_owned(),

@@ -21,33 +21,31 @@ use std::path::Path;
 use api::common::{NetIp, NetIpPrefix};
 use api::talos::resource::definitions::network as pb;
 use futures_util::TryStreamExt as _;
-use networkd::state::route_ip;
+use networkd::state::{AF_INET6, IFF_UP, RT_TABLE_MAIN, route_ip};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoBridge, InfoData, InfoMacVlan, InfoVlan, InfoVrf, LinkAttribute, LinkInfo, LinkMessage,
     Prop,
 };
-use rtnetlink::packet_route::route::{
-    RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteType,
-};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteMetric};
 use serde::Serialize;
 
-use crate::resources::{Item, ResourceError, item};
+use crate::resources::{Item, ResourceError, is_zero, item};
 
 /// What one read dumped from the kernel.
 #[derive(Debug, Default)]
-pub struct Dump {
+pub(crate) struct Dump {
     /// Every link.
-    pub links: Vec<LinkMessage>,
+    pub(crate) links: Vec<LinkMessage>,
     /// Every address (when asked for).
-    pub addresses: Vec<AddressMessage>,
+    pub(crate) addresses: Vec<AddressMessage>,
     /// Every route of both families in every table (when asked for).
-    pub routes: Vec<RouteMessage>,
+    pub(crate) routes: Vec<RouteMessage>,
 }
 
 /// What to dump besides the links (which name everything else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
+pub(crate) enum Want {
     /// Links only.
     Links,
     /// Links and addresses.
@@ -74,7 +72,7 @@ const DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 ///
 /// # Errors
 /// The socket cannot be opened, a dump fails or takes too long.
-pub async fn dump(want: Want) -> Result<Dump, ResourceError> {
+pub(crate) async fn dump(want: Want) -> Result<Dump, ResourceError> {
     tokio::time::timeout(DUMP_TIMEOUT, dump_now(want))
         .await
         .map_err(|_| ResourceError::Read {
@@ -111,15 +109,7 @@ async fn dump_now(want: Want) -> Result<Dump, ResourceError> {
                     .map_err(failed("the addresses"))?;
             }
             Want::Routes => {
-                for mut request in [
-                    rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-                    rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-                ] {
-                    // The builder's main/static/unicast would filter a dump
-                    // on a strict-checking socket; unspecified asks for all.
-                    request.header.table = 0;
-                    request.header.protocol = RouteProtocol::Unspec;
-                    request.header.kind = RouteType::Unspec;
+                for request in networkd::netlink::route_dump_requests() {
                     let routes: Vec<RouteMessage> = handle
                         .route()
                         .get(request)
@@ -176,7 +166,7 @@ struct AddressYaml<'a> {
 ///
 /// # Errors
 /// A spec cannot be written.
-pub fn addresses(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
+pub(crate) fn addresses(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
     let names = names(&dump.links);
     let mut out = Vec::new();
     for message in &dump.addresses {
@@ -282,7 +272,7 @@ struct LinkYaml<'a> {
     #[serde(rename = "vendorID", skip_serializing_if = "str::is_empty")]
     vendor_id: &'a str,
     link_state: bool,
-    #[serde(rename = "speedMbit", skip_serializing_if = "is_zero_i64")]
+    #[serde(rename = "speedMbit", skip_serializing_if = "is_zero")]
     speed_mbit: i64,
     port: &'static str,
     duplex: &'static str,
@@ -341,14 +331,6 @@ struct VethYaml {
     peer_name: String,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-fn is_zero_i64(n: &i64) -> bool {
-    *n == 0
-}
-
 /// What sysfs says about a link's device (what upstream asks ethtool and
 /// the device's uevent for).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -371,7 +353,6 @@ struct DeviceInfo {
 }
 
 /// Reads `name`'s device details under `sysfs` (`/sys`).
-#[must_use]
 fn device_info(sysfs: &Path, name: &str) -> DeviceInfo {
     let net = sysfs.join("class/net").join(name);
     let mut info = DeviceInfo {
@@ -446,7 +427,7 @@ fn subsystem(device: &Path) -> Option<String> {
 ///
 /// # Errors
 /// A spec cannot be written.
-pub fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
+pub(crate) fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
     let mut out = Vec::new();
     for message in &dump.links {
         let Some(name) = link_name(message) else {
@@ -504,7 +485,6 @@ pub fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
         // Upstream asks ethtool's get_link, which is the carrier of a
         // running link for most drivers (a link whose driver has no
         // get_link, like WireGuard, is false there and may be true here).
-        const IFF_UP: u32 = 0x1;
         spec.link_state = spec.flags & IFF_UP != 0 && carrier;
 
         let device = device_info(sysfs, &name);
@@ -686,14 +666,14 @@ struct RouteYaml<'a> {
     #[serde(skip_serializing_if = "is_zero")]
     mtu: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    next_hops: Vec<NextHopYaml>,
+    next_hops: Vec<NextHopYaml<'a>>,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct NextHopYaml {
+struct NextHopYaml<'a> {
     gateway: String,
-    out_link_name: String,
+    out_link_name: &'a str,
     weight: u32,
 }
 
@@ -702,7 +682,7 @@ struct NextHopYaml {
 ///
 /// # Errors
 /// A spec cannot be written.
-pub fn routes(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
+pub(crate) fn routes(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
     let names = names(&dump.links);
     let mut out = Vec::new();
     for message in &dump.routes {
@@ -721,7 +701,8 @@ pub fn routes(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
             ..pb::RouteStatusSpec::default()
         };
         let (mut destination, mut gateway, mut source) = (None, None, None);
-        let mut hops = Vec::new();
+        // Each hop with its gateway as an address, for the YAML.
+        let mut hops: Vec<(pb::RouteNextHop, Option<IpAddr>)> = Vec::new();
         for attribute in &message.attributes {
             match attribute {
                 RouteAttribute::Destination(a) => destination = route_ip(a),
@@ -742,14 +723,17 @@ pub fn routes(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
                             RouteAttribute::Gateway(g) => route_ip(g),
                             _ => None,
                         });
-                        hops.push(pb::RouteNextHop {
-                            gateway: gateway.map(net_ip),
-                            out_link_name: names
-                                .get(&hop.interface_index)
-                                .cloned()
-                                .unwrap_or_default(),
-                            weight: u32::from(hop.hops) + 1,
-                        });
+                        hops.push((
+                            pb::RouteNextHop {
+                                gateway: gateway.map(net_ip),
+                                out_link_name: names
+                                    .get(&hop.interface_index)
+                                    .cloned()
+                                    .unwrap_or_default(),
+                                weight: u32::from(hop.hops) + 1,
+                            },
+                            gateway,
+                        ));
                     }
                 }
                 _ => {}
@@ -764,14 +748,14 @@ pub fn routes(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
         spec.destination = destination.map(|d| net_prefix(d, header.destination_prefix_length));
         spec.gateway = gateway.map(net_ip);
         spec.source = source.map(net_ip);
-        spec.next_hops = hops;
+        spec.next_hops = hops.iter().map(|(hop, _)| hop.clone()).collect();
         let gw = gateway.map(|g| g.to_string()).unwrap_or_default();
 
         let mut id = String::new();
-        if table != 254 {
+        if table != RT_TABLE_MAIN {
             id.push_str(&format!("{}/", routing_table(table)));
         }
-        if family_number == 10 {
+        if family_number == AF_INET6 {
             id.push_str(&format!("{}/", spec.out_link_name));
         }
         id.push_str(&format!(
@@ -794,18 +778,12 @@ pub fn routes(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
             flags: route_flags(spec.flags),
             protocol: route_protocol(u8::from(header.protocol)),
             mtu: spec.mtu,
-            next_hops: spec
-                .next_hops
+            next_hops: hops
                 .iter()
-                .map(|h| NextHopYaml {
-                    gateway: h
-                        .gateway
-                        .as_ref()
-                        .and_then(|g| ip_of(&g.ip))
-                        .map(|g| g.to_string())
-                        .unwrap_or_default(),
-                    out_link_name: h.out_link_name.clone(),
-                    weight: h.weight,
+                .map(|(hop, gateway)| NextHopYaml {
+                    gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    out_link_name: &hop.out_link_name,
+                    weight: hop.weight,
                 })
                 .collect(),
         };
@@ -824,14 +802,6 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
-    }
-}
-
 /// An address as upstream sends it: `common.NetIP` of its bytes.
 pub(crate) fn net_ip(ip: IpAddr) -> NetIp {
     NetIp { ip: ip_bytes(ip) }
@@ -845,7 +815,6 @@ fn net_prefix(ip: IpAddr, length: u8) -> NetIpPrefix {
 }
 
 /// `inet4`, `inet6`, else `Family(N)`.
-#[must_use]
 fn family(n: u8) -> String {
     match n {
         2 => "inet4".to_owned(),
@@ -855,7 +824,6 @@ fn family(n: u8) -> String {
 }
 
 /// `global`, `site`, `link`, `host`, `nowhere`, else `Scope(N)`.
-#[must_use]
 fn scope(n: u8) -> String {
     match n {
         0 => "global".to_owned(),
@@ -908,7 +876,6 @@ const LINK_FLAGS: &[&str] = &[
 
 /// The names of the bits set in `bits`, lowest first, joined by commas;
 /// bits without a name are left out.
-#[must_use]
 fn flag_names(bits: u32, names: &[&str]) -> String {
     names
         .iter()
@@ -920,7 +887,6 @@ fn flag_names(bits: u32, names: &[&str]) -> String {
 }
 
 /// `RTM_F_*` (bits 8 to 15).
-#[must_use]
 fn route_flags(bits: u32) -> String {
     const NAMES: &[&str] = &[
         "notify",
@@ -936,7 +902,6 @@ fn route_flags(bits: u32) -> String {
 }
 
 /// A hardware address as lowercase hex pairs; empty for none.
-#[must_use]
 fn hardware_addr(bytes: &[u8]) -> String {
     bytes
         .iter()
@@ -980,7 +945,6 @@ fn duplex(n: i32) -> &'static str {
 }
 
 /// `RTN_*`, else `RouteType(N)`.
-#[must_use]
 fn route_type(n: u8) -> String {
     const NAMES: &[&str] = &[
         "unspec",
@@ -1002,7 +966,6 @@ fn route_type(n: u8) -> String {
 }
 
 /// `RTPROT_*`, else `RouteProtocol(N)`.
-#[must_use]
 fn route_protocol(n: u8) -> String {
     let name = match n {
         0 => "unspec",
@@ -1033,7 +996,6 @@ fn route_protocol(n: u8) -> String {
 }
 
 /// `unspec`, `default`, `main`, `local`, else `RoutingTable(N)`.
-#[must_use]
 fn routing_table(n: u32) -> String {
     match n {
         0 => "unspec".to_owned(),
@@ -1047,7 +1009,6 @@ fn routing_table(n: u32) -> String {
 /// `ARPHRD_*` as upstream names them, else `LinkType(N)`. (The netlink
 /// crate reads a type it does not know as `void`, so real links rarely
 /// reach the fallback.)
-#[must_use]
 fn link_type(n: u16) -> String {
     let name = match n {
         0 => "netrom",

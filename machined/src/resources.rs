@@ -8,7 +8,8 @@
 //!
 //! Design: this node has no controller runtime. Each resource type is a view
 //! computed when it is read, from the same state the other calls report (the
-//! config store, META, the supervisor, the event ring). [`Resources`]
+//! config store, META, the supervisor, the event ring, and the kernel:
+//! rtnetlink, sysfs, block devices, SMBIOS, `resolv.conf`). [`Resources`]
 //! remembers what each resource looked like when last read, so that versions
 //! count changes and `created`/`updated` are stable across calls; a change
 //! that comes and goes between two reads is not counted. Watches poll.
@@ -20,8 +21,7 @@ use std::time::SystemTime;
 
 use api::cosi::resource::meta as meta_pb;
 use api::talos::resource::definitions::{
-    block as block_pb, hardware as hardware_pb, network as network_pb, runtime as runtime_pb,
-    v1alpha1 as v1alpha1_pb,
+    block as block_pb, network as network_pb, runtime as runtime_pb, v1alpha1 as v1alpha1_pb,
 };
 use machinery::mode::Mode;
 use serde::Serialize;
@@ -821,15 +821,7 @@ impl Resources {
                 wake_up_type: &info.wake_up_type,
                 sku_number: &info.sku_number,
             },
-            &hardware_pb::SystemInformationSpec {
-                manufacturer: info.manufacturer.clone(),
-                product_name: info.product_name.clone(),
-                version: info.version.clone(),
-                serial_number: info.serial_number.clone(),
-                uuid: info.uuid.clone(),
-                wake_up_type: info.wake_up_type.clone(),
-                sku_number: info.sku_number.clone(),
-            },
+            &info,
         )?])
     }
 
@@ -884,6 +876,22 @@ pub fn stage_name(stage: MachineStage) -> &'static str {
         MachineStage::Resetting => "resetting",
         MachineStage::Upgrading => "upgrading",
     }
+}
+
+/// Whether a value is its type's zero: the YAML leaves it out, as
+/// upstream's `omitempty`.
+pub(crate) fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// Opens a device to read it without blocking: a CD drive is not made to
+/// close its tray or wait for a disc.
+pub(crate) fn open_nonblocking(node: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+        .open(node)
 }
 
 pub(crate) fn item(
@@ -1005,12 +1013,7 @@ async fn disks_with(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceE
 /// Whether a CD drive holds a disc: its first sector can be read (an
 /// empty drive answers "no medium").
 fn has_disc(node: &Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
-        .open(node)
-        .is_ok_and(|drive| has_disc_in(&drive))
+    open_nonblocking(node).is_ok_and(|drive| has_disc_in(&drive))
 }
 
 /// Whether an open CD drive holds a disc: its first sector reads.

@@ -8,18 +8,26 @@
 //! names are upstream's (`gpt`, `xfs`, `vfat`, `luks`, `talosmeta`).
 //!
 //! The probe is udevd's own (GPT, ext, XFS, FAT, squashfs, LUKS) plus the
-//! META partition's magic. Not read: a filesystem's block size and probed
-//! size, and the filesystems upstream knows and udevd does not (swap, LVM,
-//! ZFS, ISO 9660, bluestore), which show an empty name.
+//! META partition's magic. A partition the GPT does not list (an MBR
+//! disk's) is probed through its own node for a filesystem only; a device
+//! or such a partition that cannot be read is left out, as are RAM disks
+//! and empty loop devices. A read's probes are bounded at 10 s.
+//!
+//! Not read: a filesystem's block size and probed size, and the
+//! filesystems upstream knows and udevd does not (swap, LVM, ZFS, btrfs,
+//! ISO 9660, bluestore), which show an empty name.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use api::talos::resource::definitions::block as block_pb;
 use serde::Serialize;
 use udevd::probe::{Fs, FsKind, Probe};
 use udevd::sysfs::BlockDevice;
 
-use crate::resources::{Item, ResourceError, has_disc_in, item, queue_sizes};
+use crate::resources::{
+    Item, ResourceError, has_disc_in, is_zero, item, open_nonblocking, queue_sizes,
+};
 
 #[derive(Serialize)]
 struct VolumeYaml<'a> {
@@ -42,7 +50,7 @@ struct VolumeYaml<'a> {
     uuid: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     label: &'a str,
-    #[serde(skip_serializing_if = "is_zero_u32")]
+    #[serde(skip_serializing_if = "is_zero")]
     block_size: u32,
     #[serde(skip_serializing_if = "str::is_empty")]
     partition_uuid: &'a str,
@@ -56,14 +64,6 @@ struct VolumeYaml<'a> {
     offset: u64,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-fn is_zero_u32(n: &u32) -> bool {
-    *n == 0
-}
-
 /// How long one read's probes may take: a device whose reads hang (a
 /// dead network block device, a failing disk retrying) would otherwise
 /// hold the type's lock, and every later read would wait behind it.
@@ -72,30 +72,33 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The volumes under `sysfs` (`/sys`), probed through `dev` (`/dev`).
 ///
 /// # Errors
-/// sysfs cannot be listed, or the probes take too long.
+/// sysfs cannot be listed, the probes take too long, or an earlier read's
+/// probes have not finished.
 pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceError> {
     let read = |message: String| ResourceError::Read {
         what: "the block devices",
         message,
     };
-    // One probe at a time: one given up on below may still be stuck on a
-    // device, and starting another would only stick behind it (and fill
-    // the blocking pool), so until it ends reads fail at once.
-    static PROBING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if PROBING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+    // One probe at a time: one given up on below (or whose caller left)
+    // may still be reading, perhaps stuck on a device, and another would
+    // only queue behind it (and fill the blocking pool).
+    static PROBING: AtomicBool = AtomicBool::new(false);
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            PROBING.store(false, Ordering::Release);
+        }
+    }
+    if PROBING.swap(true, Ordering::AcqRel) {
         return Err(read(
-            "an earlier probe is still waiting for a device that does not answer".to_owned(),
+            "an earlier probe has not finished (a device may not be answering)".to_owned(),
         ));
     }
+    // Cleared when the probe ends, or if it never runs.
+    let done = Done;
     // Probing reads the devices: off the runtime's thread.
     let probes = tokio::task::spawn_blocking(move || {
-        struct Done;
-        impl Drop for Done {
-            fn drop(&mut self) {
-                PROBING.store(false, std::sync::atomic::Ordering::Release);
-            }
-        }
-        let _done = Done;
+        let _done = done;
         let devices = udevd::sysfs::block_devices(&sysfs).map_err(|e| read(e.to_string()))?;
         let mut out = Vec::new();
         for device in devices
@@ -114,16 +117,6 @@ pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, Resou
         .map_err(|e| read(e.to_string()))?
 }
 
-/// Opens a device to probe it, as upstream does: non-blocking, so that a
-/// CD drive is not made to close its tray or wait for a disc.
-fn open(node: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
-        .open(node)
-}
-
 /// The device and its partitions.
 fn volumes_of(
     sysfs: &Path,
@@ -132,7 +125,7 @@ fn volumes_of(
     out: &mut Vec<Item>,
 ) -> Result<(), ResourceError> {
     let node = dev.join(&device.name);
-    let file = open(&node);
+    let file = open_nonblocking(&node);
     // A CD drive without a disc is listed unprobed (size 0, as the Disks
     // say), as upstream; any other device that cannot be read is left
     // out, with its partitions, as upstream drops a device whose probe
@@ -222,9 +215,11 @@ fn volumes_of(
             }
             // Not in the GPT (an MBR disk): the partition's own probe; one
             // that fails is left out, as upstream.
-            None => match open(&part_node).map_err(|e| e.to_string()).and_then(|f| {
-                udevd::probe::probe_fs_file(&f, &part_node).map_err(|e| e.to_string())
-            }) {
+            None => match open_nonblocking(&part_node)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    udevd::probe::probe_fs_file(&f, &part_node).map_err(|e| e.to_string())
+                }) {
                 Ok(fs) => fs,
                 Err(e) => {
                     tracing::debug!(partition = %partition.name, error = %e, "not probed");

@@ -190,7 +190,8 @@ mod tests {
         let (read, read_search) = parse_resolv_conf(&resolv_conf(&servers, &search));
         assert_eq!(read.iter().map(|(_, ip)| *ip).collect::<Vec<_>>(), servers);
         assert_eq!(read_search, search);
-        // Zones stay in the text; the last search line wins; junk is skipped.
+        // Zones stay in the text; the last search or domain line wins, and a
+        // domain line names one domain; junk is skipped.
         let (read, read_search) = parse_resolv_conf(
             "nameserver fe80::1%eth0\nnameserver bogus\nnameserver 10.0.0.1%eth0\nnameserver 2001:DB8:0:0::1\nsearch x.example\noptions ndots:2\ndomain y.example z.example\n",
         );

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
 
@@ -81,10 +81,7 @@ pub async fn snapshot(handle: Handle) -> Result<Observed, NetlinkError> {
         }
     }
 
-    for (family, request) in [
-        ("IPv4", RouteMessageBuilder::<Ipv4Addr>::new().build()),
-        ("IPv6", RouteMessageBuilder::<Ipv6Addr>::new().build()),
-    ] {
+    for (family, request) in ["IPv4", "IPv6"].into_iter().zip(route_dump_requests()) {
         let mut routes = std::pin::pin!(handle.route().get(request).execute());
         while let Some(message) = routes
             .try_next()
@@ -95,6 +92,23 @@ pub async fn snapshot(handle: Handle) -> Result<Observed, NetlinkError> {
         }
     }
     Ok(observed)
+}
+
+/// Requests that dump every route of IPv4 and of IPv6, in every table.
+/// The builder's main/static/unicast would filter the dump on a socket that
+/// checks strictly; unspecified asks for all.
+#[must_use]
+pub fn route_dump_requests() -> [RouteMessage; 2] {
+    [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ]
+    .map(|mut request| {
+        request.header.table = 0;
+        request.header.protocol = RouteProtocol::Unspec;
+        request.header.kind = RouteType::Unspec;
+        request
+    })
 }
 
 /// The netlink message for `route` on link `index`.

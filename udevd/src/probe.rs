@@ -187,7 +187,7 @@ pub fn probe_fs_path(path: &Path) -> Result<Option<Fs>, ProbeError> {
         path: path.to_path_buf(),
         source,
     })?;
-    probe_fs_at(&Reader { file: &file, path }, 0)
+    probe_fs_file(&file, path)
 }
 
 /// Probes an open device (typically a partition) for a filesystem only;

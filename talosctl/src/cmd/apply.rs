@@ -43,11 +43,7 @@ pub fn load_config(file: &std::path::Path, patches: &[String]) -> anyhow::Result
     }
     let text = String::from_utf8(data)
         .map_err(|_| anyhow!("configuration {} is not UTF-8 text", file.display()))?;
-    let patches = patches
-        .iter()
-        .map(|patch| super::load_patch(patch))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(super::patch::patched(&text, &patches)?.into_bytes())
+    Ok(super::patch::patched_by_arguments(&text, patches)?.into_bytes())
 }
 
 /// Runs `talosctl apply-config`.

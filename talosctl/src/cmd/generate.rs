@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context as _, anyhow, bail};
-use machinery::generate::{GenOptions, apply_patch, generate};
+use machinery::generate::{GenOptions, generate};
 use machinery::secrets::SecretsBundle;
 
 use crate::cli::{GenArgs, GenCommand, GenConfigArgs, GenSecretsArgs};
@@ -70,12 +70,11 @@ fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn patched(mut yaml: String, patches: &[String]) -> anyhow::Result<String> {
-    for patch in patches {
-        let patch = super::load_patch(patch)?;
-        yaml = apply_patch(&yaml, &patch).map_err(|err| anyhow!("{err}"))?;
+fn patched(yaml: String, patches: &[String]) -> anyhow::Result<String> {
+    if patches.is_empty() {
+        return Ok(yaml);
     }
-    Ok(yaml)
+    super::patch::patched_by_arguments(&yaml, patches)
 }
 
 fn config(args: GenConfigArgs) -> anyhow::Result<()> {

@@ -110,6 +110,19 @@ async fn send(client: &Client, data: &str, how: &Apply) -> Result<String, CallEr
     Ok(said)
 }
 
+/// Applies the patch arguments (`@file` or inline, see
+/// [`super::load_patch`]) in order to `config`.
+///
+/// # Errors
+/// A patch cannot be read or does not apply.
+pub fn patched_by_arguments(config: &str, arguments: &[String]) -> anyhow::Result<String> {
+    let patches = arguments
+        .iter()
+        .map(|argument| super::load_patch(argument))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    patched(config, &patches)
+}
+
 /// Applies `patches` (their text, already loaded) in order to `config`.
 ///
 /// # Errors
