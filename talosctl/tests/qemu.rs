@@ -1119,6 +1119,26 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         "{system}"
     );
 
+    // The resolver networkd took from the lease (QEMU's 10.0.2.3) and the
+    // time server timed asks without a config.
+    eventually(
+        &none,
+        &["-n", &endpoint, "get", "resolvers", "--insecure"],
+        Duration::from_secs(60),
+        |r| {
+            r.lines()
+                .any(|l| l.contains("ResolverStatus") && l.contains("\"10.0.2.3\""))
+        },
+    );
+    let timeservers = ok(
+        &none,
+        &["-n", &endpoint, "get", "timeservers", "--insecure"],
+    );
+    assert!(
+        timeservers.contains("[\"time.cloudflare.com\"]"),
+        "{timeservers}"
+    );
+
     // Its network as the kernel has it: the virtio NIC up with a carrier,
     // the address DHCP gave it and the default route through QEMU's
     // gateway.
