@@ -615,16 +615,16 @@ impl Resources {
             }
             t if t == LINK_STATUS.type_ => {
                 let dump = netres::dump(netres::Want::Links).await?;
-                // sysfs reads block: off the runtime's thread.
-                tokio::task::spawn_blocking(move || netres::links(&dump, Path::new("/sys")))
-                    .await
-                    .map_err(|e| ResourceError::Read {
-                        what: "the links' sysfs details",
-                        message: e.to_string(),
-                    })?
+                blocking("the links' sysfs details", move || {
+                    netres::links(&dump, Path::new("/sys"))
+                })
+                .await?
+            }
+            t if t == ROUTE_STATUS.type_ => {
+                netres::routes(&netres::dump(netres::Want::Routes).await?)
             }
             t if t == RESOLVER_STATUS.type_ => self.resolver_status().await,
-            t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
+            t if t == TIME_SERVER_STATUS.type_ => self.time_server_status().await,
             // As upstream, a container-mode node has no block devices of
             // its own (the host's are not probed).
             t if t == DISCOVERED_VOLUME.type_ => match self.node.mode() {
@@ -633,10 +633,7 @@ impl Resources {
                     volumes::discovered(PathBuf::from("/sys"), PathBuf::from("/dev")).await
                 }
             },
-            t if t == TIME_SERVER_STATUS.type_ => self.time_server_status().await,
-            t if t == ROUTE_STATUS.type_ => {
-                netres::routes(&netres::dump(netres::Want::Routes).await?)
-            }
+            t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
     }
@@ -789,17 +786,12 @@ impl Resources {
         if self.node.mode() == Mode::Container {
             return Ok(Vec::new());
         }
-        let read = tokio::task::spawn_blocking(|| {
+        let (info, uuid_override) = blocking("SMBIOS", || {
             let info = crate::hardware::read(Path::new("/sys"));
             let uuid = crate::install::read_meta(machinery::meta::tag::UUID_OVERRIDE);
             (info, uuid)
         })
-        .await
-        .map_err(|e| ResourceError::Read {
-            what: "SMBIOS",
-            message: e.to_string(),
-        })?;
-        let (info, uuid_override) = read;
+        .await?;
         let Some(mut info) = info.map_err(|e| ResourceError::Read {
             what: "SMBIOS (/sys/firmware/dmi/tables)",
             message: e.to_string(),
@@ -828,12 +820,10 @@ impl Resources {
     /// The servers timed asks, from the same live config it reads.
     async fn time_server_status(&self) -> Result<Vec<Item>, ResourceError> {
         let source = timed::LiveConfig::for_node(&self.node.paths);
-        let config = tokio::task::spawn_blocking(move || timed::ConfigSource::time_config(&source))
-            .await
-            .map_err(|e| ResourceError::Read {
-                what: "the time servers",
-                message: e.to_string(),
-            })?;
+        let config = blocking("the time servers", move || {
+            timed::ConfigSource::time_config(&source)
+        })
+        .await?;
         Ok(vec![item(
             "timeservers",
             &TimeServerYaml {
@@ -876,6 +866,20 @@ pub fn stage_name(stage: MachineStage) -> &'static str {
         MachineStage::Resetting => "resetting",
         MachineStage::Upgrading => "upgrading",
     }
+}
+
+/// Runs `work`, which blocks (file or device reads), off the runtime's
+/// thread; a task that dies is a read of `what` that failed.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ResourceError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ResourceError::Read {
+            what,
+            message: e.to_string(),
+        })
 }
 
 /// Whether a value is its type's zero: the YAML leaves it out, as
@@ -954,12 +958,8 @@ fn definition_item(def: &Definition) -> Result<Item, ResourceError> {
 
 /// The keys of the META partition; none on a node without one.
 async fn meta_keys() -> Result<Vec<Item>, ResourceError> {
-    let keys = tokio::task::spawn_blocking(crate::install::read_meta_keys)
-        .await
-        .map_err(|e| ResourceError::Read {
-            what: "META",
-            message: e.to_string(),
-        })?
+    let keys = blocking("META", crate::install::read_meta_keys)
+        .await?
         .map_err(|e| ResourceError::Read {
             what: "META",
             message: e.to_string(),
@@ -991,7 +991,7 @@ async fn disks_with(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceE
         what: "the disks in sysfs",
         message: e,
     };
-    tokio::task::spawn_blocking(move || {
+    blocking("the disks in sysfs", move || {
         let devices = udevd::sysfs::disks(&sysfs).map_err(|e| read(e.to_string()))?;
         devices
             .iter()
@@ -1006,8 +1006,7 @@ async fn disks_with(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceE
             })
             .collect()
     })
-    .await
-    .map_err(|e| read(e.to_string()))?
+    .await?
 }
 
 /// Whether a CD drive holds a disc: its first sector can be read (an

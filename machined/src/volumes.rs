@@ -26,7 +26,7 @@ use udevd::probe::{Fs, FsKind, Probe};
 use udevd::sysfs::BlockDevice;
 
 use crate::resources::{
-    Item, ResourceError, has_disc_in, is_zero, item, open_nonblocking, queue_sizes,
+    Item, ResourceError, blocking, has_disc_in, is_zero, item, open_nonblocking, queue_sizes,
 };
 
 #[derive(Serialize)]
@@ -96,8 +96,7 @@ pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, Resou
     }
     // Cleared when the probe ends, or if it never runs.
     let done = Done;
-    // Probing reads the devices: off the runtime's thread.
-    let probes = tokio::task::spawn_blocking(move || {
+    let probes = blocking("the block devices", move || {
         let _done = done;
         let devices = udevd::sysfs::block_devices(&sysfs).map_err(|e| read(e.to_string()))?;
         let mut out = Vec::new();
@@ -113,8 +112,7 @@ pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, Resou
     });
     tokio::time::timeout(PROBE_TIMEOUT, probes)
         .await
-        .map_err(|_| read(format!("the probes took longer than {PROBE_TIMEOUT:?}")))?
-        .map_err(|e| read(e.to_string()))?
+        .map_err(|_| read(format!("the probes took longer than {PROBE_TIMEOUT:?}")))??
 }
 
 /// The device and its partitions.
