@@ -21,7 +21,7 @@ use std::path::Path;
 use api::common::{NetIp, NetIpPrefix};
 use api::talos::resource::definitions::network as pb;
 use futures_util::TryStreamExt as _;
-use networkd::state::{AF_INET6, IFF_UP, RT_TABLE_MAIN, route_ip};
+use networkd::state::{AF_INET6, IFF_UP, RT_TABLE_MAIN, hardware_addr_string, route_ip};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoBridge, InfoData, InfoMacVlan, InfoVlan, InfoVrf, LinkAttribute, LinkInfo, LinkMessage,
@@ -590,9 +590,9 @@ fn link_item(name: &str, spec: &pb::LinkStatusSpec) -> Result<Item, ResourceErro
         type_: link_type(u16::try_from(spec.r#type).unwrap_or(u16::MAX)),
         link_index: spec.link_index,
         flags: flag_names(spec.flags, LINK_FLAGS),
-        hardware_addr: hardware_addr(&spec.hardware_addr),
-        permanent_addr: hardware_addr(&spec.permanent_addr),
-        broadcast_addr: hardware_addr(&spec.broadcast_addr),
+        hardware_addr: hardware_addr_string(&spec.hardware_addr),
+        permanent_addr: hardware_addr_string(&spec.permanent_addr),
+        broadcast_addr: hardware_addr_string(&spec.broadcast_addr),
         mtu: spec.mtu,
         queue_disc: &spec.queue_disc,
         master_index: spec.master_index,
@@ -902,14 +902,6 @@ fn route_flags(bits: u32) -> String {
 }
 
 /// A hardware address as lowercase hex pairs; empty for none.
-fn hardware_addr(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn oper_state(n: i32) -> String {
     match n {
         0 => "unknown".to_owned(),
@@ -1170,10 +1162,10 @@ mod tests {
         assert_eq!(link_type(9999), "LinkType(9999)");
         assert_eq!(oper_state(3), "lowerLayerDown");
         assert_eq!(
-            hardware_addr(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            hardware_addr_string(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]),
             "52:54:00:12:34:56"
         );
-        assert_eq!(hardware_addr(&[]), "");
+        assert_eq!(hardware_addr_string(&[]), "");
     }
 
     #[test]

@@ -103,11 +103,7 @@ impl Link {
         if self.mac.iter().all(|b| *b == 0) {
             return String::new();
         }
-        self.mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        hardware_addr_string(&self.mac)
     }
 
     /// Converts a netlink link message (`None` without a name).
@@ -277,6 +273,17 @@ impl Route {
         }
         route
     }
+}
+
+/// A hardware address in colon-separated lowercase hex (`52:54:00:12:34:56`),
+/// whatever its length; empty for none.
+#[must_use]
+pub fn hardware_addr_string(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The IP address in a route attribute.
