@@ -277,6 +277,35 @@ pub const SYSTEM_INFORMATION: Definition = Definition {
     sensitive: false,
 };
 
+/// `Processors.hardware.talos.dev`: one per processor socket (SMBIOS type 4).
+pub const PROCESSOR: Definition = Definition {
+    type_: "Processors.hardware.talos.dev",
+    display: "Processor",
+    namespace: NS_HARDWARE,
+    aliases: &["cpus", "cpu"],
+    columns: &[
+        ("Manufacturer", "{.manufacturer}"),
+        ("Model", "{.productName}"),
+        ("Cores", "{.coreCount}"),
+        ("Threads", "{.threadCount}"),
+    ],
+    sensitive: false,
+};
+
+/// `MemoryModules.hardware.talos.dev`: one per memory slot (SMBIOS type 17).
+pub const MEMORY_MODULE: Definition = Definition {
+    type_: "MemoryModules.hardware.talos.dev",
+    display: "MemoryModule",
+    namespace: NS_HARDWARE,
+    aliases: &["memorymodules", "ram"],
+    columns: &[
+        ("Manufacturer", "{.manufacturer}"),
+        ("Model", "{.productName}"),
+        ("SizeMiB", "{.sizeMiB}"),
+    ],
+    sensitive: false,
+};
+
 /// Every type served.
 pub const DEFINITIONS: &[Definition] = &[
     NAMESPACE,
@@ -296,6 +325,8 @@ pub const DEFINITIONS: &[Definition] = &[
     TIME_SERVER_STATUS,
     DISCOVERED_VOLUME,
     SYSTEM_INFORMATION,
+    PROCESSOR,
+    MEMORY_MODULE,
 ];
 
 impl Definition {
@@ -634,6 +665,8 @@ impl Resources {
                 }
             },
             t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
+            t if t == PROCESSOR.type_ => self.processors().await,
+            t if t == MEMORY_MODULE.type_ => self.memory_modules().await,
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
     }
@@ -779,26 +812,36 @@ impl Resources {
         )?])
     }
 
-    /// SMBIOS type 1; none in container mode (the host's hardware), as
-    /// upstream, or without an SMBIOS table. META's UUID override, when
-    /// set, replaces the UUID, as upstream.
-    async fn system_information(&self) -> Result<Vec<Item>, ResourceError> {
+    /// The firmware's SMBIOS table; none in container mode (the host's
+    /// hardware), as upstream, or on a machine without one.
+    async fn smbios(&self) -> Result<Option<crate::hardware::Smbios>, ResourceError> {
         if self.node.mode() == Mode::Container {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let (info, uuid_override) = blocking("SMBIOS", || {
-            let info = crate::hardware::read(Path::new("/sys"));
-            let uuid = crate::install::read_meta(machinery::meta::tag::UUID_OVERRIDE);
-            (info, uuid)
+        blocking("SMBIOS", || {
+            crate::hardware::Smbios::read(Path::new("/sys"))
         })
-        .await?;
-        let Some(mut info) = info.map_err(|e| ResourceError::Read {
+        .await?
+        .map_err(|e| ResourceError::Read {
             what: "SMBIOS (/sys/firmware/dmi/tables)",
             message: e.to_string(),
-        })?
+        })
+    }
+
+    /// SMBIOS type 1. META's UUID override, when set, replaces the UUID, as
+    /// upstream.
+    async fn system_information(&self) -> Result<Vec<Item>, ResourceError> {
+        let Some(mut info) = self
+            .smbios()
+            .await?
+            .and_then(|smbios| smbios.system_information())
         else {
             return Ok(Vec::new());
         };
+        let uuid_override = blocking("META's UUID override", || {
+            crate::install::read_meta(machinery::meta::tag::UUID_OVERRIDE)
+        })
+        .await?;
         if let Some(uuid) = uuid_override.filter(|u| !u.is_empty()) {
             info.uuid = uuid;
         }
@@ -815,6 +858,69 @@ impl Resources {
             },
             &info,
         )?])
+    }
+
+    /// SMBIOS type 4, one per socket.
+    async fn processors(&self) -> Result<Vec<Item>, ResourceError> {
+        let Some(smbios) = self.smbios().await? else {
+            return Ok(Vec::new());
+        };
+        smbios
+            .processors()
+            .iter()
+            .map(|(id, p)| {
+                item(
+                    id.as_str(),
+                    &ProcessorYaml {
+                        socket: &p.socket,
+                        manufacturer: &p.manufacturer,
+                        product_name: &p.product_name,
+                        max_speed_mhz: p.max_speed,
+                        boot_speed_mhz: p.boot_speed,
+                        status: p.status,
+                        serial_number: &p.serial_number,
+                        asset_tag: &p.asset_tag,
+                        part_number: &p.part_number,
+                        core_count: p.core_count,
+                        core_enabled: p.core_enabled,
+                        thread_count: p.thread_count,
+                    },
+                    p,
+                )
+            })
+            .collect()
+    }
+
+    /// SMBIOS type 17, one per slot; the kernel's total as one `UNKNOWN`
+    /// module when the table lists none, as upstream.
+    async fn memory_modules(&self) -> Result<Vec<Item>, ResourceError> {
+        let Some(smbios) = self.smbios().await? else {
+            return Ok(Vec::new());
+        };
+        let total = tokio::fs::read_to_string("/proc/meminfo")
+            .await
+            .ok()
+            .and_then(|m| crate::hardware::mem_total_kib(&m));
+        smbios
+            .memory_modules(total)
+            .iter()
+            .map(|(id, m)| {
+                item(
+                    id.as_str(),
+                    &MemoryModuleYaml {
+                        size_mib: m.size,
+                        device_locator: &m.device_locator,
+                        bank_locator: &m.bank_locator,
+                        speed: m.speed,
+                        manufacturer: &m.manufacturer,
+                        serial_number: &m.serial_number,
+                        asset_tag: &m.asset_tag,
+                        product_name: &m.product_name,
+                    },
+                    m,
+                )
+            })
+            .collect()
     }
 
     /// The servers timed asks, from the same live config it reads.
@@ -1299,6 +1405,58 @@ struct SystemInformationYaml<'a> {
     wake_up_type: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     sku_number: &'a str,
+}
+
+/// Upstream's keys; every field omitted when empty or zero, as upstream.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessorYaml<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    socket: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    manufacturer: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    product_name: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    max_speed_mhz: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    boot_speed_mhz: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    status: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    serial_number: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    asset_tag: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    part_number: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    core_count: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    core_enabled: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    thread_count: u32,
+}
+
+/// Upstream's keys; every field omitted when empty or zero, as upstream.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemoryModuleYaml<'a> {
+    #[serde(rename = "sizeMiB", skip_serializing_if = "is_zero")]
+    size_mib: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    device_locator: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    bank_locator: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    speed: u32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    manufacturer: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    serial_number: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    asset_tag: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    product_name: &'a str,
 }
 
 #[derive(Serialize)]

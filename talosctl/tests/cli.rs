@@ -462,6 +462,17 @@ fn gen_config_cluster_and_everyday_commands() {
         }
         Err(e) => panic!("reading the host's /etc/resolv.conf: {e}"),
     }
+    // The hardware types resolve by upstream's aliases and show upstream's
+    // columns; a container-mode node lists none (the host's hardware is not
+    // its own), as upstream.
+    for (alias, columns) in [
+        ("cpus", &["MANUFACTURER", "MODEL", "CORES", "THREADS"][..]),
+        ("ram", &["MANUFACTURER", "MODEL", "SIZEMIB"][..]),
+    ] {
+        let table = ok(&tc, &["get", alias]);
+        assert_eq!(header(&table)[5..], *columns, "{alias}: {table}");
+        assert_eq!(table.lines().count(), 1, "{alias}: {table}");
+    }
     let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
     assert_eq!(
         header(&svc),

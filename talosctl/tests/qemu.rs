@@ -1118,6 +1118,28 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             && system.contains(&format!("  uuid: {VM_UUID}\n")),
         "{system}"
     );
+    // Its processor and memory (SMBIOS types 4 and 17): QEMU's one
+    // socket with one core (`-smp 1`) and one DIMM of the VM's 1024 MiB.
+    let cpus = ok(&none, &["-n", &endpoint, "get", "cpus", "--insecure"]);
+    assert!(
+        cpus.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(1..4) == Some(&["hardware", "Processor", "CPU-0"][..])
+                && cols.get(5) == Some(&"QEMU")
+                && cols.iter().rev().take(2).all(|c| *c == "1")
+        }),
+        "{cpus}"
+    );
+    let ram = ok(
+        &none,
+        &["-n", &endpoint, "get", "ram", "--insecure", "-o", "yaml"],
+    );
+    assert!(
+        ram.contains("  sizeMiB: 1024\n")
+            && ram.contains("  deviceLocator: DIMM 0\n")
+            && ram.contains("  manufacturer: QEMU\n"),
+        "{ram}"
+    );
 
     // The resolver networkd took from the lease (QEMU's 10.0.2.3) and the
     // time server timed asks without a config.
