@@ -70,6 +70,10 @@ pub struct Definition {
     pub columns: &'static [(&'static str, &'static str)],
     /// Reading it needs os:admin.
     pub sensitive: bool,
+    /// Only `aliases` name it (COSI's `SkipAutomaticAliases`): no derived
+    /// singular, initials or plural, as upstream sets for a type whose
+    /// initials another type already has.
+    pub skip_automatic_aliases: bool,
 }
 
 /// `Namespaces.meta.cosi.dev`.
@@ -80,6 +84,7 @@ pub const NAMESPACE: Definition = Definition {
     aliases: &["ns"],
     columns: &[],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 /// `ResourceDefinitions.meta.cosi.dev`.
 pub const RESOURCE_DEFINITION: Definition = Definition {
@@ -89,6 +94,7 @@ pub const RESOURCE_DEFINITION: Definition = Definition {
     aliases: &[],
     columns: &[],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 /// `MachineConfigs.config.talos.dev`: the config in effect (id `v1alpha1`).
 pub const MACHINE_CONFIG: Definition = Definition {
@@ -98,6 +104,7 @@ pub const MACHINE_CONFIG: Definition = Definition {
     aliases: &[],
     columns: &[],
     sensitive: true,
+    skip_automatic_aliases: false,
 };
 /// `MachineTypes.config.talos.dev` (id `machine-type`).
 pub const MACHINE_TYPE: Definition = Definition {
@@ -107,6 +114,7 @@ pub const MACHINE_TYPE: Definition = Definition {
     aliases: &[],
     columns: &[("Type", "{@}")],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 /// `MetaKeys.runtime.talos.dev`: one per key of the META partition.
 pub const META_KEY: Definition = Definition {
@@ -116,6 +124,7 @@ pub const META_KEY: Definition = Definition {
     aliases: &["meta"],
     columns: &[("Value", "{.value}")],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 /// `KernelCmdlines.runtime.talos.dev` (id `cmdline`).
 pub const KERNEL_CMDLINE: Definition = Definition {
@@ -125,6 +134,7 @@ pub const KERNEL_CMDLINE: Definition = Definition {
     aliases: &["cmdline"],
     columns: &[("Cmdline", "{.cmdline}")],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 /// `MachineStatuses.runtime.talos.dev` (id `machine`).
 pub const MACHINE_STATUS: Definition = Definition {
@@ -134,6 +144,7 @@ pub const MACHINE_STATUS: Definition = Definition {
     aliases: &[],
     columns: &[("Stage", "{.stage}"), ("Ready", "{.status.ready}")],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 /// `Services.v1alpha1.talos.dev`: one per supervised service.
 pub const SERVICE: Definition = Definition {
@@ -147,6 +158,7 @@ pub const SERVICE: Definition = Definition {
         ("Health Unknown", "{.unknown}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 /// `HostnameStatuses.net.talos.dev` (id `hostname`).
 pub const HOSTNAME_STATUS: Definition = Definition {
@@ -156,6 +168,7 @@ pub const HOSTNAME_STATUS: Definition = Definition {
     aliases: &["hostname"],
     columns: &[("Hostname", "{.hostname}"), ("Domainname", "{.domainname}")],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `Disks.block.talos.dev`: one per whole disk (`vda`, `nvme0n1`...).
@@ -174,6 +187,7 @@ pub const DISK: Definition = Definition {
         ("Serial", "{.serial}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `AddressStatuses.net.talos.dev`: one per address on a link.
@@ -184,6 +198,7 @@ pub const ADDRESS_STATUS: Definition = Definition {
     aliases: &["address", "addresses"],
     columns: &[("Address", "{.address}"), ("Link", "{.linkName}")],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `LinkStatuses.net.talos.dev`: one per link, id its name.
@@ -201,6 +216,7 @@ pub const LINK_STATUS: Definition = Definition {
         ("Link State", "{.linkState}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `RouteStatuses.net.talos.dev`: one per route of every table.
@@ -217,6 +233,7 @@ pub const ROUTE_STATUS: Definition = Definition {
         ("Table", "{.table}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `ResolverStatuses.net.talos.dev` (id `resolvers`).
@@ -230,6 +247,7 @@ pub const RESOLVER_STATUS: Definition = Definition {
         ("Search Domains", "{.searchDomains}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `TimeServerStatuses.net.talos.dev` (id `timeservers`).
@@ -240,6 +258,7 @@ pub const TIME_SERVER_STATUS: Definition = Definition {
     aliases: &["timeserver", "timeservers"],
     columns: &[("Timeservers", "{.timeServers}")],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `DiscoveredVolumes.block.talos.dev`: each block device and partition
@@ -257,6 +276,7 @@ pub const DISCOVERED_VOLUME: Definition = Definition {
         ("PartitionLabel", "{.partition_label}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `SystemInformations.hardware.talos.dev` (id `systeminformation`).
@@ -275,6 +295,7 @@ pub const SYSTEM_INFORMATION: Definition = Definition {
         ("SKUNumber", "{.skuNumber}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `Processors.hardware.talos.dev`: one per processor socket (SMBIOS type 4).
@@ -290,6 +311,7 @@ pub const PROCESSOR: Definition = Definition {
         ("Threads", "{.threadCount}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
 };
 
 /// `MemoryModules.hardware.talos.dev`: one per memory slot (SMBIOS type 17).
@@ -304,6 +326,23 @@ pub const MEMORY_MODULE: Definition = Definition {
         ("SizeMiB", "{.sizeMiB}"),
     ],
     sensitive: false,
+    skip_automatic_aliases: false,
+};
+
+/// `MountStatuses.runtime.talos.dev`: the filesystems Talos mounts, by
+/// label. Only `mounts` names it: its initials are MachineStatus's.
+pub const MOUNT_STATUS: Definition = Definition {
+    type_: "MountStatuses.runtime.talos.dev",
+    display: "MountStatus",
+    namespace: NS_RUNTIME,
+    aliases: &["mounts"],
+    columns: &[
+        ("Source", "{.source}"),
+        ("Target", "{.target}"),
+        ("Filesystem Type", "{.filesystemType}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: true,
 };
 
 /// Every type served.
@@ -327,6 +366,7 @@ pub const DEFINITIONS: &[Definition] = &[
     SYSTEM_INFORMATION,
     PROCESSOR,
     MEMORY_MODULE,
+    MOUNT_STATUS,
 ];
 
 impl Definition {
@@ -345,6 +385,9 @@ impl Definition {
     #[must_use]
     pub fn short_aliases(&self) -> Vec<String> {
         let mut out: Vec<String> = self.aliases.iter().map(|a| (*a).to_owned()).collect();
+        if self.skip_automatic_aliases {
+            return out;
+        }
         out.push(self.display.to_lowercase());
         let plural = self.plural();
         let initials: String = plural.chars().filter(char::is_ascii_uppercase).collect();
@@ -362,6 +405,9 @@ impl Definition {
     /// "metakeys.runtime.talos"), then the short names.
     #[must_use]
     pub fn all_aliases(&self) -> Vec<String> {
+        if self.skip_automatic_aliases {
+            return self.short_aliases();
+        }
         let plural = self.plural().to_lowercase();
         let mut out = vec![plural.clone()];
         let suffix: Vec<&str> = self.suffix().split('.').collect();
@@ -667,6 +713,19 @@ impl Resources {
             t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
             t if t == PROCESSOR.type_ => self.processors().await,
             t if t == MEMORY_MODULE.type_ => self.memory_modules().await,
+            t if t == MOUNT_STATUS.type_ => match self.node.mode() {
+                // Nothing of the node's own is mounted in container mode.
+                Mode::Container => Ok(Vec::new()),
+                Mode::Metal => {
+                    let mounts = tokio::fs::read_to_string("/proc/self/mounts")
+                        .await
+                        .map_err(|e| ResourceError::Read {
+                            what: "/proc/self/mounts",
+                            message: e.to_string(),
+                        })?;
+                    mount_statuses(&mounts)
+                }
+            },
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
     }
@@ -1002,6 +1061,51 @@ pub(crate) fn open_nonblocking(node: &Path) -> std::io::Result<std::fs::File> {
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
         .open(node)
+}
+
+/// The filesystems Talos mounts (STATE on its state directory, EPHEMERAL on
+/// `/var`), as a `/proc/self/mounts` text shows them, by label as upstream.
+/// The top mount of each target counts. Upstream leaves `options` empty;
+/// here they are the mount's.
+fn mount_statuses(mounts: &str) -> Result<Vec<Item>, ResourceError> {
+    let ours = [
+        (crate::boot::STATE_LABEL, crate::boot::STATE_MOUNT),
+        (crate::boot::EPHEMERAL_LABEL, crate::boot::EPHEMERAL_MOUNT),
+    ];
+    let mut found = Vec::new();
+    for (label, target) in ours {
+        // Fields: source, target, type, options, then two numbers; spaces
+        // in a field are escaped, so splitting on whitespace is exact.
+        let Some(fields) = mounts
+            .lines()
+            .rev()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() >= 4 && f[1] == target)
+        else {
+            continue;
+        };
+        let spec = api::talos::resource::definitions::runtime::MountStatusSpec {
+            source: fields[0].to_owned(),
+            target: target.to_owned(),
+            filesystem_type: fields[2].to_owned(),
+            options: fields[3].split(',').map(str::to_owned).collect(),
+            encrypted: false,
+            encryption_providers: Vec::new(),
+        };
+        found.push(item(
+            label,
+            &MountStatusYaml {
+                source: &spec.source,
+                target: &spec.target,
+                filesystem_type: &spec.filesystem_type,
+                options: &spec.options,
+                encrypted: spec.encrypted,
+                encryption_providers: &spec.encryption_providers,
+            },
+            &spec,
+        )?);
+    }
+    Ok(found)
 }
 
 pub(crate) fn item(
@@ -1407,6 +1511,19 @@ struct SystemInformationYaml<'a> {
     sku_number: &'a str,
 }
 
+/// Upstream's keys: only `encryptionProviders` is omitted when empty.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MountStatusYaml<'a> {
+    source: &'a str,
+    target: &'a str,
+    filesystem_type: &'a str,
+    options: &'a [String],
+    encrypted: bool,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    encryption_providers: &'a [String],
+}
+
 /// Upstream's keys; every field omitted when empty or zero, as upstream.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -1497,6 +1614,54 @@ mod tests {
                 "rd",
                 "rds"
             ]
+        );
+    }
+
+    #[test]
+    fn mounts_is_the_only_name_of_mount_statuses() {
+        assert_eq!(MOUNT_STATUS.short_aliases(), ["mounts"]);
+        assert_eq!(MOUNT_STATUS.all_aliases(), ["mounts"]);
+        // So "ms" stays MachineStatus's alone.
+        let ms: Vec<&str> = DEFINITIONS
+            .iter()
+            .filter(|d| d.all_aliases().iter().any(|a| a == "ms"))
+            .map(|d| d.type_)
+            .collect();
+        assert_eq!(ms, [MACHINE_STATUS.type_]);
+    }
+
+    #[test]
+    fn mount_statuses_are_talos_own_mounts_by_label() {
+        let mounts = "\
+/dev/loop0 / squashfs ro,relatime,errors=continue 0 0
+proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+/dev/vda3 /system/state xfs rw,nosuid,nodev,noexec,relatime,attr2,inode64 0 0
+tmpfs /var tmpfs rw,nosuid,nodev 0 0
+/dev/vda4 /var xfs rw,nosuid,nodev,noexec,relatime 0 0
+/dev/vda4 /var/lib xfs rw,relatime 0 0
+";
+        let items = mount_statuses(mounts).expect("mounts");
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["STATE", "EPHEMERAL"]);
+        assert_eq!(
+            items[0].yaml,
+            "source: /dev/vda3\ntarget: /system/state\nfilesystemType: xfs\noptions:\n- rw\n- nosuid\n- nodev\n- noexec\n- relatime\n- attr2\n- inode64\nencrypted: false\n"
+        );
+        // The top mount of /var counts, not the one it covers.
+        let var = api::talos::resource::definitions::runtime::MountStatusSpec::decode(
+            items[1].proto.as_slice(),
+        )
+        .expect("spec");
+        assert_eq!(
+            (var.source.as_str(), var.filesystem_type.as_str()),
+            ("/dev/vda4", "xfs")
+        );
+        assert_eq!(var.options, ["rw", "nosuid", "nodev", "noexec", "relatime"]);
+        // A node without its disk (maintenance mode) has none.
+        assert!(
+            mount_statuses("proc /proc proc rw 0 0\n")
+                .expect("mounts")
+                .is_empty()
         );
     }
 

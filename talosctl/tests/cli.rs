@@ -462,12 +462,14 @@ fn gen_config_cluster_and_everyday_commands() {
         }
         Err(e) => panic!("reading the host's /etc/resolv.conf: {e}"),
     }
-    // The hardware types resolve by upstream's aliases and show upstream's
-    // columns; a container-mode node lists none (the host's hardware is not
-    // its own), as upstream.
+    // The hardware types and mounts resolve by upstream's aliases and show
+    // upstream's columns; a container-mode node lists none (the host's
+    // hardware and mounts are not its own), as upstream.
     for (alias, columns) in [
         ("cpus", &["MANUFACTURER", "MODEL", "CORES", "THREADS"][..]),
         ("ram", &["MANUFACTURER", "MODEL", "SIZEMIB"][..]),
+        // And the node's own mounts (none in container mode).
+        ("mounts", &["SOURCE", "TARGET", "FILESYSTEM TYPE"][..]),
     ] {
         let table = ok(&tc, &["get", alias]);
         assert_eq!(header(&table)[5..], *columns, "{alias}: {table}");

@@ -1326,6 +1326,36 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             "{id}: {volumes}"
         );
     }
+    // And what machined mounted from it, by label, as upstream's
+    // MountStatuses (`get mounts`).
+    let mounts = ok(&tc, &args(&with(&["get", "mounts"])));
+    for expect in [
+        [
+            "runtime",
+            "MountStatus",
+            "STATE",
+            "1",
+            "/dev/vda3",
+            "/system/state",
+            "xfs",
+        ],
+        [
+            "runtime",
+            "MountStatus",
+            "EPHEMERAL",
+            "1",
+            "/dev/vda4",
+            "/var",
+            "xfs",
+        ],
+    ] {
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.split_whitespace().skip(1).eq(expect)),
+            "{expect:?}: {mounts}"
+        );
+    }
 
     // Refused before any write: a changed blob, a bad signature, a missing
     // tag. The boot partitions stay byte for byte the same.
