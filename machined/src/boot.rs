@@ -818,7 +818,7 @@ pub fn find_labelled(
     names.into_iter().find_map(|name| {
         let path = dev.join(&name);
         match udevd::probe::probe_fs_path(&path) {
-            Ok(Some(fs)) if fs.label.as_deref() == Some(label) && fs.kind.is_filesystem() => {
+            Ok(Some(fs)) if fs.label.as_deref() == Some(label) && fs.kind.is_mountable() => {
                 Some((path, fs.kind))
             }
             _ => None,

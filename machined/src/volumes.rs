@@ -241,12 +241,20 @@ fn volumes_of(
 /// What a filesystem probe found, named as upstream names it.
 fn found(spec: &mut block_pb::DiscoveredVolumeSpec, fs: &Fs) {
     spec.name = match fs.kind {
+        // One name for ext2, ext3 and ext4, as upstream's probe has.
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => "extfs",
         FsKind::Luks => "luks",
+        FsKind::LvmPv => "lvm2-pv",
         kind => kind.as_str(),
     }
     .to_owned();
-    spec.uuid = fs.uuid.clone().unwrap_or_default();
-    spec.label = fs.label.clone().unwrap_or_default();
+    if fs.kind == FsKind::LvmPv {
+        // Upstream shows a physical volume's UUID as its label.
+        spec.label = fs.uuid.clone().unwrap_or_default();
+    } else {
+        spec.uuid = fs.uuid.clone().unwrap_or_default();
+        spec.label = fs.label.clone().unwrap_or_default();
+    }
 }
 
 /// Whether a META store starts at `offset` of `file` (within `size`
@@ -304,6 +312,53 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn probed_kinds_are_named_as_upstream_names_them() {
+        let named = |kind, uuid: Option<&str>, label: Option<&str>| {
+            let mut spec = block_pb::DiscoveredVolumeSpec::default();
+            found(
+                &mut spec,
+                &Fs {
+                    kind,
+                    uuid: uuid.map(str::to_owned),
+                    label: label.map(str::to_owned),
+                },
+            );
+            (spec.name, spec.uuid, spec.label)
+        };
+        for ext in [FsKind::Ext2, FsKind::Ext3, FsKind::Ext4] {
+            assert_eq!(named(ext, None, None).0, "extfs");
+        }
+        assert_eq!(named(FsKind::Luks, None, None).0, "luks");
+        assert_eq!(named(FsKind::Btrfs, None, None).0, "btrfs");
+        assert_eq!(named(FsKind::Iso9660, None, None).0, "iso9660");
+        assert_eq!(
+            named(
+                FsKind::Swap,
+                Some("5a5a0000-1111-4222-8333-444455556666"),
+                Some("s")
+            ),
+            (
+                "swap".to_owned(),
+                "5a5a0000-1111-4222-8333-444455556666".to_owned(),
+                "s".to_owned()
+            )
+        );
+        // A physical volume's UUID is shown as its label, as upstream.
+        assert_eq!(
+            named(
+                FsKind::LvmPv,
+                Some("Xq3h7A-bcDE-f012-3456-789a-bcde-fGHIJK"),
+                None
+            ),
+            (
+                "lvm2-pv".to_owned(),
+                String::new(),
+                "Xq3h7A-bcDE-f012-3456-789a-bcde-fGHIJK".to_owned()
+            )
+        );
+    }
 
     fn yaml(items: &[Item], id: &str) -> serde_yaml_ng::Value {
         let item = items.iter().find(|i| i.id == id).unwrap_or_else(|| {
@@ -458,7 +513,8 @@ mod tests {
         assert_eq!(state["label"], "STATE");
         assert_eq!(state["uuid"], "5ea7e000-0000-4000-8000-000000000003");
         let data = yaml(&items, "vda4");
-        assert_eq!(data["name"], "ext4");
+        // Upstream's probe names ext2, ext3 and ext4 alike.
+        assert_eq!(data["name"], "extfs");
         assert_eq!(data["label"], "my data/1");
         assert_eq!(data["partition_label"], "data 1/é");
 

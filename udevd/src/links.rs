@@ -247,10 +247,12 @@ pub fn links_for(facts: &DeviceFacts) -> Vec<Link> {
         }
     };
     if let Some(fs) = &facts.fs {
-        if let Some(uuid) = &fs.uuid {
+        if fs.kind.has_uuid_link()
+            && let Some(uuid) = &fs.uuid
+        {
             push("by-uuid", uuid);
         }
-        if fs.kind.is_filesystem()
+        if fs.kind.has_label_link()
             && let Some(label) = &fs.label
         {
             push("by-label", label);

@@ -7,7 +7,12 @@
 //!   CRC-32s are checked. Gives the disk GUID and, per partition, its slot
 //!   number, unique GUID, type GUID, name (UTF-16LE) and extent.
 //! - ext2/3/4 (magic 0xEF53 at 1024+56), XFS (`XFSB`), FAT12/16/32,
-//!   squashfs (`hsqs`, no UUID) and LUKS (UUID and, for LUKS2, label).
+//!   squashfs (`hsqs`, no UUID) and LUKS (UUID and, for LUKS2, label);
+//! - btrfs (`_BHRfS_M` at 64 KiB + 64), ISO 9660 (`CD001` at 32 KiB + 1;
+//!   the primary volume descriptor's label, no UUID), swap (`SWAPSPACE2`
+//!   at the end of the first page, 4 to 64 KiB pages; UUID and label) and
+//!   LVM2 physical volumes (`LABELONE` in one of the first four sectors;
+//!   the PV UUID in LVM's 6-4-4-4-4-4-6 form).
 //!
 //! GPT GUIDs are printed in the usual mixed-endian form, filesystem UUIDs in
 //! byte order, both lowercase; FAT volume ids as `XXXX-XXXX` in uppercase,
@@ -63,6 +68,14 @@ pub enum FsKind {
     Squashfs,
     /// LUKS encrypted volume.
     Luks,
+    /// btrfs.
+    Btrfs,
+    /// ISO 9660 (CD and DVD images).
+    Iso9660,
+    /// A swap area.
+    Swap,
+    /// An LVM2 physical volume.
+    LvmPv,
 }
 
 impl FsKind {
@@ -77,14 +90,30 @@ impl FsKind {
             FsKind::Vfat => "vfat",
             FsKind::Squashfs => "squashfs",
             FsKind::Luks => "crypto_LUKS",
+            FsKind::Btrfs => "btrfs",
+            FsKind::Iso9660 => "iso9660",
+            FsKind::Swap => "swap",
+            FsKind::LvmPv => "LVM2_member",
         }
     }
 
-    /// Whether a label of this kind names a mountable filesystem (udev
-    /// makes `by-label` links only for those, not for LUKS).
+    /// Whether udev links it by label: its blkid usage is "filesystem" or
+    /// "other" (swap), not "crypto" (LUKS) or "raid" (an LVM PV).
     #[must_use]
-    pub const fn is_filesystem(self) -> bool {
-        !matches!(self, FsKind::Luks)
+    pub const fn has_label_link(self) -> bool {
+        !matches!(self, FsKind::Luks | FsKind::LvmPv)
+    }
+
+    /// Whether udev links it by UUID: every usage but "raid" (an LVM PV).
+    #[must_use]
+    pub const fn has_uuid_link(self) -> bool {
+        !matches!(self, FsKind::LvmPv)
+    }
+
+    /// Whether it can be mounted as a filesystem of this type.
+    #[must_use]
+    pub const fn is_mountable(self) -> bool {
+        !matches!(self, FsKind::Luks | FsKind::LvmPv | FsKind::Swap)
     }
 }
 
@@ -457,7 +486,114 @@ fn probe_fs_at(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
     {
         return Ok(Some(fs));
     }
+    if let Some(fs) = lvm_pv(r, offset)? {
+        return Ok(Some(fs));
+    }
+    if let Some(sb) = r.read(offset + 0x10000, 0x200)?
+        && let Some(fs) = btrfs(&sb)
+    {
+        return Ok(Some(fs));
+    }
+    if let Some(fs) = swap(r, offset)? {
+        return Ok(Some(fs));
+    }
+    if let Some(pvd) = r.read(offset + 0x8000, 0x800)?
+        && let Some(fs) = iso9660(&pvd)
+    {
+        return Ok(Some(fs));
+    }
     Ok(fat(&head))
+}
+
+/// An LVM2 physical volume: the label header (`LABELONE`, then `LVM2 001`
+/// as its type at 24) in one of the first four sectors; the PV UUID (32
+/// characters at 32) printed as LVM prints it, 6-4-4-4-4-4-6.
+fn lvm_pv(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
+    let Some(head) = r.read(offset, 2048)? else {
+        return Ok(None);
+    };
+    for sector in head.chunks_exact(512) {
+        if sector.starts_with(b"LABELONE") && &sector[24..32] == b"LVM2 001" {
+            let id = &sector[32..64];
+            if !id.iter().all(u8::is_ascii_alphanumeric) {
+                return Ok(None);
+            }
+            let mut uuid = String::with_capacity(38);
+            let mut at = 0;
+            for (i, len) in [6, 4, 4, 4, 4, 4, 6].into_iter().enumerate() {
+                if i > 0 {
+                    uuid.push('-');
+                }
+                uuid.push_str(&String::from_utf8_lossy(&id[at..at + len]));
+                at += len;
+            }
+            return Ok(Some(Fs {
+                kind: FsKind::LvmPv,
+                uuid: Some(uuid),
+                label: None,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// btrfs: the superblock at 64 KiB, its fsid (byte order) at 32 and label
+/// at 299.
+fn btrfs(sb: &[u8]) -> Option<Fs> {
+    if &sb[0x40..0x48] != b"_BHRfS_M" {
+        return None;
+    }
+    Some(Fs {
+        kind: FsKind::Btrfs,
+        uuid: Some(format_uuid(&array16(sb, 0x20))),
+        label: c_string(&sb[0x12B..0x200]),
+    })
+}
+
+/// A swap area: `SWAPSPACE2` in the last 10 bytes of its first page (4 to
+/// 64 KiB); the version-1 header at 1024 holds the UUID (byte order) at 12
+/// and the label at 28. The old `SWAP-SPACE` format has neither.
+fn swap(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
+    for page in [4096u64, 8192, 16384, 32768, 65536] {
+        let Some(magic) = r.read(offset + page - 10, 10)? else {
+            return Ok(None);
+        };
+        if magic == b"SWAP-SPACE" {
+            return Ok(Some(Fs {
+                kind: FsKind::Swap,
+                uuid: None,
+                label: None,
+            }));
+        }
+        if magic != b"SWAPSPACE2" {
+            continue;
+        }
+        let Some(header) = r.read(offset + 1024, 44)? else {
+            return Ok(None);
+        };
+        let uuid = array16(&header, 12);
+        return Ok(Some(Fs {
+            kind: FsKind::Swap,
+            uuid: (uuid != [0u8; 16]).then(|| format_uuid(&uuid)),
+            label: c_string(&header[28..44]),
+        }));
+    }
+    Ok(None)
+}
+
+/// ISO 9660: the primary volume descriptor in sector 16 (type 1, `CD001`),
+/// its volume id (32 bytes at 40, space-padded) as the label. blkid makes a
+/// UUID from the descriptor's dates; upstream's probe gives none, nor does
+/// this one.
+fn iso9660(pvd: &[u8]) -> Option<Fs> {
+    if pvd[0] != 1 || &pvd[1..6] != b"CD001" {
+        return None;
+    }
+    Some(Fs {
+        kind: FsKind::Iso9660,
+        uuid: None,
+        label: c_string(&pvd[40..72]),
+    })
 }
 
 fn ext(sb: &[u8]) -> Option<Fs> {
@@ -547,6 +683,41 @@ mod tests {
 
     const LINUX: &str = LINUX_DATA;
     const ESP: &str = EFI_SYSTEM;
+
+    /// An LVM2 physical volume's label as `pvcreate` writes it: in the
+    /// second sector, `LABELONE`, its sector number, CRC and content
+    /// offset, the type `LVM2 001`, then the 32-character PV UUID.
+    #[test]
+    fn an_lvm2_physical_volume_reads_by_its_label() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pv.img");
+        let file = File::create(&path).expect("create");
+        file.set_len(4 << 20).expect("size");
+        let mut label = Vec::new();
+        label.extend_from_slice(b"LABELONE");
+        label.extend_from_slice(&1u64.to_le_bytes());
+        label.extend_from_slice(&0u32.to_le_bytes()); // CRC, not checked
+        label.extend_from_slice(&32u32.to_le_bytes());
+        label.extend_from_slice(b"LVM2 001");
+        label.extend_from_slice(b"Xq3h7AbcDEf0123456789abcdefGHIJK");
+        file.write_all_at(&label, 512).expect("label");
+        let fs = probe_fs_path(&path).expect("probe").expect("a PV");
+        assert_eq!(
+            fs,
+            Fs {
+                kind: FsKind::LvmPv,
+                uuid: Some("Xq3h7A-bcDE-f012-3456-789a-bcde-fGHIJK".to_owned()),
+                label: None,
+            }
+        );
+        assert_eq!(fs.kind.as_str(), "LVM2_member");
+        // Its blkid usage is "raid": udev links it by neither.
+        assert!(!fs.kind.has_uuid_link() && !fs.kind.has_label_link());
+        assert!(!fs.kind.is_mountable());
+        // The same words with another type are not a PV.
+        file.write_all_at(b"LVM1 001", 512 + 24).expect("type");
+        assert_eq!(probe_fs_path(&path).expect("probe"), None);
+    }
 
     #[test]
     fn guid_text_forms() {

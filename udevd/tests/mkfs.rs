@@ -1,15 +1,16 @@
 //! udevd's probe and links over filesystems made by the real tools.
 //!
 //! The unit tests write superblocks byte by byte (`udevd::testing`); these
-//! tests have `mkfs.xfs`, `mkfs.vfat` (FAT32 and FAT16) and `mkfs.ext4`
-//! format image files with a fixed UUID (or FAT volume id) and label. The
+//! tests have `mkfs.xfs`, `mkfs.vfat` (FAT32 and FAT16), `mkfs.ext4`,
+//! `mkswap`, `mkfs.btrfs` and `xorriso` format image files with a fixed UUID (or FAT volume id) and label. The
 //! probe must read exactly those back, and the links must be exactly the
 //! `by-uuid` and `by-label` names udev makes for them (a FAT volume id as
 //! `XXXX-XXXX`). The last test puts the images behind a fake sysfs as the
 //! partition nodes of a GPT disk and runs the whole `collect` and `sync`.
 //!
-//! The tools come from the Debian packages xfsprogs, dosfstools and
-//! e2fsprogs (`scripts/setup` installs them). Without them these tests fail,
+//! The tools come from the Debian packages xfsprogs, dosfstools,
+//! e2fsprogs, util-linux, btrfs-progs and xorriso (`scripts/setup` installs
+//! them). Without them these tests fail,
 //! naming the package: they do not skip. They need no root.
 //!
 //! The images are sparse files (`set_len`): mkfs.xfs refuses filesystems
@@ -225,6 +226,86 @@ fn real_filesystems_probe_and_link_exactly() {
         "vdb1",
         1,
         &[link("by-uuid/0A0B-0C0D", "../../vdb1")],
+    );
+}
+
+/// A swap area (4 KiB pages and 8 KiB pages), btrfs and an ISO 9660
+/// image, made by mkswap, mkfs.btrfs and xorriso: the probe reads their
+/// UUIDs and labels, and the links are udev's (a swap area's label too, as
+/// its blkid usage is "other"; ISO 9660 has no UUID here).
+#[test]
+fn swap_btrfs_and_iso_probe_and_link_exactly() {
+    const SWAP_UUID: &str = "5a5a0000-1111-4222-8333-444455556666";
+    const BTRFS_UUID: &str = "b7f50000-1111-4222-8333-444455556666";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for (page, label) in [("4096", "swap4k"), ("8192", "swap8k")] {
+        let swap = dir.path().join(format!("{label}.img"));
+        mkfs(
+            "mkswap",
+            "util-linux",
+            &["-q", "-p", page, "-U", SWAP_UUID, "-L", label],
+            &swap,
+            64 * MIB,
+        );
+        check(
+            &swap,
+            &fs(FsKind::Swap, SWAP_UUID, Some(label)),
+            "vdc1",
+            1,
+            &[
+                link(&format!("by-uuid/{SWAP_UUID}"), "../../vdc1"),
+                link(&format!("by-label/{label}"), "../../vdc1"),
+            ],
+        );
+        assert!(!FsKind::Swap.is_mountable());
+    }
+
+    let btrfs = dir.path().join("btrfs.img");
+    mkfs(
+        "mkfs.btrfs",
+        "btrfs-progs",
+        &["-q", "-f", "-U", BTRFS_UUID, "-L", "pool"],
+        &btrfs,
+        256 * MIB,
+    );
+    check(
+        &btrfs,
+        &fs(FsKind::Btrfs, BTRFS_UUID, Some("pool")),
+        "vdc2",
+        2,
+        &[
+            link(&format!("by-uuid/{BTRFS_UUID}"), "../../vdc2"),
+            link("by-label/pool", "../../vdc2"),
+        ],
+    );
+
+    let contents = dir.path().join("contents");
+    std::fs::create_dir(&contents).expect("mkdir");
+    std::fs::write(contents.join("hello.txt"), "hello\n").expect("write");
+    let iso = dir.path().join("image.iso");
+    let xorriso = find_tool("xorriso", "xorriso");
+    let output = Command::new(&xorriso)
+        .args(["-as", "mkisofs", "-quiet", "-V", "ISO label", "-o"])
+        .arg(&iso)
+        .arg(&contents)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running xorriso");
+    assert!(
+        output.status.success(),
+        "xorriso: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    check(
+        &iso,
+        &Fs {
+            kind: FsKind::Iso9660,
+            uuid: None,
+            label: Some("ISO label".to_owned()),
+        },
+        "sr0",
+        1,
+        &[link("by-label/ISO\\x20label", "../../sr0")],
     );
 }
 
