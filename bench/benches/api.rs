@@ -416,7 +416,12 @@ fn release_bins() -> Option<PathBuf> {
     // image's static musl ones.
     if let Some(dir) = std::env::var_os("BENCH_BIN_DIR") {
         let bin = PathBuf::from(dir);
-        return bin.join("machined").exists().then_some(bin);
+        assert!(
+            bin.join("machined").exists(),
+            "BENCH_BIN_DIR={}: no machined there",
+            bin.display()
+        );
+        return Some(bin);
     }
     let bin = std::env::current_exe()
         .ok()

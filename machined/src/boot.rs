@@ -818,12 +818,24 @@ pub fn find_labelled(
     names.into_iter().find_map(|name| {
         let path = dev.join(&name);
         match udevd::probe::probe_fs_path(&path) {
-            Ok(Some(fs)) if fs.label.as_deref() == Some(label) && fs.kind.is_mountable() => {
+            Ok(Some(fs)) if fs.label.as_deref() == Some(label) && image_mounts(fs.kind) => {
                 Some((path, fs.kind))
             }
             _ => None,
         }
     })
+}
+
+/// Whether the image can mount a filesystem of `kind` for STATE, EPHEMERAL
+/// or the ESP (xfs and vfat are its modules; ext and squashfs are in the
+/// kernel): a volume of another kind with one of those labels is not
+/// taken for it.
+fn image_mounts(kind: udevd::probe::FsKind) -> bool {
+    use udevd::probe::FsKind;
+    matches!(
+        kind,
+        FsKind::Xfs | FsKind::Vfat | FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Squashfs
+    )
 }
 
 /// The label of the filesystem for `/var` (upstream's EPHEMERAL).

@@ -64,9 +64,12 @@ impl Smbios {
     /// locator with dashes for spaces (`DIMM-0`), as upstream. An empty slot
     /// or one of unknown size gets an empty spec, as upstream. A table
     /// without memory devices gives one `UNKNOWN` module of the kernel's
-    /// `mem_total_kib` (`MemTotal` of `/proc/meminfo`), as upstream.
+    /// total, which `mem_total_mib` is asked for only then, as upstream.
     #[must_use]
-    pub fn memory_modules(&self, mem_total_kib: Option<u64>) -> Vec<(String, MemoryModuleSpec)> {
+    pub fn memory_modules(
+        &self,
+        mem_total_mib: impl FnOnce() -> Option<u64>,
+    ) -> Vec<(String, MemoryModuleSpec)> {
         let modules = by_id(
             structures(&self.table).iter().filter(|s| s.kind == 17),
             "memory",
@@ -78,26 +81,14 @@ impl Smbios {
         vec![(
             "UNKNOWN".to_owned(),
             MemoryModuleSpec {
-                size: mem_total_kib
-                    .map(|kib| u32::try_from(kib / 1024).unwrap_or(u32::MAX))
+                size: mem_total_mib()
+                    .map(|mib| u32::try_from(mib).unwrap_or(u32::MAX))
                     .unwrap_or(0),
                 manufacturer: "UNKNOWN".to_owned(),
                 ..MemoryModuleSpec::default()
             },
         )]
     }
-}
-
-/// `MemTotal` of a `/proc/meminfo` text, in KiB.
-#[must_use]
-pub fn mem_total_kib(meminfo: &str) -> Option<u64> {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Specs keyed as upstream keys them: the structure's `name` string with
@@ -166,9 +157,10 @@ fn memory_module(s: &Structure<'_>) -> (String, MemoryModuleSpec) {
         // The size is in the extended field (MiB, 31 bits). Upstream's
         // parser keeps only its low 16 bits, so 64 GiB and more wrap there.
         0x7FFF => s.dword(0x1C).map_or(0, |e| e & 0x7FFF_FFFF),
-        // Bit 15 set: KiB, not MiB (small modules). Upstream reads the word
-        // as MiB regardless.
-        n if n & 0x8000 != 0 => u32::from(n & 0x7FFF) / 1024,
+        // Bit 15 set: KiB, not MiB (small modules), rounded up so a filled
+        // slot never reads as empty. Upstream reads the word as MiB
+        // regardless.
+        n if n & 0x8000 != 0 => u32::from(n & 0x7FFF).div_ceil(1024),
         n => u32::from(n),
     };
     let spec = MemoryModuleSpec {
@@ -528,10 +520,16 @@ mod tests {
                 0x8000 | 0x4000,
                 0,
             ),
+            // 512 KiB: rounded up to 1 MiB, not shown as an empty slot.
+            type17(
+                &["DIMM 4", "BANK 4", "Acme", "SN5", "PN-5"],
+                0x8000 | 512,
+                0,
+            ),
         ]);
-        let ram = table.memory_modules(Some(999));
+        let ram = table.memory_modules(|| panic!("the total is not needed"));
         let ids: Vec<&str> = ram.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(ids, ["DIMM-0", "DIMM-1", "DIMM-2", "DIMM-3"]);
+        assert_eq!(ids, ["DIMM-0", "DIMM-1", "DIMM-2", "DIMM-3", "DIMM-4"]);
         assert_eq!(
             ram[0].1,
             MemoryModuleSpec {
@@ -548,8 +546,9 @@ mod tests {
         assert_eq!(ram[1].1, MemoryModuleSpec::default());
         assert_eq!(ram[2].1.size, 131_072);
         assert_eq!(ram[3].1.size, 16);
+        assert_eq!(ram[4].1.size, 1);
         // No memory devices in the table: the kernel's total, as upstream.
-        let none = smbios(&[type1()]).memory_modules(Some(2_097_152));
+        let none = smbios(&[type1()]).memory_modules(|| Some(2048));
         assert_eq!(
             none,
             [(
@@ -561,11 +560,6 @@ mod tests {
                 }
             )]
         );
-        assert_eq!(
-            mem_total_kib("MemTotal:        2097152 kB\nMemFree: 1 kB\n"),
-            Some(2_097_152)
-        );
-        assert_eq!(mem_total_kib("MemFree: 1 kB\n"), None);
     }
 
     #[test]

@@ -901,7 +901,6 @@ fn route_flags(bits: u32) -> String {
     flag_names(bits >> 8, NAMES)
 }
 
-/// A hardware address as lowercase hex pairs; empty for none.
 fn oper_state(n: i32) -> String {
     match n {
         0 => "unknown".to_owned(),

@@ -956,10 +956,12 @@ impl Resources {
         let Some(smbios) = self.smbios().await? else {
             return Ok(Vec::new());
         };
-        let total = tokio::fs::read_to_string("/proc/meminfo")
-            .await
-            .ok()
-            .and_then(|m| crate::hardware::mem_total_kib(&m));
+        // procfs gives bytes; read only for a table without memory devices.
+        let total = || {
+            crate::stats::meminfo()
+                .ok()
+                .map(|m| m.mem_total / (1024 * 1024))
+        };
         smbios
             .memory_modules(total)
             .iter()
@@ -1080,7 +1082,9 @@ fn mount_statuses(mounts: &str) -> Result<Vec<Item>, ResourceError> {
             .lines()
             .rev()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() >= 4 && f[1] == target)
+            // A block device: whatever else might cover the target is
+            // not the volume.
+            .find(|f| f.len() >= 4 && f[1] == target && f[0].starts_with("/dev/"))
         else {
             continue;
         };
@@ -1639,6 +1643,7 @@ proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
 tmpfs /var tmpfs rw,nosuid,nodev 0 0
 /dev/vda4 /var xfs rw,nosuid,nodev,noexec,relatime 0 0
 /dev/vda4 /var/lib xfs rw,relatime 0 0
+tmpfs /var/run tmpfs rw 0 0
 ";
         let items = mount_statuses(mounts).expect("mounts");
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
@@ -1657,6 +1662,11 @@ tmpfs /var tmpfs rw,nosuid,nodev 0 0
             ("/dev/vda4", "xfs")
         );
         assert_eq!(var.options, ["rw", "nosuid", "nodev", "noexec", "relatime"]);
+        // Something not a block device over the target is not the volume.
+        let covered = mount_statuses(&format!("{mounts}overlay /system/state overlay rw 0 0\n"))
+            .expect("mounts");
+        assert_eq!(covered[0].id, "STATE");
+        assert!(covered[0].yaml.starts_with("source: /dev/vda3\n"));
         // A node without its disk (maintenance mode) has none.
         assert!(
             mount_statuses("proc /proc proc rw 0 0\n")

@@ -172,10 +172,11 @@ fn volumes_of(
             disk.uuid.clone_from(guid);
             disk.block_size = u32::try_from(*sector_size).unwrap_or_default();
         }
-        (Some(Probe { fs: Some(fs), .. }), _) => found(&mut disk, fs),
+        // META before a filesystem signature, as for partitions below.
         (Some(_), Ok(f)) if is_meta(f, 0, device.size) => {
             "talosmeta".clone_into(&mut disk.name);
         }
+        (Some(Probe { fs: Some(fs), .. }), _) => found(&mut disk, fs),
         _ => {}
     }
     out.push(volume_item(&device.name, &disk)?);
@@ -225,12 +226,13 @@ fn volumes_of(
                 }
             },
         };
+        // META first (read inside the whole device): its values are
+        // written by users and could carry another kind's signature.
         match (&fs, &file) {
-            (Some(fs), _) => found(&mut spec, fs),
-            // META sits inside the whole device: read it there.
-            (None, Ok(f)) if is_meta(f, offset, partition.size) => {
+            (_, Ok(f)) if is_meta(f, offset, partition.size) => {
                 "talosmeta".clone_into(&mut spec.name);
             }
+            (Some(fs), _) => found(&mut spec, fs),
             _ => {}
         }
         out.push(volume_item(&partition.name, &spec)?);

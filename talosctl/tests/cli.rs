@@ -464,7 +464,8 @@ fn gen_config_cluster_and_everyday_commands() {
     }
     // The hardware types and mounts resolve by upstream's aliases and show
     // upstream's columns; a container-mode node lists none (the host's
-    // hardware and mounts are not its own), as upstream.
+    // hardware and mounts are not its own), as upstream. Their content is
+    // checked on a booted node (tests/qemu.rs) and in machined's units.
     for (alias, columns) in [
         ("cpus", &["MANUFACTURER", "MODEL", "CORES", "THREADS"][..]),
         ("ram", &["MANUFACTURER", "MODEL", "SIZEMIB"][..]),

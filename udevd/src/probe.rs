@@ -109,12 +109,6 @@ impl FsKind {
     pub const fn has_uuid_link(self) -> bool {
         !matches!(self, FsKind::LvmPv)
     }
-
-    /// Whether it can be mounted as a filesystem of this type.
-    #[must_use]
-    pub const fn is_mountable(self) -> bool {
-        !matches!(self, FsKind::Luks | FsKind::LvmPv | FsKind::Swap)
-    }
 }
 
 /// A filesystem found on a device.
@@ -486,10 +480,15 @@ fn probe_fs_at(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
     {
         return Ok(Some(fs));
     }
+    // FAT before the signatures read further in, as blkid and upstream
+    // order them: a FAT volume's data may hold stale bytes there.
+    if let Some(fs) = fat(&head) {
+        return Ok(Some(fs));
+    }
     if let Some(fs) = lvm_pv(r, offset)? {
         return Ok(Some(fs));
     }
-    if let Some(sb) = r.read(offset + 0x10000, 0x200)?
+    if let Some(sb) = r.read(offset + 0x10000, 0x1000)?
         && let Some(fs) = btrfs(&sb)
     {
         return Ok(Some(fs));
@@ -497,27 +496,29 @@ fn probe_fs_at(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
     if let Some(fs) = swap(r, offset)? {
         return Ok(Some(fs));
     }
-    if let Some(pvd) = r.read(offset + 0x8000, 0x800)?
-        && let Some(fs) = iso9660(&pvd)
-    {
-        return Ok(Some(fs));
-    }
-    Ok(fat(&head))
+    iso9660(r, offset)
 }
 
-/// An LVM2 physical volume: the label header (`LABELONE`, then `LVM2 001`
-/// as its type at 24) in one of the first four sectors; the PV UUID (32
-/// characters at 32) printed as LVM prints it, 6-4-4-4-4-4-6.
+/// An LVM2 physical volume: the label header in one of the first four
+/// sectors (`LABELONE`, the sector's own number at 8, the offset of its
+/// content at 20, the type `LVM2 001` at 24); the content starts with the
+/// PV UUID (32 characters), printed as LVM prints it, 6-4-4-4-4-4-6.
 fn lvm_pv(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
     let Some(head) = r.read(offset, 2048)? else {
         return Ok(None);
     };
-    for sector in head.chunks_exact(512) {
-        if sector.starts_with(b"LABELONE") && &sector[24..32] == b"LVM2 001" {
-            let id = &sector[32..64];
-            if !id.iter().all(u8::is_ascii_alphanumeric) {
-                return Ok(None);
-            }
+    for (number, sector) in (0u64..).zip(head.chunks_exact(512)) {
+        if !sector.starts_with(b"LABELONE")
+            || le64(sector, 8) != number
+            || &sector[24..32] != b"LVM2 001"
+        {
+            continue;
+        }
+        let content = le32(sector, 20) as usize;
+        let Some(id) = sector.get(content..content + 32) else {
+            continue;
+        };
+        if id.iter().all(u8::is_ascii_alphanumeric) {
             let mut uuid = String::with_capacity(38);
             let mut at = 0;
             for (i, len) in [6, 4, 4, 4, 4, 4, 6].into_iter().enumerate() {
@@ -538,7 +539,7 @@ fn lvm_pv(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
 }
 
 /// btrfs: the superblock at 64 KiB, its fsid (byte order) at 32 and label
-/// at 299.
+/// (256 bytes) at 299.
 fn btrfs(sb: &[u8]) -> Option<Fs> {
     if &sb[0x40..0x48] != b"_BHRfS_M" {
         return None;
@@ -546,13 +547,14 @@ fn btrfs(sb: &[u8]) -> Option<Fs> {
     Some(Fs {
         kind: FsKind::Btrfs,
         uuid: Some(format_uuid(&array16(sb, 0x20))),
-        label: c_string(&sb[0x12B..0x200]),
+        label: c_string(&sb[0x12B..0x22B]),
     })
 }
 
 /// A swap area: `SWAPSPACE2` in the last 10 bytes of its first page (4 to
-/// 64 KiB); the version-1 header at 1024 holds the UUID (byte order) at 12
-/// and the label at 28. The old `SWAP-SPACE` format has neither.
+/// 64 KiB) and a version-1 header at 1024 (version 1, a last page), which
+/// holds the UUID (byte order) at 12 and the label at 28. The old
+/// `SWAP-SPACE` format has neither.
 fn swap(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
     for page in [4096u64, 8192, 16384, 32768, 65536] {
         let Some(magic) = r.read(offset + page - 10, 10)? else {
@@ -571,6 +573,9 @@ fn swap(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
         let Some(header) = r.read(offset + 1024, 44)? else {
             return Ok(None);
         };
+        if le32(&header, 0) != 1 || le32(&header, 4) == 0 {
+            return Ok(None);
+        }
         let uuid = array16(&header, 12);
         return Ok(Some(Fs {
             kind: FsKind::Swap,
@@ -581,19 +586,45 @@ fn swap(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
     Ok(None)
 }
 
-/// ISO 9660: the primary volume descriptor in sector 16 (type 1, `CD001`),
-/// its volume id (32 bytes at 40, space-padded) as the label. blkid makes a
-/// UUID from the descriptor's dates; upstream's probe gives none, nor does
-/// this one.
-fn iso9660(pvd: &[u8]) -> Option<Fs> {
-    if pvd[0] != 1 || &pvd[1..6] != b"CD001" {
-        return None;
+/// ISO 9660: the volume descriptors from sector 16 (2 KiB sectors; each
+/// `CD001`, version 1) up to the terminator (type 255), at most 16. The
+/// label is the volume id (32 bytes at 40): a Joliet supplementary
+/// descriptor's (type 2 with a UCS-2 escape sequence at 88, UTF-16BE)
+/// when there is one, as upstream prefers it, else the primary's (type 1,
+/// space-padded). blkid makes a UUID from the descriptor's dates; upstream's
+/// probe gives none, nor does this one.
+fn iso9660(r: &Reader<'_>, offset: u64) -> Result<Option<Fs>, ProbeError> {
+    let mut primary = None;
+    let mut joliet = None;
+    for sector in 16..32u64 {
+        let Some(d) = r.read(offset + sector * 2048, 2048)? else {
+            break;
+        };
+        if &d[1..6] != b"CD001" || d[6] != 1 {
+            break;
+        }
+        match d[0] {
+            1 if primary.is_none() => primary = Some(c_string(&d[40..72])),
+            2 if joliet.is_none() && matches!(&d[88..91], b"%/@" | b"%/C" | b"%/E") => {
+                let units: Vec<u16> = d[40..72]
+                    .chunks_exact(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .collect();
+                let text: String = char::decode_utf16(units)
+                    .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+                    .collect();
+                let text = text.trim_end_matches(['\0', ' ']).trim().to_owned();
+                joliet = Some((!text.is_empty()).then_some(text));
+            }
+            255 => break,
+            _ => {}
+        }
     }
-    Some(Fs {
+    Ok(primary.map(|label| Fs {
         kind: FsKind::Iso9660,
         uuid: None,
-        label: c_string(&pvd[40..72]),
-    })
+        label: joliet.flatten().or(label),
+    }))
 }
 
 fn ext(sb: &[u8]) -> Option<Fs> {
@@ -684,6 +715,55 @@ mod tests {
     const LINUX: &str = LINUX_DATA;
     const ESP: &str = EFI_SYSTEM;
 
+    /// ISO 9660 descriptors: the Joliet volume id (UTF-16BE) wins over the
+    /// primary's, as upstream; without Joliet the primary's; a boot
+    /// record before the primary is skipped.
+    #[test]
+    fn an_iso9660_label_prefers_joliet() {
+        let descriptor = |kind: u8, id: &[u8], escape: &[u8]| {
+            let mut d = vec![0u8; 2048];
+            d[0] = kind;
+            d[1..6].copy_from_slice(b"CD001");
+            d[6] = 1;
+            d[40..40 + id.len()].copy_from_slice(id);
+            d[88..88 + escape.len()].copy_from_slice(escape);
+            d
+        };
+        let mut primary_id = [b' '; 32];
+        primary_id[..7].copy_from_slice(b"PRIMARY");
+        let joliet_id: Vec<u8> = "Joliet ünï"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cd.iso");
+        let file = File::create(&path).expect("create");
+        file.set_len(1 << 20).expect("size");
+        file.write_all_at(&descriptor(0, b"", b""), 16 * 2048)
+            .expect("boot record");
+        file.write_all_at(&descriptor(1, &primary_id, b""), 17 * 2048)
+            .expect("primary");
+        file.write_all_at(&descriptor(255, b"", b""), 18 * 2048)
+            .expect("terminator");
+        let fs = probe_fs_path(&path).expect("probe").expect("an ISO");
+        assert_eq!(
+            (fs.kind, fs.label.as_deref()),
+            (FsKind::Iso9660, Some("PRIMARY"))
+        );
+        assert_eq!(fs.uuid, None);
+        file.write_all_at(&descriptor(2, &joliet_id, b"%/E"), 18 * 2048)
+            .expect("joliet");
+        file.write_all_at(&descriptor(255, b"", b""), 19 * 2048)
+            .expect("terminator");
+        let fs = probe_fs_path(&path).expect("probe").expect("an ISO");
+        assert_eq!(fs.label.as_deref(), Some("Joliet ünï"));
+        // A supplementary descriptor without Joliet's escape is not Joliet.
+        file.write_all_at(&descriptor(2, &joliet_id, b"%/X"), 18 * 2048)
+            .expect("other");
+        let fs = probe_fs_path(&path).expect("probe").expect("an ISO");
+        assert_eq!(fs.label.as_deref(), Some("PRIMARY"));
+    }
+
     /// An LVM2 physical volume's label as `pvcreate` writes it: in the
     /// second sector, `LABELONE`, its sector number, CRC and content
     /// offset, the type `LVM2 001`, then the 32-character PV UUID.
@@ -713,7 +793,6 @@ mod tests {
         assert_eq!(fs.kind.as_str(), "LVM2_member");
         // Its blkid usage is "raid": udev links it by neither.
         assert!(!fs.kind.has_uuid_link() && !fs.kind.has_label_link());
-        assert!(!fs.kind.is_mountable());
         // The same words with another type are not a PV.
         file.write_all_at(b"LVM1 001", 512 + 24).expect("type");
         assert_eq!(probe_fs_path(&path).expect("probe"), None);

@@ -2,11 +2,12 @@
 //!
 //! The unit tests write superblocks byte by byte (`udevd::testing`); these
 //! tests have `mkfs.xfs`, `mkfs.vfat` (FAT32 and FAT16), `mkfs.ext4`,
-//! `mkswap`, `mkfs.btrfs` and `xorriso` format image files with a fixed UUID (or FAT volume id) and label. The
-//! probe must read exactly those back, and the links must be exactly the
-//! `by-uuid` and `by-label` names udev makes for them (a FAT volume id as
-//! `XXXX-XXXX`). The last test puts the images behind a fake sysfs as the
-//! partition nodes of a GPT disk and runs the whole `collect` and `sync`.
+//! `mkswap`, `mkfs.btrfs` and `xorriso` format image files with a fixed
+//! UUID (or FAT volume id) and label. The probe must read exactly those
+//! back, and the links must be exactly the `by-uuid` and `by-label` names
+//! udev makes for them (a FAT volume id as `XXXX-XXXX`). The last test puts
+//! the images behind a fake sysfs as the partition nodes of a GPT disk and
+//! runs the whole `collect` and `sync`.
 //!
 //! The tools come from the Debian packages xfsprogs, dosfstools,
 //! e2fsprogs, util-linux, btrfs-progs and xorriso (`scripts/setup` installs
@@ -230,9 +231,11 @@ fn real_filesystems_probe_and_link_exactly() {
 }
 
 /// A swap area (4 KiB pages and 8 KiB pages), btrfs and an ISO 9660
-/// image, made by mkswap, mkfs.btrfs and xorriso: the probe reads their
-/// UUIDs and labels, and the links are udev's (a swap area's label too, as
-/// its blkid usage is "other"; ISO 9660 has no UUID here).
+/// image with Joliet names, made by mkswap, mkfs.btrfs and xorriso: the
+/// probe reads their UUIDs and labels, and the links are udev's (a swap
+/// area's label too, as its blkid usage is "other"). One deliberate
+/// difference: blkid gives ISO 9660 a UUID made of its creation date, so
+/// udev also links it by UUID; upstream's probe and this one give none.
 #[test]
 fn swap_btrfs_and_iso_probe_and_link_exactly() {
     const SWAP_UUID: &str = "5a5a0000-1111-4222-8333-444455556666";
@@ -257,7 +260,6 @@ fn swap_btrfs_and_iso_probe_and_link_exactly() {
                 link(&format!("by-label/{label}"), "../../vdc1"),
             ],
         );
-        assert!(!FsKind::Swap.is_mountable());
     }
 
     let btrfs = dir.path().join("btrfs.img");
@@ -285,7 +287,7 @@ fn swap_btrfs_and_iso_probe_and_link_exactly() {
     let iso = dir.path().join("image.iso");
     let xorriso = find_tool("xorriso", "xorriso");
     let output = Command::new(&xorriso)
-        .args(["-as", "mkisofs", "-quiet", "-V", "ISO label", "-o"])
+        .args(["-as", "mkisofs", "-quiet", "-J", "-V", "ISO label", "-o"])
         .arg(&iso)
         .arg(&contents)
         .stdin(Stdio::null())
