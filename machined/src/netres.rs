@@ -218,6 +218,143 @@ pub(crate) fn addresses(dump: &Dump) -> Result<Vec<Item>, ResourceError> {
     Ok(last_of_each_id(out))
 }
 
+/// What `NodeAddresses` keeps between reads, as upstream's controller
+/// keeps its resources: the default address (kept while it is still
+/// current) and every address seen since machined started (accumulative,
+/// by address).
+#[derive(Debug, Default)]
+pub(crate) struct NodeAddressMemory {
+    default: Option<(IpAddr, u8)>,
+    accumulative: Vec<(IpAddr, u8)>,
+}
+
+/// Whether the addresses of `link` count as current, as upstream decides:
+/// its operational state is up or unknown, and a physical link (Ethernet
+/// with no kind) also has its carrier.
+fn counts_as_up(link: &LinkMessage) -> bool {
+    let mut oper_up = false;
+    let mut carrier = false;
+    let mut has_kind = false;
+    for attribute in &link.attributes {
+        match attribute {
+            LinkAttribute::OperState(state) => {
+                oper_up = matches!(u8::from(*state), 0 | 6); // unknown, up
+            }
+            LinkAttribute::Carrier(c) => carrier = *c != 0,
+            LinkAttribute::LinkInfo(infos) => {
+                has_kind |= infos.iter().any(|i| matches!(i, LinkInfo::Kind(_)));
+            }
+            _ => {}
+        }
+    }
+    let physical = u16::from(link.header.link_layer_type) == 1 && !has_kind;
+    oper_up && (!physical || (link.header.flags.bits() & IFF_UP != 0 && carrier))
+}
+
+/// `NodeAddresses`: `current` (the addresses of links that are up),
+/// `routed` (the same here: upstream leaves out only its `external`
+/// pseudo-link and SideroLink, which these nodes have neither of),
+/// `accumulative` (every address seen, never dropped) and `default` (one
+/// address, kept while it stays current). Addresses of link or host scope,
+/// loopback, multicast and link-local ones are left out, as upstream; the
+/// order is upstream's first algorithm (`v1`): by address, then prefix
+/// length.
+pub(crate) fn node_addresses(
+    dump: &Dump,
+    memory: &mut NodeAddressMemory,
+) -> Result<Vec<Item>, ResourceError> {
+    const RT_SCOPE_LINK: u8 = 253;
+    let names = names(&dump.links);
+    let up: std::collections::HashSet<u32> = dump
+        .links
+        .iter()
+        .filter(|l| counts_as_up(l))
+        .map(|l| l.header.index)
+        .collect();
+    let mut kept: Vec<(String, u32, IpAddr, u8)> = Vec::new();
+    for message in &dump.addresses {
+        if u8::from(message.header.scope) >= RT_SCOPE_LINK {
+            continue;
+        }
+        let Some(ip) = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        if ip.is_loopback() || ip.is_multicast() || link_local {
+            continue;
+        }
+        let link = names
+            .get(&message.header.index)
+            .cloned()
+            .unwrap_or_default();
+        kept.push((link, message.header.index, ip, message.header.prefix_len));
+    }
+    // Upstream walks them by link name, then address and prefix length.
+    kept.sort_by(|a, b| (&a.0, a.2, a.3).cmp(&(&b.0, b.2, b.3)));
+    let mut current: Vec<(IpAddr, u8)> = kept
+        .iter()
+        .filter(|(_, index, _, _)| up.contains(index))
+        .map(|&(_, _, ip, bits)| (ip, bits))
+        .collect();
+    current.sort_unstable();
+    current.dedup();
+    for &(_, _, ip, bits) in &kept {
+        if let Err(at) = memory
+            .accumulative
+            .binary_search_by(|(seen, _)| seen.cmp(&ip))
+        {
+            memory.accumulative.insert(at, (ip, bits));
+        }
+    }
+    let candidate = kept.first().map(|&(_, _, ip, bits)| (ip, bits));
+    if !memory.default.is_some_and(|d| current.contains(&d)) {
+        memory.default = candidate;
+    }
+    let mut sets = vec![
+        ("accumulative", memory.accumulative.clone()),
+        ("current", current.clone()),
+    ];
+    if let Some(default) = memory.default {
+        sets.push(("default", vec![default]));
+    }
+    sets.push(("routed", current));
+    sets.into_iter()
+        .map(|(id, addresses)| {
+            let spec = pb::NodeAddressSpec {
+                addresses: addresses
+                    .iter()
+                    .map(|&(ip, bits)| net_prefix(ip, bits))
+                    .collect(),
+                sort_algorithm: 0,
+            };
+            item(
+                id,
+                &NodeAddressYaml {
+                    addresses: addresses
+                        .iter()
+                        .map(|(ip, bits)| format!("{ip}/{bits}"))
+                        .collect(),
+                    sort_algorithm: "v1",
+                },
+                &spec,
+            )
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeAddressYaml {
+    addresses: Vec<String>,
+    sort_algorithm: &'static str,
+}
+
 /// One item per id, the last one dumped, as upstream's controllers
 /// overwrite a resource: two links in one subnet each have a connected
 /// route, and a point-to-point link's addresses may share their peer.
@@ -1408,6 +1545,104 @@ mod tests {
             .unwrap()
             .block_on(dump(want))
             .unwrap()
+    }
+
+    /// NodeAddresses over a real kernel's state, read three times as the
+    /// addresses change: which addresses count, the order, the default
+    /// kept while it stays current, and accumulative never dropping one.
+    #[test]
+    fn node_addresses_follow_upstreams_rules() {
+        fn ip(args: &str) {
+            let status = Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .expect("running ip (iproute2)");
+            assert!(status.success(), "ip {args}: {status}");
+        }
+        let reads = in_new_netns(
+            &[
+                "link set lo up",
+                "link add a0 type veth peer name a1",
+                "link set a0 up",
+                "link set a1 up",
+                "addr add 10.66.0.5/24 dev a0",
+                "-6 addr add fd66::5/64 dev a0 nodad",
+                // Left out: link-local, and link scope.
+                "addr add 169.254.3.3/16 dev a0",
+                "addr add 10.66.9.9/32 dev a0 scope link",
+                // A link that is down: not current, but accumulated.
+                "link add b0 type veth peer name b1",
+                "addr add 10.55.0.1/24 dev b0",
+            ],
+            || {
+                let mut memory = NodeAddressMemory::default();
+                let mut reads = Vec::new();
+                let read_now = |memory: &mut NodeAddressMemory| {
+                    node_addresses(&read(Want::Addresses), memory).unwrap()
+                };
+                reads.push(read_now(&mut memory));
+                // A lower address on the same link (another subnet: deleting
+                // a primary address takes its subnet's secondaries with
+                // it): the default stays.
+                ip("addr add 10.60.0.1/24 dev a0");
+                reads.push(read_now(&mut memory));
+                // The default goes: the next one takes over; accumulative
+                // keeps it.
+                ip("addr del 10.66.0.5/24 dev a0");
+                reads.push(read_now(&mut memory));
+                reads
+            },
+        );
+        let addresses = |items: &[Item], id: &str| -> Vec<String> {
+            let doc = yaml_of(find(items, id));
+            assert_eq!(doc["sortAlgorithm"], "v1");
+            doc["addresses"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let ids: Vec<&str> = reads[0].iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["accumulative", "current", "default", "routed"]);
+        assert_eq!(
+            addresses(&reads[0], "current"),
+            ["10.66.0.5/24", "fd66::5/64"]
+        );
+        assert_eq!(
+            addresses(&reads[0], "routed"),
+            ["10.66.0.5/24", "fd66::5/64"]
+        );
+        assert_eq!(addresses(&reads[0], "default"), ["10.66.0.5/24"]);
+        assert_eq!(
+            addresses(&reads[0], "accumulative"),
+            ["10.55.0.1/24", "10.66.0.5/24", "fd66::5/64"]
+        );
+        assert_eq!(
+            addresses(&reads[1], "current"),
+            ["10.60.0.1/24", "10.66.0.5/24", "fd66::5/64"]
+        );
+        assert_eq!(addresses(&reads[1], "default"), ["10.66.0.5/24"]);
+        assert_eq!(
+            addresses(&reads[2], "current"),
+            ["10.60.0.1/24", "fd66::5/64"]
+        );
+        assert_eq!(addresses(&reads[2], "default"), ["10.60.0.1/24"]);
+        assert_eq!(
+            addresses(&reads[2], "accumulative"),
+            ["10.55.0.1/24", "10.60.0.1/24", "10.66.0.5/24", "fd66::5/64"]
+        );
+        // The protobuf spec: upstream's NetIPPrefix, v1 as the default 0.
+        let spec =
+            pb::NodeAddressSpec::decode(find(&reads[2], "default").proto.as_slice()).unwrap();
+        assert_eq!(
+            spec.addresses,
+            [NetIpPrefix {
+                ip: vec![10, 60, 0, 1],
+                prefix_length: 24
+            }]
+        );
+        assert_eq!(spec.sort_algorithm, 0);
     }
 
     #[test]

@@ -236,6 +236,21 @@ pub const ROUTE_STATUS: Definition = Definition {
     skip_automatic_aliases: false,
 };
 
+/// `NodeAddresses.net.talos.dev`: `current`, `routed`, `accumulative` and
+/// `default`.
+pub const NODE_ADDRESS: Definition = Definition {
+    type_: "NodeAddresses.net.talos.dev",
+    display: "NodeAddress",
+    namespace: NS_NETWORK,
+    aliases: &[],
+    columns: &[
+        ("Addresses", "{.addresses}"),
+        ("SortAlgorithm", "{.sortAlgorithm}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+
 /// `ResolverStatuses.net.talos.dev` (id `resolvers`).
 pub const RESOLVER_STATUS: Definition = Definition {
     type_: "ResolverStatuses.net.talos.dev",
@@ -360,6 +375,7 @@ pub const DEFINITIONS: &[Definition] = &[
     ADDRESS_STATUS,
     LINK_STATUS,
     ROUTE_STATUS,
+    NODE_ADDRESS,
     RESOLVER_STATUS,
     TIME_SERVER_STATUS,
     DISCOVERED_VOLUME,
@@ -520,6 +536,8 @@ pub struct Resources {
     /// older view is never recorded after a newer one (which would count a
     /// change back); types do not wait for each other.
     reading: HashMap<&'static str, tokio::sync::Mutex<()>>,
+    /// What NodeAddresses keeps between reads.
+    node_addresses: Mutex<netres::NodeAddressMemory>,
 }
 
 impl Resources {
@@ -533,6 +551,7 @@ impl Resources {
                 .iter()
                 .map(|d| (d.type_, tokio::sync::Mutex::new(())))
                 .collect(),
+            node_addresses: Mutex::new(netres::NodeAddressMemory::default()),
         }
     }
 
@@ -699,6 +718,14 @@ impl Resources {
             }
             t if t == ROUTE_STATUS.type_ => {
                 netres::routes(&netres::dump(netres::Want::Routes).await?)
+            }
+            t if t == NODE_ADDRESS.type_ => {
+                let dump = netres::dump(netres::Want::Addresses).await?;
+                let mut memory = self
+                    .node_addresses
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                netres::node_addresses(&dump, &mut memory)
             }
             t if t == RESOLVER_STATUS.type_ => self.resolver_status().await,
             t if t == TIME_SERVER_STATUS.type_ => self.time_server_status().await,

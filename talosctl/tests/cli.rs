@@ -476,6 +476,25 @@ fn gen_config_cluster_and_everyday_commands() {
         assert_eq!(header(&table)[5..], *columns, "{alias}: {table}");
         assert_eq!(table.lines().count(), 1, "{alias}: {table}");
     }
+    // NodeAddresses, from the network namespace the nodes share with the
+    // host: the sets are there, in upstream's order, loopback left out.
+    let node_addresses = ok(&tc, &["get", "nodeaddresses"]);
+    assert_eq!(
+        header(&node_addresses)[5..],
+        ["ADDRESSES", "SORTALGORITHM"],
+        "{node_addresses}"
+    );
+    for id in ["accumulative", "current", "routed"] {
+        assert!(
+            node_addresses.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(1..4) == Some(&["network", "NodeAddress", id][..])
+                    && cols.last() == Some(&"v1")
+                    && !l.contains("127.0.0.1")
+            }),
+            "{id}: {node_addresses}"
+        );
+    }
     let svc = ok(&tc, &["-n", &format!("{cp},{w1}"), "get", "svc"]);
     assert_eq!(
         header(&svc),

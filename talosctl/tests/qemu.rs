@@ -1183,6 +1183,24 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             .any(|l| l.contains("/10.0.2.15/24") && l.contains("AddressStatus")),
         "{addresses}"
     );
+    // Upstream's NodeAddresses: the DHCP address is the node's default
+    // and among its current ones (loopback and link-local left out).
+    let node_addresses = ok(
+        &none,
+        &["-n", &endpoint, "get", "nodeaddresses", "--insecure"],
+    );
+    for id in ["current", "default", "routed", "accumulative"] {
+        assert!(
+            node_addresses.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(1..4) == Some(&["network", "NodeAddress", id][..])
+                    && l.contains("10.0.2.15/24")
+                    && !l.contains("127.0.0.1")
+                    && cols.last() == Some(&"v1")
+            }),
+            "{id}: {node_addresses}"
+        );
+    }
     // networkd adds the default route after the address.
     eventually(
         &none,
