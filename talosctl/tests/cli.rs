@@ -490,7 +490,7 @@ fn gen_config_cluster_and_everyday_commands() {
                 let cols: Vec<&str> = l.split_whitespace().collect();
                 cols.get(1..4) == Some(&["network", "NodeAddress", id][..])
                     && cols.last() == Some(&"v1")
-                    && !l.contains("127.0.0.1")
+                    && !l.contains("127.0.0.1/")
             }),
             "{id}: {node_addresses}"
         );

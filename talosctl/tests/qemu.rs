@@ -1195,7 +1195,7 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
                 let cols: Vec<&str> = l.split_whitespace().collect();
                 cols.get(1..4) == Some(&["network", "NodeAddress", id][..])
                     && l.contains("10.0.2.15/24")
-                    && !l.contains("127.0.0.1")
+                    && !l.contains("127.0.0.1/")
                     && cols.last() == Some(&"v1")
             }),
             "{id}: {node_addresses}"
