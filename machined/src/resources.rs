@@ -360,6 +360,23 @@ pub const MOUNT_STATUS: Definition = Definition {
     skip_automatic_aliases: true,
 };
 
+/// `PlatformMetadatas.talos.dev` (id `platformmetadata`): what the node
+/// runs on.
+pub const PLATFORM_METADATA: Definition = Definition {
+    type_: "PlatformMetadatas.talos.dev",
+    display: "PlatformMetadata",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[
+        ("Platform", "{.platform}"),
+        ("Type", "{.instanceType}"),
+        ("Region", "{.region}"),
+        ("Zone", "{.zone}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+
 /// Every type served.
 pub const DEFINITIONS: &[Definition] = &[
     NAMESPACE,
@@ -383,6 +400,7 @@ pub const DEFINITIONS: &[Definition] = &[
     PROCESSOR,
     MEMORY_MODULE,
     MOUNT_STATUS,
+    PLATFORM_METADATA,
 ];
 
 impl Definition {
@@ -740,6 +758,7 @@ impl Resources {
             t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
             t if t == PROCESSOR.type_ => self.processors().await,
             t if t == MEMORY_MODULE.type_ => self.memory_modules().await,
+            t if t == PLATFORM_METADATA.type_ => self.platform_metadata().await,
             t if t == MOUNT_STATUS.type_ => match self.node.mode() {
                 // Nothing of the node's own is mounted in container mode.
                 Mode::Container => Ok(Vec::new()),
@@ -914,15 +933,20 @@ impl Resources {
         })
     }
 
-    /// SMBIOS type 1. META's UUID override, when set, replaces the UUID, as
-    /// upstream.
-    async fn system_information(&self) -> Result<Vec<Item>, ResourceError> {
+    /// SMBIOS type 1, with META's UUID override, when set, in place of
+    /// the UUID, as upstream; none without SMBIOS or in container mode.
+    async fn system_information_spec(
+        &self,
+    ) -> Result<
+        Option<api::talos::resource::definitions::hardware::SystemInformationSpec>,
+        ResourceError,
+    > {
         let Some(mut info) = self
             .smbios()
             .await?
             .and_then(|smbios| smbios.system_information())
         else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let uuid_override = blocking("META's UUID override", || {
             crate::install::read_meta(machinery::meta::tag::UUID_OVERRIDE)
@@ -931,6 +955,14 @@ impl Resources {
         if let Some(uuid) = uuid_override.filter(|u| !u.is_empty()) {
             info.uuid = uuid;
         }
+        Ok(Some(info))
+    }
+
+    /// SMBIOS type 1.
+    async fn system_information(&self) -> Result<Vec<Item>, ResourceError> {
+        let Some(info) = self.system_information_spec().await? else {
+            return Ok(Vec::new());
+        };
         Ok(vec![item(
             "systeminformation",
             &SystemInformationYaml {
@@ -943,6 +975,44 @@ impl Resources {
                 sku_number: &info.sku_number,
             },
             &info,
+        )?])
+    }
+
+    /// What the node runs on, as upstream's platforms say: on metal the
+    /// platform, the `talos.hostname=` kernel argument and the SMBIOS UUID
+    /// (META's override wins) as the instance id; in container mode the
+    /// platform, the node's hostname and `TALOSSKU` as the instance type.
+    async fn platform_metadata(&self) -> Result<Vec<Item>, ResourceError> {
+        let mut spec = runtime_pb::PlatformMetadataSpec::default();
+        match self.node.mode() {
+            Mode::Container => {
+                "container".clone_into(&mut spec.platform);
+                spec.hostname = self.node.hostname();
+                spec.instance_type = std::env::var("TALOSSKU").unwrap_or_default();
+            }
+            Mode::Metal => {
+                "metal".clone_into(&mut spec.platform);
+                let cmdline = tokio::fs::read_to_string("/proc/cmdline")
+                    .await
+                    .map_err(|e| ResourceError::Read {
+                        what: "/proc/cmdline",
+                        message: e.to_string(),
+                    })?;
+                spec.hostname = cmdline_value(&cmdline, "talos.hostname").unwrap_or_default();
+                if let Some(info) = self.system_information_spec().await? {
+                    spec.instance_id = info.uuid;
+                }
+            }
+        }
+        Ok(vec![item(
+            "platformmetadata",
+            &PlatformMetadataYaml {
+                platform: &spec.platform,
+                hostname: &spec.hostname,
+                instance_type: &spec.instance_type,
+                instance_id: &spec.instance_id,
+            },
+            &spec,
         )?])
     }
 
@@ -1408,6 +1478,17 @@ pub fn meta_key_id(tag: u8) -> String {
     format!("0x{tag:02x}")
 }
 
+/// The value of the last `key=value` argument of a kernel command line,
+/// as the kernel's own parsing lets a later one win.
+fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .rev()
+        .filter_map(|arg| arg.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+}
+
 async fn kernel_cmdline() -> Result<Vec<Item>, ResourceError> {
     let cmdline = tokio::fs::read_to_string("/proc/cmdline")
         .await
@@ -1542,6 +1623,21 @@ struct SystemInformationYaml<'a> {
     sku_number: &'a str,
 }
 
+/// Upstream's keys, all omitted when empty; the fields no platform here
+/// fills (region, zone, provider id, spot, DNS names, tags) are left out.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlatformMetadataYaml<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    platform: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    hostname: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    instance_type: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    instance_id: &'a str,
+}
+
 /// Upstream's keys: only `encryptionProviders` is omitted when empty.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -1645,6 +1741,25 @@ mod tests {
                 "rd",
                 "rds"
             ]
+        );
+    }
+
+    #[test]
+    fn kernel_arguments_read_as_the_kernel_reads_them() {
+        let cmdline =
+            "console=ttyS0 talos.hostname=first talos.platform=metal talos.hostname=node-1\n";
+        assert_eq!(
+            cmdline_value(cmdline, "talos.hostname").as_deref(),
+            Some("node-1")
+        );
+        assert_eq!(
+            cmdline_value(cmdline, "talos.platform").as_deref(),
+            Some("metal")
+        );
+        assert_eq!(cmdline_value(cmdline, "talos.config"), None);
+        assert_eq!(
+            PLATFORM_METADATA.short_aliases(),
+            ["platformmetadata", "pm", "pms"]
         );
     }
 

@@ -476,6 +476,13 @@ fn gen_config_cluster_and_everyday_commands() {
         assert_eq!(header(&table)[5..], *columns, "{alias}: {table}");
         assert_eq!(table.lines().count(), 1, "{alias}: {table}");
     }
+    // What the node runs on: a container, named as the node is.
+    let platform = ok(&tc, &["get", "platformmetadata", "-o", "yaml"]);
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&platform).expect("the platform metadata as YAML");
+    assert_eq!(doc["spec"]["platform"], "container", "{platform}");
+    assert_eq!(doc["spec"]["hostname"], "cli-controlplane-1", "{platform}");
+    assert!(doc["spec"].get("instanceId").is_none(), "{platform}");
     // NodeAddresses, from the network namespace the nodes share with the
     // host: the sets are there, in upstream's order, loopback left out.
     let node_addresses = ok(&tc, &["get", "nodeaddresses"]);

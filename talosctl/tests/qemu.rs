@@ -1118,6 +1118,25 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             && system.contains(&format!("  uuid: {VM_UUID}\n")),
         "{system}"
     );
+    // What it runs on, as upstream's metal platform says: the SMBIOS UUID
+    // as the instance id.
+    let platform = ok(
+        &none,
+        &[
+            "-n",
+            &endpoint,
+            "get",
+            "platformmetadata",
+            "--insecure",
+            "-o",
+            "yaml",
+        ],
+    );
+    assert!(
+        platform.contains("  platform: metal\n")
+            && platform.contains(&format!("  instanceId: {VM_UUID}\n")),
+        "{platform}"
+    );
     // Its processor and memory (SMBIOS types 4 and 17): QEMU's one
     // socket with one core (`-smp 1`) and one DIMM of the VM's 1024 MiB.
     let cpus = ok(&none, &["-n", &endpoint, "get", "cpus", "--insecure"]);
