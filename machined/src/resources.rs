@@ -979,7 +979,7 @@ impl Resources {
     }
 
     /// What the node runs on, as upstream's platforms say: on metal the
-    /// platform, the `talos.hostname=` kernel argument and the SMBIOS UUID
+    /// platform, the first `talos.hostname=` kernel argument and the SMBIOS UUID
     /// (META's override wins) as the instance id; in container mode the
     /// platform, the node's hostname and `TALOSSKU` as the instance type.
     async fn platform_metadata(&self) -> Result<Vec<Item>, ResourceError> {
@@ -1478,12 +1478,11 @@ pub fn meta_key_id(tag: u8) -> String {
     format!("0x{tag:02x}")
 }
 
-/// The value of the last `key=value` argument of a kernel command line,
-/// as the kernel's own parsing lets a later one win.
+/// The value of the first `key=value` argument of a kernel command line,
+/// as upstream's platforms read `talos.hostname` (its first value).
 fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
     cmdline
         .split_whitespace()
-        .rev()
         .filter_map(|arg| arg.split_once('='))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v.to_owned())
@@ -1750,7 +1749,7 @@ mod tests {
             "console=ttyS0 talos.hostname=first talos.platform=metal talos.hostname=node-1\n";
         assert_eq!(
             cmdline_value(cmdline, "talos.hostname").as_deref(),
-            Some("node-1")
+            Some("first")
         );
         assert_eq!(
             cmdline_value(cmdline, "talos.platform").as_deref(),
