@@ -30,6 +30,7 @@ use crate::files;
 use crate::layout::{self, LayoutError, Plan};
 use crate::sparse::{self, SparseError};
 use crate::target::{Disk, TargetError};
+use crate::xfs_uuid::{self, XfsUuidError};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -87,6 +88,15 @@ pub enum InstallError {
         template: PathBuf,
         /// The cause.
         source: SparseError,
+    },
+    /// A filesystem written from its template could not be given its
+    /// own UUID.
+    #[error("giving {partition} a new filesystem UUID: {source}")]
+    Uuid {
+        /// The partition.
+        partition: &'static str,
+        /// The cause.
+        source: XfsUuidError,
     },
     /// Making or filling the ESP failed.
     #[error("writing the ESP on {disk}, {operation}: {source}")]
@@ -340,6 +350,17 @@ pub fn install(
                 source,
             }
         })?;
+        // Every template carries the same UUID; a real install makes it
+        // this node's own, as upstream's format at install time does. The
+        // imager's seeded disk image keeps the template's, reproducibly.
+        if inputs.guid_seed.is_none() {
+            xfs_uuid::set_uuid(&mut part, *uuid::Uuid::new_v4().as_bytes()).map_err(|source| {
+                InstallError::Uuid {
+                    partition: name,
+                    source,
+                }
+            })?;
+        }
     }
     disk.sync().map_err(disk_err("syncing the filesystems"))?;
 
@@ -656,11 +677,15 @@ mod tests {
         ephemeral_image: Vec<u8>,
     }
 
-    /// A fake "filesystem image": `len` bytes, zero but for a marker at
-    /// the start and a few bytes further on.
-    fn fake_image(len: usize, marker: &[u8]) -> Vec<u8> {
+    /// A fake "filesystem image": `len` bytes, zero but for the
+    /// superblocks and a log record of a small xfs (all the install reads
+    /// and changes of it), and a few bytes further on.
+    fn fake_image(len: usize, uuid: [u8; 16]) -> Vec<u8> {
         let mut v = vec![0u8; len];
-        v[..marker.len()].copy_from_slice(marker);
+        let mut fs = xfs_uuid::testing::image(2, 64, uuid);
+        let unmount = xfs_uuid::testing::unmount_data(512, 0);
+        xfs_uuid::testing::put_record(&mut fs, 0, uuid, &unmount, false);
+        v[..fs.len()].copy_from_slice(&fs);
         v[len / 2..len / 2 + 4].copy_from_slice(b"half");
         v[len - 3..].copy_from_slice(b"end");
         v
@@ -682,8 +707,8 @@ mod tests {
             br#"{"version": "v9.8.7", "manifest_digest": "sha256:abc"}"#,
         )
         .expect("w");
-        let state_image = fake_image(3 * 1024 * 1024 + 17, b"XFSB fake STATE");
-        let ephemeral_image = fake_image(2 * 1024 * 1024, b"XFSB fake EPHEMERAL");
+        let state_image = fake_image(3 * 1024 * 1024 + 17, [0x57; 16]);
+        let ephemeral_image = fake_image(2 * 1024 * 1024, [0xe9; 16]);
         for (name, bytes) in [
             (files::STATE_TEMPLATE, &state_image),
             (files::EPHEMERAL_TEMPLATE, &ephemeral_image),
@@ -789,15 +814,24 @@ mod tests {
         let (adv, _copy) = machinery::meta::decode_partition(&meta).expect("META decodes");
         assert!(adv.is_empty());
 
-        // STATE and EPHEMERAL start with their templates' bytes.
+        // STATE and EPHEMERAL start with their templates' bytes, but for
+        // a new filesystem UUID each: given back the template's, they are
+        // the template again.
+        let mut new_uuids = Vec::new();
         for (name, image) in [
             (layout::STATE, &f.state_image),
             (layout::EPHEMERAL, &f.ephemeral_image),
         ] {
             let (at, _) = layout::partition_offset(&plan, name).expect(name);
-            let got = read_range(&disk, at, image.len()).expect("read");
-            assert!(got == *image, "{name} holds its template");
+            let mut got = std::io::Cursor::new(read_range(&disk, at, image.len()).expect("read"));
+            let template_uuid: [u8; 16] = image[32..48].try_into().expect("16");
+            let change = xfs_uuid::set_uuid(&mut got, template_uuid).expect(name);
+            assert_ne!(change.old, template_uuid, "{name} has a new UUID");
+            assert_eq!((change.superblocks, change.log_records), (2, 1), "{name}");
+            assert!(got.into_inner() == *image, "{name} holds its template");
+            new_uuids.push(change.old);
         }
+        assert_ne!(new_uuids[0], new_uuids[1]);
 
         // The ESP, read back with fatfs.
         let (esp_at, esp_len) = layout::partition_offset(&plan, layout::EFI).expect("EFI");
@@ -904,6 +938,11 @@ mod tests {
         assert_ne!(plans[0].disk_guid, plans[2].disk_guid);
         assert!(same_bytes(&paths[0], &paths[1]), "same seed, same bytes");
         assert!(!same_bytes(&paths[0], &paths[2]));
+        // A seeded install keeps the template's filesystem UUID.
+        let disk = Disk::open(&paths[0]).expect("open");
+        let (at, _) = layout::partition_offset(&plans[0], layout::STATE).expect("STATE");
+        let state = read_range(&disk, at, f.state_image.len()).expect("read");
+        assert!(state == f.state_image, "STATE is its template");
     }
 
     #[test]

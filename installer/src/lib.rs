@@ -20,6 +20,7 @@
 //! - [`upgrade`]: the inactive slot written from a verified image, its
 //!   entry on trial with a boot counter.
 //! - [`xfs`]: growing a mounted xfs filesystem to its partition.
+//! - [`xfs_uuid`]: giving an installed xfs filesystem a UUID of its own.
 #![deny(unsafe_code)]
 
 pub mod entries;
@@ -33,6 +34,7 @@ pub mod sparse;
 pub mod target;
 pub mod upgrade;
 pub mod xfs;
+pub mod xfs_uuid;
 
 /// The file names inside an installer image (each a layer whose
 /// `org.opencontainers.image.title` annotation is the name).

@@ -673,6 +673,38 @@ fn workspace() -> PathBuf {
 }
 
 /// The host-side `installer` (pushes layouts), built next to talosctl.
+/// The filesystem UUIDs of STATE and EPHEMERAL (GPT entries 3 and 4) in
+/// a disk image: the templates' own, which the seeded disk image keeps.
+fn template_fs_uuids(disk: &Path) -> Vec<String> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::File::open(disk).unwrap_or_else(|e| panic!("{}: {e}", disk.display()));
+    let read = |at: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, at)
+            .expect("reading the disk image");
+        buf
+    };
+    let entries = read(1024, 4 * 128);
+    [2usize, 3]
+        .iter()
+        .map(|i| {
+            let first_lba =
+                u64::from_le_bytes(entries[i * 128 + 32..i * 128 + 40].try_into().expect("8"));
+            let sb = read(first_lba * 512, 48);
+            assert_eq!(&sb[..4], b"XFSB", "xfs at entry {}", i + 1);
+            let hex: String = sb[32..48].iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            )
+        })
+        .collect()
+}
+
 fn installer_bin() -> PathBuf {
     talosctl()
         .parent()
@@ -1361,6 +1393,25 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
                     && (partition_label.is_empty()
                         || doc.contains(&format!("  partition_label: {partition_label}\n")))),
             "{id}: {volumes}"
+        );
+    }
+    // STATE and EPHEMERAL have UUIDs of their own: not the templates'
+    // (which the seeded disk image keeps), and not each other's.
+    let uuid_of = |id: &str| -> String {
+        volumes
+            .split("---\n")
+            .find(|doc| doc.contains(&format!("  id: {id}\n")))
+            .and_then(|doc| doc.lines().find_map(|l| l.strip_prefix("  uuid: ")))
+            .unwrap_or_else(|| panic!("no uuid for {id}: {volumes}"))
+            .to_owned()
+    };
+    let installed = [uuid_of("vda3"), uuid_of("vda4")];
+    let templates = template_fs_uuids(&image.join("metal-amd64.raw"));
+    assert_ne!(installed[0], installed[1]);
+    for uuid in &installed {
+        assert!(
+            !templates.contains(uuid),
+            "{uuid} is a template's: {templates:?}"
         );
     }
     // And what machined mounted from it, by label, as upstream's
