@@ -231,24 +231,14 @@ pub(crate) struct NodeAddressMemory {
 /// Whether the addresses of `link` count as current, as upstream decides:
 /// its operational state is up or unknown, and a physical link (Ethernet
 /// with no kind) also has its carrier.
-fn counts_as_up(link: &LinkMessage) -> bool {
-    let mut oper_up = false;
-    let mut carrier = false;
-    let mut has_kind = false;
-    for attribute in &link.attributes {
-        match attribute {
-            LinkAttribute::OperState(state) => {
-                oper_up = matches!(u8::from(*state), 0 | 6); // unknown, up
-            }
-            LinkAttribute::Carrier(c) => carrier = *c != 0,
-            LinkAttribute::LinkInfo(infos) => {
-                has_kind |= infos.iter().any(|i| matches!(i, LinkInfo::Kind(_)));
-            }
-            _ => {}
-        }
-    }
-    let physical = u16::from(link.header.link_layer_type) == 1 && !has_kind;
-    oper_up && (!physical || (link.header.flags.bits() & IFF_UP != 0 && carrier))
+fn counts_as_up(spec: &pb::LinkStatusSpec) -> bool {
+    use api::talos::resource::definitions::enums::{
+        NethelpersLinkType, NethelpersOperationalState,
+    };
+    let oper_up = spec.operational_state == NethelpersOperationalState::OperStateUnknown as i32
+        || spec.operational_state == NethelpersOperationalState::OperStateUp as i32;
+    let physical = spec.r#type == NethelpersLinkType::LinkEther as i32 && spec.kind.is_empty();
+    oper_up && (!physical || spec.link_state)
 }
 
 /// `NodeAddresses`: `current` (the addresses of links that are up),
@@ -268,8 +258,9 @@ pub(crate) fn node_addresses(
     let up: std::collections::HashSet<u32> = dump
         .links
         .iter()
-        .filter(|l| counts_as_up(l))
-        .map(|l| l.header.index)
+        .filter_map(link_spec)
+        .filter(|(_, spec, _)| counts_as_up(spec))
+        .map(|(_, spec, _)| spec.index)
         .collect();
     let mut kept: Vec<(String, u32, IpAddr, u8)> = Vec::new();
     for message in &dump.addresses {
@@ -559,72 +550,132 @@ fn subsystem(device: &Path) -> Option<String> {
         .map(|n| n.to_string_lossy().into_owned())
 }
 
+/// What netlink tells of one link: its name, its `LinkStatus` spec
+/// without the sysfs details, and whether IFLA_LINK indexes another
+/// namespace's links.
+fn link_spec(message: &LinkMessage) -> Option<(String, pb::LinkStatusSpec, bool)> {
+    let name = link_name(message)?;
+    let mut spec = pb::LinkStatusSpec {
+        index: message.header.index,
+        r#type: i32::from(u16::from(message.header.link_layer_type)),
+        flags: message.header.flags.bits(),
+        // Upstream's default when ethtool gives no port.
+        port: 255,
+        ..pb::LinkStatusSpec::default()
+    };
+    let mut carrier = false;
+    let mut other_namespace = false;
+    let mut info_data = None;
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfAlias(alias) => spec.alias.clone_from(alias),
+            LinkAttribute::PropList(props) => {
+                spec.alt_names = props
+                    .iter()
+                    .filter_map(|p| match p {
+                        Prop::AltIfName(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                    .collect();
+            }
+            LinkAttribute::Address(a) => spec.hardware_addr.clone_from(a),
+            LinkAttribute::PermAddress(a) => spec.permanent_addr.clone_from(a),
+            LinkAttribute::Broadcast(a) => spec.broadcast_addr.clone_from(a),
+            LinkAttribute::Link(index) => spec.link_index = *index,
+            LinkAttribute::Qdisc(q) => spec.queue_disc.clone_from(q),
+            LinkAttribute::Mtu(mtu) => spec.mtu = *mtu,
+            LinkAttribute::Controller(index) => spec.master_index = *index,
+            LinkAttribute::OperState(state) => {
+                spec.operational_state = i32::from(u8::from(*state));
+            }
+            LinkAttribute::Carrier(c) => carrier = *c != 0,
+            // IFLA_LINK then indexes another namespace's links.
+            LinkAttribute::LinkNetNsId(_) => other_namespace = true,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => spec.kind = kind.to_string(),
+                        LinkInfo::PortKind(kind) => spec.slave_kind = kind.to_string(),
+                        LinkInfo::Data(data) => info_data = Some(data),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Upstream asks ethtool's get_link, which is the carrier of a
+    // running link for most drivers (a link whose driver has no
+    // get_link, like WireGuard, is false there and may be true here).
+    spec.link_state = spec.flags & IFF_UP != 0 && carrier;
+
+    match info_data {
+        Some(InfoData::Vlan(vlan)) => {
+            let mut v = pb::VlanSpec::default();
+            for attribute in vlan {
+                match attribute {
+                    InfoVlan::Id(id) => v.vid = u32::from(*id),
+                    InfoVlan::Protocol(p) => v.protocol = i32::from(u16::from(*p)),
+                    _ => {}
+                }
+            }
+            spec.vlan = Some(v);
+        }
+        Some(InfoData::MacVlan(macvlan)) => {
+            for attribute in macvlan {
+                if let InfoMacVlan::Mode(mode) = attribute {
+                    spec.mac_vlan = Some(pb::MacVlanSpec {
+                        mode: i32::try_from(u32::from(*mode)).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        Some(InfoData::Bridge(bridge)) => {
+            // Upstream sends and prints only what is on: a bridge
+            // without STP or VLAN filtering has no bridgeMaster.
+            let mut b = pb::BridgeMasterSpec::default();
+            for attribute in bridge {
+                match attribute {
+                    InfoBridge::StpState(state) if u32::from(*state) == 1 => {
+                        b.stp = Some(pb::StpSpec { enabled: true });
+                    }
+                    InfoBridge::VlanFiltering(true) => {
+                        b.vlan = Some(pb::BridgeVlanSpec {
+                            filtering_enabled: true,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if b.stp.is_some() || b.vlan.is_some() {
+                spec.bridge_master = Some(b);
+            }
+        }
+        Some(InfoData::Vrf(vrf)) => {
+            for attribute in vrf {
+                if let InfoVrf::TableId(table) = attribute {
+                    // Go's uint32 on the wire: the bits, as an int32.
+                    spec.vrf_master = Some(pb::VrfMasterSpec {
+                        table: table.cast_signed(),
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+    Some((name, spec, other_namespace))
+}
+
 /// `LinkStatuses`, one per link, id its name; device details from
 /// `sysfs`.
 ///
 /// # Errors
 /// A spec cannot be written.
 pub(crate) fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
-    let mut out = Vec::new();
-    for message in &dump.links {
-        let Some(name) = link_name(message) else {
-            continue;
-        };
-        let mut spec = pb::LinkStatusSpec {
-            index: message.header.index,
-            r#type: i32::from(u16::from(message.header.link_layer_type)),
-            flags: message.header.flags.bits(),
-            // Upstream's default when ethtool gives no port.
-            port: 255,
-            ..pb::LinkStatusSpec::default()
-        };
-        let mut carrier = false;
-        let mut other_namespace = false;
-        let mut info_data = None;
-        for attribute in &message.attributes {
-            match attribute {
-                LinkAttribute::IfAlias(alias) => spec.alias.clone_from(alias),
-                LinkAttribute::PropList(props) => {
-                    spec.alt_names = props
-                        .iter()
-                        .filter_map(|p| match p {
-                            Prop::AltIfName(n) => Some(n.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                }
-                LinkAttribute::Address(a) => spec.hardware_addr.clone_from(a),
-                LinkAttribute::PermAddress(a) => spec.permanent_addr.clone_from(a),
-                LinkAttribute::Broadcast(a) => spec.broadcast_addr.clone_from(a),
-                LinkAttribute::Link(index) => spec.link_index = *index,
-                LinkAttribute::Qdisc(q) => spec.queue_disc.clone_from(q),
-                LinkAttribute::Mtu(mtu) => spec.mtu = *mtu,
-                LinkAttribute::Controller(index) => spec.master_index = *index,
-                LinkAttribute::OperState(state) => {
-                    spec.operational_state = i32::from(u8::from(*state));
-                }
-                LinkAttribute::Carrier(c) => carrier = *c != 0,
-                // IFLA_LINK then indexes another namespace's links.
-                LinkAttribute::LinkNetNsId(_) => other_namespace = true,
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfo::Kind(kind) => spec.kind = kind.to_string(),
-                            LinkInfo::PortKind(kind) => spec.slave_kind = kind.to_string(),
-                            LinkInfo::Data(data) => info_data = Some(data),
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Upstream asks ethtool's get_link, which is the carrier of a
-        // running link for most drivers (a link whose driver has no
-        // get_link, like WireGuard, is false there and may be true here).
-        spec.link_state = spec.flags & IFF_UP != 0 && carrier;
-
-        let device = device_info(sysfs, &name);
+    let mut out: Vec<(String, pb::LinkStatusSpec, bool)> =
+        dump.links.iter().filter_map(link_spec).collect();
+    for (name, spec, _) in &mut out {
+        let device = device_info(sysfs, name);
         spec.driver = device.driver;
         spec.bus_path = device.bus_path;
         spec.pciid = device.pci_id;
@@ -632,62 +683,6 @@ pub(crate) fn links(dump: &Dump, sysfs: &Path) -> Result<Vec<Item>, ResourceErro
         spec.product_id = device.product_id;
         spec.speed_megabits = device.speed;
         spec.duplex = i32::from(device.duplex);
-
-        match info_data {
-            Some(InfoData::Vlan(vlan)) => {
-                let mut v = pb::VlanSpec::default();
-                for attribute in vlan {
-                    match attribute {
-                        InfoVlan::Id(id) => v.vid = u32::from(*id),
-                        InfoVlan::Protocol(p) => v.protocol = i32::from(u16::from(*p)),
-                        _ => {}
-                    }
-                }
-                spec.vlan = Some(v);
-            }
-            Some(InfoData::MacVlan(macvlan)) => {
-                for attribute in macvlan {
-                    if let InfoMacVlan::Mode(mode) = attribute {
-                        spec.mac_vlan = Some(pb::MacVlanSpec {
-                            mode: i32::try_from(u32::from(*mode)).unwrap_or_default(),
-                        });
-                    }
-                }
-            }
-            Some(InfoData::Bridge(bridge)) => {
-                // Upstream sends and prints only what is on: a bridge
-                // without STP or VLAN filtering has no bridgeMaster.
-                let mut b = pb::BridgeMasterSpec::default();
-                for attribute in bridge {
-                    match attribute {
-                        InfoBridge::StpState(state) if u32::from(*state) == 1 => {
-                            b.stp = Some(pb::StpSpec { enabled: true });
-                        }
-                        InfoBridge::VlanFiltering(true) => {
-                            b.vlan = Some(pb::BridgeVlanSpec {
-                                filtering_enabled: true,
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-                if b.stp.is_some() || b.vlan.is_some() {
-                    spec.bridge_master = Some(b);
-                }
-            }
-            Some(InfoData::Vrf(vrf)) => {
-                for attribute in vrf {
-                    if let InfoVrf::TableId(table) = attribute {
-                        // Go's uint32 on the wire: the bits, as an int32.
-                        spec.vrf_master = Some(pb::VrfMasterSpec {
-                            table: table.cast_signed(),
-                        });
-                    }
-                }
-            }
-            _ => {}
-        }
-        out.push((name, spec, other_namespace));
     }
 
     // A veth's peer: the veth its IFLA_LINK names, when that one names it
