@@ -18,6 +18,7 @@
 //! under 300 MB (xfsprogs 5.19 and later), but only the metadata mkfs writes
 //! takes disk space.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -73,29 +74,35 @@ fn find_tool(tool: &str, package: &str) -> PathBuf {
         })
 }
 
-/// Makes `image` a sparse file of `size` bytes and runs `tool <args> image`;
-/// panics with the tool's output when it fails.
-fn mkfs(tool: &str, package: &str, args: &[&str], image: &Path, size: u64) {
+/// Runs `tool <args>` with no input; panics with the command line and the
+/// tool's output when it fails.
+fn run_tool(tool: &str, package: &str, args: &[&OsStr]) {
     let program = find_tool(tool, package);
-    File::create(image)
-        .and_then(|file| file.set_len(size))
-        .unwrap_or_else(|e| panic!("creating {} ({size} bytes): {e}", image.display()));
     let output = Command::new(&program)
         .args(args)
-        .arg(image)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    let line: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
     assert!(
         output.status.success(),
-        "`{} {} {}` failed ({}):\n{}{}",
+        "`{} {}` failed ({}):\n{}{}",
         program.display(),
-        args.join(" "),
-        image.display(),
+        line.join(" "),
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     );
+}
+
+/// Makes `image` a sparse file of `size` bytes and runs `tool <args> image`.
+fn mkfs(tool: &str, package: &str, args: &[&str], image: &Path, size: u64) {
+    File::create(image)
+        .and_then(|file| file.set_len(size))
+        .unwrap_or_else(|e| panic!("creating {} ({size} bytes): {e}", image.display()));
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.push(image.as_os_str());
+    run_tool(tool, package, &all);
 }
 
 fn make_xfs(image: &Path) {
@@ -285,19 +292,11 @@ fn swap_btrfs_and_iso_probe_and_link_exactly() {
     std::fs::create_dir(&contents).expect("mkdir");
     std::fs::write(contents.join("hello.txt"), "hello\n").expect("write");
     let iso = dir.path().join("image.iso");
-    let xorriso = find_tool("xorriso", "xorriso");
-    let output = Command::new(&xorriso)
-        .args(["-as", "mkisofs", "-quiet", "-J", "-V", "ISO label", "-o"])
-        .arg(&iso)
-        .arg(&contents)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running xorriso");
-    assert!(
-        output.status.success(),
-        "xorriso: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut args: Vec<&OsStr> = ["-as", "mkisofs", "-quiet", "-J", "-V", "ISO label", "-o"]
+        .map(OsStr::new)
+        .to_vec();
+    args.extend([iso.as_os_str(), contents.as_os_str()]);
+    run_tool("xorriso", "xorriso", &args);
     check(
         &iso,
         &Fs {
