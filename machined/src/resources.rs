@@ -294,6 +294,23 @@ pub const DISCOVERED_VOLUME: Definition = Definition {
     skip_automatic_aliases: false,
 };
 
+/// `VolumeStatuses.block.talos.dev`: META, STATE and EPHEMERAL, where
+/// they are and whether they are ready.
+pub const VOLUME_STATUS: Definition = Definition {
+    type_: "VolumeStatuses.block.talos.dev",
+    display: "VolumeStatus",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[
+        ("Type", "{.type}"),
+        ("Phase", "{.phase}"),
+        ("Location", "{.location}"),
+        ("Size", "{.prettySize}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+
 /// `SystemInformations.hardware.talos.dev` (id `systeminformation`).
 pub const SYSTEM_INFORMATION: Definition = Definition {
     type_: "SystemInformations.hardware.talos.dev",
@@ -396,6 +413,7 @@ pub const DEFINITIONS: &[Definition] = &[
     RESOLVER_STATUS,
     TIME_SERVER_STATUS,
     DISCOVERED_VOLUME,
+    VOLUME_STATUS,
     SYSTEM_INFORMATION,
     PROCESSOR,
     MEMORY_MODULE,
@@ -755,6 +773,17 @@ impl Resources {
                     volumes::discovered(PathBuf::from("/sys"), PathBuf::from("/dev")).await
                 }
             },
+            t if t == VOLUME_STATUS.type_ => match self.node.mode() {
+                // As the discovered volumes and mounts: none of its own.
+                Mode::Container => Ok(Vec::new()),
+                Mode::Metal => {
+                    let discovered =
+                        volumes::discovered_specs(PathBuf::from("/sys"), PathBuf::from("/dev"))
+                            .await?;
+                    let mounts = read_mounts().await?;
+                    volumes::volume_statuses(&discovered, &mounts)
+                }
+            },
             t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
             t if t == PROCESSOR.type_ => self.processors().await,
             t if t == MEMORY_MODULE.type_ => self.memory_modules().await,
@@ -762,15 +791,7 @@ impl Resources {
             t if t == MOUNT_STATUS.type_ => match self.node.mode() {
                 // Nothing of the node's own is mounted in container mode.
                 Mode::Container => Ok(Vec::new()),
-                Mode::Metal => {
-                    let mounts = tokio::fs::read_to_string("/proc/self/mounts")
-                        .await
-                        .map_err(|e| ResourceError::Read {
-                            what: "/proc/self/mounts",
-                            message: e.to_string(),
-                        })?;
-                    mount_statuses(&mounts)
-                }
+                Mode::Metal => mount_statuses(&read_mounts().await?),
             },
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
@@ -1162,6 +1183,27 @@ pub(crate) fn open_nonblocking(node: &Path) -> std::io::Result<std::fs::File> {
         .open(node)
 }
 
+/// The fields of the top mount on `target` in a `/proc/self/mounts` text
+/// (source, target, type, options, then two numbers), if its source is a
+/// block device: whatever else might cover the target is not a volume.
+/// Spaces in a field are escaped, so splitting on whitespace is exact.
+pub(crate) fn device_mount<'a>(mounts: &'a str, target: &str) -> Option<Vec<&'a str>> {
+    mounts
+        .lines()
+        .rev()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && f[1] == target && f[0].starts_with("/dev/"))
+}
+
+async fn read_mounts() -> Result<String, ResourceError> {
+    tokio::fs::read_to_string("/proc/self/mounts")
+        .await
+        .map_err(|e| ResourceError::Read {
+            what: "/proc/self/mounts",
+            message: e.to_string(),
+        })
+}
+
 /// The filesystems Talos mounts (STATE on its state directory, EPHEMERAL on
 /// `/var`), as a `/proc/self/mounts` text shows them, by label as upstream.
 /// The top mount of each target counts. Upstream leaves `options` empty;
@@ -1173,16 +1215,7 @@ fn mount_statuses(mounts: &str) -> Result<Vec<Item>, ResourceError> {
     ];
     let mut found = Vec::new();
     for (label, target) in ours {
-        // Fields: source, target, type, options, then two numbers; spaces
-        // in a field are escaped, so splitting on whitespace is exact.
-        let Some(fields) = mounts
-            .lines()
-            .rev()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            // A block device: whatever else might cover the target is
-            // not the volume.
-            .find(|f| f.len() >= 4 && f[1] == target && f[0].starts_with("/dev/"))
-        else {
+        let Some(fields) = device_mount(mounts, target) else {
             continue;
         };
         let spec = api::talos::resource::definitions::runtime::MountStatusSpec {

@@ -26,7 +26,8 @@ use udevd::probe::{Fs, FsKind, Probe};
 use udevd::sysfs::BlockDevice;
 
 use crate::resources::{
-    Item, ResourceError, blocking, has_disc_in, is_zero, item, open_nonblocking, queue_sizes,
+    Item, ResourceError, blocking, device_mount, has_disc_in, is_zero, item, open_nonblocking,
+    queue_sizes,
 };
 
 #[derive(Serialize)]
@@ -75,6 +76,22 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// sysfs cannot be listed, the probes take too long, or an earlier read's
 /// probes have not finished.
 pub async fn discovered(sysfs: PathBuf, dev: PathBuf) -> Result<Vec<Item>, ResourceError> {
+    discovered_specs(sysfs, dev)
+        .await?
+        .iter()
+        .map(|(id, spec)| volume_item(id, spec))
+        .collect()
+}
+
+/// The volumes under `sysfs`, probed through `dev`: id (the kernel's
+/// name) and spec.
+///
+/// # Errors
+/// As [`discovered`].
+pub async fn discovered_specs(
+    sysfs: PathBuf,
+    dev: PathBuf,
+) -> Result<Vec<(String, block_pb::DiscoveredVolumeSpec)>, ResourceError> {
     let read = |message: String| ResourceError::Read {
         what: "the block devices",
         message,
@@ -120,7 +137,7 @@ fn volumes_of(
     sysfs: &Path,
     dev: &Path,
     device: &BlockDevice,
-    out: &mut Vec<Item>,
+    out: &mut Vec<(String, block_pb::DiscoveredVolumeSpec)>,
 ) -> Result<(), ResourceError> {
     let node = dev.join(&device.name);
     let file = open_nonblocking(&node);
@@ -179,7 +196,7 @@ fn volumes_of(
         (Some(Probe { fs: Some(fs), .. }), _) => found(&mut disk, fs),
         _ => {}
     }
-    out.push(volume_item(&device.name, &disk)?);
+    out.push((device.name.clone(), disk));
 
     for partition in &device.partitions {
         let part_node = dev.join(&partition.name);
@@ -235,7 +252,7 @@ fn volumes_of(
             (Some(fs), _) => found(&mut spec, fs),
             _ => {}
         }
-        out.push(volume_item(&partition.name, &spec)?);
+        out.push((partition.name.clone(), spec));
     }
     Ok(())
 }
@@ -301,6 +318,183 @@ fn volume_item(id: &str, spec: &block_pb::DiscoveredVolumeSpec) -> Result<Item, 
         partition_label: &spec.partition_label,
         partition_index: spec.partition_index,
         offset: spec.offset,
+    };
+    item(id, &yaml, spec)
+}
+
+/// One of the node's volumes as upstream's `VolumeStatus` shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VolumeStatusYaml<'a> {
+    phase: &'static str,
+    #[serde(rename = "type")]
+    type_: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    location: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    mount_location: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    partition_index: i64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    parent_location: &'a str,
+    #[serde(rename = "uuid", skip_serializing_if = "str::is_empty")]
+    uuid: &'a str,
+    #[serde(rename = "partitionUUID", skip_serializing_if = "str::is_empty")]
+    partition_uuid: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    size: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pretty_size: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filesystem: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mount_spec: Option<MountSpecYaml<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MountSpecYaml<'a> {
+    target_path: &'a str,
+    selinux_label: &'a str,
+    project_quota_support: bool,
+}
+
+/// The node's volumes, as upstream's `VolumeStatuses` (ids `META`,
+/// `STATE`, `EPHEMERAL`), from the discovered volumes and the mounts
+/// table (`/proc/self/mounts`):
+///
+/// - STATE and EPHEMERAL are `ready` when a device is mounted on their
+///   target, `located` when a filesystem with their label is there but
+///   not mounted, and `missing` when none is;
+/// - META is `ready` where a META store is found (it is never mounted),
+///   else `missing`.
+///
+/// Nothing is encrypted and no SELinux label is applied, so those fields
+/// stay empty.
+///
+/// # Errors
+/// A spec cannot be written.
+pub fn volume_statuses(
+    discovered: &[(String, block_pb::DiscoveredVolumeSpec)],
+    mounts: &str,
+) -> Result<Vec<Item>, ResourceError> {
+    use api::talos::resource::definitions::enums::{
+        BlockFilesystemType as Fs, BlockVolumePhase as Phase, BlockVolumeType as Type,
+    };
+    let mounted_from = |target: &str| device_mount(mounts, target).map(|f| f[0].to_owned());
+    let meta = discovered.iter().find(|(_, v)| v.name == "talosmeta");
+    let mut out = Vec::new();
+    for (id, target) in [
+        (installer::layout::META, None),
+        (crate::boot::STATE_LABEL, Some(crate::boot::STATE_MOUNT)),
+        (
+            crate::boot::EPHEMERAL_LABEL,
+            Some(crate::boot::EPHEMERAL_MOUNT),
+        ),
+    ] {
+        let (phase, volume) = match target {
+            None => (Phase::VolumePhaseReady, meta.map(|(_, v)| v)),
+            Some(target) => match mounted_from(target) {
+                Some(source) => (
+                    Phase::VolumePhaseReady,
+                    discovered
+                        .iter()
+                        .map(|(_, v)| v)
+                        .find(|v| v.dev_path == source),
+                ),
+                None => (
+                    Phase::VolumePhaseLocated,
+                    discovered
+                        .iter()
+                        .map(|(_, v)| v)
+                        .find(|v| v.label == id && v.name != "talosmeta"),
+                ),
+            },
+        };
+        let mut spec = block_pb::VolumeStatusSpec {
+            phase: Phase::VolumePhaseMissing as i32,
+            r#type: Type::VolumeTypePartition as i32,
+            mount_spec: target.map(|t| block_pb::MountSpec {
+                target_path: t.to_owned(),
+                ..block_pb::MountSpec::default()
+            }),
+            ..block_pb::VolumeStatusSpec::default()
+        };
+        if let Some(v) = volume {
+            spec.phase = phase as i32;
+            if v.r#type == "disk" {
+                spec.r#type = Type::VolumeTypeDisk as i32;
+            }
+            spec.location.clone_from(&v.dev_path);
+            spec.mount_location.clone_from(&v.dev_path);
+            spec.parent_location.clone_from(&v.parent_dev_path);
+            spec.partition_index = i64::try_from(v.partition_index).unwrap_or_default();
+            spec.partition_uuid.clone_from(&v.partition_uuid);
+            spec.uuid.clone_from(&v.uuid);
+            spec.size = v.size;
+            spec.pretty_size.clone_from(&v.pretty_size);
+            spec.filesystem = match v.name.as_str() {
+                "xfs" => Fs::FilesystemTypeXfs,
+                "vfat" => Fs::FilesystemTypeVfat,
+                "extfs" => Fs::FilesystemTypeExt4,
+                "iso9660" => Fs::FilesystemTypeIso9660,
+                "swap" => Fs::FilesystemTypeSwap,
+                _ => Fs::FilesystemTypeNone,
+            } as i32;
+        }
+        out.push(volume_status_item(id, &spec)?);
+    }
+    Ok(out)
+}
+
+fn volume_status_item(id: &str, spec: &block_pb::VolumeStatusSpec) -> Result<Item, ResourceError> {
+    use api::talos::resource::definitions::enums::{
+        BlockFilesystemType as Fs, BlockVolumePhase as Phase, BlockVolumeType as Type,
+    };
+    // Upstream's text for each value (its enums' line comments).
+    let phase = match Phase::try_from(spec.phase).unwrap_or_default() {
+        Phase::VolumePhaseWaiting => "waiting",
+        Phase::VolumePhaseFailed => "failed",
+        Phase::VolumePhaseMissing => "missing",
+        Phase::VolumePhaseLocated => "located",
+        Phase::VolumePhaseProvisioned => "provisioned",
+        Phase::VolumePhasePrepared => "prepared",
+        Phase::VolumePhaseReady => "ready",
+        Phase::VolumePhaseClosed => "closed",
+    };
+    let type_ = match Type::try_from(spec.r#type).unwrap_or_default() {
+        Type::VolumeTypePartition => "partition",
+        Type::VolumeTypeDisk => "disk",
+        Type::VolumeTypeTmpfs => "tmpfs",
+        Type::VolumeTypeDirectory => "directory",
+        Type::VolumeTypeSymlink => "symlink",
+        Type::VolumeTypeOverlay => "overlay",
+    };
+    let filesystem = match Fs::try_from(spec.filesystem).unwrap_or_default() {
+        Fs::FilesystemTypeNone => None,
+        Fs::FilesystemTypeXfs => Some("xfs"),
+        Fs::FilesystemTypeVfat => Some("vfat"),
+        Fs::FilesystemTypeExt4 => Some("ext4"),
+        Fs::FilesystemTypeIso9660 => Some("iso9660"),
+        Fs::FilesystemTypeSwap => Some("swap"),
+    };
+    let yaml = VolumeStatusYaml {
+        phase,
+        type_,
+        location: &spec.location,
+        mount_location: &spec.mount_location,
+        partition_index: spec.partition_index,
+        parent_location: &spec.parent_location,
+        uuid: &spec.uuid,
+        partition_uuid: &spec.partition_uuid,
+        size: spec.size,
+        pretty_size: &spec.pretty_size,
+        filesystem,
+        mount_spec: spec.mount_spec.as_ref().map(|m| MountSpecYaml {
+            target_path: &m.target_path,
+            selinux_label: &m.selinux_label,
+            project_quota_support: m.project_quota_support,
+        }),
     };
     item(id, &yaml, spec)
 }
@@ -529,5 +723,96 @@ mod tests {
             (spec.name.as_str(), spec.partition_index, spec.offset),
             ("xfs", 3, 6144 * 512)
         );
+    }
+
+    #[test]
+    fn volume_statuses_say_where_meta_state_and_ephemeral_are() {
+        let volume = |id: &str, name: &str, label: &str, index: u64, size: u64| {
+            (
+                id.to_owned(),
+                block_pb::DiscoveredVolumeSpec {
+                    dev_path: format!("/dev/{id}"),
+                    r#type: "partition".to_owned(),
+                    parent_dev_path: "/dev/vda".to_owned(),
+                    name: name.to_owned(),
+                    uuid: if name == "xfs" {
+                        format!("uuid-of-{id}")
+                    } else {
+                        String::new()
+                    },
+                    label: label.to_owned(),
+                    partition_index: index,
+                    partition_uuid: format!("guid-of-{id}"),
+                    partition_label: label.to_owned(),
+                    size,
+                    pretty_size: machinery::humanize::bytes(size),
+                    ..block_pb::DiscoveredVolumeSpec::default()
+                },
+            )
+        };
+        let discovered = [
+            (
+                "vda".to_owned(),
+                block_pb::DiscoveredVolumeSpec {
+                    dev_path: "/dev/vda".to_owned(),
+                    r#type: "disk".to_owned(),
+                    name: "gpt".to_owned(),
+                    ..block_pb::DiscoveredVolumeSpec::default()
+                },
+            ),
+            volume("vda2", "talosmeta", "", 2, 1 << 20),
+            volume("vda3", "xfs", "STATE", 3, 100 << 20),
+            volume("vda4", "xfs", "EPHEMERAL", 4, 5 << 30),
+        ];
+        // STATE is mounted; EPHEMERAL is there but not (yet) mounted, and
+        // something else covers /var.
+        let mounts = "/dev/vda3 /system/state xfs rw,relatime 0 0\n\
+                      tmpfs /var tmpfs rw 0 0\n";
+        let items = volume_statuses(&discovered, mounts).expect("statuses");
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["META", "STATE", "EPHEMERAL"]);
+        let yaml = |i: usize| -> serde_yaml_ng::Value {
+            serde_yaml_ng::from_str(&items[i].yaml).expect("YAML")
+        };
+        assert_eq!(
+            items[0].yaml,
+            "phase: ready\ntype: partition\nlocation: /dev/vda2\nmountLocation: /dev/vda2\n\
+             partitionIndex: 2\nparentLocation: /dev/vda\npartitionUUID: guid-of-vda2\n\
+             size: 1048576\nprettySize: 1.0 MB\n"
+        );
+        assert_eq!(yaml(1)["phase"], "ready");
+        assert_eq!(yaml(1)["uuid"], "uuid-of-vda3");
+        assert_eq!(yaml(1)["filesystem"], "xfs");
+        assert_eq!(yaml(1)["prettySize"], "105 MB");
+        assert_eq!(yaml(1)["mountSpec"]["targetPath"], "/system/state");
+        assert_eq!(yaml(2)["phase"], "located");
+        assert_eq!(yaml(2)["location"], "/dev/vda4");
+        assert_eq!(yaml(2)["mountSpec"]["targetPath"], "/var");
+
+        // Upstream's field numbers and enum values.
+        let state = block_pb::VolumeStatusSpec::decode(items[1].proto.as_slice()).expect("proto");
+        assert_eq!(state.phase, 6);
+        assert_eq!(state.r#type, 0);
+        assert_eq!(state.filesystem, 1);
+        assert_eq!(state.partition_index, 3);
+        assert_eq!(state.size, 100 << 20);
+        assert_eq!(state.location, "/dev/vda3");
+        assert_eq!(state.parent_location, "/dev/vda");
+        let ephemeral =
+            block_pb::VolumeStatusSpec::decode(items[2].proto.as_slice()).expect("proto");
+        assert_eq!(ephemeral.phase, 3);
+
+        // An empty machine: nothing found, every volume missing.
+        let items = volume_statuses(&discovered[..1], "").expect("statuses");
+        for item in &items {
+            let spec = block_pb::VolumeStatusSpec::decode(item.proto.as_slice()).expect("proto");
+            assert_eq!(spec.phase, 2, "{}", item.id);
+            assert!(spec.location.is_empty());
+            assert!(
+                item.yaml.starts_with("phase: missing\ntype: partition\n"),
+                "{}",
+                item.yaml
+            );
+        }
     }
 }

@@ -471,6 +471,8 @@ fn gen_config_cluster_and_everyday_commands() {
         ("ram", &["MANUFACTURER", "MODEL", "SIZEMIB"][..]),
         // And the node's own mounts (none in container mode).
         ("mounts", &["SOURCE", "TARGET", "FILESYSTEM TYPE"][..]),
+        // And its volumes (none in container mode).
+        ("volumestatus", &["TYPE", "PHASE", "LOCATION", "SIZE"][..]),
     ] {
         let table = ok(&tc, &["get", alias]);
         assert_eq!(header(&table)[5..], *columns, "{alias}: {table}");

@@ -1130,6 +1130,20 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     let r = run(&none, &["-n", &endpoint, "get", "mc", "--insecure"]);
     assert_ne!(r.code, 0, "{}", r.out);
     assert!(r.err.contains("not authorized"), "{}", r.err);
+    // Nothing is on the blank disk yet: every volume is missing.
+    let statuses = ok(
+        &none,
+        &["-n", &endpoint, "get", "volumestatus", "--insecure"],
+    );
+    for id in ["META", "STATE", "EPHEMERAL"] {
+        assert!(
+            statuses.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(3) == Some(&id) && cols.get(5..7) == Some(&["partition", "missing"][..])
+            }),
+            "{id}: {statuses}"
+        );
+    }
 
     // What the firmware says it is (SMBIOS type 1), as upstream shows it.
     let system = ok(
@@ -1412,6 +1426,24 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         assert!(
             !templates.contains(uuid),
             "{uuid} is a template's: {templates:?}"
+        );
+    }
+    // The three volumes as upstream's VolumeStatuses: where they are and
+    // that they are ready.
+    let statuses = ok(&tc, &args(&with(&["get", "volumestatus"])));
+    for expect in [
+        ["META", "partition", "ready", "/dev/vda2"],
+        ["STATE", "partition", "ready", "/dev/vda3"],
+        ["EPHEMERAL", "partition", "ready", "/dev/vda4"],
+    ] {
+        assert!(
+            statuses.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(1..3) == Some(&["runtime", "VolumeStatus"][..])
+                    && cols.get(3) == Some(&expect[0])
+                    && cols.get(5..8) == Some(&expect[1..])
+            }),
+            "{expect:?}: {statuses}"
         );
     }
     // And what machined mounted from it, by label, as upstream's
