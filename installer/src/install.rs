@@ -126,9 +126,10 @@ pub struct InstallInputs {
     pub ephemeral_template: PathBuf,
     /// The OS version (the loader entry's title and version).
     pub version: String,
-    /// `None`: random GUIDs (a real install). `Some(seed)`: GUIDs derived
-    /// from the seed, so the same inputs give the same bytes (the
-    /// imager).
+    /// `None`: random GUIDs and new filesystem UUIDs for STATE and
+    /// EPHEMERAL (a real install). `Some(seed)`: GUIDs derived from the
+    /// seed and the templates' filesystem UUIDs kept, so the same inputs
+    /// give the same bytes (the imager).
     pub guid_seed: Option<u64>,
 }
 

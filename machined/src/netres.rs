@@ -1270,6 +1270,28 @@ mod tests {
     }
 
     #[test]
+    fn links_count_as_up_by_upstreams_rule() {
+        let spec = |state: i32, link_type: i32, kind: &str, link_state: bool| pb::LinkStatusSpec {
+            operational_state: state,
+            r#type: link_type,
+            kind: kind.to_owned(),
+            link_state,
+            ..pb::LinkStatusSpec::default()
+        };
+        let (unknown, down, up) = (0, 2, 6);
+        let (ether, loopback) = (1, 772);
+        // Physical Ethernet needs its carrier too.
+        assert!(counts_as_up(&spec(up, ether, "", true)));
+        assert!(!counts_as_up(&spec(up, ether, "", false)));
+        assert!(counts_as_up(&spec(unknown, ether, "", true)));
+        assert!(!counts_as_up(&spec(down, ether, "", true)));
+        // A link with a kind, or not Ethernet, only its operational state.
+        assert!(counts_as_up(&spec(up, ether, "veth", false)));
+        assert!(counts_as_up(&spec(unknown, loopback, "", false)));
+        assert!(!counts_as_up(&spec(down, ether, "bridge", true)));
+    }
+
+    #[test]
     fn numbers_print_as_upstreams_strings() {
         assert_eq!(flag_names(0x280, ADDRESS_FLAGS), "permanent,noprefixroute");
         assert_eq!(flag_names(0, ADDRESS_FLAGS), "");
