@@ -311,6 +311,18 @@ pub const VOLUME_STATUS: Definition = Definition {
     skip_automatic_aliases: false,
 };
 
+/// `SystemDisks.block.talos.dev` (id `system-disk`): the disk holding
+/// META.
+pub const SYSTEM_DISK: Definition = Definition {
+    type_: "SystemDisks.block.talos.dev",
+    display: "SystemDisk",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[("Disk", "{.diskID}")],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+
 /// `SystemInformations.hardware.talos.dev` (id `systeminformation`).
 pub const SYSTEM_INFORMATION: Definition = Definition {
     type_: "SystemInformations.hardware.talos.dev",
@@ -414,6 +426,7 @@ pub const DEFINITIONS: &[Definition] = &[
     TIME_SERVER_STATUS,
     DISCOVERED_VOLUME,
     VOLUME_STATUS,
+    SYSTEM_DISK,
     SYSTEM_INFORMATION,
     PROCESSOR,
     MEMORY_MODULE,
@@ -782,6 +795,15 @@ impl Resources {
                             .await?;
                     let mounts = read_mounts().await?;
                     volumes::volume_statuses(&discovered, &mounts)
+                }
+            },
+            t if t == SYSTEM_DISK.type_ => match self.node.mode() {
+                Mode::Container => Ok(Vec::new()),
+                Mode::Metal => {
+                    let discovered =
+                        volumes::discovered_specs(PathBuf::from("/sys"), PathBuf::from("/dev"))
+                            .await?;
+                    volumes::system_disk(&discovered)
                 }
             },
             t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,

@@ -366,8 +366,8 @@ struct MountSpecYaml<'a> {
 /// - STATE and EPHEMERAL are `ready` when a device is mounted on their
 ///   target, `located` when a filesystem with their label is there but
 ///   not mounted, and `missing` when none is;
-/// - META is `ready` where a META store is found (it is never mounted),
-///   else `missing`.
+/// - META is `ready` where the partition labelled META is (as upstream
+///   locates it), or else a META store is found; it is never mounted.
 ///
 /// Nothing is encrypted and no SELinux label is applied, so those fields
 /// stay empty.
@@ -382,7 +382,7 @@ pub fn volume_statuses(
         BlockFilesystemType as Fs, BlockVolumePhase as Phase, BlockVolumeType as Type,
     };
     let mounted_from = |target: &str| device_mount(mounts, target).map(|f| f[0].to_owned());
-    let meta = discovered.iter().find(|(_, v)| v.name == "talosmeta");
+    let meta = meta_volume(discovered);
     let mut out = Vec::new();
     for (id, target) in [
         (installer::layout::META, None),
@@ -393,21 +393,36 @@ pub fn volume_statuses(
         ),
     ] {
         let (phase, volume) = match target {
-            None => (Phase::VolumePhaseReady, meta.map(|(_, v)| v)),
+            None => (Phase::VolumePhaseReady, meta.map(|(_, v)| v.clone())),
             Some(target) => match mounted_from(target) {
                 Some(source) => (
                     Phase::VolumePhaseReady,
                     discovered
                         .iter()
                         .map(|(_, v)| v)
-                        .find(|v| v.dev_path == source),
+                        .find(|v| v.dev_path == source)
+                        .cloned()
+                        // Mounted, though its device was not probed: where
+                        // it is, at least.
+                        .or_else(|| {
+                            Some(block_pb::DiscoveredVolumeSpec {
+                                dev_path: source,
+                                ..block_pb::DiscoveredVolumeSpec::default()
+                            })
+                        }),
                 ),
+                // What boot would mount: the first by name with the label,
+                // of a kind the image mounts (boot::find_labelled).
                 None => (
                     Phase::VolumePhaseLocated,
                     discovered
                         .iter()
-                        .map(|(_, v)| v)
-                        .find(|v| v.label == id && v.name != "talosmeta"),
+                        .filter(|(_, v)| {
+                            v.label == id
+                                && matches!(v.name.as_str(), "xfs" | "vfat" | "extfs" | "squashfs")
+                        })
+                        .min_by(|(a, _), (b, _)| a.cmp(b))
+                        .map(|(_, v)| v.clone()),
                 ),
             },
         };
@@ -420,7 +435,7 @@ pub fn volume_statuses(
             }),
             ..block_pb::VolumeStatusSpec::default()
         };
-        if let Some(v) = volume {
+        if let Some(v) = &volume {
             spec.phase = phase as i32;
             if v.r#type == "disk" {
                 spec.r#type = Type::VolumeTypeDisk as i32;
@@ -445,6 +460,50 @@ pub fn volume_statuses(
         out.push(volume_status_item(id, &spec)?);
     }
     Ok(out)
+}
+
+/// The META volume: the partition labelled META, as upstream locates it,
+/// else a device whose probe found a META store.
+fn meta_volume(
+    discovered: &[(String, block_pb::DiscoveredVolumeSpec)],
+) -> Option<&(String, block_pb::DiscoveredVolumeSpec)> {
+    discovered
+        .iter()
+        .find(|(_, v)| v.partition_label == installer::layout::META)
+        .or_else(|| discovered.iter().find(|(_, v)| v.name == "talosmeta"))
+}
+
+#[derive(Serialize)]
+struct SystemDiskYaml<'a> {
+    #[serde(rename = "diskID")]
+    disk_id: &'a str,
+    #[serde(rename = "devPath")]
+    dev_path: &'a str,
+}
+
+/// `SystemDisk` (id `system-disk`): the disk holding the partition
+/// labelled META, as upstream decides; none without one.
+///
+/// # Errors
+/// A spec cannot be written.
+pub fn system_disk(
+    discovered: &[(String, block_pb::DiscoveredVolumeSpec)],
+) -> Result<Vec<Item>, ResourceError> {
+    let Some((_, meta)) = discovered
+        .iter()
+        .find(|(_, v)| v.partition_label == installer::layout::META && !v.parent.is_empty())
+    else {
+        return Ok(Vec::new());
+    };
+    let spec = block_pb::SystemDiskSpec {
+        disk_id: meta.parent.clone(),
+        dev_path: meta.parent_dev_path.clone(),
+    };
+    let yaml = SystemDiskYaml {
+        disk_id: &spec.disk_id,
+        dev_path: &spec.dev_path,
+    };
+    Ok(vec![item("system-disk", &yaml, &spec)?])
 }
 
 fn volume_status_item(id: &str, spec: &block_pb::VolumeStatusSpec) -> Result<Item, ResourceError> {
@@ -760,7 +819,12 @@ mod tests {
                     ..block_pb::DiscoveredVolumeSpec::default()
                 },
             ),
-            volume("vda2", "talosmeta", "", 2, 1 << 20),
+            {
+                let (id, mut meta) = volume("vda2", "talosmeta", "", 2, 1 << 20);
+                meta.partition_label = "META".to_owned();
+                meta.parent = "vda".to_owned();
+                (id, meta)
+            },
             volume("vda3", "xfs", "STATE", 3, 100 << 20),
             volume("vda4", "xfs", "EPHEMERAL", 4, 5 << 30),
         ];
@@ -801,6 +865,45 @@ mod tests {
         let ephemeral =
             block_pb::VolumeStatusSpec::decode(items[2].proto.as_slice()).expect("proto");
         assert_eq!(ephemeral.phase, 3);
+
+        // Mounted from a device the probe did not list: ready, with its
+        // location. Not mounted, the first by name of a mountable kind.
+        let mut more = discovered.to_vec();
+        more.push(volume("vdb1", "btrfs", "EPHEMERAL", 1, 1 << 30));
+        more.push(volume("vdc1", "xfs", "EPHEMERAL", 1, 1 << 30));
+        let items = volume_statuses(
+            &more,
+            "/dev/sdz9 /system/state xfs rw 0 0\n/dev/vda4 /mnt xfs rw 0 0\n",
+        )
+        .expect("statuses");
+        let state = block_pb::VolumeStatusSpec::decode(items[1].proto.as_slice()).expect("proto");
+        assert_eq!((state.phase, state.location.as_str()), (6, "/dev/sdz9"));
+        let ephemeral =
+            block_pb::VolumeStatusSpec::decode(items[2].proto.as_slice()).expect("proto");
+        assert_eq!(
+            (ephemeral.phase, ephemeral.location.as_str()),
+            (3, "/dev/vda4")
+        );
+        more.swap(3, 5);
+        let items = volume_statuses(&more[..5], "").expect("statuses");
+        let ephemeral =
+            block_pb::VolumeStatusSpec::decode(items[2].proto.as_slice()).expect("proto");
+        assert_eq!(
+            ephemeral.location, "/dev/vdc1",
+            "btrfs is not mounted by boot"
+        );
+
+        // The system disk: the one holding META.
+        let disk = system_disk(&discovered).expect("system disk");
+        assert_eq!(disk.len(), 1);
+        assert_eq!(disk[0].id, "system-disk");
+        assert_eq!(disk[0].yaml, "diskID: vda\ndevPath: /dev/vda\n");
+        let spec = block_pb::SystemDiskSpec::decode(disk[0].proto.as_slice()).expect("proto");
+        assert_eq!(
+            (spec.disk_id.as_str(), spec.dev_path.as_str()),
+            ("vda", "/dev/vda")
+        );
+        assert!(system_disk(&discovered[..1]).expect("none").is_empty());
 
         // An empty machine: nothing found, every volume missing.
         let items = volume_statuses(&discovered[..1], "").expect("statuses");

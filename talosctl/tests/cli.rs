@@ -473,6 +473,7 @@ fn gen_config_cluster_and_everyday_commands() {
         ("mounts", &["SOURCE", "TARGET", "FILESYSTEM TYPE"][..]),
         // And its volumes (none in container mode).
         ("volumestatus", &["TYPE", "PHASE", "LOCATION", "SIZE"][..]),
+        ("systemdisk", &["DISK"][..]),
     ] {
         let table = ok(&tc, &["get", alias]);
         assert_eq!(header(&table)[5..], *columns, "{alias}: {table}");

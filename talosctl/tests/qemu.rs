@@ -672,7 +672,6 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The host-side `installer` (pushes layouts), built next to talosctl.
 /// The filesystem UUIDs of STATE and EPHEMERAL (GPT entries 3 and 4) in
 /// a disk image: the templates' own, which the seeded disk image keeps.
 fn template_fs_uuids(disk: &Path) -> Vec<String> {
@@ -705,6 +704,7 @@ fn template_fs_uuids(disk: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The host-side `installer` (pushes layouts), built next to talosctl.
 fn installer_bin() -> PathBuf {
     talosctl()
         .parent()
@@ -1130,7 +1130,10 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     let r = run(&none, &["-n", &endpoint, "get", "mc", "--insecure"]);
     assert_ne!(r.code, 0, "{}", r.out);
     assert!(r.err.contains("not authorized"), "{}", r.err);
-    // Nothing is on the blank disk yet: every volume is missing.
+    // Nothing is on the blank disk yet: no system disk, and every volume
+    // is missing.
+    let system_disk = ok(&none, &["-n", &endpoint, "get", "systemdisk", "--insecure"]);
+    assert_eq!(system_disk.lines().count(), 1, "{system_disk}");
     let statuses = ok(
         &none,
         &["-n", &endpoint, "get", "volumestatus", "--insecure"],
@@ -1428,6 +1431,16 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             "{uuid} is a template's: {templates:?}"
         );
     }
+    // The system disk: the one holding META.
+    let system_disk = ok(&tc, &args(&with(&["get", "systemdisk"])));
+    assert!(
+        system_disk.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(1..4) == Some(&["runtime", "SystemDisk", "system-disk"][..])
+                && cols.last() == Some(&"vda")
+        }),
+        "{system_disk}"
+    );
     // The three volumes as upstream's VolumeStatuses: where they are and
     // that they are ready.
     let statuses = ok(&tc, &args(&with(&["get", "volumestatus"])));
