@@ -673,7 +673,7 @@ mod tests {
         assert!(superblock_crc_ok(&img[..512]));
     }
 
-    /// A record Linux 6.1 wrote (an unmount record, read off a loop
+    /// A record Linux 6.18 wrote (an unmount record, read off a loop
     /// mount): the CRC computed here is the kernel's.
     #[test]
     fn the_record_crc_is_the_kernels() {
