@@ -778,43 +778,21 @@ impl Resources {
             }
             t if t == RESOLVER_STATUS.type_ => self.resolver_status().await,
             t if t == TIME_SERVER_STATUS.type_ => self.time_server_status().await,
-            // As upstream, a container-mode node has no block devices of
-            // its own (the host's are not probed).
-            t if t == DISCOVERED_VOLUME.type_ => match self.node.mode() {
-                Mode::Container => Ok(Vec::new()),
-                Mode::Metal => {
-                    volumes::discovered(PathBuf::from("/sys"), PathBuf::from("/dev")).await
+            // As upstream, a container-mode node has no block devices or
+            // mounts of its own (the host's are neither probed nor shown).
+            t if [DISCOVERED_VOLUME, VOLUME_STATUS, SYSTEM_DISK, MOUNT_STATUS]
+                .iter()
+                .any(|d| d.type_ == t) =>
+            {
+                match self.node.mode() {
+                    Mode::Container => Ok(Vec::new()),
+                    Mode::Metal => storage_items(t).await,
                 }
-            },
-            t if t == VOLUME_STATUS.type_ => match self.node.mode() {
-                // As the discovered volumes and mounts: none of its own.
-                Mode::Container => Ok(Vec::new()),
-                Mode::Metal => {
-                    let discovered =
-                        volumes::discovered_specs(PathBuf::from("/sys"), PathBuf::from("/dev"))
-                            .await?;
-                    let mounts = read_mounts().await?;
-                    volumes::volume_statuses(&discovered, &mounts)
-                }
-            },
-            t if t == SYSTEM_DISK.type_ => match self.node.mode() {
-                Mode::Container => Ok(Vec::new()),
-                Mode::Metal => {
-                    let discovered =
-                        volumes::discovered_specs(PathBuf::from("/sys"), PathBuf::from("/dev"))
-                            .await?;
-                    volumes::system_disk(&discovered)
-                }
-            },
+            }
             t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
             t if t == PROCESSOR.type_ => self.processors().await,
             t if t == MEMORY_MODULE.type_ => self.memory_modules().await,
             t if t == PLATFORM_METADATA.type_ => self.platform_metadata().await,
-            t if t == MOUNT_STATUS.type_ => match self.node.mode() {
-                // Nothing of the node's own is mounted in container mode.
-                Mode::Container => Ok(Vec::new()),
-                Mode::Metal => mount_statuses(&read_mounts().await?),
-            },
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
     }
@@ -1215,6 +1193,25 @@ pub(crate) fn device_mount<'a>(mounts: &'a str, target: &str) -> Option<Vec<&'a 
         .rev()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.len() >= 4 && f[1] == target && f[0].starts_with("/dev/"))
+}
+
+/// The block-device and mount types of a metal node, from `/sys`, `/dev`
+/// and `/proc/self/mounts`.
+async fn storage_items(type_: &str) -> Result<Vec<Item>, ResourceError> {
+    let sys = || PathBuf::from("/sys");
+    let dev = || PathBuf::from("/dev");
+    match type_ {
+        t if t == DISCOVERED_VOLUME.type_ => volumes::discovered(sys(), dev()).await,
+        t if t == VOLUME_STATUS.type_ => volumes::volume_statuses(
+            &volumes::discovered_specs(sys(), dev()).await?,
+            &read_mounts().await?,
+        ),
+        t if t == SYSTEM_DISK.type_ => {
+            volumes::system_disk(&volumes::discovered_specs(sys(), dev()).await?)
+        }
+        t if t == MOUNT_STATUS.type_ => mount_statuses(&read_mounts().await?),
+        other => Err(ResourceError::UnknownType(other.to_owned())),
+    }
 }
 
 async fn read_mounts() -> Result<String, ResourceError> {
