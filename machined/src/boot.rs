@@ -830,7 +830,7 @@ pub fn find_labelled(
 /// or the ESP (xfs and vfat are its modules; ext and squashfs are in the
 /// kernel): a volume of another kind with one of those labels is not
 /// taken for it.
-fn image_mounts(kind: udevd::probe::FsKind) -> bool {
+pub(crate) fn image_mounts(kind: udevd::probe::FsKind) -> bool {
     use udevd::probe::FsKind;
     matches!(
         kind,

@@ -257,16 +257,20 @@ fn volumes_of(
     Ok(())
 }
 
-/// What a filesystem probe found, named as upstream names it.
-fn found(spec: &mut block_pb::DiscoveredVolumeSpec, fs: &Fs) {
-    spec.name = match fs.kind {
+/// The name upstream's probe gives a kind.
+fn probe_name(kind: FsKind) -> &'static str {
+    match kind {
         // One name for ext2, ext3 and ext4, as upstream's probe has.
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => "extfs",
         FsKind::Luks => "luks",
         FsKind::LvmPv => "lvm2-pv",
         kind => kind.as_str(),
     }
-    .to_owned();
+}
+
+/// What a filesystem probe found, named as upstream names it.
+fn found(spec: &mut block_pb::DiscoveredVolumeSpec, fs: &Fs) {
+    spec.name = probe_name(fs.kind).to_owned();
     if fs.kind == FsKind::LvmPv {
         // Upstream shows a physical volume's UUID as its label.
         spec.label = fs.uuid.clone().unwrap_or_default();
@@ -419,7 +423,9 @@ pub fn volume_statuses(
                         .iter()
                         .filter(|(_, v)| {
                             v.label == id
-                                && matches!(v.name.as_str(), "xfs" | "vfat" | "extfs" | "squashfs")
+                                && FsKind::ALL.iter().any(|&k| {
+                                    crate::boot::image_mounts(k) && probe_name(k) == v.name
+                                })
                         })
                         .min_by(|(a, _), (b, _)| a.cmp(b))
                         .map(|(_, v)| v.clone()),

@@ -79,6 +79,21 @@ pub enum FsKind {
 }
 
 impl FsKind {
+    /// Every kind the probe knows.
+    pub const ALL: [FsKind; 11] = [
+        FsKind::Ext2,
+        FsKind::Ext3,
+        FsKind::Ext4,
+        FsKind::Xfs,
+        FsKind::Vfat,
+        FsKind::Squashfs,
+        FsKind::Luks,
+        FsKind::Btrfs,
+        FsKind::Iso9660,
+        FsKind::Swap,
+        FsKind::LvmPv,
+    ];
+
     /// blkid's TYPE.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -713,6 +728,29 @@ mod tests {
     };
 
     const LINUX: &str = LINUX_DATA;
+
+    #[test]
+    fn all_lists_every_kind_once() {
+        // A new kind fails to compile here until ALL has it.
+        for kind in FsKind::ALL {
+            match kind {
+                FsKind::Ext2
+                | FsKind::Ext3
+                | FsKind::Ext4
+                | FsKind::Xfs
+                | FsKind::Vfat
+                | FsKind::Squashfs
+                | FsKind::Luks
+                | FsKind::Btrfs
+                | FsKind::Iso9660
+                | FsKind::Swap
+                | FsKind::LvmPv => {}
+            }
+        }
+        let names: std::collections::HashSet<&str> =
+            FsKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), FsKind::ALL.len());
+    }
     const ESP: &str = EFI_SYSTEM;
 
     /// ISO 9660 descriptors: the Joliet volume id (UTF-16BE) wins over the
