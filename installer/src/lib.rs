@@ -21,6 +21,7 @@
 //!   entry on trial with a boot counter.
 //! - [`xfs`]: growing a mounted xfs filesystem to its partition.
 //! - [`xfs_uuid`]: giving an installed xfs filesystem a UUID of its own.
+//! - [`wipe`]: wiping a disk or partition, dropping a partition from a GPT.
 #![deny(unsafe_code)]
 
 pub mod entries;
@@ -33,6 +34,7 @@ pub mod sign;
 pub mod sparse;
 pub mod target;
 pub mod upgrade;
+pub mod wipe;
 pub mod xfs;
 pub mod xfs_uuid;
 

@@ -56,6 +56,7 @@ pub struct Disk {
     path: PathBuf,
     size: u64,
     block_device: bool,
+    sector_size: u64,
 }
 
 /// The size of the file or device `file`: seeking to the end works for
@@ -102,6 +103,27 @@ impl Disk {
     /// # Errors
     /// [`TargetError::Io`] naming `path`.
     pub fn open(path: &Path) -> Result<Disk, TargetError> {
+        let disk = Disk::open_any(path)?;
+        if disk.sector_size != crate::layout::SECTOR_SIZE {
+            return Err(TargetError::Io {
+                operation: format!(
+                    "using (its logical sectors are {} bytes; the layout needs 512)",
+                    disk.sector_size
+                ),
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+            });
+        }
+        Ok(disk)
+    }
+
+    /// Opens `path` like [`Disk::open`], whatever its logical sector size
+    /// (see [`Disk::sector_size`]): for work that does not write the
+    /// installed layout, such as wiping.
+    ///
+    /// # Errors
+    /// [`TargetError::Io`] naming `path`.
+    pub fn open_any(path: &Path) -> Result<Disk, TargetError> {
         let err = |operation: &str| io_err(operation, path);
         let block_device = std::fs::metadata(path)
             .map_err(err("opening"))?
@@ -125,28 +147,23 @@ impl Disk {
             path: path.to_path_buf(),
             source,
         })?;
-        if block_device {
+        let sector_size = if block_device {
             let sector = rustix::fs::ioctl_blksszget(&file).map_err(|e| TargetError::Io {
                 operation: "reading the sector size of".to_owned(),
                 path: path.to_path_buf(),
                 source: e.into(),
             })?;
-            if u64::from(sector) != crate::layout::SECTOR_SIZE {
-                return Err(TargetError::Io {
-                    operation: format!(
-                        "using (its logical sectors are {sector} bytes; the layout needs 512)"
-                    ),
-                    path: path.to_path_buf(),
-                    source: std::io::Error::from(std::io::ErrorKind::Unsupported),
-                });
-            }
-        }
+            u64::from(sector)
+        } else {
+            crate::layout::SECTOR_SIZE
+        };
         let size = size_of(&file).map_err(err("finding the size of"))?;
         Ok(Disk {
             file,
             path: path.to_path_buf(),
             size,
             block_device,
+            sector_size,
         })
     }
 
@@ -184,6 +201,12 @@ impl Disk {
     #[must_use]
     pub fn is_block_device(&self) -> bool {
         self.block_device
+    }
+
+    /// Bytes per logical sector: the device's, 512 for an image file.
+    #[must_use]
+    pub fn sector_size(&self) -> u64 {
+        self.sector_size
     }
 
     fn io_err(&self, operation: String) -> impl FnOnce(io::Error) -> TargetError + use<> {
@@ -338,6 +361,26 @@ impl Disk {
             .map_err(|e| self.io_err("re-reading the partition table of".to_owned())(e.into()))
     }
 
+    /// Tells the kernel that partition `number` is gone from the table
+    /// (`BLKPG_DEL_PARTITION`), so its device node goes without re-reading
+    /// the whole table, which the kernel refuses while another partition of
+    /// the disk is mounted. Nothing to do for an image file.
+    ///
+    /// # Errors
+    /// The ioctl failed: `EBUSY` while the partition itself is open, `ENXIO`
+    /// when the kernel has no such partition.
+    pub fn forget_partition(&self, number: u32) -> Result<(), TargetError> {
+        if !self.block_device {
+            return Ok(());
+        }
+        let pno = i32::try_from(number).unwrap_or(i32::MAX);
+        blkpg_del_partition(&self.file, pno).map_err(|e| {
+            self.io_err(format!(
+                "removing partition {number} from the kernel's view of"
+            ))(e.into())
+        })
+    }
+
     /// The bytes `offset..offset + len` as a stream of their own.
     ///
     /// # Errors
@@ -362,6 +405,62 @@ fn blkrrpart(file: &File) -> rustix::io::Result<()> {
     // the kernel does not read it); it acts on the open block device only.
     unsafe {
         let op = rustix::ioctl::NoArg::<BLKRRPART>::new();
+        rustix::ioctl::ioctl(file, op)
+    }
+}
+
+/// `BLKPG`, `_IO(0x12, 105)`.
+pub const BLKPG: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(0x12, 105);
+
+/// `BLKPG_DEL_PARTITION`, the operation of a `BLKPG` call.
+const BLKPG_DEL_PARTITION: i32 = 2;
+
+/// `struct blkpg_partition` of `<linux/blkpg.h>`.
+#[repr(C)]
+struct BlkpgPartition {
+    start: i64,
+    length: i64,
+    pno: i32,
+    devname: [u8; 64],
+    volname: [u8; 64],
+}
+
+/// `struct blkpg_ioctl_arg` of `<linux/blkpg.h>`.
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: i32,
+    flags: i32,
+    datalen: i32,
+    data: *mut BlkpgPartition,
+}
+
+// The kernel's sizes on x86_64 (and every LP64 ABI).
+const _: () = assert!(std::mem::size_of::<BlkpgPartition>() == 152);
+const _: () = assert!(std::mem::size_of::<BlkpgIoctlArg>() == 24);
+
+#[allow(unsafe_code)]
+fn blkpg_del_partition(file: &File, pno: i32) -> rustix::io::Result<()> {
+    let mut partition = BlkpgPartition {
+        start: 0,
+        length: 0,
+        pno,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let arg = BlkpgIoctlArg {
+        op: BLKPG_DEL_PARTITION,
+        flags: 0,
+        datalen: i32::try_from(std::mem::size_of::<BlkpgPartition>()).unwrap_or(i32::MAX),
+        data: &raw mut partition,
+    };
+    // SAFETY: BLKPG reads a `struct blkpg_ioctl_arg` through the pointer
+    // `Setter` passes (to `arg`, which it owns for the call), and through
+    // `arg.data` a `struct blkpg_partition` of `datalen` bytes: both are
+    // `repr(C)` with the kernel's layout (sizes asserted above), and
+    // `partition` outlives the call. For a delete the kernel writes
+    // nothing back.
+    unsafe {
+        let op = rustix::ioctl::Setter::<BLKPG, BlkpgIoctlArg>::new(arg);
         rustix::ioctl::ioctl(file, op)
     }
 }
