@@ -124,6 +124,20 @@ impl Disk {
     /// # Errors
     /// [`TargetError::Io`] naming `path`.
     pub fn open_any(path: &Path) -> Result<Disk, TargetError> {
+        Disk::open_with(path, true)
+    }
+
+    /// Opens `path` like [`Disk::open_any`] but without claiming it: for
+    /// editing the partition table of a disk while another of its
+    /// partitions is mounted, as partitioning tools do.
+    ///
+    /// # Errors
+    /// [`TargetError::Io`] naming `path`.
+    pub fn open_shared(path: &Path) -> Result<Disk, TargetError> {
+        Disk::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, exclusive: bool) -> Result<Disk, TargetError> {
         let err = |operation: &str| io_err(operation, path);
         let block_device = std::fs::metadata(path)
             .map_err(err("opening"))?
@@ -131,7 +145,7 @@ impl Disk {
             .is_block_device();
         let mut options = OpenOptions::new();
         options.read(true).write(true);
-        if block_device {
+        if block_device && exclusive {
             // O_EXCL on a block device: EBUSY while any of its partitions
             // is mounted or held, so a live filesystem is never written
             // over underneath.

@@ -122,6 +122,60 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Prints the version
     Version(VersionArgs),
+    /// Wipe block device or volumes
+    Wipe(WipeArgs),
+}
+
+/// `wipe` arguments.
+#[derive(Debug, Args)]
+pub struct WipeArgs {
+    /// What to wipe.
+    #[command(subcommand)]
+    pub command: WipeCommand,
+}
+
+/// `wipe` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WipeCommand {
+    /// Wipe a block device (disk or partition) which is not used as a volume
+    ///
+    /// Use device names as arguments, for example: vda or sdb5.
+    Disk(WipeDiskArgs),
+}
+
+/// `wipe disk` arguments.
+#[derive(Debug, Args)]
+pub struct WipeDiskArgs {
+    /// Device names (`sdb`, `sdb1`; a leading `/dev/` is dropped)
+    #[arg(required = true, value_name = "DEVICE")]
+    pub devices: Vec<String>,
+    /// wipe method to use [FAST ZEROES]
+    #[arg(long, value_enum, default_value_t = WipeMethod::Fast, ignore_case = true)]
+    pub method: WipeMethod,
+    /// skip volume check
+    #[arg(long)]
+    pub skip_volume_check: bool,
+    /// skip secondary disk check (e.g. underlying disk for RAID or LVM)
+    #[arg(long)]
+    pub skip_secondary_check: bool,
+    /// drop partition after wipe (if applicable)
+    #[arg(long)]
+    pub drop_partition: bool,
+    /// wipe disks of a node in maintenance mode (no client certificate,
+    /// server not verified)
+    #[arg(short = 'i', long)]
+    pub insecure: bool,
+}
+
+/// `wipe disk --method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WipeMethod {
+    /// Partition tables and filesystem signatures only (the first and last MiB)
+    #[value(name = "FAST")]
+    Fast,
+    /// Every byte (can be slow)
+    #[value(name = "ZEROES")]
+    Zeroes,
 }
 
 /// `validate` flags.

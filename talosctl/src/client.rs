@@ -532,6 +532,7 @@ impl_reply!(
     api::machine::Upgrade,
     api::machine::Version,
     api::storage::Disks,
+    api::storage::BlockDeviceWipe,
     api::time::Time,
     api::network::Interfaces,
     api::network::Routes,

@@ -333,7 +333,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// `name` in `$PATH`, then in `extra` directories.
-fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+pub fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .filter(|dir| !dir.as_os_str().is_empty())

@@ -362,6 +362,15 @@ fn gen_config_cluster_and_everyday_commands() {
         ],
         "{disks}"
     );
+    // The host's disks are not a container-mode node's to wipe: refused
+    // before anything is touched, with the node's reason.
+    let r = run(&tc, &["wipe", "disk", "/dev/vdb"]);
+    assert_ne!(r.code, 0, "wipe in container mode: {}", r.out);
+    assert!(
+        r.err.contains("not supported in container mode") && r.err.contains("FailedPrecondition"),
+        "{}",
+        r.err
+    );
     // The host's network (container-mode nodes share it): loopback's
     // address, link and local route, by upstream's aliases and columns.
     let addresses = ok(&tc, &["get", "addresses"]);

@@ -1097,11 +1097,20 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         registry.push(layout, tag);
     }
 
-    // A blank disk, a node booted from the kernel and initramfs.
+    // A blank disk but for an old filesystem on it (to be wiped), a node
+    // booted from the kernel and initramfs.
     let disk = work.path().join("disk.raw");
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(3 << 30))
         .expect("disk");
+    let mkfs = talosctl::qemu::find_program("mkfs.xfs", &["/usr/sbin", "/sbin"])
+        .expect("mkfs.xfs (xfsprogs; scripts/setup installs it)");
+    let made = Command::new(mkfs)
+        .args(["-q", "-f", "-L", "OLDDATA"])
+        .arg(&disk)
+        .status()
+        .expect("mkfs.xfs");
+    assert!(made.success());
     let port = free_port();
     let endpoint = format!("127.0.0.1:{port}");
     let none = work.path().join("none");
@@ -1130,6 +1139,31 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     let r = run(&none, &["-n", &endpoint, "get", "mc", "--insecure"]);
     assert_ne!(r.code, 0, "{}", r.out);
     assert!(r.err.contains("not authorized"), "{}", r.err);
+    // The old filesystem, wiped through the API (allowed in maintenance
+    // mode, as upstream): the node's udevd zeroes the disk's ends.
+    let old_fs = |dv: &str| {
+        dv.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(3) == Some(&"vda") && l.contains("xfs") && l.contains("OLDDATA")
+        })
+    };
+    let dv = ok(&none, &["-n", &endpoint, "get", "dv", "--insecure"]);
+    assert!(old_fs(&dv), "{dv}");
+    let r = run(
+        &none,
+        &["-n", &endpoint, "wipe", "disk", "vdz", "--insecure"],
+    );
+    assert!(
+        r.code != 0 && r.err.contains("blockdevice \"vdz\" not found"),
+        "{}",
+        r.err
+    );
+    ok(
+        &none,
+        &["-n", &endpoint, "wipe", "disk", "vda", "--insecure"],
+    );
+    let dv = ok(&none, &["-n", &endpoint, "get", "dv", "--insecure"]);
+    assert!(!old_fs(&dv), "{dv}");
     // Nothing is on the blank disk yet: no system disk, and every volume
     // is missing.
     let system_disk = ok(&none, &["-n", &endpoint, "get", "systemdisk", "--insecure"]);

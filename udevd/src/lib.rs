@@ -24,7 +24,8 @@
 //!   device claims.
 //! - [`uevent`]: the `NETLINK_KOBJECT_UEVENT` listener (a thread of its own
 //!   feeding a channel), the message parser and coldplug.
-//! - [`server`]: the Disks call of `storage.StorageService`.
+//! - [`server`]: `storage.StorageService`: Disks, and BlockDeviceWipe
+//!   through [`wipe`] (refused in container mode).
 //!
 //! On metal [`run`] opens the uevent socket, binds the API socket, then (in
 //! [`watch`]) coldplugs, computes every link once and recomputes them after
@@ -40,8 +41,6 @@
 //!   USB disks get no `by-id` name.
 //! - Only GPT is read, not MBR partition tables; device-mapper devices get
 //!   no links.
-//! - BlockDeviceWipe is not implemented (`FailedPrecondition` in container
-//!   mode, `Unimplemented` on metal).
 //!
 //! # Example
 //!
@@ -66,6 +65,7 @@ pub mod server;
 pub mod sysfs;
 pub mod testing;
 pub mod uevent;
+pub mod wipe;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,19 +6,23 @@
 //! read is not the system disk). In container mode only sysfs is read: the
 //! host's disks are never the container node's system disk.
 //!
-//! BlockDeviceWipe is refused: `FailedPrecondition` in container mode,
-//! `Unimplemented` on metal until wiping lands.
+//! BlockDeviceWipe wipes disks and partitions no system volume uses (see
+//! [`crate::wipe`]); in container mode it is refused with
+//! `FailedPrecondition`: the host's disks are not the node's.
 
 use std::path::PathBuf;
 
 use api::storage::disk::DiskType;
 use api::storage::storage_service_server::StorageService;
-use api::storage::{BlockDeviceWipeRequest, BlockDeviceWipeResponse, Disk, Disks, DisksResponse};
+use api::storage::{
+    BlockDeviceWipe, BlockDeviceWipeRequest, BlockDeviceWipeResponse, Disk, Disks, DisksResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::Mode;
 use crate::probe::{self, Probe};
 use crate::sysfs::{self, BlockDevice, DiskKind, SysfsError};
+use crate::wipe::{WipeError, WipeRequest, Wiper};
 
 /// Partition names that mark the system disk.
 pub const SYSTEM_LABELS: [&str; 2] = ["STATE", "EPHEMERAL"];
@@ -29,6 +33,7 @@ pub struct StorageApi {
     mode: Mode,
     sysfs: PathBuf,
     dev: PathBuf,
+    mounts: PathBuf,
 }
 
 impl StorageApi {
@@ -39,6 +44,22 @@ impl StorageApi {
             mode,
             sysfs: sysfs.into(),
             dev: dev.into(),
+            mounts: PathBuf::from("/proc/self/mounts"),
+        }
+    }
+
+    /// The same service reading the mount table at `mounts` (tests).
+    #[must_use]
+    pub fn with_mounts(mut self, mounts: impl Into<PathBuf>) -> StorageApi {
+        self.mounts = mounts.into();
+        self
+    }
+
+    fn wiper(&self) -> Wiper {
+        Wiper {
+            sysfs: self.sysfs.clone(),
+            dev: self.dev.clone(),
+            mounts: self.mounts.clone(),
         }
     }
 
@@ -118,6 +139,38 @@ fn status_of(e: &SysfsError) -> Status {
     }
 }
 
+/// The status for a refused or failed wipe (upstream's codes).
+fn wipe_status(e: &WipeError) -> Status {
+    let msg = e.to_string();
+    match e {
+        WipeError::BadName(_) | WipeError::UnknownMethod(_) => Status::invalid_argument(msg),
+        WipeError::NotFound(_) => Status::not_found(msg),
+        WipeError::ReadOnly(_)
+        | WipeError::Cdrom(_)
+        | WipeError::InUse { .. }
+        | WipeError::Held { .. }
+        | WipeError::Busy(_) => Status::failed_precondition(msg),
+        WipeError::Sysfs(_) | WipeError::Wipe { .. } => Status::internal(msg),
+    }
+}
+
+/// The wire request as the domain's.
+fn wipe_requests(request: BlockDeviceWipeRequest) -> Result<Vec<WipeRequest>, WipeError> {
+    request
+        .devices
+        .into_iter()
+        .map(|d| {
+            Ok(WipeRequest {
+                method: crate::wipe::method_of(d.method)?,
+                device: d.device,
+                skip_volume_check: d.skip_volume_check,
+                skip_secondary_check: d.skip_secondary_check,
+                drop_partition: d.drop_partition,
+            })
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl StorageService for StorageApi {
     async fn disks(&self, _request: Request<()>) -> Result<Response<DisksResponse>, Status> {
@@ -136,16 +189,25 @@ impl StorageService for StorageApi {
 
     async fn block_device_wipe(
         &self,
-        _request: Request<BlockDeviceWipeRequest>,
+        request: Request<BlockDeviceWipeRequest>,
     ) -> Result<Response<BlockDeviceWipeResponse>, Status> {
-        match self.mode {
-            Mode::Container => Err(Status::failed_precondition(
+        if self.mode == Mode::Container {
+            return Err(Status::failed_precondition(
                 "not supported in container mode",
-            )),
-            Mode::Metal => Err(Status::unimplemented(
-                "BlockDeviceWipe is not implemented by udevd yet",
-            )),
+            ));
         }
+        let requests = wipe_requests(request.into_inner()).map_err(|e| wipe_status(&e))?;
+        let wiper = self.wiper();
+        tokio::task::spawn_blocking(move || wiper.wipe_all(&requests))
+            .await
+            .map_err(|e| Status::internal(format!("wiping: {e}")))?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "wipe refused or failed");
+                wipe_status(&e)
+            })?;
+        Ok(Response::new(BlockDeviceWipeResponse {
+            messages: vec![BlockDeviceWipe { metadata: None }],
+        }))
     }
 }
 
@@ -285,12 +347,187 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert_eq!(err.message(), "not supported in container mode");
+        // Nothing asked, nothing done: one empty reply, as upstream.
         let metal = StorageApi::new(Mode::Metal, &sys, &dev);
-        let err = metal
+        let reply = metal
             .block_device_wipe(Request::new(BlockDeviceWipeRequest::default()))
             .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.messages, [BlockDeviceWipe { metadata: None }]);
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn wipe_one(device: &str, method: i32, skip: bool, drop: bool) -> BlockDeviceWipeRequest {
+        BlockDeviceWipeRequest {
+            devices: vec![api::storage::BlockDeviceWipeDescriptor {
+                device: device.into(),
+                method,
+                skip_volume_check: skip,
+                drop_partition: drop,
+                skip_secondary_check: false,
+            }],
+        }
+    }
+
+    async fn wipe(api: &StorageApi, request: BlockDeviceWipeRequest) -> Result<(), Status> {
+        api.block_device_wipe(Request::new(request)).await.map(drop)
+    }
+
+    /// A node whose vdb is 3 MiB of 0xa5 and whose mount table is `mounts`.
+    fn wipe_node(mounts: &str) -> (tempfile::TempDir, StorageApi) {
+        let (dir, sys, dev) = node();
+        let vdb = dir.path().join("sys/block/vdb/size");
+        std::fs::write(&vdb, format!("{}\n", 3 * MIB / 512)).unwrap();
+        std::fs::write(dev.join("vdb"), vec![0xa5u8; (3 * MIB) as usize]).unwrap();
+        let table = dir.path().join("mounts");
+        std::fs::write(&table, mounts).unwrap();
+        let api = StorageApi::new(Mode::Metal, &sys, &dev).with_mounts(&table);
+        (dir, api)
+    }
+
+    fn bytes(path: &std::path::Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_fast_wipe_zeroes_both_ends_and_a_zeroes_wipe_all() {
+        let (dir, api) = wipe_node("");
+        let vdb = dir.path().join("dev/vdb");
+        wipe(&api, wipe_one("vdb", 0, false, false)).await.unwrap();
+        let after = bytes(&vdb);
+        assert!(after[..MIB as usize].iter().all(|&b| b == 0));
+        assert!(after[2 * MIB as usize..].iter().all(|&b| b == 0));
+        assert!(
+            after[MIB as usize..2 * MIB as usize]
+                .iter()
+                .all(|&b| b == 0xa5)
+        );
+        wipe(&api, wipe_one("vdb", 1, false, false)).await.unwrap();
+        assert!(bytes(&vdb).iter().all(|&b| b == 0));
+    }
+
+    #[tokio::test]
+    async fn system_volumes_are_refused_unless_the_check_is_skipped() {
+        let (dir, api) = wipe_node("");
+        // vda holds STATE (its third partition): it and the whole disk are
+        // refused.
+        for device in ["vda3", "vda"] {
+            let err = wipe(&api, wipe_one(device, 0, false, false))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{device}");
+            assert_eq!(
+                err.message(),
+                format!("blockdevice \"{device}\" is in use by volume \"STATE\"")
+            );
+        }
+        // Skipped: wiped.
+        let vda3 = dir.path().join("dev/vda3");
+        std::fs::write(&vda3, vec![1u8; 4096]).unwrap();
+        wipe(&api, wipe_one("vda3", 0, true, false)).await.unwrap();
+        assert!(bytes(&vda3).iter().all(|&b| b == 0));
+    }
+
+    #[tokio::test]
+    async fn a_mounted_volume_is_refused_by_its_mount() {
+        let (_dir, api) = wipe_node("/dev/vdb /var xfs rw 0 0\nproc /proc proc rw 0 0\n");
+        let err = wipe(&api, wipe_one("vdb", 0, false, false))
+            .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            err.message(),
+            "blockdevice \"vdb\" is in use by volume \"EPHEMERAL\""
+        );
+    }
+
+    #[tokio::test]
+    async fn a_data_partition_is_wiped_and_dropped_from_the_table() {
+        let (dir, api) = wipe_node("");
+        let vda4 = dir.path().join("dev/vda4");
+        std::fs::write(&vda4, vec![3u8; 8192]).unwrap();
+        let before = probe::probe_path(&dir.path().join("dev/vda")).unwrap();
+        assert_eq!(before.partitions.len(), 4);
+        wipe(&api, wipe_one("vda4", 0, false, true)).await.unwrap();
+        assert!(bytes(&vda4).iter().all(|&b| b == 0));
+        let after = probe::probe_path(&dir.path().join("dev/vda")).unwrap();
+        let names: Vec<_> = after.partitions.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(names, ["EFI", "BOOT", "STATE"]);
+    }
+
+    #[tokio::test]
+    async fn every_device_is_checked_before_any_is_wiped() {
+        let (dir, api) = wipe_node("");
+        let mut request = wipe_one("vdb", 0, false, false);
+        request
+            .devices
+            .extend(wipe_one("vdz", 0, false, false).devices);
+        let err = wipe(&api, request).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(err.message(), "blockdevice \"vdz\" not found");
+        assert!(
+            bytes(&dir.path().join("dev/vdb"))
+                .iter()
+                .all(|&b| b == 0xa5)
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_names_and_methods_are_invalid_arguments() {
+        let (_dir, api) = wipe_node("");
+        for name in ["", "/dev/vdb", "..", "vdb/../vda"] {
+            let err = wipe(&api, wipe_one(name, 0, false, false))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name:?}");
+            assert!(
+                err.message().contains("not a block device name"),
+                "{}",
+                err.message()
+            );
+        }
+        let err = wipe(&api, wipe_one("vdb", 7, false, false))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.message(), "unsupported wipe method 7");
+    }
+
+    #[tokio::test]
+    async fn a_device_another_is_built_on_is_refused_unless_skipped() {
+        let (dir, api) = wipe_node("");
+        let holders = dir.path().join("sys/block/vdb/holders");
+        std::fs::create_dir_all(holders.join("md0")).unwrap();
+        let err = wipe(&api, wipe_one("vdb", 0, true, false))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            err.message(),
+            "blockdevice \"vdb\" is in use by blockdevice \"md0\""
+        );
+        let mut skipped = wipe_one("vdb", 0, true, false);
+        skipped.devices[0].skip_secondary_check = true;
+        wipe(&api, skipped).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn read_only_disks_and_cd_drives_are_refused() {
+        let (dir, api) = wipe_node("");
+        std::fs::write(dir.path().join("sys/block/vdb/ro"), "1\n").unwrap();
+        write_fake_disk(&dir.path().join("sys"), &crate::testing::cd_drive("sr0")).unwrap();
+        for (device, message) in [
+            ("vdb", "blockdevice \"vdb\" is read-only"),
+            ("sr0", "blockdevice \"sr0\" is a CD-ROM"),
+        ] {
+            let err = wipe(&api, wipe_one(device, 0, true, false))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(err.message(), message);
+        }
     }
 
     #[tokio::test]

@@ -38,6 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(args) => config::run(&global, args).await,
         Command::Copy(args) => files::copy(&global, args).await,
         Command::Disks => system::disks(&global).await,
+        Command::Wipe(args) => system::wipe(&global, args).await,
         Command::Dmesg(args) => logs::dmesg(&global, &args).await,
         Command::Events(args) => events::run(&global, args).await,
         Command::Gen(args) => generate::run(args),

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::cli::{
     GlobalArgs, MemoryArgs, NetstatArgs, OutputFormat, ProcessSort, ProcessesArgs, TimeArgs,
+    WipeArgs, WipeCommand, WipeDiskArgs, WipeMethod,
 };
 use crate::client::{self, CallError, Client, Options};
 use crate::output::{self, Table};
@@ -545,6 +546,53 @@ pub async fn disks(global: &GlobalArgs) -> anyhow::Result<()> {
     client::report(&results.failed)
 }
 
+// === wipe ===
+
+/// The wire request of `talosctl wipe disk`.
+fn wipe_request(args: &WipeDiskArgs) -> api::storage::BlockDeviceWipeRequest {
+    use api::storage::block_device_wipe_descriptor::Method;
+    let method = match args.method {
+        WipeMethod::Fast => Method::Fast,
+        WipeMethod::Zeroes => Method::Zeroes,
+    };
+    api::storage::BlockDeviceWipeRequest {
+        devices: args
+            .devices
+            .iter()
+            .map(|d| api::storage::BlockDeviceWipeDescriptor {
+                device: d.strip_prefix("/dev/").unwrap_or(d).to_owned(),
+                method: method as i32,
+                skip_volume_check: args.skip_volume_check,
+                drop_partition: args.drop_partition,
+                skip_secondary_check: args.skip_secondary_check,
+            })
+            .collect(),
+    }
+}
+
+/// Runs `talosctl wipe`.
+///
+/// # Errors
+/// The client setup or the call failed, or a node refused or failed.
+pub async fn wipe(global: &GlobalArgs, args: WipeArgs) -> anyhow::Result<()> {
+    let WipeCommand::Disk(args) = args.command;
+    let request = wipe_request(&args);
+    let client = Client::connect(
+        global,
+        Options {
+            insecure: args.insecure,
+            ..Options::default()
+        },
+    )?;
+    let response = client
+        .call(|channel| {
+            let request = client.request(request.clone());
+            async move { client::storage(channel).block_device_wipe(request).await }
+        })
+        .await?;
+    client::report(&client.split(response.messages).failed)
+}
+
 // === time ===
 
 /// Runs `talosctl time`.
@@ -691,6 +739,28 @@ pub async fn routes(global: &GlobalArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wipe_disk_sends_kernel_names_and_the_flags() {
+        let args = WipeDiskArgs {
+            devices: vec!["/dev/sdb".into(), "nvme0n1p3".into()],
+            method: WipeMethod::Zeroes,
+            skip_volume_check: true,
+            skip_secondary_check: false,
+            drop_partition: true,
+            insecure: false,
+        };
+        let request = wipe_request(&args);
+        let names: Vec<&str> = request.devices.iter().map(|d| d.device.as_str()).collect();
+        assert_eq!(names, ["sdb", "nvme0n1p3"]);
+        for d in &request.devices {
+            assert_eq!(
+                d.method,
+                api::storage::block_device_wipe_descriptor::Method::Zeroes as i32
+            );
+            assert!(d.skip_volume_check && d.drop_partition && !d.skip_secondary_check);
+        }
+    }
 
     fn netstat_args(flags: &str) -> NetstatArgs {
         let has = |c| flags.contains(c);
