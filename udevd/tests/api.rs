@@ -203,11 +203,22 @@ async fn metal_api_reports_the_system_disk() {
     assert_eq!(reply.messages.len(), 1);
     assert_eq!(reply.messages[0].disks, expected(true));
 
+    // The system disk's STATE is a volume: refused, over the socket, with
+    // upstream's code.
     let err = client
-        .block_device_wipe(BlockDeviceWipeRequest::default())
+        .block_device_wipe(BlockDeviceWipeRequest {
+            devices: vec![api::storage::BlockDeviceWipeDescriptor {
+                device: "vda3".into(),
+                ..Default::default()
+            }],
+        })
         .await
-        .expect_err("wipe not implemented");
-    assert_eq!(err.code(), Code::Unimplemented);
+        .expect_err("STATE is in use");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        "blockdevice \"vda3\" is in use by volume \"STATE\""
+    );
 
     stop.send(()).expect("stop");
     tokio::time::timeout(Duration::from_secs(10), server)
