@@ -24,6 +24,7 @@ pub mod netres;
 pub mod netstat;
 pub mod node;
 pub mod reaper;
+pub mod reset;
 pub mod resources;
 pub mod run;
 pub mod server;

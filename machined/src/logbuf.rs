@@ -270,6 +270,24 @@ impl LogRegistry {
             .cloned()
     }
 
+    /// Stops writing log files: every open one is closed, and buffers made
+    /// later keep their logs in memory only. For a reset, which must
+    /// unmount `/var` (where the files are) before wiping it.
+    pub fn close_files(&self) {
+        *self
+            .dir
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        for buffer in self
+            .buffers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+        {
+            *lock(&buffer.file) = None;
+        }
+    }
+
     /// Every log id, sorted.
     #[must_use]
     pub fn ids(&self) -> Vec<String> {
@@ -365,6 +383,22 @@ mod tests {
         // A single append larger than the ring keeps its tail.
         b.append(&[b'x'; 250]);
         assert_eq!(text(&b, 0), "x".repeat(100));
+    }
+
+    #[test]
+    fn closed_files_stay_closed_and_the_buffers_keep_logging() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = LogRegistry::new(1024, Some(dir.path().to_path_buf()));
+        let a = reg.get_or_create("a");
+        a.append(b"one\n");
+        reg.close_files();
+        a.append(b"two\n");
+        let b = reg.get_or_create("b");
+        b.append(b"three\n");
+        assert_eq!(std::fs::read(dir.path().join("a.log")).unwrap(), b"one\n");
+        assert!(!dir.path().join("b.log").exists());
+        assert_eq!(text(&a, 0), "one\ntwo\n");
+        assert_eq!(text(&b, 0), "three\n");
     }
 
     #[test]

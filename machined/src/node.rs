@@ -26,6 +26,9 @@ pub enum PowerAction {
     /// A machine config arrived in maintenance mode: stop the services and
     /// start again from the config, in the same process (no reboot).
     Configured,
+    /// Stop, wipe what the reset plan says ([`Node::take_reset_plan`]),
+    /// then reboot or power off as it says (metal).
+    Reset,
 }
 
 /// Node settings from the command line.
@@ -66,6 +69,7 @@ pub struct Node {
     /// When machined started.
     pub started: std::time::SystemTime,
     power: watch::Sender<Option<(PowerAction, String)>>,
+    reset: std::sync::Mutex<Option<crate::reset::ResetPlan>>,
 }
 
 impl Node {
@@ -83,6 +87,7 @@ impl Node {
             lifecycle: tokio::sync::Mutex::new(()),
             started: std::time::SystemTime::now(),
             power: watch::channel(None).0,
+            reset: std::sync::Mutex::new(None),
         }
     }
 
@@ -125,6 +130,7 @@ impl Node {
             PowerAction::Reboot => MachineStage::Rebooting,
             PowerAction::Shutdown => MachineStage::ShuttingDown,
             PowerAction::Configured => MachineStage::Booting,
+            PowerAction::Reset => MachineStage::Resetting,
         };
         self.events.publish(
             Payload::MachineStatus {
@@ -136,6 +142,24 @@ impl Node {
         );
         self.power.send_replace(Some((action, actor.clone())));
         actor
+    }
+
+    /// Asks for a reset by `plan`: the services stop, then the plan's
+    /// targets are wiped. Returns the actor id, as [`Node::request_power`].
+    pub fn request_reset(&self, plan: crate::reset::ResetPlan) -> String {
+        *self
+            .reset
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan);
+        self.request_power(PowerAction::Reset)
+    }
+
+    /// The plan of the reset asked for, once.
+    pub fn take_reset_plan(&self) -> Option<crate::reset::ResetPlan> {
+        self.reset
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Waits for a power request.

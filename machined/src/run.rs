@@ -250,7 +250,12 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     tracing::info!(?action, actor, "stopping services");
     node.events.publish(
         Payload::Sequence {
-            sequence: "shutdown".into(),
+            sequence: if action == PowerAction::Reset {
+                "reset"
+            } else {
+                "shutdown"
+            }
+            .into(),
             start: true,
             error: None,
         },
@@ -271,7 +276,40 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&socket);
+    if action == PowerAction::Reset {
+        return Ok(reset(&node).await);
+    }
     Ok(action)
+}
+
+/// A reset's wiping, once everything else has stopped; then the power
+/// action its plan asks for. A plan that cannot be carried out whole is
+/// reported, and the node still goes down as asked.
+async fn reset(node: &Arc<Node>) -> PowerAction {
+    let Some(plan) = node.take_reset_plan() else {
+        return PowerAction::Reboot;
+    };
+    let then = if plan.reboot {
+        PowerAction::Reboot
+    } else {
+        PowerAction::Shutdown
+    };
+    let logs = Arc::clone(&node.logs);
+    let metal = node.mode() == Mode::Metal;
+    let done = tokio::task::spawn_blocking(move || {
+        crate::reset::execute(&plan, &logs, &|line| {
+            tracing::info!("{line}");
+            if metal {
+                crate::boot::kmsg_log(line);
+            }
+        })
+    })
+    .await
+    .unwrap_or(false);
+    if !done {
+        tracing::error!("reset: not every target was wiped");
+    }
+    then
 }
 
 /// Services started first on metal: what a call needs to reach machined.

@@ -189,6 +189,31 @@ impl MachineApi {
     }
 }
 
+/// What a reset is checked against: the volumes, the system disk and the
+/// disks, read as `get volumestatus`, `get systemdisk` and `disks` read
+/// them.
+async fn reset_facts() -> Result<crate::reset::Facts, ApiError> {
+    let discovered = crate::volumes::discovered_specs("/sys".into(), "/dev".into()).await?;
+    let mounts = tokio::fs::read_to_string("/proc/self/mounts")
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading /proc/self/mounts: {e}")))?;
+    let disks = tokio::task::spawn_blocking(|| udevd::sysfs::disks(std::path::Path::new("/sys")))
+        .await
+        .map_err(|e| ApiError::Internal(format!("listing disks: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(crate::reset::Facts {
+        system_disk: crate::volumes::system_disk_spec(&discovered).map(|d| d.dev_path),
+        volumes: crate::volumes::volume_status_specs(&discovered, &mounts)
+            .into_iter()
+            .map(|(id, spec)| (id.to_owned(), spec.location))
+            .collect(),
+        disks: disks
+            .into_iter()
+            .map(|d| (format!("/dev/{}", d.name), d.readonly || d.cdrom))
+            .collect(),
+    })
+}
+
 /// A META key from the wire: upstream's keys are one byte.
 fn meta_key(key: u32) -> Result<u8, ApiError> {
     u8::try_from(key).map_err(|_| {
@@ -1114,13 +1139,25 @@ impl MachineService for MachineApi {
 
     async fn reset(
         &self,
-        _: Request<pb::ResetRequest>,
+        req: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
         self.refuse_in_container("reset")?;
-        Err(ApiError::FailedPrecondition(
-            "reset needs an installed system disk; this node has none".into(),
-        )
-        .into())
+        let request = crate::reset::ResetRequest::from_wire(req.get_ref())?;
+        let plan = crate::reset::plan(&request, &reset_facts().await?)?;
+        // Not in the middle of an install or upgrade.
+        let _guard = self
+            .node
+            .lifecycle
+            .try_lock()
+            .map_err(|_| ApiError::from(InstallError::Busy))?;
+        tracing::info!(?plan, "reset requested");
+        let actor_id = self.node.request_reset(plan);
+        Ok(Response::new(pb::ResetResponse {
+            messages: vec![pb::Reset {
+                metadata: None,
+                actor_id,
+            }],
+        }))
     }
 
     #[allow(

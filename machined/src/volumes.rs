@@ -382,6 +382,18 @@ pub fn volume_statuses(
     discovered: &[(String, block_pb::DiscoveredVolumeSpec)],
     mounts: &str,
 ) -> Result<Vec<Item>, ResourceError> {
+    volume_status_specs(discovered, mounts)
+        .iter()
+        .map(|(id, spec)| volume_status_item(id, spec))
+        .collect()
+}
+
+/// The specs of [`volume_statuses`], by id (`META`, `STATE`, `EPHEMERAL`).
+#[must_use]
+pub fn volume_status_specs(
+    discovered: &[(String, block_pb::DiscoveredVolumeSpec)],
+    mounts: &str,
+) -> Vec<(&'static str, block_pb::VolumeStatusSpec)> {
     use api::talos::resource::definitions::enums::{
         BlockFilesystemType as Fs, BlockVolumePhase as Phase, BlockVolumeType as Type,
     };
@@ -463,9 +475,9 @@ pub fn volume_statuses(
                 _ => Fs::FilesystemTypeNone,
             } as i32;
         }
-        out.push(volume_status_item(id, &spec)?);
+        out.push((id, spec));
     }
-    Ok(out)
+    out
 }
 
 /// The META volume: the partition labelled META, as upstream locates it,
@@ -477,6 +489,20 @@ fn meta_volume(
         .iter()
         .find(|(_, v)| v.partition_label == installer::layout::META)
         .or_else(|| discovered.iter().find(|(_, v)| v.name == "talosmeta"))
+}
+
+/// The spec of [`system_disk`], if there is a system disk.
+#[must_use]
+pub fn system_disk_spec(
+    discovered: &[(String, block_pb::DiscoveredVolumeSpec)],
+) -> Option<block_pb::SystemDiskSpec> {
+    discovered
+        .iter()
+        .find(|(_, v)| v.partition_label == installer::layout::META && !v.parent.is_empty())
+        .map(|(_, meta)| block_pb::SystemDiskSpec {
+            disk_id: meta.parent.clone(),
+            dev_path: meta.parent_dev_path.clone(),
+        })
 }
 
 #[derive(Serialize)]
@@ -495,15 +521,8 @@ struct SystemDiskYaml<'a> {
 pub fn system_disk(
     discovered: &[(String, block_pb::DiscoveredVolumeSpec)],
 ) -> Result<Vec<Item>, ResourceError> {
-    let Some((_, meta)) = discovered
-        .iter()
-        .find(|(_, v)| v.partition_label == installer::layout::META && !v.parent.is_empty())
-    else {
+    let Some(spec) = system_disk_spec(discovered) else {
         return Ok(Vec::new());
-    };
-    let spec = block_pb::SystemDiskSpec {
-        disk_id: meta.parent.clone(),
-        dev_path: meta.parent_dev_path.clone(),
     };
     let yaml = SystemDiskYaml {
         disk_id: &spec.disk_id,

@@ -1676,10 +1676,131 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         console.contains("writing slot B") && !console.contains("slot B holds"),
         "the kill did not land while slot B was written"
     );
-    let _vm = node_vm(work.path(), &disk, port, None, "after-kill");
+    let mut vm = node_vm(work.path(), &disk, port, None, "after-kill");
     let v = eventually(&tc, &args(&version), long, |v| {
         v.contains("Enabled:     RBAC")
     });
     assert_eq!(tag_of(&v), v1_tag, "after a killed upgrade");
     assert!(ok(&tc, &args(&cmdline)).contains("talos.slot=A"));
+
+    // Reset. Requests that contradict themselves or name what is not
+    // there are refused before anything stops.
+    for (flags, refusal) in [
+        (
+            &[
+                "--wipe-mode",
+                "user-disks",
+                "--system-labels-to-wipe",
+                "STATE",
+            ][..],
+            "USER_DISKS doesn't support SystemPartitionsToWipe",
+        ),
+        (
+            &["--system-labels-to-wipe", "BOOT"],
+            "volume status with label \"BOOT\"",
+        ),
+        (
+            &[
+                "--wipe-mode",
+                "user-disks",
+                "--user-disks-to-wipe",
+                "/dev/vda",
+            ],
+            "device /dev/vda is the system disk",
+        ),
+    ] {
+        let r = run(&tc, &args(&with(&[&["reset"][..], flags].concat())));
+        assert!(
+            r.code != 0 && r.err.contains(refusal),
+            "{flags:?}: {}",
+            r.err
+        );
+    }
+    ok(&tc, &args(&version));
+    // STATE and EPHEMERAL wiped: the installation boots again, without its
+    // config, into maintenance mode.
+    ok(
+        &tc,
+        &args(&with(&[
+            "reset",
+            "--system-labels-to-wipe",
+            "STATE",
+            "--system-labels-to-wipe",
+            "EPHEMERAL",
+            "--reboot",
+        ])),
+    );
+    let maintenance = ["-n", &endpoint, "--insecure"];
+    let insecure = |rest: &[&str]| -> Vec<String> {
+        rest.iter()
+            .chain(maintenance.iter())
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    eventually(&none, &args(&insecure(&["version"])), long, |v| {
+        v.contains("Server:")
+    });
+    let console = std::fs::read_to_string(work.path().join("console-after-kill.log"))
+        .expect("the console log");
+    for wiped in [
+        "reset: volume STATE (/dev/vda3) wiped",
+        "reset: volume EPHEMERAL (/dev/vda4) wiped",
+    ] {
+        assert!(console.contains(wiped), "{wiped}: {console}");
+    }
+    let statuses = ok(&none, &args(&insecure(&["get", "volumestatus"])));
+    for expect in [
+        ["META", "partition", "ready"],
+        ["STATE", "partition", "missing"],
+        ["EPHEMERAL", "partition", "missing"],
+    ] {
+        assert!(
+            statuses.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(3) == Some(&expect[0]) && cols.get(5..7) == Some(&expect[1..])
+            }),
+            "{expect:?}: {statuses}"
+        );
+    }
+    // Configured again (in memory: STATE is gone), then reset whole: the
+    // system disk is wiped and the node powers off.
+    ok(
+        &none,
+        &args(&insecure(&[
+            "apply-config",
+            "-f",
+            generated.join("controlplane.yaml").to_str().expect("utf8"),
+        ])),
+    );
+    eventually(&tc, &args(&version), long, |v| {
+        v.contains("Enabled:     RBAC")
+    });
+    ok(&tc, &args(&with(&["reset"])));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while vm.0.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the node did not power off");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(vm);
+    let console = std::fs::read_to_string(work.path().join("console-after-kill.log"))
+        .expect("the console log");
+    assert!(
+        console.contains("reset: the system disk (/dev/vda) wiped"),
+        "{console}"
+    );
+    // Booted from elsewhere (the kernel and initramfs, as PXE would): a
+    // blank disk again, ready for an install.
+    let _vm = node_vm(work.path(), &disk, port, Some(&image), "after-reset");
+    eventually(&none, &args(&insecure(&["version"])), long, |v| {
+        v.contains("Server:")
+    });
+    let system_disk = ok(&none, &args(&insecure(&["get", "systemdisk"])));
+    assert_eq!(system_disk.lines().count(), 1, "{system_disk}");
+    let dv = ok(&none, &args(&insecure(&["get", "dv"])));
+    assert!(
+        dv.lines()
+            .any(|l| l.split_whitespace().nth(3) == Some("vda"))
+            && !dv.contains("vda1"),
+        "{dv}"
+    );
 }
