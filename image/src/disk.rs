@@ -62,6 +62,14 @@ pub enum DiskError {
     /// A template could not be encoded.
     #[error("encoding a filesystem template: {0}")]
     Sparse(#[from] SparseError),
+    /// A template's inode times could not be set.
+    #[error("setting the inode times of {template}: {reason}")]
+    Stamp {
+        /// The raw filesystem.
+        template: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The image file could not be created.
     #[error(transparent)]
     Target(#[from] TargetError),
@@ -122,6 +130,23 @@ fn make_template(
             .arg(format!("uuid={}", seeded_uuid(seed, label)))
             .arg(&raw),
     )?;
+    // mkfs.xfs stamps the time it ran into its inodes; the seed (the
+    // build's SOURCE_DATE_EPOCH) instead, so the same inputs give the same
+    // template.
+    let seconds = i64::try_from(seed).map_err(|_| DiskError::Stamp {
+        template: raw.clone(),
+        reason: format!("the time {seed} is out of range"),
+    })?;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&raw)
+        .map_err(io_err("opening", &raw))?;
+    installer::xfs_uuid::set_inode_times(&mut f, seconds).map_err(|e| DiskError::Stamp {
+        template: raw.clone(),
+        reason: e.to_string(),
+    })?;
+    drop(f);
     sparse::encode(&raw, template)?;
     fs::remove_file(&raw).map_err(io_err("removing", &raw))
 }
@@ -133,8 +158,9 @@ fn make_template(
 /// [`EPHEMERAL_TEMPLATE_SIZE`], in the [`installer::sparse`] encoding.
 /// Their UUIDs derive from `seed`. Returns their paths (STATE, EPHEMERAL).
 ///
-/// mkfs.xfs stamps the current time into the root inode, so templates
-/// made at different times differ in those bytes.
+/// mkfs.xfs stamps the current time into its inodes; they get `seed` as
+/// their time instead, so templates made from the same seed are the same
+/// bytes.
 ///
 /// # Errors
 /// `mkfs.xfs` is missing or failed, or a file operation failed.
@@ -361,5 +387,25 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["ephemeral.xfs.sparse", "state.xfs.sparse"]);
+    }
+
+    #[test]
+    fn templates_made_apart_from_one_seed_are_the_same_bytes() {
+        tool_path("mkfs.xfs", "xfsprogs");
+        let (a, b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let first = make_templates(a.path(), 1_700_000_000).expect("templates");
+        // mkfs.xfs would stamp a later second into the second pair.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let second = make_templates(b.path(), 1_700_000_000).expect("templates");
+        for (x, y) in [(&first.0, &second.0), (&first.1, &second.1)] {
+            assert!(
+                fs::read(x).expect("read") == fs::read(y).expect("read"),
+                "{} differs",
+                x.display()
+            );
+        }
     }
 }

@@ -535,6 +535,111 @@ fn is_unmount_record<D: Read + Seek>(
 }
 
 /// Minimal xfs shapes for tests: superblocks and log records, no more.
+// Superblock fields for [`set_inode_times`].
+const SB_ROOTINO: usize = 56;
+const SB_RBMINO: usize = 64;
+const SB_RSUMINO: usize = 72;
+const SB_INODESIZE: usize = 104;
+const SB_INOPBLOG: usize = 123;
+
+// Inode core offsets (struct xfs_dinode, version 3).
+const DI_MAGIC: &[u8; 2] = b"IN";
+const DI_VERSION: usize = 4;
+const DI_ATIME: usize = 32;
+const DI_MTIME: usize = 40;
+const DI_CTIME: usize = 48;
+const DI_CRC: usize = 100;
+const DI_FLAGS2: usize = 120;
+const DI_CRTIME: usize = 144;
+const DI_INO: usize = 152;
+/// `XFS_DIFLAG2_BIGTIME`: the inode's times are one 64-bit count of
+/// nanoseconds from 1901-12-13 (2^31 s before the Unix epoch).
+const DIFLAG2_BIGTIME: u64 = 1 << 3;
+const BIGTIME_EPOCH_OFFSET: i64 = 1 << 31;
+
+/// Sets the access, modification, change and creation times of the inodes
+/// `mkfs.xfs` makes (the root directory, the realtime bitmap and summary)
+/// to `seconds` after the Unix epoch, recomputing each inode's CRC. They
+/// carry the time mkfs ran, the only bytes in which two filesystems made
+/// with the same options and UUID differ; set to `SOURCE_DATE_EPOCH`,
+/// the same inputs make the same bytes. Returns how many inodes were set.
+///
+/// # Errors
+/// [`XfsUuidError::Unsupported`] when it is not a version 5 xfs, an inode
+/// is not where the superblock says or fails its CRC (nothing is written
+/// then), or `seconds` cannot be stored; [`XfsUuidError::Io`] when reading
+/// or writing fails.
+pub fn set_inode_times<D: Read + Write + Seek>(
+    dev: &mut D,
+    seconds: i64,
+) -> Result<u32, XfsUuidError> {
+    let mut sb = [0u8; 512];
+    read_at(dev, 0, &mut sb, "reading the superblock")?;
+    let g = geometry(&sb)?;
+    if !superblock_crc_ok(&sb) {
+        return Err(unsupported("the superblock fails its CRC"));
+    }
+    let inodesize = usize::from(be16(&sb, SB_INODESIZE));
+    let inopblog = u64::from(sb[SB_INOPBLOG]);
+    if !(256..=2048).contains(&inodesize) || (inodesize as u64) << inopblog != g.blocksize {
+        return Err(unsupported(format!(
+            "inodes of {inodesize} bytes, {} per block",
+            1u64 << inopblog.min(63)
+        )));
+    }
+    let mut inodes = Vec::new();
+    for field in [SB_ROOTINO, SB_RBMINO, SB_RSUMINO] {
+        let ino = be64(&sb, field);
+        let agino_bits = g.agblklog + inopblog;
+        let ag = ino >> agino_bits;
+        let agino = ino & ((1u64 << agino_bits) - 1);
+        let offset = g
+            .ag_offset(ag)?
+            .checked_add(
+                ((agino >> inopblog) * g.blocksize)
+                    + (agino & ((1 << inopblog) - 1)) * inodesize as u64,
+            )
+            .ok_or_else(|| unsupported(format!("inode {ino} lies beyond 2^64 bytes")))?;
+        let mut inode = vec![0u8; inodesize];
+        read_at(dev, offset, &mut inode, "reading an inode")?;
+        if &inode[..2] != DI_MAGIC || inode[DI_VERSION] != 3 || be64(&inode, DI_INO) != ino {
+            return Err(unsupported(format!("inode {ino} is not a version 3 inode")));
+        }
+        if crc_without_field(&inode, DI_CRC).finalize() != stored_crc(&inode, DI_CRC) {
+            return Err(unsupported(format!("inode {ino} fails its CRC")));
+        }
+        inodes.push((offset, inode));
+    }
+    for (offset, inode) in &mut inodes {
+        let stamp = if be64(inode, DI_FLAGS2) & DIFLAG2_BIGTIME != 0 {
+            seconds
+                .checked_add(BIGTIME_EPOCH_OFFSET)
+                .and_then(|s| u64::try_from(s).ok())
+                .and_then(|s| s.checked_mul(1_000_000_000))
+                .ok_or_else(|| unsupported(format!("the time {seconds} s")))?
+                .to_be_bytes()
+        } else {
+            let s = i32::try_from(seconds)
+                .map_err(|_| unsupported(format!("the time {seconds} s before bigtime")))?;
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&s.to_be_bytes());
+            b
+        };
+        for at in [DI_ATIME, DI_MTIME, DI_CTIME, DI_CRTIME] {
+            inode[at..at + 8].copy_from_slice(&stamp);
+        }
+        let crc = crc_without_field(inode, DI_CRC).finalize();
+        inode[DI_CRC..DI_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        write_at(dev, *offset, inode, "writing an inode")?;
+    }
+    dev.flush().map_err(|source| XfsUuidError::Io {
+        operation: "flushing",
+        offset: 0,
+        source,
+    })?;
+    Ok(u32::try_from(inodes.len()).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;

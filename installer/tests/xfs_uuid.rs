@@ -145,3 +145,74 @@ fn a_real_xfs_takes_a_new_uuid_that_xfsprogs_and_the_kernel_accept() {
     let kept = std::fs::read_to_string(at.join("config.yaml")).expect("read back");
     assert_eq!(kept, "kept\n");
 }
+
+fn mkfs_with_uuid(dir: &Path, name: &str, uuid: &str) -> PathBuf {
+    let image = dir.join(name);
+    File::create(&image)
+        .and_then(|f| f.set_len(300 * 1024 * 1024))
+        .expect("image file");
+    run(
+        &sbin("mkfs.xfs"),
+        &["-q", "-f", "-L", "STATE", "-m", &format!("uuid={uuid}")],
+        &image,
+    );
+    image
+}
+
+fn set_times(image: &Path, seconds: i64) -> Result<u32, xfs_uuid::XfsUuidError> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .expect("open");
+    xfs_uuid::set_inode_times(&mut f, seconds)
+}
+
+#[test]
+fn two_filesystems_made_apart_are_the_same_bytes_once_their_times_are_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uuid = "0c0ffee0-1234-4abc-8def-000000000001";
+    let first = mkfs_with_uuid(dir.path(), "a.xfs", uuid);
+    // mkfs.xfs stamps the time in seconds and nanoseconds: a second apart,
+    // the two differ.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = mkfs_with_uuid(dir.path(), "b.xfs", uuid);
+    let read = |p: &Path| std::fs::read(p).expect("read");
+    assert_ne!(read(&first), read(&second), "mkfs.xfs made identical bytes");
+
+    // 2023-11-14T22:13:20Z
+    let epoch = 1_700_000_000;
+    assert_eq!(set_times(&first, epoch).expect("set"), 3);
+    assert_eq!(set_times(&second, epoch).expect("set"), 3);
+    assert!(
+        read(&first) == read(&second),
+        "the filesystems still differ"
+    );
+    run(&sbin("xfs_repair"), &["-n"], &first);
+    // xfs_db prints times in the local zone.
+    let printed = Command::new(sbin("xfs_db"))
+        .env("TZ", "UTC")
+        .args([
+            "-r",
+            "-c",
+            "inode 128",
+            "-c",
+            "p core.mtime.sec v3.crtime.sec",
+        ])
+        .arg(&first)
+        .output()
+        .expect("xfs_db");
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.matches("Nov 14 22:13:20 2023").count() == 2,
+        "{printed}"
+    );
+
+    // An inode that fails its CRC is refused, and nothing is written.
+    let mut bytes = read(&second);
+    bytes[65536 + 200] ^= 0xff;
+    std::fs::write(&second, &bytes).expect("damage");
+    let err = set_times(&second, 0).expect_err("damaged inode");
+    assert!(err.to_string().contains("inode 128 fails its CRC"), "{err}");
+    assert!(read(&second) == bytes);
+}
