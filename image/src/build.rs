@@ -56,6 +56,10 @@ pub struct BuildInputs {
     /// Public keys (name, SPKI PEM) of the installer image signers the
     /// image trusts for installs and upgrades.
     pub trusted_keys: Vec<(String, Vec<u8>)>,
+    /// The STATE and EPHEMERAL filesystem templates
+    /// ([`crate::disk::make_templates`]) the root carries, so a node can
+    /// format a blank STATE or EPHEMERAL again; none when `None`.
+    pub fs_templates: Option<(PathBuf, PathBuf)>,
 }
 
 impl BuildInputs {
@@ -72,6 +76,7 @@ impl BuildInputs {
             source_date_epoch,
             version: machinery::constants::VERSION.to_owned(),
             trusted_keys: Vec::new(),
+            fs_templates: None,
         }
     }
 }
@@ -252,6 +257,10 @@ pub fn build(inputs: &BuildInputs) -> Result<Manifest, BuildError> {
         &inputs.bin_dir,
         &inputs.version,
         &inputs.trusted_keys,
+        inputs
+            .fs_templates
+            .as_ref()
+            .map(|(s, e)| (s.as_path(), e.as_path())),
     )?;
     let rootfs = scratch_dir.join(ROOTFS);
     squashfs::mksquashfs(&root, &rootfs, epoch)?;

@@ -124,6 +124,16 @@ fn build_all(args: BuildArgs) -> anyhow::Result<()> {
         inputs.trusted_keys.push((format!("extra-{i}"), pem));
     }
 
+    // The filesystem templates first: the root carries them as well as
+    // the installer image.
+    let scratch = tempfile::Builder::new()
+        .prefix(".imager-")
+        .tempdir_in(&output)
+        .context("a scratch directory")?;
+    let (state_template, ephemeral_template) =
+        image::disk::make_templates(scratch.path(), args.source_date_epoch)?;
+    inputs.fs_templates = Some((state_template.clone(), ephemeral_template.clone()));
+
     let manifest = build::build(&inputs)?;
     println!(
         "imager: built {} (kernel {}) into {}",
@@ -139,12 +149,6 @@ fn build_all(args: BuildArgs) -> anyhow::Result<()> {
     }
 
     // The installer image.
-    let scratch = tempfile::Builder::new()
-        .prefix(".imager-")
-        .tempdir_in(&output)
-        .context("a scratch directory")?;
-    let (state_template, ephemeral_template) =
-        image::disk::make_templates(scratch.path(), args.source_date_epoch)?;
     // What an install writes: the installer image carries these files, and
     // the disk image is an install of them (with GUIDs seeded, so the same
     // inputs give the same disk).

@@ -106,6 +106,7 @@ pub fn stage(
     bin_dir: &Path,
     version: &str,
     trusted_keys: &[(String, Vec<u8>)],
+    fs_templates: Option<(&Path, &Path)>,
 ) -> Result<Vec<String>, SquashfsError> {
     set_mode(root, 0o755)?;
     for dir in ROOTFS_DIRS {
@@ -147,6 +148,22 @@ pub fn stage(
     }
     for (name, pem) in trusted_keys {
         write_file(&keys_dir.join(format!("{name}.pub")), pem, 0o644)?;
+    }
+    if let Some((state, ephemeral)) = fs_templates {
+        let dir = root.join(
+            machinery::constants::FS_TEMPLATES_DIR
+                .strip_prefix('/')
+                .unwrap_or(machinery::constants::FS_TEMPLATES_DIR),
+        );
+        fs::create_dir_all(&dir).map_err(stage_err("creating", &dir))?;
+        set_mode(&dir, 0o755)?;
+        for (from, name) in [
+            (state, installer::files::STATE_TEMPLATE),
+            (ephemeral, installer::files::EPHEMERAL_TEMPLATE),
+        ] {
+            let bytes = fs::read(from).map_err(stage_err("reading", from))?;
+            write_file(&dir.join(name), &bytes, 0o644)?;
+        }
     }
 
     let mut programs = Vec::new();
@@ -212,8 +229,28 @@ mod tests {
         }
         let root = tempfile::tempdir().expect("tempdir");
         let keys = [("release".to_owned(), b"PEM".to_vec())];
-        let programs = stage(root.path(), bins.path(), "0.1.0", &keys).expect("stages");
+        let templates = tempfile::tempdir().expect("tempdir");
+        let (state, ephemeral) = (templates.path().join("s"), templates.path().join("e"));
+        fs::write(&state, "STATE template").expect("write");
+        fs::write(&ephemeral, "EPHEMERAL template").expect("write");
+        let programs = stage(
+            root.path(),
+            bins.path(),
+            "0.1.0",
+            &keys,
+            Some((&state, &ephemeral)),
+        )
+        .expect("stages");
         assert_eq!(programs, ["installer"]);
+        let dir = root.path().join("usr/share/talos-rs/templates");
+        assert_eq!(
+            fs::read(dir.join("state.xfs.sparse")).expect("STATE"),
+            b"STATE template"
+        );
+        assert_eq!(
+            fs::read(dir.join("ephemeral.xfs.sparse")).expect("EPHEMERAL"),
+            b"EPHEMERAL template"
+        );
         assert_eq!(
             fs::read(root.path().join("usr/share/talos-rs/keys/release.pub")).expect("key"),
             b"PEM"

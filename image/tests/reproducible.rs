@@ -125,6 +125,7 @@ fn build_into(output: &Path, inputs: &Inputs) -> manifest::Manifest {
             "release".to_owned(),
             b"-----BEGIN PUBLIC KEY-----\n".to_vec(),
         )],
+        fs_templates: None,
     })
     .expect("the image builds")
 }

@@ -183,6 +183,55 @@ pub fn image_version(from: &Path) -> Result<String, InstallError> {
     Ok(version.to_owned())
 }
 
+/// How much of a partition must read as zeros for [`format_blank`] to
+/// take it as blank: what a wipe clears (`crate::wipe::FAST_RANGE`).
+pub const BLANK_PROBE: u64 = crate::wipe::FAST_RANGE;
+
+/// Writes the filesystem `template` (one of an installer image's) onto
+/// the partition `partition` (`STATE` or `EPHEMERAL`) at `device`, with a
+/// UUID of its own, if the partition is blank: its first
+/// [`BLANK_PROBE`] bytes all zero, as a wipe leaves them. Returns whether
+/// it did; a partition holding anything is left alone.
+///
+/// For an installation whose STATE or EPHEMERAL was wiped (a reset): the
+/// node formats them again at boot, as at install.
+///
+/// # Errors
+/// The device cannot be opened (exclusively), read or written, or the
+/// template is unusable. A failure while writing leaves the partition
+/// partly written (not blank, so a later boot leaves it alone).
+pub fn format_blank(
+    device: &Path,
+    partition: &'static str,
+    template: &Path,
+) -> Result<bool, InstallError> {
+    let disk_err = |step| move |source| InstallError::Disk { step, source };
+    let disk = Disk::open(device).map_err(disk_err("opening the partition"))?;
+    let mut head = vec![0u8; usize::try_from(BLANK_PROBE.min(disk.size())).unwrap_or(0)];
+    disk.read_at(&mut head, 0)
+        .map_err(disk_err("reading the partition"))?;
+    if head.iter().any(|&b| b != 0) {
+        return Ok(false);
+    }
+    let encoded = File::open(template).map_err(|source| InstallError::Input {
+        operation: "opening the filesystem template",
+        path: template.to_path_buf(),
+        source,
+    })?;
+    let mut part = disk
+        .partition(0, disk.size())
+        .map_err(disk_err("opening the partition"))?;
+    sparse::apply(BufReader::new(encoded), &mut part).map_err(|source| InstallError::Template {
+        partition,
+        template: template.to_path_buf(),
+        source,
+    })?;
+    xfs_uuid::set_uuid(&mut part, *uuid::Uuid::new_v4().as_bytes())
+        .map_err(|source| InstallError::Uuid { partition, source })?;
+    disk.sync().map_err(disk_err("syncing the partition"))?;
+    Ok(true)
+}
+
 /// Installs the installer image unpacked (and verified) in `from` onto
 /// `disk` (a block device, or an image file of the disk's size): random
 /// GUIDs, the version from `image.json`. `progress` gets one line per
@@ -725,6 +774,37 @@ mod tests {
             state_image,
             ephemeral_image,
         }
+    }
+
+    #[test]
+    fn a_blank_partition_is_formatted_and_one_holding_anything_is_not() {
+        let f = fixture();
+        let template = f.dir.path().join("image").join(files::STATE_TEMPLATE);
+        let len = f.state_image.len() as u64 + 4096;
+        let part = image_file(f.dir.path(), "state.part", len);
+        assert!(format_blank(&part, layout::STATE, &template).expect("format"));
+        let written = std::fs::read(&part).expect("read");
+        // The template, with a UUID of its own.
+        assert_ne!(written[32..48], [0x57; 16]);
+        assert_eq!(
+            &written[f.state_image.len() - 3..f.state_image.len()],
+            b"end"
+        );
+        let before = written.clone();
+        // Not blank now: left alone.
+        assert!(!format_blank(&part, layout::STATE, &template).expect("second"));
+        assert!(std::fs::read(&part).expect("read") == before);
+        // One byte anywhere in the first MiB is enough to leave it alone.
+        let other = image_file(f.dir.path(), "other.part", len);
+        Disk::open(&other)
+            .expect("open")
+            .write_at(&[1], BLANK_PROBE - 1)
+            .expect("write");
+        assert!(!format_blank(&other, layout::STATE, &template).expect("not blank"));
+        // A template larger than the partition is refused.
+        let small = image_file(f.dir.path(), "small.part", 2 * 1024 * 1024);
+        let err = format_blank(&small, layout::STATE, &template).expect_err("too small");
+        assert!(matches!(err, InstallError::Template { .. }), "{err}");
     }
 
     fn image_file(dir: &Path, name: &str, size: u64) -> PathBuf {

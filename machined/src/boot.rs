@@ -879,6 +879,44 @@ pub fn mount_labelled(
     Ok(Some(device))
 }
 
+/// Formats the partition named `label` (STATE or EPHEMERAL) of the system
+/// disk (the one holding META) from the root's template when no filesystem
+/// has that label and the partition is blank, as a reset leaves it
+/// ([`installer::install::format_blank`]). Says what it did on the
+/// console; a failure leaves the node to boot without it.
+fn format_blank_volume(class_block: &Path, dev: &Path, label: &'static str) {
+    if find_labelled(class_block, dev, label).is_some() {
+        return;
+    }
+    let find = |name| crate::install::find_partition(class_block, dev, name);
+    let (Some(part), Some(meta)) = (find(label), find(crate::install::META_PARTITION)) else {
+        return;
+    };
+    if disk_of(class_block, dev, &part) != disk_of(class_block, dev, &meta) {
+        return;
+    }
+    let template =
+        Path::new(machinery::constants::FS_TEMPLATES_DIR).join(if label == STATE_LABEL {
+            installer::files::STATE_TEMPLATE
+        } else {
+            installer::files::EPHEMERAL_TEMPLATE
+        });
+    match installer::install::format_blank(&part, label, &template) {
+        Ok(true) => kmsg_log(&format!(
+            "{label} ({}) was blank: formatted from the image's template",
+            part.display()
+        )),
+        Ok(false) => kmsg_log(&format!(
+            "{label} ({}) holds no filesystem labelled {label} but is not blank: left alone",
+            part.display()
+        )),
+        Err(e) => log(
+            Priority::Error,
+            &format!("formatting {label} ({}): {e}", part.display()),
+        ),
+    }
+}
+
 /// Grows the xfs filesystem mounted on `target` to fill `device`: the
 /// installer writes EPHEMERAL from a small template, and a disk image
 /// copied onto a larger disk has a larger partition than its filesystem.
@@ -1319,6 +1357,13 @@ pub fn boot_metal() -> BootReport {
         kmsg_log(
             "no disk filesystem of ours: the network and filesystem modules load once apid is up",
         );
+    }
+    // An installation whose STATE or EPHEMERAL was wiped (a reset) gets
+    // them formatted again, as at install, before they are looked for.
+    if crate::bootloader::booted_slot(&cmdline).is_some() {
+        for label in [STATE_LABEL, EPHEMERAL_LABEL] {
+            format_blank_volume(class_block, dev, label);
+        }
     }
     for (label, target, missing) in [
         (

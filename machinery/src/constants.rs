@@ -53,6 +53,11 @@ pub const TOOLS: &[&str] = &["installer"];
 /// (`*.pub`, SubjectPublicKeyInfo PEM, written by imager).
 pub const TRUSTED_KEYS_DIR: &str = "/usr/share/talos-rs/keys";
 
+/// Where the root keeps the STATE and EPHEMERAL filesystem templates
+/// (`installer::files` names them): machined formats a blank STATE or
+/// EPHEMERAL partition of its installation from them, as after a reset.
+pub const FS_TEMPLATES_DIR: &str = "/usr/share/talos-rs/templates";
+
 /// Where a node keeps its runtime files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePaths {

@@ -1717,8 +1717,8 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         );
     }
     ok(&tc, &args(&version));
-    // STATE and EPHEMERAL wiped: the installation boots again, without its
-    // config, into maintenance mode.
+    // STATE and EPHEMERAL wiped: the installation boots again, formats
+    // them afresh, and comes up without its config, in maintenance mode.
     ok(
         &tc,
         &args(&with(&[
@@ -1742,17 +1742,19 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     });
     let console = std::fs::read_to_string(work.path().join("console-after-kill.log"))
         .expect("the console log");
-    for wiped in [
+    for line in [
         "reset: volume STATE (/dev/vda3) wiped",
         "reset: volume EPHEMERAL (/dev/vda4) wiped",
+        "STATE (/dev/vda3) was blank: formatted from the image's template",
+        "EPHEMERAL (/dev/vda4) was blank: formatted from the image's template",
     ] {
-        assert!(console.contains(wiped), "{wiped}: {console}");
+        assert!(console.contains(line), "{line}: {console}");
     }
     let statuses = ok(&none, &args(&insecure(&["get", "volumestatus"])));
     for expect in [
         ["META", "partition", "ready"],
-        ["STATE", "partition", "missing"],
-        ["EPHEMERAL", "partition", "missing"],
+        ["STATE", "partition", "ready"],
+        ["EPHEMERAL", "partition", "ready"],
     ] {
         assert!(
             statuses.lines().any(|l| {
@@ -1762,8 +1764,9 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             "{expect:?}: {statuses}"
         );
     }
-    // Configured again (in memory: STATE is gone), then reset whole: the
-    // system disk is wiped and the node powers off.
+    // Configured again: the config is kept on the new STATE across a
+    // reboot. Then a whole reset: the system disk is wiped and the node
+    // powers off.
     ok(
         &none,
         &args(&insecure(&[
@@ -1775,6 +1778,17 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     eventually(&tc, &args(&version), long, |v| {
         v.contains("Enabled:     RBAC")
     });
+    let boot_id = ok(
+        &tc,
+        &args(&with(&["read", "/proc/sys/kernel/random/boot_id"])),
+    );
+    ok(&tc, &args(&with(&["reboot"])));
+    eventually(
+        &tc,
+        &args(&with(&["read", "/proc/sys/kernel/random/boot_id"])),
+        long,
+        |id| !id.trim().is_empty() && id != boot_id,
+    );
     ok(&tc, &args(&with(&["reset"])));
     let deadline = Instant::now() + Duration::from_secs(300);
     while vm.0.try_wait().expect("wait").is_none() {
