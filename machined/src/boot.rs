@@ -103,7 +103,7 @@ const KMSG_MAX_TEXT: usize = 900;
 /// How long [`fatal`] lets processes handle SIGTERM.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long [`fatal`] waits for `sync(2)`.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A boot step failed.
 #[derive(Debug, thiserror::Error)]
@@ -1152,7 +1152,7 @@ pub fn halt_forever() -> ! {
 
 /// Runs `sync(2)` on a helper thread and waits at most `limit` for it (a
 /// dead disk can make sync hang forever). Blocks up to `limit`.
-fn sync_bounded(limit: Duration) -> bool {
+pub(crate) fn sync_bounded(limit: Duration) -> bool {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("sync".into())

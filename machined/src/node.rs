@@ -122,10 +122,22 @@ impl Node {
             .into_owned()
     }
 
-    /// Asks the lifecycle to power off or reboot; returns the actor id that
-    /// tags the resulting events.
-    pub fn request_power(&self, action: PowerAction) -> String {
+    /// Asks the lifecycle to power off or reboot, unless an action is
+    /// already pending: the first one asked for is the one carried out.
+    /// Returns the actor id that tags the resulting events, or `None`
+    /// when another action was already pending.
+    pub fn try_request_power(&self, action: PowerAction) -> Option<String> {
         let actor = uuid::Uuid::new_v4().to_string();
+        let taken = self.power.send_if_modified(|pending| {
+            if pending.is_some() {
+                return false;
+            }
+            *pending = Some((action, actor.clone()));
+            true
+        });
+        if !taken {
+            return None;
+        }
         let stage = match action {
             PowerAction::Reboot => MachineStage::Rebooting,
             PowerAction::Shutdown => MachineStage::ShuttingDown,
@@ -140,18 +152,46 @@ impl Node {
             },
             &actor,
         );
-        self.power.send_replace(Some((action, actor.clone())));
-        actor
+        Some(actor)
+    }
+
+    /// [`Node::try_request_power`] for machined's own steps: when another
+    /// action is already pending, that one goes on, and its actor id is
+    /// returned.
+    pub fn request_power(&self, action: PowerAction) -> String {
+        self.try_request_power(action).unwrap_or_else(|| {
+            self.power
+                .borrow()
+                .as_ref()
+                .map(|(_, actor)| actor.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Whether a power action (reboot, shutdown, reset) is pending: the
+    /// node is going down, and nothing else may start.
+    #[must_use]
+    pub fn going_down(&self) -> bool {
+        self.power.borrow().is_some()
     }
 
     /// Asks for a reset by `plan`: the services stop, then the plan's
-    /// targets are wiped. Returns the actor id, as [`Node::request_power`].
-    pub fn request_reset(&self, plan: crate::reset::ResetPlan) -> String {
-        *self
+    /// targets are wiped. Returns the actor id, or `None` (and forgets the
+    /// plan) when another power action was already pending.
+    pub fn request_reset(&self, plan: crate::reset::ResetPlan) -> Option<String> {
+        let mut slot = self
             .reset
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan);
-        self.request_power(PowerAction::Reset)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The plan goes in before the action, so that whoever sees the
+        // action finds it; refused, the pending reset's plan (if any) is
+        // put back.
+        let previous = slot.replace(plan);
+        let actor = self.try_request_power(PowerAction::Reset);
+        if actor.is_none() {
+            *slot = previous;
+        }
+        actor
     }
 
     /// The plan of the reset asked for, once.
@@ -173,5 +213,61 @@ impl Node {
                 return (PowerAction::Shutdown, String::new());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(dir: &std::path::Path) -> Node {
+        let options = NodeOptions {
+            mode: Mode::Metal,
+            root: dir.to_path_buf(),
+            hostname: None,
+            bin_dir: None,
+            apid_listen: None,
+            trustd_listen: None,
+        };
+        let config = ConfigStore::load(dir.join("config.yaml")).expect("config store");
+        Node::new(
+            options,
+            Arc::new(LogRegistry::new(1024, None)),
+            Arc::new(config),
+        )
+    }
+
+    fn plan(reboot: bool) -> crate::reset::ResetPlan {
+        crate::reset::ResetPlan {
+            reboot,
+            targets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_power_action_asked_for_is_the_one_carried_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node(dir.path());
+        assert!(!node.going_down());
+        let reset = node.request_reset(plan(true)).expect("the first action");
+        assert!(node.going_down());
+        // A second reset, a reboot, a shutdown: refused, the plan kept.
+        assert_eq!(node.request_reset(plan(false)), None);
+        assert_eq!(node.try_request_power(PowerAction::Reboot), None);
+        assert_eq!(node.try_request_power(PowerAction::Shutdown), None);
+        // machined's own steps get the pending action's actor.
+        assert_eq!(node.request_power(PowerAction::Reboot), reset);
+        assert_eq!(node.take_reset_plan(), Some(plan(true)));
+        let pending = node.power.borrow().clone();
+        assert_eq!(pending, Some((PowerAction::Reset, reset)));
+    }
+
+    #[test]
+    fn a_reset_after_a_reboot_leaves_no_plan_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node(dir.path());
+        node.try_request_power(PowerAction::Reboot).expect("reboot");
+        assert_eq!(node.request_reset(plan(true)), None);
+        assert_eq!(node.take_reset_plan(), None);
     }
 }

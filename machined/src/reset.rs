@@ -4,8 +4,9 @@
 //! [`plan`] checks a request against what the node has, before anything
 //! stops, with upstream's rules:
 //! - no `system_partitions_to_wipe` and a mode other than `USER_DISKS`: the
-//!   whole system disk is wiped, so the machine boots from elsewhere (an
-//!   ISO, PXE) into maintenance mode, ready to be installed again;
+//!   whole system disk is wiped (and any other disk a volume is on), so
+//!   the machine boots from elsewhere (an ISO, PXE) into maintenance mode,
+//!   ready to be installed again;
 //! - with them: each names a volume (`META`, `STATE`, `EPHEMERAL`) that
 //!   must be located; those marked `wipe` are wiped. Wiping STATE and
 //!   EPHEMERAL leaves the installation bootable but without its config,
@@ -13,6 +14,11 @@
 //! - `user_disks_to_wipe` (device paths) with a mode other than
 //!   `SYSTEM_DISK`: each must be a disk the node has, writable, and not the
 //!   system disk.
+//!
+//! The messages are upstream's. Upstream answers all of these with
+//! `Unknown` (plain errors); here each has the code that says what is
+//! wrong. Upstream goes on without a system disk (wiping nothing of it);
+//! here a whole reset of a node without one is refused.
 //!
 //! The wiping itself happens in [`execute`] once the services have
 //! stopped: log files are closed, `/var` and the state directory are
@@ -84,9 +90,10 @@ impl ResetRequest {
 pub struct Facts {
     /// The system disk's device path (`/dev/vda`), if there is one.
     pub system_disk: Option<String>,
-    /// Each volume (`META`, `STATE`, `EPHEMERAL`) and its location (a
-    /// device path; empty when it is missing).
-    pub volumes: Vec<(String, String)>,
+    /// Each volume (`META`, `STATE`, `EPHEMERAL`), its location (a device
+    /// path; empty when it is missing) and the disk it is on (empty when
+    /// it is missing or a whole disk).
+    pub volumes: Vec<(String, String, String)>,
     /// Each disk's device path and whether it is read-only.
     pub disks: Vec<(String, bool)>,
 }
@@ -118,48 +125,9 @@ pub struct ResetPlan {
 /// for a volume that is not located, a read-only disk, or a whole-disk
 /// reset of a node without a system disk.
 pub fn plan(request: &ResetRequest, facts: &Facts) -> Result<ResetPlan, ApiError> {
-    let mut targets = Vec::new();
-    if !request.system_partitions.is_empty() {
-        if request.mode == WipeMode::UserDisks {
-            return Err(ApiError::InvalidArgument(
-                "reset failed: invalid input, wipe mode USER_DISKS doesn't support SystemPartitionsToWipe parameter".into(),
-            ));
-        }
-        for (label, wipe) in &request.system_partitions {
-            let Some((_, location)) = facts.volumes.iter().find(|(id, _)| id == label) else {
-                return Err(ApiError::NotFound(format!(
-                    "failed to get volume status with label {label:?}: no such volume (known: {})",
-                    facts
-                        .volumes
-                        .iter()
-                        .map(|(id, _)| id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            };
-            if location.is_empty() {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "failed to reset: volume {label:?} is not located"
-                )));
-            }
-            if *wipe {
-                targets.push(WipeTarget {
-                    what: format!("volume {label}"),
-                    device: PathBuf::from(location),
-                });
-            }
-        }
-    } else if request.mode != WipeMode::UserDisks {
-        let Some(disk) = &facts.system_disk else {
-            return Err(ApiError::FailedPrecondition(
-                "reset needs an installed system disk; this node has none".into(),
-            ));
-        };
-        targets.push(WipeTarget {
-            what: "the system disk".into(),
-            device: PathBuf::from(disk),
-        });
-    }
+    // Upstream's order of checks: the user disks first; they are wiped
+    // after the system's.
+    let mut user_targets = Vec::new();
     if !request.user_disks.is_empty() {
         if request.mode == WipeMode::SystemDisk {
             return Err(ApiError::InvalidArgument(
@@ -182,10 +150,72 @@ pub fn plan(request: &ResetRequest, facts: &Facts) -> Result<ResetPlan, ApiError
                     "reset user disk failed: device {device} is the system disk"
                 )));
             }
-            targets.push(WipeTarget {
+            user_targets.push(WipeTarget {
                 what: "user disk".into(),
                 device: PathBuf::from(device),
             });
+        }
+    }
+    let mut targets: Vec<WipeTarget> = Vec::new();
+    if !request.system_partitions.is_empty() {
+        if request.mode == WipeMode::UserDisks {
+            return Err(ApiError::InvalidArgument(
+                "reset failed: invalid input, wipe mode USER_DISKS doesn't support SystemPartitionsToWipe parameter".into(),
+            ));
+        }
+        for (label, wipe) in &request.system_partitions {
+            let Some((_, location, _)) = facts.volumes.iter().find(|(id, ..)| id == label) else {
+                return Err(ApiError::NotFound(format!(
+                    "failed to get volume status with label {label:?}: no such volume (known: {})",
+                    facts
+                        .volumes
+                        .iter()
+                        .map(|(id, ..)| id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            if location.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "failed to reset: volume {label:?} is not located"
+                )));
+            }
+            if *wipe {
+                targets.push(WipeTarget {
+                    what: format!("volume {label}"),
+                    device: PathBuf::from(location),
+                });
+            }
+        }
+    } else if request.mode != WipeMode::UserDisks {
+        let Some(disk) = &facts.system_disk else {
+            return Err(ApiError::FailedPrecondition(
+                "reset needs an installed system disk; this node has none".into(),
+            ));
+        };
+        // The system disk, and any other disk a volume lives on (as
+        // upstream's system disk paths): a STATE left on another disk
+        // would bring the old config back.
+        let mut disks = vec![disk.clone()];
+        for (_, _, parent) in &facts.volumes {
+            if !parent.is_empty() && !disks.contains(parent) {
+                disks.push(parent.clone());
+            }
+        }
+        for (i, disk) in disks.into_iter().enumerate() {
+            targets.push(WipeTarget {
+                what: if i == 0 {
+                    "the system disk".into()
+                } else {
+                    "a disk holding a volume".into()
+                },
+                device: PathBuf::from(disk),
+            });
+        }
+    }
+    for target in user_targets {
+        if !targets.iter().any(|t| t.device == target.device) {
+            targets.push(target);
         }
     }
     Ok(ResetPlan {
@@ -221,7 +251,9 @@ pub fn mounts_below(mounts: &str, tops: &[&str]) -> Vec<String> {
 /// Returns whether every target was wiped.
 pub fn execute(plan: &ResetPlan, logs: &crate::logbuf::LogRegistry, report: &dyn Fn(&str)) -> bool {
     logs.close_files();
-    rustix::fs::sync();
+    if !crate::boot::sync_bounded(crate::boot::SYNC_TIMEOUT) {
+        report("reset: sync(2) did not finish within 10 s; going on");
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for at in mounts_below(&mounts, &UNMOUNT) {
         if let Err(e) = rustix::mount::unmount(at.as_str(), rustix::mount::UnmountFlags::empty()) {
@@ -258,9 +290,9 @@ mod tests {
         Facts {
             system_disk: Some("/dev/vda".into()),
             volumes: vec![
-                ("META".into(), "/dev/vda2".into()),
-                ("STATE".into(), "/dev/vda3".into()),
-                ("EPHEMERAL".into(), String::new()),
+                ("META".into(), "/dev/vda2".into(), "/dev/vda".into()),
+                ("STATE".into(), "/dev/vda3".into(), "/dev/vda".into()),
+                ("EPHEMERAL".into(), String::new(), String::new()),
             ],
             disks: vec![
                 ("/dev/vda".into(), false),
@@ -291,6 +323,12 @@ mod tests {
         let p = plan(&request(WipeMode::All, &[], &["/dev/vdb"]), &facts()).unwrap();
         assert_eq!(devices(&p), ["/dev/vda", "/dev/vdb"]);
         assert_eq!(p.targets[0].what, "the system disk");
+        // A volume on another disk: that disk goes too.
+        let mut split = facts();
+        split.volumes[1] = ("STATE".into(), "/dev/vdc1".into(), "/dev/vdc".into());
+        let p = plan(&request(WipeMode::SystemDisk, &[], &[]), &split).unwrap();
+        assert_eq!(devices(&p), ["/dev/vda", "/dev/vdc"]);
+        assert_eq!(p.targets[1].what, "a disk holding a volume");
         assert!(p.reboot);
         let p = plan(&request(WipeMode::SystemDisk, &[], &[]), &facts()).unwrap();
         assert_eq!(devices(&p), ["/dev/vda"]);

@@ -296,20 +296,39 @@ async fn reset(node: &Arc<Node>) -> PowerAction {
     };
     let logs = Arc::clone(&node.logs);
     let metal = node.mode() == Mode::Metal;
-    let done = tokio::task::spawn_blocking(move || {
+    let work = tokio::task::spawn_blocking(move || {
         crate::reset::execute(&plan, &logs, &|line| {
             tracing::info!("{line}");
             if metal {
                 crate::boot::kmsg_log(line);
             }
         })
-    })
-    .await
-    .unwrap_or(false);
-    if !done {
-        tracing::error!("reset: not every target was wiped");
+    });
+    // Bounded: an unmount or a write stuck on a dead disk must not keep
+    // the node from going down.
+    match tokio::time::timeout(RESET_WITHIN, work).await {
+        Ok(Ok(true)) => {}
+        Ok(_) => report_reset_problem(metal, "reset: not every target was wiped"),
+        Err(_) => report_reset_problem(
+            metal,
+            &format!(
+                "reset: not done within {} s; going down regardless",
+                RESET_WITHIN.as_secs()
+            ),
+        ),
     }
     then
+}
+
+/// The most a reset's wiping may take before the node goes down anyway
+/// (fast wipes take well under a second each).
+const RESET_WITHIN: Duration = Duration::from_secs(120);
+
+fn report_reset_problem(metal: bool, line: &str) {
+    tracing::error!("{line}");
+    if metal {
+        crate::boot::kmsg_log(line);
+    }
 }
 
 /// Services started first on metal: what a call needs to reach machined.

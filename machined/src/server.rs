@@ -189,6 +189,13 @@ impl MachineApi {
     }
 }
 
+/// The refusal of a lifecycle action while another is under way.
+fn going_down() -> ApiError {
+    ApiError::FailedPrecondition(
+        "the node is already going down (a reboot, shutdown or reset is under way)".into(),
+    )
+}
+
 /// What a reset is checked against: the volumes, the system disk and the
 /// disks, read as `get volumestatus`, `get systemdisk` and `disks` read
 /// them.
@@ -205,7 +212,7 @@ async fn reset_facts() -> Result<crate::reset::Facts, ApiError> {
         system_disk: crate::volumes::system_disk_spec(&discovered).map(|d| d.dev_path),
         volumes: crate::volumes::volume_status_specs(&discovered, &mounts)
             .into_iter()
-            .map(|(id, spec)| (id.to_owned(), spec.location))
+            .map(|(id, spec)| (id.to_owned(), spec.location, spec.parent_location))
             .collect(),
         disks: disks
             .into_iter()
@@ -408,6 +415,9 @@ pub async fn run_upgrade(
     let booted = crate::bootloader::booted_slot(&crate::boot::read_cmdline())
         .ok_or(InstallError::NotInstalled)?;
     let _guard = node.lifecycle.try_lock().map_err(|_| InstallError::Busy)?;
+    if node.going_down() {
+        return Err(InstallError::Busy);
+    }
     node.events.publish(
         Payload::Sequence {
             sequence: "upgrade".into(),
@@ -1006,7 +1016,10 @@ impl MachineService for MachineApi {
         _: Request<pb::RebootRequest>,
     ) -> Result<Response<pb::RebootResponse>, Status> {
         self.refuse_in_container("reboot")?;
-        let actor_id = self.node.request_power(PowerAction::Reboot);
+        let actor_id = self
+            .node
+            .try_request_power(PowerAction::Reboot)
+            .ok_or_else(going_down)?;
         Ok(Response::new(pb::RebootResponse {
             messages: vec![pb::Reboot {
                 metadata: None,
@@ -1128,7 +1141,10 @@ impl MachineService for MachineApi {
         _: Request<pb::ShutdownRequest>,
     ) -> Result<Response<pb::ShutdownResponse>, Status> {
         self.refuse_in_container("shutdown")?;
-        let actor_id = self.node.request_power(PowerAction::Shutdown);
+        let actor_id = self
+            .node
+            .try_request_power(PowerAction::Shutdown)
+            .ok_or_else(going_down)?;
         Ok(Response::new(pb::ShutdownResponse {
             messages: vec![pb::Shutdown {
                 metadata: None,
@@ -1142,6 +1158,9 @@ impl MachineService for MachineApi {
         req: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
         self.refuse_in_container("reset")?;
+        if self.node.going_down() {
+            return Err(going_down().into());
+        }
         let request = crate::reset::ResetRequest::from_wire(req.get_ref())?;
         let plan = crate::reset::plan(&request, &reset_facts().await?)?;
         // Not in the middle of an install or upgrade.
@@ -1151,7 +1170,7 @@ impl MachineService for MachineApi {
             .try_lock()
             .map_err(|_| ApiError::from(InstallError::Busy))?;
         tracing::info!(?plan, "reset requested");
-        let actor_id = self.node.request_reset(plan);
+        let actor_id = self.node.request_reset(plan).ok_or_else(going_down)?;
         Ok(Response::new(pb::ResetResponse {
             messages: vec![pb::Reset {
                 metadata: None,
@@ -1436,6 +1455,9 @@ impl pb::lifecycle_service_server::LifecycleService for LifecycleApi {
         let (tx, rx) = mpsc::unbounded_channel();
         let work = async move {
             let _guard = node.lifecycle.try_lock().map_err(|_| InstallError::Busy)?;
+            if node.going_down() {
+                return Err(InstallError::Busy);
+            }
             let config = node
                 .config
                 .persisted_bytes()
