@@ -444,6 +444,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_old_installation_on_another_disk_is_not_a_volume() {
+        // The node's volumes are on vdb (mounted); vda's STATE partition
+        // is an old installation's, free to wipe.
+        let (dir, api) = wipe_node("/dev/vdb /var xfs rw 0 0\n");
+        let vda3 = dir.path().join("dev/vda3");
+        std::fs::write(&vda3, vec![1u8; 4096]).unwrap();
+        wipe(&api, wipe_one("vda3", 0, false, false)).await.unwrap();
+        assert!(bytes(&vda3).iter().all(|&b| b == 0));
+    }
+
+    #[tokio::test]
     async fn a_data_partition_is_wiped_and_dropped_from_the_table() {
         let (dir, api) = wipe_node("");
         let vda4 = dir.path().join("dev/vda4");
@@ -506,7 +517,7 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert_eq!(
             err.message(),
-            "blockdevice \"vdb\" is in use by blockdevice \"md0\""
+            "blockdevice \"vdb\" is in use by disk \"md0\""
         );
         let mut skipped = wipe_one("vdb", 0, true, false);
         skipped.devices[0].skip_secondary_check = true;

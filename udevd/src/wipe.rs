@@ -8,10 +8,13 @@
 //! - unless `skip_secondary_check`, no other block device may be built on
 //!   it (RAID, LVM, device-mapper: its sysfs `holders`, or for a whole
 //!   disk its partitions');
-//! - unless `skip_volume_check`, no system volume may live on it: META,
-//!   STATE and EPHEMERAL on the system disk (the partitions named so), or
-//!   whatever is mounted on `/system/state` or `/var`. A whole disk holding
-//!   one of them is refused as well.
+//! - unless `skip_volume_check`, no system volume may live on it: what is
+//!   mounted on `/system/state` or `/var`, and the partitions named META,
+//!   STATE and EPHEMERAL of the system disk (the disk a mounted volume is
+//!   on, else the first with a META partition, as machined's SystemDisk,
+//!   else the first with a STATE or EPHEMERAL one).
+//!   A whole disk holding one of them is refused as well; a second disk
+//!   with an old installation on it is not.
 //!
 //! Then each is opened exclusively, which the kernel refuses while a
 //! filesystem on it (or, for a whole disk, on any of its partitions) is
@@ -21,7 +24,7 @@
 //! wiped the kernel is asked to re-read it, so the partitions it no longer
 //! has go from `/dev` and the links.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use installer::target::{Disk, TargetError};
 use installer::wipe::Method;
@@ -71,10 +74,13 @@ pub enum WipeError {
     #[error("blockdevice {0:?} is a CD-ROM")]
     Cdrom(String),
     /// Another block device is built on it (its sysfs `holders`).
-    #[error("blockdevice {device:?} is in use by blockdevice {holder:?}")]
+    #[error("blockdevice {device:?} is in use by {kind} {holder:?}")]
     Held {
         /// The device asked for.
         device: String,
+        /// What holds it, in upstream's words: `disk` for a whole disk,
+        /// `blockdevice` for a partition.
+        kind: &'static str,
         /// A device holding it (or, for a disk, one of its partitions).
         holder: String,
     },
@@ -193,11 +199,16 @@ impl Wiper {
         {
             return Err(WipeError::Held {
                 device: name.to_owned(),
+                kind: if target.parent.is_some() {
+                    "blockdevice"
+                } else {
+                    "disk"
+                },
                 holder,
             });
         }
         if !request.skip_volume_check
-            && let Some(volume) = self.volume_on(disk, &target)
+            && let Some(volume) = self.volume_on(&devices, disk, &target)
         {
             return Err(WipeError::InUse {
                 device: name.to_owned(),
@@ -228,8 +239,49 @@ impl Wiper {
         })
     }
 
+    /// The system disk: the one a mounted volume is on, else the first
+    /// (by name) with a partition named META, as machined's SystemDisk,
+    /// else the first with one named STATE or EPHEMERAL (as the Disks
+    /// call marks it).
+    fn system_disk(&self, devices: &[sysfs::BlockDevice], mounts: &str) -> Option<String> {
+        for (at, _) in VOLUME_MOUNTS {
+            let Some(source) = mount_source(mounts, at) else {
+                continue;
+            };
+            if let Some(d) = devices
+                .iter()
+                .find(|d| d.name == source || d.partitions.iter().any(|p| p.name == source))
+            {
+                return Some(d.name.clone());
+            }
+        }
+        let probed: Vec<(&str, probe::Probe)> = devices
+            .iter()
+            .filter(|d| !d.partitions.is_empty())
+            .filter_map(|d| {
+                probe::probe_path(&self.dev.join(&d.name))
+                    .ok()
+                    .map(|p| (d.name.as_str(), p))
+            })
+            .collect();
+        probed
+            .iter()
+            .find(|(_, p)| p.partitions.iter().any(|x| x.label == "META"))
+            .or_else(|| {
+                probed
+                    .iter()
+                    .find(|(_, p)| crate::server::holds_system_partition(p))
+            })
+            .map(|(name, _)| (*name).to_owned())
+    }
+
     /// The system volume living on `target` (of `disk`), if any.
-    fn volume_on(&self, disk: &sysfs::BlockDevice, target: &Target) -> Option<String> {
+    fn volume_on(
+        &self,
+        devices: &[sysfs::BlockDevice],
+        disk: &sysfs::BlockDevice,
+        target: &Target,
+    ) -> Option<String> {
         // The device's own partitions, or the partition itself.
         let covered: Vec<&str> = match &target.parent {
             Some(_) => vec![target.name.as_str()],
@@ -238,26 +290,15 @@ impl Wiper {
                 .collect(),
         };
         let mounts = std::fs::read_to_string(&self.mounts).unwrap_or_default();
-        for line in mounts.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(source), Some(target_dir)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            let Some((_, volume)) = VOLUME_MOUNTS.iter().find(|(at, _)| *at == target_dir) else {
-                continue;
-            };
-            let source = Path::new(source)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if covered.contains(&source) {
-                return Some((*volume).to_owned());
+        for (at, volume) in VOLUME_MOUNTS {
+            if mount_source(&mounts, at).is_some_and(|source| covered.contains(&source)) {
+                return Some(volume.to_owned());
             }
         }
-        let probed = probe::probe_path(&self.dev.join(&disk.name)).ok()?;
-        if !crate::server::holds_system_partition(&probed) {
+        if self.system_disk(devices, &mounts).as_deref() != Some(disk.name.as_str()) {
             return None;
         }
+        let probed = probe::probe_path(&self.dev.join(&disk.name)).ok()?;
         probed
             .partitions
             .iter()
@@ -284,6 +325,24 @@ impl Wiper {
                 e => failed(e.into()),
             })
         };
+        // The disk locked for the whole of it, as udev's convention has
+        // it: another wipe of the same disk (editing the same table) waits.
+        let disk_name = target.parent.as_ref().map_or(&target.name, |(d, _)| d);
+        let lock_path = self.dev.join(disk_name);
+        let lock = std::fs::File::open(&lock_path).map_err(|source| {
+            failed(installer::wipe::WipeError::Target(TargetError::Io {
+                operation: "opening to lock".into(),
+                path: lock_path.clone(),
+                source,
+            }))
+        })?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            failed(installer::wipe::WipeError::Target(TargetError::Io {
+                operation: "locking".into(),
+                path: lock_path.clone(),
+                source: e.into(),
+            }))
+        })?;
         let device = open(&target.name)?;
         tracing::info!(device = %target.name, method = ?request.method, "wiping");
         installer::wipe::wipe(&device, request.method).map_err(|e| failed(e.into()))?;
@@ -305,6 +364,19 @@ impl Wiper {
                 }
             }
         }
+        drop(lock);
         Ok(())
     }
+}
+
+/// The device name (`vda3`) mounted on `at` in a `/proc/self/mounts` text:
+/// the top mount's, when it is a device under `/dev`.
+fn mount_source<'a>(mounts: &'a str, at: &str) -> Option<&'a str> {
+    mounts
+        .lines()
+        .rev()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 2 && f[1] == at)
+        .and_then(|f| f[0].strip_prefix("/dev/"))
+        .map(|dev| dev.rsplit('/').next().unwrap_or(dev))
 }
