@@ -70,7 +70,7 @@ pub fn wipe(disk: &Disk, method: Method) -> Result<(), TargetError> {
 }
 
 /// One GPT copy as read: its header sector and its entries.
-struct Copy {
+struct GptCopy {
     lba: u64,
     header: Vec<u8>,
     entries_lba: u64,
@@ -143,7 +143,7 @@ pub fn drop_partition(disk: &Disk, number: u32) -> Result<(), WipeError> {
 }
 
 /// Reads and checks the GPT header at `lba` and its entries.
-fn read_copy(disk: &Disk, lba: u64) -> Result<Copy, String> {
+fn read_copy(disk: &Disk, lba: u64) -> Result<GptCopy, String> {
     let ss = disk.sector_size();
     let sectors = disk.size() / ss;
     if lba == 0 || lba >= sectors {
@@ -195,7 +195,7 @@ fn read_copy(disk: &Disk, lba: u64) -> Result<Copy, String> {
             "the entries of the header at LBA {lba} fail their CRC"
         ));
     }
-    Ok(Copy {
+    Ok(GptCopy {
         lba,
         header,
         entries_lba,
@@ -274,7 +274,7 @@ mod tests {
         drop_partition(&disk, 3).expect("drop STATE");
         let primary = read_copy(&disk, 1).expect("primary still sound");
         let backup = read_copy(&disk, le64(&primary.header, 32)).expect("backup still sound");
-        let entry = |c: &Copy, n: usize| c.entries[(n - 1) * 128..n * 128].to_vec();
+        let entry = |c: &GptCopy, n: usize| c.entries[(n - 1) * 128..n * 128].to_vec();
         assert!(entry(&primary, 3).iter().all(|&b| b == 0));
         assert!(entry(&backup, 3).iter().all(|&b| b == 0));
         for n in [1, 2, 4] {

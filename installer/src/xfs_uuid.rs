@@ -534,7 +534,6 @@ fn is_unmount_record<D: Read + Seek>(
     Ok(op[9] & XLOG_UNMOUNT_TRANS != 0)
 }
 
-/// Minimal xfs shapes for tests: superblocks and log records, no more.
 // Superblock fields for [`set_inode_times`].
 const SB_ROOTINO: usize = 56;
 const SB_RBMINO: usize = 64;
@@ -573,15 +572,21 @@ pub fn set_inode_times<D: Read + Write + Seek>(
     dev: &mut D,
     seconds: i64,
 ) -> Result<u32, XfsUuidError> {
-    let mut sb = [0u8; 512];
+    let mut first = [0u8; 512];
+    read_at(dev, 0, &mut first, "reading the superblock")?;
+    let g = geometry(&first)?;
+    // The CRC covers the whole sector.
+    let mut sb = vec![0u8; g.sectsize];
     read_at(dev, 0, &mut sb, "reading the superblock")?;
-    let g = geometry(&sb)?;
     if !superblock_crc_ok(&sb) {
         return Err(unsupported("the superblock fails its CRC"));
     }
     let inodesize = usize::from(be16(&sb, SB_INODESIZE));
     let inopblog = u64::from(sb[SB_INOPBLOG]);
-    if !(256..=2048).contains(&inodesize) || (inodesize as u64) << inopblog != g.blocksize {
+    if !(256..=2048).contains(&inodesize)
+        || inopblog > 8
+        || (inodesize as u64) << inopblog != g.blocksize
+    {
         return Err(unsupported(format!(
             "inodes of {inodesize} bytes, {} per block",
             1u64 << inopblog.min(63)
@@ -640,6 +645,7 @@ pub fn set_inode_times<D: Read + Write + Seek>(
     Ok(u32::try_from(inodes.len()).unwrap_or(u32::MAX))
 }
 
+/// Minimal xfs shapes for tests: superblocks and log records, no more.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
