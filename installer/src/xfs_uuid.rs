@@ -186,12 +186,31 @@ fn crc_without_field(buf: &[u8], crc_at: usize) -> crc::Digest<'static, u32> {
     digest
 }
 
+/// Whether the CRC stored at `at` is `buf`'s.
+fn crc_ok(buf: &[u8], at: usize) -> bool {
+    crc_without_field(buf, at).finalize() == stored_crc(buf, at)
+}
+
+/// Stores `buf`'s CRC in its field at `at` (little-endian, as xfs does).
+fn set_crc(buf: &mut [u8], at: usize) {
+    let crc = crc_without_field(buf, at).finalize();
+    buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn flush<D: Write>(dev: &mut D) -> Result<(), XfsUuidError> {
+    dev.flush().map_err(|source| XfsUuidError::Io {
+        operation: "flushing",
+        offset: 0,
+        source,
+    })
+}
+
 fn stored_crc(buf: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
 fn superblock_crc_ok(sb: &[u8]) -> bool {
-    crc_without_field(sb, SB_CRC).finalize() == stored_crc(sb, SB_CRC)
+    crc_ok(sb, SB_CRC)
 }
 
 fn geometry(sb: &[u8]) -> Result<Geometry, XfsUuidError> {
@@ -342,15 +361,10 @@ pub fn set_uuid<D: Read + Write + Seek>(
             meta_uuid
         };
         sb[SB_META_UUID..SB_META_UUID + 16].copy_from_slice(&meta_field);
-        let crc = crc_without_field(sb, SB_CRC).finalize();
-        sb[SB_CRC..SB_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        set_crc(sb, SB_CRC);
         write_at(dev, *at, sb, "writing a superblock")?;
     }
-    dev.flush().map_err(|source| XfsUuidError::Io {
-        operation: "flushing",
-        offset: 0,
-        source,
-    })?;
+    flush(dev)?;
     Ok(UuidChange {
         old: g.uuid,
         superblocks: g.agcount,
@@ -610,7 +624,7 @@ pub fn set_inode_times<D: Read + Write + Seek>(
         if &inode[..2] != DI_MAGIC || inode[DI_VERSION] != 3 || be64(&inode, DI_INO) != ino {
             return Err(unsupported(format!("inode {ino} is not a version 3 inode")));
         }
-        if crc_without_field(&inode, DI_CRC).finalize() != stored_crc(&inode, DI_CRC) {
+        if !crc_ok(&inode, DI_CRC) {
             return Err(unsupported(format!("inode {ino} fails its CRC")));
         }
         inodes.push((offset, inode));
@@ -633,15 +647,10 @@ pub fn set_inode_times<D: Read + Write + Seek>(
         for at in [DI_ATIME, DI_MTIME, DI_CTIME, DI_CRTIME] {
             inode[at..at + 8].copy_from_slice(&stamp);
         }
-        let crc = crc_without_field(inode, DI_CRC).finalize();
-        inode[DI_CRC..DI_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        set_crc(inode, DI_CRC);
         write_at(dev, *offset, inode, "writing an inode")?;
     }
-    dev.flush().map_err(|source| XfsUuidError::Io {
-        operation: "flushing",
-        offset: 0,
-        source,
-    })?;
+    flush(dev)?;
     Ok(u32::try_from(inodes.len()).unwrap_or(u32::MAX))
 }
 
@@ -668,8 +677,7 @@ pub(crate) mod testing {
             sb[SB_VERSIONNUM..SB_VERSIONNUM + 2].copy_from_slice(&0xb4a5u16.to_be_bytes());
             sb[SB_SECTSIZE..SB_SECTSIZE + 2].copy_from_slice(&512u16.to_be_bytes());
             sb[SB_AGBLKLOG] = 6;
-            let crc = crc_without_field(sb, SB_CRC).finalize();
-            sb[SB_CRC..SB_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+            set_crc(sb, SB_CRC);
         }
         img
     }
