@@ -1719,7 +1719,8 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     ok(&tc, &args(&version));
     // STATE and EPHEMERAL wiped: the installation boots again, formats
     // them afresh, and comes up without its config, in maintenance mode.
-    ok(
+    // --wait follows it down; its certificate cannot follow it further.
+    let r = run(
         &tc,
         &args(&with(&[
             "reset",
@@ -1728,7 +1729,16 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             "--system-labels-to-wipe",
             "EPHEMERAL",
             "--reboot",
+            "--wait",
+            "--timeout",
+            "5m",
         ])),
+    );
+    assert_eq!(r.code, 0, "reset --wait: {}{}", r.out, r.err);
+    assert!(
+        r.err.contains("node is down") && r.err.contains("comes back in maintenance mode"),
+        "{}",
+        r.err
     );
     let maintenance = ["-n", &endpoint, "--insecure"];
     let insecure = |rest: &[&str]| -> Vec<String> {

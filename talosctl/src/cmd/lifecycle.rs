@@ -208,6 +208,18 @@ pub async fn shutdown(global: &GlobalArgs, args: &ShutdownArgs) -> anyhow::Resul
     client::report(&results.failed)
 }
 
+/// Whether a reset by these flags wipes the node's config: STATE named,
+/// or the whole system disk. Such a node comes back (if it reboots) in
+/// maintenance mode, where the mTLS probes of `--wait` cannot reach it.
+#[must_use]
+pub fn reset_loses_config(args: &ResetArgs) -> bool {
+    if args.system_labels_to_wipe.is_empty() {
+        args.wipe_mode != WipeMode::UserDisks
+    } else {
+        args.system_labels_to_wipe.iter().any(|l| l == "STATE")
+    }
+}
+
 /// The reset request for the flags.
 #[must_use]
 pub fn build_reset_request(args: &ResetArgs) -> ResetRequest {
@@ -255,7 +267,17 @@ pub async fn reset(global: &GlobalArgs, args: ResetArgs) -> anyhow::Result<()> {
     let results = client.split(response.messages);
     if args.wait {
         let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
-        if args.reboot {
+        if args.reboot && reset_loses_config(&args) {
+            // It comes back without its config: down is as far as this
+            // client's certificate can follow it.
+            wait_for_down(&accepted(&client, &ok), timeout).await?;
+            for node in &ok {
+                eprintln!(
+                    "{node}: reset; it comes back in maintenance mode, without its config \
+                     (talosctl -n {node} version --insecure)"
+                );
+            }
+        } else if args.reboot {
             let (waiting, before): (Vec<Client>, Vec<Option<String>>) = nodes
                 .into_iter()
                 .zip(before)
@@ -640,6 +662,27 @@ mod tests {
             let err = parse_meta_key(bad).expect_err(bad).to_string();
             assert!(err.contains("from 0 to 255"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn resets_that_wipe_the_config_are_known() {
+        let args = |labels: &[&str], mode| ResetArgs {
+            graceful: true,
+            reboot: true,
+            system_labels_to_wipe: labels.iter().map(|&l| l.to_owned()).collect(),
+            user_disks_to_wipe: Vec::new(),
+            wipe_mode: mode,
+            wait: true,
+            timeout: "30m".into(),
+        };
+        assert!(reset_loses_config(&args(&[], WipeMode::All)));
+        assert!(reset_loses_config(&args(&[], WipeMode::SystemDisk)));
+        assert!(!reset_loses_config(&args(&[], WipeMode::UserDisks)));
+        assert!(reset_loses_config(&args(
+            &["STATE", "EPHEMERAL"],
+            WipeMode::All
+        )));
+        assert!(!reset_loses_config(&args(&["EPHEMERAL"], WipeMode::All)));
     }
 
     #[test]
