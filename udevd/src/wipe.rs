@@ -122,6 +122,15 @@ pub fn method_of(value: i32) -> Result<Method, WipeError> {
     }
 }
 
+/// What the checks read of the node, once per request: its block
+/// devices, its mount table, and (when a volume check first needs it) its
+/// system disk with that disk's probe.
+struct Node {
+    devices: Vec<sysfs::BlockDevice>,
+    mounts: String,
+    system_disk: std::cell::OnceCell<Option<(String, probe::Probe)>>,
+}
+
 /// A device found: a whole disk or a partition of one.
 #[derive(Debug, Clone)]
 struct Target {
@@ -149,9 +158,10 @@ impl Wiper {
     /// The first refusal, before anything is written; or the first wipe
     /// that failed (the devices before it are wiped).
     pub fn wipe_all(&self, requests: &[WipeRequest]) -> Result<(), WipeError> {
+        let node = self.read_node()?;
         let mut targets = Vec::with_capacity(requests.len());
         for request in requests {
-            targets.push(self.check(request)?);
+            targets.push(self.check(&node, request)?);
         }
         for (request, target) in requests.iter().zip(&targets) {
             self.wipe(request, target)?;
@@ -159,13 +169,23 @@ impl Wiper {
         Ok(())
     }
 
-    fn check(&self, request: &WipeRequest) -> Result<Target, WipeError> {
+    fn read_node(&self) -> Result<Node, WipeError> {
+        let devices = sysfs::block_devices(&self.sysfs)?;
+        let mounts = std::fs::read_to_string(&self.mounts).unwrap_or_default();
+        Ok(Node {
+            devices,
+            mounts,
+            system_disk: std::cell::OnceCell::new(),
+        })
+    }
+
+    fn check(&self, node: &Node, request: &WipeRequest) -> Result<Target, WipeError> {
         let name = request.device.as_str();
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(WipeError::BadName(name.to_owned()));
         }
-        let devices = sysfs::block_devices(&self.sysfs)?;
-        let (disk, target) = devices
+        let (disk, target) = node
+            .devices
             .iter()
             .find_map(|d| {
                 if d.name == name {
@@ -208,7 +228,7 @@ impl Wiper {
             });
         }
         if !request.skip_volume_check
-            && let Some(volume) = self.volume_on(&devices, disk, &target)
+            && let Some(volume) = self.volume_on(node, disk, &target)
         {
             return Err(WipeError::InUse {
                 device: name.to_owned(),
@@ -239,11 +259,20 @@ impl Wiper {
         })
     }
 
-    /// The system disk: the one a mounted volume is on, else the first
-    /// (by name) with a partition named META, as machined's SystemDisk,
-    /// else the first with one named STATE or EPHEMERAL (as the Disks
-    /// call marks it).
-    fn system_disk(&self, devices: &[sysfs::BlockDevice], mounts: &str) -> Option<String> {
+    /// The system disk and its probe: the disk a mounted volume is on,
+    /// else the first (by name) with a partition named META, as machined's
+    /// SystemDisk, else the first with one named STATE or EPHEMERAL (as
+    /// the Disks call marks it).
+    fn system_disk(
+        &self,
+        devices: &[sysfs::BlockDevice],
+        mounts: &str,
+    ) -> Option<(String, probe::Probe)> {
+        let probe = |d: &sysfs::BlockDevice| {
+            probe::probe_path(&self.dev.join(&d.name))
+                .ok()
+                .map(|p| (d.name.clone(), p))
+        };
         for (at, _) in VOLUME_MOUNTS {
             let Some(source) = mount_source(mounts, at) else {
                 continue;
@@ -252,36 +281,27 @@ impl Wiper {
                 .iter()
                 .find(|d| d.name == source || d.partitions.iter().any(|p| p.name == source))
             {
-                return Some(d.name.clone());
+                return probe(d);
             }
         }
-        let probed: Vec<(&str, probe::Probe)> = devices
+        let probed: Vec<(String, probe::Probe)> = devices
             .iter()
             .filter(|d| !d.partitions.is_empty())
-            .filter_map(|d| {
-                probe::probe_path(&self.dev.join(&d.name))
-                    .ok()
-                    .map(|p| (d.name.as_str(), p))
-            })
+            .filter_map(probe)
             .collect();
-        probed
+        let meta = probed
             .iter()
-            .find(|(_, p)| p.partitions.iter().any(|x| x.label == "META"))
-            .or_else(|| {
-                probed
-                    .iter()
-                    .find(|(_, p)| crate::server::holds_system_partition(p))
-            })
-            .map(|(name, _)| (*name).to_owned())
+            .position(|(_, p)| p.partitions.iter().any(|x| x.label == "META"));
+        let named = || {
+            probed
+                .iter()
+                .position(|(_, p)| crate::server::holds_system_partition(p))
+        };
+        meta.or_else(named).and_then(|i| probed.into_iter().nth(i))
     }
 
     /// The system volume living on `target` (of `disk`), if any.
-    fn volume_on(
-        &self,
-        devices: &[sysfs::BlockDevice],
-        disk: &sysfs::BlockDevice,
-        target: &Target,
-    ) -> Option<String> {
+    fn volume_on(&self, node: &Node, disk: &sysfs::BlockDevice, target: &Target) -> Option<String> {
         // The device's own partitions, or the partition itself.
         let covered: Vec<&str> = match &target.parent {
             Some(_) => vec![target.name.as_str()],
@@ -289,16 +309,18 @@ impl Wiper {
                 .chain(disk.partitions.iter().map(|p| p.name.as_str()))
                 .collect(),
         };
-        let mounts = std::fs::read_to_string(&self.mounts).unwrap_or_default();
         for (at, volume) in VOLUME_MOUNTS {
-            if mount_source(&mounts, at).is_some_and(|source| covered.contains(&source)) {
+            if mount_source(&node.mounts, at).is_some_and(|source| covered.contains(&source)) {
                 return Some(volume.to_owned());
             }
         }
-        if self.system_disk(devices, &mounts).as_deref() != Some(disk.name.as_str()) {
+        let (system_disk, probed) = node
+            .system_disk
+            .get_or_init(|| self.system_disk(&node.devices, &node.mounts))
+            .as_ref()?;
+        if *system_disk != disk.name {
             return None;
         }
-        let probed = probe::probe_path(&self.dev.join(&disk.name)).ok()?;
         probed
             .partitions
             .iter()
@@ -314,16 +336,6 @@ impl Wiper {
         let failed = |source: installer::wipe::WipeError| WipeError::Wipe {
             device: target.name.clone(),
             source,
-        };
-        let open = |name: &str| {
-            Disk::open_any(&self.dev.join(name)).map_err(|e| match e {
-                TargetError::Io { ref source, .. }
-                    if source.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) =>
-                {
-                    WipeError::Busy(name.to_owned())
-                }
-                e => failed(e.into()),
-            })
         };
         // The disk locked for the whole of it, as udev's convention has
         // it: another wipe of the same disk (editing the same table) waits.
@@ -343,7 +355,14 @@ impl Wiper {
                 source: e.into(),
             }))
         })?;
-        let device = open(&target.name)?;
+        let device = Disk::open_any(&self.dev.join(&target.name)).map_err(|e| match e {
+            TargetError::Io { ref source, .. }
+                if source.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) =>
+            {
+                WipeError::Busy(target.name.clone())
+            }
+            e => failed(e.into()),
+        })?;
         tracing::info!(device = %target.name, method = ?request.method, "wiping");
         installer::wipe::wipe(&device, request.method).map_err(|e| failed(e.into()))?;
         drop(device);
