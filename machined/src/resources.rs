@@ -1214,7 +1214,8 @@ async fn storage_items(type_: &str) -> Result<Vec<Item>, ResourceError> {
     }
 }
 
-async fn read_mounts() -> Result<String, ResourceError> {
+/// `/proc/self/mounts`, read without blocking the runtime.
+pub(crate) async fn read_mounts() -> Result<String, ResourceError> {
     tokio::fs::read_to_string("/proc/self/mounts")
         .await
         .map_err(|e| ResourceError::Read {

@@ -201,9 +201,7 @@ fn going_down() -> ApiError {
 /// them.
 async fn reset_facts() -> Result<crate::reset::Facts, ApiError> {
     let discovered = crate::volumes::discovered_specs("/sys".into(), "/dev".into()).await?;
-    let mounts = tokio::fs::read_to_string("/proc/self/mounts")
-        .await
-        .map_err(|e| ApiError::Internal(format!("reading /proc/self/mounts: {e}")))?;
+    let mounts = crate::resources::read_mounts().await?;
     let disks = tokio::task::spawn_blocking(|| udevd::sysfs::disks(std::path::Path::new("/sys")))
         .await
         .map_err(|e| ApiError::Internal(format!("listing disks: {e}")))?
