@@ -221,15 +221,31 @@ pub fn format_blank(
     let mut part = disk
         .partition(0, disk.size())
         .map_err(disk_err("opening the partition"))?;
-    sparse::apply(BufReader::new(encoded), &mut part).map_err(|source| InstallError::Template {
-        partition,
-        template: template.to_path_buf(),
-        source,
-    })?;
-    xfs_uuid::set_uuid(&mut part, *uuid::Uuid::new_v4().as_bytes())
-        .map_err(|source| InstallError::Uuid { partition, source })?;
+    write_filesystem(&mut part, partition, encoded, template, true)?;
     disk.sync().map_err(disk_err("syncing the partition"))?;
     Ok(true)
+}
+
+/// Writes the sparse filesystem template `encoded` (read from
+/// `template_path`) onto `part`, the partition named `partition`, and with
+/// `own_uuid` gives the filesystem a new random UUID.
+fn write_filesystem(
+    part: &mut crate::target::Partition<'_>,
+    partition: &'static str,
+    encoded: impl Read,
+    template_path: &Path,
+    own_uuid: bool,
+) -> Result<(), InstallError> {
+    sparse::apply(BufReader::new(encoded), part).map_err(|source| InstallError::Template {
+        partition,
+        template: template_path.to_path_buf(),
+        source,
+    })?;
+    if own_uuid {
+        xfs_uuid::set_uuid(part, *uuid::Uuid::new_v4().as_bytes())
+            .map_err(|source| InstallError::Uuid { partition, source })?;
+    }
+    Ok(())
 }
 
 /// Installs the installer image unpacked (and verified) in `from` onto
@@ -393,24 +409,16 @@ pub fn install(
         let mut part = disk
             .partition(at, len)
             .map_err(disk_err("opening a partition"))?;
-        sparse::apply(BufReader::new(template), &mut part).map_err(|source| {
-            InstallError::Template {
-                partition: name,
-                template: template_path.clone(),
-                source,
-            }
-        })?;
         // Every template carries the same UUID; a real install makes it
         // this node's own, as upstream's format at install time does. The
         // imager's seeded disk image keeps the template's, reproducibly.
-        if inputs.guid_seed.is_none() {
-            xfs_uuid::set_uuid(&mut part, *uuid::Uuid::new_v4().as_bytes()).map_err(|source| {
-                InstallError::Uuid {
-                    partition: name,
-                    source,
-                }
-            })?;
-        }
+        write_filesystem(
+            &mut part,
+            name,
+            template,
+            template_path,
+            inputs.guid_seed.is_none(),
+        )?;
     }
     disk.sync().map_err(disk_err("syncing the filesystems"))?;
 
