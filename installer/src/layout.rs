@@ -628,12 +628,18 @@ fn read_start(disk: &Disk) -> Result<Option<Vec<u8>>, LayoutError> {
     Ok(Some(start))
 }
 
+/// The CRC of a GPT header's first `size` bytes, taken with its CRC
+/// field (16..20) zero, as the header stores it.
+pub(crate) fn header_crc(h: &[u8], size: usize) -> u32 {
+    let mut copy = h[..size].to_vec();
+    copy[16..20].fill(0);
+    crc32(&copy)
+}
+
 /// Whether a GPT header's own CRC matches (computed with its CRC field
 /// zero).
 fn header_crc_ok(h: &[u8]) -> bool {
-    let mut copy = h[..HEADER_SIZE].to_vec();
-    copy[16..20].fill(0);
-    crc32(&copy) == le32(h, 16)
+    header_crc(h, HEADER_SIZE) == le32(h, 16)
 }
 
 /// Reads back a table [`write_gpt_to`] wrote: the plan it was rendered

@@ -16,7 +16,7 @@
 
 use std::path::PathBuf;
 
-use crate::layout::{crc32, le32, le64, put_u32};
+use crate::layout::{crc32, header_crc, le32, le64, put_u32};
 use crate::target::{Disk, TargetError};
 
 /// How much a fast wipe zeroes at each end of the device.
@@ -122,9 +122,8 @@ pub fn drop_partition(disk: &Disk, number: u32) -> Result<(), WipeError> {
         let entries_crc = crc32(&copy.entries);
         let header_size = le32(&copy.header, 12) as usize;
         put_u32(&mut copy.header, 88, entries_crc);
-        put_u32(&mut copy.header, 16, 0);
-        let header_crc = crc32(&copy.header[..header_size]);
-        put_u32(&mut copy.header, 16, header_crc);
+        let crc = header_crc(&copy.header, header_size);
+        put_u32(&mut copy.header, 16, crc);
         disk.write_at(&copy.entries, copy.entries_lba * ss)?;
         disk.write_at(&copy.header, copy.lba * ss)?;
         disk.sync()?;
@@ -161,9 +160,7 @@ fn read_copy(disk: &Disk, lba: u64) -> Result<GptCopy, String> {
     if !(92..=header.len()).contains(&header_size) {
         return Err(format!("header size {header_size} at LBA {lba}"));
     }
-    let mut check = header[..header_size].to_vec();
-    check[16..20].fill(0);
-    if crc32(&check) != le32(&header, 16) {
+    if header_crc(&header, header_size) != le32(&header, 16) {
         return Err(format!("the header at LBA {lba} fails its CRC"));
     }
     if le64(&header, 24) != lba {
