@@ -297,20 +297,16 @@ async fn reset(node: &Arc<Node>) -> PowerAction {
     let logs = Arc::clone(&node.logs);
     let metal = node.mode() == Mode::Metal;
     let work = tokio::task::spawn_blocking(move || {
-        crate::reset::execute(&plan, &logs, &|line| {
-            tracing::info!("{line}");
-            if metal {
-                crate::boot::kmsg_log(line);
-            }
-        })
+        crate::reset::execute(&plan, &logs, &|line| reset_report(metal, false, line))
     });
     // Bounded: an unmount or a write stuck on a dead disk must not keep
     // the node from going down.
     match tokio::time::timeout(RESET_WITHIN, work).await {
         Ok(Ok(true)) => {}
-        Ok(_) => report_reset_problem(metal, "reset: not every target was wiped"),
-        Err(_) => report_reset_problem(
+        Ok(_) => reset_report(metal, true, "reset: not every target was wiped"),
+        Err(_) => reset_report(
             metal,
+            true,
             &format!(
                 "reset: not done within {} s; going down regardless",
                 RESET_WITHIN.as_secs()
@@ -324,8 +320,14 @@ async fn reset(node: &Arc<Node>) -> PowerAction {
 /// (fast wipes take well under a second each).
 const RESET_WITHIN: Duration = Duration::from_secs(120);
 
-fn report_reset_problem(metal: bool, line: &str) {
-    tracing::error!("{line}");
+/// One line of a reset's account: machined's log (an error when it is a
+/// `problem`) and, on metal, the console.
+fn reset_report(metal: bool, problem: bool, line: &str) {
+    if problem {
+        tracing::error!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
     if metal {
         crate::boot::kmsg_log(line);
     }
