@@ -135,28 +135,12 @@ pub fn stage(
     write_file(&certs.join("ca-certificates.crt"), &ca, 0o644)?;
     write_file(&root.join("etc/resolv.conf"), b"", 0o644)?;
 
-    let keys_dir = root.join(
-        machinery::constants::TRUSTED_KEYS_DIR
-            .strip_prefix('/')
-            .unwrap_or(machinery::constants::TRUSTED_KEYS_DIR),
-    );
-    fs::create_dir_all(&keys_dir).map_err(stage_err("creating", &keys_dir))?;
-    let mut dir = keys_dir.as_path();
-    while dir != root {
-        set_mode(dir, 0o755)?;
-        dir = dir.parent().unwrap_or(root);
-    }
+    let keys_dir = root_dir(root, machinery::constants::TRUSTED_KEYS_DIR)?;
     for (name, pem) in trusted_keys {
         write_file(&keys_dir.join(format!("{name}.pub")), pem, 0o644)?;
     }
     if let Some((state, ephemeral)) = fs_templates {
-        let dir = root.join(
-            machinery::constants::FS_TEMPLATES_DIR
-                .strip_prefix('/')
-                .unwrap_or(machinery::constants::FS_TEMPLATES_DIR),
-        );
-        fs::create_dir_all(&dir).map_err(stage_err("creating", &dir))?;
-        set_mode(&dir, 0o755)?;
+        let dir = root_dir(root, machinery::constants::FS_TEMPLATES_DIR)?;
         for (from, name) in [
             (state, installer::files::STATE_TEMPLATE),
             (ephemeral, installer::files::EPHEMERAL_TEMPLATE),
@@ -178,6 +162,19 @@ pub fn stage(
         programs.push(program.to_owned());
     }
     Ok(programs)
+}
+
+/// Makes the directory the node sees at `path` (absolute) in the staged
+/// `root`, it and every directory above it mode 0755; returns it.
+fn root_dir(root: &Path, path: &str) -> Result<PathBuf, SquashfsError> {
+    let made = root.join(path.strip_prefix('/').unwrap_or(path));
+    fs::create_dir_all(&made).map_err(stage_err("creating", &made))?;
+    let mut dir = made.as_path();
+    while dir != root {
+        set_mode(dir, 0o755)?;
+        dir = dir.parent().unwrap_or(root);
+    }
+    Ok(made)
 }
 
 /// Packs `root` into the squashfs `out` (lz4, high compression, 32 KiB
