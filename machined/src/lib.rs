@@ -23,6 +23,7 @@ pub mod logbuf;
 pub mod netres;
 pub mod netstat;
 pub mod node;
+pub mod pcap;
 pub mod reaper;
 pub mod reset;
 pub mod resources;

@@ -66,6 +66,9 @@ pub enum ApiError {
     /// Resource reads.
     #[error(transparent)]
     Resource(#[from] crate::resources::ResourceError),
+    /// Packet captures.
+    #[error(transparent)]
+    Pcap(#[from] crate::pcap::PcapError),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -138,6 +141,20 @@ impl From<ApiError> for Status {
                 | ApplyError::LiveCopy(_)
                 | ApplyError::NotRestored { .. } => Status::internal(msg),
             },
+            ApiError::Pcap(p) => {
+                use crate::pcap::PcapError as P;
+                match p {
+                    P::NotFound(_) => Status::not_found(msg),
+                    P::BadName(_)
+                    | P::UnsupportedLink { .. }
+                    | P::SnapLen(_)
+                    | P::BadInstruction { .. }
+                    | P::FilterTooLong(_)
+                    | P::FilterRefused(_) => Status::invalid_argument(msg),
+                    P::NotPermitted { .. } => Status::failed_precondition(msg),
+                    P::Io { .. } => Status::internal(msg),
+                }
+            }
         }
     }
 }
@@ -842,6 +859,18 @@ impl MachineService for MachineApi {
                     .collect(),
             }],
         }))
+    }
+
+    async fn packet_capture(
+        &self,
+        req: Request<pb::PacketCaptureRequest>,
+    ) -> Result<Response<Stream_<Data>>, Status> {
+        let capture = crate::pcap::Capture::from_wire(req.into_inner()).map_err(ApiError::from)?;
+        let rx = crate::pcap::start(capture, std::path::Path::new("/sys/class/net"))
+            .map_err(ApiError::from)?;
+        Ok(Response::new(stream_of(rx, |chunk| {
+            chunk.map(data).map_err(|e| Status::from(ApiError::from(e)))
+        })))
     }
 
     async fn netstat(

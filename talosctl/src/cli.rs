@@ -92,6 +92,9 @@ pub enum Command {
     /// Show network connections and sockets
     #[command(visible_alias = "ss")]
     Netstat(NetstatArgs),
+    /// Capture the network packets from the node
+    #[command(visible_alias = "tcpdump")]
+    Pcap(PcapArgs),
     /// List running processes
     #[command(visible_aliases = ["p", "ps"])]
     Processes(ProcessesArgs),
@@ -389,6 +392,37 @@ pub struct LogsArgs {
     /// use the k8s.io containerd namespace
     #[arg(short = 'k', long)]
     pub kubernetes: bool,
+}
+
+/// `pcap` flags.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Without --output each packet is printed as one tcpdump-style line; \
+with it the raw pcap file is written ('-' for stdout: talosctl pcap -i eth0 -o - | tcpdump -r -).\n\
+A BPF filter is given compiled, as tcpdump -dd prints it, with the link type of the interface \
+(EN10MB for Ethernet and loopback links, RAW for WireGuard or tun):\n  \
+talosctl pcap -i eth0 --bpf-filter \"$(tcpdump -dd -y EN10MB 'tcp and dst port 80')\"\n\
+The capture travels over the API: filter out port 50000 when capturing the link it uses."
+)]
+pub struct PcapArgs {
+    /// interface name to capture packets on
+    #[arg(short = 'i', long, default_value = "eth0")]
+    pub interface: String,
+    /// put interface into promiscuous mode
+    #[arg(long)]
+    pub promiscuous: bool,
+    /// maximum packet size to capture
+    #[arg(short = 's', long, default_value_t = 65536)]
+    pub snaplen: u32,
+    /// if not set, decode packets to stdout; if set write raw pcap data to a file, use '-' for stdout
+    #[arg(short = 'o', long)]
+    pub output: Option<String>,
+    /// bpf filter to apply, tcpdump -dd format
+    #[arg(long, default_value = "")]
+    pub bpf_filter: String,
+    /// duration of the capture
+    #[arg(long, value_parser = crate::output::parse_go_duration)]
+    pub duration: Option<std::time::Duration>,
 }
 
 /// `dmesg` flags.

@@ -175,6 +175,117 @@ impl Drop for Cluster {
     }
 }
 
+/// `talosctl pcap` on a process node's `lo`: the node's machined captures
+/// datagrams this test sends, filtered by a program tcpdump compiled; the
+/// file is read back by tcpdump, the decoded lines name the datagrams. A
+/// node without `CAP_NET_RAW` (a test run without root) says so instead.
+fn pcap(tc: &Path, cp: &str, w1: &str, work: &Path) {
+    let r = run(tc, &["-n", &format!("{cp},{w1}"), "pcap", "-i", "lo"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err
+            .contains("command \"pcap\" is not supported with multiple nodes"),
+        "{}",
+        r.err
+    );
+    let r = run(tc, &["pcap", "-i", "lo", "--bpf-filter", "udp port 53"]);
+    assert_ne!(r.code, 0);
+    assert!(r.err.contains("as tcpdump -dd prints it"), "{}", r.err);
+    if !rustix::process::geteuid().is_root() {
+        let r = run(tc, &["pcap", "-i", "lo", "--duration", "1s"]);
+        assert_ne!(r.code, 0);
+        assert!(r.err.contains("needs CAP_NET_RAW"), "{}", r.err);
+        return;
+    }
+    let r = run(tc, &["pcap", "-i", "nosuch0", "--duration", "2s"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err.contains("interface \"nosuch0\" not found"),
+        "{}",
+        r.err
+    );
+
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("port")
+        .port();
+    let program = std::process::Command::new("tcpdump")
+        .args(["-dd", "-y", "EN10MB", &format!("udp and dst port {port}")])
+        .output()
+        .expect("tcpdump (Debian package tcpdump; scripts/setup installs it)");
+    assert!(program.status.success());
+    let program = String::from_utf8(program.stdout).expect("utf8");
+    // Datagrams every 50 ms while the captures run (bounded: 10 s at most).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            for _ in 0..200 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let _ = socket.send_to(b"pcap-demo", ("127.0.0.1", port));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let file = work.join("lo.pcap");
+    let file_arg = file.to_str().expect("utf8");
+    let raw = run(
+        tc,
+        &[
+            "pcap",
+            "-i",
+            "lo",
+            "--bpf-filter",
+            &program,
+            "-o",
+            file_arg,
+            "--duration",
+            "2s",
+        ],
+    );
+    let decoded = run(
+        tc,
+        &[
+            "tcpdump",
+            "-i",
+            "lo",
+            "--bpf-filter",
+            &program,
+            "--duration",
+            "2s",
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().expect("sender");
+    assert_eq!(raw.code, 0, "{}", raw.err);
+    let read = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r", file_arg])
+        .output()
+        .expect("tcpdump -r");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let read = String::from_utf8_lossy(&read.stdout);
+    let wanted = format!("> 127.0.0.1.{port}: UDP, length 9");
+    assert!(read.lines().count() >= 5, "2 s at 20 datagrams/s:\n{read}");
+    assert!(read.lines().all(|l| l.contains(&wanted)), "{read}");
+    assert_eq!(decoded.code, 0, "{}", decoded.err);
+    assert!(decoded.out.lines().count() >= 5, "{}", decoded.out);
+    for line in decoded.out.lines() {
+        let (time, rest) = line.split_once(' ').expect("time first");
+        assert_eq!(time.len(), "00:00:00.000000".len(), "{line}");
+        assert!(
+            rest.starts_with("IP 127.0.0.1.") && rest.ends_with(&wanted),
+            "{line}"
+        );
+    }
+}
+
 #[test]
 fn gen_config_cluster_and_everyday_commands() {
     // gen config, offline.
@@ -334,6 +445,8 @@ fn gen_config_cluster_and_everyday_commands() {
         "{connected}"
     );
     assert!(!connected.contains("LISTEN"), "{connected}");
+
+    pcap(&tc, cp, w1, work.path());
 
     // get: resources through apid, one node after another, resolved by
     // alias; the config's version counts the apply below.

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod machineconfig;
 pub mod patch;
+pub mod pcap;
 pub mod services;
 pub mod system;
 pub mod version;
@@ -54,6 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Edit(args) => patch::edit(&global, args).await,
         Command::Mounts => system::mounts(&global).await,
         Command::Netstat(args) => system::netstat(&global, &args).await,
+        Command::Pcap(args) => pcap::run(&global, args).await,
         Command::Processes(args) => system::processes(&global, &args).await,
         Command::Read(args) => files::read(&global, args).await,
         Command::Reboot(args) => lifecycle::reboot(&global, &args).await,
