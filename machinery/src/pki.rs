@@ -270,21 +270,42 @@ pub fn generate_ca(
         organization.unwrap_or_default(),
         common_name.unwrap_or_default()
     );
-    build_ca(algorithm, organization, common_name, now, validity)
+    build_ca(algorithm, organization, common_name, &[], now, validity)
         .map_err(|reason| PkiError::new(operation, reason))
+}
+
+/// A self-signed Ed25519 key pair as `talosctl gen keypair` makes it: a CA
+/// like [`generate_ca`], with the addresses `ips` as SANs.
+pub fn generate_keypair(
+    organization: &str,
+    ips: &[IpAddr],
+    now: SystemTime,
+    validity: Duration,
+) -> Result<CertificateAndKey, PkiError> {
+    build_ca(
+        KeyAlgorithm::Ed25519,
+        Some(organization),
+        None,
+        ips,
+        now,
+        validity,
+    )
+    .map_err(|reason| PkiError::new(format!("generating key pair (O={organization})"), reason))
 }
 
 fn build_ca(
     algorithm: KeyAlgorithm,
     organization: Option<&str>,
     common_name: Option<&str>,
+    ips: &[IpAddr],
     now: SystemTime,
     validity: Duration,
 ) -> Result<CertificateAndKey, String> {
     let key =
         KeyPair::generate_for(algorithm.rcgen()).map_err(|err| format!("generating key: {err}"))?;
 
-    let mut params = CertificateParams::default();
+    let mut params = CertificateParams::new(san_strings(ips, &[]))
+        .map_err(|err| format!("invalid subject alternative name: {err}"))?;
     let mut subject = DistinguishedName::new();
     if let Some(organization) = organization {
         subject.push(DnType::OrganizationName, organization);
@@ -460,12 +481,17 @@ pub fn sign_csr(
         .map_err(|reason| PkiError::new("signing certificate request", reason))
 }
 
-fn build_from_csr(
-    ca: &CertificateAndKey,
-    csr_pem: &str,
-    ttl: Duration,
-    now: SystemTime,
-) -> Result<String, String> {
+/// A parsed certificate request: rcgen's view (signature checked, SANs),
+/// the public key info verbatim, and the subject's Organization values and
+/// Common Name (all of them, in order: rcgen keeps one value per type).
+struct ParsedCsr {
+    csr: CertificateSigningRequestParams,
+    spki: Vec<u8>,
+    organizations: Vec<String>,
+    common_name: Option<String>,
+}
+
+fn parse_csr(csr_pem: &str) -> Result<ParsedCsr, String> {
     // rcgen checks the request's signature and reads its subject and SANs ...
     let csr = CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(|err| format!("invalid request: {err}"))?;
@@ -475,10 +501,42 @@ fn build_from_csr(
     let block = pem_decode(csr_pem).map_err(|err| format!("invalid request: {err}"))?;
     let (_, request) = X509CertificationRequest::from_der(&block.der)
         .map_err(|err| format!("invalid request: {err}"))?;
-    let spki = request.certification_request_info.subject_pki.raw;
-    der::content_of(spki, der::SEQUENCE)
+    let info = &request.certification_request_info;
+    let spki = info.subject_pki.raw.to_vec();
+    der::content_of(&spki, der::SEQUENCE)
         .map_err(|err| format!("invalid request public key: {err}"))?;
+    let text = |v: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+        v.as_str()
+            .map(str::to_owned)
+            .map_err(|err| format!("invalid request subject: {err}"))
+    };
+    let organizations = info
+        .subject
+        .iter_organization()
+        .map(text)
+        .collect::<Result<_, _>>()?;
+    let common_name = info
+        .subject
+        .iter_common_name()
+        .next()
+        .map(text)
+        .transpose()?;
+    Ok(ParsedCsr {
+        csr,
+        spki,
+        organizations,
+        common_name,
+    })
+}
 
+fn build_from_csr(
+    ca: &CertificateAndKey,
+    csr_pem: &str,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<String, String> {
+    let ParsedCsr { csr, spki, .. } = parse_csr(csr_pem)?;
+    let spki = spki.as_slice();
     let requested = csr.params;
     let mut params = leaf_params(Vec::new(), now, ttl)?;
     params.subject_alt_names = requested.subject_alt_names;
@@ -503,6 +561,115 @@ fn build_from_csr(
         );
     }
     Ok(pem)
+}
+
+/// Signs a certificate signing request as `talosctl gen crt` does: an API
+/// client certificate for whoever holds the CA key to hand out.
+///
+/// Unlike [`sign_csr`] (trustd, for nodes), the subject's Organization
+/// values, which are the roles, and its Common Name are kept, all of them
+/// and in order: the holder of the CA key decides the roles. The request's
+/// SANs are kept; the result has key usage digitalSignature, extended key
+/// usage exactly ClientAuth, and is not a CA, whatever the request asks.
+pub fn sign_client_csr(
+    ca: &CertificateAndKey,
+    csr_pem: &str,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<String, PkiError> {
+    let build = || -> Result<String, String> {
+        let ParsedCsr {
+            csr,
+            spki,
+            organizations,
+            common_name,
+        } = parse_csr(csr_pem)?;
+        let mut params = leaf_params(Vec::new(), now, ttl)?;
+        params.subject_alt_names = csr.params.subject_alt_names;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let subject = encode_name(&organizations, common_name.as_deref());
+        let ca = load_ca(ca)?;
+        let der = sign_leaf(&params, &csr.public_key, &ca, Some(&subject), Some(&spki))?;
+        Ok(pem_encode("CERTIFICATE", &der))
+    };
+    build().map_err(|reason| PkiError::new("signing client certificate request", reason))
+}
+
+/// A certificate signing request for an existing key (`talosctl gen csr`):
+/// one Subject Organization per role, in order, no Common Name, and the
+/// addresses `ips` as SANs. The key is PEM: PKCS#8 Ed25519 or ECDSA, or
+/// SEC1 ECDSA.
+pub fn generate_csr_for_key(
+    key_pem: &str,
+    roles: &[String],
+    ips: &[IpAddr],
+) -> Result<String, PkiError> {
+    let build = || -> Result<String, String> {
+        let key = load_key_pair(key_pem).map_err(|err| err.reason)?;
+        let mut params = CertificateParams::new(san_strings(ips, &[]))
+            .map_err(|err| format!("invalid subject alternative name: {err}"))?;
+        params.distinguished_name = DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|err| format!("signing request: {err}"))?;
+        // rcgen keeps one value per name type: the subject, with every
+        // role, is put in and the request signed again.
+        let der = rewrite_csr_subject(csr.der(), &encode_name(roles, None), &key)?;
+        Ok(pem_encode("CERTIFICATE REQUEST", &der))
+    };
+    build().map_err(|reason| {
+        PkiError::new(
+            format!(
+                "generating certificate request for roles [{}]",
+                roles.join(", ")
+            ),
+            reason,
+        )
+    })
+}
+
+/// Replaces the subject of a DER certificate request and signs it again
+/// with `key`, whose algorithm the request already names.
+fn rewrite_csr_subject(csr: &[u8], subject: &[u8], key: &KeyPair) -> Result<Vec<u8>, String> {
+    let outer = der::elements(der::content_of(csr, der::SEQUENCE)?)?;
+    let [info, algorithm, _signature] = outer.as_slice() else {
+        return Err(format!(
+            "malformed request: {} top-level parts instead of 3",
+            outer.len()
+        ));
+    };
+    let mut parts = der::elements(der::content_of(info, der::SEQUENCE)?)?;
+    // version, subject, subjectPKInfo, attributes
+    if parts.len() != 4 {
+        return Err(format!(
+            "malformed request: {} info parts instead of 4",
+            parts.len()
+        ));
+    }
+    parts[1] = subject;
+    let info = der::tlv(der::SEQUENCE, &parts.concat());
+    let signature = key.sign(&info).map_err(|err| format!("signing: {err}"))?;
+    let mut bits = Vec::with_capacity(signature.len() + 1);
+    bits.push(0); // no unused bits
+    bits.extend_from_slice(&signature);
+    let mut body = info;
+    body.extend_from_slice(algorithm);
+    der::write(der::BIT_STRING, &bits, &mut body);
+    Ok(der::tlv(der::SEQUENCE, &body))
+}
+
+/// The hash upstream writes next to a CA (`<name>.sha256`): SHA-256 of the
+/// certificate's public key info, as kubeadm pins it (`sha256:<hex>`).
+pub fn spki_sha256(cert_pem: &str) -> Result<String, PkiError> {
+    let hash = || -> Result<String, String> {
+        let block = pem_decode(cert_pem)?;
+        let (_, cert) = X509Certificate::from_der(&block.der)
+            .map_err(|err| format!("invalid certificate: {err}"))?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("sha256:{hex}"))
+    };
+    hash().map_err(|reason| PkiError::new("hashing the certificate's public key", reason))
 }
 
 /// Generates an Ed25519 key and a certificate signing request for it
@@ -1391,6 +1558,78 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         );
         let key = load_key_pair(&client.key_pem).expect("client key loads");
         assert_eq!(key.algorithm(), &PKCS_ED25519);
+    }
+
+    #[test]
+    fn gen_csr_and_crt_keep_every_role_and_only_client_auth() {
+        let ca = os_ca();
+        let key = generate_private_key_pem(KeyAlgorithm::Ed25519).expect("key");
+        let ip: IpAddr = "10.5.0.9".parse().expect("ip");
+        let wanted = roles(&["os:operator", "os:etcd:backup"]);
+        let csr = generate_csr_for_key(&key, &wanted, &[ip]).expect("csr");
+        assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+        // The re-signed request verifies (rcgen checks its signature).
+        let parsed = parse_csr(&csr).expect("parses and verifies");
+        assert_eq!(parsed.organizations, wanted);
+        assert_eq!(parsed.common_name, None);
+
+        let cert = sign_client_csr(&ca, &csr, Duration::from_secs(24 * 3600), now()).expect("crt");
+        let info = cert_info(cert.as_bytes()).expect("info");
+        assert_eq!(info.organizations, wanted);
+        assert!(info.ext_key_usage_is_exactly_client_auth());
+        assert!(!info.is_ca && info.digital_signature && !info.key_cert_sign);
+        assert_eq!(info.ip_addresses, [ip]);
+        assert_eq!(info.not_after, now() + Duration::from_secs(24 * 3600));
+        verify_signed_by(cert.as_bytes(), ca.cert_pem.as_bytes()).expect("chains to the CA");
+        // The certificate is for the request's key.
+        let public = load_key_pair(&key).expect("key").public_key_raw().to_vec();
+        let block = pem_decode(&cert).expect("pem");
+        let (_, parsed) = X509Certificate::from_der(&block.der).expect("der");
+        assert_eq!(parsed.public_key().subject_public_key.data.as_ref(), public);
+
+        // trustd's signing of the same request drops the roles.
+        let node = sign_csr(&ca, &csr, SERVER_CERT_TTL, now()).expect("node");
+        assert!(
+            cert_info(node.as_bytes())
+                .expect("info")
+                .organizations
+                .is_empty()
+        );
+
+        let err =
+            sign_client_csr(&ca, "not a request", SERVER_CERT_TTL, now()).expect_err("garbage");
+        assert!(
+            err.to_string()
+                .starts_with("signing client certificate request"),
+            "{err}"
+        );
+        let err = generate_csr_for_key("nope", &wanted, &[]).expect_err("bad key");
+        assert!(
+            err.to_string().contains("[os:operator, os:etcd:backup]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keypair_and_spki_hash() {
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let pair = generate_keypair("demo", &[ip], now(), SERVER_CERT_TTL).expect("pair");
+        let info = cert_info(pair.cert_pem.as_bytes()).expect("info");
+        assert_eq!(info.organizations, ["demo"]);
+        assert!(info.is_ca);
+        assert_eq!(info.ip_addresses, [ip]);
+        assert_eq!(info.not_after, now() + SERVER_CERT_TTL);
+        // An Ed25519 public key info is a fixed prefix and the key.
+        let mut spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        spki.extend_from_slice(load_key_pair(&pair.key_pem).expect("key").public_key_raw());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &spki);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            spki_sha256(&pair.cert_pem).expect("hash"),
+            format!("sha256:{hex}")
+        );
     }
 
     #[test]

@@ -881,10 +881,96 @@ pub struct GenArgs {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once
 pub enum GenCommand {
+    /// Generates a self-signed X.509 certificate authority
+    Ca(GenCaArgs),
     /// Generates a set of configuration files for Talos cluster
     Config(GenConfigArgs),
+    /// Generates an X.509 Ed25519 client certificate from a CSR
+    Crt(GenCrtArgs),
+    /// Generates a CSR using an Ed25519 private key
+    Csr(GenCsrArgs),
+    /// Generates an Ed25519 private key
+    Key(GenKeyArgs),
+    /// Generates an X.509 Ed25519 key pair
+    Keypair(GenKeypairArgs),
     /// Generates a secrets bundle file which can later be used to generate a config
     Secrets(GenSecretsArgs),
+}
+
+/// `gen ca` arguments.
+#[derive(Debug, Args)]
+pub struct GenCaArgs {
+    /// X.509 distinguished name for the Organization (also the files' base name)
+    #[arg(long, required = true)]
+    pub organization: String,
+    /// the hours from now on which the certificate validity period ends
+    #[arg(long, default_value_t = 87_600)]
+    pub hours: u64,
+    /// generate in RSA format
+    #[arg(long)]
+    pub rsa: bool,
+    /// will overwrite existing files
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// `gen crt` arguments.
+#[derive(Debug, Args)]
+pub struct GenCrtArgs {
+    /// the basename of the generated file
+    #[arg(long, required = true)]
+    pub name: String,
+    /// path of the CA, without extension: <ca>.crt and <ca>.key are read
+    #[arg(long, required = true)]
+    pub ca: String,
+    /// path to the PEM encoded CERTIFICATE REQUEST
+    #[arg(long, required = true)]
+    pub csr: PathBuf,
+    /// the hours from now on which the certificate validity period ends
+    #[arg(long, default_value_t = 24)]
+    pub hours: u64,
+    /// will overwrite existing files
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// `gen csr` arguments.
+#[derive(Debug, Args)]
+pub struct GenCsrArgs {
+    /// path to the PEM encoded EC or Ed25519 PRIVATE KEY
+    #[arg(long, required = true)]
+    pub key: PathBuf,
+    /// generate the certificate for this IP address
+    #[arg(long, required = true)]
+    pub ip: String,
+    /// roles
+    #[arg(long, value_delimiter = ',', default_value = "os:admin")]
+    pub roles: Vec<String>,
+}
+
+/// `gen key` arguments.
+#[derive(Debug, Args)]
+pub struct GenKeyArgs {
+    /// the basename of the generated file
+    #[arg(long, required = true)]
+    pub name: String,
+    /// will overwrite existing files
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// `gen keypair` arguments.
+#[derive(Debug, Args)]
+pub struct GenKeypairArgs {
+    /// X.509 distinguished name for the Organization (also the files' base name)
+    #[arg(long, required = true)]
+    pub organization: String,
+    /// generate the certificate for this IP address
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// will overwrite existing files
+    #[arg(short = 'f', long)]
+    pub force: bool,
 }
 
 /// `gen config` arguments.

@@ -286,6 +286,188 @@ fn pcap(tc: &Path, cp: &str, w1: &str, work: &Path) {
     }
 }
 
+/// `gen key`, `gen csr`, `gen crt` with the cluster's OS CA: the
+/// certificate made by hand is a working client certificate with exactly
+/// the roles asked for. `gen ca` and `gen keypair` write upstream's files.
+fn hand_made_client_certificate(c: &Cluster, cp: &str, work: &Path) {
+    let dir = work.join("pki");
+    std::fs::create_dir(&dir).expect("dir");
+    let at = |name: &str| dir.join(name).to_str().expect("utf8").to_owned();
+    let none = dir.join("no-talosconfig");
+    let bundle = std::fs::read_to_string(c.state().join(&c.name).join("secrets.yaml"))
+        .expect("the cluster's secrets");
+    let os = machinery::secrets::SecretsBundle::from_yaml(&bundle)
+        .and_then(|b| b.os_ca())
+        .expect("OS CA");
+    std::fs::write(at("os.crt"), &os.cert_pem).expect("write");
+    std::fs::write(at("os.key"), &os.key_pem).expect("write");
+
+    ok(&none, &["gen", "key", "--name", &at("reader")]);
+    let key = std::fs::read_to_string(at("reader.key")).expect("key");
+    assert!(
+        key.starts_with("-----BEGIN ED25519 PRIVATE KEY-----"),
+        "{key}"
+    );
+    let mode = std::fs::metadata(at("reader.key"))
+        .expect("meta")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let r = run(&none, &["gen", "key", "--name", &at("reader")]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err.contains("already exists, use --force to overwrite"),
+        "{}",
+        r.err
+    );
+    assert_eq!(
+        std::fs::read_to_string(at("reader.key")).expect("key"),
+        key,
+        "overwritten"
+    );
+
+    let r = run(
+        &none,
+        &[
+            "gen",
+            "csr",
+            "--key",
+            &at("reader.key"),
+            "--ip",
+            cp,
+            "--roles",
+            "os:reader,os:bogus",
+        ],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.err.contains("unknown roles: os:bogus"), "{}", r.err);
+    let r = run(
+        &none,
+        &["gen", "csr", "--key", &at("reader.key"), "--ip", "10.5.0"],
+    );
+    assert!(r.err.contains("invalid IP: 10.5.0"), "{}", r.err);
+    ok(
+        &none,
+        &[
+            "gen",
+            "csr",
+            "--key",
+            &at("reader.key"),
+            "--ip",
+            cp,
+            "--roles",
+            "os:reader",
+        ],
+    );
+    ok(
+        &none,
+        &[
+            "gen",
+            "crt",
+            "--ca",
+            &at("os"),
+            "--csr",
+            &at("reader.csr"),
+            "--name",
+            &at("reader"),
+            "--hours",
+            "1",
+        ],
+    );
+
+    // A talosconfig with the hand-made certificate: a reader.
+    let reader = dir.join("reader-talosconfig");
+    ok(
+        &reader,
+        &[
+            "config",
+            "add",
+            "reader",
+            "--ca",
+            &at("os.crt"),
+            "--crt",
+            &at("reader.crt"),
+            "--key",
+            &at("reader.key"),
+        ],
+    );
+    ok(&reader, &["config", "context", "reader"]);
+    ok(&reader, &["config", "endpoint", cp]);
+    ok(&reader, &["config", "node", cp]);
+    let v = ok(&reader, &["version"]);
+    assert!(v.contains(&format!("NODE:        {cp}")), "{v}");
+    let r = run(&reader, &["reboot"]);
+    assert_ne!(r.code, 0, "a reader rebooted the node");
+    assert!(
+        r.err.contains("PermissionDenied") && r.err.contains("not authorized"),
+        "{}",
+        r.err
+    );
+
+    // A CA made with a key the cluster does not trust is refused.
+    ok(&none, &["gen", "ca", "--organization", &at("other")]);
+    let hash = std::fs::read_to_string(at("other.sha256")).expect("hash");
+    assert!(hash.starts_with("sha256:") && hash.len() == 71, "{hash}");
+    for f in ["other.crt", "other.key"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let r = run(&none, &["gen", "ca", "--organization", &at("rsa"), "--rsa"]);
+    assert!(
+        r.err.contains("RSA keys cannot be generated here"),
+        "{}",
+        r.err
+    );
+    ok(
+        &none,
+        &[
+            "gen",
+            "crt",
+            "--ca",
+            &at("other"),
+            "--csr",
+            &at("reader.csr"),
+            "--name",
+            &at("stranger"),
+        ],
+    );
+    let stranger = dir.join("stranger-talosconfig");
+    ok(
+        &stranger,
+        &[
+            "config",
+            "add",
+            "stranger",
+            "--ca",
+            &at("os.crt"),
+            "--crt",
+            &at("stranger.crt"),
+            "--key",
+            &at("reader.key"),
+        ],
+    );
+    ok(&stranger, &["config", "context", "stranger"]);
+    ok(&stranger, &["config", "endpoint", cp]);
+    let r = run(&stranger, &["-n", cp, "version"]);
+    assert_ne!(r.code, 0, "a certificate from another CA was accepted");
+
+    ok(
+        &none,
+        &[
+            "gen",
+            "keypair",
+            "--organization",
+            &at("pair"),
+            "--ip",
+            "10.5.0.9",
+        ],
+    );
+    for f in ["pair.crt", "pair.key"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+}
+
 #[test]
 fn gen_config_cluster_and_everyday_commands() {
     // gen config, offline.
@@ -447,6 +629,7 @@ fn gen_config_cluster_and_everyday_commands() {
     assert!(!connected.contains("LISTEN"), "{connected}");
 
     pcap(&tc, cp, w1, work.path());
+    hand_made_client_certificate(&c, cp, work.path());
 
     // get: resources through apid, one node after another, resolved by
     // alias; the config's version counts the apply below.

@@ -373,6 +373,47 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         assert!(!files.lines().any(|l| l == bad), "{bad} in\n{files}");
     }
 
+    // PacketCapture on metal, through the control plane: the worker's
+    // inter-node link (eth1) carries the capture's own stream (apid to
+    // apid, port 50000), so a capture filtered to that port has packets
+    // within its duration. tcpdump compiles the filter and reads the file.
+    let program = Command::new("tcpdump")
+        .args(["-dd", "-y", "EN10MB", "tcp port 50000"])
+        .output()
+        .expect("tcpdump (Debian package tcpdump; scripts/setup installs it)");
+    assert!(program.status.success(), "{program:?}");
+    let program = String::from_utf8(program.stdout).expect("utf8");
+    let file = c.dir.path().join("eth1.pcap");
+    let file_arg = file.to_str().expect("utf8");
+    ok(
+        &tc,
+        &[
+            "-n",
+            worker_ip,
+            "pcap",
+            "-i",
+            "eth1",
+            "--bpf-filter",
+            &program,
+            "-o",
+            file_arg,
+            "--duration",
+            "5s",
+        ],
+    );
+    let read = Command::new("tcpdump")
+        .args(["-nn", "-r", file_arg])
+        .output()
+        .expect("tcpdump -r");
+    assert!(read.status.success(), "{read:?}");
+    let read = String::from_utf8_lossy(&read.stdout);
+    assert!(read.lines().count() >= 2, "{read}");
+    assert!(
+        read.lines()
+            .all(|l| l.contains(&format!("{worker_ip}.50000")) && l.contains("Flags [")),
+        "{read}"
+    );
+
     // Reboot through the API: the node comes back with its config (from
     // STATE) and a new boot id.
     let r = run(&tc, &["-n", cp_ip, "reboot"]);

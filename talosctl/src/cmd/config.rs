@@ -289,15 +289,7 @@ fn remove(path: &Path, args: &ConfigRemoveArgs) -> anyhow::Result<()> {
 }
 
 async fn new(global: &GlobalArgs, args: ConfigNewArgs) -> anyhow::Result<()> {
-    let mut unknown = Vec::new();
-    for role in &args.roles {
-        if api::roles::Role::parse(role).is_none() {
-            unknown.push(role.clone());
-        }
-    }
-    if !unknown.is_empty() {
-        bail!("unknown roles: {}", unknown.join(", "));
-    }
+    super::generate::check_roles(&args.roles)?;
     let ttl =
         output::parse_go_duration(&args.crt_ttl).map_err(|err| anyhow!("--crt-ttl: {err}"))?;
     if args.path.exists() {

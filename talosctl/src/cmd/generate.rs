@@ -1,4 +1,6 @@
-//! `talosctl gen config` and `talosctl gen secrets` (offline).
+//! `talosctl gen ...` (offline): configs, secrets bundles, and the PKI
+//! pieces an operator hands out by hand (`ca`, `key`, `csr`, `crt`,
+//! `keypair`), written as upstream names them, mode 0600.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,10 @@ use anyhow::{Context as _, anyhow, bail};
 use machinery::generate::{GenOptions, generate};
 use machinery::secrets::SecretsBundle;
 
-use crate::cli::{GenArgs, GenCommand, GenConfigArgs, GenSecretsArgs};
+use crate::cli::{
+    GenArgs, GenCaArgs, GenCommand, GenConfigArgs, GenCrtArgs, GenCsrArgs, GenKeyArgs,
+    GenKeypairArgs, GenSecretsArgs,
+};
 
 /// Runs a `talosctl gen` subcommand.
 ///
@@ -16,9 +21,137 @@ use crate::cli::{GenArgs, GenCommand, GenConfigArgs, GenSecretsArgs};
 /// Generation or writing failed.
 pub fn run(args: GenArgs) -> anyhow::Result<()> {
     match args.command {
+        GenCommand::Ca(args) => ca(&args),
         GenCommand::Config(args) => config(args),
+        GenCommand::Crt(args) => crt(&args),
+        GenCommand::Csr(args) => csr(&args),
+        GenCommand::Key(args) => key(&args),
+        GenCommand::Keypair(args) => keypair(&args),
         GenCommand::Secrets(args) => secrets(&args),
     }
+}
+
+/// Refuses role names the API does not know, naming them all.
+///
+/// # Errors
+/// Some role is unknown.
+pub fn check_roles(roles: &[String]) -> anyhow::Result<()> {
+    let unknown: Vec<&str> = roles
+        .iter()
+        .filter(|r| api::roles::Role::parse(r).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        bail!("unknown roles: {}", unknown.join(", "));
+    }
+    Ok(())
+}
+
+fn hours(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n.saturating_mul(3600))
+}
+
+fn parse_ip(text: &str) -> anyhow::Result<std::net::IpAddr> {
+    text.parse().map_err(|_| anyhow!("invalid IP: {text}"))
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Writes each `(path, contents)` as a secret, after checking that none
+/// exists (unless `force`), so a refusal leaves nothing half written.
+fn write_secrets(files: &[(PathBuf, &[u8])], force: bool) -> anyhow::Result<()> {
+    for (path, _) in files {
+        refuse_overwrite(path, force)?;
+    }
+    for (path, contents) in files {
+        write_file(path, contents, 0o600)?;
+    }
+    Ok(())
+}
+
+fn ca(args: &GenCaArgs) -> anyhow::Result<()> {
+    if args.rsa {
+        bail!(
+            "--rsa: RSA keys cannot be generated here (the crypto library makes only Ed25519 \
+             and ECDSA keys); leave it out for an Ed25519 CA"
+        );
+    }
+    let ca = machinery::pki::generate_ca(
+        machinery::pki::KeyAlgorithm::Ed25519,
+        Some(&args.organization),
+        None,
+        SystemTime::now(),
+        hours(args.hours),
+    )?;
+    let hash = machinery::pki::spki_sha256(&ca.cert_pem)?;
+    let base = &args.organization;
+    write_secrets(
+        &[
+            (PathBuf::from(format!("{base}.crt")), ca.cert_pem.as_bytes()),
+            (PathBuf::from(format!("{base}.sha256")), hash.as_bytes()),
+            (PathBuf::from(format!("{base}.key")), ca.key_pem.as_bytes()),
+        ],
+        args.force,
+    )
+}
+
+fn key(args: &GenKeyArgs) -> anyhow::Result<()> {
+    let key = machinery::pki::generate_private_key_pem(machinery::pki::KeyAlgorithm::Ed25519)?;
+    write_secrets(
+        &[(PathBuf::from(format!("{}.key", args.name)), key.as_bytes())],
+        args.force,
+    )
+}
+
+fn csr(args: &GenCsrArgs) -> anyhow::Result<()> {
+    let key = read(&args.key, "key")?;
+    let ip = parse_ip(&args.ip)?;
+    check_roles(&args.roles)?;
+    let csr = machinery::pki::generate_csr_for_key(&key, &args.roles, &[ip])?;
+    // Next to the key, as upstream writes it (and overwrites it).
+    write_file(&args.key.with_extension("csr"), csr.as_bytes(), 0o600)
+}
+
+fn crt(args: &GenCrtArgs) -> anyhow::Result<()> {
+    let ca = machinery::pki::CertificateAndKey {
+        cert_pem: read(Path::new(&format!("{}.crt", args.ca)), "CA certificate")?,
+        key_pem: read(Path::new(&format!("{}.key", args.ca)), "CA key")?,
+    };
+    let csr = read(&args.csr, "CSR")?;
+    let cert = machinery::pki::sign_client_csr(&ca, &csr, hours(args.hours), SystemTime::now())?;
+    write_secrets(
+        &[(PathBuf::from(format!("{}.crt", args.name)), cert.as_bytes())],
+        args.force,
+    )
+}
+
+fn keypair(args: &GenKeypairArgs) -> anyhow::Result<()> {
+    let ips = match &args.ip {
+        Some(ip) => vec![parse_ip(ip)?],
+        None => Vec::new(),
+    };
+    let pair = machinery::pki::generate_keypair(
+        &args.organization,
+        &ips,
+        SystemTime::now(),
+        machinery::pki::SERVER_CERT_TTL,
+    )?;
+    let base = &args.organization;
+    write_secrets(
+        &[
+            (
+                PathBuf::from(format!("{base}.crt")),
+                pair.cert_pem.as_bytes(),
+            ),
+            (
+                PathBuf::from(format!("{base}.key")),
+                pair.key_pem.as_bytes(),
+            ),
+        ],
+        args.force,
+    )
 }
 
 /// `dir/name` as Go's `filepath.Join` prints it (`name` alone for `.`).
