@@ -760,6 +760,135 @@ impl MachineService for MachineApi {
         }))
     }
 
+    async fn disk_stats(&self, _: Request<()>) -> Result<Response<pb::DiskStatsResponse>, Status> {
+        let lines = stats::diskstats().map_err(ApiError::from)?;
+        let stat = |d: &procfs::DiskStat| pb::DiskStat {
+            name: d.name.clone(),
+            read_completed: d.reads,
+            read_merged: d.merged,
+            read_sectors: d.sectors_read,
+            read_time_ms: d.time_reading,
+            write_completed: d.writes,
+            write_merged: d.writes_merged,
+            write_sectors: d.sectors_written,
+            write_time_ms: d.time_writing,
+            io_in_progress: d.in_progress,
+            io_time_ms: d.time_in_progress,
+            io_time_weighted_ms: d.weighted_time_in_progress,
+            discard_completed: d.discards.unwrap_or(0),
+            discard_merged: d.discards_merged.unwrap_or(0),
+            discard_sectors: d.sectors_discarded.unwrap_or(0),
+            discard_time_ms: d.time_discarding.unwrap_or(0),
+        };
+        let devices: Vec<pb::DiskStat> = lines.iter().map(stat).collect();
+        // Upstream's total: the sum of every line, partitions included.
+        let total = devices.iter().fold(pb::DiskStat::default(), |mut t, d| {
+            t.read_completed += d.read_completed;
+            t.read_merged += d.read_merged;
+            t.read_sectors += d.read_sectors;
+            t.read_time_ms += d.read_time_ms;
+            t.write_completed += d.write_completed;
+            t.write_merged += d.write_merged;
+            t.write_sectors += d.write_sectors;
+            t.write_time_ms += d.write_time_ms;
+            t.io_in_progress += d.io_in_progress;
+            t.io_time_ms += d.io_time_ms;
+            t.io_time_weighted_ms += d.io_time_weighted_ms;
+            t.discard_completed += d.discard_completed;
+            t.discard_merged += d.discard_merged;
+            t.discard_sectors += d.discard_sectors;
+            t.discard_time_ms += d.discard_time_ms;
+            t
+        });
+        Ok(Response::new(pb::DiskStatsResponse {
+            messages: vec![pb::DiskStats {
+                metadata: None,
+                total: Some(total),
+                devices,
+            }],
+        }))
+    }
+
+    async fn network_device_stats(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::NetworkDeviceStatsResponse>, Status> {
+        let links = stats::net_dev().map_err(ApiError::from)?;
+        let dev = |l: &procfs::net::DeviceStatus| pb::NetDev {
+            name: l.name.clone(),
+            rx_bytes: l.recv_bytes,
+            rx_packets: l.recv_packets,
+            rx_errors: l.recv_errs,
+            rx_dropped: l.recv_drop,
+            rx_fifo: l.recv_fifo,
+            rx_frame: l.recv_frame,
+            rx_compressed: l.recv_compressed,
+            rx_multicast: l.recv_multicast,
+            tx_bytes: l.sent_bytes,
+            tx_packets: l.sent_packets,
+            tx_errors: l.sent_errs,
+            tx_dropped: l.sent_drop,
+            tx_fifo: l.sent_fifo,
+            tx_collisions: l.sent_colls,
+            tx_carrier: l.sent_carrier,
+            tx_compressed: l.sent_compressed,
+        };
+        let devices: Vec<pb::NetDev> = links.iter().map(dev).collect();
+        let total = devices.iter().fold(
+            pb::NetDev {
+                name: "total".to_owned(),
+                ..pb::NetDev::default()
+            },
+            |mut t, d| {
+                t.rx_bytes += d.rx_bytes;
+                t.rx_packets += d.rx_packets;
+                t.rx_errors += d.rx_errors;
+                t.rx_dropped += d.rx_dropped;
+                t.rx_fifo += d.rx_fifo;
+                t.rx_frame += d.rx_frame;
+                t.rx_compressed += d.rx_compressed;
+                t.rx_multicast += d.rx_multicast;
+                t.tx_bytes += d.tx_bytes;
+                t.tx_packets += d.tx_packets;
+                t.tx_errors += d.tx_errors;
+                t.tx_dropped += d.tx_dropped;
+                t.tx_fifo += d.tx_fifo;
+                t.tx_collisions += d.tx_collisions;
+                t.tx_carrier += d.tx_carrier;
+                t.tx_compressed += d.tx_compressed;
+                t
+            },
+        );
+        Ok(Response::new(pb::NetworkDeviceStatsResponse {
+            messages: vec![pb::NetworkDeviceStats {
+                metadata: None,
+                total: Some(total),
+                devices,
+            }],
+        }))
+    }
+
+    async fn cpu_freq_stats(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<pb::CpuFreqStatsResponse>, Status> {
+        let cpus = stats::cpu_freq(std::path::Path::new("/sys/devices/system/cpu"));
+        Ok(Response::new(pb::CpuFreqStatsResponse {
+            messages: vec![pb::CpUsFreqStats {
+                metadata: None,
+                cpu_freq_stats: cpus
+                    .into_iter()
+                    .map(|c| pb::CpuFreqStats {
+                        current_frequency: c.current,
+                        minimum_frequency: c.minimum,
+                        maximum_frequency: c.maximum,
+                        governor: c.governor,
+                    })
+                    .collect(),
+            }],
+        }))
+    }
+
     async fn cpu_info(&self, _: Request<()>) -> Result<Response<pb::CpuInfoResponse>, Status> {
         let info = stats::cpuinfo().map_err(ApiError::from)?;
         let cpus = (0..info.num_cores())

@@ -49,6 +49,82 @@ pub fn cpuinfo() -> Result<procfs::CpuInfo, StatsError> {
     procfs::CpuInfo::current().map_err(err("cpuinfo"))
 }
 
+/// `/proc/diskstats`: every block device and partition, in the kernel's
+/// order.
+///
+/// # Errors
+/// `/proc` unreadable.
+pub fn diskstats() -> Result<Vec<procfs::DiskStat>, StatsError> {
+    procfs::diskstats().map_err(err("diskstats"))
+}
+
+/// `/proc/net/dev` of machined's network namespace, by link name.
+///
+/// # Errors
+/// `/proc` unreadable.
+pub fn net_dev() -> Result<Vec<procfs::net::DeviceStatus>, StatsError> {
+    let mut links: Vec<_> = procfs::net::dev_status()
+        .map_err(err("net/dev"))?
+        .into_values()
+        .collect();
+    links.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(links)
+}
+
+/// One CPU's frequency scaling, from `cpufreq` in sysfs (kHz).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuFreq {
+    /// `scaling_cur_freq`.
+    pub current: u64,
+    /// `cpuinfo_min_freq`.
+    pub minimum: u64,
+    /// `cpuinfo_max_freq`.
+    pub maximum: u64,
+    /// `scaling_governor`.
+    pub governor: String,
+}
+
+/// Frequency scaling of each CPU under `cpu_dir` (`/sys/devices/system/cpu`),
+/// by CPU number. A CPU without `cpufreq` (most virtual machines) is left
+/// out; one whose frequencies cannot be read is all zeros, as upstream.
+#[must_use]
+pub fn cpu_freq(cpu_dir: &std::path::Path) -> Vec<CpuFreq> {
+    let Ok(entries) = std::fs::read_dir(cpu_dir) else {
+        return Vec::new();
+    };
+    let mut cpus: Vec<(u32, std::path::PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n = name.strip_prefix("cpu")?.parse().ok()?;
+            let freq = e.path().join("cpufreq");
+            freq.is_dir().then_some((n, freq))
+        })
+        .collect();
+    cpus.sort_by_key(|(n, _)| *n);
+    cpus.into_iter()
+        .map(|(_, dir)| {
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+            let num = |f: &str| read(f).and_then(|t| t.trim().parse::<u64>().ok());
+            match (
+                num("scaling_cur_freq"),
+                num("cpuinfo_min_freq"),
+                num("cpuinfo_max_freq"),
+            ) {
+                (Some(current), Some(minimum), Some(maximum)) => CpuFreq {
+                    current,
+                    minimum,
+                    maximum,
+                    governor: read("scaling_governor")
+                        .map(|g| g.trim().to_owned())
+                        .unwrap_or_default(),
+                },
+                _ => CpuFreq::default(),
+            }
+        })
+        .collect()
+}
+
 /// One process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessInfo {
@@ -146,6 +222,38 @@ pub fn mounts() -> Result<Vec<Mount>, StatsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_freq_from_sysfs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cpu = |name: &str, files: &[(&str, &str)]| {
+            let d = dir.path().join(name).join("cpufreq");
+            std::fs::create_dir_all(&d).expect("dir");
+            for (f, v) in files {
+                std::fs::write(d.join(f), v).expect("write");
+            }
+        };
+        let full = [
+            ("scaling_cur_freq", "2100000\n"),
+            ("cpuinfo_min_freq", "800000\n"),
+            ("cpuinfo_max_freq", "3500000\n"),
+            ("scaling_governor", "schedutil\n"),
+        ];
+        cpu("cpu10", &full);
+        cpu("cpu0", &full);
+        cpu("cpu2", &[("scaling_governor", "performance\n")]);
+        std::fs::create_dir_all(dir.path().join("cpu1")).expect("no cpufreq");
+        std::fs::create_dir_all(dir.path().join("cpuidle")).expect("not a cpu");
+        let got = cpu_freq(dir.path());
+        let want = CpuFreq {
+            current: 2_100_000,
+            minimum: 800_000,
+            maximum: 3_500_000,
+            governor: "schedutil".into(),
+        };
+        assert_eq!(got, vec![want.clone(), CpuFreq::default(), want]);
+        assert!(cpu_freq(&dir.path().join("none")).is_empty());
+    }
 
     #[test]
     fn reads_this_machine() {

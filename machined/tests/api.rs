@@ -373,6 +373,51 @@ async fn files_read_list_and_errors() {
             .iter()
             .any(|p| p.pid == std::process::id() as i32)
     );
+
+    // Disk and link counters: every line of the kernel's tables, and the
+    // totals their sums, as upstream's.
+    let disks = h
+        .client
+        .disk_stats(())
+        .await
+        .expect("disk stats")
+        .into_inner();
+    let disks = &disks.messages[0];
+    let kernel: Vec<String> = std::fs::read_to_string("/proc/diskstats")
+        .expect("diskstats")
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect();
+    let names: Vec<String> = disks.devices.iter().map(|d| d.name.clone()).collect();
+    assert_eq!(names, kernel);
+    let total = disks.total.as_ref().expect("total");
+    assert_eq!(
+        total.read_sectors,
+        disks.devices.iter().map(|d| d.read_sectors).sum::<u64>()
+    );
+    let links = h
+        .client
+        .network_device_stats(())
+        .await
+        .expect("network device stats")
+        .into_inner();
+    let links = &links.messages[0];
+    let lo = links
+        .devices
+        .iter()
+        .find(|d| d.name == "lo")
+        .expect("lo in /proc/net/dev");
+    assert!(lo.rx_packets > 0 && lo.rx_bytes > 0, "{lo:?}");
+    let total = links.total.as_ref().expect("total");
+    assert_eq!(total.name, "total");
+    assert!(total.rx_bytes >= lo.rx_bytes);
+    let freq = h
+        .client
+        .cpu_freq_stats(())
+        .await
+        .expect("cpu freq stats")
+        .into_inner();
+    assert_eq!(freq.messages.len(), 1);
 }
 
 #[tokio::test]
