@@ -114,6 +114,8 @@ pub enum Command {
     Service(ServiceArgs),
     /// Shutdown a node
     Shutdown(ShutdownArgs),
+    /// Dump debug information about the cluster
+    Support(SupportArgs),
     /// Gets current server time
     Time(TimeArgs),
     /// Upgrade Talos on the target node
@@ -392,6 +394,20 @@ pub struct LogsArgs {
     /// use the k8s.io containerd namespace
     #[arg(short = 'k', long)]
     pub kubernetes: bool,
+}
+
+/// `support` flags.
+#[derive(Debug, Args)]
+pub struct SupportArgs {
+    /// output file to write support archive to
+    #[arg(short = 'O', long, default_value = "support.zip")]
+    pub output: String,
+    /// number of workers per node
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub num_workers: usize,
+    /// verbose output
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
 }
 
 /// `pcap` flags.

@@ -511,6 +511,7 @@ macro_rules! impl_reply {
 impl_reply!(
     api::common::Data,
     api::machine::ApplyConfiguration,
+    api::machine::DiskStats,
     api::machine::DiskUsageInfo,
     api::machine::Event,
     api::machine::FileInfo,

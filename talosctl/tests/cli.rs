@@ -468,6 +468,94 @@ fn hand_made_client_certificate(c: &Cluster, cp: &str, work: &Path) {
     }
 }
 
+/// `talosctl support` for two nodes: upstream's layout in the zip, each
+/// service's log and state, the resources, and no secret of the machine
+/// config; an existing file is not overwritten without a yes.
+fn support_bundle(tc: &Path, cp: &str, w1: &str, work: &Path) {
+    let bundle = work.join("support.zip");
+    let bundle_arg = bundle.to_str().expect("utf8");
+    let r = run(
+        tc,
+        &[
+            "-n",
+            &format!("{cp},{w1}"),
+            "support",
+            "-O",
+            bundle_arg,
+            "-w",
+            "4",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.err
+            .contains(&format!("Support bundle is written to {bundle_arg}")),
+        "{}",
+        r.err
+    );
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&bundle).expect("open")).expect("zip");
+    let mut read = |name: &str| -> String {
+        let mut entry = zip
+            .by_name(name)
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", r.err));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut text).expect("utf8");
+        text
+    };
+    for node in [cp, w1] {
+        let summary = read(&format!("{node}/summary"));
+        assert!(
+            summary.starts_with("Client:\n\tTag:") && summary.contains("Server:\n\tTag:"),
+            "{summary}"
+        );
+        let log = read(&format!("{node}/service-logs/apid.log"));
+        assert!(!log.is_empty(), "apid's log of {node} is empty");
+        let state = read(&format!("{node}/service-logs/apid.state"));
+        assert!(
+            state.contains("apid") && state.contains("Running"),
+            "{state}"
+        );
+        assert!(!read(&format!("{node}/controller-runtime.log")).is_empty());
+        assert!(read(&format!("{node}/processes")).contains("COMMAND"));
+        assert!(read(&format!("{node}/mounts")).contains("MOUNTED ON"));
+        assert!(read(&format!("{node}/io")).starts_with("NAME"));
+        let hostname = read(&format!(
+            "{node}/resources/hostnamestatuses.net.talos.dev.yaml"
+        ));
+        assert!(hostname.contains("HostnameStatus"), "{hostname}");
+        let config = read(&format!(
+            "{node}/resources/machineconfigs.config.talos.dev.yaml"
+        ));
+        assert!(config.contains("spec: <REDACTED>"), "{config}");
+        assert!(
+            !config.contains("BEGIN"),
+            "a key leaked into the bundle:\n{config}"
+        );
+    }
+    let names: Vec<String> = zip
+        .file_names()
+        .map(|n| n.expect("entry name").into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n == &format!("{w1}/service-logs/networkd.log")),
+        "{names:?}"
+    );
+
+    // An existing bundle is kept unless the operator says yes.
+    let before = std::fs::read(&bundle).expect("read");
+    let r = run(tc, &["-n", cp, "support", "-O", bundle_arg]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.out.contains("already exists, overwrite? [y/N]"),
+        "{}",
+        r.out
+    );
+    assert!(r.err.contains("operation aborted"), "{}", r.err);
+    assert_eq!(std::fs::read(&bundle).expect("read"), before);
+}
+
 #[test]
 fn gen_config_cluster_and_everyday_commands() {
     // gen config, offline.
@@ -630,6 +718,7 @@ fn gen_config_cluster_and_everyday_commands() {
 
     pcap(&tc, cp, w1, work.path());
     hand_made_client_certificate(&c, cp, work.path());
+    support_bundle(&tc, cp, w1, work.path());
 
     // get: resources through apid, one node after another, resolved by
     // alias; the config's version counts the apply below.

@@ -21,9 +21,9 @@ use crate::client::{self, CallError, Client, Options};
 use crate::output::{self, StreamTable};
 
 /// Namespace of the resource definitions.
-const META_NAMESPACE: &str = "meta";
+pub const META_NAMESPACE: &str = "meta";
 /// Type of the resource definitions.
-const DEFINITION_TYPE: &str = "ResourceDefinitions.meta.cosi.dev";
+pub const DEFINITION_TYPE: &str = "ResourceDefinitions.meta.cosi.dev";
 
 /// A State client with upstream's message limits.
 #[must_use]

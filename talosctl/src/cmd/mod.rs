@@ -12,6 +12,7 @@ pub mod machineconfig;
 pub mod patch;
 pub mod pcap;
 pub mod services;
+pub mod support;
 pub mod system;
 pub mod version;
 
@@ -56,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mounts => system::mounts(&global).await,
         Command::Netstat(args) => system::netstat(&global, &args).await,
         Command::Pcap(args) => pcap::run(&global, args).await,
+        Command::Support(args) => support::run(&global, args).await,
         Command::Processes(args) => system::processes(&global, &args).await,
         Command::Read(args) => files::read(&global, args).await,
         Command::Reboot(args) => lifecycle::reboot(&global, &args).await,
