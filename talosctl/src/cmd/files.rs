@@ -162,7 +162,7 @@ pub async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
 }
 
 /// Collects a single node's `common.Data` stream, calling `sink` per chunk.
-async fn drain_data(
+pub(crate) async fn drain_data(
     client: &Client,
     mut stream: tonic::Streaming<api::common::Data>,
     mut sink: impl FnMut(Bytes) -> anyhow::Result<bool>,

@@ -31,25 +31,17 @@ pub async fn run(global: &GlobalArgs, args: PcapArgs) -> anyhow::Result<()> {
     let client = Client::connect(global, Options::nodes(NodePolicy::Single("pcap")))?;
     let mut sink = Sink::open(args.output.as_deref())?;
     let capture = async {
-        let mut stream = client
+        let stream = client
             .call(|channel| {
                 let request = client.request(request.clone());
                 async move { client::machine(channel).packet_capture(request).await }
             })
             .await?;
-        loop {
-            match stream.message().await {
-                Ok(Some(data)) => {
-                    if let Some(error) = client::node_error(data.metadata.as_ref()) {
-                        let node = client.node_of(data.metadata.as_ref());
-                        bail!("{node}: {error}");
-                    }
-                    sink.write(data.bytes)?;
-                }
-                Ok(None) => return Ok(()),
-                Err(status) => return Err(client.status_error(&status)),
-            }
-        }
+        super::files::drain_data(&client, stream, |chunk| {
+            sink.write(chunk)?;
+            Ok(true)
+        })
+        .await
     };
     // The capture runs until the duration is over (the call is then
     // dropped, which ends it on the node) or the operator interrupts.

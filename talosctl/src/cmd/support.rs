@@ -312,19 +312,14 @@ fn ok<T: client::Reply>(client: &Client, messages: Vec<T>) -> anyhow::Result<Vec
 
 async fn drain(
     client: &Client,
-    mut stream: tonic::Streaming<api::common::Data>,
+    stream: tonic::Streaming<api::common::Data>,
 ) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
-    while let Some(data) = stream
-        .message()
-        .await
-        .map_err(|s| client.status_error(&s))?
-    {
-        if let Some(error) = client::node_error(data.metadata.as_ref()) {
-            bail!("{error}");
-        }
-        out.extend_from_slice(&data.bytes);
-    }
+    super::files::drain_data(client, stream, |chunk| {
+        out.extend_from_slice(&chunk);
+        Ok(true)
+    })
+    .await?;
     Ok(out)
 }
 
