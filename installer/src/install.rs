@@ -24,6 +24,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
+use machinery::endian::{le16, le32};
 
 use crate::entries::{self, Slot};
 use crate::files;
@@ -483,14 +484,6 @@ impl fatfs::TimeProvider for DosEpoch {
 }
 
 static DOS_EPOCH: DosEpoch = DosEpoch;
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
 
 /// Where a FAT32 volume's directory clusters are.
 struct Fat32Geometry {

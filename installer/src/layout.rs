@@ -28,6 +28,8 @@
 
 use std::path::{Path, PathBuf};
 
+use machinery::endian::{le32, le64};
+
 use crate::target::{Disk, TargetError};
 
 /// The logical sector size the layout is computed for.
@@ -557,18 +559,6 @@ pub fn write_gpt_to(disk: &Disk, plan: &Plan) -> Result<(), LayoutError> {
     disk.write_at(&backup, (plan.total_sectors - BACKUP_SECTORS) * SECTOR_SIZE)?;
     disk.sync()?;
     Ok(())
-}
-
-pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
 }
 
 /// The plan a header (its 92 bytes) and entries array describe, for a

@@ -16,8 +16,9 @@
 
 use std::path::PathBuf;
 
-use crate::layout::{crc32, header_crc, le32, le64, put_u32};
+use crate::layout::{crc32, header_crc, put_u32};
 use crate::target::{Disk, TargetError};
+use machinery::endian::{le32, le64};
 
 /// How much a fast wipe zeroes at each end of the device.
 pub const FAST_RANGE: u64 = 1024 * 1024;

@@ -23,6 +23,8 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
+use machinery::endian::{be16, be32, be64};
+
 const SB_MAGIC: &[u8; 4] = b"XFSB";
 const LOG_MAGIC: [u8; 4] = 0xFEED_BABE_u32.to_be_bytes();
 /// `XFS_SB_FEAT_INCOMPAT_META_UUID`.
@@ -118,20 +120,6 @@ struct Geometry {
     logblocks: u64,
     sectsize: usize,
     uuid: [u8; 16],
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(w)
 }
 
 fn uuid_at(b: &[u8], at: usize) -> [u8; 16] {

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod constants;
 pub mod daemon;
+pub mod endian;
 pub mod fsutil;
 pub mod generate;
 pub mod grpc;

@@ -24,6 +24,8 @@ use std::io::{Seek as _, SeekFrom};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
+use machinery::endian::{le16, le32};
+
 use crate::crc32;
 
 /// Errors probing a device.
@@ -346,14 +348,6 @@ impl Reader<'_> {
         let mut f = self.file;
         f.seek(SeekFrom::End(0)).ok()
     }
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 fn le64(b: &[u8], at: usize) -> u64 {

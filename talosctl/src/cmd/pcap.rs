@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use api::machine::{BpfInstruction, PacketCaptureRequest};
 use bytes::Bytes;
+use machinery::endian::{array, be32, le32};
 
 use crate::cli::{GlobalArgs, PcapArgs};
 use crate::client::{self, Client, NodePolicy, Options};
@@ -174,7 +175,7 @@ impl Reader {
                 if self.buf.len() < 24 {
                     return Ok(None);
                 }
-                let magic: [u8; 4] = self.buf[..4].try_into().unwrap_or_default();
+                let magic: [u8; 4] = array(&self.buf, 0).unwrap_or_default();
                 let (nanos, big) = match magic {
                     [0xd4, 0xc3, 0xb2, 0xa1] => (false, false),
                     [0x4d, 0x3c, 0xb2, 0xa1] => (true, false),
@@ -182,7 +183,7 @@ impl Reader {
                     [0xa1, 0xb2, 0x3c, 0x4d] => (true, true),
                     _ => bail!("the node's capture is not a pcap file (magic {magic:02x?})"),
                 };
-                let link_type = word(&self.buf[20..24], big);
+                let link_type = word(&self.buf, 20, big);
                 self.buf.drain(..24);
                 self.header = Some((link_type, nanos, big));
                 (link_type, nanos, big)
@@ -191,19 +192,19 @@ impl Reader {
         if self.buf.len() < 16 {
             return Ok(None);
         }
-        let captured = usize::try_from(word(&self.buf[8..12], big)).unwrap_or(usize::MAX);
+        let captured = usize::try_from(word(&self.buf, 8, big)).unwrap_or(usize::MAX);
         if self.buf.len() - 16 < captured {
             return Ok(None);
         }
-        let secs = u64::from(word(&self.buf[0..4], big));
-        let frac = word(&self.buf[4..8], big);
+        let secs = u64::from(word(&self.buf, 0, big));
+        let frac = word(&self.buf, 4, big);
         let at = Duration::from_secs(secs)
             + if nanos {
                 Duration::from_nanos(u64::from(frac))
             } else {
                 Duration::from_micros(u64::from(frac))
             };
-        let original = word(&self.buf[12..16], big);
+        let original = word(&self.buf, 12, big);
         let data = self.buf[16..16 + captured].to_vec();
         self.buf.drain(..16 + captured);
         Ok(Some(Packet {
@@ -215,17 +216,14 @@ impl Reader {
     }
 }
 
-fn word(b: &[u8], big: bool) -> u32 {
-    let a: [u8; 4] = b.try_into().unwrap_or_default();
-    if big {
-        u32::from_be_bytes(a)
-    } else {
-        u32::from_le_bytes(a)
-    }
+/// A header word of the file's byte order (the caller checked the length).
+fn word(b: &[u8], at: usize, big: bool) -> u32 {
+    if big { be32(b, at) } else { le32(b, at) }
 }
 
+/// A field of a packet, which may be cut short.
 fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    array(b, at).map(u16::from_be_bytes)
 }
 
 impl Packet {
@@ -268,7 +266,7 @@ fn ethernet(frame: &[u8]) -> Option<String> {
 fn arp(p: &[u8]) -> Option<String> {
     let op = be16(p, 6)?;
     let ip = |at: usize| -> Option<std::net::Ipv4Addr> {
-        let b: [u8; 4] = p.get(at..at + 4)?.try_into().ok()?;
+        let b: [u8; 4] = array(p, at)?;
         Some(b.into())
     };
     let mac = p.get(8..14)?;
@@ -293,8 +291,8 @@ fn ipv4(p: &[u8]) -> Option<String> {
     let ihl = usize::from(p.first()? & 0x0f) * 4;
     let total = usize::from(be16(p, 2)?);
     let proto = *p.get(9)?;
-    let src: [u8; 4] = p.get(12..16)?.try_into().ok()?;
-    let dst: [u8; 4] = p.get(16..20)?.try_into().ok()?;
+    let src: [u8; 4] = array(p, 12)?;
+    let dst: [u8; 4] = array(p, 16)?;
     let body = p.get(ihl..total.min(p.len()).max(ihl))?;
     let payload_len = total.saturating_sub(ihl);
     Some(transport(
@@ -310,8 +308,8 @@ fn ipv4(p: &[u8]) -> Option<String> {
 fn ipv6(p: &[u8]) -> Option<String> {
     let payload_len = usize::from(be16(p, 4)?);
     let next = *p.get(6)?;
-    let src: [u8; 16] = p.get(8..24)?.try_into().ok()?;
-    let dst: [u8; 16] = p.get(24..40)?.try_into().ok()?;
+    let src: [u8; 16] = array(p, 8)?;
+    let dst: [u8; 16] = array(p, 24)?;
     let body = p.get(40..)?;
     Some(transport(
         "IP6",
