@@ -56,6 +56,8 @@ pub enum Command {
     Copy(CopyArgs),
     /// Get the list of disks from /sys/block on the machine
     Disks,
+    /// Cluster dashboard with node overview, logs and real-time metrics
+    Dashboard(DashboardArgs),
     /// Retrieve kernel logs
     Dmesg(DmesgArgs),
     /// Stream runtime events
@@ -394,6 +396,14 @@ pub struct LogsArgs {
     /// use the k8s.io containerd namespace
     #[arg(short = 'k', long)]
     pub kubernetes: bool,
+}
+
+/// `dashboard` flags.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// interval between updates
+    #[arg(short = 'd', long, default_value = "3s", value_parser = crate::output::parse_go_duration)]
+    pub update_interval: std::time::Duration,
 }
 
 /// `support` flags.

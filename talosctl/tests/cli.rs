@@ -545,6 +545,67 @@ fn support_bundle(tc: &Path, cp: &str, w1: &str, work: &Path) {
     assert_eq!(std::fs::read(&bundle).expect("read"), before);
 }
 
+/// What `talosctl dashboard` shows of a worker, read through the control
+/// plane as the dashboard reads it, and drawn; without a terminal the
+/// command says it needs one.
+fn dashboard(tc: &Path, w1: &str) {
+    let global = talosctl::cli::GlobalArgs {
+        endpoints: Vec::new(),
+        nodes: vec![w1.to_owned()],
+        talosconfig: Some(tc.to_path_buf()),
+        context: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (first, second) = runtime.block_on(async {
+        let client =
+            talosctl::client::Client::connect(&global, talosctl::client::Options::default())
+                .expect("client");
+        let first = talosctl::cmd::dashboard::fetch(&client).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (first, talosctl::cmd::dashboard::fetch(&client).await)
+    });
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    assert_eq!(second.node, w1);
+    assert!(
+        !second.hostname.is_empty() && second.version.starts_with('v'),
+        "{second:?}"
+    );
+    assert_eq!(second.mode, "container");
+    assert!(second.uptime.is_some_and(|u| u.as_secs() > 0), "{second:?}");
+    let (used, total) = second.memory.expect("memory");
+    assert!(used > 0 && used <= total, "{used} of {total}");
+    assert!(second.load.is_some());
+    assert!(
+        second.addresses.iter().any(|(_, a)| a.starts_with("127.")),
+        "{:?}",
+        second.addresses
+    );
+    assert!(
+        second
+            .services
+            .iter()
+            .any(|(id, state, _)| id == "apid" && state == "Running"),
+        "{:?}",
+        second.services
+    );
+    assert!(!second.log.is_empty());
+    let cpu = second
+        .cpu_percent(first.cpu)
+        .expect("a CPU share between two reads");
+    assert!((0.0..=100.0).contains(&cpu), "{cpu}");
+
+    let r = run(tc, &["-n", w1, "dashboard"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.err.contains("the dashboard needs a terminal"),
+        "{}",
+        r.err
+    );
+}
+
 #[test]
 fn gen_config_cluster_and_everyday_commands() {
     // gen config, offline.
@@ -708,6 +769,7 @@ fn gen_config_cluster_and_everyday_commands() {
     pcap(&tc, cp, w1, work.path());
     hand_made_client_certificate(&c, cp, work.path());
     support_bundle(&tc, cp, w1, work.path());
+    dashboard(&tc, w1);
 
     // get: resources through apid, one node after another, resolved by
     // alias; the config's version counts the apply below.

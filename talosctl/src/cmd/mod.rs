@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod dashboard;
 pub mod events;
 pub mod files;
 pub mod generate;
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(args) => files::copy(&global, args).await,
         Command::Disks => system::disks(&global).await,
         Command::Wipe(args) => system::wipe(&global, args).await,
+        Command::Dashboard(args) => dashboard::run(&global, &args).await,
         Command::Dmesg(args) => logs::dmesg(&global, &args).await,
         Command::Events(args) => events::run(&global, args).await,
         Command::Gen(args) => generate::run(args),
