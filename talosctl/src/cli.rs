@@ -302,8 +302,8 @@ pub struct GetArgs {
     /// Resource namespace (default is to use default namespace per resource)
     #[arg(long)]
     pub namespace: Option<String>,
-    /// Output mode
-    #[arg(short = 'o', long, value_enum, default_value_t = GetOutput::Table)]
+    /// output mode (json, table, yaml, jsonpath=TEMPLATE)
+    #[arg(short = 'o', long, default_value = "table", value_parser = parse_get_output)]
     pub output: GetOutput,
     /// Watch resource changes
     #[arg(short = 'w', long)]
@@ -315,7 +315,7 @@ pub struct GetArgs {
 }
 
 /// `get` output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum GetOutput {
     /// Aligned columns
     #[default]
@@ -324,6 +324,24 @@ pub enum GetOutput {
     Yaml,
     /// One JSON object per resource
     Json,
+    /// What a JSONPath template picks from each resource's JSON document
+    JsonPath(crate::jsonpath::Template),
+}
+
+fn parse_get_output(text: &str) -> Result<GetOutput, String> {
+    match text {
+        "table" => Ok(GetOutput::Table),
+        "yaml" => Ok(GetOutput::Yaml),
+        "json" => Ok(GetOutput::Json),
+        _ => match text.strip_prefix("jsonpath=") {
+            Some(template) => crate::jsonpath::Template::parse(template)
+                .map(GetOutput::JsonPath)
+                .map_err(|e| format!("error parsing jsonpath: {e}")),
+            None => Err(format!(
+                "output format {text:?} is not supported (json, table, yaml, jsonpath=TEMPLATE)"
+            )),
+        },
+    }
 }
 
 /// `patch` arguments.

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod cmd;
+pub mod jsonpath;
 pub mod output;
 pub mod qemu;
 

@@ -75,6 +75,24 @@ fn assert_hostname_row(talosconfig: &Path, node: &str, version: &str, hostname: 
                 ]),
         "{table}"
     );
+    // The same through a JSONPath template, as upstream's `-o jsonpath=`.
+    let picked = ok(
+        talosconfig,
+        &["get", "hostname", "-o", "jsonpath={.spec.hostname}"],
+    );
+    assert_eq!(picked, format!("{hostname}\n"));
+    let r = run(
+        talosconfig,
+        &["get", "hostname", "-o", "jsonpath={.spec.nosuchfield}"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.err.contains("nosuchfield is not found"), "{}", r.err);
+    let r = run(talosconfig, &["get", "hostname", "-o", "xml"]);
+    assert!(
+        r.err.contains("output format \"xml\" is not supported"),
+        "{}",
+        r.err
+    );
 }
 
 /// The column titles of a table's first line (columns are three or more

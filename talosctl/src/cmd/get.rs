@@ -262,7 +262,7 @@ impl Printer {
         resource: &pb::Resource,
     ) -> anyhow::Result<String> {
         let event_name = event.map(|e| e.as_str_name().to_lowercase());
-        Ok(match self.format {
+        Ok(match &self.format {
             GetOutput::Table if !self.watch => {
                 self.rows.push(self.row(node, event, resource));
                 String::new()
@@ -286,6 +286,17 @@ impl Printer {
                 text.push_str(&serde_yaml_ng::to_string(&doc).context("rendering YAML")?);
                 text
             }
+            GetOutput::JsonPath(template) => {
+                let doc = document(node, event_name.as_deref(), resource);
+                let json: serde_json::Value =
+                    serde_json::to_value(&doc).context("rendering JSON")?;
+                template.render(&json).map_err(|e| {
+                    anyhow!(
+                        "error finding result for jsonpath {:?}: {e}",
+                        template.source()
+                    )
+                })?
+            }
             GetOutput::Json => {
                 let doc = document(node, event_name.as_deref(), resource);
                 let json: serde_json::Value =
@@ -303,7 +314,7 @@ impl Printer {
     /// The table collected so far (a header alone when it has no rows),
     /// or the header of a watch table.
     fn table_text(&mut self) -> String {
-        if self.format != GetOutput::Table || self.header_done {
+        if !matches!(self.format, GetOutput::Table) || self.header_done {
             return String::new();
         }
         self.header_done = true;
@@ -406,7 +417,7 @@ pub async fn get(global: &GlobalArgs, args: GetArgs) -> anyhow::Result<()> {
         .namespace
         .clone()
         .unwrap_or_else(|| kind.namespace.clone());
-    let mut printer = Printer::new(args.output, kind.clone(), args.watch);
+    let mut printer = Printer::new(args.output.clone(), kind.clone(), args.watch);
     if args.watch {
         return watch(&nodes, &kind, &namespace, args.id.as_deref(), &mut printer).await;
     }
