@@ -231,7 +231,7 @@ struct EarlyMount {
 }
 
 /// The early mounts, in order, each with why it is there.
-fn early_mount_table() -> [EarlyMount; 7] {
+fn early_mount_table() -> [EarlyMount; 8] {
     let hardened = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     [
         // /proc/cmdline (kernel arguments), /proc/sys (modules_disabled),
@@ -252,6 +252,17 @@ fn early_mount_table() -> [EarlyMount; 7] {
             flags: hardened,
             data: None,
             required: true,
+        },
+        // The unified control group hierarchy: one group per service
+        // (crate::cgroups). Moves into the new root with /sys. A kernel
+        // without it boots on, its services in no group of their own.
+        EarlyMount {
+            source: "cgroup2",
+            target: "/sys/fs/cgroup",
+            fstype: "cgroup2",
+            flags: hardened,
+            data: Some(c"nsdelegate"),
+            required: false,
         },
         // Device nodes, made by the kernel (the image ships none but
         // /dev/console): /dev/kmsg, /dev/loop-control, /dev/vda...
@@ -1279,6 +1290,15 @@ pub fn boot_metal() -> BootReport {
     install_panic_hook();
     if let Err(e) = early_mounts() {
         fatal(&e.to_string());
+    }
+    let cgroups = Path::new(crate::cgroups::ROOT);
+    if crate::cgroups::is_unified(cgroups)
+        && let Err(e) = crate::cgroups::prepare(cgroups)
+    {
+        log(
+            Priority::Warning,
+            &format!("control groups: {e}; services run without groups of their own"),
+        );
     }
     kmsg_log(&format!(
         "machined {} booting (metal)",

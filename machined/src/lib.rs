@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod bootloader;
+pub mod cgroups;
 pub mod configstore;
 pub mod cosi;
 pub mod credentials;

@@ -15,6 +15,11 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
         .is_some_and(|c| c.machine_type().is_control_plane());
     let root = node.options.root.display().to_string();
     let mode = node.mode().as_str();
+    // On metal each daemon gets its own control group (crate::cgroups),
+    // when boot mounted the hierarchy.
+    let cgroups = (node.mode() == Mode::Metal
+        && crate::cgroups::is_unified(std::path::Path::new(crate::cgroups::ROOT)))
+    .then(|| std::path::Path::new(crate::cgroups::ROOT).join(crate::cgroups::SYSTEM));
     let mut specs = Vec::new();
     for &(daemon, _) in crate::daemons::CARRIED {
         if daemon == "trustd" && !control_plane {
@@ -33,6 +38,10 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
             None => ServiceSpec::new(daemon, crate::daemons::OWN_EXECUTABLE, args).arg0(daemon),
         };
         let socket_dir = node.paths.socket_dir(daemon);
+        let spec = match &cgroups {
+            Some(system) => spec.cgroup(system.join(daemon)),
+            None => spec,
+        };
         let mut spec = spec
             .restart(RestartPolicy::Forever)
             .backoff(Duration::from_millis(500), Duration::from_secs(30))

@@ -161,6 +161,9 @@ pub struct ServiceSpec {
     /// Whether ServiceStop and ServiceRestart through the API are allowed
     /// (not for the services the API itself travels through).
     pub api_stoppable: bool,
+    /// The control group the service runs in, made as it starts and
+    /// killed whole when it ends (metal; see [`crate::cgroups`]).
+    pub cgroup: Option<PathBuf>,
 }
 
 impl ServiceSpec {
@@ -185,6 +188,7 @@ impl ServiceSpec {
             stop_grace: Duration::from_secs(10),
             socket_dirs: Vec::new(),
             api_stoppable: true,
+            cgroup: None,
         }
     }
 
@@ -244,7 +248,14 @@ impl ServiceSpec {
         self
     }
 
-    /// Adds a socket directory.
+    /// Runs the service in the control group `dir`.
+    #[must_use]
+    pub fn cgroup(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cgroup = Some(dir.into());
+        self
+    }
+
+    /// Adds a directory made (and cleared of stale sockets) before start.
     #[must_use]
     pub fn socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.socket_dirs.push(dir.into());
@@ -960,6 +971,13 @@ impl Runner {
         let pid = spawned.pid;
         let mut exit = spawned.exit;
         drop(spawned.child);
+        if let Some(dir) = &self.spec.cgroup {
+            // Moved right after the fork: our daemons start nothing before
+            // they listen, so nothing escapes the group in between.
+            if let Err(e) = crate::cgroups::place(dir, pid) {
+                tracing::warn!(error = %e, "control group; the service runs in machined's");
+            }
+        }
         let pump =
             tokio::spawn(pump_logs(OwnedFd::from(reader), Arc::clone(&self.log)).in_current_span());
         self.status.send_modify(|s| {
@@ -1009,6 +1027,13 @@ impl Runner {
         };
         if let Some(h) = health {
             h.abort();
+        }
+        // Whatever the service left behind goes with it, even processes
+        // that left its process group.
+        if let Some(dir) = &self.spec.cgroup
+            && let Err(e) = crate::cgroups::kill(dir)
+        {
+            tracing::warn!(error = %e, "killing what is left in the control group");
         }
         // The pump ends by itself at EOF; orphans that keep the pipe open keep
         // it alive, which is right: their output is still the service's.

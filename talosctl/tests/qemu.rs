@@ -300,6 +300,48 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         &["-n", cp_ip, "read", "/proc/sys/kernel/modules_disabled"],
     );
     assert_eq!(locked.trim(), "1", "module loading is not locked");
+    // Each service in its own control group, machined in the root one.
+    let procs = ok(
+        &tc,
+        &[
+            "-n",
+            cp_ip,
+            "read",
+            "/sys/fs/cgroup/system/apid/cgroup.procs",
+        ],
+    );
+    let apid_pid = procs.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(
+        apid_pid.parse::<u32>().is_ok(),
+        "no process in apid's group: {procs:?}"
+    );
+    let cmdline = ok(
+        &tc,
+        &["-n", cp_ip, "read", &format!("/proc/{apid_pid}/cmdline")],
+    );
+    assert!(cmdline.starts_with("apid\0"), "{cmdline:?}");
+    let group = ok(
+        &tc,
+        &["-n", cp_ip, "read", &format!("/proc/{apid_pid}/cgroup")],
+    );
+    assert_eq!(group.trim(), "0::/system/apid");
+    assert_eq!(
+        ok(&tc, &["-n", cp_ip, "read", "/proc/1/cgroup"]).trim(),
+        "0::/"
+    );
+    let memory = ok(
+        &tc,
+        &[
+            "-n",
+            cp_ip,
+            "read",
+            "/sys/fs/cgroup/system/apid/memory.current",
+        ],
+    );
+    assert!(
+        memory.trim().parse::<u64>().is_ok_and(|m| m > 0),
+        "{memory:?}"
+    );
     let m = ok(&tc, &["-n", cp_ip, "memory"]);
     assert!(
         m.lines().nth(1).is_some_and(|l| l.starts_with(cp_ip)),
