@@ -45,6 +45,9 @@ pub enum Command {
     /// Apply a new configuration to a node
     #[command(name = "apply-config", visible_alias = "apply")]
     ApplyConfig(ApplyArgs),
+    /// Retrieve cgroups usage information
+    #[command(visible_alias = "cg")]
+    Cgroups(CgroupsArgs),
     /// A collection of commands for managing local docker-based or QEMU-based clusters
     Cluster(crate::cluster::ClusterArgs),
     /// Output shell completion code for the specified shell (bash, fish or zsh)
@@ -414,6 +417,25 @@ pub struct LogsArgs {
     /// use the k8s.io containerd namespace
     #[arg(short = 'k', long)]
     pub kubernetes: bool,
+}
+
+/// `cgroups` flags.
+#[derive(Debug, Args)]
+pub struct CgroupsArgs {
+    /// preset name
+    #[arg(long, value_enum)]
+    pub preset: CgroupsPreset,
+}
+
+/// The column sets of `cgroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupsPreset {
+    /// CPU weight, limit, user and system time and their shares of the parent's
+    Cpu,
+    /// Memory use, peak, protections and limits
+    Memory,
+    /// Process and thread counts, limits and the processes by name
+    Process,
 }
 
 /// `dashboard` flags.

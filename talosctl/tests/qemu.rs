@@ -342,6 +342,27 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         memory.trim().parse::<u64>().is_ok_and(|m| m > 0),
         "{memory:?}"
     );
+    // The same through `talosctl cgroups`, as upstream's tree.
+    let tree = ok(&tc, &["-n", cp_ip, "cgroups", "--preset", "memory"]);
+    assert!(
+        tree.lines().next().is_some_and(|l| l.starts_with("NAME")),
+        "{tree}"
+    );
+    assert!(tree.lines().any(|l| l.contains("──system")), "{tree}");
+    assert!(
+        tree.lines()
+            .any(|l| l.contains("──apid") && l.contains("iB")),
+        "{tree}"
+    );
+    let procs = ok(&tc, &["-n", cp_ip, "cgroups", "--preset", "process"]);
+    let apid_row: Vec<&str> = procs
+        .lines()
+        .find(|l| l.contains("──apid"))
+        .unwrap_or_else(|| panic!("no apid group:\n{procs}"))
+        .split_whitespace()
+        .collect();
+    // NAME PidsCurrent PidsPeak PidsMax Procs Threads Processes
+    assert_eq!(apid_row.get(4), Some(&"1"), "{procs}");
     let m = ok(&tc, &["-n", cp_ip, "memory"]);
     assert!(
         m.lines().nth(1).is_some_and(|l| l.starts_with(cp_ip)),

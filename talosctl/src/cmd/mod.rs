@@ -1,6 +1,7 @@
 //! The commands, one module per group, and the dispatcher.
 
 pub mod apply;
+pub mod cgroups;
 pub mod config;
 pub mod dashboard;
 pub mod events;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let global = cli.global;
     match cli.command {
         Command::ApplyConfig(args) => apply::run(&global, args).await,
+        Command::Cgroups(args) => cgroups::run(&global, &args).await,
         Command::Cluster(args) => {
             let path = client::talosconfig_path(&global);
             crate::cluster::run(args, &path).await
