@@ -396,6 +396,23 @@ impl Client {
         self.try_call(rpc).await.map_err(|err| self.call_error(err))
     }
 
+    /// Calls a MachineService method that takes no argument:
+    /// `client.machine_call(|mut m, r| async move { m.version(r).await })`.
+    ///
+    /// # Errors
+    /// See [`Client::call`].
+    pub async fn machine_call<R, F, Fut>(&self, rpc: F) -> anyhow::Result<R>
+    where
+        F: Fn(
+            api::machine::machine_service_client::MachineServiceClient<Channel>,
+            tonic::Request<()>,
+        ) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        self.call(|channel| rpc(machine(channel), self.request(())))
+            .await
+    }
+
     /// The message for a failed call.
     #[must_use]
     pub fn call_error(&self, err: CallError) -> anyhow::Error {

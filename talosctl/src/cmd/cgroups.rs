@@ -480,10 +480,7 @@ async fn read(client: &Client, path: &str) -> Option<String> {
 /// pid → process name, for the process preset.
 async fn process_names(client: &Client) -> BTreeMap<String, String> {
     let Ok(reply) = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).processes(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.processes(r).await })
         .await
     else {
         return BTreeMap::new();

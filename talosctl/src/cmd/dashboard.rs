@@ -80,10 +80,7 @@ pub async fn fetch(client: &Client) -> NodeView {
     let mut errors = Vec::new();
 
     match client
-        .call(|c| {
-            let r = client.request(());
-            async move { client::machine(c).version(r).await }
-        })
+        .machine_call(|mut m, r| async move { m.version(r).await })
         .await
     {
         Ok(reply) => {
@@ -95,10 +92,7 @@ pub async fn fetch(client: &Client) -> NodeView {
         Err(e) => errors.push(view_error("version", &e)),
     }
     match client
-        .call(|c| {
-            let r = client.request(());
-            async move { client::machine(c).hostname(r).await }
-        })
+        .machine_call(|mut m, r| async move { m.hostname(r).await })
         .await
     {
         Ok(reply) => {
@@ -112,10 +106,7 @@ pub async fn fetch(client: &Client) -> NodeView {
         Err(e) => errors.push(view_error("hostname", &e)),
     }
     match client
-        .call(|c| {
-            let r = client.request(());
-            async move { client::machine(c).system_stat(r).await }
-        })
+        .machine_call(|mut m, r| async move { m.system_stat(r).await })
         .await
     {
         Ok(reply) => {
@@ -134,10 +125,7 @@ pub async fn fetch(client: &Client) -> NodeView {
         Err(e) => errors.push(view_error("system stat", &e)),
     }
     match client
-        .call(|c| {
-            let r = client.request(());
-            async move { client::machine(c).memory(r).await }
-        })
+        .machine_call(|mut m, r| async move { m.memory(r).await })
         .await
     {
         Ok(reply) => {
@@ -151,10 +139,7 @@ pub async fn fetch(client: &Client) -> NodeView {
         Err(e) => errors.push(view_error("memory", &e)),
     }
     match client
-        .call(|c| {
-            let r = client.request(());
-            async move { client::machine(c).load_avg(r).await }
-        })
+        .machine_call(|mut m, r| async move { m.load_avg(r).await })
         .await
     {
         Ok(reply) => {
@@ -183,10 +168,7 @@ pub async fn fetch(client: &Client) -> NodeView {
         Err(e) => errors.push(view_error("addresses", &e)),
     }
     match client
-        .call(|c| {
-            let r = client.request(());
-            async move { client::machine(c).service_list(r).await }
-        })
+        .machine_call(|mut m, r| async move { m.service_list(r).await })
         .await
     {
         Ok(reply) => {

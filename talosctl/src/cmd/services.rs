@@ -100,10 +100,7 @@ struct ServiceView {
 async fn list(global: &GlobalArgs, format: OutputFormat) -> anyhow::Result<()> {
     let client = Client::connect(global, Options::default())?;
     let response = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).service_list(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.service_list(r).await })
         .await?;
     let results = client.split(response.messages);
     let rows: Vec<(String, ServiceInfo)> = results
@@ -181,10 +178,7 @@ pub fn detail_rows(node: &str, service: &ServiceInfo, now: SystemTime) -> Vec<Ve
 async fn info(global: &GlobalArgs, id: &str) -> anyhow::Result<()> {
     let client = Client::connect(global, Options::default())?;
     let response = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).service_list(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.service_list(r).await })
         .await?;
     let results = client.split(response.messages);
     let now = SystemTime::now();

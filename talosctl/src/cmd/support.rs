@@ -142,10 +142,7 @@ async fn plan(client: &Client) -> anyhow::Result<Vec<(String, Part)>> {
         ("processes".to_owned(), Part::Processes),
     ];
     let services = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).service_list(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.service_list(r).await })
         .await
         .context("listing services")?;
     for reply in services.messages {
@@ -225,10 +222,7 @@ async fn collect(client: &Client, part: &Part) -> Collected {
         }
         Part::Mounts => {
             let reply = client
-                .call(|channel| {
-                    let request = client.request(());
-                    async move { client::machine(channel).mounts(request).await }
-                })
+                .machine_call(|mut m, r| async move { m.mounts(r).await })
                 .await?;
             let rows: Vec<_> = ok(client, reply.messages)?
                 .into_iter()
@@ -240,10 +234,7 @@ async fn collect(client: &Client, part: &Part) -> Collected {
         }
         Part::Io => {
             let reply = client
-                .call(|channel| {
-                    let request = client.request(());
-                    async move { client::machine(channel).disk_stats(request).await }
-                })
+                .machine_call(|mut m, r| async move { m.disk_stats(r).await })
                 .await?;
             let mut table = Table::new(&[
                 "NAME",
@@ -267,10 +258,7 @@ async fn collect(client: &Client, part: &Part) -> Collected {
         }
         Part::Processes => {
             let reply = client
-                .call(|channel| {
-                    let request = client.request(());
-                    async move { client::machine(channel).processes(request).await }
-                })
+                .machine_call(|mut m, r| async move { m.processes(r).await })
                 .await?;
             let nodes = ok(client, reply.messages)?
                 .into_iter()
@@ -281,10 +269,7 @@ async fn collect(client: &Client, part: &Part) -> Collected {
         }
         Part::ServiceState(id) => {
             let reply = client
-                .call(|channel| {
-                    let request = client.request(());
-                    async move { client::machine(channel).service_list(request).await }
-                })
+                .machine_call(|mut m, r| async move { m.service_list(r).await })
                 .await?;
             let now = std::time::SystemTime::now();
             let mut table = Table::headerless(crate::output::PADDING);
@@ -325,10 +310,7 @@ async fn drain(
 
 async fn summary(client: &Client) -> Collected {
     let reply = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).version(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.version(r).await })
         .await?;
     let mut text = format!(
         "Client:\n{}",

@@ -148,10 +148,7 @@ struct MemoryView {
 pub async fn memory(global: &GlobalArgs, args: &MemoryArgs) -> anyhow::Result<()> {
     let client = Client::connect(global, Options::default())?;
     let response = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).memory(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.memory(r).await })
         .await?;
     let results = client.split(response.messages);
     let rows: Vec<(String, MemInfo)> = results
@@ -263,10 +260,7 @@ pub fn processes_table(nodes: Vec<(String, Vec<ProcessInfo>)>, sort: ProcessSort
 pub async fn processes(global: &GlobalArgs, args: &ProcessesArgs) -> anyhow::Result<()> {
     let client = Client::connect(global, Options::default())?;
     let response = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).processes(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.processes(r).await })
         .await?;
     let results = client.split(response.messages);
     let nodes = results
@@ -321,10 +315,7 @@ pub fn mounts_table(rows: &[(String, api::machine::MountStat)]) -> Table {
 pub async fn mounts(global: &GlobalArgs) -> anyhow::Result<()> {
     let client = Client::connect(global, Options::default())?;
     let response = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).mounts(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.mounts(r).await })
         .await?;
     let results = client.split(response.messages);
     let rows: Vec<(String, api::machine::MountStat)> = results

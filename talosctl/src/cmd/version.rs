@@ -172,10 +172,7 @@ pub async fn run(global: &GlobalArgs, args: &VersionArgs) -> anyhow::Result<()> 
         },
     )?;
     let response = client
-        .call(|channel| {
-            let request = client.request(());
-            async move { client::machine(channel).version(request).await }
-        })
+        .machine_call(|mut m, r| async move { m.version(r).await })
         .await?;
     let results = client.split(response.messages);
     if format == OutputFormat::Text {
