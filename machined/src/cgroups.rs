@@ -74,14 +74,36 @@ pub fn prepare(root: &Path) -> Result<PathBuf, CgroupError> {
     Ok(system)
 }
 
-/// Moves process `pid` into the group `dir`, making the group first.
+/// Makes the child of `cmd` join the group `dir` before it runs its
+/// program: the group's `cgroup.procs` is opened here, and the child
+/// writes `0` (itself) to it between fork and exec. Nothing the service
+/// does happens outside its group, and no other process can be moved by
+/// mistake, as a pid written after the fork could already be reused. A
+/// child that cannot join runs on in machined's group.
 ///
 /// # Errors
-/// The group cannot be made or the process moved.
-pub fn place(dir: &Path, pid: u32) -> Result<(), CgroupError> {
+/// The group cannot be made or its `cgroup.procs` opened.
+#[allow(unsafe_code)]
+pub fn join_at_exec(cmd: &mut std::process::Command, dir: &Path) -> Result<(), CgroupError> {
+    use std::os::unix::process::CommandExt as _;
+
     std::fs::create_dir_all(dir).map_err(at("creating", dir))?;
     let procs = dir.join("cgroup.procs");
-    std::fs::write(&procs, pid.to_string()).map_err(at("writing", &procs))
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .map_err(at("opening", &procs))?;
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it makes one write(2) to a
+    // descriptor opened before the fork (close-on-exec, so the program
+    // never sees it) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _ = rustix::io::write(&file, b"0");
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Kills every process in the group `dir` (`cgroup.kill`, Linux 5.14). A
@@ -120,11 +142,24 @@ mod tests {
                 "+cpu +io +memory"
             );
         }
-        place(&system.join("apid"), 42).expect("place");
+        // The child joins by writing 0 to cgroup.procs before its program
+        // runs (a regular file here stands in for the kernel's).
+        std::fs::create_dir_all(system.join("apid")).expect("group");
+        std::fs::write(system.join("apid/cgroup.procs"), "").expect("procs");
+        let mut cmd = std::process::Command::new("true");
+        join_at_exec(&mut cmd, &system.join("apid")).expect("join");
+        assert!(cmd.status().expect("true runs").success());
         assert_eq!(
             std::fs::read_to_string(system.join("apid/cgroup.procs")).expect("procs"),
-            "42"
+            "0"
         );
+        // A directory that is no group (no cgroup.procs) is refused.
+        let e = join_at_exec(
+            &mut std::process::Command::new("true"),
+            &system.join("fake"),
+        )
+        .expect_err("no cgroup.procs");
+        assert!(e.to_string().starts_with("opening "), "{e}");
         kill(&system.join("apid")).expect("kill");
         assert_eq!(
             std::fs::read_to_string(system.join("apid/cgroup.kill")).expect("kill"),

@@ -958,6 +958,11 @@ impl Runner {
                 .stdout(Stdio::from(writer))
                 .stderr(Stdio::from(stderr))
                 .process_group(0);
+            if let Some(dir) = &self.spec.cgroup
+                && let Err(e) = crate::cgroups::join_at_exec(&mut cmd, dir)
+            {
+                tracing::warn!(error = %e, "control group; the service runs in machined's");
+            }
             // `cmd` (and with it our copies of the pipe's write end) is
             // dropped at the end of this block, so the pump sees EOF once the
             // service and everything it started are gone.
@@ -971,13 +976,6 @@ impl Runner {
         let pid = spawned.pid;
         let mut exit = spawned.exit;
         drop(spawned.child);
-        if let Some(dir) = &self.spec.cgroup {
-            // Moved right after the fork: our daemons start nothing before
-            // they listen, so nothing escapes the group in between.
-            if let Err(e) = crate::cgroups::place(dir, pid) {
-                tracing::warn!(error = %e, "control group; the service runs in machined's");
-            }
-        }
         let pump =
             tokio::spawn(pump_logs(OwnedFd::from(reader), Arc::clone(&self.log)).in_current_span());
         self.status.send_modify(|s| {

@@ -102,12 +102,33 @@ fn expression(inner: &str) -> Result<Piece, String> {
             quoted.replace("\\n", "\n").replace("\\t", "\t"),
         ));
     }
-    for unsupported in ["..", "?(", "range", "end", ":"] {
-        if inner.contains(unsupported) {
-            return Err(format!(
-                "{inner:?}: {unsupported:?} is not supported (paths of keys, [n], [*] and .* are)"
-            ));
-        }
+    // Keys may contain these words and characters; only the syntax is
+    // refused: a leading range/end action, recursive descent, and
+    // filters or slices inside brackets.
+    let first_word = inner.split_whitespace().next().unwrap_or_default();
+    let in_brackets = inner
+        .split('[')
+        .skip(1)
+        .map(|b| b.split(']').next().unwrap_or_default());
+    let unsupported = if first_word == "range" || first_word == "end" {
+        Some(first_word)
+    } else if inner.contains("..") {
+        Some("..")
+    } else {
+        in_brackets.into_iter().find_map(|b| {
+            if b.contains("?(") {
+                Some("?(")
+            } else if b.contains(':') && !b.starts_with(['\'', '"']) {
+                Some(":")
+            } else {
+                None
+            }
+        })
+    };
+    if let Some(what) = unsupported {
+        return Err(format!(
+            "{inner:?}: {what:?} is not supported (paths of keys, [n], [*] and .* are)"
+        ));
     }
     let mut rest = inner.strip_prefix('@').unwrap_or(inner);
     let mut steps = Vec::new();
@@ -272,6 +293,22 @@ mod tests {
                 .unwrap_err()
                 .contains("not supported")
         );
+        assert!(
+            Template::parse("{range .items}")
+                .unwrap_err()
+                .contains("not supported")
+        );
+        assert!(
+            Template::parse("{.spec.addresses[0:1]}")
+                .unwrap_err()
+                .contains("not supported")
+        );
+        // Words the syntax uses are fine inside keys.
+        let doc = serde_json::json!({"spec": {"vendorID": "0x1af4", "pending": 2, "a:b": 1}});
+        let t = |s: &str| Template::parse(s).and_then(|t| t.render(&doc));
+        assert_eq!(t("{.spec.vendorID}").expect("vendorID"), "0x1af4\n");
+        assert_eq!(t("{.spec.pending}").expect("pending"), "2\n");
+        assert_eq!(t("{.spec['a:b']}").expect("quoted colon"), "1\n");
         assert!(
             Template::parse("{.spec.links[?(@.mtu>1)]}")
                 .unwrap_err()

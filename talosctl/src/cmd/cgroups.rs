@@ -447,7 +447,7 @@ pub async fn fetch(client: &Client, preset: CgroupsPreset) -> anyhow::Result<Vec
             files: BTreeMap::new(),
         };
         for file in files(preset) {
-            if let Some(text) = read(client, &format!("{dir}/{file}")).await {
+            if let Some(text) = read(client, &format!("{dir}/{file}")).await? {
                 group.files.insert((*file).to_owned(), text);
             }
         }
@@ -456,9 +456,13 @@ pub async fn fetch(client: &Client, preset: CgroupsPreset) -> anyhow::Result<Vec
     Ok(groups)
 }
 
-/// A file's content, `None` when it cannot be read (a group without it).
-async fn read(client: &Client, path: &str) -> Option<String> {
-    let stream = client
+/// A file's content, `None` when the group does not have it.
+///
+/// # Errors
+/// Any other failure (no permission to read files, a node that went
+/// away): a tree of `unset` would hide it.
+async fn read(client: &Client, path: &str) -> anyhow::Result<Option<String>> {
+    let stream = match client
         .try_call(|channel| {
             let request = client.request(ReadRequest {
                 path: path.to_owned(),
@@ -466,15 +470,18 @@ async fn read(client: &Client, path: &str) -> Option<String> {
             async move { client::machine(channel).read(request).await }
         })
         .await
-        .ok()?;
+    {
+        Ok(stream) => stream,
+        Err(client::CallError::Status(s)) if s.code() == tonic::Code::NotFound => return Ok(None),
+        Err(e) => return Err(client.call_error(e)),
+    };
     let mut out = Vec::new();
     super::files::drain_data(client, stream, |chunk| {
         out.extend_from_slice(&chunk);
         Ok(true)
     })
-    .await
-    .ok()?;
-    Some(String::from_utf8_lossy(&out).into_owned())
+    .await?;
+    Ok(Some(String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// pid → process name, for the process preset.

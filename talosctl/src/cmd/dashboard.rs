@@ -111,8 +111,9 @@ pub async fn fetch(client: &Client) -> NodeView {
     {
         Ok(reply) => {
             if let Some(s) = reply.messages.into_iter().next() {
-                let boot = SystemTime::UNIX_EPOCH + Duration::from_secs(s.boot_time);
-                view.uptime = SystemTime::now().duration_since(boot).ok();
+                view.uptime = SystemTime::UNIX_EPOCH
+                    .checked_add(Duration::from_secs(s.boot_time))
+                    .and_then(|boot| SystemTime::now().duration_since(boot).ok());
                 view.cpu = s.cpu_total.map(|c| {
                     let busy = c.user + c.nice + c.system + c.irq + c.soft_irq + c.steal;
                     CpuTimes {
@@ -351,7 +352,21 @@ pub async fn run(global: &GlobalArgs, args: &DashboardArgs) -> anyhow::Result<()
     let mut index = 0usize;
     let mut previous: Vec<Option<CpuTimes>> = vec![None; nodes.len()];
     loop {
-        let view = fetch(&nodes[index]).await;
+        // A node that does not answer must not hold the keys: q still
+        // quits within one interval.
+        let view = match tokio::time::timeout(interval, fetch(&nodes[index])).await {
+            Ok(view) => view,
+            Err(_) => NodeView {
+                node: nodes[index].default_node().to_owned(),
+                errors: vec![format!(
+                    "no answer within {}",
+                    crate::output::go_duration(
+                        i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)
+                    )
+                )],
+                ..NodeView::default()
+            },
+        };
         let cpu = view.cpu_percent(previous[index]);
         previous[index] = view.cpu;
         terminal

@@ -136,6 +136,9 @@ impl Sink {
     }
 }
 
+/// The longest record a capture can hold (the largest snap length).
+const MAX_RECORD: usize = 262_144;
+
 /// One captured packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
@@ -193,6 +196,11 @@ impl Reader {
             return Ok(None);
         }
         let captured = usize::try_from(word(&self.buf, 8, big)).unwrap_or(usize::MAX);
+        // No record is longer than the largest snap length: a longer one is
+        // a broken stream, and waiting for it would buffer without end.
+        if captured > MAX_RECORD {
+            bail!("the node's capture has a record of {captured} bytes, more than {MAX_RECORD}");
+        }
         if self.buf.len() - 16 < captured {
             return Ok(None);
         }
@@ -436,5 +444,10 @@ mod tests {
         let mut bad = Reader::default();
         bad.push(&[0u8; 24]);
         assert!(bad.next_packet().is_err());
+        let mut huge = Reader::default();
+        huge.push(&file[..24]);
+        huge.push(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        let e = huge.next_packet().expect_err("too long").to_string();
+        assert!(e.contains("more than 262144"), "{e}");
     }
 }
