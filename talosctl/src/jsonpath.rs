@@ -223,13 +223,7 @@ fn text_of(value: &Value) -> Result<String, String> {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
-        composite => {
-            let mut buf = Vec::new();
-            let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-            let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);
-            serde::Serialize::serialize(composite, &mut ser).map_err(|e| e.to_string())?;
-            String::from_utf8(buf).map_err(|e| e.to_string())?
-        }
+        composite => crate::output::to_json_indent4(composite).map_err(|e| e.to_string())?,
     })
 }
 

@@ -235,14 +235,43 @@ pub fn go_duration(seconds: i64) -> String {
         return "0s".to_owned();
     }
     let sign = if seconds < 0 { "-" } else { "" };
-    let total = seconds.unsigned_abs();
+    format!("{sign}{}", go_hms(seconds.unsigned_abs(), ""))
+}
+
+/// Go's `time.Duration.String` for a whole number of microseconds:
+/// `999µs`, `1.5ms`, `1m1.25s`.
+#[must_use]
+pub fn go_duration_micros(us: u64) -> String {
+    match us {
+        0 => "0s".to_owned(),
+        1..1_000 => format!("{us}µs"),
+        1_000..1_000_000 => format!("{}{}ms", us / 1_000, decimals(us % 1_000, 3)),
+        _ => go_hms(us / 1_000_000, &decimals(us % 1_000_000, 6)),
+    }
+}
+
+/// Go's hours, minutes and seconds of `total` seconds, `fraction` after
+/// the seconds.
+fn go_hms(total: u64, fraction: &str) -> String {
     let (hours, minutes, secs) = (total / 3600, (total % 3600) / 60, total % 60);
     if hours > 0 {
-        format!("{sign}{hours}h{minutes}m{secs}s")
+        format!("{hours}h{minutes}m{secs}{fraction}s")
     } else if minutes > 0 {
-        format!("{sign}{minutes}m{secs}s")
+        format!("{minutes}m{secs}{fraction}s")
     } else {
-        format!("{sign}{secs}s")
+        format!("{secs}{fraction}s")
+    }
+}
+
+/// `.ddd` of `value` written with `digits` digits, trailing zeros
+/// dropped; empty for zero.
+fn decimals(value: u64, digits: usize) -> String {
+    let text = format!("{value:0digits$}");
+    let text = text.trim_end_matches('0');
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(".{text}")
     }
 }
 
@@ -551,6 +580,19 @@ pub fn to_json_pretty<T: Serialize>(view: &T) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(view)?)
 }
 
+/// JSON indented by four spaces, as upstream's encoder writes resources
+/// and JSONPath results.
+///
+/// # Errors
+/// The value cannot be serialized.
+pub fn to_json_indent4<T: Serialize>(view: &T) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);
+    view.serialize(&mut ser)?;
+    Ok(String::from_utf8(buf)?)
+}
+
 /// YAML of a serializable view.
 ///
 /// # Errors
@@ -647,6 +689,22 @@ mod tests {
         assert_eq!(table.line(&["A".into(), "B".into()]), "A   B\n");
         assert_eq!(table.line(&["long".into(), "x".into()]), "long   x\n");
         assert_eq!(table.line(&["s".into(), "y".into()]), "s      y\n");
+    }
+
+    #[test]
+    fn go_durations_of_microseconds() {
+        for (us, want) in [
+            (0, "0s"),
+            (999, "999µs"),
+            (1_500, "1.5ms"),
+            (2_000_000, "2s"),
+            (61_250_000, "1m1.25s"),
+            (3_723_000_001, "1h2m3.000001s"),
+        ] {
+            assert_eq!(go_duration_micros(us), want);
+        }
+        // Whole seconds as go_duration prints them.
+        assert_eq!(go_duration_micros(3_600_000_000), go_duration(3600));
     }
 
     #[test]

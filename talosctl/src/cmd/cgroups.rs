@@ -96,7 +96,9 @@ impl Value {
     #[must_use]
     pub fn usec_duration(self) -> String {
         match self {
-            Value::Num { val, frac: 0 } if val >= 0 => go_duration_usec(val.unsigned_abs()),
+            Value::Num { val, frac: 0 } if val >= 0 => {
+                crate::output::go_duration_micros(val.unsigned_abs())
+            }
             other => other.to_string(),
         }
     }
@@ -117,37 +119,6 @@ impl std::fmt::Display for Value {
                 write!(f, "{sign}{int}.{dec}")
             }
         }
-    }
-}
-
-/// Go's `time.Duration.String` for a whole number of microseconds.
-#[must_use]
-pub fn go_duration_usec(us: u64) -> String {
-    fn trimmed(int: u64, frac: u64, digits: usize) -> String {
-        let frac = format!("{frac:0digits$}");
-        let frac = frac.trim_end_matches('0');
-        if frac.is_empty() {
-            int.to_string()
-        } else {
-            format!("{int}.{frac}")
-        }
-    }
-    if us == 0 {
-        return "0s".to_owned();
-    }
-    if us < 1_000 {
-        return format!("{us}µs");
-    }
-    if us < 1_000_000 {
-        return format!("{}ms", trimmed(us / 1_000, us % 1_000, 3));
-    }
-    let (hours, rest) = (us / 3_600_000_000, us % 3_600_000_000);
-    let (minutes, rest) = (rest / 60_000_000, rest % 60_000_000);
-    let seconds = trimmed(rest / 1_000_000, rest % 1_000_000, 6);
-    match (hours, minutes) {
-        (0, 0) => format!("{seconds}s"),
-        (0, m) => format!("{m}m{seconds}s"),
-        (h, m) => format!("{h}h{m}m{seconds}s"),
     }
 }
 
@@ -553,16 +524,6 @@ mod tests {
         assert_eq!(v("50").percent_of(Value::Max).to_string(), "0.00");
         assert_eq!(Value::Max.percent_of(Value::Max).to_string(), "100.00");
         assert_eq!(Value::Unset.percent_of(v("1")), Value::Unset);
-        for (us, want) in [
-            (0, "0s"),
-            (999, "999µs"),
-            (1_500, "1.5ms"),
-            (2_000_000, "2s"),
-            (61_250_000, "1m1.25s"),
-            (3_723_000_001, "1h2m3.000001s"),
-        ] {
-            assert_eq!(go_duration_usec(us), want);
-        }
     }
 
     #[test]

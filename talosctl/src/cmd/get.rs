@@ -301,12 +301,9 @@ impl Printer {
                 let doc = document(node, event_name.as_deref(), resource);
                 let json: serde_json::Value =
                     serde_json::to_value(&doc).context("rendering JSON")?;
-                let mut buf = Vec::new();
-                let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-                let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);
-                serde::Serialize::serialize(&json, &mut ser).context("rendering JSON")?;
-                buf.push(b'\n');
-                String::from_utf8(buf).context("rendering JSON")?
+                let mut text = output::to_json_indent4(&json).context("rendering JSON")?;
+                text.push('\n');
+                text
             }
         })
     }
