@@ -29,6 +29,7 @@
 use std::path::{Path, PathBuf};
 
 use machinery::endian::{le32, le64};
+use machinery::gpt::{self, HEADER_SIZE, crc32, guid, header_crc};
 
 use crate::target::{Disk, TargetError};
 
@@ -58,12 +59,6 @@ const ENTRIES_BYTES: usize = ENTRY_COUNT * ENTRY_SIZE;
 /// Sectors of the entries array.
 const ENTRIES_SECTORS: u64 = ENTRIES_BYTES as u64 / SECTOR_SIZE;
 
-/// The header's size field: the defined fields of revision 1.0.
-const HEADER_SIZE: usize = 92;
-
-/// GPT revision 1.0.
-const REVISION: u32 = 0x0001_0000;
-
 /// The header's first usable LBA: after the MBR, the header and the
 /// entries. Partitions themselves start at [`FIRST_PARTITION_LBA`]; the
 /// gap is free space, as with every aligning tool.
@@ -71,9 +66,6 @@ const FIRST_USABLE_LBA: u64 = 2 + ENTRIES_SECTORS;
 
 /// Sectors at the end of the disk the backup takes: entries, then header.
 const BACKUP_SECTORS: u64 = ENTRIES_SECTORS + 1;
-
-/// UTF-16 code units in an entry's name field (72 bytes).
-const NAME_UNITS: usize = 36;
 
 /// The EFI System Partition type, C12A7328-F81F-11D2-BA4B-00A0C93EC93B.
 pub const ESP_TYPE: [u8; 16] = guid("C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
@@ -228,61 +220,11 @@ pub enum LayoutError {
     Target(#[from] TargetError),
 }
 
-/// Parses a GUID's text form into GPT on-disk byte order, at compile time
-/// (a malformed constant fails the build). On disk the first three fields
-/// are little-endian and the last two are bytes in text order.
-const fn guid(text: &str) -> [u8; 16] {
-    const fn nibble(c: u8) -> u8 {
-        match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => panic!("a GUID has hex digits and dashes only"),
-        }
-    }
-    let s = text.as_bytes();
-    assert!(s.len() == 36, "a GUID is 36 characters");
-    let mut b = [0u8; 16];
-    let (mut i, mut n) = (0, 0);
-    while i < 36 {
-        if i == 8 || i == 13 || i == 18 || i == 23 {
-            assert!(s[i] == b'-', "dashes at 8, 13, 18 and 23");
-            i += 1;
-            continue;
-        }
-        b[n] = (nibble(s[i]) << 4) | nibble(s[i + 1]);
-        n += 1;
-        i += 2;
-    }
-    [
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-        b[14], b[15],
-    ]
-}
-
 /// A GUID in on-disk byte order, as text in upper case (as `sgdisk` prints
 /// it; `blkid` and `/dev/disk/by-partuuid` use lower case).
 #[must_use]
 pub fn format_guid(g: &[u8; 16]) -> String {
-    format!(
-        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-        g[3],
-        g[2],
-        g[1],
-        g[0],
-        g[5],
-        g[4],
-        g[7],
-        g[6],
-        g[8],
-        g[9],
-        g[10],
-        g[11],
-        g[12],
-        g[13],
-        g[14],
-        g[15]
-    )
+    gpt::format_guid(g).to_ascii_uppercase()
 }
 
 /// A random (version 4) GUID in on-disk byte order: the GUID source real
@@ -402,20 +344,8 @@ pub fn partition_offset(plan: &Plan, name: &str) -> Option<(u64, u64)> {
     })
 }
 
-/// CRC-32 as GPT uses it (IEEE, zlib's): flate2's, which the installer
-/// links anyway for the templates.
-pub(crate) fn crc32(data: &[u8]) -> u32 {
-    let mut crc = flate2::Crc::new();
-    crc.update(data);
-    crc.sum()
-}
-
 pub(crate) fn put_u32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(buf: &mut [u8], at: usize, v: u64) {
-    buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
 /// LBA 0: an MBR with one partition of type 0xEE over the whole disk, so
@@ -444,15 +374,15 @@ fn protective_mbr(total_sectors: u64) -> [u8; 512] {
 fn entries(plan: &Plan) -> Vec<u8> {
     let mut out = vec![0u8; ENTRIES_BYTES];
     for (slot, p) in plan.partitions.iter().enumerate().take(ENTRY_COUNT) {
-        let e = &mut out[slot * ENTRY_SIZE..(slot + 1) * ENTRY_SIZE];
-        e[..16].copy_from_slice(&p.type_guid);
-        e[16..32].copy_from_slice(&p.unique_guid);
-        put_u64(e, 32, p.first_lba);
-        put_u64(e, 40, p.last_lba);
-        // 48..56: attributes, none.
-        for (k, unit) in p.name.encode_utf16().take(NAME_UNITS).enumerate() {
-            e[56 + 2 * k..58 + 2 * k].copy_from_slice(&unit.to_le_bytes());
-        }
+        let entry = gpt::Entry {
+            type_guid: p.type_guid,
+            unique_guid: p.unique_guid,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            attributes: 0,
+            name: p.name.encode_utf16().collect(),
+        };
+        out[slot * ENTRY_SIZE..(slot + 1) * ENTRY_SIZE].copy_from_slice(&entry.to_bytes());
     }
     out
 }
@@ -465,24 +395,18 @@ fn header(
     entries_lba: u64,
     entries_crc: u32,
 ) -> [u8; HEADER_SIZE] {
-    let mut h = [0u8; HEADER_SIZE];
-    h[..8].copy_from_slice(b"EFI PART");
-    put_u32(&mut h, 8, REVISION);
-    put_u32(&mut h, 12, HEADER_SIZE as u32);
-    // 16..20: the header CRC, computed last with this field zero;
-    // 20..24: reserved, zero.
-    put_u64(&mut h, 24, my_lba);
-    put_u64(&mut h, 32, alternate_lba);
-    put_u64(&mut h, 40, FIRST_USABLE_LBA);
-    put_u64(&mut h, 48, last_usable_lba(plan.total_sectors));
-    h[56..72].copy_from_slice(&plan.disk_guid);
-    put_u64(&mut h, 72, entries_lba);
-    put_u32(&mut h, 80, ENTRY_COUNT as u32);
-    put_u32(&mut h, 84, ENTRY_SIZE as u32);
-    put_u32(&mut h, 88, entries_crc);
-    let crc = crc32(&h);
-    put_u32(&mut h, 16, crc);
-    h
+    gpt::Header {
+        my_lba,
+        alternate_lba,
+        first_usable_lba: FIRST_USABLE_LBA,
+        last_usable_lba: last_usable_lba(plan.total_sectors),
+        disk_guid: plan.disk_guid,
+        entries_lba,
+        entry_count: ENTRY_COUNT as u32,
+        entry_size: ENTRY_SIZE as u32,
+        entries_crc,
+    }
+    .to_bytes()
 }
 
 /// The GPT of `plan` (revision 1.0, 128 entries of 128 bytes, 512-byte
@@ -565,38 +489,29 @@ pub fn write_gpt_to(disk: &Disk, plan: &Plan) -> Result<(), LayoutError> {
 /// disk of `total_sectors`; the caller checks that it renders back to the
 /// same bytes. `Err` says why it cannot be one of ours.
 fn plan_from(header: &[u8], entries: &[u8], total_sectors: u64) -> Result<Plan, String> {
-    if &header[..8] != b"EFI PART" {
+    if !header.starts_with(gpt::SIGNATURE) {
         return Err("no GPT header".into());
     }
     let mut disk_guid = [0u8; 16];
     disk_guid.copy_from_slice(&header[56..72]);
     let mut partitions = Vec::new();
+    // Ours are contiguous from the first slot: the first unused one ends them.
     for (slot, e) in entries.chunks_exact(ENTRY_SIZE).enumerate() {
-        if e[..16].iter().all(|&b| b == 0) {
+        let Some(e) = gpt::Entry::parse(e) else {
             break;
-        }
-        let mut type_guid = [0u8; 16];
-        type_guid.copy_from_slice(&e[..16]);
-        let mut unique_guid = [0u8; 16];
-        unique_guid.copy_from_slice(&e[16..32]);
-        let units: Vec<u16> = e[56..]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
-        let name = String::from_utf16(&units)
+        };
+        let name = String::from_utf16(&e.name)
             .map_err(|_| format!("partition {} has a malformed name", slot + 1))?;
-        let (first_lba, last_lba) = (le64(e, 32), le64(e, 40));
-        if first_lba > last_lba {
+        if e.first_lba > e.last_lba {
             return Err(format!("partition {} ends before it starts", slot + 1));
         }
         partitions.push(Partition {
             index: slot as u32 + 1,
             name,
-            type_guid,
-            unique_guid,
-            first_lba,
-            last_lba,
+            type_guid: e.type_guid,
+            unique_guid: e.unique_guid,
+            first_lba: e.first_lba,
+            last_lba: e.last_lba,
         });
     }
     Ok(Plan {
@@ -616,14 +531,6 @@ fn read_start(disk: &Disk) -> Result<Option<Vec<u8>>, LayoutError> {
     let mut start = vec![0u8; ((2 + ENTRIES_SECTORS) * SECTOR_SIZE) as usize];
     disk.read_at(&mut start, 0)?;
     Ok(Some(start))
-}
-
-/// The CRC of a GPT header's first `size` bytes, taken with its CRC
-/// field (16..20) zero, as the header stores it.
-pub(crate) fn header_crc(h: &[u8], size: usize) -> u32 {
-    let mut copy = h[..size].to_vec();
-    copy[16..20].fill(0);
-    crc32(&copy)
 }
 
 /// Whether a GPT header's own CRC matches (computed with its CRC field
@@ -656,7 +563,9 @@ pub fn read_gpt(disk: &Disk) -> Result<Plan, LayoutError> {
     let alternate_lba = le64(h, 32);
     let total_sectors = match alternate_lba.checked_add(1) {
         Some(t) if alternate_lba >= 2 + ENTRIES_SECTORS + BACKUP_SECTORS => t,
-        _ if &h[..8] != b"EFI PART" => return Err(not_ours("no GPT header at LBA 1".into())),
+        _ if !h.starts_with(gpt::SIGNATURE) => {
+            return Err(not_ours("no GPT header at LBA 1".into()));
+        }
         _ => {
             return Err(not_ours(format!(
                 "the backup header's place, LBA {alternate_lba}, cannot be"
@@ -687,8 +596,8 @@ fn restore_primary(disk: &Disk) -> Result<Option<Plan>, LayoutError> {
         return Ok(None);
     };
     let h = &start[ss..ss + HEADER_SIZE];
-    let damaged =
-        &h[..8] == b"EFI PART" && (!header_crc_ok(h) || crc32(&start[2 * ss..]) != le32(h, 88));
+    let damaged = h.starts_with(gpt::SIGNATURE)
+        && (!header_crc_ok(h) || crc32(&start[2 * ss..]) != le32(h, 88));
     if !damaged {
         return Ok(None);
     }
@@ -840,12 +749,6 @@ mod tests {
             n += 1;
             [n; 16]
         }
-    }
-
-    #[test]
-    fn crc32_check_value() {
-        assert_eq!(crc32(b""), 0);
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]

@@ -16,16 +16,13 @@
 
 use std::path::PathBuf;
 
-use crate::layout::{crc32, header_crc, put_u32};
+use crate::layout::put_u32;
 use crate::target::{Disk, TargetError};
-use machinery::endian::{le32, le64};
+use machinery::endian::le32;
+use machinery::gpt;
 
 /// How much a fast wipe zeroes at each end of the device.
 pub const FAST_RANGE: u64 = 1024 * 1024;
-
-/// The most GPT entry bytes read (the usual 128 entries of 128 bytes are
-/// 16 KiB).
-const MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 
 /// How to wipe (upstream's `BlockDeviceWipeDescriptor.Method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,11 +67,12 @@ pub fn wipe(disk: &Disk, method: Method) -> Result<(), TargetError> {
     disk.sync()
 }
 
-/// One GPT copy as read: its header sector and its entries.
+/// One GPT copy as read: its header sector (kept whole, so fields this
+/// code does not know survive the rewrite), the header parsed, and its
+/// entries.
 struct GptCopy {
-    lba: u64,
-    header: Vec<u8>,
-    entries_lba: u64,
+    sector: Vec<u8>,
+    header: gpt::Header,
     entries: Vec<u8>,
 }
 
@@ -96,10 +94,10 @@ pub fn drop_partition(disk: &Disk, number: u32) -> Result<(), WipeError> {
         reason,
     };
     let primary = read_copy(disk, 1).map_err(|r| table_err(format!("primary GPT: {r}")))?;
-    let alternate = le64(&primary.header, 32);
-    let backup = read_copy(disk, alternate).map_err(|r| table_err(format!("backup GPT: {r}")))?;
-    let count = le32(&primary.header, 80);
-    let entry_size = le32(&primary.header, 84) as usize;
+    let backup = read_copy(disk, primary.header.alternate_lba)
+        .map_err(|r| table_err(format!("backup GPT: {r}")))?;
+    let count = primary.header.entry_count;
+    let entry_size = primary.header.entry_size as usize;
     if number == 0 || number > count {
         return Err(table_err(format!(
             "the table has no partition {number} (it has {count} entries)"
@@ -120,13 +118,13 @@ pub fn drop_partition(disk: &Disk, number: u32) -> Result<(), WipeError> {
     // firmware (which read the primary) still see the old table, whole.
     for mut copy in [backup, primary] {
         copy.entries[at..at + entry_size].fill(0);
-        let entries_crc = crc32(&copy.entries);
-        let header_size = le32(&copy.header, 12) as usize;
-        put_u32(&mut copy.header, 88, entries_crc);
-        let crc = header_crc(&copy.header, header_size);
-        put_u32(&mut copy.header, 16, crc);
-        disk.write_at(&copy.entries, copy.entries_lba * ss)?;
-        disk.write_at(&copy.header, copy.lba * ss)?;
+        let entries_crc = gpt::crc32(&copy.entries);
+        let header_size = le32(&copy.sector, 12) as usize;
+        put_u32(&mut copy.sector, 88, entries_crc);
+        let crc = gpt::header_crc(&copy.sector, header_size);
+        put_u32(&mut copy.sector, 16, crc);
+        disk.write_at(&copy.entries, copy.header.entries_lba * ss)?;
+        disk.write_at(&copy.sector, copy.header.my_lba * ss)?;
         disk.sync()?;
     }
     match disk.forget_partition(number) {
@@ -151,52 +149,28 @@ fn read_copy(disk: &Disk, lba: u64) -> Result<GptCopy, String> {
             "header LBA {lba} is outside the disk ({sectors} sectors)"
         ));
     }
-    let mut header = vec![0u8; usize::try_from(ss).map_err(|e| e.to_string())?];
-    disk.read_at(&mut header, lba * ss)
+    let mut sector = vec![0u8; usize::try_from(ss).map_err(|e| e.to_string())?];
+    disk.read_at(&mut sector, lba * ss)
         .map_err(|e| e.to_string())?;
-    if &header[..8] != b"EFI PART" {
-        return Err(format!("no GPT header at LBA {lba}"));
-    }
-    let header_size = le32(&header, 12) as usize;
-    if !(92..=header.len()).contains(&header_size) {
-        return Err(format!("header size {header_size} at LBA {lba}"));
-    }
-    if header_crc(&header, header_size) != le32(&header, 16) {
-        return Err(format!("the header at LBA {lba} fails its CRC"));
-    }
-    if le64(&header, 24) != lba {
-        return Err(format!("the header at LBA {lba} names another LBA"));
-    }
-    let entries_lba = le64(&header, 72);
-    let count = u64::from(le32(&header, 80));
-    let entry_size = u64::from(le32(&header, 84));
-    let bytes = count * entry_size;
-    if entry_size < 128 || !entry_size.is_multiple_of(8) || bytes > MAX_ENTRY_BYTES {
-        return Err(format!(
-            "{count} entries of {entry_size} bytes at LBA {lba} cannot be"
-        ));
-    }
-    if entries_lba
+    let header = gpt::Header::parse(&sector, lba).map_err(|e| e.to_string())?;
+    let bytes = header.entries_len();
+    if header
+        .entries_lba
         .checked_mul(ss)
-        .and_then(|start| start.checked_add(bytes))
+        .and_then(|start| start.checked_add(bytes as u64))
         .is_none_or(|end| end > disk.size())
     {
         return Err(format!(
             "the entries of the header at LBA {lba} are outside the disk"
         ));
     }
-    let mut entries = vec![0u8; bytes as usize];
-    disk.read_at(&mut entries, entries_lba * ss)
+    let mut entries = vec![0u8; bytes];
+    disk.read_at(&mut entries, header.entries_lba * ss)
         .map_err(|e| e.to_string())?;
-    if crc32(&entries) != le32(&header, 88) {
-        return Err(format!(
-            "the entries of the header at LBA {lba} fail their CRC"
-        ));
-    }
+    header.check_entries(&entries).map_err(|e| e.to_string())?;
     Ok(GptCopy {
-        lba,
+        sector,
         header,
-        entries_lba,
         entries,
     })
 }
@@ -271,7 +245,7 @@ mod tests {
         let before_primary = read_copy(&disk, 1).expect("primary");
         drop_partition(&disk, 3).expect("drop STATE");
         let primary = read_copy(&disk, 1).expect("primary still sound");
-        let backup = read_copy(&disk, le64(&primary.header, 32)).expect("backup still sound");
+        let backup = read_copy(&disk, primary.header.alternate_lba).expect("backup still sound");
         let entry = |c: &GptCopy, n: usize| c.entries[(n - 1) * 128..n * 128].to_vec();
         assert!(entry(&primary, 3).iter().all(|&b| b == 0));
         assert!(entry(&backup, 3).iter().all(|&b| b == 0));
@@ -295,9 +269,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = laid_out(dir.path());
         let primary = read_copy(&disk, 1).expect("primary");
-        let alternate = le64(&primary.header, 32);
+        let alternate = primary.header.alternate_lba;
         // One flipped byte in the backup's entries.
-        let at = le64(&read_copy(&disk, alternate).expect("backup").header, 72) * 512 + 200;
+        let at = read_copy(&disk, alternate)
+            .expect("backup")
+            .header
+            .entries_lba
+            * 512
+            + 200;
         let byte = read(&disk, at, 1)[0];
         disk.write_at(&[byte ^ 0xff], at).expect("damage");
         let err = drop_partition(&disk, 2).expect_err("damaged backup");

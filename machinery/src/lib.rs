@@ -8,6 +8,7 @@
 //! - [`grpc`], [`h2`]: gRPC channels and the HTTP/2 plumbing of the proxies;
 //! - [`uds`]: unix-socket streams without spurious write wake-ups;
 //! - [`base64`]: the codec certificates in configs need;
+//! - [`gpt`]: GUID partition tables, their CRCs and GUID text forms;
 //! - [`cli`]: the daemons' command lines;
 //! - [`mode`]: metal or container, for machined and every daemon;
 //! - [`meta`]: the META partition's key/value store (upstream Talos's ADV
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod endian;
 pub mod fsutil;
 pub mod generate;
+pub mod gpt;
 pub mod grpc;
 pub mod h2;
 pub mod humanize;

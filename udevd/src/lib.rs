@@ -58,7 +58,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod crc32;
 pub mod links;
 pub mod probe;
 pub mod server;

@@ -18,15 +18,14 @@
 //! byte order, both lowercase; FAT volume ids as `XXXX-XXXX` in uppercase,
 //! as blkid does.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Seek as _, SeekFrom};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-use machinery::endian::{le16, le32};
+use machinery::endian::{le16, le32, le64};
 
-use crate::crc32;
+use machinery::gpt;
 
 /// Errors probing a device.
 #[derive(Debug, thiserror::Error)]
@@ -241,76 +240,7 @@ pub fn probe_fs_file(file: &File, path: &Path) -> Result<Option<Fs>, ProbeError>
 
 // === GUIDs ===
 
-/// Formats a GPT GUID (first three fields little-endian), lowercase.
-#[must_use]
-pub fn format_guid(b: &[u8; 16]) -> String {
-    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
-    format_in_order(b, &order)
-}
-
-/// Formats a UUID stored in byte order (ext4, XFS), lowercase.
-#[must_use]
-pub fn format_uuid(b: &[u8; 16]) -> String {
-    let order = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-    format_in_order(b, &order)
-}
-
-fn format_in_order(b: &[u8; 16], order: &[usize; 16]) -> String {
-    let mut s = String::with_capacity(36);
-    for (i, &j) in order.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        let _ = write!(s, "{:02x}", b[j]);
-    }
-    s
-}
-
-/// Parses a GUID's text form into its GPT (mixed-endian) bytes.
-#[must_use]
-pub fn parse_guid(s: &str) -> Option<[u8; 16]> {
-    let plain = parse_uuid(s)?;
-    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
-    let mut out = [0u8; 16];
-    for (o, &j) in out.iter_mut().zip(order.iter()) {
-        *o = plain[j];
-    }
-    Some(out)
-}
-
-/// Parses a UUID's text form (`8-4-4-4-12` hex digits) into its bytes in
-/// order.
-#[must_use]
-pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let b = s.as_bytes();
-    if b.len() != 36 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    let mut n = 0;
-    let mut i = 0;
-    while i < 36 {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if b[i] != b'-' {
-                return None;
-            }
-            i += 1;
-            continue;
-        }
-        out[n] = (nibble(b[i])? << 4) | nibble(b[i + 1])?;
-        n += 1;
-        i += 2;
-    }
-    Some(out)
-}
+pub use machinery::gpt::{format_guid, format_uuid, parse_guid, parse_uuid};
 
 // === reading ===
 
@@ -350,12 +280,6 @@ impl Reader<'_> {
     }
 }
 
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
 fn array16(b: &[u8], at: usize) -> [u8; 16] {
     let mut a = [0u8; 16];
     a.copy_from_slice(&b[at..at + 16]);
@@ -370,10 +294,6 @@ fn c_string(b: &[u8]) -> Option<String> {
 }
 
 // === GPT ===
-
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
-/// Largest entry array we read (the usual one is 16 KiB).
-const MAX_ENTRY_BYTES: u64 = 1 << 20;
 
 struct Gpt {
     disk_guid: String,
@@ -406,56 +326,28 @@ fn read_gpt_header(r: &Reader<'_>, sector: u64, lba: u64) -> Result<Option<Gpt>,
     let Some(h) = r.read(lba * sector, 512)? else {
         return Ok(None);
     };
-    if !h.starts_with(GPT_SIGNATURE) {
-        return Ok(None);
-    }
-    let header_size = le32(&h, 12) as usize;
-    if !(92..=512).contains(&header_size) {
-        return Ok(None);
-    }
-    let mut copy = h[..header_size].to_vec();
-    copy[16..20].fill(0);
-    if crc32::ieee(&copy) != le32(&h, 16) || le64(&h, 24) != lba {
-        return Ok(None);
-    }
-    let entries_lba = le64(&h, 72);
-    let count = u64::from(le32(&h, 80));
-    let entry_size = u64::from(le32(&h, 84));
-    if entry_size < 128 || !entry_size.is_multiple_of(8) || count * entry_size > MAX_ENTRY_BYTES {
-        return Ok(None);
-    }
-    let Some(entries) = r.read(entries_lba * sector, (count * entry_size) as usize)? else {
+    let Ok(header) = gpt::Header::parse(&h, lba) else {
         return Ok(None);
     };
-    if crc32::ieee(&entries) != le32(&h, 88) {
+    let Some(entries) = r.read(header.entries_lba * sector, header.entries_len())? else {
+        return Ok(None);
+    };
+    if header.check_entries(&entries).is_err() {
         return Ok(None);
     }
-    let mut partitions = Vec::new();
-    for (slot, e) in entries.chunks_exact(entry_size as usize).enumerate() {
-        let type_guid = array16(e, 0);
-        if type_guid == [0u8; 16] {
-            continue;
-        }
-        let units: Vec<u16> = e[56..128]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
-        let label = char::decode_utf16(units)
-            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
-            .collect();
-        partitions.push(Part {
-            index: u32::try_from(slot + 1).unwrap_or(u32::MAX),
-            uuid: format_guid(&array16(e, 16)),
-            label,
-            type_guid: format_guid(&type_guid),
-            start_lba: le64(e, 32),
-            end_lba: le64(e, 40),
+    let partitions = gpt::entries(&entries, header.entry_size as usize)
+        .map(|(index, e)| Part {
+            index,
+            uuid: format_guid(&e.unique_guid),
+            label: e.name_lossy(),
+            type_guid: format_guid(&e.type_guid),
+            start_lba: e.first_lba,
+            end_lba: e.last_lba,
             fs: None,
-        });
-    }
+        })
+        .collect();
     Ok(Some(Gpt {
-        disk_guid: format_guid(&array16(&h, 56)),
+        disk_guid: format_guid(&header.disk_guid),
         sector_size: sector,
         partitions,
     }))
@@ -828,19 +720,6 @@ mod tests {
         // The same words with another type are not a PV.
         file.write_all_at(b"LVM1 001", 512 + 24).expect("type");
         assert_eq!(probe_fs_path(&path).expect("probe"), None);
-    }
-
-    #[test]
-    fn guid_text_forms() {
-        let g = parse_guid(ESP).unwrap();
-        // The first three fields are little-endian on disk.
-        assert_eq!(&g[..4], &[0x28, 0x73, 0x2a, 0xc1]);
-        assert_eq!(format_guid(&g), ESP);
-        let u = parse_uuid("11223344-5566-7788-99aa-bbccddeeff00").unwrap();
-        assert_eq!(u[0], 0x11);
-        assert_eq!(format_uuid(&u), "11223344-5566-7788-99aa-bbccddeeff00");
-        assert_eq!(parse_uuid("not-a-uuid"), None);
-        assert_eq!(parse_uuid("112233445-566-7788-99aa-bbccddeeff00"), None);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
-use crate::{crc32, probe};
+use machinery::gpt;
+
+use crate::probe;
 
 /// A disk to lay out in a fake sysfs tree.
 #[derive(Debug, Clone, Default)]
@@ -237,45 +239,42 @@ pub fn write_gpt_image(
 
     let mut entries = vec![0u8; entry_bytes];
     for (e, p) in entries.chunks_exact_mut(ENTRY_SIZE as usize).zip(parts) {
-        e[0..16].copy_from_slice(&guid(&p.type_guid)?);
-        e[16..32].copy_from_slice(&guid(&p.uuid)?);
-        e[32..40].copy_from_slice(&p.start_lba.to_le_bytes());
-        e[40..48].copy_from_slice(&p.end_lba.to_le_bytes());
-        for (slot, unit) in e[56..128].chunks_exact_mut(2).zip(p.label.encode_utf16()) {
-            slot.copy_from_slice(&unit.to_le_bytes());
-        }
+        let entry = gpt::Entry {
+            type_guid: guid(&p.type_guid)?,
+            unique_guid: guid(&p.uuid)?,
+            first_lba: p.start_lba,
+            last_lba: p.end_lba,
+            attributes: 0,
+            name: p.label.encode_utf16().collect(),
+        };
+        e.copy_from_slice(&entry.to_bytes());
         if let Some(fs) = &p.fs {
             write_fs(&file, p.start_lba * SECTOR, fs)?;
         }
     }
-    let entries_crc = crc32::ieee(&entries);
-    let disk = guid(disk_guid)?;
     let last = total_sectors - 1;
-    let first_usable = 2 + entry_sectors;
-    let last_usable = last - entry_sectors - 1;
     let backup_entries = last - entry_sectors;
-    let header = |my_lba: u64, alt_lba: u64, entries_lba: u64| {
-        let mut h = [0u8; 512];
-        h[0..8].copy_from_slice(b"EFI PART");
-        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-        h[12..16].copy_from_slice(&92u32.to_le_bytes());
-        h[24..32].copy_from_slice(&my_lba.to_le_bytes());
-        h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
-        h[40..48].copy_from_slice(&first_usable.to_le_bytes());
-        h[48..56].copy_from_slice(&last_usable.to_le_bytes());
-        h[56..72].copy_from_slice(&disk);
-        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
-        h[80..84].copy_from_slice(&ENTRIES.to_le_bytes());
-        h[84..88].copy_from_slice(&ENTRY_SIZE.to_le_bytes());
-        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-        let crc = crc32::ieee(&h[..92]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
-        h
+    let primary = gpt::Header {
+        my_lba: 1,
+        alternate_lba: last,
+        first_usable_lba: 2 + entry_sectors,
+        last_usable_lba: last - entry_sectors - 1,
+        disk_guid: guid(disk_guid)?,
+        entries_lba: 2,
+        entry_count: ENTRIES,
+        entry_size: ENTRY_SIZE,
+        entries_crc: gpt::crc32(&entries),
+    };
+    let backup = gpt::Header {
+        my_lba: last,
+        alternate_lba: 1,
+        entries_lba: backup_entries,
+        ..primary.clone()
     };
     file.write_all_at(&entries, 2 * SECTOR)?;
-    file.write_all_at(&header(1, last, 2), SECTOR)?;
+    file.write_all_at(&primary.to_bytes(), SECTOR)?;
     file.write_all_at(&entries, backup_entries * SECTOR)?;
-    file.write_all_at(&header(last, 1, backup_entries), last * SECTOR)?;
+    file.write_all_at(&backup.to_bytes(), last * SECTOR)?;
     Ok(())
 }
 
