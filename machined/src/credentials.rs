@@ -10,6 +10,10 @@
 //!   across endpoints; workers get no client certificate, so they never
 //!   forward.
 //!
+//! apid's `ca.crt` is every CA the config trusts (`machine.ca`, then
+//! `machine.acceptedCAs`), so a CA can be rotated without a moment in which
+//! the old or the new one is refused.
+//!
 //! Files are written atomically into `/system/secrets/<component>` (mode
 //! 0600 for keys); apid and trustd pick changes up without a restart.
 
@@ -137,7 +141,10 @@ fn issue_control_plane(
         client.cert_pem.as_bytes(),
         false,
     )?;
-    write_atomic(&api, api_files::CA, ca.cert_pem.as_bytes(), false)?;
+    // apid trusts the accepted CAs too (client certificates, and other
+    // nodes' server certificates when forwarding); trustd signs with
+    // `machine.ca` alone.
+    write_atomic(&api, api_files::CA, &config.trusted_cas_pem(), false)?;
     remove(&api, api_files::MAINTENANCE);
 
     let trustd = node.paths.secrets_dir("trustd");
@@ -192,7 +199,9 @@ async fn request_worker(
     let (csr, key) = tokio::task::spawn_blocking(move || pki::generate_csr(&hostname, &ips, &dns))
         .await
         .map_err(|e| CredentialsError::Trustd(e.to_string()))??;
-    let ca_pem = config.ca_crt_pem().to_vec();
+    // A control plane's trustd may still present a certificate from an
+    // accepted CA while a CA rotation is under way.
+    let ca_pem = config.trusted_cas_pem();
     let tls = machinery::grpc::client_tls_config(&ca_pem, None)
         .map_err(|e| CredentialsError::Ca(e.to_string()))?;
     let mut endpoints: Vec<String> = trustd_endpoint(config.control_plane_endpoint())

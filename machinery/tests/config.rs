@@ -450,6 +450,36 @@ fn generated_worker_config_loads() {
     assert_eq!(cfg.cluster_name(), Some("rusty"));
 }
 
+/// `machine.acceptedCAs` must hold certificates; the API trusts them
+/// after `machine.ca`, in one bundle.
+#[test]
+fn accepted_cas_are_certificates_trusted_after_the_ca() {
+    let other = machinery::pki::generate_os_ca(std::time::SystemTime::now()).expect("CA");
+    let with_accepted = |crt: &str| {
+        let yaml = worker_yaml();
+        let at = yaml.find("\n    ca:\n").expect("machine.ca in the fixture");
+        let mut out = yaml.clone();
+        out.insert_str(at, &format!("\n    acceptedCAs:\n        - crt: {crt}"));
+        out
+    };
+    let cfg = parse_ok(&with_accepted(&base64::encode(&other.cert_pem)));
+    assert_eq!(cfg.accepted_cas_pem(), [other.cert_pem.as_bytes().to_vec()]);
+    let bundle = String::from_utf8(cfg.trusted_cas_pem()).expect("PEM text");
+    assert_eq!(bundle, format!("{}{}", os_ca_pem(), other.cert_pem));
+    // Without accepted CAs the bundle is the CA alone.
+    assert_eq!(
+        parse_ok(&worker_yaml()).trusted_cas_pem(),
+        os_ca_pem().as_bytes()
+    );
+
+    let err = parse_err(&with_accepted(&base64::encode(pem("CERTIFICATE", "Zm9v"))));
+    assert_issues(&err, &["machine.acceptedCAs[0].crt"]);
+    assert!(
+        err.to_string().contains("is not a PEM certificate"),
+        "{err}"
+    );
+}
+
 #[test]
 fn multi_document_worker_loads() {
     let cfg = parse_ok(&fill(WORKER_MULTIDOC));

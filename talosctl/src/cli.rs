@@ -112,6 +112,9 @@ pub enum Command {
     Reset(ResetArgs),
     /// Rollback a node to the previous installation
     Rollback,
+    /// Rotate cluster CAs (Talos and Kubernetes APIs).
+    #[command(name = "rotate-ca")]
+    RotateCa(RotateCaArgs),
     /// List network routes
     Routes,
     /// Retrieve the state of a service (or all services), control service state
@@ -458,6 +461,50 @@ pub struct SupportArgs {
     /// verbose output
     #[arg(short = 'v', long)]
     pub verbose: bool,
+}
+
+/// `rotate-ca` flags.
+#[derive(Debug, Args)]
+#[command(long_about = "Rotate cluster CAs (Talos and Kubernetes APIs).\n\n\
+The Talos API CA is replaced without a reboot and without a moment in which the cluster refuses \
+either CA: the new CA is added to machine.acceptedCAs on every node, then made the issuing CA \
+(the old one stays accepted), then the old one is removed. Connectivity is checked with Version \
+on every node after each step. The new CA (with its key) and the new admin talosconfig are \
+printed; the talosconfig is written to --output.\n\n\
+Nodes are named with --control-plane-nodes and --worker-nodes: this OS runs no Kubernetes to \
+discover them from, and has no Kubernetes CA to rotate. The default is a dry run: pass \
+--dry-run=false to change the cluster.")]
+pub struct RotateCaArgs {
+    /// specify IPs of init node
+    #[arg(long)]
+    pub init_node: Option<String>,
+    /// specify IPs of control plane nodes
+    #[arg(long, value_delimiter = ',')]
+    pub control_plane_nodes: Vec<String>,
+    /// specify IPs of worker nodes
+    #[arg(long, value_delimiter = ',')]
+    pub worker_nodes: Vec<String>,
+    /// use endpoint instead of kubeconfig default
+    #[arg(long)]
+    pub k8s_endpoint: Option<String>,
+    /// patch all machine configs with the commented examples
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub with_examples: bool,
+    /// patch all machine configs adding the documentation for each field
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub with_docs: bool,
+    /// path to the output new `talosconfig`
+    #[arg(short = 'o', long, default_value = "talosconfig")]
+    pub output: std::path::PathBuf,
+    /// dry-run mode (no changes to the cluster)
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dry_run: bool,
+    /// rotate Talos API CA
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub talos: bool,
+    /// rotate Kubernetes API CA
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub kubernetes: bool,
 }
 
 /// `pcap` flags.

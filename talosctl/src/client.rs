@@ -204,7 +204,28 @@ impl Client {
             clean(&global.nodes)
         };
         check_nodes(&nodes, options.nodes)?;
+        Self::secure(name, context, endpoints, nodes)
+    }
 
+    /// A client with the credentials of `context` (not read from a file, as
+    /// rotate-ca's clients for the new CA are), its endpoints, and `nodes`.
+    ///
+    /// # Errors
+    /// The context has no endpoints or unusable credentials.
+    pub fn for_context(name: &str, context: &Context, nodes: Vec<String>) -> anyhow::Result<Self> {
+        let endpoints = clean(&context.endpoints);
+        if endpoints.is_empty() {
+            bail!("no endpoints are set for talosconfig context {name:?}");
+        }
+        Self::secure(name, context, endpoints, nodes)
+    }
+
+    fn secure(
+        name: &str,
+        context: &Context,
+        endpoints: Vec<String>,
+        nodes: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let tls = secure_tls_config(name, context, SystemTime::now())?;
         let mut conns = endpoints
             .iter()

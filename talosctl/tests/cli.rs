@@ -108,6 +108,25 @@ fn header(table: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `ok`, retried for up to 20 s while the command fails (a node taking up
+/// a change).
+fn eventually(talosconfig: &Path, args: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = run(talosconfig, args);
+        if r.code == 0 {
+            return r.out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "talosctl {} still fails: {}",
+            args.join(" "),
+            r.err
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn ok(talosconfig: &Path, args: &[&str]) -> String {
     let r = run(talosconfig, args);
     assert_eq!(
@@ -1220,6 +1239,192 @@ fn gen_config_cluster_and_everyday_commands() {
         info.contains("Current context:     cli") && info.contains("Roles:               os:admin"),
         "{info}"
     );
+
+    // Last: they change the cluster's CAs.
+    accepted_cas(&tc, cp, work.path());
+    rotate_ca(&tc, cp, &[w1, w2], work.path());
+}
+
+/// `machine.acceptedCAs`: a client certificate from another CA (made by
+/// [`hand_made_client_certificate`]) works once its CA is accepted, live,
+/// and no longer once it is removed.
+fn accepted_cas(tc: &Path, cp: &str, work: &Path) {
+    let dir = work.join("pki");
+    let stranger = dir.join("stranger-talosconfig");
+    assert_ne!(run(&stranger, &["-n", cp, "version"]).code, 0);
+    let other = std::fs::read(dir.join("other.crt")).expect("other.crt");
+    let accept = format!(
+        "machine: {{acceptedCAs: [{{crt: {}}}]}}",
+        machinery::base64::encode(&other)
+    );
+    ok(
+        tc,
+        &[
+            "-n",
+            cp,
+            "patch",
+            "mc",
+            "--mode",
+            "no-reboot",
+            "-p",
+            &accept,
+        ],
+    );
+    let v = eventually(&stranger, &["-n", cp, "version"]);
+    assert!(v.contains(&format!("NODE:        {cp}")), "{v}");
+    ok(
+        tc,
+        &[
+            "-n",
+            cp,
+            "patch",
+            "mc",
+            "--mode",
+            "no-reboot",
+            "-p",
+            "machine: {acceptedCAs: null}",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while run(&stranger, &["-n", cp, "version"]).code == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CA is still accepted once removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `rotate-ca`: a dry run changes nothing; the rotation leaves every node
+/// issuing from the new CA and refusing the old talosconfig, and the new
+/// talosconfig reaches every node.
+fn rotate_ca(tc: &Path, cp: &str, workers: &[&str], work: &Path) {
+    let workers_flag = workers.join(",");
+    let new = work.join("rotated-talosconfig");
+    let new_flag = new.to_str().expect("utf8");
+    let topology = ["--control-plane-nodes", cp, "--worker-nodes", &workers_flag];
+    let config_of = |talosconfig: &Path, node: &str| {
+        ok(
+            talosconfig,
+            &["-n", node, "get", "mc", "v1alpha1", "-o", "yaml"],
+        )
+    };
+    let before = config_of(tc, cp);
+
+    let r = run(tc, &["rotate-ca", "--control-plane-nodes", workers[0]]);
+    assert_ne!(r.code, 0, "{}", r.out);
+    assert!(
+        r.err
+            .contains(&format!("{} holds no Talos CA key", workers[0])),
+        "{}",
+        r.err
+    );
+    let r = run(tc, &["rotate-ca"]);
+    assert!(r.err.contains("--control-plane-nodes"), "{}", r.err);
+
+    let mut dry = vec!["rotate-ca", "-o", new_flag];
+    dry.extend_from_slice(&topology);
+    let said = ok(tc, &dry);
+    assert!(
+        said.starts_with(
+            "> Starting Talos API PKI rotation, dry-run mode true...
+"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("  - control plane nodes: [\"{cp}\"]\n"))
+            && said.contains(&format!("  - {cp}: skipped (dry-run)"))
+            && said.contains(&format!("  - {}: OK (dry-run)", workers[1]))
+            && said.contains("> Dry-run mode enabled, no changes were made to the cluster")
+            && said.contains("> Kubernetes CA rotation skipped"),
+        "{said}"
+    );
+    assert!(!new.exists(), "a dry run wrote a talosconfig");
+    assert_eq!(config_of(tc, cp), before, "a dry run changed the node");
+
+    let mut real = vec![
+        "rotate-ca",
+        "--dry-run=false",
+        "--kubernetes=false",
+        "-o",
+        new_flag,
+    ];
+    real.extend_from_slice(&topology);
+    let said = ok(tc, &real);
+    let steps = [
+        "> Verifying connectivity with existing PKI:",
+        "> Adding new Talos CA as accepted...",
+        "> Verifying connectivity with new client cert, but old server CA:",
+        "> Making new Talos CA the issuing CA, old Talos CA the accepted CA...",
+        "> Verifying connectivity with new PKI:",
+        "> Removing old Talos CA from the accepted CAs...",
+        "> Verifying connectivity with new PKI:",
+        &format!("> Writing new talosconfig to \"{new_flag}\""),
+    ];
+    let mut rest = said.as_str();
+    for step in steps {
+        let at = rest
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} missing or out of order:\n{said}"));
+        rest = &rest[at + step.len()..];
+    }
+    for node in std::iter::once(cp).chain(workers.iter().copied()) {
+        assert_eq!(
+            said.matches(&format!("  - {node}: OK (version v")).count(),
+            4,
+            "{node} not checked after every step:\n{said}"
+        );
+    }
+    assert!(!said.contains("Kubernetes"), "{said}");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&new)
+            .expect("the new talosconfig")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // The old talosconfig is refused; the new one reaches every node.
+    let r = run(tc, &["-n", cp, "version"]);
+    assert_ne!(r.code, 0, "the old CA still works:\n{}", r.out);
+    let all = format!("{cp},{workers_flag}");
+    let v = ok(&new, &["-n", &all, "version"]);
+    for node in std::iter::once(cp).chain(workers.iter().copied()) {
+        assert!(v.contains(&format!("NODE:        {node}")), "{v}");
+    }
+    // Every node issues from the new CA, only control planes hold its key,
+    // and no CA is left accepted besides it.
+    let new_ca = machinery::talosconfig::TalosConfig::load(&new)
+        .expect("load")
+        .contexts
+        .into_values()
+        .next()
+        .expect("one context")
+        .ca;
+    let new_key = said
+        .split("> New Talos CA:\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .and_then(|line| line.trim().strip_prefix("key: "))
+        .unwrap_or_else(|| panic!("the new CA's key is not printed:\n{said}"))
+        .to_owned();
+    let cp_config = config_of(&new, cp);
+    assert!(
+        cp_config.contains(&format!("key: {new_key}")),
+        "{cp_config}"
+    );
+    assert!(cp_config.contains(&format!("crt: {new_ca}")), "{cp_config}");
+    assert!(!cp_config.contains("acceptedCAs"), "{cp_config}");
+    let worker_config = config_of(&new, workers[0]);
+    assert!(
+        worker_config.contains(&format!("crt: {new_ca}")),
+        "{worker_config}"
+    );
+    assert!(!worker_config.contains("acceptedCAs"), "{worker_config}");
+    assert!(!worker_config.contains(&new_key), "{worker_config}");
 }
 
 #[test]

@@ -375,6 +375,7 @@ pub struct MachineConfig {
     machine_type: MachineType,
     ca_crt_pem: Vec<u8>,
     ca_key_pem: Option<Vec<u8>>,
+    accepted_cas_pem: Vec<Vec<u8>>,
     control_plane_endpoint: String,
     boot_timeout: Option<Duration>,
     registries: Registries,
@@ -406,6 +407,7 @@ impl MachineConfig {
             machine_type: derived.machine_type,
             ca_crt_pem: derived.ca_crt_pem,
             ca_key_pem: derived.ca_key_pem,
+            accepted_cas_pem: derived.accepted_cas_pem,
             control_plane_endpoint: derived.control_plane_endpoint,
             boot_timeout: derived.boot_timeout,
             registries: derived.registries,
@@ -472,6 +474,29 @@ impl MachineConfig {
     #[must_use]
     pub fn ca_crt_pem(&self) -> &[u8] {
         &self.ca_crt_pem
+    }
+
+    /// `machine.acceptedCAs` decoded: more CA certificates (PEM) the Talos
+    /// API trusts besides `machine.ca`, as during a CA rotation.
+    #[must_use]
+    pub fn accepted_cas_pem(&self) -> &[Vec<u8>] {
+        &self.accepted_cas_pem
+    }
+
+    /// Every CA certificate the Talos API trusts, as one PEM bundle:
+    /// `machine.ca.crt` first, then `machine.acceptedCAs`. Client
+    /// certificates and other nodes' server certificates must chain to one
+    /// of them.
+    #[must_use]
+    pub fn trusted_cas_pem(&self) -> Vec<u8> {
+        let mut bundle = Vec::new();
+        for pem in std::iter::once(&self.ca_crt_pem).chain(&self.accepted_cas_pem) {
+            bundle.extend_from_slice(pem);
+            if !pem.ends_with(b"\n") {
+                bundle.push(b'\n');
+            }
+        }
+        bundle
     }
 
     /// `machine.ca.key` decoded (PEM); only control plane nodes have one.

@@ -31,6 +31,7 @@ pub(super) struct Derived {
     pub(super) machine_type: MachineType,
     pub(super) ca_crt_pem: Vec<u8>,
     pub(super) ca_key_pem: Option<Vec<u8>>,
+    pub(super) accepted_cas_pem: Vec<Vec<u8>>,
     pub(super) control_plane_endpoint: String,
     pub(super) boot_timeout: Option<Duration>,
     pub(super) registries: Registries,
@@ -74,7 +75,11 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
 
     let machine_type = check_machine_type(machine, &mut issues);
     check_machine_token(machine, &mut issues);
-    let (ca_crt_pem, ca_key_pem) = check_machine_ca(machine, machine_type, &mut issues);
+    let MachineCa {
+        crt: ca_crt_pem,
+        key: ca_key_pem,
+        accepted: accepted_cas_pem,
+    } = check_machine_ca(machine, machine_type, &mut issues);
     check_install(machine, &mut issues);
     check_trusted_keys(machine, &mut issues);
     check_files(machine, &mut issues);
@@ -108,6 +113,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
                 machine_type,
                 ca_crt_pem,
                 ca_key_pem,
+                accepted_cas_pem,
                 control_plane_endpoint,
                 boot_timeout,
                 registries,
@@ -155,12 +161,19 @@ fn check_machine_token(machine: &Machine, issues: &mut Issues) {
     }
 }
 
+/// The decoded PEMs of `machine.ca` and `machine.acceptedCAs`.
+struct MachineCa {
+    crt: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    accepted: Vec<Vec<u8>>,
+}
+
 /// Checks `machine.ca` and `machine.acceptedCAs`; returns the decoded PEMs.
 fn check_machine_ca(
     machine: &Machine,
     machine_type: Option<MachineType>,
     issues: &mut Issues,
-) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+) -> MachineCa {
     let ca = machine.ca.as_ref();
 
     let crt = ca
@@ -194,17 +207,31 @@ fn check_machine_ca(
         (_, None) => None,
     };
 
+    let mut accepted_pems = Vec::new();
     for (i, accepted) in machine.accepted_cas.iter().flatten().enumerate() {
         let path = format!("machine.acceptedCAs[{i}].crt");
         match accepted.crt.as_deref().filter(|crt| !crt.is_empty()) {
             None => issues.push(path, "is required"),
             Some(crt) => {
-                decode_pem(&path, crt, issues);
+                // apid trusts these for client certificates: each must be
+                // a certificate, not just any base64.
+                let Some(pem) = decode_pem(&path, crt, issues) else {
+                    continue;
+                };
+                if crate::pki::cert_info(&pem).is_err() {
+                    issues.push(path, "is not a PEM certificate");
+                    continue;
+                }
+                accepted_pems.push(pem);
             }
         }
     }
 
-    (crt_pem, key_pem)
+    MachineCa {
+        crt: crt_pem,
+        key: key_pem,
+        accepted: accepted_pems,
+    }
 }
 
 /// Decodes a base64 PEM field, recording an issue when it is not one.

@@ -13,6 +13,7 @@ pub mod logs;
 pub mod machineconfig;
 pub mod patch;
 pub mod pcap;
+pub mod rotate;
 pub mod services;
 pub mod support;
 pub mod system;
@@ -67,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reboot(args) => lifecycle::reboot(&global, &args).await,
         Command::Reset(args) => lifecycle::reset(&global, args).await,
         Command::Rollback => lifecycle::rollback(&global).await,
+        Command::RotateCa(args) => rotate::run(&global, &args).await,
         Command::Routes => system::routes(&global).await,
         Command::Service(args) => services::run(&global, args).await,
         Command::Shutdown(args) => lifecycle::shutdown(&global, &args).await,

@@ -26,7 +26,7 @@ const MACHINE_CONFIG: &str = "MachineConfigs.config.talos.dev";
 const ACTIVE_ID: &str = "v1alpha1";
 
 /// How a changed config is applied.
-struct Apply {
+pub(crate) struct Apply {
     mode: ApplyMode,
     dry_run: bool,
     try_timeout: prost_types::Duration,
@@ -41,6 +41,15 @@ impl Apply {
             dry_run: flags.dry_run,
             try_timeout: output::proto_duration(timeout),
         })
+    }
+
+    /// Applied live, never staged or rebooted for.
+    pub(crate) fn no_reboot() -> Apply {
+        Apply {
+            mode: ApplyMode::NoReboot,
+            dry_run: false,
+            try_timeout: output::proto_duration(std::time::Duration::from_secs(60)),
+        }
     }
 }
 
@@ -63,9 +72,10 @@ async fn resolve(client: &Client, resource: &str, id: Option<&str>) -> anyhow::R
     Ok(kind)
 }
 
-/// The config in effect on the node `client` targets.
-async fn fetch(client: &Client, kind: &Kind) -> anyhow::Result<String> {
-    let resource = get::get_one(client, &kind.namespace, &kind.type_, ACTIVE_ID)
+/// The config in effect on the node `client` targets, from `namespace`
+/// (where the node defines the machine config).
+pub(crate) async fn fetch(client: &Client, namespace: &str) -> anyhow::Result<String> {
+    let resource = get::get_one(client, namespace, MACHINE_CONFIG, ACTIVE_ID)
         .await
         .map_err(|e| client.call_error(e))?;
     let node = client.default_node();
@@ -83,7 +93,7 @@ async fn fetch(client: &Client, kind: &Kind) -> anyhow::Result<String> {
 
 /// Sends `data` to the node `client` targets; prints its warnings and
 /// returns what it did.
-async fn send(client: &Client, data: &str, how: &Apply) -> Result<String, CallError> {
+pub(crate) async fn send(client: &Client, data: &str, how: &Apply) -> Result<String, CallError> {
     let request = ApplyConfigurationRequest {
         data: data.as_bytes().to_vec(),
         mode: request_mode(how.mode) as i32,
@@ -192,7 +202,7 @@ pub async fn patch(global: &GlobalArgs, args: PatchArgs) -> anyhow::Result<()> {
     for node_client in &nodes {
         let node = node_client.default_node().to_owned();
         let result = async {
-            let config = fetch(node_client, &kind).await?;
+            let config = fetch(node_client, &kind.namespace).await?;
             let data = patched(&config, &patches)?;
             if same_config(&config, &data) {
                 return Ok("Apply was skipped: no changes detected.\n".to_owned());
@@ -311,7 +321,7 @@ pub async fn edit(global: &GlobalArgs, args: EditArgs) -> anyhow::Result<()> {
     for node_client in &nodes {
         let node = node_client.default_node().to_owned();
         let work = async {
-            let original = fetch(node_client, &kind).await?;
+            let original = fetch(node_client, &kind.namespace).await?;
             edit_node(node_client, &node, &original, &how).await
         };
         tokio::pin!(work);
