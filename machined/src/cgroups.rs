@@ -11,6 +11,13 @@
 //! machined itself stays in the root group (a group with controllers
 //! enabled for its children may hold no process). In container mode nothing
 //! here runs: the host's groups are not ours to change.
+//!
+//! The groups get upstream's reservations and limits ([`limits_for`]):
+//! `system` and the API's daemons are protected from memory reclaim up to a
+//! size (`memory.min`, `memory.low`) and weighted for CPU (`cpu.weight`,
+//! from upstream's millicores), apid, routerd and trustd may not grow past
+//! 128 MiB (`memory.max`), and those daemons never swap. A runaway
+//! workload, or a runaway daemon, cannot starve the API that would stop it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,6 +31,102 @@ pub const SYSTEM: &str = "system";
 /// The controllers handed down to the services' groups, when the kernel
 /// has them.
 pub const CONTROLLERS: &[&str] = &["cpu", "io", "memory", "pids"];
+
+const MIB: u64 = 1024 * 1024;
+
+/// A group's reservations and limits (upstream's values; `None` leaves the
+/// kernel's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// `memory.min`: memory never reclaimed from the group.
+    pub min: Option<u64>,
+    /// `memory.low`: memory reclaimed only under pressure from elsewhere.
+    pub low: Option<u64>,
+    /// `memory.max`: the group's hard limit.
+    pub max: Option<u64>,
+    /// `memory.swap.max` (where the kernel counts swap).
+    pub swap_max: Option<u64>,
+    /// CPU share as upstream's millicores, turned into `cpu.weight`.
+    pub millicores: Option<u64>,
+}
+
+/// The limits of the group `name` (`system`, or a service's id under it):
+/// upstream's for `system`, apid, trustd and udevd; routerd, on the API's
+/// path, gets apid's.
+#[must_use]
+pub fn limits_for(name: &str) -> Limits {
+    let reserved = |min: u64| Limits {
+        min: Some(min),
+        low: Some(min * 2),
+        swap_max: Some(0),
+        ..Limits::default()
+    };
+    match name {
+        SYSTEM => Limits {
+            swap_max: None,
+            millicores: Some(1500),
+            ..reserved(96 * MIB)
+        },
+        "apid" | "routerd" => Limits {
+            max: Some(128 * MIB),
+            millicores: Some(500),
+            ..reserved(16 * MIB)
+        },
+        "trustd" => Limits {
+            max: Some(128 * MIB),
+            millicores: Some(250),
+            ..reserved(8 * MIB)
+        },
+        "udevd" => Limits {
+            millicores: Some(250),
+            ..reserved(8 * MIB)
+        },
+        _ => Limits::default(),
+    }
+}
+
+/// `cpu.weight` for `millicores` on a machine of `cores` CPUs, as upstream
+/// (and the kubelet) compute it: capped at the CPUs there are, turned into
+/// cgroup v1 shares, then mapped onto v2's 1 to 10000.
+#[must_use]
+pub fn cpu_weight(millicores: u64, cores: u64) -> u64 {
+    let requested = millicores.min(cores.max(1) * 1000);
+    let shares = (requested * 1024 / 1000).max(2);
+    (shares - 2) * 9999 / 262_142 + 1
+}
+
+/// Writes `limits` into the group `dir`. An interface file the kernel does
+/// not offer (a controller not enabled, no swap accounting) is passed over.
+///
+/// # Errors
+/// The kernel refused a value.
+pub fn apply_limits(dir: &Path, limits: &Limits) -> Result<(), CgroupError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let values = [
+        ("memory.min", limits.min),
+        ("memory.low", limits.low),
+        ("memory.max", limits.max),
+        ("memory.swap.max", limits.swap_max),
+        (
+            "cpu.weight",
+            limits.millicores.map(|m| cpu_weight(m, cores)),
+        ),
+    ];
+    for (file, value) in values {
+        let Some(value) = value else { continue };
+        let path = dir.join(file);
+        // Never created: only the kernel's own files are written.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, value.to_string().as_bytes()));
+        match written {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other.map_err(at("writing", &path))?,
+        }
+    }
+    Ok(())
+}
 
 /// Errors preparing the hierarchy.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +152,8 @@ pub fn is_unified(root: &Path) -> bool {
 }
 
 /// Enables [`CONTROLLERS`] (those the kernel offers) for the children of
-/// `root` and of `root/system`, and makes `root/system`. Returns the
-/// services' parent group.
+/// `root` and of `root/system`, and makes `root/system` with its
+/// [`limits_for`]. Returns the services' parent group.
 ///
 /// # Errors
 /// A file of the hierarchy cannot be read or written.
@@ -71,6 +174,7 @@ pub fn prepare(root: &Path) -> Result<PathBuf, CgroupError> {
             std::fs::write(&control, &line).map_err(at("writing", &control))?;
         }
     }
+    apply_limits(&system, &limits_for(SYSTEM))?;
     Ok(system)
 }
 
@@ -79,7 +183,8 @@ pub fn prepare(root: &Path) -> Result<PathBuf, CgroupError> {
 /// writes `0` (itself) to it between fork and exec. Nothing the service
 /// does happens outside its group, and no other process can be moved by
 /// mistake, as a pid written after the fork could already be reused. A
-/// child that cannot join runs on in machined's group.
+/// child that cannot join runs on in machined's group. The group gets the
+/// [`limits_for`] its name first.
 ///
 /// # Errors
 /// The group cannot be made or its `cgroup.procs` opened.
@@ -88,6 +193,8 @@ pub fn join_at_exec(cmd: &mut std::process::Command, dir: &Path) -> Result<(), C
     use std::os::unix::process::CommandExt as _;
 
     std::fs::create_dir_all(dir).map_err(at("creating", dir))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    apply_limits(dir, &limits_for(name))?;
     let procs = dir.join("cgroup.procs");
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -166,6 +273,43 @@ mod tests {
             "1"
         );
         kill(&system.join("gone/deeper")).expect("a missing group has nothing to kill");
+    }
+
+    #[test]
+    fn cpu_weights_as_upstream() {
+        // 1000 millicores are 1024 shares: weight 39 (the kubelet's too).
+        assert_eq!(cpu_weight(1000, 4), 39);
+        assert_eq!(cpu_weight(500, 4), 20);
+        assert_eq!(cpu_weight(250, 4), 10);
+        // Capped at the CPUs there are.
+        assert_eq!(cpu_weight(1500, 1), cpu_weight(1000, 1));
+        assert_eq!(cpu_weight(1500, 2), 59);
+        assert_eq!(cpu_weight(0, 2), 1, "the least weight");
+    }
+
+    #[test]
+    fn limits_are_written_only_where_the_kernel_offers_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let group = dir.path();
+        for f in ["memory.min", "memory.low", "memory.max", "cpu.weight"] {
+            std::fs::write(group.join(f), "").expect("interface file");
+        }
+        apply_limits(group, &limits_for("apid")).expect("apply");
+        let read = |f: &str| std::fs::read_to_string(group.join(f)).expect("read");
+        assert_eq!(read("memory.min"), (16 * MIB).to_string());
+        assert_eq!(read("memory.low"), (32 * MIB).to_string());
+        assert_eq!(read("memory.max"), (128 * MIB).to_string());
+        assert!(
+            read("cpu.weight")
+                .parse::<u64>()
+                .is_ok_and(|w| (1..=20).contains(&w))
+        );
+        assert!(
+            !group.join("memory.swap.max").exists(),
+            "no swap accounting here: the file is not made up"
+        );
+        assert_eq!(limits_for("networkd"), Limits::default());
+        assert_eq!(limits_for(SYSTEM).max, None, "system has no hard limit");
     }
 
     #[test]

@@ -435,10 +435,18 @@ pub struct CgroupsArgs {
 pub enum CgroupsPreset {
     /// CPU weight, limit, user and system time and their shares of the parent's
     Cpu,
+    /// The CPUs and memory nodes allowed, as set and in effect
+    Cpuset,
+    /// Bytes and operations read and written per disk, I/O pressure
+    Io,
     /// Memory use, peak, protections and limits
     Memory,
     /// Process and thread counts, limits and the processes by name
     Process,
+    /// Pressure stall information: memory, CPU and I/O
+    Psi,
+    /// Swap use, peak and limits
+    Swap,
 }
 
 /// `dashboard` flags.

@@ -342,6 +342,24 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         memory.trim().parse::<u64>().is_ok_and(|m| m > 0),
         "{memory:?}"
     );
+    // Upstream's reservations and limits for apid: 16 MiB never
+    // reclaimed, at most 128 MiB, the CPU weight of 500 millicores.
+    for (file, value) in [
+        ("memory.min", "16777216"),
+        ("memory.max", "134217728"),
+        ("cpu.weight", "20"),
+    ] {
+        let read = ok(
+            &tc,
+            &[
+                "-n",
+                cp_ip,
+                "read",
+                &format!("/sys/fs/cgroup/system/apid/{file}"),
+            ],
+        );
+        assert_eq!(read.trim(), value, "{file}");
+    }
     // The same through `talosctl cgroups`, as upstream's tree.
     let tree = ok(&tc, &["-n", cp_ip, "cgroups", "--preset", "memory"]);
     assert!(
@@ -363,6 +381,25 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         .collect();
     // NAME PidsCurrent PidsPeak PidsMax Procs Threads Processes
     assert_eq!(apid_row.get(4), Some(&"1"), "{procs}");
+    // Pressure: the kernel's PSI numbers for apid, and its reservation in
+    // the memory preset.
+    let psi = ok(&tc, &["-n", cp_ip, "cgroups", "--preset", "psi"]);
+    let apid_psi: Vec<&str> = psi
+        .lines()
+        .find(|l| l.contains("──apid"))
+        .unwrap_or_else(|| panic!("no apid group:\n{psi}"))
+        .split_whitespace()
+        .collect();
+    // NAME MemCurrent (two words) MemPsiSome10 MemPsi10 CpuPsi10 IoPsi10
+    assert!(
+        apid_psi[3..].iter().all(|v| v.parse::<f64>().is_ok()),
+        "{psi}"
+    );
+    assert!(
+        tree.lines()
+            .any(|l| l.contains("──apid") && l.contains("16 MiB") && l.contains("128 MiB")),
+        "{tree}"
+    );
     let m = ok(&tc, &["-n", cp_ip, "memory"]);
     assert!(
         m.lines().nth(1).is_some_and(|l| l.starts_with(cp_ip)),

@@ -158,6 +158,48 @@ impl Group {
         }
     }
 
+    /// A key of one line of a pressure file (`some avg10=0.00 ...`), `kind`
+    /// being `some` or `full`.
+    fn pressure(&self, file: &str, kind: &str, key: &str) -> Value {
+        self.files
+            .get(file)
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.split_whitespace().next() == Some(kind))?
+                    .split_whitespace()
+                    .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key))
+            })
+            .map_or(Value::Unset, |(_, v)| Value::parse(v))
+    }
+
+    /// The file's text, trimmed; empty when it is not there.
+    fn raw(&self, file: &str) -> &str {
+        self.files.get(file).map_or("", |t| t.trim())
+    }
+
+    /// `io.stat` by disk name (`names` maps `major:minor` to it; a number
+    /// without a name stays as it is), each with its keys, in name order.
+    fn io_stat(
+        &self,
+        names: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, BTreeMap<String, Value>> {
+        let mut disks = BTreeMap::new();
+        for line in self.lines("io.stat") {
+            let mut words = line.split_whitespace();
+            let Some(device) = words.next() else { continue };
+            let name = names
+                .get(device)
+                .cloned()
+                .unwrap_or_else(|| device.to_owned());
+            let keys = words
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), Value::parse(v)))
+                .collect();
+            disks.insert(name, keys);
+        }
+        disks
+    }
+
     fn lines(&self, file: &str) -> Vec<String> {
         self.files
             .get(file)
@@ -179,6 +221,25 @@ pub fn files(preset: CgroupsPreset) -> &'static [&'static str] {
             "memory.max",
         ],
         CgroupsPreset::Cpu => &["cpu.weight", "cpu.weight.nice", "cpu.max", "cpu.stat"],
+        CgroupsPreset::Cpuset => &[
+            "cpuset.cpus",
+            "cpuset.cpus.effective",
+            "cpuset.mems",
+            "cpuset.mems.effective",
+        ],
+        CgroupsPreset::Io => &["io.stat", "io.pressure"],
+        CgroupsPreset::Psi => &[
+            "memory.current",
+            "memory.pressure",
+            "cpu.pressure",
+            "io.pressure",
+        ],
+        CgroupsPreset::Swap => &[
+            "memory.swap.current",
+            "memory.swap.peak",
+            "memory.swap.high",
+            "memory.swap.max",
+        ],
         CgroupsPreset::Process => &[
             "pids.current",
             "pids.peak",
@@ -211,6 +272,22 @@ fn header(preset: CgroupsPreset) -> &'static [&'static str] {
             "System/%",
             "Throttled",
         ],
+        CgroupsPreset::Cpuset => &["CpuSet", "CpuSet(Eff)", "Mems", "Mems(Eff)"],
+        CgroupsPreset::Io => &[
+            "Bytes Read/Written",
+            "ios Read/Write",
+            "PressAvg10",
+            "PressAvg60",
+            "PressTotal",
+        ],
+        CgroupsPreset::Psi => &[
+            "MemCurrent",
+            "MemPsiSome10",
+            "MemPsi10",
+            "CpuPsi10",
+            "IoPsi10",
+        ],
+        CgroupsPreset::Swap => &["SwapCurrent", "SwapPeak", "SwapHigh", "SwapMax"],
         CgroupsPreset::Process => &[
             "PidsCurrent",
             "PidsPeak",
@@ -269,6 +346,82 @@ fn row(
                 ),
             ]
         }
+        CgroupsPreset::Cpuset => [
+            "cpuset.cpus",
+            "cpuset.cpus.effective",
+            "cpuset.mems",
+            "cpuset.mems.effective",
+        ]
+        .iter()
+        .map(|f| format!("{:>12}", g.raw(f)))
+        .collect(),
+        CgroupsPreset::Io => {
+            let disks = g.io_stat(names);
+            let bytes: String = disks
+                .iter()
+                .filter(|(_, keys)| !keys.is_empty())
+                .map(|(disk, keys)| {
+                    let v = |k: &str| keys.get(k).copied().unwrap_or_default().ibytes();
+                    format!("{disk}: {}/{} ", v("rbytes"), v("wbytes"))
+                })
+                .collect();
+            // As upstream: operation counts only below the root.
+            let ios: String = if parent.is_some() {
+                disks
+                    .iter()
+                    .map(|(disk, keys)| {
+                        let v = |k: &str| keys.get(k).copied().unwrap_or_default().to_string();
+                        format!("{disk}: {}/{} ", v("rios"), v("wios"))
+                    })
+                    .collect()
+            } else {
+                String::new()
+            };
+            vec![
+                bytes,
+                ios,
+                format!(
+                    "{:>6}",
+                    g.pressure("io.pressure", "some", "avg10").to_string()
+                ),
+                format!(
+                    "{:>6}",
+                    g.pressure("io.pressure", "some", "avg60").to_string()
+                ),
+                format!(
+                    "{:>12}",
+                    g.pressure("io.pressure", "some", "total").usec_duration()
+                ),
+            ]
+        }
+        CgroupsPreset::Psi => vec![
+            format!("{:>8}", g.value("memory.current").ibytes()),
+            format!(
+                "{:>6}",
+                g.pressure("memory.pressure", "some", "avg10").to_string()
+            ),
+            format!(
+                "{:>6}",
+                g.pressure("memory.pressure", "full", "avg10").to_string()
+            ),
+            format!(
+                "{:>6}",
+                g.pressure("cpu.pressure", "full", "avg10").to_string()
+            ),
+            format!(
+                "{:>6}",
+                g.pressure("io.pressure", "full", "avg10").to_string()
+            ),
+        ],
+        CgroupsPreset::Swap => [
+            "memory.swap.current",
+            "memory.swap.peak",
+            "memory.swap.high",
+            "memory.swap.max",
+        ]
+        .iter()
+        .map(|f| format!("{:>8}", g.value(f).ibytes()))
+        .collect(),
         CgroupsPreset::Process => {
             let procs = g.lines("cgroup.procs");
             let resolved: Vec<String> = procs
@@ -480,6 +633,37 @@ async fn process_names(client: &Client) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `major:minor` → block device name, for the io preset: the links of
+/// `/sys/dev/block` (`8:0 -> ../../devices/.../sda`). Numbers stay numbers
+/// when the listing fails.
+async fn disk_names(client: &Client) -> BTreeMap<String, String> {
+    let Ok(mut stream) = client
+        .call(|channel| {
+            let request = client.request(ListRequest {
+                root: "/sys/dev/block".to_owned(),
+                recurse: false,
+                recursion_depth: 0,
+                types: Vec::new(),
+                report_xattrs: false,
+            });
+            async move { client::machine(channel).list(request).await }
+        })
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    let mut names = BTreeMap::new();
+    while let Ok(Some(info)) = stream.message().await {
+        let number = info.name.rsplit('/').next().unwrap_or_default();
+        if let Some(name) = info.link.rsplit('/').next().filter(|n| !n.is_empty())
+            && number.contains(':')
+        {
+            names.insert(number.to_owned(), name.to_owned());
+        }
+    }
+    names
+}
+
 /// Runs `talosctl cgroups`.
 ///
 /// # Errors
@@ -487,10 +671,10 @@ async fn process_names(client: &Client) -> BTreeMap<String, String> {
 pub async fn run(global: &GlobalArgs, args: &CgroupsArgs) -> anyhow::Result<()> {
     let client = Client::connect(global, Options::nodes(NodePolicy::Single("cgroups")))?;
     let groups = fetch(&client, args.preset).await?;
-    let names = if args.preset == CgroupsPreset::Process {
-        process_names(&client).await
-    } else {
-        BTreeMap::new()
+    let names = match args.preset {
+        CgroupsPreset::Process => process_names(&client).await,
+        CgroupsPreset::Io => disk_names(&client).await,
+        _ => BTreeMap::new(),
     };
     crate::output::out(&render(args.preset, &groups, &names))
 }
@@ -590,5 +774,101 @@ mod tests {
             cpu.lines().nth(1).is_some_and(|l| l.contains(" - ")),
             "{cpu}"
         );
+    }
+
+    #[test]
+    fn io_psi_swap_and_cpuset_presets() {
+        let pressure = "some avg10=1.50 avg60=0.25 avg300=0.00 total=2500000
+                        full avg10=0.75 avg60=0.00 avg300=0.00 total=1000
+";
+        let groups = vec![
+            group(
+                "",
+                &[(
+                    "io.stat",
+                    "8:0 rbytes=1048576 wbytes=2097152 rios=10 wios=20
+",
+                )],
+            ),
+            group(
+                "system",
+                &[
+                    (
+                        "io.stat",
+                        "8:0 rbytes=1024 wbytes=0 rios=1 wios=0 dbytes=0 dios=0
+                         253:7 rbytes=0 wbytes=4096 rios=0 wios=1
+",
+                    ),
+                    ("io.pressure", pressure),
+                    ("memory.current", "3145728"),
+                    ("memory.pressure", pressure),
+                    ("cpu.pressure", pressure),
+                    ("memory.swap.current", "0"),
+                    ("memory.swap.max", "max"),
+                    (
+                        "cpuset.cpus.effective",
+                        "0-1
+",
+                    ),
+                    (
+                        "cpuset.mems.effective",
+                        "0
+",
+                    ),
+                ],
+            ),
+        ];
+        let disks = BTreeMap::from([("8:0".to_owned(), "sda".to_owned())]);
+        let io = render(CgroupsPreset::Io, &groups, &disks);
+        let lines: Vec<&str> = io.lines().collect();
+        assert!(
+            lines[0].contains("Bytes Read/Written") && lines[0].contains("PressTotal"),
+            "{io}"
+        );
+        assert!(lines[1].contains("sda: 1.0 MiB/2.0 MiB"), "{io}");
+        assert!(
+            !lines[1].contains("10/20"),
+            "no operation counts at the root: {io}"
+        );
+        assert!(
+            lines[2].contains("253:7: 0 B/4.0 KiB") && lines[2].contains("sda: 1/0"),
+            "{io}"
+        );
+        assert!(
+            lines[2].contains("1.50") && lines[2].contains("0.25") && lines[2].contains("2.5s"),
+            "{io}"
+        );
+        let psi = render(CgroupsPreset::Psi, &groups, &disks);
+        let row: Vec<&str> = psi
+            .lines()
+            .nth(2)
+            .expect("system")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            row,
+            ["└──system", "3.0", "MiB", "1.50", "0.75", "0.75", "0.75"],
+            "{psi}"
+        );
+        let swap = render(CgroupsPreset::Swap, &groups, &disks);
+        let row: Vec<&str> = swap
+            .lines()
+            .nth(2)
+            .expect("system")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            row,
+            ["└──system", "0", "B", "unset", "unset", "max"],
+            "{swap}"
+        );
+        let cpuset = render(CgroupsPreset::Cpuset, &groups, &disks);
+        let row: Vec<&str> = cpuset
+            .lines()
+            .nth(2)
+            .expect("system")
+            .split_whitespace()
+            .collect();
+        assert_eq!(row, ["└──system", "0-1", "0"], "{cpuset}");
     }
 }
