@@ -33,6 +33,14 @@ pub const MODULES: &[&str] = &[
     "failover",
     "net_failover",
     "virtio_net",
+    // VLAN links (`vlans` in the machine config): 802.1Q and what it
+    // needs. Module loading is locked after boot, so they cannot wait
+    // until a config asks for a VLAN.
+    "llc",
+    "stp",
+    "garp",
+    "mrp",
+    "8021q",
     "virtio_blk",
     "squashfs",
     "loop",
@@ -52,10 +60,20 @@ pub const MODULES: &[&str] = &[
 /// Module file extensions we accept, longest first.
 const EXTENSIONS: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
-/// The NIC driver: apid does not need it to answer on loopback. It goes
-/// to `/modules.network`, which machined loads as it starts networkd (once
-/// apid is up), or at once when a disk carries one of its filesystems.
-pub const NETWORK: &[&str] = &["failover", "net_failover", "virtio_net"];
+/// The NIC driver and 802.1Q: apid does not need them to answer on
+/// loopback. They go to `/modules.network`, which machined loads as it
+/// starts networkd (once apid is up), or at once when a disk carries one
+/// of its filesystems.
+pub const NETWORK: &[&str] = &[
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "llc",
+    "stp",
+    "garp",
+    "mrp",
+    "8021q",
+];
 
 /// What only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the
 /// ESP), overlay and their helpers. They go to `/modules.deferred`, which
@@ -295,6 +313,11 @@ mod tests {
         assert!(pos("libcrc32c") < pos("xfs"));
         assert!(pos("virtio_pci") < pos("virtio_rng"));
         assert!(pos("fat") < pos("vfat"));
+        assert!(pos("llc") < pos("stp") && pos("stp") < pos("garp"));
+        assert!(pos("garp") < pos("8021q") && pos("mrp") < pos("8021q"));
+        for network in NETWORK {
+            assert!(MODULES.contains(network), "{network}");
+        }
     }
 
     #[test]

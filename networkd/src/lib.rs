@@ -27,6 +27,8 @@
 //!   ([`dhcp::client`]) and a task per link ([`dhcp::io`]).
 //! - [`hostname`]: config, `ip=`, DHCP option 12, else a generated
 //!   `talos-xxxxx`.
+//! - [`hardware`]: a link's driver, bus address and PCI ids from sysfs,
+//!   for `deviceSelector` (and machined's `LinkStatus`).
 //! - [`files`]: `resolv.conf`, `hosts`, `hostname` and the node addresses,
 //!   rendered purely and written atomically.
 //! - [`reconcile`]: the event-driven loop (netlink multicast, no polling).
@@ -49,8 +51,9 @@
 //!
 //! - IPv4 DHCP only (no DHCPv6; IPv6 router advertisements are the
 //!   kernel's); static IPv6 addresses and routes work.
-//! - `deviceSelector`, bonds, bridges, VLANs, WireGuard and VIPs in the
-//!   machine config are reported and skipped.
+//! - Bonds, bridges, WireGuard and VIPs in the machine config are reported
+//!   and skipped; `deviceSelector` and VLANs work. VLAN links are created,
+//!   never deleted.
 //! - The DHCP client uses a UDP socket, which needs reverse-path filtering
 //!   off on the link until it has an address (see [`dhcp::io`]).
 #![forbid(unsafe_code)]
@@ -59,6 +62,7 @@ pub mod cli;
 pub mod cmdline;
 pub mod dhcp;
 pub mod files;
+pub mod hardware;
 pub mod hostname;
 pub mod netlink;
 pub mod plan;

@@ -7,7 +7,9 @@ use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, MulticastGroup, RouteMessageBuilder};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkUnspec, LinkVlan, MulticastGroup, RouteMessageBuilder,
+};
 
 use crate::plan::{Action, DesiredRoute};
 use crate::state::{Address, Link, Observed, Route};
@@ -64,7 +66,9 @@ pub async fn snapshot(handle: Handle) -> Result<Observed, NetlinkError> {
 
     let mut links = std::pin::pin!(handle.link().get().execute());
     while let Some(message) = links.try_next().await.map_err(failed("dumping links"))? {
-        if let Some(link) = Link::from_message(&message) {
+        if let Some(mut link) = Link::from_message(&message) {
+            // deviceSelector matches on what sysfs says of the device.
+            link.hardware = crate::hardware::device_info(std::path::Path::new("/sys"), &link.name);
             observed.links.push(link);
         }
     }
@@ -172,6 +176,19 @@ fn describe_route(route: &DesiredRoute) -> String {
 #[allow(clippy::field_reassign_with_default)] // CacheInfo is non-exhaustive.
 pub async fn apply(handle: &Handle, action: &Action) -> Result<(), NetlinkError> {
     let result = match action {
+        Action::CreateVlan {
+            name,
+            parent_index,
+            parent,
+            vid,
+        } => handle
+            .link()
+            .add(LinkVlan::new(name, *parent_index, *vid).build())
+            .execute()
+            .await
+            .map_err(failed(format!(
+                "creating the VLAN link {name} ({parent}, id {vid})"
+            ))),
         Action::SetUp { index, name } => handle
             .link()
             .set(LinkUnspec::new_with_index(*index).up().build())

@@ -179,11 +179,17 @@ pub struct DesiredLink {
     pub mac: Option<[u8; 6]>,
 }
 
-/// The desired state: every managed link (all of them up).
+/// The desired state: every managed link (all of them up), and the links
+/// to create.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Desired {
     /// Managed links, by index.
     pub links: Vec<DesiredLink>,
+    /// [`Action::CreateVlan`]s for the configured VLANs that do not exist
+    /// yet and whose parent does.
+    pub create: Vec<Action>,
+    /// What the config asks for and cannot be done (logged).
+    pub problems: Vec<String>,
 }
 
 impl Desired {
@@ -197,6 +203,17 @@ impl Desired {
 /// A change to make through netlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Create a VLAN link on `parent_index`.
+    CreateVlan {
+        /// The new link's name (`<parent>.<vid>`).
+        name: String,
+        /// The parent's index.
+        parent_index: u32,
+        /// The parent's name.
+        parent: String,
+        /// The VLAN id.
+        vid: u16,
+    },
     /// Bring the link up.
     SetUp {
         /// Interface index.
@@ -359,11 +376,30 @@ pub fn desired(
 ) -> Desired {
     let first_physical = observed.first_physical().map(|l| l.index);
     let global = kernel.global();
+    let resolved = settings.resolve(&observed.links);
+    let mut create = Vec::new();
+    for vlan in &resolved.vlans {
+        let ignored = |name: &str| kernel.ignores(name) || resolved.ignores(name);
+        if ignored(&vlan.parent)
+            || ignored(&vlan.name)
+            || observed.links.iter().any(|l| l.name == vlan.name)
+        {
+            continue;
+        }
+        if let Some(parent) = observed.links.iter().find(|l| l.name == vlan.parent) {
+            create.push(Action::CreateVlan {
+                name: vlan.name.clone(),
+                parent_index: parent.index,
+                parent: parent.name.clone(),
+                vid: vlan.vid,
+            });
+        }
+    }
     let mut links: Vec<&Link> = observed.links.iter().collect();
     links.sort_by_key(|l| l.index);
     let mut out = Vec::new();
     for link in links {
-        if kernel.ignores(&link.name) || settings.ignores(&link.name) {
+        if kernel.ignores(&link.name) || resolved.ignores(&link.name) {
             continue;
         }
         let mut want = DesiredLink {
@@ -380,7 +416,7 @@ pub fn desired(
             out.push(want);
             continue;
         }
-        let device = settings.device(&link.name);
+        let device = resolved.devices.get(&link.name);
         let ip = kernel.config_for(&link.name, first_physical == Some(link.index));
         if !is_managed(link, device.is_some() || ip.is_some()) {
             continue;
@@ -444,12 +480,17 @@ pub fn desired(
         }
         out.push(want);
     }
-    Desired { links: out }
+    Desired {
+        links: out,
+        create,
+        problems: resolved.problems,
+    }
 }
 
-/// What to do to get from `observed` to `desired`: MTUs and links up
-/// first, then missing addresses, then missing routes (which may need
-/// those addresses).
+/// What to do to get from `observed` to `desired`: missing VLAN links,
+/// MTUs and links up first, then missing addresses, then missing routes
+/// (which may need those addresses). A VLAN link created is configured on
+/// the next pass, once the kernel reports it.
 #[must_use]
 pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
     let mut links = Vec::new();
@@ -498,7 +539,14 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
             }
         }
     }
-    links.into_iter().chain(addresses).chain(routes).collect()
+    desired
+        .create
+        .iter()
+        .cloned()
+        .chain(links)
+        .chain(addresses)
+        .chain(routes)
+        .collect()
 }
 
 /// A DHCP client to start.
@@ -565,8 +613,8 @@ mod tests {
             mac: vec![2, 0, 0, 0, 0, u8::try_from(index).expect("small")],
             flags: if up { IFF_UP } else { 0 },
             kind: kind.map(str::to_owned),
-            controller: None,
             link_type: ARPHRD_ETHER,
+            ..Link::default()
         }
     }
 
@@ -623,11 +671,122 @@ mod tests {
                     mtu: None,
                 }],
                 mtu: Some(1400),
-                dhcp: None,
-                ignore: false,
+                ..DeviceSettings::default()
             }],
             ..Settings::default()
         }
+    }
+
+    /// eth1 selected by its driver gets an address and a VLAN with its
+    /// own; the VLAN link is created first, and configured once it exists.
+    #[test]
+    fn selected_links_and_their_vlans() {
+        use crate::settings::Selector;
+        let now = Instant::now();
+        let mut observed = observed();
+        observed.links[2].hardware.driver = "e1000".into();
+        observed.links[2].hardware.bus_path = "0000:00:04.0".into();
+        let vlan = DeviceSettings {
+            addresses: vec![(ip("10.50.0.5"), 24)],
+            ..DeviceSettings::default()
+        };
+        let settings = Settings {
+            devices: vec![DeviceSettings {
+                selector: Some(Selector {
+                    driver: Some("e1000*".into()),
+                    bus_path: Some("0000:00:*".into()),
+                    ..Selector::default()
+                }),
+                addresses: vec![(ip("10.40.0.5"), 24)],
+                vlans: vec![(50, vlan)],
+                ..DeviceSettings::default()
+            }],
+            ..Settings::default()
+        };
+        let d = desired(
+            &settings,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        let eth1 = d.link("eth1").expect("eth1");
+        assert_eq!(eth1.addresses[0].address, ip("10.40.0.5"));
+        assert!(!eth1.dhcp, "a configured link runs DHCP only when told");
+        assert!(d.link("eth0").expect("eth0").dhcp, "eth0 is not selected");
+        let create = Action::CreateVlan {
+            name: "eth1.50".into(),
+            parent_index: 3,
+            parent: "eth1".into(),
+            vid: 50,
+        };
+        let actions = plan(&d, &observed);
+        assert_eq!(actions.first(), Some(&create), "{actions:?}");
+        assert!(actions.contains(&Action::AddAddress {
+            index: 3,
+            name: "eth1".into(),
+            address: DesiredAddress {
+                address: ip("10.40.0.5"),
+                prefix: 24,
+                lifetime: None,
+            },
+            replace: false,
+        }));
+
+        // Once the kernel has it: up and addressed, not created again.
+        let mut vlan_link = link(9, "eth1.50", Some("vlan"), false);
+        vlan_link.parent = Some(3);
+        vlan_link.vlan_id = Some(50);
+        observed.links.push(vlan_link);
+        let d = desired(
+            &settings,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(d.create.is_empty());
+        let actions = plan(&d, &observed);
+        assert!(actions.contains(&Action::SetUp {
+            index: 9,
+            name: "eth1.50".into()
+        }));
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::AddAddress { index: 9, address, .. } if address.address == ip("10.50.0.5")
+        )));
+
+        // A selector matching nothing configures nothing and makes no VLAN.
+        let mut none = settings.clone();
+        none.devices[0].selector = Some(Selector {
+            driver: Some("ixgbe".into()),
+            ..Selector::default()
+        });
+        let d = desired(
+            &none,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(d.create.is_empty());
+        assert!(d.link("eth1").expect("eth1").dhcp, "back to the default");
+        // An ignored parent gets no VLAN.
+        let mut ignored = Settings::default();
+        ignored.devices.push(DeviceSettings {
+            name: "eth0".into(),
+            ignore: true,
+            vlans: vec![(7, DeviceSettings::default())],
+            ..DeviceSettings::default()
+        });
+        let d = desired(
+            &ignored,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(d.create.is_empty());
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct Reconciler {
     events_rx: mpsc::UnboundedReceiver<LeaseEvent>,
     kernel_hostname: Option<String>,
     node_addresses: Option<Vec<IpAddr>>,
+    /// The problems of the settings on these links last logged, so each
+    /// is logged once.
+    problems: Vec<String>,
 }
 
 impl Reconciler {
@@ -117,6 +120,7 @@ impl Reconciler {
             events_rx,
             kernel_hostname: None,
             node_addresses: None,
+            problems: Vec::new(),
         }
     }
 
@@ -241,6 +245,18 @@ impl Reconciler {
                 &self.leases,
                 Instant::now(),
             );
+            // The settings' own problems are logged as the file is read;
+            // these depend on the links too.
+            if desired.problems != self.problems {
+                for problem in desired
+                    .problems
+                    .iter()
+                    .filter(|p| !self.problems.contains(p))
+                {
+                    tracing::warn!("{problem}");
+                }
+                self.problems.clone_from(&desired.problems);
+            }
             let actions = plan::plan(&desired, &observed);
             changed = self.apply_all(&actions).await > 0;
             self.manage_dhcp(&desired).await;
@@ -492,6 +508,9 @@ impl Reconciler {
 #[must_use]
 pub fn describe(action: &Action) -> String {
     match action {
+        Action::CreateVlan {
+            name, parent, vid, ..
+        } => format!("creating the VLAN link {name} (id {vid} on {parent})"),
         Action::SetUp { name, .. } => format!("bringing {name} up"),
         Action::SetMtu { name, mtu, .. } => format!("setting the MTU of {name} to {mtu}"),
         Action::AddAddress {

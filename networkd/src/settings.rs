@@ -4,8 +4,14 @@
 //! The config's own validation (machinery) already rejected malformed
 //! addresses and routes; what remains here is turning strings into
 //! addresses, filling defaults, and noting what networkd does not support
-//! (`deviceSelector`, bonds, bridges, VLANs...).
+//! (bonds, bridges, WireGuard, VIPs...).
+//!
+//! An entry names its link (`interface`) or selects links by their
+//! hardware (`deviceSelector`, [`Selector`]); [`Settings::resolve`] puts
+//! the settings on the links that exist, and adds the VLAN links
+//! (`<link>.<vlanId>`) of each entry.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::mem::MaybeUninit;
@@ -21,7 +27,9 @@ use rustix::fs::inotify;
 use tokio::sync::mpsc;
 
 use machinery::config::MachineConfig;
-use machinery::config::v1alpha1::{Device, Network};
+use machinery::config::v1alpha1::{Device, DeviceSelector, Network, Route};
+
+use crate::state::{Link, hardware_addr_string};
 
 /// The metric of routes that do not name one (upstream's default).
 pub const DEFAULT_ROUTE_METRIC: u32 = 1024;
@@ -43,11 +51,108 @@ pub struct RouteSettings {
     pub mtu: Option<u32>,
 }
 
-/// One `machine.network.interfaces` entry that names its link.
+/// `deviceSelector`: the qualifiers given, all of which a link must match.
+/// Each but `physical` is a pattern where `*` stands for any run of
+/// characters; hex values match in either case.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selector {
+    /// `busPath`.
+    pub bus_path: Option<String>,
+    /// `hardwareAddr`.
+    pub hardware_addr: Option<String>,
+    /// `permanentAddr`.
+    pub permanent_addr: Option<String>,
+    /// `pciID`.
+    pub pci_id: Option<String>,
+    /// `driver`.
+    pub driver: Option<String>,
+    /// `physical`.
+    pub physical: Option<bool>,
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters (none included), ignoring ASCII case.
+#[must_use]
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.to_ascii_lowercase(), text.to_ascii_lowercase());
+    let mut parts = p.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = t.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+impl Selector {
+    fn from_config(selector: &DeviceSelector) -> Selector {
+        let text = |v: &Option<String>| non_empty(v.as_deref()).map(str::to_owned);
+        Selector {
+            bus_path: text(&selector.bus_path),
+            hardware_addr: text(&selector.hardware_addr),
+            permanent_addr: text(&selector.permanent_addr),
+            pci_id: text(&selector.pci_id),
+            driver: text(&selector.driver),
+            physical: selector.physical,
+        }
+    }
+
+    /// Whether `link` matches every qualifier. A selector without any
+    /// matches nothing.
+    #[must_use]
+    pub fn matches(&self, link: &Link) -> bool {
+        let hw = &link.hardware;
+        let mac = |bytes: &[u8]| {
+            if bytes.iter().all(|b| *b == 0) {
+                String::new()
+            } else {
+                hardware_addr_string(bytes)
+            }
+        };
+        let checks = [
+            (&self.bus_path, hw.bus_path.clone()),
+            (&self.hardware_addr, mac(&link.mac)),
+            (&self.permanent_addr, mac(&link.perm_mac)),
+            (&self.pci_id, hw.pci_id.clone()),
+            (&self.driver, hw.driver.clone()),
+        ];
+        let mut any = self.physical.is_some();
+        for (pattern, value) in checks {
+            if let Some(pattern) = pattern {
+                any = true;
+                if !glob_match(pattern, &value) {
+                    return false;
+                }
+            }
+        }
+        if let Some(physical) = self.physical
+            && physical != link.is_physical()
+        {
+            return false;
+        }
+        any
+    }
+}
+
+/// One `machine.network.interfaces` entry, or one VLAN of one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceSettings {
-    /// Link name.
+    /// Link name; empty when the entry selects its links ([`Self::selector`])
+    /// or is a VLAN (named after the link it sits on).
     pub name: String,
+    /// `deviceSelector`.
+    pub selector: Option<Selector>,
+    /// VLANs on the link(s), by id.
+    pub vlans: Vec<(u16, DeviceSettings)>,
     /// Static addresses.
     pub addresses: Vec<(IpAddr, u8)>,
     /// Static routes.
@@ -124,17 +229,19 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
 impl DeviceSettings {
     fn from_device(index: usize, device: &Device, problems: &mut Vec<String>) -> Option<Self> {
         let path = format!("machine.network.interfaces[{index}]");
-        let Some(name) = non_empty(device.interface.as_deref()) else {
+        let name = non_empty(device.interface.as_deref());
+        let selector = device.device_selector.as_ref().map(Selector::from_config);
+        let label = name.map_or_else(|| "deviceSelector".to_owned(), str::to_owned);
+        if name.is_none() && selector.is_none() {
             problems.push(format!(
-                "{path}: deviceSelector is not supported by networkd; the entry is skipped"
+                "{path}: neither interface nor deviceSelector; the entry is skipped"
             ));
             return None;
-        };
+        }
         for (what, value) in [
             ("bond", device.bond.is_some()),
             ("bridge", device.bridge.is_some()),
             ("bridgePort", device.bridge_port.is_some()),
-            ("vlans", device.vlans.is_some()),
             ("wireguard", device.wireguard.is_some()),
             ("vip", device.vip.is_some()),
             ("dummy", device.dummy == Some(true)),
@@ -142,12 +249,13 @@ impl DeviceSettings {
         ] {
             if value {
                 problems.push(format!(
-                    "{path} ({name}): {what} is not supported by networkd and is ignored"
+                    "{path} ({label}): {what} is not supported by networkd and is ignored"
                 ));
             }
         }
         let mut settings = DeviceSettings {
-            name: name.to_owned(),
+            name: name.map(str::to_owned).unwrap_or_default(),
+            selector: if name.is_some() { None } else { selector },
             mtu: device.mtu,
             dhcp: device.dhcp,
             ignore: device.ignore == Some(true),
@@ -159,6 +267,50 @@ impl DeviceSettings {
             .flatten()
             .map(String::as_str)
             .chain(non_empty(device.cidr.as_deref()));
+        settings.add_network(&path, addresses, device.routes.iter().flatten(), problems);
+        for (j, vlan) in device.vlans.iter().flatten().enumerate() {
+            let vlan_path = format!("{path}.vlans[{j}]");
+            let Some(id) = vlan.vlan_id.filter(|id| (1..=4094).contains(id)) else {
+                problems.push(format!(
+                    "{vlan_path}: no usable vlanId; the VLAN is skipped"
+                ));
+                continue;
+            };
+            for (what, value) in [
+                ("vip", vlan.vip.is_some()),
+                ("dhcpOptions", vlan.dhcp_options.is_some()),
+            ] {
+                if value {
+                    problems.push(format!(
+                        "{vlan_path} ({label}.{id}): {what} is not supported by networkd and is ignored"
+                    ));
+                }
+            }
+            let mut vlan_settings = DeviceSettings {
+                mtu: vlan.mtu,
+                dhcp: vlan.dhcp,
+                ..DeviceSettings::default()
+            };
+            vlan_settings.add_network(
+                &vlan_path,
+                vlan.addresses.iter().flatten().map(String::as_str),
+                vlan.routes.iter().flatten(),
+                problems,
+            );
+            settings.vlans.push((id, vlan_settings));
+        }
+        Some(settings)
+    }
+
+    /// Adds the static addresses and routes of an entry (or of a VLAN).
+    fn add_network<'a>(
+        &mut self,
+        path: &str,
+        addresses: impl Iterator<Item = &'a str>,
+        routes: impl Iterator<Item = &'a Route>,
+        problems: &mut Vec<String>,
+    ) {
+        let settings = self;
         for address in addresses {
             match parse_cidr(address) {
                 Some(cidr) if !settings.addresses.contains(&cidr) => settings.addresses.push(cidr),
@@ -166,7 +318,7 @@ impl DeviceSettings {
                 None => problems.push(format!("{path}: address {address:?} is not usable")),
             }
         }
-        for (j, route) in device.routes.iter().flatten().enumerate() {
+        for (j, route) in routes.enumerate() {
             let gateway =
                 non_empty(route.gateway.as_deref()).and_then(|g| g.parse::<IpAddr>().ok());
             let (destination, prefix) = match non_empty(route.network.as_deref()) {
@@ -203,7 +355,41 @@ impl DeviceSettings {
                 mtu: route.mtu.filter(|m| *m != 0),
             });
         }
-        Some(settings)
+    }
+}
+
+/// Linux's longest link name (`IFNAMSIZ` less the NUL).
+const MAX_LINK_NAME: usize = 15;
+
+/// A VLAN link the config asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlanLink {
+    /// `<parent>.<vid>`.
+    pub name: String,
+    /// The link it sits on.
+    pub parent: String,
+    /// Its VLAN id.
+    pub vid: u16,
+}
+
+/// The settings as they fall on the links that exist: by link name (VLAN
+/// links included), and the VLAN links to have.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Resolved {
+    /// Link name → its settings (the last entry naming or selecting a link
+    /// wins, as with names alone).
+    pub devices: BTreeMap<String, DeviceSettings>,
+    /// VLAN links, in config order.
+    pub vlans: Vec<VlanLink>,
+    /// What could not be done (logged).
+    pub problems: Vec<String>,
+}
+
+impl Resolved {
+    /// Whether the config says to leave `name` alone.
+    #[must_use]
+    pub fn ignores(&self, name: &str) -> bool {
+        self.devices.get(name).is_some_and(|d| d.ignore)
     }
 }
 
@@ -256,10 +442,56 @@ impl Settings {
             .unwrap_or_default()
     }
 
-    /// The device settings for link `name`.
+    /// The device settings that name link `name` (selectors aside: see
+    /// [`Settings::resolve`]).
     #[must_use]
     pub fn device(&self, name: &str) -> Option<&DeviceSettings> {
         self.devices.iter().rev().find(|d| d.name == name)
+    }
+
+    /// Puts the entries on `links`: each named link (whether it exists or
+    /// not yet), each link a selector matches, and under each of those its
+    /// VLANs as links `<link>.<vid>`.
+    #[must_use]
+    pub fn resolve(&self, links: &[Link]) -> Resolved {
+        let mut out = Resolved::default();
+        for device in &self.devices {
+            let names: Vec<String> = match &device.selector {
+                None => vec![device.name.clone()],
+                Some(selector) => links
+                    .iter()
+                    .filter(|l| selector.matches(l))
+                    .map(|l| l.name.clone())
+                    .collect(),
+            };
+            for name in names {
+                for (vid, vlan) in &device.vlans {
+                    let vlan_name = format!("{name}.{vid}");
+                    if vlan_name.len() > MAX_LINK_NAME {
+                        out.problems.push(format!(
+                            "the VLAN link {vlan_name} would have a name longer than {MAX_LINK_NAME} characters; it is skipped"
+                        ));
+                        continue;
+                    }
+                    if !out.vlans.iter().any(|v| v.name == vlan_name) {
+                        out.vlans.push(VlanLink {
+                            name: vlan_name.clone(),
+                            parent: name.clone(),
+                            vid: *vid,
+                        });
+                    }
+                    let mut settings = vlan.clone();
+                    settings.name.clone_from(&vlan_name);
+                    out.devices.insert(vlan_name, settings);
+                }
+                let mut settings = device.clone();
+                settings.name.clone_from(&name);
+                settings.selector = None;
+                settings.vlans.clear();
+                out.devices.insert(name, settings);
+            }
+        }
+        out
     }
 
     /// Whether the config says to leave `name` alone.
@@ -460,7 +692,7 @@ fn watch_thread(fd: &OwnedFd, dir: &Path, name: &OsStr, tx: &mpsc::Sender<io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use machinery::config::v1alpha1::{ExtraHost, Route};
+    use machinery::config::v1alpha1::{ExtraHost, Route, Vlan};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
@@ -507,9 +739,24 @@ mod tests {
                     ..Device::default()
                 },
                 Device {
-                    // Any value: the selector itself is not read.
-                    device_selector: Some(Default::default()),
+                    device_selector: Some(DeviceSelector {
+                        hardware_addr: Some("02:00:00:00:00:*".into()),
+                        physical: Some(true),
+                        ..DeviceSelector::default()
+                    }),
                     dhcp: Some(true),
+                    vlans: Some(vec![
+                        Vlan {
+                            vlan_id: Some(100),
+                            addresses: Some(vec!["10.100.0.5/24".into()]),
+                            mtu: Some(1400),
+                            ..Vlan::default()
+                        },
+                        Vlan {
+                            vlan_id: Some(0),
+                            ..Vlan::default()
+                        },
+                    ]),
                     ..Device::default()
                 },
             ]),
@@ -530,7 +777,7 @@ mod tests {
                 aliases: vec!["db".into()]
             }]
         );
-        assert_eq!(settings.devices.len(), 2);
+        assert_eq!(settings.devices.len(), 3);
         let eth0 = settings.device("eth0").expect("eth0");
         assert_eq!(
             eth0.addresses,
@@ -562,13 +809,113 @@ mod tests {
         assert!(settings.ignores("eth1"));
         assert!(!settings.ignores("eth0"));
         assert!(!settings.ignores("eth2"));
-        // The mixed-family route and the selector entry are reported.
+        // The mixed-family route and the VLAN without an id are reported.
         assert_eq!(settings.problems.len(), 2, "{:?}", settings.problems);
         assert!(
             settings
                 .problems
                 .iter()
-                .any(|p| p.contains("deviceSelector"))
+                .any(|p| p.contains("vlans[1]: no usable vlanId"))
+        );
+        let selected = &settings.devices[2];
+        assert_eq!(selected.name, "");
+        assert_eq!(selected.vlans.len(), 1);
+        assert_eq!(selected.vlans[0].0, 100);
+        assert_eq!(selected.vlans[0].1.addresses, vec![(ip("10.100.0.5"), 24)]);
+
+        // On links: the selector picks the physical links with that MAC
+        // prefix, and each gets its VLAN.
+        let link = |index: u32, name: &str, kind: Option<&str>| Link {
+            index,
+            name: name.into(),
+            mac: vec![2, 0, 0, 0, 0, u8::try_from(index).expect("small")],
+            kind: kind.map(str::to_owned),
+            link_type: crate::state::ARPHRD_ETHER,
+            ..Link::default()
+        };
+        let links = [
+            link(2, "eth0", None),
+            link(3, "eth2", None),
+            link(4, "veth9", Some("veth")),
+        ];
+        let resolved = settings.resolve(&links);
+        let names: Vec<&str> = resolved.devices.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["eth0", "eth0.100", "eth1", "eth2", "eth2.100"],
+            "the veth is not physical; eth1 is named, though absent"
+        );
+        assert_eq!(resolved.devices["eth2"].dhcp, Some(true));
+        // The last entry wins: eth0 is named first, then selected.
+        assert_eq!(resolved.devices["eth0"].dhcp, Some(true));
+        assert_eq!(resolved.devices["eth2.100"].mtu, Some(1400));
+        assert_eq!(
+            resolved.vlans,
+            [
+                VlanLink {
+                    name: "eth0.100".into(),
+                    parent: "eth0".into(),
+                    vid: 100
+                },
+                VlanLink {
+                    name: "eth2.100".into(),
+                    parent: "eth2".into(),
+                    vid: 100
+                }
+            ]
+        );
+        assert!(resolved.ignores("eth1"));
+    }
+
+    #[test]
+    fn selectors_match_every_qualifier_given() {
+        assert!(glob_match("00:11:*", "00:11:22:33:44:55"));
+        assert!(glob_match("*:55", "00:11:22:33:44:55"));
+        assert!(glob_match("0000:00:*.0", "0000:00:03.0"));
+        assert!(glob_match("VIRTIO*", "virtio_net"));
+        assert!(glob_match("a*b*c", "abc"));
+        assert!(!glob_match("a*b*c", "acb"));
+        assert!(!glob_match("00:11", "00:11:22"));
+        assert!(glob_match("*", ""));
+        let mut link = Link {
+            name: "eth0".into(),
+            mac: vec![0x00, 0x11, 0x22, 0x33, 0x44, 0x55],
+            perm_mac: vec![0x00, 0x11, 0x22, 0x33, 0x44, 0x66],
+            link_type: crate::state::ARPHRD_ETHER,
+            ..Link::default()
+        };
+        link.hardware.driver = "virtio_net".into();
+        link.hardware.pci_id = "1AF4:1000".into();
+        let sel = |f: fn(&mut Selector)| {
+            let mut s = Selector::default();
+            f(&mut s);
+            s
+        };
+        assert!(sel(|s| s.hardware_addr = Some("00:11:22:*".into())).matches(&link));
+        assert!(sel(|s| s.permanent_addr = Some("*:66".into())).matches(&link));
+        assert!(!sel(|s| s.permanent_addr = Some("*:55".into())).matches(&link));
+        assert!(sel(|s| s.pci_id = Some("1af4:*".into())).matches(&link));
+        assert!(sel(|s| s.physical = Some(true)).matches(&link));
+        assert!(!sel(|s| s.physical = Some(false)).matches(&link));
+        // All must match; a pattern with text fails on what the link
+        // lacks (as upstream, `*` alone matches nothing too).
+        assert!(
+            !sel(|s| {
+                s.driver = Some("virtio_net".into());
+                s.bus_path = Some("0000:*".into());
+            })
+            .matches(&link)
+        );
+        assert!(
+            sel(|s| {
+                s.driver = Some("virtio_net".into());
+                s.bus_path = Some("*".into());
+            })
+            .matches(&link)
+        );
+        assert!(
+            !Selector::default().matches(&link),
+            "no qualifier, no match"
         );
     }
 

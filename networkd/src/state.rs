@@ -8,7 +8,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVlan, LinkAttribute, LinkInfo, LinkMessage};
+
+use crate::hardware::DeviceInfo;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 
 /// `IFF_UP`.
@@ -64,6 +66,15 @@ pub struct Link {
     pub controller: Option<u32>,
     /// `ARPHRD_*` link type.
     pub link_type: u16,
+    /// `IFLA_LINK`: the link this one is stacked on (a VLAN's parent).
+    pub parent: Option<u32>,
+    /// The VLAN id of a VLAN link.
+    pub vlan_id: Option<u16>,
+    /// The permanent hardware address (empty when the kernel gives none).
+    pub perm_mac: Vec<u8>,
+    /// The device behind the link, from sysfs (filled by
+    /// [`crate::netlink::snapshot`]; empty in tests that build links).
+    pub hardware: DeviceInfo,
 }
 
 impl Link {
@@ -122,10 +133,19 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Address(mac) => link.mac.clone_from(mac),
                 LinkAttribute::Controller(index) if *index != 0 => link.controller = Some(*index),
+                LinkAttribute::Link(index) if *index != 0 => link.parent = Some(*index),
+                LinkAttribute::PermAddress(mac) => link.perm_mac.clone_from(mac),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = Some(kind.to_string());
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                            LinkInfo::Data(InfoData::Vlan(vlan)) => {
+                                link.vlan_id = vlan.iter().find_map(|v| match v {
+                                    InfoVlan::Id(id) => Some(*id),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -300,6 +300,7 @@ impl Drop for Proc {
 /// dnsmasq serving 10.99.7.50-60 on the server end, router and DNS
 /// 10.99.7.1, 2-minute leases (its minimum).
 fn start_dnsmasq(ns: &Namespaces, dir: &Path) -> Proc {
+    let (interface, net) = (&ns.srv_link, "10.99.7");
     let leases = dir.join("dnsmasq.leases");
     let server = Proc::spawn(
         "dnsmasq",
@@ -311,11 +312,11 @@ fn start_dnsmasq(ns: &Namespaces, dir: &Path) -> Proc {
             "dnsmasq",
             "--no-daemon",
             "--conf-file=/dev/null",
-            &format!("--interface={}", ns.srv_link),
+            &format!("--interface={interface}"),
             "--bind-interfaces",
-            "--dhcp-range=10.99.7.50,10.99.7.60,120s",
-            "--dhcp-option=option:router,10.99.7.1",
-            "--dhcp-option=option:dns-server,10.99.7.1",
+            &format!("--dhcp-range={net}.50,{net}.60,120s"),
+            &format!("--dhcp-option=option:router,{net}.1"),
+            &format!("--dhcp-option=option:dns-server,{net}.1"),
             &format!("--dhcp-leasefile={}", leases.display()),
             "--port=0",
             "--no-ping",
@@ -684,6 +685,67 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
     // And it was the watch that woke networkd.
     assert!(
         networkd.log().contains("the machine config changed"),
+        "{}",
+        context()
+    );
+}
+
+/// A link picked by its hardware address (`deviceSelector`, a pattern over
+/// its MAC) gets the entry's address and MTU. (VLANs need 802.1Q, which
+/// the kernels these tests run on may lack: the QEMU tests check them on
+/// the image's kernel.)
+#[test]
+fn a_link_selected_by_its_hardware_address() {
+    require_root_and_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let ns = Namespaces::new('v', "10.99.10.1/24");
+    let mac = link(&ns.cli, &ns.cli_link)["address"]
+        .as_str()
+        .expect("the veth's MAC")
+        .to_owned();
+    let now = SystemTime::now();
+    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+    let generated = machinery::generate::generate(
+        &bundle,
+        &machinery::generate::GenOptions::new("netns", "https://10.99.10.1:6443"),
+        now,
+    )
+    .expect("configs");
+    // The first four bytes, in upper case: hex matches in either case.
+    let pattern = format!("{}*", mac[..12].to_ascii_uppercase());
+    let patch = format!(
+        "machine:
+  network:
+    interfaces:
+      - deviceSelector:
+          hardwareAddr: \"{pattern}\"
+        addresses: [10.99.10.5/24]
+        mtu: 1400
+"
+    );
+    let config = machinery::generate::apply_patch(&generated.worker_yaml, &patch).expect("patch");
+    let config_path = machinery::constants::NodePaths::under(&root).live_config();
+    std::fs::create_dir_all(config_path.parent().expect("a directory")).expect("config dir");
+    std::fs::write(&config_path, config).expect("config");
+
+    let networkd = start_networkd(&ns, dir.path(), &root, "console=ttyS0\n");
+    let context = || networkd.context();
+    wait_for(
+        Duration::from_secs(15),
+        "10.99.10.5/24 on the selected veth, up with MTU 1400",
+        context,
+        || {
+            let veth = link(&ns.cli, &ns.cli_link);
+            (ipv4_addresses(&ns.cli, &ns.cli_link).contains(&(Ipv4Addr::new(10, 99, 10, 5), 24))
+                && is_up(&veth)
+                && veth["mtu"] == 1400)
+                .then_some(())
+        },
+    );
+    // A configured link runs DHCP only when told.
+    assert!(
+        !networkd.log().contains("DHCP client started"),
         "{}",
         context()
     );

@@ -514,6 +514,57 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         "{read}"
     );
 
+    // VLAN 42 over the inter-node link, applied live: on the control plane
+    // under eth1 by name, on the worker under the link its deviceSelector
+    // picks (eth1's MAC prefix). The control plane then reaches the worker
+    // at its VLAN address, which only tagged frames carry.
+    let cp_patch = r#"{"machine": {"network": {"interfaces": [
+        {"interface": "eth0", "dhcp": true},
+        {"interface": "eth1", "addresses": ["10.5.0.2/24"],
+         "vlans": [{"vlanId": 42, "addresses": ["10.42.0.2/24"]}]}]}}}"#;
+    let worker_patch = r#"{"machine": {"network": {"interfaces": [
+        {"interface": "eth0", "dhcp": true},
+        {"deviceSelector": {"hardwareAddr": "52:54:00:5b:*", "physical": true},
+         "addresses": ["10.5.0.3/24"],
+         "vlans": [{"vlanId": 42, "addresses": ["10.42.0.3/24"]}]}]}}}"#;
+    for (node, patch) in [(cp_ip, cp_patch), (worker_ip, worker_patch)] {
+        ok(
+            &tc,
+            &[
+                "-n",
+                node,
+                "patch",
+                "mc",
+                "--mode",
+                "no-reboot",
+                "-p",
+                patch,
+            ],
+        );
+    }
+    eventually(
+        &tc,
+        &["-n", worker_ip, "get", "addresses"],
+        Duration::from_secs(60),
+        |a| a.contains("eth1.42/10.42.0.3/24") && a.contains("eth1/10.5.0.3/24"),
+    );
+    let vlan = ok(
+        &tc,
+        &["-n", worker_ip, "get", "links", "eth1.42", "-o", "yaml"],
+    );
+    assert!(
+        vlan.contains("kind: vlan") && vlan.contains("vlanID: 42"),
+        "{vlan}"
+    );
+    // The worker's certificate gains its VLAN address (its addresses
+    // changed), and the control plane forwards to it over VLAN 42.
+    eventually(
+        &tc,
+        &["-n", "10.42.0.3", "version"],
+        Duration::from_secs(120),
+        |v| v.contains("NODE:        10.42.0.3"),
+    );
+
     // Reboot through the API: the node comes back with its config (from
     // STATE) and a new boot id.
     let r = run(&tc, &["-n", cp_ip, "reboot"]);

@@ -485,9 +485,9 @@ pub struct Device {
     /// Link name (exclusive with `deviceSelector`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// Link selector by bus path, MAC, driver, ... (kept raw).
+    /// Links selected by their hardware (exclusive with `interface`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_selector: Option<Value>,
+    pub device_selector: Option<DeviceSelector>,
     /// Static addresses, CIDR or bare IP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Vec<String>>,
@@ -506,9 +506,9 @@ pub struct Device {
     /// Bridge membership (kept raw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bridge_port: Option<Value>,
-    /// VLANs on this link (kept raw).
+    /// VLANs on this link.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vlans: Option<Value>,
+    pub vlans: Option<Vec<Vlan>>,
     /// Link MTU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -530,6 +530,75 @@ pub struct Device {
     /// Shared virtual IP (kept raw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<Value>,
+}
+
+/// `deviceSelector`: every link whose hardware matches all the qualifiers
+/// given. All but `physical` may hold `*` wildcards.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeviceSelector {
+    /// The device's bus address (`0000:00:03.0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_path: Option<String>,
+    /// The link's hardware address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware_addr: Option<String>,
+    /// The link's permanent hardware address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permanent_addr: Option<String>,
+    /// The PCI vendor and device ids (`1af4:1000`).
+    #[serde(rename = "pciID", skip_serializing_if = "Option::is_none")]
+    pub pci_id: Option<String>,
+    /// The kernel driver (`virtio_net`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Physical links only (no bonds, VLANs, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub physical: Option<bool>,
+}
+
+impl DeviceSelector {
+    /// Whether no qualifier is given (such a selector matches nothing).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.bus_path,
+            &self.hardware_addr,
+            &self.permanent_addr,
+            &self.pci_id,
+            &self.driver,
+        ]
+        .iter()
+        .all(|q| q.as_deref().is_none_or(str::is_empty))
+            && self.physical.is_none()
+    }
+}
+
+/// One entry of a link's `vlans`: the link `<parent>.<vlanId>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Vlan {
+    /// The VLAN id, 1 to 4094.
+    #[serde(rename = "vlanId", skip_serializing_if = "Option::is_none")]
+    pub vlan_id: Option<u16>,
+    /// Static addresses, CIDR or bare IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
+    /// Static routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<Route>>,
+    /// Run DHCP on the VLAN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<bool>,
+    /// The VLAN link's MTU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Shared virtual IP (kept raw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Value>,
+    /// DHCP options (kept raw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp_options: Option<Value>,
 }
 
 /// A static route.

@@ -14,7 +14,7 @@ use serde_yaml_ng::Value;
 
 use super::error::ValidationIssue;
 use super::registries::{self, Registries};
-use super::v1alpha1::{Cluster, Device, Machine, Network, Route, Secret};
+use super::v1alpha1::{Cluster, Device, DeviceSelector, Machine, Network, Route, Secret};
 use super::{Documents, MachineType, V1ALPHA1};
 use crate::base64;
 
@@ -358,6 +358,44 @@ fn check_device(base: &str, device: &Device, issues: &mut Issues) {
         (false, false) => issues.push(base, "either interface or deviceSelector must be set"),
         (true, true) => issues.push(base, "interface and deviceSelector are mutually exclusive"),
         _ => {}
+    }
+    if device
+        .device_selector
+        .as_ref()
+        .is_some_and(DeviceSelector::is_empty)
+    {
+        issues.push(
+            format!("{base}.deviceSelector"),
+            "names no qualifier (busPath, hardwareAddr, permanentAddr, pciID, driver or physical)",
+        );
+    }
+    let mut vlan_ids = Vec::new();
+    for (j, vlan) in device.vlans.iter().flatten().enumerate() {
+        let path = format!("{base}.vlans[{j}]");
+        match vlan.vlan_id {
+            None => issues.push(format!("{path}.vlanId"), "is required"),
+            Some(id) if !(1..=4094).contains(&id) => {
+                issues.push(
+                    format!("{path}.vlanId"),
+                    format!("{id} is not from 1 to 4094"),
+                );
+            }
+            Some(id) if vlan_ids.contains(&id) => {
+                issues.push(format!("{path}.vlanId"), format!("{id} is given twice"));
+            }
+            Some(id) => vlan_ids.push(id),
+        }
+        for (k, address) in vlan.addresses.iter().flatten().enumerate() {
+            if !is_ip_or_cidr(address) {
+                issues.push(
+                    format!("{path}.addresses[{k}]"),
+                    format!("{address:?} is not an IP address or CIDR such as 192.168.1.10/24"),
+                );
+            }
+        }
+        for (k, route) in vlan.routes.iter().flatten().enumerate() {
+            check_route(&format!("{path}.routes[{k}]"), route, issues);
+        }
     }
 
     for (j, address) in device.addresses.iter().flatten().enumerate() {
