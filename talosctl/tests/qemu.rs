@@ -283,11 +283,18 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     // Its disk carries STATE, so every module loaded at boot, before the
     // services, and module loading is locked.
     assert!(
-        dmesg.contains("deferred modules: 12 loaded, 0 failed; module loading locked"),
+        dmesg.contains("deferred modules: 17 loaded, 0 failed; module loading locked"),
         "{dmesg}"
     );
     let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
-    for module in ["virtio_net", "virtio_blk", "squashfs", "xfs", "vfat"] {
+    for module in [
+        "virtio_net",
+        "8021q",
+        "virtio_blk",
+        "squashfs",
+        "xfs",
+        "vfat",
+    ] {
         assert!(
             modules
                 .lines()
@@ -1558,14 +1565,15 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     }
     let installed_in = install_started.elapsed();
     drop(vm);
-    // That boot had a blank disk: the NIC driver loaded once apid was up,
+    // That boot had a blank disk: the NIC driver (and 802.1Q) loaded once
+    // apid was up,
     // the filesystems' modules after it (in the background, or at once
     // for the install), then module loading was locked.
     let console = std::fs::read_to_string(work.path().join("console-install.log"))
         .expect("the install boot's console log");
     assert!(
         console.contains("no disk filesystem of ours")
-            && console.contains("network modules: 3 loaded, 0 failed")
+            && console.contains("network modules: 8 loaded, 0 failed")
             && console.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
         "{console}"
     );
