@@ -41,6 +41,8 @@ pub const MODULES: &[&str] = &[
     "garp",
     "mrp",
     "8021q",
+    // Dummy links (`dummy: true`).
+    "dummy",
     "virtio_blk",
     "squashfs",
     "loop",
@@ -60,7 +62,7 @@ pub const MODULES: &[&str] = &[
 /// Module file extensions we accept, longest first.
 const EXTENSIONS: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
-/// The NIC driver and 802.1Q: apid does not need them to answer on
+/// The NIC driver, 802.1Q and dummy links: apid does not need them to answer on
 /// loopback. They go to `/modules.network`, which machined loads as it
 /// starts networkd (once apid is up), or at once when a disk carries one
 /// of its filesystems.
@@ -73,6 +75,7 @@ pub const NETWORK: &[&str] = &[
     "garp",
     "mrp",
     "8021q",
+    "dummy",
 ];
 
 /// What only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the

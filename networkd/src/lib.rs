@@ -52,7 +52,7 @@
 //! - IPv4 DHCP only (no DHCPv6; IPv6 router advertisements are the
 //!   kernel's); static IPv6 addresses and routes work.
 //! - Bonds, bridges, WireGuard and VIPs in the machine config are reported
-//!   and skipped; `deviceSelector` and VLANs work. VLAN links are created,
+//!   and skipped; `deviceSelector`, VLANs and dummy links work. Links are created,
 //!   never deleted.
 //! - The DHCP client uses a UDP socket, which needs reverse-path filtering
 //!   off on the link until it has an address (see [`dhcp::io`]).

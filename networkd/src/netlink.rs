@@ -8,7 +8,8 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{
-    AddressMessageBuilder, Handle, LinkUnspec, LinkVlan, MulticastGroup, RouteMessageBuilder,
+    AddressMessageBuilder, Handle, LinkDummy, LinkUnspec, LinkVlan, MulticastGroup,
+    RouteMessageBuilder,
 };
 
 use crate::plan::{Action, DesiredRoute};
@@ -176,6 +177,12 @@ fn describe_route(route: &DesiredRoute) -> String {
 #[allow(clippy::field_reassign_with_default)] // CacheInfo is non-exhaustive.
 pub async fn apply(handle: &Handle, action: &Action) -> Result<(), NetlinkError> {
     let result = match action {
+        Action::CreateDummy { name } => handle
+            .link()
+            .add(LinkDummy::new(name).build())
+            .execute()
+            .await
+            .map_err(failed(format!("creating the dummy link {name}"))),
         Action::CreateVlan {
             name,
             parent_index,

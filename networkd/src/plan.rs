@@ -186,7 +186,7 @@ pub struct Desired {
     /// Managed links, by index.
     pub links: Vec<DesiredLink>,
     /// [`Action::CreateVlan`]s for the configured VLANs that do not exist
-    /// yet and whose parent does.
+    /// yet and whose parent does, and [`Action::CreateDummy`]s.
     pub create: Vec<Action>,
     /// What the config asks for and cannot be done (logged).
     pub problems: Vec<String>,
@@ -203,6 +203,11 @@ impl Desired {
 /// A change to make through netlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Create a dummy link.
+    CreateDummy {
+        /// Its name.
+        name: String,
+    },
     /// Create a VLAN link on `parent_index`.
     CreateVlan {
         /// The new link's name (`<parent>.<vid>`).
@@ -393,6 +398,14 @@ pub fn desired(
                 parent: parent.name.clone(),
                 vid: vlan.vid,
             });
+        }
+    }
+    for name in &resolved.dummies {
+        if !kernel.ignores(name)
+            && !resolved.ignores(name)
+            && !observed.links.iter().any(|l| &l.name == name)
+        {
+            create.push(Action::CreateDummy { name: name.clone() });
         }
     }
     let mut links: Vec<&Link> = observed.links.iter().collect();
@@ -675,6 +688,47 @@ mod tests {
             }],
             ..Settings::default()
         }
+    }
+
+    /// A dummy link is created, then addressed like any configured link.
+    #[test]
+    fn dummy_links_are_created_then_configured() {
+        let now = Instant::now();
+        let settings = Settings {
+            devices: vec![DeviceSettings {
+                name: "dummy0".into(),
+                dummy: true,
+                addresses: vec![(ip("10.200.0.1"), 32)],
+                ..DeviceSettings::default()
+            }],
+            ..Settings::default()
+        };
+        let mut observed = observed();
+        let d = desired(
+            &settings,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert_eq!(
+            plan(&d, &observed).first(),
+            Some(&Action::CreateDummy {
+                name: "dummy0".into()
+            })
+        );
+        observed.links.push(link(9, "dummy0", Some("dummy"), false));
+        let d = desired(
+            &settings,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(d.create.is_empty());
+        let dummy = d.link("dummy0").expect("managed once it exists");
+        assert!(!dummy.dhcp);
+        assert_eq!(dummy.addresses[0].address, ip("10.200.0.1"));
     }
 
     /// eth1 selected by its driver gets an address and a VLAN with its

@@ -508,6 +508,7 @@ impl Reconciler {
 #[must_use]
 pub fn describe(action: &Action) -> String {
     match action {
+        Action::CreateDummy { name } => format!("creating the dummy link {name}"),
         Action::CreateVlan {
             name, parent, vid, ..
         } => format!("creating the VLAN link {name} (id {vid} on {parent})"),

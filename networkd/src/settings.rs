@@ -153,6 +153,8 @@ pub struct DeviceSettings {
     pub selector: Option<Selector>,
     /// VLANs on the link(s), by id.
     pub vlans: Vec<(u16, DeviceSettings)>,
+    /// `dummy: true`: networkd creates the (named) link.
+    pub dummy: bool,
     /// Static addresses.
     pub addresses: Vec<(IpAddr, u8)>,
     /// Static routes.
@@ -244,7 +246,6 @@ impl DeviceSettings {
             ("bridgePort", device.bridge_port.is_some()),
             ("wireguard", device.wireguard.is_some()),
             ("vip", device.vip.is_some()),
-            ("dummy", device.dummy == Some(true)),
             ("dhcpOptions", device.dhcp_options.is_some()),
         ] {
             if value {
@@ -259,8 +260,15 @@ impl DeviceSettings {
             mtu: device.mtu,
             dhcp: device.dhcp,
             ignore: device.ignore == Some(true),
+            dummy: device.dummy == Some(true),
             ..DeviceSettings::default()
         };
+        if settings.dummy && name.is_none() {
+            problems.push(format!(
+                "{path}: a dummy link needs a name (interface), not a deviceSelector; dummy is ignored"
+            ));
+            settings.dummy = false;
+        }
         let addresses = device
             .addresses
             .iter()
@@ -381,6 +389,8 @@ pub struct Resolved {
     pub devices: BTreeMap<String, DeviceSettings>,
     /// VLAN links, in config order.
     pub vlans: Vec<VlanLink>,
+    /// Dummy links to have, by name.
+    pub dummies: Vec<String>,
     /// What could not be done (logged).
     pub problems: Vec<String>,
 }
@@ -483,6 +493,9 @@ impl Settings {
                     let mut settings = vlan.clone();
                     settings.name.clone_from(&vlan_name);
                     out.devices.insert(vlan_name, settings);
+                }
+                if device.dummy && !out.dummies.contains(&name) {
+                    out.dummies.push(name.clone());
                 }
                 let mut settings = device.clone();
                 settings.name.clone_from(&name);

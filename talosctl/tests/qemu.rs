@@ -283,7 +283,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     // Its disk carries STATE, so every module loaded at boot, before the
     // services, and module loading is locked.
     assert!(
-        dmesg.contains("deferred modules: 17 loaded, 0 failed; module loading locked"),
+        dmesg.contains("deferred modules: 18 loaded, 0 failed; module loading locked"),
         "{dmesg}"
     );
     let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
@@ -528,7 +528,8 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     let cp_patch = r#"{"machine": {"network": {"interfaces": [
         {"interface": "eth0", "dhcp": true},
         {"interface": "eth1", "addresses": ["10.5.0.2/24"],
-         "vlans": [{"vlanId": 42, "addresses": ["10.42.0.2/24"]}]}]}}}"#;
+         "vlans": [{"vlanId": 42, "addresses": ["10.42.0.2/24"]}]},
+        {"interface": "dummy0", "dummy": true, "addresses": ["10.200.0.2/32"]}]}}}"#;
     let worker_patch = r#"{"machine": {"network": {"interfaces": [
         {"interface": "eth0", "dhcp": true},
         {"deviceSelector": {"hardwareAddr": "52:54:00:5b:*", "physical": true},
@@ -554,6 +555,13 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         &["-n", worker_ip, "get", "addresses"],
         Duration::from_secs(60),
         |a| a.contains("eth1.42/10.42.0.3/24") && a.contains("eth1/10.5.0.3/24"),
+    );
+    // And a dummy link on the control plane, made and addressed.
+    eventually(
+        &tc,
+        &["-n", cp_ip, "get", "addresses"],
+        Duration::from_secs(60),
+        |a| a.contains("dummy0/10.200.0.2/32") && a.contains("eth1.42/10.42.0.2/24"),
     );
     let vlan = ok(
         &tc,
@@ -1573,7 +1581,7 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         .expect("the install boot's console log");
     assert!(
         console.contains("no disk filesystem of ours")
-            && console.contains("network modules: 8 loaded, 0 failed")
+            && console.contains("network modules: 9 loaded, 0 failed")
             && console.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
         "{console}"
     );
