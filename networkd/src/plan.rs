@@ -6,8 +6,10 @@
 //! with what the kernel has and lists the [`Action`]s to take. Both are pure
 //! functions: the reconcile loop re-runs them after every burst of netlink
 //! events, so a plan only has to add what is missing. Removal is explicit
-//! and owned: only the addresses and routes of a lease networkd itself
-//! holds are ever deleted ([`lease_removal`]).
+//! and owned: only what networkd itself put there is ever deleted, the
+//! addresses and routes of a lease it held ([`lease_removal`]) and the
+//! static ones a config it ran with asked for and the current one no
+//! longer does ([`removals`], from what it [`Owned`]).
 //!
 //! Which links are managed:
 //!
@@ -562,6 +564,120 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
         .collect()
 }
 
+/// The static addresses and routes (machine config and `ip=`) networkd
+/// last wanted on each link, by link name: what it may take away again
+/// when the config stops asking for it. Kept in memory: after a restart
+/// networkd owns only what it is asked for from then on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owned {
+    /// Link name → its static addresses and routes.
+    pub links: BTreeMap<String, (Vec<(IpAddr, u8)>, Vec<DesiredRoute>)>,
+}
+
+impl Owned {
+    /// What `desired` asks for that is static (no lease's).
+    #[must_use]
+    pub fn from_desired(desired: &Desired) -> Owned {
+        let links = desired
+            .links
+            .iter()
+            .map(|link| {
+                let addresses = link
+                    .addresses
+                    .iter()
+                    .filter(|a| a.lifetime.is_none())
+                    .map(|a| (a.address, a.prefix))
+                    .collect();
+                let routes = link
+                    .routes
+                    .iter()
+                    .filter(|r| r.origin != Origin::Dhcp)
+                    .cloned()
+                    .collect();
+                (link.name.clone(), (addresses, routes))
+            })
+            .collect();
+        Owned { links }
+    }
+}
+
+impl Owned {
+    /// Keeps owning what `removals` takes away, until the kernel no
+    /// longer has it.
+    pub fn keep(&mut self, removals: &[Action]) {
+        for action in removals {
+            match action {
+                Action::DelAddress {
+                    name,
+                    address,
+                    prefix,
+                    ..
+                } => self
+                    .links
+                    .entry(name.clone())
+                    .or_default()
+                    .0
+                    .push((*address, *prefix)),
+                Action::DelRoute { name, route, .. } => self
+                    .links
+                    .entry(name.clone())
+                    .or_default()
+                    .1
+                    .push(route.clone()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What to take away: the static routes, then addresses, networkd put on a
+/// link that is still managed and that `desired` no longer asks for (a
+/// config changed live), where the kernel still has them. A link no
+/// longer managed (ignored now) is left as it is.
+#[must_use]
+pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Action> {
+    let mut routes = Vec::new();
+    let mut addresses = Vec::new();
+    for (name, (owned_addresses, owned_routes)) in &owned.links {
+        let Some(want) = desired.link(name) else {
+            continue;
+        };
+        for route in owned_routes {
+            let still = want.routes.iter().any(|r| {
+                r.destination == route.destination
+                    && r.prefix == route.prefix
+                    && r.gateway == route.gateway
+                    && r.metric == route.metric
+            });
+            if !still && observed.routes.iter().any(|r| route.matches(want.index, r)) {
+                routes.push(Action::DelRoute {
+                    index: want.index,
+                    name: name.clone(),
+                    route: route.clone(),
+                });
+            }
+        }
+        for (address, prefix) in owned_addresses {
+            let still = want
+                .addresses
+                .iter()
+                .any(|a| a.address == *address && a.prefix == *prefix);
+            let present = observed
+                .addresses_of(want.index)
+                .any(|a| a.address == *address && a.prefix == *prefix);
+            if !still && present {
+                addresses.push(Action::DelAddress {
+                    index: want.index,
+                    name: name.clone(),
+                    address: *address,
+                    prefix: *prefix,
+                });
+            }
+        }
+    }
+    routes.into_iter().chain(addresses).collect()
+}
+
 /// A DHCP client to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhcpStart {
@@ -729,6 +845,84 @@ mod tests {
         let dummy = d.link("dummy0").expect("managed once it exists");
         assert!(!dummy.dhcp);
         assert_eq!(dummy.addresses[0].address, ip("10.200.0.1"));
+    }
+
+    /// An address or route dropped from the config is taken away; one the
+    /// config never gave (a lease's, someone else's) is not.
+    #[test]
+    fn static_config_dropped_live_is_removed() {
+        let now = Instant::now();
+        let mut observed = observed();
+        let settings = static_settings();
+        let before = desired(
+            &settings,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        let owned = Owned::from_desired(&before);
+        assert_eq!(owned.links["eth0"].0, vec![(ip("10.99.8.5"), 24)]);
+        // The kernel has what was asked, and an address of someone else's.
+        for (address, prefix) in [("10.99.8.5", 24), ("192.0.2.9", 32)] {
+            observed.addresses.push(Address {
+                index: 2,
+                address: ip(address),
+                prefix,
+                scope: RT_SCOPE_UNIVERSE,
+            });
+        }
+        observed.routes.push(Route {
+            family: AF_INET,
+            table: RT_TABLE_MAIN,
+            destination: Some(ip("10.99.9.0")),
+            destination_len: 24,
+            gateway: Some(ip("10.99.8.1")),
+            oif: Some(2),
+            metric: 1024,
+            ..Route::default()
+        });
+        assert!(
+            removals(&owned, &before, &observed).is_empty(),
+            "nothing dropped yet"
+        );
+
+        // The config moves eth0 to another address, without the route.
+        let mut moved = settings.clone();
+        moved.devices[0].addresses = vec![(ip("10.99.8.6"), 24)];
+        moved.devices[0].routes.clear();
+        let after = desired(
+            &moved,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        let actions = removals(&owned, &after, &observed);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::DelRoute { index: 2, route, .. } if route.destination == ip("10.99.9.0"))
+        );
+        assert_eq!(
+            actions[1],
+            Action::DelAddress {
+                index: 2,
+                name: "eth0".into(),
+                address: ip("10.99.8.5"),
+                prefix: 24,
+            }
+        );
+        // Ignored now: left alone.
+        let mut ignored = settings.clone();
+        ignored.devices[0].ignore = true;
+        let after = desired(
+            &ignored,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(removals(&owned, &after, &observed).is_empty());
     }
 
     /// eth1 selected by its driver gets an address and a VLAN with its

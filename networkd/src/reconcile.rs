@@ -92,6 +92,9 @@ pub struct Reconciler {
     /// The problems of the settings on these links last logged, so each
     /// is logged once.
     problems: Vec<String>,
+    /// The static addresses and routes networkd last wanted, which it
+    /// takes away when the config drops them.
+    owned: plan::Owned,
 }
 
 impl Reconciler {
@@ -121,6 +124,7 @@ impl Reconciler {
             kernel_hostname: None,
             node_addresses: None,
             problems: Vec::new(),
+            owned: plan::Owned::default(),
         }
     }
 
@@ -257,8 +261,16 @@ impl Reconciler {
                 }
                 self.problems.clone_from(&desired.problems);
             }
-            let actions = plan::plan(&desired, &observed);
+            // What the config no longer asks for goes first: a moved
+            // address must not leave its old one, or its routes, behind.
+            let removals = plan::removals(&self.owned, &desired, &observed);
+            let mut actions = removals.clone();
+            actions.extend(plan::plan(&desired, &observed));
             changed = self.apply_all(&actions).await > 0;
+            // Still owned until the kernel no longer has them: a removal
+            // that failed is tried again on the next pass.
+            self.owned = plan::Owned::from_desired(&desired);
+            self.owned.keep(&removals);
             self.manage_dhcp(&desired).await;
             self.write_node_files(&observed);
         }

@@ -555,7 +555,12 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
         now,
     )
     .expect("configs");
-    let config_with = |addresses: &str, nameserver: &str| {
+    let route = "
+        routes:
+          - network: 10.99.9.0/24
+            gateway: 10.99.8.1
+            metric: 100";
+    let config_routed = |addresses: &str, nameserver: &str, routes: &str| {
         let patch = format!(
             "machine:
   network:
@@ -564,16 +569,14 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
     interfaces:
       - interface: {link}
         addresses: [{addresses}]
-        mtu: 1400
-        routes:
-          - network: 10.99.9.0/24
-            gateway: 10.99.8.1
-            metric: 100
+        mtu: 1400{routes}
 ",
             link = ns.cli_link
         );
         machinery::generate::apply_patch(&generated.worker_yaml, &patch).expect("patched config")
     };
+    let config_with =
+        |addresses: &str, nameserver: &str| config_routed(addresses, nameserver, route);
     // Where machined keeps its copy of the live config.
     let config_path = machinery::constants::NodePaths::under(&root).live_config();
     std::fs::create_dir_all(config_path.parent().expect("a directory")).expect("config dir");
@@ -687,6 +690,31 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
         networkd.log().contains("the machine config changed"),
         "{}",
         context()
+    );
+
+    // A config that drops an address and the route: both go, the other
+    // address stays.
+    let without = config_routed("10.99.8.6/24", "10.99.8.54", "");
+    std::fs::write(&replacement, without).expect("new config");
+    std::fs::rename(&replacement, &config_path).expect("replacing the config");
+    wait_for(
+        Duration::from_secs(10),
+        "10.99.8.5/24 and the route to 10.99.9.0/24 removed",
+        || {
+            format!(
+                "addresses: {:?}\nroutes: {:?}\n{}",
+                ipv4_addresses(&ns.cli, &ns.cli_link),
+                routes(&ns.cli),
+                context()
+            )
+        },
+        || {
+            let addresses = ipv4_addresses(&ns.cli, &ns.cli_link);
+            (!addresses.contains(&(Ipv4Addr::new(10, 99, 8, 5), 24))
+                && addresses.contains(&(Ipv4Addr::new(10, 99, 8, 6), 24))
+                && !routes(&ns.cli).iter().any(|r| r["dst"] == "10.99.9.0/24"))
+            .then_some(())
+        },
     );
 }
 
