@@ -571,7 +571,16 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Owned {
     /// Link name → its static addresses and routes.
-    pub links: BTreeMap<String, (Vec<(IpAddr, u8)>, Vec<DesiredRoute>)>,
+    pub links: BTreeMap<String, OwnedLink>,
+}
+
+/// The static addresses and routes of one link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnedLink {
+    /// Addresses with their prefix lengths.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Routes.
+    pub routes: Vec<DesiredRoute>,
 }
 
 impl Owned {
@@ -594,7 +603,7 @@ impl Owned {
                     .filter(|r| r.origin != Origin::Dhcp)
                     .cloned()
                     .collect();
-                (link.name.clone(), (addresses, routes))
+                (link.name.clone(), OwnedLink { addresses, routes })
             })
             .collect();
         Owned { links }
@@ -616,13 +625,13 @@ impl Owned {
                     .links
                     .entry(name.clone())
                     .or_default()
-                    .0
+                    .addresses
                     .push((*address, *prefix)),
                 Action::DelRoute { name, route, .. } => self
                     .links
                     .entry(name.clone())
                     .or_default()
-                    .1
+                    .routes
                     .push(route.clone()),
                 _ => {}
             }
@@ -638,11 +647,11 @@ impl Owned {
 pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Action> {
     let mut routes = Vec::new();
     let mut addresses = Vec::new();
-    for (name, (owned_addresses, owned_routes)) in &owned.links {
+    for (name, link) in &owned.links {
         let Some(want) = desired.link(name) else {
             continue;
         };
-        for route in owned_routes {
+        for route in &link.routes {
             let still = want.routes.iter().any(|r| {
                 r.destination == route.destination
                     && r.prefix == route.prefix
@@ -657,7 +666,7 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
                 });
             }
         }
-        for (address, prefix) in owned_addresses {
+        for (address, prefix) in &link.addresses {
             let still = want
                 .addresses
                 .iter()
@@ -862,7 +871,7 @@ mod tests {
             now,
         );
         let owned = Owned::from_desired(&before);
-        assert_eq!(owned.links["eth0"].0, vec![(ip("10.99.8.5"), 24)]);
+        assert_eq!(owned.links["eth0"].addresses, vec![(ip("10.99.8.5"), 24)]);
         // The kernel has what was asked, and an address of someone else's.
         for (address, prefix) in [("10.99.8.5", 24), ("192.0.2.9", 32)] {
             observed.addresses.push(Address {
