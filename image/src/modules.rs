@@ -41,8 +41,10 @@ pub const MODULES: &[&str] = &[
     "garp",
     "mrp",
     "8021q",
-    // Dummy links (`dummy: true`).
+    // Dummy links (`dummy: true`), and bonds (`bond`; bonding needs tls).
     "dummy",
+    "tls",
+    "bonding",
     "virtio_blk",
     "squashfs",
     "loop",
@@ -62,7 +64,7 @@ pub const MODULES: &[&str] = &[
 /// Module file extensions we accept, longest first.
 const EXTENSIONS: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
-/// The NIC driver, 802.1Q and dummy links: apid does not need them to answer on
+/// The NIC driver, 802.1Q, dummy links and bonding: apid does not need them to answer on
 /// loopback. They go to `/modules.network`, which machined loads as it
 /// starts networkd (once apid is up), or at once when a disk carries one
 /// of its filesystems.
@@ -76,6 +78,8 @@ pub const NETWORK: &[&str] = &[
     "mrp",
     "8021q",
     "dummy",
+    "tls",
+    "bonding",
 ];
 
 /// What only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the

@@ -480,6 +480,50 @@ fn accepted_cas_are_certificates_trusted_after_the_ca() {
     );
 }
 
+/// Bonds and VLANs in `machine.network.interfaces`: known settings typed,
+/// the rest of upstream's bond settings kept; bad values refused by path.
+#[test]
+fn bonds_and_vlans_are_checked() {
+    let with = |entry: &str| {
+        edit(
+            &worker_yaml(),
+            "    network: {}\n",
+            &format!("    network:\n        interfaces:\n{entry}"),
+        )
+    };
+    let cfg = parse_ok(&with(
+        "            - interface: bond0\n              addresses: [10.0.0.5/24]\n              bond:\n                  mode: 802.3ad\n                  lacpRate: fast\n                  xmitHashPolicy: layer3+4\n                  miimon: 100\n                  deviceSelectors:\n                      - permanentAddr: \"00:11:*\"\n                  adActorSysPrio: 65535\n              vlans:\n                  - vlanId: 10\n                    dhcp: true\n",
+    ));
+    let network = cfg
+        .v1alpha1()
+        .machine
+        .as_ref()
+        .and_then(|m| m.network.as_ref())
+        .expect("network");
+    let bond = network.interfaces.as_ref().expect("interfaces")[0]
+        .bond
+        .as_ref()
+        .expect("bond");
+    assert_eq!(bond.mode.as_deref(), Some("802.3ad"));
+    assert_eq!(bond.miimon, Some(100));
+    assert!(bond.other.contains_key("adActorSysPrio"), "{bond:?}");
+
+    let err = parse_err(&with(
+        "            - interface: bond0\n              bond:\n                  mode: round-robin\n                  interfaces: [eth0]\n              vlans:\n                  - vlanId: 4095\n",
+    ));
+    assert_issues(
+        &err,
+        &[
+            "machine.network.interfaces[0].bond.mode",
+            "machine.network.interfaces[0].vlans[0].vlanId",
+        ],
+    );
+    let err = parse_err(&with(
+        "            - interface: bond0\n              bond:\n                  mode: active-backup\n",
+    ));
+    assert!(err.to_string().contains("names no member"), "{err}");
+}
+
 #[test]
 fn multi_document_worker_loads() {
     let cfg = parse_ok(&fill(WORKER_MULTIDOC));

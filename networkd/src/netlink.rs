@@ -8,7 +8,7 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{
-    AddressMessageBuilder, Handle, LinkDummy, LinkUnspec, LinkVlan, MulticastGroup,
+    AddressMessageBuilder, Handle, LinkBond, LinkDummy, LinkUnspec, LinkVlan, MulticastGroup,
     RouteMessageBuilder,
 };
 
@@ -177,6 +177,47 @@ fn describe_route(route: &DesiredRoute) -> String {
 #[allow(clippy::field_reassign_with_default)] // CacheInfo is non-exhaustive.
 pub async fn apply(handle: &Handle, action: &Action) -> Result<(), NetlinkError> {
     let result = match action {
+        Action::CreateBond { name, bond } => {
+            use rtnetlink::packet_route::link::{BondLacpRate, BondMode, BondXmitHashPolicy};
+            let mut builder = LinkBond::new(name).mode(BondMode::from(bond.mode));
+            if let Some(v) = bond.miimon {
+                builder = builder.miimon(v);
+            }
+            if let Some(v) = bond.updelay {
+                builder = builder.updelay(v);
+            }
+            if let Some(v) = bond.downdelay {
+                builder = builder.downdelay(v);
+            }
+            if let Some(v) = bond.lacp_rate {
+                builder = builder.ad_lacp_rate(BondLacpRate::from(v));
+            }
+            if let Some(v) = bond.xmit_hash_policy {
+                builder = builder.xmit_hash_policy(BondXmitHashPolicy::from(v));
+            }
+            handle
+                .link()
+                .add(builder.build())
+                .execute()
+                .await
+                .map_err(failed(format!("creating the bond {name}")))
+        }
+        Action::Enslave {
+            index,
+            name,
+            bond_index,
+            bond,
+        } => handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(*index)
+                    .down()
+                    .controller(*bond_index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(format!("adding {name} to the bond {bond}"))),
         Action::CreateDummy { name } => handle
             .link()
             .add(LinkDummy::new(name).build())

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::cmdline::{Autoconf, KernelArgs};
 use crate::dhcp::Lease;
-use crate::settings::{DEFAULT_ROUTE_METRIC, Settings, network_of};
+use crate::settings::{BondSettings, DEFAULT_ROUTE_METRIC, Settings, network_of};
 use crate::state::{AF_INET, AF_INET6, Link, Observed, RT_TABLE_MAIN, Route};
 
 /// `RTPROT_BOOT`: routes from the kernel command line.
@@ -192,6 +192,9 @@ pub struct Desired {
     pub create: Vec<Action>,
     /// What the config asks for and cannot be done (logged).
     pub problems: Vec<String>,
+    /// Links that are, or are to be, members of a configured bond: not
+    /// managed themselves (their bond is).
+    pub bond_members: Vec<String>,
 }
 
 impl Desired {
@@ -205,6 +208,25 @@ impl Desired {
 /// A change to make through netlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Create a bond.
+    CreateBond {
+        /// Its name.
+        name: String,
+        /// Its settings.
+        bond: BondSettings,
+    },
+    /// Make link `index` a member of the bond `bond_index` (taking it
+    /// down first, as the kernel wants).
+    Enslave {
+        /// The member's index.
+        index: u32,
+        /// The member's name.
+        name: String,
+        /// The bond's index.
+        bond_index: u32,
+        /// The bond's name.
+        bond: String,
+    },
     /// Create a dummy link.
     CreateDummy {
         /// Its name.
@@ -402,6 +424,36 @@ pub fn desired(
             });
         }
     }
+    let mut bond_members = Vec::new();
+    for (name, bond, members) in &resolved.bonds {
+        if kernel.ignores(name) || resolved.ignores(name) {
+            continue;
+        }
+        let members: Vec<&String> = members
+            .iter()
+            .filter(|m| !kernel.ignores(m) && !resolved.ignores(m))
+            .collect();
+        bond_members.extend(members.iter().map(|m| (*m).clone()));
+        let Some(bond_link) = observed.links.iter().find(|l| &l.name == name) else {
+            create.push(Action::CreateBond {
+                name: name.clone(),
+                bond: bond.clone(),
+            });
+            continue;
+        };
+        for member in members {
+            if let Some(link) = observed.links.iter().find(|l| &l.name == member)
+                && link.controller != Some(bond_link.index)
+            {
+                create.push(Action::Enslave {
+                    index: link.index,
+                    name: link.name.clone(),
+                    bond_index: bond_link.index,
+                    bond: bond_link.name.clone(),
+                });
+            }
+        }
+    }
     for name in &resolved.dummies {
         if !kernel.ignores(name)
             && !resolved.ignores(name)
@@ -414,7 +466,10 @@ pub fn desired(
     links.sort_by_key(|l| l.index);
     let mut out = Vec::new();
     for link in links {
-        if kernel.ignores(&link.name) || resolved.ignores(&link.name) {
+        if kernel.ignores(&link.name)
+            || resolved.ignores(&link.name)
+            || bond_members.contains(&link.name)
+        {
             continue;
         }
         let mut want = DesiredLink {
@@ -499,6 +554,7 @@ pub fn desired(
         links: out,
         create,
         problems: resolved.problems,
+        bond_members,
     }
 }
 
@@ -648,8 +704,29 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
     let mut routes = Vec::new();
     let mut addresses = Vec::new();
     for (name, link) in &owned.links {
-        let Some(want) = desired.link(name) else {
-            continue;
+        // A link that became a bond member gives its static config up to
+        // the bond; one no longer managed otherwise (ignored) keeps it.
+        let released = DesiredLink {
+            index: 0,
+            name: name.clone(),
+            mtu: None,
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            dhcp: false,
+            mac: None,
+        };
+        let want = match desired.link(name) {
+            Some(want) => want,
+            None if desired.bond_members.contains(name) => {
+                match observed.links.iter().find(|l| &l.name == name) {
+                    Some(l) => &DesiredLink {
+                        index: l.index,
+                        ..released
+                    },
+                    None => continue,
+                }
+            }
+            None => continue,
         };
         for route in &link.routes {
             let still = want.routes.iter().any(|r| {
@@ -813,6 +890,116 @@ mod tests {
             }],
             ..Settings::default()
         }
+    }
+
+    /// A bond is created, its members (by name and by selector) enslaved,
+    /// then the bond is configured; a member runs no DHCP and gives up the
+    /// static address it had.
+    #[test]
+    fn bonds_are_created_their_members_enslaved() {
+        use crate::settings::Selector;
+        let now = Instant::now();
+        let mut observed = observed();
+        observed.links[2].perm_mac = vec![2, 0, 0, 0, 0, 0x33];
+        let bonded = Settings {
+            devices: vec![DeviceSettings {
+                name: "bond0".into(),
+                addresses: vec![(ip("10.60.0.5"), 24)],
+                bond: Some(BondSettings {
+                    mode: 1,
+                    miimon: Some(100),
+                    members: vec!["eth0".into()],
+                    member_selectors: vec![Selector {
+                        permanent_addr: Some("02:00:00:00:00:33".into()),
+                        ..Selector::default()
+                    }],
+                    ..BondSettings::default()
+                }),
+                ..DeviceSettings::default()
+            }],
+            ..Settings::default()
+        };
+        let d = desired(
+            &bonded,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(
+            matches!(&d.create[..], [Action::CreateBond { name, bond }] if name == "bond0" && bond.mode == 1)
+        );
+        assert_eq!(d.bond_members, ["eth0", "eth1"]);
+        assert!(
+            d.link("eth0").is_none() && d.link("eth1").is_none(),
+            "members are not managed: no DHCP"
+        );
+
+        let mut bond = link(9, "bond0", Some("bond"), false);
+        bond.mac = vec![2, 0, 0, 0, 0, 2];
+        observed.links.push(bond);
+        let d = desired(
+            &bonded,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        let enslaved: Vec<&str> = d
+            .create
+            .iter()
+            .filter_map(|a| match a {
+                Action::Enslave {
+                    name,
+                    bond_index: 9,
+                    ..
+                } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(enslaved, ["eth0", "eth1"]);
+        assert_eq!(
+            d.link("bond0").expect("bond0").addresses[0].address,
+            ip("10.60.0.5")
+        );
+
+        // Enslaved: nothing more to do for the members.
+        for i in [1, 2] {
+            observed.links[i].controller = Some(9);
+        }
+        let d = desired(
+            &bonded,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert!(d.create.is_empty(), "{:?}", d.create);
+
+        // eth0's static address from before the bond is taken away.
+        let before = desired(
+            &static_settings(),
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        let owned = Owned::from_desired(&before);
+        observed.addresses.push(Address {
+            index: 2,
+            address: ip("10.99.8.5"),
+            prefix: 24,
+            scope: RT_SCOPE_UNIVERSE,
+        });
+        assert_eq!(
+            removals(&owned, &d, &observed),
+            vec![Action::DelAddress {
+                index: 2,
+                name: "eth0".into(),
+                address: ip("10.99.8.5"),
+                prefix: 24,
+            }]
+        );
     }
 
     /// A dummy link is created, then addressed like any configured link.

@@ -520,6 +520,13 @@ impl Reconciler {
 #[must_use]
 pub fn describe(action: &Action) -> String {
     match action {
+        Action::CreateBond { name, bond } => format!(
+            "creating the bond {name} ({})",
+            machinery::config::v1alpha1::BOND_MODES
+                .get(usize::from(bond.mode))
+                .unwrap_or(&"mode unknown")
+        ),
+        Action::Enslave { name, bond, .. } => format!("adding {name} to the bond {bond}"),
         Action::CreateDummy { name } => format!("creating the dummy link {name}"),
         Action::CreateVlan {
             name, parent, vid, ..

@@ -27,7 +27,9 @@ use rustix::fs::inotify;
 use tokio::sync::mpsc;
 
 use machinery::config::MachineConfig;
-use machinery::config::v1alpha1::{Device, DeviceSelector, Network, Route};
+use machinery::config::v1alpha1::{
+    BOND_MODES, BOND_XMIT_HASH_POLICIES, Bond, Device, DeviceSelector, Network, Route,
+};
 
 use crate::state::{Link, hardware_addr_string};
 
@@ -143,6 +145,62 @@ impl Selector {
     }
 }
 
+/// A bond's settings, as the kernel numbers them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BondSettings {
+    /// `IFLA_BOND_MODE` (0 balance-rr ... 6 balance-alb).
+    pub mode: u8,
+    /// `miimon`, ms.
+    pub miimon: Option<u32>,
+    /// `updelay`, ms.
+    pub updelay: Option<u32>,
+    /// `downdelay`, ms.
+    pub downdelay: Option<u32>,
+    /// 0 slow, 1 fast.
+    pub lacp_rate: Option<u8>,
+    /// 0 layer2 ... 4 encap3+4.
+    pub xmit_hash_policy: Option<u8>,
+    /// Members by name.
+    pub members: Vec<String>,
+    /// Members by their hardware.
+    pub member_selectors: Vec<Selector>,
+}
+
+impl BondSettings {
+    fn from_config(bond: &Bond, path: &str, problems: &mut Vec<String>) -> BondSettings {
+        let index = |value: Option<&str>, names: &[&str]| {
+            value
+                .and_then(|v| names.iter().position(|n| *n == v))
+                .and_then(|i| u8::try_from(i).ok())
+        };
+        for key in bond.other.keys() {
+            problems.push(format!(
+                "{path}.{key}: not supported by networkd and ignored"
+            ));
+        }
+        BondSettings {
+            mode: index(bond.mode.as_deref(), &BOND_MODES).unwrap_or(0),
+            miimon: bond.miimon,
+            updelay: bond.updelay,
+            downdelay: bond.downdelay,
+            lacp_rate: index(bond.lacp_rate.as_deref(), &["slow", "fast"]),
+            xmit_hash_policy: index(bond.xmit_hash_policy.as_deref(), &BOND_XMIT_HASH_POLICIES),
+            members: bond
+                .interfaces
+                .iter()
+                .flatten()
+                .filter_map(|n| non_empty(Some(n.as_str())).map(str::to_owned))
+                .collect(),
+            member_selectors: bond
+                .device_selectors
+                .iter()
+                .flatten()
+                .map(Selector::from_config)
+                .collect(),
+        }
+    }
+}
+
 /// One `machine.network.interfaces` entry, or one VLAN of one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceSettings {
@@ -155,6 +213,8 @@ pub struct DeviceSettings {
     pub vlans: Vec<(u16, DeviceSettings)>,
     /// `dummy: true`: networkd creates the (named) link.
     pub dummy: bool,
+    /// `bond`: networkd creates the (named) link as a bond of its members.
+    pub bond: Option<BondSettings>,
     /// Static addresses.
     pub addresses: Vec<(IpAddr, u8)>,
     /// Static routes.
@@ -241,7 +301,6 @@ impl DeviceSettings {
             return None;
         }
         for (what, value) in [
-            ("bond", device.bond.is_some()),
             ("bridge", device.bridge.is_some()),
             ("bridgePort", device.bridge_port.is_some()),
             ("wireguard", device.wireguard.is_some()),
@@ -263,6 +322,19 @@ impl DeviceSettings {
             dummy: device.dummy == Some(true),
             ..DeviceSettings::default()
         };
+        if let Some(bond) = &device.bond {
+            if name.is_some() {
+                settings.bond = Some(BondSettings::from_config(
+                    bond,
+                    &format!("{path}.bond"),
+                    problems,
+                ));
+            } else {
+                problems.push(format!(
+                    "{path}: a bond needs a name (interface), not a deviceSelector; bond is ignored"
+                ));
+            }
+        }
         if settings.dummy && name.is_none() {
             problems.push(format!(
                 "{path}: a dummy link needs a name (interface), not a deviceSelector; dummy is ignored"
@@ -391,6 +463,9 @@ pub struct Resolved {
     pub vlans: Vec<VlanLink>,
     /// Dummy links to have, by name.
     pub dummies: Vec<String>,
+    /// Bonds to have: name, settings, and member links by name (those that
+    /// exist or are named).
+    pub bonds: Vec<(String, BondSettings, Vec<String>)>,
     /// What could not be done (logged).
     pub problems: Vec<String>,
 }
@@ -496,6 +571,20 @@ impl Settings {
                 }
                 if device.dummy && !out.dummies.contains(&name) {
                     out.dummies.push(name.clone());
+                }
+                if let Some(bond) = &device.bond
+                    && !out.bonds.iter().any(|(n, _, _)| *n == name)
+                {
+                    let mut members = bond.members.clone();
+                    for link in links {
+                        if link.name != name
+                            && !members.contains(&link.name)
+                            && bond.member_selectors.iter().any(|s| s.matches(link))
+                        {
+                            members.push(link.name.clone());
+                        }
+                    }
+                    out.bonds.push((name.clone(), bond.clone(), members));
                 }
                 let mut settings = device.clone();
                 settings.name.clone_from(&name);

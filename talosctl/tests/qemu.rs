@@ -283,7 +283,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     // Its disk carries STATE, so every module loaded at boot, before the
     // services, and module loading is locked.
     assert!(
-        dmesg.contains("deferred modules: 18 loaded, 0 failed; module loading locked"),
+        dmesg.contains("deferred modules: 20 loaded, 0 failed; module loading locked"),
         "{dmesg}"
     );
     let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
@@ -579,6 +579,51 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         Duration::from_secs(120),
         |v| v.contains("NODE:        10.42.0.3"),
     );
+
+    // Then the worker's inter-node link becomes the only member of an
+    // active-backup bond, picked by a selector, and its address moves to
+    // the bond: the control plane still reaches the worker there.
+    let bond_patch = r#"{"machine": {"network": {"interfaces": [
+        {"interface": "eth0", "dhcp": true},
+        {"interface": "bond0", "addresses": ["10.5.0.3/24"],
+         "bond": {"mode": "active-backup", "miimon": 100,
+                  "deviceSelectors": [{"hardwareAddr": "52:54:00:5b:*", "physical": true}]}}]}}}"#;
+    ok(
+        &tc,
+        &[
+            "-n",
+            worker_ip,
+            "patch",
+            "mc",
+            "--mode",
+            "no-reboot",
+            "-p",
+            bond_patch,
+        ],
+    );
+    eventually(
+        &tc,
+        &["-n", worker_ip, "get", "addresses"],
+        Duration::from_secs(120),
+        |a| a.contains("bond0/10.5.0.3/24") && !a.contains("eth1/10.5.0.3/24"),
+    );
+    let bond = ok(
+        &tc,
+        &["-n", worker_ip, "get", "links", "bond0", "-o", "yaml"],
+    );
+    assert!(bond.contains("kind: bond"), "{bond}");
+    let member = ok(
+        &tc,
+        &["-n", worker_ip, "get", "links", "eth1", "-o", "yaml"],
+    );
+    assert!(member.contains("slaveKind: bond"), "{member}");
+    let v = eventually(
+        &tc,
+        &["-n", worker_ip, "version"],
+        Duration::from_secs(60),
+        |v| v.contains(&format!("NODE:        {worker_ip}")),
+    );
+    assert!(v.contains("Tag:"), "{v}");
 
     // Reboot through the API: the node comes back with its config (from
     // STATE) and a new boot id.
@@ -1581,7 +1626,7 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         .expect("the install boot's console log");
     assert!(
         console.contains("no disk filesystem of ours")
-            && console.contains("network modules: 9 loaded, 0 failed")
+            && console.contains("network modules: 11 loaded, 0 failed")
             && console.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
         "{console}"
     );

@@ -497,9 +497,9 @@ pub struct Device {
     /// Static routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<Route>>,
-    /// Bond settings (kept raw).
+    /// Make this link a bond of other links.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bond: Option<Value>,
+    pub bond: Option<Bond>,
     /// Bridge settings (kept raw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bridge: Option<Value>,
@@ -573,6 +573,57 @@ impl DeviceSelector {
             && self.physical.is_none()
     }
 }
+
+/// `bond`: the entry's link is a bond of `interfaces` and the links
+/// `deviceSelectors` pick. Settings beyond these are kept as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bond {
+    /// Member links by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<String>>,
+    /// Member links by their hardware.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_selectors: Option<Vec<DeviceSelector>>,
+    /// `balance-rr` (the kernel's default), `active-backup`,
+    /// `balance-xor`, `broadcast`, `802.3ad`, `balance-tlb` or
+    /// `balance-alb`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Link monitoring interval, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miimon: Option<u32>,
+    /// Delay before a member that came up is used, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updelay: Option<u32>,
+    /// Delay before a member that went down is dropped, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downdelay: Option<u32>,
+    /// 802.3ad LACPDU rate: `slow` or `fast`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lacp_rate: Option<String>,
+    /// `layer2`, `layer3+4`, `layer2+3`, `encap2+3` or `encap3+4`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xmit_hash_policy: Option<String>,
+    /// Upstream's other bond settings, as written.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// Bond modes by name, as the kernel numbers them.
+pub const BOND_MODES: [&str; 7] = [
+    "balance-rr",
+    "active-backup",
+    "balance-xor",
+    "broadcast",
+    "802.3ad",
+    "balance-tlb",
+    "balance-alb",
+];
+
+/// Transmit hash policies by name, as the kernel numbers them.
+pub const BOND_XMIT_HASH_POLICIES: [&str; 5] =
+    ["layer2", "layer3+4", "layer2+3", "encap2+3", "encap3+4"];
 
 /// One entry of a link's `vlans`: the link `<parent>.<vlanId>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

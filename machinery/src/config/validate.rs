@@ -14,7 +14,10 @@ use serde_yaml_ng::Value;
 
 use super::error::ValidationIssue;
 use super::registries::{self, Registries};
-use super::v1alpha1::{Cluster, Device, DeviceSelector, Machine, Network, Route, Secret};
+use super::v1alpha1::{
+    BOND_MODES, BOND_XMIT_HASH_POLICIES, Cluster, Device, DeviceSelector, Machine, Network, Route,
+    Secret,
+};
 use super::{Documents, MachineType, V1ALPHA1};
 use crate::base64;
 
@@ -368,6 +371,40 @@ fn check_device(base: &str, device: &Device, issues: &mut Issues) {
             format!("{base}.deviceSelector"),
             "names no qualifier (busPath, hardwareAddr, permanentAddr, pciID, driver or physical)",
         );
+    }
+    if let Some(bond) = &device.bond {
+        let path = format!("{base}.bond");
+        if bond.interfaces.as_ref().is_none_or(Vec::is_empty)
+            && bond.device_selectors.as_ref().is_none_or(Vec::is_empty)
+        {
+            issues.push(&path, "names no member: give interfaces or deviceSelectors");
+        }
+        if !has_name {
+            issues.push(&path, "a bond needs a name (interface)");
+        }
+        for (what, value, allowed) in [
+            ("mode", bond.mode.as_deref(), &BOND_MODES[..]),
+            ("lacpRate", bond.lacp_rate.as_deref(), &["slow", "fast"][..]),
+            (
+                "xmitHashPolicy",
+                bond.xmit_hash_policy.as_deref(),
+                &BOND_XMIT_HASH_POLICIES[..],
+            ),
+        ] {
+            if let Some(value) = value
+                && !allowed.contains(&value)
+            {
+                issues.push(
+                    format!("{path}.{what}"),
+                    format!("{value:?} is not one of {}", allowed.join(", ")),
+                );
+            }
+        }
+        for (j, selector) in bond.device_selectors.iter().flatten().enumerate() {
+            if selector.is_empty() {
+                issues.push(format!("{path}.deviceSelectors[{j}]"), "names no qualifier");
+            }
+        }
     }
     let mut vlan_ids = Vec::new();
     for (j, vlan) in device.vlans.iter().flatten().enumerate() {
