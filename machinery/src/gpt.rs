@@ -214,14 +214,11 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry in `e` (at least [`ENTRY_SIZE`] bytes), or `None` for an
-    /// unused one (type all zero).
-    ///
-    /// # Panics
-    /// `e` is shorter than [`ENTRY_SIZE`]: [`Header::parse`] refuses such
-    /// sizes.
+    /// The entry in `e` (its first [`ENTRY_SIZE`] bytes), or `None` for an
+    /// unused one (type all zero) or when `e` is shorter.
     #[must_use]
     pub fn parse(e: &[u8]) -> Option<Self> {
+        let e = e.get(..ENTRY_SIZE)?;
         let mut type_guid = [0u8; 16];
         type_guid.copy_from_slice(&e[..16]);
         if type_guid == [0u8; 16] {
@@ -494,6 +491,7 @@ mod tests {
             (2048, 4095, 1 << 60)
         );
         assert_eq!(Entry::parse(&e.to_bytes()).as_ref(), Some(e));
+        assert_eq!(Entry::parse(&e.to_bytes()[..100]), None, "too short");
     }
 
     #[test]

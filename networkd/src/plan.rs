@@ -73,6 +73,8 @@ pub struct DesiredAddress {
     pub prefix: u8,
     /// Lifetimes; `None`: permanent.
     pub lifetime: Option<Lifetime>,
+    /// Where it comes from.
+    pub origin: Origin,
 }
 
 /// Where a desired address or route comes from.
@@ -310,6 +312,7 @@ pub fn lease_config(lease: &Lease, now: Instant) -> (DesiredAddress, Vec<Desired
         address: IpAddr::V4(lease.address),
         prefix: lease.prefix,
         lifetime: lease.remaining(now).map(Lifetime::remaining),
+        origin: Origin::Dhcp,
     };
     let own_network = network_of(IpAddr::V4(lease.address), lease.prefix);
     let mut routes = Vec::new();
@@ -406,6 +409,7 @@ pub fn desired(
     let first_physical = observed.first_physical().map(|l| l.index);
     let global = kernel.global();
     let resolved = settings.resolve(&observed.links);
+    let mut problems = resolved.problems.clone();
     let mut create = Vec::new();
     for vlan in &resolved.vlans {
         let ignored = |name: &str| kernel.ignores(name) || resolved.ignores(name);
@@ -433,7 +437,6 @@ pub fn desired(
             .iter()
             .filter(|m| !kernel.ignores(m) && !resolved.ignores(m))
             .collect();
-        bond_members.extend(members.iter().map(|m| (*m).clone()));
         let Some(bond_link) = observed.links.iter().find(|l| &l.name == name) else {
             create.push(Action::CreateBond {
                 name: name.clone(),
@@ -441,6 +444,15 @@ pub fn desired(
             });
             continue;
         };
+        if bond_link.kind.as_deref() != Some("bond") {
+            problems.push(format!(
+                "{name} exists and is not a bond: its members are left as they are"
+            ));
+            continue;
+        }
+        // Members are the bond's (not managed themselves) only once the
+        // bond exists: until then they keep their own configuration.
+        bond_members.extend(members.iter().map(|m| (*m).clone()));
         for member in members {
             if let Some(link) = observed.links.iter().find(|l| &l.name == member)
                 && link.controller != Some(bond_link.index)
@@ -502,6 +514,7 @@ pub fn desired(
                         address: *address,
                         prefix: *prefix,
                         lifetime: None,
+                        origin: Origin::Static,
                     })
                     .collect();
                 want.routes = device
@@ -526,6 +539,7 @@ pub fn desired(
                             address,
                             prefix,
                             lifetime: None,
+                            origin: Origin::Cmdline,
                         });
                     }
                     if let Some(gateway) = ip.gateway {
@@ -553,7 +567,7 @@ pub fn desired(
     Desired {
         links: out,
         create,
-        problems: resolved.problems,
+        problems,
         bond_members,
     }
 }
@@ -640,23 +654,42 @@ pub struct OwnedLink {
 }
 
 impl Owned {
-    /// What `desired` asks for that is static (no lease's).
+    /// What networkd owns after a pass: of what `desired` asks for from
+    /// the machine config, what it owned before and what `applied` (the
+    /// actions that succeeded) added. An address or route that was there
+    /// already is not its own; nor is anything from `ip=` or a lease.
     #[must_use]
-    pub fn from_desired(desired: &Desired) -> Owned {
+    pub fn next(&self, desired: &Desired, applied: &[Action]) -> Owned {
         let links = desired
             .links
             .iter()
             .map(|link| {
+                let before = self.links.get(&link.name);
                 let addresses = link
                     .addresses
                     .iter()
-                    .filter(|a| a.lifetime.is_none())
+                    .filter(|a| a.origin == Origin::Static)
                     .map(|a| (a.address, a.prefix))
+                    .filter(|owned| {
+                        before.is_some_and(|b| b.addresses.contains(owned))
+                            || applied.iter().any(|action| {
+                                matches!(action, Action::AddAddress { name, address, .. }
+                                    if *name == link.name
+                                        && (address.address, address.prefix) == *owned)
+                            })
+                    })
                     .collect();
                 let routes = link
                     .routes
                     .iter()
-                    .filter(|r| r.origin != Origin::Dhcp)
+                    .filter(|r| r.origin == Origin::Static)
+                    .filter(|route| {
+                        before.is_some_and(|b| b.routes.contains(route))
+                            || applied.iter().any(|action| {
+                                matches!(action, Action::AddRoute { name, route: added, .. }
+                                    if *name == link.name && added == *route)
+                            })
+                    })
                     .cloned()
                     .collect();
                 (link.name.clone(), OwnedLink { addresses, routes })
@@ -717,8 +750,13 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
         };
         let want = match desired.link(name) {
             Some(want) => want,
+            // Given up only once enslaved.
             None if desired.bond_members.contains(name) => {
-                match observed.links.iter().find(|l| &l.name == name) {
+                match observed
+                    .links
+                    .iter()
+                    .find(|l| &l.name == name && l.controller.is_some())
+                {
                     Some(l) => &DesiredLink {
                         index: l.index,
                         ..released
@@ -929,10 +967,28 @@ mod tests {
         assert!(
             matches!(&d.create[..], [Action::CreateBond { name, bond }] if name == "bond0" && bond.mode == 1)
         );
-        assert_eq!(d.bond_members, ["eth0", "eth1"]);
+        // Until the bond exists its members keep their own configuration.
+        assert!(d.bond_members.is_empty());
+        assert!(d.link("eth0").expect("eth0").dhcp);
+        // A link of that name that is no bond gets no members.
+        let mut impostor = observed.clone();
+        impostor.links.push(link(9, "bond0", Some("dummy"), false));
+        let d = desired(
+            &bonded,
+            &KernelArgs::default(),
+            &impostor,
+            &BTreeMap::new(),
+            now,
+        );
         assert!(
-            d.link("eth0").is_none() && d.link("eth1").is_none(),
-            "members are not managed: no DHCP"
+            d.create.is_empty() && d.bond_members.is_empty(),
+            "{:?}",
+            d.create
+        );
+        assert!(
+            d.problems.iter().any(|p| p.contains("is not a bond")),
+            "{:?}",
+            d.problems
         );
 
         let mut bond = link(9, "bond0", Some("bond"), false);
@@ -958,6 +1014,11 @@ mod tests {
             })
             .collect();
         assert_eq!(enslaved, ["eth0", "eth1"]);
+        assert_eq!(d.bond_members, ["eth0", "eth1"]);
+        assert!(
+            d.link("eth0").is_none() && d.link("eth1").is_none(),
+            "members are not managed once the bond exists: no DHCP"
+        );
         assert_eq!(
             d.link("bond0").expect("bond0").addresses[0].address,
             ip("10.60.0.5")
@@ -984,7 +1045,7 @@ mod tests {
             &BTreeMap::new(),
             now,
         );
-        let owned = Owned::from_desired(&before);
+        let owned = Owned::default().next(&before, &plan(&before, &observed));
         observed.addresses.push(Address {
             index: 2,
             address: ip("10.99.8.5"),
@@ -1057,8 +1118,16 @@ mod tests {
             &BTreeMap::new(),
             now,
         );
-        let owned = Owned::from_desired(&before);
+        // What networkd added is its own.
+        let owned = Owned::default().next(&before, &plan(&before, &observed));
         assert_eq!(owned.links["eth0"].addresses, vec![(ip("10.99.8.5"), 24)]);
+        assert_eq!(owned.links["eth0"].routes.len(), 1);
+        // What was there before networkd was asked for it is not.
+        assert!(
+            Owned::default().next(&before, &[]).links["eth0"]
+                .addresses
+                .is_empty()
+        );
         // The kernel has what was asked, and an address of someone else's.
         for (address, prefix) in [("10.99.8.5", 24), ("192.0.2.9", 32)] {
             observed.addresses.push(Address {
@@ -1173,6 +1242,7 @@ mod tests {
                 address: ip("10.40.0.5"),
                 prefix: 24,
                 lifetime: None,
+                origin: Origin::Static,
             },
             replace: false,
         }));
@@ -1348,7 +1418,8 @@ mod tests {
                     address: DesiredAddress {
                         address: ip("10.99.8.5"),
                         prefix: 24,
-                        lifetime: None
+                        lifetime: None,
+                        origin: Origin::Static,
                     },
                     replace: false
                 },
@@ -1425,7 +1496,8 @@ mod tests {
             vec![DesiredAddress {
                 address: ip("10.0.0.5"),
                 prefix: 24,
-                lifetime: None
+                lifetime: None,
+                origin: Origin::Cmdline,
             }]
         );
         assert_eq!(veth.routes.len(), 1);
@@ -1510,6 +1582,7 @@ mod tests {
                     valid: 100,
                     preferred: 100
                 }),
+                origin: Origin::Dhcp,
             }]
         );
         assert_eq!(

@@ -266,10 +266,11 @@ impl Reconciler {
             let removals = plan::removals(&self.owned, &desired, &observed);
             let mut actions = removals.clone();
             actions.extend(plan::plan(&desired, &observed));
-            changed = self.apply_all(&actions).await > 0;
+            let applied = self.apply_all(&actions).await;
+            changed = !applied.is_empty();
             // Still owned until the kernel no longer has them: a removal
             // that failed is tried again on the next pass.
-            self.owned = plan::Owned::from_desired(&desired);
+            self.owned = self.owned.next(&desired, &applied);
             self.owned.keep(&removals);
             self.manage_dhcp(&desired).await;
             self.write_node_files(&observed);
@@ -278,13 +279,13 @@ impl Reconciler {
         changed
     }
 
-    /// Applies `actions` in order; returns how many succeeded.
-    async fn apply_all(&self, actions: &[Action]) -> usize {
-        let mut applied = 0;
+    /// Applies `actions` in order; returns those that succeeded.
+    async fn apply_all(&self, actions: &[Action]) -> Vec<Action> {
+        let mut applied = Vec::new();
         for action in actions {
             tracing::info!("{}", describe(action));
             match netlink::apply(&self.handle, action).await {
-                Ok(()) => applied += 1,
+                Ok(()) => applied.push(action.clone()),
                 Err(e) => tracing::warn!(
                     error = %e,
                     "network change failed (retried on the next network event)"
@@ -588,6 +589,7 @@ mod tests {
                     valid: 120,
                     preferred: 120,
                 }),
+                origin: crate::plan::Origin::Dhcp,
             },
             replace: true,
         };

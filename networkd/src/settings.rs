@@ -109,9 +109,14 @@ impl Selector {
     }
 
     /// Whether `link` matches every qualifier. A selector without any
-    /// matches nothing.
+    /// matches nothing, and none matches the VLANs, bonds and dummy links
+    /// networkd makes: a VLAN or a bond carries its parent's or member's
+    /// MAC, and would be selected again, on and on.
     #[must_use]
     pub fn matches(&self, link: &Link) -> bool {
+        if matches!(link.kind.as_deref(), Some("vlan" | "bond" | "dummy")) {
+            return false;
+        }
         let hw = &link.hardware;
         let mac = |bytes: &[u8]| {
             if bytes.iter().all(|b| *b == 0) {
@@ -584,6 +589,16 @@ impl Settings {
                             members.push(link.name.clone());
                         }
                     }
+                    // A link can be in one bond only: the first claims it.
+                    members.retain(|member| {
+                        let taken = out.bonds.iter().find(|(_, _, m)| m.contains(member));
+                        if let Some((other, _, _)) = taken {
+                            out.problems.push(format!(
+                                "{member} is a member of the bond {other} already; it is not added to {name}"
+                            ));
+                        }
+                        taken.is_none() && *member != name
+                    });
                     out.bonds.push((name.clone(), bond.clone(), members));
                 }
                 let mut settings = device.clone();
@@ -663,9 +678,14 @@ impl ConfigFile {
         } else {
             match machinery::config::load(&self.path) {
                 Ok(config) => Settings::from_config(&config),
+                // Keep what runs: a config that does not load must not take
+                // the network down (or away the addresses it gave).
                 Err(e) => {
-                    tracing::warn!(error = %e, "ignoring the machine config's network settings");
-                    Settings::default()
+                    tracing::warn!(
+                        error = %e,
+                        "the machine config does not load; keeping the network settings in effect"
+                    );
+                    return false;
                 }
             }
         };
@@ -1018,6 +1038,35 @@ mod tests {
         assert!(
             !Selector::default().matches(&link),
             "no qualifier, no match"
+        );
+        // Never the links networkd makes, though they carry the MAC.
+        let mut vlan = link.clone();
+        vlan.kind = Some("vlan".into());
+        assert!(!sel(|s| s.hardware_addr = Some("00:11:22:*".into())).matches(&vlan));
+
+        // A link is a member of one bond only.
+        let bond = |name: &str| DeviceSettings {
+            name: name.into(),
+            bond: Some(BondSettings {
+                members: vec!["eth0".into()],
+                ..BondSettings::default()
+            }),
+            ..DeviceSettings::default()
+        };
+        let settings = Settings {
+            devices: vec![bond("bond0"), bond("bond1")],
+            ..Settings::default()
+        };
+        let resolved = settings.resolve(std::slice::from_ref(&link));
+        assert_eq!(resolved.bonds[0].2, ["eth0"]);
+        assert!(resolved.bonds[1].2.is_empty());
+        assert!(
+            resolved
+                .problems
+                .iter()
+                .any(|p| p.contains("member of the bond bond0 already")),
+            "{:?}",
+            resolved.problems
         );
     }
 

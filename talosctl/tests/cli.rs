@@ -1356,11 +1356,11 @@ fn rotate_ca(tc: &Path, cp: &str, workers: &[&str], work: &Path) {
         "> Verifying connectivity with existing PKI:",
         "> Adding new Talos CA as accepted...",
         "> Verifying connectivity with new client cert, but old server CA:",
+        &format!("> Writing new talosconfig to \"{new_flag}\""),
         "> Making new Talos CA the issuing CA, old Talos CA the accepted CA...",
         "> Verifying connectivity with new PKI:",
         "> Removing old Talos CA from the accepted CAs...",
         "> Verifying connectivity with new PKI:",
-        &format!("> Writing new talosconfig to \"{new_flag}\""),
     ];
     let mut rest = said.as_str();
     for step in steps {

@@ -255,7 +255,10 @@ impl Reader<'_> {
         let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+            let Some(at) = offset.checked_add(done as u64) else {
+                return Ok(None);
+            };
+            match self.file.read_at(&mut buf[done..], at) {
                 Ok(0) => return Ok(None),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -329,7 +332,11 @@ fn read_gpt_header(r: &Reader<'_>, sector: u64, lba: u64) -> Result<Option<Gpt>,
     let Ok(header) = gpt::Header::parse(&h, lba) else {
         return Ok(None);
     };
-    let Some(entries) = r.read(header.entries_lba * sector, header.entries_len())? else {
+    // The entries' place comes from the disk: an absurd one is no table.
+    let Some(at) = header.entries_lba.checked_mul(sector) else {
+        return Ok(None);
+    };
+    let Some(entries) = r.read(at, header.entries_len())? else {
         return Ok(None);
     };
     if header.check_entries(&entries).is_err() {

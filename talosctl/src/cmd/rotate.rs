@@ -51,15 +51,6 @@ pub async fn run(global: &GlobalArgs, args: &RotateCaArgs) -> anyhow::Result<()>
             println!(
                 "> Dry-run mode enabled, no changes were made to the cluster, re-run with `--dry-run=false` to apply the changes."
             );
-        } else {
-            println!(
-                "> Writing new talosconfig to {:?}",
-                args.output.display().to_string()
-            );
-            rotation
-                .new_talosconfig()
-                .save(&args.output)
-                .map_err(|e| anyhow!("{e}"))?;
         }
     }
     if args.kubernetes {
@@ -152,6 +143,8 @@ enum Change {
 
 struct Rotation {
     dry_run: bool,
+    /// Where the new talosconfig goes.
+    output: std::path::PathBuf,
     topology: Topology,
     endpoints: Vec<String>,
     current: Credentials,
@@ -201,6 +194,7 @@ impl Rotation {
         };
         Ok(Rotation {
             dry_run: args.dry_run,
+            output: args.output.clone(),
             topology,
             current: Credentials {
                 context_name: name.to_owned(),
@@ -264,8 +258,31 @@ impl Rotation {
         self.patch_all(&self.current, &Change::AcceptNew).await?;
         self.verify(&self.intermediate, "new client cert, but old server CA")
             .await?;
+        // From the swap on, the old talosconfig stops working: the new one
+        // is on disk before it starts, not only at the end.
+        if !self.dry_run {
+            println!(
+                "> Writing new talosconfig to {:?}",
+                self.output.display().to_string()
+            );
+            self.new_talosconfig()
+                .save(&self.output)
+                .map_err(|e| anyhow!("{e}"))?;
+        }
         println!("> Making new Talos CA the issuing CA, old Talos CA the accepted CA...");
-        self.patch_all(&self.intermediate, &Change::Swap).await?;
+        // Each node serves a certificate from the new CA as soon as it is
+        // swapped, one after another: the client trusts both meanwhile.
+        let mut swapping = Credentials {
+            context_name: self.intermediate.context_name.clone(),
+            context: self.intermediate.context.clone(),
+        };
+        let mut both = self.current_ca.clone();
+        if !both.ends_with(b"\n") {
+            both.push(b'\n');
+        }
+        both.extend_from_slice(self.new_ca.cert_pem.as_bytes());
+        swapping.context.ca = base64::encode(&both);
+        self.patch_all(&swapping, &Change::Swap).await?;
         self.verify(&self.new, "new PKI").await?;
         println!("> Removing old Talos CA from the accepted CAs...");
         self.patch_all(&self.new, &Change::DropOld).await?;
