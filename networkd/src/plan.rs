@@ -694,8 +694,19 @@ impl Owned {
                     .collect();
                 (link.name.clone(), OwnedLink { addresses, routes })
             })
-            .collect();
-        Owned { links }
+            .collect::<BTreeMap<_, _>>();
+        let mut owned = Owned { links };
+        // A bond member is no longer managed, but what networkd gave it is
+        // still its own until it is handed to the bond (see [`removals`]).
+        for member in &desired.bond_members {
+            if let Some(before) = self.links.get(member) {
+                owned
+                    .links
+                    .entry(member.clone())
+                    .or_insert_with(|| before.clone());
+            }
+        }
+        owned
     }
 }
 
@@ -1037,7 +1048,8 @@ mod tests {
         );
         assert!(d.create.is_empty(), "{:?}", d.create);
 
-        // eth0's static address from before the bond is taken away.
+        // eth0's static address from before the bond is still owned after
+        // the pass that enslaves it, and taken away once it is a member.
         let before = desired(
             &static_settings(),
             &KernelArgs::default(),
@@ -1052,6 +1064,9 @@ mod tests {
             prefix: 24,
             scope: RT_SCOPE_UNIVERSE,
         });
+        // A pass with eth0 a member: no longer managed, still owned.
+        let owned = owned.next(&d, &[]);
+        assert!(owned.links.contains_key("eth0"));
         assert_eq!(
             removals(&owned, &d, &observed),
             vec![Action::DelAddress {
