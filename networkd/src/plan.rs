@@ -654,42 +654,29 @@ pub struct OwnedLink {
 }
 
 impl Owned {
-    /// What networkd owns after a pass: of what `desired` asks for from
-    /// the machine config, what it owned before and what `applied` (the
-    /// actions that succeeded) added. An address or route that was there
-    /// already is not its own; nor is anything from `ip=` or a lease.
+    /// What networkd owns after a pass: what `desired` asks for from the
+    /// machine config (never what `ip=` or a lease gives), and what it
+    /// owned on a bond member until the member is handed to its bond.
+    /// Whether an address was there before the config asked for it does
+    /// not matter: the config asked, so dropping it from the config takes
+    /// it away, as upstream does (and a restarted networkd, which did not
+    /// add what its predecessor added, still owns it).
     #[must_use]
-    pub fn next(&self, desired: &Desired, applied: &[Action]) -> Owned {
+    pub fn next(&self, desired: &Desired) -> Owned {
         let links = desired
             .links
             .iter()
             .map(|link| {
-                let before = self.links.get(&link.name);
                 let addresses = link
                     .addresses
                     .iter()
                     .filter(|a| a.origin == Origin::Static)
                     .map(|a| (a.address, a.prefix))
-                    .filter(|owned| {
-                        before.is_some_and(|b| b.addresses.contains(owned))
-                            || applied.iter().any(|action| {
-                                matches!(action, Action::AddAddress { name, address, .. }
-                                    if *name == link.name
-                                        && (address.address, address.prefix) == *owned)
-                            })
-                    })
                     .collect();
                 let routes = link
                     .routes
                     .iter()
                     .filter(|r| r.origin == Origin::Static)
-                    .filter(|route| {
-                        before.is_some_and(|b| b.routes.contains(route))
-                            || applied.iter().any(|action| {
-                                matches!(action, Action::AddRoute { name, route: added, .. }
-                                    if *name == link.name && added == *route)
-                            })
-                    })
                     .cloned()
                     .collect();
                 (link.name.clone(), OwnedLink { addresses, routes })
@@ -1057,7 +1044,7 @@ mod tests {
             &BTreeMap::new(),
             now,
         );
-        let owned = Owned::default().next(&before, &plan(&before, &observed));
+        let owned = Owned::default().next(&before);
         observed.addresses.push(Address {
             index: 2,
             address: ip("10.99.8.5"),
@@ -1065,7 +1052,7 @@ mod tests {
             scope: RT_SCOPE_UNIVERSE,
         });
         // A pass with eth0 a member: no longer managed, still owned.
-        let owned = owned.next(&d, &[]);
+        let owned = owned.next(&d);
         assert!(owned.links.contains_key("eth0"));
         assert_eq!(
             removals(&owned, &d, &observed),
@@ -1133,16 +1120,9 @@ mod tests {
             &BTreeMap::new(),
             now,
         );
-        // What networkd added is its own.
-        let owned = Owned::default().next(&before, &plan(&before, &observed));
+        let owned = Owned::default().next(&before);
         assert_eq!(owned.links["eth0"].addresses, vec![(ip("10.99.8.5"), 24)]);
         assert_eq!(owned.links["eth0"].routes.len(), 1);
-        // What was there before networkd was asked for it is not.
-        assert!(
-            Owned::default().next(&before, &[]).links["eth0"]
-                .addresses
-                .is_empty()
-        );
         // The kernel has what was asked, and an address of someone else's.
         for (address, prefix) in [("10.99.8.5", 24), ("192.0.2.9", 32)] {
             observed.addresses.push(Address {

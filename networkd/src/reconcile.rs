@@ -270,7 +270,7 @@ impl Reconciler {
             changed = !applied.is_empty();
             // Still owned until the kernel no longer has them: a removal
             // that failed is tried again on the next pass.
-            self.owned = self.owned.next(&desired, &applied);
+            self.owned = self.owned.next(&desired);
             self.owned.keep(&removals);
             self.manage_dhcp(&desired).await;
             self.write_node_files(&observed);
