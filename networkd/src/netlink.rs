@@ -207,26 +207,17 @@ pub async fn apply(handle: &Handle, action: &Action) -> Result<(), NetlinkError>
             name,
             bond_index,
             bond,
-        } => {
-            // Down first, in a request of its own: some kernels apply the
-            // controller before the flags, and refuse a member that is up.
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(*index).down().build())
-                .execute()
-                .await
-                .map_err(failed(format!("taking {name} down for the bond {bond}")))?;
-            handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(*index)
-                        .controller(*bond_index)
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(failed(format!("adding {name} to the bond {bond}")))
-        }
+        } => handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(*index)
+                    .down()
+                    .controller(*bond_index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(format!("adding {name} to the bond {bond}"))),
         Action::CreateDummy { name } => handle
             .link()
             .add(LinkDummy::new(name).build())

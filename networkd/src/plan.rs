@@ -437,22 +437,27 @@ pub fn desired(
             .iter()
             .filter(|m| !kernel.ignores(m) && !resolved.ignores(m))
             .collect();
-        let Some(bond_link) = observed.links.iter().find(|l| &l.name == name) else {
+        let bond_link = observed.links.iter().find(|l| &l.name == name);
+        if let Some(l) = bond_link
+            && l.kind.as_deref() != Some("bond")
+        {
+            problems.push(format!(
+                "{name} exists and is not a bond: its members are left as they are"
+            ));
+            continue;
+        }
+        // The members are the bond's from now on: no DHCP of their own,
+        // even while the bond is being made (a lease there would only be
+        // torn down again). Their static config goes to the bond once
+        // they are in it (see `removals`).
+        bond_members.extend(members.iter().map(|m| (*m).clone()));
+        let Some(bond_link) = bond_link else {
             create.push(Action::CreateBond {
                 name: name.clone(),
                 bond: bond.clone(),
             });
             continue;
         };
-        if bond_link.kind.as_deref() != Some("bond") {
-            problems.push(format!(
-                "{name} exists and is not a bond: its members are left as they are"
-            ));
-            continue;
-        }
-        // Members are the bond's (not managed themselves) only once the
-        // bond exists: until then they keep their own configuration.
-        bond_members.extend(members.iter().map(|m| (*m).clone()));
         for member in members {
             if let Some(link) = observed.links.iter().find(|l| &l.name == member)
                 && link.controller != Some(bond_link.index)
@@ -947,6 +952,8 @@ mod tests {
                     members: vec!["eth0".into()],
                     member_selectors: vec![Selector {
                         permanent_addr: Some("02:00:00:00:00:33".into()),
+                        // Still true of a NIC once it is in the bond.
+                        physical: Some(true),
                         ..Selector::default()
                     }],
                     ..BondSettings::default()
@@ -965,9 +972,9 @@ mod tests {
         assert!(
             matches!(&d.create[..], [Action::CreateBond { name, bond }] if name == "bond0" && bond.mode == 1)
         );
-        // Until the bond exists its members keep their own configuration.
-        assert!(d.bond_members.is_empty());
-        assert!(d.link("eth0").expect("eth0").dhcp);
+        // The members are the bond's at once: no DHCP of their own.
+        assert_eq!(d.bond_members, ["eth0", "eth1"]);
+        assert!(d.link("eth0").is_none() && d.link("eth1").is_none());
         // A link of that name that is no bond gets no members.
         let mut impostor = observed.clone();
         impostor.links.push(link(9, "bond0", Some("dummy"), false));
@@ -1034,6 +1041,9 @@ mod tests {
             now,
         );
         assert!(d.create.is_empty(), "{:?}", d.create);
+        // Still members once in the bond, though the selector's `physical`
+        // and the MAC may read differently now.
+        assert_eq!(d.bond_members, ["eth0", "eth1"]);
 
         // eth0's static address from before the bond is still owned after
         // the pass that enslaves it, and taken away once it is a member.

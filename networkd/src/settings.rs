@@ -141,8 +141,13 @@ impl Selector {
                 }
             }
         }
+        // A device's nature, not its state: a NIC in a bond is still one
+        // (`Link::is_physical` says whether networkd manages it unasked).
+        let device = link.kind.is_none()
+            && !link.is_loopback()
+            && link.link_type == crate::state::ARPHRD_ETHER;
         if let Some(physical) = self.physical
-            && physical != link.is_physical()
+            && physical != device
         {
             return false;
         }
@@ -581,11 +586,13 @@ impl Settings {
                     && !out.bonds.iter().any(|(n, _, _)| *n == name)
                 {
                     let mut members = bond.members.clone();
+                    let bond_index = links.iter().find(|l| l.name == name).map(|l| l.index);
                     for link in links {
-                        if link.name != name
-                            && !members.contains(&link.name)
-                            && bond.member_selectors.iter().any(|s| s.matches(link))
-                        {
+                        // What the selectors pick, and what is in the bond
+                        // already (a member's MAC may have changed).
+                        let member = bond.member_selectors.iter().any(|s| s.matches(link))
+                            || (bond_index.is_some() && link.controller == bond_index);
+                        if link.name != name && !members.contains(&link.name) && member {
                             members.push(link.name.clone());
                         }
                     }
