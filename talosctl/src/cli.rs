@@ -486,15 +486,9 @@ pub struct RotateCaArgs {
     /// specify IPs of init node
     #[arg(long)]
     pub init_node: Option<String>,
-    /// specify IPs of control plane nodes
-    #[arg(long, value_delimiter = ',')]
-    pub control_plane_nodes: Vec<String>,
-    /// specify IPs of worker nodes
-    #[arg(long, value_delimiter = ',')]
-    pub worker_nodes: Vec<String>,
-    /// use endpoint instead of kubeconfig default
-    #[arg(long)]
-    pub k8s_endpoint: Option<String>,
+    /// The nodes by type.
+    #[command(flatten)]
+    pub cluster: ClusterNodes,
     /// patch all machine configs with the commented examples
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub with_examples: bool,
@@ -828,6 +822,15 @@ pub struct HealthArgs {
     /// timeout to wait for the cluster to be ready
     #[arg(long, default_value = "20m")]
     pub wait_timeout: String,
+    /// The nodes by type.
+    #[command(flatten)]
+    pub cluster: ClusterNodes,
+}
+
+/// The nodes of a cluster by type, as upstream's commands that act on a
+/// whole cluster (`health`, `rotate-ca`) take them.
+#[derive(Debug, Args)]
+pub struct ClusterNodes {
     /// specify IPs of control plane nodes
     #[arg(long, value_delimiter = ',')]
     pub control_plane_nodes: Vec<String>,

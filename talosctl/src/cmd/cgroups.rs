@@ -299,6 +299,11 @@ fn header(preset: CgroupsPreset) -> &'static [&'static str] {
     }
 }
 
+/// A value right-aligned in six columns, as upstream's `printf "%6s"`.
+fn width6(v: Value) -> String {
+    format!("{:>6}", v.to_string())
+}
+
 fn row(
     preset: CgroupsPreset,
     g: &Group,
@@ -380,14 +385,8 @@ fn row(
             vec![
                 bytes,
                 ios,
-                format!(
-                    "{:>6}",
-                    g.pressure("io.pressure", "some", "avg10").to_string()
-                ),
-                format!(
-                    "{:>6}",
-                    g.pressure("io.pressure", "some", "avg60").to_string()
-                ),
+                width6(g.pressure("io.pressure", "some", "avg10")),
+                width6(g.pressure("io.pressure", "some", "avg60")),
                 format!(
                     "{:>12}",
                     g.pressure("io.pressure", "some", "total").usec_duration()
@@ -396,22 +395,10 @@ fn row(
         }
         CgroupsPreset::Psi => vec![
             format!("{:>8}", g.value("memory.current").ibytes()),
-            format!(
-                "{:>6}",
-                g.pressure("memory.pressure", "some", "avg10").to_string()
-            ),
-            format!(
-                "{:>6}",
-                g.pressure("memory.pressure", "full", "avg10").to_string()
-            ),
-            format!(
-                "{:>6}",
-                g.pressure("cpu.pressure", "full", "avg10").to_string()
-            ),
-            format!(
-                "{:>6}",
-                g.pressure("io.pressure", "full", "avg10").to_string()
-            ),
+            width6(g.pressure("memory.pressure", "some", "avg10")),
+            width6(g.pressure("memory.pressure", "full", "avg10")),
+            width6(g.pressure("cpu.pressure", "full", "avg10")),
+            width6(g.pressure("io.pressure", "full", "avg10")),
         ],
         CgroupsPreset::Swap => [
             "memory.swap.current",

@@ -616,9 +616,9 @@ pub async fn health(global: &GlobalArgs, args: HealthArgs) -> anyhow::Result<()>
     let request = api::cluster::HealthCheckRequest {
         wait_timeout: Some(output::proto_duration(wait_timeout)),
         cluster_info: Some(api::cluster::ClusterInfo {
-            control_plane_nodes: args.control_plane_nodes,
-            worker_nodes: args.worker_nodes,
-            force_endpoint: args.k8s_endpoint.unwrap_or_default(),
+            control_plane_nodes: args.cluster.control_plane_nodes,
+            worker_nodes: args.cluster.worker_nodes,
+            force_endpoint: args.cluster.k8s_endpoint.unwrap_or_default(),
         }),
     };
     let mut stream = client

@@ -79,8 +79,13 @@ impl Topology {
             }
             out
         };
-        let control_planes = clean(&mut args.init_node.iter().chain(&args.control_plane_nodes));
-        let workers = clean(&mut args.worker_nodes.iter());
+        let control_planes = clean(
+            &mut args
+                .init_node
+                .iter()
+                .chain(&args.cluster.control_plane_nodes),
+        );
+        let workers = clean(&mut args.cluster.worker_nodes.iter());
         if control_planes.is_empty() {
             bail!(
                 "no control plane nodes: name them with --control-plane-nodes (and the workers with --worker-nodes); this OS runs no Kubernetes to discover them from"
