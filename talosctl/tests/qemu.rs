@@ -2038,8 +2038,16 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             generated.join("controlplane.yaml").to_str().expect("utf8"),
         ])),
     );
-    eventually(&tc, &args(&version), long, |v| {
-        v.contains("Enabled:     RBAC")
+    // mTLS answers as soon as the credentials are written, while the
+    // services still restart from the config (a lifecycle action of its
+    // own, which refuses a reboot): wait for the control plane's full set,
+    // trustd included, which only the configured node runs.
+    eventually(&tc, &args(&with(&["services"])), long, |s| {
+        services_healthy(
+            s,
+            "127.0.0.1",
+            &["apid", "routerd", "trustd", "networkd", "timed", "udevd"],
+        )
     });
     let boot_id = ok(
         &tc,
