@@ -67,9 +67,7 @@ pub async fn snapshot(handle: Handle) -> Result<Observed, NetlinkError> {
 
     let mut links = std::pin::pin!(handle.link().get().execute());
     while let Some(message) = links.try_next().await.map_err(failed("dumping links"))? {
-        if let Some(mut link) = Link::from_message(&message) {
-            // deviceSelector matches on what sysfs says of the device.
-            link.hardware = crate::hardware::device_info(std::path::Path::new("/sys"), &link.name);
+        if let Some(link) = Link::from_message(&message) {
             observed.links.push(link);
         }
     }

@@ -232,7 +232,7 @@ impl Reconciler {
     /// Reads the state and reconciles once; returns whether it changed
     /// anything in the kernel.
     pub async fn sync(&mut self) -> bool {
-        let observed = match netlink::snapshot(self.handle.clone()).await {
+        let mut observed = match netlink::snapshot(self.handle.clone()).await {
             Ok(observed) => observed,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the network state");
@@ -242,6 +242,15 @@ impl Reconciler {
         let mut changed = false;
         if self.mode == Mode::Metal {
             self.config.refresh();
+            // Selectors match on what sysfs says of each device: read only
+            // when the config has one, not on every snapshot (the API's
+            // included).
+            if self.config.settings().has_selectors() {
+                for link in &mut observed.links {
+                    link.hardware =
+                        crate::hardware::device_info(std::path::Path::new("/sys"), &link.name);
+                }
+            }
             let desired = plan::desired(
                 self.config.settings(),
                 &self.kernel,

@@ -537,6 +537,18 @@ impl Settings {
             .unwrap_or_default()
     }
 
+    /// Whether any entry, or any bond's members, are picked by a
+    /// `deviceSelector` (which needs each link's sysfs details).
+    #[must_use]
+    pub fn has_selectors(&self) -> bool {
+        self.devices.iter().any(|d| {
+            d.selector.is_some()
+                || d.bond
+                    .as_ref()
+                    .is_some_and(|b| !b.member_selectors.is_empty())
+        })
+    }
+
     /// The device settings that name link `name` (selectors aside: see
     /// [`Settings::resolve`]).
     #[must_use]

@@ -72,8 +72,8 @@ pub struct Link {
     pub vlan_id: Option<u16>,
     /// The permanent hardware address (empty when the kernel gives none).
     pub perm_mac: Vec<u8>,
-    /// The device behind the link, from sysfs (filled by
-    /// [`crate::netlink::snapshot`]; empty in tests that build links).
+    /// The device behind the link, from sysfs (filled by the reconcile
+    /// loop when the config has a `deviceSelector`; empty otherwise).
     pub hardware: DeviceInfo,
 }
 
