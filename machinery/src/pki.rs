@@ -66,6 +66,13 @@ pub const CLIENT_CERT_TTL: Duration = Duration::from_secs(8_760 * 3600);
 /// Lifetime of node server certificates (24 h; renewed at half life, see [`renew_at`]).
 pub const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// How far before its issuer's "now" a certificate starts. A node's clock
+/// may run a little ahead of its clients' (a guest reads its RTC to the
+/// second), and a certificate issued a moment ago must not read as "not
+/// valid yet" on the machine that checks it. The end stays "now" plus
+/// the lifetime asked for.
+pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(5 * 60);
+
 /// Subject Organization of the OS CA.
 pub const OS_CA_ORGANIZATION: &str = "talos";
 
@@ -751,7 +758,8 @@ fn set_validity(
     let end = now
         .checked_add(lifetime)
         .ok_or_else(|| format!("validity of {lifetime:?} overflows the clock"))?;
-    params.not_before = offset_date_time(now)?;
+    let start = now.checked_sub(NOT_BEFORE_SKEW).unwrap_or(now);
+    params.not_before = offset_date_time(start)?;
     params.not_after = offset_date_time(end)?;
     Ok(())
 }
@@ -1499,7 +1507,7 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
             info.ext_key_usages,
             [ExtKeyUsage::ServerAuth, ExtKeyUsage::ClientAuth]
         );
-        assert_eq!(info.not_before, now());
+        assert_eq!(info.not_before, now() - NOT_BEFORE_SKEW);
         assert_eq!(info.not_after, now() + CA_VALIDITY);
         assert_eq!(CA_VALIDITY.as_secs(), 10 * 8760 * 3600);
         verify_signed_by(ca.cert_pem.as_bytes(), ca.cert_pem.as_bytes()).expect("self-signed");
@@ -1537,7 +1545,7 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         assert!(info.digital_signature);
         assert!(!info.key_cert_sign);
         assert_eq!(info.public_key_algorithm, PublicKeyAlgorithm::Ed25519);
-        assert_eq!(info.not_before, now());
+        assert_eq!(info.not_before, now() - NOT_BEFORE_SKEW);
         assert_eq!(info.not_after, now() + Duration::from_secs(8760 * 3600));
         assert!(info.is_valid_at(now() + Duration::from_secs(3600)));
         verify_signed_by(client.cert_pem.as_bytes(), ca.cert_pem.as_bytes())
@@ -1693,8 +1701,9 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         verify_signed_by(server.cert_pem.as_bytes(), ca.cert_pem.as_bytes()).expect("chains");
         assert_eq!(
             renew_at(info.not_before, info.not_after),
-            now() + Duration::from_secs(12 * 3600)
+            now() + Duration::from_secs(12 * 3600) - NOT_BEFORE_SKEW / 2
         );
+        assert_eq!(info.not_before, now() - NOT_BEFORE_SKEW);
     }
 
     #[test]
