@@ -124,12 +124,18 @@ impl Node {
 
     /// Asks the lifecycle to power off or reboot, unless an action is
     /// already pending: the first one asked for is the one carried out.
+    /// The exception is the restart from a config applied in maintenance
+    /// mode ([`PowerAction::Configured`]): a reboot, shutdown or reset
+    /// takes over from it, as upstream's sequences take over a running
+    /// boot, so an operator's reboot in that moment is not refused.
     /// Returns the actor id that tags the resulting events, or `None`
     /// when another action was already pending.
     pub fn try_request_power(&self, action: PowerAction) -> Option<String> {
         let actor = uuid::Uuid::new_v4().to_string();
         let taken = self.power.send_if_modified(|pending| {
-            if pending.is_some() {
+            let takes_over = matches!(pending, Some((PowerAction::Configured, _)))
+                && action != PowerAction::Configured;
+            if pending.is_some() && !takes_over {
                 return false;
             }
             *pending = Some((action, actor.clone()));
@@ -168,11 +174,29 @@ impl Node {
         })
     }
 
-    /// Whether a power action (reboot, shutdown, reset) is pending: the
-    /// node is going down, and nothing else may start.
+    /// Whether a lifecycle action (reboot, shutdown, reset, or the restart
+    /// from a config applied in maintenance mode) is pending: nothing else
+    /// may start.
     #[must_use]
     pub fn going_down(&self) -> bool {
         self.power.borrow().is_some()
+    }
+
+    /// Whether a reboot, shutdown or reset is pending: one that a new
+    /// power request cannot take over from.
+    #[must_use]
+    pub fn powering_down(&self) -> bool {
+        self.power
+            .borrow()
+            .as_ref()
+            .is_some_and(|(action, _)| *action != PowerAction::Configured)
+    }
+
+    /// The action pending now, which may have taken over from the one
+    /// the lifecycle first woke for.
+    #[must_use]
+    pub fn pending_action(&self) -> Option<PowerAction> {
+        self.power.borrow().as_ref().map(|(action, _)| *action)
     }
 
     /// Asks for a reset by `plan`: the services stop, then the plan's
@@ -260,6 +284,41 @@ mod tests {
         assert_eq!(node.take_reset_plan(), Some(plan(true)));
         let pending = node.power.borrow().clone();
         assert_eq!(pending, Some((PowerAction::Reset, reset)));
+    }
+
+    #[test]
+    fn a_reboot_shutdown_or_reset_takes_over_from_the_restart_after_maintenance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for action in [
+            PowerAction::Reboot,
+            PowerAction::Shutdown,
+            PowerAction::Reset,
+        ] {
+            let node = node(dir.path());
+            let restart = node
+                .try_request_power(PowerAction::Configured)
+                .expect("the restart");
+            assert!(node.going_down());
+            assert!(!node.powering_down());
+            // A second restart is refused, and machined's own step gets
+            // the pending one's actor.
+            assert_eq!(node.try_request_power(PowerAction::Configured), None);
+            assert_eq!(node.request_power(PowerAction::Configured), restart);
+            let taken = if action == PowerAction::Reset {
+                node.request_reset(plan(false))
+            } else {
+                node.try_request_power(action)
+            }
+            .expect("takes over");
+            assert_ne!(taken, restart);
+            assert!(node.powering_down());
+            assert_eq!(node.pending_action(), Some(action));
+            // Once taken over, it is the first action as ever: nothing
+            // more takes over, a restart included.
+            assert_eq!(node.try_request_power(PowerAction::Reboot), None);
+            assert_eq!(node.try_request_power(PowerAction::Configured), None);
+            assert_eq!(node.pending_action(), Some(action));
+        }
     }
 
     #[test]

@@ -276,6 +276,12 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&socket);
+    // A reboot, shutdown or reset asked for while the services stopped
+    // for a restart from the applied config takes over from it.
+    let action = match node.pending_action() {
+        Some(pending) if action == PowerAction::Configured => pending,
+        _ => action,
+    };
     if action == PowerAction::Reset {
         return Ok(reset(&node).await);
     }

@@ -1314,7 +1314,7 @@ impl MachineService for MachineApi {
         req: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
         self.refuse_in_container("reset")?;
-        if self.node.going_down() {
+        if self.node.powering_down() {
             return Err(going_down().into());
         }
         let request = crate::reset::ResetRequest::from_wire(req.get_ref())?;
