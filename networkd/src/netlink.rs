@@ -216,6 +216,18 @@ pub async fn apply(handle: &Handle, action: &Action) -> Result<(), NetlinkError>
             .execute()
             .await
             .map_err(failed(format!("adding {name} to the bond {bond}"))),
+        Action::Release { index, name, bond } => handle
+            .link()
+            .set(LinkUnspec::new_with_index(*index).nocontroller().build())
+            .execute()
+            .await
+            .map_err(failed(format!("taking {name} out of the bond {bond}"))),
+        Action::DeleteLink { index, name, kind } => handle
+            .link()
+            .del(*index)
+            .execute()
+            .await
+            .map_err(failed(format!("deleting the {kind} link {name}"))),
         Action::CreateDummy { name } => handle
             .link()
             .add(LinkDummy::new(name).build())
@@ -344,7 +356,7 @@ fn tolerated(action: &Action, errno: Option<i32>) -> bool {
         ) | (
             Action::DelAddress { .. } | Action::DelRoute { .. },
             Some(ESRCH | EADDRNOTAVAIL | ENODEV)
-        )
+        ) | (Action::DeleteLink { .. }, Some(ENODEV))
     )
 }
 

@@ -7,8 +7,9 @@
 //! functions: the reconcile loop re-runs them after every burst of netlink
 //! events, so a plan only has to add what is missing. Removal is explicit
 //! and owned: only what networkd itself put there is ever deleted, the
-//! addresses and routes of a lease it held ([`lease_removal`]) and the
-//! static ones a config it ran with asked for and the current one no
+//! addresses and routes of a lease it held ([`lease_removal`]), and the
+//! static ones, the links it made (VLANs, dummies, bonds) and the bond
+//! memberships that a config it ran with asked for and the current one no
 //! longer does ([`removals`], from what it [`Owned`]).
 //!
 //! Which links are managed:
@@ -197,6 +198,15 @@ pub struct Desired {
     /// Links that are, or are to be, members of a configured bond: not
     /// managed themselves (their bond is).
     pub bond_members: Vec<String>,
+    /// Every link the config asks networkd to make, by name, with its
+    /// kind (`vlan`, `dummy`, `bond`), whether it exists yet or not, and
+    /// ignored or not: what networkd may delete once the config drops it.
+    pub made: BTreeMap<String, &'static str>,
+    /// Member link name → its bond's name, for [`Desired::bond_members`].
+    pub member_of: BTreeMap<String, String>,
+    /// The links that exist and that the config or the kernel arguments
+    /// say to leave alone: never released from a bond nor deleted.
+    pub left_alone: Vec<String>,
 }
 
 impl Desired {
@@ -228,6 +238,25 @@ pub enum Action {
         bond_index: u32,
         /// The bond's name.
         bond: String,
+    },
+    /// Take link `index` out of the bond it is in.
+    Release {
+        /// The member's index.
+        index: u32,
+        /// The member's name.
+        name: String,
+        /// The bond's name.
+        bond: String,
+    },
+    /// Delete a link networkd made (its addresses and routes go with it;
+    /// a bond's members are released by the kernel).
+    DeleteLink {
+        /// Its index.
+        index: u32,
+        /// Its name.
+        name: String,
+        /// Its kind (`vlan`, `dummy`, `bond`).
+        kind: &'static str,
     },
     /// Create a dummy link.
     CreateDummy {
@@ -411,6 +440,20 @@ pub fn desired(
     let resolved = settings.resolve(&observed.links);
     let mut problems = resolved.problems.clone();
     let mut create = Vec::new();
+    let made: BTreeMap<String, &'static str> = resolved
+        .vlans
+        .iter()
+        .map(|v| (v.name.clone(), "vlan"))
+        .chain(resolved.dummies.iter().map(|n| (n.clone(), "dummy")))
+        .chain(resolved.bonds.iter().map(|(n, _, _)| (n.clone(), "bond")))
+        .collect();
+    let left_alone = observed
+        .links
+        .iter()
+        .filter(|l| kernel.ignores(&l.name) || resolved.ignores(&l.name))
+        .map(|l| l.name.clone())
+        .collect();
+    let mut member_of = BTreeMap::new();
     for vlan in &resolved.vlans {
         let ignored = |name: &str| kernel.ignores(name) || resolved.ignores(name);
         if ignored(&vlan.parent)
@@ -451,6 +494,7 @@ pub fn desired(
         // torn down again). Their static config goes to the bond once
         // they are in it (see `removals`).
         bond_members.extend(members.iter().map(|m| (*m).clone()));
+        member_of.extend(members.iter().map(|m| ((*m).clone(), name.clone())));
         let Some(bond_link) = bond_link else {
             create.push(Action::CreateBond {
                 name: name.clone(),
@@ -574,6 +618,9 @@ pub fn desired(
         create,
         problems,
         bond_members,
+        made,
+        member_of,
+        left_alone,
     }
 }
 
@@ -640,13 +687,18 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
 }
 
 /// The static addresses and routes (machine config and `ip=`) networkd
-/// last wanted on each link, by link name: what it may take away again
+/// last wanted on each link, by link name, the links it was asked to make
+/// and the bond memberships it was asked for: what it may take away again
 /// when the config stops asking for it. Kept in memory: after a restart
 /// networkd owns only what it is asked for from then on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Owned {
     /// Link name → its static addresses and routes.
     pub links: BTreeMap<String, OwnedLink>,
+    /// Links made for the config: name → kind.
+    pub made: BTreeMap<String, &'static str>,
+    /// Bond memberships asked for: member name → bond name.
+    pub members: BTreeMap<String, String>,
 }
 
 /// The static addresses and routes of one link.
@@ -687,7 +739,11 @@ impl Owned {
                 (link.name.clone(), OwnedLink { addresses, routes })
             })
             .collect::<BTreeMap<_, _>>();
-        let mut owned = Owned { links };
+        let mut owned = Owned {
+            links,
+            made: desired.made.clone(),
+            members: desired.member_of.clone(),
+        };
         // A bond member is no longer managed, but what networkd gave it is
         // still its own until it is handed to the bond (see [`removals`]).
         for member in &desired.bond_members {
@@ -725,6 +781,12 @@ impl Owned {
                     .or_default()
                     .routes
                     .push(route.clone()),
+                Action::DeleteLink { name, kind, .. } => {
+                    self.made.insert(name.clone(), kind);
+                }
+                Action::Release { name, bond, .. } => {
+                    self.members.insert(name.clone(), bond.clone());
+                }
                 _ => {}
             }
         }
@@ -733,7 +795,10 @@ impl Owned {
 
 /// What to take away: the static routes, then addresses, networkd put on a
 /// link that is still managed and that `desired` no longer asks for (a
-/// config changed live), where the kernel still has them. A link no
+/// config changed live), where the kernel still has them; then the bond
+/// members no longer asked for, released from a bond that stays; then the
+/// links it made that the config no longer names (VLANs first, bonds
+/// last), where the kernel has them with the kind it made. A link no
 /// longer managed (ignored now) is left as it is.
 #[must_use]
 pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Action> {
@@ -802,7 +867,61 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
             }
         }
     }
-    routes.into_iter().chain(addresses).collect()
+    let mut releases = Vec::new();
+    for (member, bond) in &owned.members {
+        if desired.member_of.get(member) == Some(bond)
+            || desired.left_alone.contains(member)
+            || !desired.made.contains_key(bond)
+        {
+            // Still asked for, left alone, or its bond goes (and the
+            // kernel releases its members then).
+            continue;
+        }
+        let bond_link = observed
+            .links
+            .iter()
+            .find(|l| &l.name == bond && l.kind.as_deref() == Some("bond"));
+        if let Some(bond_link) = bond_link
+            && let Some(link) = observed.links.iter().find(|l| &l.name == member)
+            && link.controller == Some(bond_link.index)
+        {
+            releases.push(Action::Release {
+                index: link.index,
+                name: member.clone(),
+                bond: bond.clone(),
+            });
+        }
+    }
+    let mut deletions: Vec<Action> = owned
+        .made
+        .iter()
+        .filter(|(name, _)| {
+            !desired.made.contains_key(*name) && !desired.left_alone.contains(*name)
+        })
+        .filter_map(|(name, kind)| {
+            let link = observed
+                .links
+                .iter()
+                .find(|l| &l.name == name && l.kind.as_deref() == Some(*kind))?;
+            Some(Action::DeleteLink {
+                index: link.index,
+                name: name.clone(),
+                kind,
+            })
+        })
+        .collect();
+    // A VLAN may sit on a bond or a dummy: it goes first.
+    deletions.sort_by_key(|a| match a {
+        Action::DeleteLink { kind: "vlan", .. } => 0,
+        Action::DeleteLink { kind: "dummy", .. } => 1,
+        _ => 2,
+    });
+    routes
+        .into_iter()
+        .chain(addresses)
+        .chain(releases)
+        .chain(deletions)
+        .collect()
 }
 
 /// A DHCP client to start.
@@ -1073,6 +1192,204 @@ mod tests {
                 prefix: 24,
             }]
         );
+    }
+
+    /// The settings of `made_links_dropped_from_the_config_are_deleted`: a
+    /// VLAN on eth0, a dummy, and a bond of eth1 (and eth0 with `both`).
+    fn made_settings(both: bool) -> Settings {
+        let mut members = vec!["eth1".to_owned()];
+        if both {
+            members.insert(0, "eth0".into());
+        }
+        Settings {
+            devices: vec![
+                DeviceSettings {
+                    name: "eth0".into(),
+                    vlans: vec![(5, DeviceSettings::default())],
+                    ..DeviceSettings::default()
+                },
+                DeviceSettings {
+                    name: "dummy0".into(),
+                    dummy: true,
+                    ..DeviceSettings::default()
+                },
+                DeviceSettings {
+                    name: "bond0".into(),
+                    bond: Some(BondSettings {
+                        mode: 1,
+                        members,
+                        ..BondSettings::default()
+                    }),
+                    ..DeviceSettings::default()
+                },
+            ],
+            ..Settings::default()
+        }
+    }
+
+    /// The links made for a config (VLAN, dummy, bond) are deleted once a
+    /// config drops them, VLANs first; a bond's members are left to the
+    /// kernel then. Never a link of another kind under that name, nor one
+    /// the config says to leave alone.
+    #[test]
+    fn made_links_dropped_from_the_config_are_deleted() {
+        let now = Instant::now();
+        let mut observed = observed();
+        let made = |settings: &Settings, observed: &Observed| {
+            desired(
+                settings,
+                &KernelArgs::default(),
+                observed,
+                &BTreeMap::new(),
+                now,
+            )
+        };
+        let first = made(&made_settings(false), &observed);
+        assert_eq!(
+            first
+                .made
+                .iter()
+                .map(|(n, k)| (n.as_str(), *k))
+                .collect::<Vec<_>>(),
+            [("bond0", "bond"), ("dummy0", "dummy"), ("eth0.5", "vlan")]
+        );
+        let owned = Owned::default().next(&first);
+        // Made as asked, eth1 in the bond.
+        let mut bond = link(10, "bond0", Some("bond"), true);
+        bond.mac = vec![2, 0, 0, 0, 0, 3];
+        let mut vlan = link(12, "eth0.5", Some("vlan"), true);
+        vlan.parent = Some(2);
+        observed
+            .links
+            .extend([bond, link(11, "dummy0", Some("dummy"), true), vlan]);
+        observed.links[2].controller = Some(10);
+        let same = made(&made_settings(false), &observed);
+        let owned = owned.next(&same);
+        assert!(removals(&owned, &same, &observed).is_empty());
+
+        // The config drops all three.
+        let dropped = made(&static_settings(), &observed);
+        assert!(dropped.made.is_empty());
+        let actions = removals(&owned, &dropped, &observed);
+        assert_eq!(
+            actions,
+            [
+                Action::DeleteLink {
+                    index: 12,
+                    name: "eth0.5".into(),
+                    kind: "vlan"
+                },
+                Action::DeleteLink {
+                    index: 11,
+                    name: "dummy0".into(),
+                    kind: "dummy"
+                },
+                Action::DeleteLink {
+                    index: 10,
+                    name: "bond0".into(),
+                    kind: "bond"
+                },
+            ]
+        );
+        // Still owned until the kernel has them no more.
+        let mut kept = owned.next(&dropped);
+        kept.keep(&actions);
+        assert_eq!(kept.made.len(), 3);
+        assert_eq!(removals(&kept, &dropped, &observed), actions);
+        let mut gone = observed.clone();
+        gone.links.retain(|l| l.index < 10);
+        gone.links[2].controller = None;
+        assert!(removals(&kept, &dropped, &gone).is_empty());
+        assert!(owned.next(&made(&static_settings(), &gone)).made.is_empty());
+
+        // A link of another kind under a made name is not ours to delete,
+        // nor one the config now says to leave alone.
+        let mut other = observed.clone();
+        other.links[6].kind = Some("veth".into());
+        let actions = removals(&owned, &dropped, &other);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::DeleteLink { name, .. } if name == "dummy0")),
+            "{actions:?}"
+        );
+        let mut ignoring = static_settings();
+        ignoring.devices.push(DeviceSettings {
+            name: "dummy0".into(),
+            ignore: true,
+            ..DeviceSettings::default()
+        });
+        let actions = removals(&owned, &made(&ignoring, &observed), &observed);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::DeleteLink { name, .. } if name == "dummy0")),
+            "{actions:?}"
+        );
+    }
+
+    /// A member the config takes out of a bond that stays is released,
+    /// and is then a link like any other.
+    #[test]
+    fn a_member_dropped_from_a_bond_is_released() {
+        let now = Instant::now();
+        let mut observed = observed();
+        let mut bond = link(10, "bond0", Some("bond"), true);
+        bond.mac = vec![2, 0, 0, 0, 0, 2];
+        observed.links.push(bond);
+        observed.links[1].controller = Some(10);
+        observed.links[2].controller = Some(10);
+        let pass = |settings: &Settings, observed: &Observed| {
+            desired(
+                settings,
+                &KernelArgs::default(),
+                observed,
+                &BTreeMap::new(),
+                now,
+            )
+        };
+        let both = pass(&made_settings(true), &observed);
+        assert_eq!(
+            both.member_of.get("eth0").map(String::as_str),
+            Some("bond0")
+        );
+        let owned = Owned::default().next(&both);
+        assert!(removals(&owned, &both, &observed).is_empty());
+
+        let one = pass(&made_settings(false), &observed);
+        assert_eq!(
+            removals(&owned, &one, &observed),
+            [Action::Release {
+                index: 2,
+                name: "eth0".into(),
+                bond: "bond0".into()
+            }]
+        );
+        // Left alone when the config says so.
+        let mut ignoring = made_settings(false);
+        ignoring.devices.push(DeviceSettings {
+            name: "eth0".into(),
+            ignore: true,
+            ..DeviceSettings::default()
+        });
+        assert!(removals(&owned, &pass(&ignoring, &observed), &observed).is_empty());
+        // Released: nothing more to do, and eth0 is managed again, as its
+        // own config entry says; eth1 is still the bond's.
+        observed.links[1].controller = None;
+        let after = pass(&made_settings(false), &observed);
+        let owned = owned.next(&after);
+        assert!(removals(&owned, &after, &observed).is_empty());
+        assert!(!owned.members.contains_key("eth0"));
+        assert!(after.link("eth0").is_some());
+        assert_eq!(after.bond_members, ["eth1"]);
+        // Unnamed in the config, it runs DHCP, as any physical link.
+        let after = pass(&made_settings(false), &{
+            let mut o = observed.clone();
+            o.links[1].name = "eth9".into();
+            o
+        });
+        assert!(after.link("eth9").is_some_and(|l| l.dhcp));
     }
 
     /// A dummy link is created, then addressed like any configured link.

@@ -538,6 +538,12 @@ pub fn describe(action: &Action) -> String {
         ),
         Action::Enslave { name, bond, .. } => format!("adding {name} to the bond {bond}"),
         Action::CreateDummy { name } => format!("creating the dummy link {name}"),
+        Action::Release { name, bond, .. } => {
+            format!("taking {name} out of the bond {bond} (no longer configured)")
+        }
+        Action::DeleteLink { name, kind, .. } => {
+            format!("deleting the {kind} link {name} (no longer configured)")
+        }
         Action::CreateVlan {
             name, parent, vid, ..
         } => format!("creating the VLAN link {name} (id {vid} on {parent})"),

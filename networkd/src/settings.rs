@@ -111,7 +111,9 @@ impl Selector {
     /// Whether `link` matches every qualifier. A selector without any
     /// matches nothing, and none matches the VLANs, bonds and dummy links
     /// networkd makes: a VLAN or a bond carries its parent's or member's
-    /// MAC, and would be selected again, on and on.
+    /// MAC, and would be selected again, on and on. A link in a bond is
+    /// matched on `hardwareAddr` by its permanent address when the kernel
+    /// knows one: a bond gives its members its own MAC.
     #[must_use]
     pub fn matches(&self, link: &Link) -> bool {
         if matches!(link.kind.as_deref(), Some("vlan" | "bond" | "dummy")) {
@@ -127,7 +129,14 @@ impl Selector {
         };
         let checks = [
             (&self.bus_path, hw.bus_path.clone()),
-            (&self.hardware_addr, mac(&link.mac)),
+            (
+                &self.hardware_addr,
+                if link.controller.is_some() && link.knows_perm_mac() {
+                    mac(&link.perm_mac)
+                } else {
+                    mac(&link.mac)
+                },
+            ),
             (&self.permanent_addr, mac(&link.perm_mac)),
             (&self.pci_id, hw.pci_id.clone()),
             (&self.driver, hw.driver.clone()),
@@ -600,10 +609,16 @@ impl Settings {
                     let mut members = bond.members.clone();
                     let bond_index = links.iter().find(|l| l.name == name).map(|l| l.index);
                     for link in links {
-                        // What the selectors pick, and what is in the bond
-                        // already (a member's MAC may have changed).
+                        // What the selectors pick. A link in the bond whose
+                        // MAC the bond changed, and whose own the kernel
+                        // does not know, cannot be told apart: it stays
+                        // (releasing it would give it its MAC back, and it
+                        // would be picked again, on and on).
+                        let in_bond = bond_index.is_some() && link.controller == bond_index;
                         let member = bond.member_selectors.iter().any(|s| s.matches(link))
-                            || (bond_index.is_some() && link.controller == bond_index);
+                            || (in_bond
+                                && !link.knows_perm_mac()
+                                && !bond.member_selectors.is_empty());
                         if link.name != name && !members.contains(&link.name) && member {
                             members.push(link.name.clone());
                         }
@@ -1062,6 +1077,43 @@ mod tests {
         let mut vlan = link.clone();
         vlan.kind = Some("vlan".into());
         assert!(!sel(|s| s.hardware_addr = Some("00:11:22:*".into())).matches(&vlan));
+
+        // In a bond, which gave it its own MAC, a link is matched by the
+        // address it has of its own.
+        let mut member = link.clone();
+        member.controller = Some(9);
+        member.mac = vec![0x02, 0, 0, 0, 0, 0x09];
+        assert!(sel(|s| s.hardware_addr = Some("00:11:22:33:44:66".into())).matches(&member));
+        assert!(!sel(|s| s.hardware_addr = Some("02:*".into())).matches(&member));
+        // Without one it cannot be told apart: a bond with selectors keeps
+        // it, one with names alone does not.
+        member.perm_mac.clear();
+        let bond0 = Link {
+            index: 9,
+            name: "bond0".into(),
+            kind: Some("bond".into()),
+            link_type: crate::state::ARPHRD_ETHER,
+            ..Link::default()
+        };
+        let bonded = |selectors: Vec<Selector>| Settings {
+            devices: vec![DeviceSettings {
+                name: "bond0".into(),
+                bond: Some(BondSettings {
+                    members: vec!["eth7".into()],
+                    member_selectors: selectors,
+                    ..BondSettings::default()
+                }),
+                ..DeviceSettings::default()
+            }],
+            ..Settings::default()
+        };
+        let links = [bond0, member];
+        let by_mac = sel(|s| s.hardware_addr = Some("00:11:22:*".into()));
+        assert_eq!(
+            bonded(vec![by_mac]).resolve(&links).bonds[0].2,
+            ["eth7", "eth0"]
+        );
+        assert_eq!(bonded(Vec::new()).resolve(&links).bonds[0].2, ["eth7"]);
 
         // A link is a member of one bond only.
         let bond = |name: &str| DeviceSettings {

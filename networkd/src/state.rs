@@ -100,6 +100,12 @@ impl Link {
             && self.controller.is_none()
     }
 
+    /// Whether the kernel reports the device's permanent address.
+    #[must_use]
+    pub fn knows_perm_mac(&self) -> bool {
+        self.perm_mac.iter().any(|b| *b != 0)
+    }
+
     /// The hardware address as a 6-byte MAC, if it is one and not all zero.
     #[must_use]
     pub fn mac6(&self) -> Option<[u8; 6]> {

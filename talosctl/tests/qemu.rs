@@ -624,6 +624,57 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         |v| v.contains(&format!("NODE:        {worker_ip}")),
     );
     assert!(v.contains("Tag:"), "{v}");
+    // The bond's config has no VLAN: the worker's is deleted.
+    eventually(
+        &tc,
+        &["-n", worker_ip, "get", "links"],
+        Duration::from_secs(60),
+        |l| l.contains("bond0") && !l.contains("eth1.42"),
+    );
+
+    // Dropped from the configs, the links networkd made go: the control
+    // plane's VLAN and dummy link, then the worker's bond, whose member
+    // (released by the kernel) gets its address back.
+    let cp_plain = r#"{"machine": {"network": {"interfaces": [
+        {"interface": "eth0", "dhcp": true},
+        {"interface": "eth1", "addresses": ["10.5.0.2/24"]}]}}}"#;
+    let worker_plain = r#"{"machine": {"network": {"interfaces": [
+        {"interface": "eth0", "dhcp": true},
+        {"interface": "eth1", "addresses": ["10.5.0.3/24"]}]}}}"#;
+    for (node, patch) in [(cp_ip, cp_plain), (worker_ip, worker_plain)] {
+        ok(
+            &tc,
+            &[
+                "-n",
+                node,
+                "patch",
+                "mc",
+                "--mode",
+                "no-reboot",
+                "-p",
+                patch,
+            ],
+        );
+    }
+    eventually(
+        &tc,
+        &["-n", cp_ip, "get", "links"],
+        Duration::from_secs(60),
+        |l| l.contains("eth1") && !l.contains("dummy0") && !l.contains("eth1.42"),
+    );
+    eventually(
+        &tc,
+        &["-n", worker_ip, "get", "addresses"],
+        Duration::from_secs(120),
+        |a| a.contains("eth1/10.5.0.3/24") && !a.contains("bond0"),
+    );
+    let links = ok(&tc, &["-n", worker_ip, "get", "links"]);
+    assert!(!links.contains("bond0"), "{links}");
+    let member = ok(
+        &tc,
+        &["-n", worker_ip, "get", "links", "eth1", "-o", "yaml"],
+    );
+    assert!(!member.contains("slaveKind: bond"), "{member}");
 
     // Reboot through the API: the node comes back with its config (from
     // STATE) and a new boot id.
