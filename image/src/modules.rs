@@ -41,10 +41,12 @@ pub const MODULES: &[&str] = &[
     "garp",
     "mrp",
     "8021q",
-    // Dummy links (`dummy: true`), and bonds (`bond`; bonding needs tls).
+    // Dummy links (`dummy: true`), bonds (`bond`; bonding needs tls), and
+    // bridges (`bridge`; with llc and stp above).
     "dummy",
     "tls",
     "bonding",
+    "bridge",
     "virtio_blk",
     "squashfs",
     "loop",
@@ -64,7 +66,7 @@ pub const MODULES: &[&str] = &[
 /// Module file extensions we accept, longest first.
 const EXTENSIONS: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
-/// The NIC driver, 802.1Q, dummy links and bonding: apid does not need them to answer on
+/// The NIC driver, 802.1Q, dummy links, bonding and bridges: apid does not need them to answer on
 /// loopback. They go to `/modules.network`, which machined loads as it
 /// starts networkd (once apid is up), or at once when a disk carries one
 /// of its filesystems.
@@ -80,6 +82,7 @@ pub const NETWORK: &[&str] = &[
     "dummy",
     "tls",
     "bonding",
+    "bridge",
 ];
 
 /// What only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the
@@ -322,6 +325,7 @@ mod tests {
         assert!(pos("fat") < pos("vfat"));
         assert!(pos("llc") < pos("stp") && pos("stp") < pos("garp"));
         assert!(pos("garp") < pos("8021q") && pos("mrp") < pos("8021q"));
+        assert!(pos("stp") < pos("bridge"));
         for network in NETWORK {
             assert!(MODULES.contains(network), "{network}");
         }

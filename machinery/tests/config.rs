@@ -524,6 +524,66 @@ fn bonds_and_vlans_are_checked() {
     assert!(err.to_string().contains("names no member"), "{err}");
 }
 
+/// Bridges and bridge ports: typed, upstream's other bridge settings kept,
+/// and the combinations the kernel cannot make refused by path.
+#[test]
+fn bridges_and_bridge_ports_are_checked() {
+    let with = |entry: &str| {
+        edit(
+            &worker_yaml(),
+            "    network: {}\n",
+            &format!("    network:\n        interfaces:\n{entry}"),
+        )
+    };
+    let cfg = parse_ok(&with(
+        "            - interface: br0\n              addresses: [10.0.0.5/24]\n              bridge:\n                  interfaces: [eth0]\n                  stp:\n                      enabled: true\n                  vlan:\n                      vlanFiltering: false\n                  multicastSnooping: true\n            - interface: eth1\n              bridgePort:\n                  master: br0\n",
+    ));
+    let interfaces = cfg
+        .v1alpha1()
+        .machine
+        .as_ref()
+        .and_then(|m| m.network.as_ref())
+        .and_then(|n| n.interfaces.as_ref())
+        .expect("interfaces");
+    let bridge = interfaces[0].bridge.as_ref().expect("bridge");
+    assert_eq!(bridge.interfaces.as_deref(), Some(&["eth0".to_owned()][..]));
+    assert_eq!(bridge.stp.as_ref().and_then(|s| s.enabled), Some(true));
+    assert_eq!(
+        bridge.vlan.as_ref().and_then(|v| v.vlan_filtering),
+        Some(false)
+    );
+    assert!(bridge.other.contains_key("multicastSnooping"), "{bridge:?}");
+    assert_eq!(
+        interfaces[1]
+            .bridge_port
+            .as_ref()
+            .and_then(|p| p.master.as_deref()),
+        Some("br0")
+    );
+
+    let err = parse_err(&with(
+        "            - interface: br0\n              bond:\n                  interfaces: [eth0]\n              bridge:\n                  interfaces: [eth1]\n            - interface: eth2\n              bridgePort: {}\n            - interface: br1\n              bridge: {}\n              bridgePort:\n                  master: br1\n",
+    ));
+    assert_issues(
+        &err,
+        &[
+            "machine.network.interfaces[0]",
+            "machine.network.interfaces[1].bridgePort.master",
+            "machine.network.interfaces[2]",
+            "machine.network.interfaces[2].bridgePort.master",
+        ],
+    );
+    let text = err.to_string();
+    for message in [
+        "bond and bridge are mutually exclusive",
+        "is required",
+        "a bridge cannot be a port of another bridge",
+        "\"br1\" is the link itself",
+    ] {
+        assert!(text.contains(message), "{message}: {text}");
+    }
+}
+
 #[test]
 fn multi_document_worker_loads() {
     let cfg = parse_ok(&fill(WORKER_MULTIDOC));

@@ -8,8 +8,8 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{
-    AddressMessageBuilder, Handle, LinkBond, LinkDummy, LinkUnspec, LinkVlan, MulticastGroup,
-    RouteMessageBuilder,
+    AddressMessageBuilder, Handle, LinkBond, LinkBridge, LinkDummy, LinkUnspec, LinkVlan,
+    MulticastGroup, RouteMessageBuilder,
 };
 
 use crate::plan::{Action, DesiredRoute};
@@ -200,28 +200,54 @@ pub async fn apply(handle: &Handle, action: &Action) -> Result<(), NetlinkError>
                 .await
                 .map_err(failed(format!("creating the bond {name}")))
         }
+        Action::CreateBridge { name, bridge } => {
+            use rtnetlink::packet_route::link::BridgeStpState;
+            let stp = if bridge.stp {
+                BridgeStpState::KernelStp
+            } else {
+                BridgeStpState::Disabled
+            };
+            let mut builder = LinkBridge::new(name).stp_state(stp);
+            // Only when asked: off is the kernel's default, and a kernel
+            // built without VLAN filtering refuses the attribute at all.
+            if bridge.vlan_filtering {
+                builder = builder.vlan_filtering(true);
+            }
+            handle
+                .link()
+                .add(builder.build())
+                .execute()
+                .await
+                .map_err(failed(format!("creating the bridge {name}")))
+        }
         Action::Enslave {
             index,
             name,
-            bond_index,
-            bond,
+            controller_index,
+            controller,
+            down,
+        } => {
+            let mut message = LinkUnspec::new_with_index(*index);
+            if *down {
+                message = message.down();
+            }
+            handle
+                .link()
+                .set(message.controller(*controller_index).build())
+                .execute()
+                .await
+                .map_err(failed(format!("adding {name} to {controller}")))
+        }
+        Action::Release {
+            index,
+            name,
+            controller,
         } => handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(*index)
-                    .down()
-                    .controller(*bond_index)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(failed(format!("adding {name} to the bond {bond}"))),
-        Action::Release { index, name, bond } => handle
             .link()
             .set(LinkUnspec::new_with_index(*index).nocontroller().build())
             .execute()
             .await
-            .map_err(failed(format!("taking {name} out of the bond {bond}"))),
+            .map_err(failed(format!("taking {name} out of {controller}"))),
         Action::DeleteLink { index, name, kind } => handle
             .link()
             .del(*index)

@@ -8,8 +8,8 @@
 //! events, so a plan only has to add what is missing. Removal is explicit
 //! and owned: only what networkd itself put there is ever deleted, the
 //! addresses and routes of a lease it held ([`lease_removal`]), and the
-//! static ones, the links it made (VLANs, dummies, bonds) and the bond
-//! memberships that a config it ran with asked for and the current one no
+//! static ones, the links it made (VLANs, dummies, bonds, bridges) and
+//! the bond and bridge memberships that a config it ran with asked for and the current one no
 //! longer does ([`removals`], from what it [`Owned`]).
 //!
 //! Which links are managed:
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::cmdline::{Autoconf, KernelArgs};
 use crate::dhcp::Lease;
-use crate::settings::{BondSettings, DEFAULT_ROUTE_METRIC, Settings, network_of};
+use crate::settings::{BondSettings, BridgeSettings, DEFAULT_ROUTE_METRIC, Settings, network_of};
 use crate::state::{AF_INET, AF_INET6, Link, Observed, RT_TABLE_MAIN, Route};
 
 /// `RTPROT_BOOT`: routes from the kernel command line.
@@ -195,17 +195,20 @@ pub struct Desired {
     pub create: Vec<Action>,
     /// What the config asks for and cannot be done (logged).
     pub problems: Vec<String>,
-    /// Links that are, or are to be, members of a configured bond: not
-    /// managed themselves (their bond is).
-    pub bond_members: Vec<String>,
+    /// Links that are, or are to be, members of a configured bond or
+    /// ports of a configured bridge: not managed themselves (their bond
+    /// or bridge is).
+    pub members: Vec<String>,
     /// Every link the config asks networkd to make, by name, with its
-    /// kind (`vlan`, `dummy`, `bond`), whether it exists yet or not, and
+    /// kind (`vlan`, `dummy`, `bond`, `bridge`), whether it exists yet or not, and
     /// ignored or not: what networkd may delete once the config drops it.
     pub made: BTreeMap<String, &'static str>,
-    /// Member link name → its bond's name, for [`Desired::bond_members`].
+    /// Member link name → its bond's or bridge's name, for
+    /// [`Desired::members`].
     pub member_of: BTreeMap<String, String>,
     /// The links that exist and that the config or the kernel arguments
-    /// say to leave alone: never released from a bond nor deleted.
+    /// say to leave alone: never released from a bond or bridge, nor
+    /// deleted.
     pub left_alone: Vec<String>,
 }
 
@@ -227,26 +230,36 @@ pub enum Action {
         /// Its settings.
         bond: BondSettings,
     },
-    /// Make link `index` a member of the bond `bond_index` (taking it
-    /// down first, as the kernel wants).
+    /// Create a bridge.
+    CreateBridge {
+        /// Its name.
+        name: String,
+        /// Its settings.
+        bridge: BridgeSettings,
+    },
+    /// Make link `index` a member of the bond or a port of the bridge
+    /// `controller_index` (a bond's member is taken down first, as the
+    /// kernel wants; a bridge port is brought up after).
     Enslave {
         /// The member's index.
         index: u32,
         /// The member's name.
         name: String,
-        /// The bond's index.
-        bond_index: u32,
-        /// The bond's name.
-        bond: String,
+        /// The bond's or bridge's index.
+        controller_index: u32,
+        /// The bond's or bridge's name.
+        controller: String,
+        /// Take the link down in the same request (bonds).
+        down: bool,
     },
-    /// Take link `index` out of the bond it is in.
+    /// Take link `index` out of the bond or bridge it is in.
     Release {
         /// The member's index.
         index: u32,
         /// The member's name.
         name: String,
-        /// The bond's name.
-        bond: String,
+        /// The bond's or bridge's name.
+        controller: String,
     },
     /// Delete a link networkd made (its addresses and routes go with it;
     /// a bond's members are released by the kernel).
@@ -255,7 +268,7 @@ pub enum Action {
         index: u32,
         /// Its name.
         name: String,
-        /// Its kind (`vlan`, `dummy`, `bond`).
+        /// Its kind (`vlan`, `dummy`, `bond`, `bridge`).
         kind: &'static str,
     },
     /// Create a dummy link.
@@ -446,6 +459,12 @@ pub fn desired(
         .map(|v| (v.name.clone(), "vlan"))
         .chain(resolved.dummies.iter().map(|n| (n.clone(), "dummy")))
         .chain(resolved.bonds.iter().map(|(n, _, _)| (n.clone(), "bond")))
+        .chain(
+            resolved
+                .bridges
+                .iter()
+                .map(|(n, _, _)| (n.clone(), "bridge")),
+        )
         .collect();
     let left_alone = observed
         .links
@@ -471,12 +490,12 @@ pub fn desired(
             });
         }
     }
-    let mut bond_members = Vec::new();
-    for (name, bond, members) in &resolved.bonds {
+    let mut members = Vec::new();
+    for (name, bond, bond_members) in &resolved.bonds {
         if kernel.ignores(name) || resolved.ignores(name) {
             continue;
         }
-        let members: Vec<&String> = members
+        let wanted: Vec<&String> = bond_members
             .iter()
             .filter(|m| !kernel.ignores(m) && !resolved.ignores(m))
             .collect();
@@ -493,8 +512,8 @@ pub fn desired(
         // even while the bond is being made (a lease there would only be
         // torn down again). Their static config goes to the bond once
         // they are in it (see `removals`).
-        bond_members.extend(members.iter().map(|m| (*m).clone()));
-        member_of.extend(members.iter().map(|m| ((*m).clone(), name.clone())));
+        members.extend(wanted.iter().map(|m| (*m).clone()));
+        member_of.extend(wanted.iter().map(|m| ((*m).clone(), name.clone())));
         let Some(bond_link) = bond_link else {
             create.push(Action::CreateBond {
                 name: name.clone(),
@@ -502,15 +521,65 @@ pub fn desired(
             });
             continue;
         };
-        for member in members {
+        for member in wanted {
             if let Some(link) = observed.links.iter().find(|l| &l.name == member)
                 && link.controller != Some(bond_link.index)
             {
                 create.push(Action::Enslave {
                     index: link.index,
                     name: link.name.clone(),
-                    bond_index: bond_link.index,
-                    bond: bond_link.name.clone(),
+                    controller_index: bond_link.index,
+                    controller: bond_link.name.clone(),
+                    down: true,
+                });
+            }
+        }
+    }
+    for (name, bridge, ports) in &resolved.bridges {
+        if kernel.ignores(name) || resolved.ignores(name) {
+            continue;
+        }
+        let ports: Vec<&String> = ports
+            .iter()
+            .filter(|m| !kernel.ignores(m) && !resolved.ignores(m))
+            .collect();
+        let bridge_link = observed.links.iter().find(|l| &l.name == name);
+        if let Some(l) = bridge_link
+            && l.kind.as_deref() != Some("bridge")
+        {
+            problems.push(format!(
+                "{name} exists and is not a bridge: its ports are left as they are"
+            ));
+            continue;
+        }
+        // As a bond's members: the bridge's from now on.
+        members.extend(ports.iter().map(|m| (*m).clone()));
+        member_of.extend(ports.iter().map(|m| ((*m).clone(), name.clone())));
+        let Some(bridge_link) = bridge_link else {
+            create.push(Action::CreateBridge {
+                name: name.clone(),
+                bridge: bridge.clone(),
+            });
+            continue;
+        };
+        for port in ports {
+            let Some(link) = observed.links.iter().find(|l| &l.name == port) else {
+                continue;
+            };
+            if link.controller != Some(bridge_link.index) {
+                create.push(Action::Enslave {
+                    index: link.index,
+                    name: link.name.clone(),
+                    controller_index: bridge_link.index,
+                    controller: bridge_link.name.clone(),
+                    down: false,
+                });
+            } else if !link.is_up() {
+                // The kernel leaves a port as it was: a port that is down
+                // forwards nothing.
+                create.push(Action::SetUp {
+                    index: link.index,
+                    name: link.name.clone(),
                 });
             }
         }
@@ -529,7 +598,7 @@ pub fn desired(
     for link in links {
         if kernel.ignores(&link.name)
             || resolved.ignores(&link.name)
-            || bond_members.contains(&link.name)
+            || members.contains(&link.name)
         {
             continue;
         }
@@ -617,7 +686,7 @@ pub fn desired(
         links: out,
         create,
         problems,
-        bond_members,
+        members,
         made,
         member_of,
         left_alone,
@@ -746,7 +815,7 @@ impl Owned {
         };
         // A bond member is no longer managed, but what networkd gave it is
         // still its own until it is handed to the bond (see [`removals`]).
-        for member in &desired.bond_members {
+        for member in &desired.members {
             if let Some(before) = self.links.get(member) {
                 owned
                     .links
@@ -784,8 +853,10 @@ impl Owned {
                 Action::DeleteLink { name, kind, .. } => {
                     self.made.insert(name.clone(), kind);
                 }
-                Action::Release { name, bond, .. } => {
-                    self.members.insert(name.clone(), bond.clone());
+                Action::Release {
+                    name, controller, ..
+                } => {
+                    self.members.insert(name.clone(), controller.clone());
                 }
                 _ => {}
             }
@@ -819,7 +890,7 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
         let want = match desired.link(name) {
             Some(want) => want,
             // Given up only once enslaved.
-            None if desired.bond_members.contains(name) => {
+            None if desired.members.contains(name) => {
                 match observed
                     .links
                     .iter()
@@ -868,27 +939,26 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
         }
     }
     let mut releases = Vec::new();
-    for (member, bond) in &owned.members {
-        if desired.member_of.get(member) == Some(bond)
+    for (member, controller) in &owned.members {
+        if desired.member_of.get(member) == Some(controller)
             || desired.left_alone.contains(member)
-            || !desired.made.contains_key(bond)
+            || !desired.made.contains_key(controller)
         {
-            // Still asked for, left alone, or its bond goes (and the
-            // kernel releases its members then).
+            // Still asked for, left alone, or its bond or bridge goes (and
+            // the kernel releases its members then).
             continue;
         }
-        let bond_link = observed
-            .links
-            .iter()
-            .find(|l| &l.name == bond && l.kind.as_deref() == Some("bond"));
-        if let Some(bond_link) = bond_link
+        let controller_link = observed.links.iter().find(|l| {
+            &l.name == controller && matches!(l.kind.as_deref(), Some("bond" | "bridge"))
+        });
+        if let Some(controller_link) = controller_link
             && let Some(link) = observed.links.iter().find(|l| &l.name == member)
-            && link.controller == Some(bond_link.index)
+            && link.controller == Some(controller_link.index)
         {
             releases.push(Action::Release {
                 index: link.index,
                 name: member.clone(),
-                bond: bond.clone(),
+                controller: controller.clone(),
             });
         }
     }
@@ -910,11 +980,13 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
             })
         })
         .collect();
-    // A VLAN may sit on a bond or a dummy: it goes first.
+    // A VLAN may sit on any of the others, and a bond may be a bridge's
+    // port: VLANs go first, bonds last.
     deletions.sort_by_key(|a| match a {
         Action::DeleteLink { kind: "vlan", .. } => 0,
         Action::DeleteLink { kind: "dummy", .. } => 1,
-        _ => 2,
+        Action::DeleteLink { kind: "bridge", .. } => 2,
+        _ => 3,
     });
     routes
         .into_iter()
@@ -1092,7 +1164,7 @@ mod tests {
             matches!(&d.create[..], [Action::CreateBond { name, bond }] if name == "bond0" && bond.mode == 1)
         );
         // The members are the bond's at once: no DHCP of their own.
-        assert_eq!(d.bond_members, ["eth0", "eth1"]);
+        assert_eq!(d.members, ["eth0", "eth1"]);
         assert!(d.link("eth0").is_none() && d.link("eth1").is_none());
         // A link of that name that is no bond gets no members.
         let mut impostor = observed.clone();
@@ -1105,7 +1177,7 @@ mod tests {
             now,
         );
         assert!(
-            d.create.is_empty() && d.bond_members.is_empty(),
+            d.create.is_empty() && d.members.is_empty(),
             "{:?}",
             d.create
         );
@@ -1131,14 +1203,14 @@ mod tests {
             .filter_map(|a| match a {
                 Action::Enslave {
                     name,
-                    bond_index: 9,
+                    controller_index: 9,
                     ..
                 } => Some(name.as_str()),
                 _ => None,
             })
             .collect();
         assert_eq!(enslaved, ["eth0", "eth1"]);
-        assert_eq!(d.bond_members, ["eth0", "eth1"]);
+        assert_eq!(d.members, ["eth0", "eth1"]);
         assert!(
             d.link("eth0").is_none() && d.link("eth1").is_none(),
             "members are not managed once the bond exists: no DHCP"
@@ -1162,7 +1234,7 @@ mod tests {
         assert!(d.create.is_empty(), "{:?}", d.create);
         // Still members once in the bond, though the selector's `physical`
         // and the MAC may read differently now.
-        assert_eq!(d.bond_members, ["eth0", "eth1"]);
+        assert_eq!(d.members, ["eth0", "eth1"]);
 
         // eth0's static address from before the bond is still owned after
         // the pass that enslaves it, and taken away once it is a member.
@@ -1363,7 +1435,7 @@ mod tests {
             [Action::Release {
                 index: 2,
                 name: "eth0".into(),
-                bond: "bond0".into()
+                controller: "bond0".into()
             }]
         );
         // Left alone when the config says so.
@@ -1382,7 +1454,7 @@ mod tests {
         assert!(removals(&owned, &after, &observed).is_empty());
         assert!(!owned.members.contains_key("eth0"));
         assert!(after.link("eth0").is_some());
-        assert_eq!(after.bond_members, ["eth1"]);
+        assert_eq!(after.members, ["eth1"]);
         // Unnamed in the config, it runs DHCP, as any physical link.
         let after = pass(&made_settings(false), &{
             let mut o = observed.clone();
@@ -1390,6 +1462,194 @@ mod tests {
             o
         });
         assert!(after.link("eth9").is_some_and(|l| l.dhcp));
+    }
+
+    /// A bridge is created; its ports (by `interfaces` and by
+    /// `bridgePort`) join it as they are, without being taken down, and a
+    /// port in it that is down is brought up. A port has no DHCP of its
+    /// own, and a link a bond has is not a bridge's too.
+    #[test]
+    fn bridges_are_created_their_ports_added_and_up() {
+        let now = Instant::now();
+        let mut observed = observed();
+        let settings = Settings {
+            devices: vec![
+                DeviceSettings {
+                    name: "br0".into(),
+                    dhcp: Some(true),
+                    bridge: Some(BridgeSettings {
+                        stp: true,
+                        vlan_filtering: false,
+                        members: vec!["eth0".into()],
+                    }),
+                    ..DeviceSettings::default()
+                },
+                DeviceSettings {
+                    name: "eth1".into(),
+                    bridge_port: Some("br0".into()),
+                    ..DeviceSettings::default()
+                },
+            ],
+            ..Settings::default()
+        };
+        let pass = |observed: &Observed| {
+            desired(
+                &settings,
+                &KernelArgs::default(),
+                observed,
+                &BTreeMap::new(),
+                now,
+            )
+        };
+        let d = pass(&observed);
+        assert!(
+            matches!(&d.create[..], [Action::CreateBridge { name, bridge }] if name == "br0" && bridge.stp)
+        );
+        assert_eq!(d.members, ["eth0", "eth1"]);
+        assert_eq!(d.made.get("br0"), Some(&"bridge"));
+        assert!(d.link("eth0").is_none() && d.link("eth1").is_none());
+
+        let mut bridge = link(9, "br0", Some("bridge"), true);
+        bridge.mac = vec![2, 0, 0, 0, 0, 9];
+        observed.links.push(bridge);
+        let d = pass(&observed);
+        assert_eq!(
+            d.create,
+            [
+                Action::Enslave {
+                    index: 2,
+                    name: "eth0".into(),
+                    controller_index: 9,
+                    controller: "br0".into(),
+                    down: false,
+                },
+                Action::Enslave {
+                    index: 3,
+                    name: "eth1".into(),
+                    controller_index: 9,
+                    controller: "br0".into(),
+                    down: false,
+                },
+            ]
+        );
+        assert!(d.link("br0").is_some_and(|l| l.dhcp));
+        // In the bridge: eth1, down, is brought up; nothing more for eth0.
+        observed.links[1].controller = Some(9);
+        observed.links[2].controller = Some(9);
+        let d = pass(&observed);
+        assert_eq!(
+            d.create,
+            [Action::SetUp {
+                index: 3,
+                name: "eth1".into()
+            }]
+        );
+        assert_eq!(d.member_of.get("eth1").map(String::as_str), Some("br0"));
+
+        // A bond's member is not a bridge's port as well.
+        let mut both = settings.clone();
+        both.devices.push(DeviceSettings {
+            name: "bond0".into(),
+            bond: Some(BondSettings {
+                members: vec!["eth0".into()],
+                ..BondSettings::default()
+            }),
+            ..DeviceSettings::default()
+        });
+        let d = desired(
+            &both,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert_eq!(d.member_of.get("eth0").map(String::as_str), Some("bond0"));
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.contains("eth0 is a member of bond0 already")),
+            "{:?}",
+            d.problems
+        );
+        // A bridgePort naming no configured bridge is reported.
+        let mut stray = settings.clone();
+        stray.devices[1].bridge_port = Some("br9".into());
+        let d = desired(
+            &stray,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert_eq!(d.members, ["eth0"]);
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.contains("br9, which is no configured bridge")),
+            "{:?}",
+            d.problems
+        );
+    }
+
+    /// A bridge over a bond, dropped: the bridge goes before the bond.
+    #[test]
+    fn a_bridge_goes_before_the_bond_it_sits_on() {
+        let now = Instant::now();
+        let mut observed = observed();
+        let settings = Settings {
+            devices: vec![
+                DeviceSettings {
+                    name: "bond0".into(),
+                    bond: Some(BondSettings {
+                        members: vec!["eth0".into()],
+                        ..BondSettings::default()
+                    }),
+                    bridge_port: Some("br0".into()),
+                    ..DeviceSettings::default()
+                },
+                DeviceSettings {
+                    name: "br0".into(),
+                    bridge: Some(BridgeSettings::default()),
+                    ..DeviceSettings::default()
+                },
+            ],
+            ..Settings::default()
+        };
+        let mut bond = link(9, "bond0", Some("bond"), true);
+        bond.controller = Some(10);
+        observed
+            .links
+            .extend([bond, link(10, "br0", Some("bridge"), true)]);
+        observed.links[1].controller = Some(9);
+        let before = desired(
+            &settings,
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        assert_eq!(
+            before.member_of.get("bond0").map(String::as_str),
+            Some("br0")
+        );
+        assert!(before.create.is_empty(), "{:?}", before.create);
+        let owned = Owned::default().next(&before);
+        let after = desired(
+            &Settings::default(),
+            &KernelArgs::default(),
+            &observed,
+            &BTreeMap::new(),
+            now,
+        );
+        let actions = removals(&owned, &after, &observed);
+        let deleted: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeleteLink { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, ["br0", "bond0"]);
     }
 
     /// A dummy link is created, then addressed like any configured link.

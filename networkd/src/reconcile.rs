@@ -536,11 +536,18 @@ pub fn describe(action: &Action) -> String {
                 .get(usize::from(bond.mode))
                 .unwrap_or(&"mode unknown")
         ),
-        Action::Enslave { name, bond, .. } => format!("adding {name} to the bond {bond}"),
+        Action::CreateBridge { name, bridge } => format!(
+            "creating the bridge {name} (STP {}, VLAN filtering {})",
+            if bridge.stp { "on" } else { "off" },
+            if bridge.vlan_filtering { "on" } else { "off" }
+        ),
+        Action::Enslave {
+            name, controller, ..
+        } => format!("adding {name} to {controller}"),
         Action::CreateDummy { name } => format!("creating the dummy link {name}"),
-        Action::Release { name, bond, .. } => {
-            format!("taking {name} out of the bond {bond} (no longer configured)")
-        }
+        Action::Release {
+            name, controller, ..
+        } => format!("taking {name} out of {controller} (no longer configured)"),
         Action::DeleteLink { name, kind, .. } => {
             format!("deleting the {kind} link {name} (no longer configured)")
         }

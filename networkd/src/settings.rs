@@ -4,7 +4,7 @@
 //! The config's own validation (machinery) already rejected malformed
 //! addresses and routes; what remains here is turning strings into
 //! addresses, filling defaults, and noting what networkd does not support
-//! (bonds, bridges, WireGuard, VIPs...).
+//! (WireGuard, VIPs, DHCP options).
 //!
 //! An entry names its link (`interface`) or selects links by their
 //! hardware (`deviceSelector`, [`Selector`]); [`Settings::resolve`] puts
@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use machinery::config::MachineConfig;
 use machinery::config::v1alpha1::{
-    BOND_MODES, BOND_XMIT_HASH_POLICIES, Bond, Device, DeviceSelector, Network, Route,
+    BOND_MODES, BOND_XMIT_HASH_POLICIES, Bond, Bridge, Device, DeviceSelector, Network, Route,
 };
 
 use crate::state::{Link, hardware_addr_string};
@@ -220,6 +220,39 @@ impl BondSettings {
     }
 }
 
+/// A bridge's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BridgeSettings {
+    /// Spanning tree on.
+    pub stp: bool,
+    /// VLAN filtering on.
+    pub vlan_filtering: bool,
+    /// Ports by name (`bridge.interfaces`; the entries whose
+    /// `bridgePort.master` names the bridge join them in
+    /// [`Settings::resolve`]).
+    pub members: Vec<String>,
+}
+
+impl BridgeSettings {
+    fn from_config(bridge: &Bridge, path: &str, problems: &mut Vec<String>) -> BridgeSettings {
+        for key in bridge.other.keys() {
+            problems.push(format!(
+                "{path}.{key}: not supported by networkd and ignored"
+            ));
+        }
+        BridgeSettings {
+            stp: bridge.stp.as_ref().and_then(|s| s.enabled) == Some(true),
+            vlan_filtering: bridge.vlan.as_ref().and_then(|v| v.vlan_filtering) == Some(true),
+            members: bridge
+                .interfaces
+                .iter()
+                .flatten()
+                .filter_map(|n| non_empty(Some(n.as_str())).map(str::to_owned))
+                .collect(),
+        }
+    }
+}
+
 /// One `machine.network.interfaces` entry, or one VLAN of one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceSettings {
@@ -234,6 +267,11 @@ pub struct DeviceSettings {
     pub dummy: bool,
     /// `bond`: networkd creates the (named) link as a bond of its members.
     pub bond: Option<BondSettings>,
+    /// `bridge`: networkd creates the (named) link as a bridge of its
+    /// ports.
+    pub bridge: Option<BridgeSettings>,
+    /// `bridgePort.master`: the link(s) are ports of that bridge.
+    pub bridge_port: Option<String>,
     /// Static addresses.
     pub addresses: Vec<(IpAddr, u8)>,
     /// Static routes.
@@ -320,8 +358,6 @@ impl DeviceSettings {
             return None;
         }
         for (what, value) in [
-            ("bridge", device.bridge.is_some()),
-            ("bridgePort", device.bridge_port.is_some()),
             ("wireguard", device.wireguard.is_some()),
             ("vip", device.vip.is_some()),
             ("dhcpOptions", device.dhcp_options.is_some()),
@@ -354,6 +390,24 @@ impl DeviceSettings {
                 ));
             }
         }
+        if let Some(bridge) = &device.bridge {
+            if name.is_some() {
+                settings.bridge = Some(BridgeSettings::from_config(
+                    bridge,
+                    &format!("{path}.bridge"),
+                    problems,
+                ));
+            } else {
+                problems.push(format!(
+                    "{path}: a bridge needs a name (interface), not a deviceSelector; bridge is ignored"
+                ));
+            }
+        }
+        settings.bridge_port = device
+            .bridge_port
+            .as_ref()
+            .and_then(|p| non_empty(p.master.as_deref()))
+            .map(str::to_owned);
         if settings.dummy && name.is_none() {
             problems.push(format!(
                 "{path}: a dummy link needs a name (interface), not a deviceSelector; dummy is ignored"
@@ -485,6 +539,8 @@ pub struct Resolved {
     /// Bonds to have: name, settings, and member links by name (those that
     /// exist or are named).
     pub bonds: Vec<(String, BondSettings, Vec<String>)>,
+    /// Bridges to have: name, settings, and port links by name.
+    pub bridges: Vec<(String, BridgeSettings, Vec<String>)>,
     /// What could not be done (logged).
     pub problems: Vec<String>,
 }
@@ -635,6 +691,12 @@ impl Settings {
                     });
                     out.bonds.push((name.clone(), bond.clone(), members));
                 }
+                if let Some(bridge) = &device.bridge
+                    && !out.bridges.iter().any(|(n, _, _)| *n == name)
+                {
+                    out.bridges
+                        .push((name.clone(), bridge.clone(), bridge.members.clone()));
+                }
                 let mut settings = device.clone();
                 settings.name.clone_from(&name);
                 settings.selector = None;
@@ -642,6 +704,47 @@ impl Settings {
                 out.devices.insert(name, settings);
             }
         }
+        // Ports by `bridgePort`, then one controller per link: a bond's
+        // members are its own, and the first bridge claims a port.
+        let ports: Vec<(String, String)> = out
+            .devices
+            .iter()
+            .filter_map(|(name, d)| Some((name.clone(), d.bridge_port.clone()?)))
+            .collect();
+        for (port, master) in ports {
+            match out.bridges.iter_mut().find(|(n, _, _)| *n == master) {
+                Some((_, _, members)) => {
+                    if !members.contains(&port) {
+                        members.push(port);
+                    }
+                }
+                None => out.problems.push(format!(
+                    "{port}: bridgePort names {master}, which is no configured bridge; it is left out"
+                )),
+            }
+        }
+        let mut claimed: Vec<(String, String)> = out
+            .bonds
+            .iter()
+            .flat_map(|(bond, _, members)| members.iter().map(|m| (m.clone(), bond.clone())))
+            .collect();
+        let mut problems = Vec::new();
+        for (name, _, members) in &mut out.bridges {
+            members.retain(|member| {
+                if let Some((_, other)) = claimed.iter().find(|(m, _)| m == member) {
+                    problems.push(format!(
+                        "{member} is a member of {other} already; it is not added to the bridge {name}"
+                    ));
+                    return false;
+                }
+                if member == name {
+                    return false;
+                }
+                claimed.push((member.clone(), name.clone()));
+                true
+            });
+        }
+        out.problems.extend(problems);
         out
     }
 

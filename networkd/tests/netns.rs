@@ -778,3 +778,108 @@ fn a_link_selected_by_its_hardware_address() {
         context()
     );
 }
+
+/// A bridge made for the config, with the veth as its port (named by a
+/// `bridgePort` entry): the port is up in it, has no address of its own,
+/// and the bridge gets a DHCP lease from the server across it. Dropped
+/// from the config live, the bridge is deleted, and the veth, released,
+/// gets its own address.
+#[test]
+fn a_bridge_made_then_dropped_live() {
+    require_root_and_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let ns = Namespaces::new('b', "10.99.7.1/24");
+    let _dnsmasq = start_dnsmasq(&ns, dir.path());
+    let now = SystemTime::now();
+    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+    let generated = machinery::generate::generate(
+        &bundle,
+        &machinery::generate::GenOptions::new("netns", "https://10.99.7.1:6443"),
+        now,
+    )
+    .expect("configs");
+    let write_config = |patch: &str| {
+        let config =
+            machinery::generate::apply_patch(&generated.worker_yaml, patch).expect("patch");
+        let path = machinery::constants::NodePaths::under(&root).live_config();
+        std::fs::create_dir_all(path.parent().expect("a directory")).expect("config dir");
+        // Replaced whole, as machined writes it.
+        let staged = path.with_extension("new");
+        std::fs::write(&staged, config).expect("config");
+        std::fs::rename(&staged, &path).expect("config in place");
+    };
+    let cli_link = ns.cli_link.clone();
+    write_config(&format!(
+        "machine:
+  network:
+    interfaces:
+      - interface: br7
+        dhcp: true
+        bridge:
+          stp:
+            enabled: false
+      - interface: {cli_link}
+        bridgePort:
+          master: br7
+"
+    ));
+    let networkd = start_networkd(&ns, dir.path(), &root, "console=ttyS0\n");
+    let context = || networkd.context();
+    wait_for(
+        Duration::from_secs(15),
+        "br7, a bridge with a lease from 10.99.7.50-60, and the veth its port, up",
+        context,
+        || {
+            // All links: `dev br7` fails until it exists.
+            let details = ip_json(&ns.cli, &["-d", "link", "show"]);
+            let bridge = details
+                .as_array()?
+                .iter()
+                .find(|l| l["ifname"] == "br7")?
+                .clone();
+            let veth = link(&ns.cli, &cli_link);
+            (bridge["linkinfo"]["info_kind"] == "bridge"
+                && is_up(&bridge)
+                && veth["master"] == "br7"
+                && is_up(&veth)
+                && ipv4_addresses(&ns.cli, "br7")
+                    .iter()
+                    .any(|(ip, prefix)| (50..=60).contains(&ip.octets()[3]) && *prefix == 24))
+            .then_some(())
+        },
+    );
+    assert!(
+        ipv4_addresses(&ns.cli, &cli_link).is_empty(),
+        "a port has no address of its own\n{}",
+        context()
+    );
+    // The bridge is dropped: deleted, and the veth gets its own address.
+    write_config(&format!(
+        "machine:
+  network:
+    interfaces:
+      - interface: {cli_link}
+        addresses: [10.99.7.6/24]
+"
+    ));
+    wait_for(
+        Duration::from_secs(15),
+        "br7 deleted, and the veth, out of it, up with 10.99.7.6/24",
+        context,
+        || {
+            let links = ip_json(&ns.cli, &["link", "show"]);
+            let gone = !links.as_array()?.iter().any(|l| l["ifname"] == "br7");
+            let veth = link(&ns.cli, &cli_link);
+            (gone
+                && veth.get("master").is_none()
+                && is_up(&veth)
+                && ipv4_addresses(&ns.cli, &cli_link).contains(&(Ipv4Addr::new(10, 99, 7, 6), 24)))
+            .then_some(())
+        },
+    );
+    let log = networkd.log();
+    for line in ["creating the bridge br7", "deleting the bridge link br7"] {
+        assert!(log.contains(line), "{line:?} missing\n{}", context());
+    }
+}

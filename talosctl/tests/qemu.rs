@@ -529,7 +529,8 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         {"interface": "eth0", "dhcp": true},
         {"interface": "eth1", "addresses": ["10.5.0.2/24"],
          "vlans": [{"vlanId": 42, "addresses": ["10.42.0.2/24"]}]},
-        {"interface": "dummy0", "dummy": true, "addresses": ["10.200.0.2/32"]}]}}}"#;
+        {"interface": "dummy0", "dummy": true, "addresses": ["10.200.0.2/32"]},
+        {"interface": "br0", "bridge": {"stp": {"enabled": true}}, "addresses": ["10.201.0.2/32"]}]}}}"#;
     let worker_patch = r#"{"machine": {"network": {"interfaces": [
         {"interface": "eth0", "dhcp": true},
         {"deviceSelector": {"hardwareAddr": "52:54:00:5b:*", "physical": true},
@@ -556,13 +557,20 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         Duration::from_secs(60),
         |a| a.contains("eth1.42/10.42.0.3/24") && a.contains("eth1/10.5.0.3/24"),
     );
-    // And a dummy link on the control plane, made and addressed.
+    // And a dummy link and a bridge (with no ports) on the control plane,
+    // made and addressed.
     eventually(
         &tc,
         &["-n", cp_ip, "get", "addresses"],
         Duration::from_secs(60),
-        |a| a.contains("dummy0/10.200.0.2/32") && a.contains("eth1.42/10.42.0.2/24"),
+        |a| {
+            a.contains("dummy0/10.200.0.2/32")
+                && a.contains("eth1.42/10.42.0.2/24")
+                && a.contains("br0/10.201.0.2/32")
+        },
     );
+    let bridge = ok(&tc, &["-n", cp_ip, "get", "links", "br0", "-o", "yaml"]);
+    assert!(bridge.contains("kind: bridge"), "{bridge}");
     let vlan = ok(
         &tc,
         &["-n", worker_ip, "get", "links", "eth1.42", "-o", "yaml"],
@@ -633,7 +641,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     );
 
     // Dropped from the configs, the links networkd made go: the control
-    // plane's VLAN and dummy link, then the worker's bond, whose member
+    // plane's VLAN, dummy link and bridge, then the worker's bond, whose member
     // (released by the kernel) gets its address back.
     let cp_plain = r#"{"machine": {"network": {"interfaces": [
         {"interface": "eth0", "dhcp": true},
@@ -660,7 +668,12 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         &tc,
         &["-n", cp_ip, "get", "links"],
         Duration::from_secs(60),
-        |l| l.contains("eth1") && !l.contains("dummy0") && !l.contains("eth1.42"),
+        |l| {
+            l.contains("eth1")
+                && !l.contains("dummy0")
+                && !l.contains("eth1.42")
+                && !l.contains("br0")
+        },
     );
     eventually(
         &tc,

@@ -500,12 +500,12 @@ pub struct Device {
     /// Make this link a bond of other links.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bond: Option<Bond>,
-    /// Bridge settings (kept raw).
+    /// Make this link a bridge of other links.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<Value>,
-    /// Bridge membership (kept raw).
+    pub bridge: Option<Bridge>,
+    /// Make this link a port of a bridge.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bridge_port: Option<Value>,
+    pub bridge_port: Option<BridgePort>,
     /// VLANs on this link.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vlans: Option<Vec<Vlan>>,
@@ -608,6 +608,53 @@ pub struct Bond {
     /// Upstream's other bond settings, as written.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// `bridge`: the entry's link is a bridge with `interfaces` (and the
+/// entries whose `bridgePort.master` names it) as its ports. Settings
+/// beyond these are kept as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bridge {
+    /// Port links by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<String>>,
+    /// Spanning tree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stp: Option<BridgeStp>,
+    /// VLAN filtering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<BridgeVlan>,
+    /// Upstream's other bridge settings, as written.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `bridge.stp`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BridgeStp {
+    /// Run the kernel's spanning tree protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// `bridge.vlan`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BridgeVlan {
+    /// Filter frames by VLAN on the ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan_filtering: Option<bool>,
+}
+
+/// `bridgePort`: the entry's links are ports of the bridge `master`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BridgePort {
+    /// The bridge's link name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
 }
 
 /// Bond modes by name, as the kernel numbers them.
