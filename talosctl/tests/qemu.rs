@@ -283,13 +283,14 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     // Its disk carries STATE, so every module loaded at boot, before the
     // services, and module loading is locked.
     assert!(
-        dmesg.contains("deferred modules: 20 loaded, 0 failed; module loading locked"),
+        dmesg.contains("deferred modules: 21 loaded, 0 failed; module loading locked"),
         "{dmesg}"
     );
     let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
     for module in [
         "virtio_net",
         "8021q",
+        "bridge",
         "virtio_blk",
         "squashfs",
         "xfs",
@@ -1690,7 +1691,7 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         .expect("the install boot's console log");
     assert!(
         console.contains("no disk filesystem of ours")
-            && console.contains("network modules: 11 loaded, 0 failed")
+            && console.contains("network modules: 12 loaded, 0 failed")
             && console.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
         "{console}"
     );
