@@ -51,9 +51,10 @@
 //!
 //! - IPv4 DHCP only (no DHCPv6; IPv6 router advertisements are the
 //!   kernel's); static IPv6 addresses and routes work.
-//! - Bonds, bridges, WireGuard and VIPs in the machine config are reported
-//!   and skipped; `deviceSelector`, VLANs and dummy links work. Links are created,
-//!   never deleted.
+//! - WireGuard, VIPs and `dhcpOptions` in the machine config are reported
+//!   and skipped; `deviceSelector`, VLANs, dummy links, bonds and bridges
+//!   work, and the links made for them are deleted when the config drops
+//!   them (while networkd runs: what it owns is kept in memory).
 //! - The DHCP client uses a UDP socket, which needs reverse-path filtering
 //!   off on the link until it has an address (see [`dhcp::io`]).
 #![forbid(unsafe_code)]

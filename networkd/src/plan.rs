@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | ignored (`talos.network.interface.ignore=`, `ignore: true`) | never | no |
 //! | loopback | brought up | no |
-//! | in `machine.network.interfaces` | yes | `dhcp: true` only |
+//! | in `machine.network.interfaces` (not a bond member or bridge port) | yes | `dhcp: true` only |
 //! | named by `ip=...:<device>:...` | yes | autoconf `dhcp`/`on`/`any` |
 //! | other physical links (no link kind, not enslaved) | yes | yes, unless `ip=off`/`none` |
 //! | other virtual links (veth, bridge, ...) | no | no |
