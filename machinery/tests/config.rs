@@ -524,8 +524,9 @@ fn bonds_and_vlans_are_checked() {
     assert!(err.to_string().contains("names no member"), "{err}");
 }
 
-/// Bridges and bridge ports: typed, upstream's other bridge settings kept,
-/// and the combinations the kernel cannot make refused by path.
+/// Bridges and bridge ports (and `dhcpOptions`): typed, upstream's other
+/// bridge settings kept, and the combinations the kernel cannot make
+/// refused by path.
 #[test]
 fn bridges_and_bridge_ports_are_checked() {
     let with = |entry: &str| {
@@ -536,7 +537,7 @@ fn bridges_and_bridge_ports_are_checked() {
         )
     };
     let cfg = parse_ok(&with(
-        "            - interface: br0\n              addresses: [10.0.0.5/24]\n              bridge:\n                  interfaces: [eth0]\n                  stp:\n                      enabled: true\n                  vlan:\n                      vlanFiltering: false\n                  multicastSnooping: true\n            - interface: eth1\n              bridgePort:\n                  master: br0\n",
+        "            - interface: br0\n              addresses: [10.0.0.5/24]\n              dhcpOptions:\n                  routeMetric: 512\n                  ipv4: true\n              bridge:\n                  interfaces: [eth0]\n                  stp:\n                      enabled: true\n                  vlan:\n                      vlanFiltering: false\n                  multicastSnooping: true\n            - interface: eth1\n              bridgePort:\n                  master: br0\n",
     ));
     let interfaces = cfg
         .v1alpha1()
@@ -553,6 +554,8 @@ fn bridges_and_bridge_ports_are_checked() {
         Some(false)
     );
     assert!(bridge.other.contains_key("multicastSnooping"), "{bridge:?}");
+    let options = interfaces[0].dhcp_options.as_ref().expect("dhcpOptions");
+    assert_eq!((options.route_metric, options.ipv4), (Some(512), Some(true)));
     assert_eq!(
         interfaces[1]
             .bridge_port

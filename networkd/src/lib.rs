@@ -51,7 +51,7 @@
 //!
 //! - IPv4 DHCP only (no DHCPv6; IPv6 router advertisements are the
 //!   kernel's); static IPv6 addresses and routes work.
-//! - WireGuard, VIPs and `dhcpOptions` in the machine config are reported
+//! - WireGuard, VIPs and DHCPv6 in the machine config are reported
 //!   and skipped; `deviceSelector`, VLANs, dummy links, bonds and bridges
 //!   work, and the links made for them are deleted when the config drops
 //!   them (while networkd runs: what it owns is kept in memory).

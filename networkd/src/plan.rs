@@ -180,6 +180,8 @@ pub struct DesiredLink {
     pub routes: Vec<DesiredRoute>,
     /// Whether a DHCP client runs on it.
     pub dhcp: bool,
+    /// The metric of its lease's routes.
+    pub dhcp_metric: u32,
     /// Its MAC (DHCP needs one).
     pub mac: Option<[u8; 6]>,
 }
@@ -347,9 +349,14 @@ pub enum Action {
     },
 }
 
-/// The address and routes a lease gives, at `now`.
+/// The address and routes a lease gives, at `now`, its routes with
+/// `metric` (`dhcpOptions.routeMetric`, else [`DEFAULT_ROUTE_METRIC`]).
 #[must_use]
-pub fn lease_config(lease: &Lease, now: Instant) -> (DesiredAddress, Vec<DesiredRoute>) {
+pub fn lease_config(
+    lease: &Lease,
+    now: Instant,
+    metric: u32,
+) -> (DesiredAddress, Vec<DesiredRoute>) {
     let address = DesiredAddress {
         address: IpAddr::V4(lease.address),
         prefix: lease.prefix,
@@ -368,13 +375,16 @@ pub fn lease_config(lease: &Lease, now: Instant) -> (DesiredAddress, Vec<Desired
                     destination: router,
                     prefix: 32,
                     gateway: None,
-                    metric: DEFAULT_ROUTE_METRIC,
+                    metric,
                     mtu: None,
                     source: None,
                     origin: Origin::Dhcp,
                 });
             }
-            routes.push(DesiredRoute::default_via(router, Origin::Dhcp));
+            routes.push(DesiredRoute {
+                metric,
+                ..DesiredRoute::default_via(router, Origin::Dhcp)
+            });
         }
     } else {
         // Option 121 replaces option 3 (RFC 3442).
@@ -383,7 +393,7 @@ pub fn lease_config(lease: &Lease, now: Instant) -> (DesiredAddress, Vec<Desired
                 destination: network_of(IpAddr::V4(*destination), *prefix),
                 prefix: *prefix,
                 gateway: (!gateway.is_unspecified()).then_some(IpAddr::V4(*gateway)),
-                metric: DEFAULT_ROUTE_METRIC,
+                metric,
                 mtu: None,
                 source: None,
                 origin: Origin::Dhcp,
@@ -396,8 +406,14 @@ pub fn lease_config(lease: &Lease, now: Instant) -> (DesiredAddress, Vec<Desired
 /// The actions that (re)apply a lease on link `index`, refreshing the
 /// address lifetimes: run on every bind and renewal.
 #[must_use]
-pub fn lease_actions(index: u32, name: &str, lease: &Lease, now: Instant) -> Vec<Action> {
-    let (address, routes) = lease_config(lease, now);
+pub fn lease_actions(
+    index: u32,
+    name: &str,
+    lease: &Lease,
+    now: Instant,
+    metric: u32,
+) -> Vec<Action> {
+    let (address, routes) = lease_config(lease, now, metric);
     let mut actions = vec![Action::AddAddress {
         index,
         name: name.to_owned(),
@@ -415,8 +431,8 @@ pub fn lease_actions(index: u32, name: &str, lease: &Lease, now: Instant) -> Vec
 
 /// The actions that remove a lease's routes and address from link `index`.
 #[must_use]
-pub fn lease_removal(index: u32, name: &str, lease: &Lease) -> Vec<Action> {
-    let (address, routes) = lease_config(lease, lease.acquired);
+pub fn lease_removal(index: u32, name: &str, lease: &Lease, metric: u32) -> Vec<Action> {
+    let (address, routes) = lease_config(lease, lease.acquired, metric);
     let mut actions: Vec<Action> = routes
         .into_iter()
         .rev()
@@ -609,6 +625,7 @@ pub fn desired(
             addresses: Vec::new(),
             routes: Vec::new(),
             dhcp: false,
+            dhcp_metric: DEFAULT_ROUTE_METRIC,
             mac: link.mac6(),
         };
         if link.is_loopback() {
@@ -625,6 +642,7 @@ pub fn desired(
             (Some(device), _) => {
                 want.mtu = device.mtu;
                 want.dhcp = device.dhcp.unwrap_or(false);
+                want.dhcp_metric = device.dhcp_route_metric.unwrap_or(DEFAULT_ROUTE_METRIC);
                 want.addresses = device
                     .addresses
                     .iter()
@@ -673,7 +691,7 @@ pub fn desired(
         if want.dhcp
             && let Some(lease) = leases.get(&link.name)
         {
-            let (address, routes) = lease_config(lease, now);
+            let (address, routes) = lease_config(lease, now, want.dhcp_metric);
             want.addresses.push(address);
             want.routes.extend(routes);
             if want.mtu.is_none() {
@@ -885,6 +903,7 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
             addresses: Vec::new(),
             routes: Vec::new(),
             dhcp: false,
+            dhcp_metric: DEFAULT_ROUTE_METRIC,
             mac: None,
         };
         let want = match desired.link(name) {
@@ -1005,38 +1024,46 @@ pub struct DhcpStart {
     pub name: String,
     /// The link's MAC.
     pub mac: [u8; 6],
+    /// The metric of its lease's routes.
+    pub metric: u32,
 }
 
 /// Which DHCP clients to start and which (by link name) to stop, given the
-/// clients `running` (link name → index). A link that was re-created under
-/// the same name (new index) gets its client restarted.
+/// clients `running` (link name → index and route metric). A link that was
+/// re-created under the same name (new index), or whose route metric
+/// changed, gets its client restarted (its lease's routes go, and come
+/// back with the new metric).
 #[must_use]
 pub fn dhcp_changes(
     desired: &Desired,
-    running: &BTreeMap<String, u32>,
+    running: &BTreeMap<String, (u32, u32)>,
 ) -> (Vec<DhcpStart>, Vec<String>) {
-    let wanted: BTreeMap<&str, (u32, [u8; 6])> = desired
+    let wanted: BTreeMap<&str, (u32, u32, [u8; 6])> = desired
         .links
         .iter()
         .filter(|l| l.dhcp)
-        .filter_map(|l| l.mac.map(|mac| (l.name.as_str(), (l.index, mac))))
+        .filter_map(|l| {
+            l.mac
+                .map(|mac| (l.name.as_str(), (l.index, l.dhcp_metric, mac)))
+        })
         .collect();
     let stop = running
         .iter()
-        .filter(|(name, index)| {
+        .filter(|(name, running)| {
             wanted
                 .get(name.as_str())
-                .is_none_or(|(wanted_index, _)| wanted_index != *index)
+                .is_none_or(|(index, metric, _)| (*index, *metric) != **running)
         })
         .map(|(name, _)| name.clone())
         .collect();
     let start = wanted
         .iter()
-        .filter(|(name, (index, _))| running.get(**name) != Some(index))
-        .map(|(name, (index, mac))| DhcpStart {
+        .filter(|(name, (index, metric, _))| running.get(**name) != Some(&(*index, *metric)))
+        .map(|(name, (index, metric, mac))| DhcpStart {
             index: *index,
             name: (*name).to_owned(),
             mac: *mac,
+            metric: *metric,
         })
         .collect();
     (start, stop)
@@ -2180,7 +2207,7 @@ mod tests {
     fn lease_actions_and_removal() {
         let now = Instant::now();
         let mut l = lease(now);
-        let actions = lease_actions(2, "eth0", &l, now);
+        let actions = lease_actions(2, "eth0", &l, now, DEFAULT_ROUTE_METRIC);
         assert_eq!(actions.len(), 2);
         assert!(
             matches!(&actions[0], Action::AddAddress { replace: true, address, .. }
@@ -2190,7 +2217,7 @@ mod tests {
             matches!(&actions[1], Action::AddRoute { replace: true, route, .. }
             if route.gateway == Some(ip("10.99.7.1")) && route.prefix == 0)
         );
-        let removal = lease_removal(2, "eth0", &l);
+        let removal = lease_removal(2, "eth0", &l, DEFAULT_ROUTE_METRIC);
         assert!(matches!(&removal[0], Action::DelRoute { route, .. } if route.prefix == 0));
         assert_eq!(
             removal[1],
@@ -2204,8 +2231,9 @@ mod tests {
 
         // A router outside the leased network gets a host route first.
         l.prefix = 32;
-        let (_, routes) = lease_config(&l, now);
+        let (_, routes) = lease_config(&l, now, 512);
         assert_eq!(routes.len(), 2);
+        assert!(routes.iter().all(|r| r.metric == 512), "{routes:?}");
         assert_eq!(routes[0].destination, ip("10.99.7.1"));
         assert_eq!(routes[0].prefix, 32);
         assert_eq!(routes[0].gateway, None);
@@ -2217,15 +2245,16 @@ mod tests {
             (Ipv4Addr::new(10, 50, 0, 9), 16, Ipv4Addr::new(10, 99, 7, 2)),
             (Ipv4Addr::new(10, 60, 0, 0), 24, Ipv4Addr::UNSPECIFIED),
         ];
-        let (_, routes) = lease_config(&l, now);
+        let (_, routes) = lease_config(&l, now, 512);
         assert_eq!(routes.len(), 2);
+        assert!(routes.iter().all(|r| r.metric == 512), "{routes:?}");
         assert_eq!(routes[0].destination, ip("10.50.0.0"));
         assert_eq!(routes[0].gateway, Some(ip("10.99.7.2")));
         assert_eq!(routes[1].gateway, None);
 
         // An infinite lease: a permanent address.
         l.lease_time = None;
-        let (address, _) = lease_config(&l, now);
+        let (address, _) = lease_config(&l, now, DEFAULT_ROUTE_METRIC);
         assert_eq!(address.lifetime, None);
     }
 
@@ -2240,9 +2269,9 @@ mod tests {
             now,
         );
         let mut running = BTreeMap::new();
-        running.insert("eth0".to_owned(), 2);
-        running.insert("eth1".to_owned(), 9); // re-created: new index
-        running.insert("gone0".to_owned(), 7);
+        running.insert("eth0".to_owned(), (2, DEFAULT_ROUTE_METRIC));
+        running.insert("eth1".to_owned(), (9, DEFAULT_ROUTE_METRIC)); // re-created: new index
+        running.insert("gone0".to_owned(), (7, DEFAULT_ROUTE_METRIC));
         let (start, stop) = dhcp_changes(&d, &running);
         assert_eq!(
             start
@@ -2252,6 +2281,55 @@ mod tests {
             vec![("eth1", 3)]
         );
         assert_eq!(stop, vec!["eth1".to_owned(), "gone0".to_owned()]);
+
+        // dhcpOptions: eth0's routes get metric 512 (its client restarts
+        // for it); with ipv4 false, no DHCPv4 client at all.
+        let with_options = |options: machinery::config::v1alpha1::DhcpOptions| {
+            let network = machinery::config::v1alpha1::Network {
+                interfaces: Some(vec![machinery::config::v1alpha1::Device {
+                    interface: Some("eth0".into()),
+                    dhcp: Some(true),
+                    dhcp_options: Some(options),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            };
+            desired(
+                &Settings::from_network(&network),
+                &KernelArgs::default(),
+                &observed(),
+                &BTreeMap::new(),
+                now,
+            )
+        };
+        let d = with_options(machinery::config::v1alpha1::DhcpOptions {
+            route_metric: Some(512),
+            ..Default::default()
+        });
+        assert_eq!(
+            d.link("eth0").map(|l| (l.dhcp, l.dhcp_metric)),
+            Some((true, 512))
+        );
+        let running = BTreeMap::from([("eth0".to_owned(), (2, DEFAULT_ROUTE_METRIC))]);
+        let (start, stop) = dhcp_changes(&d, &running);
+        assert_eq!(stop, ["eth0"]);
+        assert!(
+            start
+                .iter()
+                .any(|s| s.name == "eth0" && s.index == 2 && s.metric == 512),
+            "{start:?}"
+        );
+        let running = BTreeMap::from([("eth0".to_owned(), (2, 512))]);
+        let (start, stop) = dhcp_changes(&d, &running);
+        assert!(
+            !start.iter().any(|s| s.name == "eth0") && stop.is_empty(),
+            "{start:?} {stop:?}"
+        );
+        let d = with_options(machinery::config::v1alpha1::DhcpOptions {
+            ipv4: Some(false),
+            ..Default::default()
+        });
+        assert_eq!(d.link("eth0").map(|l| l.dhcp), Some(false));
     }
 
     #[test]

@@ -52,6 +52,8 @@ const CLIENT_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 struct RunningClient {
     index: u32,
+    /// The metric of its lease's routes.
+    metric: u32,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Option<Lease>>,
 }
@@ -305,10 +307,10 @@ impl Reconciler {
     }
 
     async fn manage_dhcp(&mut self, desired: &Desired) {
-        let running: BTreeMap<String, u32> = self
+        let running: BTreeMap<String, (u32, u32)> = self
             .clients
             .iter()
-            .map(|(name, client)| (name.clone(), client.index))
+            .map(|(name, client)| (name.clone(), (client.index, client.metric)))
             .collect();
         let (start, stop) = plan::dhcp_changes(desired, &running);
         for name in stop {
@@ -341,6 +343,7 @@ impl Reconciler {
                 client.name,
                 RunningClient {
                     index: client.index,
+                    metric: client.metric,
                     stop: stop_tx,
                     task,
                 },
@@ -353,24 +356,21 @@ impl Reconciler {
         let Some(client) = self.clients.remove(name) else {
             return;
         };
-        let index = client.index;
+        let (index, metric) = (client.index, client.metric);
         let released = client.stop(name).await;
         let held = self.leases.remove(name);
         if let Some(lease) = released.or(held) {
-            self.apply_all(&plan::lease_removal(index, name, &lease))
+            self.apply_all(&plan::lease_removal(index, name, &lease, metric))
                 .await;
         }
     }
 
     async fn on_lease(&mut self, event: LeaseEvent) {
         // Events of a client that was stopped or replaced are stale.
-        if self
-            .clients
-            .get(&event.link)
-            .is_none_or(|client| client.index != event.index)
-        {
-            return;
-        }
+        let metric = match self.clients.get(&event.link) {
+            Some(client) if client.index == event.index => client.metric,
+            _ => return,
+        };
         let lease = &event.lease;
         let link = event.link.as_str();
         let routers: Vec<String> = lease.routers.iter().map(ToString::to_string).collect();
@@ -406,13 +406,19 @@ impl Reconciler {
         match event.kind {
             LeaseEventKind::Bound | LeaseEventKind::Renewed => {
                 self.leases.insert(event.link.clone(), event.lease.clone());
-                let actions = plan::lease_actions(event.index, link, &event.lease, Instant::now());
+                let actions =
+                    plan::lease_actions(event.index, link, &event.lease, Instant::now(), metric);
                 self.apply_all(&actions).await;
             }
             LeaseEventKind::Lost => {
                 self.leases.remove(link);
-                self.apply_all(&plan::lease_removal(event.index, link, &event.lease))
-                    .await;
+                self.apply_all(&plan::lease_removal(
+                    event.index,
+                    link,
+                    &event.lease,
+                    metric,
+                ))
+                .await;
             }
         }
     }

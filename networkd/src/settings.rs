@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 
 use machinery::config::MachineConfig;
 use machinery::config::v1alpha1::{
-    BOND_MODES, BOND_XMIT_HASH_POLICIES, Bond, Bridge, Device, DeviceSelector, Network, Route,
+    BOND_MODES, BOND_XMIT_HASH_POLICIES, Bond, Bridge, Device, DeviceSelector, DhcpOptions,
+    Network, Route,
 };
 
 use crate::state::{Link, hardware_addr_string};
@@ -278,8 +279,10 @@ pub struct DeviceSettings {
     pub routes: Vec<RouteSettings>,
     /// Link MTU.
     pub mtu: Option<u32>,
-    /// `dhcp` as written.
+    /// `dhcp` as written, off when `dhcpOptions.ipv4` is false.
     pub dhcp: Option<bool>,
+    /// `dhcpOptions.routeMetric`: the metric of the lease's routes.
+    pub dhcp_route_metric: Option<u32>,
     /// `ignore: true`.
     pub ignore: bool,
 }
@@ -360,7 +363,6 @@ impl DeviceSettings {
         for (what, value) in [
             ("wireguard", device.wireguard.is_some()),
             ("vip", device.vip.is_some()),
-            ("dhcpOptions", device.dhcp_options.is_some()),
         ] {
             if value {
                 problems.push(format!(
@@ -377,6 +379,11 @@ impl DeviceSettings {
             dummy: device.dummy == Some(true),
             ..DeviceSettings::default()
         };
+        settings.dhcp_options(
+            &format!("{path} ({label})"),
+            device.dhcp_options.as_ref(),
+            problems,
+        );
         if let Some(bond) = &device.bond {
             if name.is_some() {
                 settings.bond = Some(BondSettings::from_config(
@@ -429,21 +436,21 @@ impl DeviceSettings {
                 ));
                 continue;
             };
-            for (what, value) in [
-                ("vip", vlan.vip.is_some()),
-                ("dhcpOptions", vlan.dhcp_options.is_some()),
-            ] {
-                if value {
-                    problems.push(format!(
-                        "{vlan_path} ({label}.{id}): {what} is not supported by networkd and is ignored"
-                    ));
-                }
+            if vlan.vip.is_some() {
+                problems.push(format!(
+                    "{vlan_path} ({label}.{id}): vip is not supported by networkd and is ignored"
+                ));
             }
             let mut vlan_settings = DeviceSettings {
                 mtu: vlan.mtu,
                 dhcp: vlan.dhcp,
                 ..DeviceSettings::default()
             };
+            vlan_settings.dhcp_options(
+                &format!("{vlan_path} ({label}.{id})"),
+                vlan.dhcp_options.as_ref(),
+                problems,
+            );
             vlan_settings.add_network(
                 &vlan_path,
                 vlan.addresses.iter().flatten().map(String::as_str),
@@ -453,6 +460,28 @@ impl DeviceSettings {
             settings.vlans.push((id, vlan_settings));
         }
         Some(settings)
+    }
+
+    /// Takes `dhcpOptions`: the route metric, and DHCPv4 off when `ipv4`
+    /// is false. DHCPv6 is not supported: asking for it is reported.
+    fn dhcp_options(
+        &mut self,
+        label: &str,
+        options: Option<&DhcpOptions>,
+        problems: &mut Vec<String>,
+    ) {
+        let Some(options) = options else {
+            return;
+        };
+        self.dhcp_route_metric = options.route_metric.filter(|m| *m != 0);
+        if options.ipv4 == Some(false) {
+            self.dhcp = Some(false);
+        }
+        if options.ipv6 == Some(true) || options.duidv6.is_some() {
+            problems.push(format!(
+                "{label}: dhcpOptions: DHCPv6 is not supported by networkd and is ignored"
+            ));
+        }
     }
 
     /// Adds the static addresses and routes of an entry (or of a VLAN).

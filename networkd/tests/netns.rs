@@ -781,7 +781,8 @@ fn a_link_selected_by_its_hardware_address() {
 
 /// A bridge made for the config, with the veth as its port (named by a
 /// `bridgePort` entry): the port is up in it, has no address of its own,
-/// and the bridge gets a DHCP lease from the server across it. Dropped
+/// and the bridge gets a DHCP lease from the server across it, its route
+/// with the `dhcpOptions.routeMetric` asked for. Dropped
 /// from the config live, the bridge is deleted, and the veth, released,
 /// gets its own address.
 #[test]
@@ -816,6 +817,8 @@ fn a_bridge_made_then_dropped_live() {
     interfaces:
       - interface: br7
         dhcp: true
+        dhcpOptions:
+          routeMetric: 512
         bridge:
           stp:
             enabled: false
@@ -853,6 +856,23 @@ fn a_bridge_made_then_dropped_live() {
         ipv4_addresses(&ns.cli, &cli_link).is_empty(),
         "a port has no address of its own\n{}",
         context()
+    );
+    // The lease's default route, with dhcpOptions.routeMetric.
+    wait_for(
+        Duration::from_secs(10),
+        "the default route via 10.99.7.1 on br7 with metric 512",
+        context,
+        || {
+            routes(&ns.cli)
+                .iter()
+                .any(|r| {
+                    r["dst"] == "default"
+                        && r["gateway"] == "10.99.7.1"
+                        && r["dev"] == "br7"
+                        && r["metric"] == 512
+                })
+                .then_some(())
+        },
     );
     // The bridge is dropped: deleted, and the veth gets its own address.
     write_config(&format!(

@@ -521,9 +521,9 @@ pub struct Device {
     /// Create a dummy link.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dummy: Option<bool>,
-    /// DHCP options (kept raw).
+    /// DHCP client options.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dhcp_options: Option<Value>,
+    pub dhcp_options: Option<DhcpOptions>,
     /// WireGuard settings (kept raw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<Value>,
@@ -610,6 +610,24 @@ pub struct Bond {
     pub other: BTreeMap<String, Value>,
 }
 
+/// `dhcpOptions`: how the link's DHCP clients run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DhcpOptions {
+    /// The metric of the routes a lease gives (upstream's default 1024).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_metric: Option<u32>,
+    /// Run DHCPv4 (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<bool>,
+    /// Run DHCPv6 (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<bool>,
+    /// The DHCPv6 DUID, as hex bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duidv6: Option<String>,
+}
+
 /// `bridge`: the entry's link is a bridge with `interfaces` (and the
 /// entries whose `bridgePort.master` names it) as its ports. Settings
 /// beyond these are kept as written.
@@ -694,9 +712,9 @@ pub struct Vlan {
     /// Shared virtual IP (kept raw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<Value>,
-    /// DHCP options (kept raw).
+    /// DHCP client options.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dhcp_options: Option<Value>,
+    pub dhcp_options: Option<DhcpOptions>,
 }
 
 /// A static route.
