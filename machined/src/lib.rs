@@ -25,6 +25,7 @@ pub mod netres;
 pub mod netstat;
 pub mod node;
 pub mod pcap;
+pub mod pci;
 pub mod reaper;
 pub mod reset;
 pub mod resources;

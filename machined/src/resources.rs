@@ -373,6 +373,22 @@ pub const MEMORY_MODULE: Definition = Definition {
     skip_automatic_aliases: false,
 };
 
+/// `PCIDevices.hardware.talos.dev`: one per PCI device, by bus address.
+pub const PCI_DEVICE: Definition = Definition {
+    type_: "PCIDevices.hardware.talos.dev",
+    display: "PCIDevice",
+    namespace: NS_HARDWARE,
+    aliases: &["devices", "device"],
+    columns: &[
+        ("Class", "{.class}"),
+        ("Subclass", "{.subclass}"),
+        ("Vendor", "{.vendor}"),
+        ("Product", "{.product}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+
 /// `MountStatuses.runtime.talos.dev`: the filesystems Talos mounts, by
 /// label. Only `mounts` names it: its initials are MachineStatus's.
 pub const MOUNT_STATUS: Definition = Definition {
@@ -430,6 +446,7 @@ pub const DEFINITIONS: &[Definition] = &[
     SYSTEM_INFORMATION,
     PROCESSOR,
     MEMORY_MODULE,
+    PCI_DEVICE,
     MOUNT_STATUS,
     PLATFORM_METADATA,
 ];
@@ -792,6 +809,7 @@ impl Resources {
             t if t == SYSTEM_INFORMATION.type_ => self.system_information().await,
             t if t == PROCESSOR.type_ => self.processors().await,
             t if t == MEMORY_MODULE.type_ => self.memory_modules().await,
+            t if t == PCI_DEVICE.type_ => self.pci_devices().await,
             t if t == PLATFORM_METADATA.type_ => self.platform_metadata().await,
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
@@ -1063,6 +1081,39 @@ impl Resources {
                         thread_count: p.thread_count,
                     },
                     p,
+                )
+            })
+            .collect()
+    }
+
+    /// One per PCI device; none in container mode (the host's hardware).
+    async fn pci_devices(&self) -> Result<Vec<Item>, ResourceError> {
+        if self.node.mode() == Mode::Container {
+            return Ok(Vec::new());
+        }
+        let devices = blocking("PCI devices", || crate::pci::devices(Path::new("/sys")))
+            .await?
+            .map_err(|e| ResourceError::Read {
+                what: "PCI devices (/sys/bus/pci/devices)",
+                message: e.to_string(),
+            })?;
+        devices
+            .iter()
+            .map(|(id, d)| {
+                item(
+                    id.as_str(),
+                    &PciDeviceYaml {
+                        class: &d.class,
+                        subclass: &d.subclass,
+                        vendor: &d.vendor,
+                        product: &d.product,
+                        class_id: &d.class_id,
+                        subclass_id: &d.subclass_id,
+                        vendor_id: &d.vendor_id,
+                        product_id: &d.product_id,
+                        driver: &d.driver,
+                    },
+                    d,
                 )
             })
             .collect()
@@ -1701,6 +1752,26 @@ struct MountStatusYaml<'a> {
     encrypted: bool,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     encryption_providers: &'a [String],
+}
+
+/// Upstream's keys (snake case here, as upstream's tags are): names and
+/// the driver omitted when empty, the ids always there.
+#[derive(Serialize)]
+struct PciDeviceYaml<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    class: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    subclass: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    vendor: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    product: &'a str,
+    class_id: &'a str,
+    subclass_id: &'a str,
+    vendor_id: &'a str,
+    product_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    driver: &'a str,
 }
 
 /// Upstream's keys; every field omitted when empty or zero, as upstream.

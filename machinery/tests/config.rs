@@ -555,7 +555,10 @@ fn bridges_and_bridge_ports_are_checked() {
     );
     assert!(bridge.other.contains_key("multicastSnooping"), "{bridge:?}");
     let options = interfaces[0].dhcp_options.as_ref().expect("dhcpOptions");
-    assert_eq!((options.route_metric, options.ipv4), (Some(512), Some(true)));
+    assert_eq!(
+        (options.route_metric, options.ipv4),
+        (Some(512), Some(true))
+    );
     assert_eq!(
         interfaces[1]
             .bridge_port

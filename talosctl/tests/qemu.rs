@@ -1559,6 +1559,29 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             && ram.contains("  manufacturer: QEMU\n"),
         "{ram}"
     );
+    // Its PCI devices, by bus address: among them virtio's network device
+    // (class 02, subclass 00, vendor 1af4), bound to virtio-pci.
+    let pci = ok(
+        &none,
+        &[
+            "-n",
+            &endpoint,
+            "get",
+            "pcidevices",
+            "--insecure",
+            "-o",
+            "yaml",
+        ],
+    );
+    assert!(
+        pci.split("\n---\n").any(|doc| {
+            doc.contains("  class: Network controller\n")
+                && doc.contains("  subclass: Ethernet controller\n")
+                && doc.contains("0x1af4")
+                && doc.contains("  driver: virtio-pci\n")
+        }),
+        "{pci}"
+    );
 
     // The resolver networkd took from the lease (QEMU's 10.0.2.3) and the
     // time server timed asks without a config.
