@@ -480,18 +480,21 @@ fn accepted_cas_are_certificates_trusted_after_the_ca() {
     );
 }
 
+/// The worker fixture with `entries` (YAML list items, indented) as
+/// `machine.network.interfaces`.
+fn with_interfaces(entries: &str) -> String {
+    edit(
+        &worker_yaml(),
+        "    network: {}\n",
+        &format!("    network:\n        interfaces:\n{entries}"),
+    )
+}
+
 /// Bonds and VLANs in `machine.network.interfaces`: known settings typed,
 /// the rest of upstream's bond settings kept; bad values refused by path.
 #[test]
 fn bonds_and_vlans_are_checked() {
-    let with = |entry: &str| {
-        edit(
-            &worker_yaml(),
-            "    network: {}\n",
-            &format!("    network:\n        interfaces:\n{entry}"),
-        )
-    };
-    let cfg = parse_ok(&with(
+    let cfg = parse_ok(&with_interfaces(
         "            - interface: bond0\n              addresses: [10.0.0.5/24]\n              bond:\n                  mode: 802.3ad\n                  lacpRate: fast\n                  xmitHashPolicy: layer3+4\n                  miimon: 100\n                  deviceSelectors:\n                      - permanentAddr: \"00:11:*\"\n                  adActorSysPrio: 65535\n              vlans:\n                  - vlanId: 10\n                    dhcp: true\n",
     ));
     let network = cfg
@@ -508,7 +511,7 @@ fn bonds_and_vlans_are_checked() {
     assert_eq!(bond.miimon, Some(100));
     assert!(bond.other.contains_key("adActorSysPrio"), "{bond:?}");
 
-    let err = parse_err(&with(
+    let err = parse_err(&with_interfaces(
         "            - interface: bond0\n              bond:\n                  mode: round-robin\n                  interfaces: [eth0]\n              vlans:\n                  - vlanId: 4095\n",
     ));
     assert_issues(
@@ -518,7 +521,7 @@ fn bonds_and_vlans_are_checked() {
             "machine.network.interfaces[0].vlans[0].vlanId",
         ],
     );
-    let err = parse_err(&with(
+    let err = parse_err(&with_interfaces(
         "            - interface: bond0\n              bond:\n                  mode: active-backup\n",
     ));
     assert!(err.to_string().contains("names no member"), "{err}");
@@ -529,14 +532,7 @@ fn bonds_and_vlans_are_checked() {
 /// refused by path.
 #[test]
 fn bridges_and_bridge_ports_are_checked() {
-    let with = |entry: &str| {
-        edit(
-            &worker_yaml(),
-            "    network: {}\n",
-            &format!("    network:\n        interfaces:\n{entry}"),
-        )
-    };
-    let cfg = parse_ok(&with(
+    let cfg = parse_ok(&with_interfaces(
         "            - interface: br0\n              addresses: [10.0.0.5/24]\n              dhcpOptions:\n                  routeMetric: 512\n                  ipv4: true\n              bridge:\n                  interfaces: [eth0]\n                  stp:\n                      enabled: true\n                  vlan:\n                      vlanFiltering: false\n                  multicastSnooping: true\n            - interface: eth1\n              bridgePort:\n                  master: br0\n",
     ));
     let interfaces = cfg
@@ -567,7 +563,7 @@ fn bridges_and_bridge_ports_are_checked() {
         Some("br0")
     );
 
-    let err = parse_err(&with(
+    let err = parse_err(&with_interfaces(
         "            - interface: br0\n              bond:\n                  interfaces: [eth0]\n              bridge:\n                  interfaces: [eth1]\n            - interface: eth2\n              bridgePort: {}\n            - interface: br1\n              bridge: {}\n              bridgePort:\n                  master: br1\n",
     ));
     assert_issues(

@@ -507,92 +507,70 @@ pub fn desired(
         }
     }
     let mut members = Vec::new();
-    for (name, bond, bond_members) in &resolved.bonds {
+    // Bonds, then bridges: a controller link made for the config, and the
+    // links that are its members (ports).
+    let controllers = resolved
+        .bonds
+        .iter()
+        .map(|(name, bond, wanted)| {
+            let make = Action::CreateBond {
+                name: name.clone(),
+                bond: bond.clone(),
+            };
+            (name, "bond", make, wanted)
+        })
+        .chain(resolved.bridges.iter().map(|(name, bridge, wanted)| {
+            let make = Action::CreateBridge {
+                name: name.clone(),
+                bridge: bridge.clone(),
+            };
+            (name, "bridge", make, wanted)
+        }));
+    for (name, kind, make, wanted) in controllers {
         if kernel.ignores(name) || resolved.ignores(name) {
             continue;
         }
-        let wanted: Vec<&String> = bond_members
+        let wanted: Vec<&String> = wanted
             .iter()
             .filter(|m| !kernel.ignores(m) && !resolved.ignores(m))
             .collect();
-        let bond_link = observed.links.iter().find(|l| &l.name == name);
-        if let Some(l) = bond_link
-            && l.kind.as_deref() != Some("bond")
+        let controller = observed.links.iter().find(|l| &l.name == name);
+        if let Some(l) = controller
+            && l.kind.as_deref() != Some(kind)
         {
             problems.push(format!(
-                "{name} exists and is not a bond: its members are left as they are"
+                "{name} exists and is not a {kind}: its members are left as they are"
             ));
             continue;
         }
-        // The members are the bond's from now on: no DHCP of their own,
-        // even while the bond is being made (a lease there would only be
-        // torn down again). Their static config goes to the bond once
-        // they are in it (see `removals`).
+        // The members are the bond's (bridge's) from now on: no DHCP of
+        // their own, even while it is being made (a lease there would only
+        // be torn down again). Their static config goes to it once they
+        // are in it (see `removals`).
         members.extend(wanted.iter().map(|m| (*m).clone()));
         member_of.extend(wanted.iter().map(|m| ((*m).clone(), name.clone())));
-        let Some(bond_link) = bond_link else {
-            create.push(Action::CreateBond {
-                name: name.clone(),
-                bond: bond.clone(),
-            });
+        let Some(controller) = controller else {
+            create.push(make);
             continue;
         };
         for member in wanted {
-            if let Some(link) = observed.links.iter().find(|l| &l.name == member)
-                && link.controller != Some(bond_link.index)
-            {
-                create.push(Action::Enslave {
-                    index: link.index,
-                    name: link.name.clone(),
-                    controller_index: bond_link.index,
-                    controller: bond_link.name.clone(),
-                    down: true,
-                });
-            }
-        }
-    }
-    for (name, bridge, ports) in &resolved.bridges {
-        if kernel.ignores(name) || resolved.ignores(name) {
-            continue;
-        }
-        let ports: Vec<&String> = ports
-            .iter()
-            .filter(|m| !kernel.ignores(m) && !resolved.ignores(m))
-            .collect();
-        let bridge_link = observed.links.iter().find(|l| &l.name == name);
-        if let Some(l) = bridge_link
-            && l.kind.as_deref() != Some("bridge")
-        {
-            problems.push(format!(
-                "{name} exists and is not a bridge: its ports are left as they are"
-            ));
-            continue;
-        }
-        // As a bond's members: the bridge's from now on.
-        members.extend(ports.iter().map(|m| (*m).clone()));
-        member_of.extend(ports.iter().map(|m| ((*m).clone(), name.clone())));
-        let Some(bridge_link) = bridge_link else {
-            create.push(Action::CreateBridge {
-                name: name.clone(),
-                bridge: bridge.clone(),
-            });
-            continue;
-        };
-        for port in ports {
-            let Some(link) = observed.links.iter().find(|l| &l.name == port) else {
+            let Some(link) = observed.links.iter().find(|l| &l.name == member) else {
                 continue;
             };
-            if link.controller != Some(bridge_link.index) {
+            if link.controller != Some(controller.index) {
+                // A bond wants its members down as they join; a bridge
+                // takes a port as it is.
                 create.push(Action::Enslave {
                     index: link.index,
                     name: link.name.clone(),
-                    controller_index: bridge_link.index,
-                    controller: bridge_link.name.clone(),
-                    down: false,
+                    controller_index: controller.index,
+                    controller: controller.name.clone(),
+                    down: kind == "bond",
                 });
-            } else if !link.is_up() {
-                // The kernel leaves a port as it was: a port that is down
-                // forwards nothing.
+            } else if kind == "bridge" && !link.is_up() {
+                // The kernel brings a bond's members up itself, but leaves
+                // a bridge's port as it was: one that is down forwards
+                // nothing.
                 create.push(Action::SetUp {
                     index: link.index,
                     name: link.name.clone(),

@@ -365,6 +365,44 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// A worker machine config for the cluster at `https://<ip>:6443`, and
+/// where machined keeps the live copy under a node root.
+struct LiveConfig {
+    worker_yaml: String,
+    path: PathBuf,
+}
+
+impl LiveConfig {
+    fn new(root: &Path, endpoint_ip: &str) -> LiveConfig {
+        let now = SystemTime::now();
+        let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
+        let generated = machinery::generate::generate(
+            &bundle,
+            &machinery::generate::GenOptions::new("netns", &format!("https://{endpoint_ip}:6443")),
+            now,
+        )
+        .expect("configs");
+        LiveConfig {
+            worker_yaml: generated.worker_yaml,
+            path: machinery::constants::NodePaths::under(root).live_config(),
+        }
+    }
+
+    /// The config with `patch` applied.
+    fn patched(&self, patch: &str) -> String {
+        machinery::generate::apply_patch(&self.worker_yaml, patch).expect("patched config")
+    }
+
+    /// Puts `yaml` in place, replacing the file whole, as machined does
+    /// when it persists an `auto` or `no-reboot` apply.
+    fn write(&self, yaml: &str) {
+        std::fs::create_dir_all(self.path.parent().expect("a directory")).expect("config dir");
+        let staged = self.path.with_extension("yaml.new");
+        std::fs::write(&staged, yaml).expect("config");
+        std::fs::rename(&staged, &self.path).expect("config in place");
+    }
+}
+
 #[test]
 fn dhcp_lease_renewal_release_ignored_link_and_api() {
     require_root_and_tools();
@@ -546,15 +584,7 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     let ns = Namespaces::new('s', "10.99.8.1/24");
-
-    let now = SystemTime::now();
-    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
-    let generated = machinery::generate::generate(
-        &bundle,
-        &machinery::generate::GenOptions::new("netns", "https://10.99.8.1:6443"),
-        now,
-    )
-    .expect("configs");
+    let live = LiveConfig::new(&root, "10.99.8.1");
     let route = "
         routes:
           - network: 10.99.9.0/24
@@ -573,14 +603,11 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
 ",
             link = ns.cli_link
         );
-        machinery::generate::apply_patch(&generated.worker_yaml, &patch).expect("patched config")
+        live.patched(&patch)
     };
     let config_with =
         |addresses: &str, nameserver: &str| config_routed(addresses, nameserver, route);
-    // Where machined keeps its copy of the live config.
-    let config_path = machinery::constants::NodePaths::under(&root).live_config();
-    std::fs::create_dir_all(config_path.parent().expect("a directory")).expect("config dir");
-    std::fs::write(&config_path, config_with("10.99.8.5/24", "10.99.8.53")).expect("config");
+    live.write(&config_with("10.99.8.5/24", "10.99.8.53"));
 
     let networkd = start_networkd(&ns, dir.path(), &root, "console=ttyS0\n");
     let context = || networkd.context();
@@ -657,13 +684,7 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
     // that no network event wakes networkd instead: without the config
     // watch this fails.
     std::thread::sleep(Duration::from_secs(5));
-    let replacement = config_path.with_extension("yaml.new");
-    std::fs::write(
-        &replacement,
-        config_with("10.99.8.5/24, 10.99.8.6/24", "10.99.8.54"),
-    )
-    .expect("new config");
-    std::fs::rename(&replacement, &config_path).expect("replacing the config");
+    live.write(&config_with("10.99.8.5/24, 10.99.8.6/24", "10.99.8.54"));
     wait_for(
         Duration::from_secs(5),
         "10.99.8.6/24 added from the replaced config",
@@ -694,9 +715,7 @@ fn static_addresses_routes_mtu_and_resolvers_from_the_machine_config() {
 
     // A config that drops an address and the route: both go, the other
     // address stays.
-    let without = config_routed("10.99.8.6/24", "10.99.8.54", "");
-    std::fs::write(&replacement, without).expect("new config");
-    std::fs::rename(&replacement, &config_path).expect("replacing the config");
+    live.write(&config_routed("10.99.8.6/24", "10.99.8.54", ""));
     wait_for(
         Duration::from_secs(10),
         "10.99.8.5/24 and the route to 10.99.9.0/24 removed",
@@ -732,14 +751,7 @@ fn a_link_selected_by_its_hardware_address() {
         .as_str()
         .expect("the veth's MAC")
         .to_owned();
-    let now = SystemTime::now();
-    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
-    let generated = machinery::generate::generate(
-        &bundle,
-        &machinery::generate::GenOptions::new("netns", "https://10.99.10.1:6443"),
-        now,
-    )
-    .expect("configs");
+    let live = LiveConfig::new(&root, "10.99.10.1");
     // The first four bytes, in upper case: hex matches in either case.
     let pattern = format!("{}*", mac[..12].to_ascii_uppercase());
     let patch = format!(
@@ -752,10 +764,7 @@ fn a_link_selected_by_its_hardware_address() {
         mtu: 1400
 "
     );
-    let config = machinery::generate::apply_patch(&generated.worker_yaml, &patch).expect("patch");
-    let config_path = machinery::constants::NodePaths::under(&root).live_config();
-    std::fs::create_dir_all(config_path.parent().expect("a directory")).expect("config dir");
-    std::fs::write(&config_path, config).expect("config");
+    live.write(&live.patched(&patch));
 
     let networkd = start_networkd(&ns, dir.path(), &root, "console=ttyS0\n");
     let context = || networkd.context();
@@ -792,24 +801,8 @@ fn a_bridge_made_then_dropped_live() {
     let root = dir.path().join("root");
     let ns = Namespaces::new('b', "10.99.7.1/24");
     let _dnsmasq = start_dnsmasq(&ns, dir.path());
-    let now = SystemTime::now();
-    let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
-    let generated = machinery::generate::generate(
-        &bundle,
-        &machinery::generate::GenOptions::new("netns", "https://10.99.7.1:6443"),
-        now,
-    )
-    .expect("configs");
-    let write_config = |patch: &str| {
-        let config =
-            machinery::generate::apply_patch(&generated.worker_yaml, patch).expect("patch");
-        let path = machinery::constants::NodePaths::under(&root).live_config();
-        std::fs::create_dir_all(path.parent().expect("a directory")).expect("config dir");
-        // Replaced whole, as machined writes it.
-        let staged = path.with_extension("new");
-        std::fs::write(&staged, config).expect("config");
-        std::fs::rename(&staged, &path).expect("config in place");
-    };
+    let live = LiveConfig::new(&root, "10.99.7.1");
+    let write_config = |patch: &str| live.write(&live.patched(patch));
     let cli_link = ns.cli_link.clone();
     write_config(&format!(
         "machine:

@@ -57,6 +57,24 @@ fn run(talosconfig: &Path, args: &[&str]) -> Run {
     }
 }
 
+/// `talosctl -n <node> patch mc --mode no-reboot -p <patch>`: a config
+/// change applied live.
+fn patch_live(talosconfig: &Path, node: &str, patch: &str) {
+    ok(
+        talosconfig,
+        &[
+            "-n",
+            node,
+            "patch",
+            "mc",
+            "--mode",
+            "no-reboot",
+            "-p",
+            patch,
+        ],
+    );
+}
+
 fn ok(talosconfig: &Path, args: &[&str]) -> String {
     let r = run(talosconfig, args);
     assert_eq!(
@@ -538,19 +556,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
          "addresses": ["10.5.0.3/24"],
          "vlans": [{"vlanId": 42, "addresses": ["10.42.0.3/24"]}]}]}}}"#;
     for (node, patch) in [(cp_ip, cp_patch), (worker_ip, worker_patch)] {
-        ok(
-            &tc,
-            &[
-                "-n",
-                node,
-                "patch",
-                "mc",
-                "--mode",
-                "no-reboot",
-                "-p",
-                patch,
-            ],
-        );
+        patch_live(&tc, node, patch);
     }
     eventually(
         &tc,
@@ -597,19 +603,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         {"interface": "bond0", "addresses": ["10.5.0.3/24"],
          "bond": {"mode": "active-backup", "miimon": 100,
                   "deviceSelectors": [{"hardwareAddr": "52:54:00:5b:*", "physical": true}]}}]}}}"#;
-    ok(
-        &tc,
-        &[
-            "-n",
-            worker_ip,
-            "patch",
-            "mc",
-            "--mode",
-            "no-reboot",
-            "-p",
-            bond_patch,
-        ],
-    );
+    patch_live(&tc, worker_ip, bond_patch);
     eventually(
         &tc,
         &["-n", worker_ip, "get", "addresses"],
@@ -651,19 +645,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         {"interface": "eth0", "dhcp": true},
         {"interface": "eth1", "addresses": ["10.5.0.3/24"]}]}}}"#;
     for (node, patch) in [(cp_ip, cp_plain), (worker_ip, worker_plain)] {
-        ok(
-            &tc,
-            &[
-                "-n",
-                node,
-                "patch",
-                "mc",
-                "--mode",
-                "no-reboot",
-                "-p",
-                patch,
-            ],
-        );
+        patch_live(&tc, node, patch);
     }
     eventually(
         &tc,
