@@ -378,7 +378,7 @@ impl LiveConfig {
         let bundle = machinery::secrets::SecretsBundle::generate(now).expect("secrets");
         let generated = machinery::generate::generate(
             &bundle,
-            &machinery::generate::GenOptions::new("netns", &format!("https://{endpoint_ip}:6443")),
+            &machinery::generate::GenOptions::new("netns", format!("https://{endpoint_ip}:6443")),
             now,
         )
         .expect("configs");
