@@ -199,6 +199,21 @@ impl Node {
         self.power.borrow().as_ref().map(|(action, _)| *action)
     }
 
+    /// The action to carry out, and its actor id: `action` as the
+    /// lifecycle woke for it, or, when that is the restart from a config
+    /// applied in maintenance mode, the reboot, shutdown or reset that has
+    /// taken over from it since (see [`Node::try_request_power`]).
+    #[must_use]
+    pub fn carried_out(&self, action: PowerAction, actor: String) -> (PowerAction, String) {
+        if action != PowerAction::Configured {
+            return (action, actor);
+        }
+        match self.power.borrow().clone() {
+            Some((pending, by)) if pending != PowerAction::Configured => (pending, by),
+            _ => (action, actor),
+        }
+    }
+
     /// Asks for a reset by `plan`: the services stop, then the plan's
     /// targets are wiped. Returns the actor id, or `None` (and forgets the
     /// plan) when another power action was already pending.
@@ -313,6 +328,16 @@ mod tests {
             assert_ne!(taken, restart);
             assert!(node.powering_down());
             assert_eq!(node.pending_action(), Some(action));
+            // The lifecycle, woken for the restart, carries this out.
+            assert_eq!(
+                node.carried_out(PowerAction::Configured, restart.clone()),
+                (action, taken.clone())
+            );
+            // One woken for anything else carries that out.
+            assert_eq!(
+                node.carried_out(PowerAction::Shutdown, String::new()),
+                (PowerAction::Shutdown, String::new())
+            );
             // Once taken over, it is the first action as ever: nothing
             // more takes over, a restart included.
             assert_eq!(node.try_request_power(PowerAction::Reboot), None);

@@ -247,6 +247,9 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         // and apid before they stop.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // A reboot, shutdown or reset asked for meanwhile takes over from a
+    // restart from the applied config (and names the sequence).
+    let (action, actor) = node.carried_out(action, actor);
     tracing::info!(?action, actor, "stopping services");
     node.events.publish(
         Payload::Sequence {
@@ -274,14 +277,19 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         task.abort();
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let mut server = server;
+    if tokio::time::timeout(Duration::from_secs(5), &mut server)
+        .await
+        .is_err()
+    {
+        // A call still running past this point must not be answered as if
+        // it had been heard: a power request it makes now would be lost.
+        server.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     // A reboot, shutdown or reset asked for while the services stopped
     // for a restart from the applied config takes over from it.
-    let action = match node.pending_action() {
-        Some(pending) if action == PowerAction::Configured => pending,
-        _ => action,
-    };
+    let (action, _) = node.carried_out(action, actor);
     if action == PowerAction::Reset {
         return Ok(reset(&node).await);
     }

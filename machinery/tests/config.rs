@@ -528,8 +528,9 @@ fn bonds_and_vlans_are_checked() {
 }
 
 /// Bridges and bridge ports (and `dhcpOptions`): typed, upstream's other
-/// bridge settings kept, and the combinations the kernel cannot make
-/// refused by path.
+/// bridge settings kept; as upstream, a bond and a bridge in one entry is
+/// refused by path, and the rest (an empty or self-naming `bridgePort`, a
+/// bridge that is also a port) is left to networkd to report.
 #[test]
 fn bridges_and_bridge_ports_are_checked() {
     let cfg = parse_ok(&with_interfaces(
@@ -566,24 +567,12 @@ fn bridges_and_bridge_ports_are_checked() {
     let err = parse_err(&with_interfaces(
         "            - interface: br0\n              bond:\n                  interfaces: [eth0]\n              bridge:\n                  interfaces: [eth1]\n            - interface: eth2\n              bridgePort: {}\n            - interface: br1\n              bridge: {}\n              bridgePort:\n                  master: br1\n",
     ));
-    assert_issues(
-        &err,
-        &[
-            "machine.network.interfaces[0]",
-            "machine.network.interfaces[1].bridgePort.master",
-            "machine.network.interfaces[2]",
-            "machine.network.interfaces[2].bridgePort.master",
-        ],
+    assert_issues(&err, &["machine.network.interfaces[0]"]);
+    assert!(
+        err.to_string()
+            .contains("bond and bridge are mutually exclusive"),
+        "{err}"
     );
-    let text = err.to_string();
-    for message in [
-        "bond and bridge are mutually exclusive",
-        "is required",
-        "a bridge cannot be a port of another bridge",
-        "\"br1\" is the link itself",
-    ] {
-        assert!(text.contains(message), "{message}: {text}");
-    }
 }
 
 #[test]

@@ -939,10 +939,12 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
     for (member, controller) in &owned.members {
         if desired.member_of.get(member) == Some(controller)
             || desired.left_alone.contains(member)
+            || desired.left_alone.contains(controller)
             || !desired.made.contains_key(controller)
         {
-            // Still asked for, left alone, or its bond or bridge goes (and
-            // the kernel releases its members then).
+            // Still asked for, left alone (it or its bond or bridge), or
+            // its bond or bridge goes (and the kernel releases its members
+            // then).
             continue;
         }
         let controller_link = observed.links.iter().find(|l| {
@@ -962,8 +964,9 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
     let mut deletions: Vec<Action> = owned
         .made
         .iter()
-        .filter(|(name, _)| {
-            !desired.made.contains_key(*name) && !desired.left_alone.contains(*name)
+        // Dropped, or asked for as another kind under the same name.
+        .filter(|(name, kind)| {
+            desired.made.get(*name) != Some(*kind) && !desired.left_alone.contains(*name)
         })
         .filter_map(|(name, kind)| {
             let link = observed
@@ -993,6 +996,18 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
         .collect()
 }
 
+/// What a running DHCP client runs with: a change to any of it restarts
+/// the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningDhcp {
+    /// Interface index.
+    pub index: u32,
+    /// The metric of its lease's routes.
+    pub metric: u32,
+    /// The MAC it identifies itself by.
+    pub mac: [u8; 6],
+}
+
 /// A DHCP client to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhcpStart {
@@ -1007,41 +1022,45 @@ pub struct DhcpStart {
 }
 
 /// Which DHCP clients to start and which (by link name) to stop, given the
-/// clients `running` (link name → index and route metric). A link that was
-/// re-created under the same name (new index), or whose route metric
-/// changed, gets its client restarted (its lease's routes go, and come
-/// back with the new metric).
+/// clients `running`. A link that was re-created under the same name (new
+/// index), whose route metric changed, or whose MAC changed (a new bond or
+/// bridge takes its first member's) gets its client restarted: its lease
+/// goes, and a new one comes under the link's identity, with the metric.
 #[must_use]
 pub fn dhcp_changes(
     desired: &Desired,
-    running: &BTreeMap<String, (u32, u32)>,
+    running: &BTreeMap<String, RunningDhcp>,
 ) -> (Vec<DhcpStart>, Vec<String>) {
-    let wanted: BTreeMap<&str, (u32, u32, [u8; 6])> = desired
+    let wanted: BTreeMap<&str, RunningDhcp> = desired
         .links
         .iter()
         .filter(|l| l.dhcp)
         .filter_map(|l| {
-            l.mac
-                .map(|mac| (l.name.as_str(), (l.index, l.dhcp_metric, mac)))
+            l.mac.map(|mac| {
+                (
+                    l.name.as_str(),
+                    RunningDhcp {
+                        index: l.index,
+                        metric: l.dhcp_metric,
+                        mac,
+                    },
+                )
+            })
         })
         .collect();
     let stop = running
         .iter()
-        .filter(|(name, running)| {
-            wanted
-                .get(name.as_str())
-                .is_none_or(|(index, metric, _)| (*index, *metric) != **running)
-        })
+        .filter(|(name, running)| wanted.get(name.as_str()) != Some(*running))
         .map(|(name, _)| name.clone())
         .collect();
     let start = wanted
         .iter()
-        .filter(|(name, (index, metric, _))| running.get(**name) != Some(&(*index, *metric)))
-        .map(|(name, (index, metric, mac))| DhcpStart {
-            index: *index,
+        .filter(|(name, want)| running.get(**name) != Some(*want))
+        .map(|(name, want)| DhcpStart {
+            index: want.index,
             name: (*name).to_owned(),
-            mac: *mac,
-            metric: *metric,
+            mac: want.mac,
+            metric: want.metric,
         })
         .collect();
     (start, stop)
@@ -1379,6 +1398,20 @@ mod tests {
         assert!(removals(&kept, &dropped, &gone).is_empty());
         assert!(owned.next(&made(&static_settings(), &gone)).made.is_empty());
 
+        // Asked for as another kind under the same name: the old one goes
+        // (and the new one is made on a later pass).
+        let mut rekinded = made_settings(false);
+        rekinded.devices[1].dummy = false;
+        rekinded.devices[1].bridge = Some(BridgeSettings::default());
+        let actions = removals(&owned, &made(&rekinded, &observed), &observed);
+        assert!(
+            actions.contains(&Action::DeleteLink {
+                index: 11,
+                name: "dummy0".into(),
+                kind: "dummy"
+            }),
+            "{actions:?}"
+        );
         // A link of another kind under a made name is not ours to delete,
         // nor one the config now says to leave alone.
         let mut other = observed.clone();
@@ -1451,6 +1484,14 @@ mod tests {
             ..DeviceSettings::default()
         });
         assert!(removals(&owned, &pass(&ignoring, &observed), &observed).is_empty());
+        // So is every member of a bond the config now ignores.
+        let mut ignoring_bond = made_settings(false);
+        ignoring_bond.devices.push(DeviceSettings {
+            name: "bond0".into(),
+            ignore: true,
+            ..DeviceSettings::default()
+        });
+        assert!(removals(&owned, &pass(&ignoring_bond, &observed), &observed).is_empty());
         // Released: nothing more to do, and eth0 is managed again, as its
         // own config entry says; eth1 is still the bond's.
         observed.links[1].controller = None;
@@ -2246,10 +2287,16 @@ mod tests {
             &BTreeMap::new(),
             now,
         );
+        // A client as the test links run one: the MAC ends in the index.
+        let client = |index: u32, metric: u32| RunningDhcp {
+            index,
+            metric,
+            mac: [2, 0, 0, 0, 0, u8::try_from(index).expect("small")],
+        };
         let mut running = BTreeMap::new();
-        running.insert("eth0".to_owned(), (2, DEFAULT_ROUTE_METRIC));
-        running.insert("eth1".to_owned(), (9, DEFAULT_ROUTE_METRIC)); // re-created: new index
-        running.insert("gone0".to_owned(), (7, DEFAULT_ROUTE_METRIC));
+        running.insert("eth0".to_owned(), client(2, DEFAULT_ROUTE_METRIC));
+        running.insert("eth1".to_owned(), client(9, DEFAULT_ROUTE_METRIC)); // re-created: new index
+        running.insert("gone0".to_owned(), client(7, DEFAULT_ROUTE_METRIC));
         let (start, stop) = dhcp_changes(&d, &running);
         assert_eq!(
             start
@@ -2259,6 +2306,18 @@ mod tests {
             vec![("eth1", 3)]
         );
         assert_eq!(stop, vec!["eth1".to_owned(), "gone0".to_owned()]);
+        // A new MAC (a bond or bridge that took its first member's): the
+        // client restarts under it.
+        let mut renamed = running.clone();
+        renamed.get_mut("eth0").expect("eth0").mac = [2, 0, 0, 0, 0, 0x99];
+        let (start, stop) = dhcp_changes(&d, &renamed);
+        assert!(stop.contains(&"eth0".to_owned()), "{stop:?}");
+        assert!(
+            start
+                .iter()
+                .any(|s| s.name == "eth0" && s.mac == [2, 0, 0, 0, 0, 2]),
+            "{start:?}"
+        );
 
         // dhcpOptions: eth0's routes get metric 512 (its client restarts
         // for it); with ipv4 false, no DHCPv4 client at all.
@@ -2288,7 +2347,7 @@ mod tests {
             d.link("eth0").map(|l| (l.dhcp, l.dhcp_metric)),
             Some((true, 512))
         );
-        let running = BTreeMap::from([("eth0".to_owned(), (2, DEFAULT_ROUTE_METRIC))]);
+        let running = BTreeMap::from([("eth0".to_owned(), client(2, DEFAULT_ROUTE_METRIC))]);
         let (start, stop) = dhcp_changes(&d, &running);
         assert_eq!(stop, ["eth0"]);
         assert!(
@@ -2297,7 +2356,7 @@ mod tests {
                 .any(|s| s.name == "eth0" && s.index == 2 && s.metric == 512),
             "{start:?}"
         );
-        let running = BTreeMap::from([("eth0".to_owned(), (2, 512))]);
+        let running = BTreeMap::from([("eth0".to_owned(), client(2, 512))]);
         let (start, stop) = dhcp_changes(&d, &running);
         assert!(
             !start.iter().any(|s| s.name == "eth0") && stop.is_empty(),

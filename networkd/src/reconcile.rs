@@ -52,8 +52,12 @@ const CLIENT_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 struct RunningClient {
     index: u32,
+    /// Its number, carried by its events.
+    number: u64,
     /// The metric of its lease's routes.
     metric: u32,
+    /// The MAC it runs with.
+    mac: [u8; 6],
     stop: oneshot::Sender<()>,
     task: JoinHandle<Option<Lease>>,
 }
@@ -62,6 +66,7 @@ impl RunningClient {
     /// Stops the client; returns the lease it released.
     async fn stop(self, name: &str) -> Option<Lease> {
         let _ = self.stop.send(());
+        let abort = self.task.abort_handle();
         match tokio::time::timeout(CLIENT_STOP_TIMEOUT, self.task).await {
             Ok(Ok(lease)) => lease,
             Ok(Err(e)) => {
@@ -69,6 +74,8 @@ impl RunningClient {
                 None
             }
             Err(_) => {
+                // Not left running beside its successor.
+                abort.abort();
                 tracing::warn!(link = name, "the DHCP client did not stop in time");
                 None
             }
@@ -97,6 +104,8 @@ pub struct Reconciler {
     /// The static addresses and routes networkd last wanted, which it
     /// takes away when the config drops them.
     owned: plan::Owned,
+    /// The number the next DHCP client gets.
+    next_client: u64,
 }
 
 impl Reconciler {
@@ -127,6 +136,7 @@ impl Reconciler {
             node_addresses: None,
             problems: Vec::new(),
             owned: plan::Owned::default(),
+            next_client: 1,
         }
     }
 
@@ -307,10 +317,19 @@ impl Reconciler {
     }
 
     async fn manage_dhcp(&mut self, desired: &Desired) {
-        let running: BTreeMap<String, (u32, u32)> = self
+        let running: BTreeMap<String, plan::RunningDhcp> = self
             .clients
             .iter()
-            .map(|(name, client)| (name.clone(), (client.index, client.metric)))
+            .map(|(name, client)| {
+                (
+                    name.clone(),
+                    plan::RunningDhcp {
+                        index: client.index,
+                        metric: client.metric,
+                        mac: client.mac,
+                    },
+                )
+            })
             .collect();
         let (start, stop) = plan::dhcp_changes(desired, &running);
         for name in stop {
@@ -333,6 +352,7 @@ impl Reconciler {
                 ClientLink {
                     index: client.index,
                     name: client.name.clone(),
+                    client: self.next_client,
                 },
                 config,
                 seed,
@@ -343,11 +363,14 @@ impl Reconciler {
                 client.name,
                 RunningClient {
                     index: client.index,
+                    number: self.next_client,
                     metric: client.metric,
+                    mac: client.mac,
                     stop: stop_tx,
                     task,
                 },
             );
+            self.next_client += 1;
         }
     }
 
@@ -368,7 +391,9 @@ impl Reconciler {
     async fn on_lease(&mut self, event: LeaseEvent) {
         // Events of a client that was stopped or replaced are stale.
         let metric = match self.clients.get(&event.link) {
-            Some(client) if client.index == event.index => client.metric,
+            Some(client) if client.index == event.index && client.number == event.client => {
+                client.metric
+            }
             _ => return,
         };
         let lease = &event.lease;

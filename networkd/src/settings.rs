@@ -110,14 +110,18 @@ impl Selector {
     }
 
     /// Whether `link` matches every qualifier. A selector without any
-    /// matches nothing, and none matches the VLANs, bonds and dummy links
-    /// networkd makes: a VLAN or a bond carries its parent's or member's
-    /// MAC, and would be selected again, on and on. A link in a bond is
+    /// matches nothing, and none matches the VLANs, bonds, bridges and
+    /// dummy links networkd makes: a VLAN, a bond or a bridge carries its
+    /// parent's, member's or port's MAC, and would be selected again, on
+    /// and on. A link in a bond is
     /// matched on `hardwareAddr` by its permanent address when the kernel
     /// knows one: a bond gives its members its own MAC.
     #[must_use]
     pub fn matches(&self, link: &Link) -> bool {
-        if matches!(link.kind.as_deref(), Some("vlan" | "bond" | "dummy")) {
+        if matches!(
+            link.kind.as_deref(),
+            Some("vlan" | "bond" | "bridge" | "dummy")
+        ) {
             return false;
         }
         let hw = &link.hardware;
@@ -415,6 +419,16 @@ impl DeviceSettings {
             .as_ref()
             .and_then(|p| non_empty(p.master.as_deref()))
             .map(str::to_owned);
+        if device.bridge_port.is_some() && settings.bridge_port.is_none() {
+            problems.push(format!(
+                "{path} ({label}): bridgePort names no master; it is ignored"
+            ));
+        }
+        if settings.bridge.is_some() && settings.bridge_port.take().is_some() {
+            problems.push(format!(
+                "{path} ({label}): a bridge cannot be a port of another bridge; bridgePort is ignored"
+            ));
+        }
         if settings.dummy && name.is_none() {
             problems.push(format!(
                 "{path}: a dummy link needs a name (interface), not a deviceSelector; dummy is ignored"
@@ -1052,6 +1066,61 @@ mod tests {
         }
     }
 
+    /// What the config's validation leaves to networkd, as upstream's
+    /// does: a `bridgePort` without a master, or on a bridge, is reported
+    /// and left out; DHCPv6 options are reported.
+    #[test]
+    fn bridge_ports_networkd_cannot_use_are_reported() {
+        use machinery::config::v1alpha1::{BridgePort, DhcpOptions};
+        let entry = |name: &str, bridge: bool, master: Option<&str>| Device {
+            interface: Some(name.into()),
+            bridge: bridge.then(Bridge::default),
+            bridge_port: Some(BridgePort {
+                master: master.map(str::to_owned),
+            }),
+            ..Device::default()
+        };
+        let mut v6 = entry("eth2", false, Some("br0"));
+        v6.dhcp_options = Some(DhcpOptions {
+            ipv6: Some(true),
+            ..DhcpOptions::default()
+        });
+        let network = Network {
+            interfaces: Some(vec![
+                entry("br0", true, Some("br1")),
+                entry("eth1", false, None),
+                v6,
+            ]),
+            ..Network::default()
+        };
+        let settings = Settings::from_network(&network);
+        assert_eq!(
+            settings.device("br0").and_then(|d| d.bridge_port.clone()),
+            None
+        );
+        assert_eq!(
+            settings.device("eth1").and_then(|d| d.bridge_port.clone()),
+            None
+        );
+        assert_eq!(
+            settings.device("eth2").and_then(|d| d.bridge_port.clone()),
+            Some("br0".into())
+        );
+        for problem in [
+            "a bridge cannot be a port of another bridge",
+            "bridgePort names no master",
+            "DHCPv6 is not supported",
+        ] {
+            assert!(
+                settings.problems.iter().any(|p| p.contains(problem)),
+                "{problem}: {:?}",
+                settings.problems
+            );
+        }
+        let resolved = settings.resolve(&[]);
+        assert_eq!(resolved.bridges[0].2, ["eth2"]);
+    }
+
     #[test]
     fn typed_settings() {
         let settings = Settings::from_network(&network());
@@ -1209,6 +1278,9 @@ mod tests {
         let mut vlan = link.clone();
         vlan.kind = Some("vlan".into());
         assert!(!sel(|s| s.hardware_addr = Some("00:11:22:*".into())).matches(&vlan));
+        let mut bridge = link.clone();
+        bridge.kind = Some("bridge".into());
+        assert!(!sel(|s| s.hardware_addr = Some("00:11:22:*".into())).matches(&bridge));
 
         // In a bond, which gave it its own MAC, a link is matched by the
         // address it has of its own.

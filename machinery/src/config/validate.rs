@@ -406,29 +406,10 @@ fn check_device(base: &str, device: &Device, issues: &mut Issues) {
             }
         }
     }
-    if device.bridge.is_some() {
-        if device.bond.is_some() {
-            issues.push(base, "bond and bridge are mutually exclusive");
-        }
-        if !has_name {
-            issues.push(
-                format!("{base}.bridge"),
-                "a bridge needs a name (interface)",
-            );
-        }
-    }
-    if let Some(port) = &device.bridge_port {
-        let path = format!("{base}.bridgePort.master");
-        match port.master.as_deref() {
-            None | Some("") => issues.push(path, "is required"),
-            Some(master) if device.interface.as_deref() == Some(master) => {
-                issues.push(path, format!("{master:?} is the link itself"));
-            }
-            Some(_) => {}
-        }
-        if device.bridge.is_some() {
-            issues.push(base, "a bridge cannot be a port of another bridge");
-        }
+    // As upstream, only this combination is refused; what else a bridge
+    // entry gets wrong networkd reports and leaves out.
+    if device.bridge.is_some() && device.bond.is_some() {
+        issues.push(base, "bond and bridge are mutually exclusive");
     }
     let mut vlan_ids = Vec::new();
     for (j, vlan) in device.vlans.iter().flatten().enumerate() {

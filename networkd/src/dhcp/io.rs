@@ -36,6 +36,8 @@ pub struct LeaseEvent {
     pub link: String,
     /// The link's index.
     pub index: u32,
+    /// The client's number ([`ClientLink::client`]).
+    pub client: u64,
     /// What happened.
     pub kind: LeaseEventKind,
     /// The lease.
@@ -60,6 +62,10 @@ pub struct ClientLink {
     pub index: u32,
     /// Interface name.
     pub name: String,
+    /// Which client this is: a client restarted on the same link (a new
+    /// MAC or route metric) gets a new number, so the events of the one
+    /// it replaced are told apart.
+    pub client: u64,
 }
 
 /// Opens the client socket for link `name`.
@@ -138,6 +144,7 @@ fn report(
         let _ = events.send(LeaseEvent {
             link: link.name.clone(),
             index: link.index,
+            client: link.client,
             kind,
             lease,
         });
@@ -248,6 +255,7 @@ mod tests {
         let link = ClientLink {
             index: 4,
             name: "eth0".into(),
+            client: 1,
         };
         let lease = Lease {
             address: Ipv4Addr::new(10, 0, 0, 5),
