@@ -596,13 +596,21 @@ fn dashboard(tc: &Path, w1: &str) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (first, second) = runtime.block_on(async {
+    let (first, second, samples) = runtime.block_on(async {
         let client =
             talosctl::client::Client::connect(&global, talosctl::client::Options::default())
                 .expect("client");
         let first = talosctl::cmd::dashboard::fetch(&client).await;
+        let sample = talosctl::cmd::dashboard::fetch_monitor(&client).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        (first, talosctl::cmd::dashboard::fetch(&client).await)
+        (
+            first,
+            talosctl::cmd::dashboard::fetch(&client).await,
+            (
+                sample,
+                talosctl::cmd::dashboard::fetch_monitor(&client).await,
+            ),
+        )
     });
     assert!(second.errors.is_empty(), "{:?}", second.errors);
     assert_eq!(second.node, w1);
@@ -633,6 +641,20 @@ fn dashboard(tc: &Path, w1: &str) {
         .cpu_percent(first.cpu)
         .expect("a CPU share between two reads");
     assert!((0.0..=100.0).contains(&cpu), "{cpu}");
+    // The monitor: the node's processes (its machined among them) with a
+    // CPU share each between the two samples, and its links' counters.
+    let (before, now) = samples;
+    assert!(now.errors.is_empty(), "{:?}", now.errors);
+    let rates = now.rates(Some(&before));
+    assert!(
+        rates
+            .processes
+            .iter()
+            .any(|(p, cpu)| p.command.contains("machined") && cpu.is_some_and(|c| c >= 0.0)),
+        "{:?}",
+        rates.processes
+    );
+    assert!(!rates.links.is_empty(), "{rates:?}");
 
     let r = run(tc, &["-n", w1, "dashboard"]);
     assert_ne!(r.code, 0);
