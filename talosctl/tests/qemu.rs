@@ -781,39 +781,8 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         .status()
         .expect("qemu-img runs");
     assert!(st.success());
-    let vars = work.path().join("OVMF_VARS.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF (package ovmf)");
     let port = free_port();
-    let console = work.path().join("console.log");
-    let _vm = Vm(Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "768", "-smp", "1"])
-        .args(["-display", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .args([
-            "-drive",
-            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("file={},format=qcow2,if=virtio", disk.display()))
-        .arg("-netdev")
-        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:50000"))
-        .args([
-            "-device",
-            "virtio-net-pci,netdev=net0",
-            "-device",
-            "virtio-rng-pci",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 (scripts/setup installs it)"));
+    let _vm = node_vm(work.path(), &disk, port, None, "disk");
     let endpoint = format!("127.0.0.1:{port}");
     let none = work.path().join("none");
     let long = Duration::from_secs(300);
@@ -1288,9 +1257,15 @@ fn node_vm_with(
             ));
         }
     }
+    // A qcow2 overlay, or the raw disk itself.
+    let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
     cmd.arg("-drive")
         .arg(format!(
-            "file={},format=raw,if=virtio{drive_options}",
+            "file={},format={format},if=virtio{drive_options}",
             disk.display()
         ))
         .arg("-netdev")
