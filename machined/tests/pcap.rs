@@ -36,26 +36,15 @@ fn compile(expression: &str) -> Vec<Instruction> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .lines()
-        .map(|l| {
-            let f: Vec<u32> = l
-                .trim_matches(|c| matches!(c, '{' | '}' | ',' | ' '))
-                .split(',')
-                .map(|n| {
-                    let n = n.trim();
-                    n.strip_prefix("0x")
-                        .map_or_else(|| n.parse(), |h| u32::from_str_radix(h, 16))
-                        .expect("number")
-                })
-                .collect();
-            Instruction {
-                code: u16::try_from(f[0]).expect("op"),
-                jt: u8::try_from(f[1]).expect("jt"),
-                jf: u8::try_from(f[2]).expect("jf"),
-                k: f[3],
-            }
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    machinery::bpf::parse_tcpdump_dd(&text)
+        .expect("tcpdump -dd output")
+        .into_iter()
+        .map(|i| Instruction {
+            code: i.op,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
         })
         .collect()
 }

@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod base64;
+pub mod bpf;
 pub mod cli;
 pub mod config;
 pub mod constants;
