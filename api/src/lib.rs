@@ -154,7 +154,7 @@ pub const CONTRACT_VERSIONS: &[(&str, &str)] = &[
     ("cosi/meta.proto", "1.0.0"),
     ("resource/config/config.proto", "1.0.0"),
     ("resource/definitions/enums/enums.proto", "1.3.0"),
-    ("resource/definitions/runtime/runtime.proto", "1.2.0"),
+    ("resource/definitions/runtime/runtime.proto", "1.3.0"),
     ("resource/definitions/network/network.proto", "1.2.0"),
     ("resource/definitions/v1alpha1/v1alpha1.proto", "1.0.0"),
     ("resource/definitions/block/block.proto", "1.2.0"),

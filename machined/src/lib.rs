@@ -19,6 +19,7 @@ pub mod events;
 pub mod files;
 pub mod hardware;
 pub mod install;
+pub mod kernelparams;
 pub mod kmsg;
 pub mod logbuf;
 pub mod netres;

@@ -136,6 +136,21 @@ pub const KERNEL_CMDLINE: Definition = Definition {
     sensitive: false,
     skip_automatic_aliases: false,
 };
+/// `KernelParamStatuses.runtime.talos.dev`: each kernel parameter set
+/// (`proc.sys.<sysctl>`, `sys.<sysfs key>`).
+pub const KERNEL_PARAM_STATUS: Definition = Definition {
+    type_: "KernelParamStatuses.runtime.talos.dev",
+    display: "KernelParamStatus",
+    namespace: NS_RUNTIME,
+    aliases: &["sysctls", "kernelparameters", "kernelparams"],
+    columns: &[
+        ("Current", "{.current}"),
+        ("Default", "{.default}"),
+        ("Unsupported", "{.unsupported}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
 /// `MachineStatuses.runtime.talos.dev` (id `machine`).
 pub const MACHINE_STATUS: Definition = Definition {
     type_: "MachineStatuses.runtime.talos.dev",
@@ -430,6 +445,7 @@ pub const DEFINITIONS: &[Definition] = &[
     MACHINE_TYPE,
     META_KEY,
     KERNEL_CMDLINE,
+    KERNEL_PARAM_STATUS,
     MACHINE_STATUS,
     SERVICE,
     HOSTNAME_STATUS,
@@ -768,6 +784,7 @@ impl Resources {
             t if t == MACHINE_TYPE.type_ => self.machine_type(),
             t if t == META_KEY.type_ => meta_keys().await,
             t if t == KERNEL_CMDLINE.type_ => kernel_cmdline().await,
+            t if t == KERNEL_PARAM_STATUS.type_ => self.kernel_params(),
             t if t == MACHINE_STATUS.type_ => self.machine_status(),
             t if t == SERVICE.type_ => self.services(),
             t if t == HOSTNAME_STATUS.type_ => self.hostname_status(),
@@ -813,6 +830,32 @@ impl Resources {
             t if t == PLATFORM_METADATA.type_ => self.platform_metadata().await,
             other => Err(ResourceError::UnknownType(other.to_owned())),
         }
+    }
+
+    /// The kernel parameters machined set; none in container mode.
+    fn kernel_params(&self) -> Result<Vec<Item>, ResourceError> {
+        if self.node.mode() == Mode::Container {
+            return Ok(Vec::new());
+        }
+        crate::kernelparams::KernelParams::node()
+            .statuses()
+            .iter()
+            .map(|(id, status)| {
+                item(
+                    id.as_str(),
+                    &KernelParamYaml {
+                        current: &status.current,
+                        default: &status.default,
+                        unsupported: status.unsupported,
+                    },
+                    &api::talos::resource::definitions::runtime::KernelParamStatusSpec {
+                        current: status.current.clone(),
+                        default: status.default.clone(),
+                        unsupported: status.unsupported,
+                    },
+                )
+            })
+            .collect()
     }
 
     fn machine_config(&self) -> Result<Vec<Item>, ResourceError> {
@@ -1752,6 +1795,14 @@ struct MountStatusYaml<'a> {
     encrypted: bool,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     encryption_providers: &'a [String],
+}
+
+/// Upstream's keys, every one always there.
+#[derive(Serialize)]
+struct KernelParamYaml<'a> {
+    current: &'a str,
+    default: &'a str,
+    unsupported: bool,
 }
 
 /// Upstream's keys (snake case here, as upstream's tags are): names and

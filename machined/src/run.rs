@@ -130,6 +130,21 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
 
     // Credentials before services: apid and trustd read them at start.
     let credentials = tokio::spawn(crate::credentials::maintain(Arc::clone(&node), None));
+    // Kernel parameters before services too, and again on every config
+    // change; on metal only (in a container the kernel is the host's).
+    let kernel_params = if node.mode() == Mode::Metal {
+        // Subscribed first, so that no change is missed.
+        let mut configs = node.config.subscribe();
+        apply_kernel_params(&node).await;
+        let node = Arc::clone(&node);
+        Some(tokio::spawn(async move {
+            while configs.changed().await.is_ok() {
+                apply_kernel_params(&node).await;
+            }
+        }))
+    } else {
+        None
+    };
 
     let events = Arc::clone(&node.events);
     let metal = node.mode() == Mode::Metal;
@@ -267,6 +282,9 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     supervisor.stop_all().await;
     supervisor.shutdown();
     credentials.abort();
+    if let Some(task) = kernel_params {
+        task.abort();
+    }
     if let Some(task) = leave_maintenance {
         task.abort();
     }
@@ -294,6 +312,25 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         return Ok(reset(&node).await);
     }
     Ok(action)
+}
+
+/// Applies the defaults and the kernel parameters of the config as it is
+/// now. A parameter that cannot be set is logged; the rest are set.
+async fn apply_kernel_params(node: &Node) {
+    let (sysctls, sysfs) = node
+        .config
+        .current()
+        .map(|c| (c.sysctls(), c.sysfs()))
+        .unwrap_or_default();
+    let desired = crate::kernelparams::desired(&sysctls, &sysfs);
+    let problems = tokio::task::spawn_blocking(move || {
+        crate::kernelparams::KernelParams::node().apply(&desired)
+    })
+    .await
+    .unwrap_or_else(|e| vec![format!("the kernel parameter task: {e}")]);
+    for problem in problems {
+        tracing::warn!("kernel parameter: {problem}");
+    }
 }
 
 /// A reset's wiping, once everything else has stopped; then the power

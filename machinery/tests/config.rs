@@ -703,6 +703,15 @@ fn typed_sections_are_read() {
     // Scalars of any type are kept as their text, as upstream does.
     assert_eq!(sysctls["net.core.somaxconn"], "65535");
     assert_eq!(sysctls["net.ipv4.ip_forward"], "1");
+    assert_eq!(cfg.sysctls(), sysctls.clone());
+    assert!(cfg.sysfs().is_empty());
+    // A key that would name a file outside /proc/sys is refused.
+    let err = parse_err(&edit(
+        &text,
+        "        net.core.somaxconn: 65535\n",
+        "        net.core.somaxconn: 65535\n        net...x: 1\n",
+    ));
+    assert_issues(&err, &["machine.sysctls.net...x"]);
     let kubelet = machine.kubelet.as_ref().expect("kubelet");
     let extra_args = kubelet.extra_args.as_ref().expect("extraArgs");
     assert_eq!(extra_args["rotate-server-certificates"], "true");

@@ -635,6 +635,37 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         |l| l.contains("bond0") && !l.contains("eth1.42"),
     );
 
+    // Kernel parameters: upstream's hardening defaults are set, and
+    // `machine.sysctls` applies live; dropped, the value from before
+    // comes back.
+    let params = ok(&tc, &["-n", cp_ip, "get", "kernelparamstatus"]);
+    assert!(
+        params.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(3) == Some(&"proc.sys.kernel.kptr_restrict") && cols.get(5) == Some(&"2")
+        }),
+        "{params}"
+    );
+    let max_map_count = ["-n", cp_ip, "read", "/proc/sys/vm/max_map_count"];
+    let before = ok(&tc, &max_map_count).trim().to_owned();
+    assert_ne!(before, "262144");
+    patch_live(
+        &tc,
+        cp_ip,
+        r#"{"machine": {"sysctls": {"vm.max_map_count": "262144"}}}"#,
+    );
+    eventually(&tc, &max_map_count, Duration::from_secs(30), |v| {
+        v.trim() == "262144"
+    });
+    patch_live(
+        &tc,
+        cp_ip,
+        r#"{"machine": {"sysctls": {"vm.max_map_count": null}}}"#,
+    );
+    eventually(&tc, &max_map_count, Duration::from_secs(30), |v| {
+        v.trim() == before
+    });
+
     // Dropped from the configs, the links networkd made go: the control
     // plane's VLAN, dummy link and bridge, then the worker's bond, whose member
     // (released by the kernel) gets its address back.

@@ -513,6 +513,23 @@ impl MachineConfig {
             .unwrap_or_default()
     }
 
+    /// `machine.sysctls`: kernel parameters under `/proc/sys`, by sysctl
+    /// key (`net.ipv4.ip_forward`).
+    #[must_use]
+    pub fn sysctls(&self) -> BTreeMap<String, String> {
+        self.machine()
+            .and_then(|machine| machine.sysctls.clone())
+            .unwrap_or_default()
+    }
+
+    /// `machine.sysfs`: kernel parameters under `/sys`, by dotted path.
+    #[must_use]
+    pub fn sysfs(&self) -> BTreeMap<String, String> {
+        self.machine()
+            .and_then(|machine| machine.sysfs.clone())
+            .unwrap_or_default()
+    }
+
     /// `machine.network.hostname`, when set and non-empty.
     #[must_use]
     pub fn hostname(&self) -> Option<&str> {

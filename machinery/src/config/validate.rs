@@ -6,7 +6,7 @@
 //! machine type, ...), which the validated
 //! [`MachineConfig`](super::MachineConfig) keeps.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
@@ -91,6 +91,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     }
     let boot_timeout = check_time(machine, &mut issues);
     check_logging(machine, &mut issues);
+    check_kernel_params(machine, &mut issues);
     check_features(machine, &mut issues);
     check_kubelet(machine, &mut issues);
     // Checked strictly only when a config is applied (see
@@ -134,6 +135,30 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
 }
 
 // === machine ===
+
+/// `machine.sysctls` and `machine.sysfs` keys name files under `/proc/sys`
+/// and `/sys`: every dotted part must be a file name (no empty part, no
+/// `..`), so that none can point elsewhere.
+fn check_kernel_params(machine: &Machine, issues: &mut Issues) {
+    for (field, map) in [("sysctls", &machine.sysctls), ("sysfs", &machine.sysfs)] {
+        for key in map.iter().flat_map(BTreeMap::keys) {
+            let bad = key.trim().split('.').any(|part| {
+                let part = if field == "sysctls" {
+                    part.replace('/', ".")
+                } else {
+                    part.to_owned()
+                };
+                part.is_empty() || part == "." || part == ".." || part.contains('/')
+            });
+            if bad {
+                issues.push(
+                    format!("machine.{field}.{key}"),
+                    "is not a kernel parameter name: dotted parts, none empty or \"..\"",
+                );
+            }
+        }
+    }
+}
 
 fn check_machine_type(machine: &Machine, issues: &mut Issues) -> Option<MachineType> {
     match machine.machine_type.as_deref() {
