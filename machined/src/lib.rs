@@ -22,6 +22,7 @@ pub mod install;
 pub mod kernelparams;
 pub mod kmsg;
 pub mod logbuf;
+pub mod logship;
 pub mod netres;
 pub mod netstat;
 pub mod node;

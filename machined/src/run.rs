@@ -130,6 +130,36 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
 
     // Credentials before services: apid and trustd read them at start.
     let credentials = tokio::spawn(crate::credentials::maintain(Arc::clone(&node), None));
+    // Service logs to the config's destinations, from boot on, and to
+    // those a config change names from then on.
+    let log_shipping = {
+        let node = Arc::clone(&node);
+        let mut configs = node.config.subscribe();
+        tokio::spawn(async move {
+            let destinations = |node: &Node| -> Vec<crate::logship::Destination> {
+                node.config
+                    .current()
+                    .map(|c| c.log_destinations())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(endpoint, tags)| {
+                        crate::logship::Destination::parse(&endpoint, tags)
+                    })
+                    .collect()
+            };
+            let mut current = destinations(&node);
+            // Dropping the set stops its tasks.
+            let mut _shipping = crate::logship::start(&node.logs, &current, true);
+            while configs.changed().await.is_ok() {
+                let next = destinations(&node);
+                if next != current {
+                    tracing::info!(destinations = next.len(), "log destinations changed");
+                    _shipping = crate::logship::start(&node.logs, &next, false);
+                    current = next;
+                }
+            }
+        })
+    };
     // Kernel parameters before services too, and again on every config
     // change; on metal only (in a container the kernel is the host's).
     let kernel_params = if node.mode() == Mode::Metal {
@@ -282,6 +312,7 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     supervisor.stop_all().await;
     supervisor.shutdown();
     credentials.abort();
+    log_shipping.abort();
     if let Some(task) = kernel_params {
         task.abort();
     }

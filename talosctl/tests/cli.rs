@@ -582,6 +582,120 @@ fn support_bundle(tc: &Path, cp: &str, w1: &str, work: &Path) {
     assert_eq!(std::fs::read(&bundle).expect("read"), before);
 }
 
+/// `machine.logging.destinations`, applied live to a worker: its service
+/// logs arrive at a TCP and a UDP listener as upstream's JSON lines, with
+/// the destination's tags; dropped from the config, the TCP connection is
+/// closed.
+fn log_destinations(tc: &Path, w1: &str) {
+    use std::io::BufRead as _;
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp listener");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+    udp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let patch = format!(
+        "machine: {{logging: {{destinations: [\
+         {{endpoint: \"tcp://{}/\", format: json_lines, extraTags: {{cluster: cli-test}}}}, \
+         {{endpoint: \"udp://{}/\", format: json_lines}}]}}}}",
+        tcp.local_addr().expect("addr"),
+        udp.local_addr().expect("addr")
+    );
+    ok(
+        tc,
+        &["-n", w1, "patch", "mc", "--mode", "no-reboot", "-p", &patch],
+    );
+    // Something for machined to log once the destinations are in place:
+    // an apply.
+    let mark_patch = |name: &str| {
+        ok(
+            tc,
+            &[
+                "-n",
+                w1,
+                "patch",
+                "mc",
+                "--mode",
+                "no-reboot",
+                "-p",
+                &format!("machine: {{env: {{SHIPPING_MARK: {name}}}}}"),
+            ],
+        )
+    };
+    mark_patch("shipped-1");
+    tcp.set_nonblocking(false).expect("blocking");
+    let (stream, _) = {
+        // accept() has no timeout: wait on a thread, bounded.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let listener = tcp.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let _ = tx.send(listener.accept());
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the node connects within 30 s")
+            .expect("accept")
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut reader = std::io::BufReader::new(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let shipped = loop {
+        assert!(std::time::Instant::now() < deadline, "no machined line");
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).expect("read") > 0,
+            "closed early"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        for field in ["msg", "talos-level", "talos-service", "talos-time"] {
+            assert!(v[field].is_string(), "{field} missing: {line}");
+        }
+        assert_eq!(v["cluster"], "cli-test", "{line}");
+        if v["talos-service"] == "machined"
+            && v["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("applying a machine config"))
+        {
+            break v;
+        }
+    };
+    assert_eq!(shipped["talos-level"], "info", "{shipped}");
+    let mut datagram = vec![0u8; 65536];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no machined datagram");
+        let n = udp.recv(&mut datagram).expect("a datagram within 30 s");
+        let v: serde_json::Value = serde_json::from_slice(&datagram[..n]).expect("JSON");
+        assert!(v.get("cluster").is_none(), "{v}");
+        if v["talos-service"] == "machined" {
+            break;
+        }
+    }
+
+    // Dropped: the connection closes.
+    ok(
+        tc,
+        &[
+            "-n",
+            w1,
+            "patch",
+            "mc",
+            "--mode",
+            "no-reboot",
+            "-p",
+            "machine: {logging: {destinations: []}}",
+        ],
+    );
+    mark_patch("shipped-2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "still connected");
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read") == 0 {
+            break;
+        }
+    }
+}
+
 /// What `talosctl dashboard` shows of a worker, read through the control
 /// plane as the dashboard reads it, and drawn; without a terminal the
 /// command says it needs one.
@@ -829,6 +943,7 @@ fn gen_config_cluster_and_everyday_commands() {
     hand_made_client_certificate(&c, cp, work.path());
     support_bundle(&tc, cp, w1, work.path());
     dashboard(&tc, w1);
+    log_destinations(&tc, w1);
 
     // get: resources through apid, one node after another, resolved by
     // alias; the config's version counts the apply below.

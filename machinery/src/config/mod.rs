@@ -513,6 +513,24 @@ impl MachineConfig {
             .unwrap_or_default()
     }
 
+    /// `machine.logging.destinations`: each endpoint (`tcp://host:port/`,
+    /// `udp://...`) with its extra tags.
+    #[must_use]
+    pub fn log_destinations(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        self.machine()
+            .and_then(|machine| machine.logging.as_ref())
+            .and_then(|logging| logging.destinations.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                Some((
+                    d.endpoint.clone().filter(|e| !e.is_empty())?,
+                    d.extra_tags.clone().unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+
     /// `machine.sysctls`: kernel parameters under `/proc/sys`, by sysctl
     /// key (`net.ipv4.ip_forward`).
     #[must_use]

@@ -1,0 +1,443 @@
+//! `machine.logging.destinations`: every service's log lines, machined's
+//! own included, sent to each destination as upstream sends them, one
+//! JSON object a line (`json_lines`): `msg`, `talos-level`,
+//! `talos-service` and `talos-time`, with the destination's `extraTags`.
+//! Over TCP the objects are newline-separated on one connection, made
+//! again after a failure; over UDP each is one datagram.
+//!
+//! A destination in the config machined starts with gets every line held
+//! since boot, so the boot is not lost; one added later gets the lines
+//! from then on. A destination that cannot keep up (or is down) loses
+//! lines rather than hold the node back: each has a bounded queue, and
+//! what overflows is counted and reported in machined's log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::logbuf::{LogBuffer, LogRegistry};
+
+/// Lines a destination may have waiting before new ones are dropped.
+pub const QUEUE: usize = 4096;
+
+/// The longest wait between two attempts to reach a TCP destination.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often new log ids (a service started) are looked for.
+const NEW_LOGS_EVERY: Duration = Duration::from_secs(1);
+
+/// Where to send, and what to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// `tcp` or `udp`.
+    pub udp: bool,
+    /// `host:port`.
+    pub address: String,
+    /// Extra fields of every object.
+    pub extra_tags: BTreeMap<String, String>,
+}
+
+impl Destination {
+    /// From a config endpoint (`tcp://host:port/`, as validation checked
+    /// it) and its tags; `None` for anything else.
+    #[must_use]
+    pub fn parse(endpoint: &str, extra_tags: BTreeMap<String, String>) -> Option<Destination> {
+        let (udp, rest) = if let Some(rest) = endpoint.strip_prefix("udp://") {
+            (true, rest)
+        } else {
+            (false, endpoint.strip_prefix("tcp://")?)
+        };
+        let address = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        (!address.is_empty()).then(|| Destination {
+            udp,
+            address: address.to_owned(),
+            extra_tags,
+        })
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.udp { "udp" } else { "tcp" },
+            self.address
+        )
+    }
+}
+
+/// One log line as a `json_lines` object (without the newline). A line
+/// in the daemons' own format (`<RFC 3339 time> <LEVEL> <rest>`) gives
+/// its time and level; any other line is `info` at `now`.
+#[must_use]
+pub fn json_line(
+    service: &str,
+    line: &str,
+    extra_tags: &BTreeMap<String, String>,
+    now: time::OffsetDateTime,
+) -> String {
+    // The level is padded to five columns: any run of spaces separates.
+    let parsed = line
+        .trim_start()
+        .split_once(char::is_whitespace)
+        .and_then(|(stamp, rest)| {
+            let rest = rest.trim_start();
+            let (level, msg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            let stamp =
+                time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+                    .ok()?;
+            let level = match level {
+                "TRACE" | "DEBUG" => "debug",
+                "INFO" => "info",
+                "WARN" => "warn",
+                "ERROR" => "error",
+                _ => return None,
+            };
+            Some((stamp, level, msg.trim()))
+        });
+    let (at, level, msg) = parsed.unwrap_or((now, "info", line.trim_end()));
+    let mut object = serde_json::Map::new();
+    for (key, value) in extra_tags {
+        object.insert(key.clone(), serde_json::Value::String(value.clone()));
+    }
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    for (key, value) in [
+        ("msg", msg),
+        ("talos-level", level),
+        ("talos-service", service),
+        ("talos-time", at.as_str()),
+    ] {
+        object.insert(key.to_owned(), serde_json::Value::String(value.to_owned()));
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Sends every log line to `destinations` until the returned set is
+/// dropped or aborted. `from_start`: lines held already go too.
+pub fn start(
+    logs: &Arc<LogRegistry>,
+    destinations: &[Destination],
+    from_start: bool,
+) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    if destinations.is_empty() {
+        return tasks;
+    }
+    let mut queues = Vec::new();
+    for destination in destinations {
+        let (tx, rx) = mpsc::channel::<String>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        queues.push((tx, destination.extra_tags.clone(), Arc::clone(&dropped)));
+        let destination = destination.clone();
+        tasks.spawn(async move { send(destination, rx, dropped).await });
+    }
+    let logs = Arc::clone(logs);
+    tasks.spawn(async move { follow_all(logs, queues, from_start).await });
+    tasks
+}
+
+type Queue = (
+    mpsc::Sender<String>,
+    BTreeMap<String, String>,
+    Arc<AtomicU64>,
+);
+
+/// Follows every log buffer, those made later too.
+async fn follow_all(logs: Arc<LogRegistry>, queues: Vec<Queue>, from_start: bool) {
+    let queues = Arc::new(queues);
+    let mut followed = std::collections::BTreeSet::new();
+    let mut followers = JoinSet::new();
+    let mut first = true;
+    loop {
+        for id in logs.ids() {
+            if followed.insert(id.clone())
+                && let Some(buffer) = logs.get(&id)
+            {
+                // Buffers that appear later are followed from their start:
+                // their service started after shipping did.
+                let start = if first && !from_start {
+                    buffer.start_offset(Some(0))
+                } else {
+                    buffer.start_offset(None)
+                };
+                let queues = Arc::clone(&queues);
+                followers.spawn(async move { follow(buffer, start, queues).await });
+            }
+        }
+        first = false;
+        tokio::time::sleep(NEW_LOGS_EVERY).await;
+    }
+}
+
+/// Follows one buffer from `offset`, queueing each whole line.
+async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Arc<Vec<Queue>>) {
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        buffer.wait_beyond(offset).await;
+        let (bytes, next) = buffer.read(offset, 64 * 1024);
+        offset = next;
+        partial.extend_from_slice(&bytes);
+        let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let now = time::OffsetDateTime::now_utc();
+        for line in partial[..end].split(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(line);
+            if line.trim().is_empty() {
+                continue;
+            }
+            for (tx, tags, dropped) in queues.iter() {
+                if tx
+                    .try_send(json_line(buffer.id(), &line, tags, now))
+                    .is_err()
+                {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        partial.drain(..=end);
+    }
+}
+
+/// Sends what `rx` carries to `destination`, reconnecting over TCP.
+async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped: Arc<AtomicU64>) {
+    let name = destination.name();
+    let mut backoff = Duration::from_secs(1);
+    let mut pending: Option<String> = None;
+    let report = |dropped: &AtomicU64| {
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(destination = %name, lost, "log lines dropped: the destination did not keep up");
+        }
+    };
+    loop {
+        if destination.udp {
+            let socket = match udp_socket(&destination.address).await {
+                Ok(socket) => socket,
+                Err(e) => {
+                    tracing::warn!(destination = %name, error = %e, "log destination unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            while let Some(line) = rx.recv().await {
+                // One object a datagram; a refused one is lost, as UDP's are.
+                let _ = socket.send(line.as_bytes()).await;
+                report(&dropped);
+            }
+            return;
+        }
+        let connect = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(destination.address.as_str()),
+        )
+        .await;
+        let mut stream = match connect {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::warn!(destination = %name, error = %e, "log destination unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(destination = %name, "log destination did not answer; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_secs(1);
+        loop {
+            let line = match pending.take() {
+                Some(line) => line,
+                None => match rx.recv().await {
+                    Some(line) => line,
+                    None => return,
+                },
+            };
+            let mut framed = line.into_bytes();
+            framed.push(b'\n');
+            if let Err(e) = stream.write_all(&framed).await {
+                tracing::warn!(destination = %name, error = %e, "sending logs failed; reconnecting");
+                framed.pop();
+                pending = Some(String::from_utf8(framed).unwrap_or_default());
+                break;
+            }
+            report(&dropped);
+        }
+    }
+}
+
+async fn udp_socket(address: &str) -> std::io::Result<tokio::net::UdpSocket> {
+    let target = tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{address} resolves to nothing")))?;
+    let local: std::net::SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(local).await?;
+    socket.connect(target).await?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> time::OffsetDateTime {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .expect("time")
+    }
+
+    #[test]
+    fn destinations_from_the_config() {
+        let tags = BTreeMap::from([("node".to_owned(), "cp1".to_owned())]);
+        assert_eq!(
+            Destination::parse("udp://127.0.0.1:12345/", tags.clone()),
+            Some(Destination {
+                udp: true,
+                address: "127.0.0.1:12345".into(),
+                extra_tags: tags,
+            })
+        );
+        let tcp = Destination::parse("tcp://[fd00::1]:5044", BTreeMap::new()).expect("tcp");
+        assert!(!tcp.udp);
+        assert_eq!(tcp.address, "[fd00::1]:5044");
+        assert_eq!(Destination::parse("http://x:1/", BTreeMap::new()), None);
+        assert_eq!(Destination::parse("tcp:///", BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn lines_as_upstream_json_lines() {
+        let now = at("2026-11-28T07:00:00Z");
+        let tags = BTreeMap::from([("cluster".to_owned(), "rusty".to_owned())]);
+        let v: serde_json::Value = serde_json::from_str(&json_line(
+            "apid",
+            "2026-11-28T06:49:47.522841Z  WARN apid::tls: certificate reloaded path=/a",
+            &tags,
+            now,
+        ))
+        .expect("json");
+        assert_eq!(v["msg"], "apid::tls: certificate reloaded path=/a");
+        assert_eq!(v["talos-level"], "warn");
+        assert_eq!(v["talos-service"], "apid");
+        assert_eq!(v["talos-time"], "2026-11-28T06:49:47.522841Z");
+        assert_eq!(v["cluster"], "rusty");
+        // Not the daemons' format: the whole line, info, now.
+        let v: serde_json::Value = serde_json::from_str(&json_line(
+            "udevd",
+            "plain text line\n",
+            &BTreeMap::new(),
+            now,
+        ))
+        .expect("json");
+        assert_eq!(v["msg"], "plain text line");
+        assert_eq!(v["talos-level"], "info");
+        assert_eq!(v["talos-time"], "2026-11-28T07:00:00Z");
+        // A tag named like a field does not replace it.
+        let clash = BTreeMap::from([("msg".to_owned(), "x".to_owned())]);
+        let v: serde_json::Value =
+            serde_json::from_str(&json_line("s", "real", &clash, now)).expect("json");
+        assert_eq!(v["msg"], "real");
+    }
+
+    type TcpLines = tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>;
+
+    async fn next(lines: &mut TcpLines) -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a line in time")
+            .expect("read")
+            .expect("not closed");
+        serde_json::from_str(&line).expect("json")
+    }
+
+    /// Lines appended to a buffer reach a TCP listener as JSON lines; the
+    /// destination's connection is made again after the listener drops it.
+    #[tokio::test]
+    async fn ships_to_tcp_and_udp() {
+        use tokio::io::AsyncBufReadExt as _;
+        let logs = Arc::new(LogRegistry::new(64 * 1024, None));
+        let machined = logs.get_or_create("machined");
+        machined.append(b"2026-11-28T06:00:00Z  INFO machined: booted\n");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("tcp");
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp");
+        let destinations = [
+            Destination {
+                udp: false,
+                address: tcp.local_addr().expect("addr").to_string(),
+                extra_tags: BTreeMap::new(),
+            },
+            Destination {
+                udp: true,
+                address: udp.local_addr().expect("addr").to_string(),
+                extra_tags: BTreeMap::from([("node".to_owned(), "n1".to_owned())]),
+            },
+        ];
+        let _tasks = start(&logs, &destinations, true);
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), tcp.accept())
+            .await
+            .expect("a connection")
+            .expect("accept");
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+
+        // What was held before: the boot.
+        let first = next(&mut lines).await;
+        assert_eq!(first["msg"], "machined: booted");
+        assert_eq!(first["talos-service"], "machined");
+        // A service that starts later, and a line split across writes.
+        let apid = logs.get_or_create("apid");
+        apid.append(b"2026-11-28T06:00:01Z ERROR apid: half");
+        apid.append(b" and the rest\n");
+        let second = next(&mut lines).await;
+        assert_eq!(second["msg"], "apid: half and the rest");
+        assert_eq!(second["talos-level"], "error");
+        assert_eq!(second["talos-service"], "apid");
+
+        let mut datagram = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let n = tokio::time::timeout(Duration::from_secs(10), udp.recv(&mut datagram))
+                .await
+                .expect("a datagram in time")
+                .expect("recv");
+            let v: serde_json::Value = serde_json::from_slice(&datagram[..n]).expect("json");
+            assert_eq!(v["node"], "n1");
+            got.push(v["msg"].as_str().expect("msg").to_owned());
+        }
+        assert_eq!(got, ["machined: booted", "apid: half and the rest"]);
+
+        // The listener drops the connection: lines after are sent on a
+        // new one.
+        drop(lines);
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                machined.append(b"2026-11-28T06:00:02Z  INFO machined: again\n");
+                tokio::select! {
+                    accepted = tcp.accept() => return accepted,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        })
+        .await
+        .expect("reconnected")
+        .expect("accept");
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        let again = next(&mut lines).await;
+        assert_eq!(again["msg"], "machined: again");
+    }
+}
