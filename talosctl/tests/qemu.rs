@@ -1563,10 +1563,11 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
     );
     assert!(
         pci.split("\n---\n").any(|doc| {
-            doc.contains("  class: Network controller\n")
-                && doc.contains("  subclass: Ethernet controller\n")
-                && doc.contains("0x1af4")
-                && doc.contains("  driver: virtio-pci\n")
+            let has = |line: &str| doc.lines().any(|l| l == line);
+            has("  class: Network controller")
+                && has("  subclass: Ethernet controller")
+                && has("  vendor_id: '0x1af4'")
+                && has("  driver: virtio-pci")
         }),
         "{pci}"
     );
