@@ -147,14 +147,20 @@ impl KernelParams {
             .cloned()
             .collect();
         for id in dropped {
-            let Some(default) = state.defaults.remove(&id) else {
+            let Some(default) = state.defaults.get(&id).cloned() else {
                 continue;
             };
-            if let Some(path) = path_of(&self.root, &id)
-                && let Err(e) = write(&path, &default)
-            {
-                problems.push(format!("{id}: restoring {default:?}: {e}"));
+            match path_of(&self.root, &id).map(|path| write(&path, &default)) {
+                // Gone from the kernel, or not a name: nothing to restore.
+                None | Some(Ok(())) => {}
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Some(Err(e)) => {
+                    // Kept, to be tried again at the next change.
+                    problems.push(format!("{id}: restoring {default:?}: {e}"));
+                    continue;
+                }
             }
+            state.defaults.remove(&id);
         }
         let mut statuses = BTreeMap::new();
         for (id, value) in desired {
@@ -223,8 +229,15 @@ impl KernelParams {
     }
 }
 
+/// Writes an existing file only: a parameter that went away must not be
+/// created (some of `/sys`, efivarfs, would take a new file).
 fn write(path: &Path, value: &str) -> std::io::Result<()> {
-    std::fs::write(path, value.as_bytes())
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?
+        .write_all(value.as_bytes())
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@
 //! Over TCP the objects are newline-separated on one connection, made
 //! again after a failure; over UDP each is one datagram.
 //!
-//! A destination in the config machined starts with gets every line held
-//! since boot, so the boot is not lost; one added later gets the lines
-//! from then on. A destination that cannot keep up (or is down) loses
-//! lines rather than hold the node back: each has a bounded queue, and
-//! what overflows is counted and reported in machined's log.
+//! The first destinations machined is given get every line held since
+//! boot, so the boot is not lost; one added later gets the lines from then
+//! on. A destination that cannot keep up (or is down) loses lines rather
+//! than hold the node back: each has a bounded queue, and what overflows
+//! is counted and reported in machined's log, at most every 10 s. A line
+//! is cut at 8 KiB.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,8 +23,9 @@ use tokio::task::JoinSet;
 
 use crate::logbuf::{LogBuffer, LogRegistry};
 
-/// Lines a destination may have waiting before new ones are dropped.
-pub const QUEUE: usize = 4096;
+/// Lines a destination may have waiting before new ones are dropped (at
+/// most [`MAX_LINE`] bytes each).
+pub const QUEUE: usize = 1024;
 
 /// The longest wait between two attempts to reach a TCP destination.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -117,39 +119,119 @@ pub fn json_line(
     serde_json::Value::Object(object).to_string()
 }
 
-/// Sends every log line to `destinations` until the returned set is
-/// dropped or aborted. `from_start`: lines held already go too.
-pub fn start(
-    logs: &Arc<LogRegistry>,
-    destinations: &[Destination],
-    from_start: bool,
-) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    if destinations.is_empty() {
-        return tasks;
-    }
-    let mut queues = Vec::new();
-    for destination in destinations {
-        let (tx, rx) = mpsc::channel::<String>(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        queues.push((tx, destination.extra_tags.clone(), Arc::clone(&dropped)));
-        let destination = destination.clone();
-        tasks.spawn(async move { send(destination, rx, dropped).await });
-    }
-    let logs = Arc::clone(logs);
-    tasks.spawn(async move { follow_all(logs, queues, from_start).await });
-    tasks
+/// One destination's queue, as the followers see it.
+struct Queue {
+    destination: Destination,
+    tx: mpsc::Sender<String>,
+    dropped: Arc<AtomicU64>,
+    /// Its sender task, stopped when the destination goes.
+    task: tokio::task::AbortHandle,
 }
 
-type Queue = (
-    mpsc::Sender<String>,
-    BTreeMap<String, String>,
-    Arc<AtomicU64>,
-);
+/// Ships the node's logs: one follower per log buffer, started once per
+/// process, and one sender per destination. Destinations change without
+/// touching the others: an unchanged one keeps its queue and connection,
+/// and the restart after a config applied in maintenance mode neither
+/// loses nor repeats a line.
+pub struct Shipper {
+    logs: Arc<LogRegistry>,
+    queues: Arc<std::sync::RwLock<Vec<Queue>>>,
+    followers: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
 
-/// Follows every log buffer, those made later too.
-async fn follow_all(logs: Arc<LogRegistry>, queues: Vec<Queue>, from_start: bool) {
-    let queues = Arc::new(queues);
+impl std::fmt::Debug for Shipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipper").finish_non_exhaustive()
+    }
+}
+
+impl Shipper {
+    /// A shipper of `logs`'s lines, with no destination yet.
+    #[must_use]
+    pub fn new(logs: Arc<LogRegistry>) -> Shipper {
+        Shipper {
+            logs,
+            queues: Arc::default(),
+            followers: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The process's shipper: one for machined's whole life, over the
+    /// registry of its first caller (machined has one).
+    pub fn node(logs: &Arc<LogRegistry>) -> &'static Shipper {
+        static NODE: std::sync::OnceLock<Shipper> = std::sync::OnceLock::new();
+        NODE.get_or_init(|| Shipper::new(Arc::clone(logs)))
+    }
+
+    /// Sends to `destinations` from now on: new ones start, gone ones
+    /// stop, the others go on. The first time there is any, the lines
+    /// held already go too when `from_start`.
+    pub fn set(&self, destinations: &[Destination], from_start: bool) {
+        {
+            let mut queues = self
+                .queues
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queues.retain(|q| {
+                let keep = destinations.contains(&q.destination);
+                if !keep {
+                    q.task.abort();
+                }
+                keep
+            });
+            for destination in destinations {
+                if queues.iter().any(|q| &q.destination == destination) {
+                    continue;
+                }
+                let (tx, rx) = mpsc::channel::<String>(QUEUE);
+                let dropped = Arc::new(AtomicU64::new(0));
+                let task = tokio::spawn(send(destination.clone(), rx, Arc::clone(&dropped)));
+                queues.push(Queue {
+                    destination: destination.clone(),
+                    tx,
+                    dropped,
+                    task: task.abort_handle(),
+                });
+            }
+        }
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if followers.is_none() && !destinations.is_empty() {
+            let logs = Arc::clone(&self.logs);
+            let queues = Arc::clone(&self.queues);
+            *followers = Some(tokio::spawn(follow_all(logs, queues, from_start)).abort_handle());
+        }
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        if let Some(followers) = self
+            .followers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            followers.abort();
+        }
+        for queue in self
+            .queues
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            queue.task.abort();
+        }
+    }
+}
+
+type Queues = Arc<std::sync::RwLock<Vec<Queue>>>;
+
+/// Follows every log buffer, those made later too (from their start:
+/// their service started after shipping did).
+async fn follow_all(logs: Arc<LogRegistry>, queues: Queues, from_start: bool) {
     let mut followed = std::collections::BTreeSet::new();
     let mut followers = JoinSet::new();
     let mut first = true;
@@ -158,8 +240,6 @@ async fn follow_all(logs: Arc<LogRegistry>, queues: Vec<Queue>, from_start: bool
             if followed.insert(id.clone())
                 && let Some(buffer) = logs.get(&id)
             {
-                // Buffers that appear later are followed from their start:
-                // their service started after shipping did.
                 let start = if first && !from_start {
                     buffer.start_offset(Some(0))
                 } else {
@@ -174,44 +254,75 @@ async fn follow_all(logs: Arc<LogRegistry>, queues: Vec<Queue>, from_start: bool
     }
 }
 
-/// Follows one buffer from `offset`, queueing each whole line.
-async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Arc<Vec<Queue>>) {
+/// The longest line shipped, in bytes: a longer one is cut (and a service
+/// writing without newlines still ships, in pieces of this size).
+pub const MAX_LINE: usize = 8 * 1024;
+
+/// Follows one buffer from `offset`, queueing each line.
+async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Queues) {
     let mut partial: Vec<u8> = Vec::new();
     loop {
         buffer.wait_beyond(offset).await;
         let (bytes, next) = buffer.read(offset, 64 * 1024);
+        // The ring moved on past `offset`: what was partial is cut off.
+        if next.saturating_sub(bytes.len() as u64) != offset {
+            partial.clear();
+        }
         offset = next;
         partial.extend_from_slice(&bytes);
-        let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+            lines.push(partial.drain(..=end).collect());
+        }
+        // No newline in sight: ship what is there in pieces rather than
+        // hold it.
+        while partial.len() >= MAX_LINE {
+            lines.push(partial.drain(..MAX_LINE).collect());
+        }
+        if lines.is_empty() {
             continue;
-        };
+        }
         let now = time::OffsetDateTime::now_utc();
-        for line in partial[..end].split(|b| *b == b'\n') {
-            let line = String::from_utf8_lossy(line);
+        let queues = queues
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for line in &lines {
+            let line = String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]);
             if line.trim().is_empty() {
                 continue;
             }
-            for (tx, tags, dropped) in queues.iter() {
-                if tx
-                    .try_send(json_line(buffer.id(), &line, tags, now))
-                    .is_err()
-                {
-                    dropped.fetch_add(1, Ordering::Relaxed);
+            for queue in queues.iter() {
+                let object = json_line(buffer.id(), &line, &queue.destination.extra_tags, now);
+                if queue.tx.try_send(object).is_err() {
+                    queue.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        partial.drain(..=end);
     }
 }
+
+/// How long one write to a TCP destination may take before the
+/// connection is given up and made again.
+const WRITE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The least time between two reports of lines dropped.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Sends what `rx` carries to `destination`, reconnecting over TCP.
 async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped: Arc<AtomicU64>) {
     let name = destination.name();
     let mut backoff = Duration::from_secs(1);
     let mut pending: Option<String> = None;
-    let report = |dropped: &AtomicU64| {
+    // At most one report every REPORT_EVERY: the report is a log line,
+    // shipped too.
+    let mut reported = tokio::time::Instant::now();
+    let mut report = |dropped: &AtomicU64| {
+        if reported.elapsed() < REPORT_EVERY {
+            return;
+        }
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
+            reported = tokio::time::Instant::now();
             tracing::warn!(destination = %name, lost, "log lines dropped: the destination did not keep up");
         }
     };
@@ -220,7 +331,7 @@ async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped:
             let socket = match udp_socket(&destination.address).await {
                 Ok(socket) => socket,
                 Err(e) => {
-                    tracing::warn!(destination = %name, error = %e, "log destination unreachable; retrying");
+                    tracing::warn!(destination = %destination.name(), error = %e, "log destination unreachable; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -241,13 +352,15 @@ async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped:
         let mut stream = match connect {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                tracing::warn!(destination = %name, error = %e, "log destination unreachable; retrying");
+                tracing::warn!(destination = %destination.name(), error = %e, "log destination unreachable; retrying");
+                report(&dropped);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
             Err(_) => {
-                tracing::warn!(destination = %name, "log destination did not answer; retrying");
+                tracing::warn!(destination = %destination.name(), "log destination did not answer; retrying");
+                report(&dropped);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -264,8 +377,14 @@ async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped:
             };
             let mut framed = line.into_bytes();
             framed.push(b'\n');
-            if let Err(e) = stream.write_all(&framed).await {
-                tracing::warn!(destination = %name, error = %e, "sending logs failed; reconnecting");
+            // A peer that stops reading must not hold the sender for good.
+            let failed = match tokio::time::timeout(WRITE_WITHIN, stream.write_all(&framed)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no progress in {} s", WRITE_WITHIN.as_secs())),
+            };
+            if let Some(error) = failed {
+                tracing::warn!(destination = %destination.name(), %error, "sending logs failed; reconnecting");
                 framed.pop();
                 pending = Some(String::from_utf8(framed).unwrap_or_default());
                 break;
@@ -388,7 +507,8 @@ mod tests {
                 extra_tags: BTreeMap::from([("node".to_owned(), "n1".to_owned())]),
             },
         ];
-        let _tasks = start(&logs, &destinations, true);
+        let shipper = Shipper::new(Arc::clone(&logs));
+        shipper.set(&destinations, true);
         let (stream, _) = tokio::time::timeout(Duration::from_secs(10), tcp.accept())
             .await
             .expect("a connection")
@@ -439,5 +559,31 @@ mod tests {
         let mut lines = tokio::io::BufReader::new(stream).lines();
         let again = next(&mut lines).await;
         assert_eq!(again["msg"], "machined: again");
+
+        // The UDP destination goes: the TCP one keeps its connection, and
+        // a service that writes no newline still ships, cut at MAX_LINE.
+        shipper.set(&destinations[..1], false);
+        machined.append(&vec![b'x'; MAX_LINE + 10]);
+        let cut = loop {
+            let v = next(&mut lines).await;
+            if v["msg"] != "machined: again" {
+                break v;
+            }
+        };
+        assert_eq!(cut["msg"].as_str().map(str::len), Some(MAX_LINE));
+        machined.append(b"\n");
+        assert_eq!(next(&mut lines).await["msg"], "xxxxxxxxxx");
+        // Dropped: the connection closes.
+        shipper.set(&[], false);
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(_)) => {}
+                    _ => return,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "still connected");
     }
 }

@@ -131,11 +131,13 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     // Credentials before services: apid and trustd read them at start.
     let credentials = tokio::spawn(crate::credentials::maintain(Arc::clone(&node), None));
     // Service logs to the config's destinations, from boot on, and to
-    // those a config change names from then on.
+    // those a config change names from then on. The shipper is the
+    // process's: it goes on across the restart from an applied config.
     let log_shipping = {
         let node = Arc::clone(&node);
         let mut configs = node.config.subscribe();
         tokio::spawn(async move {
+            let shipper = crate::logship::Shipper::node(&node.logs);
             let destinations = |node: &Node| -> Vec<crate::logship::Destination> {
                 node.config
                     .current()
@@ -148,13 +150,12 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
                     .collect()
             };
             let mut current = destinations(&node);
-            // Dropping the set stops its tasks.
-            let mut _shipping = crate::logship::start(&node.logs, &current, true);
+            shipper.set(&current, true);
             while configs.changed().await.is_ok() {
                 let next = destinations(&node);
                 if next != current {
                     tracing::info!(destinations = next.len(), "log destinations changed");
-                    _shipping = crate::logship::start(&node.logs, &next, false);
+                    shipper.set(&next, false);
                     current = next;
                 }
             }

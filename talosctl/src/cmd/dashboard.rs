@@ -393,7 +393,7 @@ pub async fn fetch_monitor(client: &Client) -> MonitorSample {
                 .messages
                 .into_iter()
                 .flat_map(|m| m.devices)
-                .filter(|d| d.read_completed + d.write_completed > 0)
+                .filter(|d| d.read_completed.saturating_add(d.write_completed) > 0)
                 .map(|d| {
                     (
                         d.name,
@@ -737,7 +737,12 @@ pub async fn run(global: &GlobalArgs, args: &DashboardArgs) -> anyhow::Result<()
                         errors: vec!["no answer in time".to_owned()],
                         ..MonitorSample::default()
                     });
-                let rates = sample.rates(samples[index].as_ref());
+                // A sample from long ago (the summary was shown meanwhile)
+                // would average over the absence: none then.
+                let before = samples[index].as_ref().filter(|b| {
+                    b.at.is_some_and(|at| at.elapsed() < interval.saturating_mul(3))
+                });
+                let rates = sample.rates(before);
                 terminal
                     .draw(|frame| {
                         draw_monitor(
