@@ -1076,6 +1076,17 @@ mod tests {
         s.parse().expect("ip")
     }
 
+    /// The desired state without kernel arguments or leases.
+    fn plain(settings: &Settings, observed: &Observed) -> Desired {
+        desired(
+            settings,
+            &KernelArgs::default(),
+            observed,
+            &BTreeMap::new(),
+            Instant::now(),
+        )
+    }
+
     fn link(index: u32, name: &str, kind: Option<&str>, up: bool) -> Link {
         Link {
             index,
@@ -1154,7 +1165,6 @@ mod tests {
     #[test]
     fn bonds_are_created_their_members_enslaved() {
         use crate::settings::Selector;
-        let now = Instant::now();
         let mut observed = observed();
         observed.links[2].perm_mac = vec![2, 0, 0, 0, 0, 0x33];
         let bonded = Settings {
@@ -1177,13 +1187,7 @@ mod tests {
             }],
             ..Settings::default()
         };
-        let d = desired(
-            &bonded,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&bonded, &observed);
         assert!(
             matches!(&d.create[..], [Action::CreateBond { name, bond }] if name == "bond0" && bond.mode == 1)
         );
@@ -1193,13 +1197,7 @@ mod tests {
         // A link of that name that is no bond gets no members.
         let mut impostor = observed.clone();
         impostor.links.push(link(9, "bond0", Some("dummy"), false));
-        let d = desired(
-            &bonded,
-            &KernelArgs::default(),
-            &impostor,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&bonded, &impostor);
         assert!(
             d.create.is_empty() && d.members.is_empty(),
             "{:?}",
@@ -1214,13 +1212,7 @@ mod tests {
         let mut bond = link(9, "bond0", Some("bond"), false);
         bond.mac = vec![2, 0, 0, 0, 0, 2];
         observed.links.push(bond);
-        let d = desired(
-            &bonded,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&bonded, &observed);
         let enslaved: Vec<&str> = d
             .create
             .iter()
@@ -1248,13 +1240,7 @@ mod tests {
         for i in [1, 2] {
             observed.links[i].controller = Some(9);
         }
-        let d = desired(
-            &bonded,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&bonded, &observed);
         assert!(d.create.is_empty(), "{:?}", d.create);
         // Still members once in the bond, though the selector's `physical`
         // and the MAC may read differently now.
@@ -1262,13 +1248,7 @@ mod tests {
 
         // eth0's static address from before the bond is still owned after
         // the pass that enslaves it, and taken away once it is a member.
-        let before = desired(
-            &static_settings(),
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let before = plain(&static_settings(), &observed);
         let owned = Owned::default().next(&before);
         observed.addresses.push(Address {
             index: 2,
@@ -1329,17 +1309,8 @@ mod tests {
     /// the config says to leave alone.
     #[test]
     fn made_links_dropped_from_the_config_are_deleted() {
-        let now = Instant::now();
         let mut observed = observed();
-        let made = |settings: &Settings, observed: &Observed| {
-            desired(
-                settings,
-                &KernelArgs::default(),
-                observed,
-                &BTreeMap::new(),
-                now,
-            )
-        };
+        let made = plain;
         let first = made(&made_settings(false), &observed);
         assert_eq!(
             first
@@ -1443,22 +1414,13 @@ mod tests {
     /// and is then a link like any other.
     #[test]
     fn a_member_dropped_from_a_bond_is_released() {
-        let now = Instant::now();
         let mut observed = observed();
         let mut bond = link(10, "bond0", Some("bond"), true);
         bond.mac = vec![2, 0, 0, 0, 0, 2];
         observed.links.push(bond);
         observed.links[1].controller = Some(10);
         observed.links[2].controller = Some(10);
-        let pass = |settings: &Settings, observed: &Observed| {
-            desired(
-                settings,
-                &KernelArgs::default(),
-                observed,
-                &BTreeMap::new(),
-                now,
-            )
-        };
+        let pass = plain;
         let both = pass(&made_settings(true), &observed);
         assert_eq!(
             both.member_of.get("eth0").map(String::as_str),
@@ -1516,7 +1478,6 @@ mod tests {
     /// own, and a link a bond has is not a bridge's too.
     #[test]
     fn bridges_are_created_their_ports_added_and_up() {
-        let now = Instant::now();
         let mut observed = observed();
         let settings = Settings {
             devices: vec![
@@ -1538,15 +1499,7 @@ mod tests {
             ],
             ..Settings::default()
         };
-        let pass = |observed: &Observed| {
-            desired(
-                &settings,
-                &KernelArgs::default(),
-                observed,
-                &BTreeMap::new(),
-                now,
-            )
-        };
+        let pass = |observed: &Observed| plain(&settings, observed);
         let d = pass(&observed);
         assert!(
             matches!(&d.create[..], [Action::CreateBridge { name, bridge }] if name == "br0" && bridge.stp)
@@ -1602,13 +1555,7 @@ mod tests {
             }),
             ..DeviceSettings::default()
         });
-        let d = desired(
-            &both,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&both, &observed);
         assert_eq!(d.member_of.get("eth0").map(String::as_str), Some("bond0"));
         assert!(
             d.problems
@@ -1620,13 +1567,7 @@ mod tests {
         // A bridgePort naming no configured bridge is reported.
         let mut stray = settings.clone();
         stray.devices[1].bridge_port = Some("br9".into());
-        let d = desired(
-            &stray,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&stray, &observed);
         assert_eq!(d.members, ["eth0"]);
         assert!(
             d.problems
@@ -1640,7 +1581,6 @@ mod tests {
     /// A bridge over a bond, dropped: the bridge goes before the bond.
     #[test]
     fn a_bridge_goes_before_the_bond_it_sits_on() {
-        let now = Instant::now();
         let mut observed = observed();
         let settings = Settings {
             devices: vec![
@@ -1667,26 +1607,14 @@ mod tests {
             .links
             .extend([bond, link(10, "br0", Some("bridge"), true)]);
         observed.links[1].controller = Some(9);
-        let before = desired(
-            &settings,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let before = plain(&settings, &observed);
         assert_eq!(
             before.member_of.get("bond0").map(String::as_str),
             Some("br0")
         );
         assert!(before.create.is_empty(), "{:?}", before.create);
         let owned = Owned::default().next(&before);
-        let after = desired(
-            &Settings::default(),
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let after = plain(&Settings::default(), &observed);
         let actions = removals(&owned, &after, &observed);
         let deleted: Vec<&str> = actions
             .iter()
@@ -1701,7 +1629,6 @@ mod tests {
     /// A dummy link is created, then addressed like any configured link.
     #[test]
     fn dummy_links_are_created_then_configured() {
-        let now = Instant::now();
         let settings = Settings {
             devices: vec![DeviceSettings {
                 name: "dummy0".into(),
@@ -1712,13 +1639,7 @@ mod tests {
             ..Settings::default()
         };
         let mut observed = observed();
-        let d = desired(
-            &settings,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&settings, &observed);
         assert_eq!(
             plan(&d, &observed).first(),
             Some(&Action::CreateDummy {
@@ -1726,13 +1647,7 @@ mod tests {
             })
         );
         observed.links.push(link(9, "dummy0", Some("dummy"), false));
-        let d = desired(
-            &settings,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&settings, &observed);
         assert!(d.create.is_empty());
         let dummy = d.link("dummy0").expect("managed once it exists");
         assert!(!dummy.dhcp);
@@ -1743,16 +1658,9 @@ mod tests {
     /// config never gave (a lease's, someone else's) is not.
     #[test]
     fn static_config_dropped_live_is_removed() {
-        let now = Instant::now();
         let mut observed = observed();
         let settings = static_settings();
-        let before = desired(
-            &settings,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let before = plain(&settings, &observed);
         let owned = Owned::default().next(&before);
         assert_eq!(owned.links["eth0"].addresses, vec![(ip("10.99.8.5"), 24)]);
         assert_eq!(owned.links["eth0"].routes.len(), 1);
@@ -1784,13 +1692,7 @@ mod tests {
         let mut moved = settings.clone();
         moved.devices[0].addresses = vec![(ip("10.99.8.6"), 24)];
         moved.devices[0].routes.clear();
-        let after = desired(
-            &moved,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let after = plain(&moved, &observed);
         let actions = removals(&owned, &after, &observed);
         assert_eq!(actions.len(), 2, "{actions:?}");
         assert!(
@@ -1808,13 +1710,7 @@ mod tests {
         // Ignored now: left alone.
         let mut ignored = settings.clone();
         ignored.devices[0].ignore = true;
-        let after = desired(
-            &ignored,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let after = plain(&ignored, &observed);
         assert!(removals(&owned, &after, &observed).is_empty());
     }
 
@@ -1823,7 +1719,6 @@ mod tests {
     #[test]
     fn selected_links_and_their_vlans() {
         use crate::settings::Selector;
-        let now = Instant::now();
         let mut observed = observed();
         observed.links[2].hardware.driver = "e1000".into();
         observed.links[2].hardware.bus_path = "0000:00:04.0".into();
@@ -1844,13 +1739,7 @@ mod tests {
             }],
             ..Settings::default()
         };
-        let d = desired(
-            &settings,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&settings, &observed);
         let eth1 = d.link("eth1").expect("eth1");
         assert_eq!(eth1.addresses[0].address, ip("10.40.0.5"));
         assert!(!eth1.dhcp, "a configured link runs DHCP only when told");
@@ -1880,13 +1769,7 @@ mod tests {
         vlan_link.parent = Some(3);
         vlan_link.vlan_id = Some(50);
         observed.links.push(vlan_link);
-        let d = desired(
-            &settings,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&settings, &observed);
         assert!(d.create.is_empty());
         let actions = plan(&d, &observed);
         assert!(actions.contains(&Action::SetUp {
@@ -1904,13 +1787,7 @@ mod tests {
             driver: Some("ixgbe".into()),
             ..Selector::default()
         });
-        let d = desired(
-            &none,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&none, &observed);
         assert!(d.create.is_empty());
         assert!(d.link("eth1").expect("eth1").dhcp, "back to the default");
         // An ignored parent gets no VLAN.
@@ -1921,26 +1798,13 @@ mod tests {
             vlans: vec![(7, DeviceSettings::default())],
             ..DeviceSettings::default()
         });
-        let d = desired(
-            &ignored,
-            &KernelArgs::default(),
-            &observed,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&ignored, &observed);
         assert!(d.create.is_empty());
     }
 
     #[test]
     fn defaults_manage_loopback_and_physical_links_with_dhcp() {
-        let now = Instant::now();
-        let d = desired(
-            &Settings::default(),
-            &KernelArgs::default(),
-            &observed(),
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&Settings::default(), &observed());
         let names: Vec<&str> = d.links.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, vec!["lo", "eth0", "eth1"]);
         assert!(!d.link("lo").expect("lo").dhcp);
@@ -2000,28 +1864,15 @@ mod tests {
             ignore: true,
             ..DeviceSettings::default()
         });
-        let d = desired(
-            &settings,
-            &KernelArgs::default(),
-            &observed(),
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&settings, &observed());
         assert!(d.link("eth0").is_none());
     }
 
     #[test]
     fn static_config_plans_mtu_up_addresses_then_routes() {
-        let now = Instant::now();
         let mut obs = observed();
         obs.links[1].flags = 0; // eth0 down
-        let d = desired(
-            &static_settings(),
-            &KernelArgs::default(),
-            &obs,
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&static_settings(), &obs);
         let eth0 = d.link("eth0").expect("eth0");
         assert!(!eth0.dhcp, "a configured link runs DHCP only when told");
         let actions: Vec<Action> = plan(&d, &obs)
@@ -2279,14 +2130,7 @@ mod tests {
 
     #[test]
     fn dhcp_clients_follow_the_desired_links() {
-        let now = Instant::now();
-        let d = desired(
-            &Settings::default(),
-            &KernelArgs::default(),
-            &observed(),
-            &BTreeMap::new(),
-            now,
-        );
+        let d = plain(&Settings::default(), &observed());
         // A client as the test links run one: the MAC ends in the index.
         let client = |index: u32, metric: u32| RunningDhcp {
             index,
@@ -2331,13 +2175,7 @@ mod tests {
                 }]),
                 ..Default::default()
             };
-            desired(
-                &Settings::from_network(&network),
-                &KernelArgs::default(),
-                &observed(),
-                &BTreeMap::new(),
-                now,
-            )
+            plain(&Settings::from_network(&network), &observed())
         };
         let d = with_options(machinery::config::v1alpha1::DhcpOptions {
             route_metric: Some(512),

@@ -582,6 +582,23 @@ fn support_bundle(tc: &Path, cp: &str, w1: &str, work: &Path) {
     assert_eq!(std::fs::read(&bundle).expect("read"), before);
 }
 
+/// `talosctl -n <node> patch mc --mode no-reboot -p <patch>`.
+fn patch_live(tc: &Path, node: &str, patch: &str) -> String {
+    ok(
+        tc,
+        &[
+            "-n",
+            node,
+            "patch",
+            "mc",
+            "--mode",
+            "no-reboot",
+            "-p",
+            patch,
+        ],
+    )
+}
+
 /// `machine.logging.destinations`, applied live to a worker: its service
 /// logs arrive at a TCP and a UDP listener as upstream's JSON lines, with
 /// the destination's tags; dropped from the config, the TCP connection is
@@ -599,25 +616,14 @@ fn log_destinations(tc: &Path, w1: &str) {
         tcp.local_addr().expect("addr"),
         udp.local_addr().expect("addr")
     );
-    ok(
-        tc,
-        &["-n", w1, "patch", "mc", "--mode", "no-reboot", "-p", &patch],
-    );
+    patch_live(tc, w1, &patch);
     // Something for machined to log once the destinations are in place:
     // an apply.
     let mark_patch = |name: &str| {
-        ok(
+        patch_live(
             tc,
-            &[
-                "-n",
-                w1,
-                "patch",
-                "mc",
-                "--mode",
-                "no-reboot",
-                "-p",
-                &format!("machine: {{env: {{SHIPPING_MARK: {name}}}}}"),
-            ],
+            w1,
+            &format!("machine: {{env: {{SHIPPING_MARK: {name}}}}}"),
         )
     };
     mark_patch("shipped-1");
@@ -672,19 +678,7 @@ fn log_destinations(tc: &Path, w1: &str) {
     }
 
     // Dropped: the connection closes.
-    ok(
-        tc,
-        &[
-            "-n",
-            w1,
-            "patch",
-            "mc",
-            "--mode",
-            "no-reboot",
-            "-p",
-            "machine: {logging: {destinations: []}}",
-        ],
-    );
+    patch_live(tc, w1, "machine: {logging: {destinations: []}}");
     mark_patch("shipped-2");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

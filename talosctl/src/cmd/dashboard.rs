@@ -437,6 +437,27 @@ fn kib(n: u64) -> String {
     machinery::humanize::ibytes(n.saturating_mul(1024))
 }
 
+/// The first line of each screen: the node, which of how many, and
+/// `screen`'s name after it.
+fn draw_header(
+    frame: &mut Frame<'_>,
+    area: ratatui::layout::Rect,
+    view: &NodeView,
+    index: usize,
+    count: usize,
+    screen: &str,
+) {
+    frame.render_widget(
+        Paragraph::new(Line::from(format!(
+            "talosctl dashboard  node {} ({}/{count}){screen}",
+            view.node,
+            index + 1
+        )))
+        .style(Style::default().add_modifier(Modifier::BOLD)),
+        area,
+    );
+}
+
 /// Draws `view`: node `index` of `count`, its CPU share since the last
 /// refresh.
 pub fn draw(frame: &mut Frame<'_>, view: &NodeView, cpu: Option<f64>, index: usize, count: usize) {
@@ -447,15 +468,7 @@ pub fn draw(frame: &mut Frame<'_>, view: &NodeView, cpu: Option<f64>, index: usi
         Constraint::Length(1),
     ])
     .areas(frame.area());
-    frame.render_widget(
-        Paragraph::new(Line::from(format!(
-            "talosctl dashboard  node {} ({}/{count})",
-            view.node,
-            index + 1
-        )))
-        .style(Style::default().add_modifier(Modifier::BOLD)),
-        header,
-    );
+    draw_header(frame, header, view, index, count, "");
 
     let [info, services] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(top);
@@ -566,15 +579,7 @@ pub fn draw_monitor(
         Constraint::Length(1),
     ])
     .areas(frame.area());
-    frame.render_widget(
-        Paragraph::new(Line::from(format!(
-            "talosctl dashboard  node {} ({}/{count})  monitor",
-            view.node,
-            index + 1
-        )))
-        .style(Style::default().add_modifier(Modifier::BOLD)),
-        header,
-    );
+    draw_header(frame, header, view, index, count, "  monitor");
 
     let [cpu_area, memory_area] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(graphs);
@@ -813,9 +818,10 @@ mod tests {
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
-    fn screen(view: &NodeView, cpu: Option<f64>) -> String {
+    /// What `draw` puts on a 100×30 terminal, as text.
+    fn rendered(draw: impl FnOnce(&mut Frame<'_>)) -> String {
         let mut terminal = Terminal::new(TestBackend::new(100, 30)).expect("terminal");
-        terminal.draw(|f| draw(f, view, cpu, 1, 3)).expect("draw");
+        terminal.draw(draw).expect("draw");
         let buffer = terminal.backend().buffer().clone();
         let mut text = String::new();
         for y in 0..buffer.area.height {
@@ -825,6 +831,10 @@ mod tests {
             text.push('\n');
         }
         text
+    }
+
+    fn screen(view: &NodeView, cpu: Option<f64>) -> String {
+        rendered(|f| draw(f, view, cpu, 1, 3))
     }
 
     #[test]
@@ -885,19 +895,7 @@ mod tests {
         rates: &Rates,
         errors: &[String],
     ) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(100, 30)).expect("terminal");
-        terminal
-            .draw(|f| draw_monitor(f, view, history, rates, errors, 0, 2))
-            .expect("draw");
-        let buffer = terminal.backend().buffer().clone();
-        let mut text = String::new();
-        for y in 0..buffer.area.height {
-            for x in 0..buffer.area.width {
-                text.push_str(buffer[(x, y)].symbol());
-            }
-            text.push('\n');
-        }
-        text
+        rendered(|f| draw_monitor(f, view, history, rates, errors, 0, 2))
     }
 
     fn process(pid: i32, cpu_time: f64, rss: u64, command: &str) -> ProcessSample {
