@@ -862,6 +862,18 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
     eventually(&tc, &args(&version), long, |v| {
         v.contains("Enabled:     RBAC")
     });
+    // mTLS and the config's features answer as soon as the config is
+    // applied, while machined still restarts the services from it: a
+    // stream through the old apid would be cut (seen once in CI). Wait
+    // for the control plane's full set, trustd included, which only the
+    // configured node runs.
+    eventually(&tc, &args(&with(&["services"])), long, |s| {
+        services_healthy(
+            s,
+            "127.0.0.1",
+            &["apid", "routerd", "trustd", "networkd", "timed", "udevd"],
+        )
+    });
 
     let cmdline = ok(&tc, &args(&with(&["read", "/proc/cmdline"])));
     assert!(
