@@ -82,18 +82,7 @@ pub fn path_of(root: &Path, id: &str) -> Option<PathBuf> {
         return None;
     };
     let mut path = base;
-    for part in key.split('.') {
-        // sysctl(8): a slash in a part is a dot in the file name.
-        let part = if sysctl {
-            part.replace('/', ".")
-        } else {
-            part.to_owned()
-        };
-        if part.is_empty() || part == "." || part == ".." || part.contains('/') {
-            return None;
-        }
-        path.push(part);
-    }
+    path.extend(machinery::config::kernel_param_parts(key, sysctl)?);
     Some(path)
 }
 

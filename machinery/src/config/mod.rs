@@ -686,6 +686,28 @@ impl MachineConfig {
     }
 }
 
+/// The file names a kernel parameter key (`machine.sysctls`,
+/// `machine.sysfs`) stands for, one per dotted part, under `/proc/sys`
+/// for a sysctl or `/sys` for a sysfs key. A sysctl key is read as
+/// sysctl(8) reads it: a slash in a part is a dot in the file name
+/// (`net.ipv4.conf.eth0/100.rp_filter`). `None` when a part would name
+/// anything but a file there (empty, `.`, `..`, a slash).
+#[must_use]
+pub fn kernel_param_parts(key: &str, sysctl: bool) -> Option<Vec<String>> {
+    key.trim()
+        .split('.')
+        .map(|part| {
+            let part = if sysctl {
+                part.replace('/', ".")
+            } else {
+                part.to_owned()
+            };
+            let bad = part.is_empty() || part == "." || part == ".." || part.contains('/');
+            (!bad).then_some(part)
+        })
+        .collect()
+}
+
 // === Persistence ===
 
 /// Where the persisted config lives: `<state_dir>/config.yaml`.

@@ -142,15 +142,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
 fn check_kernel_params(machine: &Machine, issues: &mut Issues) {
     for (field, map) in [("sysctls", &machine.sysctls), ("sysfs", &machine.sysfs)] {
         for key in map.iter().flat_map(BTreeMap::keys) {
-            let bad = key.trim().split('.').any(|part| {
-                let part = if field == "sysctls" {
-                    part.replace('/', ".")
-                } else {
-                    part.to_owned()
-                };
-                part.is_empty() || part == "." || part == ".." || part.contains('/')
-            });
-            if bad {
+            if super::kernel_param_parts(key, field == "sysctls").is_none() {
                 issues.push(
                     format!("machine.{field}.{key}"),
                     "is not a kernel parameter name: dotted parts, none empty or \"..\"",
