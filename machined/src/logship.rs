@@ -49,12 +49,7 @@ impl Destination {
     /// it) and its tags; `None` for anything else.
     #[must_use]
     pub fn parse(endpoint: &str, extra_tags: BTreeMap<String, String>) -> Option<Destination> {
-        let (udp, rest) = if let Some(rest) = endpoint.strip_prefix("udp://") {
-            (true, rest)
-        } else {
-            (false, endpoint.strip_prefix("tcp://")?)
-        };
-        let address = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let (udp, address) = machinery::config::log_endpoint(endpoint)?;
         (!address.is_empty()).then(|| Destination {
             udp,
             address: address.to_owned(),

@@ -708,6 +708,18 @@ pub fn kernel_param_parts(key: &str, sysctl: bool) -> Option<Vec<String>> {
         .collect()
 }
 
+/// A `machine.logging.destinations` endpoint split: whether it is UDP
+/// (else TCP), and its authority (`host:port`), without the path, query
+/// or fragment. `None` for a scheme other than `tcp://` or `udp://`.
+#[must_use]
+pub fn log_endpoint(url: &str) -> Option<(bool, &str)> {
+    let (udp, rest) = match url.strip_prefix("udp://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("tcp://")?),
+    };
+    Some((udp, rest.split(['/', '?', '#']).next().unwrap_or_default()))
+}
+
 // === Persistence ===
 
 /// Where the persisted config lives: `<state_dir>/config.yaml`.

@@ -745,13 +745,9 @@ pub(super) fn check_https_url(url: &str) -> Result<(), String> {
 
 /// Checks a `tcp://host:port` or `udp://host:port` log endpoint.
 fn check_log_endpoint(url: &str) -> Result<(), String> {
-    let Some(rest) = url
-        .strip_prefix("tcp://")
-        .or_else(|| url.strip_prefix("udp://"))
-    else {
+    let Some((_, authority)) = super::log_endpoint(url) else {
         return Err(format!("{url:?} must be a tcp:// or udp:// URL"));
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     check_host_port(authority, true).map_err(|reason| format!("{url:?} {reason}"))
 }
 
