@@ -3,13 +3,13 @@
 //! addresses). Needs every binary built: `cargo build --workspace --bins`
 //! (scripts/test does it first).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, SystemTime};
+mod common;
 
-fn talosctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_talosctl"))
-}
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Run, ok, patch_live, run, run_env, talosctl};
+use std::time::{Duration, SystemTime};
 
 fn require_binaries() {
     let dir = talosctl().parent().expect("dir").to_path_buf();
@@ -21,40 +21,9 @@ fn require_binaries() {
     }
 }
 
-struct Run {
-    out: String,
-    err: String,
-    code: i32,
-}
-
-fn run(talosconfig: &Path, args: &[&str]) -> Run {
-    run_env(talosconfig, args, &[])
-}
-
 /// [`run`] with `EDITOR` set (for `talosctl edit`).
 fn run_with_editor(talosconfig: &Path, editor: &Path, args: &[&str]) -> Run {
     run_env(talosconfig, args, &[("EDITOR", editor)])
-}
-
-fn run_env(talosconfig: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(talosctl())
-        .arg("--talosconfig")
-        .arg(talosconfig)
-        .args(args)
-        .env_remove("TALOSCONFIG")
-        .env_remove("TALOS_EDITOR")
-        .envs(env.iter().copied())
-        .output()
-        .expect("talosctl runs");
-    Run {
-        out: String::from_utf8_lossy(&stdout).into_owned(),
-        err: String::from_utf8_lossy(&stderr).into_owned(),
-        code: status.code().unwrap_or(-1),
-    }
 }
 
 /// `get hostname` shows one row: the node's hostname at that version.
@@ -125,16 +94,6 @@ fn eventually(talosconfig: &Path, args: &[&str]) -> String {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-}
-
-fn ok(talosconfig: &Path, args: &[&str]) -> String {
-    let r = run(talosconfig, args);
-    assert_eq!(
-        r.code, 0,
-        "talosctl {args:?} failed:\nstdout: {}\nstderr: {}",
-        r.out, r.err
-    );
-    r.out
 }
 
 /// A cluster that is destroyed when the test ends, pass or fail.
@@ -580,23 +539,6 @@ fn support_bundle(tc: &Path, cp: &str, w1: &str, work: &Path) {
     );
     assert!(r.err.contains("operation aborted"), "{}", r.err);
     assert_eq!(std::fs::read(&bundle).expect("read"), before);
-}
-
-/// `talosctl -n <node> patch mc --mode no-reboot -p <patch>`.
-fn patch_live(tc: &Path, node: &str, patch: &str) -> String {
-    ok(
-        tc,
-        &[
-            "-n",
-            node,
-            "patch",
-            "mc",
-            "--mode",
-            "no-reboot",
-            "-p",
-            patch,
-        ],
-    )
 }
 
 /// `machine.logging.destinations`, applied live to a worker: its service

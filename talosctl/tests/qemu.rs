@@ -9,13 +9,13 @@
 //! and runs them with `--ignored --test-threads 1`.
 //! `TALOS_IMAGE_DIR` overrides where the image is looked for.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+mod common;
 
-fn talosctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_talosctl"))
-}
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Run, ok, patch_live, run, talosctl};
+use std::time::{Duration, Instant};
 
 fn image_dir() -> PathBuf {
     let dir = std::env::var_os("TALOS_IMAGE_DIR").map_or_else(
@@ -30,59 +30,6 @@ fn image_dir() -> PathBuf {
         );
     }
     dir
-}
-
-struct Run {
-    out: String,
-    err: String,
-    code: i32,
-}
-
-fn run(talosconfig: &Path, args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(talosctl())
-        .arg("--talosconfig")
-        .arg(talosconfig)
-        .args(args)
-        .env_remove("TALOSCONFIG")
-        .output()
-        .expect("talosctl runs");
-    Run {
-        out: String::from_utf8_lossy(&stdout).into_owned(),
-        err: String::from_utf8_lossy(&stderr).into_owned(),
-        code: status.code().unwrap_or(-1),
-    }
-}
-
-/// `talosctl -n <node> patch mc --mode no-reboot -p <patch>`: a config
-/// change applied live.
-fn patch_live(talosconfig: &Path, node: &str, patch: &str) {
-    ok(
-        talosconfig,
-        &[
-            "-n",
-            node,
-            "patch",
-            "mc",
-            "--mode",
-            "no-reboot",
-            "-p",
-            patch,
-        ],
-    );
-}
-
-fn ok(talosconfig: &Path, args: &[&str]) -> String {
-    let r = run(talosconfig, args);
-    assert_eq!(
-        r.code, 0,
-        "talosctl {args:?} failed:\nstdout: {}\nstderr: {}",
-        r.out, r.err
-    );
-    r.out
 }
 
 /// Retries `args` until it succeeds and `accept` likes its output.
