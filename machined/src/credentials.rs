@@ -258,8 +258,15 @@ async fn request_worker(
 
 /// Keeps the credentials in step with the config until the process ends.
 /// `trustd_port` overrides trustd's port for workers (container mode).
+///
+/// Started in maintenance mode, it keeps apid in maintenance mode until
+/// the services stop: a config applied then makes machined start over
+/// from it (or install and reboot), and the next run issues the
+/// credentials. Were they issued now, the running apid would take them up
+/// and answer mTLS calls, and then be stopped under them.
 pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
     let mut configs = node.config.subscribe();
+    let maintenance_run = configs.borrow().is_none();
     let mut failures = 0u32;
     let addresses_file = node.paths.socket_dir("networkd").join("addresses");
     let read_addresses = |path: &std::path::Path| std::fs::read(path).unwrap_or_default();
@@ -269,6 +276,10 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
         // saw, and issue again when they change (an address configured or
         // leased after boot must be in the certificate).
         let seen_addresses = read_addresses(&addresses_file);
+        if maintenance_run && config.is_some() {
+            tracing::info!("config applied in maintenance mode: credentials wait for the restart");
+            return;
+        }
         let next = match &config {
             None => {
                 let api = node.paths.secrets_dir("api");
