@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use machinery::config::{Registries, RegistryAccess};
@@ -31,6 +32,15 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::oci::{self, Digest, OciError, VerifiedImage};
 use crate::sign::{SignError, TrustedKeys};
+
+/// How long a connection to a registry or server may take, through a
+/// proxy's tunnel included: a peer that accepts and never answers must
+/// fail the fetch, not hang an upgrade.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a response may go without a byte (a whole download may take
+/// longer).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to fetch: which registries speak plain http, how to reach private
 /// ones, which keys to trust.
@@ -365,6 +375,8 @@ async fn fetch_url(
     };
     progress(step.clone());
     let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
         .build()
         .map_err(|e| unreachable(format!("setting up the http client: {}", chain(&e))))?;
     let mut response = client
@@ -428,6 +440,8 @@ fn registry_client(
 ) -> Result<oci_client::Client, FetchError> {
     let mut config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain_http_registries.to_vec()),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
         ..Default::default()
     };
     if let Some(access) = access {

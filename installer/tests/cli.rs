@@ -128,6 +128,115 @@ fn keygen_then_fetch_a_layout() {
     assert!(!dir.join("out2").join(".work").exists());
 }
 
+/// Runs `installer fetch` of `image` with `https_proxy` (and `no_proxy`,
+/// when given) as its only proxy settings: how machined passes
+/// `machine.env` on.
+fn fetch_with_proxy(image: &str, proxy: &str, no_proxy: Option<&str>, cwd: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_installer"));
+    for name in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.env("https_proxy", proxy);
+    if let Some(no_proxy) = no_proxy {
+        cmd.env("no_proxy", no_proxy);
+    }
+    cmd.args([
+        "fetch",
+        "--image",
+        image,
+        "--to",
+        "out",
+        "--trusted-key",
+        "k.pub",
+    ])
+    .current_dir(cwd)
+    .output()
+    .expect("running the installer binary")
+}
+
+#[test]
+fn fetch_asks_the_proxy_in_its_environment_unless_no_proxy_says_otherwise() {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = installer(
+        &["keygen", "--private", "k.pem", "--public", "k.pub"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A registry address nothing listens on, and a proxy that answers
+    // every CONNECT with 502 and remembers what it was asked.
+    let registry = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let image = format!("{registry}/siderolabs/installer:v1.0.0");
+    proxy.set_nonblocking(true).unwrap();
+    let asked = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut conn = loop {
+            match proxy.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("the installer never came to the proxy: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let _ = conn.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+        // The listener goes with the thread: a second try is refused.
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let out = fetch_with_proxy(&image, &proxy_url, None, tmp.path());
+    assert_ne!(out.status.code(), Some(0));
+    let head = asked.join().unwrap();
+    assert!(
+        head.starts_with(&format!("CONNECT {registry} HTTP/1.1\r\n")),
+        "{head:?}"
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&image), "{stderr}");
+
+    // With the registry in no_proxy the installer goes to it directly,
+    // finds nothing there, and the proxy hears nothing.
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let out = fetch_with_proxy(&image, &proxy_url, Some("127.0.0.1"), tmp.path());
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(200) {
+        assert!(
+            proxy.accept().is_err(),
+            "the proxy was asked despite no_proxy"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
