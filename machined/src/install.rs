@@ -207,6 +207,8 @@ pub struct FetchSettings {
     pub trusted_keys: Vec<String>,
     /// Mirrors, credentials and TLS settings from `machine.registries`.
     pub registries: Registries,
+    /// `machine.env`, for the fetch: proxies above all.
+    pub env: Vec<(String, String)>,
 }
 
 impl FetchSettings {
@@ -219,6 +221,7 @@ impl FetchSettings {
         if let Some(config) = config {
             settings.trusted_keys = config.install_trusted_keys().to_vec();
             settings.registries = config.registries().clone();
+            settings.env = config.env().into_iter().collect();
         }
         settings
     }
@@ -241,7 +244,9 @@ fn fetch(
         message: format!("{}: {e}", dir.display()),
     })?;
     let mut cmd = Command::new(ROOT_INSTALLER);
-    cmd.args(["fetch", "--image", image, "--to"])
+    // A proxy in machine.env is how a node behind one reaches a registry.
+    cmd.envs(settings.env.iter().map(|(k, v)| (k, v)))
+        .args(["fetch", "--image", image, "--to"])
         .arg(dir)
         .arg("--trusted-key")
         .arg(TRUSTED_KEYS_DIR);
@@ -789,6 +794,15 @@ mod tests {
         assert_eq!(
             read.mirrors["docker.io"].endpoints,
             ["http://10.0.2.2:5000"]
+        );
+        assert!(settings.env.is_empty());
+        let text = crate::test_config::patched(
+            "machine:\n  env:\n    https_proxy: http://10.0.2.2:3128\n",
+        );
+        let config = machinery::config::parse(text.as_bytes()).expect("config");
+        assert_eq!(
+            FetchSettings::from_config(Some(&config)).env,
+            [("https_proxy".to_owned(), "http://10.0.2.2:3128".to_owned())]
         );
         let auth = read.config["10.0.2.2:5000"]
             .auth

@@ -36,6 +36,7 @@ pub mod server;
 pub mod services;
 pub mod stats;
 pub mod supervisor;
+pub mod userfiles;
 pub mod volumes;
 
 /// A generated config for unit tests.

@@ -254,6 +254,17 @@ pub fn execute(plan: &ResetPlan, logs: &crate::logbuf::LogRegistry, report: &dyn
     if !crate::boot::sync_bounded(crate::boot::SYNC_TIMEOUT) {
         report("reset: sync(2) did not finish within 10 s; going on");
     }
+    // The machine.files bind mounts keep /var's filesystem in use.
+    let bound = std::mem::take(
+        &mut *crate::userfiles::bound()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    for at in bound.iter().rev() {
+        if let Err(e) = rustix::mount::unmount(at, rustix::mount::UnmountFlags::empty()) {
+            report(&format!("reset: unmounting {}: {e}", at.display()));
+        }
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for at in mounts_below(&mounts, &UNMOUNT) {
         if let Err(e) = rustix::mount::unmount(at.as_str(), rustix::mount::UnmountFlags::empty()) {

@@ -177,6 +177,26 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         None
     };
 
+    // machine.files, once per boot, before the services read them; a
+    // later change waits for the next boot, and says so.
+    let user_files = {
+        let mut configs = node.config.subscribe();
+        let written = write_user_files(&node).await;
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            while configs.changed().await.is_ok() {
+                let now = node
+                    .config
+                    .current()
+                    .map(|c| c.user_files())
+                    .unwrap_or_default();
+                if written.as_ref().is_some_and(|w| *w != now) {
+                    tracing::warn!("machine.files changed: the files are written at the next boot");
+                }
+            }
+        })
+    };
+
     let events = Arc::clone(&node.events);
     let metal = node.mode() == Mode::Metal;
     let observer: Observer = Arc::new(move |status, msg| {
@@ -314,6 +334,7 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     supervisor.shutdown();
     credentials.abort();
     log_shipping.abort();
+    user_files.abort();
     if let Some(task) = kernel_params {
         task.abort();
     }
@@ -344,6 +365,54 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         return Ok(reset(&node).await);
     }
     Ok(action)
+}
+
+/// Writes the config's `machine.files`, the first time this process runs
+/// with a config (at boot, or once an apply ends maintenance mode). Returns
+/// the entries this boot's files came from, if the config has been seen.
+async fn write_user_files(node: &Node) -> Option<Vec<machinery::config::UserFile>> {
+    static WRITTEN: std::sync::Mutex<Option<Vec<machinery::config::UserFile>>> =
+        std::sync::Mutex::new(None);
+    let config = node.config.current()?;
+    let files = {
+        let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(files) = written.as_ref() {
+            return Some(files.clone());
+        }
+        let files = config.user_files();
+        *written = Some(files.clone());
+        files
+    };
+    if files.is_empty() {
+        return Some(files);
+    }
+    let root = node.options.root.clone();
+    let metal = node.mode() == Mode::Metal;
+    let entries = files.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let bind: Option<crate::userfiles::Bind<'_>> =
+            metal.then_some(&crate::userfiles::bind_read_only);
+        crate::userfiles::write_all(&root, &entries, bind)
+    })
+    .await;
+    match results {
+        Ok(results) => {
+            for (file, result) in files.iter().zip(results) {
+                match result {
+                    Ok(w) => tracing::info!(
+                        path = file.path,
+                        op = file.op.as_str(),
+                        at = %w.at.display(),
+                        bound = w.bound,
+                        "machine file written"
+                    ),
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+        }
+        Err(e) => tracing::error!("writing machine.files: {e}"),
+    }
+    Some(files)
 }
 
 /// Applies the defaults and the kernel parameters of the config as it is

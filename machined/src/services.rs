@@ -20,6 +20,8 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
     let cgroups = (node.mode() == Mode::Metal
         && crate::cgroups::is_unified(std::path::Path::new(crate::cgroups::ROOT)))
     .then(|| std::path::Path::new(crate::cgroups::ROOT).join(crate::cgroups::SYSTEM));
+    // machine.env, as upstream gives it to every service; read at boot.
+    let env = node.config.current().map(|c| c.env()).unwrap_or_default();
     let mut specs = Vec::new();
     for &(daemon, _) in crate::daemons::CARRIED {
         if daemon == "trustd" && !control_plane {
@@ -42,7 +44,9 @@ pub fn daemon_specs(node: &Node) -> Vec<ServiceSpec> {
             Some(system) => spec.cgroup(system.join(daemon)),
             None => spec,
         };
-        let mut spec = spec
+        let mut spec = env
+            .iter()
+            .fold(spec, |spec, (k, v)| spec.env(k, v))
             .restart(RestartPolicy::Forever)
             .backoff(Duration::from_millis(500), Duration::from_secs(30))
             .stop_grace(Duration::from_secs(10))

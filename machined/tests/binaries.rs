@@ -130,7 +130,12 @@ async fn control_plane_and_worker_over_mtls() {
     let ntp = "127.7.0.2:9";
     let cp_yaml = machinery::generate::apply_patch(
         &generated.controlplane_yaml,
-        &format!("machine:\n  time:\n    servers:\n      - {ntp}\n"),
+        &format!(
+            "machine:\n  time:\n    servers:\n      - {ntp}\n  \
+             env:\n    TALOS_E2E_ENV: from-the-config\n  \
+             files:\n    - path: /var/etc/e2e/motd\n      op: create\n      \
+             permissions: 0o640\n      content: written at boot\n"
+        ),
     )
     .expect("patch");
 
@@ -234,6 +239,28 @@ async fn control_plane_and_worker_over_mtls() {
             "PID {pid}: argv[0] against the process name"
         );
         carried.push(comm);
+    }
+    // machine.env reaches every service; machine.files under the root.
+    for (pid, comm) in testkit::children_of(cp.child.id()) {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        assert!(
+            environ
+                .split(|&b| b == 0)
+                .any(|kv| kv == b"TALOS_E2E_ENV=from-the-config"),
+            "{comm} (PID {pid}) lacks machine.env"
+        );
+    }
+    let motd = cp.root.join("var/etc/e2e/motd");
+    assert_eq!(
+        std::fs::read_to_string(&motd).expect("machine.files written"),
+        "written at boot"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&motd).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
     }
     carried.sort();
     assert_eq!(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use machinery::base64;
 use machinery::config::v1alpha1::FileMode;
-use machinery::config::{self, ConfigError, MachineConfig, MachineType};
+use machinery::config::{self, ConfigError, FileOp, MachineConfig, MachineType, UserFile};
 
 // === fixtures ===
 
@@ -1044,6 +1044,69 @@ fn file_rules() {
     assert_issues(
         &parse_err(&text),
         &["machine.files[0].path", "machine.files[0].op"],
+    );
+
+    // Creating is for /var only; a path names its file without climbing.
+    let file = |path: &str, op: &str| {
+        edit(
+            &controlplane_yaml(),
+            "    features:\n",
+            &format!(
+                "    files:\n        - content: hello\n          path: {path}\n          op: {op}\n    features:\n"
+            ),
+        )
+    };
+    let err = parse_err(&file("/etc/motd", "create"));
+    assert_issues(&err, &["machine.files[0].op"]);
+    assert!(err.to_string().contains("under /var only"), "{err}");
+    assert_issues(
+        &parse_err(&file("/var/../etc/motd", "create")),
+        &["machine.files[0].path"],
+    );
+    assert_issues(
+        &parse_err(&file("/", "overwrite")),
+        &["machine.files[0].path"],
+    );
+    assert_issues(
+        &parse_err(&file("/var/./x", "append")),
+        &["machine.files[0].path"],
+    );
+
+    let cfg = parse_ok(&file("/etc/motd", "append"));
+    let files = cfg.user_files();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].op, FileOp::Append);
+    assert_eq!(files[0].mode, UserFile::DEFAULT_MODE);
+    assert!(!files[0].in_var());
+    let cfg = parse_ok(&file("/var/etc/motd", "create"));
+    assert!(cfg.user_files()[0].in_var());
+}
+
+#[test]
+fn env_rules() {
+    let with_env = |env: &str| {
+        edit(
+            &controlplane_yaml(),
+            "    features:\n",
+            &format!("    env:\n{env}    features:\n"),
+        )
+    };
+    let cfg = parse_ok(&with_env(
+        "        https_proxy: http://proxy.example:3128\n        no_proxy: 10.0.0.0/8\n",
+    ));
+    assert_eq!(
+        cfg.env().into_iter().collect::<Vec<_>>(),
+        [
+            (
+                "https_proxy".to_owned(),
+                "http://proxy.example:3128".to_owned()
+            ),
+            ("no_proxy".to_owned(), "10.0.0.0/8".to_owned()),
+        ]
+    );
+    assert_issues(
+        &parse_err(&with_env("        \"A=B\": x\n        GOOD: \"a\\0b\"\n")),
+        &["machine.env.A=B", "machine.env.GOOD"],
     );
 }
 

@@ -796,6 +796,8 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
             "--insecure",
             "-f",
             generated.join("controlplane.yaml").to_str().expect("utf8"),
+            "--config-patch",
+            USER_FILES_PATCH,
         ],
     );
     let mtls = ["-e", &endpoint, "-n", "127.0.0.1"];
@@ -880,6 +882,8 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         ephemeral_end - ephemeral_start
     );
 
+    user_files_written(&tc, &with);
+
     // Service logs persist on EPHEMERAL.
     let logs = ok(&tc, &args(&with(&["list", "/var/log"])));
     for file in ["machined.log", "apid.log"] {
@@ -913,6 +917,9 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
     });
     assert_ne!(after, boot_id);
 
+    // Written again at this boot: the append does not pile up.
+    user_files_written(&tc, &with);
+
     // The kernel finds the table whole at the next boot.
     let dmesg = ok(&tc, &args(&with(&["dmesg"])));
     assert!(dmesg.contains("EPHEMERAL"), "not this boot's log:\n{dmesg}");
@@ -921,6 +928,47 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
     assert_eq!(
         sectors("/sys/class/block/vda4/size"),
         ephemeral_end - ephemeral_start
+    );
+}
+
+/// `machine.files`: one file created under /var, one appended to on the
+/// read-only root (the CA bundle, with a comment PEM readers skip).
+const USER_FILES_PATCH: &str = r##"{"machine":{"files":[{"path":"/var/etc/greeting","op":"create","permissions":384,"content":"hello from machine.files\n"},{"path":"/etc/ssl/certs/ca-certificates.crt","op":"append","content":"# appended by machine.files\n"}]}}"##;
+
+/// The files of [`USER_FILES_PATCH`] are in place: the created one with
+/// its mode, the appended one bind-mounted read-only over the original,
+/// with the line added once.
+fn user_files_written(tc: &Path, with: &dyn Fn(&[&'static str]) -> Vec<String>) {
+    assert_eq!(
+        ok(tc, &args(&with(&["read", "/var/etc/greeting"]))),
+        "hello from machine.files\n"
+    );
+    let listing = ok(tc, &args(&with(&["list", "-l", "/var/etc"])));
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains("greeting") && l.contains("-rw-------")),
+        "{listing}"
+    );
+    let bundle = ok(
+        tc,
+        &args(&with(&["read", "/etc/ssl/certs/ca-certificates.crt"])),
+    );
+    assert!(bundle.contains("-----BEGIN CERTIFICATE-----"), "{bundle}");
+    assert_eq!(
+        bundle.matches("# appended by machine.files").count(),
+        1,
+        "{bundle}"
+    );
+    assert!(bundle.ends_with("\n# appended by machine.files\n"));
+    let mounts = ok(tc, &args(&with(&["read", "/proc/self/mounts"])));
+    assert!(
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"/etc/ssl/certs/ca-certificates.crt")
+                && f.get(3).is_some_and(|o| o.split(',').any(|o| o == "ro"))
+        }),
+        "{mounts}"
     );
 }
 

@@ -548,6 +548,34 @@ impl MachineConfig {
             .unwrap_or_default()
     }
 
+    /// `machine.env`: the environment of every service and of the
+    /// installer (proxies: `https_proxy`, `http_proxy`, `no_proxy`).
+    #[must_use]
+    pub fn env(&self) -> BTreeMap<String, String> {
+        self.machine()
+            .and_then(|machine| machine.env.clone())
+            .unwrap_or_default()
+    }
+
+    /// `machine.files`, as the node writes them at boot. Validation has
+    /// checked every entry, so none is dropped here.
+    #[must_use]
+    pub fn user_files(&self) -> Vec<UserFile> {
+        self.machine()
+            .and_then(|machine| machine.files.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                Some(UserFile {
+                    path: f.path.clone().filter(|p| p.starts_with('/'))?,
+                    content: f.content.clone().unwrap_or_default(),
+                    mode: f.permissions.map_or(UserFile::DEFAULT_MODE, |m| m.0),
+                    op: FileOp::parse(f.op.as_deref()?)?,
+                })
+            })
+            .collect()
+    }
+
     /// `machine.network.hostname`, when set and non-empty.
     #[must_use]
     pub fn hostname(&self) -> Option<&str> {
@@ -706,6 +734,75 @@ pub fn kernel_param_parts(key: &str, sysctl: bool) -> Option<Vec<String>> {
             (!bad).then_some(part)
         })
         .collect()
+}
+
+/// One `machine.files` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFile {
+    /// Absolute path on the node.
+    pub path: String,
+    /// Contents (for `append`, what is added after a newline).
+    pub content: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// How the file is written.
+    pub op: FileOp,
+}
+
+impl UserFile {
+    /// Permission bits when the entry sets none.
+    pub const DEFAULT_MODE: u32 = 0o644;
+
+    /// Whether the path lies under `/var`, the only place a file may be
+    /// created (elsewhere the root is read-only).
+    #[must_use]
+    pub fn in_var(&self) -> bool {
+        user_file_parts(&self.path).is_some_and(|parts| parts.len() > 1 && parts[0] == "var")
+    }
+}
+
+/// How a `machine.files` entry is written, as upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    /// Write the file, whether or not it exists (under `/var` only).
+    Create,
+    /// Add to an existing regular file, after a newline.
+    Append,
+    /// Replace an existing regular file's contents.
+    Overwrite,
+}
+
+impl FileOp {
+    /// The config's spelling: `create`, `append` or `overwrite`.
+    #[must_use]
+    pub fn parse(op: &str) -> Option<FileOp> {
+        match op {
+            "create" => Some(FileOp::Create),
+            "append" => Some(FileOp::Append),
+            "overwrite" => Some(FileOp::Overwrite),
+            _ => None,
+        }
+    }
+
+    /// The config's spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileOp::Create => "create",
+            FileOp::Append => "append",
+            FileOp::Overwrite => "overwrite",
+        }
+    }
+}
+
+/// The components of an absolute `machine.files` path, or `None` when
+/// it is not absolute or a component is `.` or `..` (a path must name
+/// where it writes, not climb out of `/var`).
+#[must_use]
+pub fn user_file_parts(path: &str) -> Option<Vec<&str>> {
+    let rest = path.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    (!parts.is_empty() && !parts.iter().any(|p| *p == "." || *p == "..")).then_some(parts)
 }
 
 /// A `machine.logging.destinations` endpoint split: whether it is UDP

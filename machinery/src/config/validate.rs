@@ -25,9 +25,6 @@ use crate::base64;
 const TOKEN_SHAPE: &str =
     "`abcdef.0123456789abcdef` (6 and 16 characters of [a-z0-9] joined by a dot)";
 
-/// The operations a `machine.files` entry may use.
-const FILE_OPS: [&str; 3] = ["create", "append", "overwrite"];
-
 /// Values computed while validating.
 #[derive(Debug)]
 pub(super) struct Derived {
@@ -86,6 +83,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     check_install(machine, &mut issues);
     check_trusted_keys(machine, &mut issues);
     check_files(machine, &mut issues);
+    check_env(machine, &mut issues);
     if let Some(network) = &machine.network {
         check_network(network, &mut issues);
     }
@@ -301,6 +299,21 @@ fn check_trusted_keys(machine: &Machine, issues: &mut Issues) {
     }
 }
 
+/// `machine.env` names and values must be what execve(2) can pass.
+fn check_env(machine: &Machine, issues: &mut Issues) {
+    for (name, value) in machine.env.iter().flatten() {
+        let path = format!("machine.env.{name}");
+        if name.is_empty() || name.contains(['=', '\0']) {
+            issues.push(
+                path,
+                "is not an environment variable name (empty, or with `=` or NUL)",
+            );
+        } else if value.contains('\0') {
+            issues.push(path, "has a NUL character in its value");
+        }
+    }
+}
+
 fn check_files(machine: &Machine, issues: &mut Issues) {
     for (i, file) in machine.files.iter().flatten().enumerate() {
         let base = format!("machine.files[{i}]");
@@ -312,14 +325,30 @@ fn check_files(machine: &Machine, issues: &mut Issues) {
                     format!("{path:?} is not an absolute path"),
                 );
             }
-            Some(_) => {}
+            Some(path) => match super::user_file_parts(path) {
+                None => issues.push(
+                    format!("{base}.path"),
+                    format!("{path:?} must name a file, without `.` or `..` parts"),
+                ),
+                Some(parts) => {
+                    let in_var = parts.len() > 1 && parts[0] == "var";
+                    if !in_var && file.op.as_deref() == Some("create") {
+                        issues.push(
+                            format!("{base}.op"),
+                            format!(
+                                "create is allowed under /var only ({path:?} is on the read-only root: use overwrite or append for an existing file)"
+                            ),
+                        );
+                    }
+                }
+            },
         }
         match file.op.as_deref() {
             None | Some("") => issues.push(
                 format!("{base}.op"),
                 "is required (create, append or overwrite)",
             ),
-            Some(op) if !FILE_OPS.contains(&op) => {
+            Some(op) if super::FileOp::parse(op).is_none() => {
                 issues.push(
                     format!("{base}.op"),
                     format!("unknown operation {op:?} (expected create, append or overwrite)"),
