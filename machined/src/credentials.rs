@@ -256,6 +256,12 @@ async fn request_worker(
     Err(CredentialsError::Trustd(last))
 }
 
+/// Removes the maintenance marker: apid leaves maintenance mode (for mTLS
+/// once credentials are there, for nothing until then).
+pub fn clear_maintenance_marker(node: &Node) {
+    remove(&node.paths.secrets_dir("api"), api_files::MAINTENANCE);
+}
+
 /// Keeps the credentials in step with the config until the process ends.
 /// `trustd_port` overrides trustd's port for workers (container mode).
 ///
@@ -266,7 +272,6 @@ async fn request_worker(
 /// and answer mTLS calls, and then be stopped under them.
 pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
     let mut configs = node.config.subscribe();
-    let maintenance_run = configs.borrow().is_none();
     let mut failures = 0u32;
     let addresses_file = node.paths.socket_dir("networkd").join("addresses");
     let read_addresses = |path: &std::path::Path| std::fs::read(path).unwrap_or_default();
@@ -276,8 +281,12 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
         // saw, and issue again when they change (an address configured or
         // leased after boot must be in the certificate).
         let seen_addresses = read_addresses(&addresses_file);
-        if maintenance_run && config.is_some() {
+        if node.maintenance_run && config.is_some() {
+            // Nor does the maintenance API stay open meanwhile: without the
+            // marker (and no credentials) apid takes no new connection and
+            // no caller has a role (checked per call).
             tracing::info!("config applied in maintenance mode: credentials wait for the restart");
+            clear_maintenance_marker(&node);
             return;
         }
         let next = match &config {

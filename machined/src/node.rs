@@ -68,6 +68,10 @@ pub struct Node {
     pub lifecycle: tokio::sync::Mutex<()>,
     /// When machined started.
     pub started: std::time::SystemTime,
+    /// This run started without a config (maintenance mode). A config
+    /// applied now ends the run: machined starts over from it, or
+    /// installs and reboots.
+    pub maintenance_run: bool,
     power: watch::Sender<Option<(PowerAction, String)>>,
     reset: std::sync::Mutex<Option<crate::reset::ResetPlan>>,
 }
@@ -77,6 +81,7 @@ impl Node {
     #[must_use]
     pub fn new(options: NodeOptions, logs: Arc<LogRegistry>, config: Arc<ConfigStore>) -> Node {
         let paths = NodePaths::under(&options.root);
+        let maintenance_run = config.current().is_none();
         Node {
             options,
             paths,
@@ -86,6 +91,7 @@ impl Node {
             supervisor: OnceLock::new(),
             lifecycle: tokio::sync::Mutex::new(()),
             started: std::time::SystemTime::now(),
+            maintenance_run,
             power: watch::channel(None).0,
             reset: std::sync::Mutex::new(None),
         }

@@ -128,6 +128,11 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
 
+    // A marker left by a maintenance run must not put the configured
+    // node's apid in maintenance mode until the credentials are issued.
+    if !node.maintenance_run {
+        crate::credentials::clear_maintenance_marker(&node);
+    }
     // Credentials before services: apid and trustd read them at start.
     let credentials = tokio::spawn(crate::credentials::maintain(Arc::clone(&node), None));
     // Service logs to the config's destinations, from boot on, and to
@@ -289,7 +294,7 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     // it (the right services for the machine type, the daemons reading the
     // config at start). The pause lets the ApplyConfiguration reply travel
     // back through apid before apid stops.
-    let leave_maintenance = node.in_maintenance().then(|| {
+    let leave_maintenance = node.maintenance_run.then(|| {
         let node = Arc::clone(&node);
         tokio::spawn(async move {
             let mut configs = node.config.subscribe();

@@ -1362,6 +1362,12 @@ impl MachineService for MachineApi {
                 );
             }
         };
+        if self.node.maintenance_run && !self.node.in_maintenance() {
+            return Err(ApiError::FailedPrecondition(
+                "a machine config was applied in maintenance mode: the node is starting from it (or installing); apply again once it answers over mTLS".into(),
+            )
+            .into());
+        }
         tracing::info!(?mode, dry_run = req.dry_run, "applying a machine config");
         let outcome = self
             .node

@@ -947,13 +947,15 @@ impl Runner {
             if let Some(name) = &self.spec.arg0 {
                 cmd.arg0(name);
             }
+            // The spec's (machine.env's) first: machined's own variable
+            // below wins over one of the same name.
+            cmd.envs(self.spec.env.iter().map(|(k, v)| (k, v)));
             match &ready {
                 Some((path, _)) => cmd.env("NOTIFY_SOCKET", path),
                 // Not one inherited from whoever started machined.
                 None => cmd.env_remove("NOTIFY_SOCKET"),
             };
             cmd.args(&self.spec.args)
-                .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(writer))
                 .stderr(Stdio::from(stderr))

@@ -11,6 +11,10 @@
 //!   `append` adds to at every boot, so appending does not pile up; under
 //!   `/var` an appended file grows at every boot, as upstream's.
 //!
+//! - Nothing is written through a symbolic link (on the way or the file
+//!   itself), and nothing under `/system`, `/proc`, `/sys` or `/dev`. The
+//!   mode is set on the open file before the contents go in.
+//!
 //! Files are written once per boot, before the services start: on a live
 //! config change machined only says that the change waits for the next
 //! boot. Each entry is written on its own, so one bad entry does not stop
@@ -32,6 +36,23 @@ pub enum UserFileError {
     BadPath {
         /// The entry's path.
         path: String,
+    },
+    /// Under a directory the node manages itself (`/system`, `/proc`, ...).
+    #[error("machine.files {path:?}: /{top} is the node's own; no entry may write there")]
+    Reserved {
+        /// The entry's path.
+        path: String,
+        /// The top directory.
+        top: String,
+    },
+    /// A symbolic link on the way to where the contents go: writing
+    /// through it could land anywhere.
+    #[error("machine.files {path:?}: {} is a symbolic link", at.display())]
+    Symlink {
+        /// The entry's path.
+        path: String,
+        /// The link.
+        at: PathBuf,
     },
     /// `create` outside `/var`.
     #[error("machine.files {path:?}: create is allowed under /var only")]
@@ -106,6 +127,12 @@ pub fn write(
     };
     let parts = machinery::config::user_file_parts(&file.path)
         .ok_or_else(|| UserFileError::BadPath { path: path() })?;
+    if UserFile::RESERVED.contains(&parts[0]) {
+        return Err(UserFileError::Reserved {
+            path: path(),
+            top: parts[0].to_owned(),
+        });
+    }
     let host: PathBuf = parts
         .iter()
         .fold(root.to_path_buf(), |p, part| p.join(part));
@@ -140,18 +167,34 @@ pub fn write(
             }
         }
     };
-    let target = if in_var {
-        host.clone()
+    let target_parts: Vec<&str> = if in_var {
+        parts.clone()
     } else {
-        parts.iter().fold(root.join("var"), |p, part| p.join(part))
+        std::iter::once("var")
+            .chain(parts.iter().copied())
+            .collect()
     };
+    // Nothing on the way may be a link (a planted `/var/etc` → `/system`
+    // would take the write, or the bind mount, elsewhere).
+    let mut at = root.to_path_buf();
+    for part in &target_parts {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(UserFileError::Symlink { path: path(), at });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(io_err("looking at", &at)(e)),
+        }
+    }
+    let target: PathBuf = target_parts
+        .iter()
+        .fold(root.to_path_buf(), |p, part| p.join(part));
     if let Some(dir) = target.parent() {
         fs::create_dir_all(dir).map_err(io_err("making the directory", dir))?;
     }
-    fs::write(&target, content).map_err(io_err("writing", &target))?;
-    // Explicitly, so that the umask has no say.
-    fs::set_permissions(&target, fs::Permissions::from_mode(file.mode))
-        .map_err(io_err("setting the permissions of", &target))?;
+    write_file(&target, content.as_bytes(), file.mode).map_err(io_err("writing", &target))?;
     if !in_var && let Some(bind) = bind {
         bind(&target, &host).map_err(io_err("bind-mounting over", &host))?;
         bound().lock().unwrap_or_else(|e| e.into_inner()).push(host);
@@ -164,6 +207,28 @@ pub fn write(
         at: target,
         bound: false,
     })
+}
+
+/// Writes `content` to `path` with `mode`, never through a link: the
+/// mode is set (on the open file, whatever the umask) before the contents
+/// go in, so contents meant for root alone are never readable by others.
+fn write_file(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.set_len(0)?;
+    file.write_all(content)?;
+    file.sync_all()
 }
 
 /// The paths files were bind-mounted over this boot: a reset unmounts
@@ -182,7 +247,8 @@ pub fn bind_read_only(from: &Path, to: &Path) -> io::Result<()> {
     use rustix::mount::{MountFlags, mount_bind, mount_remount};
     mount_bind(from, to)?;
     // A bind mount takes its flags only from a remount of it.
-    if let Err(e) = mount_remount(to, MountFlags::BIND | MountFlags::RDONLY, "") {
+    let flags = MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+    if let Err(e) = mount_remount(to, flags, "") {
         let _ = rustix::mount::unmount(to, rustix::mount::UnmountFlags::DETACH);
         return Err(e.into());
     }
@@ -354,6 +420,42 @@ mod tests {
         .expect_err("no bind");
         assert!(matches!(err, UserFileError::NoBind { .. }), "{err}");
         assert!(!other.path().join("var").exists());
+    }
+
+    #[test]
+    fn links_on_the_way_and_the_nodes_own_directories_are_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(root.path().join("var")).expect("mkdir");
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("var/etc")).expect("link");
+        let err = write(
+            root.path(),
+            &entry("/var/etc/conf", FileOp::Create, "x", 0o644),
+            None,
+        )
+        .expect_err("through a link");
+        assert!(matches!(err, UserFileError::Symlink { .. }), "{err}");
+        assert!(!elsewhere.path().join("conf").exists());
+        // The file itself a link: not followed either.
+        fs::create_dir_all(root.path().join("var/lib")).expect("mkdir");
+        std::os::unix::fs::symlink(elsewhere.path().join("t"), root.path().join("var/lib/f"))
+            .expect("link");
+        let err = write(
+            root.path(),
+            &entry("/var/lib/f", FileOp::Create, "x", 0o644),
+            None,
+        )
+        .expect_err("a link");
+        assert!(matches!(err, UserFileError::Symlink { .. }), "{err}");
+        assert!(!elsewhere.path().join("t").exists());
+
+        let err = write(
+            root.path(),
+            &entry("/system/state/config.yaml", FileOp::Overwrite, "x", 0o644),
+            None,
+        )
+        .expect_err("reserved");
+        assert!(matches!(err, UserFileError::Reserved { .. }), "{err}");
     }
 
     #[test]

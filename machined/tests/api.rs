@@ -31,7 +31,20 @@ impl Drop for Harness {
 }
 
 async fn start(services: Vec<ServiceSpec>, ring: usize) -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
+    start_in(tempfile::tempdir().expect("tempdir"), services, ring).await
+}
+
+/// What machined does after a config is applied in maintenance mode:
+/// stop, and start again (a new node over the same root) from it.
+async fn restart(mut h: Harness, services: Vec<ServiceSpec>) -> Harness {
+    let dir = std::mem::replace(&mut h._dir, tempfile::tempdir().expect("tempdir"));
+    let socket = h.root.join("machined.sock");
+    drop(h);
+    let _ = std::fs::remove_file(socket);
+    start_in(dir, services, 64 * 1024).await
+}
+
+async fn start_in(dir: tempfile::TempDir, services: Vec<ServiceSpec>, ring: usize) -> Harness {
     let root = dir.path().to_path_buf();
     let options = NodeOptions {
         mode: Mode::Container,
@@ -521,6 +534,17 @@ async fn apply_configuration_modes_and_refusals() {
     assert!(on_disk.contains("hostname: first"));
     assert_eq!(live_now(), on_disk);
 
+    // Until machined has started over from it, no other config is taken.
+    let err = h
+        .client
+        .apply_configuration(apply(&good, Mode::Auto, false, None))
+        .await
+        .expect_err("a second apply in the maintenance run");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("starting from it"), "{err:?}");
+    let mut h = restart(h, Vec::new()).await;
+    assert_eq!(hostname(&mut h).await, "first");
+
     // Refusals: each names the problem, and nothing changes.
     let bad_yaml = "version: v1alpha1\nmachine: [unclosed";
     let unknown_key = base.replace("  network:", "  networkz:");
@@ -888,6 +912,13 @@ mod cosi {
             ))
             .await
             .expect("apply");
+        // machined starts over from a config applied in maintenance mode.
+        let mut h = restart(h, vec![sleeping_worker()]).await;
+        let mut state = StateClient::new(
+            machinery::grpc::unix_channel(&h.root.join("machined.sock"))
+                .await
+                .expect("connect"),
+        );
         let first = current_config(&mut state).await;
         assert_eq!(version(&first), "1");
         let proto = api::resource::config::MachineConfigSpec::decode(

@@ -241,10 +241,12 @@ async fn control_plane_and_worker_over_mtls() {
         carried.push(comm);
     }
     // machine.env reaches every service; machine.files under the root.
+    let mut with_env = 0;
     for (pid, comm) in testkit::children_of(cp.child.id()) {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
+        with_env += 1;
         assert!(
             environ
                 .split(|&b| b == 0)
@@ -252,6 +254,7 @@ async fn control_plane_and_worker_over_mtls() {
             "{comm} (PID {pid}) lacks machine.env"
         );
     }
+    assert!(with_env >= 6, "only {with_env} services checked");
     let motd = cp.root.join("var/etc/e2e/motd");
     assert_eq!(
         std::fs::read_to_string(&motd).expect("machine.files written"),

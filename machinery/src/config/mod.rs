@@ -552,9 +552,16 @@ impl MachineConfig {
     /// installer (proxies: `https_proxy`, `http_proxy`, `no_proxy`).
     #[must_use]
     pub fn env(&self) -> BTreeMap<String, String> {
+        // Names execve(2) could not pass are left out (the strict check
+        // refuses them; a persisted config may still hold one).
         self.machine()
             .and_then(|machine| machine.env.clone())
             .unwrap_or_default()
+            .into_iter()
+            .filter(|(name, value)| {
+                !name.is_empty() && !name.contains(['=', '\0']) && !value.contains('\0')
+            })
+            .collect()
     }
 
     /// `machine.files`, as the node writes them at boot. Validation has
@@ -617,7 +624,8 @@ impl MachineConfig {
     /// [`parse`] enforces: rules added after configs were persisted without
     /// them, so a persisted config that breaks one still loads at boot (the
     /// offending parts unused) while a new one is refused. Today: the
-    /// credentials and CA of `machine.registries.config`.
+    /// credentials and CA of `machine.registries.config`, the paths and
+    /// operations of `machine.files` and the names of `machine.env`.
     ///
     /// # Errors
     /// [`ConfigError::Validation`] listing every problem.
@@ -752,6 +760,10 @@ pub struct UserFile {
 impl UserFile {
     /// Permission bits when the entry sets none.
     pub const DEFAULT_MODE: u32 = 0o644;
+
+    /// Top directories no entry may write under: the node's own state
+    /// and secrets, and the kernel's filesystems.
+    pub const RESERVED: [&'static str; 4] = ["system", "proc", "sys", "dev"];
 
     /// Whether the path lies under `/var`, the only place a file may be
     /// created (elsewhere the root is read-only).

@@ -82,8 +82,10 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     } = check_machine_ca(machine, machine_type, &mut issues);
     check_install(machine, &mut issues);
     check_trusted_keys(machine, &mut issues);
-    check_files(machine, &mut issues);
-    check_env(machine, &mut issues);
+    // Rules added after configs were persisted: strict (see below).
+    let mut strict = Issues::default();
+    check_files(machine, &mut issues, &mut strict);
+    check_env(machine, &mut strict);
     if let Some(network) = &machine.network {
         check_network(network, &mut issues);
     }
@@ -95,7 +97,8 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     // Checked strictly only when a config is applied (see
     // `MachineConfig::strict_check`): configs persisted before these rules
     // existed must still load at boot.
-    let (access, strict_issues) = registries::read(machine.registries.as_ref());
+    let (access, mut strict_issues) = registries::read(machine.registries.as_ref());
+    strict_issues.extend(strict.0);
     let registries = Registries {
         mirrors: registries::read_mirrors(machine.registries.as_ref()),
         config: access,
@@ -314,7 +317,7 @@ fn check_env(machine: &Machine, issues: &mut Issues) {
     }
 }
 
-fn check_files(machine: &Machine, issues: &mut Issues) {
+fn check_files(machine: &Machine, issues: &mut Issues, strict: &mut Issues) {
     for (i, file) in machine.files.iter().flatten().enumerate() {
         let base = format!("machine.files[{i}]");
         match file.path.as_deref() {
@@ -326,14 +329,21 @@ fn check_files(machine: &Machine, issues: &mut Issues) {
                 );
             }
             Some(path) => match super::user_file_parts(path) {
-                None => issues.push(
+                None => strict.push(
                     format!("{base}.path"),
                     format!("{path:?} must name a file, without `.` or `..` parts"),
+                ),
+                Some(parts) if super::UserFile::RESERVED.contains(&parts[0]) => strict.push(
+                    format!("{base}.path"),
+                    format!(
+                        "{path:?} is under /{}, which the node itself manages",
+                        parts[0]
+                    ),
                 ),
                 Some(parts) => {
                     let in_var = parts.len() > 1 && parts[0] == "var";
                     if !in_var && file.op.as_deref() == Some("create") {
-                        issues.push(
+                        strict.push(
                             format!("{base}.op"),
                             format!(
                                 "create is allowed under /var only ({path:?} is on the read-only root: use overwrite or append for an existing file)"
