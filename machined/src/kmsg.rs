@@ -75,14 +75,28 @@ const PRIORITIES: [&str; 8] = [
     "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
 ];
 
+impl Record {
+    /// The facility's name (`kern`, `daemon`, ...).
+    #[must_use]
+    pub fn facility_name(&self) -> &'static str {
+        FACILITIES
+            .get(usize::from(self.facility))
+            .copied()
+            .unwrap_or("unknown")
+    }
+
+    /// The priority's name (`err`, `warning`, `info`, ...).
+    #[must_use]
+    pub fn priority_name(&self) -> &'static str {
+        PRIORITIES[usize::from(self.priority & 7)]
+    }
+}
+
 /// Formats a record the way upstream's Dmesg does, `boot` being boot time.
 #[must_use]
 pub fn format(record: &Record, boot: SystemTime) -> String {
-    let facility = FACILITIES
-        .get(usize::from(record.facility))
-        .copied()
-        .unwrap_or("unknown");
-    let priority = PRIORITIES[usize::from(record.priority & 7)];
+    let facility = record.facility_name();
+    let priority = record.priority_name();
     let at = boot + Duration::from_micros(record.usec);
     let ts = time::OffsetDateTime::from(at)
         .format(&time::format_description::well_known::Rfc3339)
@@ -110,6 +124,21 @@ pub fn boot_time() -> SystemTime {
 /// # Errors
 /// `/dev/kmsg` cannot be opened (e.g. no CAP_SYSLOG).
 pub fn stream(follow: bool, tail: bool) -> io::Result<mpsc::Receiver<io::Result<String>>> {
+    let boot = boot_time();
+    records(follow, tail, move |record| format(&record, boot))
+}
+
+/// Streams kernel log records as `map` makes them: everything held (or,
+/// with `tail`, only what comes next), then, with `follow`, new records
+/// as they arrive. Ends when the receiver is dropped.
+///
+/// # Errors
+/// `/dev/kmsg` cannot be opened (e.g. no CAP_SYSLOG).
+pub fn records<T, F>(follow: bool, tail: bool, map: F) -> io::Result<mpsc::Receiver<io::Result<T>>>
+where
+    T: Send + 'static,
+    F: Fn(Record) -> T + Send + 'static,
+{
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
@@ -117,7 +146,6 @@ pub fn stream(follow: bool, tail: bool) -> io::Result<mpsc::Receiver<io::Result<
     if tail {
         rustix::fs::seek(&file, rustix::fs::SeekFrom::End(0)).map_err(io::Error::from)?;
     }
-    let boot = boot_time();
     let (tx, rx) = mpsc::channel(64);
     // A blocking thread with a bounded poll, so it notices a client that
     // went away even when the kernel logs nothing.
@@ -159,7 +187,7 @@ pub fn stream(follow: bool, tail: bool) -> io::Result<mpsc::Receiver<io::Result<
                 return;
             }
             if let Some(record) = parse(&String::from_utf8_lossy(&buf[..n]))
-                && tx.blocking_send(Ok(format(&record, boot))).is_err()
+                && tx.blocking_send(Ok(map(record))).is_err()
             {
                 return;
             }

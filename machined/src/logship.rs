@@ -11,6 +11,12 @@
 //! than hold the node back: each has a bounded queue, and what overflows
 //! is counted and reported in machined's log, at most every 10 s. A line
 //! is cut at 8 KiB.
+//!
+//! The kernel's log goes the same way to the `KmsgLogConfig` documents'
+//! URLs (and `talos.logging.kernel=`), as upstream's: one object a record,
+//! with `facility`, `priority`, `seq` and `clock` (microseconds since
+//! boot) beside `msg`, `talos-level` and `talos-time`, from the oldest
+//! record the kernel still holds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -129,7 +135,7 @@ struct Queue {
 /// and the restart after a config applied in maintenance mode neither
 /// loses nor repeats a line.
 pub struct Shipper {
-    logs: Arc<LogRegistry>,
+    source: Source,
     queues: Arc<std::sync::RwLock<Vec<Queue>>>,
     followers: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -140,12 +146,30 @@ impl std::fmt::Debug for Shipper {
     }
 }
 
+/// What a shipper sends.
+enum Source {
+    /// The services' log lines.
+    Services(Arc<LogRegistry>),
+    /// The kernel's log records (`/dev/kmsg`).
+    Kernel,
+}
+
 impl Shipper {
     /// A shipper of `logs`'s lines, with no destination yet.
     #[must_use]
     pub fn new(logs: Arc<LogRegistry>) -> Shipper {
+        Shipper::of(Source::Services(logs))
+    }
+
+    /// The process's shipper of the kernel's log.
+    pub fn kernel() -> &'static Shipper {
+        static KERNEL: std::sync::OnceLock<Shipper> = std::sync::OnceLock::new();
+        KERNEL.get_or_init(|| Shipper::of(Source::Kernel))
+    }
+
+    fn of(source: Source) -> Shipper {
         Shipper {
-            logs,
+            source,
             queues: Arc::default(),
             followers: std::sync::Mutex::new(None),
         }
@@ -194,9 +218,14 @@ impl Shipper {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if followers.is_none() && !destinations.is_empty() {
-            let logs = Arc::clone(&self.logs);
             let queues = Arc::clone(&self.queues);
-            *followers = Some(tokio::spawn(follow_all(logs, queues, from_start)).abort_handle());
+            let task = match &self.source {
+                Source::Services(logs) => {
+                    tokio::spawn(follow_all(Arc::clone(logs), queues, from_start))
+                }
+                Source::Kernel => tokio::spawn(follow_kernel(queues)),
+            };
+            *followers = Some(task.abort_handle());
         }
     }
 }
@@ -247,6 +276,76 @@ async fn follow_all(logs: Arc<LogRegistry>, queues: Queues, from_start: bool) {
         first = false;
         tokio::time::sleep(NEW_LOGS_EVERY).await;
     }
+}
+
+/// Follows the kernel's log from its oldest record, queueing each.
+async fn follow_kernel(queues: Queues) {
+    let boot = crate::kmsg::boot_time();
+    let mut records = match crate::kmsg::records(true, false, |record| record) {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the kernel log to ship it");
+            return;
+        }
+    };
+    while let Some(record) = records.recv().await {
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the kernel log to ship it");
+                return;
+            }
+        };
+        let queues = queues
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for queue in queues.iter() {
+            let object = kernel_json(&record, boot, &queue.destination.extra_tags);
+            if queue.tx.try_send(object).is_err() {
+                queue.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One kernel log record as upstream's kernel log shipping writes it
+/// (without the newline); `boot` is when the clock started.
+#[must_use]
+pub fn kernel_json(
+    record: &crate::kmsg::Record,
+    boot: std::time::SystemTime,
+    extra_tags: &BTreeMap<String, String>,
+) -> String {
+    let level = match record.priority & 7 {
+        0..=3 => "error",
+        4 => "warn",
+        5 | 6 => "info",
+        _ => "debug",
+    };
+    let at = time::OffsetDateTime::from(boot + Duration::from_micros(record.usec))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut end = record.text.len().min(MAX_LINE);
+    while !record.text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &record.text[..end];
+    let mut object = serde_json::Map::new();
+    for (key, value) in extra_tags {
+        object.insert(key.clone(), serde_json::Value::String(value.clone()));
+    }
+    for (key, value) in [
+        ("msg", serde_json::Value::from(text.trim_end())),
+        ("talos-level", level.into()),
+        ("talos-time", at.into()),
+        ("facility", record.facility_name().into()),
+        ("priority", record.priority_name().into()),
+        ("seq", record.seq.into()),
+        ("clock", record.usec.into()),
+    ] {
+        object.insert(key.to_owned(), value);
+    }
+    serde_json::Value::Object(object).to_string()
 }
 
 /// The longest line shipped, in bytes: a longer one is cut (and a service
@@ -411,6 +510,44 @@ mod tests {
     fn at(text: &str) -> time::OffsetDateTime {
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .expect("time")
+    }
+
+    #[test]
+    fn kernel_records_as_upstream_ships_them() {
+        let record = crate::kmsg::parse("3,812,5140900,-;virtio_net: link down\n").expect("record");
+        let boot = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let object: serde_json::Value =
+            serde_json::from_str(&kernel_json(&record, boot, &BTreeMap::new())).expect("json");
+        assert_eq!(
+            object,
+            serde_json::json!({
+                "msg": "virtio_net: link down",
+                "talos-level": "error",
+                "talos-time": "2023-11-14T22:13:25.1409Z",
+                "facility": "kern",
+                "priority": "err",
+                "seq": 812,
+                "clock": 5_140_900,
+            })
+        );
+        let warning = crate::kmsg::parse("4,1,0,-;x").expect("record");
+        let debug = crate::kmsg::parse("15,2,0,-;y").expect("record");
+        for (record, level) in [(warning, "warn"), (debug, "debug")] {
+            let object: serde_json::Value =
+                serde_json::from_str(&kernel_json(&record, boot, &BTreeMap::new())).expect("json");
+            assert_eq!(object["talos-level"], level);
+        }
+        // A long record is cut on a character boundary.
+        let long = crate::kmsg::Record {
+            facility: 0,
+            priority: 6,
+            seq: 3,
+            usec: 0,
+            text: "é".repeat(MAX_LINE),
+        };
+        let object: serde_json::Value =
+            serde_json::from_str(&kernel_json(&long, boot, &BTreeMap::new())).expect("json");
+        assert_eq!(object["msg"].as_str().expect("msg").len(), MAX_LINE);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! work; here machined serves, supervises and finally syncs and reboots or
 //! powers off.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,6 +167,46 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
             }
         })
     };
+    // The kernel's log to the KmsgLogConfig documents' URLs and
+    // talos.logging.kernel=, on metal (in a container the kernel is the
+    // host's), followed from boot and on every config change.
+    let kernel_logs = (node.mode() == Mode::Metal).then(|| {
+        let node = Arc::clone(&node);
+        let mut configs = node.config.subscribe();
+        tokio::spawn(async move {
+            let cmdline = crate::boot::read_cmdline();
+            let from_cmdline = crate::boot::last_kernel_arg(&cmdline, "talos.logging.kernel")
+                .flatten()
+                .map(str::to_owned);
+            let destinations = |node: &Node| -> Vec<crate::logship::Destination> {
+                let urls = node
+                    .config
+                    .current()
+                    .map(|c| c.kmsg_log_urls())
+                    .unwrap_or_default();
+                let mut found: Vec<crate::logship::Destination> = Vec::new();
+                for url in from_cmdline.iter().chain(urls.iter()) {
+                    if let Some(d) = crate::logship::Destination::parse(url, BTreeMap::new())
+                        && !found.contains(&d)
+                    {
+                        found.push(d);
+                    }
+                }
+                found
+            };
+            let shipper = crate::logship::Shipper::kernel();
+            let mut current = destinations(&node);
+            shipper.set(&current, true);
+            while configs.changed().await.is_ok() {
+                let next = destinations(&node);
+                if next != current {
+                    tracing::info!(destinations = next.len(), "kernel log destinations changed");
+                    shipper.set(&next, false);
+                    current = next;
+                }
+            }
+        })
+    });
     // Kernel parameters before services too, and again on every config
     // change; on metal only (in a container the kernel is the host's).
     let kernel_params = if node.mode() == Mode::Metal {
@@ -340,6 +381,9 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     credentials.abort();
     log_shipping.abort();
     user_files.abort();
+    if let Some(task) = kernel_logs {
+        task.abort();
+    }
     if let Some(task) = kernel_params {
         task.abort();
     }

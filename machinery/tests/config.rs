@@ -1120,6 +1120,43 @@ fn env_rules() {
 }
 
 #[test]
+fn kmsg_log_configs() {
+    let with_docs = |docs: &str| format!("{}---\n{docs}", controlplane_yaml());
+    let doc = |name: &str, url: &str| {
+        format!("apiVersion: v1alpha1\nkind: KmsgLogConfig\nname: {name}\nurl: {url}\n")
+    };
+    let cfg = parse_ok(&with_docs(&format!(
+        "{}---\n{}",
+        doc("remote", "tcp://10.0.2.2:5044/"),
+        doc("other", "udp://[fd00::1]:514/")
+    )));
+    cfg.strict_check().expect("good documents");
+    assert_eq!(
+        cfg.kmsg_log_urls(),
+        ["tcp://10.0.2.2:5044/", "udp://[fd00::1]:514/"]
+    );
+    assert!(parse_ok(&controlplane_yaml()).kmsg_log_urls().is_empty());
+
+    // Refused when applied, left out when loaded.
+    let bad = parse_ok(&with_docs(&format!(
+        "{}---\n{}---\n{}",
+        doc("remote", "http://10.0.2.2:5044/"),
+        doc("remote", "tcp://10.0.2.2/"),
+        "apiVersion: v1alpha1\nkind: KmsgLogConfig\nurl: udp://10.0.2.2:514/\n"
+    )));
+    assert_issues(
+        &bad.strict_check().expect_err("strict"),
+        &[
+            "KmsgLogConfig(remote).url",
+            "KmsgLogConfig(remote).name",
+            "KmsgLogConfig(remote).url",
+            "KmsgLogConfig().name",
+        ],
+    );
+    assert_eq!(bad.kmsg_log_urls(), ["udp://10.0.2.2:514/"]);
+}
+
+#[test]
 fn time_rules() {
     let text = edit(
         &controlplane_yaml(),

@@ -613,6 +613,10 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         v.trim() == before
     });
 
+    // The kernel's log, shipped to a KmsgLogConfig document's URL (the
+    // host, as the guest's slirp network sees it) from the oldest record.
+    kernel_log_shipped(&tc, cp_ip);
+
     // Dropped from the configs, the links networkd made go: the control
     // plane's VLAN, dummy link and bridge, then the worker's bond, whose member
     // (released by the kernel) gets its address back.
@@ -929,6 +933,53 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         sectors("/sys/class/block/vda4/size"),
         ephemeral_end - ephemeral_start
     );
+}
+
+/// A `KmsgLogConfig` applied live on `node` sends the kernel's log to a
+/// listener on the host, as upstream's JSON objects, the boot's first
+/// record included.
+fn kernel_log_shipped(tc: &Path, node: &str) {
+    use std::io::BufRead as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("address").port();
+    patch_live(
+        tc,
+        node,
+        &format!(
+            "apiVersion: v1alpha1\nkind: KmsgLogConfig\nname: e2e\nurl: tcp://10.0.2.2:{port}/\n"
+        ),
+    );
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("the node never sent its kernel log: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut lines = std::io::BufReader::new(conn).lines();
+    let first = lines.next().expect("a record").expect("a readable line");
+    let object: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+    assert!(
+        object["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Linux version")),
+        "{first}"
+    );
+    assert_eq!(object["facility"], "kern", "{first}");
+    assert_eq!(object["clock"], 0, "{first}");
+    assert!(
+        object["seq"].is_u64() && object["talos-time"].is_string(),
+        "{first}"
+    );
+    // Records go on arriving in order.
+    let next = lines.next().expect("another").expect("readable");
+    let next: serde_json::Value = serde_json::from_str(&next).expect("JSON");
+    assert!(next["seq"].as_u64() > object["seq"].as_u64(), "{next}");
 }
 
 /// `machine.files`: one file created under /var, one appended to on the

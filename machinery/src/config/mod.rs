@@ -531,6 +531,21 @@ impl MachineConfig {
             .collect()
     }
 
+    /// The `url` of every `KmsgLogConfig` document: where the kernel's log
+    /// goes (`tcp://host:port/` or `udp://...`). Ones the strict check
+    /// refuses are left out.
+    #[must_use]
+    pub fn kmsg_log_urls(&self) -> Vec<String> {
+        self.documents
+            .extra
+            .iter()
+            .filter(|d| d.kind() == "KmsgLogConfig")
+            .filter_map(|d| d.value().get("url").and_then(Value::as_str))
+            .filter(|url| validate::check_log_endpoint(url).is_ok())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `machine.sysctls`: kernel parameters under `/proc/sys`, by sysctl
     /// key (`net.ipv4.ip_forward`).
     #[must_use]

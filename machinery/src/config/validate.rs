@@ -86,6 +86,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     let mut strict = Issues::default();
     check_files(machine, &mut issues, &mut strict);
     check_env(machine, &mut strict);
+    check_kmsg_log_configs(documents, &mut strict);
     if let Some(network) = &machine.network {
         check_network(network, &mut issues);
     }
@@ -596,6 +597,37 @@ fn check_logging(machine: &Machine, issues: &mut Issues) {
     }
 }
 
+/// `KmsgLogConfig` documents: a `name`, one per name, and a `url` as
+/// the log destinations' endpoints.
+fn check_kmsg_log_configs(documents: &Documents, issues: &mut Issues) {
+    let mut names = BTreeSet::new();
+    for document in documents
+        .extra
+        .iter()
+        .filter(|d| d.kind() == "KmsgLogConfig")
+    {
+        let name = document
+            .value()
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let base = format!("KmsgLogConfig({name})");
+        if name.is_empty() {
+            issues.push(format!("{base}.name"), "is required");
+        } else if !names.insert(name.to_owned()) {
+            issues.push(format!("{base}.name"), "is used by another KmsgLogConfig");
+        }
+        match document.value().get("url").and_then(Value::as_str) {
+            None | Some("") => issues.push(format!("{base}.url"), "is required"),
+            Some(url) => {
+                if let Err(reason) = check_log_endpoint(url) {
+                    issues.push(format!("{base}.url"), reason);
+                }
+            }
+        }
+    }
+}
+
 fn check_features(machine: &Machine, issues: &mut Issues) {
     let Some(features) = &machine.features else {
         return;
@@ -783,7 +815,7 @@ pub(super) fn check_https_url(url: &str) -> Result<(), String> {
 }
 
 /// Checks a `tcp://host:port` or `udp://host:port` log endpoint.
-fn check_log_endpoint(url: &str) -> Result<(), String> {
+pub(super) fn check_log_endpoint(url: &str) -> Result<(), String> {
     let Some((_, authority)) = super::log_endpoint(url) else {
         return Err(format!("{url:?} must be a tcp:// or udp:// URL"));
     };
