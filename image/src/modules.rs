@@ -47,6 +47,17 @@ pub const MODULES: &[&str] = &[
     "tls",
     "bonding",
     "bridge",
+    // WireGuard links (`wireguard`) and the crypto and UDP tunnel code
+    // they need, in dependency order.
+    "libcurve25519-generic",
+    "curve25519-x86_64",
+    "udp_tunnel",
+    "ip6_udp_tunnel",
+    "libchacha",
+    "chacha-x86_64",
+    "poly1305-x86_64",
+    "libchacha20poly1305",
+    "wireguard",
     "virtio_blk",
     "squashfs",
     "loop",
@@ -66,7 +77,7 @@ pub const MODULES: &[&str] = &[
 /// Module file extensions we accept, longest first.
 const EXTENSIONS: &[&str] = &[".ko.xz", ".ko.zst", ".ko.gz", ".ko"];
 
-/// The NIC driver, 802.1Q, dummy links, bonding and bridges: apid does not need them to answer on
+/// The NIC driver, 802.1Q, dummy links, bonding, bridges and WireGuard: apid does not need them to answer on
 /// loopback. They go to `/modules.network`, which machined loads as it
 /// starts networkd (once apid is up), or at once when a disk carries one
 /// of its filesystems.
@@ -83,6 +94,15 @@ pub const NETWORK: &[&str] = &[
     "tls",
     "bonding",
     "bridge",
+    "libcurve25519-generic",
+    "curve25519-x86_64",
+    "udp_tunnel",
+    "ip6_udp_tunnel",
+    "libchacha",
+    "chacha-x86_64",
+    "poly1305-x86_64",
+    "libchacha20poly1305",
+    "wireguard",
 ];
 
 /// What only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the

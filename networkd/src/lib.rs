@@ -51,8 +51,8 @@
 //!
 //! - IPv4 DHCP only (no DHCPv6; IPv6 router advertisements are the
 //!   kernel's); static IPv6 addresses and routes work.
-//! - WireGuard, VIPs and DHCPv6 in the machine config are reported
-//!   and skipped; `deviceSelector`, VLANs, dummy links, bonds and bridges
+//! - VIPs and DHCPv6 in the machine config are reported and skipped;
+//!   `deviceSelector`, VLANs, dummy links, bonds, bridges and WireGuard
 //!   work, and the links made for them are deleted when the config drops
 //!   them (while networkd runs: what it owns is kept in memory).
 //! - The DHCP client uses a UDP socket, which needs reverse-path filtering
@@ -71,6 +71,7 @@ pub mod reconcile;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod wireguard;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

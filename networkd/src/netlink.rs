@@ -9,7 +9,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{
     AddressMessageBuilder, Handle, LinkBond, LinkBridge, LinkDummy, LinkUnspec, LinkVlan,
-    MulticastGroup, RouteMessageBuilder,
+    LinkWireguard, MulticastGroup, RouteMessageBuilder,
 };
 
 use crate::plan::{Action, DesiredRoute};
@@ -254,6 +254,12 @@ pub async fn apply(handle: &Handle, action: &Action) -> Result<(), NetlinkError>
             .execute()
             .await
             .map_err(failed(format!("deleting the {kind} link {name}"))),
+        Action::CreateWireguard { name } => handle
+            .link()
+            .add(LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .map_err(failed(format!("creating the WireGuard link {name}"))),
         Action::CreateDummy { name } => handle
             .link()
             .add(LinkDummy::new(name).build())

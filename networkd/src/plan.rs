@@ -212,6 +212,9 @@ pub struct Desired {
     /// say to leave alone: never released from a bond or bridge, nor
     /// deleted.
     pub left_alone: Vec<String>,
+    /// The configured WireGuard links that exist, with what they are to
+    /// be set to.
+    pub wireguards: Vec<(String, crate::wireguard::Spec)>,
 }
 
 impl Desired {
@@ -275,6 +278,12 @@ pub enum Action {
     },
     /// Create a dummy link.
     CreateDummy {
+        /// Its name.
+        name: String,
+    },
+    /// Create a WireGuard link (its keys and peers are set once it exists:
+    /// [`Desired::wireguards`]).
+    CreateWireguard {
         /// Its name.
         name: String,
     },
@@ -474,6 +483,12 @@ pub fn desired(
         .iter()
         .map(|v| (v.name.clone(), "vlan"))
         .chain(resolved.dummies.iter().map(|n| (n.clone(), "dummy")))
+        .chain(
+            resolved
+                .wireguards
+                .iter()
+                .map(|(n, _)| (n.clone(), "wireguard")),
+        )
         .chain(resolved.bonds.iter().map(|(n, _, _)| (n.clone(), "bond")))
         .chain(
             resolved
@@ -586,6 +601,17 @@ pub fn desired(
             create.push(Action::CreateDummy { name: name.clone() });
         }
     }
+    let mut wireguards = Vec::new();
+    for (name, spec) in &resolved.wireguards {
+        if kernel.ignores(name) || resolved.ignores(name) {
+            continue;
+        }
+        if observed.links.iter().any(|l| &l.name == name) {
+            wireguards.push((name.clone(), spec.clone()));
+        } else {
+            create.push(Action::CreateWireguard { name: name.clone() });
+        }
+    }
     let mut links: Vec<&Link> = observed.links.iter().collect();
     links.sort_by_key(|l| l.index);
     let mut out = Vec::new();
@@ -686,6 +712,7 @@ pub fn desired(
         made,
         member_of,
         left_alone,
+        wireguards,
     }
 }
 
@@ -984,7 +1011,10 @@ pub fn removals(owned: &Owned, desired: &Desired, observed: &Observed) -> Vec<Ac
     // port: VLANs go first, bonds last.
     deletions.sort_by_key(|a| match a {
         Action::DeleteLink { kind: "vlan", .. } => 0,
-        Action::DeleteLink { kind: "dummy", .. } => 1,
+        Action::DeleteLink {
+            kind: "dummy" | "wireguard",
+            ..
+        } => 1,
         Action::DeleteLink { kind: "bridge", .. } => 2,
         _ => 3,
     });
@@ -1652,6 +1682,57 @@ mod tests {
         let dummy = d.link("dummy0").expect("managed once it exists");
         assert!(!dummy.dhcp);
         assert_eq!(dummy.addresses[0].address, ip("10.200.0.1"));
+    }
+
+    #[test]
+    fn wireguard_links_are_created_set_and_deleted() {
+        let spec = crate::wireguard::Spec {
+            private_key: [7; 32],
+            listen_port: Some(51820),
+            firewall_mark: None,
+            peers: Vec::new(),
+        };
+        let settings = Settings {
+            devices: vec![DeviceSettings {
+                name: "wg0".into(),
+                wireguard: Some(spec.clone()),
+                addresses: vec![(ip("10.6.0.1"), 24)],
+                ..DeviceSettings::default()
+            }],
+            ..Settings::default()
+        };
+        let mut observed = observed();
+        let d = plain(&settings, &observed);
+        assert_eq!(d.create, [Action::CreateWireguard { name: "wg0".into() }]);
+        assert!(d.wireguards.is_empty(), "set once it exists");
+        assert_eq!(d.made.get("wg0"), Some(&"wireguard"));
+        observed
+            .links
+            .push(link(9, "wg0", Some("wireguard"), false));
+        let d = plain(&settings, &observed);
+        assert!(d.create.is_empty());
+        assert_eq!(d.wireguards, [("wg0".to_owned(), spec)]);
+        assert_eq!(
+            d.link("wg0").expect("managed").addresses[0].address,
+            ip("10.6.0.1")
+        );
+        // No selector picks it.
+        let selector = crate::settings::Selector {
+            driver: Some(String::new()),
+            physical: Some(false),
+            ..crate::settings::Selector::default()
+        };
+        assert!(!selector.matches(&observed.links[observed.links.len() - 1]));
+        // Dropped from the config: deleted.
+        let owned = Owned::default().next(&d);
+        let dropped = plain(&Settings::default(), &observed);
+        assert!(
+            removals(&owned, &dropped, &observed).contains(&Action::DeleteLink {
+                index: 9,
+                name: "wg0".into(),
+                kind: "wireguard",
+            })
+        );
     }
 
     /// An address or route dropped from the config is taken away; one the

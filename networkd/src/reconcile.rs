@@ -106,6 +106,9 @@ pub struct Reconciler {
     owned: plan::Owned,
     /// The number the next DHCP client gets.
     next_client: u64,
+    /// What each WireGuard link was last set to, with its index then (a
+    /// link made anew is set again).
+    wireguard: BTreeMap<String, (u32, crate::wireguard::Spec)>,
 }
 
 impl Reconciler {
@@ -137,6 +140,7 @@ impl Reconciler {
             problems: Vec::new(),
             owned: plan::Owned::default(),
             next_client: 1,
+            wireguard: BTreeMap::new(),
         }
     }
 
@@ -289,6 +293,7 @@ impl Reconciler {
             actions.extend(plan::plan(&desired, &observed));
             let applied = self.apply_all(&actions).await;
             changed = !applied.is_empty();
+            self.configure_wireguard(&desired, &observed).await;
             // Still owned until the kernel no longer has them: a removal
             // that failed is tried again on the next pass.
             self.owned = self.owned.next(&desired);
@@ -298,6 +303,45 @@ impl Reconciler {
         }
         self.write_addresses(&observed);
         changed
+    }
+
+    /// Sets each configured WireGuard link that exists to its settings,
+    /// when they changed or the link is new.
+    async fn configure_wireguard(&mut self, desired: &Desired, observed: &Observed) {
+        self.wireguard
+            .retain(|name, _| desired.wireguards.iter().any(|(n, _)| n == name));
+        for (name, spec) in &desired.wireguards {
+            let Some(link) = observed
+                .links
+                .iter()
+                .find(|l| &l.name == name && l.kind.as_deref() == Some("wireguard"))
+            else {
+                continue;
+            };
+            let want = (link.index, spec.clone());
+            if self.wireguard.get(name) == Some(&want) {
+                continue;
+            }
+            tracing::info!(
+                peers = spec.peers.len(),
+                "setting the keys and peers of the WireGuard link {name}"
+            );
+            let (link_name, settings) = (name.clone(), spec.clone());
+            match tokio::task::spawn_blocking(move || {
+                crate::wireguard::configure(&link_name, &settings)
+            })
+            .await
+            {
+                Ok(Ok(())) => {
+                    self.wireguard.insert(name.clone(), want);
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "setting the WireGuard link {name} failed (retried on the next network event)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "setting the WireGuard link {name}"),
+            }
+        }
     }
 
     /// Applies `actions` in order; returns those that succeeded.
@@ -576,6 +620,7 @@ pub fn describe(action: &Action) -> String {
             name, controller, ..
         } => format!("adding {name} to {controller}"),
         Action::CreateDummy { name } => format!("creating the dummy link {name}"),
+        Action::CreateWireguard { name } => format!("creating the WireGuard link {name}"),
         Action::Release {
             name, controller, ..
         } => format!("taking {name} out of {controller} (no longer configured)"),

@@ -4,7 +4,7 @@
 //! The config's own validation (machinery) already rejected malformed
 //! addresses and routes; what remains here is turning strings into
 //! addresses, filling defaults, and noting what networkd does not support
-//! (WireGuard, VIPs, DHCP options).
+//! (VIPs, DHCPv6), and reading the `wireguard` section ([`crate::wireguard`]).
 //!
 //! An entry names its link (`interface`) or selects links by their
 //! hardware (`deviceSelector`, [`Selector`]); [`Settings::resolve`] puts
@@ -120,7 +120,7 @@ impl Selector {
     pub fn matches(&self, link: &Link) -> bool {
         if matches!(
             link.kind.as_deref(),
-            Some("vlan" | "bond" | "bridge" | "dummy")
+            Some("vlan" | "bond" | "bridge" | "dummy" | "wireguard")
         ) {
             return false;
         }
@@ -270,6 +270,9 @@ pub struct DeviceSettings {
     pub vlans: Vec<(u16, DeviceSettings)>,
     /// `dummy: true`: networkd creates the (named) link.
     pub dummy: bool,
+    /// `wireguard`: networkd creates the (named) link and sets its keys
+    /// and peers.
+    pub wireguard: Option<crate::wireguard::Spec>,
     /// `bond`: networkd creates the (named) link as a bond of its members.
     pub bond: Option<BondSettings>,
     /// `bridge`: networkd creates the (named) link as a bridge of its
@@ -364,16 +367,29 @@ impl DeviceSettings {
             ));
             return None;
         }
-        for (what, value) in [
-            ("wireguard", device.wireguard.is_some()),
-            ("vip", device.vip.is_some()),
-        ] {
-            if value {
-                problems.push(format!(
-                    "{path} ({label}): {what} is not supported by networkd and is ignored"
-                ));
-            }
+        if device.vip.is_some() {
+            problems.push(format!(
+                "{path} ({label}): vip is not supported by networkd and is ignored"
+            ));
         }
+        let wireguard = match (&device.wireguard, name) {
+            (None, _) => None,
+            (Some(_), None) => {
+                problems.push(format!(
+                    "{path}: a WireGuard link needs a name (interface), not a deviceSelector; wireguard is ignored"
+                ));
+                None
+            }
+            (Some(section), Some(_)) => match crate::wireguard::parse(section) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    problems.push(format!(
+                        "{path} ({label}): wireguard.{e}; wireguard is ignored"
+                    ));
+                    None
+                }
+            },
+        };
         let mut settings = DeviceSettings {
             name: name.map(str::to_owned).unwrap_or_default(),
             selector: if name.is_some() { None } else { selector },
@@ -381,6 +397,7 @@ impl DeviceSettings {
             dhcp: device.dhcp,
             ignore: device.ignore == Some(true),
             dummy: device.dummy == Some(true),
+            wireguard,
             ..DeviceSettings::default()
         };
         settings.dhcp_options(
@@ -579,6 +596,8 @@ pub struct Resolved {
     pub vlans: Vec<VlanLink>,
     /// Dummy links to have, by name.
     pub dummies: Vec<String>,
+    /// WireGuard links to have: name and settings.
+    pub wireguards: Vec<(String, crate::wireguard::Spec)>,
     /// Bonds to have: name, settings, and member links by name (those that
     /// exist or are named).
     pub bonds: Vec<(String, BondSettings, Vec<String>)>,
@@ -701,6 +720,11 @@ impl Settings {
                 }
                 if device.dummy && !out.dummies.contains(&name) {
                     out.dummies.push(name.clone());
+                }
+                if let Some(spec) = &device.wireguard
+                    && !out.wireguards.iter().any(|(n, _)| *n == name)
+                {
+                    out.wireguards.push((name.clone(), spec.clone()));
                 }
                 if let Some(bond) = &device.bond
                     && !out.bonds.iter().any(|(n, _, _)| *n == name)

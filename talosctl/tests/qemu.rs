@@ -248,7 +248,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     // Its disk carries STATE, so every module loaded at boot, before the
     // services, and module loading is locked.
     assert!(
-        dmesg.contains("deferred modules: 21 loaded, 0 failed; module loading locked"),
+        dmesg.contains("deferred modules: 30 loaded, 0 failed; module loading locked"),
         "{dmesg}"
     );
     let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
@@ -256,6 +256,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         "virtio_net",
         "8021q",
         "bridge",
+        "wireguard",
         "virtio_blk",
         "squashfs",
         "xfs",
@@ -496,12 +497,23 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         {"interface": "eth1", "addresses": ["10.5.0.2/24"],
          "vlans": [{"vlanId": 42, "addresses": ["10.42.0.2/24"]}]},
         {"interface": "dummy0", "dummy": true, "addresses": ["10.200.0.2/32"]},
-        {"interface": "br0", "bridge": {"stp": {"enabled": true}}, "addresses": ["10.201.0.2/32"]}]}}}"#;
+        {"interface": "br0", "bridge": {"stp": {"enabled": true}}, "addresses": ["10.201.0.2/32"]},
+        {"interface": "wg0", "addresses": ["10.6.0.2/24"],
+         "wireguard": {"privateKey": "+Imsu8uaBOuiN0bzKw/IXsMdwmbImmfbTWB3iYZowF0=", "listenPort": 51820,
+                       "peers": [{"publicKey": "Bfr7gkNPxLdMClxJW+IBHT4nxzFhR1kpEWMGmTxK/xw=",
+                                  "endpoint": "10.5.0.3:51820", "allowedIPs": ["10.6.0.3/32"]}]}}]}}}"#;
+    // The worker's end of the WireGuard tunnel (keys made for this test:
+    // the control plane's public key is vDksHf+h...).
     let worker_patch = r#"{"machine": {"network": {"interfaces": [
         {"interface": "eth0", "dhcp": true},
         {"deviceSelector": {"hardwareAddr": "52:54:00:5b:*", "physical": true},
          "addresses": ["10.5.0.3/24"],
-         "vlans": [{"vlanId": 42, "addresses": ["10.42.0.3/24"]}]}]}}}"#;
+         "vlans": [{"vlanId": 42, "addresses": ["10.42.0.3/24"]}]},
+        {"interface": "wg0", "addresses": ["10.6.0.3/24"],
+         "wireguard": {"privateKey": "qLXky7BKTahxcxXdvCshBZluLeJXiL8sEXOAm6dt/GI=", "listenPort": 51820,
+                       "peers": [{"publicKey": "vDksHf+h7BFVAY82ZvC6ZHbvvWvb51azOiwa1gH80A8=",
+                                  "endpoint": "10.5.0.2:51820", "allowedIPs": ["10.6.0.2/32"],
+                                  "persistentKeepaliveInterval": "5s"}]}}]}}}"#;
     for (node, patch) in [(cp_ip, cp_patch), (worker_ip, worker_patch)] {
         patch_live(&tc, node, patch);
     }
@@ -540,6 +552,15 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         &["-n", "10.42.0.3", "version"],
         Duration::from_secs(120),
         |v| v.contains("NODE:        10.42.0.3"),
+    );
+    // And through the WireGuard tunnel, which only the keys open.
+    let wg = ok(&tc, &["-n", cp_ip, "get", "links", "wg0", "-o", "yaml"]);
+    assert!(wg.contains("kind: wireguard"), "{wg}");
+    eventually(
+        &tc,
+        &["-n", "10.6.0.3", "version"],
+        Duration::from_secs(120),
+        |v| v.contains("NODE:        10.6.0.3"),
     );
 
     // Then the worker's inter-node link becomes the only member of an
@@ -638,6 +659,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
                 && !l.contains("dummy0")
                 && !l.contains("eth1.42")
                 && !l.contains("br0")
+                && !l.contains("wg0")
         },
     );
     eventually(
@@ -1761,7 +1783,7 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         .expect("the install boot's console log");
     assert!(
         console.contains("no disk filesystem of ours")
-            && console.contains("network modules: 12 loaded, 0 failed")
+            && console.contains("network modules: 21 loaded, 0 failed")
             && console.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
         "{console}"
     );
