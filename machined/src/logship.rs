@@ -16,7 +16,8 @@
 //! URLs (and `talos.logging.kernel=`), as upstream's: one object a record,
 //! with `facility`, `priority`, `seq` and `clock` (microseconds since
 //! boot) beside `msg`, `talos-level` and `talos-time`, from the oldest
-//! record the kernel still holds.
+//! record the kernel still holds. Each kernel destination reads the ring
+//! itself and waits while its queue is full, so no record is dropped.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -127,6 +128,18 @@ struct Queue {
     dropped: Arc<AtomicU64>,
     /// Its sender task, stopped when the destination goes.
     task: tokio::task::AbortHandle,
+    /// The kernel's log: the destination's own reader of it, stopped
+    /// with it.
+    reader: Option<tokio::task::AbortHandle>,
+}
+
+impl Queue {
+    fn stop(&self) {
+        self.task.abort();
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
+    }
 }
 
 /// Ships the node's logs: one follower per log buffer, started once per
@@ -194,7 +207,7 @@ impl Shipper {
             queues.retain(|q| {
                 let keep = destinations.contains(&q.destination);
                 if !keep {
-                    q.task.abort();
+                    q.stop();
                 }
                 keep
             });
@@ -205,11 +218,18 @@ impl Shipper {
                 let (tx, rx) = mpsc::channel::<String>(QUEUE);
                 let dropped = Arc::new(AtomicU64::new(0));
                 let task = tokio::spawn(send(destination.clone(), rx, Arc::clone(&dropped)));
+                // The kernel's ring is the buffer: each destination reads
+                // it at its own pace, and nothing is dropped.
+                let reader = matches!(self.source, Source::Kernel).then(|| {
+                    tokio::spawn(follow_kernel(destination.extra_tags.clone(), tx.clone()))
+                        .abort_handle()
+                });
                 queues.push(Queue {
                     destination: destination.clone(),
                     tx,
                     dropped,
                     task: task.abort_handle(),
+                    reader,
                 });
             }
         }
@@ -217,14 +237,12 @@ impl Shipper {
             .followers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if followers.is_none() && !destinations.is_empty() {
+        if followers.is_none()
+            && !destinations.is_empty()
+            && let Source::Services(logs) = &self.source
+        {
             let queues = Arc::clone(&self.queues);
-            let task = match &self.source {
-                Source::Services(logs) => {
-                    tokio::spawn(follow_all(Arc::clone(logs), queues, from_start))
-                }
-                Source::Kernel => tokio::spawn(follow_kernel(queues)),
-            };
+            let task = tokio::spawn(follow_all(Arc::clone(logs), queues, from_start));
             *followers = Some(task.abort_handle());
         }
     }
@@ -246,7 +264,7 @@ impl Drop for Shipper {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
-            queue.task.abort();
+            queue.stop();
         }
     }
 }
@@ -278,33 +296,44 @@ async fn follow_all(logs: Arc<LogRegistry>, queues: Queues, from_start: bool) {
     }
 }
 
-/// Follows the kernel's log from its oldest record, queueing each.
-async fn follow_kernel(queues: Queues) {
+/// How long a kernel log reader that failed waits before it reads again.
+const KERNEL_REREAD: Duration = Duration::from_secs(5);
+
+/// Follows the kernel's log from its oldest record for one destination,
+/// waiting while its queue is full (the kernel's ring holds the rest; what
+/// the ring overwrites meanwhile is lost, as in any reader of it). A
+/// reader that fails is opened again, going on after the last record
+/// sent.
+async fn follow_kernel(extra_tags: BTreeMap<String, String>, tx: mpsc::Sender<String>) {
     let boot = crate::kmsg::boot_time();
-    let mut records = match crate::kmsg::records(true, false, |record| record) {
-        Ok(records) => records,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the kernel log to ship it");
-            return;
-        }
-    };
-    while let Some(record) = records.recv().await {
-        let record = match record {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the kernel log to ship it");
-                return;
+    let mut last: Option<u64> = None;
+    loop {
+        match crate::kmsg::records(true, false, |record| record) {
+            Ok(mut records) => {
+                while let Some(record) = records.recv().await {
+                    let record = match record {
+                        Ok(record) => record,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the kernel log to ship it");
+                            break;
+                        }
+                    };
+                    if last.is_some_and(|last| record.seq <= last) {
+                        continue;
+                    }
+                    last = Some(record.seq);
+                    if tx
+                        .send(kernel_json(&record, boot, &extra_tags))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
             }
-        };
-        let queues = queues
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for queue in queues.iter() {
-            let object = kernel_json(&record, boot, &queue.destination.extra_tags);
-            if queue.tx.try_send(object).is_err() {
-                queue.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(e) => tracing::warn!(error = %e, "reading the kernel log to ship it"),
         }
+        tokio::time::sleep(KERNEL_REREAD).await;
     }
 }
 

@@ -606,8 +606,14 @@ pub fn desired(
         if kernel.ignores(name) || resolved.ignores(name) {
             continue;
         }
-        if observed.links.iter().any(|l| &l.name == name) {
-            wireguards.push((name.clone(), spec.clone()));
+        if let Some(link) = observed.links.iter().find(|l| &l.name == name) {
+            if link.kind.as_deref() == Some("wireguard") {
+                wireguards.push((name.clone(), spec.clone()));
+            } else {
+                problems.push(format!(
+                    "{name} exists and is not a WireGuard link; its wireguard settings wait until it is gone"
+                ));
+            }
         } else {
             create.push(Action::CreateWireguard { name: name.clone() });
         }
@@ -1723,6 +1729,20 @@ mod tests {
             ..crate::settings::Selector::default()
         };
         assert!(!selector.matches(&observed.links[observed.links.len() - 1]));
+        // A link of another kind under the name: reported, not set.
+        let mut other = observed.clone();
+        other.links.retain(|l| l.name != "wg0");
+        other.links.push(link(9, "wg0", Some("dummy"), false));
+        let conflict = plain(&settings, &other);
+        assert!(conflict.wireguards.is_empty());
+        assert!(
+            conflict
+                .problems
+                .iter()
+                .any(|p| p.contains("wg0 exists and is not a WireGuard link")),
+            "{:?}",
+            conflict.problems
+        );
         // Dropped from the config: deleted.
         let owned = Owned::default().next(&d);
         let dropped = plain(&Settings::default(), &observed);

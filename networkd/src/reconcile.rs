@@ -45,6 +45,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How many times in a row the loop looks again after changes of its own.
 const MAX_FOLLOW_UPS: u32 = 3;
 
+/// How long a WireGuard link that could not be set waits for the next try.
+pub const WIREGUARD_RETRY: Duration = Duration::from_secs(10);
+
 /// How long a stopping DHCP client may take to send its RELEASE.
 const CLIENT_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -109,6 +112,9 @@ pub struct Reconciler {
     /// What each WireGuard link was last set to, with its index then (a
     /// link made anew is set again).
     wireguard: BTreeMap<String, (u32, crate::wireguard::Spec)>,
+    /// When to try again a WireGuard link that could not be set (an
+    /// endpoint that did not resolve, say), network events or not.
+    wireguard_retry: Option<tokio::time::Instant>,
 }
 
 impl Reconciler {
@@ -141,6 +147,7 @@ impl Reconciler {
             owned: plan::Owned::default(),
             next_client: 1,
             wireguard: BTreeMap::new(),
+            wireguard_retry: None,
         }
     }
 
@@ -189,6 +196,13 @@ impl Reconciler {
                     None => std::future::pending::<()>().await,
                 }
             };
+            let retry_at = self.wireguard_retry;
+            let retry_timer = async move {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 event = events.next(), if netlink_open => {
                     if event.is_none() {
@@ -233,6 +247,10 @@ impl Reconciler {
                 }
                 () = follow_up_timer => {
                     follow_up = None;
+                    changed = self.sync().await;
+                }
+                () = retry_timer => {
+                    self.wireguard_retry = None;
                     changed = self.sync().await;
                 }
                 result = stop.changed() => {
@@ -305,8 +323,9 @@ impl Reconciler {
         changed
     }
 
-    /// Sets each configured WireGuard link that exists to its settings,
-    /// when they changed or the link is new.
+    /// Sets each configured WireGuard link that exists to its settings
+    /// when they changed or the link is new (one that fails is tried again
+    /// after [`WIREGUARD_RETRY`]).
     async fn configure_wireguard(&mut self, desired: &Desired, observed: &Observed) {
         self.wireguard
             .retain(|name, _| desired.wireguards.iter().any(|(n, _)| n == name));
@@ -335,10 +354,14 @@ impl Reconciler {
                 Ok(Ok(())) => {
                     self.wireguard.insert(name.clone(), want);
                 }
-                Ok(Err(e)) => tracing::warn!(
-                    error = %e,
-                    "setting the WireGuard link {name} failed (retried on the next network event)"
-                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        error = %e,
+                        "setting the WireGuard link {name} failed (tried again in {} s)",
+                        WIREGUARD_RETRY.as_secs()
+                    );
+                    self.wireguard_retry = Some(tokio::time::Instant::now() + WIREGUARD_RETRY);
+                }
                 Err(e) => tracing::warn!(error = %e, "setting the WireGuard link {name}"),
             }
         }

@@ -380,6 +380,12 @@ impl DeviceSettings {
                 ));
                 None
             }
+            (Some(_), Some(_)) if device.dummy == Some(true) => {
+                problems.push(format!(
+                    "{path} ({label}): both dummy and wireguard; wireguard is ignored"
+                ));
+                None
+            }
             (Some(section), Some(_)) => match crate::wireguard::parse(section) {
                 Ok(spec) => Some(spec),
                 Err(e) => {

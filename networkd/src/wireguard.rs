@@ -9,7 +9,8 @@
 //!
 //! The section, as upstream's `DeviceWireguardConfig`: `privateKey`
 //! (base64, 32 bytes), `listenPort`, `firewallMark`, and `peers` with
-//! `publicKey`, `endpoint` (`host:port`, an IP address), `allowedIPs`
+//! `publicKey`, `endpoint` (`ip:port` or `host:port`, resolved each time
+//! the link is set), `allowedIPs`
 //! (CIDRs) and `persistentKeepaliveInterval` (a Go duration, whole
 //! seconds).
 
@@ -62,8 +63,9 @@ impl std::fmt::Debug for Spec {
 pub struct Peer {
     /// Its public key.
     pub public_key: Key,
-    /// Where to reach it first.
-    pub endpoint: Option<SocketAddr>,
+    /// Where to reach it first: `ip:port` or `host:port` (resolved when
+    /// the link is set).
+    pub endpoint: Option<String>,
     /// Seconds between keepalives (0: none).
     pub keepalive: u16,
     /// The addresses it may send from and that are sent to it.
@@ -80,30 +82,49 @@ fn key(text: Option<&str>, what: &str) -> Result<Key, String> {
 }
 
 fn seconds(text: &str) -> Option<u16> {
-    // Go durations a keepalive is written in: `25s`, `1m`, `1m30s`, `0`.
+    // Go durations a keepalive is written in: `25s`, `1m`, `1m30s`,
+    // `1500ms`, `0`; whole seconds are kept (the kernel's unit).
     if text == "0" {
         return Some(0);
     }
-    let mut total = 0u32;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u32 = number.parse().ok()?;
-        number.clear();
-        total += match c {
-            'h' => n * 3600,
-            'm' => n * 60,
-            's' => n,
-            _ => return None,
+    let mut millis = 0u64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return None;
         };
+        rest = &rest[len..];
+        millis = millis.checked_add(n.checked_mul(unit)?)?;
     }
-    if !number.is_empty() {
-        return None;
+    u16::try_from(millis / 1000).ok()
+}
+
+/// Checks that `endpoint` is `ip:port`, `[v6]:port` or `host:port`.
+fn endpoint_shape(endpoint: &str) -> bool {
+    if endpoint.parse::<SocketAddr>().is_ok() {
+        return true;
     }
-    u16::try_from(total).ok()
+    endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(':')
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            && port.parse::<u16>().is_ok_and(|p| p != 0)
+    })
 }
 
 /// Reads the `wireguard` section of a config entry.
@@ -154,11 +175,12 @@ pub fn parse(section: &Value) -> Result<Spec, String> {
         )?;
         let endpoint = match text(peer, "endpoint").filter(|e| !e.is_empty()) {
             None => None,
-            Some(endpoint) => Some(
-                endpoint
-                    .parse::<SocketAddr>()
-                    .map_err(|_| format!("{at}.endpoint {endpoint:?} is not an address:port"))?,
-            ),
+            Some(endpoint) if endpoint_shape(&endpoint) => Some(endpoint),
+            Some(endpoint) => {
+                return Err(format!(
+                    "{at}.endpoint {endpoint:?} is not an address:port or host:port"
+                ));
+            }
         };
         let keepalive = match text(peer, "persistentKeepaliveInterval").as_deref() {
             None | Some("") => 0,
@@ -199,24 +221,33 @@ pub fn parse(section: &Value) -> Result<Spec, String> {
 /// The `WG_CMD_SET_DEVICE` message that sets `name` to `spec`, replacing
 /// its peers.
 #[must_use]
-pub fn set_device_message(name: &str, spec: &Spec) -> WireguardMessage {
+pub fn set_device_message(
+    name: &str,
+    spec: &Spec,
+    endpoints: &[Option<SocketAddr>],
+) -> WireguardMessage {
     let mut attributes = vec![
         WireguardAttribute::IfName(name.to_owned()),
         WireguardAttribute::PrivateKey(spec.private_key),
-        WireguardAttribute::ListenPort(spec.listen_port.unwrap_or(0)),
         WireguardAttribute::Fwmark(spec.firewall_mark.unwrap_or(0)),
         WireguardAttribute::Flags(WireguardDeviceFlags::ReplacePeers),
     ];
+    // Without one the kernel keeps the port it picked: sending 0 would
+    // make it pick another on every change, and peers lose the node.
+    if let Some(port) = spec.listen_port {
+        attributes.push(WireguardAttribute::ListenPort(port));
+    }
     let peers: Vec<WireguardPeer> = spec
         .peers
         .iter()
-        .map(|peer| {
+        .zip(endpoints.iter().chain(std::iter::repeat(&None)))
+        .map(|(peer, endpoint)| {
             let mut attrs = vec![
                 WireguardPeerAttribute::PublicKey(peer.public_key),
                 WireguardPeerAttribute::PersistentKeepalive(peer.keepalive),
             ];
-            if let Some(endpoint) = peer.endpoint {
-                attrs.push(WireguardPeerAttribute::Endpoint(endpoint));
+            if let Some(endpoint) = endpoint {
+                attrs.push(WireguardPeerAttribute::Endpoint(*endpoint));
             }
             attrs.push(WireguardPeerAttribute::AllowedIps(
                 peer.allowed_ips
@@ -246,14 +277,37 @@ pub fn set_device_message(name: &str, spec: &Spec) -> WireguardMessage {
     }
 }
 
-/// Sets the WireGuard link `name` to `spec` (blocking: a generic netlink
-/// request and its acknowledgement).
+/// Sets the WireGuard link `name` to `spec` (blocking: resolving the
+/// peers' endpoints, then a generic netlink request and its
+/// acknowledgement).
 ///
 /// # Errors
-/// The kernel has no WireGuard, or refused the settings.
+/// An endpoint does not resolve, the kernel has no WireGuard, or it
+/// refused the settings.
 pub fn configure(name: &str, spec: &Spec) -> io::Result<()> {
+    use std::net::ToSocketAddrs as _;
+
     use rtnetlink::sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_GENERIC};
+    let mut endpoints = Vec::new();
+    for peer in &spec.peers {
+        endpoints.push(match &peer.endpoint {
+            None => None,
+            Some(endpoint) => Some(
+                endpoint
+                    .to_socket_addrs()
+                    .map_err(|e| io::Error::other(format!("resolving {endpoint}: {e}")))?
+                    .next()
+                    .ok_or_else(|| io::Error::other(format!("{endpoint} resolves to nothing")))?,
+            ),
+        });
+    }
     let mut socket = Socket::new(NETLINK_GENERIC)?;
+    // A reply that never comes must not hold the network loop.
+    rustix::net::sockopt::set_socket_timeout(
+        &socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(std::time::Duration::from_secs(5)),
+    )?;
     socket.bind_auto()?;
     socket.connect(&NlAddr::new(0, 0))?;
     // The family's number, from the generic netlink controller.
@@ -263,7 +317,13 @@ pub fn configure(name: &str, spec: &Spec) -> io::Result<()> {
             WireguardMessage::family_name().to_owned(),
         )],
     });
-    let replies = request(&socket, ctrl, 1)?;
+    let replies = request(&socket, ctrl, 1).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) {
+            io::Error::other("the kernel has no WireGuard (no wireguard netlink family)")
+        } else {
+            e
+        }
+    })?;
     let family = replies
         .iter()
         .flat_map(|m| m.payload.nlas.iter())
@@ -272,7 +332,7 @@ pub fn configure(name: &str, spec: &Spec) -> io::Result<()> {
             _ => None,
         })
         .ok_or_else(|| io::Error::other("the kernel names no wireguard family"))?;
-    let mut message = GenlMessage::from_payload(set_device_message(name, spec));
+    let mut message = GenlMessage::from_payload(set_device_message(name, spec, &endpoints));
     message.set_resolved_family_id(family);
     request(&socket, message, 2).map(|_| ())
 }
@@ -337,7 +397,7 @@ mod tests {
         assert_eq!(spec.firewall_mark, Some(1));
         assert_eq!(spec.peers.len(), 1);
         let peer = &spec.peers[0];
-        assert_eq!(peer.endpoint, Some("10.5.0.3:51820".parse().expect("addr")));
+        assert_eq!(peer.endpoint.as_deref(), Some("10.5.0.3:51820"));
         assert_eq!(peer.keepalive, 25);
         assert_eq!(
             peer.allowed_ips,
@@ -350,7 +410,11 @@ mod tests {
 
         // What the kernel gets: the peers replaced, each with its key,
         // endpoint, keepalive and allowed IPs.
-        let message = set_device_message("wg0", &spec);
+        let message = set_device_message(
+            "wg0",
+            &spec,
+            &[Some("10.5.0.3:51820".parse().expect("addr"))],
+        );
         assert_eq!(message.cmd, WireguardCmd::SetDevice);
         assert!(
             message
@@ -394,7 +458,7 @@ mod tests {
             ),
             (
                 &format!(
-                    "privateKey: {KEY_A}\npeers:\n  - publicKey: {KEY_B}\n    endpoint: host:1\n"
+                    "privateKey: {KEY_A}\npeers:\n  - publicKey: {KEY_B}\n    endpoint: vpn example:1\n"
                 ),
                 "peers[0].endpoint",
             ),
@@ -420,8 +484,28 @@ mod tests {
         assert_eq!(seconds("1m30s"), Some(90));
         assert_eq!(seconds("0"), Some(0));
         assert_eq!(seconds("1h"), Some(3600));
+        assert_eq!(seconds("1500ms"), Some(1));
         assert_eq!(seconds("10"), None);
         assert_eq!(seconds("2d"), None);
         assert_eq!(seconds("20h"), None);
+        assert_eq!(seconds("1193047h"), None);
+        assert_eq!(seconds("99999999999999999999h"), None);
+        assert!(endpoint_shape("vpn.example.com:51820"));
+        assert!(endpoint_shape("[fd00::1]:51820"));
+        assert!(!endpoint_shape("vpn.example.com"));
+        assert!(!endpoint_shape("vpn.example.com:0"));
+        // Without a listenPort the kernel keeps the one it picked.
+        let spec = Spec {
+            private_key: [1; 32],
+            listen_port: None,
+            firewall_mark: None,
+            peers: Vec::new(),
+        };
+        assert!(
+            !set_device_message("wg0", &spec, &[])
+                .attributes
+                .iter()
+                .any(|a| matches!(a, WireguardAttribute::ListenPort(_)))
+        );
     }
 }
