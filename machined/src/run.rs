@@ -139,46 +139,33 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     // Service logs to the config's destinations, from boot on, and to
     // those a config change names from then on. The shipper is the
     // process's: it goes on across the restart from an applied config.
-    let log_shipping = {
-        let node = Arc::clone(&node);
-        let mut configs = node.config.subscribe();
-        tokio::spawn(async move {
-            let shipper = crate::logship::Shipper::node(&node.logs);
-            let destinations = |node: &Node| -> Vec<crate::logship::Destination> {
-                node.config
-                    .current()
-                    .map(|c| c.log_destinations())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(endpoint, tags)| {
-                        crate::logship::Destination::parse(&endpoint, tags)
-                    })
-                    .collect()
-            };
-            let mut current = destinations(&node);
-            shipper.set(&current, true);
-            while configs.changed().await.is_ok() {
-                let next = destinations(&node);
-                if next != current {
-                    tracing::info!(destinations = next.len(), "log destinations changed");
-                    shipper.set(&next, false);
-                    current = next;
-                }
-            }
-        })
-    };
+    let log_shipping = tokio::spawn(ship_logs(
+        Arc::clone(&node),
+        crate::logship::Shipper::node(&node.logs),
+        "log destinations changed",
+        |node: &Node| {
+            node.config
+                .current()
+                .map(|c| c.log_destinations())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(endpoint, tags)| crate::logship::Destination::parse(&endpoint, tags))
+                .collect()
+        },
+    ));
     // The kernel's log to the KmsgLogConfig documents' URLs and
     // talos.logging.kernel=, on metal (in a container the kernel is the
     // host's), followed from boot and on every config change.
     let kernel_logs = (node.mode() == Mode::Metal).then(|| {
-        let node = Arc::clone(&node);
-        let mut configs = node.config.subscribe();
-        tokio::spawn(async move {
-            let cmdline = crate::boot::read_cmdline();
-            let from_cmdline = crate::boot::last_kernel_arg(&cmdline, "talos.logging.kernel")
-                .flatten()
-                .map(str::to_owned);
-            let destinations = |node: &Node| -> Vec<crate::logship::Destination> {
+        let cmdline = crate::boot::read_cmdline();
+        let from_cmdline = crate::boot::last_kernel_arg(&cmdline, "talos.logging.kernel")
+            .flatten()
+            .map(str::to_owned);
+        tokio::spawn(ship_logs(
+            Arc::clone(&node),
+            crate::logship::Shipper::kernel(),
+            "kernel log destinations changed",
+            move |node: &Node| {
                 let urls = node
                     .config
                     .current()
@@ -193,19 +180,8 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
                     }
                 }
                 found
-            };
-            let shipper = crate::logship::Shipper::kernel();
-            let mut current = destinations(&node);
-            shipper.set(&current, true);
-            while configs.changed().await.is_ok() {
-                let next = destinations(&node);
-                if next != current {
-                    tracing::info!(destinations = next.len(), "kernel log destinations changed");
-                    shipper.set(&next, false);
-                    current = next;
-                }
-            }
-        })
+            },
+        ))
     });
     // Kernel parameters before services too, and again on every config
     // change; on metal only (in a container the kernel is the host's).
@@ -414,6 +390,29 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         return Ok(reset(&node).await);
     }
     Ok(action)
+}
+
+/// Keeps `shipper` sending to what `destinations` reads from the config:
+/// from boot, then on every change (`what` is logged). The shipper is the
+/// process's: it goes on across the restart from an applied config.
+async fn ship_logs(
+    node: Arc<Node>,
+    shipper: &'static crate::logship::Shipper,
+    what: &'static str,
+    destinations: impl Fn(&Node) -> Vec<crate::logship::Destination>,
+) {
+    // Subscribed before the first read, so that no change is missed.
+    let mut configs = node.config.subscribe();
+    let mut current = destinations(&node);
+    shipper.set(&current, true);
+    while configs.changed().await.is_ok() {
+        let next = destinations(&node);
+        if next != current {
+            tracing::info!(destinations = next.len(), "{what}");
+            shipper.set(&next, false);
+            current = next;
+        }
+    }
 }
 
 /// Writes the config's `machine.files`, the first time this process runs
