@@ -345,9 +345,21 @@ impl Reconciler {
                 peers = spec.peers.len(),
                 "setting the keys and peers of the WireGuard link {name}"
             );
+            let endpoints = match crate::wireguard::resolve_endpoints(spec).await {
+                Ok(endpoints) => endpoints,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "setting the WireGuard link {name} failed (tried again in {} s)",
+                        WIREGUARD_RETRY.as_secs()
+                    );
+                    self.wireguard_retry = Some(tokio::time::Instant::now() + WIREGUARD_RETRY);
+                    continue;
+                }
+            };
             let (link_name, settings) = (name.clone(), spec.clone());
             match tokio::task::spawn_blocking(move || {
-                crate::wireguard::configure(&link_name, &settings)
+                crate::wireguard::configure(&link_name, &settings, &endpoints)
             })
             .await
             {

@@ -277,30 +277,54 @@ pub fn set_device_message(
     }
 }
 
-/// Sets the WireGuard link `name` to `spec` (blocking: resolving the
-/// peers' endpoints, then a generic netlink request and its
-/// acknowledgement).
+/// How long one peer's host name may take to resolve: the network loop
+/// waits for it.
+pub const RESOLVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The peers' endpoints as addresses, in `spec.peers` order: an `ip:port`
+/// as it is, a `host:port` looked up (bounded by [`RESOLVE_WITHIN`]).
 ///
 /// # Errors
-/// An endpoint does not resolve, the kernel has no WireGuard, or it
-/// refused the settings.
-pub fn configure(name: &str, spec: &Spec) -> io::Result<()> {
-    use std::net::ToSocketAddrs as _;
-
-    use rtnetlink::sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_GENERIC};
+/// A name that does not resolve in time, naming it.
+pub async fn resolve_endpoints(spec: &Spec) -> io::Result<Vec<Option<SocketAddr>>> {
     let mut endpoints = Vec::new();
     for peer in &spec.peers {
-        endpoints.push(match &peer.endpoint {
-            None => None,
-            Some(endpoint) => Some(
-                endpoint
-                    .to_socket_addrs()
-                    .map_err(|e| io::Error::other(format!("resolving {endpoint}: {e}")))?
-                    .next()
-                    .ok_or_else(|| io::Error::other(format!("{endpoint} resolves to nothing")))?,
-            ),
-        });
+        let Some(endpoint) = &peer.endpoint else {
+            endpoints.push(None);
+            continue;
+        };
+        if let Ok(address) = endpoint.parse::<SocketAddr>() {
+            endpoints.push(Some(address));
+            continue;
+        }
+        let found =
+            tokio::time::timeout(RESOLVE_WITHIN, tokio::net::lookup_host(endpoint.as_str()))
+                .await
+                .map_err(|_| {
+                    io::Error::other(format!(
+                        "resolving {endpoint}: no answer within {} s",
+                        RESOLVE_WITHIN.as_secs()
+                    ))
+                })?
+                .map_err(|e| io::Error::other(format!("resolving {endpoint}: {e}")))?;
+        let mut found: Vec<SocketAddr> = found.collect();
+        // IPv4 first: a node without IPv6 routes still reaches the peer.
+        found.sort_by_key(|a| a.is_ipv6());
+        endpoints.push(Some(found.first().copied().ok_or_else(|| {
+            io::Error::other(format!("{endpoint} resolves to nothing"))
+        })?));
     }
+    Ok(endpoints)
+}
+
+/// Sets the WireGuard link `name` to `spec`, its peers at `endpoints`
+/// ([`resolve_endpoints`]); blocking: a generic netlink request and its
+/// acknowledgement.
+///
+/// # Errors
+/// The kernel has no WireGuard, or it refused the settings.
+pub fn configure(name: &str, spec: &Spec, endpoints: &[Option<SocketAddr>]) -> io::Result<()> {
+    use rtnetlink::sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_GENERIC};
     let mut socket = Socket::new(NETLINK_GENERIC)?;
     // A reply that never comes must not hold the network loop.
     rustix::net::sockopt::set_socket_timeout(
@@ -332,7 +356,7 @@ pub fn configure(name: &str, spec: &Spec) -> io::Result<()> {
             _ => None,
         })
         .ok_or_else(|| io::Error::other("the kernel names no wireguard family"))?;
-    let mut message = GenlMessage::from_payload(set_device_message(name, spec, &endpoints));
+    let mut message = GenlMessage::from_payload(set_device_message(name, spec, endpoints));
     message.set_resolved_family_id(family);
     request(&socket, message, 2).map(|_| ())
 }
@@ -476,6 +500,37 @@ mod tests {
             let err = parse(&yaml(text)).expect_err(text);
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[tokio::test]
+    async fn endpoints_resolve_or_say_which_did_not() {
+        let peer = |endpoint: Option<&str>| Peer {
+            public_key: [2; 32],
+            endpoint: endpoint.map(str::to_owned),
+            keepalive: 0,
+            allowed_ips: Vec::new(),
+        };
+        let spec = |peers| Spec {
+            private_key: [1; 32],
+            listen_port: None,
+            firewall_mark: None,
+            peers,
+        };
+        let found = resolve_endpoints(&spec(vec![
+            peer(Some("10.5.0.3:51820")),
+            peer(None),
+            peer(Some("localhost:51821")),
+        ]))
+        .await
+        .expect("resolves");
+        assert_eq!(found[0], Some("10.5.0.3:51820".parse().expect("addr")));
+        assert_eq!(found[1], None);
+        let local = found[2].expect("localhost");
+        assert!(local.ip().is_loopback() && local.port() == 51821, "{local}");
+        let err = resolve_endpoints(&spec(vec![peer(Some("no-such-host.invalid:1"))]))
+            .await
+            .expect_err("does not resolve");
+        assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
     }
 
     #[test]
