@@ -90,6 +90,14 @@ impl Record {
     pub fn priority_name(&self) -> &'static str {
         PRIORITIES[usize::from(self.priority & 7)]
     }
+
+    /// When it was logged, in RFC 3339, `boot` being boot time.
+    #[must_use]
+    pub fn time(&self, boot: SystemTime) -> String {
+        time::OffsetDateTime::from(boot + Duration::from_micros(self.usec))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    }
 }
 
 /// Formats a record the way upstream's Dmesg does, `boot` being boot time.
@@ -97,10 +105,7 @@ impl Record {
 pub fn format(record: &Record, boot: SystemTime) -> String {
     let facility = record.facility_name();
     let priority = record.priority_name();
-    let at = boot + Duration::from_micros(record.usec);
-    let ts = time::OffsetDateTime::from(at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let ts = record.time(boot);
     format!("{facility}: {priority:>7}: [{ts}]: {}\n", record.text)
 }
 

@@ -351,9 +351,7 @@ pub fn kernel_json(
         5 | 6 => "info",
         _ => "debug",
     };
-    let at = time::OffsetDateTime::from(boot + Duration::from_micros(record.usec))
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let at = record.time(boot);
     let mut end = record.text.len().min(MAX_LINE);
     while !record.text.is_char_boundary(end) {
         end -= 1;

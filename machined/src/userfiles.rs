@@ -136,7 +136,7 @@ pub fn write(
     let host: PathBuf = parts
         .iter()
         .fold(root.to_path_buf(), |p, part| p.join(part));
-    let in_var = file.in_var();
+    let in_var = machinery::config::user_file_in_var(&parts);
     if file.op == FileOp::Create && !in_var {
         return Err(UserFileError::CreateOutsideVar { path: path() });
     }
@@ -195,18 +195,15 @@ pub fn write(
         fs::create_dir_all(dir).map_err(io_err("making the directory", dir))?;
     }
     write_file(&target, content.as_bytes(), file.mode).map_err(io_err("writing", &target))?;
-    if !in_var && let Some(bind) = bind {
+    let bound = !in_var;
+    if bound && let Some(bind) = bind {
         bind(&target, &host).map_err(io_err("bind-mounting over", &host))?;
-        bound().lock().unwrap_or_else(|e| e.into_inner()).push(host);
-        return Ok(Written {
-            at: target,
-            bound: true,
-        });
+        self::bound()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(host);
     }
-    Ok(Written {
-        at: target,
-        bound: false,
-    })
+    Ok(Written { at: target, bound })
 }
 
 /// Writes `content` to `path` with `mode`, never through a link: the

@@ -345,8 +345,21 @@ impl Reconciler {
                 peers = spec.peers.len(),
                 "setting the keys and peers of the WireGuard link {name}"
             );
-            let endpoints = match crate::wireguard::resolve_endpoints(spec).await {
-                Ok(endpoints) => endpoints,
+            let set = match crate::wireguard::resolve_endpoints(spec).await {
+                Ok(endpoints) => {
+                    let (link_name, settings) = (name.clone(), spec.clone());
+                    tokio::task::spawn_blocking(move || {
+                        crate::wireguard::configure(&link_name, &settings, &endpoints)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                }
+                Err(e) => Err(e),
+            };
+            match set {
+                Ok(()) => {
+                    self.wireguard.insert(name.clone(), want);
+                }
                 Err(e) => {
                     tracing::warn!(
                         error = %e,
@@ -354,27 +367,7 @@ impl Reconciler {
                         WIREGUARD_RETRY.as_secs()
                     );
                     self.wireguard_retry = Some(tokio::time::Instant::now() + WIREGUARD_RETRY);
-                    continue;
                 }
-            };
-            let (link_name, settings) = (name.clone(), spec.clone());
-            match tokio::task::spawn_blocking(move || {
-                crate::wireguard::configure(&link_name, &settings, &endpoints)
-            })
-            .await
-            {
-                Ok(Ok(())) => {
-                    self.wireguard.insert(name.clone(), want);
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(
-                        error = %e,
-                        "setting the WireGuard link {name} failed (tried again in {} s)",
-                        WIREGUARD_RETRY.as_secs()
-                    );
-                    self.wireguard_retry = Some(tokio::time::Instant::now() + WIREGUARD_RETRY);
-                }
-                Err(e) => tracing::warn!(error = %e, "setting the WireGuard link {name}"),
             }
         }
     }

@@ -81,35 +81,10 @@ fn key(text: Option<&str>, what: &str) -> Result<Key, String> {
         .map_err(|_| format!("{what} is {} bytes, not 32", bytes.len()))
 }
 
+/// A keepalive interval, a Go duration (`25s`, `1m30s`, `0`), in the
+/// whole seconds the kernel takes.
 fn seconds(text: &str) -> Option<u16> {
-    // Go durations a keepalive is written in: `25s`, `1m`, `1m30s`,
-    // `1500ms`, `0`; whole seconds are kept (the kernel's unit).
-    if text == "0" {
-        return Some(0);
-    }
-    let mut millis = 0u64;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (1, 2)
-        } else if rest.starts_with('s') {
-            (1000, 1)
-        } else if rest.starts_with('m') {
-            (60_000, 1)
-        } else if rest.starts_with('h') {
-            (3_600_000, 1)
-        } else {
-            return None;
-        };
-        rest = &rest[len..];
-        millis = millis.checked_add(n.checked_mul(unit)?)?;
-    }
-    u16::try_from(millis / 1000).ok()
+    machinery::config::parse_go_duration(text).and_then(|d| u16::try_from(d.as_secs()).ok())
 }
 
 /// Checks that `endpoint` is `ip:port`, `[v6]:port` or `host:port`.
@@ -195,13 +170,10 @@ pub fn parse(section: &Value) -> Result<Spec, String> {
         };
         let mut allowed_ips = Vec::new();
         for cidr in cidrs {
-            let parsed = cidr.split_once('/').and_then(|(ip, prefix)| {
-                let ip: IpAddr = ip.parse().ok()?;
-                let prefix: u8 = prefix.parse().ok()?;
-                let max = if ip.is_ipv4() { 32 } else { 128 };
-                (prefix <= max).then_some((ip, prefix))
-            });
-            allowed_ips.push(parsed.ok_or(format!("{at}.allowedIPs: {cidr:?} is not a CIDR"))?);
+            allowed_ips.push(
+                machinery::config::parse_cidr(cidr)
+                    .ok_or(format!("{at}.allowedIPs: {cidr:?} is not a CIDR"))?,
+            );
         }
         peers.push(Peer {
             public_key,

@@ -76,6 +76,10 @@ use serde_yaml_ng::Value;
 
 pub use error::{ConfigError, ValidationIssue, ValidationIssues};
 pub use registries::{Registries, RegistryAccess, RegistryCredentials, RegistryMirror};
+pub use validate::{parse_cidr, parse_go_duration};
+
+/// The kind of the documents that say where the kernel's log goes.
+pub const KMSG_LOG_CONFIG: &str = "KmsgLogConfig";
 
 /// The only `version` (and `apiVersion`) this module understands.
 pub const V1ALPHA1: &str = "v1alpha1";
@@ -539,7 +543,7 @@ impl MachineConfig {
         self.documents
             .extra
             .iter()
-            .filter(|d| d.kind() == "KmsgLogConfig")
+            .filter(|d| d.kind() == KMSG_LOG_CONFIG)
             .filter_map(|d| d.value().get("url").and_then(Value::as_str))
             .filter(|url| validate::check_log_endpoint(url).is_ok())
             .map(str::to_owned)
@@ -573,9 +577,7 @@ impl MachineConfig {
             .and_then(|machine| machine.env.clone())
             .unwrap_or_default()
             .into_iter()
-            .filter(|(name, value)| {
-                !name.is_empty() && !name.contains(['=', '\0']) && !value.contains('\0')
-            })
+            .filter(|(name, value)| env_entry_problem(name, value).is_none())
             .collect()
     }
 
@@ -784,7 +786,27 @@ impl UserFile {
     /// created (elsewhere the root is read-only).
     #[must_use]
     pub fn in_var(&self) -> bool {
-        user_file_parts(&self.path).is_some_and(|parts| parts.len() > 1 && parts[0] == "var")
+        user_file_parts(&self.path).is_some_and(|parts| user_file_in_var(&parts))
+    }
+}
+
+/// Whether the parts of a `machine.files` path ([`user_file_parts`])
+/// name something under `/var`.
+#[must_use]
+pub fn user_file_in_var(parts: &[&str]) -> bool {
+    parts.len() > 1 && parts[0] == "var"
+}
+
+/// What makes a `machine.env` entry one execve(2) cannot pass, if
+/// anything: an empty name, or `=` or NUL in it, or NUL in the value.
+#[must_use]
+pub fn env_entry_problem(name: &str, value: &str) -> Option<&'static str> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        Some("is not an environment variable name (empty, or with `=` or NUL)")
+    } else if value.contains('\0') {
+        Some("has a NUL character in its value")
+    } else {
+        None
     }
 }
 

@@ -306,14 +306,8 @@ fn check_trusted_keys(machine: &Machine, issues: &mut Issues) {
 /// `machine.env` names and values must be what execve(2) can pass.
 fn check_env(machine: &Machine, issues: &mut Issues) {
     for (name, value) in machine.env.iter().flatten() {
-        let path = format!("machine.env.{name}");
-        if name.is_empty() || name.contains(['=', '\0']) {
-            issues.push(
-                path,
-                "is not an environment variable name (empty, or with `=` or NUL)",
-            );
-        } else if value.contains('\0') {
-            issues.push(path, "has a NUL character in its value");
+        if let Some(problem) = super::env_entry_problem(name, value) {
+            issues.push(format!("machine.env.{name}"), problem);
         }
     }
 }
@@ -342,8 +336,7 @@ fn check_files(machine: &Machine, issues: &mut Issues, strict: &mut Issues) {
                     ),
                 ),
                 Some(parts) => {
-                    let in_var = parts.len() > 1 && parts[0] == "var";
-                    if !in_var && file.op.as_deref() == Some("create") {
+                    if !super::user_file_in_var(&parts) && file.op.as_deref() == Some("create") {
                         strict.push(
                             format!("{base}.op"),
                             format!(
@@ -604,7 +597,7 @@ fn check_kmsg_log_configs(documents: &Documents, issues: &mut Issues) {
     for document in documents
         .extra
         .iter()
-        .filter(|d| d.kind() == "KmsgLogConfig")
+        .filter(|d| d.kind() == super::KMSG_LOG_CONFIG)
     {
         let name = document
             .value()
@@ -785,7 +778,7 @@ pub(super) fn is_bootstrap_token(text: &str) -> bool {
 }
 
 /// Parses `address/prefix` strictly (the prefix is required and in range).
-pub(super) fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
     let (address, prefix) = text.split_once('/')?;
     let address: IpAddr = address.parse().ok()?;
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
@@ -866,7 +859,7 @@ fn is_port(text: &str) -> bool {
 /// Parses a Go `time.Duration` string (`300ms`, `1h30m`, `1.5s`, `0`).
 ///
 /// Negative durations are rejected: nothing in the config can use one.
-pub(super) fn parse_go_duration(text: &str) -> Option<Duration> {
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
     let text = text.strip_prefix('+').unwrap_or(text);
     if text == "0" {
         return Some(Duration::ZERO);
