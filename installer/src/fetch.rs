@@ -374,9 +374,18 @@ async fn fetch_url(
         detail,
     };
     progress(step.clone());
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
+        .read_timeout(READ_TIMEOUT);
+    // The TrustedRootsConfig documents, beside the image's bundle.
+    for pem in &opts.registries.trusted_roots {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| unreachable(format!("reading the trusted roots: {}", chain(&e))))?;
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    let client = builder
         .build()
         .map_err(|e| unreachable(format!("setting up the http client: {}", chain(&e))))?;
     let mut response = client
@@ -437,6 +446,7 @@ fn registry_client(
     registry: &str,
     plain_http_registries: &[String],
     access: Option<&RegistryAccess>,
+    trusted_roots: &[String],
 ) -> Result<oci_client::Client, FetchError> {
     let mut config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain_http_registries.to_vec()),
@@ -444,6 +454,13 @@ fn registry_client(
         read_timeout: Some(READ_TIMEOUT),
         ..Default::default()
     };
+    // The TrustedRootsConfig documents: trusted for every registry.
+    for pem in trusted_roots {
+        config.extra_root_certificates.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: pem.clone().into_bytes(),
+        });
+    }
     if let Some(access) = access {
         config.accept_invalid_certificates = access.insecure_skip_verify;
         if let Some(pem) = &access.ca_pem {
@@ -856,7 +873,13 @@ async fn fetch_from(
     if source.plain_http {
         plain_http.push(source.host.clone());
     }
-    let client = registry_client(reference, registry, &plain_http, access)?;
+    let client = registry_client(
+        reference,
+        registry,
+        &plain_http,
+        access,
+        &opts.registries.trusted_roots,
+    )?;
 
     let (manifest_bytes, _) = client
         .pull_manifest_raw(parsed, &registry_auth(access), &[oci::MANIFEST_MEDIA_TYPE])
@@ -1005,7 +1028,15 @@ pub async fn push(
     let (manifest_digest, manifest_bytes) = oci::read_manifest(&dir).map_err(verify_err)?;
     let manifest = oci::parse_manifest(&manifest_bytes).map_err(verify_err)?;
     let access = entry_for(registries, registry);
-    let client = registry_client(reference, registry, plain_http_registries, access)?;
+    let client = registry_client(
+        reference,
+        registry,
+        plain_http_registries,
+        access,
+        // Pushing (a tool for tests and image builds) trusts only the
+        // per-registry CAs it is given.
+        &[],
+    )?;
     client
         .auth(&parsed, &registry_auth(access), RegistryOperation::Push)
         .await
@@ -1660,7 +1691,19 @@ mod tests {
             err.to_string().contains(&format!("registry {name}")),
             "{err}"
         );
-        // ...unless certificate checks are off; the image is still verified.
+        // ...unless the CA is trusted for every registry (a
+        // TrustedRootsConfig)...
+        let trusted = FetchOptions {
+            registries: Registries {
+                config: access(Some(PASSWORD), None, false),
+                trusted_roots: vec![ca.cert_pem.clone()],
+                ..Registries::default()
+            },
+            ..fx.opts(vec![])
+        };
+        let (image, _) = fetch_lines(&tag_ref, &fx.work("roots"), &trusted).await;
+        fx.check(&image.unwrap(), "roots-out");
+        // ...or certificate checks are off; the image is still verified.
         let (image, _) = fetch_lines(
             &tag_ref,
             &fx.work("insecure"),
@@ -1711,6 +1754,7 @@ mod tests {
                     },
                 )]),
                 config: BTreeMap::new(),
+                ..Registries::default()
             },
             ..FetchOptions::default()
         };
@@ -1782,6 +1826,7 @@ mod tests {
                     },
                 )]),
                 config: BTreeMap::new(),
+                ..Registries::default()
             },
             ..fx.opts(vec![origin.addr.clone()])
         };
@@ -1844,6 +1889,7 @@ mod tests {
                     },
                 )]),
                 config: BTreeMap::new(),
+                ..Registries::default()
             },
             ..fx.opts(vec![origin.addr.clone()])
         };

@@ -231,6 +231,9 @@ impl ConfigStore {
             ),
             _ => "Applied configuration without a reboot".to_owned(),
         };
+        // What the node will not do, said back rather than dropped unseen.
+        let mut warnings = config.not_applied();
+        warnings.extend(networkd::settings::Settings::from_config(&config).problems);
         if dry_run {
             let old_yaml = match &current {
                 Some(c) => c.to_yaml().map_err(ApplyError::Invalid)?,
@@ -252,7 +255,7 @@ impl ConfigStore {
                 details: format!(
                     "Dry run summary:\n{summary} (skipped in dry-run).\n\nConfig diff:\n\n{diff}"
                 ),
-                warnings: Vec::new(),
+                warnings,
             });
         }
 
@@ -260,7 +263,7 @@ impl ConfigStore {
         Ok(ApplyOutcome {
             mode,
             details: summary,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 

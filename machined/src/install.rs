@@ -143,6 +143,101 @@ pub enum InstallError {
     },
 }
 
+/// Where an install goes: the config's `machine.install.disk`, or the
+/// disk its `diskSelector` picks (which goes first, as upstream's).
+#[derive(Debug, Clone)]
+pub enum InstallDisk {
+    /// `machine.install.disk`.
+    Named(String),
+    /// `machine.install.diskSelector`.
+    Selected(machinery::config::DiskSelector),
+}
+
+impl InstallDisk {
+    /// The disk's path; a selected one is picked among the disks under
+    /// `sysfs` (the install's first step) and said on `progress`. Blocks.
+    ///
+    /// # Errors
+    /// No disk matches the selector.
+    pub fn resolve(self, sysfs: &Path, progress: &Progress) -> Result<String, InstallError> {
+        match self {
+            InstallDisk::Named(disk) => Ok(disk),
+            InstallDisk::Selected(selector) => {
+                let disk = pick_disk(&selector, sysfs)?;
+                say(
+                    progress,
+                    format!("{disk} picked by machine.install.diskSelector"),
+                );
+                Ok(disk)
+            }
+        }
+    }
+}
+
+/// The install disk `selector` picks among the disks under `sysfs`: the
+/// first match in name order, as `/dev/<name>`.
+///
+/// # Errors
+/// The disks cannot be listed, or none matches (the message lists them).
+pub fn pick_disk(
+    selector: &machinery::config::DiskSelector,
+    sysfs: &Path,
+) -> Result<String, InstallError> {
+    let step = "picking the install disk (machine.install.diskSelector)";
+    let disks = udevd::sysfs::disks(sysfs).map_err(|e| InstallError::Step {
+        step,
+        message: e.to_string(),
+    })?;
+    fn facts<'a>(
+        sysfs: &Path,
+        disk: &'a udevd::sysfs::BlockDevice,
+    ) -> machinery::config::DiskFacts<'a> {
+        machinery::config::DiskFacts {
+            size: disk.size,
+            model: &disk.model,
+            serial: &disk.serial,
+            modalias: &disk.modalias,
+            uuid: &disk.uuid,
+            wwid: &disk.wwid,
+            transport: crate::resources::transport_name(sysfs, disk),
+            bus_path: &disk.bus_path,
+            rotational: disk.rotational,
+            readonly: disk.readonly,
+            cdrom: disk.cdrom,
+        }
+    }
+    if let Some(disk) = disks
+        .iter()
+        .find(|disk| selector.matches(&facts(sysfs, disk)))
+    {
+        return Ok(format!("/dev/{}", disk.name));
+    }
+    let seen: Vec<String> = disks
+        .iter()
+        .map(|disk| {
+            let facts = facts(sysfs, disk);
+            format!(
+                "{} ({}, transport {:?}, bus path {})",
+                disk.name,
+                machinery::humanize::bytes(facts.size),
+                facts.transport,
+                facts.bus_path
+            )
+        })
+        .collect();
+    Err(InstallError::Step {
+        step,
+        message: format!(
+            "no disk matches; disks seen: {}",
+            if seen.is_empty() {
+                "none".to_owned()
+            } else {
+                seen.join(", ")
+            }
+        ),
+    })
+}
+
 /// Where progress lines go.
 pub type Progress = mpsc::UnboundedSender<String>;
 
@@ -719,6 +814,68 @@ fn save_config_to_state(disk: &str, config: &[u8]) -> Result<(), InstallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The selector picks the first matching disk by name: never a CD
+    /// drive or a read-only disk, and only disks on a bus; with none, the
+    /// error lists what was seen.
+    #[test]
+    fn a_disk_picked_by_its_selector() {
+        use udevd::testing::{FakeDisk, cd_drive, write_fake_disk};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path();
+        let virtio = |name: &str, slot: u8, gib: u64, readonly: bool| FakeDisk {
+            name: name.into(),
+            device_path: format!("pci0000:00/0000:00:0{slot}.0/virtio{slot}"),
+            sectors: gib << 21,
+            rotational: true,
+            readonly,
+            ..FakeDisk::default()
+        };
+        for disk in [
+            virtio("vda", 4, 1, false),
+            virtio("vdb", 5, 20, true),
+            virtio("vdc", 6, 20, false),
+            virtio("vdd", 7, 40, false),
+            cd_drive("sr0"),
+            FakeDisk {
+                name: "loop0".into(),
+                sectors: 100 << 21,
+                ..FakeDisk::default()
+            },
+        ] {
+            write_fake_disk(sys, &disk).expect("disk");
+        }
+        let selector = |yaml: &str| {
+            let config = crate::test_config::patched(&format!(
+                "machine:\n  install:\n    disk: ''\n    diskSelector: {yaml}\n"
+            ));
+            let config = machinery::config::parse(config.as_bytes()).expect("config");
+            config.strict_check().expect("strictly valid");
+            config.install_disk_selector().cloned().expect("a selector")
+        };
+        // vdb is large enough but read-only; loop0 is on no bus.
+        assert_eq!(
+            pick_disk(&selector("{size: '>= 10GB'}"), sys).expect("picked"),
+            "/dev/vdc"
+        );
+        assert_eq!(
+            pick_disk(&selector("{busPath: '/pci0000:00/0000:00:07.0/*'}"), sys).expect("picked"),
+            "/dev/vdd"
+        );
+        assert_eq!(
+            pick_disk(&selector("{type: hdd, size: '< 2GiB'}"), sys).expect("picked"),
+            "/dev/vda"
+        );
+        let err = pick_disk(&selector("{type: nvme}"), sys).expect_err("no NVMe disk");
+        let text = err.to_string();
+        assert!(
+            text.contains("no disk matches")
+                && text.contains(
+                    "vdc (22 GB, transport \"virtio\", bus path /pci0000:00/0000:00:06.0/virtio6)"
+                ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn meta_keys_are_written_and_deleted_and_refusals_write_nothing() {

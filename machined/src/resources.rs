@@ -1575,10 +1575,11 @@ fn disk_item(
 }
 
 /// How a disk is attached, in upstream's words: by name for NVMe, virtio
-/// and MMC; by the SCSI host's driver for SCSI-attached disks (`ahci` →
-/// `sata`, other libata drivers → `ata`, `virtio_scsi` → `virtio`); `usb`
-/// below a USB port; empty when unknown.
-fn transport_name(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> &'static str {
+/// and MMC; for SCSI-attached disks by the host's transport class (`sas`,
+/// `fc`, `iscsi`), else by its driver (`ahci` → `sata`, other libata
+/// drivers → `ata`, `virtio_scsi` → `virtio`); `usb` below a USB port;
+/// empty when unknown.
+pub(crate) fn transport_name(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> &'static str {
     use udevd::sysfs::Transport;
     match dev.transport {
         Transport::Nvme => "nvme",
@@ -1586,7 +1587,29 @@ fn transport_name(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> &'static str
         Transport::Mmc => "mmc",
         Transport::Usb => "usb",
         Transport::Ata | Transport::Scsi => {
-            let driver = scsi_host_driver(sysfs, &dev.name).unwrap_or_default();
+            let host = scsi_host(sysfs, &dev.name);
+            let class = |class: &str| {
+                host.as_ref()
+                    .and_then(|h| h.file_name())
+                    .is_some_and(|name| sysfs.join("class").join(class).join(name).exists())
+            };
+            if class("sas_host") {
+                return "sas";
+            }
+            if class("fc_host") {
+                return "fc";
+            }
+            if class("iscsi_host") {
+                return "iscsi";
+            }
+            let driver = host
+                .and_then(|host| {
+                    let name = host.file_name()?.to_owned();
+                    std::fs::read_to_string(host.join("scsi_host").join(name).join("proc_name"))
+                        .ok()
+                })
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default();
             match driver.as_str() {
                 "ahci" | "sata" => "sata",
                 "virtio_scsi" => "virtio",
@@ -1598,25 +1621,23 @@ fn transport_name(sysfs: &Path, dev: &udevd::sysfs::BlockDevice) -> &'static str
     }
 }
 
-/// The driver of the SCSI host a disk hangs off
-/// (`.../hostN/scsi_host/hostN/proc_name`).
-fn scsi_host_driver(sysfs: &Path, name: &str) -> Option<String> {
+/// The SCSI host a disk hangs off (`.../hostN`, resolved).
+fn scsi_host(sysfs: &Path, name: &str) -> Option<std::path::PathBuf> {
     let device = sysfs
         .join("block")
         .join(name)
         .join("device")
         .canonicalize()
         .ok()?;
-    let host = device.ancestors().find(|a| {
-        a.file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("host"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    })?;
-    let host_name = host.file_name()?;
-    std::fs::read_to_string(host.join("scsi_host").join(host_name).join("proc_name"))
-        .ok()
-        .map(|s| s.trim().to_owned())
+    device
+        .ancestors()
+        .find(|a| {
+            a.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("host"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(Path::to_path_buf)
 }
 
 /// A META key's resource id, as upstream writes it: `0x0a`.
@@ -2133,6 +2154,47 @@ tmpfs /var/run tmpfs rw 0 0
         assert_eq!((sda.sector_size, sda.io_size), (512, 512), "the defaults");
         assert_eq!(sda.model, "QEMU HARDDISK");
         assert!(items[0].yaml.contains("rotational: true\n"));
+    }
+
+    /// A disk behind a SAS, FC or iSCSI host says so, whatever the host's
+    /// driver (a SATA disk behind a SAS HBA is on SAS).
+    #[test]
+    fn scsi_transports_from_the_host_class() {
+        use udevd::testing::{FakeDisk, write_fake_disk};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = dir.path();
+        for (name, host, class) in [
+            ("sda", 3, Some("sas_host")),
+            ("sdb", 4, Some("fc_host")),
+            ("sdc", 5, Some("iscsi_host")),
+            ("sdd", 6, None),
+        ] {
+            write_fake_disk(
+                sys,
+                &FakeDisk {
+                    name: name.into(),
+                    device_path: format!(
+                        "pci0000:00/0000:00:1{host}.0/host{host}/target{host}:0:0/{host}:0:0:0"
+                    ),
+                    sectors: 1000,
+                    device_attrs: vec![("vendor".into(), "ATA     \n".into())],
+                    ..FakeDisk::default()
+                },
+            )
+            .expect("disk");
+            let scsi_host = sys.join(format!(
+                "devices/pci0000:00/0000:00:1{host}.0/host{host}/scsi_host/host{host}"
+            ));
+            std::fs::create_dir_all(&scsi_host).expect("scsi_host");
+            std::fs::write(scsi_host.join("proc_name"), "mpt3sas\n").expect("proc_name");
+            if let Some(class) = class {
+                std::fs::create_dir_all(sys.join("class").join(class).join(format!("host{host}")))
+                    .expect("class");
+            }
+        }
+        let disks = udevd::sysfs::disks(sys).expect("disks");
+        let transports: Vec<&str> = disks.iter().map(|d| transport_name(sys, d)).collect();
+        assert_eq!(transports, ["sas", "fc", "iscsi", ""]);
     }
 
     #[test]

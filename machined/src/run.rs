@@ -169,7 +169,7 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
                 let urls = node
                     .config
                     .current()
-                    .map(|c| c.kmsg_log_urls())
+                    .map(|c| c.kmsg_log_urls().to_vec())
                     .unwrap_or_default();
                 let mut found: Vec<crate::logship::Destination> = Vec::new();
                 for url in from_cmdline.iter().chain(urls.iter()) {
@@ -544,8 +544,8 @@ const FIRST_WAVE: &[&str] = &["apid", "routerd"];
 const SECOND_WAVE_WITHIN: Duration = Duration::from_secs(3);
 
 /// A metal node that did not boot from an installed disk and got a
-/// config naming `machine.install.disk` installs itself there (from
-/// `machine.install.image`). Returns whether it did (and so should reboot
+/// config naming `machine.install.disk` (or a `diskSelector` that picks
+/// one) installs itself there (from `machine.install.image`). Returns whether it did (and so should reboot
 /// into the disk); on failure the node goes on from memory, and the
 /// reason is in the log, the console and the events.
 async fn install_from_maintenance(node: &Arc<Node>) -> bool {
@@ -557,8 +557,13 @@ async fn install_from_maintenance(node: &Arc<Node>) -> bool {
     let Some(config) = node.config.current() else {
         return false;
     };
-    let Some(disk) = config.install_disk().map(str::to_owned) else {
-        return false;
+    // The selector first, as upstream: a generated config keeps its
+    // default `disk` beside a selector patched in. It picks the disk as
+    // the install's first step, so that its failure is the install's.
+    let target = match (config.install_disk_selector(), config.install_disk()) {
+        (Some(selector), _) => crate::install::InstallDisk::Selected(selector.clone()),
+        (None, Some(disk)) => crate::install::InstallDisk::Named(disk.to_owned()),
+        (None, None) => return false,
     };
     let image = config.install_image().unwrap_or_default().to_owned();
     let Ok(_guard) = node.lifecycle.try_lock() else {
@@ -588,6 +593,7 @@ async fn install_from_maintenance(node: &Arc<Node>) -> bool {
         }
     });
     let result = tokio::task::spawn_blocking(move || {
+        let disk = target.resolve(std::path::Path::new("/sys"), &tx)?;
         crate::install::install(&image, &disk, &bytes, &settings, &tx)
     })
     .await

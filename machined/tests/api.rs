@@ -529,6 +529,12 @@ async fn apply_configuration_modes_and_refusals() {
         reply.messages[0].mode_details,
         "Applied configuration without a reboot"
     );
+    // A generated config sets nothing this node leaves undone.
+    assert!(
+        reply.messages[0].warnings.is_empty(),
+        "{:?}",
+        reply.messages[0].warnings
+    );
     assert_eq!(hostname(&mut h).await, "first");
     let on_disk = std::fs::read_to_string(&persisted).expect("persisted");
     assert!(on_disk.contains("hostname: first"));
@@ -549,10 +555,16 @@ async fn apply_configuration_modes_and_refusals() {
     let bad_yaml = "version: v1alpha1\nmachine: [unclosed";
     let unknown_key = base.replace("  network:", "  networkz:");
     let wrong_type = with_hostname(&base, "x").replace("hostname: x", "hostname: [1, 2]");
+    let encrypted = machinery::generate::apply_patch(
+        &base,
+        "machine:\n  systemDiskEncryption:\n    state:\n      provider: luks2\n      keys:\n        - nodeID: {}\n          slot: 0\n",
+    )
+    .expect("patch");
     for (what, data, needle) in [
         ("bad YAML", bad_yaml.to_owned(), "machine config"),
         ("unknown key", unknown_key, "networkz"),
         ("wrong type", wrong_type, "machine.network.hostname"),
+        ("disk encryption", encrypted, "machine.systemDiskEncryption"),
     ] {
         let err = h
             .client
@@ -592,6 +604,33 @@ async fn apply_configuration_modes_and_refusals() {
         "{details}"
     );
     assert_eq!(hostname(&mut h).await, "first");
+
+    // What the node will not do is said back (a dry run too), from
+    // machinery's list and networkd's.
+    let unapplied = machinery::generate::apply_patch(
+        &second,
+        "machine:\n  kernel:\n    modules:\n      - name: br_netfilter\n  network:\n    interfaces:\n      - interface: eth0\n        vip:\n          ip: 10.5.0.100\n",
+    )
+    .expect("patch");
+    let reply = h
+        .client
+        .apply_configuration(apply(&unapplied, Mode::NoReboot, true, None))
+        .await
+        .expect("dry run")
+        .into_inner();
+    let warnings = &reply.messages[0].warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("machine.kernel.modules: not loaded")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("(eth0): vip is not supported")),
+        "{warnings:?}"
+    );
 
     // Staged: persisted for the next boot, not live.
     h.client

@@ -17,6 +17,39 @@ pub fn ibytes(size: u64) -> String {
     )
 }
 
+/// go-humanize's `ParseBytes`: a number (decimals and thousands commas
+/// allowed), then an optional unit, SI (`kB`, `MB`, `G`) or IEC (`KiB`,
+/// `Mi`), any case, spaces between allowed. `None` for anything else.
+#[must_use]
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ','))
+        .unwrap_or(text.len());
+    let number: f64 = text[..digits].replace(',', "").parse().ok()?;
+    let unit = text[digits..].trim().to_ascii_lowercase();
+    // `k`/`kb` are powers of 1000, `ki`/`kib` of 1024; so for m, g, t, p, e.
+    let multiplier: u64 = if unit.is_empty() || unit == "b" {
+        1
+    } else {
+        let (base, prefix) = match unit.strip_suffix("ib").or_else(|| unit.strip_suffix('i')) {
+            Some(prefix) => (1024u64, prefix),
+            None => (1000, unit.strip_suffix('b').unwrap_or(&unit)),
+        };
+        let exponent = ["k", "m", "g", "t", "p", "e"]
+            .iter()
+            .position(|p| *p == prefix)?;
+        base.pow(u32::try_from(exponent).ok()? + 1)
+    };
+    let bytes = number * multiplier as f64;
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 #[allow(
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
@@ -40,6 +73,19 @@ fn humanate(size: u64, base: f64, units: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_as_go_humanize() {
+        assert_eq!(parse_bytes("4GB"), Some(4_000_000_000));
+        assert_eq!(parse_bytes(" 4 GiB "), Some(4 << 30));
+        assert_eq!(parse_bytes("1.5tb"), Some(1_500_000_000_000));
+        assert_eq!(parse_bytes("512110190592"), Some(512_110_190_592));
+        assert_eq!(parse_bytes("1,000 k"), Some(1_000_000));
+        assert_eq!(parse_bytes("10Mi"), Some(10 << 20));
+        assert_eq!(parse_bytes("12 apples"), None);
+        assert_eq!(parse_bytes("GB"), None);
+        assert_eq!(parse_bytes(""), None);
+    }
 
     #[test]
     fn humanized_sizes() {

@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod endian;
 pub mod fsutil;
 pub mod generate;
+pub mod glob;
 pub mod gpt;
 pub mod grpc;
 pub mod h2;

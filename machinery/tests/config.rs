@@ -1137,12 +1137,14 @@ fn kmsg_log_configs() {
     );
     assert!(parse_ok(&controlplane_yaml()).kmsg_log_urls().is_empty());
 
-    // Refused when applied, left out when loaded.
+    // Refused when applied.
     let bad = parse_ok(&with_docs(&format!(
-        "{}---\n{}---\n{}",
+        "{}---\n{}---\n{}---\n{}---\n{}",
+        doc("fine", "udp://10.0.2.2:516/"),
         doc("remote", "http://10.0.2.2:5044/"),
         doc("remote", "tcp://10.0.2.2/"),
-        "apiVersion: v1alpha1\nkind: KmsgLogConfig\nurl: udp://10.0.2.2:514/\n"
+        "apiVersion: v1alpha1\nkind: KmsgLogConfig\nurl: udp://10.0.2.2:514/\n",
+        "apiVersion: v1alpha1\nkind: KmsgLogConfig\nname: typo\nurl: udp://10.0.2.2:515/\nurll: x\n"
     )));
     assert_issues(
         &bad.strict_check().expect_err("strict"),
@@ -1151,9 +1153,302 @@ fn kmsg_log_configs() {
             "KmsgLogConfig(remote).name",
             "KmsgLogConfig(remote).url",
             "KmsgLogConfig().name",
+            "KmsgLogConfig(typo).urll",
         ],
     );
-    assert_eq!(bad.kmsg_log_urls(), ["udp://10.0.2.2:514/"]);
+    // Loaded from disk, a document with a problem ships nothing.
+    assert_eq!(bad.kmsg_log_urls(), ["udp://10.0.2.2:516/"]);
+}
+
+#[test]
+fn document_settings() {
+    let with_docs = |base: &str, docs: &[&str]| {
+        let mut text = base.to_owned();
+        for doc in docs {
+            text.push_str("---\napiVersion: v1alpha1\n");
+            text.push_str(doc);
+        }
+        text
+    };
+    let cfg = parse_ok(&with_docs(
+        &controlplane_yaml(),
+        &[
+            "kind: HostnameConfig\nhostname: node-7.example.org\n",
+            "kind: ResolverConfig\nnameservers:\n  - address: 10.0.0.53\n    protocol: Do53\nsearchDomains:\n  domains: [corp.example]\n  disableDefault: true\n",
+            "kind: StaticHostConfig\nname: 10.0.0.9\nhostnames: [db, db.corp.example]\n",
+            "kind: StaticHostConfig\nname: fd00::9\nhostnames: [db6]\n",
+            "kind: TimeSyncConfig\nbootTimeout: 1m\nntp:\n  servers: [pool.ntp.org]\n",
+        ],
+    ));
+    cfg.strict_check().expect("good documents");
+    assert_eq!(cfg.hostname(), Some("node-7.example.org"));
+    assert_eq!(cfg.auto_hostname(), None);
+    let docs = cfg.document_settings();
+    assert_eq!(
+        docs.nameservers,
+        Some(vec!["10.0.0.53".parse().expect("ip")])
+    );
+    assert_eq!(docs.search_domains, Some(vec!["corp.example".to_owned()]));
+    assert!(docs.disable_search_domain);
+    assert_eq!(
+        docs.static_hosts,
+        [
+            (
+                "10.0.0.9".parse().expect("ip"),
+                vec!["db".to_owned(), "db.corp.example".to_owned()]
+            ),
+            ("fd00::9".parse().expect("ip"), vec!["db6".to_owned()]),
+        ]
+    );
+    assert_eq!(cfg.time_servers(), ["pool.ntp.org"]);
+    assert_eq!(cfg.time_boot_timeout(), Some(Duration::from_secs(60)));
+    assert!(!cfg.time_disabled());
+    let off = parse_ok(&with_docs(
+        &edit(
+            &controlplane_yaml(),
+            "stableHostname: true",
+            "stableHostname: false",
+        ),
+        &[
+            "kind: HostnameConfig\nauto: off\n",
+            "kind: TimeSyncConfig\nenabled: false\n",
+        ],
+    ));
+    off.strict_check().expect("auto: off");
+    assert_eq!(off.auto_hostname(), Some(config::AutoHostname::Off));
+    assert!(off.time_disabled() && off.time_servers().is_empty());
+
+    // Upstream's rules, each problem named.
+    let bad = parse_ok(&with_docs(
+        &controlplane_yaml(),
+        &[
+            "kind: HostnameConfig\nauto: sometimes\n",
+            "kind: HostnameConfig\nhostname: again\n",
+            "kind: ResolverConfig\nnameservers:\n  - address: nope\n  - address: 1.1.1.1\n    protocol: DoT\n    tlsServerName: one.one.one.one\n",
+            "kind: StaticHostConfig\nname: not-an-ip\nhostnames: []\n",
+            "kind: StaticHostConfig\nname: 10.0.0.9\nhostnames: [a]\n",
+            "kind: StaticHostConfig\nname: 10.0.0.9\nhostnames: [b]\n",
+            "kind: TimeSyncConfig\nbootTimeout: soon\nntp:\n  servers: [/dev/ptp0]\nptp:\n  devices: [ptp0]\n",
+        ],
+    ));
+    assert_issues(
+        &bad.strict_check().expect_err("strict"),
+        &[
+            "HostnameConfig.auto",
+            "HostnameConfig",
+            "ResolverConfig.nameservers[0].address",
+            "ResolverConfig.nameservers[1].protocol",
+            "ResolverConfig.nameservers[1].tlsServerName",
+            "StaticHostConfig(not-an-ip).name",
+            "StaticHostConfig(not-an-ip).hostnames",
+            "StaticHostConfig(10.0.0.9).name",
+            "TimeSyncConfig",
+            "TimeSyncConfig.bootTimeout",
+            "TimeSyncConfig.ntp.servers[0]",
+            "TimeSyncConfig.ptp.devices[0]",
+        ],
+    );
+    // Loaded from disk, the broken documents say nothing.
+    assert_eq!(bad.hostname(), None);
+    assert_eq!(bad.document_settings().nameservers, None);
+    assert_eq!(bad.document_settings().static_hosts.len(), 1);
+    assert_eq!(bad.time_servers(), ["time.cloudflare.com"]);
+
+    // Said twice, in v1alpha1 and in a document: refused; v1alpha1 holds.
+    let twice = parse_ok(&with_docs(
+        &edit(
+            &controlplane_yaml(),
+            "    network: {}\n",
+            "    network:\n        hostname: cp1\n        nameservers: [1.1.1.1]\n    time:\n        servers: [time.example]\n",
+        ),
+        &[
+            "kind: HostnameConfig\nauto: stable\n",
+            "kind: ResolverConfig\nnameservers:\n  - address: 8.8.8.8\nhostDNS:\n  enabled: true\n",
+            "kind: TimeSyncConfig\nntp:\n  servers: [pool.ntp.org]\n",
+        ],
+    ));
+    let err = twice.strict_check().expect_err("strict");
+    assert_issues(
+        &err,
+        &[
+            "HostnameConfig",
+            "HostnameConfig.auto",
+            "ResolverConfig",
+            "ResolverConfig.hostDNS",
+            "TimeSyncConfig",
+        ],
+    );
+    assert_eq!(twice.hostname(), Some("cp1"));
+    assert_eq!(twice.time_servers(), ["time.example"]);
+    assert_eq!(twice.document_settings().nameservers, None);
+
+    // Decoded strictly: an unknown key is named.
+    // A name the node could not take is refused, not swapped for another.
+    let bad_name = parse_ok(&with_docs(
+        &controlplane_yaml(),
+        &["kind: HostnameConfig\nhostname: bad_name.example\n"],
+    ));
+    assert_issues(
+        &bad_name.strict_check().expect_err("strict"),
+        &["HostnameConfig.hostname"],
+    );
+    let typo = parse_ok(&with_docs(
+        &controlplane_yaml(),
+        &["kind: HostnameConfig\nhostnmae: x\n"],
+    ));
+    let err = typo.strict_check().expect_err("strict");
+    assert_issues(&err, &["HostnameConfig.hostnmae"]);
+    assert!(
+        err.to_string().contains("unknown field `hostnmae`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn trusted_roots_documents() {
+    let doc = |name: &str, certificates: &str| {
+        let indented: String = certificates
+            .lines()
+            .map(|line| format!("  {line}\n"))
+            .collect();
+        format!(
+            "---\napiVersion: v1alpha1\nkind: TrustedRootsConfig\nname: {name}\ncertificates: |\n{indented}"
+        )
+    };
+    let ca = machinery::pki::generate_os_ca(std::time::SystemTime::now())
+        .expect("a CA")
+        .cert_pem;
+    let two = format!("{ca}{ca}");
+    let cfg = parse_ok(&format!(
+        "{}{}{}",
+        controlplane_yaml(),
+        doc("corp", &ca),
+        doc("more", &two)
+    ));
+    cfg.strict_check().expect("good documents");
+    let roots = &cfg.registries().trusted_roots;
+    assert_eq!(roots.len(), 2);
+    assert!(roots[0].contains("-----BEGIN CERTIFICATE-----"));
+    assert!(cfg.not_applied().is_empty(), "{:?}", cfg.not_applied());
+
+    let key = pem("PRIVATE KEY", "a2V5");
+    let garbled = pem("CERTIFICATE", "bm90IGEgY2VydGlmaWNhdGU=");
+    let bad = parse_ok(&format!(
+        "{}{}{}{}{}",
+        controlplane_yaml(),
+        doc("corp", &ca),
+        doc("corp", &ca),
+        doc("key", &key),
+        doc("garbled", &garbled)
+    ));
+    assert_issues(
+        &bad.strict_check().expect_err("strict"),
+        &[
+            "TrustedRootsConfig(corp).name",
+            "TrustedRootsConfig(key).certificates",
+            "TrustedRootsConfig(garbled).certificates",
+        ],
+    );
+    // Loaded from disk, only the good document counts.
+    assert_eq!(bad.registries().trusted_roots.len(), 1);
+}
+
+#[test]
+fn watchdog_timer_documents() {
+    let with = |doc: &str| {
+        parse_ok(&format!(
+            "{}---\napiVersion: v1alpha1\nkind: WatchdogTimerConfig\n{doc}",
+            controlplane_yaml()
+        ))
+    };
+    let cfg = with("device: /dev/watchdog0\n");
+    cfg.strict_check().expect("good");
+    assert_eq!(
+        cfg.document_settings().watchdog,
+        Some(("/dev/watchdog0".to_owned(), Duration::from_secs(60))),
+        "upstream's default timeout"
+    );
+    assert_eq!(
+        with("device: /dev/watchdog0\ntimeout: 0s\n")
+            .document_settings()
+            .watchdog,
+        Some(("/dev/watchdog0".to_owned(), Duration::from_secs(60))),
+        "zero is the default, as upstream's"
+    );
+    let cfg = with("device: /dev/watchdog1\ntimeout: 2m\n");
+    assert_eq!(
+        cfg.document_settings().watchdog,
+        Some(("/dev/watchdog1".to_owned(), Duration::from_secs(120)))
+    );
+    for (doc, path) in [
+        ("timeout: 1m\n", "WatchdogTimerConfig.device"),
+        ("device: /tmp/wd\n", "WatchdogTimerConfig.device"),
+        (
+            "device: /dev/watchdog0\ntimeout: 5s\n",
+            "WatchdogTimerConfig.timeout",
+        ),
+        (
+            "device: /dev/watchdog0\ntimeout: soon\n",
+            "WatchdogTimerConfig.timeout",
+        ),
+    ] {
+        let cfg = with(doc);
+        assert_issues(&cfg.strict_check().expect_err(doc), &[path]);
+        assert_eq!(cfg.document_settings().watchdog, None, "{doc}");
+    }
+}
+
+#[test]
+fn what_is_not_applied_is_said() {
+    assert!(parse_ok(&controlplane_yaml()).not_applied().is_empty());
+    let text = edit(
+        &edit(
+            &controlplane_yaml(),
+            "    network: {}\n",
+            "    network: {}\n    time:\n        servers: [/dev/ptp0]\n    disks:\n        - device: /dev/sdb\n          partitions:\n            - mountpoint: /var/mnt/extra\n    kernel:\n        modules:\n            - name: br_netfilter\n    udev:\n        rules: [\"SUBSYSTEM==\\\"net\\\"\"]\n",
+        ),
+        "        rbac: true",
+        "        rbac: false",
+    );
+    let text = edit(
+        &text,
+        "        wipe: false",
+        "        wipe: false\n        extraKernelArgs: [console=tty0]",
+    );
+    let text = format!(
+        "{text}---\napiVersion: v1alpha1\nkind: NetworkRuleConfig\nname: a\n---\napiVersion: v1alpha1\nkind: NetworkRuleConfig\nname: b\n---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: n1\n"
+    );
+    let cfg = parse_ok(&text);
+    let said: Vec<&str> = cfg
+        .not_applied()
+        .iter()
+        .map(|w| w.split(':').next().unwrap_or(""))
+        .map(|field| match field {
+            "machine.disks" => "disks",
+            "machine.kernel.modules" => "modules",
+            "machine.udev.rules" => "udev",
+            "machine.install.extraKernelArgs" => "args",
+            "machine.time.servers" => "ptp",
+            "machine.features.rbac" => "rbac",
+            "NetworkRuleConfig" => "kind",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        said,
+        ["disks", "modules", "udev", "args", "ptp", "rbac", "kind"]
+    );
+
+    // Disk encryption the node cannot do is refused, not ignored.
+    let encrypted = edit(
+        &controlplane_yaml(),
+        "    network: {}\n",
+        "    network: {}\n    systemDiskEncryption:\n        ephemeral:\n            provider: luks2\n            keys:\n                - nodeID: {}\n                  slot: 0\n",
+    );
+    assert_issues(
+        &parse_ok(&encrypted).strict_check().expect_err("strict"),
+        &["machine.systemDiskEncryption"],
+    );
 }
 
 #[test]

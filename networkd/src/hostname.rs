@@ -4,7 +4,9 @@
 //! an `ip=` kernel argument, DHCP option 12 of a lease, and last a generated
 //! `talos-xxxxx` whose five characters are derived from a stable seed (the
 //! MAC address of the node's first link), so that a node keeps its name
-//! across reboots without any state.
+//! across reboots without any state. With a `HostnameConfig` of
+//! `auto: off` none is generated: until a name comes from elsewhere the
+//! node is `localhost`.
 //!
 //! A name may be a fully qualified one (`node1.example.com`): the first label
 //! is the hostname, the rest the domain.
@@ -45,7 +47,12 @@ pub enum Source {
     Dhcp,
     /// Generated from the seed.
     Generated,
+    /// None: generation is off and no other source named the node.
+    Unnamed,
 }
+
+/// The name of a node nothing named.
+pub const UNNAMED: &str = "localhost";
 
 /// Whether `name` is a valid hostname: dot-separated labels of 1 to 63
 /// letters, digits and inner hyphens, 253 characters at most.
@@ -106,14 +113,14 @@ fn split(name: &str, source: Source) -> Hostname {
 
 /// Chooses the hostname. Candidates that are not valid names are skipped.
 /// `dhcp_domain` (DHCP option 15) completes a short name that has no
-/// domain.
+/// domain. Without a `seed` no name is generated.
 #[must_use]
 pub fn choose(
     config: Option<&str>,
     cmdline: Option<&str>,
     dhcp: Option<&str>,
     dhcp_domain: Option<&str>,
-    seed: &[u8],
+    seed: Option<&[u8]>,
 ) -> Hostname {
     let candidates = [
         (config, Source::Config),
@@ -126,10 +133,17 @@ pub fn choose(
             let name = name?.trim();
             is_valid(name.trim_end_matches('.')).then(|| split(name, source))
         })
-        .unwrap_or_else(|| Hostname {
-            name: generated(seed),
-            domain: None,
-            source: Source::Generated,
+        .unwrap_or_else(|| match seed {
+            Some(seed) => Hostname {
+                name: generated(seed),
+                domain: None,
+                source: Source::Generated,
+            },
+            None => Hostname {
+                name: UNNAMED.to_owned(),
+                domain: None,
+                source: Source::Unnamed,
+            },
         });
     if chosen.domain.is_none()
         && let Some(domain) = dhcp_domain.map(str::trim).filter(|d| is_valid(d))
@@ -166,29 +180,35 @@ mod tests {
 
     #[test]
     fn precedence() {
-        let h = choose(Some("cfg"), Some("cmd"), Some("dhcp"), None, &MAC);
+        let h = choose(Some("cfg"), Some("cmd"), Some("dhcp"), None, Some(&MAC));
         assert_eq!((h.name.as_str(), h.source), ("cfg", Source::Config));
-        let h = choose(None, Some("cmd"), Some("dhcp"), None, &MAC);
+        let h = choose(None, Some("cmd"), Some("dhcp"), None, Some(&MAC));
         assert_eq!((h.name.as_str(), h.source), ("cmd", Source::Cmdline));
-        let h = choose(None, None, Some("dhcp"), None, &MAC);
+        let h = choose(None, None, Some("dhcp"), None, Some(&MAC));
         assert_eq!((h.name.as_str(), h.source), ("dhcp", Source::Dhcp));
-        let h = choose(None, None, None, None, &MAC);
+        let h = choose(None, None, None, None, Some(&MAC));
         assert_eq!(h.source, Source::Generated);
         assert_eq!(h.name, generated(&MAC));
         // Invalid candidates are skipped.
-        let h = choose(Some("bad_name"), Some(""), Some("-x"), None, &MAC);
+        let h = choose(Some("bad_name"), Some(""), Some("-x"), None, Some(&MAC));
         assert_eq!(h.source, Source::Generated);
     }
 
     #[test]
     fn qualified_names_and_domains() {
-        let h = choose(Some("Node1.Example.COM."), None, None, Some("lan"), &MAC);
+        let h = choose(
+            Some("Node1.Example.COM."),
+            None,
+            None,
+            Some("lan"),
+            Some(&MAC),
+        );
         assert_eq!(h.name, "node1");
         assert_eq!(h.domain.as_deref(), Some("example.com"));
         assert_eq!(h.fqdn(), "node1.example.com");
-        let h = choose(None, None, Some("node2"), Some("lan"), &MAC);
+        let h = choose(None, None, Some("node2"), Some("lan"), Some(&MAC));
         assert_eq!(h.fqdn(), "node2.lan");
-        let h = choose(None, None, None, None, &MAC);
+        let h = choose(None, None, None, None, Some(&MAC));
         assert_eq!(h.fqdn(), h.name);
     }
 

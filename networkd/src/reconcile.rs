@@ -551,12 +551,13 @@ impl Reconciler {
         let settings = self.config.settings();
         let dhcp_hostname = self.leases.values().find_map(|l| l.hostname.as_deref());
         let dhcp_domain = self.leases.values().find_map(|l| l.domain.as_deref());
+        let seed = observed.hostname_seed();
         let name = hostname::choose(
             settings.hostname.as_deref(),
             self.kernel.hostname(),
             dhcp_hostname,
             dhcp_domain,
-            &observed.hostname_seed(),
+            (!settings.auto_hostname_off).then_some(seed.as_slice()),
         );
 
         let nameservers = if settings.nameservers.is_empty() {
@@ -577,7 +578,9 @@ impl Reconciler {
         } else {
             settings.nameservers.clone()
         };
-        let search: Vec<String> = if settings.search_domains.is_empty() {
+        let search: Vec<String> = if settings.disable_search_domain {
+            settings.search_domains.clone()
+        } else if settings.search_domains.is_empty() {
             name.domain.iter().cloned().collect()
         } else {
             settings.search_domains.clone()

@@ -73,27 +73,11 @@ pub struct Selector {
     pub physical: Option<bool>,
 }
 
-/// Whether `text` matches `pattern`, where `*` matches any run of
-/// characters (none included), ignoring ASCII case.
+/// Whether `text` matches `pattern` ([`machinery::glob`]), ignoring ASCII
+/// case: addresses are hex, written either way.
 #[must_use]
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.to_ascii_lowercase(), text.to_ascii_lowercase());
-    let mut parts = p.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = t.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
+    machinery::glob::matches(&pattern.to_ascii_lowercase(), &text.to_ascii_lowercase())
 }
 
 impl Selector {
@@ -312,6 +296,10 @@ pub struct Settings {
     pub nameservers: Vec<IpAddr>,
     /// `searchDomains`.
     pub search_domains: Vec<String>,
+    /// `disableSearchDomain`: no search domain from the hostname's domain.
+    pub disable_search_domain: bool,
+    /// A `HostnameConfig`'s `auto: off`: no generated name.
+    pub auto_hostname_off: bool,
     /// `extraHostEntries`.
     pub extra_hosts: Vec<HostEntry>,
     /// `interfaces` with an `interface` name.
@@ -640,6 +628,7 @@ impl Settings {
                 .map(|d| d.trim().to_owned())
                 .filter(|d| !d.is_empty())
                 .collect(),
+            disable_search_domain: network.disable_search_domain == Some(true),
             ..Settings::default()
         };
         for host in network.extra_host_entries.iter().flatten() {
@@ -658,16 +647,45 @@ impl Settings {
         settings
     }
 
-    /// The settings of a machine config (empty without `machine.network`).
+    /// The settings of a machine config: `machine.network`, and what its
+    /// `HostnameConfig`, `ResolverConfig` and `StaticHostConfig` documents
+    /// add (validation saw to it that the two never say the same thing).
     #[must_use]
     pub fn from_config(config: &MachineConfig) -> Settings {
-        config
+        let mut settings = config
             .v1alpha1()
             .machine
             .as_ref()
             .and_then(|machine| machine.network.as_ref())
             .map(Settings::from_network)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        settings.add_documents(config.document_settings());
+        settings
+    }
+
+    fn add_documents(&mut self, documents: &machinery::config::DocumentSettings) {
+        if self.hostname.is_none() {
+            self.hostname.clone_from(&documents.hostname);
+        }
+        self.auto_hostname_off =
+            documents.auto_hostname == Some(machinery::config::AutoHostname::Off);
+        if let Some(nameservers) = &documents.nameservers
+            && self.nameservers.is_empty()
+        {
+            self.nameservers.clone_from(nameservers);
+        }
+        if let Some(domains) = &documents.search_domains
+            && self.search_domains.is_empty()
+        {
+            self.search_domains.clone_from(domains);
+        }
+        self.disable_search_domain |= documents.disable_search_domain;
+        for (ip, names) in &documents.static_hosts {
+            self.extra_hosts.push(HostEntry {
+                ip: *ip,
+                aliases: names.clone(),
+            });
+        }
     }
 
     /// Whether any entry, or any bond's members, are picked by a

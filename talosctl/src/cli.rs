@@ -200,7 +200,7 @@ pub struct ValidateArgs {
     /// the mode to validate the config for (valid values are metal, cloud, and container)
     #[arg(short = 'm', long, value_enum)]
     pub mode: ValidateMode,
-    /// treat validation warnings as errors (none are emitted: every problem is an error)
+    /// treat validation warnings as errors
     #[arg(long)]
     pub strict: bool,
 }

@@ -755,8 +755,10 @@ fn gen_config_cluster_and_everyday_commands() {
     let unused = work.path().join("unused");
     let cp = out_dir.join("controlplane.yaml");
     let cp = cp.to_str().expect("utf8");
-    let said = ok(&unused, &["validate", "-c", cp, "-m", "metal"]);
-    assert_eq!(said.trim(), format!("{cp} is valid for metal mode"));
+    let said = run(&unused, &["validate", "-c", cp, "-m", "metal"]);
+    assert_eq!(said.code, 0, "{}", said.err);
+    assert_eq!(said.out.trim(), format!("{cp} is valid for metal mode"));
+    assert!(!said.err.contains("WARNING"), "{}", said.err);
     let patched = work.path().join("patched.yaml");
     let patched = patched.to_str().expect("utf8");
     ok(
@@ -766,7 +768,7 @@ fn gen_config_cluster_and_everyday_commands() {
             "patch",
             cp,
             "-p",
-            "machine: {install: {disk: ''}}",
+            "machine: {install: {disk: ''}, kernel: {modules: [{name: br_netfilter}]}}",
             "-o",
             patched,
         ],
@@ -781,7 +783,25 @@ fn gen_config_cluster_and_everyday_commands() {
         r.out
     );
     assert!(r.err.contains("required in \"metal\" mode"), "{}", r.err);
-    ok(&unused, &["validate", "-c", patched, "-m", "container"]);
+    // Valid, with what a node would not do said.
+    let r = run(&unused, &["validate", "-c", patched, "-m", "container"]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.err
+            .contains("WARNING: machine.kernel.modules: not loaded"),
+        "{}",
+        r.err
+    );
+    let r = run(
+        &unused,
+        &["validate", "-c", patched, "-m", "container", "--strict"],
+    );
+    assert_ne!(r.code, 0, "--strict passed a warning: {}", r.err);
+    assert!(
+        r.err.contains("--strict treats them as errors"),
+        "{}",
+        r.err
+    );
     let again = run(
         &work.path().join("unused"),
         &[

@@ -388,6 +388,13 @@ pub fn split_host_port(server: &str) -> Result<(&str, u16), String> {
     if server.is_empty() {
         return Err("the server is empty".to_owned());
     }
+    // Upstream lists PTP devices (`/dev/ptp0`) among the time servers.
+    // Not a host name: no DNS query for it.
+    if machinery::config::is_device_server(server) {
+        return Err(
+            "a PTP device: this node syncs time over NTP only (name an NTP server)".to_owned(),
+        );
+    }
     let (host, port) = if let Some(rest) = server.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
@@ -922,6 +929,13 @@ mod tests {
             .await
             .expect_err("bad");
         assert!(matches!(err, SntpError::BadServer { .. }), "{err}");
+        let err = query("/dev/ptp0", Duration::from_secs(1))
+            .await
+            .expect_err("a PTP device");
+        assert!(
+            matches!(err, SntpError::BadServer { .. }) && err.to_string().contains("PTP device"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -28,9 +28,12 @@
 //!
 //! # Limitations
 //!
-//! - `apiVersion`/`kind` documents are kept as raw YAML, not interpreted; the
-//!   one exception is the `endpoint` of `KubeClusterConfig`, used when
+//! - `apiVersion`/`kind` documents are kept as raw YAML. Those read are
+//!   `HostnameConfig`, `ResolverConfig`, `StaticHostConfig` and
+//!   `TimeSyncConfig` (typed, in `documents`), `KmsgLogConfig`, and the
+//!   `endpoint` of `KubeClusterConfig`, used when
 //!   `cluster.controlPlane.endpoint` is absent (upstream v1.14 moved it there).
+//!   Other kinds load and are not applied.
 //! - Kubernetes-only sections (API server flags, admission plugins, CNI,
 //!   registries, disk encryption, ...) are raw YAML: they round-trip, but keys
 //!   inside them are not checked, except the credentials and TLS settings of
@@ -58,8 +61,11 @@
 //! }
 //! ```
 
+mod disk_selector;
+mod documents;
 mod error;
 mod registries;
+mod unapplied;
 pub mod v1alpha1;
 mod validate;
 
@@ -74,12 +80,15 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 use serde_yaml_ng::Value;
 
+pub use disk_selector::{DiskFacts, DiskSelector, DiskType, SizeOp};
+pub use documents::{
+    AutoHostname, DocumentSettings, HOSTNAME_CONFIG, KMSG_LOG_CONFIG, RESOLVER_CONFIG,
+    STATIC_HOST_CONFIG, TIME_SYNC_CONFIG, TRUSTED_ROOTS_CONFIG, TimeSync, WATCHDOG_TIMER_CONFIG,
+    is_device_server,
+};
 pub use error::{ConfigError, ValidationIssue, ValidationIssues};
 pub use registries::{Registries, RegistryAccess, RegistryCredentials, RegistryMirror};
 pub use validate::{parse_cidr, parse_go_duration};
-
-/// The kind of the documents that say where the kernel's log goes.
-pub const KMSG_LOG_CONFIG: &str = "KmsgLogConfig";
 
 /// The only `version` (and `apiVersion`) this module understands.
 pub const V1ALPHA1: &str = "v1alpha1";
@@ -326,7 +335,7 @@ fn unknown_field_name(message: &str) -> Option<&str> {
 }
 
 /// `machine.network.interfaces[0].addresses` from path segments ("" for the root).
-fn render_path(segments: &[Segment]) -> String {
+pub(super) fn render_path(segments: &[Segment]) -> String {
     let mut out = String::new();
     for segment in segments {
         match segment {
@@ -383,6 +392,8 @@ pub struct MachineConfig {
     control_plane_endpoint: String,
     boot_timeout: Option<Duration>,
     registries: Registries,
+    document_settings: DocumentSettings,
+    install_disk_selector: Option<DiskSelector>,
     strict_issues: Vec<ValidationIssue>,
 }
 
@@ -415,6 +426,8 @@ impl MachineConfig {
             control_plane_endpoint: derived.control_plane_endpoint,
             boot_timeout: derived.boot_timeout,
             registries: derived.registries,
+            document_settings: derived.document_settings,
+            install_disk_selector: derived.install_disk_selector,
             strict_issues: derived.strict_issues,
         })
     }
@@ -536,18 +549,11 @@ impl MachineConfig {
     }
 
     /// The `url` of every `KmsgLogConfig` document: where the kernel's log
-    /// goes (`tcp://host:port/` or `udp://...`). Ones the strict check
+    /// goes (`tcp://host:port/` or `udp://...`). Documents the strict check
     /// refuses are left out.
     #[must_use]
-    pub fn kmsg_log_urls(&self) -> Vec<String> {
-        self.documents
-            .extra
-            .iter()
-            .filter(|d| d.kind() == KMSG_LOG_CONFIG)
-            .filter_map(|d| d.value().get("url").and_then(Value::as_str))
-            .filter(|url| validate::check_log_endpoint(url).is_ok())
-            .map(str::to_owned)
-            .collect()
+    pub fn kmsg_log_urls(&self) -> &[String] {
+        &self.document_settings.kmsg_log_urls
     }
 
     /// `machine.sysctls`: kernel parameters under `/proc/sys`, by sysctl
@@ -600,13 +606,44 @@ impl MachineConfig {
             .collect()
     }
 
-    /// `machine.network.hostname`, when set and non-empty.
+    /// The static hostname: `machine.network.hostname` or a
+    /// `HostnameConfig`'s `hostname`, when set and non-empty.
     #[must_use]
     pub fn hostname(&self) -> Option<&str> {
         self.machine()
             .and_then(|machine| machine.network.as_ref())
             .and_then(|network| network.hostname.as_deref())
             .filter(|hostname| !hostname.is_empty())
+            .or(self.document_settings.hostname.as_deref())
+    }
+
+    /// How the node names itself without a static hostname, when a
+    /// `HostnameConfig` says.
+    #[must_use]
+    pub fn auto_hostname(&self) -> Option<AutoHostname> {
+        self.document_settings.auto_hostname
+    }
+
+    /// What this config sets that the node accepts and does not apply,
+    /// one sentence each naming the field (Kubernetes settings aside):
+    /// an apply's warnings.
+    #[must_use]
+    pub fn not_applied(&self) -> Vec<String> {
+        unapplied::not_applied(self)
+    }
+
+    /// What the `HostnameConfig`, `ResolverConfig`, `StaticHostConfig` and
+    /// `TimeSyncConfig` documents say (those that passed their checks).
+    #[must_use]
+    pub fn document_settings(&self) -> &DocumentSettings {
+        &self.document_settings
+    }
+
+    /// `machine.install.diskSelector`, when set (and valid): what picks the
+    /// install disk when `machine.install.disk` is not set.
+    #[must_use]
+    pub fn install_disk_selector(&self) -> Option<&DiskSelector> {
+        self.install_disk_selector.as_ref()
     }
 
     /// `machine.install.disk`, when set and non-empty (a `/dev/...` path).
@@ -671,13 +708,19 @@ impl MachineConfig {
         &self.registries
     }
 
-    /// Whether `machine.time.disabled` is set.
+    /// Whether `machine.time.disabled` is set, or a `TimeSyncConfig` says
+    /// `enabled: false`.
     #[must_use]
     pub fn time_disabled(&self) -> bool {
         self.machine()
             .and_then(|machine| machine.time.as_ref())
             .and_then(|time| time.disabled)
             .unwrap_or(false)
+            || self
+                .document_settings
+                .time
+                .as_ref()
+                .is_some_and(|t| t.disabled)
     }
 
     /// The NTP servers to use: none when time sync is disabled, the
@@ -691,6 +734,12 @@ impl MachineConfig {
             .machine()
             .and_then(|machine| machine.time.as_ref())
             .and_then(|time| time.servers.as_deref())
+            .filter(|servers| !servers.is_empty())
+            .or(self
+                .document_settings
+                .time
+                .as_ref()
+                .map(|t| t.servers.as_slice()))
             .unwrap_or_default();
         if configured.is_empty() {
             vec![DEFAULT_TIME_SERVER.to_owned()]
@@ -699,10 +748,15 @@ impl MachineConfig {
         }
     }
 
-    /// `machine.time.bootTimeout`: how long boot waits for time sync (`None`: forever).
+    /// `machine.time.bootTimeout` or a `TimeSyncConfig`'s `bootTimeout`:
+    /// how long boot waits for time sync (`None`: forever).
     #[must_use]
     pub fn time_boot_timeout(&self) -> Option<Duration> {
-        self.boot_timeout
+        self.boot_timeout.or(self
+            .document_settings
+            .time
+            .as_ref()
+            .and_then(|t| t.boot_timeout))
     }
 
     /// `cluster.clusterName`, when set and non-empty.

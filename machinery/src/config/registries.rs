@@ -96,13 +96,17 @@ pub struct Registries {
     /// Credentials and TLS settings per registry (or mirror) host.
     #[serde(default)]
     pub config: BTreeMap<String, RegistryAccess>,
+    /// CA certificates (PEM) trusted for every registry and download,
+    /// beside the image's bundle: the `TrustedRootsConfig` documents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_roots: Vec<String>,
 }
 
 impl Registries {
     /// Whether there is nothing in it.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.mirrors.is_empty() && self.config.is_empty()
+        self.mirrors.is_empty() && self.config.is_empty() && self.trusted_roots.is_empty()
     }
 }
 

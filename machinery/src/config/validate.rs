@@ -35,14 +35,22 @@ pub(super) struct Derived {
     pub(super) control_plane_endpoint: String,
     pub(super) boot_timeout: Option<Duration>,
     pub(super) registries: Registries,
+    pub(super) document_settings: super::DocumentSettings,
+    pub(super) install_disk_selector: Option<super::DiskSelector>,
     pub(super) strict_issues: Vec<ValidationIssue>,
 }
 
 #[derive(Debug, Default)]
-struct Issues(Vec<ValidationIssue>);
+pub(super) struct Issues(Vec<ValidationIssue>);
 
 impl Issues {
-    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    /// The paths named, in order (for tests).
+    #[cfg(test)]
+    pub(super) fn paths(&self) -> Vec<String> {
+        self.0.iter().map(|issue| issue.path.clone()).collect()
+    }
+
+    pub(super) fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.0.push(ValidationIssue {
             path: path.into(),
             reason: reason.into(),
@@ -86,7 +94,25 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     let mut strict = Issues::default();
     check_files(machine, &mut issues, &mut strict);
     check_env(machine, &mut strict);
-    check_kmsg_log_configs(documents, &mut strict);
+    // Upstream encrypts STATE and EPHEMERAL as asked; a node that cannot
+    // must not leave them in plain text while the config says otherwise.
+    if machine
+        .system_disk_encryption
+        .as_ref()
+        .is_some_and(super::unapplied::says_something)
+    {
+        strict.push(
+            "machine.systemDiskEncryption",
+            "disk encryption is not supported by this node: STATE and EPHEMERAL would stay \
+             unencrypted (remove it to apply this config)",
+        );
+    }
+    let document_settings = super::documents::read(documents, &mut strict);
+    let install_disk_selector = machine
+        .install
+        .as_ref()
+        .and_then(|install| install.disk_selector.as_ref())
+        .and_then(|selector| super::disk_selector::read(selector, &mut strict));
     if let Some(network) = &machine.network {
         check_network(network, &mut issues);
     }
@@ -103,6 +129,7 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     let registries = Registries {
         mirrors: registries::read_mirrors(machine.registries.as_ref()),
         config: access,
+        trusted_roots: document_settings.trusted_roots.clone(),
     };
     let control_plane_endpoint = check_cluster(
         config.cluster.as_ref(),
@@ -123,6 +150,8 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
                 control_plane_endpoint,
                 boot_timeout,
                 registries,
+                document_settings,
+                install_disk_selector,
                 strict_issues,
             })
         }
@@ -549,18 +578,19 @@ fn check_time(machine: &Machine, issues: &mut Issues) -> Option<Duration> {
             issues.push(format!("machine.time.servers[{i}]"), "must not be empty");
         }
     }
-    match time.boot_timeout.as_deref() {
-        None | Some("") => None,
-        Some(text) => {
-            let parsed = parse_go_duration(text);
-            if parsed.is_none() {
-                issues.push(
-                    "machine.time.bootTimeout",
-                    format!("{text:?} is not a duration such as 2m30s"),
-                );
-            }
-            parsed
-        }
+    duration_field(time.boot_timeout.as_deref()).unwrap_or_else(|reason| {
+        issues.push("machine.time.bootTimeout", reason);
+        None
+    })
+}
+
+/// A duration field as Go writes durations (`2m30s`); `None` when empty.
+pub(super) fn duration_field(text: Option<&str>) -> Result<Option<Duration>, String> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => parse_go_duration(text)
+            .map(Some)
+            .ok_or_else(|| format!("{text:?} is not a duration such as 2m30s")),
     }
 }
 
@@ -586,37 +616,6 @@ fn check_logging(machine: &Machine, issues: &mut Issues) {
                 format!("{base}.format"),
                 format!("unknown format {other:?} (expected json_lines)"),
             ),
-        }
-    }
-}
-
-/// `KmsgLogConfig` documents: a `name`, one per name, and a `url` as
-/// the log destinations' endpoints.
-fn check_kmsg_log_configs(documents: &Documents, issues: &mut Issues) {
-    let mut names = BTreeSet::new();
-    for document in documents
-        .extra
-        .iter()
-        .filter(|d| d.kind() == super::KMSG_LOG_CONFIG)
-    {
-        let name = document
-            .value()
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let base = format!("KmsgLogConfig({name})");
-        if name.is_empty() {
-            issues.push(format!("{base}.name"), "is required");
-        } else if !names.insert(name.to_owned()) {
-            issues.push(format!("{base}.name"), "is used by another KmsgLogConfig");
-        }
-        match document.value().get("url").and_then(Value::as_str) {
-            None | Some("") => issues.push(format!("{base}.url"), "is required"),
-            Some(url) => {
-                if let Err(reason) = check_log_endpoint(url) {
-                    issues.push(format!("{base}.url"), reason);
-                }
-            }
         }
     }
 }

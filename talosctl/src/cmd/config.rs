@@ -218,28 +218,6 @@ fn merge(path: &Path, from: &Path) -> anyhow::Result<()> {
     save(&config, path)
 }
 
-/// Whether `name` matches `pattern`, where `*` matches any run of
-/// characters (upstream's go-glob).
-#[must_use]
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    if !pattern.contains('*') {
-        return pattern == name;
-    }
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(index) => rest = &rest[index + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 fn confirm(prompt: &str) -> bool {
     eprint!("{prompt} [y/N]: ");
     let mut answer = String::new();
@@ -260,7 +238,7 @@ fn remove(path: &Path, args: &ConfigRemoveArgs) -> anyhow::Result<()> {
     let matches: Vec<String> = config
         .contexts
         .keys()
-        .filter(|name| glob_match(&args.name, name))
+        .filter(|name| machinery::glob::matches(&args.name, name))
         .cloned()
         .collect();
     if matches.is_empty() {
@@ -335,17 +313,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("prod", "prod"));
-        assert!(!glob_match("prod", "prod-1"));
-        assert!(glob_match("prod*", "prod-1"));
-        assert!(glob_match("*-1", "prod-1"));
-        assert!(glob_match("p*d*1", "prod-1"));
-        assert!(glob_match("*", "anything"));
-        assert!(!glob_match("a*a", "a"));
-    }
 
     #[test]
     fn contexts_listing() {

@@ -24,19 +24,25 @@ fn check(data: &[u8]) -> Result<MachineConfig, config::ConfigError> {
 }
 
 /// The rules a mode adds to the config's own: a metal node installs itself
-/// to a disk, so its config must name one. (Upstream also takes a
-/// `diskSelector`; this system installs only to a named disk.)
+/// to a disk, so its config must name one or give a `diskSelector`.
 fn check_mode(config: &MachineConfig, mode: ValidateMode) -> Result<(), String> {
     match mode {
-        ValidateMode::Metal if config.install_disk().is_none() => Err(
-            "machine.install.disk: install instructions are required in \"metal\" mode".to_owned(),
-        ),
+        ValidateMode::Metal
+            if config.install_disk().is_none() && config.install_disk_selector().is_none() =>
+        {
+            Err(
+                "machine.install.disk: install instructions are required in \"metal\" mode"
+                    .to_owned(),
+            )
+        }
         _ => Ok(()),
     }
 }
 
 /// Runs `talosctl validate`: prints `<file> is valid for <mode> mode`, or
-/// fails with every problem found.
+/// fails with every problem found. What the config sets that a node
+/// accepts and does not apply is printed as warnings, as an apply's reply
+/// gives them.
 ///
 /// # Errors
 /// The file cannot be read or the config is not valid for the mode.
@@ -44,6 +50,17 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     let config = load(&args.config)?;
     if let Err(problem) = check_mode(&config, args.mode) {
         bail!("{}: {problem}", args.config.display());
+    }
+    let warnings = config.not_applied();
+    for warning in &warnings {
+        output::warning(warning);
+    }
+    if args.strict && !warnings.is_empty() {
+        bail!(
+            "{}: {} warning(s), and --strict treats them as errors",
+            args.config.display(),
+            warnings.len()
+        );
     }
     output::out(&format!(
         "{} is valid for {} mode\n",
@@ -121,6 +138,16 @@ mod tests {
         let err = check_mode(&config, ValidateMode::Metal).expect_err("metal");
         assert!(err.contains("required in \"metal\" mode"), "{err}");
         assert_eq!(check_mode(&config, ValidateMode::Container), Ok(()));
+        // A selector instead of a disk will do.
+        let selected = dir.path().join("selector.yaml");
+        patch(
+            &out,
+            &["machine: {install: {diskSelector: {size: '>= 8GB'}}}".to_owned()],
+            Some(&selected),
+        )
+        .expect("patched");
+        let config = load(&selected).expect("valid");
+        assert_eq!(check_mode(&config, ValidateMode::Metal), Ok(()));
     }
 
     #[test]
