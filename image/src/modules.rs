@@ -72,6 +72,10 @@ pub const MODULES: &[&str] = &[
     // mounting the ESP fails with EINVAL.
     "nls_ascii",
     "nls_utf8",
+    // Hardware watchdogs (`WatchdogTimerConfig`): the core and the
+    // driver of the one QEMU emulates (Intel 6300ESB).
+    "watchdog",
+    "i6300esb",
 ];
 
 /// Module file extensions we accept, longest first.
@@ -106,7 +110,8 @@ pub const NETWORK: &[&str] = &[
 ];
 
 /// What only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the
-/// ESP), overlay and their helpers. They go to `/modules.deferred`, which
+/// ESP), overlay and their helpers; and the watchdog drivers, which only
+/// a config arms. They go to `/modules.deferred`, which
 /// machined loads at once when a disk carries one of its filesystems, and
 /// otherwise (a node without a disk yet, in maintenance mode) after the
 /// network modules, at a low CPU priority: xfs alone takes about 1.5 s to
@@ -122,6 +127,8 @@ pub const DEFERRED: &[&str] = &[
     "nls_cp437",
     "nls_ascii",
     "nls_utf8",
+    "watchdog",
+    "i6300esb",
 ];
 
 /// One module file chosen for the image.

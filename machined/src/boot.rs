@@ -93,7 +93,7 @@ pub const SYSTEM_ETC_FILES: &[(&str, &str, &str)] = &[
 const MODULES_DISABLED: &str = "/proc/sys/kernel/modules_disabled";
 const PRINTK_DEVKMSG: &str = "/proc/sys/kernel/printk_devkmsg";
 const KMSG: &str = "/dev/kmsg";
-const CONSOLE: &str = "/dev/console";
+pub(crate) const CONSOLE: &str = "/dev/console";
 /// `finit_module` flag: the file is compressed; the kernel decompresses it
 /// (Linux >= 5.17 built with module decompression; 6.1 Debian is not).
 const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
@@ -1189,6 +1189,9 @@ pub fn fatal(reason: &str) -> ! {
         halt_forever();
     }
     console_log(&format!("fatal: {reason}"));
+    // A PID 1 that halts below (panic=0) must still be reset by an armed
+    // watchdog.
+    crate::watchdog::stop_feeding();
     if getpid() != Pid::INIT {
         eprintln!("machined: fatal: {reason}");
         std::process::exit(70);
@@ -1416,7 +1419,8 @@ pub fn boot_metal() -> BootReport {
 // === the loop device ioctls ===
 
 /// `LOOP_CTL_GET_FREE` and `LOOP_CONFIGURE` (Linux >= 5.8), which rustix
-/// has no safe wrappers for. The one place with `unsafe` in machined.
+/// has no safe wrappers for. One of the two places with `unsafe` in
+/// machined (the other: the watchdog's ioctls).
 #[allow(unsafe_code)]
 mod loop_device {
     use std::ffi::c_void;

@@ -38,6 +38,7 @@ pub mod stats;
 pub mod supervisor;
 pub mod userfiles;
 pub mod volumes;
+pub mod watchdog;
 
 /// A generated config for unit tests.
 #[cfg(test)]

@@ -190,6 +190,12 @@ impl LogBuffer {
         lock(&self.ring).read(from, max)
     }
 
+    /// The offset after the last byte appended.
+    #[must_use]
+    pub fn end(&self) -> u64 {
+        lock(&self.ring).end()
+    }
+
     /// Bytes currently held.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -227,6 +233,8 @@ pub struct LogRegistry {
     buffers: RwLock<BTreeMap<String, Arc<LogBuffer>>>,
     capacity: usize,
     dir: RwLock<Option<PathBuf>>,
+    /// Woken when a buffer is made.
+    created: Notify,
 }
 
 impl LogRegistry {
@@ -237,6 +245,7 @@ impl LogRegistry {
             buffers: RwLock::default(),
             capacity,
             dir: RwLock::new(dir),
+            created: Notify::new(),
         }
     }
 
@@ -254,10 +263,36 @@ impl LogRegistry {
             .buffers
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(
+        let buffer = Arc::clone(
             map.entry(id.to_owned())
                 .or_insert_with(|| Arc::new(LogBuffer::new(id, self.capacity, dir.as_deref()))),
-        )
+        );
+        drop(map);
+        self.created.notify_waiters();
+        buffer
+    }
+
+    /// Waits until there are more than `known` buffers.
+    pub async fn wait_more_than(&self, known: usize) {
+        loop {
+            let notified = self.created.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a buffer made in between is not missed.
+            notified.as_mut().enable();
+            if self.count() > known {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// How many buffers there are.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.buffers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// The buffer for `id`, if any.

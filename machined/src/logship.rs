@@ -18,10 +18,14 @@
 //! boot) beside `msg`, `talos-level` and `talos-time`, from the oldest
 //! record the kernel still holds. Each kernel destination reads the ring
 //! itself and waits while its queue is full, so no record is dropped.
+//!
+//! At shutdown, once the services stopped, machined waits (a bounded
+//! time) until every line and record read is on its destination's
+//! socket: a node's last words are the ones an operator looks for.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
@@ -37,15 +41,24 @@ pub const QUEUE: usize = 1024;
 /// The longest wait between two attempts to reach a TCP destination.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How often new log ids (a service started) are looked for.
-const NEW_LOGS_EVERY: Duration = Duration::from_secs(1);
+/// How lines reach a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// JSON lines on a TCP connection.
+    Tcp,
+    /// One JSON object a UDP datagram.
+    Udp,
+    /// Plain `<service>: <line>` lines written to a console device
+    /// (`debug: true`).
+    Console,
+}
 
 /// Where to send, and what to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
-    /// `tcp` or `udp`.
-    pub udp: bool,
-    /// `host:port`.
+    /// TCP, UDP or a console.
+    pub carrier: Carrier,
+    /// `host:port`, or the console device's path.
     pub address: String,
     /// Extra fields of every object.
     pub extra_tags: BTreeMap<String, String>,
@@ -58,18 +71,29 @@ impl Destination {
     pub fn parse(endpoint: &str, extra_tags: BTreeMap<String, String>) -> Option<Destination> {
         let (udp, address) = machinery::config::log_endpoint(endpoint)?;
         (!address.is_empty()).then(|| Destination {
-            udp,
+            carrier: if udp { Carrier::Udp } else { Carrier::Tcp },
             address: address.to_owned(),
             extra_tags,
         })
     }
 
+    /// The console device at `path`: every service's lines but machined's
+    /// (machined writes its own there already).
+    #[must_use]
+    pub fn console(path: &str) -> Destination {
+        Destination {
+            carrier: Carrier::Console,
+            address: path.to_owned(),
+            extra_tags: BTreeMap::new(),
+        }
+    }
+
     fn name(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.udp { "udp" } else { "tcp" },
-            self.address
-        )
+        match self.carrier {
+            Carrier::Tcp => format!("tcp://{}", self.address),
+            Carrier::Udp => format!("udp://{}", self.address),
+            Carrier::Console => self.address.clone(),
+        }
     }
 }
 
@@ -125,6 +149,9 @@ pub fn json_line(
 struct Queue {
     destination: Destination,
     tx: mpsc::Sender<String>,
+    /// Lines queued and not yet handed to the network: what a drain at
+    /// shutdown waits for.
+    unsent: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     /// Its sender task, stopped when the destination goes.
     task: tokio::task::AbortHandle,
@@ -151,7 +178,15 @@ pub struct Shipper {
     source: Source,
     queues: Arc<std::sync::RwLock<Vec<Queue>>>,
     followers: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// Every buffer followed, with the offset its lines are queued up to.
+    followed: Followed,
 }
+
+/// The buffers followed and how far each one's lines are queued.
+type Followed = Arc<std::sync::Mutex<Vec<(Arc<LogBuffer>, Arc<AtomicU64>)>>>;
+
+/// How often a drain looks whether everything went.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 impl std::fmt::Debug for Shipper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -185,6 +220,7 @@ impl Shipper {
             source,
             queues: Arc::default(),
             followers: std::sync::Mutex::new(None),
+            followed: Arc::default(),
         }
     }
 
@@ -217,16 +253,27 @@ impl Shipper {
                 }
                 let (tx, rx) = mpsc::channel::<String>(QUEUE);
                 let dropped = Arc::new(AtomicU64::new(0));
-                let task = tokio::spawn(send(destination.clone(), rx, Arc::clone(&dropped)));
+                let unsent = Arc::new(AtomicUsize::new(0));
+                let task = tokio::spawn(send(
+                    destination.clone(),
+                    rx,
+                    Arc::clone(&unsent),
+                    Arc::clone(&dropped),
+                ));
                 // The kernel's ring is the buffer: each destination reads
                 // it at its own pace, and nothing is dropped.
                 let reader = matches!(self.source, Source::Kernel).then(|| {
-                    tokio::spawn(follow_kernel(destination.extra_tags.clone(), tx.clone()))
-                        .abort_handle()
+                    tokio::spawn(follow_kernel(
+                        destination.extra_tags.clone(),
+                        tx.clone(),
+                        Arc::clone(&unsent),
+                    ))
+                    .abort_handle()
                 });
                 queues.push(Queue {
                     destination: destination.clone(),
                     tx,
+                    unsent,
                     dropped,
                     task: task.abort_handle(),
                     reader,
@@ -242,9 +289,51 @@ impl Shipper {
             && let Source::Services(logs) = &self.source
         {
             let queues = Arc::clone(&self.queues);
-            let task = tokio::spawn(follow_all(Arc::clone(logs), queues, from_start));
+            let followed = Arc::clone(&self.followed);
+            let task = tokio::spawn(follow_all(Arc::clone(logs), queues, followed, from_start));
             *followers = Some(task.abort_handle());
         }
+    }
+
+    /// Waits, at most `within`, until every line and record read so far
+    /// is handed to its destination's socket: at shutdown, so the
+    /// services' last words and the kernel's reach the destinations.
+    /// Whether everything went (a destination that is down holds its lines
+    /// until the time is up).
+    pub async fn drain(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.drained() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    fn drained(&self) -> bool {
+        let queues = self
+            .queues
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queues.is_empty() {
+            return true;
+        }
+        let followed = self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all_followed = match &self.source {
+            Source::Services(logs) => followed.len() >= logs.count(),
+            Source::Kernel => true,
+        };
+        all_followed
+            && followed
+                .iter()
+                .all(|(buffer, queued)| queued.load(Ordering::Acquire) >= buffer.end())
+            && queues.iter().all(|q| q.unsent.load(Ordering::Acquire) == 0)
     }
 }
 
@@ -273,7 +362,12 @@ type Queues = Arc<std::sync::RwLock<Vec<Queue>>>;
 
 /// Follows every log buffer, those made later too (from their start:
 /// their service started after shipping did).
-async fn follow_all(logs: Arc<LogRegistry>, queues: Queues, from_start: bool) {
+async fn follow_all(
+    logs: Arc<LogRegistry>,
+    queues: Queues,
+    followed_at: Followed,
+    from_start: bool,
+) {
     let mut followed = std::collections::BTreeSet::new();
     let mut followers = JoinSet::new();
     let mut first = true;
@@ -288,11 +382,16 @@ async fn follow_all(logs: Arc<LogRegistry>, queues: Queues, from_start: bool) {
                     buffer.start_offset(None)
                 };
                 let queues = Arc::clone(&queues);
-                followers.spawn(async move { follow(buffer, start, queues).await });
+                let queued = Arc::new(AtomicU64::new(start));
+                followed_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((Arc::clone(&buffer), Arc::clone(&queued)));
+                followers.spawn(async move { follow(buffer, start, queues, queued).await });
             }
         }
         first = false;
-        tokio::time::sleep(NEW_LOGS_EVERY).await;
+        logs.wait_more_than(followed.len()).await;
     }
 }
 
@@ -304,7 +403,11 @@ const KERNEL_REREAD: Duration = Duration::from_secs(5);
 /// the ring overwrites meanwhile is lost, as in any reader of it). A
 /// reader that fails is opened again, going on after the last record
 /// sent.
-async fn follow_kernel(extra_tags: BTreeMap<String, String>, tx: mpsc::Sender<String>) {
+async fn follow_kernel(
+    extra_tags: BTreeMap<String, String>,
+    tx: mpsc::Sender<String>,
+    unsent: Arc<AtomicUsize>,
+) {
     let boot = crate::kmsg::boot_time();
     let mut last: Option<u64> = None;
     loop {
@@ -322,11 +425,13 @@ async fn follow_kernel(extra_tags: BTreeMap<String, String>, tx: mpsc::Sender<St
                         continue;
                     }
                     last = Some(record.seq);
+                    unsent.fetch_add(1, Ordering::AcqRel);
                     if tx
                         .send(kernel_json(&record, boot, &extra_tags))
                         .await
                         .is_err()
                     {
+                        unsent.fetch_sub(1, Ordering::AcqRel);
                         return;
                     }
                 }
@@ -379,8 +484,9 @@ pub fn kernel_json(
 /// writing without newlines still ships, in pieces of this size).
 pub const MAX_LINE: usize = 8 * 1024;
 
-/// Follows one buffer from `offset`, queueing each line.
-async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Queues) {
+/// Follows one buffer from `offset`, queueing each line; `queued` says
+/// how far.
+async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Queues, queued: Arc<AtomicU64>) {
     let mut partial: Vec<u8> = Vec::new();
     loop {
         buffer.wait_beyond(offset).await;
@@ -401,6 +507,7 @@ async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Queues) {
             lines.push(partial.drain(..MAX_LINE).collect());
         }
         if lines.is_empty() {
+            queued.store(offset, Ordering::Release);
             continue;
         }
         let now = time::OffsetDateTime::now_utc();
@@ -413,12 +520,22 @@ async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Queues) {
                 continue;
             }
             for queue in queues.iter() {
-                let object = json_line(buffer.id(), &line, &queue.destination.extra_tags, now);
+                let object = match queue.destination.carrier {
+                    // machined's own lines are on the console already.
+                    Carrier::Console if buffer.id() == "machined" => continue,
+                    Carrier::Console => format!("{}: {}", buffer.id(), line.trim_end()),
+                    Carrier::Tcp | Carrier::Udp => {
+                        json_line(buffer.id(), &line, &queue.destination.extra_tags, now)
+                    }
+                };
+                queue.unsent.fetch_add(1, Ordering::AcqRel);
                 if queue.tx.try_send(object).is_err() {
+                    queue.unsent.fetch_sub(1, Ordering::AcqRel);
                     queue.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+        queued.store(offset, Ordering::Release);
     }
 }
 
@@ -430,7 +547,12 @@ const WRITE_WITHIN: Duration = Duration::from_secs(10);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Sends what `rx` carries to `destination`, reconnecting over TCP.
-async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped: Arc<AtomicU64>) {
+async fn send(
+    destination: Destination,
+    mut rx: mpsc::Receiver<String>,
+    unsent: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+) {
     let name = destination.name();
     let mut backoff = Duration::from_secs(1);
     let mut pending: Option<String> = None;
@@ -447,8 +569,21 @@ async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped:
             tracing::warn!(destination = %name, lost, "log lines dropped: the destination did not keep up");
         }
     };
+    if destination.carrier == Carrier::Console {
+        // A console write may block (a slow serial line): a thread of its
+        // own, not one of the runtime's blocking pool, which shutdown
+        // would wait for. It ends when the destination goes.
+        let path = destination.address.clone();
+        let spawned = std::thread::Builder::new()
+            .name("console-logs".into())
+            .spawn(move || write_console(&path, &mut rx, &unsent));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "starting the console log writer");
+        }
+        return;
+    }
     loop {
-        if destination.udp {
+        if destination.carrier == Carrier::Udp {
             let socket = match udp_socket(&destination.address).await {
                 Ok(socket) => socket,
                 Err(e) => {
@@ -461,6 +596,7 @@ async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped:
             while let Some(line) = rx.recv().await {
                 // One object a datagram; a refused one is lost, as UDP's are.
                 let _ = socket.send(line.as_bytes()).await;
+                unsent.fetch_sub(1, Ordering::AcqRel);
                 report(&dropped);
             }
             return;
@@ -510,8 +646,34 @@ async fn send(destination: Destination, mut rx: mpsc::Receiver<String>, dropped:
                 pending = Some(String::from_utf8(framed).unwrap_or_default());
                 break;
             }
+            unsent.fetch_sub(1, Ordering::AcqRel);
             report(&dropped);
         }
+    }
+}
+
+/// Writes each line `rx` carries to the console device at `path`, opened
+/// without becoming a controlling terminal (PID 1 must not get the
+/// console's signals). A line that cannot be written is lost.
+fn write_console(path: &str, rx: &mut mpsc::Receiver<String>, unsent: &AtomicUsize) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let console = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(path);
+    let mut console = match console {
+        Ok(console) => Some(console),
+        Err(e) => {
+            tracing::warn!(console = path, error = %e, "opening the console for service logs");
+            None
+        }
+    };
+    while let Some(line) = rx.blocking_recv() {
+        if let Some(console) = console.as_mut() {
+            let _ = console.write_all(format!("{line}\n").as_bytes());
+        }
+        unsent.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -583,13 +745,13 @@ mod tests {
         assert_eq!(
             Destination::parse("udp://127.0.0.1:12345/", tags.clone()),
             Some(Destination {
-                udp: true,
+                carrier: Carrier::Udp,
                 address: "127.0.0.1:12345".into(),
                 extra_tags: tags,
             })
         );
         let tcp = Destination::parse("tcp://[fd00::1]:5044", BTreeMap::new()).expect("tcp");
-        assert!(!tcp.udp);
+        assert_eq!(tcp.carrier, Carrier::Tcp);
         assert_eq!(tcp.address, "[fd00::1]:5044");
         assert_eq!(Destination::parse("http://x:1/", BTreeMap::new()), None);
         assert_eq!(Destination::parse("tcp:///", BTreeMap::new()), None);
@@ -656,12 +818,12 @@ mod tests {
             .expect("udp");
         let destinations = [
             Destination {
-                udp: false,
+                carrier: Carrier::Tcp,
                 address: tcp.local_addr().expect("addr").to_string(),
                 extra_tags: BTreeMap::new(),
             },
             Destination {
-                udp: true,
+                carrier: Carrier::Udp,
                 address: udp.local_addr().expect("addr").to_string(),
                 extra_tags: BTreeMap::from([("node".to_owned(), "n1".to_owned())]),
             },
@@ -744,5 +906,100 @@ mod tests {
         })
         .await;
         assert!(closed.is_ok(), "still connected");
+    }
+
+    /// `debug: true`'s console gets each service's lines as plain text,
+    /// not machined's own (already there).
+    #[tokio::test]
+    async fn the_console_gets_plain_service_lines() {
+        let logs = Arc::new(LogRegistry::new(64 * 1024, None));
+        logs.get_or_create("machined")
+            .append(b"2026-11-28T06:00:00Z  INFO machined: booted\n");
+        logs.get_or_create("apid")
+            .append(b"2026-11-28T06:00:01Z  INFO apid: listening\n");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let console = dir.path().join("console");
+        std::fs::write(&console, "").expect("console");
+        let shipper = Shipper::new(Arc::clone(&logs));
+        shipper.set(
+            &[Destination::console(console.to_str().expect("utf8"))],
+            true,
+        );
+        logs.get_or_create("networkd").append(b"no newline yet");
+        logs.get_or_create("networkd").append(b", now\n");
+        assert!(shipper.drain(Duration::from_secs(10)).await, "drained");
+        // Each service's lines in order; services may interleave.
+        let written = std::fs::read_to_string(&console).expect("read");
+        let mut lines: Vec<&str> = written.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "apid: 2026-11-28T06:00:01Z  INFO apid: listening",
+                "networkd: no newline yet, now"
+            ]
+        );
+    }
+
+    /// A drain returns once every line appended before it is on the
+    /// destination's socket, a buffer made just before included; with the
+    /// destination down it gives up when the time is up.
+    #[tokio::test]
+    async fn drain_sends_what_is_held() {
+        use tokio::io::AsyncBufReadExt as _;
+        let logs = Arc::new(LogRegistry::new(1024 * 1024, None));
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("tcp");
+        let shipper = Shipper::new(Arc::clone(&logs));
+        assert!(
+            shipper.drain(Duration::ZERO).await,
+            "nothing to send without destinations"
+        );
+        shipper.set(
+            &[Destination {
+                carrier: Carrier::Tcp,
+                address: tcp.local_addr().expect("addr").to_string(),
+                extra_tags: BTreeMap::new(),
+            }],
+            true,
+        );
+        // Written at once, the follower not yet run, one buffer new.
+        for service in ["machined", "late"] {
+            let buffer = logs.get_or_create(service);
+            for i in 0..300 {
+                buffer.append(format!("2026-11-28T06:00:00Z  INFO {service} {i}\n").as_bytes());
+            }
+        }
+        let (drained, accepted) =
+            tokio::join!(shipper.drain(Duration::from_secs(10)), tcp.accept());
+        assert!(drained, "drained in time");
+        let (stream, _) = accepted.expect("accept");
+        // Every line is on the socket now: reading it needs no more sending.
+        shipper.set(&[], false);
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        let mut got = Vec::new();
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+            got.push(v["msg"].as_str().expect("msg").to_owned());
+        }
+        assert_eq!(got.len(), 600, "every line: {got:?}");
+        assert!(got.contains(&"late 299".to_owned()));
+
+        // Down: the lines stay unsent, and the drain ends at its bound.
+        let down = tcp.local_addr().expect("addr").to_string();
+        drop(tcp);
+        let shipper = Shipper::new(Arc::clone(&logs));
+        shipper.set(
+            &[Destination {
+                carrier: Carrier::Tcp,
+                address: down,
+                extra_tags: BTreeMap::new(),
+            }],
+            true,
+        );
+        let started = tokio::time::Instant::now();
+        assert!(!shipper.drain(Duration::from_millis(200)).await);
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }

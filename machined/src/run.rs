@@ -139,18 +139,24 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     // Service logs to the config's destinations, from boot on, and to
     // those a config change names from then on. The shipper is the
     // process's: it goes on across the restart from an applied config.
+    // With `debug: true` on metal, the console too, as upstream's.
     let log_shipping = tokio::spawn(ship_logs(
         Arc::clone(&node),
         crate::logship::Shipper::node(&node.logs),
         "log destinations changed",
         |node: &Node| {
-            node.config
-                .current()
-                .map(|c| c.log_destinations())
-                .unwrap_or_default()
+            let Some(config) = node.config.current() else {
+                return Vec::new();
+            };
+            let mut destinations: Vec<crate::logship::Destination> = config
+                .log_destinations()
                 .into_iter()
                 .filter_map(|(endpoint, tags)| crate::logship::Destination::parse(&endpoint, tags))
-                .collect()
+                .collect();
+            if config.debug() && node.mode() == Mode::Metal {
+                destinations.push(crate::logship::Destination::console(crate::boot::CONSOLE));
+            }
+            destinations
         },
     ));
     // The kernel's log to the KmsgLogConfig documents' URLs and
@@ -185,6 +191,9 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     });
     // Kernel parameters before services too, and again on every config
     // change; on metal only (in a container the kernel is the host's).
+    // A WatchdogTimerConfig's hardware watchdog, armed and fed, on metal.
+    let watchdog =
+        (node.mode() == Mode::Metal).then(|| tokio::spawn(keep_watchdog(Arc::clone(&node))));
     let kernel_params = if node.mode() == Mode::Metal {
         // Subscribed first, so that no change is missed.
         let mut configs = node.config.subscribe();
@@ -354,10 +363,32 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     );
     supervisor.stop_all().await;
     supervisor.shutdown();
+    // The services' last lines and the kernel's go out before the
+    // machine goes down; a destination that is down costs this much at
+    // most. (The shippers go on across a restart from an applied config.)
+    let (services_sent, kernel_sent) = if action == PowerAction::Configured {
+        (true, true)
+    } else {
+        tokio::join!(
+            crate::logship::Shipper::node(&node.logs).drain(LOG_DRAIN),
+            crate::logship::Shipper::kernel().drain(LOG_DRAIN)
+        )
+    };
+    if !(services_sent && kernel_sent) {
+        tracing::warn!(
+            within_ms = LOG_DRAIN.as_millis(),
+            "log lines left unsent at shutdown: a destination did not take them"
+        );
+    }
     credentials.abort();
     log_shipping.abort();
     user_files.abort();
     if let Some(task) = kernel_logs {
+        task.abort();
+    }
+    // Stopping it disarms the watchdog (the magic close): a reboot must not
+    // be cut short by it.
+    if let Some(task) = watchdog {
         task.abort();
     }
     if let Some(task) = kernel_params {
@@ -391,6 +422,80 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
     }
     Ok(action)
 }
+
+/// How often arming a watchdog is tried again: its driver may load after
+/// the config is read (the deferred modules).
+const WATCHDOG_RETRY: Duration = Duration::from_secs(5);
+
+/// Keeps the watchdog the config's `WatchdogTimerConfig` names armed and
+/// fed: armed when the config names one, disarmed when it no longer does,
+/// and armed anew when the device or timeout change.
+async fn keep_watchdog(node: Arc<Node>) {
+    // Subscribed before the first read, so that no change is missed.
+    let mut configs = node.config.subscribe();
+    let mut armed: Option<crate::watchdog::Armed> = None;
+    let mut current: Option<(String, Duration)> = None;
+    // A failure is warned about once per configured watchdog.
+    let mut warned = false;
+    loop {
+        let wanted = node
+            .config
+            .current()
+            .and_then(|config| config.document_settings().watchdog.clone());
+        if wanted != current {
+            if armed.take().is_some() {
+                tracing::info!("watchdog disarmed");
+                crate::boot::kmsg_log("watchdog disarmed");
+            }
+            current = wanted;
+            warned = false;
+        }
+        if armed.is_none()
+            && let Some((device, timeout)) = &current
+        {
+            let (device, timeout) = (device.clone(), *timeout);
+            match tokio::task::spawn_blocking(move || crate::watchdog::arm(&device, timeout)).await
+            {
+                Ok(Ok(watchdog)) => {
+                    let line = format!(
+                        "watchdog {} armed: timeout {:?}, fed every {:?}",
+                        watchdog.device(),
+                        watchdog.timeout(),
+                        watchdog.feed_interval()
+                    );
+                    tracing::info!("{line}");
+                    crate::boot::kmsg_log(&line);
+                    watchdog.heartbeat();
+                    armed = Some(watchdog);
+                }
+                Ok(Err(e)) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "watchdog not armed; trying again every 5 s");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "watchdog not armed"),
+                Err(e) => tracing::warn!(error = %e, "watchdog not armed; trying again"),
+            }
+        }
+        let retry = armed.is_none() && current.is_some();
+        // While armed, this loop is the runtime's heartbeat: the feeder
+        // stops feeding when it goes quiet.
+        let beat = armed
+            .as_ref()
+            .map_or(WATCHDOG_RETRY, crate::watchdog::Armed::feed_interval);
+        tokio::select! {
+            changed = configs.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(WATCHDOG_RETRY), if retry => {}
+            () = tokio::time::sleep(beat), if armed.is_some() => {
+                if let Some(watchdog) = &armed {
+                    watchdog.heartbeat();
+                }
+            }
+        }
+    }
+}
+
+/// How long shutdown waits for the log shippers to send what they hold.
+const LOG_DRAIN: Duration = Duration::from_secs(1);
 
 /// Keeps `shipper` sending to what `destinations` reads from the config:
 /// from boot, then on every change (`what` is logged). The shipper is the

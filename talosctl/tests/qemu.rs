@@ -248,7 +248,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     // Its disk carries STATE, so every module loaded at boot, before the
     // services, and module loading is locked.
     assert!(
-        dmesg.contains("deferred modules: 30 loaded, 0 failed; module loading locked"),
+        dmesg.contains("deferred modules: 32 loaded, 0 failed; module loading locked"),
         "{dmesg}"
     );
     let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
@@ -824,6 +824,10 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
             generated.join("controlplane.yaml").to_str().expect("utf8"),
             "--config-patch",
             USER_FILES_PATCH,
+            "--config-patch",
+            "debug: true",
+            "--config-patch",
+            "apiVersion: v1alpha1\nkind: WatchdogTimerConfig\ndevice: /dev/watchdog0\ntimeout: 10s\n",
         ],
     );
     let mtls = ["-e", &endpoint, "-n", "127.0.0.1"];
@@ -849,6 +853,41 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
             &["apid", "routerd", "trustd", "networkd", "timed", "udevd"],
         )
     });
+
+    // debug: true puts the services' logs on the console, as upstream's:
+    // trustd runs only once the config is there.
+    let console_log = work.path().join("console-disk.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let console = std::fs::read_to_string(&console_log).unwrap_or_default();
+        if console
+            .lines()
+            .any(|l| l.contains("trustd: ") && l.contains("trustd serving"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trustd line on the console:\n{console}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // WatchdogTimerConfig: the emulated 6300ESB armed with a 10 s timeout
+    // and fed; QEMU resets the machine when it fires, so the same boot
+    // several timeouts later shows it was fed.
+    eventually(&tc, &args(&with(&["dmesg"])), long, |d| {
+        d.contains("watchdog /dev/watchdog0 armed: timeout 10s, fed every 2.5s")
+    });
+    let boot_id = || {
+        ok(
+            &tc,
+            &args(&with(&["read", "/proc/sys/kernel/random/boot_id"])),
+        )
+    };
+    let armed_boot = boot_id();
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(boot_id(), armed_boot, "the watchdog reset the machine");
 
     let cmdline = ok(&tc, &args(&with(&["read", "/proc/cmdline"])));
     assert!(
@@ -1397,6 +1436,10 @@ fn node_vm_with(
             "virtio-net-pci,netdev=net0",
             "-device",
             "virtio-rng-pci",
+            // A hardware watchdog (reset when it fires) for
+            // WatchdogTimerConfig.
+            "-device",
+            "i6300esb",
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -1737,8 +1780,9 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         },
     );
 
-    // Install: the config names the disk and the image (pulled over http
-    // from the test's registry, declared as a mirror, with the password the
+    // Install: the config picks the disk by what it is (its size and bus,
+    // upstream's diskSelector) and names the image (pulled over http from
+    // the test's registry, declared as a mirror, with the password the
     // registry wants).
     let generated = work.path().join("gen");
     let mirror = format!(
@@ -1752,12 +1796,14 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
             "config",
             "disk",
             "https://10.0.2.15:6443",
-            "--install-disk",
-            "/dev/vda",
             "--install-image",
             &registry.guest_ref("v1"),
             "--config-patch",
             &mirror,
+            "--config-patch",
+            // gen config's default disk (/dev/sda) stays: the selector
+            // goes first, as upstream's.
+            "machine: {install: {diskSelector: {size: '>= 3GB', busPath: '/pci0000:00/*'}}}",
             "--output-dir",
             generated.to_str().expect("utf8"),
         ],
@@ -1794,8 +1840,9 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         .expect("the install boot's console log");
     assert!(
         console.contains("no disk filesystem of ours")
+            && console.contains("install: /dev/vda picked by machine.install.diskSelector")
             && console.contains("network modules: 21 loaded, 0 failed")
-            && console.contains("deferred modules: 9 loaded, 0 failed; module loading locked"),
+            && console.contains("deferred modules: 11 loaded, 0 failed; module loading locked"),
         "{console}"
     );
 
