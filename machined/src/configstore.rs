@@ -232,8 +232,7 @@ impl ConfigStore {
             _ => "Applied configuration without a reboot".to_owned(),
         };
         // What the node will not do, said back rather than dropped unseen.
-        let mut warnings = config.not_applied();
-        warnings.extend(networkd::settings::Settings::from_config(&config).problems);
+        let warnings = networkd::settings::config_warnings(&config);
         if dry_run {
             let old_yaml = match &current {
                 Some(c) => c.to_yaml().map_err(ApplyError::Invalid)?,

@@ -18,6 +18,7 @@ pub mod daemons;
 pub mod events;
 pub mod files;
 pub mod hardware;
+pub mod health;
 pub mod install;
 pub mod kernelparams;
 pub mod kmsg;

@@ -828,6 +828,11 @@ pub async fn serve_api(
         .add_service(api)
         .add_service(lifecycle)
         .add_service(
+            api::cluster::cluster_service_server::ClusterServiceServer::new(
+                crate::health::ClusterApi::new(Arc::clone(&node)),
+            ),
+        )
+        .add_service(
             api::cosi::resource::state_server::StateServer::new(crate::cosi::StateApi::new(
                 Arc::clone(&node),
             ))

@@ -1675,3 +1675,58 @@ fn registry_credentials_and_ca_are_read_and_checked() {
         ],
     );
 }
+
+#[test]
+fn host_names_follow_one_rule() {
+    // The reason of the one issue at `path`.
+    let reason = |err: &ConfigError, path: &str| -> String {
+        assert_issues(err, &[path]);
+        let issues = err.validation_issues().expect("validation issues");
+        issues
+            .as_slice()
+            .iter()
+            .find(|issue| issue.path == path)
+            .map(|issue| issue.reason.clone())
+            .expect("the issue")
+    };
+    let long_label = "a".repeat(64);
+    for (name, needle) in [
+        ("-node", "letters, digits and inner hyphens"),
+        ("node_1", "letters, digits and inner hyphens"),
+        ("a..b", "label \"\" is not 1 to 63 characters"),
+        (long_label.as_str(), "is not 1 to 63 characters"),
+    ] {
+        // machine.network.hostname: strictly (a persisted config loads).
+        let v1 = parse_ok(&edit(
+            &controlplane_yaml(),
+            "    network: {}\n",
+            &format!("    network:\n        hostname: {name}\n"),
+        ));
+        let err = v1.strict_check().expect_err(name);
+        let said = reason(&err, "machine.network.hostname");
+        assert!(said.contains(needle), "{name}: {said}");
+        // A HostnameConfig: the same rule and words.
+        let doc = parse_ok(&format!(
+            "{}---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: {name}\n",
+            controlplane_yaml()
+        ));
+        let err = doc.strict_check().expect_err(name);
+        let said = reason(&err, "HostnameConfig.hostname");
+        assert!(said.contains(needle), "{name}: {said}");
+    }
+    let at_most = format!("{}.{}", "a".repeat(63), "b".repeat(63));
+    let good = parse_ok(&edit(
+        &controlplane_yaml(),
+        "    network: {}\n",
+        &format!("    network:\n        hostname: {at_most}.\n"),
+    ));
+    good.strict_check()
+        .expect("two 63-character labels and a final dot");
+    assert_eq!(config::host_name_problem(&"a.".repeat(127)), None);
+    let too_long = format!("{}aa", "a.".repeat(127));
+    assert!(
+        config::host_name_problem(&too_long)
+            .is_some_and(|p| p.contains("is 256 characters long (253 at most)")),
+        "{too_long}"
+    );
+}

@@ -54,21 +54,11 @@ pub enum Source {
 /// The name of a node nothing named.
 pub const UNNAMED: &str = "localhost";
 
-/// Whether `name` is a valid hostname: dot-separated labels of 1 to 63
-/// letters, digits and inner hyphens, 253 characters at most.
+/// Whether `name` is a valid hostname (machinery's rule, which configs
+/// are checked against).
 #[must_use]
 pub fn is_valid(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    machinery::config::host_name_problem(name).is_none()
 }
 
 /// 64-bit FNV-1a: small, stable across versions and platforms.

@@ -609,6 +609,16 @@ impl Resolved {
     }
 }
 
+/// What `config` sets that the node accepts and does not do: machinery's
+/// list, then what networkd leaves out of `machine.network`. One sentence
+/// each, naming the field: an apply's warnings and `talosctl validate`'s.
+#[must_use]
+pub fn config_warnings(config: &MachineConfig) -> Vec<String> {
+    let mut warnings = config.not_applied();
+    warnings.extend(Settings::from_config(config).problems);
+    warnings
+}
+
 impl Settings {
     /// The settings of `machine.network`.
     #[must_use]
@@ -659,14 +669,13 @@ impl Settings {
             .and_then(|machine| machine.network.as_ref())
             .map(Settings::from_network)
             .unwrap_or_default();
+        // One merge of the two places a hostname is set: machinery's.
+        settings.hostname = config.hostname().map(str::to_owned);
         settings.add_documents(config.document_settings());
         settings
     }
 
     fn add_documents(&mut self, documents: &machinery::config::DocumentSettings) {
-        if self.hostname.is_none() {
-            self.hostname.clone_from(&documents.hostname);
-        }
         self.auto_hostname_off =
             documents.auto_hostname == Some(machinery::config::AutoHostname::Off);
         if let Some(nameservers) = &documents.nameservers

@@ -768,7 +768,7 @@ fn gen_config_cluster_and_everyday_commands() {
             "patch",
             cp,
             "-p",
-            "machine: {install: {disk: ''}, kernel: {modules: [{name: br_netfilter}]}}",
+            "machine: {install: {disk: ''}, kernel: {modules: [{name: br_netfilter}]}, network: {interfaces: [{interface: eth0, vip: {ip: 10.5.0.100}}]}}",
             "-o",
             patched,
         ],
@@ -789,6 +789,12 @@ fn gen_config_cluster_and_everyday_commands() {
     assert!(
         r.err
             .contains("WARNING: machine.kernel.modules: not loaded"),
+        "{}",
+        r.err
+    );
+    // networkd's too, as an apply's reply says them.
+    assert!(
+        r.err.contains("(eth0): vip is not supported by networkd"),
         "{}",
         r.err
     );
@@ -1559,6 +1565,48 @@ fn a_stopped_node_is_reported_and_streams_pass_through_the_endpoint() {
         "follow did not stream live lines:\n{text}"
     );
 
+    // health: the control plane checks every node through its apid, in
+    // upstream's order and words (container nodes: memory and disks are
+    // the host's, skipped as upstream skips them).
+    let cluster_nodes = [
+        "--control-plane-nodes",
+        cp,
+        "--worker-nodes",
+        &format!("{w1},{w2}"),
+    ];
+    let mut health = vec!["-e", cp, "-n", cp, "health", "--wait-timeout", "1m"];
+    health.extend(cluster_nodes);
+    let r = run(&tc, &health);
+    assert_eq!(r.code, 0, "{}", r.err);
+    let oks: Vec<&str> = r.err.lines().filter(|l| l.ends_with(": OK")).collect();
+    assert_eq!(
+        oks,
+        [
+            "waiting for apid to be ready: OK",
+            "waiting for all nodes memory sizes: OK",
+            "waiting for all nodes disk sizes: OK",
+            "waiting for all nodes to finish boot sequence: OK",
+        ],
+        "{}",
+        r.err
+    );
+    // Without the lists, the node the call reaches checks itself.
+    let r = run(&tc, &["-e", cp, "-n", w1, "health", "--wait-timeout", "1m"]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.err.starts_with("checking this node only"), "{}", r.err);
+    assert!(
+        r.err
+            .contains("waiting for all nodes to finish boot sequence: OK"),
+        "{}",
+        r.err
+    );
+    // A worker holds no client certificate: it cannot reach the others.
+    let mut from_worker = vec!["-e", cp, "-n", w1, "health", "--wait-timeout", "3s"];
+    from_worker.extend(cluster_nodes);
+    let r = run(&tc, &from_worker);
+    assert_ne!(r.code, 0, "{}", r.err);
+    assert!(r.err.contains("no client certificate"), "{}", r.err);
+
     // Stop worker 2's machined: two answers and one error naming it.
     let state = std::fs::read_to_string(c.state().join("stop/cluster.yaml")).expect("state");
     let pid = state
@@ -1590,6 +1638,30 @@ fn a_stopped_node_is_reported_and_streams_pass_through_the_endpoint() {
     let errors: Vec<&str> = r.err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{}", r.err);
     assert!(errors[0].contains(w2), "{}", errors[0]);
+
+    // health names the stopped node and fails at the wait timeout.
+    let mut health = vec!["-e", cp, "-n", cp, "health", "--wait-timeout", "4s"];
+    health.extend(cluster_nodes);
+    let started = std::time::Instant::now();
+    let r = run(&tc, &health);
+    assert_ne!(r.code, 0, "{}", r.err);
+    assert!(
+        r.err
+            .contains("waiting for apid to be ready: 1 error occurred:")
+            && r.err.contains(&format!("* {w2}: ")),
+        "{}",
+        r.err
+    );
+    assert!(
+        r.err.contains("not passed within the wait timeout"),
+        "{}",
+        r.err
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

@@ -400,15 +400,34 @@ fn check_certificates(pem: &str) -> Result<(), String> {
 
 type HostnameSettings = (Option<String>, Option<AutoHostname>);
 
-/// Dot-separated labels of letters, digits and inner hyphens.
-fn is_host_name(name: &str) -> bool {
-    name.split('.').all(|label| {
-        !label.is_empty()
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+/// Why `name` cannot be a node's host name, if it cannot: dot-separated
+/// labels of 1 to 63 letters, digits and inner hyphens, 253 characters
+/// at most (a final dot aside). Stricter than upstream's length checks: a
+/// name the node could not take is refused, not replaced by a generated
+/// one. The one rule for configs and for networkd.
+#[must_use]
+pub fn host_name_problem(name: &str) -> Option<String> {
+    let name = name.trim_end_matches('.');
+    if name.is_empty() {
+        return Some("is empty".to_owned());
+    }
+    if name.len() > 253 {
+        return Some(format!("is {} characters long (253 at most)", name.len()));
+    }
+    if let Some(label) = name.split('.').find(|l| l.is_empty() || l.len() > 63) {
+        return Some(format!(
+            "{name:?} is not a host name: label {label:?} is not 1 to 63 characters"
+        ));
+    }
+    let valid = name.split('.').all(|label| {
+        label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
+    });
+    (!valid).then(|| {
+        format!("{name:?} is not a host name (letters, digits and inner hyphens, dot-separated)")
     })
 }
 
@@ -436,29 +455,10 @@ fn hostname(
             "auto and hostname cannot be set together (auto: off with a hostname)",
         );
     }
-    if !name.is_empty() {
-        let first = name.split('.').next().unwrap_or("");
-        if name.len() > 253 {
-            problems.push(
-                "hostname",
-                format!("is {} characters long (253 at most)", name.len()),
-            );
-        }
-        if first.is_empty() || first.len() > 63 {
-            problems.push(
-                "hostname",
-                format!("{first:?} is not a host name (1 to 63 characters)"),
-            );
-        } else if !is_host_name(name.trim_end_matches('.')) {
-            // Stricter than upstream's length checks: a name the node
-            // could not take is refused, not replaced by a generated one.
-            problems.push(
-                "hostname",
-                format!(
-                    "{name:?} is not a host name (letters, digits and inner hyphens, dot-separated)"
-                ),
-            );
-        }
+    if !name.is_empty()
+        && let Some(problem) = host_name_problem(name)
+    {
+        problems.push("hostname", problem);
     }
     let network = machine.and_then(|m| m.network.as_ref());
     if network

@@ -84,7 +84,7 @@ pub use disk_selector::{DiskFacts, DiskSelector, DiskType, SizeOp};
 pub use documents::{
     AutoHostname, DocumentSettings, HOSTNAME_CONFIG, KMSG_LOG_CONFIG, RESOLVER_CONFIG,
     STATIC_HOST_CONFIG, TIME_SYNC_CONFIG, TRUSTED_ROOTS_CONFIG, TimeSync, WATCHDOG_TIMER_CONFIG,
-    is_device_server,
+    host_name_problem, is_device_server,
 };
 pub use error::{ConfigError, ValidationIssue, ValidationIssues};
 pub use registries::{Registries, RegistryAccess, RegistryCredentials, RegistryMirror};
@@ -613,6 +613,7 @@ impl MachineConfig {
         self.machine()
             .and_then(|machine| machine.network.as_ref())
             .and_then(|network| network.hostname.as_deref())
+            .map(str::trim)
             .filter(|hostname| !hostname.is_empty())
             .or(self.document_settings.hostname.as_deref())
     }

@@ -94,6 +94,17 @@ pub(super) fn check(documents: &Documents) -> Result<Derived, Vec<ValidationIssu
     let mut strict = Issues::default();
     check_files(machine, &mut issues, &mut strict);
     check_env(machine, &mut strict);
+    // networkd would pass over a name it cannot take for a generated one.
+    if let Some(problem) = machine
+        .network
+        .as_ref()
+        .and_then(|network| network.hostname.as_deref())
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .and_then(super::documents::host_name_problem)
+    {
+        strict.push("machine.network.hostname", problem);
+    }
     // Upstream encrypts STATE and EPHEMERAL as asked; a node that cannot
     // must not leave them in plain text while the config says otherwise.
     if machine

@@ -51,7 +51,7 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     if let Err(problem) = check_mode(&config, args.mode) {
         bail!("{}: {problem}", args.config.display());
     }
-    let warnings = config.not_applied();
+    let warnings = networkd::settings::config_warnings(&config);
     for warning in &warnings {
         output::warning(warning);
     }
