@@ -25,6 +25,7 @@ const CONTRACTS: &[&str] = &[
     "resource/definitions/enums/enums.proto",
     "resource/definitions/runtime/runtime.proto",
     "resource/definitions/network/network.proto",
+    "resource/definitions/time/time.proto",
     "resource/definitions/v1alpha1/v1alpha1.proto",
     "resource/definitions/block/block.proto",
     "resource/definitions/hardware/hardware.proto",

@@ -116,6 +116,10 @@ pub mod talos {
                 //! `talos.resource.definitions.network`.
                 tonic::include_proto!("talos.resource.definitions.network");
             }
+            pub mod time {
+                //! `talos.resource.definitions.time`.
+                tonic::include_proto!("talos.resource.definitions.time");
+            }
             pub mod v1alpha1 {
                 //! `talos.resource.definitions.v1alpha1`.
                 tonic::include_proto!("talos.resource.definitions.v1alpha1");
@@ -155,7 +159,8 @@ pub const CONTRACT_VERSIONS: &[(&str, &str)] = &[
     ("resource/config/config.proto", "1.0.0"),
     ("resource/definitions/enums/enums.proto", "1.3.0"),
     ("resource/definitions/runtime/runtime.proto", "1.3.0"),
-    ("resource/definitions/network/network.proto", "1.2.0"),
+    ("resource/definitions/network/network.proto", "1.3.0"),
+    ("resource/definitions/time/time.proto", "1.0.0"),
     ("resource/definitions/v1alpha1/v1alpha1.proto", "1.0.0"),
     ("resource/definitions/block/block.proto", "1.2.0"),
     ("resource/definitions/hardware/hardware.proto", "1.2.0"),

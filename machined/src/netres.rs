@@ -243,28 +243,22 @@ fn counts_as_up(spec: &pb::LinkStatusSpec) -> bool {
     oper_up && (!physical || spec.link_state)
 }
 
-/// `NodeAddresses`: `current` (the addresses of links that are up),
-/// `routed` (the same here: upstream leaves out only its `external`
-/// pseudo-link and SideroLink, which these nodes have neither of),
-/// `accumulative` (every address seen, never dropped) and `default` (one
-/// address, kept while it stays current). Addresses of link or host scope,
-/// loopback, multicast and link-local ones are left out, as upstream; the
-/// order is upstream's first algorithm (`v1`): by address, then prefix
-/// length.
-pub(crate) fn node_addresses(
-    dump: &Dump,
-    memory: &mut NodeAddressMemory,
-) -> Result<Vec<Item>, ResourceError> {
-    const RT_SCOPE_LINK: u8 = 253;
-    let names = names(&dump.links);
-    let up: std::collections::HashSet<u32> = dump
-        .links
+/// The indexes of the links whose addresses count as current.
+fn up_links(dump: &Dump) -> std::collections::HashSet<u32> {
+    dump.links
         .iter()
         .filter_map(link_spec)
         .filter(|(_, spec, _)| counts_as_up(spec))
         .map(|(_, spec, _)| spec.index)
-        .collect();
-    let mut kept: Vec<(String, u32, IpAddr, u8)> = Vec::new();
+        .collect()
+}
+
+/// Every address NodeAddresses may list, with its link's name and index:
+/// of global scope, neither loopback, multicast nor link-local.
+fn node_ips(dump: &Dump) -> Vec<(String, u32, IpAddr, u8)> {
+    const RT_SCOPE_LINK: u8 = 253;
+    let names = names(&dump.links);
+    let mut kept = Vec::new();
     for message in &dump.addresses {
         if u8::from(message.header.scope) >= RT_SCOPE_LINK {
             continue;
@@ -288,6 +282,50 @@ pub(crate) fn node_addresses(
             .unwrap_or_default();
         kept.push((link, message.header.index, ip, message.header.prefix_len));
     }
+    kept
+}
+
+/// NetworkStatus's `addressReady`: a link that is up holds an address
+/// NodeAddresses counts (from a dump with addresses).
+pub(crate) fn address_ready(dump: &Dump) -> bool {
+    let up = up_links(dump);
+    node_ips(dump)
+        .iter()
+        .any(|(_, index, _, _)| up.contains(index))
+}
+
+/// NetworkStatus's `connectivityReady`: a default route (of either
+/// family) in the main table (from a dump with routes).
+pub(crate) fn connectivity_ready(dump: &Dump) -> bool {
+    dump.routes.iter().any(|message| {
+        let table = message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(message.header.table));
+        message.header.destination_prefix_length == 0
+            && table == RT_TABLE_MAIN
+            && message.header.kind == rtnetlink::packet_route::route::RouteType::Unicast
+    })
+}
+
+/// `NodeAddresses`: `current` (the addresses of links that are up),
+/// `routed` (the same here: upstream leaves out only its `external`
+/// pseudo-link and SideroLink, which these nodes have neither of),
+/// `accumulative` (every address seen, never dropped) and `default` (one
+/// address, kept while it stays current). Addresses of link or host scope,
+/// loopback, multicast and link-local ones are left out, as upstream; the
+/// order is upstream's first algorithm (`v1`): by address, then prefix
+/// length.
+pub(crate) fn node_addresses(
+    dump: &Dump,
+    memory: &mut NodeAddressMemory,
+) -> Result<Vec<Item>, ResourceError> {
+    let up = up_links(dump);
+    let mut kept = node_ips(dump);
     // Upstream walks them by link name, then address and prefix length.
     kept.sort_by(|a, b| (&a.0, a.2, a.3).cmp(&(&b.0, b.2, b.3)));
     let mut current: Vec<(IpAddr, u8)> = kept

@@ -186,6 +186,36 @@ pub const HOSTNAME_STATUS: Definition = Definition {
     skip_automatic_aliases: false,
 };
 
+/// `NetworkStatuses.net.talos.dev` (id `status`): how far networking is
+/// set up.
+pub const NETWORK_STATUS: Definition = Definition {
+    type_: "NetworkStatuses.net.talos.dev",
+    display: "NetworkStatus",
+    namespace: NS_NETWORK,
+    // Its initials would be "ns", the namespaces' alias: named instead.
+    aliases: &["networkstatus", "networkstatuses"],
+    columns: &[
+        ("Address", "{.addressReady}"),
+        ("Connectivity", "{.connectivityReady}"),
+        ("Hostname", "{.hostnameReady}"),
+        ("Etc", "{.etcFilesReady}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: true,
+};
+
+/// `TimeStatuses.v1alpha1.talos.dev` (id `node`): whether the clock is
+/// synced.
+pub const TIME_STATUS: Definition = Definition {
+    type_: "TimeStatuses.v1alpha1.talos.dev",
+    display: "TimeStatus",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[("Synced", "{.synced}")],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+
 /// `Disks.block.talos.dev`: one per whole disk (`vda`, `nvme0n1`...).
 pub const DISK: Definition = Definition {
     type_: "Disks.block.talos.dev",
@@ -449,6 +479,8 @@ pub const DEFINITIONS: &[Definition] = &[
     MACHINE_STATUS,
     SERVICE,
     HOSTNAME_STATUS,
+    NETWORK_STATUS,
+    TIME_STATUS,
     DISK,
     ADDRESS_STATUS,
     LINK_STATUS,
@@ -788,6 +820,8 @@ impl Resources {
             t if t == MACHINE_STATUS.type_ => self.machine_status(),
             t if t == SERVICE.type_ => self.services(),
             t if t == HOSTNAME_STATUS.type_ => self.hostname_status(),
+            t if t == NETWORK_STATUS.type_ => self.network_status().await,
+            t if t == TIME_STATUS.type_ => self.time_status().await,
             t if t == DISK.type_ => disks(PathBuf::from("/sys")).await,
             t if t == ADDRESS_STATUS.type_ => {
                 netres::addresses(&netres::dump(netres::Want::Addresses).await?)
@@ -1211,6 +1245,102 @@ impl Resources {
             &network_pb::TimeServerStatusSpec {
                 ntp_servers: config.servers.clone(),
                 use_nts: false,
+            },
+        )?])
+    }
+
+    /// How far networking is set up, as upstream's NetworkStatus says it:
+    /// a node address on a link that is up, a default route, the hostname
+    /// (networkd's file on metal), `/etc/hosts` and `resolv.conf`
+    /// (networkd's on metal, the host's in a container).
+    async fn network_status(&self) -> Result<Vec<Item>, ResourceError> {
+        let addresses = netres::dump(netres::Want::Addresses).await?;
+        let routes = netres::dump(netres::Want::Routes).await?;
+        let (hostname, etc) = match self.node.mode() {
+            Mode::Metal => (
+                Some(networkd::files::hostname_path(&self.node.paths)),
+                [
+                    networkd::files::hosts_path(&self.node.paths),
+                    networkd::files::resolv_conf_path(&self.node.paths),
+                ],
+            ),
+            Mode::Container => (
+                None,
+                [
+                    PathBuf::from("/etc/hosts"),
+                    PathBuf::from("/etc/resolv.conf"),
+                ],
+            ),
+        };
+        let node_named = !self.node.hostname().is_empty();
+        let (hostname_ready, etc_files_ready) = blocking("the network files", move || {
+            let written = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+            (
+                hostname.as_deref().map_or(node_named, written),
+                etc.iter().all(|p| p.exists()),
+            )
+        })
+        .await?;
+        let spec = network_pb::StatusSpec {
+            address_ready: netres::address_ready(&addresses),
+            connectivity_ready: netres::connectivity_ready(&routes),
+            hostname_ready,
+            etc_files_ready,
+        };
+        Ok(vec![item(
+            "status",
+            &NetworkStatusYaml {
+                address_ready: spec.address_ready,
+                connectivity_ready: spec.connectivity_ready,
+                hostname_ready: spec.hostname_ready,
+                etc_files_ready: spec.etc_files_ready,
+            },
+            &spec,
+        )?])
+    }
+
+    /// Whether timed synced the clock (its marker), how often the clock
+    /// jumped by more than 15 minutes (its epoch file), and whether the
+    /// config turns sync off.
+    async fn time_status(&self) -> Result<Vec<Item>, ResourceError> {
+        let marker = timed::marker_path(&self.node.paths);
+        let epoch_file = timed::epoch_path(&self.node.paths);
+        let (synced, epoch) = blocking("the time status", move || {
+            let epoch = match std::fs::read_to_string(&epoch_file) {
+                Ok(text) => text
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|e| ResourceError::Read {
+                        what: "the time epoch",
+                        message: format!("{}: {e}", epoch_file.display()),
+                    })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => {
+                    return Err(ResourceError::Read {
+                        what: "the time epoch",
+                        message: format!("{}: {e}", epoch_file.display()),
+                    });
+                }
+            };
+            Ok((marker.exists(), epoch))
+        })
+        .await??;
+        let sync_disabled = self
+            .node
+            .config
+            .current()
+            .is_some_and(|c| c.time_disabled());
+        Ok(vec![item(
+            "node",
+            &TimeStatusYaml {
+                synced,
+                epoch,
+                sync_disabled,
+            },
+            &api::talos::resource::definitions::time::StatusSpec {
+                synced,
+                epoch,
+                sync_disabled,
             },
         )?])
     }
@@ -1912,6 +2042,23 @@ struct TimeServerYaml<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkStatusYaml {
+    address_ready: bool,
+    connectivity_ready: bool,
+    hostname_ready: bool,
+    etc_files_ready: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TimeStatusYaml {
+    synced: bool,
+    epoch: i64,
+    sync_disabled: bool,
+}
+
+#[derive(Serialize)]
 struct HostnameYaml<'a> {
     hostname: &'a str,
     domainname: &'a str,
@@ -1921,6 +2068,34 @@ struct HostnameYaml<'a> {
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[test]
+    fn names_and_given_aliases_are_unique() {
+        // talosctl refuses a name that two definitions answer to. Derived
+        // initials may collide, as upstream's do ("rs": routes and
+        // resolvers); names and the aliases given here must not.
+        let mut seen: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+        for def in DEFINITIONS {
+            let mut names: Vec<String> = def.aliases.iter().map(|a| (*a).to_owned()).collect();
+            names.push(def.display.to_lowercase());
+            names.push(def.type_.to_lowercase());
+            names.sort();
+            names.dedup();
+            for name in names {
+                if let Some(other) = seen.insert(name.clone(), def.type_) {
+                    panic!("{name:?} names both {other} and {}", def.type_);
+                }
+            }
+        }
+        // "ns" stays the namespaces'.
+        let ns: Vec<&str> = DEFINITIONS
+            .iter()
+            .filter(|d| d.all_aliases().iter().any(|a| a == "ns"))
+            .map(|d| d.type_)
+            .collect();
+        assert_eq!(ns, [NAMESPACE.type_]);
+        assert_eq!(TIME_STATUS.short_aliases(), ["timestatus", "ts"]);
+    }
 
     #[test]
     fn aliases_are_derived_as_cosi_derives_them() {

@@ -1607,6 +1607,42 @@ fn a_stopped_node_is_reported_and_streams_pass_through_the_endpoint() {
     assert_ne!(r.code, 0, "{}", r.err);
     assert!(r.err.contains("no client certificate"), "{}", r.err);
 
+    // TimeStatus: a container node's clock is the host's, synced from
+    // the start; NetworkStatus with upstream's fields.
+    let time = ok(&tc, &["-n", w1, "get", "timestatus", "-o", "yaml"]);
+    assert!(
+        time.contains("id: node")
+            && time.contains("synced: true")
+            && time.contains("epoch: 0")
+            && time.contains("syncDisabled: false"),
+        "{time}"
+    );
+    let table = ok(&tc, &["-n", w1, "get", "networkstatus"]);
+    assert_eq!(
+        header(&table),
+        [
+            "NODE",
+            "NAMESPACE",
+            "TYPE",
+            "ID",
+            "VERSION",
+            "ADDRESS",
+            "CONNECTIVITY",
+            "HOSTNAME",
+            "ETC"
+        ],
+        "{table}"
+    );
+    let status = ok(&tc, &["-n", w1, "get", "networkstatus", "-o", "yaml"]);
+    assert!(
+        status.contains("id: status")
+            && status.contains("hostnameReady: true")
+            && status.contains("addressReady: ")
+            && status.contains("connectivityReady: ")
+            && status.contains("etcFilesReady: "),
+        "{status}"
+    );
+
     // Stop worker 2's machined: two answers and one error naming it.
     let state = std::fs::read_to_string(c.state().join("stop/cluster.yaml")).expect("state");
     let pid = state

@@ -82,6 +82,13 @@ pub fn marker_path(paths: &NodePaths) -> PathBuf {
     paths.socket_dir(NAME).join("synced")
 }
 
+/// How many times timed stepped the clock by more than 15 minutes this
+/// boot (`<root>/system/run/timed/epoch`; absent: 0).
+#[must_use]
+pub fn epoch_path(paths: &NodePaths) -> PathBuf {
+    paths.socket_dir(NAME).join(sync::EPOCH_FILE)
+}
+
 /// Binds the unix socket at `path`: creates its directory and removes a
 /// stale socket first.
 ///

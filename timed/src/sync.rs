@@ -38,6 +38,10 @@ use crate::sntp::{SntpError, TimeSource};
 /// Offsets larger than this are stepped rather than slewed.
 pub const STEP_THRESHOLD: Duration = Duration::from_millis(128);
 
+/// A step larger than this starts a new time epoch (upstream's
+/// `TimeStatus.epoch`): whatever measured durations across it is off.
+pub const EPOCH_JUMP: Duration = Duration::from_secs(15 * 60);
+
 /// After the first sync, offsets smaller than this are left alone.
 pub const NOISE_FLOOR: Duration = Duration::from_micros(500);
 
@@ -152,6 +156,9 @@ pub enum SyncError {
     Clock(#[from] ClockError),
 }
 
+/// The file beside the marker holding the epoch, once it is not 0.
+pub const EPOCH_FILE: &str = "epoch";
+
 /// The loop's state: the clock, where samples and settings come from, and
 /// the published "synced" flag.
 #[derive(Debug)]
@@ -161,6 +168,8 @@ pub struct Syncer<S> {
     config: Arc<dyn ConfigSource>,
     options: SyncOptions,
     synced: watch::Sender<bool>,
+    /// Steps larger than [`EPOCH_JUMP`] so far.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl<S: TimeSource> Syncer<S> {
@@ -179,6 +188,28 @@ impl<S: TimeSource> Syncer<S> {
             config,
             options,
             synced,
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many times the clock jumped by more than [`EPOCH_JUMP`].
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a step into a new epoch, and says it beside the marker
+    /// (`epoch`, for machined's TimeStatus).
+    fn new_epoch(&self) {
+        let epoch = self
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if let Some(marker) = &self.options.marker {
+            let path = marker.with_file_name(EPOCH_FILE);
+            if let Err(e) = std::fs::write(&path, format!("{epoch}\n")) {
+                tracing::warn!(error = %e, file = %path.display(), "writing the time epoch");
+            }
         }
     }
 
@@ -223,6 +254,9 @@ impl<S: TimeSource> Syncer<S> {
                 Action::Step => self.clock.step(sample.offset)?,
                 Action::Slew => self.clock.slew(sample.offset)?,
                 Action::None => {}
+            }
+            if action == Action::Step && sample.offset.magnitude() > EPOCH_JUMP {
+                self.new_epoch();
             }
             if action == Action::Step {
                 tracing::info!(
@@ -272,6 +306,8 @@ impl<S: TimeSource> Syncer<S> {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         if let Some(marker) = &self.options.marker {
+            // A new boot starts at epoch 0.
+            let _ = std::fs::remove_file(marker.with_file_name(EPOCH_FILE));
             match std::fs::remove_file(marker) {
                 Ok(()) => {
                     tracing::info!(marker = %marker.display(), "removed a stale time-synced marker")
@@ -406,6 +442,31 @@ mod tests {
         assert_eq!(source.queries(), vec!["a", "b"]);
         assert_eq!(clock.steps(), vec![Offset::from_secs(2)]);
         assert!(clock.slews().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_jump_of_more_than_15_minutes_starts_a_new_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("synced");
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        source.push("a", FakeAnswer::Offset(Offset::from_secs(15 * 60)));
+        source.push("a", FakeAnswer::Offset(Offset::from_secs(-3600)));
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["a"]),
+            fast_options(Some(marker.clone())),
+        );
+        s.sync_once(true).await.expect("first");
+        assert_eq!(s.epoch(), 0, "15 minutes exactly is no jump");
+        assert!(!marker.with_file_name(EPOCH_FILE).exists());
+        s.sync_once(false).await.expect("second");
+        assert_eq!(s.epoch(), 1);
+        assert_eq!(
+            std::fs::read_to_string(marker.with_file_name(EPOCH_FILE)).expect("epoch file"),
+            "1\n"
+        );
     }
 
     #[tokio::test]
@@ -560,6 +621,9 @@ mod tests {
             text.starts_with("synced with a (offset -30.000000s)"),
             "{text}"
         );
+
+        // A 30 s step is no new epoch.
+        assert!(!marker.with_file_name(EPOCH_FILE).exists());
 
         // After the step, the next rounds slew the small residual offset.
         wait_until("a slew", || clock.slews().len() >= 2).await;
