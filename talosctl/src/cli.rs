@@ -1104,7 +1104,7 @@ pub struct GenConfigArgs {
     pub cluster_name: String,
     /// Kubernetes API endpoint, e.g. https://10.5.0.2:6443
     pub endpoint: String,
-    /// destination to output generated files
+    /// destination to output generated files. when multiple output types are specified, it must be a directory. for a single output type, it must either be a file path, or "-" for stdout
     #[arg(
         short = 'o',
         long = "output",
@@ -1112,6 +1112,18 @@ pub struct GenConfigArgs {
         default_value = "."
     )]
     pub output: PathBuf,
+    /// types of outputs to be generated
+    #[arg(
+        short = 't',
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [GenOutputType::Controlplane, GenOutputType::Worker, GenOutputType::Talosconfig]
+    )]
+    pub output_types: Vec<GenOutputType>,
+    /// list of registry mirrors to use in format: <registry host>=<mirror URL>
+    #[arg(long, action = ArgAction::Append)]
+    pub registry_mirror: Vec<String>,
     /// use a secrets file generated using 'gen secrets'
     #[arg(long)]
     pub with_secrets: Option<PathBuf>,
@@ -1145,6 +1157,29 @@ pub struct GenConfigArgs {
     /// will overwrite existing files
     #[arg(long)]
     pub force: bool,
+}
+
+/// What `gen config` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenOutputType {
+    /// `controlplane.yaml`.
+    Controlplane,
+    /// `worker.yaml`.
+    Worker,
+    /// `talosconfig`.
+    Talosconfig,
+}
+
+impl GenOutputType {
+    /// The file it is written to in an output directory.
+    #[must_use]
+    pub const fn file_name(self) -> &'static str {
+        match self {
+            GenOutputType::Controlplane => "controlplane.yaml",
+            GenOutputType::Worker => "worker.yaml",
+            GenOutputType::Talosconfig => "talosconfig",
+        }
+    }
 }
 
 /// `gen secrets` flags.

@@ -66,6 +66,11 @@ fn assert_hostname_row(talosconfig: &Path, node: &str, version: &str, hostname: 
 
 /// The column titles of a table's first line (columns are three or more
 /// spaces apart; titles may hold single spaces).
+/// A talosconfig path that does not exist: for offline commands.
+fn unused_tc(work: &tempfile::TempDir) -> PathBuf {
+    work.path().join("unused")
+}
+
 fn header(table: &str) -> Vec<&str> {
     table
         .lines()
@@ -751,6 +756,67 @@ fn gen_config_cluster_and_everyday_commands() {
     );
     machinery::config::parse(&std::fs::read(out_dir.join("controlplane.yaml")).expect("read"))
         .expect("generated config is valid");
+    // One output type to stdout, from the same secrets: upstream's
+    // `-t talosconfig -o -`; registry mirrors as upstream's flag sets them.
+    let secrets = work.path().join("secrets.yaml");
+    ok(
+        &unused_tc(&work),
+        &["gen", "secrets", "-o", secrets.to_str().expect("utf8")],
+    );
+    let r = run(
+        &unused_tc(&work),
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--with-secrets",
+            secrets.to_str().expect("utf8"),
+            "-t",
+            "talosconfig",
+            "-o",
+            "-",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(
+        r.out.contains("context: demo") && r.out.contains("ca: "),
+        "{}",
+        r.out
+    );
+    let mirrored = work.path().join("mirrored.yaml");
+    let r = run(
+        &unused_tc(&work),
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--output-types",
+            "controlplane",
+            "-o",
+            mirrored.to_str().expect("utf8"),
+            "--registry-mirror",
+            "docker.io=http://10.5.0.1:5000",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    let text = std::fs::read_to_string(&mirrored).expect("one file at the path given");
+    let mirrored = machinery::config::parse(text.as_bytes()).expect("valid");
+    assert!(
+        mirrored
+            .registries()
+            .mirrors
+            .get("docker.io")
+            .is_some_and(|m| m.endpoints == ["http://10.5.0.1:5000"]),
+        "{text}"
+    );
+    let r = run(
+        &unused_tc(&work),
+        &["gen", "config", "demo", "https://10.5.0.2:6443", "-o", "-"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.err.contains("multiple output types"), "{}", r.err);
     // Offline: validate, and patch then validate the result.
     let unused = work.path().join("unused");
     let cp = out_dir.join("controlplane.yaml");

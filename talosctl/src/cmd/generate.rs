@@ -12,7 +12,7 @@ use machinery::secrets::SecretsBundle;
 
 use crate::cli::{
     GenArgs, GenCaArgs, GenCommand, GenConfigArgs, GenCrtArgs, GenCsrArgs, GenKeyArgs,
-    GenKeypairArgs, GenSecretsArgs,
+    GenKeypairArgs, GenOutputType, GenSecretsArgs,
 };
 
 /// Runs a `talosctl gen` subcommand.
@@ -210,15 +210,88 @@ fn patched(yaml: String, patches: &[String]) -> anyhow::Result<String> {
     super::patch::patched_by_arguments(&yaml, patches)
 }
 
-fn config(args: GenConfigArgs) -> anyhow::Result<()> {
-    let dir = args.output.clone();
-    let files = [
-        join(&dir, "controlplane.yaml"),
-        join(&dir, "worker.yaml"),
-        join(&dir, "talosconfig"),
-    ];
-    for file in &files {
-        refuse_overwrite(file, args.force)?;
+/// Where each output type goes: a file, or stdout (`None`).
+fn destinations(
+    output: &Path,
+    types: &[GenOutputType],
+) -> anyhow::Result<Vec<(GenOutputType, Option<PathBuf>)>> {
+    let mut types = types.to_vec();
+    let mut seen = Vec::new();
+    types.retain(|t| {
+        let first = !seen.contains(t);
+        seen.push(*t);
+        first
+    });
+    if types.is_empty() {
+        bail!("--output-types: name at least one of controlplane, worker, talosconfig");
+    }
+    let stdout = output == Path::new("-");
+    if types.len() > 1 {
+        if stdout {
+            bail!("can't use stdout output with multiple output types");
+        }
+        return Ok(types
+            .into_iter()
+            .map(|t| (t, Some(join(output, t.file_name()))))
+            .collect());
+    }
+    let only = types[0];
+    Ok(vec![(
+        only,
+        if stdout {
+            None
+        } else if output.is_dir() || output.as_os_str().is_empty() {
+            Some(join(output, only.file_name()))
+        } else {
+            Some(output.to_path_buf())
+        },
+    )])
+}
+
+/// `--registry-mirror host=url` as a patch of `machine.registries.mirrors`
+/// (mirrors of one host in the order given).
+fn registry_mirror_patch(mirrors: &[String]) -> anyhow::Result<Option<String>> {
+    if mirrors.is_empty() {
+        return Ok(None);
+    }
+    let mut hosts: Vec<(String, Vec<String>)> = Vec::new();
+    for mirror in mirrors {
+        let Some((host, url)) = mirror
+            .split_once('=')
+            .filter(|(h, u)| !h.is_empty() && !u.is_empty())
+        else {
+            bail!("--registry-mirror {mirror:?}: expected <registry host>=<mirror URL>");
+        };
+        match hosts.iter_mut().find(|(h, _)| h == host) {
+            Some((_, urls)) => urls.push(url.to_owned()),
+            None => hosts.push((host.to_owned(), vec![url.to_owned()])),
+        }
+    }
+    let mut map = serde_yaml_ng::Mapping::new();
+    for (host, urls) in hosts {
+        let mut endpoints = serde_yaml_ng::Mapping::new();
+        endpoints.insert("endpoints".into(), urls.into());
+        map.insert(host.into(), endpoints.into());
+    }
+    let mut registries = serde_yaml_ng::Mapping::new();
+    registries.insert("mirrors".into(), map.into());
+    let mut machine = serde_yaml_ng::Mapping::new();
+    machine.insert("registries".into(), registries.into());
+    let mut root = serde_yaml_ng::Mapping::new();
+    root.insert("machine".into(), machine.into());
+    Ok(Some(serde_yaml_ng::to_string(&root)?))
+}
+
+fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
+    let outputs = destinations(&args.output, &args.output_types)?;
+    for (_, file) in &outputs {
+        if let Some(file) = file {
+            refuse_overwrite(file, args.force)?;
+        }
+    }
+    if let Some(patch) = registry_mirror_patch(&args.registry_mirror)? {
+        // First, so that a --config-patch can still change them.
+        args.config_patch.insert(0, patch);
     }
 
     let bundle = match &args.with_secrets {
@@ -270,16 +343,22 @@ fn config(args: GenConfigArgs) -> anyhow::Result<()> {
         .to_yaml()
         .map_err(|err| anyhow!("{err}"))?;
 
-    if !dir.as_os_str().is_empty() {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (kind, file) in outputs {
+        let (contents, mode) = match kind {
+            GenOutputType::Controlplane => (&controlplane, 0o644),
+            GenOutputType::Worker => (&worker, 0o644),
+            GenOutputType::Talosconfig => (&talosconfig, 0o600),
+        };
+        let Some(file) = file else {
+            crate::output::out(contents)?;
+            continue;
+        };
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        write_file(&file, contents.as_bytes(), mode)?;
+        eprintln!("Created {}", file.display());
     }
-    let [controlplane_path, worker_path, talosconfig_path] = &files;
-    write_file(controlplane_path, controlplane.as_bytes(), 0o644)?;
-    eprintln!("Created {}", controlplane_path.display());
-    write_file(worker_path, worker.as_bytes(), 0o644)?;
-    eprintln!("Created {}", worker_path.display());
-    write_file(talosconfig_path, talosconfig.as_bytes(), 0o600)?;
-    eprintln!("Created {}", talosconfig_path.display());
     Ok(())
 }
 
@@ -341,6 +420,65 @@ mod tests {
     }
 
     #[test]
+    fn output_types_pick_files_or_stdout() {
+        use GenOutputType::{Controlplane, Talosconfig, Worker};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = destinations(dir.path(), &[Controlplane, Worker, Talosconfig]).expect("all");
+        assert_eq!(
+            all,
+            [
+                (Controlplane, Some(dir.path().join("controlplane.yaml"))),
+                (Worker, Some(dir.path().join("worker.yaml"))),
+                (Talosconfig, Some(dir.path().join("talosconfig"))),
+            ]
+        );
+        // One type: into a directory by its name, else to the path given,
+        // or to stdout.
+        assert_eq!(
+            destinations(dir.path(), &[Talosconfig, Talosconfig]).expect("dir"),
+            [(Talosconfig, Some(dir.path().join("talosconfig")))]
+        );
+        let file = dir.path().join("cp.yaml");
+        assert_eq!(
+            destinations(&file, &[Controlplane]).expect("file"),
+            [(Controlplane, Some(file.clone()))]
+        );
+        assert_eq!(
+            destinations(Path::new("-"), &[Worker]).expect("stdout"),
+            [(Worker, None)]
+        );
+        let err = destinations(Path::new("-"), &[Worker, Talosconfig]).expect_err("two");
+        assert!(err.to_string().contains("multiple output types"), "{err}");
+    }
+
+    #[test]
+    fn registry_mirrors_become_a_patch() {
+        assert_eq!(registry_mirror_patch(&[]).expect("none"), None);
+        let patch = registry_mirror_patch(&[
+            "docker.io=http://10.5.0.1:5000".into(),
+            "ghcr.io=https://mirror.example".into(),
+            "docker.io=https://second.example".into(),
+        ])
+        .expect("patch")
+        .expect("some");
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&patch).expect("yaml");
+        let mirrors = &value["machine"]["registries"]["mirrors"];
+        assert_eq!(
+            mirrors["docker.io"]["endpoints"],
+            serde_yaml_ng::Value::from(vec!["http://10.5.0.1:5000", "https://second.example"])
+        );
+        assert_eq!(
+            mirrors["ghcr.io"]["endpoints"],
+            serde_yaml_ng::Value::from(vec!["https://mirror.example"])
+        );
+        let err = registry_mirror_patch(&["docker.io".into()]).expect_err("no url");
+        assert!(
+            err.to_string().contains("<registry host>=<mirror URL>"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn gen_config_writes_three_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
@@ -359,6 +497,12 @@ mod tests {
             dns_domain: None,
             kubernetes_version: None,
             force: false,
+            output_types: vec![
+                GenOutputType::Controlplane,
+                GenOutputType::Worker,
+                GenOutputType::Talosconfig,
+            ],
+            registry_mirror: Vec::new(),
         };
         config(args).expect("generates");
         for name in ["controlplane.yaml", "worker.yaml", "talosconfig"] {
