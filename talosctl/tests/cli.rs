@@ -932,6 +932,11 @@ fn gen_config_cluster_and_everyday_commands() {
 
     let logs = ok(&tc, &["logs", "machined", "--tail", "5"]);
     assert_eq!(logs.lines().count(), 5, "{logs}");
+    // Each line names its node, one node or several, as upstream's.
+    assert!(
+        logs.lines().all(|l| l.starts_with(&format!("{cp}: "))),
+        "{logs}"
+    );
     let m = ok(&tc, &["memory"]);
     assert!(
         m.starts_with("NODE")

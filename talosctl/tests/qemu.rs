@@ -916,6 +916,44 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         Some(("/dev/vda4".to_owned(), "xfs".to_owned())),
         "{mounts}"
     );
+    // health on metal: the memory and disk checks apply; the node
+    // reaches its own apid at its address over mTLS with its client
+    // certificate, as it reaches other nodes.
+    let r = run(
+        &tc,
+        &args(&with(&[
+            "health",
+            "--control-plane-nodes",
+            "10.0.2.15",
+            "--wait-timeout",
+            "2m",
+        ])),
+    );
+    assert_eq!(r.code, 0, "health: {}", r.err);
+    for check in [
+        "apid to be ready",
+        "all nodes memory sizes",
+        "all nodes disk sizes",
+        "all nodes to finish boot sequence",
+    ] {
+        assert!(
+            r.err.contains(&format!("waiting for {check}: OK")),
+            "{check}: {}",
+            r.err
+        );
+    }
+    // NetworkStatus from networkd's work: an address, QEMU's default
+    // route, the hostname and the /etc files.
+    let status = ok(&tc, &args(&with(&["get", "networkstatus", "-o", "yaml"])));
+    for field in [
+        "addressReady: true",
+        "connectivityReady: true",
+        "hostnameReady: true",
+        "etcFilesReady: true",
+    ] {
+        assert!(status.contains(field), "{field}: {status}");
+    }
+
     let boot_id = ok(
         &tc,
         &args(&with(&["read", "/proc/sys/kernel/random/boot_id"])),

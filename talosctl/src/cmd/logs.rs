@@ -1,8 +1,8 @@
 //! `talosctl logs <id>` and `talosctl dmesg`: byte streams to stdout.
 //!
-//! `logs` writes the raw bytes when one node is targeted and prefixes every
-//! line with `<node>: ` when several are; `dmesg` always prefixes (as
-//! upstream does).
+//! Both print every line as `<node>: <line>`, one node or several, as
+//! upstream's talosctl does (the node is the one named, or the endpoint
+//! without `-n`).
 
 use std::collections::HashMap;
 
@@ -13,30 +13,16 @@ use crate::cli::{DmesgArgs, GlobalArgs, LogsArgs};
 use crate::client::{self, Client, Options};
 use crate::output::{self, Reported};
 
-/// Splits chunks of several nodes' streams into lines prefixed with the
-/// node, or passes bytes through untouched.
+/// Splits chunks of nodes' streams into lines prefixed with the node.
 #[derive(Debug, Default)]
 pub struct LinePrefixer {
-    prefix: bool,
     pending: HashMap<String, Vec<u8>>,
 }
 
 impl LinePrefixer {
-    /// `prefix`: whether lines get `<node>: ` in front.
-    #[must_use]
-    pub fn new(prefix: bool) -> Self {
-        Self {
-            prefix,
-            pending: HashMap::new(),
-        }
-    }
-
-    /// The bytes to print for a chunk from `node`: complete lines only when
-    /// prefixing (the rest waits for the next chunk of that node).
+    /// The bytes to print for a chunk from `node`: its complete lines (the
+    /// rest waits for the next chunk of that node).
     pub fn feed(&mut self, node: &str, chunk: &[u8]) -> Vec<u8> {
-        if !self.prefix {
-            return chunk.to_vec();
-        }
         let buffer = self.pending.entry(node.to_owned()).or_default();
         buffer.extend_from_slice(chunk);
         let mut out = Vec::new();
@@ -135,7 +121,7 @@ pub async fn logs(global: &GlobalArgs, args: LogsArgs) -> anyhow::Result<()> {
             async move { client::machine(channel).logs(request).await }
         })
         .await?;
-    pump(&client, stream, LinePrefixer::new(client.multiple_nodes())).await
+    pump(&client, stream, LinePrefixer::default()).await
 }
 
 /// Runs `talosctl dmesg`.
@@ -154,7 +140,7 @@ pub async fn dmesg(global: &GlobalArgs, args: &DmesgArgs) -> anyhow::Result<()> 
             async move { client::machine(channel).dmesg(request).await }
         })
         .await?;
-    pump(&client, stream, LinePrefixer::new(true)).await
+    pump(&client, stream, LinePrefixer::default()).await
 }
 
 #[cfg(test)]
@@ -162,15 +148,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passes_bytes_through_for_one_node() {
-        let mut prefixer = LinePrefixer::new(false);
-        assert_eq!(prefixer.feed("n", b"partial"), b"partial");
-        assert!(prefixer.finish().is_empty());
-    }
-
-    #[test]
     fn prefixes_whole_lines_per_node() {
-        let mut prefixer = LinePrefixer::new(true);
+        let mut prefixer = LinePrefixer::default();
         assert_eq!(prefixer.feed("a", b"one\ntw"), b"a: one\n");
         assert_eq!(prefixer.feed("b", b"x\n"), b"b: x\n");
         assert_eq!(prefixer.feed("a", b"o\nthree"), b"a: two\n");
