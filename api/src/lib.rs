@@ -162,7 +162,7 @@ pub const CONTRACT_VERSIONS: &[(&str, &str)] = &[
     ("resource/definitions/network/network.proto", "1.3.0"),
     ("resource/definitions/time/time.proto", "1.0.0"),
     ("resource/definitions/v1alpha1/v1alpha1.proto", "1.0.0"),
-    ("resource/definitions/block/block.proto", "1.2.0"),
+    ("resource/definitions/block/block.proto", "1.3.0"),
     ("resource/definitions/hardware/hardware.proto", "1.2.0"),
 ];
 

@@ -356,6 +356,22 @@ pub const VOLUME_STATUS: Definition = Definition {
     skip_automatic_aliases: false,
 };
 
+/// `BlockDevices.block.talos.dev`: every block device the kernel lists
+/// (`vda`, `vda1`, `loop0`...).
+pub const BLOCK_DEVICE: Definition = Definition {
+    type_: "BlockDevices.block.talos.dev",
+    display: "BlockDevice",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[
+        ("Type", "{.type}"),
+        ("PartitionName", "{.partitionName}"),
+        ("Generation", "{.generation}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+
 /// `SystemDisks.block.talos.dev` (id `system-disk`): the disk holding
 /// META.
 pub const SYSTEM_DISK: Definition = Definition {
@@ -488,6 +504,7 @@ pub const DEFINITIONS: &[Definition] = &[
     NODE_ADDRESS,
     RESOLVER_STATUS,
     TIME_SERVER_STATUS,
+    BLOCK_DEVICE,
     DISCOVERED_VOLUME,
     VOLUME_STATUS,
     SYSTEM_DISK,
@@ -848,9 +865,15 @@ impl Resources {
             t if t == TIME_SERVER_STATUS.type_ => self.time_server_status().await,
             // As upstream, a container-mode node has no block devices or
             // mounts of its own (the host's are neither probed nor shown).
-            t if [DISCOVERED_VOLUME, VOLUME_STATUS, SYSTEM_DISK, MOUNT_STATUS]
-                .iter()
-                .any(|d| d.type_ == t) =>
+            t if [
+                BLOCK_DEVICE,
+                DISCOVERED_VOLUME,
+                VOLUME_STATUS,
+                SYSTEM_DISK,
+                MOUNT_STATUS,
+            ]
+            .iter()
+            .any(|d| d.type_ == t) =>
             {
                 match self.node.mode() {
                     Mode::Container => Ok(Vec::new()),
@@ -1425,6 +1448,9 @@ async fn storage_items(type_: &str) -> Result<Vec<Item>, ResourceError> {
     let sys = || PathBuf::from("/sys");
     let dev = || PathBuf::from("/dev");
     match type_ {
+        t if t == BLOCK_DEVICE.type_ => {
+            blocking("the block devices in sysfs", move || block_devices(&sys())).await?
+        }
         t if t == DISCOVERED_VOLUME.type_ => volumes::discovered(sys(), dev()).await,
         t if t == VOLUME_STATUS.type_ => volumes::volume_statuses(
             &volumes::discovered_specs(sys(), dev()).await?,
@@ -1436,6 +1462,92 @@ async fn storage_items(type_: &str) -> Result<Vec<Item>, ResourceError> {
         t if t == MOUNT_STATUS.type_ => mount_statuses(&read_mounts().await?),
         other => Err(ResourceError::UnknownType(other.to_owned())),
     }
+}
+
+/// Every block device under `<sysfs>/class/block`, from its `uevent`
+/// (numbers, type, partition name and number), its sysfs path, its disk
+/// (a partition's parent directory) and `slaves`. Upstream bumps
+/// `generation` on every change event; nothing here tracks them, so it
+/// is left out. Blocks.
+fn block_devices(sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
+    let class = sysfs.join("class/block");
+    let entries = match std::fs::read_dir(&class) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ResourceError::Read {
+                what: "the block devices in sysfs",
+                message: format!("{}: {e}", class.display()),
+            });
+        }
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let link = class.join(&name);
+        // A device that went away between the listing and the read is
+        // left out.
+        let Ok(uevent) = std::fs::read_to_string(link.join("uevent")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let number = |key: &str| field(key).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let path = link.canonicalize().unwrap_or(link.clone());
+        let type_ = field("DEVTYPE").unwrap_or_default();
+        let parent = if type_ == "partition" {
+            path.parent()
+                .and_then(Path::file_name)
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            String::new()
+        };
+        let mut secondaries: Vec<String> = std::fs::read_dir(link.join("slaves"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        secondaries.sort();
+        let spec = block_pb::DeviceSpec {
+            r#type: type_,
+            major: number("MAJOR"),
+            minor: number("MINOR"),
+            partition_name: field("PARTNAME").unwrap_or_default(),
+            partition_number: number("PARTN"),
+            generation: 0,
+            device_path: path.to_string_lossy().into_owned(),
+            parent,
+            secondaries,
+        };
+        out.push(item(
+            &name,
+            &BlockDeviceYaml {
+                type_: &spec.r#type,
+                major: spec.major,
+                minor: spec.minor,
+                partition_name: &spec.partition_name,
+                partition_number: spec.partition_number,
+                device_path: &spec.device_path,
+                parent: &spec.parent,
+                secondaries: &spec.secondaries,
+            },
+            &spec,
+        )?);
+    }
+    Ok(out)
 }
 
 /// `/proc/self/mounts`, read without blocking the runtime.
@@ -2043,6 +2155,24 @@ struct TimeServerYaml<'a> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+struct BlockDeviceYaml<'a> {
+    #[serde(rename = "type")]
+    type_: &'a str,
+    major: i64,
+    minor: i64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    partition_name: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    partition_number: i64,
+    device_path: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    parent: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    secondaries: &'a [String],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct NetworkStatusYaml {
     address_ready: bool,
     connectivity_ready: bool,
@@ -2068,6 +2198,74 @@ struct HostnameYaml<'a> {
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[test]
+    fn block_devices_from_sysfs() {
+        use prost::Message as _;
+        let sys = tempfile::tempdir().expect("tempdir");
+        let devices = sys
+            .path()
+            .join("devices/pci0000:00/0000:00:05.0/virtio2/block");
+        let dev = |dir: &Path, uevent: &str| {
+            std::fs::create_dir_all(dir).expect("mkdir");
+            std::fs::write(dir.join("uevent"), uevent).expect("uevent");
+        };
+        let vda = devices.join("vda");
+        dev(
+            &vda,
+            "MAJOR=253\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\nDISKSEQ=9\n",
+        );
+        let vda1 = vda.join("vda1");
+        dev(
+            &vda1,
+            "MAJOR=253\nMINOR=1\nDEVNAME=vda1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=EFI\n",
+        );
+        let dm = sys.path().join("devices/virtual/block/dm-0");
+        dev(&dm, "MAJOR=252\nMINOR=0\nDEVNAME=dm-0\nDEVTYPE=disk\n");
+        std::fs::create_dir_all(dm.join("slaves")).expect("slaves");
+        std::os::unix::fs::symlink(&vda1, dm.join("slaves/vda1")).expect("slave");
+        let class = sys.path().join("class/block");
+        std::fs::create_dir_all(&class).expect("class");
+        for (name, target) in [("vda", &vda), ("vda1", &vda1), ("dm-0", &dm)] {
+            std::os::unix::fs::symlink(target, class.join(name)).expect("link");
+        }
+        let items = block_devices(sys.path()).expect("read");
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["dm-0", "vda", "vda1"]);
+        let spec =
+            |i: usize| block_pb::DeviceSpec::decode(items[i].proto.as_slice()).expect("spec");
+        let partition = spec(2);
+        assert_eq!(
+            (
+                partition.r#type.as_str(),
+                partition.major,
+                partition.minor,
+                partition.partition_name.as_str(),
+                partition.partition_number,
+                partition.parent.as_str()
+            ),
+            ("partition", 253, 1, "EFI", 1, "vda")
+        );
+        assert_eq!(
+            partition.device_path,
+            vda1.canonicalize().expect("path").to_string_lossy()
+        );
+        assert_eq!(spec(1).parent, "", "a disk has no parent");
+        assert_eq!(spec(0).secondaries, ["vda1"]);
+        assert!(
+            items[2].yaml.contains("partitionName: EFI"),
+            "{}",
+            items[2].yaml
+        );
+        assert!(
+            items[0].yaml.contains("secondaries:\n- vda1"),
+            "{}",
+            items[0].yaml
+        );
+        // No sysfs block class: none.
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert!(block_devices(empty.path()).expect("none").is_empty());
+    }
 
     #[test]
     fn names_and_given_aliases_are_unique() {

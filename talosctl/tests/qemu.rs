@@ -953,6 +953,19 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
     ] {
         assert!(status.contains(field), "{field}: {status}");
     }
+    // BlockDevices: the disk and its partitions as the kernel lists them.
+    let devices = ok(
+        &tc,
+        &args(&with(&["get", "blockdevices", "vda4", "-o", "yaml"])),
+    );
+    for field in [
+        "type: partition",
+        "partitionName: EPHEMERAL",
+        "partitionNumber: 4",
+        "parent: vda",
+    ] {
+        assert!(devices.contains(field), "{field}: {devices}");
+    }
 
     let boot_id = ok(
         &tc,
