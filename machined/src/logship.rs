@@ -180,6 +180,16 @@ pub struct Shipper {
     followers: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Every buffer followed, with the offset its lines are queued up to.
     followed: Followed,
+    /// Asked at the drain: a line without its newline goes as it is.
+    flush: Arc<Flush>,
+}
+
+/// The drain's request to the followers to send what they hold of a line
+/// without its newline: the services have stopped, no newline comes.
+#[derive(Debug, Default)]
+struct Flush {
+    requested: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
 }
 
 /// The buffers followed and how far each one's lines are queued.
@@ -221,6 +231,7 @@ impl Shipper {
             queues: Arc::default(),
             followers: std::sync::Mutex::new(None),
             followed: Arc::default(),
+            flush: Arc::default(),
         }
     }
 
@@ -290,7 +301,14 @@ impl Shipper {
         {
             let queues = Arc::clone(&self.queues);
             let followed = Arc::clone(&self.followed);
-            let task = tokio::spawn(follow_all(Arc::clone(logs), queues, followed, from_start));
+            let flush = Arc::clone(&self.flush);
+            let task = tokio::spawn(follow_all(
+                Arc::clone(logs),
+                queues,
+                followed,
+                flush,
+                from_start,
+            ));
             *followers = Some(task.abort_handle());
         }
     }
@@ -302,6 +320,10 @@ impl Shipper {
     /// until the time is up).
     pub async fn drain(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
+        // The services have stopped: a last line without its newline will
+        // get none.
+        self.flush.requested.store(true, Ordering::Release);
+        self.flush.notify.notify_waiters();
         loop {
             if self.drained() {
                 return true;
@@ -366,6 +388,7 @@ async fn follow_all(
     logs: Arc<LogRegistry>,
     queues: Queues,
     followed_at: Followed,
+    flush: Arc<Flush>,
     from_start: bool,
 ) {
     let mut followed = std::collections::BTreeSet::new();
@@ -387,7 +410,8 @@ async fn follow_all(
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push((Arc::clone(&buffer), Arc::clone(&queued)));
-                followers.spawn(async move { follow(buffer, start, queues, queued).await });
+                let flush = Arc::clone(&flush);
+                followers.spawn(async move { follow(buffer, start, queues, queued, flush).await });
             }
         }
         first = false;
@@ -485,11 +509,30 @@ pub fn kernel_json(
 pub const MAX_LINE: usize = 8 * 1024;
 
 /// Follows one buffer from `offset`, queueing each line; `queued` says
-/// how far.
-async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Queues, queued: Arc<AtomicU64>) {
+/// how far (a line held for its newline is not queued yet). Once `flush`
+/// is asked, a held line goes without its newline.
+async fn follow(
+    buffer: Arc<LogBuffer>,
+    mut offset: u64,
+    queues: Queues,
+    queued: Arc<AtomicU64>,
+    flush: Arc<Flush>,
+) {
     let mut partial: Vec<u8> = Vec::new();
     loop {
-        buffer.wait_beyond(offset).await;
+        let asked = flush.notify.notified();
+        tokio::pin!(asked);
+        // Registered before the flag is read, so a drain in between is
+        // not missed.
+        asked.as_mut().enable();
+        let flushing = flush.requested.load(Ordering::Acquire);
+        // A held line to flush goes at once; else wait for more.
+        if !flushing || partial.is_empty() {
+            tokio::select! {
+                () = buffer.wait_beyond(offset) => {}
+                () = &mut asked => {}
+            }
+        }
         let (bytes, next) = buffer.read(offset, 64 * 1024);
         // The ring moved on past `offset`: what was partial is cut off.
         if next.saturating_sub(bytes.len() as u64) != offset {
@@ -506,8 +549,12 @@ async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Queues, queued:
         while partial.len() >= MAX_LINE {
             lines.push(partial.drain(..MAX_LINE).collect());
         }
+        if flush.requested.load(Ordering::Acquire) && !partial.is_empty() {
+            lines.push(std::mem::take(&mut partial));
+        }
+        let held = partial.len() as u64;
         if lines.is_empty() {
-            queued.store(offset, Ordering::Release);
+            queued.store(offset.saturating_sub(held), Ordering::Release);
             continue;
         }
         let now = time::OffsetDateTime::now_utc();
@@ -535,7 +582,7 @@ async fn follow(buffer: Arc<LogBuffer>, mut offset: u64, queues: Queues, queued:
                 }
             }
         }
-        queued.store(offset, Ordering::Release);
+        queued.store(offset.saturating_sub(held), Ordering::Release);
     }
 }
 
@@ -964,13 +1011,15 @@ mod tests {
             }],
             true,
         );
-        // Written at once, the follower not yet run, one buffer new.
+        // Written at once, the follower not yet run, one buffer new; its
+        // last words have no newline (a service that died mid-line).
         for service in ["machined", "late"] {
             let buffer = logs.get_or_create(service);
             for i in 0..300 {
                 buffer.append(format!("2026-11-28T06:00:00Z  INFO {service} {i}\n").as_bytes());
             }
         }
+        logs.get_or_create("late").append(b"panicked at the end");
         let (drained, accepted) =
             tokio::join!(shipper.drain(Duration::from_secs(10)), tcp.accept());
         assert!(drained, "drained in time");
@@ -983,8 +1032,12 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&line).expect("json");
             got.push(v["msg"].as_str().expect("msg").to_owned());
         }
-        assert_eq!(got.len(), 600, "every line: {got:?}");
+        assert_eq!(got.len(), 601, "every line: {got:?}");
         assert!(got.contains(&"late 299".to_owned()));
+        assert!(
+            got.iter().any(|m| m.ends_with("panicked at the end")),
+            "the line without its newline: {got:?}"
+        );
 
         // Down: the lines stay unsent, and the drain ends at its bound.
         let down = tcp.local_addr().expect("addr").to_string();
