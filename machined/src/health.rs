@@ -14,12 +14,15 @@
 //! 4. `all nodes to finish boot sequence`: every node's MachineStatus is
 //!    at the `running` stage and ready.
 //!
-//! Each is tried every 5 s until it passes, and the whole check gives up
-//! at the request's `wait_timeout` (DeadlineExceeded, naming the check and
-//! its last error).
+//! A failing check is tried again 5 s after each try until it passes,
+//! once more at the request's `wait_timeout`, and then the whole check
+//! gives up (DeadlineExceeded, naming the check and its last error).
 //!
-//! Other nodes are reached at `<address>:50000` over mTLS with this
-//! node's client certificate (`os:impersonator`, which only control plane
+//! Nodes are named by IP address (with apid's port at most: names and
+//! other ports are refused, so that a caller cannot make the node dial
+//! anything else), 256 at most, and 4 checks run at once at most. They are
+//! reached at `<address>:50000` over mTLS with this node's client
+//! certificate (`os:impersonator`, which only control plane
 //! nodes hold), asking as `os:reader`: the same path apid forwards on.
 //! Without `--control-plane-nodes` and `--worker-nodes` (upstream learns
 //! the nodes from Kubernetes, which this node does not run) only this
@@ -164,50 +167,86 @@ async fn bounded<T>(call: impl Future<Output = Result<Response<T>, Status>>) -> 
     }
 }
 
-/// `host:port` and the name to verify for a node as the request names it
-/// (an address, with or without a port, or a DNS name).
-fn api_address(node: &str) -> (String, String) {
-    if let Ok(addr) = node.parse::<SocketAddr>() {
-        return (addr.to_string(), addr.ip().to_string());
-    }
-    let bare = node.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return (SocketAddr::new(ip, API_PORT).to_string(), ip.to_string());
-    }
-    match node.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => (node.to_owned(), host.to_owned()),
-        _ => (format!("{node}:{API_PORT}"), node.to_owned()),
-    }
+/// The most nodes one check names: a bound on what one caller makes
+/// this node dial.
+pub const MAX_NODES: usize = 256;
+
+/// The most checks running at once on a node.
+const MAX_CHECKS: usize = 4;
+
+/// Checks running now (bounded by [`MAX_CHECKS`]).
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CHECKS);
+
+/// apid's address on a node the request names: an IP address, bare or
+/// with apid's port. Names and other ports are refused, so that a caller
+/// cannot make the node dial anything but other nodes' apid.
+fn api_address(node: &str) -> Result<SocketAddr, String> {
+    let addr = match node.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == API_PORT => addr,
+        Ok(addr) => {
+            return Err(format!(
+                "{node}: only apid's port {API_PORT} is checked, not {}",
+                addr.port()
+            ));
+        }
+        Err(_) => {
+            let bare = node
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .unwrap_or(node);
+            let ip = bare.parse::<IpAddr>().map_err(|_| {
+                format!("{node}: not an IP address (nodes are named by address, as upstream)")
+            })?;
+            SocketAddr::new(ip, API_PORT)
+        }
+    };
+    Ok(addr)
 }
 
-/// The nodes a request names, each with its channel; this node alone
-/// (over its socket) when it names none.
-fn targets(node: &Node, request: &HealthCheckRequest) -> Vec<Target> {
+/// The nodes a request names, each with its channel, once each; this node
+/// alone (over its socket) when it names none.
+///
+/// # Errors
+/// A node that is not an IP address (with apid's port at most), or more
+/// than [`MAX_NODES`] of them: InvalidArgument.
+fn targets(node: &Node, request: &HealthCheckRequest) -> Result<Vec<Target>, Status> {
     let info = request.cluster_info.clone().unwrap_or_default();
-    let mut names: Vec<String> = info
+    let mut seen = std::collections::HashSet::new();
+    let mut named: Vec<(String, SocketAddr)> = Vec::new();
+    for name in info
         .control_plane_nodes
-        .into_iter()
-        .chain(info.worker_nodes)
-        .map(|n| n.trim().to_owned())
+        .iter()
+        .chain(&info.worker_nodes)
+        .map(|n| n.trim())
         .filter(|n| !n.is_empty())
-        .collect();
-    names.dedup();
-    if names.is_empty() {
-        return vec![Target {
+    {
+        let addr = api_address(name).map_err(Status::invalid_argument)?;
+        if seen.insert(addr) {
+            named.push((name.to_owned(), addr));
+        }
+    }
+    if named.len() > MAX_NODES {
+        return Err(Status::invalid_argument(format!(
+            "{} nodes named; one check takes {MAX_NODES} at most",
+            named.len()
+        )));
+    }
+    if named.is_empty() {
+        return Ok(vec![Target {
             name: "this node".to_owned(),
             remote: false,
             channel: Ok(machinery::grpc::unix_channel_lazy(
                 &node.paths.socket("machined"),
             )),
-        }];
+        }]);
     }
     let tls = client_tls(node);
-    names
+    Ok(named
         .into_iter()
-        .map(|name| {
-            let (addr, server_name) = api_address(&name);
+        .map(|(name, addr)| {
             let channel = tls.clone().and_then(|config| {
-                machinery::grpc::tls_channel(addr, &server_name, config).map_err(|e| e.to_string())
+                machinery::grpc::tls_channel(addr.to_string(), &addr.ip().to_string(), config)
+                    .map_err(|e| e.to_string())
             });
             Target {
                 name,
@@ -215,7 +254,7 @@ fn targets(node: &Node, request: &HealthCheckRequest) -> Vec<Target> {
                 channel,
             }
         })
-        .collect()
+        .collect())
 }
 
 /// This node's client TLS config for reaching other nodes' apid.
@@ -333,7 +372,9 @@ fn ephemeral_problem(status: &block_pb::VolumeStatusSpec) -> Result<(), String> 
     if status.location.is_empty() {
         return Err("has no EPHEMERAL partition (not installed?)".to_owned());
     }
-    if status.size < minimum {
+    // A volume mounted before it was probed has no size in its status:
+    // unknown, not small.
+    if status.size != 0 && status.size < minimum {
         return Err(format!(
             "ephemeral partition {:?} is too small, expected at least {} MiB, actual {} MiB",
             status.location,
@@ -409,16 +450,19 @@ async fn run_checks(
     targets: Vec<Target>,
     deadline: Instant,
     tx: mpsc::Sender<Result<HealthCheckProgress, Status>>,
+    _running: tokio::sync::SemaphorePermit<'static>,
 ) {
+    // A caller that stops reading holds no check past its deadline.
     let say = |message: String| {
         let tx = tx.clone();
         async move {
-            tx.send(Ok(HealthCheckProgress {
+            let progress = Ok(HealthCheckProgress {
                 metadata: None,
                 message,
-            }))
-            .await
-            .is_ok()
+            });
+            tokio::time::timeout_at(deadline, tx.send(progress))
+                .await
+                .is_ok_and(|sent| sent.is_ok())
         }
     };
     if targets.iter().any(|t| !t.remote)
@@ -434,8 +478,11 @@ async fn run_checks(
         }
         let mut last: Option<String> = None;
         loop {
+            // A try gets its calls' time even at the deadline: the last
+            // one is a real try.
+            let within = deadline.max(Instant::now() + 2 * CALL_WITHIN);
             let outcome = tokio::select! {
-                outcome = tokio::time::timeout_at(deadline, check.run(&targets)) => outcome.ok(),
+                outcome = tokio::time::timeout_at(within, check.run(&targets)) => outcome.ok(),
                 () = tx.closed() => return,
             };
             match outcome {
@@ -453,22 +500,19 @@ async fn run_checks(
                 }
                 Some(Err(_)) | None => {}
             }
-            if Instant::now() + RETRY_EVERY >= deadline {
-                // No try left: the caller hears at the deadline, as asked.
-                tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => {}
-                    () = tx.closed() => return,
-                }
+            let now = Instant::now();
+            if now >= deadline {
                 let why = last.unwrap_or_else(|| "no answer".to_owned());
-                let _ = tx
-                    .send(Err(Status::deadline_exceeded(format!(
-                        "{name}: not passed within the wait timeout: {why}"
-                    ))))
-                    .await;
+                let failed = Err(Status::deadline_exceeded(format!(
+                    "{name}: not passed within the wait timeout: {why}"
+                )));
+                // Best effort: the caller may have stopped reading.
+                let _ = tokio::time::timeout(CALL_WITHIN, tx.send(failed)).await;
                 return;
             }
+            // The next try, or the last one at the deadline.
             tokio::select! {
-                () = tokio::time::sleep(RETRY_EVERY) => {}
+                () = tokio::time::sleep_until((now + RETRY_EVERY).min(deadline)) => {}
                 () = tx.closed() => return,
             }
         }
@@ -494,15 +538,26 @@ impl ClusterService for ClusterApi {
             ),
             _ => DEFAULT_WAIT,
         };
-        let targets = targets(&self.node, &request);
+        if self.node.in_maintenance() {
+            return Err(Status::failed_precondition(
+                "the node is in maintenance mode (no machine config): there is nothing to check \
+                 yet",
+            ));
+        }
+        let targets = targets(&self.node, &request)?;
+        let running = RUNNING.try_acquire().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_CHECKS} health checks are running on this node already"
+            ))
+        })?;
         let deadline = Instant::now()
             .checked_add(wait)
             .unwrap_or_else(|| Instant::now() + DEFAULT_WAIT);
         let (tx, rx) = mpsc::channel(16);
         // The health-check task is the stream's: it ends when the caller
         // goes away (`tx.closed()`), at the deadline, or when all checks
-        // passed.
-        tokio::spawn(run_checks(targets, deadline, tx));
+        // passed; its permit goes with it.
+        tokio::spawn(run_checks(targets, deadline, tx, running));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -512,27 +567,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_default_to_apid_port() {
-        assert_eq!(
-            api_address("10.5.0.2"),
-            ("10.5.0.2:50000".into(), "10.5.0.2".into())
-        );
-        assert_eq!(
-            api_address("127.0.0.3:50001"),
-            ("127.0.0.3:50001".into(), "127.0.0.3".into())
-        );
-        assert_eq!(
-            api_address("fd00::2"),
-            ("[fd00::2]:50000".into(), "fd00::2".into())
-        );
-        assert_eq!(
-            api_address("[fd00::2]"),
-            ("[fd00::2]:50000".into(), "fd00::2".into())
-        );
-        assert_eq!(
-            api_address("cp1.example"),
-            ("cp1.example:50000".into(), "cp1.example".into())
-        );
+    fn nodes_are_addresses_on_apids_port() {
+        let ok = |n: &str| api_address(n).expect(n).to_string();
+        assert_eq!(ok("10.5.0.2"), "10.5.0.2:50000");
+        assert_eq!(ok("127.0.0.3:50000"), "127.0.0.3:50000");
+        assert_eq!(ok("fd00::2"), "[fd00::2]:50000");
+        assert_eq!(ok("[fd00::2]"), "[fd00::2]:50000");
+        assert_eq!(ok("[fd00::2]:50000"), "[fd00::2]:50000");
+        for (bad, why) in [
+            ("10.5.0.2:22", "only apid's port 50000"),
+            ("cp1.example", "not an IP address"),
+            ("fe80::1%eth0", "not an IP address"),
+            ("", "not an IP address"),
+        ] {
+            let err = api_address(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -295,19 +295,10 @@ pub(crate) fn address_ready(dump: &Dump) -> bool {
 }
 
 /// NetworkStatus's `connectivityReady`: a default route (of either
-/// family) in the main table (from a dump with routes).
+/// family, in any table, as upstream counts it) from a dump with routes.
 pub(crate) fn connectivity_ready(dump: &Dump) -> bool {
     dump.routes.iter().any(|message| {
-        let table = message
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RouteAttribute::Table(t) => Some(*t),
-                _ => None,
-            })
-            .unwrap_or(u32::from(message.header.table));
         message.header.destination_prefix_length == 0
-            && table == RT_TABLE_MAIN
             && message.header.kind == rtnetlink::packet_route::route::RouteType::Unicast
     })
 }

@@ -193,7 +193,12 @@ pub const NETWORK_STATUS: Definition = Definition {
     display: "NetworkStatus",
     namespace: NS_NETWORK,
     // Its initials would be "ns", the namespaces' alias: named instead.
-    aliases: &["networkstatus", "networkstatuses"],
+    aliases: &[
+        "networkstatus",
+        "networkstatuses",
+        "netstatus",
+        "netstatuses",
+    ],
     columns: &[
         ("Address", "{.addressReady}"),
         ("Connectivity", "{.connectivityReady}"),
@@ -1330,6 +1335,7 @@ impl Resources {
         let epoch_file = timed::epoch_path(&self.node.paths);
         let (synced, epoch) = blocking("the time status", move || {
             let epoch = match std::fs::read_to_string(&epoch_file) {
+                Ok(text) if text.trim().is_empty() => 0,
                 Ok(text) => text
                     .trim()
                     .parse::<i64>()

@@ -1723,6 +1723,8 @@ fn host_names_follow_one_rule() {
     good.strict_check()
         .expect("two 63-character labels and a final dot");
     assert_eq!(config::host_name_problem(&"a.".repeat(127)), None);
+    // One final dot, not two.
+    assert!(config::host_name_problem("node..").is_some());
     let too_long = format!("{}aa", "a.".repeat(127));
     assert!(
         config::host_name_problem(&too_long)

@@ -121,7 +121,7 @@ pub fn choose(
         .into_iter()
         .find_map(|(name, source)| {
             let name = name?.trim();
-            is_valid(name.trim_end_matches('.')).then(|| split(name, source))
+            is_valid(name).then(|| split(name.strip_suffix('.').unwrap_or(name), source))
         })
         .unwrap_or_else(|| match seed {
             Some(seed) => Hostname {
@@ -138,6 +138,7 @@ pub fn choose(
     if chosen.domain.is_none()
         && let Some(domain) = dhcp_domain.map(str::trim).filter(|d| is_valid(d))
     {
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
         chosen.domain = Some(domain.to_ascii_lowercase());
     }
     chosen

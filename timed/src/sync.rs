@@ -156,7 +156,8 @@ pub enum SyncError {
     Clock(#[from] ClockError),
 }
 
-/// The file beside the marker holding the epoch, once it is not 0.
+/// The file beside the marker holding the epoch, once it is not 0 (the
+/// run directory is new at every boot).
 pub const EPOCH_FILE: &str = "epoch";
 
 /// The loop's state: the clock, where samples and settings come from, and
@@ -199,17 +200,40 @@ impl<S: TimeSource> Syncer<S> {
     }
 
     /// Counts a step into a new epoch, and says it beside the marker
-    /// (`epoch`, for machined's TimeStatus).
+    /// (`epoch`, for machined's TimeStatus), replaced whole so that a
+    /// reader never sees half of it.
     fn new_epoch(&self) {
         let epoch = self
             .epoch
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        if let Some(marker) = &self.options.marker {
-            let path = marker.with_file_name(EPOCH_FILE);
-            if let Err(e) = std::fs::write(&path, format!("{epoch}\n")) {
-                tracing::warn!(error = %e, file = %path.display(), "writing the time epoch");
-            }
+        let Some(marker) = &self.options.marker else {
+            return;
+        };
+        let path = marker.with_file_name(EPOCH_FILE);
+        let temporary = marker.with_file_name(format!("{EPOCH_FILE}.tmp"));
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&temporary, format!("{epoch}\n")))
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, file = %path.display(), "writing the time epoch");
+        }
+    }
+
+    /// The epoch a timed that ran before in this boot left, if any (the
+    /// run directory starts empty at every boot).
+    fn load_epoch(&self) {
+        let Some(marker) = &self.options.marker else {
+            return;
+        };
+        if let Some(epoch) = std::fs::read_to_string(marker.with_file_name(EPOCH_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+        {
+            self.epoch
+                .store(epoch, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -305,9 +329,9 @@ impl<S: TimeSource> Syncer<S> {
     /// Runs rounds until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
+        // A restart within the boot goes on counting.
+        self.load_epoch();
         if let Some(marker) = &self.options.marker {
-            // A new boot starts at epoch 0.
-            let _ = std::fs::remove_file(marker.with_file_name(EPOCH_FILE));
             match std::fs::remove_file(marker) {
                 Ok(()) => {
                     tracing::info!(marker = %marker.display(), "removed a stale time-synced marker")
@@ -467,6 +491,16 @@ mod tests {
             std::fs::read_to_string(marker.with_file_name(EPOCH_FILE)).expect("epoch file"),
             "1\n"
         );
+        // A timed restarted within the boot goes on from there.
+        let again = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["a"]),
+            fast_options(Some(marker.clone())),
+        );
+        assert_eq!(again.epoch(), 0);
+        again.load_epoch();
+        assert_eq!(again.epoch(), 1, "run() loads it first");
     }
 
     #[tokio::test]

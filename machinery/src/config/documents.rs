@@ -407,7 +407,7 @@ type HostnameSettings = (Option<String>, Option<AutoHostname>);
 /// one. The one rule for configs and for networkd.
 #[must_use]
 pub fn host_name_problem(name: &str) -> Option<String> {
-    let name = name.trim_end_matches('.');
+    let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
         return Some("is empty".to_owned());
     }
