@@ -160,7 +160,7 @@ pub const CONTRACT_VERSIONS: &[(&str, &str)] = &[
     ("resource/definitions/enums/enums.proto", "1.3.0"),
     ("resource/definitions/runtime/runtime.proto", "1.3.0"),
     ("resource/definitions/network/network.proto", "1.3.0"),
-    ("resource/definitions/time/time.proto", "1.0.0"),
+    ("resource/definitions/time/time.proto", "1.1.0"),
     ("resource/definitions/v1alpha1/v1alpha1.proto", "1.0.0"),
     ("resource/definitions/block/block.proto", "1.3.0"),
     ("resource/definitions/hardware/hardware.proto", "1.2.0"),

@@ -209,6 +209,24 @@ pub const NETWORK_STATUS: Definition = Definition {
     skip_automatic_aliases: true,
 };
 
+/// `AdjtimeStatuses.v1alpha1.talos.dev` (id `node`): the kernel clock
+/// discipline's state.
+pub const ADJTIME_STATUS: Definition = Definition {
+    type_: "AdjtimeStatuses.v1alpha1.talos.dev",
+    display: "AdjtimeStatus",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[
+        ("Offset", "{.offset}"),
+        ("EstError", "{.estError}"),
+        ("MaxError", "{.maxError}"),
+        ("Status", "{.status}"),
+        ("Sync", "{.syncStatus}"),
+    ],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+
 /// `TimeStatuses.v1alpha1.talos.dev` (id `node`): whether the clock is
 /// synced.
 pub const TIME_STATUS: Definition = Definition {
@@ -502,6 +520,7 @@ pub const DEFINITIONS: &[Definition] = &[
     HOSTNAME_STATUS,
     NETWORK_STATUS,
     TIME_STATUS,
+    ADJTIME_STATUS,
     DISK,
     ADDRESS_STATUS,
     LINK_STATUS,
@@ -844,6 +863,7 @@ impl Resources {
             t if t == HOSTNAME_STATUS.type_ => self.hostname_status(),
             t if t == NETWORK_STATUS.type_ => self.network_status().await,
             t if t == TIME_STATUS.type_ => self.time_status().await,
+            t if t == ADJTIME_STATUS.type_ => adjtime_status().await,
             t if t == DISK.type_ => disks(PathBuf::from("/sys")).await,
             t if t == ADDRESS_STATUS.type_ => {
                 netres::addresses(&netres::dump(netres::Want::Addresses).await?)
@@ -1556,6 +1576,52 @@ fn block_devices(sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
     Ok(out)
 }
 
+/// The kernel clock discipline's state (`adjtimex(2)`, read only): the
+/// host's in container mode, as the clock is.
+async fn adjtime_status() -> Result<Vec<Item>, ResourceError> {
+    let adjtime = blocking("the clock's state", timed::clock::Adjtime::read)
+        .await?
+        .map_err(|e| ResourceError::Read {
+            what: "the clock's state (adjtimex)",
+            message: e.to_string(),
+        })?;
+    let duration = |d: std::time::Duration| prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or_default(),
+    };
+    let offset_nanos = adjtime.offset.as_nanos();
+    let spec = api::talos::resource::definitions::time::AdjtimeStatusSpec {
+        offset: Some(prost_types::Duration {
+            seconds: offset_nanos / 1_000_000_000,
+            nanos: i32::try_from(offset_nanos % 1_000_000_000).unwrap_or_default(),
+        }),
+        frequency_adjustment_ratio: adjtime.frequency_adjustment_ratio,
+        max_error: Some(duration(adjtime.max_error)),
+        est_error: Some(duration(adjtime.est_error)),
+        status: adjtime.status.clone(),
+        constant: adjtime.constant,
+        sync_status: adjtime.sync_status,
+        state: adjtime.state.clone(),
+    };
+    let go = |d: std::time::Duration| {
+        machinery::humanize::go_duration(i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+    };
+    Ok(vec![item(
+        "node",
+        &AdjtimeYaml {
+            offset: machinery::humanize::go_duration(i128::from(offset_nanos)),
+            frequency_adjustment_ratio: adjtime.frequency_adjustment_ratio,
+            max_error: go(adjtime.max_error),
+            est_error: go(adjtime.est_error),
+            status: &adjtime.status,
+            constant: adjtime.constant,
+            sync_status: adjtime.sync_status,
+            state: &adjtime.state,
+        },
+        &spec,
+    )?])
+}
+
 /// `/proc/self/mounts`, read without blocking the runtime.
 pub(crate) async fn read_mounts() -> Result<String, ResourceError> {
     tokio::fs::read_to_string("/proc/self/mounts")
@@ -2184,6 +2250,19 @@ struct NetworkStatusYaml {
     connectivity_ready: bool,
     hostname_ready: bool,
     etc_files_ready: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AdjtimeYaml<'a> {
+    offset: String,
+    frequency_adjustment_ratio: f64,
+    max_error: String,
+    est_error: String,
+    status: &'a str,
+    constant: i64,
+    sync_status: bool,
+    state: &'a str,
 }
 
 #[derive(Serialize)]

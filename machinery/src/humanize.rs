@@ -70,8 +70,71 @@ fn humanate(size: u64, base: f64, units: &[&str]) -> String {
     }
 }
 
+/// Go's `time.Duration.String()` of `nanos` nanoseconds: `0s`, `500ns`,
+/// `1.5µs`, `2.25ms`, `45s`, `1m5.5s`, `2h0m3s`, `-5s`.
+#[must_use]
+pub fn go_duration(nanos: i128) -> String {
+    const US: u128 = 1_000;
+    const MS: u128 = 1_000_000;
+    const S: u128 = 1_000_000_000;
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    let body = if n < US {
+        format!("{n}ns")
+    } else if n < MS {
+        format!("{}{}µs", n / US, decimals(n % US, 3))
+    } else if n < S {
+        format!("{}{}ms", n / MS, decimals(n % MS, 6))
+    } else {
+        let total = n / S;
+        let fraction = decimals(n % S, 9);
+        let (hours, minutes, secs) = (total / 3600, (total % 3600) / 60, total % 60);
+        if hours > 0 {
+            format!("{hours}h{minutes}m{secs}{fraction}s")
+        } else if minutes > 0 {
+            format!("{minutes}m{secs}{fraction}s")
+        } else {
+            format!("{secs}{fraction}s")
+        }
+    };
+    format!("{sign}{body}")
+}
+
+/// `.ddd` of `value` written with `digits` digits, trailing zeros
+/// dropped; empty for zero.
+fn decimals(value: u128, digits: usize) -> String {
+    let text = format!("{value:0digits$}");
+    let text = text.trim_end_matches('0');
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(".{text}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn go_durations_to_the_nanosecond() {
+        for (nanos, text) in [
+            (0, "0s"),
+            (500, "500ns"),
+            (1_500, "1.5µs"),
+            (2_250_000, "2.25ms"),
+            (45_000_000_000, "45s"),
+            (65_500_000_000, "1m5.5s"),
+            (7_203_000_000_000, "2h0m3s"),
+            (-5_000_000_000, "-5s"),
+            (1_000_000_001, "1.000000001s"),
+            (-1_500, "-1.5µs"),
+        ] {
+            assert_eq!(super::go_duration(nanos), text, "{nanos}");
+        }
+    }
+
     use super::*;
 
     #[test]

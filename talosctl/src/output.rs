@@ -231,48 +231,14 @@ pub use machinery::humanize::{bytes as humanize_bytes, ibytes as humanize_ibytes
 /// `0s`, `45s`, `1m5s`, `2h0m3s`, `-5s`.
 #[must_use]
 pub fn go_duration(seconds: i64) -> String {
-    if seconds == 0 {
-        return "0s".to_owned();
-    }
-    let sign = if seconds < 0 { "-" } else { "" };
-    format!("{sign}{}", go_hms(seconds.unsigned_abs(), ""))
+    machinery::humanize::go_duration(i128::from(seconds) * 1_000_000_000)
 }
 
 /// Go's `time.Duration.String` for a whole number of microseconds:
 /// `999µs`, `1.5ms`, `1m1.25s`.
 #[must_use]
 pub fn go_duration_micros(us: u64) -> String {
-    match us {
-        0 => "0s".to_owned(),
-        1..1_000 => format!("{us}µs"),
-        1_000..1_000_000 => format!("{}{}ms", us / 1_000, decimals(us % 1_000, 3)),
-        _ => go_hms(us / 1_000_000, &decimals(us % 1_000_000, 6)),
-    }
-}
-
-/// Go's hours, minutes and seconds of `total` seconds, `fraction` after
-/// the seconds.
-fn go_hms(total: u64, fraction: &str) -> String {
-    let (hours, minutes, secs) = (total / 3600, (total % 3600) / 60, total % 60);
-    if hours > 0 {
-        format!("{hours}h{minutes}m{secs}{fraction}s")
-    } else if minutes > 0 {
-        format!("{minutes}m{secs}{fraction}s")
-    } else {
-        format!("{secs}{fraction}s")
-    }
-}
-
-/// `.ddd` of `value` written with `digits` digits, trailing zeros
-/// dropped; empty for zero.
-fn decimals(value: u64, digits: usize) -> String {
-    let text = format!("{value:0digits$}");
-    let text = text.trim_end_matches('0');
-    if text.is_empty() {
-        String::new()
-    } else {
-        format!(".{text}")
-    }
+    machinery::humanize::go_duration(i128::from(us) * 1_000)
 }
 
 /// `now - ts` rounded to the second (Go's `time.Since(ts).Round(time.Second)`),

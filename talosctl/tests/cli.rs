@@ -1708,6 +1708,16 @@ fn a_stopped_node_is_reported_and_streams_pass_through_the_endpoint() {
             && time.contains("syncDisabled: false"),
         "{time}"
     );
+    // AdjtimeStatus: the kernel's clock discipline (the host's here).
+    let adjtime = ok(&tc, &["-n", w1, "get", "adjtimestatus", "-o", "yaml"]);
+    assert!(
+        adjtime.contains("id: node")
+            && adjtime.contains("state: TIME_")
+            && adjtime.contains("frequencyAdjustmentRatio: ")
+            && adjtime.contains("maxError: ")
+            && adjtime.contains("constant: "),
+        "{adjtime}"
+    );
     let table = ok(&tc, &["-n", w1, "get", "networkstatus"]);
     assert_eq!(
         header(&table),

@@ -219,7 +219,125 @@ impl Clock for SystemClock {
     }
 }
 
-/// The one `adjtimex(2)` call timed makes: rustix does not wrap it.
+/// The kernel clock discipline's state, as `adjtimex(2)` reads it
+/// (upstream's AdjtimeStatus).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adjtime {
+    /// The PLL's remaining offset (signed).
+    pub offset: Offset,
+    /// The clock's speed against nominal: 1 + the frequency offset.
+    pub frequency_adjustment_ratio: f64,
+    /// The maximum error.
+    pub max_error: Duration,
+    /// The estimated error.
+    pub est_error: Duration,
+    /// The status bits set, by name (`STA_PLL|STA_NANO`).
+    pub status: String,
+    /// The PLL time constant.
+    pub constant: i64,
+    /// Whether the kernel counts the clock as synchronized (no
+    /// `STA_UNSYNC`).
+    pub sync_status: bool,
+    /// The clock state (`TIME_OK`, `TIME_ERROR`, ...).
+    pub state: String,
+}
+
+/// The status bits of `struct timex`, by name.
+const STATUS_BITS: [(i32, &str); 16] = [
+    (0x0001, "STA_PLL"),
+    (0x0002, "STA_PPSFREQ"),
+    (0x0004, "STA_PPSTIME"),
+    (0x0008, "STA_FLL"),
+    (0x0010, "STA_INS"),
+    (0x0020, "STA_DEL"),
+    (0x0040, "STA_UNSYNC"),
+    (0x0080, "STA_FREQHOLD"),
+    (0x0100, "STA_PPSSIGNAL"),
+    (0x0200, "STA_PPSJITTER"),
+    (0x0400, "STA_PPSWANDER"),
+    (0x0800, "STA_PPSERROR"),
+    (0x1000, "STA_CLOCKERR"),
+    (0x2000, "STA_NANO"),
+    (0x4000, "STA_MODE"),
+    (0x8000, "STA_CLK"),
+];
+
+/// `adjtimex`'s return value by name.
+fn state_name(state: i32) -> String {
+    match state {
+        0 => "TIME_OK".to_owned(),
+        1 => "TIME_INS".to_owned(),
+        2 => "TIME_DEL".to_owned(),
+        3 => "TIME_OOP".to_owned(),
+        4 => "TIME_WAIT".to_owned(),
+        5 => "TIME_ERROR".to_owned(),
+        other => format!("TIME_STATE({other})"),
+    }
+}
+
+impl Adjtime {
+    /// From the raw fields: `offset` in nanoseconds with `STA_NANO`, else
+    /// microseconds; `freq` in ppm with a 16-bit fraction; the errors in
+    /// microseconds.
+    #[must_use]
+    pub fn from_raw(raw: RawTimex) -> Adjtime {
+        const STA_UNSYNC: i32 = 0x0040;
+        const STA_NANO: i32 = 0x2000;
+        let offset_nanos = if raw.status & STA_NANO != 0 {
+            raw.offset
+        } else {
+            raw.offset.saturating_mul(1000)
+        };
+        let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+        #[allow(clippy::cast_precision_loss)]
+        let ppm = raw.freq as f64 / 65536.0;
+        Adjtime {
+            offset: Offset::from_nanos(offset_nanos),
+            frequency_adjustment_ratio: 1.0 + ppm / 1e6,
+            max_error: micros(raw.max_error),
+            est_error: micros(raw.est_error),
+            status: STATUS_BITS
+                .iter()
+                .filter(|(bit, _)| raw.status & bit != 0)
+                .map(|(_, name)| *name)
+                .collect::<Vec<_>>()
+                .join("|"),
+            constant: raw.constant,
+            sync_status: raw.status & STA_UNSYNC == 0,
+            state: state_name(raw.state),
+        }
+    }
+
+    /// Reads the kernel's state (changing nothing: any process may).
+    ///
+    /// # Errors
+    /// `adjtimex` failed.
+    pub fn read() -> std::io::Result<Adjtime> {
+        sys::read().map(Adjtime::from_raw)
+    }
+}
+
+/// The fields of `struct timex` that [`Adjtime`] is made of, and
+/// `adjtimex`'s return value (`state`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawTimex {
+    /// `offset`.
+    pub offset: i64,
+    /// `freq`.
+    pub freq: i64,
+    /// `maxerror`.
+    pub max_error: i64,
+    /// `esterror`.
+    pub est_error: i64,
+    /// `status`.
+    pub status: i32,
+    /// `constant`.
+    pub constant: i64,
+    /// The return value.
+    pub state: i32,
+}
+
+/// The `adjtimex(2)` calls timed makes: rustix does not wrap it.
 #[allow(unsafe_code)]
 mod sys {
     /// The kernel PLL accepts at most ±0.5 s per update (MAXPHASE).
@@ -256,6 +374,28 @@ mod sys {
         } else {
             Ok(())
         }
+    }
+
+    /// Reads the clock discipline's state: `modes` 0 changes nothing.
+    pub(super) fn read() -> std::io::Result<super::RawTimex> {
+        // SAFETY: as above, all-zero bytes are a valid `timex`.
+        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+        tx.modes = 0;
+        // SAFETY: `tx` is a valid `timex` that outlives the call; with
+        // `modes` 0 adjtimex only writes the struct.
+        let state = unsafe { libc::adjtimex(&mut tx) };
+        if state < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(super::RawTimex {
+            offset: tx.offset,
+            freq: tx.freq,
+            max_error: tx.maxerror,
+            est_error: tx.esterror,
+            status: tx.status,
+            constant: tx.constant,
+            state,
+        })
     }
 }
 
@@ -367,6 +507,53 @@ impl Clock for FakeClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adjtime_fields_as_the_kernel_means_them() {
+        // STA_PLL|STA_NANO, offset in ns, +12.5 ppm, errors in us.
+        let a = Adjtime::from_raw(RawTimex {
+            offset: 1_500_000,
+            freq: 125 * 65536 / 10,
+            max_error: 16_000,
+            est_error: 500,
+            status: 0x2001,
+            constant: 7,
+            state: 0,
+        });
+        assert_eq!(a.offset, Offset::from_nanos(1_500_000));
+        assert!((a.frequency_adjustment_ratio - 1.000_012_5).abs() < 1e-12);
+        assert_eq!(a.max_error, Duration::from_millis(16));
+        assert_eq!(a.est_error, Duration::from_micros(500));
+        assert_eq!(a.status, "STA_PLL|STA_NANO");
+        assert_eq!(a.constant, 7);
+        assert!(a.sync_status);
+        assert_eq!(a.state, "TIME_OK");
+        // Microseconds without STA_NANO; unsynchronized; TIME_ERROR.
+        let b = Adjtime::from_raw(RawTimex {
+            offset: -3,
+            status: 0x0040,
+            state: 5,
+            ..RawTimex::default()
+        });
+        assert_eq!(b.offset, Offset::from_nanos(-3000));
+        assert!(!b.sync_status);
+        assert_eq!(
+            (b.status.as_str(), b.state.as_str()),
+            ("STA_UNSYNC", "TIME_ERROR")
+        );
+        assert!((b.frequency_adjustment_ratio - 1.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn adjtime_reads_on_this_machine() {
+        // Reading changes nothing and needs no privilege.
+        let a = Adjtime::read().expect("adjtimex");
+        assert!(a.state.starts_with("TIME_"), "{a:?}");
+        assert!(
+            a.frequency_adjustment_ratio > 0.99 && a.frequency_adjustment_ratio < 1.01,
+            "{a:?}"
+        );
+    }
 
     #[test]
     fn offsets() {
