@@ -549,7 +549,10 @@ async fn follow(
         while partial.len() >= MAX_LINE {
             lines.push(partial.drain(..MAX_LINE).collect());
         }
-        if flush.requested.load(Ordering::Acquire) && !partial.is_empty() {
+        // Only once the buffer is read to its end: the rest of the line may
+        // be in what the next read brings.
+        if flush.requested.load(Ordering::Acquire) && !partial.is_empty() && offset >= buffer.end()
+        {
             lines.push(std::mem::take(&mut partial));
         }
         let held = partial.len() as u64;
@@ -998,11 +1001,11 @@ mod tests {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("tcp");
-        let shipper = Shipper::new(Arc::clone(&logs));
         assert!(
-            shipper.drain(Duration::ZERO).await,
+            Shipper::new(Arc::clone(&logs)).drain(Duration::ZERO).await,
             "nothing to send without destinations"
         );
+        let shipper = Shipper::new(Arc::clone(&logs));
         shipper.set(
             &[Destination {
                 carrier: Carrier::Tcp,
@@ -1019,7 +1022,28 @@ mod tests {
                 buffer.append(format!("2026-11-28T06:00:00Z  INFO {service} {i}\n").as_bytes());
             }
         }
-        logs.get_or_create("late").append(b"panicked at the end");
+        let late = logs.get_or_create("late");
+        late.append(b"panicked at the end");
+        // The follower holds the last line, waiting for its newline, when
+        // the drain starts: the drain wakes it.
+        let held = late.end() - "panicked at the end".len() as u64;
+        let waited = tokio::time::Instant::now();
+        loop {
+            let holding = shipper
+                .followed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .any(|(b, queued)| b.id() == "late" && queued.load(Ordering::Acquire) == held);
+            if holding {
+                break;
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(5),
+                "the follower never held the line"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let (drained, accepted) =
             tokio::join!(shipper.drain(Duration::from_secs(10)), tcp.accept());
         assert!(drained, "drained in time");

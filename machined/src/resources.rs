@@ -386,11 +386,7 @@ pub const BLOCK_DEVICE: Definition = Definition {
     display: "BlockDevice",
     namespace: NS_RUNTIME,
     aliases: &[],
-    columns: &[
-        ("Type", "{.type}"),
-        ("PartitionName", "{.partitionName}"),
-        ("Generation", "{.generation}"),
-    ],
+    columns: &[("Type", "{.type}"), ("PartitionName", "{.partitionName}")],
     sensitive: false,
     skip_automatic_aliases: false,
 };
@@ -1527,7 +1523,10 @@ fn block_devices(sysfs: &Path) -> Result<Vec<Item>, ResourceError> {
                 .map(str::to_owned)
         };
         let number = |key: &str| field(key).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        let path = link.canonicalize().unwrap_or(link.clone());
+        // Gone meanwhile: left out too.
+        let Ok(path) = link.canonicalize() else {
+            continue;
+        };
         let type_ = field("DEVTYPE").unwrap_or_default();
         let parent = if type_ == "partition" {
             path.parent()

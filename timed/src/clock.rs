@@ -231,7 +231,7 @@ pub struct Adjtime {
     pub max_error: Duration,
     /// The estimated error.
     pub est_error: Duration,
-    /// The status bits set, by name (`STA_PLL|STA_NANO`).
+    /// The status bits set, by name (`STA_PLL | STA_NANO`, as upstream).
     pub status: String,
     /// The PLL time constant.
     pub constant: i64,
@@ -271,7 +271,7 @@ fn state_name(state: i32) -> String {
         3 => "TIME_OOP".to_owned(),
         4 => "TIME_WAIT".to_owned(),
         5 => "TIME_ERROR".to_owned(),
-        other => format!("TIME_STATE({other})"),
+        _ => "TIME_UNKNOWN".to_owned(),
     }
 }
 
@@ -301,7 +301,7 @@ impl Adjtime {
                 .filter(|(bit, _)| raw.status & bit != 0)
                 .map(|(_, name)| *name)
                 .collect::<Vec<_>>()
-                .join("|"),
+                .join(" | "),
             constant: raw.constant,
             sync_status: raw.status & STA_UNSYNC == 0,
             state: state_name(raw.state),
@@ -524,7 +524,7 @@ mod tests {
         assert!((a.frequency_adjustment_ratio - 1.000_012_5).abs() < 1e-12);
         assert_eq!(a.max_error, Duration::from_millis(16));
         assert_eq!(a.est_error, Duration::from_micros(500));
-        assert_eq!(a.status, "STA_PLL|STA_NANO");
+        assert_eq!(a.status, "STA_PLL | STA_NANO");
         assert_eq!(a.constant, 7);
         assert!(a.sync_status);
         assert_eq!(a.state, "TIME_OK");
