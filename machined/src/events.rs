@@ -57,18 +57,19 @@ impl MachineStage {
 
     /// The stage upstream's enum number names.
     #[must_use]
-    pub const fn from_number(number: i32) -> Option<MachineStage> {
-        Some(match number {
-            1 => MachineStage::Booting,
-            2 => MachineStage::Installing,
-            3 => MachineStage::Maintenance,
-            4 => MachineStage::Running,
-            5 => MachineStage::Rebooting,
-            6 => MachineStage::ShuttingDown,
-            7 => MachineStage::Resetting,
-            8 => MachineStage::Upgrading,
-            _ => return None,
-        })
+    pub fn from_number(number: i32) -> Option<MachineStage> {
+        [
+            MachineStage::Booting,
+            MachineStage::Installing,
+            MachineStage::Maintenance,
+            MachineStage::Running,
+            MachineStage::Rebooting,
+            MachineStage::ShuttingDown,
+            MachineStage::Resetting,
+            MachineStage::Upgrading,
+        ]
+        .into_iter()
+        .find(|stage| stage.number() == number)
     }
 }
 

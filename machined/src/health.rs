@@ -40,7 +40,6 @@ use api::cosi::resource::state_client::StateClient;
 use api::machine::machine_service_client::MachineServiceClient;
 use api::talos::resource::definitions::{block as block_pb, runtime as runtime_pb};
 use futures_util::Stream;
-use machinery::constants::api_credentials as api_files;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -61,7 +60,7 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>
 pub const MINIMUM_MEMORY_MIB: u64 = 512 - 150;
 
 /// apid's port on every node.
-pub const API_PORT: u16 = 50000;
+const API_PORT: u16 = machinery::constants::APID_PORT;
 
 /// How long the whole check goes on when the request does not say
 /// (talosctl's default).
@@ -257,24 +256,20 @@ fn targets(node: &Node, request: &HealthCheckRequest) -> Result<Vec<Target>, Sta
         .collect())
 }
 
-/// This node's client TLS config for reaching other nodes' apid.
+/// This node's client TLS config for reaching other nodes' apid: apid's
+/// own forwarding config, from the same credentials.
 fn client_tls(node: &Node) -> Result<Arc<rustls::ClientConfig>, String> {
-    let dir = node.paths.secrets_dir("api");
-    let read = |name: &str| std::fs::read(dir.join(name));
-    match (
-        read(api_files::CA),
-        read(api_files::CLIENT_CERT),
-        read(api_files::CLIENT_KEY),
-    ) {
-        (Ok(ca), Ok(crt), Ok(key)) => {
-            machinery::grpc::client_tls_config(&ca, Some((&crt, &key))).map_err(|e| e.to_string())
-        }
-        _ => Err(
-            "this node has no client certificate to reach other nodes with (only control \
-                  plane nodes do): run the check through a control plane node (-n)"
-                .to_owned(),
-        ),
-    }
+    let no_certificate = || {
+        "this node has no client certificate to reach other nodes with (only control plane \
+         nodes do): run the check through a control plane node (-n)"
+            .to_owned()
+    };
+    let credentials = apid::tls::Credentials::load(&node.paths.secrets_dir("api"))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(no_certificate)?;
+    apid::tls::forward_config(&credentials)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(no_certificate)
 }
 
 /// Ok, or every problem as one message, as upstream lists them.

@@ -211,12 +211,14 @@ impl<S: TimeSource> Syncer<S> {
             return;
         };
         let path = marker.with_file_name(EPOCH_FILE);
-        let temporary = marker.with_file_name(format!("{EPOCH_FILE}.tmp"));
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&temporary, format!("{epoch}\n")))
-            .and_then(|()| std::fs::rename(&temporary, &path));
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                machinery::fsutil::write_atomic(&path, format!("{epoch}\n").as_bytes(), 0o644)
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = written {
             tracing::warn!(error = %e, file = %path.display(), "writing the time epoch");
         }
