@@ -4,8 +4,9 @@
 //! certificate (or, in maintenance mode, lets everyone in as `os:reader`),
 //! takes the caller's roles from the certificate's Organization values,
 //! checks the method against the role table from `api` before anything is
-//! forwarded, and routes the call (see [`director`]): to this node's routerd,
-//! one to one to another node's apid (bytes untouched), or one to many with
+//! forwarded, and routes the call (see [`director`]): to this node's daemon
+//! on a connection routerd chose and handed over ([`local`]), one to one to
+//! another node's apid (bytes untouched), or one to many with
 //! each reply tagged with its node ([`inject`]). apid never decodes a
 //! message; it moves HTTP/2 frames and trailers.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 pub mod cli;
 pub mod director;
 pub mod inject;
+pub mod local;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -87,7 +89,7 @@ pub struct Apid {
 #[derive(Debug)]
 struct Inner {
     options: Options,
-    local: H2Client,
+    local: local::Local,
     tls: watch::Receiver<TlsState>,
     remotes: Mutex<(u64, HashMap<String, H2Client>)>,
 }
@@ -146,7 +148,7 @@ impl Apid {
     /// An apid with these options and TLS state.
     #[must_use]
     pub fn new(options: Options, tls: watch::Receiver<TlsState>) -> Apid {
-        let local = H2Client::unix(options.routerd.clone());
+        let local = local::Local::new(options.routerd.clone());
         Apid {
             inner: Arc::new(Inner {
                 options,
@@ -322,12 +324,7 @@ impl Apid {
         &self,
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, tonic::Status> {
-        self.inner
-            .local
-            .send(request)
-            .await
-            .map(|r| r.map(boxed))
-            .map_err(|e| tonic::Status::unavailable(format!("routerd unavailable: {e}")))
+        self.inner.local.send(request).await.map(|r| r.map(boxed))
     }
 
     async fn call_target(
@@ -345,8 +342,7 @@ impl Apid {
                 .inner
                 .local
                 .send(http::Request::from_parts(parts, body))
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()));
+                .await;
         }
         let client = self.remote(target, state)?;
         client

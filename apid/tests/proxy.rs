@@ -238,3 +238,124 @@ async fn a_slow_node_does_not_hold_the_others_past_the_deadline() {
     assert!(hosts.contains(&(a.addr.to_string(), true)), "{hosts:?}");
     assert!(hosts.contains(&(slow_addr.to_string(), false)), "{hosts:?}");
 }
+
+/// A TimeService answering with `server` as the server's name.
+struct FakeTimed {
+    server: &'static str,
+}
+
+#[tonic::async_trait]
+impl api::time::time_service_server::TimeService for FakeTimed {
+    async fn time(
+        &self,
+        _: tonic::Request<()>,
+    ) -> Result<tonic::Response<api::time::TimeResponse>, tonic::Status> {
+        Ok(tonic::Response::new(api::time::TimeResponse {
+            messages: vec![api::time::Time {
+                server: self.server.to_owned(),
+                ..Default::default()
+            }],
+        }))
+    }
+
+    async fn time_check(
+        &self,
+        _: tonic::Request<api::time::TimeRequest>,
+    ) -> Result<tonic::Response<api::time::TimeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+/// Serves a [`FakeTimed`] at `socket` on a runtime of its own, as a daemon
+/// would; stopping it ends that runtime and so closes every connection, as
+/// a daemon's exit does.
+struct FakeTimedDaemon {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeTimedDaemon {
+    fn start(socket: &std::path::Path, server: &'static str) -> FakeTimedDaemon {
+        let socket = socket.to_path_buf();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = machinery::daemon::bind_unix(&socket).expect("bind timed");
+                ready_tx.send(()).expect("ready");
+                tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(api::time::time_service_server::TimeServiceServer::new(
+                            FakeTimed { server },
+                        ))
+                        .serve_with_incoming(machinery::uds::incoming(listener)),
+                );
+                let _ = stopped.await;
+            });
+        });
+        ready_rx.recv().expect("fake timed listening");
+        FakeTimedDaemon {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("fake timed thread");
+        }
+    }
+}
+
+/// Local calls go to the backend routerd names for their package, on a
+/// connection routerd hands over: routerd's refusal comes through with its
+/// code and words, and a backend that restarts is found again.
+#[tokio::test]
+async fn local_calls_follow_routerd_across_a_backend_restart() {
+    use api::time::time_service_client::TimeServiceClient;
+
+    let pki = Pki::new();
+    let node = start_node(
+        "local",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
+    let channel =
+        machinery::grpc::tls_channel(node.addr.to_string(), "127.0.0.1", config).expect("channel");
+    let mut time = TimeServiceClient::new(channel);
+
+    let err = time.time(()).await.expect_err("timed is not running");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("backend timed unavailable: connecting to "),
+        "{}",
+        err.message()
+    );
+
+    let socket = node.paths.socket("timed");
+    let first = FakeTimedDaemon::start(&socket, "first");
+    let reply = time.time(()).await.expect("time through apid").into_inner();
+    assert_eq!(reply.messages[0].server, "first");
+
+    first.stop();
+    // apid's connection task sees the backend's end of the connection.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = FakeTimedDaemon::start(&socket, "second");
+    let reply = time
+        .time(())
+        .await
+        .expect("time after timed restarted")
+        .into_inner();
+    assert_eq!(reply.messages[0].server, "second");
+    second.stop();
+}

@@ -28,6 +28,7 @@ pub mod glob;
 pub mod gpt;
 pub mod grpc;
 pub mod h2;
+pub mod handoff;
 pub mod humanize;
 pub mod meta;
 pub mod mode;

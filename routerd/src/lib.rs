@@ -8,6 +8,10 @@
 //! same way. An unknown service gets Unimplemented naming it; a backend that
 //! is down gets Unavailable naming the backend. routerd itself serves gRPC
 //! server reflection (v1 and v1alpha) for every contract.
+//!
+//! A client may instead ask to be routed once per package (apid does, for
+//! every call it serves locally): routerd then hands it a connection to the
+//! package's backend and leaves the data path ([`machinery::handoff`]).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -18,6 +22,7 @@ use std::sync::Arc;
 
 use machinery::constants::NodePaths;
 use machinery::h2::{Body, H2Client, boxed, status_response};
+use machinery::handoff;
 use tokio::net::UnixListener;
 use tower::ServiceExt as _;
 
@@ -101,6 +106,8 @@ impl Reflection {
 #[derive(Clone)]
 pub struct Router {
     backends: Arc<HashMap<Backend, H2Client>>,
+    /// The backends' sockets, for connections handed to routing clients.
+    sockets: Arc<HashMap<Backend, std::path::PathBuf>>,
     /// Built on the first reflection call: decoding the whole descriptor
     /// set twice took routerd seconds at boot under emulation, on the path
     /// every other call waits for.
@@ -142,8 +149,13 @@ impl Router {
             .iter()
             .map(|b| (*b, H2Client::unix(paths.socket(b.name()))))
             .collect();
+        let sockets = Backend::ALL
+            .iter()
+            .map(|b| (*b, paths.socket(b.name())))
+            .collect();
         Ok(Router {
             backends: Arc::new(backends),
+            sockets: Arc::new(sockets),
             reflection: Arc::default(),
         })
     }
@@ -159,9 +171,7 @@ impl Router {
                 "malformed gRPC method path {path:?}"
             )));
         };
-        if service == "grpc.reflection.v1.ServerReflection"
-            || service == "grpc.reflection.v1alpha.ServerReflection"
-        {
+        if is_reflection(service) {
             let reflection = self
                 .reflection
                 .get_or_init(|| Reflection::build().map_err(|e| e.to_string()));
@@ -195,8 +205,60 @@ impl Router {
         }
     }
 
+    /// Answers a routing request (see [`machinery::handoff`]): a
+    /// connection to the backend of `service`'s package, routerd itself for
+    /// reflection, or the error a forwarded call would have had. Returns
+    /// the stream when routerd goes on to serve HTTP/2 on it.
+    async fn route_connection(
+        &self,
+        mut stream: tokio::net::UnixStream,
+        service: &str,
+    ) -> Option<tokio::net::UnixStream> {
+        if is_reflection(service) {
+            return match handoff::reply_self(&mut stream).await {
+                Ok(()) => Some(stream),
+                Err(e) => {
+                    tracing::debug!(error = %e, "answering a routing request");
+                    None
+                }
+            };
+        }
+        let package = service.rsplit_once('.').map_or("", |(p, _)| p);
+        let answer = match route(package) {
+            None => Err(tonic::Status::unimplemented(format!(
+                "unknown service {service}"
+            ))),
+            Some(backend) => {
+                let path = &self.sockets[&backend];
+                match tokio::net::UnixStream::connect(path).await {
+                    Ok(conn) => Ok(conn),
+                    Err(e) => {
+                        tracing::warn!(backend = backend.name(), error = %e, "backend unavailable");
+                        Err(tonic::Status::unavailable(format!(
+                            "backend {} unavailable: connecting to {}: {e}",
+                            backend.name(),
+                            path.display()
+                        )))
+                    }
+                }
+            }
+        };
+        let sent = match answer {
+            Ok(conn) => handoff::reply_backend(&stream, &conn).await,
+            Err(status) => {
+                handoff::reply_error(&mut stream, i32::from(status.code()), status.message()).await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "answering a routing request");
+        }
+        None
+    }
+
     /// Serves on `listener` until `shutdown` resolves; connections then get
-    /// a graceful HTTP/2 GOAWAY.
+    /// a graceful HTTP/2 GOAWAY. A connection that opens with a routing
+    /// request is answered and, unless routerd serves the service itself,
+    /// closed.
     pub async fn serve(
         self,
         listener: UnixListener,
@@ -206,9 +268,9 @@ impl Router {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
         loop {
-            let stream = tokio::select! {
-                accepted = machinery::uds::accept(&listener) => match accepted {
-                    Ok(stream) => stream,
+            let mut stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept");
                         continue;
@@ -220,6 +282,30 @@ impl Router {
             let builder = builder.clone();
             let mut stop_rx = stop_rx.clone();
             tokio::spawn(async move {
+                let opening = tokio::select! {
+                    opening = handoff::opening(&mut stream) => opening,
+                    _ = stop_rx.changed() => return,
+                };
+                let stream = match opening {
+                    Ok(handoff::Opening::Http2) => stream,
+                    Ok(handoff::Opening::Route(service)) => {
+                        match router.route_connection(stream, &service).await {
+                            Some(stream) => stream,
+                            None => return,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection opening");
+                        return;
+                    }
+                };
+                let stream = match machinery::uds::Stream::from_tokio(stream) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registering a connection");
+                        return;
+                    }
+                };
                 let service = hyper::service::service_fn(move |req| {
                     let router = router.clone();
                     async move { Ok::<_, Infallible>(router.handle(req).await) }
@@ -237,6 +323,12 @@ impl Router {
         }
         let _ = stop_tx.send(true);
     }
+}
+
+/// Whether routerd serves `service` itself.
+fn is_reflection(service: &str) -> bool {
+    service == "grpc.reflection.v1.ServerReflection"
+        || service == "grpc.reflection.v1alpha.ServerReflection"
 }
 
 /// Binds routerd's socket (removing a stale one).

@@ -299,3 +299,96 @@ async fn reflection_lists_every_service() {
         .into_inner();
     assert!(stream.next().await.expect("one").is_ok());
 }
+
+/// A tonic channel over one connection already made.
+async fn channel_over(stream: machinery::uds::Stream) -> tonic::transport::Channel {
+    let slot = Arc::new(std::sync::Mutex::new(Some(stream)));
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let stream = slot.lock().expect("slot").take();
+            async move {
+                stream
+                    .map(hyper_util::rt::TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("the one connection is used"))
+            }
+        }))
+        .await
+        .expect("channel")
+}
+
+/// Routing by connection: routerd hands over a connection to the backend
+/// and is out of the path; its refusals carry the codes and words of a
+/// forwarded call; reflection stays with routerd.
+#[tokio::test]
+async fn routing_requests_hand_over_backend_connections() {
+    use machinery::handoff::{self, HandoffError, Routed};
+
+    let n = node();
+    start_machined(&n.paths).await;
+    let router = routerd::Router::new(&n.paths).expect("router");
+    let socket = n.paths.socket("routerd");
+    let listener = routerd::bind(&socket).expect("bind routerd");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(router.serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let Routed::Backend(handed) = handoff::request(&socket, "machine.MachineService")
+        .await
+        .expect("routed")
+    else {
+        panic!("machine calls go to a backend connection");
+    };
+    // The handed connection is machined's own: it keeps working once
+    // routerd is gone.
+    stop.send(()).expect("stop routerd");
+    serving.await.expect("routerd stopped");
+    std::fs::remove_file(&socket).expect("remove routerd's socket");
+    let mut client = MachineServiceClient::new(channel_over(handed).await);
+    let host = client
+        .hostname(())
+        .await
+        .expect("hostname on the handed connection")
+        .into_inner();
+    assert_eq!(host.messages[0].hostname, "routed");
+
+    let socket = start_router(&n.paths).await;
+    match handoff::request(&socket, "inspect.InspectService").await {
+        Err(HandoffError::Refused { code, message }) => {
+            assert_eq!(Code::from(code), Code::Unimplemented);
+            assert_eq!(message, "unknown service inspect.InspectService");
+        }
+        other => panic!("expected Unimplemented, got {other:?}"),
+    }
+    match handoff::request(&socket, "time.TimeService").await {
+        Err(HandoffError::Refused { code, message }) => {
+            assert_eq!(Code::from(code), Code::Unavailable);
+            assert!(
+                message.starts_with("backend timed unavailable: connecting to "),
+                "{message}"
+            );
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    let Routed::Router(own) = handoff::request(&socket, "grpc.reflection.v1.ServerReflection")
+        .await
+        .expect("routed")
+    else {
+        panic!("reflection is routerd's own");
+    };
+    let mut reflection = ServerReflectionClient::new(channel_over(own).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("reflection on routerd's connection")
+        .into_inner();
+    assert!(stream.next().await.expect("one").is_ok());
+}
