@@ -22,25 +22,87 @@ use tonic::transport::Channel;
 
 type Client = MachineServiceClient<Channel>;
 
+/// Calls per scenario per turn of an interleaved run: a few milliseconds.
+const TURN: usize = 25;
+
+/// The local path through apid: routerd routes the package once and hands
+/// apid a connection to machined (see `machinery::handoff`).
+const APID_LOCAL: &str = "through apid (mTLS) -> machined";
+
 /// Calls made before a scenario's `n` timed ones, to warm connections
 /// and caches.
 fn warm_ups(n: usize) -> usize {
     (n / 10).max(20)
 }
 
-async fn measure(client: &mut Client, n: usize, make: impl Fn() -> tonic::Request<()>) -> Samples {
-    for _ in 0..warm_ups(n) {
-        client.version(make()).await.expect("warm-up call");
+/// One scenario of an [`interleaved`] run.
+struct Scenario<'a> {
+    client: Client,
+    make: Box<dyn Fn() -> tonic::Request<()> + 'a>,
+    /// Calls per turn.
+    block: usize,
+    /// Timed calls in all.
+    total: usize,
+    samples: Samples,
+    /// What each watched process used during this scenario's turns.
+    usage: Vec<Usage>,
+}
+
+impl<'a> Scenario<'a> {
+    fn new(
+        client: &Client,
+        total: usize,
+        block: usize,
+        make: impl Fn() -> tonic::Request<()> + 'a,
+    ) -> Scenario<'a> {
+        Scenario {
+            client: client.clone(),
+            make: Box::new(make),
+            block,
+            total,
+            samples: Samples::default(),
+            usage: Vec::new(),
+        }
     }
-    let mut s = Samples::default();
-    let start = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        client.version(make()).await.expect("call");
-        s.push(t.elapsed());
+}
+
+/// Runs the scenarios in turns of `block` calls each, round after round,
+/// until each has made its `total` timed calls. The noise of this machine
+/// comes and goes over seconds, so scenarios run one after another compare
+/// whatever each happened to meet; in turns of a few milliseconds every
+/// scenario meets the same. The `watched` processes' CPU time and context
+/// switches are summed over each scenario's own turns (warm-ups excluded).
+async fn interleaved(scenarios: &mut [Scenario<'_>], watched: &[u32]) {
+    for s in scenarios.iter_mut() {
+        for _ in 0..warm_ups(s.total) {
+            s.client.version((s.make)()).await.expect("warm-up call");
+        }
+        s.usage = vec![Usage::default(); watched.len()];
     }
-    s.set_wall(start.elapsed());
-    s
+    loop {
+        let mut busy = false;
+        for s in scenarios.iter_mut() {
+            let turn = s.total.saturating_sub(s.samples.len()).min(s.block);
+            if turn == 0 {
+                continue;
+            }
+            busy = true;
+            let before: Vec<Usage> = watched.iter().map(|&pid| Usage::of(pid)).collect();
+            let start = Instant::now();
+            for _ in 0..turn {
+                let t = Instant::now();
+                s.client.version((s.make)()).await.expect("call");
+                s.samples.push(t.elapsed());
+            }
+            s.samples.add_wall(start.elapsed());
+            for ((used, &pid), before) in s.usage.iter_mut().zip(watched).zip(&before) {
+                used.add_since(&Usage::of(pid), before);
+            }
+        }
+        if !busy {
+            return;
+        }
+    }
 }
 
 fn with(key: &'static str, values: &[String]) -> tonic::Request<()> {
@@ -70,57 +132,71 @@ async fn latency() {
         nodes.push(testkit::start_node(&format!("bench-{i}"), addr, Some((&pki, false))).await);
     }
     let a = &nodes[0];
-    let mut direct = MachineServiceClient::new(
+    let direct = MachineServiceClient::new(
         machinery::grpc::unix_channel(&a.paths.socket("machined"))
             .await
             .expect("machined"),
     );
-    let mut router = MachineServiceClient::new(
+    let router = MachineServiceClient::new(
         machinery::grpc::unix_channel(&a.paths.socket("routerd"))
             .await
             .expect("routerd"),
     );
-    let mut apid = admin(&pki, a.addr).await;
+    let apid = admin(&pki, a.addr).await;
     let n = calls();
-    let d = measure(&mut direct, n, || tonic::Request::new(())).await;
-    let r = measure(&mut router, n, || tonic::Request::new(())).await;
-    let l = measure(&mut apid, n, || tonic::Request::new(())).await;
     let b = nodes[1].addr.to_string();
-    let o = measure(&mut apid, n, || with("node", std::slice::from_ref(&b))).await;
+    let mut runs = [
+        Scenario::new(&direct, n, TURN, || tonic::Request::new(())),
+        Scenario::new(&router, n, TURN, || tonic::Request::new(())),
+        Scenario::new(&apid, n, TURN, || tonic::Request::new(())),
+        Scenario::new(&apid, n, TURN, || with("node", std::slice::from_ref(&b))),
+    ];
+    interleaved(&mut runs, &[]).await;
+    let [d, r, l, o] = runs.map(|s| s.samples);
     println!("{}", d.line("direct to machined (UDS)"));
-    println!("{}", r.line("through routerd (UDS)"));
-    println!("{}", l.line("through apid (mTLS) -> routerd -> machined"));
+    println!("{}", r.line("through routerd (UDS, relayed)"));
+    println!("{}", l.line(APID_LOCAL));
     println!("{}", o.line("apid -> apid (node=B, mTLS both hops)"));
     println!(
-        "apid local hop adds {:.1}µs p50 over direct (goal <= 150µs); routerd adds {:.1}µs",
+        "apid local hop adds {:.1}µs p50 over direct (goal <= 150µs); routerd's relay adds {:.1}µs",
         l.p50_over_us(&d),
         r.p50_over_us(&d)
     );
 
     println!("== fan-out (nodes=...) through apid A ==");
-    let mut one = Samples::default();
-    for count in [1usize, 8, 32] {
-        let targets: Vec<String> = nodes[1..=count]
-            .iter()
-            .map(|n| n.addr.to_string())
-            .collect();
-        let n = if count == 32 { 400 } else { 1500 };
-        let before = Usage::of(std::process::id());
-        let s = measure(&mut apid, n, || with("nodes", &targets)).await;
-        // Warm-ups are measured too; count them so the figure is per call.
-        let (cpu, switches) =
-            Usage::of(std::process::id()).per_call_since(&before, n + warm_ups(n));
-        println!("{}", s.line(&format!("fan-out to {count} node(s)")));
+    let counts = [1usize, 8, 32];
+    let targets: Vec<Vec<String>> = counts
+        .iter()
+        .map(|&count| {
+            nodes[1..=count]
+                .iter()
+                .map(|n| n.addr.to_string())
+                .collect()
+        })
+        .collect();
+    // Turns of about 10 ms each: 32 nodes take about 4 times one node's call.
+    let mut runs: Vec<Scenario<'_>> = counts
+        .iter()
+        .zip(&targets)
+        .map(|(&count, targets)| {
+            let (total, turn) = if count == 32 { (400, 5) } else { (1500, 20) };
+            Scenario::new(&apid, total, turn, move || with("nodes", targets))
+        })
+        .collect();
+    interleaved(&mut runs, &[std::process::id()]).await;
+    for (count, run) in counts.iter().zip(&runs) {
+        let (cpu, switches) = run.usage[0].per_call_since(&Usage::default(), run.total);
+        println!(
+            "{}",
+            run.samples.line(&format!("fan-out to {count} node(s)"))
+        );
         println!(
             "  CPU of this process (all 33 nodes and the client) per call: {cpu:.0}µs, {switches:.1} context switches"
         );
-        if count == 1 {
-            one = s;
-        } else if count == 32 {
-            let ratio = s.quantile(0.5).as_secs_f64() / one.quantile(0.5).as_secs_f64();
-            println!("fan-out 32 / fan-out 1 p50 ratio: {ratio:.2}x (goal <= 3x)");
-        }
     }
+    let ratio =
+        runs[2].samples.quantile(0.5).as_secs_f64() / runs[0].samples.quantile(0.5).as_secs_f64();
+    println!("fan-out 32 / fan-out 1 p50 ratio: {ratio:.2}x (goal <= 3x)");
 
     println!("== Logs follow throughput ==");
     for (name, mut client) in [
@@ -463,12 +539,12 @@ async fn latency_real() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let paths = machinery::constants::NodePaths::under(&a.dir);
-    let mut direct = MachineServiceClient::new(
+    let direct = MachineServiceClient::new(
         machinery::grpc::unix_channel(&paths.socket("machined"))
             .await
             .expect("machined"),
     );
-    let mut router = MachineServiceClient::new(
+    let router = MachineServiceClient::new(
         machinery::grpc::unix_channel(&paths.socket("routerd"))
             .await
             .expect("routerd"),
@@ -484,35 +560,30 @@ async fn latency_real() {
             .map(|(pid, name)| (name, pid)),
     );
     watched.push(("client".to_owned(), std::process::id()));
-    let snapshot = || {
-        watched
-            .iter()
-            .map(|&(_, pid)| Usage::of(pid))
-            .collect::<Vec<_>>()
-    };
-    // Usage before each scenario and after the last.
-    let mut marks = vec![snapshot()];
-    let d = measure(&mut direct, n, || tonic::Request::new(())).await;
-    marks.push(snapshot());
-    let r = measure(&mut router, n, || tonic::Request::new(())).await;
-    marks.push(snapshot());
-    let l = measure(&mut apid, n, || tonic::Request::new(())).await;
-    marks.push(snapshot());
+    let pids: Vec<u32> = watched.iter().map(|&(_, pid)| pid).collect();
     let b = "127.9.8.3".to_owned();
-    let o = measure(&mut apid, n, || with("node", std::slice::from_ref(&b))).await;
-    println!("{}", d.line("direct to machined (UDS)"));
-    println!("{}", r.line("through routerd (UDS)"));
-    println!("{}", l.line("through apid (mTLS) -> routerd -> machined"));
-    println!("{}", o.line("apid -> apid (node=B, mTLS both hops)"));
-    // The warm-up calls are counted too.
-    let counted = n + warm_ups(n);
-    for (scenario, span) in ["direct", "routerd", "apid"].iter().zip(marks.windows(2)) {
-        let (from, to) = (&span[0], &span[1]);
+    let mut runs = [
+        Scenario::new(&direct, n, TURN, || tonic::Request::new(())),
+        Scenario::new(&router, n, TURN, || tonic::Request::new(())),
+        Scenario::new(&apid, n, TURN, || tonic::Request::new(())),
+        Scenario::new(&apid, n, TURN, || with("node", std::slice::from_ref(&b))),
+    ];
+    interleaved(&mut runs, &pids).await;
+    println!("{}", runs[0].samples.line("direct to machined (UDS)"));
+    println!("{}", runs[1].samples.line("through routerd (UDS, relayed)"));
+    println!("{}", runs[2].samples.line(APID_LOCAL));
+    println!(
+        "{}",
+        runs[3]
+            .samples
+            .line("apid -> apid (node=B, mTLS both hops)")
+    );
+    for (scenario, run) in ["direct", "routerd", "apid"].iter().zip(&runs) {
         let parts: Vec<String> = watched
             .iter()
-            .zip(from.iter().zip(to))
-            .map(|((name, _), (f, t))| {
-                let (cpu, switches) = t.per_call_since(f, counted);
+            .zip(&run.usage)
+            .map(|((name, _), used)| {
+                let (cpu, switches) = used.per_call_since(&Usage::default(), run.total);
                 format!("{name} {cpu:.0}µs/{switches:.1}")
             })
             .collect();
@@ -522,9 +593,9 @@ async fn latency_real() {
         );
     }
     println!(
-        "apid local hop adds {:.1}µs p50 over direct (goal <= 150µs); routerd adds {:.1}µs",
-        l.p50_over_us(&d),
-        r.p50_over_us(&d)
+        "apid local hop adds {:.1}µs p50 over direct (goal <= 150µs); routerd's relay adds {:.1}µs",
+        runs[2].samples.p50_over_us(&runs[0].samples),
+        runs[1].samples.p50_over_us(&runs[0].samples)
     );
 }
 

@@ -16,9 +16,26 @@ impl Samples {
         self.durations.push(d);
     }
 
+    /// How many calls are recorded.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.durations.len()
+    }
+
+    /// Whether no call is recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.durations.is_empty()
+    }
+
     /// Sets the wall time the samples took (for calls/s).
     pub fn set_wall(&mut self, wall: Duration) {
         self.wall = wall;
+    }
+
+    /// Adds wall time (for samples taken in several stretches).
+    pub fn add_wall(&mut self, wall: Duration) {
+        self.wall += wall;
     }
 
     /// The `q` quantile (0..=1).
@@ -96,6 +113,13 @@ impl Usage {
         total
     }
 
+    /// Adds what was used between `earlier` and `later` (for usage
+    /// gathered in several stretches).
+    pub fn add_since(&mut self, later: &Usage, earlier: &Usage) {
+        self.cpu_ns += later.cpu_ns.saturating_sub(earlier.cpu_ns);
+        self.switches += later.switches.saturating_sub(earlier.switches);
+    }
+
     /// What was used between `earlier` and `self`, per call of `calls`:
     /// (CPU µs, context switches).
     #[must_use]
@@ -152,6 +176,31 @@ mod tests {
     fn switches_are_summed() {
         let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
         assert_eq!(switches_in_status(status), 15);
+        let mut total = Usage::default();
+        let (a, b, c) = (
+            Usage {
+                cpu_ns: 1_000,
+                switches: 1,
+            },
+            Usage {
+                cpu_ns: 4_000,
+                switches: 3,
+            },
+            Usage {
+                cpu_ns: 10_000,
+                switches: 4,
+            },
+        );
+        total.add_since(&b, &a);
+        total.add_since(&c, &b);
+        assert_eq!(
+            total,
+            Usage {
+                cpu_ns: 9_000,
+                switches: 3
+            }
+        );
+        assert_eq!(total.per_call_since(&Usage::default(), 3), (3.0, 1.0));
     }
 
     #[test]
@@ -160,7 +209,8 @@ mod tests {
         for i in 1..=100 {
             s.push(Duration::from_micros(i));
         }
-        s.set_wall(Duration::from_millis(10));
+        s.set_wall(Duration::from_millis(4));
+        s.add_wall(Duration::from_millis(6));
         assert_eq!(s.quantile(0.5), Duration::from_micros(51));
         assert_eq!(s.quantile(0.99), Duration::from_micros(99));
         assert!((s.rate() - 10_000.0).abs() < 1e-6);
