@@ -720,8 +720,8 @@ pub struct RebootArgs {
     /// select the reboot mode
     #[arg(short = 'm', long, value_enum, default_value_t = RebootMode::Default)]
     pub mode: RebootMode,
-    /// wait for the operation to complete, tracking its progress
-    #[arg(long)]
+    /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub wait: bool,
     /// time to wait for the operation to complete
     #[arg(long, default_value = "30m")]
@@ -734,8 +734,8 @@ pub struct ShutdownArgs {
     /// if true, force a node to shutdown without a cordon/drain
     #[arg(long)]
     pub force: bool,
-    /// wait for the operation to complete, tracking its progress
-    #[arg(long)]
+    /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub wait: bool,
     /// time to wait for the operation to complete
     #[arg(long, default_value = "30m")]
@@ -772,8 +772,8 @@ pub struct ResetArgs {
     /// disk reset mode
     #[arg(long, value_enum, default_value_t = WipeMode::All)]
     pub wipe_mode: WipeMode,
-    /// wait for the operation to complete, tracking its progress
-    #[arg(long)]
+    /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub wait: bool,
     /// time to wait for the operation to complete
     #[arg(long, default_value = "30m")]
@@ -808,8 +808,8 @@ pub struct UpgradeArgs {
     /// select the reboot mode during upgrade
     #[arg(long, value_enum, default_value_t = UpgradeRebootMode::Default)]
     pub reboot_mode: UpgradeRebootMode,
-    /// wait for the operation to complete, tracking its progress
-    #[arg(long)]
+    /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub wait: bool,
     /// time to wait for the operation to complete
     #[arg(long, default_value = "30m")]
@@ -1261,5 +1261,29 @@ mod tests {
             panic!("not reset");
         };
         assert!(args.graceful);
+    }
+
+    /// `--wait` is on unless turned off, as upstream: `reboot`, `shutdown`,
+    /// `reset` and `upgrade` follow the node by default.
+    #[test]
+    fn lifecycle_commands_wait_by_default() {
+        let wait = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            match cli.command {
+                Command::Reboot(a) => a.wait,
+                Command::Shutdown(a) => a.wait,
+                Command::Reset(a) => a.wait,
+                Command::Upgrade(a) => a.wait,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        for command in ["reboot", "shutdown", "reset", "upgrade"] {
+            assert!(wait(&["talosctl", command]), "{command}");
+            assert!(wait(&["talosctl", command, "--wait"]), "{command} --wait");
+            assert!(
+                !wait(&["talosctl", command, "--wait=false"]),
+                "{command} --wait=false"
+            );
+        }
     }
 }
