@@ -52,6 +52,9 @@ pub enum TlsError {
     /// The maintenance certificate could not be made.
     #[error("generating the maintenance certificate: {0}")]
     SelfSigned(#[from] rcgen::Error),
+    /// The key machined wrote for maintenance mode cannot be used.
+    #[error("the maintenance key machined wrote: {0}")]
+    MaintenanceKey(String),
 }
 
 /// The crypto provider (ring) every config uses.
@@ -253,13 +256,22 @@ pub fn server_config(creds: &Credentials) -> Result<Arc<rustls::ServerConfig>, T
     Ok(Arc::new(config))
 }
 
-/// The maintenance-mode server config: a fresh self-signed certificate for
-/// `names`, no client certificate asked for.
+/// The maintenance-mode server config: a self-signed certificate for
+/// `names`, no client certificate asked for. The key is `key_pem` when
+/// given (machined's, whose fingerprint it printed on the console for the
+/// operator to pin), else a fresh one.
 ///
 /// # Errors
-/// Certificate generation failed.
-pub fn maintenance_config(names: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+/// The key cannot be loaded, or certificate generation failed.
+pub fn maintenance_config(
+    names: &[String],
+    key_pem: Option<&str>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let key = match key_pem {
+        Some(pem) => machinery::pki::load_key_pair(pem)
+            .map_err(|e| TlsError::MaintenanceKey(e.to_string()))?,
+        None => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?,
+    };
     let mut params = rcgen::CertificateParams::new(names.to_vec())?;
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.self_signed(&key)?;
@@ -304,6 +316,14 @@ pub struct TlsState {
     pub generation: u64,
 }
 
+/// The maintenance key machined wrote into the marker, if it wrote one
+/// (an empty marker: apid makes its own key).
+fn maintenance_key(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(files::MAINTENANCE))
+        .ok()
+        .filter(|pem| !pem.trim().is_empty())
+}
+
 /// Builds the state for what is in `dir` now: credentials → mTLS; no
 /// credentials but the maintenance marker → maintenance; neither → not
 /// ready.
@@ -319,7 +339,7 @@ pub fn load_state(dir: &Path, names: &[String], generation: u64) -> Result<TlsSt
             generation,
         }),
         None if dir.join(files::MAINTENANCE).exists() => Ok(TlsState {
-            server: Some(maintenance_config(names)?),
+            server: Some(maintenance_config(names, maintenance_key(dir).as_deref())?),
             maintenance: true,
             forward: None,
             generation,

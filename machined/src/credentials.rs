@@ -101,6 +101,22 @@ fn sans(node: &Node, config: &MachineConfig) -> (Vec<IpAddr>, Vec<String>) {
     (ips, dns)
 }
 
+/// The key apid serves maintenance mode with, kept in the maintenance
+/// marker: the one already there (a key printed once must stay the key for
+/// this boot), else a new one. Returns its SPKI fingerprint, which the
+/// operator pins with `apply-config --insecure --cert-fingerprint`.
+fn maintenance_key(api: &Path) -> Result<pki::SpkiFingerprint, CredentialsError> {
+    if let Ok(pem) = std::fs::read_to_string(api.join(api_files::MAINTENANCE))
+        && let Ok(fingerprint) = pki::SpkiFingerprint::of_private_key(&pem)
+    {
+        return Ok(fingerprint);
+    }
+    let pem = pki::generate_private_key_pem(pki::KeyAlgorithm::Ed25519)?;
+    let fingerprint = pki::SpkiFingerprint::of_private_key(&pem)?;
+    write_atomic(api, api_files::MAINTENANCE, pem.as_bytes(), true)?;
+    Ok(fingerprint)
+}
+
 fn os_ca(config: &MachineConfig) -> Option<CertificateAndKey> {
     let key = config.ca_key_pem()?;
     Some(CertificateAndKey {
@@ -291,9 +307,16 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
         }
         let next = match &config {
             None => {
-                let api = node.paths.secrets_dir("api");
-                if let Err(e) = write_atomic(&api, api_files::MAINTENANCE, b"", false) {
-                    tracing::error!(error = %e, "writing the maintenance marker");
+                match maintenance_key(&node.paths.secrets_dir("api")) {
+                    Ok(fingerprint) => {
+                        tracing::info!(
+                            "maintenance mode: waiting for a machine config; server certificate fingerprint {fingerprint}"
+                        );
+                        tracing::info!(
+                            "apply one, pinning this node: talosctl apply-config --insecure --nodes <node address> --cert-fingerprint '{fingerprint}' --file <config.yaml>"
+                        );
+                    }
+                    Err(e) => tracing::error!(error = %e, "writing the maintenance marker"),
                 }
                 None
             }
@@ -357,6 +380,32 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_maintenance_key_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = dir.path().join("api");
+        let first = super::maintenance_key(&api).expect("key");
+        let marker = api.join(super::api_files::MAINTENANCE);
+        let pem = std::fs::read_to_string(&marker).expect("marker");
+        assert_eq!(
+            machinery::pki::SpkiFingerprint::of_private_key(&pem).expect("fingerprint"),
+            first
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&marker)
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(super::maintenance_key(&api).expect("again"), first);
+        // An empty marker (from an older machined) is replaced by a key.
+        std::fs::write(&marker, "").expect("empty");
+        assert_ne!(super::maintenance_key(&api).expect("new"), first);
+    }
+
     #[test]
     fn trustd_endpoint_from_the_control_plane_endpoint() {
         let cases = [

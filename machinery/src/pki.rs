@@ -679,6 +679,77 @@ pub fn spki_sha256(cert_pem: &str) -> Result<String, PkiError> {
     hash().map_err(|reason| PkiError::new("hashing the certificate's public key", reason))
 }
 
+/// A server's SPKI fingerprint: SHA-256 of its SubjectPublicKeyInfo. A
+/// node in maintenance mode has only a self-signed certificate, and this
+/// is how an operator pins it (`apply-config --insecure
+/// --cert-fingerprint`): it depends on the key alone, so a certificate
+/// issued again for new addresses keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpkiFingerprint([u8; 32]);
+
+impl SpkiFingerprint {
+    /// The fingerprint of a DER SubjectPublicKeyInfo.
+    #[must_use]
+    pub fn of_spki(spki_der: &[u8]) -> SpkiFingerprint {
+        let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
+        let mut bytes = [0_u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        SpkiFingerprint(bytes)
+    }
+
+    /// The fingerprint of a DER certificate's public key.
+    ///
+    /// # Errors
+    /// The certificate cannot be parsed.
+    pub fn of_certificate(cert_der: &[u8]) -> Result<SpkiFingerprint, PkiError> {
+        let (_, cert) = X509Certificate::from_der(cert_der).map_err(|err| {
+            PkiError::new(
+                "fingerprinting a certificate",
+                format!("invalid certificate: {err}"),
+            )
+        })?;
+        Ok(SpkiFingerprint::of_spki(cert.public_key().raw))
+    }
+
+    /// The fingerprint of the public half of a PEM private key.
+    ///
+    /// # Errors
+    /// The key cannot be loaded.
+    pub fn of_private_key(key_pem: &str) -> Result<SpkiFingerprint, PkiError> {
+        Ok(SpkiFingerprint::of_spki(
+            &rcgen::PublicKeyData::subject_public_key_info(&load_key_pair(key_pem)?),
+        ))
+    }
+
+    /// Parses the form [`fmt::Display`] writes: standard base64 of the 32
+    /// bytes, as upstream prints and takes it.
+    ///
+    /// # Errors
+    /// Not base64, or not 32 bytes.
+    pub fn parse(text: &str) -> Result<SpkiFingerprint, PkiError> {
+        let operation = format!("parsing certificate fingerprint {text:?}");
+        let bytes = base64::decode(text.trim().as_bytes()).map_err(|err| {
+            PkiError::new(
+                operation.as_str(),
+                format!("expected base64 such as the node prints: {err}"),
+            )
+        })?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            PkiError::new(
+                operation.as_str(),
+                format!("a SHA-256 fingerprint is 32 bytes, this is {}", b.len()),
+            )
+        })?;
+        Ok(SpkiFingerprint(bytes))
+    }
+}
+
+impl fmt::Display for SpkiFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&base64::encode(self.0))
+    }
+}
+
 /// Generates an Ed25519 key and a certificate signing request for it
 /// (Common Name `common_name` unless empty, SANs `ips` and `dns`), as a
 /// worker does before asking trustd. Returns `(csr_pem, key_pem)`.
@@ -1677,6 +1748,47 @@ MC4CAQAwBQYDK2VwBCIEIDWf8itjTGglKxCc0gr7VNEiqXXmYN4wq28soc/rZRvN
         let err = issue_client_cert(&garbage, &roles(&["os:reader"]), CLIENT_CERT_TTL, now())
             .expect_err("no PEM");
         assert!(err.to_string().contains("CA certificate"), "{err}");
+    }
+
+    /// Known answer: a certificate and its key made with OpenSSL, whose
+    /// SPKI SHA-256 OpenSSL printed in base64 (`openssl x509 -pubkey |
+    /// openssl pkey -pubin -outform der | openssl dgst -sha256 -binary |
+    /// base64`).
+    #[test]
+    fn spki_fingerprints_match_openssl() {
+        const CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBQDCB86ADAgECAhQd3t9ndk1g0zEm7bswHNGS1fs+6TAFBgMrZXAwFjEUMBIG
+A1UEAwwLa2F0LmV4YW1wbGUwHhcNMjYxMTI4MTk0MjE2WhcNMzYxMTI1MTk0MjE2
+WjAWMRQwEgYDVQQDDAtrYXQuZXhhbXBsZTAqMAUGAytlcAMhAG0M3MEEQNXFICnx
+Kyc160HutjfnY9X3nkM2csZeKy/Vo1MwUTAdBgNVHQ4EFgQU+vOaLK7yny1iTyVz
+4i8TZYjzMD4wHwYDVR0jBBgwFoAU+vOaLK7yny1iTyVz4i8TZYjzMD4wDwYDVR0T
+AQH/BAUwAwEB/zAFBgMrZXADQQAiDbZ+BIyQcA8caoVw1oG5+J8OcPQIc+aRAeL3
+uN1S0UsJNhqa2YvDDTZimdIVNv8BrPUWdTQDAf5Y731bSzQF
+-----END CERTIFICATE-----
+";
+        const KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIDGgKfkI/GmY6UtdXAUQLLthhMXETj3dDNMGaMYZBSiI
+-----END PRIVATE KEY-----
+";
+        const EXPECTED: &str = "xJtXDlqkzWq1Fw+KwlbyeggEtGd9HbkXxdDdUTvHgQ0=";
+        let der = pem_decode(CERT).expect("pem").der;
+        let from_cert = SpkiFingerprint::of_certificate(&der).expect("certificate");
+        assert_eq!(from_cert.to_string(), EXPECTED);
+        assert_eq!(
+            SpkiFingerprint::of_private_key(KEY).expect("key"),
+            from_cert
+        );
+        assert_eq!(SpkiFingerprint::parse(EXPECTED).expect("parses"), from_cert);
+
+        let other = generate_private_key_pem(KeyAlgorithm::Ed25519).expect("key");
+        assert_ne!(
+            SpkiFingerprint::of_private_key(&other).expect("fingerprint"),
+            from_cert
+        );
+        for bad in ["not base64!", "c2hvcnQ=", ""] {
+            let err = SpkiFingerprint::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("fingerprint"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -870,6 +870,9 @@ pub struct ApplyArgs {
     /// apply the config using the insecure (encrypted with no auth) maintenance service
     #[arg(short = 'i', long)]
     pub insecure: bool,
+    /// list of server certificate fingeprints to accept (defaults to no check)
+    #[arg(long = "cert-fingerprint", value_delimiter = ',', action = ArgAction::Append)]
+    pub cert_fingerprints: Vec<String>,
     /// the list of config patches to apply to the local config file before sending it to the node (@file or inline YAML/JSON)
     #[arg(short = 'p', long = "config-patch", action = ArgAction::Append)]
     pub patches: Vec<String>,

@@ -26,6 +26,7 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail};
 use api::common::Metadata;
+use machinery::pki::SpkiFingerprint;
 use machinery::talosconfig::{Context, Endpoint, TalosConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -93,13 +94,16 @@ pub enum NodePolicy {
 }
 
 /// How to connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Maintenance mode: no server verification, no client certificate, the
     /// (first) node is the endpoint.
     pub insecure: bool,
     /// Node targeting.
     pub nodes: NodePolicy,
+    /// In maintenance mode, the server's key must have one of these SPKI
+    /// fingerprints (`--cert-fingerprint`); empty: no check, as upstream.
+    pub cert_fingerprints: Vec<SpkiFingerprint>,
 }
 
 impl Default for Options {
@@ -107,6 +111,7 @@ impl Default for Options {
         Self {
             insecure: false,
             nodes: NodePolicy::Required,
+            cert_fingerprints: Vec::new(),
         }
     }
 }
@@ -116,8 +121,8 @@ impl Options {
     #[must_use]
     pub fn nodes(nodes: NodePolicy) -> Self {
         Self {
-            insecure: false,
             nodes,
+            ..Self::default()
         }
     }
 }
@@ -180,7 +185,7 @@ impl Client {
     /// Talosconfig, context, endpoints, nodes or credentials are unusable.
     pub fn connect(global: &GlobalArgs, options: Options) -> anyhow::Result<Self> {
         if options.insecure {
-            return Self::connect_insecure(global, options.nodes);
+            return Self::connect_insecure(global, options.nodes, &options.cert_fingerprints);
         }
         let path = talosconfig_path(global);
         let config = load_talosconfig(&path)?;
@@ -235,7 +240,11 @@ impl Client {
         Self::assemble(conns, nodes, name.to_owned(), endpoints)
     }
 
-    fn connect_insecure(global: &GlobalArgs, policy: NodePolicy) -> anyhow::Result<Self> {
+    fn connect_insecure(
+        global: &GlobalArgs,
+        policy: NodePolicy,
+        fingerprints: &[SpkiFingerprint],
+    ) -> anyhow::Result<Self> {
         let mut candidates = clean(&global.nodes);
         if candidates.is_empty() {
             candidates = clean(&global.endpoints);
@@ -261,7 +270,7 @@ impl Client {
             }
             bail!("--insecure talks to one node at a time: pass a single node with --nodes");
         }
-        let tls = insecure_tls_config()?;
+        let tls = pinned_tls_config(fingerprints)?;
         let conn = make_conn(target, &tls)?;
         let endpoints = vec![target.clone()];
         Self::assemble(vec![conn], Vec::new(), String::new(), endpoints)
@@ -756,32 +765,64 @@ pub fn secure_tls_config(
 /// # Errors
 /// The TLS library refuses the protocol versions (never in practice).
 pub fn insecure_tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    pinned_tls_config(&[])
+}
+
+/// [`insecure_tls_config`], except that with `fingerprints` the server's
+/// certificate must carry a key with one of them (`--cert-fingerprint`).
+///
+/// # Errors
+/// The TLS library refuses the protocol versions (never in practice).
+pub fn pinned_tls_config(
+    fingerprints: &[SpkiFingerprint],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
     let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|err| anyhow!("TLS setup: {err}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider }))
+        .with_custom_certificate_verifier(Arc::new(MaintenanceServerCert {
+            provider,
+            fingerprints: fingerprints.to_vec(),
+        }))
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
-/// `--insecure`: trusts whatever certificate the node shows.
+/// `--insecure`: trusts whatever certificate the node shows, or, given
+/// fingerprints, only a certificate whose key has one of them (the leaf's;
+/// nothing else in the chain counts, as upstream).
 #[derive(Debug)]
-struct AcceptAnyServerCert {
+struct MaintenanceServerCert {
     provider: Arc<CryptoProvider>,
+    fingerprints: Vec<SpkiFingerprint>,
 }
 
-impl ServerCertVerifier for AcceptAnyServerCert {
+impl ServerCertVerifier for MaintenanceServerCert {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        if self.fingerprints.is_empty() {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let presented = SpkiFingerprint::of_certificate(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        if self.fingerprints.contains(&presented) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let wanted: Vec<String> = self.fingerprints.iter().map(ToString::to_string).collect();
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(FingerprintMismatch {
+                wanted,
+                presented,
+            }))),
+        ))
     }
 
     fn verify_tls12_signature(
@@ -818,6 +859,37 @@ impl ServerCertVerifier for AcceptAnyServerCert {
             .supported_schemes()
     }
 }
+
+/// Upstream's words for a maintenance-mode server whose key is not among
+/// `--cert-fingerprint`.
+const FINGERPRINT_MISMATCH: &str = "leaf peer certificate doesn't match the provided fingerprints";
+
+/// A maintenance-mode server whose key is not among `--cert-fingerprint`.
+struct FingerprintMismatch {
+    wanted: Vec<String>,
+    presented: SpkiFingerprint,
+}
+
+impl std::fmt::Display for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Upstream's words, then what the node showed.
+        write!(
+            f,
+            "{FINGERPRINT_MISMATCH}: [{}]; the node presented {}",
+            self.wanted.join(" "),
+            self.presented
+        )
+    }
+}
+
+// rustls shows the error inside its own with `{:?}`: the same words then.
+impl std::fmt::Debug for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for FingerprintMismatch {}
 
 // === errors ===
 
@@ -873,6 +945,9 @@ pub enum TransportProblem {
     Unresolvable,
     /// The connection was closed or reset during the handshake.
     Closed,
+    /// The maintenance-mode server's key is not among `--cert-fingerprint`
+    /// (the whole sentence, fingerprints kept as they are).
+    FingerprintMismatch(String),
     /// Another TLS failure.
     Tls(String),
     /// Something else.
@@ -893,6 +968,11 @@ pub fn classify_transport(text: &str) -> TransportProblem {
                 .collect();
             return TransportProblem::ClientCertRejected(alert);
         }
+    }
+    // Before anything lowercases it: base64 is case-sensitive.
+    if let Some(at) = text.find(FINGERPRINT_MISMATCH) {
+        let sentence: String = text[at..].chars().take_while(|c| *c != ')').collect();
+        return TransportProblem::FingerprintMismatch(sentence);
     }
     // A certificate from another CA with the same issuer name (every OS CA
     // is O=talos) fails its signature check rather than the issuer lookup.
@@ -1004,6 +1084,7 @@ pub fn describe_transport(
         TransportProblem::Closed => format!(
             "{endpoint}: connection closed during the TLS handshake (is this a Talos API endpoint?)"
         ),
+        TransportProblem::FingerprintMismatch(sentence) => format!("{endpoint}: {sentence}"),
         TransportProblem::Tls(detail) => format!("{endpoint}: TLS handshake failed: {detail}"),
         TransportProblem::Other => {
             let first = text.split(" | ").next().unwrap_or(text);
@@ -1141,6 +1222,16 @@ mod tests {
         );
         assert!(check_nodes(&one, NodePolicy::Single("read")).is_ok());
         assert!(check_nodes(&none, NodePolicy::Optional("health")).is_ok());
+    }
+
+    #[test]
+    fn a_fingerprint_mismatch_keeps_its_case() {
+        let text = "transport error | invalid peer certificate: Other(OtherError(leaf peer certificate doesn't match the provided fingerprints: [AAAA+/= BbBb=]; the node presented xJtX+Q0=)) | InvalidData";
+        let message = describe_transport("10.5.0.2:50000", "10.5.0.2", 50000, "", text);
+        assert_eq!(
+            message,
+            "10.5.0.2:50000: leaf peer certificate doesn't match the provided fingerprints: [AAAA+/= BbBb=]; the node presented xJtX+Q0="
+        );
     }
 
     #[test]

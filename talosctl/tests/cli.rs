@@ -1931,3 +1931,142 @@ fn talosconfig_merge_and_upstream_format() {
             .any(|l| l.starts_with('*') && l.contains("merge"))
     );
 }
+
+/// A machined process, stopped (and reaped) when dropped.
+struct Machined(std::process::Child);
+
+impl Drop for Machined {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.0),
+            rustix::process::Signal::TERM,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node without a config serves maintenance mode with a key machined
+/// made and prints that key's fingerprint with the command that pins it;
+/// `apply-config --insecure --cert-fingerprint` then reaches only a node
+/// with that key.
+#[test]
+fn a_maintenance_node_is_pinned_by_the_fingerprint_it_prints() {
+    require_binaries();
+    let work = tempfile::tempdir().expect("tempdir");
+    let none = unused_tc(&work);
+    let ip = "127.77.3.2";
+    let log = work.path().join("machined.log");
+    let _node = Machined(
+        Command::new(talosctl().parent().expect("dir").join("machined"))
+            .args(["--mode", "container", "--root"])
+            .arg(work.path().join("node"))
+            .args([
+                "--hostname",
+                "maint",
+                "--apid-listen",
+                &format!("{ip}:50000"),
+                "--trustd-listen",
+                &format!("{ip}:50001"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("machined starts"),
+    );
+
+    // What the console shows: the fingerprint, and the command using it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let fingerprint = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(rest) = text.split("--cert-fingerprint '").nth(1)
+            && let Some((fingerprint, _)) = rest.split_once('\'')
+        {
+            assert!(
+                text.contains(&format!(
+                    "maintenance mode: waiting for a machine config; server certificate fingerprint {fingerprint}"
+                )),
+                "{text}"
+            );
+            break fingerprint.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "machined printed no fingerprint:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    machinery::pki::SpkiFingerprint::parse(&fingerprint).expect("a fingerprint");
+
+    let gen_dir = work.path().join("gen");
+    ok(
+        &none,
+        &[
+            "gen",
+            "config",
+            "maint",
+            &format!("https://{ip}:6443"),
+            "--output-dir",
+            gen_dir.to_str().expect("utf8"),
+        ],
+    );
+    let config = gen_dir.join("controlplane.yaml");
+    let apply = |pins: &str| {
+        run(
+            &none,
+            &[
+                "-n",
+                ip,
+                "apply-config",
+                "--insecure",
+                "--cert-fingerprint",
+                pins,
+                "-f",
+                config.to_str().expect("utf8"),
+                "--dry-run",
+            ],
+        )
+    };
+    // apid takes up the marker within a second or so of machined's line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while run(&none, &["-n", ip, "version", "--insecure"]).code != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the maintenance API never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Another key: refused before anything is sent, naming both keys.
+    let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let refused = apply(other);
+    assert_ne!(refused.code, 0, "{}", refused.out);
+    assert!(
+        refused
+            .err
+            .contains("leaf peer certificate doesn't match the provided fingerprints"),
+        "{}",
+        refused.err
+    );
+    assert!(
+        refused.err.contains(other) && refused.err.contains(&fingerprint),
+        "{}",
+        refused.err
+    );
+    // Not a fingerprint at all.
+    let bad = apply("not-base64!");
+    assert_ne!(bad.code, 0);
+    assert!(bad.err.contains("--cert-fingerprint"), "{}", bad.err);
+    // Among the pins: the call goes through.
+    let pinned = apply(&format!("{other},{fingerprint}"));
+    assert_eq!(pinned.code, 0, "{}{}", pinned.out, pinned.err);
+    assert!(
+        format!("{}{}", pinned.out, pinned.err).contains("Dry run summary"),
+        "{}{}",
+        pinned.out,
+        pinned.err
+    );
+}

@@ -197,20 +197,50 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     let r = run(&tc, &["-e", &cp, "-n", "127.0.0.1", "version"]);
     assert_ne!(r.code, 0, "mTLS must not work before a config:\n{}", r.out);
 
-    // Apply the generated configs through the maintenance API.
+    // Apply the generated configs through the maintenance API, pinned by
+    // the fingerprint each node printed on its console.
     for (endpoint, name) in [(&cp, cp_name), (&worker, worker_name)] {
         let file = c.cluster_dir().join(format!("{name}.yaml"));
-        let r = run(
-            &tc,
-            &[
-                "-n",
-                endpoint,
-                "apply-config",
-                "--insecure",
-                "-f",
-                file.to_str().expect("utf8"),
-            ],
+        let console_log = c.cluster_dir().join(name).join("console.log");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let fingerprint = loop {
+            let console = std::fs::read_to_string(&console_log).unwrap_or_default();
+            if let Some(rest) = console.split("--cert-fingerprint '").nth(1)
+                && let Some((fingerprint, _)) = rest.split_once('\'')
+            {
+                break fingerprint.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} printed no certificate fingerprint:\n{console}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let apply = |pin: &str| {
+            run(
+                &tc,
+                &[
+                    "-n",
+                    endpoint,
+                    "apply-config",
+                    "--insecure",
+                    "--cert-fingerprint",
+                    pin,
+                    "-f",
+                    file.to_str().expect("utf8"),
+                ],
+            )
+        };
+        let r = apply("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        assert!(
+            r.code != 0
+                && r.err
+                    .contains("leaf peer certificate doesn't match the provided fingerprints"),
+            "apply-config {name} with another key's fingerprint: {}{}",
+            r.out,
+            r.err
         );
+        let r = apply(&fingerprint);
         assert_eq!(r.code, 0, "apply-config {name}: {}{}", r.out, r.err);
     }
 

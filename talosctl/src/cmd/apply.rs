@@ -58,11 +58,20 @@ pub async fn run(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<()> {
     let data = load_config(file, &args.patches)?;
     let try_timeout = output::parse_go_duration(&args.apply.timeout)
         .map_err(|err| anyhow!("--timeout: {err}"))?;
+    let cert_fingerprints = args
+        .cert_fingerprints
+        .iter()
+        .map(|text| {
+            machinery::pki::SpkiFingerprint::parse(text)
+                .map_err(|err| anyhow!("--cert-fingerprint: {err}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let client = Client::connect(
         global,
         Options {
             insecure: args.insecure,
             nodes: NodePolicy::Required,
+            cert_fingerprints,
         },
     )?;
     let request = ApplyConfigurationRequest {

@@ -169,6 +169,7 @@ pub async fn run(global: &GlobalArgs, args: &VersionArgs) -> anyhow::Result<()> 
         Options {
             insecure: args.insecure,
             nodes: NodePolicy::Required,
+            ..Options::default()
         },
     )?;
     let response = client
