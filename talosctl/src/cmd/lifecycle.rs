@@ -2,9 +2,11 @@
 //! legacy MachineService API), `meta` (the META keys upgrades and boot
 //! read) and `health` (ClusterService).
 //!
-//! `--wait` polls each node: a reboot is over when the node answers again
-//! after having been unreachable, or answers with a new kernel boot ID; a
-//! shutdown is over when the node stops answering. Progress goes to stderr.
+//! `--wait` (on by default, as upstream) polls every node at once: a
+//! reboot is over when the node answers with a new kernel boot ID or, when
+//! the boot ID cannot be read (Read is for os:admin), when it answers
+//! again after having been unreachable; a shutdown is over when the node
+//! stops answering. Progress goes to stderr.
 
 use std::time::{Duration, SystemTime};
 
@@ -82,47 +84,62 @@ async fn boot_ids(nodes: &[Client]) -> Vec<Option<String>> {
     ids
 }
 
-/// Waits until every node has rebooted (see the module docs).
+/// Waits until `node` has rebooted (see the module docs) or `deadline`
+/// passes. With the boot ID from before, only a new boot ID counts: a
+/// probe that fails while the node drains, or while the endpoint in front
+/// of it reboots, is no reboot. Without it (Read is for os:admin only),
+/// being seen down and answering again counts.
+async fn wait_one_reboot(
+    node: &Client,
+    before: Option<&str>,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let name = node.default_node().to_owned();
+    eprintln!("{name}: waiting for the node to reboot");
+    let mut seen_down = false;
+    loop {
+        if Instant::now() >= deadline {
+            bail!("{name}: timed out waiting for the node to reboot");
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        if !alive(node).await {
+            if !seen_down {
+                eprintln!("{name}: node is down");
+            }
+            seen_down = true;
+            continue;
+        }
+        let rebooted = match (before, boot_id(node).await) {
+            (Some(before), Some(now)) => before != now,
+            _ => seen_down,
+        };
+        if rebooted {
+            eprintln!("{name}: node is back up");
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until every node has rebooted, all at once (a node that went down
+/// and came back while another was watched is not missed), within one
+/// `timeout` for all. Every node that did not is named.
 async fn wait_for_reboot(
     nodes: &[Client],
     before: &[Option<String>],
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    for (node, before) in nodes.iter().zip(before) {
-        let name = node.default_node().to_owned();
-        eprintln!("{name}: waiting for the node to reboot");
-        let mut seen_down = false;
-        loop {
-            if Instant::now() >= deadline {
-                bail!("{name}: timed out waiting for the node to reboot");
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-            if !alive(node).await {
-                if !seen_down {
-                    eprintln!("{name}: node is down");
-                }
-                seen_down = true;
-                continue;
-            }
-            let rebooted = seen_down
-                || match (before, boot_id(node).await) {
-                    (Some(before), Some(now)) => *before != now,
-                    _ => false,
-                };
-            if rebooted {
-                eprintln!("{name}: node is back up");
-                break;
-            }
-        }
-    }
-    Ok(())
+    let waits = nodes
+        .iter()
+        .zip(before)
+        .map(|(node, before)| wait_one_reboot(node, before.as_deref(), deadline));
+    joined(futures_util::future::join_all(waits).await)
 }
 
-/// Waits until every node stops answering.
+/// Waits until every node stops answering, all at once, within `timeout`.
 async fn wait_for_down(nodes: &[Client], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    for node in nodes {
+    let waits = nodes.iter().map(|node| async move {
         let name = node.default_node().to_owned();
         eprintln!("{name}: waiting for the node to go down");
         loop {
@@ -132,11 +149,25 @@ async fn wait_for_down(nodes: &[Client], timeout: Duration) -> anyhow::Result<()
             tokio::time::sleep(PROBE_INTERVAL).await;
             if !alive(node).await {
                 eprintln!("{name}: node is down");
-                break;
+                return Ok(());
             }
         }
+    });
+    joined(futures_util::future::join_all(waits).await)
+}
+
+/// One error naming every failure, or Ok.
+fn joined(results: Vec<anyhow::Result<()>>) -> anyhow::Result<()> {
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| e.to_string())
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("\n"))
     }
-    Ok(())
 }
 
 /// The per-node clients of the nodes that accepted an action.
@@ -503,7 +534,8 @@ pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<(
             Err(e) => failures.push(e.to_string()),
         }
     }
-    for (node, _, _) in &upgraded {
+    let mut rebooting = Vec::new();
+    for (node, slot, boot) in upgraded {
         let name = node.default_node().to_owned();
         let response = node
             .call(|channel| {
@@ -512,7 +544,11 @@ pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<(
             })
             .await;
         match response {
-            Ok(_) => eprintln!("{name}: rebooting into the new slot"),
+            Ok(_) => {
+                eprintln!("{name}: rebooting into the new slot");
+                rebooting.push((node, slot, boot));
+            }
+            // Not rebooting: nothing to wait for.
             Err(e) => failures.push(e.to_string()),
         }
     }
@@ -524,27 +560,28 @@ pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<(
         failures.push(e.to_string());
     }
     if args.wait {
-        for (node, slot, boot) in &upgraded {
+        // All nodes at once, within one timeout; a node that times out is
+        // one failure among the others.
+        let deadline = Instant::now() + timeout;
+        let waits = rebooting.iter().map(|(node, slot, boot)| async move {
             let name = node.default_node().to_owned();
-            wait_for_reboot(
-                std::slice::from_ref(node),
-                std::slice::from_ref(boot),
-                timeout,
-            )
-            .await?;
+            wait_one_reboot(node, boot.as_deref(), deadline).await?;
             let now = booted_slot(node).await;
             let tag = version_tag(node).await.unwrap_or_default();
             if now.is_some() && now == *slot {
-                failures.push(format!(
+                bail!(
                     "{name}: the upgrade did not boot: the node came back on its old slot {} ({tag}); see `talosctl events`",
                     now.unwrap_or_default()
-                ));
-            } else {
-                println!(
-                    "{name}: upgraded: running {tag} from slot {}",
-                    now.unwrap_or_else(|| "?".into())
                 );
             }
+            println!(
+                "{name}: upgraded: running {tag} from slot {}",
+                now.unwrap_or_else(|| "?".into())
+            );
+            Ok(())
+        });
+        if let Err(e) = joined(futures_util::future::join_all(waits).await) {
+            failures.push(e.to_string());
         }
     }
     if failures.is_empty() {
@@ -593,7 +630,12 @@ async fn legacy_upgrade(
         table.push(vec![node.clone(), reply.ack.clone(), started.clone()]);
     }
     table.print()?;
-    if args.wait {
+    if args.wait && args.stage {
+        // A staged upgrade waits for a reboot someone else asks for.
+        for (node, _) in &results.ok {
+            eprintln!("{node}: upgrade staged: it is applied at the next reboot");
+        }
+    } else if args.wait {
         let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
         let (waiting, before): (Vec<Client>, Vec<Option<String>>) = nodes
             .into_iter()
