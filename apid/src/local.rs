@@ -69,23 +69,31 @@ impl Local {
             )));
         };
         let package = service.rsplit_once('.').map_or("", |(p, _)| p).to_owned();
+        let service_name = service.to_owned();
         let client = self.client(&package, service);
         client.send(request).await.map_err(|e| {
-            let handoff = match &e {
-                ClientError::Connect { source, .. } => source
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<HandoffError>()),
-                ClientError::Http { .. } => None,
+            let ClientError::Connect { source, .. } = &e else {
+                return tonic::Status::unavailable(e.to_string());
             };
-            match handoff {
+            // No connection was made: nothing stays cached for the package
+            // (only packages routerd routed fill the cache).
+            self.clients
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&package);
+            match source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<HandoffError>())
+            {
                 Some(HandoffError::Refused { code, message }) => {
-                    // Not cached: the table may differ once routerd or the
-                    // backend is back.
-                    self.clients
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .remove(&package);
                     tonic::Status::new(tonic::Code::from(*code), message.clone())
+                }
+                // A name routerd's protocol cannot carry is no service it
+                // routes, as routerd would have answered.
+                Some(HandoffError::Exchange { source, .. })
+                    if source.kind() == std::io::ErrorKind::InvalidInput =>
+                {
+                    tonic::Status::unimplemented(format!("unknown service {service_name}"))
                 }
                 Some(other) => tonic::Status::unavailable(format!("routerd unavailable: {other}")),
                 None => tonic::Status::unavailable(e.to_string()),

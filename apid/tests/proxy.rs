@@ -359,3 +359,61 @@ async fn local_calls_follow_routerd_across_a_backend_restart() {
     assert_eq!(reply.messages[0].server, "second");
     second.stop();
 }
+
+/// Through apid, what routerd routes by connection keeps routerd's answers:
+/// an unknown service is Unimplemented naming it (and routes nothing), and
+/// reflection is served by routerd itself on the connection it keeps.
+#[tokio::test]
+async fn unknown_services_and_reflection_through_apid() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let pki = Pki::new();
+    let node = start_node(
+        "local",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
+    let channel =
+        machinery::grpc::tls_channel(node.addr.to_string(), "127.0.0.1", config).expect("channel");
+
+    for _ in 0..2 {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let err = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::from_static("/inspect.InspectService/Nothing"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such service");
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+        assert_eq!(err.message(), "unknown service inspect.InspectService");
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection through apid")
+        .into_inner();
+    let reply = stream.message().await.expect("reply").expect("one");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected {reply:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "machine.MachineService"),
+        "{list:?}"
+    );
+}

@@ -139,12 +139,17 @@ pub async fn request(routerd: &Path, service: &str) -> Result<Routed, HandoffErr
         (other, None) if other.starts_with("ERR ") => {
             let rest = &other[4..];
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            let code = code.parse().map_err(|_| {
-                exchange(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("malformed refusal {other:?}"),
-                ))
-            })?;
+            // A refusal carries a gRPC error code: 1 to 16, never OK.
+            let code = code
+                .parse::<i32>()
+                .ok()
+                .filter(|c| (1..=16).contains(c))
+                .ok_or_else(|| {
+                    exchange(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("malformed refusal {other:?}"),
+                    ))
+                })?;
             Err(HandoffError::Refused {
                 code,
                 message: message.to_owned(),
@@ -230,13 +235,18 @@ pub enum Opening {
 /// The connection fails, or a routing request is malformed or too slow.
 pub async fn opening(stream: &mut UnixStream) -> io::Result<Opening> {
     let mut first = [0_u8; 1];
-    let n = stream
-        .async_io(Interest::READABLE, || {
+    // Either kind of client speaks first, at once: one that stays silent
+    // holds no task for long.
+    let n = tokio::time::timeout(
+        EXCHANGE_TIMEOUT,
+        stream.async_io(Interest::READABLE, || {
             rustix::net::recv(&*stream, &mut first, RecvFlags::PEEK)
                 .map(|(_, n)| n)
                 .map_err(io::Error::from)
-        })
-        .await?;
+        }),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client said nothing"))??;
     if n == 0 || first[0] != REQUEST[0] {
         return Ok(Opening::Http2);
     }
@@ -388,6 +398,14 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
+        // A refusal with code 0 (OK) would read as success: out of protocol.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = routerd_answering(dir.path(), |mut stream, _| async move {
+            reply_error(&mut stream, 0, "fine").await.expect("reply");
+        })
+        .await;
+        let err = request(&path, "nope.Nope").await.expect_err("code 0");
+        assert!(err.to_string().contains("malformed refusal"), "{err}");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -272,7 +272,9 @@ impl Router {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
+                        // Out of descriptors, say: pause rather than spin.
                         tracing::warn!(error = %e, "accept");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 },
