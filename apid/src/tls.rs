@@ -316,12 +316,15 @@ pub struct TlsState {
     pub generation: u64,
 }
 
-/// The maintenance key machined wrote into the marker, if it wrote one
-/// (an empty marker: apid makes its own key).
-fn maintenance_key(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(dir.join(files::MAINTENANCE))
-        .ok()
-        .filter(|pem| !pem.trim().is_empty())
+/// The maintenance key machined wrote into the marker, if it wrote one.
+/// Only an empty marker means "no key" (apid then makes its own); a marker
+/// that cannot be read is an error, so that apid never serves a key other
+/// than the one machined printed.
+fn maintenance_key(dir: &Path) -> Result<Option<String>, TlsError> {
+    let path = dir.join(files::MAINTENANCE);
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|e| TlsError::MaintenanceKey(format!("reading {}: {e}", path.display())))?;
+    Ok((!pem.trim().is_empty()).then_some(pem))
 }
 
 /// Builds the state for what is in `dir` now: credentials → mTLS; no
@@ -339,7 +342,7 @@ pub fn load_state(dir: &Path, names: &[String], generation: u64) -> Result<TlsSt
             generation,
         }),
         None if dir.join(files::MAINTENANCE).exists() => Ok(TlsState {
-            server: Some(maintenance_config(names, maintenance_key(dir).as_deref())?),
+            server: Some(maintenance_config(names, maintenance_key(dir)?.as_deref())?),
             maintenance: true,
             forward: None,
             generation,

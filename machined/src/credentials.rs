@@ -48,6 +48,9 @@ pub enum CredentialsError {
     /// The config's CA is unusable.
     #[error("the machine config's CA: {0}")]
     Ca(String),
+    /// The blocking task making the maintenance key failed.
+    #[error("making the maintenance key: {0}")]
+    MaintenanceKey(String),
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8], secret: bool) -> Result<(), CredentialsError> {
@@ -307,7 +310,11 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
         }
         let next = match &config {
             None => {
-                match maintenance_key(&node.paths.secrets_dir("api")) {
+                let api = node.paths.secrets_dir("api");
+                let key = tokio::task::spawn_blocking(move || maintenance_key(&api))
+                    .await
+                    .unwrap_or_else(|e| Err(CredentialsError::MaintenanceKey(e.to_string())));
+                match key {
                     Ok(fingerprint) => {
                         tracing::info!(
                             "maintenance mode: waiting for a machine config; server certificate fingerprint {fingerprint}"

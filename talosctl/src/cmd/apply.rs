@@ -66,6 +66,11 @@ pub async fn run(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<()> {
                 .map_err(|err| anyhow!("--cert-fingerprint: {err}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if !cert_fingerprints.is_empty() && !args.insecure {
+        eprintln!(
+            "warning: --cert-fingerprint applies to --insecure (maintenance mode) only; the talosconfig's CA verifies this node"
+        );
+    }
     let client = Client::connect(
         global,
         Options {
