@@ -1266,6 +1266,22 @@ mod tests {
         assert!(args.graceful);
     }
 
+    #[test]
+    fn cluster_create_waits_unless_told_not_to() {
+        let wait = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            let Command::Cluster(c) = cli.command else {
+                panic!("not cluster");
+            };
+            let crate::cluster::ClusterCommand::Create(a) = c.command else {
+                panic!("not create");
+            };
+            a.wait
+        };
+        assert!(wait(&["talosctl", "cluster", "create"]));
+        assert!(!wait(&["talosctl", "cluster", "create", "--wait=false"]));
+    }
+
     /// `--wait` is on unless turned off, as upstream: `reboot`, `shutdown`,
     /// `reset` and `upgrade` follow the node by default.
     #[test]

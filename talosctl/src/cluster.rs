@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
 use machinery::talosconfig::TalosConfig;
 use serde::{Deserialize, Serialize};
@@ -91,6 +91,12 @@ pub struct CreateArgs {
     /// <cluster dir>/<node>.yaml with apply-config --insecure.
     #[arg(long)]
     pub skip_apply: bool,
+    /// wait for the cluster to be ready before returning: every node
+    /// answering (qemu: with every service healthy), then (process) the
+    /// cluster's health checks, run from the first control plane as
+    /// `talosctl health` runs them
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub wait: bool,
 }
 
 /// `--wait-timeout` of the process provisioner when not given.
@@ -388,14 +394,18 @@ async fn create_process(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Re
             node: None,
         })
         .collect();
-    wait_ready(
-        &context_config,
-        &args.name,
-        &targets,
-        args.wait_timeout.unwrap_or(PROCESS_WAIT_TIMEOUT),
-        false,
-    )
-    .await?;
+    if args.wait {
+        let timeout = args.wait_timeout.unwrap_or(PROCESS_WAIT_TIMEOUT);
+        wait_ready(&context_config, &args.name, &targets, timeout, false).await?;
+        check_health(
+            &context_config,
+            &args.name,
+            (&targets[0].addr, &targets[0].server_name),
+            &state.nodes,
+            timeout,
+        )
+        .await?;
+    }
 
     let context = merge_talosconfig(talosconfig_path, context_config)?;
 
@@ -542,6 +552,62 @@ async fn probe_services(
         return Err("no services reported yet".to_owned());
     }
     Ok(unready)
+}
+
+/// Runs the cluster's health checks from the first control plane (at
+/// `endpoint`: address and TLS server name), naming every node by its
+/// address, and prints their progress as `talosctl health` does: upstream's
+/// `cluster create` ends the same way. `timeout` bounds the checks.
+pub(crate) async fn check_health(
+    config: &TalosConfig,
+    context: &str,
+    endpoint: (&str, &str),
+    nodes: &[NodeState],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let ctx = config
+        .contexts
+        .get(context)
+        .context("generated talosconfig has no context")?;
+    let tls = machinery::grpc::client_tls_config(
+        &ctx.ca_pem()?,
+        Some((&ctx.crt_pem()?, &ctx.key_pem()?)),
+    )?;
+    let (addr, server_name) = endpoint;
+    let ips = |role: &str| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| n.role == role)
+            .map(|n| n.ip.clone())
+            .collect()
+    };
+    let request = api::cluster::HealthCheckRequest {
+        wait_timeout: Some(crate::output::proto_duration(timeout)),
+        cluster_info: Some(api::cluster::ClusterInfo {
+            control_plane_nodes: ips("controlplane"),
+            worker_nodes: ips("worker"),
+            force_endpoint: String::new(),
+        }),
+    };
+    let channel = machinery::grpc::tls_channel(addr.to_owned(), server_name, tls)?;
+    let mut client = crate::client::cluster(channel);
+    let mut stream = client
+        .health_check(request)
+        .await
+        .map_err(|status| anyhow!("health check: {}", status_text(&status)))?
+        .into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(progress)) => {
+                if let Some(error) = crate::client::node_error(progress.metadata.as_ref()) {
+                    bail!("health check: {error}");
+                }
+                eprintln!("{}", progress.message);
+            }
+            Ok(None) => return Ok(()),
+            Err(status) => bail!("health check: {}", status_text(&status)),
+        }
+    }
 }
 
 /// Waits until every target answers Version through its apid over mTLS

@@ -690,9 +690,14 @@ pub(crate) async fn create(args: &CreateArgs, talosconfig_path: &Path) -> anyhow
                 node: Some(node.ip.clone()),
             })
             .collect();
-        cluster::wait_ready(&context_config, &args.name, &targets, timeout, true)
-            .await
-            .map_err(|err| err.context(destroy_hint(&args.name)))?;
+        // No health checks here, unlike the process provisioner: these
+        // nodes run from the image with a STATE disk and are not installed,
+        // so "all nodes disk sizes" would find no EPHEMERAL partition.
+        if args.wait {
+            cluster::wait_ready(&context_config, &args.name, &targets, timeout, true)
+                .await
+                .map_err(|err| err.context(destroy_hint(&args.name)))?;
+        }
     }
 
     let context = cluster::merge_talosconfig(talosconfig_path, context_config)?;

@@ -141,6 +141,20 @@ impl Cluster {
             r.out
         );
         assert!(r.err.contains("merging talosconfig into"), "{}", r.err);
+        // As upstream's, create ends with the cluster's health checks, run
+        // from the control plane over every node.
+        for check in [
+            "waiting for apid to be ready",
+            "waiting for all nodes memory sizes",
+            "waiting for all nodes disk sizes",
+            "waiting for all nodes to finish boot sequence",
+        ] {
+            assert!(
+                r.err.lines().any(|l| l == format!("{check}: OK")),
+                "no {check:?} passed:\n{}",
+                r.err
+            );
+        }
         c
     }
 
