@@ -2255,6 +2255,7 @@ struct NetworkStatusYaml {
 #[serde(rename_all = "camelCase")]
 struct AdjtimeYaml<'a> {
     offset: String,
+    #[serde(serialize_with = "go_float")]
     frequency_adjustment_ratio: f64,
     max_error: String,
     est_error: String,
@@ -2262,6 +2263,18 @@ struct AdjtimeYaml<'a> {
     constant: i64,
     sync_status: bool,
     state: &'a str,
+}
+
+/// A float as Go's YAML writes it where it matters here: a whole number
+/// without a fraction (`1`, not `1.0`).
+fn go_float<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every integer below is exact
+    if value.fract() == 0.0 && value.abs() < EXACT {
+        // Exact by the check above.
+        #[allow(clippy::cast_possible_truncation)]
+        return serializer.serialize_i64(*value as i64);
+    }
+    serializer.serialize_f64(*value)
 }
 
 #[derive(Serialize)]
@@ -2282,6 +2295,33 @@ struct HostnameYaml<'a> {
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[test]
+    fn a_whole_frequency_ratio_is_written_as_go_writes_it() {
+        let yaml = |ratio: f64| {
+            serde_yaml_ng::to_string(&AdjtimeYaml {
+                offset: "0s".into(),
+                frequency_adjustment_ratio: ratio,
+                max_error: "0s".into(),
+                est_error: "0s".into(),
+                status: "STA_UNSYNC",
+                constant: 0,
+                sync_status: false,
+                state: "TIME_ERROR",
+            })
+            .expect("yaml")
+        };
+        assert!(
+            yaml(1.0).contains("frequencyAdjustmentRatio: 1\n"),
+            "{}",
+            yaml(1.0)
+        );
+        assert!(
+            yaml(1.000_012_3).contains("frequencyAdjustmentRatio: 1.0000123\n"),
+            "{}",
+            yaml(1.000_012_3)
+        );
+    }
 
     #[test]
     fn block_devices_from_sysfs() {
