@@ -614,6 +614,9 @@ pub struct ProcessesArgs {
     /// Column to sort output by. [rss|cpu]
     #[arg(short = 's', long, value_enum, default_value_t = ProcessSort::Rss)]
     pub sort: ProcessSort,
+    /// Stream running processes
+    #[arg(short = 'w', long)]
+    pub watch: bool,
 }
 
 /// `list` arguments.

@@ -64,6 +64,48 @@ fn assert_hostname_row(talosconfig: &Path, node: &str, version: &str, hostname: 
     );
 }
 
+/// `processes --watch` without a terminal prints a table every second
+/// until interrupted, then ends cleanly.
+fn processes_watch(tc: &Path, cp: &str) {
+    let once = ok(tc, &["-n", cp, "processes", "--sort", "cpu"]);
+    let is_header = |l: &str| l.starts_with("NODE ") && l.ends_with("COMMAND");
+    assert!(
+        once.lines().next().is_some_and(is_header) && once.contains("machined"),
+        "{once}"
+    );
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let mut child = Command::new(talosctl())
+        .arg("--talosconfig")
+        .arg(tc)
+        .args(["-n", cp, "processes", "--watch"])
+        .stdout(out.reopen().expect("reopen"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("talosctl runs");
+    // Until three tables are out (a second apart), at most 20 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let tables = || {
+        std::fs::read_to_string(out.path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| is_header(l))
+            .count()
+    };
+    while tables() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .expect("interrupt");
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "processes --watch ended with {status}");
+    let printed = std::fs::read_to_string(out.path()).expect("output");
+    assert!(tables() >= 3, "{printed}");
+    assert!(printed.contains("machined"), "{printed}");
+}
+
 /// A talosconfig path that does not exist: for offline commands.
 fn unused_tc(work: &tempfile::TempDir) -> PathBuf {
     work.path().join("unused")
@@ -958,6 +1000,7 @@ fn gen_config_cluster_and_everyday_commands() {
             && m.lines().nth(1).is_some_and(|l| l.starts_with(cp)),
         "{m}"
     );
+    processes_watch(&tc, cp);
 
     // netstat: apid's listener with its process; this very call's
     // connection among the connected sockets, and not among the listening.

@@ -680,8 +680,8 @@ pub fn draw_monitor(
     frame.render_widget(Paragraph::new(Line::from(FOOTER)), footer);
 }
 
-/// Restores the terminal however the dashboard ends.
-struct TerminalGuard;
+/// Restores the terminal however a full-screen view ends.
+pub(crate) struct TerminalGuard;
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {

@@ -3,6 +3,9 @@
 
 use std::cmp::Ordering;
 use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 use api::machine::{
     ConnectRecord, MemInfo, NetstatRequest, ProcessInfo, connect_record, netstat_request,
@@ -259,6 +262,19 @@ pub fn processes_table(nodes: Vec<(String, Vec<ProcessInfo>)>, sort: ProcessSort
 /// The client setup or the call failed, or a node failed.
 pub async fn processes(global: &GlobalArgs, args: &ProcessesArgs) -> anyhow::Result<()> {
     let client = Client::connect(global, Options::default())?;
+    if args.watch {
+        return watch_processes(&client, args.sort).await;
+    }
+    let (table, failed) = processes_snapshot(&client, args.sort).await?;
+    table.print()?;
+    client::report(&failed)
+}
+
+/// One `processes` table, and the nodes that failed.
+async fn processes_snapshot(
+    client: &Client,
+    sort: ProcessSort,
+) -> anyhow::Result<(Table, Vec<(String, String)>)> {
     let response = client
         .machine_call(|mut m, r| async move { m.processes(r).await })
         .await?;
@@ -268,8 +284,125 @@ pub async fn processes(global: &GlobalArgs, args: &ProcessesArgs) -> anyhow::Res
         .into_iter()
         .map(|(node, reply)| (node, reply.processes))
         .collect();
-    processes_table(nodes, args.sort).print()?;
-    client::report(&results.failed)
+    Ok((processes_table(nodes, sort), results.failed))
+}
+
+/// How often `processes --watch` asks again.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The screen of `processes --watch`: a title line, then the table (cut to
+/// what fits), then each node that failed.
+fn processes_screen(
+    frame: &mut ratatui::Frame<'_>,
+    sort: ProcessSort,
+    table: &str,
+    failed: &[(String, String)],
+) {
+    use ratatui::layout::{Constraint, Layout};
+    use ratatui::widgets::Paragraph;
+    let [title, body, errors] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(1),
+        Constraint::Length(u16::try_from(failed.len()).unwrap_or(u16::MAX)),
+    ])
+    .areas(frame.area());
+    let by = match sort {
+        ProcessSort::Rss => "rss",
+        ProcessSort::Cpu => "cpu",
+    };
+    frame.render_widget(
+        Paragraph::new(format!(
+            "processes, sorted by {by} (s: sort by {}, q: quit)",
+            match sort {
+                ProcessSort::Rss => "cpu",
+                ProcessSort::Cpu => "rss",
+            }
+        )),
+        title,
+    );
+    frame.render_widget(Paragraph::new(table.to_owned()), body);
+    let lines: Vec<String> = failed
+        .iter()
+        .map(|(node, error)| format!("{node}: {error}"))
+        .collect();
+    frame.render_widget(Paragraph::new(lines.join("\n")), errors);
+}
+
+/// `processes --watch`: the table again every second, full screen, until
+/// q, Esc or Ctrl-C (`s` switches the sort). Without a terminal, each
+/// table is printed after the last, a blank line between.
+async fn watch_processes(client: &Client, mut sort: ProcessSort) -> anyhow::Result<()> {
+    use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    use std::io::IsTerminal as _;
+
+    if !std::io::stdout().is_terminal() {
+        // One listener for the whole run, polled from the start: an
+        // interrupt while a table is fetched is not lost.
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        loop {
+            let (table, failed) = tokio::select! {
+                snapshot = processes_snapshot(client, sort) => snapshot?,
+                _ = &mut interrupted => return Ok(()),
+            };
+            table.print()?;
+            for (node, error) in &failed {
+                eprintln!("{node}: {error}");
+            }
+            println!();
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                _ = &mut interrupted => return Ok(()),
+            }
+        }
+    }
+    let mut terminal = ratatui::try_init().context("setting up the terminal")?;
+    let _guard = crate::cmd::dashboard::TerminalGuard;
+    loop {
+        let (text, failed) = match tokio::time::timeout(
+            WATCH_INTERVAL * 5,
+            processes_snapshot(client, sort),
+        )
+        .await
+        {
+            Ok(Ok((table, failed))) => (table.render(), failed),
+            Ok(Err(e)) => (String::new(), vec![("error".to_owned(), e.to_string())]),
+            Err(_) => (
+                String::new(),
+                vec![("error".to_owned(), "no answer within 5s".to_owned())],
+            ),
+        };
+        terminal
+            .draw(|frame| processes_screen(frame, sort, &text, &failed))
+            .context("drawing")?;
+        let deadline = std::time::Instant::now() + WATCH_INTERVAL;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !event::poll(left).context("reading the terminal")? {
+                break;
+            }
+            let Event::Key(key) = event::read().context("reading the terminal")? else {
+                continue;
+            };
+            if key.kind != KeyEventKind::Press {
+                continue;
+            }
+            match key.code {
+                KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(());
+                }
+                KeyCode::Char('s') => {
+                    sort = match sort {
+                        ProcessSort::Rss => ProcessSort::Cpu,
+                        ProcessSort::Cpu => ProcessSort::Rss,
+                    };
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 // === mounts ===
@@ -730,6 +863,34 @@ pub async fn routes(global: &GlobalArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watch_screen_shows_the_table_the_sort_and_failures() {
+        let mut terminal =
+            ratatui::Terminal::new(ratatui::backend::TestBackend::new(80, 8)).expect("terminal");
+        let table = "NODE  PID  COMMAND\n10.5.0.2  1  /sbin/init\n";
+        let failed = vec![("10.5.0.3".to_owned(), "unreachable".to_owned())];
+        terminal
+            .draw(|frame| processes_screen(frame, ProcessSort::Cpu, table, &failed))
+            .expect("draw");
+        let buffer = terminal.backend().buffer().clone();
+        let lines: Vec<String> = (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol())
+                    .collect::<String>()
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            lines[0],
+            "processes, sorted by cpu (s: sort by rss, q: quit)"
+        );
+        assert_eq!(lines[1], "NODE  PID  COMMAND");
+        assert_eq!(lines[2], "10.5.0.2  1  /sbin/init");
+        assert_eq!(lines[7], "10.5.0.3: unreachable");
+    }
 
     #[test]
     fn wipe_disk_sends_kernel_names_and_the_flags() {
