@@ -21,7 +21,8 @@ use std::time::SystemTime;
 
 use api::cosi::resource::meta as meta_pb;
 use api::talos::resource::definitions::{
-    block as block_pb, network as network_pb, runtime as runtime_pb, v1alpha1 as v1alpha1_pb,
+    block as block_pb, enums as enums_pb, network as network_pb, runtime as runtime_pb,
+    v1alpha1 as v1alpha1_pb,
 };
 use machinery::mode::Mode;
 use serde::Serialize;
@@ -133,6 +134,22 @@ pub const KERNEL_CMDLINE: Definition = Definition {
     namespace: NS_RUNTIME,
     aliases: &["cmdline"],
     columns: &[("Cmdline", "{.cmdline}")],
+    sensitive: false,
+    skip_automatic_aliases: false,
+};
+/// `SecurityStates.talos.dev` (id `securitystate`): Secure Boot, UKI,
+/// SELinux, FIPS and module signing, as the firmware and kernel say.
+pub const SECURITY_STATE: Definition = Definition {
+    type_: "SecurityStates.talos.dev",
+    display: "SecurityState",
+    namespace: NS_RUNTIME,
+    aliases: &[],
+    columns: &[
+        ("SecureBoot", "{.secureBoot}"),
+        ("UKISigningKeyFingerprint", "{.ukiSigningKeyFingerprint}"),
+        ("PCRSigningKeyFingerprint", "{.pcrSigningKeyFingerprint}"),
+        ("SELinuxState", "{.selinuxState}"),
+    ],
     sensitive: false,
     skip_automatic_aliases: false,
 };
@@ -511,6 +528,7 @@ pub const DEFINITIONS: &[Definition] = &[
     META_KEY,
     KERNEL_CMDLINE,
     KERNEL_PARAM_STATUS,
+    SECURITY_STATE,
     MACHINE_STATUS,
     SERVICE,
     HOSTNAME_STATUS,
@@ -853,6 +871,7 @@ impl Resources {
             t if t == MACHINE_TYPE.type_ => self.machine_type(),
             t if t == META_KEY.type_ => meta_keys().await,
             t if t == KERNEL_CMDLINE.type_ => kernel_cmdline().await,
+            t if t == SECURITY_STATE.type_ => security_state().await,
             t if t == KERNEL_PARAM_STATUS.type_ => self.kernel_params(),
             t if t == MACHINE_STATUS.type_ => self.machine_status(),
             t if t == SERVICE.type_ => self.services(),
@@ -1986,6 +2005,57 @@ async fn kernel_cmdline() -> Result<Vec<Item>, ResourceError> {
     )?])
 }
 
+/// The EFI global variables' vendor GUID.
+const EFI_GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+/// systemd-stub's vendor GUID: its variables exist when a UKI booted.
+const SYSTEMD_STUB: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// What the firmware and the kernel say about the node's security, read
+/// from `sys` (`/sys`) and `proc` (`/proc`).
+fn read_security_state(sys: &Path, proc: &Path) -> runtime_pb::SecurityStateSpec {
+    let efivars = sys.join("firmware/efi/efivars");
+    // An EFI variable file: 4 bytes of attributes, then the value.
+    let secure_boot = std::fs::read(efivars.join(format!("SecureBoot-{EFI_GLOBAL}")))
+        .is_ok_and(|v| v.get(4) == Some(&1));
+    let booted_with_uki = efivars.join(format!("StubInfo-{SYSTEMD_STUB}")).exists();
+    let read = |path: PathBuf| std::fs::read_to_string(path).map(|v| v.trim().to_owned());
+    let se_linux_state = match read(sys.join("fs/selinux/enforce")).as_deref() {
+        Ok("1") => enums_pb::RuntimeSeLinuxState::SeLinuxStateEnforcing,
+        Ok(_) => enums_pb::RuntimeSeLinuxState::SeLinuxStatePermissive,
+        Err(_) => enums_pb::RuntimeSeLinuxState::SeLinuxStateDisabled,
+    };
+    let fips_state = match read(proc.join("sys/crypto/fips_enabled")).as_deref() {
+        Ok("1") => enums_pb::RuntimeFipsState::FipsStateEnabled,
+        _ => enums_pb::RuntimeFipsState::FipsStateDisabled,
+    };
+    let module_signature_enforced =
+        read(sys.join("module/module/parameters/sig_enforce")).is_ok_and(|v| v == "Y");
+    runtime_pb::SecurityStateSpec {
+        secure_boot,
+        // This image signs neither its kernel as a UKI nor a PCR policy.
+        uki_signing_key_fingerprint: String::new(),
+        pcr_signing_key_fingerprint: String::new(),
+        se_linux_state: se_linux_state as i32,
+        booted_with_uki,
+        fips_state: fips_state as i32,
+        module_signature_enforced,
+    }
+}
+
+/// The node's security state: the host's in container mode, as the
+/// firmware and kernel are.
+async fn security_state() -> Result<Vec<Item>, ResourceError> {
+    let spec = blocking("the security state", || {
+        read_security_state(Path::new("/sys"), Path::new("/proc"))
+    })
+    .await?;
+    Ok(vec![item(
+        "securitystate",
+        &SecurityStateYaml::of(&spec),
+        &spec,
+    )?])
+}
+
 // === YAML shapes of the specs (upstream's field names) ===
 
 #[derive(Serialize)]
@@ -2279,6 +2349,48 @@ fn go_float<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+struct SecurityStateYaml<'a> {
+    secure_boot: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    uki_signing_key_fingerprint: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pcr_signing_key_fingerprint: &'a str,
+    #[serde(rename = "selinuxState", skip_serializing_if = "Option::is_none")]
+    se_linux_state: Option<&'static str>,
+    #[serde(rename = "bootedWithUKI", skip_serializing_if = "is_zero")]
+    booted_with_uki: bool,
+    #[serde(rename = "fipsState", skip_serializing_if = "Option::is_none")]
+    fips_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    module_signature_enforced: bool,
+}
+
+impl SecurityStateYaml<'_> {
+    /// Upstream's words for the states; the zero states are left out.
+    fn of(spec: &runtime_pb::SecurityStateSpec) -> SecurityStateYaml<'_> {
+        use enums_pb::{RuntimeFipsState as Fips, RuntimeSeLinuxState as SeLinux};
+        SecurityStateYaml {
+            secure_boot: spec.secure_boot,
+            uki_signing_key_fingerprint: &spec.uki_signing_key_fingerprint,
+            pcr_signing_key_fingerprint: &spec.pcr_signing_key_fingerprint,
+            se_linux_state: match SeLinux::try_from(spec.se_linux_state) {
+                Ok(SeLinux::SeLinuxStatePermissive) => Some("enabled, permissive"),
+                Ok(SeLinux::SeLinuxStateEnforcing) => Some("enabled, enforcing"),
+                _ => None,
+            },
+            booted_with_uki: spec.booted_with_uki,
+            fips_state: match Fips::try_from(spec.fips_state) {
+                Ok(Fips::FipsStateEnabled) => Some("enabled"),
+                Ok(Fips::FipsStateStrict) => Some("strict"),
+                _ => None,
+            },
+            module_signature_enforced: spec.module_signature_enforced,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct TimeStatusYaml {
     synced: bool,
     epoch: i64,
@@ -2295,6 +2407,49 @@ struct HostnameYaml<'a> {
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[test]
+    fn security_state_from_firmware_and_kernel_files() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (sys, proc) = (root.path().join("sys"), root.path().join("proc"));
+        let none = read_security_state(&sys, &proc);
+        assert_eq!(none, runtime_pb::SecurityStateSpec::default());
+        let yaml = serde_yaml_ng::to_string(&SecurityStateYaml::of(&none)).expect("yaml");
+        assert_eq!(yaml, "secureBoot: false\n");
+
+        let efivars = sys.join("firmware/efi/efivars");
+        std::fs::create_dir_all(&efivars).expect("mkdir");
+        std::fs::write(
+            efivars.join(format!("SecureBoot-{EFI_GLOBAL}")),
+            [6, 0, 0, 0, 1],
+        )
+        .expect("var");
+        std::fs::write(
+            efivars.join(format!("StubInfo-{SYSTEMD_STUB}")),
+            [6, 0, 0, 0],
+        )
+        .expect("var");
+        std::fs::create_dir_all(sys.join("fs/selinux")).expect("mkdir");
+        std::fs::write(sys.join("fs/selinux/enforce"), "0").expect("enforce");
+        std::fs::create_dir_all(sys.join("module/module/parameters")).expect("mkdir");
+        std::fs::write(sys.join("module/module/parameters/sig_enforce"), "Y\n").expect("sig");
+        std::fs::create_dir_all(proc.join("sys/crypto")).expect("mkdir");
+        std::fs::write(proc.join("sys/crypto/fips_enabled"), "1\n").expect("fips");
+        let all = read_security_state(&sys, &proc);
+        assert!(all.secure_boot && all.booted_with_uki && all.module_signature_enforced);
+        let yaml = serde_yaml_ng::to_string(&SecurityStateYaml::of(&all)).expect("yaml");
+        assert_eq!(
+            yaml,
+            "secureBoot: true\nselinuxState: enabled, permissive\nbootedWithUKI: true\nfipsState: enabled\nmoduleSignatureEnforced: true\n"
+        );
+        // Secure Boot present but off.
+        std::fs::write(
+            efivars.join(format!("SecureBoot-{EFI_GLOBAL}")),
+            [6, 0, 0, 0, 0],
+        )
+        .expect("var");
+        assert!(!read_security_state(&sys, &proc).secure_boot);
+    }
 
     #[test]
     fn a_whole_frequency_ratio_is_written_as_go_writes_it() {

@@ -1775,6 +1775,35 @@ fn a_stopped_node_is_reported_and_streams_pass_through_the_endpoint() {
             && adjtime.contains("constant: "),
         "{adjtime}"
     );
+    // SecurityState: the host's firmware and kernel here.
+    let table = ok(&tc, &["-n", w1, "get", "securitystate"]);
+    assert_eq!(
+        header(&table),
+        [
+            "NODE",
+            "NAMESPACE",
+            "TYPE",
+            "ID",
+            "VERSION",
+            "SECUREBOOT",
+            "UKISIGNINGKEYFINGERPRINT",
+            "PCRSIGNINGKEYFINGERPRINT",
+            "SELINUXSTATE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(
+        row.len() >= 6
+            && row[..4] == [w1, "runtime", "SecurityState", "securitystate"]
+            && ["true", "false"].contains(&row[5]),
+        "{table}"
+    );
     let table = ok(&tc, &["-n", w1, "get", "networkstatus"]);
     assert_eq!(
         header(&table),

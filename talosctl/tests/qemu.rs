@@ -983,6 +983,15 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
     ] {
         assert!(status.contains(field), "{field}: {status}");
     }
+    // SecurityState on metal: OVMF here has no Secure Boot enabled, and
+    // this kernel enforces no module signatures and has no SELinux.
+    let security = ok(&tc, &args(&with(&["get", "securitystate", "-o", "yaml"])));
+    assert!(
+        security.contains("id: securitystate")
+            && security.contains("secureBoot: false")
+            && !security.contains("selinuxState"),
+        "{security}"
+    );
     // BlockDevices: the disk and its partitions as the kernel lists them.
     let devices = ok(
         &tc,
