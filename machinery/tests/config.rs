@@ -1405,7 +1405,7 @@ fn what_is_not_applied_is_said() {
         &edit(
             &controlplane_yaml(),
             "    network: {}\n",
-            "    network: {}\n    time:\n        servers: [/dev/ptp0]\n    disks:\n        - device: /dev/sdb\n          partitions:\n            - mountpoint: /var/mnt/extra\n    kernel:\n        modules:\n            - name: br_netfilter\n    udev:\n        rules: [\"SUBSYSTEM==\\\"net\\\"\"]\n",
+            "    network:\n        kubespan:\n            enabled: true\n    time:\n        servers: [/dev/ptp0]\n    disks:\n        - device: /dev/sdb\n          partitions:\n            - mountpoint: /var/mnt/extra\n    kernel:\n        modules:\n            - name: br_netfilter\n    udev:\n        rules: [\"SUBSYSTEM==\\\"net\\\"\"]\n",
         ),
         "        rbac: true",
         "        rbac: false",
@@ -1429,6 +1429,7 @@ fn what_is_not_applied_is_said() {
             "machine.udev.rules" => "udev",
             "machine.install.extraKernelArgs" => "args",
             "machine.time.servers" => "ptp",
+            "machine.network.kubespan" => "kubespan",
             "machine.features.rbac" => "rbac",
             "NetworkRuleConfig" => "kind",
             _ => "other",
@@ -1436,7 +1437,9 @@ fn what_is_not_applied_is_said() {
         .collect();
     assert_eq!(
         said,
-        ["disks", "modules", "udev", "args", "ptp", "rbac", "kind"]
+        [
+            "disks", "modules", "udev", "args", "ptp", "kubespan", "rbac", "kind"
+        ]
     );
 
     // Disk encryption the node cannot do is refused, not ignored.

@@ -1163,6 +1163,27 @@ pub struct GenConfigArgs {
     /// will overwrite existing files
     #[arg(long)]
     pub force: bool,
+    /// enable cluster discovery feature
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub with_cluster_discovery: bool,
+    /// enable KubeSpan feature
+    #[arg(long)]
+    pub with_kubespan: bool,
+    /// the desired persist value for configs (false is refused: the node always keeps its config)
+    #[arg(short = 'p', long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub persist: bool,
+    /// renders all machine configs with the documentation added (accepted for compatibility: this talosctl writes no comments; the book documents every field)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub with_docs: Option<bool>,
+    /// renders all machine configs with the commented examples (accepted for compatibility: this talosctl writes no comments)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub with_examples: Option<bool>,
+    /// the desired Talos version to generate config for (accepted for compatibility: configs are generated for this talosctl's own release)
+    #[arg(long)]
+    pub talos_version: Option<String>,
+    /// the desired machine config version to generate
+    #[arg(long = "version", default_value = "v1alpha1")]
+    pub config_version: String,
 }
 
 /// What `gen config` writes.

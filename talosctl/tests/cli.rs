@@ -776,10 +776,96 @@ fn dashboard(tc: &Path, w1: &str) {
     );
 }
 
+/// Upstream's gen config flags that scripts pass: accepted, and what they
+/// change shows in the config and in validate's warnings.
+fn gen_config_upstream_flags(work: &Path) {
+    let none = work.join("unused");
+    let file = work.join("kubespan.yaml");
+    let r = run(
+        &none,
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--with-docs=false",
+            "--with-examples=false",
+            "--with-kubespan",
+            "--talos-version",
+            "v1.12",
+            "-t",
+            "controlplane",
+            "-o",
+            file.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.err);
+    let config = std::fs::read_to_string(&file).expect("written");
+    assert!(
+        config.contains("kubespan:\n      enabled: true"),
+        "{config}"
+    );
+    let v = run(
+        &none,
+        &[
+            "validate",
+            "--config",
+            file.to_str().expect("utf8"),
+            "--mode",
+            "metal",
+        ],
+    );
+    assert!(
+        format!("{}{}", v.out, v.err).contains("machine.network.kubespan: not applied"),
+        "{}{}",
+        v.out,
+        v.err
+    );
+    let off = ok(
+        &none,
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--with-cluster-discovery=false",
+            "-t",
+            "worker",
+            "-o",
+            "-",
+        ],
+    );
+    assert!(off.contains("discovery:\n    enabled: false"), "{off}");
+    for (args, refusal) in [
+        (&["--persist=false"][..], "--persist=false"),
+        (&["--version", "v1alpha2"][..], "unsupported config version"),
+        (&["--talos-version", "latest"][..], "--talos-version"),
+    ] {
+        let mut argv = vec![
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "-o",
+            "-",
+            "-t",
+            "worker",
+        ];
+        argv.extend_from_slice(args);
+        let r = run(&none, &argv);
+        assert!(
+            r.code != 0 && r.err.contains(refusal),
+            "{args:?}: {}",
+            r.err
+        );
+    }
+}
+
 #[test]
 fn gen_config_cluster_and_everyday_commands() {
     // gen config, offline.
     let work = tempfile::tempdir().expect("tempdir");
+    gen_config_upstream_flags(work.path());
     let out_dir = work.path().join("gen");
     let r = run(
         &work.path().join("unused"),

@@ -83,6 +83,19 @@ pub(super) fn not_applied(config: &MachineConfig) -> Vec<String> {
                     .to_owned(),
             );
         }
+        if machine
+            .network
+            .as_ref()
+            .and_then(|n| n.kubespan.as_ref())
+            .and_then(|k| k.get("enabled"))
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            out.push(
+                "machine.network.kubespan: not applied (this node builds no KubeSpan mesh)"
+                    .to_owned(),
+            );
+        }
         if machine.features.as_ref().and_then(|f| f.rbac) == Some(false) {
             out.push(
                 "machine.features.rbac: false is not honoured: roles from certificates are always \

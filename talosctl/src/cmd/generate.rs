@@ -282,6 +282,40 @@ fn registry_mirror_patch(mirrors: &[String]) -> anyhow::Result<Option<String>> {
     Ok(Some(serde_yaml_ng::to_string(&root)?))
 }
 
+/// `--talos-version`: `v1.12`, `v1.12.0`, `1.12`...
+fn check_talos_version(version: &str) -> anyhow::Result<()> {
+    let digits = version.strip_prefix('v').unwrap_or(version);
+    let parts: Vec<&str> = digits.split(['.', '-']).collect();
+    let numeric = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
+    if parts.len() < 2 || !parts[..2].iter().all(numeric) {
+        bail!("--talos-version {version:?}: expected a version such as v1.12");
+    }
+    Ok(())
+}
+
+/// `--with-cluster-discovery` and `--with-kubespan` as one patch, when
+/// they differ from what the generator writes (discovery on, KubeSpan
+/// off). KubeSpan needs discovery, as upstream.
+fn feature_patch(discovery: bool, kubespan: bool) -> Option<String> {
+    let mut root = serde_yaml_ng::Mapping::new();
+    if !discovery && !kubespan {
+        root.insert(
+            "cluster".into(),
+            serde_yaml_ng::from_str("discovery: {enabled: false}").ok()?,
+        );
+    }
+    if kubespan {
+        root.insert(
+            "machine".into(),
+            serde_yaml_ng::from_str("network: {kubespan: {enabled: true}}").ok()?,
+        );
+    }
+    if root.is_empty() {
+        return None;
+    }
+    serde_yaml_ng::to_string(&root).ok()
+}
+
 fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
     let outputs = destinations(&args.output, &args.output_types)?;
     for (_, file) in &outputs {
@@ -289,10 +323,43 @@ fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
             refuse_overwrite(file, args.force)?;
         }
     }
-    if let Some(patch) = registry_mirror_patch(&args.registry_mirror)? {
-        // First, so that a --config-patch can still change them.
-        args.config_patch.insert(0, patch);
+    if args.config_version != "v1alpha1" {
+        bail!(
+            "--version {:?}: unsupported config version (only v1alpha1)",
+            args.config_version
+        );
     }
+    if let Some(version) = &args.talos_version {
+        check_talos_version(version)?;
+        eprintln!(
+            "note: --talos-version {version}: configs are generated for this talosctl's own release"
+        );
+    }
+    for (flag, value) in [
+        ("--with-docs", args.with_docs),
+        ("--with-examples", args.with_examples),
+    ] {
+        if value == Some(true) {
+            eprintln!(
+                "note: {flag}: this talosctl writes configs without comments; the documentation has every field"
+            );
+        }
+    }
+    // First, so that a --config-patch can still change what they set.
+    let mut first = Vec::new();
+    if let Some(patch) = registry_mirror_patch(&args.registry_mirror)? {
+        first.push(patch);
+    }
+    if !args.persist {
+        bail!(
+            "--persist=false: the machine config is always persisted (the node keeps it on STATE)"
+        );
+    }
+    first.extend(feature_patch(
+        args.with_cluster_discovery,
+        args.with_kubespan,
+    ));
+    args.config_patch.splice(0..0, first);
 
     let bundle = match &args.with_secrets {
         Some(path) => {
@@ -452,6 +519,33 @@ mod tests {
     }
 
     #[test]
+    fn feature_flags_become_a_patch() {
+        assert_eq!(feature_patch(true, false), None);
+        let value = |patch: Option<String>| -> serde_yaml_ng::Value {
+            serde_yaml_ng::from_str(&patch.expect("a patch")).expect("yaml")
+        };
+        let off = value(feature_patch(false, false));
+        assert_eq!(
+            off["cluster"]["discovery"]["enabled"],
+            serde_yaml_ng::Value::Bool(false)
+        );
+        // KubeSpan keeps discovery on, whatever the other flag says.
+        let kubespan = value(feature_patch(false, true));
+        assert_eq!(
+            kubespan["machine"]["network"]["kubespan"]["enabled"],
+            serde_yaml_ng::Value::Bool(true)
+        );
+        assert!(kubespan.get("cluster").is_none(), "{kubespan:?}");
+        for good in ["v1.12", "1.12", "v1.12.0", "v1.13.0-alpha.1"] {
+            check_talos_version(good).expect(good);
+        }
+        for bad in ["latest", "v1", "vx.y", ""] {
+            let err = check_talos_version(bad).expect_err(bad).to_string();
+            assert!(err.contains("--talos-version"), "{err}");
+        }
+    }
+
+    #[test]
     fn registry_mirrors_become_a_patch() {
         assert_eq!(registry_mirror_patch(&[]).expect("none"), None);
         let patch = registry_mirror_patch(&[
@@ -503,6 +597,13 @@ mod tests {
                 GenOutputType::Talosconfig,
             ],
             registry_mirror: Vec::new(),
+            with_cluster_discovery: true,
+            with_kubespan: false,
+            persist: true,
+            with_docs: None,
+            with_examples: None,
+            talos_version: None,
+            config_version: "v1alpha1".into(),
         };
         config(args).expect("generates");
         for name in ["controlplane.yaml", "worker.yaml", "talosconfig"] {
