@@ -871,7 +871,7 @@ impl Resources {
             t if t == MACHINE_TYPE.type_ => self.machine_type(),
             t if t == META_KEY.type_ => meta_keys().await,
             t if t == KERNEL_CMDLINE.type_ => kernel_cmdline().await,
-            t if t == SECURITY_STATE.type_ => security_state().await,
+            t if t == SECURITY_STATE.type_ => security_state(self.node.mode()).await,
             t if t == KERNEL_PARAM_STATUS.type_ => self.kernel_params(),
             t if t == MACHINE_STATUS.type_ => self.machine_status(),
             t if t == SERVICE.type_ => self.services(),
@@ -2015,8 +2015,12 @@ const SYSTEMD_STUB: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 fn read_security_state(sys: &Path, proc: &Path) -> runtime_pb::SecurityStateSpec {
     let efivars = sys.join("firmware/efi/efivars");
     // An EFI variable file: 4 bytes of attributes, then the value.
-    let secure_boot = std::fs::read(efivars.join(format!("SecureBoot-{EFI_GLOBAL}")))
-        .is_ok_and(|v| v.get(4) == Some(&1));
+    let set = |name: &str| {
+        std::fs::read(efivars.join(format!("{name}-{EFI_GLOBAL}")))
+            .is_ok_and(|v| v.get(4) == Some(&1))
+    };
+    // In setup mode the firmware takes any key: nothing is enforced yet.
+    let secure_boot = set("SecureBoot") && !set("SetupMode");
     let booted_with_uki = efivars.join(format!("StubInfo-{SYSTEMD_STUB}")).exists();
     let read = |path: PathBuf| std::fs::read_to_string(path).map(|v| v.trim().to_owned());
     let se_linux_state = match read(sys.join("fs/selinux/enforce")).as_deref() {
@@ -2042,13 +2046,19 @@ fn read_security_state(sys: &Path, proc: &Path) -> runtime_pb::SecurityStateSpec
     }
 }
 
-/// The node's security state: the host's in container mode, as the
-/// firmware and kernel are.
-async fn security_state() -> Result<Vec<Item>, ResourceError> {
-    let spec = blocking("the security state", || {
+/// The node's security state. In container mode only FIPS is reported, as
+/// upstream does: the firmware and the rest of the kernel are the host's.
+async fn security_state(mode: Mode) -> Result<Vec<Item>, ResourceError> {
+    let mut spec = blocking("the security state", || {
         read_security_state(Path::new("/sys"), Path::new("/proc"))
     })
     .await?;
+    if mode == Mode::Container {
+        spec = runtime_pb::SecurityStateSpec {
+            fips_state: spec.fips_state,
+            ..Default::default()
+        };
+    }
     Ok(vec![item(
         "securitystate",
         &SecurityStateYaml::of(&spec),
@@ -2442,6 +2452,19 @@ mod tests {
             yaml,
             "secureBoot: true\nselinuxState: enabled, permissive\nbootedWithUKI: true\nfipsState: enabled\nmoduleSignatureEnforced: true\n"
         );
+        // On, but in setup mode: nothing enforced.
+        std::fs::write(
+            efivars.join(format!("SetupMode-{EFI_GLOBAL}")),
+            [6, 0, 0, 0, 1],
+        )
+        .expect("var");
+        assert!(!read_security_state(&sys, &proc).secure_boot);
+        std::fs::write(
+            efivars.join(format!("SetupMode-{EFI_GLOBAL}")),
+            [6, 0, 0, 0, 0],
+        )
+        .expect("var");
+        assert!(read_security_state(&sys, &proc).secure_boot);
         // Secure Boot present but off.
         std::fs::write(
             efivars.join(format!("SecureBoot-{EFI_GLOBAL}")),

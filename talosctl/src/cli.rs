@@ -490,22 +490,22 @@ pub struct RotateCaArgs {
     #[command(flatten)]
     pub cluster: ClusterNodes,
     /// patch all machine configs with the commented examples
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub with_examples: bool,
     /// patch all machine configs adding the documentation for each field
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub with_docs: bool,
     /// path to the output new `talosconfig`
     #[arg(short = 'o', long, default_value = "talosconfig")]
     pub output: std::path::PathBuf,
     /// dry-run mode (no changes to the cluster)
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub dry_run: bool,
     /// rotate Talos API CA
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub talos: bool,
     /// rotate Kubernetes API CA
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub kubernetes: bool,
 }
 
@@ -724,7 +724,7 @@ pub struct RebootArgs {
     #[arg(short = 'm', long, value_enum, default_value_t = RebootMode::Default)]
     pub mode: RebootMode,
     /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub wait: bool,
     /// time to wait for the operation to complete
     #[arg(long, default_value = "30m")]
@@ -738,7 +738,7 @@ pub struct ShutdownArgs {
     #[arg(long)]
     pub force: bool,
     /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub wait: bool,
     /// time to wait for the operation to complete
     #[arg(long, default_value = "30m")]
@@ -761,7 +761,7 @@ pub enum WipeMode {
 #[derive(Debug, Args)]
 pub struct ResetArgs {
     /// if true, attempt to cordon/drain node and leave etcd (if applicable)
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub graceful: bool,
     /// if true, reboot the node after resetting instead of shutting down
     #[arg(long)]
@@ -776,7 +776,7 @@ pub struct ResetArgs {
     #[arg(long, value_enum, default_value_t = WipeMode::All)]
     pub wipe_mode: WipeMode,
     /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub wait: bool,
     /// time to wait for the operation to complete
     #[arg(long, default_value = "30m")]
@@ -812,7 +812,7 @@ pub struct UpgradeArgs {
     #[arg(long, value_enum, default_value_t = UpgradeRebootMode::Default)]
     pub reboot_mode: UpgradeRebootMode,
     /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub wait: bool,
     /// time to wait for the operation to complete
     #[arg(long, default_value = "30m")]
@@ -1164,19 +1164,19 @@ pub struct GenConfigArgs {
     #[arg(long)]
     pub force: bool,
     /// enable cluster discovery feature
-    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub with_cluster_discovery: bool,
     /// enable KubeSpan feature
     #[arg(long)]
     pub with_kubespan: bool,
     /// the desired persist value for configs (false is refused: the node always keeps its config)
-    #[arg(short = 'p', long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(short = 'p', long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub persist: bool,
     /// renders all machine configs with the documentation added (accepted for compatibility: this talosctl writes no comments; the book documents every field)
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub with_docs: Option<bool>,
     /// renders all machine configs with the commented examples (accepted for compatibility: this talosctl writes no comments)
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub with_examples: Option<bool>,
     /// the desired Talos version to generate config for (accepted for compatibility: configs are generated for this talosctl's own release)
     #[arg(long)]

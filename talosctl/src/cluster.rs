@@ -95,7 +95,7 @@ pub struct CreateArgs {
     /// answering (qemu: with every service healthy), then (process) the
     /// cluster's health checks, run from the first control plane as
     /// `talosctl health` runs them
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub wait: bool,
 }
 
@@ -381,7 +381,9 @@ async fn create_process(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Re
         ctx.endpoints = vec![endpoint_ip.to_string()];
         ctx.nodes = vec![endpoint_ip.to_string()];
     }
-    eprintln!("waiting for {} nodes to answer", state.nodes.len());
+    // Merged first, as upstream: a cluster that does not come up can still
+    // be reached to see why.
+    let context = merge_talosconfig(talosconfig_path, context_config.clone())?;
     let targets: Vec<ReadyTarget> = state
         .nodes
         .iter()
@@ -395,8 +397,13 @@ async fn create_process(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Re
         })
         .collect();
     if args.wait {
+        // --wait-timeout bounds each phase: the nodes answering, then the
+        // health checks.
         let timeout = args.wait_timeout.unwrap_or(PROCESS_WAIT_TIMEOUT);
-        wait_ready(&context_config, &args.name, &targets, timeout, false).await?;
+        eprintln!("waiting for {} nodes to answer", state.nodes.len());
+        wait_ready(&context_config, &args.name, &targets, timeout, false)
+            .await
+            .map_err(|err| err.context(crate::qemu::destroy_hint(&args.name)))?;
         check_health(
             &context_config,
             &args.name,
@@ -404,10 +411,9 @@ async fn create_process(args: CreateArgs, talosconfig_path: &Path) -> anyhow::Re
             &state.nodes,
             timeout,
         )
-        .await?;
+        .await
+        .map_err(|err| err.context(crate::qemu::destroy_hint(&args.name)))?;
     }
-
-    let context = merge_talosconfig(talosconfig_path, context_config)?;
 
     print_cluster(&state);
     println!();
@@ -591,23 +597,30 @@ pub(crate) async fn check_health(
     };
     let channel = machinery::grpc::tls_channel(addr.to_owned(), server_name, tls)?;
     let mut client = crate::client::cluster(channel);
-    let mut stream = client
-        .health_check(request)
-        .await
-        .map_err(|status| anyhow!("health check: {}", status_text(&status)))?
-        .into_inner();
-    loop {
-        match stream.message().await {
-            Ok(Some(progress)) => {
-                if let Some(error) = crate::client::node_error(progress.metadata.as_ref()) {
-                    bail!("health check: {error}");
+    let run = async {
+        let mut stream = client
+            .health_check(request)
+            .await
+            .map_err(|status| anyhow!("health check: {}", status_text(&status)))?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(progress)) => {
+                    if let Some(error) = crate::client::node_error(progress.metadata.as_ref()) {
+                        bail!("health check: {error}");
+                    }
+                    eprintln!("{}", progress.message);
                 }
-                eprintln!("{}", progress.message);
+                Ok(None) => return Ok(()),
+                Err(status) => bail!("health check: {}", status_text(&status)),
             }
-            Ok(None) => return Ok(()),
-            Err(status) => bail!("health check: {}", status_text(&status)),
         }
-    }
+    };
+    // The node ends the checks at `timeout`; this bounds a node that
+    // stops answering altogether.
+    tokio::time::timeout(timeout + Duration::from_secs(15), run)
+        .await
+        .map_err(|_| anyhow!("health check: no answer within {timeout:?}"))?
 }
 
 /// Waits until every target answers Version through its apid over mTLS

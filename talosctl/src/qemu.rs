@@ -677,7 +677,6 @@ pub(crate) async fn create(args: &CreateArgs, talosconfig_path: &Path) -> anyhow
         for (node, plan) in state.nodes.iter().zip(&planned) {
             apply_config(node, plan).await?;
         }
-        eprintln!("waiting for {total} nodes to be ready (up to {timeout:?})");
         let targets: Vec<ReadyTarget> = state
             .nodes
             .iter()
@@ -694,6 +693,7 @@ pub(crate) async fn create(args: &CreateArgs, talosconfig_path: &Path) -> anyhow
         // nodes run from the image with a STATE disk and are not installed,
         // so "all nodes disk sizes" would find no EPHEMERAL partition.
         if args.wait {
+            eprintln!("waiting for {total} nodes to be ready (up to {timeout:?})");
             cluster::wait_ready(&context_config, &args.name, &targets, timeout, true)
                 .await
                 .map_err(|err| err.context(destroy_hint(&args.name)))?;
@@ -733,7 +733,7 @@ pub(crate) async fn create(args: &CreateArgs, talosconfig_path: &Path) -> anyhow
     Ok(())
 }
 
-fn destroy_hint(name: &str) -> String {
+pub(crate) fn destroy_hint(name: &str) -> String {
     format!(
         "cluster {name:?} is not ready (remove it with \"talosctl cluster destroy --name {name}\")"
     )

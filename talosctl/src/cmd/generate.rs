@@ -295,7 +295,7 @@ fn check_talos_version(version: &str) -> anyhow::Result<()> {
 
 /// `--with-cluster-discovery` and `--with-kubespan` as one patch, when
 /// they differ from what the generator writes (discovery on, KubeSpan
-/// off). KubeSpan needs discovery, as upstream.
+/// off). KubeSpan needs discovery, as upstream: with it, discovery stays.
 fn feature_patch(discovery: bool, kubespan: bool) -> Option<String> {
     let mut root = serde_yaml_ng::Mapping::new();
     if !discovery && !kubespan {
@@ -349,6 +349,9 @@ fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
     let mut first = Vec::new();
     if let Some(patch) = registry_mirror_patch(&args.registry_mirror)? {
         first.push(patch);
+    }
+    if args.with_kubespan && !args.with_cluster_discovery {
+        bail!("--with-kubespan needs cluster discovery: drop --with-cluster-discovery=false");
     }
     if !args.persist {
         bail!(

@@ -170,6 +170,13 @@ fn joined(results: Vec<anyhow::Result<()>>) -> anyhow::Result<()> {
     }
 }
 
+/// Ends an action: the nodes that refused it are reported whatever the
+/// wait for the others said, then the wait's error, if any, is the result.
+fn finish(waited: anyhow::Result<()>, failed: &[(String, String)]) -> anyhow::Result<()> {
+    let reported = client::report(failed);
+    waited.and(reported)
+}
+
 /// The per-node clients of the nodes that accepted an action.
 fn accepted(client: &Client, ok_nodes: &[String]) -> Vec<Client> {
     client
@@ -205,16 +212,18 @@ pub async fn reboot(global: &GlobalArgs, args: &RebootArgs) -> anyhow::Result<()
         })
         .await?;
     let results = client.split(response.messages);
-    if args.wait {
+    let waited = if args.wait {
         let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
         let (waiting, before): (Vec<Client>, Vec<Option<String>>) = nodes
             .into_iter()
             .zip(before)
             .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
             .unzip();
-        wait_for_reboot(&waiting, &before, timeout).await?;
-    }
-    client::report(&results.failed)
+        wait_for_reboot(&waiting, &before, timeout).await
+    } else {
+        Ok(())
+    };
+    finish(waited, &results.failed)
 }
 
 /// Runs `talosctl shutdown`.
@@ -232,11 +241,13 @@ pub async fn shutdown(global: &GlobalArgs, args: &ShutdownArgs) -> anyhow::Resul
         })
         .await?;
     let results = client.split(response.messages);
-    if args.wait {
+    let waited = if args.wait {
         let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
-        wait_for_down(&accepted(&client, &ok), timeout).await?;
-    }
-    client::report(&results.failed)
+        wait_for_down(&accepted(&client, &ok), timeout).await
+    } else {
+        Ok(())
+    };
+    finish(waited, &results.failed)
 }
 
 /// Whether a reset by these flags wipes the node's config: STATE named,
@@ -296,30 +307,35 @@ pub async fn reset(global: &GlobalArgs, args: ResetArgs) -> anyhow::Result<()> {
         })
         .await?;
     let results = client.split(response.messages);
-    if args.wait {
+    let waited = if args.wait {
         let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
         if args.reboot && reset_loses_config(&args) {
             // It comes back without its config: down is as far as this
             // client's certificate can follow it.
-            wait_for_down(&accepted(&client, &ok), timeout).await?;
-            for node in &ok {
-                eprintln!(
-                    "{node}: reset; it comes back in maintenance mode, without its config \
-                     (talosctl -n {node} version --insecure)"
-                );
+            let down = wait_for_down(&accepted(&client, &ok), timeout).await;
+            if down.is_ok() {
+                for node in &ok {
+                    eprintln!(
+                        "{node}: reset; it comes back in maintenance mode, without its config \
+                         (talosctl -n {node} version --insecure)"
+                    );
+                }
             }
+            down
         } else if args.reboot {
             let (waiting, before): (Vec<Client>, Vec<Option<String>>) = nodes
                 .into_iter()
                 .zip(before)
                 .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
                 .unzip();
-            wait_for_reboot(&waiting, &before, timeout).await?;
+            wait_for_reboot(&waiting, &before, timeout).await
         } else {
-            wait_for_down(&accepted(&client, &ok), timeout).await?;
+            wait_for_down(&accepted(&client, &ok), timeout).await
         }
-    }
-    client::report(&results.failed)
+    } else {
+        Ok(())
+    };
+    finish(waited, &results.failed)
 }
 
 /// Runs `talosctl rollback`.
@@ -566,8 +582,15 @@ pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<(
         let waits = rebooting.iter().map(|(node, slot, boot)| async move {
             let name = node.default_node().to_owned();
             wait_one_reboot(node, boot.as_deref(), deadline).await?;
-            let now = booted_slot(node).await;
-            let tag = version_tag(node).await.unwrap_or_default();
+            let now = tokio::time::timeout(PROBE_TIMEOUT, booted_slot(node))
+                .await
+                .ok()
+                .flatten();
+            let tag = tokio::time::timeout(PROBE_TIMEOUT, version_tag(node))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             if now.is_some() && now == *slot {
                 bail!(
                     "{name}: the upgrade did not boot: the node came back on its old slot {} ({tag}); see `talosctl events`",
@@ -635,16 +658,20 @@ async fn legacy_upgrade(
         for (node, _) in &results.ok {
             eprintln!("{node}: upgrade staged: it is applied at the next reboot");
         }
-    } else if args.wait {
+        return client::report(&results.failed);
+    }
+    let waited = if args.wait {
         let ok: Vec<String> = results.ok.iter().map(|(node, _)| node.clone()).collect();
         let (waiting, before): (Vec<Client>, Vec<Option<String>>) = nodes
             .into_iter()
             .zip(before)
             .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
             .unzip();
-        wait_for_reboot(&waiting, &before, timeout).await?;
-    }
-    client::report(&results.failed)
+        wait_for_reboot(&waiting, &before, timeout).await
+    } else {
+        Ok(())
+    };
+    finish(waited, &results.failed)
 }
 
 /// Runs `talosctl health` (the check runs on the node, which reports its
@@ -704,6 +731,15 @@ mod tests {
             let err = parse_meta_key(bad).expect_err(bad).to_string();
             assert!(err.contains("from 0 to 255"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_wait_that_fails_keeps_the_refusals_and_its_own_error() {
+        let failed = vec![("10.5.0.3".to_owned(), "permission denied".to_owned())];
+        let err = finish(Err(anyhow!("10.5.0.2: timed out")), &failed).expect_err("failed");
+        assert_eq!(err.to_string(), "10.5.0.2: timed out");
+        assert!(finish(Ok(()), &failed).is_err());
+        assert!(finish(Ok(()), &[]).is_ok());
     }
 
     #[test]
