@@ -239,6 +239,22 @@ async fn a_slow_node_does_not_hold_the_others_past_the_deadline() {
     assert!(hosts.contains(&(slow_addr.to_string(), false)), "{hosts:?}");
 }
 
+/// One node (machined, routerd and apid in this process) and an admin's
+/// channel to its apid.
+async fn local_node_as_admin() -> (testkit::Node, Channel) {
+    let pki = Pki::new();
+    let node = start_node(
+        "local",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
+    let channel =
+        machinery::grpc::tls_channel(node.addr.to_string(), "127.0.0.1", config).expect("channel");
+    (node, channel)
+}
+
 /// A TimeService answering with `server` as the server's name.
 struct FakeTimed {
     server: &'static str,
@@ -321,16 +337,7 @@ impl FakeTimedDaemon {
 async fn local_calls_follow_routerd_across_a_backend_restart() {
     use api::time::time_service_client::TimeServiceClient;
 
-    let pki = Pki::new();
-    let node = start_node(
-        "local",
-        "127.0.0.1:0".parse().expect("addr"),
-        Some((&pki, false)),
-    )
-    .await;
-    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
-    let channel =
-        machinery::grpc::tls_channel(node.addr.to_string(), "127.0.0.1", config).expect("channel");
+    let (node, channel) = local_node_as_admin().await;
     let mut time = TimeServiceClient::new(channel);
 
     let err = time.time(()).await.expect_err("timed is not running");
@@ -370,16 +377,7 @@ async fn unknown_services_and_reflection_through_apid() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let pki = Pki::new();
-    let node = start_node(
-        "local",
-        "127.0.0.1:0".parse().expect("addr"),
-        Some((&pki, false)),
-    )
-    .await;
-    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
-    let channel =
-        machinery::grpc::tls_channel(node.addr.to_string(), "127.0.0.1", config).expect("channel");
+    let (_node, channel) = local_node_as_admin().await;
 
     for _ in 0..2 {
         let mut grpc = tonic::client::Grpc::new(channel.clone());

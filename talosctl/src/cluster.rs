@@ -560,6 +560,18 @@ async fn probe_services(
     Ok(unready)
 }
 
+/// The mTLS client config of `context` in the generated `config`.
+fn context_tls(config: &TalosConfig, context: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let ctx = config
+        .contexts
+        .get(context)
+        .context("generated talosconfig has no context")?;
+    Ok(machinery::grpc::client_tls_config(
+        &ctx.ca_pem()?,
+        Some((&ctx.crt_pem()?, &ctx.key_pem()?)),
+    )?)
+}
+
 /// Runs the cluster's health checks from the first control plane (at
 /// `endpoint`: address and TLS server name), naming every node by its
 /// address, and prints their progress as `talosctl health` does: upstream's
@@ -571,14 +583,7 @@ pub(crate) async fn check_health(
     nodes: &[NodeState],
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let ctx = config
-        .contexts
-        .get(context)
-        .context("generated talosconfig has no context")?;
-    let tls = machinery::grpc::client_tls_config(
-        &ctx.ca_pem()?,
-        Some((&ctx.crt_pem()?, &ctx.key_pem()?)),
-    )?;
+    let tls = context_tls(config, context)?;
     let (addr, server_name) = endpoint;
     let ips = |role: &str| -> Vec<String> {
         nodes
@@ -634,14 +639,7 @@ pub(crate) async fn wait_ready(
     timeout: Duration,
     services: bool,
 ) -> anyhow::Result<()> {
-    let ctx = config
-        .contexts
-        .get(context)
-        .context("generated talosconfig has no context")?;
-    let tls = machinery::grpc::client_tls_config(
-        &ctx.ca_pem()?,
-        Some((&ctx.crt_pem()?, &ctx.key_pem()?)),
-    )?;
+    let tls = context_tls(config, context)?;
     let deadline = Instant::now() + timeout;
     let exited = |target: &ReadyTarget| -> anyhow::Result<()> {
         if let Some(pid) = target.pid

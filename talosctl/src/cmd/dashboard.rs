@@ -680,6 +680,38 @@ pub fn draw_monitor(
     frame.render_widget(Paragraph::new(Line::from(FOOTER)), footer);
 }
 
+/// The next key pressed before `deadline`, if any (releases and other
+/// events are skipped).
+///
+/// # Errors
+/// The terminal cannot be read.
+pub(crate) fn key_before(
+    deadline: std::time::Instant,
+) -> anyhow::Result<Option<crossterm::event::KeyEvent>> {
+    use crossterm::event::{self, Event, KeyEventKind};
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || !event::poll(left).context("reading the terminal")? {
+            return Ok(None);
+        }
+        if let Event::Key(key) = event::read().context("reading the terminal")?
+            && key.kind == KeyEventKind::Press
+        {
+            return Ok(Some(key));
+        }
+    }
+}
+
+/// Whether `key` ends a full-screen view: q, Esc or Ctrl-C.
+pub(crate) fn quits(key: &crossterm::event::KeyEvent) -> bool {
+    use crossterm::event::{KeyCode, KeyModifiers};
+    match key.code {
+        KeyCode::Char('q') | KeyCode::Esc => true,
+        KeyCode::Char('c') => key.modifiers.contains(KeyModifiers::CONTROL),
+        _ => false,
+    }
+}
+
 /// Restores the terminal however a full-screen view ends.
 pub(crate) struct TerminalGuard;
 
@@ -694,7 +726,7 @@ impl Drop for TerminalGuard {
 /// # Errors
 /// Not a terminal, or the client setup failed.
 pub async fn run(global: &GlobalArgs, args: &DashboardArgs) -> anyhow::Result<()> {
-    use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    use crossterm::event::KeyCode;
     use std::io::IsTerminal as _;
 
     if !std::io::stdout().is_terminal() {
@@ -767,22 +799,11 @@ pub async fn run(global: &GlobalArgs, args: &DashboardArgs) -> anyhow::Result<()
             }
         }
         let deadline = std::time::Instant::now() + interval;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || !event::poll(left).context("reading the terminal")? {
-                break;
-            }
-            let Event::Key(key) = event::read().context("reading the terminal")? else {
-                continue;
-            };
-            if key.kind != KeyEventKind::Press {
-                continue;
+        while let Some(key) = key_before(deadline)? {
+            if quits(&key) {
+                return Ok(());
             }
             match key.code {
-                KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
-                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                    return Ok(());
-                }
                 KeyCode::Char(']') | KeyCode::Right => {
                     index = (index + 1) % nodes.len();
                     break;
@@ -817,6 +838,17 @@ mod tests {
     use super::*;
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
+
+    #[test]
+    fn q_esc_and_ctrl_c_quit() {
+        use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+        let key = |code, modifiers| KeyEvent::new(code, modifiers);
+        assert!(quits(&key(KeyCode::Char('q'), KeyModifiers::NONE)));
+        assert!(quits(&key(KeyCode::Esc, KeyModifiers::NONE)));
+        assert!(quits(&key(KeyCode::Char('c'), KeyModifiers::CONTROL)));
+        assert!(!quits(&key(KeyCode::Char('c'), KeyModifiers::NONE)));
+        assert!(!quits(&key(KeyCode::Char('s'), KeyModifiers::NONE)));
+    }
 
     /// What `draw` puts on a 100×30 terminal, as text.
     fn rendered(draw: impl FnOnce(&mut Frame<'_>)) -> String {

@@ -332,7 +332,7 @@ fn processes_screen(
 /// q, Esc or Ctrl-C (`s` switches the sort). Without a terminal, each
 /// table is printed after the last, a blank line between.
 async fn watch_processes(client: &Client, mut sort: ProcessSort) -> anyhow::Result<()> {
-    use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    use crate::cmd::dashboard;
     use std::io::IsTerminal as _;
 
     if !std::io::stdout().is_terminal() {
@@ -363,7 +363,7 @@ async fn watch_processes(client: &Client, mut sort: ProcessSort) -> anyhow::Resu
         }
     }
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
-    let _guard = crate::cmd::dashboard::TerminalGuard;
+    let _guard = dashboard::TerminalGuard;
     loop {
         // Bounded by the interval: keys are read only between fetches, so
         // q answers within about two intervals whatever the node does.
@@ -380,30 +380,16 @@ async fn watch_processes(client: &Client, mut sort: ProcessSort) -> anyhow::Resu
             .draw(|frame| processes_screen(frame, sort, &text, &failed))
             .context("drawing")?;
         let deadline = std::time::Instant::now() + WATCH_INTERVAL;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || !event::poll(left).context("reading the terminal")? {
+        while let Some(key) = dashboard::key_before(deadline)? {
+            if dashboard::quits(&key) {
+                return Ok(());
+            }
+            if key.code == crossterm::event::KeyCode::Char('s') {
+                sort = match sort {
+                    ProcessSort::Rss => ProcessSort::Cpu,
+                    ProcessSort::Cpu => ProcessSort::Rss,
+                };
                 break;
-            }
-            let Event::Key(key) = event::read().context("reading the terminal")? else {
-                continue;
-            };
-            if key.kind != KeyEventKind::Press {
-                continue;
-            }
-            match key.code {
-                KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
-                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                    return Ok(());
-                }
-                KeyCode::Char('s') => {
-                    sort = match sort {
-                        ProcessSort::Rss => ProcessSort::Cpu,
-                        ProcessSort::Cpu => ProcessSort::Rss,
-                    };
-                    break;
-                }
-                _ => {}
             }
         }
     }
