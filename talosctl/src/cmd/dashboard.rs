@@ -712,6 +712,33 @@ pub(crate) fn quits(key: &crossterm::event::KeyEvent) -> bool {
     }
 }
 
+/// SIGTERM and SIGHUP, caught while a full-screen view runs: the view then
+/// ends as `q` ends it and the terminal is restored, where the default
+/// action would leave it raw.
+pub(crate) struct Hangups(Vec<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    /// Starts catching them.
+    ///
+    /// # Errors
+    /// A handler cannot be installed.
+    pub(crate) fn catch() -> anyhow::Result<Hangups> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Hangups(vec![
+            signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            signal(SignalKind::hangup()).context("catching SIGHUP")?,
+        ]))
+    }
+
+    /// Whether one has arrived.
+    pub(crate) fn arrived(&mut self) -> bool {
+        use futures_util::FutureExt as _;
+        self.0
+            .iter_mut()
+            .any(|s| s.recv().now_or_never().flatten().is_some())
+    }
+}
+
 /// Restores the terminal however a full-screen view ends.
 pub(crate) struct TerminalGuard;
 
@@ -735,6 +762,7 @@ pub async fn run(global: &GlobalArgs, args: &DashboardArgs) -> anyhow::Result<()
     let client = Client::connect(global, Options::default())?;
     let nodes = client.per_node();
     let interval = args.update_interval.max(Duration::from_millis(500));
+    let mut hangups = Hangups::catch()?;
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let _guard = TerminalGuard;
     let mut index = 0usize;
@@ -799,6 +827,9 @@ pub async fn run(global: &GlobalArgs, args: &DashboardArgs) -> anyhow::Result<()
             }
         }
         let deadline = std::time::Instant::now() + interval;
+        if hangups.arrived() {
+            return Ok(());
+        }
         while let Some(key) = key_before(deadline)? {
             if quits(&key) {
                 return Ok(());
@@ -838,6 +869,23 @@ mod tests {
     use super::*;
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
+
+    #[tokio::test]
+    async fn a_hangup_is_noticed() {
+        let mut hangups = Hangups::catch().expect("handlers");
+        assert!(!hangups.arrived());
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP)
+            .expect("SIGHUP to this process");
+        // The runtime's signal driver hands it over on its next turn.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !hangups.arrived() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hangup was not noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 
     #[test]
     fn q_esc_and_ctrl_c_quit() {

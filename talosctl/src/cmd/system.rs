@@ -362,6 +362,7 @@ async fn watch_processes(client: &Client, mut sort: ProcessSort) -> anyhow::Resu
             }
         }
     }
+    let mut hangups = dashboard::Hangups::catch()?;
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let _guard = dashboard::TerminalGuard;
     loop {
@@ -380,6 +381,9 @@ async fn watch_processes(client: &Client, mut sort: ProcessSort) -> anyhow::Resu
             .draw(|frame| processes_screen(frame, sort, &text, &failed))
             .context("drawing")?;
         let deadline = std::time::Instant::now() + WATCH_INTERVAL;
+        if hangups.arrived() {
+            return Ok(());
+        }
         while let Some(key) = dashboard::key_before(deadline)? {
             if dashboard::quits(&key) {
                 return Ok(());
