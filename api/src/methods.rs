@@ -51,7 +51,13 @@ pub fn service_of(path: &str) -> Option<&str> {
 /// The package part of a `:path` (`machine` for `/machine.MachineService/Version`).
 #[must_use]
 pub fn package_of(path: &str) -> Option<&str> {
-    let service = service_of(path)?;
+    package_of_service(service_of(path)?)
+}
+
+/// The package part of a service name (`machine` for
+/// `machine.MachineService`), or `None` when it has no package.
+#[must_use]
+pub fn package_of_service(service: &str) -> Option<&str> {
     service.rsplit_once('.').map(|(package, _)| package)
 }
 

@@ -68,7 +68,9 @@ impl Local {
                 "malformed gRPC method path {path:?}"
             )));
         };
-        let package = service.rsplit_once('.').map_or("", |(p, _)| p).to_owned();
+        let package = api::methods::package_of_service(service)
+            .unwrap_or_default()
+            .to_owned();
         let service_name = service.to_owned();
         let client = self.client(&package, service);
         client.send(request).await.map_err(|e| {

@@ -669,14 +669,18 @@ fn rewrite_csr_subject(csr: &[u8], subject: &[u8], key: &KeyPair) -> Result<Vec<
 /// certificate's public key info, as kubeadm pins it (`sha256:<hex>`).
 pub fn spki_sha256(cert_pem: &str) -> Result<String, PkiError> {
     let hash = || -> Result<String, String> {
-        let block = pem_decode(cert_pem)?;
-        let (_, cert) = X509Certificate::from_der(&block.der)
-            .map_err(|err| format!("invalid certificate: {err}"))?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
-        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let digest = cert_spki_digest(&pem_decode(cert_pem)?.der)?;
+        let hex: String = digest.0.iter().map(|b| format!("{b:02x}")).collect();
         Ok(format!("sha256:{hex}"))
     };
     hash().map_err(|reason| PkiError::new("hashing the certificate's public key", reason))
+}
+
+/// SHA-256 of a DER certificate's SubjectPublicKeyInfo.
+fn cert_spki_digest(cert_der: &[u8]) -> Result<SpkiFingerprint, String> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|err| format!("invalid certificate: {err}"))?;
+    Ok(SpkiFingerprint::of_spki(cert.public_key().raw))
 }
 
 /// A server's SPKI fingerprint: SHA-256 of its SubjectPublicKeyInfo. A
@@ -702,13 +706,8 @@ impl SpkiFingerprint {
     /// # Errors
     /// The certificate cannot be parsed.
     pub fn of_certificate(cert_der: &[u8]) -> Result<SpkiFingerprint, PkiError> {
-        let (_, cert) = X509Certificate::from_der(cert_der).map_err(|err| {
-            PkiError::new(
-                "fingerprinting a certificate",
-                format!("invalid certificate: {err}"),
-            )
-        })?;
-        Ok(SpkiFingerprint::of_spki(cert.public_key().raw))
+        cert_spki_digest(cert_der)
+            .map_err(|reason| PkiError::new("fingerprinting a certificate", reason))
     }
 
     /// The fingerprint of the public half of a PEM private key.

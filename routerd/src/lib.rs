@@ -145,13 +145,13 @@ impl Router {
     /// None today: a descriptor set reflection cannot load is answered
     /// with `Internal` on the first reflection call instead.
     pub fn new(paths: &NodePaths) -> Result<Router, RouterError> {
-        let backends = Backend::ALL
-            .iter()
-            .map(|b| (*b, H2Client::unix(paths.socket(b.name()))))
-            .collect();
-        let sockets = Backend::ALL
+        let sockets: HashMap<Backend, std::path::PathBuf> = Backend::ALL
             .iter()
             .map(|b| (*b, paths.socket(b.name())))
+            .collect();
+        let backends = sockets
+            .iter()
+            .map(|(b, path)| (*b, H2Client::unix(path.clone())))
             .collect();
         Ok(Router {
             backends: Arc::new(backends),
@@ -186,9 +186,7 @@ impl Router {
         }
         let package = api::methods::package_of(&path).unwrap_or_default();
         let Some(backend) = route(package) else {
-            return status_response(&tonic::Status::unimplemented(format!(
-                "unknown service {service}"
-            )));
+            return status_response(&unknown_service(service));
         };
         let client = &self.backends[&backend];
         let (parts, body) = request.into_parts();
@@ -223,11 +221,9 @@ impl Router {
                 }
             };
         }
-        let package = service.rsplit_once('.').map_or("", |(p, _)| p);
+        let package = api::methods::package_of_service(service).unwrap_or_default();
         let answer = match route(package) {
-            None => Err(tonic::Status::unimplemented(format!(
-                "unknown service {service}"
-            ))),
+            None => Err(unknown_service(service)),
             Some(backend) => {
                 let path = &self.sockets[&backend];
                 match tokio::net::UnixStream::connect(path).await {
@@ -327,6 +323,11 @@ impl Router {
     }
 }
 
+/// The answer for a service routerd has no backend for, relayed or routed.
+fn unknown_service(service: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!("unknown service {service}"))
+}
+
 /// Whether routerd serves `service` itself.
 fn is_reflection(service: &str) -> bool {
     service == "grpc.reflection.v1.ServerReflection"
@@ -351,7 +352,7 @@ mod tests {
     #[test]
     fn every_contract_service_has_a_route_or_is_served_elsewhere() {
         for service in api::methods::services() {
-            let package = service.rsplit_once('.').map(|(p, _)| p).unwrap_or_default();
+            let package = api::methods::package_of_service(service).unwrap_or_default();
             assert!(
                 route(package).is_some() || NOT_ROUTED.contains(&package),
                 "{service} has no backend in routerd's table"

@@ -24,6 +24,8 @@ use clap::{Args, Subcommand};
 use machinery::talosconfig::TalosConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::cmd::lifecycle::HealthEnd;
+
 /// `talosctl cluster ...`
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
@@ -608,17 +610,10 @@ pub(crate) async fn check_health(
             .await
             .map_err(|status| anyhow!("health check: {}", status_text(&status)))?
             .into_inner();
-        loop {
-            match stream.message().await {
-                Ok(Some(progress)) => {
-                    if let Some(error) = crate::client::node_error(progress.metadata.as_ref()) {
-                        bail!("health check: {error}");
-                    }
-                    eprintln!("{}", progress.message);
-                }
-                Ok(None) => return Ok(()),
-                Err(status) => bail!("health check: {}", status_text(&status)),
-            }
+        match crate::cmd::lifecycle::follow_health(&mut stream).await {
+            Ok(()) => Ok(()),
+            Err(HealthEnd::Node(error)) => bail!("health check: {error}"),
+            Err(HealthEnd::Status(status)) => bail!("health check: {}", status_text(&status)),
         }
     };
     // The node ends the checks at `timeout`; this bounds a node that

@@ -696,16 +696,36 @@ pub async fn health(global: &GlobalArgs, args: HealthArgs) -> anyhow::Result<()>
             async move { client::cluster(channel).health_check(request).await }
         })
         .await?;
+    match follow_health(&mut stream).await {
+        Ok(()) => Ok(()),
+        Err(HealthEnd::Node(error)) => bail!("healthcheck error: {error}"),
+        Err(HealthEnd::Status(status)) => Err(client.status_error(&status)),
+    }
+}
+
+/// How a health check's progress stream ended other than with success.
+pub(crate) enum HealthEnd {
+    /// The node reported an error in a progress message.
+    Node(String),
+    /// The call failed.
+    Status(tonic::Status),
+}
+
+/// Prints each progress message of a HealthCheck stream on stderr until
+/// the stream ends.
+pub(crate) async fn follow_health(
+    stream: &mut tonic::Streaming<api::cluster::HealthCheckProgress>,
+) -> Result<(), HealthEnd> {
     loop {
         match stream.message().await {
             Ok(Some(progress)) => {
                 if let Some(error) = client::node_error(progress.metadata.as_ref()) {
-                    bail!("healthcheck error: {error}");
+                    return Err(HealthEnd::Node(error));
                 }
                 eprintln!("{}", progress.message);
             }
             Ok(None) => return Ok(()),
-            Err(status) => return Err(client.status_error(&status)),
+            Err(status) => return Err(HealthEnd::Status(status)),
         }
     }
 }
