@@ -121,9 +121,10 @@ async fn admin(pki: &testkit::Pki, addr: SocketAddr) -> Client {
     )
 }
 
-async fn latency() {
+/// The parts that run in this process over 33 in-process nodes: Version
+/// latency, fan-out and Logs follow.
+async fn in_process() {
     let pki = testkit::Pki::new();
-    println!("== unary Version, all in this process (sequential calls) ==");
     let mut nodes = Vec::new();
     for i in 0..33u8 {
         let addr: SocketAddr = format!("127.9.{}.{}:0", i / 200, 2 + i % 200)
@@ -143,13 +144,28 @@ async fn latency() {
             .expect("routerd"),
     );
     let apid = admin(&pki, a.addr).await;
+    if only("versions") {
+        versions(&nodes, &direct, &router, &apid).await;
+    }
+    if only("fanout") {
+        fan_out(&nodes, &apid).await;
+    }
+    if only("logs") {
+        logs_follow(a, &direct, &apid).await;
+    }
+}
+
+/// Unary Version on node A: direct, through routerd, through apid, and
+/// apid → apid (`node` = B).
+async fn versions(nodes: &[testkit::Node], direct: &Client, router: &Client, apid: &Client) {
+    println!("== unary Version, all in this process (sequential calls) ==");
     let n = calls();
     let b = nodes[1].addr.to_string();
     let mut runs = [
-        Scenario::new(&direct, n, TURN, || tonic::Request::new(())),
-        Scenario::new(&router, n, TURN, || tonic::Request::new(())),
-        Scenario::new(&apid, n, TURN, || tonic::Request::new(())),
-        Scenario::new(&apid, n, TURN, || with("node", std::slice::from_ref(&b))),
+        Scenario::new(direct, n, TURN, || tonic::Request::new(())),
+        Scenario::new(router, n, TURN, || tonic::Request::new(())),
+        Scenario::new(apid, n, TURN, || tonic::Request::new(())),
+        Scenario::new(apid, n, TURN, || with("node", std::slice::from_ref(&b))),
     ];
     interleaved(&mut runs, &[]).await;
     let [d, r, l, o] = runs.map(|s| s.samples);
@@ -162,7 +178,10 @@ async fn latency() {
         l.p50_over_us(&d),
         r.p50_over_us(&d)
     );
+}
 
+/// Fan-out (`nodes`) from node A's apid to 1, 8 and 32 of the others.
+async fn fan_out(nodes: &[testkit::Node], apid: &Client) {
     println!("== fan-out (nodes=...) through apid A ==");
     let counts = [1usize, 8, 32];
     let targets: Vec<Vec<String>> = counts
@@ -180,7 +199,7 @@ async fn latency() {
         .zip(&targets)
         .map(|(&count, targets)| {
             let (total, turn) = if count == 32 { (400, 5) } else { (1500, 20) };
-            Scenario::new(&apid, total, turn, move || with("nodes", targets))
+            Scenario::new(apid, total, turn, move || with("nodes", targets))
         })
         .collect();
     interleaved(&mut runs, &[std::process::id()]).await;
@@ -197,7 +216,10 @@ async fn latency() {
     let ratio =
         runs[2].samples.quantile(0.5).as_secs_f64() / runs[0].samples.quantile(0.5).as_secs_f64();
     println!("fan-out 32 / fan-out 1 p50 ratio: {ratio:.2}x (goal <= 3x)");
+}
 
+/// Logs follow throughput over node A's machined socket and through apid.
+async fn logs_follow(a: &testkit::Node, direct: &Client, apid: &Client) {
     println!("== Logs follow throughput ==");
     for (name, mut client) in [
         ("over machined's socket", direct.clone()),
@@ -717,6 +739,17 @@ async fn relay_floor() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The parts of [`in_process`], which `BENCH_ONLY=inproc` runs together.
+const IN_PROCESS: [&str; 3] = ["versions", "fanout", "logs"];
+
+/// Whether to run `part`: every part runs unless `BENCH_ONLY` names one
+/// (`real`, `inproc`, `versions`, `fanout`, `logs`, `services`, `memory`),
+/// for profiling.
+fn only(part: &str) -> bool {
+    let chosen = std::env::var("BENCH_ONLY").unwrap_or_default();
+    chosen.is_empty() || chosen == part || (chosen == "inproc" && IN_PROCESS.contains(&part))
+}
+
 /// Calls per scenario: 3000, or `BENCH_CALLS`.
 fn calls() -> usize {
     std::env::var("BENCH_CALLS")
@@ -752,21 +785,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // BENCH_ONLY=real|inproc|services|memory runs one part (for profiling).
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let run = |part: &str| only.is_empty() || only == part;
     rt.block_on(async {
-        if run("real") {
+        if only("real") {
             latency_real().await;
             relay_floor().await;
         }
-        if run("inproc") {
-            latency().await;
+        if IN_PROCESS.iter().any(|part| only(part)) {
+            in_process().await;
         }
-        if run("services") {
+        if only("services") {
             service_list().await;
         }
-        if run("memory") {
+        if only("memory") {
             memory().await;
         }
     });
