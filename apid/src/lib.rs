@@ -31,7 +31,7 @@ use futures_util::stream::FuturesUnordered;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::{Frame, Incoming};
-use machinery::h2::{Body, H2Client, boxed, full, grpc_frame, status_response};
+use machinery::h2::{Body, H2Client, RecvBody, boxed, full, grpc_frame, status_response};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -220,7 +220,7 @@ impl Apid {
                 })??;
                 tcp.set_nodelay(true)?;
                 let tls = connector.connect(server_name, tcp).await?;
-                Ok(hyper_util::rt::TokioIo::new(tls))
+                Ok(tls)
             }
         });
         remotes.1.insert(target.to_owned(), client.clone());
@@ -333,7 +333,7 @@ impl Apid {
         target: &str,
         parts: &http::request::Parts,
         body: Body,
-    ) -> Result<http::Response<Incoming>, tonic::Status> {
+    ) -> Result<http::Response<RecvBody>, tonic::Status> {
         if self.is_self(target) {
             let mut parts = parts.clone();
             parts.headers.remove("node");

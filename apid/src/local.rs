@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use hyper::body::Incoming;
-use machinery::h2::{Body, ClientError, H2Client};
+use machinery::h2::{Body, ClientError, H2Client, RecvBody};
 use machinery::handoff::{self, HandoffError};
 
 /// At most this many packages keep a connection: routerd's table has a
@@ -61,7 +60,7 @@ impl Local {
     pub async fn send(
         &self,
         request: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, tonic::Status> {
+    ) -> Result<http::Response<RecvBody>, tonic::Status> {
         let path = request.uri().path();
         let Some(service) = api::methods::service_of(path) else {
             return Err(tonic::Status::unimplemented(format!(
@@ -113,7 +112,7 @@ fn client_for(routerd: PathBuf, package: &str, service: &str) -> H2Client {
         async move {
             handoff::request(&routerd, &service)
                 .await
-                .map(|routed| hyper_util::rt::TokioIo::new(routed.into_stream()))
+                .map(|routed| routed.into_stream())
                 .map_err(std::io::Error::other)
         }
     })

@@ -10,11 +10,16 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::oneshot;
 
 /// Errors inside bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -93,23 +98,47 @@ pub enum ClientError {
         /// The backend.
         target: String,
         /// The cause.
-        source: hyper::Error,
+        source: h2::Error,
     },
 }
 
 /// A stream any connector yields.
-pub trait Io: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static {}
-impl<T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static> Io for T {}
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Io>>> + Send>>;
 type ConnectFn = Arc<dyn Fn() -> ConnectFuture + Send + Sync>;
 
+/// A keep-alive PING goes out this long after the last one was answered,
+/// so a peer that vanished without closing is noticed during long streams.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A PING unanswered this long ends the connection.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// What a request may send before the flow-control window is waited for:
+/// a unary message goes out whole, in the same write as its HEADERS.
+const SEND_AHEAD: usize = 1024 * 1024;
+
+/// One made connection.
+#[derive(Clone)]
+struct Connection {
+    sender: h2::client::SendRequest<Bytes>,
+    /// Set when the connection task ends.
+    closed: Arc<AtomicBool>,
+}
+
 /// One lazily made, multiplexed HTTP/2 connection to a backend.
+///
+/// It speaks HTTP/2 with the `h2` crate directly rather than through
+/// hyper's client, which hands every request body to a task of its own
+/// that waits for the new stream's flow-control window: the HEADERS and
+/// the DATA of even a one-message call then leave in two writes, each
+/// waking the peer. Here what the body has ready is queued with the
+/// HEADERS, and only a body that is still streaming gets a task.
 #[derive(Clone)]
 pub struct H2Client {
     target: Arc<str>,
     connect: ConnectFn,
-    sender: Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>,
+    connection: Arc<tokio::sync::Mutex<Option<Connection>>>,
 }
 
 impl fmt::Debug for H2Client {
@@ -135,7 +164,7 @@ impl H2Client {
         H2Client {
             target: Arc::from(target.into()),
             connect,
-            sender: Arc::default(),
+            connection: Arc::default(),
         }
     }
 
@@ -145,7 +174,7 @@ impl H2Client {
         let target = path.display().to_string();
         H2Client::new(target, move || {
             let path = path.clone();
-            async move { crate::uds::Stream::connect(path).await.map(TokioIo::new) }
+            async move { crate::uds::Stream::connect(path).await }
         })
     }
 
@@ -155,12 +184,19 @@ impl H2Client {
         &self.target
     }
 
-    async fn sender(&self) -> Result<SendRequest<Body>, ClientError> {
-        let mut slot = self.sender.lock().await;
-        if let Some(s) = slot.as_ref()
-            && !s.is_closed()
+    fn http_error(&self, source: h2::Error) -> ClientError {
+        ClientError::Http {
+            target: self.target.to_string(),
+            source,
+        }
+    }
+
+    async fn connection(&self) -> Result<Connection, ClientError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(c) = slot.as_ref()
+            && !c.closed.load(Ordering::Acquire)
         {
-            return Ok(s.clone());
+            return Ok(c.clone());
         }
         let io = (self.connect)()
             .await
@@ -168,28 +204,35 @@ impl H2Client {
                 target: self.target.to_string(),
                 source,
             })?;
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(4 * 1024 * 1024)
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
             .max_frame_size(1024 * 1024)
-            .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-        let (sender, conn) = builder
-            .handshake(io)
+            .handshake::<_, Bytes>(io)
             .await
-            .map_err(|source| ClientError::Http {
-                target: self.target.to_string(),
-                source,
-            })?;
+            .map_err(|e| self.http_error(e))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ping = connection.ping_pong();
         let target = Arc::clone(&self.target);
+        let done = Arc::clone(&closed);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match ping {
+                Some(ping) => {
+                    tokio::select! {
+                        r = &mut connection => r,
+                        lost = keep_alive(ping) => Err(lost),
+                    }
+                }
+                None => connection.await,
+            };
+            done.store(true, Ordering::Release);
+            if let Err(e) = result {
                 tracing::debug!(target = %target, error = %e, "backend connection closed");
             }
         });
-        *slot = Some(sender.clone());
-        Ok(sender)
+        let made = Connection { sender, closed };
+        *slot = Some(made.clone());
+        Ok(made)
     }
 
     /// Sends a request and returns the response head with its streaming body.
@@ -199,24 +242,271 @@ impl H2Client {
     pub async fn send(
         &self,
         request: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
-        let mut sender = self.sender().await?;
-        sender.ready().await.map_err(|source| ClientError::Http {
-            target: self.target.to_string(),
-            source,
-        })?;
-        sender
-            .send_request(request)
+    ) -> Result<http::Response<RecvBody>, ClientError> {
+        let connection = self.connection().await?;
+        let mut sender = connection
+            .sender
+            .ready()
             .await
-            .map_err(|source| ClientError::Http {
-                target: self.target.to_string(),
-                source,
-            })
+            .map_err(|e| self.http_error(e))?;
+        let (mut parts, body) = request.into_parts();
+        if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
+            // HTTP/2 needs :scheme and :authority; a backend on a socket
+            // has no name of its own.
+            let path = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            if let Ok(uri) = http::Uri::builder()
+                .scheme("http")
+                .authority("localhost")
+                .path_and_query(path)
+                .build()
+            {
+                parts.uri = uri;
+            }
+        }
+        let end = body.is_end_stream();
+        let (response, stream) = sender
+            .send_request(http::Request::from_parts(parts, ()), end)
+            .map_err(|e| self.http_error(e))?;
+        // Dropped with the response (or its body): tells a body still
+        // streaming that nobody waits for the answer any more.
+        let (cancel, cancelled) = oneshot::channel();
+        if !end && let Some((body, stream)) = send_ready(body, stream) {
+            tokio::spawn(send_rest(body, stream, cancelled));
+        }
+        let response = response.await.map_err(|e| self.http_error(e))?;
+        Ok(response.map(|recv| RecvBody {
+            recv,
+            data_done: false,
+            done: false,
+            _cancel: cancel,
+        }))
     }
 
     /// Drops the cached connection (e.g. after the peer's identity changed).
     pub async fn reset(&self) {
-        *self.sender.lock().await = None;
+        *self.connection.lock().await = None;
+    }
+}
+
+/// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns the error that
+/// ends the connection when a ping fails or goes unanswered.
+async fn keep_alive(mut ping: h2::PingPong) -> h2::Error {
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return e,
+            Err(_) => return h2::Error::from(h2::Reason::PROTOCOL_ERROR),
+        }
+    }
+}
+
+/// Queues what `body` has ready now, up to [`SEND_AHEAD`] bytes, behind the
+/// request's HEADERS. Returns the body and stream when more is to come.
+fn send_ready(
+    mut body: Body,
+    mut stream: h2::SendStream<Bytes>,
+) -> Option<(Body, h2::SendStream<Bytes>)> {
+    let mut sent = 0;
+    while sent < SEND_AHEAD {
+        let Some(frame) = body.frame().now_or_never() else {
+            return Some((body, stream));
+        };
+        if !send_frame(frame, &body, &mut stream, &mut sent) {
+            return None;
+        }
+    }
+    Some((body, stream))
+}
+
+/// Sends one frame of a request body; false once the stream has ended
+/// (the body's end, its trailers, an error, or a stream that refuses).
+fn send_frame(
+    frame: Option<Result<http_body::Frame<Bytes>, BoxError>>,
+    body: &Body,
+    stream: &mut h2::SendStream<Bytes>,
+    sent: &mut usize,
+) -> bool {
+    match frame {
+        None => {
+            let _ = stream.send_data(Bytes::new(), true);
+            false
+        }
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                *sent += data.len();
+                stream.send_data(data, end).is_ok() && !end
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = stream.send_trailers(trailers);
+                }
+                false
+            }
+        },
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "request body failed; resetting the stream");
+            stream.send_reset(h2::Reason::CANCEL);
+            false
+        }
+    }
+}
+
+/// Sends the rest of a streaming request body as the peer's flow-control
+/// window allows. Ends when the body does, when the peer resets the
+/// stream, or when the caller has dropped the response.
+async fn send_rest(
+    mut body: Body,
+    mut stream: h2::SendStream<Bytes>,
+    mut cancelled: oneshot::Receiver<()>,
+) {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => Some(frame),
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+            _ = &mut cancelled => None,
+        };
+        let mut data = match frame {
+            None => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(None) => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = stream.send_trailers(trailers);
+                    }
+                    return;
+                }
+            },
+            Some(Some(Err(e))) => {
+                tracing::debug!(error = %e, "request body failed; resetting the stream");
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+        };
+        let end = body.is_end_stream();
+        let nothing = data.is_empty();
+        // As much as the peer's window takes at a time: asking for the
+        // whole chunk lets the window open in large steps rather than a
+        // byte at a time.
+        while !data.is_empty() {
+            stream.reserve_capacity(data.len());
+            let Some(open) = window(&mut stream, &mut cancelled).await else {
+                return;
+            };
+            let chunk = data.split_to(open.min(data.len()));
+            if stream.send_data(chunk, end && data.is_empty()).is_err() {
+                return;
+            }
+        }
+        if end {
+            if nothing {
+                let _ = stream.send_data(Bytes::new(), true);
+            }
+            return;
+        }
+    }
+}
+
+/// Waits until `stream` may send: the open window, or `None` when the
+/// stream is gone (reset by the peer, or reset here because the caller
+/// went away).
+async fn window(
+    stream: &mut h2::SendStream<Bytes>,
+    cancelled: &mut oneshot::Receiver<()>,
+) -> Option<usize> {
+    loop {
+        let open = stream.capacity();
+        if open > 0 {
+            return Some(open);
+        }
+        let ready = tokio::select! {
+            ready = std::future::poll_fn(|cx| {
+                if stream.poll_reset(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                stream.poll_capacity(cx).map(|c| matches!(c, Some(Ok(_))))
+            }) => Some(ready),
+            _ = &mut *cancelled => None,
+        };
+        match ready {
+            Some(true) => {}
+            Some(false) => return None,
+            None => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return None;
+            }
+        }
+    }
+}
+
+/// A response body received by [`H2Client`]: DATA, then trailers. Flow
+/// control is released as data is taken, as hyper's body does.
+pub struct RecvBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+    done: bool,
+    _cancel: oneshot::Sender<()>,
+}
+
+impl fmt::Debug for RecvBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvBody")
+            .field("data_done", &self.data_done)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Only fails for a stream already gone, which the next
+                    // poll reports.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => this.data_done = true,
+            }
+        }
+        let trailers = std::task::ready!(this.recv.poll_trailers(cx));
+        this.done = true;
+        Poll::Ready(match trailers {
+            Ok(Some(t)) => Some(Ok(http_body::Frame::trailers(t))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.recv.is_end_stream()
     }
 }
 

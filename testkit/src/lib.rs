@@ -121,7 +121,7 @@ pub fn raw_client(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> H2Clie
                     tcp,
                 )
                 .await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
+            Ok(tls)
         }
     })
 }

@@ -1,0 +1,323 @@
+//! `machinery::h2::H2Client` against an HTTP/2 server over a real socket
+//! pair: a unary request leaves in one write, a streaming body larger
+//! than the flow-control windows arrives whole with its trailers, and a
+//! caller that drops the response resets a request still streaming.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use machinery::h2::{Body, H2Client, boxed, full};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A stream that keeps every write it passes on, one entry per call.
+struct Recording {
+    inner: tokio::net::UnixStream,
+    writes: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Recording {
+    fn keep(&self, bytes: Vec<u8>) {
+        self.writes.lock().expect("writes").push(bytes);
+    }
+}
+
+impl AsyncRead for Recording {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Recording {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            self.keep(buf[..n].to_vec());
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.keep(all[..n].to_vec());
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What the server saw of one request.
+#[derive(Debug, Default)]
+struct Seen {
+    bytes: usize,
+    chunks: usize,
+    trailers: Option<http::HeaderMap>,
+    reset: bool,
+}
+
+/// An HTTP/2 server on `io` that reads each request's body whole (when
+/// `slow`, pausing after every 32 chunks, so the sender's window runs
+/// out and must reopen), then answers 200 with a body giving the byte count and a
+/// `grpc-status: 0` trailer. What it saw goes to `seen`.
+fn serve(io: tokio::net::UnixStream, slow: bool, seen: Arc<Mutex<Vec<Seen>>>) {
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(io).await.expect("server handshake");
+        while let Some(accepted) = conn.accept().await {
+            let Ok((request, mut respond)) = accepted else {
+                return;
+            };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut body = request.into_body();
+                let mut got = Seen::default();
+                while let Some(chunk) = body.data().await {
+                    match chunk {
+                        Ok(chunk) => {
+                            got.bytes += chunk.len();
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            got.chunks += 1;
+                            if slow && got.chunks % 32 == 0 {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                        Err(e) => {
+                            got.reset = e.is_reset();
+                            seen.lock().expect("seen").push(got);
+                            return;
+                        }
+                    }
+                }
+                got.trailers = body.trailers().await.ok().flatten();
+                let count = got.bytes;
+                seen.lock().expect("seen").push(got);
+                let response = http::Response::new(());
+                let Ok(mut send) = respond.send_response(response, false) else {
+                    return;
+                };
+                let _ = send.send_data(Bytes::from(count.to_string()), false);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let _ = send.send_trailers(trailers);
+            });
+        }
+    });
+}
+
+fn request(body: Body) -> http::Request<Body> {
+    http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/test.Echo/Count")
+        .header("content-type", "application/grpc")
+        .body(body)
+        .expect("request")
+}
+
+/// The frames in `writes` (the client's bytes after the connection
+/// preface): type, flags and stream of each, with the index of the write
+/// its header was in.
+fn frames(writes: &[Vec<u8>]) -> Vec<(u8, u8, u32, usize)> {
+    let mut all = Vec::new();
+    let mut starts = Vec::new();
+    for w in writes {
+        starts.push(all.len());
+        all.extend_from_slice(w);
+    }
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    assert!(
+        all.starts_with(preface),
+        "the connection preface comes first"
+    );
+    let mut at = preface.len();
+    let mut out = Vec::new();
+    while at + 9 <= all.len() {
+        let len =
+            usize::from(all[at]) << 16 | usize::from(all[at + 1]) << 8 | usize::from(all[at + 2]);
+        let stream =
+            u32::from_be_bytes([all[at + 5], all[at + 6], all[at + 7], all[at + 8]]) & 0x7fff_ffff;
+        let write = starts.iter().rposition(|&s| s <= at).expect("a write");
+        out.push((all[at + 3], all[at + 4], stream, write));
+        at += 9 + len;
+    }
+    out
+}
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_unary_request_leaves_in_one_write() {
+    let (client_io, server_io) = tokio::net::UnixStream::pair().expect("pair");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    serve(server_io, false, Arc::clone(&seen));
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let slot = Arc::new(Mutex::new(Some(Recording {
+        inner: client_io,
+        writes: Arc::clone(&writes),
+    })));
+    let client = H2Client::new("recorded", move || {
+        let io = slot.lock().expect("slot").take();
+        async move { io.ok_or_else(|| std::io::Error::other("one connection only")) }
+    });
+
+    let message = Bytes::from_static(b"\0\0\0\0\x05hello");
+    let response = client
+        .send(request(full(message.clone())))
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let body = response.into_body().collect().await.expect("body");
+    assert_eq!(
+        body.trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert_eq!(body.to_bytes(), message.len().to_string());
+
+    let frames = frames(&writes.lock().expect("writes"));
+    let headers = frames
+        .iter()
+        .find(|f| f.0 == HEADERS && f.2 == 1)
+        .expect("the request's HEADERS");
+    let data = frames
+        .iter()
+        .find(|f| f.0 == DATA && f.2 == 1)
+        .expect("the request's DATA");
+    assert_eq!(
+        headers.1 & END_STREAM,
+        0,
+        "HEADERS leave the stream open for the message"
+    );
+    assert_eq!(
+        data.1 & END_STREAM,
+        END_STREAM,
+        "the message ends the request"
+    );
+    assert_eq!(
+        headers.3, data.3,
+        "HEADERS and DATA of a one-message request leave in the same write: {frames:?}"
+    );
+}
+
+/// A request body of `chunks` chunks of 64 KiB, sent as the receiver is
+/// ready, ending with trailers.
+fn streaming_body(chunks: usize) -> (Body, tokio::task::JoinHandle<()>) {
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, machinery::h2::BoxError>>(2);
+    let feeder = tokio::spawn(async move {
+        for _ in 0..chunks {
+            if tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from(vec![
+                    7_u8;
+                    64 * 1024
+                ]))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-end", http::HeaderValue::from_static("yes"));
+        let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
+    });
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (boxed(body), feeder)
+}
+
+fn socket_client(io: tokio::net::UnixStream) -> H2Client {
+    let slot = Arc::new(Mutex::new(Some(io)));
+    H2Client::new("pair", move || {
+        let io = slot.lock().expect("slot").take();
+        async move { io.ok_or_else(|| std::io::Error::other("one connection only")) }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_larger_than_the_windows_arrives_whole_with_its_trailers() {
+    let (client_io, server_io) = tokio::net::UnixStream::pair().expect("pair");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    serve(server_io, true, Arc::clone(&seen));
+    let client = socket_client(client_io);
+    // 12 MiB: more than the 8 MiB connection window and 4 MiB stream window.
+    let (body, feeder) = streaming_body(192);
+    let response = tokio::time::timeout(Duration::from_secs(60), client.send(request(body)))
+        .await
+        .expect("in time")
+        .expect("answer");
+    let body = response.into_body().collect().await.expect("body");
+    assert_eq!(body.to_bytes(), (192 * 64 * 1024).to_string());
+    feeder.await.expect("feeder");
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].bytes, 192 * 64 * 1024);
+    assert_eq!(
+        seen[0].trailers.as_ref().and_then(|t| t.get("x-end")),
+        Some(&http::HeaderValue::from_static("yes")),
+        "the request's trailers arrive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_call_resets_a_request_still_streaming() {
+    let (client_io, server_io) = tokio::net::UnixStream::pair().expect("pair");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    serve(server_io, false, Arc::clone(&seen));
+    let client = socket_client(client_io);
+    // A body that sends one chunk and then waits: the server never answers.
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, machinery::h2::BoxError>>(1);
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first"))))
+        .await
+        .expect("first");
+    let body = boxed(http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let call = tokio::time::timeout(Duration::from_millis(300), client.send(request(body))).await;
+    assert!(call.is_err(), "no answer comes while the request streams");
+    // The call is dropped with its timeout: the server sees the stream reset.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(got) = seen.lock().expect("seen").first() {
+            assert!(got.reset, "the stream was reset, not ended: {got:?}");
+            assert_eq!(got.bytes, 5);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never saw the reset"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(tx);
+}
