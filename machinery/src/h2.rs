@@ -205,6 +205,12 @@ impl H2Client {
                 source,
             })?;
         let (sender, mut connection) = h2::client::Builder::new()
+            // As hyper's client: no server push, at most 100 streams until
+            // the server's SETTINGS say otherwise, and a 1 MiB send buffer
+            // per stream (as much as SEND_AHEAD queues).
+            .enable_push(false)
+            .initial_max_send_streams(100)
+            .max_send_buffer_size(SEND_AHEAD)
             .initial_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
             .max_frame_size(1024 * 1024)
@@ -243,13 +249,8 @@ impl H2Client {
         &self,
         request: http::Request<Body>,
     ) -> Result<http::Response<RecvBody>, ClientError> {
-        let connection = self.connection().await?;
-        let mut sender = connection
-            .sender
-            .ready()
-            .await
-            .map_err(|e| self.http_error(e))?;
         let (mut parts, body) = request.into_parts();
+        strip_connection_headers(&mut parts.headers);
         if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
             // HTTP/2 needs :scheme and :authority; a backend on a socket
             // has no name of its own.
@@ -268,9 +269,15 @@ impl H2Client {
             }
         }
         let end = body.is_end_stream();
-        let (response, stream) = sender
-            .send_request(http::Request::from_parts(parts, ()), end)
-            .map_err(|e| self.http_error(e))?;
+        let mut sender = self.ready().await?;
+        let (response, stream) =
+            match sender.send_request(http::Request::from_parts(parts, ()), end) {
+                Ok(sent) => sent,
+                Err(e) => {
+                    self.forget(&sender).await;
+                    return Err(self.http_error(e));
+                }
+            };
         // Dropped with the response (or its body): tells a body still
         // streaming that nobody waits for the answer any more.
         let (cancel, cancelled) = oneshot::channel();
@@ -286,10 +293,105 @@ impl H2Client {
         }))
     }
 
+    /// A connection ready for a new stream. One the peer has sent GOAWAY
+    /// on (or that broke) refuses new streams while its open ones drain:
+    /// it is forgotten and a new one made, once, as no stream was opened.
+    async fn ready(&self) -> Result<Ready, ClientError> {
+        let mut retried = false;
+        loop {
+            let connection = self.connection().await?;
+            match connection.sender.clone().ready().await {
+                Ok(sender) => {
+                    return Ok(Ready {
+                        sender,
+                        closed: connection.closed,
+                    });
+                }
+                Err(e) => {
+                    self.forget_closed(&connection.closed).await;
+                    if retried {
+                        return Err(self.http_error(e));
+                    }
+                    tracing::debug!(target = %self.target, error = %e, "connection refuses new streams; making another");
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    async fn forget(&self, ready: &Ready) {
+        self.forget_closed(&ready.closed).await;
+    }
+
+    /// Forgets the cached connection if it is still the one `closed` marks.
+    async fn forget_closed(&self, closed: &Arc<AtomicBool>) {
+        let mut slot = self.connection.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.closed, closed))
+        {
+            *slot = None;
+        }
+    }
+
     /// Drops the cached connection (e.g. after the peer's identity changed).
     pub async fn reset(&self) {
         *self.connection.lock().await = None;
     }
+}
+
+/// A connection's sender, ready for one new stream.
+struct Ready {
+    sender: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Ready {
+    type Target = h2::client::SendRequest<Bytes>;
+    fn deref(&self) -> &Self::Target {
+        &self.sender
+    }
+}
+
+impl std::ops::DerefMut for Ready {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.sender
+    }
+}
+
+/// Removes the headers HTTP/2 forbids (RFC 9113 §8.2.2), which h2
+/// refuses rather than drops: connection-specific ones, and `te` other
+/// than `trailers`.
+fn strip_connection_headers(headers: &mut http::HeaderMap) {
+    for name in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|te| te != "trailers")
+    {
+        headers.remove(http::header::TE);
+    }
+}
+
+/// The reason to reset a stream with when its request body failed: the
+/// HTTP/2 reason inside the error (a caller's own stream reset), else
+/// INTERNAL_ERROR.
+fn reset_reason(error: &BoxError) -> h2::Reason {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = cause {
+        if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        cause = e.source();
+    }
+    h2::Reason::INTERNAL_ERROR
 }
 
 /// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns the error that
@@ -340,18 +442,24 @@ fn send_frame(
             Ok(data) => {
                 let end = body.is_end_stream();
                 *sent += data.len();
-                stream.send_data(data, end).is_ok() && !end
+                if stream.send_data(data, end).is_err() {
+                    stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return false;
+                }
+                !end
             }
             Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = stream.send_trailers(trailers);
+                if let Ok(trailers) = frame.into_trailers()
+                    && stream.send_trailers(trailers).is_err()
+                {
+                    stream.send_reset(h2::Reason::INTERNAL_ERROR);
                 }
                 false
             }
         },
         Some(Err(e)) => {
             tracing::debug!(error = %e, "request body failed; resetting the stream");
-            stream.send_reset(h2::Reason::CANCEL);
+            stream.send_reset(reset_reason(&e));
             false
         }
     }
@@ -383,15 +491,17 @@ async fn send_rest(
             Some(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = stream.send_trailers(trailers);
+                    if let Ok(trailers) = frame.into_trailers()
+                        && stream.send_trailers(trailers).is_err()
+                    {
+                        stream.send_reset(h2::Reason::INTERNAL_ERROR);
                     }
                     return;
                 }
             },
             Some(Some(Err(e))) => {
                 tracing::debug!(error = %e, "request body failed; resetting the stream");
-                stream.send_reset(h2::Reason::CANCEL);
+                stream.send_reset(reset_reason(&e));
                 return;
             }
         };
@@ -407,6 +517,7 @@ async fn send_rest(
             };
             let chunk = data.split_to(open.min(data.len()));
             if stream.send_data(chunk, end && data.is_empty()).is_err() {
+                stream.send_reset(h2::Reason::INTERNAL_ERROR);
                 return;
             }
         }
@@ -488,6 +599,12 @@ impl http_body::Body for RecvBody {
                     // poll reports.
                     let _ = this.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                }
+                // A reset with NO_ERROR ends the answer early without
+                // failing it (RFC 9113 §8.1), as hyper's body reads it.
+                Some(Err(e)) if e.is_reset() && e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    this.done = true;
+                    return Poll::Ready(None);
                 }
                 Some(Err(e)) => {
                     this.done = true;

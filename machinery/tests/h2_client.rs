@@ -1,7 +1,8 @@
 //! `machinery::h2::H2Client` against an HTTP/2 server over a real socket
 //! pair: a unary request leaves in one write, a streaming body larger
-//! than the flow-control windows arrives whole with its trailers, and a
-//! caller that drops the response resets a request still streaming.
+//! than the flow-control windows arrives whole with its trailers, a
+//! caller that drops the call or its answer resets a request still
+//! streaming, and a connection the server sends GOAWAY on is replaced.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -269,7 +270,8 @@ async fn a_body_larger_than_the_windows_arrives_whole_with_its_trailers() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     serve(server_io, true, Arc::clone(&seen));
     let client = socket_client(client_io);
-    // 12 MiB: more than the 8 MiB connection window and 4 MiB stream window.
+    // 12 MiB through the server's default 64 KiB windows, which close
+    // and reopen many times, with pauses on the server's side.
     let (body, feeder) = streaming_body(192);
     let response = tokio::time::timeout(Duration::from_secs(60), client.send(request(body)))
         .await
@@ -306,6 +308,123 @@ async fn dropping_the_call_resets_a_request_still_streaming() {
     let call = tokio::time::timeout(Duration::from_millis(300), client.send(request(body))).await;
     assert!(call.is_err(), "no answer comes while the request streams");
     // The call is dropped with its timeout: the server sees the stream reset.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(got) = seen.lock().expect("seen").first() {
+            assert!(got.reset, "the stream was reset, not ended: {got:?}");
+            assert_eq!(got.bytes, 5);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never saw the reset"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(tx);
+}
+
+/// A connection maker handing out `sockets` in turn.
+fn sockets_client(sockets: Vec<tokio::net::UnixStream>) -> H2Client {
+    let queue = Arc::new(Mutex::new(std::collections::VecDeque::from(sockets)));
+    H2Client::new("queue", move || {
+        let io = queue.lock().expect("queue").pop_front();
+        async move { io.ok_or_else(|| std::io::Error::other("no more connections")) }
+    })
+}
+
+/// A server that answers its first call's HEADERS at once and keeps that
+/// answer open, then says GOAWAY: the connection stays up, draining the
+/// open call, and takes no new ones.
+fn serve_then_go_away(io: tokio::net::UnixStream) {
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(io).await.expect("server handshake");
+        let Some(Ok((_request, mut respond))) = conn.accept().await else {
+            return;
+        };
+        let open = respond
+            .send_response(http::Response::new(()), false)
+            .expect("answer");
+        conn.graceful_shutdown();
+        while let Some(accepted) = conn.accept().await {
+            drop(accepted);
+        }
+        drop(open);
+    });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_going_away_is_replaced_for_the_next_call() {
+    let (first, first_server) = tokio::net::UnixStream::pair().expect("pair");
+    let (second, second_server) = tokio::net::UnixStream::pair().expect("pair");
+    serve_then_go_away(first_server);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    serve(second_server, false, Arc::clone(&seen));
+    let client = sockets_client(vec![first, second]);
+
+    let long = client
+        .send(request(full(Bytes::from_static(b"\0\0\0\0\0"))))
+        .await
+        .expect("the first call is answered");
+    // Let the GOAWAY arrive while the first answer is still open.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send(request(full(Bytes::from_static(b"\0\0\0\0\x02hi")))),
+    )
+    .await
+    .expect("in time")
+    .expect("the next call goes out on a new connection");
+    let body = next.into_body().collect().await.expect("body");
+    assert_eq!(body.to_bytes(), "7");
+    assert_eq!(seen.lock().expect("seen").len(), 1);
+    drop(long);
+}
+
+/// A server that answers each call's HEADERS before reading its body,
+/// then reads the body and records how it ended.
+fn serve_answering_first(io: tokio::net::UnixStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(io).await.expect("server handshake");
+        while let Some(Ok((request, mut respond))) = conn.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let _open = respond.send_response(http::Response::new(()), false);
+                let mut body = request.into_body();
+                let mut got = Seen::default();
+                while let Some(chunk) = body.data().await {
+                    match chunk {
+                        Ok(chunk) => got.bytes += chunk.len(),
+                        Err(e) => {
+                            got.reset = e.is_reset();
+                            break;
+                        }
+                    }
+                }
+                seen.lock().expect("seen").push(got);
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_answer_resets_a_request_still_streaming() {
+    let (client_io, server_io) = tokio::net::UnixStream::pair().expect("pair");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    serve_answering_first(server_io, Arc::clone(&seen));
+    let client = socket_client(client_io);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, machinery::h2::BoxError>>(1);
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first"))))
+        .await
+        .expect("first");
+    let body = boxed(http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let answer = client.send(request(body)).await.expect("answered");
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    // The caller is done with the answer while its request still streams.
+    drop(answer);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(got) = seen.lock().expect("seen").first() {
