@@ -54,6 +54,8 @@ pub(crate) enum Want {
     Addresses,
     /// Links and routes.
     Routes,
+    /// Links, addresses and routes.
+    AddressesAndRoutes,
 }
 
 fn failed(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> ResourceError {
@@ -99,28 +101,25 @@ async fn dump_now(want: Want) -> Result<Dump, ResourceError> {
                 .map_err(failed("the links"))?,
             ..Dump::default()
         };
-        match want {
-            Want::Links => {}
-            Want::Addresses => {
-                dump.addresses = handle
-                    .address()
-                    .get()
+        if matches!(want, Want::Addresses | Want::AddressesAndRoutes) {
+            dump.addresses = handle
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(failed("the addresses"))?;
+        }
+        if matches!(want, Want::Routes | Want::AddressesAndRoutes) {
+            for request in networkd::netlink::route_dump_requests() {
+                let routes: Vec<RouteMessage> = handle
+                    .route()
+                    .get(request)
                     .execute()
                     .try_collect()
                     .await
-                    .map_err(failed("the addresses"))?;
-            }
-            Want::Routes => {
-                for request in networkd::netlink::route_dump_requests() {
-                    let routes: Vec<RouteMessage> = handle
-                        .route()
-                        .get(request)
-                        .execute()
-                        .try_collect()
-                        .await
-                        .map_err(failed("the routes"))?;
-                    dump.routes.extend(routes);
-                }
+                    .map_err(failed("the routes"))?;
+                dump.routes.extend(routes);
             }
         }
         Ok(dump)

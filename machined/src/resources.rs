@@ -1317,8 +1317,8 @@ impl Resources {
     /// (networkd's file on metal), `/etc/hosts` and `resolv.conf`
     /// (networkd's on metal, the host's in a container).
     async fn network_status(&self) -> Result<Vec<Item>, ResourceError> {
-        let addresses = netres::dump(netres::Want::Addresses).await?;
-        let routes = netres::dump(netres::Want::Routes).await?;
+        // One dump: the links once, then addresses and routes.
+        let network = netres::dump(netres::Want::AddressesAndRoutes).await?;
         let (hostname, etc) = match self.node.mode() {
             Mode::Metal => (
                 Some(networkd::files::hostname_path(&self.node.paths)),
@@ -1345,8 +1345,8 @@ impl Resources {
         })
         .await?;
         let spec = network_pb::StatusSpec {
-            address_ready: netres::address_ready(&addresses),
-            connectivity_ready: netres::connectivity_ready(&routes),
+            address_ready: netres::address_ready(&network),
+            connectivity_ready: netres::connectivity_ready(&network),
             hostname_ready,
             etc_files_ready,
         };
