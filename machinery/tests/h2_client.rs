@@ -232,9 +232,18 @@ async fn a_unary_request_leaves_in_one_write() {
 
 /// A request body of `chunks` chunks of 64 KiB, sent as the receiver is
 /// ready, ending with trailers.
-fn streaming_body(chunks: usize) -> (Body, tokio::task::JoinHandle<()>) {
+/// The count is of the chunks the body has handed over so far.
+fn streaming_body(
+    chunks: usize,
+) -> (
+    Body,
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, machinery::h2::BoxError>>(2);
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&taken);
     let feeder = tokio::spawn(async move {
         for _ in 0..chunks {
             if tx
@@ -247,13 +256,14 @@ fn streaming_body(chunks: usize) -> (Body, tokio::task::JoinHandle<()>) {
             {
                 return;
             }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-end", http::HeaderValue::from_static("yes"));
         let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
     });
     let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    (boxed(body), feeder)
+    (boxed(body), feeder, taken)
 }
 
 fn socket_client(io: tokio::net::UnixStream) -> H2Client {
@@ -272,7 +282,7 @@ async fn a_body_larger_than_the_windows_arrives_whole_with_its_trailers() {
     let client = socket_client(client_io);
     // 12 MiB through the server's default 64 KiB windows, which close
     // and reopen many times, with pauses on the server's side.
-    let (body, feeder) = streaming_body(192);
+    let (body, feeder, _) = streaming_body(192);
     let response = tokio::time::timeout(Duration::from_secs(60), client.send(request(body)))
         .await
         .expect("in time")
@@ -439,4 +449,35 @@ async fn dropping_the_answer_resets_a_request_still_streaming() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(tx);
+}
+
+/// A server that answers each call's HEADERS and never reads its body.
+fn serve_not_reading(io: tokio::net::UnixStream) {
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(io).await.expect("server handshake");
+        let mut held = Vec::new();
+        while let Some(Ok((request, mut respond))) = conn.accept().await {
+            let open = respond.send_response(http::Response::new(()), false);
+            held.push((request, open));
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_holds_the_body_back() {
+    let (client_io, server_io) = tokio::net::UnixStream::pair().expect("pair");
+    serve_not_reading(server_io);
+    let client = socket_client(client_io);
+    let (body, feeder, taken) = streaming_body(192);
+    let answer = client.send(request(body)).await.expect("answered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The peer's 64 KiB window, what is queued up front (at most 1 MiB)
+    // and the channel's two: far from all 192 chunks (12 MiB).
+    let n = taken.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..32).contains(&n),
+        "the body is taken only as the peer's window allows: {n} chunks of 192 taken"
+    );
+    drop(answer);
+    feeder.abort();
 }
