@@ -2007,8 +2007,37 @@ async fn kernel_cmdline() -> Result<Vec<Item>, ResourceError> {
 
 /// The EFI global variables' vendor GUID.
 const EFI_GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
-/// systemd-stub's vendor GUID: its variables exist when a UKI booted.
+/// The vendor GUID of systemd-boot's and systemd-stub's variables.
 const SYSTEMD_STUB: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// A string variable of systemd-boot or systemd-stub: UTF-16LE after the
+/// 4 bytes of attributes, up to the first NUL.
+fn efi_string(efivars: &Path, name: &str) -> Option<String> {
+    let raw = std::fs::read(efivars.join(format!("{name}-{SYSTEMD_STUB}"))).ok()?;
+    let units: Vec<u16> = raw
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16(&units).ok()
+}
+
+/// Whether a Talos UKI booted, as upstream tells: systemd-boot's default
+/// entry is one of its `Talos-` entries or, with no default entry (a disk
+/// image the installer never ran on), the image systemd-stub started is.
+fn booted_with_talos_uki(efivars: &Path) -> bool {
+    let default_entry = efi_string(efivars, "LoaderEntryDefault").unwrap_or_default();
+    if !default_entry.is_empty() {
+        return default_entry.starts_with("Talos-");
+    }
+    efi_string(efivars, "StubImageIdentifier").is_some_and(|image| {
+        image
+            .rsplit(['\\', '/'])
+            .next()
+            .is_some_and(|name| name.starts_with("Talos-"))
+    })
+}
 
 /// What the firmware and the kernel say about the node's security, read
 /// from `sys` (`/sys`) and `proc` (`/proc`).
@@ -2021,7 +2050,7 @@ fn read_security_state(sys: &Path, proc: &Path) -> runtime_pb::SecurityStateSpec
     };
     // In setup mode the firmware takes any key: nothing is enforced yet.
     let secure_boot = set("SecureBoot") && !set("SetupMode");
-    let booted_with_uki = efivars.join(format!("StubInfo-{SYSTEMD_STUB}")).exists();
+    let booted_with_uki = booted_with_talos_uki(&efivars);
     let read = |path: PathBuf| std::fs::read_to_string(path).map(|v| v.trim().to_owned());
     let se_linux_state = match read(sys.join("fs/selinux/enforce")).as_deref() {
         Ok("1") => enums_pb::RuntimeSeLinuxState::SeLinuxStateEnforcing,
@@ -2435,8 +2464,8 @@ mod tests {
         )
         .expect("var");
         std::fs::write(
-            efivars.join(format!("StubInfo-{SYSTEMD_STUB}")),
-            [6, 0, 0, 0],
+            efivars.join(format!("StubImageIdentifier-{SYSTEMD_STUB}")),
+            utf16_var("\\EFI\\Linux\\Talos-A.efi"),
         )
         .expect("var");
         std::fs::create_dir_all(sys.join("fs/selinux")).expect("mkdir");
@@ -2472,6 +2501,46 @@ mod tests {
         )
         .expect("var");
         assert!(!read_security_state(&sys, &proc).secure_boot);
+    }
+
+    /// An EFI string variable: attributes, then UTF-16LE with a NUL.
+    fn utf16_var(value: &str) -> Vec<u8> {
+        let mut raw = vec![6, 0, 0, 0];
+        for unit in value.encode_utf16().chain([0]) {
+            raw.extend_from_slice(&unit.to_le_bytes());
+        }
+        raw
+    }
+
+    #[test]
+    fn a_talos_uki_is_told_by_its_entry_or_its_image_name() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let efivars = root.path();
+        let set = |name: &str, value: &str| {
+            std::fs::write(
+                efivars.join(format!("{name}-{SYSTEMD_STUB}")),
+                utf16_var(value),
+            )
+            .expect("var");
+        };
+        assert!(!booted_with_talos_uki(efivars), "no variables: no UKI");
+        set("StubInfo", "systemd-stub 257");
+        assert!(
+            !booted_with_talos_uki(efivars),
+            "another distribution's UKI is not Talos's"
+        );
+        set("StubImageIdentifier", "\\EFI\\Linux\\arch-linux.efi");
+        assert!(!booted_with_talos_uki(efivars));
+        set("StubImageIdentifier", "\\EFI\\Linux\\Talos-v1.11.0.efi");
+        assert!(
+            booted_with_talos_uki(efivars),
+            "the stub's image is Talos's"
+        );
+        // systemd-boot's default entry decides when there is one.
+        set("LoaderEntryDefault", "arch.conf");
+        assert!(!booted_with_talos_uki(efivars));
+        set("LoaderEntryDefault", "Talos-v1.11.0.efi");
+        assert!(booted_with_talos_uki(efivars));
     }
 
     #[test]
