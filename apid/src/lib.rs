@@ -291,12 +291,12 @@ impl Apid {
         let deadline = grpc_timeout(&parts.headers);
         match route {
             Route::Local => {
-                let request = http::Request::from_parts(parts, boxed(body));
+                let request = http::Request::from_parts(parts, request_body(&path, body).await?);
                 self.send_local(request).await
             }
             Route::One(target) => {
                 let client = self.remote(&target, &state)?;
-                let request = forwarded(parts, boxed(body), &target);
+                let request = forwarded(parts, request_body(&path, body).await?, &target);
                 let send = client.send(request);
                 let response = match deadline {
                     Some(d) => tokio::time::timeout(d, send).await.map_err(|_| {
@@ -374,19 +374,9 @@ impl Apid {
         let bodies: Vec<Body> = if client_streaming {
             broadcast(body, targets.len())
         } else {
-            match http_body_util::Limited::new(body, MAX_MESSAGE + 5)
-                .collect()
-                .await
-            {
-                Ok(c) => {
-                    let bytes = c.to_bytes();
-                    targets.iter().map(|_| full(bytes.clone())).collect()
-                }
-                Err(e) => {
-                    return status_response(&tonic::Status::invalid_argument(format!(
-                        "reading the request: {e}"
-                    )));
-                }
+            match read_whole(body).await {
+                Ok(bytes) => targets.iter().map(|_| full(bytes.clone())).collect(),
+                Err(status) => return status_response(&status),
             }
         };
 
@@ -631,6 +621,44 @@ fn port_of(target: &str) -> Option<u16> {
 }
 
 /// The request as forwarded to another node's apid.
+/// A request body read whole: one gRPC message of at most [`MAX_MESSAGE`]
+/// bytes. A larger one is refused as upstream's gRPC server refuses it
+/// (ResourceExhausted), as soon as its length prefix says so.
+async fn read_whole(mut body: Incoming) -> Result<Bytes, tonic::Status> {
+    let mut whole = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| tonic::Status::invalid_argument(format!("reading the request: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        whole.extend_from_slice(&data);
+        let declared = whole.get(1..5).map_or(0, |len| {
+            u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
+        });
+        if declared > MAX_MESSAGE || whole.len() > MAX_MESSAGE + 5 {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({} vs. {MAX_MESSAGE})",
+                declared.max(whole.len().saturating_sub(5))
+            )));
+        }
+    }
+    Ok(whole.freeze())
+}
+
+/// The body to send on: the one message of a call whose client sends one
+/// is read first, so it leaves with the call's HEADERS in one write (a
+/// client that writes them apart would otherwise have them forwarded
+/// apart, each waking the backend); a client stream, or a method the
+/// table does not know, is forwarded as it comes.
+async fn request_body(path: &str, body: Incoming) -> Result<Body, tonic::Status> {
+    if api::methods::lookup(path).is_some_and(|m| !m.client_streaming) {
+        read_whole(body).await.map(full)
+    } else {
+        Ok(boxed(body))
+    }
+}
+
 fn forwarded(mut parts: http::request::Parts, body: Body, target: &str) -> http::Request<Body> {
     let from = parts
         .uri

@@ -415,3 +415,46 @@ async fn unknown_services_and_reflection_through_apid() {
         "{list:?}"
     );
 }
+
+/// A one-message call larger than the 32 MiB limit is refused by apid
+/// itself, as upstream's gRPC server refuses it: ResourceExhausted with
+/// grpc-go's words, before anything reaches the backend; one just under
+/// the limit goes through to it.
+#[tokio::test]
+async fn a_message_over_the_limit_is_refused_at_the_door() {
+    let (node, channel) = local_node_as_admin().await;
+    let mut machine = MachineServiceClient::new(channel);
+    let too_big = api::machine::ApplyConfigurationRequest {
+        data: vec![b'#'; apid::MAX_MESSAGE + 1],
+        dry_run: true,
+        ..Default::default()
+    };
+    let err = machine
+        .apply_configuration(too_big)
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("grpc: received message larger than max (")
+            && err
+                .message()
+                .ends_with(&format!(" vs. {})", apid::MAX_MESSAGE)),
+        "{}",
+        err.message()
+    );
+
+    // Under the limit the backend answers: not a config, but not refused
+    // for its size.
+    let fits = api::machine::ApplyConfigurationRequest {
+        data: vec![b'#'; 1024 * 1024],
+        dry_run: true,
+        ..Default::default()
+    };
+    let err = machine
+        .apply_configuration(fits)
+        .await
+        .expect_err("no config in it");
+    assert_ne!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    drop(node);
+}
