@@ -671,19 +671,7 @@ fn forwarded(mut parts: http::request::Parts, body: Body, target: &str) -> http:
     if let Ok(v) = HeaderValue::from_str(&from) {
         parts.headers.insert("proxyfrom", v);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    if let Ok(uri) = http::Uri::builder()
-        .scheme("https")
-        .authority(target)
-        .path_and_query(path)
-        .build()
-    {
-        parts.uri = uri;
-    }
+    parts.uri = machinery::h2::with_authority(&parts.uri, "https", target);
     http::Request::from_parts(parts, body)
 }
 

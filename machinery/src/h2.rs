@@ -81,6 +81,19 @@ pub fn grpc_frame(message: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// `uri`'s path (and query) under `scheme` and `authority`; `uri` itself
+/// if they make no URI.
+#[must_use]
+pub fn with_authority(uri: &http::Uri, scheme: &str, authority: &str) -> http::Uri {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .unwrap_or_else(|_| uri.clone())
+}
+
 /// Errors reaching a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -254,19 +267,7 @@ impl H2Client {
         if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
             // HTTP/2 needs :scheme and :authority; a backend on a socket
             // has no name of its own.
-            let path = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned();
-            if let Ok(uri) = http::Uri::builder()
-                .scheme("http")
-                .authority("localhost")
-                .path_and_query(path)
-                .build()
-            {
-                parts.uri = uri;
-            }
+            parts.uri = with_authority(&parts.uri, "http", "localhost");
         }
         let end = body.is_end_stream();
         let mut sender = self.ready().await?;

@@ -300,13 +300,12 @@ async fn a_body_larger_than_the_windows_arrives_whole_with_its_trailers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_the_call_resets_a_request_still_streaming() {
-    let (client_io, server_io) = tokio::net::UnixStream::pair().expect("pair");
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    serve(server_io, false, Arc::clone(&seen));
-    let client = socket_client(client_io);
-    // A body that sends one chunk and then waits: the server never answers.
+/// A request body that sends 5 bytes and then waits, with the sender that
+/// keeps it waiting.
+async fn first_then_waiting() -> (
+    Body,
+    tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, machinery::h2::BoxError>>,
+) {
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, machinery::h2::BoxError>>(1);
     tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first"))))
@@ -315,15 +314,18 @@ async fn dropping_the_call_resets_a_request_still_streaming() {
     let body = boxed(http_body_util::StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let call = tokio::time::timeout(Duration::from_millis(300), client.send(request(body))).await;
-    assert!(call.is_err(), "no answer comes while the request streams");
-    // The call is dropped with its timeout: the server sees the stream reset.
+    (body, tx)
+}
+
+/// Waits (at most 10 s) until the server has seen its one request end, and
+/// checks it was reset after `bytes` bytes.
+async fn saw_reset_after(seen: &Mutex<Vec<Seen>>, bytes: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(got) = seen.lock().expect("seen").first() {
             assert!(got.reset, "the stream was reset, not ended: {got:?}");
-            assert_eq!(got.bytes, 5);
-            break;
+            assert_eq!(got.bytes, bytes);
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -331,6 +333,20 @@ async fn dropping_the_call_resets_a_request_still_streaming() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_call_resets_a_request_still_streaming() {
+    let (client_io, server_io) = tokio::net::UnixStream::pair().expect("pair");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    serve(server_io, false, Arc::clone(&seen));
+    let client = socket_client(client_io);
+    // A body that sends one chunk and then waits: the server never answers.
+    let (body, tx) = first_then_waiting().await;
+    let call = tokio::time::timeout(Duration::from_millis(300), client.send(request(body))).await;
+    assert!(call.is_err(), "no answer comes while the request streams");
+    // The call is dropped with its timeout: the server sees the stream reset.
+    saw_reset_after(&seen, 5).await;
     drop(tx);
 }
 
@@ -423,31 +439,12 @@ async fn dropping_the_answer_resets_a_request_still_streaming() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     serve_answering_first(server_io, Arc::clone(&seen));
     let client = socket_client(client_io);
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, machinery::h2::BoxError>>(1);
-    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first"))))
-        .await
-        .expect("first");
-    let body = boxed(http_body_util::StreamBody::new(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
+    let (body, tx) = first_then_waiting().await;
     let answer = client.send(request(body)).await.expect("answered");
     assert_eq!(answer.status(), http::StatusCode::OK);
     // The caller is done with the answer while its request still streams.
     drop(answer);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(got) = seen.lock().expect("seen").first() {
-            assert!(got.reset, "the stream was reset, not ended: {got:?}");
-            assert_eq!(got.bytes, 5);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never saw the reset"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    saw_reset_after(&seen, 5).await;
     drop(tx);
 }
 
