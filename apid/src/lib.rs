@@ -291,12 +291,17 @@ impl Apid {
         let deadline = grpc_timeout(&parts.headers);
         match route {
             Route::Local => {
-                let request = http::Request::from_parts(parts, request_body(&path, body).await?);
-                self.send_local(request).await
+                let body = request_body(&path, body, deadline).await?;
+                self.send_local(http::Request::from_parts(parts, body))
+                    .await
             }
             Route::One(target) => {
                 let client = self.remote(&target, &state)?;
-                let request = forwarded(parts, request_body(&path, body).await?, &target);
+                let started = tokio::time::Instant::now();
+                let body = request_body(&path, body, deadline).await?;
+                // What is left of the deadline after reading the request.
+                let deadline = deadline.map(|d| d.saturating_sub(started.elapsed()));
+                let request = forwarded(parts, body, &target);
                 let send = client.send(request);
                 let response = match deadline {
                     Some(d) => tokio::time::timeout(d, send).await.map_err(|_| {
@@ -374,8 +379,8 @@ impl Apid {
         let bodies: Vec<Body> = if client_streaming {
             broadcast(body, targets.len())
         } else {
-            match read_whole(body).await {
-                Ok(bytes) => targets.iter().map(|_| full(bytes.clone())).collect(),
+            match read_whole(body, deadline).await {
+                Ok(whole) => targets.iter().map(|_| whole.body()).collect(),
                 Err(status) => return status_response(&status),
             }
         };
@@ -620,30 +625,76 @@ fn port_of(target: &str) -> Option<u16> {
     }
 }
 
-/// The request as forwarded to another node's apid.
-/// A request body read whole: one gRPC message of at most [`MAX_MESSAGE`]
-/// bytes. A larger one is refused as upstream's gRPC server refuses it
-/// (ResourceExhausted), as soon as its length prefix says so.
-async fn read_whole(mut body: Incoming) -> Result<Bytes, tonic::Status> {
-    let mut whole = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| tonic::Status::invalid_argument(format!("reading the request: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        whole.extend_from_slice(&data);
-        let declared = whole.get(1..5).map_or(0, |len| {
-            u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
-        });
-        if declared > MAX_MESSAGE || whole.len() > MAX_MESSAGE + 5 {
-            return Err(tonic::Status::resource_exhausted(format!(
-                "grpc: received message larger than max ({} vs. {MAX_MESSAGE})",
-                declared.max(whole.len().saturating_sub(5))
-            )));
+/// A request body read whole.
+struct Whole {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Whole {
+    /// The body to send: the data, then the trailers if there were any.
+    fn body(&self) -> Body {
+        match &self.trailers {
+            None => full(self.data.clone()),
+            Some(trailers) => boxed(StreamBody::new(futures_util::stream::iter([
+                Ok::<_, machinery::h2::BoxError>(Frame::data(self.data.clone())),
+                Ok(Frame::trailers(trailers.clone())),
+            ]))),
         }
     }
-    Ok(whole.freeze())
+}
+
+/// Reads a request body whole, within the call's `deadline`: one gRPC
+/// message of at most [`MAX_MESSAGE`] bytes. A larger one is refused as
+/// upstream's gRPC server refuses it (ResourceExhausted, grpc-go's words),
+/// as soon as its length prefix says so.
+async fn read_whole(
+    mut body: Incoming,
+    deadline: Option<Duration>,
+) -> Result<Whole, tonic::Status> {
+    let read = async move {
+        let mut data = bytes::BytesMut::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                tonic::Status::invalid_argument(format!("reading the request: {e}"))
+            })?;
+            let chunk = match frame.into_data() {
+                Ok(chunk) => chunk,
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok();
+                    continue;
+                }
+            };
+            let known = data.len() >= 5;
+            data.extend_from_slice(&chunk);
+            let declared = data.get(1..5).map_or(0, |len| {
+                u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
+            });
+            if declared > MAX_MESSAGE || data.len() > MAX_MESSAGE + 5 {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "grpc: received message larger than max ({} vs. {MAX_MESSAGE})",
+                    declared.max(data.len().saturating_sub(5))
+                )));
+            }
+            if !known && data.len() >= 5 {
+                // Room for the whole message at once, not by doublings.
+                data.reserve((declared + 5).saturating_sub(data.len()));
+            }
+        }
+        Ok(Whole {
+            data: data.freeze(),
+            trailers,
+        })
+    };
+    match deadline {
+        Some(d) => tokio::time::timeout(d, read).await.unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(
+                "deadline exceeded reading the request",
+            ))
+        }),
+        None => read.await,
+    }
 }
 
 /// The body to send on: the one message of a call whose client sends one
@@ -651,14 +702,19 @@ async fn read_whole(mut body: Incoming) -> Result<Bytes, tonic::Status> {
 /// client that writes them apart would otherwise have them forwarded
 /// apart, each waking the backend); a client stream, or a method the
 /// table does not know, is forwarded as it comes.
-async fn request_body(path: &str, body: Incoming) -> Result<Body, tonic::Status> {
+async fn request_body(
+    path: &str,
+    body: Incoming,
+    deadline: Option<Duration>,
+) -> Result<Body, tonic::Status> {
     if api::methods::lookup(path).is_some_and(|m| !m.client_streaming) {
-        read_whole(body).await.map(full)
+        read_whole(body, deadline).await.map(|whole| whole.body())
     } else {
         Ok(boxed(body))
     }
 }
 
+/// The request as forwarded to another node's apid.
 fn forwarded(mut parts: http::request::Parts, body: Body, target: &str) -> http::Request<Body> {
     let from = parts
         .uri

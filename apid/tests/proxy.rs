@@ -458,3 +458,50 @@ async fn a_message_over_the_limit_is_refused_at_the_door() {
     assert_ne!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     drop(node);
 }
+
+/// A client that sends a one-message call's HEADERS and then stalls is
+/// answered DeadlineExceeded when its `grpc-timeout` runs out: apid does
+/// not wait for the message longer than the caller would.
+#[tokio::test]
+async fn a_stalled_request_ends_at_its_deadline() {
+    let pki = Pki::new();
+    let node = start_node(
+        "stalled",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
+    let client = testkit::raw_client(node.addr, config);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, machinery::h2::BoxError>,
+    >(1);
+    let body = machinery::h2::boxed(http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "https://{}/machine.MachineService/Version",
+            node.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(body)
+        .expect("request");
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(10), client.send(request))
+        .await
+        .expect("answered within 10 s")
+        .expect("an answer");
+    let waited = started.elapsed();
+    let status = tonic::Status::from_header_map(answer.headers()).expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.message(), "deadline exceeded reading the request");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "answered only when the deadline ran out: {waited:?}"
+    );
+    drop(tx);
+}

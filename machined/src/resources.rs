@@ -2020,7 +2020,8 @@ fn efi_string(efivars: &Path, name: &str) -> Option<String> {
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .take_while(|&u| u != 0)
         .collect();
-    String::from_utf16(&units).ok()
+    // As upstream's decoder: a broken unit reads as U+FFFD, not as absent.
+    Some(String::from_utf16_lossy(&units))
 }
 
 /// Whether a Talos UKI booted, as upstream tells: systemd-boot's default

@@ -632,7 +632,11 @@ impl http_body::Body for RecvBody {
 #[must_use]
 pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // Keep-alive pings as the client's: a peer gone without closing (its
+    // machine off) is noticed, and its streams and buffers freed.
     b.timer(TokioTimer::new())
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
         .max_frame_size(1024 * 1024);
