@@ -109,6 +109,39 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// A `grpc-timeout` value for `d`: at most 8 digits, as gRPC over HTTP/2
+/// allows, in the finest unit that holds it.
+fn grpc_timeout_value(d: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    if d.as_micros() <= MAX {
+        format!("{}u", d.as_micros())
+    } else if d.as_millis() <= MAX {
+        format!("{}m", d.as_millis())
+    } else {
+        format!("{}S", u128::from(d.as_secs()).min(MAX))
+    }
+}
+
+/// Passes on what is left of the caller's deadline as `grpc-timeout`, so
+/// the next hop gives up when the caller does; DeadlineExceeded when
+/// nothing is left.
+fn pass_deadline(
+    headers: &mut HeaderMap,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(), tonic::Status> {
+    let Some(at) = deadline else {
+        return Ok(());
+    };
+    let left = at.saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        return Err(tonic::Status::deadline_exceeded("deadline exceeded"));
+    }
+    if let Ok(value) = HeaderValue::try_from(grpc_timeout_value(left)) {
+        headers.insert("grpc-timeout", value);
+    }
+    Ok(())
+}
+
 fn header_values(headers: &HeaderMap, name: &str) -> Vec<String> {
     headers
         .get_all(name)
@@ -244,6 +277,7 @@ impl Apid {
         peer: &Peer,
         request: http::Request<Incoming>,
     ) -> Result<http::Response<Body>, tonic::Status> {
+        let arrived = tokio::time::Instant::now();
         let state = self.inner.tls.borrow().clone();
         let path = request.uri().path().to_owned();
         let (mut parts, body) = request.into_parts();
@@ -288,23 +322,23 @@ impl Apid {
             }
             RouteError::NoForwarding => tonic::Status::permission_denied(e.to_string()),
         })?;
-        let deadline = grpc_timeout(&parts.headers);
+        let timeout = grpc_timeout(&parts.headers);
+        let deadline = timeout.map(|d| arrived + d);
         match route {
             Route::Local => {
                 let body = request_body(&path, body, deadline).await?;
+                pass_deadline(&mut parts.headers, deadline)?;
                 self.send_local(http::Request::from_parts(parts, body))
                     .await
             }
             Route::One(target) => {
                 let client = self.remote(&target, &state)?;
-                let started = tokio::time::Instant::now();
                 let body = request_body(&path, body, deadline).await?;
-                // What is left of the deadline after reading the request.
-                let deadline = deadline.map(|d| d.saturating_sub(started.elapsed()));
+                pass_deadline(&mut parts.headers, deadline)?;
                 let request = forwarded(parts, body, &target);
                 let send = client.send(request);
                 let response = match deadline {
-                    Some(d) => tokio::time::timeout(d, send).await.map_err(|_| {
+                    Some(at) => tokio::time::timeout_at(at, send).await.map_err(|_| {
                         tonic::Status::deadline_exceeded(format!("{target}: deadline exceeded"))
                     })?,
                     None => send.await,
@@ -316,8 +350,8 @@ impl Apid {
             Route::Many(targets) => {
                 // Answer inside the caller's deadline: a target that has not
                 // finished shortly before it becomes an error entry.
-                let budget =
-                    deadline.map(|d| d.saturating_sub((d / 10).min(Duration::from_millis(200))));
+                let budget = timeout
+                    .map(|d| arrived + d.saturating_sub((d / 10).min(Duration::from_millis(200))));
                 Ok(self
                     .fan_out(&state, &path, parts, body, targets, budget)
                     .await)
@@ -364,10 +398,10 @@ impl Apid {
         &self,
         state: &TlsState,
         path: &str,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         targets: Vec<String>,
-        deadline: Option<Duration>,
+        deadline: Option<tokio::time::Instant>,
     ) -> http::Response<Body> {
         let method = api::methods::lookup(path);
         let server_streaming =
@@ -384,6 +418,9 @@ impl Apid {
                 Err(status) => return status_response(&status),
             }
         };
+        if let Err(status) = pass_deadline(&mut parts.headers, deadline) {
+            return status_response(&status);
+        }
 
         if server_streaming {
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, machinery::h2::BoxError>>(32);
@@ -396,7 +433,7 @@ impl Apid {
                 tasks.push(tokio::spawn(async move {
                     let run = this.stream_target(&state, &target, &parts, body, &tx);
                     let result = match deadline {
-                        Some(d) => tokio::time::timeout(d, run).await.unwrap_or_else(|_| {
+                        Some(at) => tokio::time::timeout_at(at, run).await.unwrap_or_else(|_| {
                             Err(tonic::Status::deadline_exceeded("deadline exceeded"))
                         }),
                         None => run.await,
@@ -425,7 +462,7 @@ impl Apid {
             calls.push(async move {
                 let run = this.unary_target(&state, &target, &parts, body);
                 let result = match deadline {
-                    Some(d) => tokio::time::timeout(d, run).await.unwrap_or_else(|_| {
+                    Some(at) => tokio::time::timeout_at(at, run).await.unwrap_or_else(|_| {
                         Err(tonic::Status::deadline_exceeded("deadline exceeded"))
                     }),
                     None => run.await,
@@ -650,7 +687,7 @@ impl Whole {
 /// as soon as its length prefix says so.
 async fn read_whole(
     mut body: Incoming,
-    deadline: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Whole, tonic::Status> {
     let read = async move {
         let mut data = bytes::BytesMut::new();
@@ -678,8 +715,10 @@ async fn read_whole(
                 )));
             }
             if !known && data.len() >= 5 {
-                // Room for the whole message at once, not by doublings.
-                data.reserve((declared + 5).saturating_sub(data.len()));
+                // Room for the message at once rather than by doublings,
+                // but only as much as a few frames bring: a length prefix
+                // alone commits no memory.
+                data.reserve((declared + 5).saturating_sub(data.len()).min(1024 * 1024));
             }
         }
         Ok(Whole {
@@ -688,7 +727,7 @@ async fn read_whole(
         })
     };
     match deadline {
-        Some(d) => tokio::time::timeout(d, read).await.unwrap_or_else(|_| {
+        Some(at) => tokio::time::timeout_at(at, read).await.unwrap_or_else(|_| {
             Err(tonic::Status::deadline_exceeded(
                 "deadline exceeded reading the request",
             ))
@@ -705,7 +744,7 @@ async fn read_whole(
 async fn request_body(
     path: &str,
     body: Incoming,
-    deadline: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Body, tonic::Status> {
     if api::methods::lookup(path).is_some_and(|m| !m.client_streaming) {
         read_whole(body, deadline).await.map(|whole| whole.body())
@@ -757,6 +796,50 @@ fn broadcast(mut body: Incoming, n: usize) -> Vec<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_passed_on_reads_back_as_itself() {
+        for d in [
+            Duration::from_micros(1),
+            Duration::from_millis(300),
+            Duration::from_secs(99),
+            Duration::from_secs(100_000),
+            Duration::from_secs(400_000_000),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "grpc-timeout",
+                HeaderValue::try_from(grpc_timeout_value(d)).expect("value"),
+            );
+            let back = grpc_timeout(&h).expect("parses");
+            let digits = grpc_timeout_value(d).len() - 1;
+            assert!(digits <= 8, "{d:?}: {digits} digits");
+            let want = d.min(Duration::from_secs(99_999_999));
+            assert!(
+                back <= want && want - back < Duration::from_secs(1),
+                "{d:?} came back as {back:?}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        let past = tokio::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            pass_deadline(&mut h, Some(past))
+                .expect_err("nothing left")
+                .code(),
+            tonic::Code::DeadlineExceeded
+        );
+        pass_deadline(
+            &mut h,
+            Some(tokio::time::Instant::now() + Duration::from_secs(5)),
+        )
+        .expect("time left");
+        let left = grpc_timeout(&h).expect("set");
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_secs(4),
+            "{left:?}"
+        );
+    }
 
     #[test]
     fn timeouts_parse() {

@@ -429,28 +429,31 @@ async fn a_message_over_the_limit_is_refused_at_the_door() {
         dry_run: true,
         ..Default::default()
     };
+    let declared = prost::Message::encoded_len(&too_big);
     let err = machine
         .apply_configuration(too_big)
         .await
         .expect_err("over the limit");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
-    assert!(
-        err.message()
-            .starts_with("grpc: received message larger than max (")
-            && err
-                .message()
-                .ends_with(&format!(" vs. {})", apid::MAX_MESSAGE)),
-        "{}",
-        err.message()
+    assert_eq!(
+        err.message(),
+        format!(
+            "grpc: received message larger than max ({declared} vs. {})",
+            apid::MAX_MESSAGE
+        )
     );
 
-    // Under the limit the backend answers: not a config, but not refused
-    // for its size.
-    let fits = api::machine::ApplyConfigurationRequest {
-        data: vec![b'#'; 1024 * 1024],
+    // At the limit exactly the backend answers: not a config, but not
+    // refused for its size.
+    let mut fits = api::machine::ApplyConfigurationRequest {
+        data: Vec::new(),
         dry_run: true,
         ..Default::default()
     };
+    // The data field adds its tag (1 byte) and its length (4 bytes).
+    let overhead = prost::Message::encoded_len(&fits) + 5;
+    fits.data = vec![b'#'; apid::MAX_MESSAGE - overhead];
+    assert_eq!(prost::Message::encoded_len(&fits), apid::MAX_MESSAGE);
     let err = machine
         .apply_configuration(fits)
         .await
@@ -461,7 +464,8 @@ async fn a_message_over_the_limit_is_refused_at_the_door() {
 
 /// A client that sends a one-message call's HEADERS and then stalls is
 /// answered DeadlineExceeded when its `grpc-timeout` runs out: apid does
-/// not wait for the message longer than the caller would.
+/// not wait for the message longer than the caller would, whether the
+/// call is for this node or fans out.
 #[tokio::test]
 async fn a_stalled_request_ends_at_its_deadline() {
     let pki = Pki::new();
@@ -473,13 +477,20 @@ async fn a_stalled_request_ends_at_its_deadline() {
     .await;
     let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
     let client = testkit::raw_client(node.addr, config);
+    for fan_out in [false, true] {
+        stalled_call(&client, &node, fan_out).await;
+    }
+}
+
+/// One call that stalls after its HEADERS, to this node or fanned out.
+async fn stalled_call(client: &machinery::h2::H2Client, node: &testkit::Node, fan_out: bool) {
     let (tx, rx) = tokio::sync::mpsc::channel::<
         Result<hyper::body::Frame<bytes::Bytes>, machinery::h2::BoxError>,
     >(1);
     let body = machinery::h2::boxed(http_body_util::StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method("POST")
         .uri(format!(
             "https://{}/machine.MachineService/Version",
@@ -487,9 +498,11 @@ async fn a_stalled_request_ends_at_its_deadline() {
         ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .header("grpc-timeout", "300m")
-        .body(body)
-        .expect("request");
+        .header("grpc-timeout", "300m");
+    if fan_out {
+        request = request.header("nodes", node.addr.to_string());
+    }
+    let request = request.body(body).expect("request");
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(10), client.send(request))
         .await
@@ -497,11 +510,17 @@ async fn a_stalled_request_ends_at_its_deadline() {
         .expect("an answer");
     let waited = started.elapsed();
     let status = tonic::Status::from_header_map(answer.headers()).expect("a gRPC status");
-    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.code(),
+        tonic::Code::DeadlineExceeded,
+        "fan-out {fan_out}: {status:?}"
+    );
     assert_eq!(status.message(), "deadline exceeded reading the request");
+    // Fan-out answers a little before the deadline (270 ms of 300), inside
+    // the caller's.
     assert!(
         waited >= Duration::from_millis(250),
-        "answered only when the deadline ran out: {waited:?}"
+        "fan-out {fan_out}: answered only when the deadline ran out: {waited:?}"
     );
     drop(tx);
 }
