@@ -690,6 +690,9 @@ async fn read_whole(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Whole, tonic::Status> {
     let read = async move {
+        // The usual message comes in one DATA frame and is kept as it came;
+        // a message in several frames is gathered here.
+        let mut first: Option<Bytes> = None;
         let mut data = bytes::BytesMut::new();
         let mut trailers = None;
         while let Some(frame) = body.frame().await {
@@ -703,6 +706,16 @@ async fn read_whole(
                     continue;
                 }
             };
+            if data.is_empty() && first.is_none() && chunk.len() >= 5 {
+                let declared = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]);
+                if declared as usize <= MAX_MESSAGE && declared as usize + 5 == chunk.len() {
+                    first = Some(chunk);
+                    continue;
+                }
+            }
+            if let Some(kept) = first.take() {
+                data.extend_from_slice(&kept);
+            }
             let known = data.len() >= 5;
             data.extend_from_slice(&chunk);
             let declared = data.get(1..5).map_or(0, |len| {
@@ -722,7 +735,7 @@ async fn read_whole(
             }
         }
         Ok(Whole {
-            data: data.freeze(),
+            data: first.unwrap_or_else(|| data.freeze()),
             trailers,
         })
     };
