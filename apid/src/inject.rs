@@ -93,6 +93,15 @@ pub fn inject_unary(reply: &[u8], inject: &[u8]) -> Result<Vec<u8>, InjectError>
     Ok(out)
 }
 
+/// The payload length a gRPC message's 5-byte prefix (compressed flag,
+/// big-endian length) at the start of `buf` declares, once the prefix is
+/// whole.
+#[must_use]
+pub fn declared_len(buf: &[u8]) -> Option<usize> {
+    let prefix = buf.get(..5)?;
+    Some(u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize)
+}
+
 /// Splits a byte stream into gRPC messages (5-byte prefix + payload).
 #[derive(Debug, Default)]
 pub struct Framer {
@@ -124,10 +133,9 @@ impl Framer {
     /// # Errors
     /// A message longer than `max`.
     pub fn next_message(&mut self, max: usize) -> Result<Option<GrpcMessage>, TooLarge> {
-        if self.buf.len() < 5 {
+        let Some(len) = declared_len(&self.buf) else {
             return Ok(None);
-        }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        };
         if len > max {
             return Err(TooLarge(len));
         }

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::director::{Route, RouteError};
-use crate::inject::{Framer, inject_unary, metadata_bytes};
+use crate::inject::{Framer, declared_len, inject_unary, metadata_bytes};
 use crate::tls::TlsState;
 
 /// Largest message apid moves (upstream's limit).
@@ -119,6 +119,21 @@ fn grpc_timeout_value(d: Duration) -> String {
         format!("{}m", d.as_millis())
     } else {
         format!("{}S", u128::from(d.as_secs()).min(MAX))
+    }
+}
+
+/// Runs `work` until `deadline`, if there is one; past it, the status
+/// `late` makes.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    work: impl Future<Output = Result<T, tonic::Status>>,
+    late: impl FnOnce() -> tonic::Status,
+) -> Result<T, tonic::Status> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, work)
+            .await
+            .unwrap_or_else(|_| Err(late())),
+        None => work.await,
     }
 }
 
@@ -336,16 +351,17 @@ impl Apid {
                 let body = request_body(&path, body, deadline).await?;
                 pass_deadline(&mut parts.headers, deadline)?;
                 let request = forwarded(parts, body, &target);
-                let send = client.send(request);
-                let response = match deadline {
-                    Some(at) => tokio::time::timeout_at(at, send).await.map_err(|_| {
-                        tonic::Status::deadline_exceeded(format!("{target}: deadline exceeded"))
-                    })?,
-                    None => send.await,
+                let send = async {
+                    client
+                        .send(request)
+                        .await
+                        .map(|r| r.map(boxed))
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))
                 };
-                response
-                    .map(|r| r.map(boxed))
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))
+                within(deadline, send, || {
+                    tonic::Status::deadline_exceeded(format!("{target}: deadline exceeded"))
+                })
+                .await
             }
             Route::Many(targets) => {
                 // Answer inside the caller's deadline: a target that has not
@@ -432,12 +448,10 @@ impl Apid {
                 let tx = tx.clone();
                 tasks.push(tokio::spawn(async move {
                     let run = this.stream_target(&state, &target, &parts, body, &tx);
-                    let result = match deadline {
-                        Some(at) => tokio::time::timeout_at(at, run).await.unwrap_or_else(|_| {
-                            Err(tonic::Status::deadline_exceeded("deadline exceeded"))
-                        }),
-                        None => run.await,
-                    };
+                    let result = within(deadline, run, || {
+                        tonic::Status::deadline_exceeded("deadline exceeded")
+                    })
+                    .await;
                     if let Err(status) = result {
                         let frame = grpc_frame(&metadata_bytes(
                             &target,
@@ -461,12 +475,10 @@ impl Apid {
             let parts = parts.clone();
             calls.push(async move {
                 let run = this.unary_target(&state, &target, &parts, body);
-                let result = match deadline {
-                    Some(at) => tokio::time::timeout_at(at, run).await.unwrap_or_else(|_| {
-                        Err(tonic::Status::deadline_exceeded("deadline exceeded"))
-                    }),
-                    None => run.await,
-                };
+                let result = within(deadline, run, || {
+                    tonic::Status::deadline_exceeded("deadline exceeded")
+                })
+                .await;
                 match result {
                     Ok(bytes) => bytes,
                     Err(status) => inject_unary(
@@ -706,21 +718,19 @@ async fn read_whole(
                     continue;
                 }
             };
-            if data.is_empty() && first.is_none() && chunk.len() >= 5 {
-                let declared = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]);
-                if declared as usize <= MAX_MESSAGE && declared as usize + 5 == chunk.len() {
-                    first = Some(chunk);
-                    continue;
-                }
+            if data.is_empty()
+                && first.is_none()
+                && declared_len(&chunk).is_some_and(|n| n <= MAX_MESSAGE && n + 5 == chunk.len())
+            {
+                first = Some(chunk);
+                continue;
             }
             if let Some(kept) = first.take() {
                 data.extend_from_slice(&kept);
             }
             let known = data.len() >= 5;
             data.extend_from_slice(&chunk);
-            let declared = data.get(1..5).map_or(0, |len| {
-                u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize
-            });
+            let declared = declared_len(&data).unwrap_or(0);
             if declared > MAX_MESSAGE || data.len() > MAX_MESSAGE + 5 {
                 return Err(tonic::Status::resource_exhausted(format!(
                     "grpc: received message larger than max ({} vs. {MAX_MESSAGE})",
@@ -739,14 +749,10 @@ async fn read_whole(
             trailers,
         })
     };
-    match deadline {
-        Some(at) => tokio::time::timeout_at(at, read).await.unwrap_or_else(|_| {
-            Err(tonic::Status::deadline_exceeded(
-                "deadline exceeded reading the request",
-            ))
-        }),
-        None => read.await,
-    }
+    within(deadline, read, || {
+        tonic::Status::deadline_exceeded("deadline exceeded reading the request")
+    })
+    .await
 }
 
 /// The body to send on: the one message of a call whose client sends one

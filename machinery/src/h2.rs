@@ -271,14 +271,16 @@ impl H2Client {
         }
         let end = body.is_end_stream();
         let mut sender = self.ready().await?;
-        let (response, stream) =
-            match sender.send_request(http::Request::from_parts(parts, ()), end) {
-                Ok(sent) => sent,
-                Err(e) => {
-                    self.forget(&sender).await;
-                    return Err(self.http_error(e));
-                }
-            };
+        let (response, stream) = match sender
+            .sender
+            .send_request(http::Request::from_parts(parts, ()), end)
+        {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.forget_closed(&sender.closed).await;
+                return Err(self.http_error(e));
+            }
+        };
         // Dropped with the response (or its body): tells a body still
         // streaming that nobody waits for the answer any more.
         let (cancel, cancelled) = oneshot::channel();
@@ -320,10 +322,6 @@ impl H2Client {
         }
     }
 
-    async fn forget(&self, ready: &Ready) {
-        self.forget_closed(&ready.closed).await;
-    }
-
     /// Forgets the cached connection if it is still the one `closed` marks.
     async fn forget_closed(&self, closed: &Arc<AtomicBool>) {
         let mut slot = self.connection.lock().await;
@@ -345,19 +343,6 @@ impl H2Client {
 struct Ready {
     sender: h2::client::SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
-}
-
-impl std::ops::Deref for Ready {
-    type Target = h2::client::SendRequest<Bytes>;
-    fn deref(&self) -> &Self::Target {
-        &self.sender
-    }
-}
-
-impl std::ops::DerefMut for Ready {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.sender
-    }
 }
 
 /// Removes the headers HTTP/2 forbids (RFC 9113 §8.2.2), which h2
@@ -419,49 +404,47 @@ fn send_ready(
         let Some(frame) = body.frame().now_or_never() else {
             return Some((body, stream));
         };
-        if !send_frame(frame, &body, &mut stream, &mut sent) {
+        let data = take_frame(frame, &mut stream)?;
+        let end = body.is_end_stream();
+        sent += data.len();
+        if stream.send_data(data, end).is_err() {
+            stream.send_reset(h2::Reason::INTERNAL_ERROR);
+            return None;
+        }
+        if end {
             return None;
         }
     }
     Some((body, stream))
 }
 
-/// Sends one frame of a request body; false once the stream has ended
-/// (the body's end, its trailers, an error, or a stream that refuses).
-fn send_frame(
+/// The data of one frame of a request body, for the caller to send; or
+/// `None` once the stream has ended here: the body's end, its trailers,
+/// or an error (the stream reset).
+fn take_frame(
     frame: Option<Result<http_body::Frame<Bytes>, BoxError>>,
-    body: &Body,
     stream: &mut h2::SendStream<Bytes>,
-    sent: &mut usize,
-) -> bool {
+) -> Option<Bytes> {
     match frame {
         None => {
             let _ = stream.send_data(Bytes::new(), true);
-            false
+            None
         }
         Some(Ok(frame)) => match frame.into_data() {
-            Ok(data) => {
-                let end = body.is_end_stream();
-                *sent += data.len();
-                if stream.send_data(data, end).is_err() {
-                    stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                    return false;
-                }
-                !end
-            }
+            Ok(data) => Some(data),
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers()
                     && stream.send_trailers(trailers).is_err()
                 {
                     stream.send_reset(h2::Reason::INTERNAL_ERROR);
                 }
-                false
+                None
             }
         },
         Some(Err(e)) => {
             tracing::debug!(error = %e, "request body failed; resetting the stream");
             stream.send_reset(reset_reason(&e));
-            false
+            None
         }
     }
 }
@@ -480,31 +463,12 @@ async fn send_rest(
             _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
             _ = &mut cancelled => None,
         };
-        let mut data = match frame {
-            None => {
-                stream.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(None) => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => data,
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers()
-                        && stream.send_trailers(trailers).is_err()
-                    {
-                        stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                    }
-                    return;
-                }
-            },
-            Some(Some(Err(e))) => {
-                tracing::debug!(error = %e, "request body failed; resetting the stream");
-                stream.send_reset(reset_reason(&e));
-                return;
-            }
+        let Some(frame) = frame else {
+            stream.send_reset(h2::Reason::CANCEL);
+            return;
+        };
+        let Some(mut data) = take_frame(frame, &mut stream) else {
+            return;
         };
         let end = body.is_end_stream();
         let nothing = data.is_empty();
