@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod director;
 pub mod inject;
+pub mod limit;
 pub mod local;
 pub mod tls;
 
@@ -38,6 +39,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::director::{Route, RouteError};
 use crate::inject::{Framer, declared_len, inject_unary, metadata_bytes};
+use crate::limit::Refusal;
 use crate::tls::TlsState;
 
 /// Largest message apid moves (upstream's limit).
@@ -341,14 +343,15 @@ impl Apid {
         let deadline = timeout.map(|d| arrived + d);
         match route {
             Route::Local => {
-                let body = request_body(&path, body, deadline).await?;
+                let (body, refusal) = request_body(&path, body, deadline).await?;
                 pass_deadline(&mut parts.headers, deadline)?;
-                self.send_local(http::Request::from_parts(parts, body))
+                refusal
+                    .answer(self.send_local(http::Request::from_parts(parts, body)))
                     .await
             }
             Route::One(target) => {
                 let client = self.remote(&target, &state)?;
-                let body = request_body(&path, body, deadline).await?;
+                let (body, refusal) = request_body(&path, body, deadline).await?;
                 pass_deadline(&mut parts.headers, deadline)?;
                 let request = forwarded(parts, body, &target);
                 let send = async {
@@ -358,10 +361,10 @@ impl Apid {
                         .map(|r| r.map(boxed))
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))
                 };
-                within(deadline, send, || {
+                let send = within(deadline, send, || {
                     tonic::Status::deadline_exceeded(format!("{target}: deadline exceeded"))
-                })
-                .await
+                });
+                refusal.answer(send).await
             }
             Route::Many(targets) => {
                 // Answer inside the caller's deadline: a target that has not
@@ -409,7 +412,8 @@ impl Apid {
     /// One to many: the request goes to every target; unary replies are
     /// tagged and concatenated in arrival order, stream messages tagged and
     /// interleaved. A failing target becomes an error entry; the call
-    /// itself succeeds.
+    /// itself succeeds, unless a client message is over the limit, which
+    /// fails the whole call as upstream's does.
     async fn fan_out(
         &self,
         state: &TlsState,
@@ -426,18 +430,39 @@ impl Apid {
 
         // The request: one buffered body replayed to every target, or, for
         // client streams, every client message broadcast as it arrives.
-        let bodies: Vec<Body> = if client_streaming {
-            broadcast(body, targets.len())
+        let (bodies, refusal) = if client_streaming {
+            let (body, refusal) = limit::checked(body);
+            (broadcast(body, targets.len()), refusal)
         } else {
             match read_whole(body, deadline).await {
-                Ok(whole) => targets.iter().map(|_| whole.body()).collect(),
+                Ok(whole) => (
+                    targets.iter().map(|_| whole.body()).collect(),
+                    Refusal::none(),
+                ),
                 Err(status) => return status_response(&status),
             }
         };
         if let Err(status) = pass_deadline(&mut parts.headers, deadline) {
             return status_response(&status);
         }
+        let answer =
+            self.fan_out_answer(state, &parts, targets, bodies, server_streaming, deadline);
+        refusal
+            .answer(async { Ok(answer.await) })
+            .await
+            .unwrap_or_else(|status| status_response(&status))
+    }
 
+    /// The answers of a fan-out once every target has its request body.
+    async fn fan_out_answer(
+        &self,
+        state: &TlsState,
+        parts: &http::request::Parts,
+        targets: Vec<String>,
+        bodies: Vec<Body>,
+        server_streaming: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> http::Response<Body> {
         if server_streaming {
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, machinery::h2::BoxError>>(32);
             let mut tasks = FuturesUnordered::new();
@@ -732,10 +757,7 @@ async fn read_whole(
             data.extend_from_slice(&chunk);
             let declared = declared_len(&data).unwrap_or(0);
             if declared > MAX_MESSAGE || data.len() > MAX_MESSAGE + 5 {
-                return Err(tonic::Status::resource_exhausted(format!(
-                    "grpc: received message larger than max ({} vs. {MAX_MESSAGE})",
-                    declared.max(data.len().saturating_sub(5))
-                )));
+                return Err(limit::too_large(declared.max(data.len().saturating_sub(5))));
             }
             if !known && data.len() >= 5 {
                 // Room for the message at once rather than by doublings,
@@ -764,11 +786,13 @@ async fn request_body(
     path: &str,
     body: Incoming,
     deadline: Option<tokio::time::Instant>,
-) -> Result<Body, tonic::Status> {
+) -> Result<(Body, Refusal), tonic::Status> {
     if api::methods::lookup(path).is_some_and(|m| !m.client_streaming) {
-        read_whole(body, deadline).await.map(|whole| whole.body())
+        let whole = read_whole(body, deadline).await?;
+        Ok((whole.body(), Refusal::none()))
     } else {
-        Ok(boxed(body))
+        let (body, refusal) = limit::checked(body);
+        Ok((boxed(body), refusal))
     }
 }
 
@@ -789,8 +813,14 @@ fn forwarded(mut parts: http::request::Parts, body: Body, target: &str) -> http:
     http::Request::from_parts(parts, body)
 }
 
-/// Splits a client stream so every target gets every message.
-fn broadcast(mut body: Incoming, n: usize) -> Vec<Body> {
+/// Splits a client stream so every target gets every message. A stream
+/// that fails (reset by the client, or a message over the limit) fails
+/// every target's, so none of them takes what came as the whole stream.
+fn broadcast<B>(mut body: B, n: usize) -> Vec<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
     let mut senders = Vec::with_capacity(n);
     let mut bodies = Vec::with_capacity(n);
     for _ in 0..n {
@@ -799,9 +829,19 @@ fn broadcast(mut body: Incoming, n: usize) -> Vec<Body> {
         bodies.push(boxed(StreamBody::new(ReceiverStream::new(rx))));
     }
     tokio::spawn(async move {
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(data) = frame.into_data() else {
-                continue;
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    let reason = e.to_string();
+                    for tx in &senders {
+                        let _ = tx.send(Err(reason.clone().into())).await;
+                    }
+                    return;
+                }
             };
             for tx in &senders {
                 // A target that went away no longer listens: fine.
@@ -815,6 +855,25 @@ fn broadcast(mut body: Incoming, n: usize) -> Vec<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client stream that fails part way fails every target's stream
+    /// after what came before, rather than ending it as if complete.
+    #[tokio::test]
+    async fn a_failed_client_stream_fails_every_copy() {
+        let frames: Vec<Result<Frame<Bytes>, String>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"first"))),
+            Err("stream reset by the client".to_owned()),
+            Ok(Frame::data(Bytes::from_static(b"never"))),
+        ];
+        for copy in broadcast(StreamBody::new(futures_util::stream::iter(frames)), 3) {
+            let mut copy = copy;
+            let first = copy.frame().await.expect("a frame").expect("data");
+            assert_eq!(first.into_data().expect("data"), "first");
+            let failed = copy.frame().await.expect("a frame").expect_err("failed");
+            assert_eq!(failed.to_string(), "stream reset by the client");
+            assert!(copy.frame().await.is_none());
+        }
+    }
 
     #[test]
     fn a_deadline_passed_on_reads_back_as_itself() {

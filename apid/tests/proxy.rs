@@ -416,10 +416,18 @@ async fn unknown_services_and_reflection_through_apid() {
     );
 }
 
+/// What upstream's apid answers for a message over 32 MiB: grpc-go refuses
+/// it with ResourceExhausted and its proxy wraps that as Internal.
+fn over_the_limit(declared: usize) -> String {
+    format!(
+        "failed proxying s2c: rpc error: code = ResourceExhausted desc = grpc: received message \
+         larger than max ({declared} vs. 33554432)"
+    )
+}
+
 /// A one-message call larger than the 32 MiB limit is refused by apid
-/// itself, as upstream's gRPC server refuses it: ResourceExhausted with
-/// grpc-go's words, before anything reaches the backend; one just under
-/// the limit goes through to it.
+/// itself, with upstream's code and words, before anything reaches the
+/// backend; one at the limit goes through to it.
 #[tokio::test]
 async fn a_message_over_the_limit_is_refused_at_the_door() {
     let (node, channel) = local_node_as_admin().await;
@@ -434,14 +442,8 @@ async fn a_message_over_the_limit_is_refused_at_the_door() {
         .apply_configuration(too_big)
         .await
         .expect_err("over the limit");
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
-    assert_eq!(
-        err.message(),
-        format!(
-            "grpc: received message larger than max ({declared} vs. {})",
-            apid::MAX_MESSAGE
-        )
-    );
+    assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+    assert_eq!(err.message(), over_the_limit(declared));
 
     // At the limit exactly the backend answers: not a config, but not
     // refused for its size.
@@ -460,6 +462,116 @@ async fn a_message_over_the_limit_is_refused_at_the_door() {
         .expect_err("no config in it");
     assert_ne!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     drop(node);
+}
+
+/// A message over the limit inside a client stream fails the call where it
+/// begins, for this node, for another node and fanned out, as upstream's
+/// apid fails it; the backend's own limit (4 MiB for reflection) is never
+/// reached. Messages before it pass as usual.
+#[tokio::test]
+async fn a_client_stream_message_over_the_limit_fails_the_call() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let pki = Pki::new();
+    let a = start_node(
+        "node-a",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let b = start_node(
+        "node-b",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
+    let channel = machinery::grpc::tls_channel(a.addr.to_string(), "127.0.0.1", config.clone())
+        .expect("channel");
+
+    let list = |host: String| ServerReflectionRequest {
+        host,
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let huge = list("h".repeat(apid::MAX_MESSAGE));
+    let declared = prost::Message::encoded_len(&huge);
+    for node in [None, Some(b.addr.to_string())] {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(list(String::new())).await.expect("queued");
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(node) = &node {
+            request.metadata_mut().insert(
+                "node",
+                MetadataValue::try_from(node.as_str()).expect("ascii"),
+            );
+        }
+        let mut reflection = ServerReflectionClient::new(channel.clone());
+        let mut stream = reflection
+            .server_reflection_info(request)
+            .await
+            .expect("reflection")
+            .into_inner();
+        let first = stream.message().await.expect("first reply").expect("one");
+        assert!(first.message_response.is_some(), "{node:?}: {first:?}");
+
+        tx.send(huge.clone()).await.expect("queued");
+        let err = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("answered")
+            .expect_err("over the limit");
+        assert_eq!(err.code(), tonic::Code::Internal, "{node:?}: {err:?}");
+        assert_eq!(err.message(), over_the_limit(declared), "{node:?}");
+    }
+
+    // Fanned out: the first message of an EtcdRecover upload declares more
+    // than the limit, and comes with the call's HEADERS.
+    let client = testkit::raw_client(a.addr, config);
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(
+        &u32::try_from(apid::MAX_MESSAGE + 1)
+            .expect("u32")
+            .to_be_bytes(),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, machinery::h2::BoxError>,
+    >(1);
+    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from(prefix))))
+        .await
+        .expect("queued");
+    let body = machinery::h2::boxed(http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "https://{}/machine.MachineService/EtcdRecover",
+            a.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("nodes", a.addr.to_string())
+        .header("nodes", b.addr.to_string())
+        .body(body)
+        .expect("request");
+    let answer = tokio::time::timeout(Duration::from_secs(10), client.send(request))
+        .await
+        .expect("answered within 10 s")
+        .expect("an answer");
+    let status = match tonic::Status::from_header_map(answer.headers()) {
+        Some(status) => status,
+        None => {
+            let collected = http_body_util::BodyExt::collect(answer.into_body())
+                .await
+                .expect("the answer");
+            tonic::Status::from_header_map(collected.trailers().expect("trailers"))
+                .expect("a gRPC status")
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert_eq!(status.message(), over_the_limit(apid::MAX_MESSAGE + 1));
+    drop(tx);
 }
 
 /// A client that sends a one-message call's HEADERS and then stalls is
