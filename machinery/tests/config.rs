@@ -1413,7 +1413,7 @@ fn what_is_not_applied_is_said() {
     let text = edit(
         &text,
         "        wipe: false",
-        "        wipe: false\n        extraKernelArgs: [console=tty0]",
+        "        wipe: true\n        extraKernelArgs: [console=tty0]",
     );
     let text = format!(
         "{text}---\napiVersion: v1alpha1\nkind: NetworkRuleConfig\nname: a\n---\napiVersion: v1alpha1\nkind: NetworkRuleConfig\nname: b\n---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: n1\n"
@@ -1428,6 +1428,7 @@ fn what_is_not_applied_is_said() {
             "machine.kernel.modules" => "modules",
             "machine.udev.rules" => "udev",
             "machine.install.extraKernelArgs" => "args",
+            "machine.install.wipe" => "wipe",
             "machine.time.servers" => "ptp",
             "machine.network.kubespan" => "kubespan",
             "machine.features.rbac" => "rbac",
@@ -1438,7 +1439,7 @@ fn what_is_not_applied_is_said() {
     assert_eq!(
         said,
         [
-            "disks", "modules", "udev", "args", "ptp", "kubespan", "rbac", "kind"
+            "disks", "modules", "udev", "args", "wipe", "ptp", "kubespan", "rbac", "kind"
         ]
     );
 

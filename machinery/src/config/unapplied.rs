@@ -73,6 +73,17 @@ pub(super) fn not_applied(config: &MachineConfig) -> Vec<String> {
             );
         }
         if machine
+            .install
+            .as_ref()
+            .is_some_and(|install| install.wipe == Some(true))
+        {
+            out.push(
+                "machine.install.wipe: the disk is not zeroed first (installing writes a new \
+                 partition table and every partition)"
+                    .to_owned(),
+            );
+        }
+        if machine
             .time
             .as_ref()
             .and_then(|t| t.servers.as_ref())
