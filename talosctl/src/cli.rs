@@ -1172,12 +1172,12 @@ pub struct GenConfigArgs {
     /// the desired persist value for configs (false is refused: the node always keeps its config)
     #[arg(short = 'p', long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub persist: bool,
-    /// renders all machine configs with the documentation added (accepted for compatibility: this talosctl writes no comments; the book documents every field)
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub with_docs: Option<bool>,
-    /// renders all machine configs with the commented examples (accepted for compatibility: this talosctl writes no comments)
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub with_examples: Option<bool>,
+    /// renders all machine configs with the documentation added
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub with_docs: bool,
+    /// renders all machine configs with the commented examples
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub with_examples: bool,
     /// the desired Talos version to generate config for (accepted for compatibility: configs are generated for this talosctl's own release)
     #[arg(long)]
     pub talos_version: Option<String>,

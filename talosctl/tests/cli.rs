@@ -805,6 +805,10 @@ fn gen_config_upstream_flags(work: &Path) {
         config.contains("kubespan:\n      enabled: true"),
         "{config}"
     );
+    assert!(
+        !config.lines().any(|l| l.trim_start().starts_with('#')),
+        "no comments asked for: {config}"
+    );
     let v = run(
         &none,
         &[
@@ -835,7 +839,16 @@ fn gen_config_upstream_flags(work: &Path) {
             "-",
         ],
     );
-    assert!(off.contains("discovery:\n    enabled: false"), "{off}");
+    // Comments by default, as upstream: what each field does, and
+    // commented examples.
+    assert!(
+        off.contains("discovery:\n    # Take part in discovery.\n    enabled: false"),
+        "{off}"
+    );
+    assert!(
+        off.contains("  network: {}\n\n    # # A static hostname.\n    # hostname: node-1\n"),
+        "{off}"
+    );
     for (args, refusal) in [
         (&["--persist=false"][..], "--persist=false"),
         (&["--version", "v1alpha2"][..], "unsupported config version"),

@@ -61,6 +61,7 @@
 //! }
 //! ```
 
+pub mod annotate;
 mod disk_selector;
 mod documents;
 mod error;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context as _, anyhow, bail};
+use machinery::config::annotate::{Annotations, annotate};
 use machinery::generate::{GenOptions, generate};
 use machinery::secrets::SecretsBundle;
 
@@ -335,16 +336,6 @@ fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
             "note: --talos-version {version}: configs are generated for this talosctl's own release"
         );
     }
-    for (flag, value) in [
-        ("--with-docs", args.with_docs),
-        ("--with-examples", args.with_examples),
-    ] {
-        if value == Some(true) {
-            eprintln!(
-                "note: {flag}: this talosctl writes configs without comments; the documentation has every field"
-            );
-        }
-    }
     // First, so that a --config-patch can still change what they set.
     let mut first = Vec::new();
     if let Some(patch) = registry_mirror_patch(&args.registry_mirror)? {
@@ -408,6 +399,12 @@ fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
     let controlplane = patched(controlplane, &args.config_patch_control_plane)?;
     let worker = patched(generated.worker_yaml, &args.config_patch)?;
     let worker = patched(worker, &args.config_patch_worker)?;
+    let comments = Annotations {
+        docs: args.with_docs,
+        examples: args.with_examples,
+    };
+    let controlplane = annotate(&controlplane, comments);
+    let worker = annotate(&worker, comments);
     let talosconfig = generated
         .talosconfig
         .to_yaml()
@@ -603,8 +600,8 @@ mod tests {
             with_cluster_discovery: true,
             with_kubespan: false,
             persist: true,
-            with_docs: None,
-            with_examples: None,
+            with_docs: true,
+            with_examples: true,
             talos_version: None,
             config_version: "v1alpha1".into(),
         };
