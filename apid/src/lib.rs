@@ -819,7 +819,7 @@ fn forwarded(mut parts: http::request::Parts, body: Body, target: &str) -> http:
 fn broadcast<B>(mut body: B, n: usize) -> Vec<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: std::fmt::Display + Send,
+    B::Error: Into<machinery::h2::BoxError> + Send,
 {
     let mut senders = Vec::with_capacity(n);
     let mut bodies = Vec::with_capacity(n);
@@ -836,9 +836,9 @@ where
                     Err(_) => continue,
                 },
                 Err(e) => {
-                    let reason = e.to_string();
+                    let e: machinery::h2::BoxError = e.into();
                     for tx in &senders {
-                        let _ = tx.send(Err(reason.clone().into())).await;
+                        let _ = tx.send(Err(machinery::h2::reset_like(&e))).await;
                     }
                     return;
                 }
@@ -860,9 +860,11 @@ mod tests {
     /// after what came before, rather than ending it as if complete.
     #[tokio::test]
     async fn a_failed_client_stream_fails_every_copy() {
-        let frames: Vec<Result<Frame<Bytes>, String>> = vec![
+        // The client's reason (CANCEL here) is what every target's stream
+        // is reset with.
+        let frames: Vec<Result<Frame<Bytes>, machinery::h2::BoxError>> = vec![
             Ok(Frame::data(Bytes::from_static(b"first"))),
-            Err("stream reset by the client".to_owned()),
+            Err(Box::new(h2::Error::from(h2::Reason::CANCEL))),
             Ok(Frame::data(Bytes::from_static(b"never"))),
         ];
         for copy in broadcast(StreamBody::new(futures_util::stream::iter(frames)), 3) {
@@ -870,7 +872,10 @@ mod tests {
             let first = copy.frame().await.expect("a frame").expect("data");
             assert_eq!(first.into_data().expect("data"), "first");
             let failed = copy.frame().await.expect("a frame").expect_err("failed");
-            assert_eq!(failed.to_string(), "stream reset by the client");
+            let reason = failed
+                .downcast_ref::<h2::Error>()
+                .and_then(h2::Error::reason);
+            assert_eq!(reason, Some(h2::Reason::CANCEL), "{failed}");
             assert!(copy.frame().await.is_none());
         }
     }

@@ -100,8 +100,16 @@ impl HttpBody for Checked {
         }
         let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-            None => return Poll::Ready(None),
+            // The stream is over either way: no refusal can follow, and
+            // the response need not wait for one.
+            Some(Err(e)) => {
+                self.refuse = None;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            None => {
+                self.refuse = None;
+                return Poll::Ready(None);
+            }
         };
         if let Some(data) = frame.data_ref()
             && let Err(declared) = self.bounds.check(data, MAX_MESSAGE)
@@ -139,8 +147,10 @@ impl Refusal {
     }
 
     /// Runs `call`. A refusal while it waits for its response answers the
-    /// call instead; one after the response began ends the response with
-    /// the refusal's status in its trailers.
+    /// call instead, as does one found when the call ends (the backend's
+    /// side of a refused stream fails at once, and may be seen first); one
+    /// after the response began ends the response with the refusal's
+    /// status in its trailers.
     pub async fn answer(
         self,
         call: impl Future<Output = Result<http::Response<Body>, tonic::Status>>,
@@ -162,16 +172,21 @@ impl Refusal {
             call.as_mut().poll(cx)
         })
         .await;
+        if let Some(status) = rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            return Err(status);
+        }
         let response = result?;
         Ok(match rx {
-            None => response,
-            Some(rx) => response.map(|body| {
+            // A response that has ended (trailers-only) stays as it is, so
+            // its headers still carry END_STREAM.
+            Some(rx) if !response.body().is_end_stream() => response.map(|body| {
                 boxed(Ending {
                     inner: body,
                     refused: Some(rx),
                     ended: false,
                 })
             }),
+            _ => response,
         })
     }
 }
@@ -181,6 +196,17 @@ struct Ending {
     inner: Body,
     refused: Option<oneshot::Receiver<tonic::Status>>,
     ended: bool,
+}
+
+impl Ending {
+    /// The refusal's status as the response's trailers, ending it.
+    fn refuse(&mut self, status: &tonic::Status) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.ended = true;
+        self.refused = None;
+        let mut trailers = http::HeaderMap::new();
+        let _ = status.add_header(&mut trailers);
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
 }
 
 impl HttpBody for Ending {
@@ -196,22 +222,24 @@ impl HttpBody for Ending {
         }
         if let Some(rx) = self.refused.as_mut() {
             match Pin::new(rx).poll(cx) {
-                Poll::Ready(Ok(status)) => {
-                    self.ended = true;
-                    self.refused = None;
-                    let mut trailers = http::HeaderMap::new();
-                    let _ = status.add_header(&mut trailers);
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                }
+                Poll::Ready(Ok(status)) => return self.refuse(&status),
                 Poll::Ready(Err(_)) => self.refused = None,
                 Poll::Pending => {}
             }
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // The backend's side of a refused stream fails (or ends) at once,
+        // and may be seen before the refusal: the refusal is the answer.
+        if matches!(frame, Some(Err(_)) | None)
+            && let Some(status) = self.refused.as_mut().and_then(|rx| rx.try_recv().ok())
+        {
+            return self.refuse(&status);
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || (self.refused.is_none() && self.inner.is_end_stream())
+        self.ended || self.inner.is_end_stream()
     }
 }
 
@@ -257,6 +285,45 @@ mod tests {
         for byte in &stream {
             assert_eq!(b.check(std::slice::from_ref(byte), 10), Ok(()));
         }
+    }
+
+    /// A trailers-only answer (the backend refused the call before the
+    /// client finished its stream) is passed on as it is, so its headers
+    /// still end the stream; grpc-go clients read no status otherwise.
+    #[tokio::test]
+    async fn a_trailers_only_answer_still_ends_with_its_headers() {
+        let (_refuse, rx) = oneshot::channel::<tonic::Status>();
+        let answer = Refusal(Some(rx))
+            .answer(async {
+                Ok(machinery::h2::status_response(
+                    &tonic::Status::unimplemented("not here"),
+                ))
+            })
+            .await
+            .expect("the backend's answer");
+        assert!(answer.body().is_end_stream());
+        assert_eq!(
+            answer.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"12"[..])
+        );
+    }
+
+    /// A refusal that is there when the call ends is the answer, whatever
+    /// the call came back with.
+    #[tokio::test]
+    async fn a_refusal_there_when_the_call_ends_is_the_answer() {
+        let (refuse, rx) = oneshot::channel::<tonic::Status>();
+        let status = Refusal(Some(rx))
+            .answer(async move {
+                // As the backend's side does: the refusal is sent, then the
+                // stream fails before `answer` looks at the refusal again.
+                refuse.send(too_large(40)).expect("sent");
+                Err(tonic::Status::unavailable("stream error sent by user"))
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(status.message().contains("(40 vs. 33554432)"), "{status:?}");
     }
 
     #[test]

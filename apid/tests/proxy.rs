@@ -525,9 +525,38 @@ async fn a_client_stream_message_over_the_limit_fails_the_call() {
         assert_eq!(err.message(), over_the_limit(declared), "{node:?}");
     }
 
-    // Fanned out: the first message of an EtcdRecover upload declares more
-    // than the limit, and comes with the call's HEADERS.
+    // The first message of an EtcdRecover upload declares more than the
+    // limit and comes with the call's HEADERS: for this node, for another
+    // node, and fanned out.
     let client = testkit::raw_client(a.addr, config);
+    let (here, there) = (a.addr.to_string(), b.addr.to_string());
+    let routes: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("node", there.as_str())],
+        &[("nodes", here.as_str()), ("nodes", there.as_str())],
+    ];
+    for route in routes {
+        let status = too_large_upload(&client, a.addr, route).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::Internal,
+            "{route:?}: {status:?}"
+        );
+        assert_eq!(
+            status.message(),
+            over_the_limit(apid::MAX_MESSAGE + 1),
+            "{route:?}"
+        );
+    }
+}
+
+/// An EtcdRecover upload whose first DATA frame, sent with the HEADERS,
+/// declares a message one byte over the limit; the status it is answered.
+async fn too_large_upload(
+    client: &machinery::h2::H2Client,
+    addr: std::net::SocketAddr,
+    route: &[(&str, &str)],
+) -> tonic::Status {
     let mut prefix = vec![0u8];
     prefix.extend_from_slice(
         &u32::try_from(apid::MAX_MESSAGE + 1)
@@ -543,18 +572,15 @@ async fn a_client_stream_message_over_the_limit_fails_the_call() {
     let body = machinery::h2::boxed(http_body_util::StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method("POST")
-        .uri(format!(
-            "https://{}/machine.MachineService/EtcdRecover",
-            a.addr
-        ))
+        .uri(format!("https://{addr}/machine.MachineService/EtcdRecover"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("nodes", a.addr.to_string())
-        .header("nodes", b.addr.to_string())
-        .body(body)
-        .expect("request");
+        .header("te", "trailers");
+    for (name, value) in route {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(body).expect("request");
     let answer = tokio::time::timeout(Duration::from_secs(10), client.send(request))
         .await
         .expect("answered within 10 s")
@@ -569,9 +595,8 @@ async fn a_client_stream_message_over_the_limit_fails_the_call() {
                 .expect("a gRPC status")
         }
     };
-    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
-    assert_eq!(status.message(), over_the_limit(apid::MAX_MESSAGE + 1));
     drop(tx);
+    status
 }
 
 /// A client that sends a one-message call's HEADERS and then stalls is

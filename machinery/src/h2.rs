@@ -380,6 +380,13 @@ fn reset_reason(error: &BoxError) -> h2::Reason {
     h2::Reason::INTERNAL_ERROR
 }
 
+/// An error that resets a stream with the reason `error` carries (the
+/// client's CANCEL stays CANCEL), for a body failed on another's behalf.
+#[must_use]
+pub fn reset_like(error: &BoxError) -> BoxError {
+    Box::new(h2::Error::from(reset_reason(error)))
+}
+
 /// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns the error that
 /// ends the connection when a ping fails or goes unanswered.
 async fn keep_alive(mut ping: h2::PingPong) -> h2::Error {
