@@ -842,7 +842,7 @@ fn gen_config_upstream_flags(work: &Path) {
     // Comments by default, as upstream: what each field does, and
     // commented examples.
     assert!(
-        off.contains("discovery:\n    # Take part in discovery.\n    enabled: false"),
+        off.contains("discovery:\n    # Whether discovery is used.\n    enabled: false"),
         "{off}"
     );
     assert!(

@@ -1,7 +1,8 @@
 //! Comments for a generated machine config, as `talosctl gen config` adds
 //! them (`--with-docs`, `--with-examples`): a line or two above each field
 //! saying what it does, and commented examples of settings the config
-//! leaves out. Comments change nothing a parser sees.
+//! leaves out. Comments change nothing a parser sees: should they ever,
+//! the config is written without them.
 
 /// What to add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,19 +48,22 @@ const DOCS: &[(&str, &str)] = &[
         "machine.certSANs",
         "Extra names and addresses for the API server certificate of this machine.",
     ),
-    ("machine.kubelet", "Kubelet settings."),
-    ("machine.kubelet.image", "Kubelet image to run."),
+    (
+        "machine.kubelet",
+        "Kubelet settings. This node runs no Kubernetes yet: the Kubernetes settings\n(kubelet, node labels and taints, kubePrism, most of cluster) are checked\nand kept for upstream compatibility, not applied.",
+    ),
+    ("machine.kubelet.image", "Kubelet image."),
     (
         "machine.kubelet.extraArgs",
         "Extra command-line flags for the kubelet.",
     ),
     (
         "machine.kubelet.defaultRuntimeSeccompProfileEnabled",
-        "Run containers under the runtime's default seccomp profile.",
+        "Containers run under the runtime's default seccomp profile.",
     ),
     (
         "machine.kubelet.disableManifestsDirectory",
-        "Do not read static pods from /etc/kubernetes/manifests.",
+        "The kubelet reads no static pods from /etc/kubernetes/manifests.",
     ),
     (
         "machine.network",
@@ -86,10 +90,40 @@ const DOCS: &[(&str, &str)] = &[
         "machine.network.extraHostEntries",
         "Extra lines for /etc/hosts.",
     ),
+    (
+        "machine.network.interfaces[].interface",
+        "Link name, for example eth0.",
+    ),
+    (
+        "machine.network.interfaces[].deviceSelector",
+        "Picks the link by what it is (MAC address, PCI ID, driver, bus path)\nrather than by name.",
+    ),
+    (
+        "machine.network.interfaces[].addresses",
+        "Static addresses, each with its prefix length.",
+    ),
+    (
+        "machine.network.interfaces[].routes",
+        "Static routes through this link.",
+    ),
+    (
+        "machine.network.interfaces[].dhcp",
+        "Take an address by DHCP.",
+    ),
+    ("machine.network.interfaces[].mtu", "MTU of the link."),
+    ("machine.network.interfaces[].vlans", "VLANs on this link."),
     ("machine.install", "Installation to disk."),
     (
         "machine.install.disk",
         "Disk to install to, as a /dev path.",
+    ),
+    (
+        "machine.install.diskSelector",
+        "Picks the install disk by what it is (size, model, serial, bus path, ...);\nwins over disk.",
+    ),
+    (
+        "machine.install.trustedKeys",
+        "Further public keys (ed25519, PEM) whose signed installer images this\nmachine accepts, besides the keys built into its image.",
     ),
     (
         "machine.install.image",
@@ -107,12 +141,19 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "machine.env",
-        "Environment variables for machined and every service (for example a proxy).",
+        "Environment variables for every service and the installer (for example a proxy).",
     ),
     ("machine.time", "Time synchronisation."),
     ("machine.time.servers", "NTP servers to synchronise with."),
-    ("machine.sysctls", "Kernel parameters set at boot."),
-    ("machine.sysfs", "sysfs values written at boot."),
+    ("machine.time.disabled", "Turn time synchronisation off."),
+    (
+        "machine.sysctls",
+        "Kernel parameters, set at boot and whenever the config changes.",
+    ),
+    (
+        "machine.sysfs",
+        "sysfs values, written at boot and whenever the config changes.",
+    ),
     (
         "machine.registries",
         "Image registry mirrors and their credentials.",
@@ -124,24 +165,21 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "machine.features.stableHostname",
-        "Without a configured hostname, derive one that stays the same across reboots.",
+        "Without a configured hostname, the machine takes one that stays the same\nacross reboots (always so on this node).",
     ),
     (
         "machine.features.apidCheckExtKeyUsage",
-        "The API accepts only client certificates whose key usage is client authentication.",
+        "The API accepts only client certificates made for client authentication\n(always so on this node).",
     ),
     (
         "machine.features.diskQuotaSupport",
-        "Enable XFS project quotas on the EPHEMERAL partition.",
+        "XFS project quotas on the EPHEMERAL partition, for Kubernetes' local storage\n(accepted; this node does not turn them on).",
     ),
     (
         "machine.features.kubePrism",
-        "Local load balancer in front of the Kubernetes API servers.",
+        "Local load balancer in front of the Kubernetes API servers (Kubernetes).",
     ),
-    (
-        "machine.features.kubePrism.enabled",
-        "Run the load balancer.",
-    ),
+    ("machine.features.kubePrism.enabled", "Whether it runs."),
     (
         "machine.features.kubePrism.port",
         "Port it listens on, on localhost.",
@@ -150,7 +188,7 @@ const DOCS: &[(&str, &str)] = &[
         "machine.features.hostDNS",
         "Caching DNS resolver on the host. Accepted; this node does not run one yet.",
     ),
-    ("machine.features.hostDNS.enabled", "Run the resolver."),
+    ("machine.features.hostDNS.enabled", "Whether it runs."),
     (
         "machine.features.hostDNS.forwardKubeDNSToHost",
         "Cluster DNS forwards the names it does not know to the host's resolver.",
@@ -169,7 +207,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "cluster",
-        "Settings shared by every machine of the cluster.",
+        "Settings shared by every machine of the cluster: Kubernetes, etcd and\ndiscovery. This node runs none of them yet: they are checked and kept for\nupstream compatibility, not applied.",
     ),
     (
         "cluster.id",
@@ -219,7 +257,7 @@ const DOCS: &[(&str, &str)] = &[
         "Key that signs Kubernetes service account tokens.",
     ),
     ("cluster.apiServer", "kube-apiserver settings."),
-    ("cluster.apiServer.image", "kube-apiserver image to run."),
+    ("cluster.apiServer.image", "kube-apiserver image."),
     (
         "cluster.apiServer.certSANs",
         "Extra names and addresses for the kube-apiserver certificate.",
@@ -242,17 +280,17 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "cluster.controllerManager.image",
-        "kube-controller-manager image to run.",
+        "kube-controller-manager image.",
     ),
     ("cluster.proxy", "kube-proxy settings."),
-    ("cluster.proxy.image", "kube-proxy image to run."),
+    ("cluster.proxy.image", "kube-proxy image."),
     ("cluster.scheduler", "kube-scheduler settings."),
-    ("cluster.scheduler.image", "kube-scheduler image to run."),
+    ("cluster.scheduler.image", "kube-scheduler image."),
     (
         "cluster.discovery",
         "How the cluster's machines find each other.",
     ),
-    ("cluster.discovery.enabled", "Take part in discovery."),
+    ("cluster.discovery.enabled", "Whether discovery is used."),
     (
         "cluster.discovery.registries",
         "Where members are registered and looked up.",
@@ -307,15 +345,6 @@ const EXAMPLES: &[Example] = &[
         yaml: "nameservers:\n- 9.9.9.9\n- 1.1.1.1",
     },
     Example {
-        parent: "machine.install",
-        title: "The installer checks the installer image's signature against these keys too.",
-        yaml: "trustedKeys:\n\
-               - |\n\
-               \x20 -----BEGIN PUBLIC KEY-----\n\
-               \x20 MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n\
-               \x20 -----END PUBLIC KEY-----",
-    },
-    Example {
         parent: "machine",
         title: "NTP servers to synchronise with.",
         yaml: "time:\n  servers:\n  - time.cloudflare.com",
@@ -350,39 +379,54 @@ const EXAMPLES: &[Example] = &[
     },
 ];
 
-/// Where a key line sits.
-struct KeyLine {
-    indent: usize,
-    path: String,
+/// What a line of the YAML is.
+enum Line {
+    /// A mapping key, at `indent`, with its path.
+    Key { indent: usize, path: String },
+    /// Inside a block scalar (`|`, `>`): text, whatever it looks like.
+    Text,
+    /// A document separator (`---`).
+    Separator,
+    /// Anything else: blank, a comment, a list item of a scalar.
+    Other,
 }
 
-/// The key lines of `lines` (by index), skipping block scalar contents.
-fn key_lines(lines: &[&str]) -> Vec<Option<KeyLine>> {
-    let mut out: Vec<Option<KeyLine>> = Vec::with_capacity(lines.len());
+/// A document separator: `---` at the start of a line (a block scalar's
+/// text, `-----BEGIN ...` for one, is always indented in a mapping).
+fn is_separator(line: &str) -> bool {
+    line == "---" || line.starts_with("--- ")
+}
+
+/// What each of `lines` is, following keys by indentation.
+fn classify(lines: &[&str]) -> Vec<Line> {
+    let mut out = Vec::with_capacity(lines.len());
     // (indent, segment); a list item is `[]` at its dash's indent.
     let mut stack: Vec<(usize, String)> = Vec::new();
     // Lines more indented than this belong to a block scalar.
-    let mut scalar_above: Option<usize> = None;
+    let mut text_above: Option<usize> = None;
     for line in lines {
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
-        if let Some(limit) = scalar_above {
+        if let Some(limit) = text_above {
             if trimmed.is_empty() || indent > limit {
-                out.push(None);
+                out.push(Line::Text);
                 continue;
             }
-            scalar_above = None;
+            text_above = None;
         }
-        if trimmed.starts_with("---") {
+        if is_separator(line) {
             stack.clear();
-            out.push(None);
+            out.push(Line::Separator);
             continue;
         }
         if trimmed.is_empty() || trimmed.starts_with('#') {
-            out.push(None);
+            out.push(Line::Other);
             continue;
         }
-        let (indent, rest) = match trimmed.strip_prefix("- ") {
+        let (indent, rest) = match trimmed.strip_prefix("- ").or_else(|| {
+            // A list item that is itself a nested list or an empty item.
+            (trimmed == "-").then_some("")
+        }) {
             Some(item) => {
                 while stack.last().is_some_and(|(i, _)| *i > indent) {
                     stack.pop();
@@ -391,12 +435,19 @@ fn key_lines(lines: &[&str]) -> Vec<Option<KeyLine>> {
                     stack.pop();
                 }
                 stack.push((indent, "[]".to_owned()));
-                (indent + 2, item.trim_start())
+                let item = item.trim_start();
+                if starts_block_scalar(item) {
+                    // `- |`: the item is text, indented past the dash.
+                    text_above = Some(indent);
+                    out.push(Line::Other);
+                    continue;
+                }
+                (indent + 2, item)
             }
             None => (indent, trimmed),
         };
         let Some((key, value)) = split_key(rest) else {
-            out.push(None);
+            out.push(Line::Other);
             continue;
         };
         while stack.last().is_some_and(|(i, _)| *i >= indent) {
@@ -406,37 +457,78 @@ fn key_lines(lines: &[&str]) -> Vec<Option<KeyLine>> {
         path.push(key);
         let path = path.join(".").replace(".[]", "[]");
         stack.push((indent, key.to_owned()));
-        if value.starts_with('|') || value.starts_with('>') {
-            scalar_above = Some(indent);
+        if starts_block_scalar(value) {
+            text_above = Some(indent);
         }
-        out.push(Some(KeyLine { indent, path }));
+        out.push(Line::Key { indent, path });
     }
     out
 }
 
-/// `key: value` or `key:`; quoted keys are not the schema's and are left alone.
+/// `|`, `|-`, `>+`, `|2` and the like: a block scalar follows.
+fn starts_block_scalar(value: &str) -> bool {
+    value.starts_with(['|', '>'])
+}
+
+/// `key: value` or `key:`. A quoted key is kept with its quotes, so it
+/// matches no field, but its value is still seen.
 fn split_key(text: &str) -> Option<(&str, &str)> {
-    if text.starts_with(['\'', '"', '{', '[']) {
+    let key_end = match text.chars().next()? {
+        quote @ ('\'' | '"') => {
+            let mut escaped = false;
+            let mut end = None;
+            for (i, c) in text.char_indices().skip(1) {
+                if quote == '"' && c == '\\' && !escaped {
+                    escaped = true;
+                    continue;
+                }
+                if c == quote && !escaped {
+                    // In single quotes, '' is a quote.
+                    if quote == '\'' && text[i + 1..].starts_with('\'') {
+                        escaped = true;
+                        continue;
+                    }
+                    end = Some(i + 1);
+                    break;
+                }
+                escaped = false;
+            }
+            end?
+        }
+        '{' | '[' => return None,
+        _ => {
+            if let Some(key) = text.strip_suffix(':') {
+                return (!key.contains(": ")).then_some((key, ""));
+            }
+            text.find(": ")?
+        }
+    };
+    let (key, rest) = text.split_at(key_end);
+    let value = rest.strip_prefix(':')?;
+    if !(value.is_empty() || value.starts_with(' ')) {
         return None;
     }
-    if let Some(key) = text.strip_suffix(':') {
-        return Some((key, ""));
-    }
-    let (key, value) = text.split_once(": ")?;
     Some((key, value.trim_start()))
 }
 
 /// The index of the last line of the block a key at `start` opens.
-fn block_end(lines: &[&str], start: usize, indent: usize) -> usize {
+fn block_end(lines: &[&str], kinds: &[Line], start: usize, indent: usize) -> usize {
     let mut end = start;
     for (i, line) in lines.iter().enumerate().skip(start + 1) {
+        match kinds[i] {
+            Line::Separator => break,
+            Line::Text => {
+                end = i;
+                continue;
+            }
+            Line::Key { .. } | Line::Other => {}
+        }
         let trimmed = line.trim_start();
         if trimmed.is_empty() {
             continue;
         }
         let at = line.len() - trimmed.len();
-        let more = at > indent || (at == indent && trimmed.starts_with("- "));
-        if !more || trimmed.starts_with("---") {
+        if !(at > indent || (at == indent && trimmed.starts_with('-'))) {
             break;
         }
         end = i;
@@ -457,21 +549,66 @@ fn comment(out: &mut String, indent: usize, text: &str) {
     }
 }
 
-/// `yaml` with the comments `what` asks for.
+/// Every document of `yaml`, as a parser sees them.
+fn values(yaml: &str) -> Option<Vec<serde_yaml_ng::Value>> {
+    use serde::Deserialize as _;
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(serde_yaml_ng::Value::deserialize)
+        .collect::<Result<_, _>>()
+        .ok()
+}
+
+/// The keys an example sets at its top.
+fn example_keys(example: &Example) -> Vec<String> {
+    serde_yaml_ng::from_str::<serde_yaml_ng::Mapping>(example.yaml)
+        .map(|map| {
+            map.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `yaml` with the comments `what` asks for. Should the comments ever
+/// change what a parser reads, `yaml` is returned as it is.
 #[must_use]
 pub fn annotate(yaml: &str, what: Annotations) -> String {
     if !what.docs && !what.examples {
         return yaml.to_owned();
     }
+    let annotated = with_comments(yaml, what);
+    match (values(yaml), values(&annotated)) {
+        (Some(before), Some(after)) if before == after => annotated,
+        _ => yaml.to_owned(),
+    }
+}
+
+fn with_comments(yaml: &str, what: Annotations) -> String {
     let lines: Vec<&str> = yaml.lines().collect();
-    let keys = key_lines(&lines);
+    let kinds = classify(&lines);
+    let paths: std::collections::HashSet<&str> = kinds
+        .iter()
+        .filter_map(|k| match k {
+            Line::Key { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
     // Examples to write after line i: (indent of the section, example).
     let mut after: Vec<Vec<(usize, &Example)>> = vec![Vec::new(); lines.len()];
     if what.examples {
-        for (i, key) in keys.iter().enumerate() {
-            let Some(key) = key else { continue };
-            for example in EXAMPLES.iter().filter(|e| e.parent == key.path) {
-                after[block_end(&lines, i, key.indent)].push((key.indent, example));
+        for (i, kind) in kinds.iter().enumerate() {
+            let Line::Key { indent, path } = kind else {
+                continue;
+            };
+            for example in EXAMPLES.iter().filter(|e| e.parent == path) {
+                // Not for what the section already sets: uncommented, it
+                // would set it twice.
+                let set = example_keys(example)
+                    .iter()
+                    .any(|k| paths.contains(format!("{path}.{k}").as_str()));
+                if !set {
+                    after[block_end(&lines, &kinds, i, *indent)].push((*indent, example));
+                }
             }
         }
         // A nested section's examples before its parent's.
@@ -482,16 +619,16 @@ pub fn annotate(yaml: &str, what: Annotations) -> String {
     let mut out = String::with_capacity(yaml.len() * 2);
     for (i, line) in lines.iter().enumerate() {
         if what.docs
-            && let Some(key) = &keys[i]
-            && let Some((_, doc)) = DOCS.iter().find(|(path, _)| *path == key.path)
+            && let Line::Key { indent, path } = &kinds[i]
+            && let Some((_, doc)) = DOCS.iter().find(|(p, _)| p == path)
         {
-            // A list item's key gets its comment above the item.
-            let indent = if line.trim_start().starts_with("- ") {
-                key.indent - 2
+            // A list item's first key gets its comment above the item.
+            let at = if line.trim_start().starts_with("- ") {
+                indent.saturating_sub(2)
             } else {
-                key.indent
+                *indent
             };
-            comment(&mut out, indent, doc);
+            comment(&mut out, at, doc);
         }
         out.push_str(line);
         out.push('\n');
@@ -644,8 +781,76 @@ mod tests {
         assert_eq!(body.join("\n"), EXAMPLES[1].yaml);
     }
 
+    /// The comments themselves, without the fallback, change nothing.
+    fn assert_unchanged(yaml: &str) -> String {
+        let annotated = with_comments(yaml, ALL);
+        assert_eq!(
+            values(&annotated).expect("annotated parses"),
+            values(yaml).expect("input parses"),
+            "{annotated}"
+        );
+        annotated
+    }
+
+    #[test]
+    fn text_that_looks_like_yaml_stays_text() {
+        let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAAAAA\n-----END PUBLIC KEY-----\n";
+        let bundle =
+            crate::secrets::SecretsBundle::generate(std::time::SystemTime::now()).expect("secrets");
+        let mut options = crate::generate::GenOptions::new("demo", "https://10.5.0.1:6443");
+        options.installer_keys.push(pem.to_owned());
+        let generated = crate::generate::generate(&bundle, &options, std::time::SystemTime::now())
+            .expect("generated")
+            .controlplane_yaml;
+        let annotated = assert_unchanged(&generated);
+        // The docs after the key go on (the PEM's dashes end nothing), and
+        // the section's examples come after the key, not inside it.
+        assert!(
+            annotated.contains("  # Feature switches.\n  features:"),
+            "{annotated}"
+        );
+        let key_end = annotated.find("-----END PUBLIC KEY-----").expect("the key");
+        let example = annotated.find("# # NTP servers").expect("an example");
+        assert!(example > key_end, "{annotated}");
+
+        // A file holding a certificate, udev rules holding what looks like
+        // a document separator and a field, a quoted key with text.
+        let patched = crate::generate::apply_patch(
+            &generated,
+            "machine:\n  files:\n  - content: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n---\\n-----END CERTIFICATE-----\\n\"\n    path: /var/etc/ca.pem\n    op: create\n  udev:\n    rules:\n    - \"# ---\\n---\\ndebug: x\\nversion: y\\n\"\n  env:\n    'odd: key': \"a\\nversion: b\\n\"\n",
+        )
+        .expect("patched");
+        assert!(
+            patched.contains("- |"),
+            "block scalars in the input: {patched}"
+        );
+        let annotated = assert_unchanged(&patched);
+        assert!(
+            annotated.contains("\n# Settings shared by every machine of the cluster"),
+            "{annotated}"
+        );
+        assert_eq!(annotate(&patched, ALL), annotated);
+    }
+
+    #[test]
+    fn examples_skip_what_the_section_sets() {
+        let patched = crate::generate::apply_patch(
+            &generated(),
+            "machine:\n  network:\n    hostname: set-here\n",
+        )
+        .expect("patched");
+        let annotated = annotate(&patched, ALL);
+        assert!(!annotated.contains("# # A static hostname."), "{annotated}");
+        assert!(annotated.contains("# # A static address and default route on eth0."));
+    }
+
     #[test]
     fn block_scalars_and_list_items_are_followed() {
+        // A list item that is text, in a list whose items' fields have
+        // docs: the text is left alone.
+        assert_unchanged(
+            "machine:\n  network:\n    interfaces:\n    - |\n      interface: eth9\n      mtu: 1\n",
+        );
         let yaml = "machine:\n  files:\n  - content: |\n      type: x\n      network: y\n    path: /var/f\n  network: {}\ncluster:\n  clusterName: c\n";
         let annotated = annotate(
             yaml,
