@@ -27,7 +27,9 @@
 //! (RFC 7386): mappings merge recursively, `null` deletes a key, scalars and
 //! lists replace. Upstream's strategic merge differs in places (it appends
 //! to some lists, e.g. `certSANs`, and merges network interfaces by name),
-//! and its RFC 6902 JSON patches (lists of operations) are not supported.
+//! A patch that is a list is an RFC 6902 JSON patch (see [`crate::jsonpatch`]),
+//! applied to the v1alpha1 document of a config that has only that one, as
+//! upstream does.
 //!
 //! Generation creates a key pair (the admin certificate): CPU-bound, so
 //! async callers should use `spawn_blocking`.
@@ -597,14 +599,22 @@ pub fn apply_patch(yaml: &str, patch: &str) -> Result<String, GenError> {
 
     for (index, patch) in patches.into_iter().enumerate() {
         let position = index + 1;
-        let Value::Mapping(patch_map) = &patch else {
-            let reason = if patch.is_sequence() {
-                "is a list: JSON Patch (RFC 6902) operations are not supported; write the patch as a partial config to merge"
-            } else {
-                "is not a mapping"
+        if patch.is_sequence() {
+            // Upstream's words: a list of operations cannot say which
+            // document it is for.
+            let [document] = documents.as_mut_slice() else {
+                return Err(GenError::Patch(
+                    "JSON6902 patches are not supported for multi-document machine configuration"
+                        .to_owned(),
+                ));
             };
+            crate::jsonpatch::apply(document, &patch)
+                .map_err(|err| GenError::Patch(format!("patch document {position}: {err}")))?;
+            continue;
+        }
+        let Value::Mapping(patch_map) = &patch else {
             return Err(GenError::Patch(format!(
-                "patch document {position} {reason}"
+                "patch document {position} is not a mapping or a list"
             )));
         };
 
@@ -950,12 +960,56 @@ cluster:
         assert!(matches!(err, GenError::PatchedInvalid(_)), "{err}");
         assert!(err.to_string().contains("machine.type"), "{err}");
 
+        // A JSON patch (RFC 6902), as upstream's guides write them; the
+        // keys stay in their order.
+        let patched = apply_patch(
+            &out.worker_yaml,
+            r#"[{"op": "replace", "path": "/machine/install/disk", "value": "/dev/vdb"},
+                {"op": "add", "path": "/machine/network/hostname", "value": "w1"}]"#,
+        )
+        .expect("json6902");
+        let parsed = crate::config::parse(patched.as_bytes()).expect("valid");
+        assert_eq!(parsed.install_disk(), Some("/dev/vdb"));
+        assert_eq!(parsed.hostname(), Some("w1"));
+        let top: Vec<&str> = patched
+            .lines()
+            .filter(|l| !l.starts_with(' ') && !l.starts_with('-'))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                "version: v1alpha1",
+                "debug: false",
+                "persist: true",
+                "machine:",
+                "cluster:"
+            ]
+        );
         let err = apply_patch(
             &out.worker_yaml,
-            r#"[{"op": "add", "path": "/machine/install/disk", "value": "/dev/vdb"}]"#,
+            r#"[{"op": "remove", "path": "/machine/nothing"}]"#,
         )
-        .expect_err("json6902");
-        assert!(err.to_string().contains("RFC 6902"), "{err}");
+        .expect_err("nothing there");
+        assert_eq!(
+            err.to_string(),
+            "config patch: patch document 1: JSON patch operation 1 (remove /machine/nothing): /machine/nothing does not exist"
+        );
+        // Upstream's refusal for a config of several documents.
+        let multi = format!(
+            "{}---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: h\n",
+            out.worker_yaml
+        );
+        let err = apply_patch(
+            &multi,
+            r#"[{"op": "add", "path": "/debug", "value": true}]"#,
+        )
+        .expect_err("multi-document");
+        assert!(
+            err.to_string().contains(
+                "JSON6902 patches are not supported for multi-document machine configuration"
+            ),
+            "{err}"
+        );
 
         let err = apply_patch(&out.worker_yaml, "").expect_err("empty");
         assert!(err.to_string().contains("empty"), "{err}");

@@ -30,6 +30,7 @@ pub mod grpc;
 pub mod h2;
 pub mod handoff;
 pub mod humanize;
+pub mod jsonpatch;
 pub mod meta;
 pub mod mode;
 pub mod pki;

@@ -845,6 +845,28 @@ fn gen_config_upstream_flags(work: &Path) {
         off.contains("discovery:\n    # Whether discovery is used.\n    enabled: false"),
         "{off}"
     );
+    // A JSON patch (RFC 6902), as upstream's guides write them.
+    let json_patched = ok(
+        &none,
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--with-docs=false",
+            "--with-examples=false",
+            "--config-patch",
+            r#"[{"op": "add", "path": "/machine/network/hostname", "value": "jp-1"}]"#,
+            "-t",
+            "worker",
+            "-o",
+            "-",
+        ],
+    );
+    assert!(
+        json_patched.contains("  network:\n    hostname: jp-1\n"),
+        "{json_patched}"
+    );
     assert!(
         off.contains("  network: {}\n\n    # # A static hostname.\n    # hostname: node-1\n"),
         "{off}"
