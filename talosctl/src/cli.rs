@@ -137,6 +137,54 @@ pub enum Command {
     Version(VersionArgs),
     /// Wipe block device or volumes
     Wipe(WipeArgs),
+    /// Upstream's commands for what this OS does not run.
+    #[command(flatten)]
+    Absent(AbsentCommand),
+}
+
+/// Upstream's commands for etcd, Kubernetes and containers, which this OS
+/// does not run. Each says so, rather than failing to parse with a "did
+/// you mean" that points at another command (`bootstrap` at `reboot`).
+#[derive(Debug, Subcommand)]
+pub enum AbsentCommand {
+    #[command(hide = true)]
+    Bootstrap(AbsentArgs),
+    #[command(hide = true)]
+    Conformance(AbsentArgs),
+    #[command(hide = true)]
+    Containers(AbsentArgs),
+    #[command(hide = true, name = "convert-k8s")]
+    ConvertK8s(AbsentArgs),
+    #[command(hide = true)]
+    Crashdump(AbsentArgs),
+    #[command(hide = true)]
+    Debug(AbsentArgs),
+    #[command(hide = true)]
+    Drain(AbsentArgs),
+    #[command(hide = true)]
+    Etcd(AbsentArgs),
+    #[command(hide = true, alias = "images")]
+    Image(AbsentArgs),
+    #[command(hide = true)]
+    Inject(AbsentArgs),
+    #[command(hide = true)]
+    Inspect(AbsentArgs),
+    #[command(hide = true)]
+    Kubeconfig(AbsentArgs),
+    #[command(hide = true)]
+    Restart(AbsentArgs),
+    #[command(hide = true)]
+    Stats(AbsentArgs),
+    #[command(hide = true, name = "upgrade-k8s")]
+    UpgradeK8s(AbsentArgs),
+}
+
+/// Whatever was given to an absent command.
+#[derive(Debug, Args)]
+pub struct AbsentArgs {
+    /// Taken and ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<String>,
 }
 
 /// `wipe` arguments.
@@ -238,7 +286,10 @@ pub struct MachineConfigArgs {
 
 /// `machineconfig` subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 pub enum MachineConfigCommand {
+    /// Generates a set of configuration files for Talos cluster (the same as `gen config`)
+    Gen(GenConfigArgs),
     /// Patch a machine config
     Patch {
         /// The machine config file
@@ -364,6 +415,9 @@ pub struct PatchArgs {
     /// A file holding a patch (the same as `--patch @FILE`)
     #[arg(long)]
     pub patch_file: Option<PathBuf>,
+    /// resource namespace (the machine config's is `config`, the default)
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// How the node applies the config.
     #[command(flatten)]
     pub apply: ApplyFlags,
@@ -376,6 +430,9 @@ pub struct EditArgs {
     pub resource: String,
     /// Its id: `v1alpha1`, the config in effect
     pub id: Option<String>,
+    /// resource namespace (the machine config's is `config`, the default)
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// How the node applies the config.
     #[command(flatten)]
     pub apply: ApplyFlags,
@@ -428,6 +485,9 @@ pub struct CgroupsArgs {
     /// preset name
     #[arg(long, value_enum)]
     pub preset: CgroupsPreset,
+    /// do not resolve cgroup names via a request to CRI (there is no CRI here: names come from the node's services)
+    #[arg(long)]
+    pub skip_cri_resolve: bool,
 }
 
 /// The column sets of `cgroups`.
@@ -809,7 +869,7 @@ pub struct UpgradeArgs {
     #[arg(short = 'f', long)]
     pub force: bool,
     /// select the reboot mode during upgrade
-    #[arg(long, value_enum, default_value_t = UpgradeRebootMode::Default)]
+    #[arg(short = 'm', long, value_enum, default_value_t = UpgradeRebootMode::Default)]
     pub reboot_mode: UpgradeRebootMode,
     /// wait for the operation to complete, tracking its progress (--wait=false to return at once)
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -828,6 +888,15 @@ pub struct HealthArgs {
     /// The nodes by type.
     #[command(flatten)]
     pub cluster: ClusterNodes,
+    /// specify IPs of init node (checked as a control plane node)
+    #[arg(long)]
+    pub init_node: Option<String>,
+    /// run server-side check (false is refused: the client-side checks are Kubernetes')
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub server: bool,
+    /// run Kubernetes e2e test (refused: this OS runs no Kubernetes)
+    #[arg(long)]
+    pub run_e2e: bool,
 }
 
 /// The nodes of a cluster by type, as upstream's commands that act on a
@@ -864,6 +933,9 @@ pub enum ApplyMode {
 /// `apply-config` flags.
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
+    /// `apply config` or `apply machineconfig`, as upstream takes them
+    #[arg(hide = true)]
+    pub what: Option<String>,
     /// the filename of the updated configuration
     #[arg(short = 'f', long)]
     pub file: Option<PathBuf>,
@@ -1161,7 +1233,7 @@ pub struct GenConfigArgs {
     #[arg(long)]
     pub kubernetes_version: Option<String>,
     /// will overwrite existing files
-    #[arg(long)]
+    #[arg(short = 'f', long)]
     pub force: bool,
     /// enable cluster discovery feature
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -1216,7 +1288,7 @@ pub struct GenSecretsArgs {
     #[arg(short = 'o', long = "output-file", default_value = "secrets.yaml")]
     pub output_file: PathBuf,
     /// will overwrite existing files
-    #[arg(long)]
+    #[arg(short = 'f', long)]
     pub force: bool,
 }
 
@@ -1229,6 +1301,29 @@ mod tests {
     #[test]
     fn command_tree_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn upstream_short_flags() {
+        let cli = Cli::try_parse_from(["talosctl", "upgrade", "-m", "powercycle"]).expect("parses");
+        let Command::Upgrade(args) = cli.command else {
+            panic!("not upgrade");
+        };
+        assert_eq!(args.reboot_mode, UpgradeRebootMode::Powercycle);
+        let cli = Cli::try_parse_from([
+            "talosctl",
+            "cgroups",
+            "--preset",
+            "cpu",
+            "--skip-cri-resolve",
+        ])
+        .expect("parses");
+        assert!(matches!(cli.command, Command::Cgroups(args) if args.skip_cri_resolve));
+        let cli = Cli::try_parse_from(["talosctl", "apply", "machineconfig", "-f", "c.yaml"])
+            .expect("parses");
+        assert!(
+            matches!(cli.command, Command::ApplyConfig(args) if args.what.as_deref() == Some("machineconfig"))
+        );
     }
 
     #[test]

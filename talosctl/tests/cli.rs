@@ -902,11 +902,84 @@ fn gen_config_upstream_flags(work: &Path) {
     }
 }
 
+/// Upstream's commands and flags for what this OS does not run say so,
+/// before any node is contacted; upstream's other spellings are taken.
+fn upstream_spellings(work: &Path) {
+    let none = work.join("unused");
+    for (args, said) in [
+        (
+            &["bootstrap", "-n", "10.5.0.2"][..],
+            "talosctl bootstrap is not available: this OS runs no etcd or Kubernetes, so there is nothing to bootstrap",
+        ),
+        (
+            &["etcd", "members"][..],
+            "talosctl etcd is not available: this OS runs no etcd or Kubernetes",
+        ),
+        (&["containers", "-k"][..], "`talosctl services`"),
+        (
+            &["restart", "kubelet"][..],
+            "`talosctl service <id> restart`",
+        ),
+        (&["kubeconfig", "."][..], "no kubeconfig to fetch"),
+        (
+            &["logs", "-k", "kube-apiserver"][..],
+            "-k/--kubernetes: this OS runs no containerd or Kubernetes",
+        ),
+        (&["health", "--server=false"][..], "--server=false"),
+        (&["health", "--run-e2e"][..], "--run-e2e"),
+        (
+            &["apply", "nodes", "-f", "x.yaml"][..],
+            "unknown positional argument nodes",
+        ),
+        (
+            &["patch", "mc", "--namespace", "network", "-p", "{}"][..],
+            "--namespace network",
+        ),
+    ] {
+        let r = run(&none, args);
+        assert!(r.code != 0 && r.err.contains(said), "{args:?}: {}", r.err);
+    }
+    // The suggestion for a typo still works.
+    let r = run(&none, &["verison"]);
+    assert!(r.err.contains("'version'"), "{}", r.err);
+    // `machineconfig gen` is `gen config`; `-f` overwrites, as upstream.
+    let out = work.join("mcgen");
+    for _ in 0..2 {
+        ok(
+            &none,
+            &[
+                "mc",
+                "gen",
+                "demo",
+                "https://10.5.0.2:6443",
+                "-o",
+                out.to_str().expect("utf8"),
+                "-f",
+            ],
+        );
+    }
+    assert!(out.join("worker.yaml").exists());
+    let secrets = work.join("again.yaml");
+    for _ in 0..2 {
+        ok(
+            &none,
+            &[
+                "gen",
+                "secrets",
+                "-o",
+                secrets.to_str().expect("utf8"),
+                "-f",
+            ],
+        );
+    }
+}
+
 #[test]
 fn gen_config_cluster_and_everyday_commands() {
     // gen config, offline.
     let work = tempfile::tempdir().expect("tempdir");
     gen_config_upstream_flags(work.path());
+    upstream_spellings(work.path());
     let out_dir = work.path().join("gen");
     let r = run(
         &work.path().join("unused"),

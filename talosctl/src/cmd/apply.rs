@@ -52,6 +52,13 @@ pub fn load_config(file: &std::path::Path, patches: &[String]) -> anyhow::Result
 /// The config cannot be loaded, the client setup or the call failed, or a
 /// node failed.
 pub async fn run(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<()> {
+    // Upstream takes `apply config` and `apply machineconfig` too.
+    if let Some(what) = &args.what
+        && what != "config"
+        && what != "machineconfig"
+    {
+        bail!("unknown positional argument {what}");
+    }
     let Some(file) = &args.file else {
         bail!("no filename supplied for configuration");
     };

@@ -317,7 +317,7 @@ fn feature_patch(discovery: bool, kubespan: bool) -> Option<String> {
     serde_yaml_ng::to_string(&root).ok()
 }
 
-fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
+pub(crate) fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
     let outputs = destinations(&args.output, &args.output_types)?;
     for (_, file) in &outputs {
         if let Some(file) = file {

@@ -680,12 +680,22 @@ async fn legacy_upgrade(
 /// # Errors
 /// The client setup or the call failed, or the check failed.
 pub async fn health(global: &GlobalArgs, args: HealthArgs) -> anyhow::Result<()> {
+    if !args.server {
+        bail!(
+            "--server=false: the client-side checks are upstream's Kubernetes checks, and this OS runs no Kubernetes; the node runs the checks (the default)"
+        );
+    }
+    if args.run_e2e {
+        bail!("--run-e2e: the e2e tests are Kubernetes', and this OS runs no Kubernetes");
+    }
+    let mut control_plane_nodes = args.cluster.control_plane_nodes;
+    control_plane_nodes.extend(args.init_node);
     let wait_timeout = parse_timeout("wait-timeout", &args.wait_timeout)?;
     let client = Client::connect(global, Options::nodes(NodePolicy::Optional("health")))?;
     let request = api::cluster::HealthCheckRequest {
         wait_timeout: Some(output::proto_duration(wait_timeout)),
         cluster_info: Some(api::cluster::ClusterInfo {
-            control_plane_nodes: args.cluster.control_plane_nodes,
+            control_plane_nodes,
             worker_nodes: args.cluster.worker_nodes,
             force_endpoint: args.cluster.k8s_endpoint.unwrap_or_default(),
         }),

@@ -102,12 +102,13 @@ async fn pump(
 /// # Errors
 /// The client setup or the call failed, or a node failed.
 pub async fn logs(global: &GlobalArgs, args: LogsArgs) -> anyhow::Result<()> {
+    if args.kubernetes {
+        anyhow::bail!(
+            "-k/--kubernetes: this OS runs no containerd or Kubernetes; `talosctl logs <service>` reads the node's own services (`talosctl services` lists them)"
+        );
+    }
     let client = Client::connect(global, Options::default())?;
-    let (namespace, driver) = if args.kubernetes {
-        ("k8s.io", ContainerDriver::Cri)
-    } else {
-        ("system", ContainerDriver::Containerd)
-    };
+    let (namespace, driver) = ("system", ContainerDriver::Containerd);
     let request = LogsRequest {
         namespace: namespace.to_owned(),
         id: args.id,

@@ -75,6 +75,7 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
 /// See the subcommands.
 pub fn run(args: MachineConfigArgs) -> anyhow::Result<()> {
     match args.command {
+        MachineConfigCommand::Gen(args) => super::generate::config(args),
         MachineConfigCommand::Patch {
             file,
             patches,

@@ -24,7 +24,7 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow};
 use clap::CommandFactory as _;
 
-use crate::cli::{Cli, Command, CompletionArgs};
+use crate::cli::{AbsentCommand, Cli, Command, CompletionArgs};
 use crate::client;
 
 /// Runs the parsed command line.
@@ -77,7 +77,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage(args) => files::usage(&global, args).await,
         Command::Validate(args) => machineconfig::validate(&args),
         Command::Version(args) => version::run(&global, &args).await,
+        Command::Absent(command) => Err(anyhow!(absent(&command))),
     }
+}
+
+/// Why an upstream command is not here, and what to use instead.
+fn absent(command: &AbsentCommand) -> String {
+    const ETCD: &str = "this OS runs no etcd or Kubernetes";
+    const CRI: &str = "this OS runs no containerd or Kubernetes";
+    let (name, why) = match command {
+        AbsentCommand::Bootstrap(_) => (
+            "bootstrap",
+            format!("{ETCD}, so there is nothing to bootstrap: a node is up once its config is applied (`talosctl health` checks the cluster)"),
+        ),
+        AbsentCommand::Conformance(_) => ("conformance", ETCD.to_owned()),
+        AbsentCommand::Containers(_) => (
+            "containers",
+            format!("{CRI}: the node's own services are processes (`talosctl services`, `talosctl processes`)"),
+        ),
+        AbsentCommand::ConvertK8s(_) => ("convert-k8s", ETCD.to_owned()),
+        AbsentCommand::Crashdump(_) => (
+            "crashdump",
+            "it is gone upstream too: `talosctl support` gathers the node's state".to_owned(),
+        ),
+        AbsentCommand::Debug(_) => (
+            "debug",
+            format!("{CRI}, so no debug container can be started"),
+        ),
+        AbsentCommand::Drain(_) => ("drain", ETCD.to_owned()),
+        AbsentCommand::Etcd(_) => ("etcd", ETCD.to_owned()),
+        AbsentCommand::Image(_) => (
+            "image",
+            format!("{CRI}: installer images are pulled by `talosctl upgrade --image`"),
+        ),
+        AbsentCommand::Inject(_) => ("inject", ETCD.to_owned()),
+        AbsentCommand::Inspect(_) => (
+            "inspect",
+            "the node's controller dependency graph is not served: `talosctl get` reads the resources".to_owned(),
+        ),
+        AbsentCommand::Kubeconfig(_) => ("kubeconfig", format!("{ETCD}, so there is no kubeconfig to fetch")),
+        AbsentCommand::Restart(_) => (
+            "restart",
+            format!("{CRI}: restart a service with `talosctl service <id> restart`"),
+        ),
+        AbsentCommand::Stats(_) => (
+            "stats",
+            format!("{CRI}: `talosctl processes` and `talosctl cgroups` show the node's use"),
+        ),
+        AbsentCommand::UpgradeK8s(_) => ("upgrade-k8s", ETCD.to_owned()),
+    };
+    format!("talosctl {name} is not available: {why}")
 }
 
 fn completion(args: &CompletionArgs) -> anyhow::Result<()> {

@@ -120,6 +120,17 @@ pub(crate) async fn send(client: &Client, data: &str, how: &Apply) -> Result<Str
     Ok(said)
 }
 
+/// `--namespace`: the machine config, the one resource here that can be
+/// patched or edited, is in `config`.
+fn config_namespace(namespace: Option<&str>) -> anyhow::Result<()> {
+    match namespace {
+        None | Some("config") => Ok(()),
+        Some(other) => bail!(
+            "--namespace {other}: the machine config, the only resource that can be changed, is in namespace config"
+        ),
+    }
+}
+
 /// Applies the patch arguments (`@file` or inline, see
 /// [`super::load_patch`]) in order to `config`.
 ///
@@ -183,6 +194,7 @@ fn done(verb: &str, node: &str, said: &str, dry_run: bool) -> String {
 /// No patch, the type is not the machine config, a patch does not apply,
 /// or a call failed (nodes after a failed one are still patched).
 pub async fn patch(global: &GlobalArgs, args: PatchArgs) -> anyhow::Result<()> {
+    config_namespace(args.namespace.as_deref())?;
     let mut arguments = args.patches.clone();
     arguments.extend(args.patch_file.iter().map(|f| format!("@{}", f.display())));
     if arguments.is_empty() {
@@ -307,6 +319,7 @@ async fn run_editor(path: &Path) -> anyhow::Result<()> {
 /// The type is not the machine config, the editor failed, or a call
 /// failed.
 pub async fn edit(global: &GlobalArgs, args: EditArgs) -> anyhow::Result<()> {
+    config_namespace(args.namespace.as_deref())?;
     let how = Apply::new(&args.apply)?;
     let client = Client::connect(global, Options::default())?;
     let nodes = client.per_node();
