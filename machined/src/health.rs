@@ -93,8 +93,24 @@ struct Target {
     name: String,
     /// Through the node's apid (else this node's own socket).
     remote: bool,
-    /// The channel, or why there is none.
-    channel: Result<Channel, String>,
+    /// How it is reached.
+    reach: Reach,
+}
+
+/// How a target is reached.
+#[derive(Debug, Clone)]
+enum Reach {
+    /// This node's own socket.
+    Local(Channel),
+    /// Another node's apid, over mTLS with this node's client certificate.
+    /// The channel is made at the first try that can make it: the
+    /// credentials are read then, and again at the next try when they
+    /// could not be used (they may be being written, or not issued yet).
+    Remote {
+        addr: SocketAddr,
+        secrets: std::path::PathBuf,
+        channel: Arc<std::sync::Mutex<Option<Channel>>>,
+    },
 }
 
 impl Target {
@@ -113,7 +129,27 @@ impl Target {
     }
 
     fn channel(&self) -> Result<Channel, String> {
-        self.channel.clone()
+        match &self.reach {
+            Reach::Local(channel) => Ok(channel.clone()),
+            Reach::Remote {
+                addr,
+                secrets,
+                channel,
+            } => {
+                let mut made = channel
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(channel) = made.as_ref() {
+                    return Ok(channel.clone());
+                }
+                let config = client_tls(secrets)?;
+                let fresh =
+                    machinery::grpc::tls_channel(addr.to_string(), &addr.ip().to_string(), config)
+                        .map_err(|e| e.to_string())?;
+                *made = Some(fresh.clone());
+                Ok(fresh)
+            }
+        }
     }
 
     async fn version(&self) -> Result<api::machine::Version, String> {
@@ -234,37 +270,35 @@ fn targets(node: &Node, request: &HealthCheckRequest) -> Result<Vec<Target>, Sta
         return Ok(vec![Target {
             name: "this node".to_owned(),
             remote: false,
-            channel: Ok(machinery::grpc::unix_channel_lazy(
+            reach: Reach::Local(machinery::grpc::unix_channel_lazy(
                 &node.paths.socket("machined"),
             )),
         }]);
     }
-    let tls = client_tls(node);
+    let secrets = node.paths.secrets_dir("api");
     Ok(named
         .into_iter()
-        .map(|(name, addr)| {
-            let channel = tls.clone().and_then(|config| {
-                machinery::grpc::tls_channel(addr.to_string(), &addr.ip().to_string(), config)
-                    .map_err(|e| e.to_string())
-            });
-            Target {
-                name,
-                remote: true,
-                channel,
-            }
+        .map(|(name, addr)| Target {
+            name,
+            remote: true,
+            reach: Reach::Remote {
+                addr,
+                secrets: secrets.clone(),
+                channel: Arc::new(std::sync::Mutex::new(None)),
+            },
         })
         .collect())
 }
 
 /// This node's client TLS config for reaching other nodes' apid: apid's
-/// own forwarding config, from the same credentials.
-fn client_tls(node: &Node) -> Result<Arc<rustls::ClientConfig>, String> {
+/// own forwarding config, from the same credentials (in `secrets`).
+fn client_tls(secrets: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
     let no_certificate = || {
         "this node has no client certificate to reach other nodes with (only control plane \
          nodes do): run the check through a control plane node (-n)"
             .to_owned()
     };
-    let credentials = apid::tls::Credentials::load(&node.paths.secrets_dir("api"))
+    let credentials = apid::tls::Credentials::load(secrets)
         .map_err(|e| e.to_string())?
         .ok_or_else(no_certificate)?;
     apid::tls::forward_config(&credentials)
@@ -578,6 +612,35 @@ mod tests {
             let err = api_address(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    /// Credentials caught half written (the client key of a new issue
+    /// beside the certificate of the old one) fail that try only: the next
+    /// try reads them again. Before, the first failure stood for the whole
+    /// check, until its deadline.
+    #[tokio::test]
+    async fn a_remote_target_reads_the_credentials_again_until_they_work() {
+        let pki = testkit::Pki::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets = dir.path().join("api");
+        pki.write_credentials(&secrets, false, IpAddr::from([127, 0, 0, 1]));
+        let other = pki.client(&["os:impersonator"]);
+        std::fs::write(secrets.join("client.key"), &other.key_pem).expect("a key of another issue");
+        let target = Target {
+            name: "127.0.0.1".to_owned(),
+            remote: true,
+            reach: Reach::Remote {
+                addr: "127.0.0.1:50000".parse().expect("addr"),
+                secrets: secrets.clone(),
+                channel: Arc::new(std::sync::Mutex::new(None)),
+            },
+        };
+        let err = target.channel().expect_err("the pair does not match");
+        assert!(err.contains("KeyMismatch"), "{err}");
+        std::fs::write(secrets.join("client.crt"), &other.cert_pem).expect("its certificate");
+        target
+            .channel()
+            .expect("read again, and the pair matches now");
     }
 
     #[test]
