@@ -176,7 +176,19 @@ impl Cluster {
                 cidr,
             ],
         );
-        assert_eq!(r.code, 0, "cluster create failed:\n{}\n{}", r.out, r.err);
+        if r.code != 0 {
+            // The control plane's own log says why (kept, the cluster's
+            // directory goes with the test).
+            let log = std::fs::read_to_string(
+                c.node_root(&format!("{name}-controlplane-1"))
+                    .join("machined.log"),
+            )
+            .unwrap_or_default();
+            panic!(
+                "cluster create failed:\n{}\n{}\n--- machined.log of the control plane:\n{log}",
+                r.out, r.err
+            );
+        }
         assert!(
             r.out.contains(&format!("{name}-controlplane-1")) && r.out.contains("next:"),
             "{}",
