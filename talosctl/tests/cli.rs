@@ -1454,7 +1454,7 @@ fn gen_config_cluster_and_everyday_commands() {
     let before = ok(&tc, &["get", "machineconfig", "v1alpha1", "-o", "yaml"]);
     assert!(
         before.starts_with(&format!("node: {cp}\nmetadata:\n"))
-            && before.contains("  version: '1'\n"),
+            && before.contains("  version: 1\n"),
         "{before}"
     );
     assert_hostname_row(&tc, cp, "1", "cli-controlplane-1");
@@ -1513,7 +1513,7 @@ fn gen_config_cluster_and_everyday_commands() {
     );
     let after = ok(&tc, &["get", "mc", "v1alpha1", "-o", "json"]);
     let after: serde_json::Value = serde_json::from_str(&after).expect("one JSON object");
-    assert_eq!(after["metadata"]["version"], "2", "{after}");
+    assert_eq!(after["metadata"]["version"], 2, "{after}");
     assert_eq!(
         after["spec"]["machine"]["network"]["hostname"], "renamed-cp",
         "{after}"

@@ -155,7 +155,13 @@ pub fn document(node: &str, event: Option<&str>, resource: &pb::Resource) -> Val
     put("namespace", Value::String(md.namespace));
     put("type", Value::String(md.r#type));
     put("id", Value::String(md.id));
-    put("version", Value::String(md.version));
+    // A number, as upstream writes it (`version: 2`, `"version": 2`).
+    put(
+        "version",
+        md.version
+            .parse::<u64>()
+            .map_or(Value::String(md.version), Value::from),
+    );
     put("owner", Value::String(md.owner));
     put("phase", Value::String(md.phase));
     for (key, at) in [("created", &md.created), ("updated", &md.updated)] {
@@ -163,17 +169,26 @@ pub fn document(node: &str, event: Option<&str>, resource: &pb::Resource) -> Val
             put(key, text);
         }
     }
-    if !md.labels.is_empty() {
-        let mut labels: Vec<_> = md.labels.into_iter().collect();
-        labels.sort();
+    for (key, map) in [("labels", md.labels), ("annotations", md.annotations)] {
+        if map.is_empty() {
+            continue;
+        }
+        let mut pairs: Vec<_> = map.into_iter().collect();
+        pairs.sort();
         put(
-            "labels",
+            key,
             Value::Mapping(
-                labels
+                pairs
                     .into_iter()
                     .map(|(k, v)| (Value::String(k), Value::String(v)))
                     .collect(),
             ),
+        );
+    }
+    if !md.finalizers.is_empty() {
+        put(
+            "finalizers",
+            Value::Sequence(md.finalizers.into_iter().map(Value::String).collect()),
         );
     }
     let mut doc = serde_yaml_ng::Mapping::new();
@@ -599,6 +614,8 @@ mod tests {
                     seconds: 0,
                     nanos: 0,
                 }),
+                finalizers: vec!["network.LinkStatusController".into()],
+                annotations: [("note".to_owned(), "x".to_owned())].into(),
                 ..pb::Metadata::default()
             }),
             spec: Some(pb::Spec {
@@ -613,6 +630,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  id: '0x0c'\n"), "{text}");
+        // The version is a number, as upstream writes it; annotations and
+        // finalizers follow the labels.
+        assert!(text.contains("  version: 2\n"), "{text}");
+        assert!(
+            text.contains(
+                "  annotations:\n    note: x\n  finalizers:\n  - network.LinkStatusController\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(document("10.5.0.2", None, &resource)).expect("json");
+        assert_eq!(json["metadata"]["version"], serde_json::json!(2));
         assert!(text.contains("  created: 1970-01-01T00:00:00Z\n"), "{text}");
         assert!(!text.contains("updated"), "{text}");
         assert!(text.ends_with("spec:\n  value: hello\n"), "{text}");
