@@ -639,6 +639,12 @@ pub struct NetstatArgs {
     /// display all sockets states (default: connected)
     #[arg(short = 'a', long)]
     pub all: bool,
+    /// display sockets of all supported transport protocols
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// display timers
+    #[arg(short = 'o', long)]
+    pub timers: bool,
     /// show detailed socket information
     #[arg(short = 'x', long)]
     pub extend: bool,

@@ -467,7 +467,7 @@ pub async fn mounts(global: &GlobalArgs) -> anyhow::Result<()> {
 pub fn netstat_request(args: &NetstatArgs) -> NetstatRequest {
     use netstat_request::{Feature, Filter, L4proto, NetNs};
     let any_proto = args.tcp || args.udp || args.udplite || args.raw;
-    let proto = |flag: bool| flag || !any_proto;
+    let proto = |flag: bool| flag || args.verbose || !any_proto;
     let (v4, v6) = if args.ipv4 || args.ipv6 {
         (args.ipv4, args.ipv6)
     } else {
@@ -501,27 +501,19 @@ pub fn netstat_request(args: &NetstatArgs) -> NetstatRequest {
     }
 }
 
-/// `ip:port`, IPv6 in brackets, `*` for an unspecified address or port.
-fn endpoint(ip: &str, port: u32) -> String {
-    let unspecified = ip
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_unspecified());
-    let host = match (unspecified, ip.contains(':')) {
-        (true, _) => "*".to_owned(),
-        (false, true) => format!("[{ip}]"),
-        (false, false) => ip.to_owned(),
-    };
-    let port = if port == 0 {
-        "*".to_owned()
+/// `ip:port` as upstream prints it: the address as the node gives it, the
+/// port as a number, or `*` for a peer's port of 0.
+fn endpoint(ip: &str, port: u32, peer: bool) -> String {
+    if peer && port == 0 {
+        format!("{ip}:*")
     } else {
-        port.to_string()
-    };
-    format!("{host}:{port}")
+        format!("{ip}:{port}")
+    }
 }
 
 /// The `netstat` table: upstream's columns, `Uid` and `Inode` with -x,
-/// `PID/Program name` with -p. TCP sockets show their state; the others
-/// have none to show, as in net-tools' netstat.
+/// `PID/Program name` with -p, `Timer` with -o. A socket shows its state
+/// unless it is CLOSE, as upstream's.
 #[must_use]
 pub fn netstat_table(rows: &[(String, ConnectRecord)], args: &NetstatArgs) -> Table {
     let mut header = vec![
@@ -539,22 +531,23 @@ pub fn netstat_table(rows: &[(String, ConnectRecord)], args: &NetstatArgs) -> Ta
     if args.programs {
         header.push("PID/Program name");
     }
+    if args.timers {
+        header.push("Timer");
+    }
     let mut table = Table::new(&header);
     for (node, r) in rows {
-        let state = if r.l4proto.starts_with("tcp") {
-            connect_record::State::try_from(r.state)
-                .map(|s| s.as_str_name().to_owned())
-                .unwrap_or_else(|_| r.state.to_string())
-        } else {
-            String::new()
+        let state = match connect_record::State::try_from(r.state) {
+            Ok(connect_record::State::Close) => String::new(),
+            Ok(state) => state.as_str_name().to_owned(),
+            Err(_) => r.state.to_string(),
         };
         let mut row = vec![
             node.clone(),
             r.l4proto.clone(),
             r.rxqueue.to_string(),
             r.txqueue.to_string(),
-            endpoint(&r.localip, r.localport),
-            endpoint(&r.remoteip, r.remoteport),
+            endpoint(&r.localip, r.localport, false),
+            endpoint(&r.remoteip, r.remoteport, true),
             state,
         ];
         if args.extend {
@@ -565,6 +558,17 @@ pub fn netstat_table(rows: &[(String, ConnectRecord)], args: &NetstatArgs) -> Ta
                 Some(p) if p.pid != 0 => format!("{}/{}", p.pid, p.name),
                 _ => "-".to_owned(),
             });
+        }
+        if args.timers {
+            // The kernel's jiffies (USER_HZ, 100 a second) as seconds.
+            let timer = connect_record::TimerActive::try_from(r.tr)
+                .map_or_else(|_| r.tr.to_string(), |t| t.as_str_name().to_lowercase());
+            row.push(format!(
+                "{timer} ({:.2}/{}/{})",
+                r.timerwhen as f64 / 100.0,
+                r.retrnsmt,
+                r.timeout
+            ));
         }
         table.push(row);
     }
@@ -912,6 +916,8 @@ mod tests {
         let has = |c| flags.contains(c);
         NetstatArgs {
             all: has('a'),
+            verbose: has('v'),
+            timers: has('o'),
             extend: has('x'),
             listening: has('l'),
             programs: has('p'),
@@ -967,6 +973,10 @@ mod tests {
                 record("tcp", ("127.0.0.1", 50000), ("0.0.0.0", 0), 10),
             ),
             ("n1".to_owned(), record("udp6", ("::1", 514), ("::", 0), 7)),
+            (
+                "n1".to_owned(),
+                record("udp", ("10.5.0.2", 123), ("10.5.0.1", 123), 1),
+            ),
         ];
         let text = netstat_table(&rows, &netstat_args("xp")).render();
         let lines: Vec<Vec<&str>> = text
@@ -983,7 +993,7 @@ mod tests {
                 "1",
                 "2",
                 "127.0.0.1:50000",
-                "*:*",
+                "0.0.0.0:*",
                 "LISTEN",
                 "0",
                 "99",
@@ -993,17 +1003,34 @@ mod tests {
         assert_eq!(
             lines[2],
             [
-                "n1",
-                "udp6",
-                "1",
-                "2",
-                "[::1]:514",
-                "*:*",
-                "0",
-                "99",
-                "7/apid"
+                "n1", "udp6", "1", "2", "::1:514", ":::*", "0", "99", "7/apid"
             ]
         );
+        // A connected UDP socket shows its state, as upstream's.
+        assert_eq!(
+            lines[3][4..7],
+            ["10.5.0.2:123", "10.5.0.1:123", "ESTABLISHED"]
+        );
+        // -o: the timer, when it fires (jiffies as seconds), retransmits
+        // and probes.
+        let mut timed = rows[0].clone();
+        timed.1.tr = 2;
+        timed.1.timerwhen = 712;
+        timed.1.retrnsmt = 1;
+        let text = netstat_table(&[timed], &netstat_args("o")).render();
+        assert!(text.lines().next().unwrap().ends_with("Timer"), "{text}");
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("keepalive (7.12/1/0)"),
+            "{text}"
+        );
+        // -v asks for every protocol.
+        let all = netstat_request(&netstat_args("tv"))
+            .l4proto
+            .expect("protocols");
+        assert!(all.tcp && all.udp && all.udplite6 && all.raw);
     }
 
     #[test]
