@@ -710,6 +710,14 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     // STATE) and a new boot id.
     let r = run(&tc, &["-n", cp_ip, "reboot"]);
     assert_eq!(r.code, 0, "reboot: {}{}", r.out, r.err);
+    // --wait (the default) ends once the node says it is running and
+    // ready, as upstream's does, not as soon as it answers.
+    assert!(
+        r.err.contains(&format!("{cp_ip}: node is back up"))
+            && r.err.contains(&format!("{cp_ip}: node is ready")),
+        "{}",
+        r.err
+    );
     let after = eventually(
         &tc,
         &["-n", cp_ip, "read", "/proc/sys/kernel/random/boot_id"],

@@ -5,8 +5,9 @@
 //! `--wait` (on by default, as upstream) polls every node at once: a
 //! reboot is over when the node answers with a new kernel boot ID or, when
 //! the boot ID cannot be read (Read is for os:admin), when it answers
-//! again after having been unreachable; a shutdown is over when the node
-//! stops answering. Progress goes to stderr.
+//! again after having been unreachable, and then, as upstream's, once its
+//! MachineStatus says it is running and ready; a shutdown is over when the
+//! node stops answering. Progress goes to stderr.
 
 use std::time::{Duration, SystemTime};
 
@@ -115,8 +116,87 @@ async fn wait_one_reboot(
         };
         if rebooted {
             eprintln!("{name}: node is back up");
-            return Ok(());
+            return wait_ready(node, &name, deadline).await;
         }
+    }
+}
+
+/// Where the node's boot stands: its MachineStatus stage, whether it is
+/// ready, and what it still waits for; `None` when it cannot be read.
+async fn machine_status(node: &Client) -> Option<(String, bool, Vec<String>)> {
+    let read = super::get::get_one(
+        node,
+        "runtime",
+        "MachineStatuses.runtime.talos.dev",
+        "machine",
+    );
+    let resource = tokio::time::timeout(PROBE_TIMEOUT, read)
+        .await
+        .ok()?
+        .ok()??;
+    let spec: serde_yaml_ng::Value = serde_yaml_ng::from_str(&resource.spec?.yaml_spec).ok()?;
+    let stage = spec.get("stage")?.as_str()?.to_owned();
+    let status = spec.get("status");
+    let ready = status
+        .and_then(|s| s.get("ready"))
+        .and_then(serde_yaml_ng::Value::as_bool)
+        .unwrap_or(false);
+    let unmet = status
+        .and_then(|s| s.get("unmetConditions"))
+        .and_then(serde_yaml_ng::Value::as_sequence)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|c| c.get("name").and_then(serde_yaml_ng::Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((stage, ready, unmet))
+}
+
+/// Waits, after a reboot, until the node says it is running and ready,
+/// printing what it still waits for whenever that changes. A node whose
+/// status cannot be read at all (an older node) counts as ready.
+async fn wait_ready(node: &Client, name: &str, deadline: Instant) -> anyhow::Result<()> {
+    let mut last: Option<(String, Vec<String>)> = None;
+    let mut unreadable = 0;
+    loop {
+        match machine_status(node).await {
+            Some((stage, true, _)) if stage == "running" => {
+                eprintln!("{name}: node is ready");
+                return Ok(());
+            }
+            // Back without a config (a reset that wiped STATE): it waits
+            // for one, and will not get to running by itself.
+            Some((stage, _, _)) if stage == "maintenance" => {
+                eprintln!("{name}: node is in maintenance mode, waiting for a machine config");
+                return Ok(());
+            }
+            Some((stage, _, unmet)) => {
+                unreadable = 0;
+                let now = (stage, unmet);
+                if last.as_ref() != Some(&now) {
+                    let waiting = if now.1.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", waiting for {}", now.1.join(", "))
+                    };
+                    eprintln!("{name}: stage {}{waiting}", now.0);
+                    last = Some(now);
+                }
+            }
+            None => {
+                unreadable += 1;
+                if unreadable >= 5 && last.is_none() {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("{name}: timed out waiting for the node to be ready");
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }
 
