@@ -26,10 +26,12 @@
 //! [`apply_patch`] applies `--config-patch` patches as JSON merge patches
 //! (RFC 7386): mappings merge recursively, `null` deletes a key, scalars and
 //! lists replace. Upstream's strategic merge differs in places (it appends
-//! to some lists, e.g. `certSANs`, and merges network interfaces by name),
+//! to some lists, e.g. `certSANs`, and merges network interfaces by name).
 //! A patch that is a list is an RFC 6902 JSON patch (see [`crate::jsonpatch`]),
 //! applied to the v1alpha1 document of a config that has only that one, as
-//! upstream does.
+//! upstream does. In a patch of several documents, each applies in turn: a
+//! JSON patch after a document the patch adds meets a config of several
+//! documents, and is refused.
 //!
 //! Generation creates a key pair (the admin certificate): CPU-bound, so
 //! async callers should use `spawn_blocking`.
@@ -587,7 +589,8 @@ fn discovery() -> Value {
 /// document with `apiVersion` and `kind` patches the config document of the
 /// same kind (and `name`, when the patch has one), or is appended when there
 /// is none; any other document patches the v1alpha1 document. Merging
-/// follows RFC 7386 (see the module docs).
+/// follows RFC 7386; a document that is a list is a JSON patch (RFC 6902)
+/// for a config of one document (see the module docs).
 pub fn apply_patch(yaml: &str, patch: &str) -> Result<String, GenError> {
     let mut documents =
         split_documents(yaml).map_err(|err| GenError::Patch(format!("the config: {err}")))?;

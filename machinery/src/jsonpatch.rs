@@ -57,6 +57,7 @@ pub fn apply(document: &mut Value, patch: &Value) -> Result<(), JsonPatchError> 
             operation
                 .get("value")
                 .cloned()
+                .map(json_numbers)
                 .ok_or_else(|| fail("has no value".to_owned()))
         };
         let from = || {
@@ -88,7 +89,7 @@ pub fn apply(document: &mut Value, patch: &Value) -> Result<(), JsonPatchError> 
             "test" => {
                 let expected = value()?;
                 let found = get_mut(&mut patched, &path).map_err(fail)?;
-                if *found != expected {
+                if !same(found, &expected) {
                     return Err(fail("the value there is not the one given".to_owned()));
                 }
             }
@@ -112,10 +113,83 @@ fn pointer(text: &str) -> Result<Vec<String>, String> {
     let Some(rest) = text.strip_prefix('/') else {
         return Err(format!("path {text:?} does not start with /"));
     };
-    Ok(rest
-        .split('/')
-        .map(|token| token.replace("~1", "/").replace("~0", "~"))
-        .collect())
+    rest.split('/')
+        .map(|token| {
+            // `~` is only ever `~0` or `~1` (RFC 6901).
+            let mut chars = token.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+                    return Err(format!(
+                        "path {text:?}: a ~ that is not ~0 or ~1 in {token:?}"
+                    ));
+                }
+            }
+            Ok(token.replace("~1", "/").replace("~0", "~"))
+        })
+        .collect()
+}
+
+/// A patch's value with JSON's numbers: JSON has one number type, so a
+/// float with no fraction (`1.0`, `1e3`) is the integer it equals.
+fn json_numbers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                // Exact: the value is an integer below 2^53.
+                #[allow(clippy::cast_possible_truncation)]
+                Value::from(f as i64)
+            }
+            _ => Value::Number(n),
+        },
+        Value::Sequence(items) => Value::Sequence(items.into_iter().map(json_numbers).collect()),
+        Value::Mapping(map) => {
+            Value::Mapping(map.into_iter().map(|(k, v)| (k, json_numbers(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// Equal as JSON values are (RFC 6902 `test`): numbers by value.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => match (x.as_u64(), y.as_u64()) {
+                (Some(x), Some(y)) => x == y,
+                #[allow(clippy::float_cmp)]
+                _ => x.as_f64() == y.as_f64(),
+            },
+        },
+        (Value::Sequence(x), Value::Sequence(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Mapping(x), Value::Mapping(y)) => {
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| {
+                    key_text(k).is_some_and(|k| {
+                        find_key(y, &k)
+                            .and_then(|key| y.get(key))
+                            .is_some_and(|w| same(v, w))
+                    })
+                })
+        }
+        _ => a == b,
+    }
+}
+
+/// A mapping key as a pointer names it: its text (`10:` is `/10`).
+fn key_text(key: &Value) -> Option<String> {
+    match key {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The key of `map` a pointer token names.
+fn find_key<'a>(map: &'a serde_yaml_ng::Mapping, token: &str) -> Option<&'a Value> {
+    map.keys().find(|k| key_text(k).as_deref() == Some(token))
 }
 
 /// Shows a pointer's tokens as written.
@@ -140,7 +214,10 @@ fn get_mut<'a>(document: &'a mut Value, tokens: &[String]) -> Result<&'a mut Val
     for (depth, token) in tokens.iter().enumerate() {
         let missing = || format!("{} does not exist", shown(&tokens[..=depth]));
         here = match here {
-            Value::Mapping(map) => map.get_mut(token.as_str()).ok_or_else(missing)?,
+            Value::Mapping(map) => {
+                let key = find_key(map, token).cloned().ok_or_else(missing)?;
+                map.get_mut(&key).ok_or_else(missing)?
+            }
             Value::Sequence(items) => {
                 let i = list_index(token).ok_or_else(missing)?;
                 items.get_mut(i).ok_or_else(missing)?
@@ -170,8 +247,12 @@ fn add(document: &mut Value, tokens: &[String], value: Value) -> Result<(), Stri
     let (parent, last) = parent(document, tokens)?;
     match parent {
         Value::Mapping(map) => {
-            match map.get_mut(last) {
-                Some(existing) => *existing = value,
+            match find_key(map, last).cloned() {
+                Some(key) => {
+                    if let Some(existing) = map.get_mut(&key) {
+                        *existing = value;
+                    }
+                }
                 None => {
                     map.insert(Value::String(last.to_owned()), value);
                 }
@@ -200,7 +281,10 @@ fn remove(document: &mut Value, tokens: &[String]) -> Result<Value, String> {
     let (parent, last) = parent(document, tokens)?;
     let missing = || format!("{} does not exist", shown(tokens));
     match parent {
-        Value::Mapping(map) => map.shift_remove(last).ok_or_else(missing),
+        Value::Mapping(map) => {
+            let key = find_key(map, last).cloned().ok_or_else(missing)?;
+            map.shift_remove(&key).ok_or_else(missing)
+        }
         Value::Sequence(items) => {
             let i = list_index(last)
                 .filter(|i| *i < items.len())
@@ -256,6 +340,28 @@ mod tests {
             .filter_map(Value::as_str)
             .collect();
         assert_eq!(keys, ["type", "certSANs", "network", "a/b~c"]);
+    }
+
+    #[test]
+    fn numbers_and_keys_are_json_s() {
+        // JSON has one number type: 1 and 1.0 are the same value, and a
+        // float with no fraction is written as the integer.
+        let out = patched(
+            "x: 1\nl: [1, {a: 2}]\n10: ten\n",
+            r#"[{"op": "test", "path": "/x", "value": 1.0},
+                {"op": "test", "path": "/l", "value": [1.0, {"a": 2e0}]},
+                {"op": "add", "path": "/mtu", "value": 1.5e3},
+                {"op": "replace", "path": "/10", "value": "TEN"}]"#,
+        )
+        .expect("applies");
+        assert_eq!(out, yaml("x: 1\nl: [1, {a: 2}]\n10: TEN\nmtu: 1500\n"));
+        assert!(
+            patched("x: 1.5", r#"[{"op": "test", "path": "/x", "value": 1}]"#).is_err(),
+            "1.5 is not 1"
+        );
+        let err = patched("x: 1", r#"[{"op": "add", "path": "/a~2b", "value": 1}]"#)
+            .expect_err("~2 is no escape");
+        assert!(err.reason.contains("not ~0 or ~1"), "{err}");
     }
 
     #[test]
