@@ -238,6 +238,19 @@ fn pair<'a>(text: &'a str, what: &str) -> Result<(&'a str, &'a str), String> {
 
 /// `0100007F:1F90` (or 32 hex digits for IPv6): each 32-bit word of the
 /// address in host byte order, then the port.
+/// An address as upstream's netstat gives it (Go's `net.IP.String()`): an
+/// IPv4-mapped IPv6 address as the IPv4 address it maps.
+#[must_use]
+pub fn shown_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
 fn parse_addr(text: &str, v6: bool) -> Result<SocketAddr, String> {
     let (addr, port) = text
         .split_once(':')
@@ -313,6 +326,15 @@ pub fn socket_owners(proc: &Path) -> HashMap<u64, (u32, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses_read_as_upstream_gives_them() {
+        let ip = |s: &str| super::shown_ip(s.parse().expect("ip"));
+        assert_eq!(ip("::ffff:10.5.0.1"), "10.5.0.1");
+        assert_eq!(ip("::"), "::");
+        assert_eq!(ip("fd00::2"), "fd00::2");
+        assert_eq!(ip("0.0.0.0"), "0.0.0.0");
+    }
+
     use super::*;
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

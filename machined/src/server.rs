@@ -1060,9 +1060,9 @@ impl MachineService for MachineApi {
             .into_iter()
             .map(|s| pb::ConnectRecord {
                 l4proto: s.proto.name().to_owned(),
-                localip: s.local.ip().to_string(),
+                localip: crate::netstat::shown_ip(s.local.ip()),
                 localport: u32::from(s.local.port()),
-                remoteip: s.remote.ip().to_string(),
+                remoteip: crate::netstat::shown_ip(s.remote.ip()),
                 remoteport: u32::from(s.remote.port()),
                 state: i32::try_from(s.state).unwrap_or_default(),
                 txqueue: s.tx_queue,

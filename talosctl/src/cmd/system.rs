@@ -461,13 +461,13 @@ pub async fn mounts(global: &GlobalArgs) -> anyhow::Result<()> {
 
 // === netstat ===
 
-/// The request for `netstat`'s flags: no family flag means every family,
-/// neither -4 nor -6 means both.
+/// The request for `netstat`'s flags, as upstream's: no protocol flag
+/// means TCP and UDP (`-v` every protocol), neither -4 nor -6 means both.
 #[must_use]
 pub fn netstat_request(args: &NetstatArgs) -> NetstatRequest {
     use netstat_request::{Feature, Filter, L4proto, NetNs};
     let any_proto = args.tcp || args.udp || args.udplite || args.raw;
-    let proto = |flag: bool| flag || args.verbose || !any_proto;
+    let proto = |flag: bool, by_default: bool| flag || args.verbose || (!any_proto && by_default);
     let (v4, v6) = if args.ipv4 || args.ipv6 {
         (args.ipv4, args.ipv6)
     } else {
@@ -484,14 +484,14 @@ pub fn netstat_request(args: &NetstatArgs) -> NetstatRequest {
         filter: filter as i32,
         feature: Some(Feature { pid: args.programs }),
         l4proto: Some(L4proto {
-            tcp: proto(args.tcp) && v4,
-            tcp6: proto(args.tcp) && v6,
-            udp: proto(args.udp) && v4,
-            udp6: proto(args.udp) && v6,
-            udplite: proto(args.udplite) && v4,
-            udplite6: proto(args.udplite) && v6,
-            raw: proto(args.raw) && v4,
-            raw6: proto(args.raw) && v6,
+            tcp: proto(args.tcp, true) && v4,
+            tcp6: proto(args.tcp, true) && v6,
+            udp: proto(args.udp, true) && v4,
+            udp6: proto(args.udp, true) && v6,
+            udplite: proto(args.udplite, false) && v4,
+            udplite6: proto(args.udplite, false) && v6,
+            raw: proto(args.raw, false) && v4,
+            raw6: proto(args.raw, false) && v6,
         }),
         netns: Some(NetNs {
             hostnetwork: true,
@@ -936,7 +936,9 @@ mod tests {
         let all = netstat_request(&netstat_args(""));
         assert_eq!(all.filter, Filter::Connected as i32);
         let l4 = all.l4proto.expect("l4");
-        assert!(l4.tcp && l4.tcp6 && l4.udp && l4.udp6 && l4.udplite && l4.raw6);
+        // Upstream's default: TCP and UDP, both families; UDPLite and raw
+        // only when asked for (or -v).
+        assert!(l4.tcp && l4.tcp6 && l4.udp && l4.udp6 && !l4.udplite && !l4.raw6);
         let tcp4 = netstat_request(&netstat_args("lt4p"));
         assert_eq!(tcp4.filter, Filter::Listening as i32);
         assert!(tcp4.feature.expect("feature").pid);
@@ -1026,11 +1028,15 @@ mod tests {
                 .ends_with("keepalive (7.12/1/0)"),
             "{text}"
         );
-        // -v asks for every protocol.
+        // -v asks for every protocol; without a protocol flag, TCP and UDP.
         let all = netstat_request(&netstat_args("tv"))
             .l4proto
             .expect("protocols");
         assert!(all.tcp && all.udp && all.udplite6 && all.raw);
+        let plain = netstat_request(&netstat_args(""))
+            .l4proto
+            .expect("protocols");
+        assert!(plain.tcp && plain.udp6 && !plain.udplite && !plain.raw6);
     }
 
     #[test]
