@@ -5,9 +5,10 @@
 //! `--wait` (on by default, as upstream) polls every node at once: a
 //! reboot is over when the node answers with a new kernel boot ID or, when
 //! the boot ID cannot be read (Read is for os:admin), when it answers
-//! again after having been unreachable, and then, as upstream's, once its
-//! MachineStatus says it is running and ready; a shutdown is over when the
-//! node stops answering. Progress goes to stderr.
+//! again after having been unreachable; for `reboot` and `upgrade`, as
+//! upstream's, only once its MachineStatus then says it is running and
+//! ready. A shutdown is over when the node stops answering. Progress goes
+//! to stderr.
 
 use std::time::{Duration, SystemTime};
 
@@ -93,6 +94,7 @@ async fn boot_ids(nodes: &[Client]) -> Vec<Option<String>> {
 async fn wait_one_reboot(
     node: &Client,
     before: Option<&str>,
+    ready: bool,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     let name = node.default_node().to_owned();
@@ -116,26 +118,53 @@ async fn wait_one_reboot(
         };
         if rebooted {
             eprintln!("{name}: node is back up");
+            if !ready {
+                return Ok(());
+            }
             return wait_ready(node, &name, deadline).await;
         }
     }
 }
 
-/// Where the node's boot stands: its MachineStatus stage, whether it is
-/// ready, and what it still waits for; `None` when it cannot be read.
-async fn machine_status(node: &Client) -> Option<(String, bool, Vec<String>)> {
+/// Where the node's boot stands, as its MachineStatus says.
+enum Boot {
+    /// Its stage, whether it is ready, and what it still waits for.
+    Status(String, bool, Vec<String>),
+    /// The node serves no MachineStatus (NotFound or Unimplemented).
+    Unknown,
+    /// It could not be asked right now.
+    Unreachable,
+}
+
+async fn machine_status(node: &Client) -> Boot {
     let read = super::get::get_one(
         node,
         "runtime",
         "MachineStatuses.runtime.talos.dev",
         "machine",
     );
-    let resource = tokio::time::timeout(PROBE_TIMEOUT, read)
-        .await
-        .ok()?
-        .ok()??;
-    let spec: serde_yaml_ng::Value = serde_yaml_ng::from_str(&resource.spec?.yaml_spec).ok()?;
-    let stage = spec.get("stage")?.as_str()?.to_owned();
+    let resource = match tokio::time::timeout(PROBE_TIMEOUT, read).await {
+        Ok(Ok(Some(resource))) => resource,
+        Ok(Ok(None)) => return Boot::Unknown,
+        Ok(Err(client::CallError::Status(status)))
+            if matches!(
+                status.code(),
+                tonic::Code::NotFound | tonic::Code::Unimplemented
+            ) =>
+        {
+            return Boot::Unknown;
+        }
+        _ => return Boot::Unreachable,
+    };
+    let Some(spec) = resource
+        .spec
+        .and_then(|s| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&s.yaml_spec).ok())
+    else {
+        return Boot::Unknown;
+    };
+    let Some(stage) = spec.get("stage").and_then(serde_yaml_ng::Value::as_str) else {
+        return Boot::Unknown;
+    };
     let status = spec.get("status");
     let ready = status
         .and_then(|s| s.get("ready"))
@@ -152,29 +181,21 @@ async fn machine_status(node: &Client) -> Option<(String, bool, Vec<String>)> {
                 .collect()
         })
         .unwrap_or_default();
-    Some((stage, ready, unmet))
+    Boot::Status(stage.to_owned(), ready, unmet)
 }
 
 /// Waits, after a reboot, until the node says it is running and ready,
-/// printing what it still waits for whenever that changes. A node whose
-/// status cannot be read at all (an older node) counts as ready.
+/// printing what it still waits for whenever that changes. A node that
+/// serves no MachineStatus (an older node) is taken as up, and says so.
 async fn wait_ready(node: &Client, name: &str, deadline: Instant) -> anyhow::Result<()> {
     let mut last: Option<(String, Vec<String>)> = None;
-    let mut unreadable = 0;
     loop {
         match machine_status(node).await {
-            Some((stage, true, _)) if stage == "running" => {
+            Boot::Status(stage, true, _) if stage == "running" => {
                 eprintln!("{name}: node is ready");
                 return Ok(());
             }
-            // Back without a config (a reset that wiped STATE): it waits
-            // for one, and will not get to running by itself.
-            Some((stage, _, _)) if stage == "maintenance" => {
-                eprintln!("{name}: node is in maintenance mode, waiting for a machine config");
-                return Ok(());
-            }
-            Some((stage, _, unmet)) => {
-                unreadable = 0;
+            Boot::Status(stage, _, unmet) => {
                 let now = (stage, unmet);
                 if last.as_ref() != Some(&now) {
                     let waiting = if now.1.is_empty() {
@@ -186,12 +207,11 @@ async fn wait_ready(node: &Client, name: &str, deadline: Instant) -> anyhow::Res
                     last = Some(now);
                 }
             }
-            None => {
-                unreadable += 1;
-                if unreadable >= 5 && last.is_none() {
-                    return Ok(());
-                }
+            Boot::Unknown => {
+                eprintln!("{name}: the node reports no machine status; taken as up");
+                return Ok(());
             }
+            Boot::Unreachable => {}
         }
         if Instant::now() >= deadline {
             bail!("{name}: timed out waiting for the node to be ready");
@@ -206,13 +226,14 @@ async fn wait_ready(node: &Client, name: &str, deadline: Instant) -> anyhow::Res
 async fn wait_for_reboot(
     nodes: &[Client],
     before: &[Option<String>],
+    ready: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let waits = nodes
         .iter()
         .zip(before)
-        .map(|(node, before)| wait_one_reboot(node, before.as_deref(), deadline));
+        .map(|(node, before)| wait_one_reboot(node, before.as_deref(), ready, deadline));
     joined(futures_util::future::join_all(waits).await)
 }
 
@@ -299,7 +320,7 @@ pub async fn reboot(global: &GlobalArgs, args: &RebootArgs) -> anyhow::Result<()
             .zip(before)
             .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
             .unzip();
-        wait_for_reboot(&waiting, &before, timeout).await
+        wait_for_reboot(&waiting, &before, true, timeout).await
     } else {
         Ok(())
     };
@@ -408,7 +429,7 @@ pub async fn reset(global: &GlobalArgs, args: ResetArgs) -> anyhow::Result<()> {
                 .zip(before)
                 .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
                 .unzip();
-            wait_for_reboot(&waiting, &before, timeout).await
+            wait_for_reboot(&waiting, &before, false, timeout).await
         } else {
             wait_for_down(&accepted(&client, &ok), timeout).await
         }
@@ -661,7 +682,7 @@ pub async fn upgrade(global: &GlobalArgs, args: UpgradeArgs) -> anyhow::Result<(
         let deadline = Instant::now() + timeout;
         let waits = rebooting.iter().map(|(node, slot, boot)| async move {
             let name = node.default_node().to_owned();
-            wait_one_reboot(node, boot.as_deref(), deadline).await?;
+            wait_one_reboot(node, boot.as_deref(), true, deadline).await?;
             let now = tokio::time::timeout(PROBE_TIMEOUT, booted_slot(node))
                 .await
                 .ok()
@@ -747,7 +768,7 @@ async fn legacy_upgrade(
             .zip(before)
             .filter(|(node, _)| ok.iter().any(|name| name == node.default_node()))
             .unzip();
-        wait_for_reboot(&waiting, &before, timeout).await
+        wait_for_reboot(&waiting, &before, true, timeout).await
     } else {
         Ok(())
     };
