@@ -147,35 +147,35 @@ pub enum Command {
 /// you mean" that points at another command (`bootstrap` at `reboot`).
 #[derive(Debug, Subcommand)]
 pub enum AbsentCommand {
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Bootstrap(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Conformance(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Containers(AbsentArgs),
-    #[command(hide = true, name = "convert-k8s")]
+    #[command(hide = true, disable_help_flag = true, name = "convert-k8s")]
     ConvertK8s(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Crashdump(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Debug(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Drain(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Etcd(AbsentArgs),
-    #[command(hide = true, alias = "images")]
+    #[command(hide = true, disable_help_flag = true, alias = "images")]
     Image(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Inject(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Inspect(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Kubeconfig(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Restart(AbsentArgs),
-    #[command(hide = true)]
+    #[command(hide = true, disable_help_flag = true)]
     Stats(AbsentArgs),
-    #[command(hide = true, name = "upgrade-k8s")]
+    #[command(hide = true, disable_help_flag = true, name = "upgrade-k8s")]
     UpgradeK8s(AbsentArgs),
 }
 

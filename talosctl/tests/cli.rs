@@ -927,6 +927,10 @@ fn upstream_spellings(work: &Path) {
             &["etcd", "members"][..],
             "talosctl etcd is not available: this OS runs no etcd or Kubernetes",
         ),
+        (
+            &["bootstrap", "--help"][..],
+            "talosctl bootstrap is not available",
+        ),
         (&["containers", "-k"][..], "`talosctl services`"),
         (
             &["restart", "kubelet"][..],

@@ -54,8 +54,8 @@ pub fn load_config(file: &std::path::Path, patches: &[String]) -> anyhow::Result
 pub async fn run(global: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<()> {
     // Upstream takes `apply config` and `apply machineconfig` too.
     if let Some(what) = &args.what
-        && what != "config"
-        && what != "machineconfig"
+        && !what.eq_ignore_ascii_case("config")
+        && !what.eq_ignore_ascii_case("machineconfig")
     {
         bail!("unknown positional argument {what}");
     }
