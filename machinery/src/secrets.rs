@@ -251,6 +251,74 @@ impl SecretsBundle {
         })
     }
 
+    /// The bundle a control plane's config was generated from (upstream's
+    /// `gen secrets --from-controlplane-config`): what rebuilds a lost
+    /// `secrets.yaml`. Checked as [`SecretsBundle::validate`] checks.
+    ///
+    /// # Errors
+    /// The config is a worker's (its CAs carry no keys), or a value is
+    /// missing or unusable, named by its bundle field.
+    pub fn from_config(config: &crate::config::MachineConfig) -> Result<Self, SecretsError> {
+        use crate::config::v1alpha1::CertificateAndKey as Pair;
+        if !config.machine_type().is_control_plane() {
+            return Err(SecretsError::invalid(
+                "certs",
+                "the config is not a control plane's: a worker's CAs carry no keys",
+            ));
+        }
+        let doc = config.v1alpha1();
+        let machine = doc.machine.as_ref();
+        let cluster = doc.cluster.as_ref();
+        let secret =
+            |value: Option<&Secret>| Secret::new(value.map(Secret::expose).unwrap_or_default());
+        let pair = |value: Option<&Pair>| EncodedCertificateAndKey {
+            crt: value.and_then(|p| p.crt.clone()).unwrap_or_default(),
+            key: secret(value.and_then(|p| p.key.as_ref())),
+        };
+        let present = |value: Option<&Secret>| {
+            value
+                .filter(|v| !v.expose().is_empty())
+                .map(|v| Secret::new(v.expose()))
+        };
+        let bundle = Self {
+            cluster: ClusterSecrets {
+                id: cluster.and_then(|c| c.id.clone()).unwrap_or_default(),
+                secret: secret(cluster.and_then(|c| c.secret.as_ref())),
+            },
+            secrets: KubernetesSecrets {
+                bootstraptoken: secret(cluster.and_then(|c| c.token.as_ref())),
+                aescbcencryptionsecret: present(
+                    cluster.and_then(|c| c.aescbc_encryption_secret.as_ref()),
+                ),
+                secretboxencryptionsecret: present(
+                    cluster.and_then(|c| c.secretbox_encryption_secret.as_ref()),
+                ),
+            },
+            trustdinfo: TrustdInfo {
+                token: secret(machine.and_then(|m| m.token.as_ref())),
+            },
+            certs: Certs {
+                etcd: pair(
+                    cluster
+                        .and_then(|c| c.etcd.as_ref())
+                        .and_then(|e| e.ca.as_ref()),
+                ),
+                k8s: pair(cluster.and_then(|c| c.ca.as_ref())),
+                k8saggregator: pair(cluster.and_then(|c| c.aggregator_ca.as_ref())),
+                k8sserviceaccount: EncodedKey {
+                    key: secret(
+                        cluster
+                            .and_then(|c| c.service_account.as_ref())
+                            .and_then(|k| k.key.as_ref()),
+                    ),
+                },
+                os: pair(machine.and_then(|m| m.ca.as_ref())),
+            },
+        };
+        bundle.validate()?;
+        Ok(bundle)
+    }
+
     /// Reads a bundle and checks it (see [`SecretsBundle::validate`]).
     pub fn from_yaml(text: &str) -> Result<Self, SecretsError> {
         if text.trim().is_empty() {
@@ -370,6 +438,25 @@ pub enum EncryptionKind {
 
 #[cfg(test)]
 mod tests {
+
+    /// A lost secrets.yaml comes back from a control plane's config: the
+    /// same bundle, field for field. A worker's config has no CA keys.
+    #[test]
+    fn the_bundle_comes_back_from_a_control_planes_config() {
+        let bundle = SecretsBundle::generate(SystemTime::now()).expect("bundle");
+        let options = crate::generate::GenOptions::new("demo", "https://10.5.0.2:6443");
+        let generated =
+            crate::generate::generate(&bundle, &options, SystemTime::now()).expect("configs");
+        let controlplane =
+            crate::config::parse(generated.controlplane_yaml.as_bytes()).expect("controlplane");
+        assert_eq!(
+            SecretsBundle::from_config(&controlplane).expect("rebuilt"),
+            bundle
+        );
+        let worker = crate::config::parse(generated.worker_yaml.as_bytes()).expect("worker");
+        let err = SecretsBundle::from_config(&worker).expect_err("a worker's");
+        assert!(err.to_string().contains("not a control plane's"), "{err}");
+    }
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;

@@ -1290,9 +1290,12 @@ impl GenOutputType {
 /// `gen secrets` flags.
 #[derive(Debug, Args)]
 pub struct GenSecretsArgs {
-    /// path of the output file
+    /// path of the output file, or "-" for stdout
     #[arg(short = 'o', long = "output-file", default_value = "secrets.yaml")]
     pub output_file: PathBuf,
+    /// use a control plane's machine config to take the secrets from (rebuilds a lost secrets.yaml)
+    #[arg(long = "from-controlplane-config")]
+    pub from_controlplane_config: Option<PathBuf>,
     /// will overwrite existing files
     #[arg(short = 'f', long)]
     pub force: bool,

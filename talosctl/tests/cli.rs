@@ -975,6 +975,60 @@ fn upstream_spellings(work: &Path) {
         );
     }
     assert!(out.join("worker.yaml").exists());
+    // A lost secrets.yaml comes back from a control plane's config.
+    let bundle = work.join("bundle.yaml");
+    ok(
+        &none,
+        &["gen", "secrets", "-o", bundle.to_str().expect("utf8")],
+    );
+    let from = work.join("from-bundle");
+    ok(
+        &none,
+        &[
+            "gen",
+            "config",
+            "demo",
+            "https://10.5.0.2:6443",
+            "--with-secrets",
+            bundle.to_str().expect("utf8"),
+            "-o",
+            from.to_str().expect("utf8"),
+        ],
+    );
+    let cp = from.join("controlplane.yaml");
+    let rebuilt = ok(
+        &none,
+        &[
+            "gen",
+            "secrets",
+            "--from-controlplane-config",
+            cp.to_str().expect("utf8"),
+            "-o",
+            "-",
+        ],
+    );
+    let yaml = |text: &str| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).expect("yaml");
+    assert_eq!(
+        yaml(&rebuilt),
+        yaml(&std::fs::read_to_string(&bundle).expect("bundle"))
+    );
+    let worker = from.join("worker.yaml");
+    let r = run(
+        &none,
+        &[
+            "gen",
+            "secrets",
+            "--from-controlplane-config",
+            worker.to_str().expect("utf8"),
+            "-o",
+            "-",
+        ],
+    );
+    assert!(
+        r.code != 0 && r.err.contains("not a control plane's"),
+        "{}",
+        r.err
+    );
     let secrets = work.join("again.yaml");
     for _ in 0..2 {
         ok(

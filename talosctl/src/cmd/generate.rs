@@ -430,9 +430,25 @@ pub(crate) fn config(mut args: GenConfigArgs) -> anyhow::Result<()> {
 }
 
 fn secrets(args: &GenSecretsArgs) -> anyhow::Result<()> {
-    refuse_overwrite(&args.output_file, args.force)?;
-    let bundle = SecretsBundle::generate(SystemTime::now()).map_err(|err| anyhow!("{err}"))?;
+    let stdout = args.output_file.as_os_str() == "-";
+    if !stdout {
+        refuse_overwrite(&args.output_file, args.force)?;
+    }
+    let bundle = match &args.from_controlplane_config {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading the control plane config {}", path.display()))?;
+            let config = machinery::config::parse(&bytes)
+                .map_err(|err| anyhow!("{}: {err}", path.display()))?;
+            SecretsBundle::from_config(&config)
+                .map_err(|err| anyhow!("{}: {err}", path.display()))?
+        }
+        None => SecretsBundle::generate(SystemTime::now()).map_err(|err| anyhow!("{err}"))?,
+    };
     let yaml = bundle.to_yaml().map_err(|err| anyhow!("{err}"))?;
+    if stdout {
+        return crate::output::out(&yaml);
+    }
     write_file(&args.output_file, yaml.as_bytes(), 0o600)
 }
 
