@@ -11,6 +11,7 @@ use machinery::h2::{Body, BoxError, boxed};
 use tokio::sync::oneshot;
 
 use crate::MAX_MESSAGE;
+use crate::inject::declared_len;
 
 /// What a caller is told about a message over the limit. Upstream's apid is
 /// a grpc-go proxy: grpc-go refuses the message (ResourceExhausted) and the
@@ -51,8 +52,7 @@ impl Boundaries {
             data = &data[n..];
             if self.have == 5 {
                 self.have = 0;
-                let [_, a, b, c, d] = self.prefix;
-                let declared = u32::from_be_bytes([a, b, c, d]) as usize;
+                let declared = declared_len(&self.prefix).unwrap_or_default();
                 if declared > max {
                     return Err(declared);
                 }
