@@ -91,8 +91,6 @@ impl ClusterApi {
 struct Target {
     /// As the request named it (or "this node").
     name: String,
-    /// Through the node's apid (else this node's own socket).
-    remote: bool,
     /// How it is reached.
     reach: Reach,
 }
@@ -114,12 +112,17 @@ enum Reach {
 }
 
 impl Target {
+    /// Through another node's apid (else this node's own socket).
+    fn is_remote(&self) -> bool {
+        matches!(self.reach, Reach::Remote { .. })
+    }
+
     /// A request to this target, with its role when it goes over the
     /// network.
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(CALL_WITHIN);
-        if self.remote {
+        if self.is_remote() {
             request.metadata_mut().insert(
                 "talos-role",
                 tonic::metadata::MetadataValue::from_static("os:reader"),
@@ -269,7 +272,6 @@ fn targets(node: &Node, request: &HealthCheckRequest) -> Result<Vec<Target>, Sta
     if named.is_empty() {
         return Ok(vec![Target {
             name: "this node".to_owned(),
-            remote: false,
             reach: Reach::Local(machinery::grpc::unix_channel_lazy(
                 &node.paths.socket("machined"),
             )),
@@ -280,7 +282,6 @@ fn targets(node: &Node, request: &HealthCheckRequest) -> Result<Vec<Target>, Sta
         .into_iter()
         .map(|(name, addr)| Target {
             name,
-            remote: true,
             reach: Reach::Remote {
                 addr,
                 secrets: secrets.clone(),
@@ -494,7 +495,7 @@ async fn run_checks(
                 .is_ok_and(|sent| sent.is_ok())
         }
     };
-    if targets.iter().any(|t| !t.remote)
+    if targets.iter().any(|t| !t.is_remote())
         && !say("checking this node only: no --control-plane-nodes or --worker-nodes given".into())
             .await
     {
@@ -628,7 +629,6 @@ mod tests {
         std::fs::write(secrets.join("client.key"), &other.key_pem).expect("a key of another issue");
         let target = Target {
             name: "127.0.0.1".to_owned(),
-            remote: true,
             reach: Reach::Remote {
                 addr: "127.0.0.1:50000".parse().expect("addr"),
                 secrets: secrets.clone(),
