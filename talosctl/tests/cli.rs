@@ -50,6 +50,17 @@ fn assert_hostname_row(talosconfig: &Path, node: &str, version: &str, hostname: 
         &["get", "hostname", "-o", "jsonpath={.spec.hostname}"],
     );
     assert_eq!(picked, format!("{hostname}\n"));
+    // range and recursive descent, read as upstream reads them.
+    let picked = ok(
+        talosconfig,
+        &[
+            "get",
+            "hostname",
+            "-o",
+            "jsonpath={range .metadata}{.id}{end}{..hostname}",
+        ],
+    );
+    assert_eq!(picked, format!("hostname\n{hostname}\n"));
     let r = run(
         talosconfig,
         &["get", "hostname", "-o", "jsonpath={.spec.nosuchfield}"],
