@@ -14,7 +14,7 @@ use api::cosi::resource as pb;
 use api::cosi::resource::state_server::State;
 use api::roles::{Role, RoleSet};
 use futures_util::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -25,21 +25,34 @@ use crate::server::ApiError;
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// How often a watch looks for changes: resources are computed when read,
-/// so a watch polls them.
+/// so a watch polls them. A node event (a service's state, the machine's
+/// status, a sequence or phase) makes it look at once as well.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a watch woken by a node event waits for the events that come
+/// with it, so that a burst is read once.
+const WATCH_SETTLE: Duration = Duration::from_millis(20);
 
 /// The State service.
 #[derive(Debug)]
 pub struct StateApi {
     resources: Arc<Resources>,
+    poll: Duration,
 }
 
 impl StateApi {
     /// Serves the resources of `node`.
     #[must_use]
     pub fn new(node: Arc<Node>) -> StateApi {
+        StateApi::with_poll(node, WATCH_INTERVAL)
+    }
+
+    /// As [`StateApi::new`], with watches that poll every `poll`.
+    #[must_use]
+    pub fn with_poll(node: Arc<Node>, poll: Duration) -> StateApi {
         StateApi {
             resources: Arc::new(Resources::new(node)),
+            poll,
         }
     }
 }
@@ -207,9 +220,12 @@ impl State for StateApi {
             bootstrap: options.bootstrap_contents,
             bootstrapped_event: req.api_version >= 1,
             aggregated: options.aggregated,
+            poll: self.poll,
         };
+        // Subscribed before the first read, so no change after it is missed.
+        let changes = self.resources.changes();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(watch.run(tx));
+        tokio::spawn(watch.run(tx, changes));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -228,6 +244,8 @@ struct Watch {
     bootstrapped_event: bool,
     /// Several events may share a response.
     aggregated: bool,
+    /// How often to look for changes no node event announces.
+    poll: Duration,
 }
 
 impl Watch {
@@ -264,7 +282,11 @@ impl Watch {
 
     /// Sends events until the caller goes away or a read fails (which
     /// ends the stream with that error).
-    async fn run(self, tx: mpsc::Sender<Result<pb::WatchResponse, Status>>) {
+    async fn run(
+        self,
+        tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+        mut announced_changes: broadcast::Receiver<crate::events::Event>,
+    ) {
         let aggregated = self.aggregated;
         let send = |events: Vec<pb::Event>| {
             let tx = tx.clone();
@@ -326,12 +348,26 @@ impl Watch {
                 return;
             }
         }
-        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut announced = true;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                change = announced_changes.recv(), if announced => {
+                    if matches!(change, Err(broadcast::error::RecvError::Closed)) {
+                        announced = false;
+                        continue;
+                    }
+                    // Lagged is a change too. Let the rest of a burst
+                    // arrive, then read once for all of it.
+                    tokio::time::sleep(WATCH_SETTLE).await;
+                    while matches!(
+                        announced_changes.try_recv(),
+                        Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_))
+                    ) {}
+                }
                 () = tx.closed() => return,
             }
             // A slow read must not outlive the caller.
@@ -380,4 +416,79 @@ fn changes(
         }
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::events::{MachineStage, Payload};
+
+    fn node(dir: &std::path::Path) -> Arc<Node> {
+        let options = crate::node::NodeOptions {
+            mode: machinery::mode::Mode::Container,
+            root: dir.to_path_buf(),
+            hostname: Some("watched".into()),
+            bin_dir: Some(PathBuf::from("/nonexistent")),
+            apid_listen: None,
+            trustd_listen: None,
+        };
+        let logs = Arc::new(crate::logbuf::LogRegistry::new(64 * 1024, None));
+        let config = Arc::new(
+            crate::configstore::ConfigStore::load(dir.join("none.yaml")).expect("config store"),
+        );
+        Arc::new(Node::new(options, logs, config))
+    }
+
+    /// A change a node event announces reaches a watch at once, not at the
+    /// next poll (here an hour away).
+    #[tokio::test]
+    async fn a_node_event_wakes_a_watch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = node(dir.path());
+        let api = StateApi::with_poll(Arc::clone(&node), Duration::from_secs(3600));
+        let mut watch = api
+            .watch(Request::new(pb::WatchRequest {
+                namespace: "runtime".into(),
+                r#type: "MachineStatuses.runtime.talos.dev".into(),
+                id: Some("machine".into()),
+                options: None,
+                api_version: 1,
+            }))
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .expect("an answer well before the next poll")
+                .expect("open")
+                .expect("no error")
+                .event
+        };
+        assert!(next().await.is_empty(), "the ready signal");
+        let first = next().await;
+        assert_eq!(first[0].event_type(), pb::EventType::Created);
+        node.events.publish(
+            Payload::MachineStatus {
+                stage: MachineStage::Running,
+                ready: true,
+                unmet: Vec::new(),
+            },
+            "",
+        );
+        let changed = next().await;
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].event_type(), pb::EventType::Updated);
+        let spec = &changed[0]
+            .resource
+            .as_ref()
+            .and_then(|r| r.spec.as_ref())
+            .expect("spec")
+            .yaml_spec;
+        assert!(spec.contains("stage: running"), "{spec}");
+    }
 }

@@ -223,6 +223,12 @@ impl EventBus {
         event
     }
 
+    /// A receiver of the events published from now on.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
     /// What the newest machine status event said.
     #[must_use]
     pub fn last_machine_status(&self) -> Option<MachineStatus> {

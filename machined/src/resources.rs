@@ -12,7 +12,8 @@
 //! rtnetlink, sysfs, block devices, SMBIOS, `resolv.conf`). [`Resources`]
 //! remembers what each resource looked like when last read, so that versions
 //! count changes and `created`/`updated` are stable across calls; a change
-//! that comes and goes between two reads is not counted. Watches poll.
+//! that comes and goes between two reads is not counted. Watches poll, and
+//! read at once when a node event announces a change.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -722,6 +723,13 @@ impl Resources {
                 .collect(),
             node_addresses: Mutex::new(netres::NodeAddressMemory::default()),
         }
+    }
+
+    /// The node's events from now on: most changes of state the views show
+    /// are announced by one.
+    #[must_use]
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<crate::events::Event> {
+        self.node.events.subscribe()
     }
 
     /// Checks that `type_` in `namespace` may be read by a caller who is
