@@ -17,6 +17,22 @@
 //! them: strings and numbers as they are, objects and lists as JSON
 //! indented by four spaces, literal text too. A key none of the values has
 //! is an error naming it (`hostname is not found`), as upstream's.
+//!
+//! Where upstream's package has a flaw, this reads the template as its
+//! syntax means and says so here:
+//! - a slice that picks nothing from one list does not drop what the
+//!   lists after it give (upstream returns early);
+//! - a filter's path that fails on anything but a missing key does not
+//!   pass the member (upstream passes it), and a null list filters to
+//!   nothing (upstream: an error);
+//! - `.*` and `..` do not go into strings (upstream gives their bytes);
+//! - a range works for every resource (upstream's parser loses the range
+//!   after the first resource of a `get`);
+//! - unknown words and operators are refused when the template is read,
+//!   not when it is applied to the first resource.
+//!
+//! Objects and lists are printed by serde's JSON: floats as serde writes
+//! them and `<`, `>`, `&` unescaped (Go writes `\u003c`).
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -267,18 +283,18 @@ impl<'a> Parser<'a> {
                     }
                 }
                 other => {
-                    return Err(format!(
-                        "unrecognized character in action: U+{:04X} {other:?}",
-                        u32::from(other)
-                    ));
+                    // As Go's %#U: the character quoted when printable.
+                    let code = format!("U+{:04X}", u32::from(other));
+                    return Err(if other.is_control() {
+                        format!("unrecognized character in action: {code}")
+                    } else {
+                        format!("unrecognized character in action: {code} '{other}'")
+                    });
                 }
             }
         }
         if keyword == Some(Keyword::End) && !ops.is_empty() {
             return Err("{end} takes nothing else".into());
-        }
-        if keyword == Some(Keyword::Range) && ops.is_empty() {
-            return Err("{range} needs a path".into());
         }
         Ok((ops, keyword))
     }
@@ -415,10 +431,24 @@ impl<'a> Parser<'a> {
                 right: Vec::new(),
             })));
         };
-        let op_len = text[at..]
+        // As upstream's `^([^!<>=]+)([!<>=]+)(.+?)$`: the operator's
+        // characters leave at least one for the right side.
+        let mut op_len = text[at..]
             .find(|c| !matches!(c, '!' | '<' | '>' | '='))
             .unwrap_or(text.len() - at);
+        if at + op_len == text.len() {
+            op_len -= 1;
+        }
+        if op_len == 0 {
+            return Ok(Op::Filter(Box::new(Filter {
+                left: part(text)?,
+                test: Test::Exists,
+                right: Vec::new(),
+            })));
+        }
         let (operator, right) = text[at..].split_at(op_len);
+        // Both sides are read first, as upstream reads them.
+        let (left, right) = (part(&text[..at])?, part(right)?);
         let test = match operator {
             "==" => Test::Eq,
             "!=" => Test::Ne,
@@ -428,14 +458,7 @@ impl<'a> Parser<'a> {
             ">=" => Test::Ge,
             other => return Err(format!("unrecognized filter operator {other}")),
         };
-        if right.is_empty() {
-            return Err(format!("nothing to compare with in filter {text:?}"));
-        }
-        Ok(Op::Filter(Box::new(Filter {
-            left: part(&text[..at])?,
-            test,
-            right: part(right)?,
-        })))
+        Ok(Op::Filter(Box::new(Filter { left, test, right })))
     }
 }
 
@@ -456,7 +479,7 @@ fn slice(text: &str) -> Result<Op, String> {
             None | Some("") => Ok(None),
             Some(n) => {
                 let digits = n.strip_prefix('-').unwrap_or(n);
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                if !digits.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(invalid());
                 }
                 n.parse()
@@ -482,7 +505,8 @@ fn slice(text: &str) -> Result<Op, String> {
     } else {
         Slice {
             start,
-            end: Some(start.unwrap_or(0) + 1),
+            // Go's int wraps; the index is then out of bounds all the same.
+            end: Some(start.unwrap_or(0).wrapping_add(1)),
             end_derived: true,
             step: None,
         }
@@ -526,10 +550,23 @@ fn unquote(inner: &str) -> Option<String> {
                     _ => 8,
                 };
                 let hex: String = chars.by_ref().take(len).collect();
-                if hex.len() != len {
+                if hex.len() != len || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return None;
                 }
                 char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+            }
+            first @ '0'..='7' => {
+                // Three octal digits, at most \377.
+                let rest: String = chars.by_ref().take(2).collect();
+                let digits = format!("{first}{rest}");
+                if digits.len() != 3 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+                    return None;
+                }
+                char::from_u32(
+                    u32::from_str_radix(&digits, 8)
+                        .ok()
+                        .filter(|&v| v <= 0o377)?,
+                )?
             }
             _ => return None,
         };
@@ -619,7 +656,7 @@ fn step<'a>(input: Values<'a>, op: &Op) -> Result<Values<'a>, String> {
                     other => {
                         return Err(format!(
                             "{} is not array or slice and cannot be filtered",
-                            kind(&other)
+                            go_value(&other)
                         ));
                     }
                 };
@@ -647,7 +684,7 @@ fn apply_slice<'a>(value: Cow<'a, Value>, slice: &Slice) -> Result<Values<'a>, S
         {
             return Ok(members(&object));
         }
-        other => return Err(format!("{} is not array or slice", kind(&other))),
+        other => return Err(format!("{} is not array or slice", go_type(&other))),
     };
     let len = i64::try_from(items.len()).unwrap_or(i64::MAX);
     let mut start = slice.start.unwrap_or(0);
@@ -764,22 +801,66 @@ fn compare(left: &Value, right: &Value) -> Result<Option<Ordering>, String> {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+/// The Go type upstream's document holds `value` as (YAML decoded into
+/// `interface{}`), as its errors name it.
+fn go_type(value: &Value) -> &'static str {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+        Value::Null => "<nil>",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_i64() => "int",
+        Value::Number(n) if n.is_u64() => "uint64",
+        Value::Number(_) => "float64",
+        Value::String(_) => "string",
+        Value::Array(_) => "[]interface {}",
+        Value::Object(_) => "map[string]interface {}",
     }
+}
+
+/// `value` as Go's `%v` prints it (maps with their keys sorted).
+fn go_value(value: &Value) -> String {
+    match value {
+        Value::Null => "<nil>".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => go_number(n),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(go_value).collect::<Vec<_>>().join(" ")
+        ),
+        Value::Object(map) => format!(
+            "map[{}]",
+            map.iter()
+                .map(|(k, v)| format!("{k}:{}", go_value(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    }
+}
+
+/// A number as Go's `%v` prints it: integers as they are, floats in the
+/// shortest form, with an exponent (`1e+06`) below 1e-4 or from 1e6 up.
+fn go_number(n: &serde_json::Number) -> String {
+    if n.is_i64() || n.is_u64() {
+        return n.to_string();
+    }
+    let Some(v) = n.as_f64() else {
+        return n.to_string();
+    };
+    let scientific = format!("{v:e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    if (-4..6).contains(&exponent) {
+        return format!("{v}");
+    }
+    let sign = if exponent < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exponent.unsigned_abs())
 }
 
 fn text_of(value: &Value) -> Result<String, String> {
     Ok(match value {
         Value::Null => "<nil>".to_owned(),
         Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) => go_number(n),
         Value::String(s) => s.clone(),
         composite => crate::output::to_json_indent4(composite).map_err(|e| e.to_string())?,
     })
@@ -828,6 +909,14 @@ mod tests {
         assert_eq!(render("id={.metadata.id}").unwrap(), "id=\neth0\n");
         assert_eq!(render("{.metadata.id}{\"\\n\"}").unwrap(), "eth0\n\n\n");
         assert_eq!(render("{'x\\ty'}").unwrap(), "x\ty\n");
+        assert_eq!(render("{'\\101\\x42\\u0043'}").unwrap(), "ABC\n");
+        assert!(Template::parse("{'\\x+1'}").is_err());
+        // Numbers as Go's %v prints them.
+        assert_eq!(
+            render("{1.0}{0.5}{1000000.0}{0.00001}{-7}").unwrap(),
+            "1\n0.5\n1e+06\n1e-05\n-7\n"
+        );
+        assert_eq!(render("{.spec.links[2].ratio}").unwrap(), "0.5\n");
         assert!(render("{.metadata.*}").unwrap().contains("eth0\n"));
         // A backslash makes a dot part of the key; a double-quoted key is
         // one key too.
@@ -882,12 +971,28 @@ mod tests {
             "array index out of bounds: index 5, length 2"
         );
         assert_eq!(
+            render("{.spec.addresses[9223372036854775807]}").unwrap_err(),
+            "array index out of bounds: index 9223372036854775807, length 2"
+        );
+        assert_eq!(
+            render("{.spec.addresses[-9223372036854775808]}").unwrap_err(),
+            "array index out of bounds: index -9223372036854775806, length 2"
+        );
+        assert_eq!(
+            render("{.spec[0]}").unwrap_err(),
+            "map[string]interface {} is not array or slice"
+        );
+        assert_eq!(
+            Template::parse("{.spec.addresses[1:-]}").unwrap_err(),
+            "array index - is not a number"
+        );
+        assert_eq!(
             render("{.spec.addresses[-3]}").unwrap_err(),
             "array index out of bounds: index -1, length 2"
         );
         assert_eq!(
             render("{.metadata.id[0]}").unwrap_err(),
-            "a string is not array or slice"
+            "string is not array or slice"
         );
     }
 
@@ -948,9 +1053,13 @@ mod tests {
             render("{.spec.links[?(@.ratio>0.25)].name}").unwrap_err(),
             "ratio is not found"
         );
+        // Go's %v of what cannot be filtered.
+        let doc = serde_json::json!({"spec": {"b": [1, "x"], "a": {"c": null}}});
         assert_eq!(
-            render("{.spec[?(@.x)]}").unwrap_err(),
-            "an object is not array or slice and cannot be filtered"
+            Template::parse("{.spec[?(@.x)]}")
+                .and_then(|t| t.render(&doc))
+                .unwrap_err(),
+            "map[a:map[c:<nil>] b:[1 x]] is not array or slice and cannot be filtered"
         );
     }
 
@@ -982,6 +1091,9 @@ mod tests {
             render("[{range .spec.links[?(@.kind)]}{range .name}{@}{end}{end}]").unwrap(),
             "[\neth0\neth1\n]\n"
         );
+        // Over the current value: once.
+        assert_eq!(render("{range @}{.metadata.id}{end}").unwrap(), "eth0\n");
+        assert_eq!(render("{range}{.node}{end}").unwrap(), "10.5.0.2\n");
         // A range over nothing prints nothing.
         assert_eq!(
             render("{range .spec.links[?(@.mtu>100000)]}{.name}{end}").unwrap(),
@@ -1017,10 +1129,8 @@ mod tests {
                 let at = usize::try_from(seed >> 33).unwrap_or(0) % alphabet.len();
                 template.push(alphabet[at]);
             }
-            if let Ok(parsed) = Template::parse(&template) {
-                if parsed.render(&doc()).is_ok() {
-                    answered += 1;
-                }
+            if Template::parse(&template).is_ok_and(|parsed| parsed.render(&doc()).is_ok()) {
+                answered += 1;
             }
         }
         // Some of them are real templates.
@@ -1038,7 +1148,7 @@ mod tests {
         assert_eq!(err("{.spec.links[?(@.mtu>1)}"), "unclosed array expect ]");
         assert_eq!(
             err("{.spec.links[?(@.mtu=~1)]}"),
-            "unrecognized filter operator ="
+            "unrecognized character in action: U+007E '~'"
         );
         assert_eq!(err("{\"abc}"), "unterminated quoted string");
         assert_eq!(
@@ -1046,6 +1156,13 @@ mod tests {
             "unrecognized character in action: U+002C ','"
         );
         assert_eq!(err("{nope}"), "unrecognized identifier nope");
+        // As upstream's regular expression splits it: `=` and then `=`.
+        assert_eq!(
+            err("{.spec.links[?(@.mtu==)]}"),
+            "unrecognized character in action: U+003D '='"
+        );
+        assert_eq!(err("{\u{1}}"), "unrecognized character in action: U+0001");
+        assert_eq!(err("{\\}"), "unrecognized character in action: U+005C '\\'");
         // Words the syntax uses are fine inside keys.
         let doc =
             serde_json::json!({"spec": {"vendorID": "0x1af4", "pending": 2, "a:b": 1, "range": 3}});
