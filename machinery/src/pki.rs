@@ -45,8 +45,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, PublicKeyData, SerialNumber,
-    SigningKey,
+    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, PublicKeyData, SanType,
+    SerialNumber, SigningKey,
 };
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -474,8 +474,8 @@ fn build_server_cert(
 ///
 /// The request's signature is verified. Every Subject Organization is
 /// dropped (CVE-2022-36103: roles live in O, and a node must not mint itself
-/// a role-bearing certificate); the rest of the subject and the SANs are
-/// kept; whatever the request asks for, the result has key usage
+/// a role-bearing certificate); the rest of the subject and the DNS and IP
+/// SANs are kept (other kinds are dropped); whatever the request asks for, the result has key usage
 /// digitalSignature, extended key usage ServerAuth only, and is not a CA.
 /// Returns the certificate, PEM.
 pub fn sign_csr(
@@ -486,6 +486,27 @@ pub fn sign_csr(
 ) -> Result<String, PkiError> {
     build_from_csr(ca, csr_pem, ttl, now)
         .map_err(|reason| PkiError::new("signing certificate request", reason))
+}
+
+/// What a certificate request asks for, for trustd's log: its Common Name
+/// and the Organization values (roles) it would like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrNames {
+    /// Subject Common Name, if any.
+    pub common_name: Option<String>,
+    /// Subject Organization values, in order.
+    pub organizations: Vec<String>,
+}
+
+/// Reads a certificate request and checks its signature, without signing
+/// it: an error here is the request's fault.
+pub fn csr_names(csr_pem: &str) -> Result<CsrNames, PkiError> {
+    let parsed = parse_csr(csr_pem)
+        .map_err(|reason| PkiError::new("reading certificate request", reason))?;
+    Ok(CsrNames {
+        common_name: parsed.common_name,
+        organizations: parsed.organizations,
+    })
 }
 
 /// A parsed certificate request: rcgen's view (signature checked, SANs),
@@ -546,7 +567,13 @@ fn build_from_csr(
     let spki = spki.as_slice();
     let requested = csr.params;
     let mut params = leaf_params(Vec::new(), now, ttl)?;
-    params.subject_alt_names = requested.subject_alt_names;
+    // DNS names and addresses only, as upstream's trustd copies: no URI,
+    // email or other name a node's token could have signed.
+    params.subject_alt_names = requested
+        .subject_alt_names
+        .into_iter()
+        .filter(|san| matches!(san, SanType::DnsName(_) | SanType::IpAddress(_)))
+        .collect();
     let mut subject = DistinguishedName::new();
     for (kind, value) in requested.distinguished_name.iter() {
         if *kind != DnType::OrganizationName {
@@ -1838,6 +1865,15 @@ MC4CAQAwBQYDK2VwBCIEIDGgKfkI/GmY6UtdXAUQLLthhMXETj3dDNMGaMYZBSiI
         subject.push(DnType::OrganizationName, "os:admin");
         subject.push(DnType::CommonName, "worker-1");
         params.distinguished_name = subject;
+        // Names a node has no use for, which a token must not get signed.
+        params.subject_alt_names.extend([
+            SanType::URI(
+                rcgen::string::Ia5String::try_from("spiffe://cluster/admin").expect("uri"),
+            ),
+            SanType::Rfc822Name(
+                rcgen::string::Ia5String::try_from("admin@example.com").expect("email"),
+            ),
+        ]);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         params.extended_key_usages = vec![
@@ -1866,6 +1902,17 @@ MC4CAQAwBQYDK2VwBCIEIDGgKfkI/GmY6UtdXAUQLLthhMXETj3dDNMGaMYZBSiI
             ["10.5.0.3".parse::<IpAddr>().expect("ip")]
         );
         assert_eq!(info.dns_names, ["worker-1"]);
+        // The URI and the email address asked for are not there.
+        let (_, block) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).expect("pem");
+        let parsed = block.parse_x509().expect("x509");
+        let sans = parsed
+            .subject_alternative_name()
+            .expect("SAN extension")
+            .expect("SANs")
+            .value
+            .general_names
+            .len();
+        assert_eq!(sans, 2, "only the DNS name and the address");
         assert_eq!(info.not_after, now() + SERVER_CERT_TTL);
         verify_signed_by(cert.as_bytes(), ca.cert_pem.as_bytes()).expect("chains");
 

@@ -11,20 +11,40 @@
 //! Credentials (CA, CA key, server certificate, token) are read from the
 //! node's secrets directory for every connection and call, so rotation
 //! needs no restart.
+//!
+//! Nothing is read or decoded for a caller before its token is checked
+//! (on the request's headers: the body is only read for a good token, and
+//! is at most 64 KiB). A connection has 10 s for its TLS handshake and
+//! lives at most 2 minutes (a worker makes one call); at most
+//! [`MAX_CONNECTIONS`] are open at once, and a failed accept (no file
+//! descriptors left) backs off. Every call is logged with its caller's
+//! address, what it asked for and what was issued.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use api::securityapi::security_service_server::{SecurityService, SecurityServiceServer};
 use api::securityapi::{CertificateRequest, CertificateResponse};
 use machinery::constants::trustd_credentials as files;
 use machinery::pki::{self, CertificateAndKey};
 use rustls_pki_types::pem::PemObject as _;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status};
+
+/// Connections open at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a caller has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay open.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// The largest request: a CSR is under 2 KiB.
+const MAX_REQUEST: usize = 64 * 1024;
 
 /// Errors loading trustd's credentials.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +63,7 @@ pub enum TrustdError {
 }
 
 /// What trustd signs with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     /// The OS CA and its key.
     pub ca: CertificateAndKey,
@@ -53,6 +73,16 @@ pub struct Credentials {
     pub server_cert: String,
     /// Its key (PEM).
     pub server_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Keys and the token are left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("ca", &self.ca)
+            .field("server_cert", &self.server_cert)
+            .finish_non_exhaustive()
+    }
 }
 
 fn read(dir: &Path, name: &str) -> Result<String, TrustdError> {
@@ -130,35 +160,81 @@ impl Trustd {
     }
 }
 
+/// The caller's address, for the log.
+fn peer<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+}
+
+/// Checks the caller's token on the request's headers, before its body is
+/// read: a caller without the token gets nothing else from trustd.
+fn check_token(dir: &Path, request: &Request<()>) -> Result<(), Status> {
+    let given = request
+        .metadata()
+        .get("token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let refuse = |message: &str| {
+        tracing::warn!(peer = %peer(request), "certificate request refused: {message}");
+        Err(Status::unauthenticated(message.to_owned()))
+    };
+    if given.is_empty() {
+        return refuse("missing token");
+    }
+    let expected = match read(dir, files::TOKEN) {
+        Ok(token) => token,
+        Err(e) => {
+            // The detail stays in the node's log.
+            tracing::warn!(error = %e, "certificate request refused: no token to compare with");
+            return Err(Status::unavailable("trustd is not ready"));
+        }
+    };
+    if !token_matches(given, expected.trim()) {
+        return refuse("invalid token");
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl SecurityService for Trustd {
+    /// The token was checked by [`service`]'s interceptor.
     async fn certificate(
         &self,
         request: Request<CertificateRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
-        let creds = Credentials::load(&self.dir)
-            .map_err(|e| Status::unavailable(format!("trustd is not ready: {e}")))?;
-        let token = request
-            .metadata()
-            .get("token")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if token.is_empty() {
-            return Err(Status::unauthenticated("missing token"));
-        }
-        if !token_matches(token, &creds.token) {
-            return Err(Status::unauthenticated("invalid token"));
-        }
+        let peer = peer(&request);
+        let creds = Credentials::load(&self.dir).map_err(|e| {
+            tracing::warn!(%peer, error = %e, "certificate request failed: credentials");
+            Status::unavailable("trustd is not ready")
+        })?;
         let csr = String::from_utf8(request.into_inner().csr)
-            .map_err(|_| Status::invalid_argument("the CSR is not PEM text"))?;
+            .map_err(|_| Status::invalid_argument("failed to decode CSR: not PEM text"))?;
         let ca = creds.ca.clone();
-        // Signing is CPU work: off the async runtime.
-        let crt = tokio::task::spawn_blocking(move || {
+        // Parsing and signing are CPU work: off the async runtime.
+        let signed = tokio::task::spawn_blocking(move || {
+            let asked = pki::csr_names(&csr)
+                .map_err(|e| Status::invalid_argument(format!("failed to parse CSR: {e}")))?;
             pki::sign_csr(&ca, &csr, pki::SERVER_CERT_TTL, SystemTime::now())
+                .map(|crt| (asked, crt))
+                .map_err(|e| Status::internal(format!("failed to sign CSR: {e}")))
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (asked, crt) = signed.inspect_err(|status| {
+            tracing::warn!(%peer, error = %status.message(), "certificate request failed");
+        })?;
+        let issued = pki::cert_info(crt.as_bytes()).map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(
+            %peer,
+            subject = ?asked.common_name,
+            dns = ?issued.dns_names,
+            ips = ?issued.ip_addresses,
+            refused_organizations = ?asked.organizations,
+            serial = %issued.serial,
+            not_after = ?issued.not_after,
+            "issued a server certificate"
+        );
         Ok(Response::new(CertificateResponse {
             ca: creds.ca.cert_pem.into_bytes(),
             crt: crt.into_bytes(),
@@ -166,33 +242,111 @@ impl SecurityService for Trustd {
     }
 }
 
+/// The interceptor of [`service`]: the token checked against `dir`'s.
+#[derive(Debug, Clone)]
+pub struct TokenCheck {
+    dir: PathBuf,
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        check_token(&self.dir, &request)?;
+        Ok(request)
+    }
+}
+
+/// The SecurityService for the credentials in `dir`: the token checked
+/// before the body is read, requests of at most 64 KiB.
+#[must_use]
+pub fn service(dir: PathBuf) -> InterceptedService<SecurityServiceServer<Trustd>, TokenCheck> {
+    let server =
+        SecurityServiceServer::new(Trustd::new(dir.clone())).max_decoding_message_size(MAX_REQUEST);
+    InterceptedService::new(server, TokenCheck { dir })
+}
+
 /// Accepts TLS connections on `listener` and serves the SecurityService.
 pub async fn serve(dir: PathBuf, listener: tokio::net::TcpListener) {
-    let routes = tonic::service::Routes::new(SecurityServiceServer::new(Trustd::new(dir.clone())));
+    let routes = tonic::service::Routes::new(service(dir.clone()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let local = listener.local_addr().ok();
+    let mut backoff = Duration::from_millis(5);
     loop {
-        let Ok((tcp, addr)) = listener.accept().await else {
-            continue;
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (tcp, addr) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(5);
+                accepted
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to
+                // close rather than spin.
+                tracing::warn!(error = %e, ?backoff, "accepting a connection");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
         };
         // Small replies: without this, Nagle and delayed ACKs add ~40 ms.
         let _ = tcp.set_nodelay(true);
         let dir = dir.clone();
         let routes = routes.clone();
-        tokio::spawn(async move {
-            let config = match Credentials::load(&dir).and_then(|c| c.tls_config()) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "refusing connection");
-                    return;
-                }
-            };
-            let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(routes);
-            let _ = machinery::h2::server_builder()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
+        tokio::spawn(connection(dir, routes, tcp, addr, local, slot));
+    }
+}
+
+/// One caller's connection, bounded in time; `slot` is given back when it
+/// ends.
+async fn connection(
+    dir: PathBuf,
+    routes: tonic::service::Routes,
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    local: Option<SocketAddr>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _slot = slot;
+    let config = match Credentials::load(&dir).and_then(|c| c.tls_config()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "refusing connection");
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsAcceptor::from(config).accept(tcp),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    // The caller's address, for the handler's log (`Request::remote_addr`).
+    let info = TcpConnectInfo {
+        local_addr: local,
+        remote_addr: Some(addr),
+    };
+    let service = tower::ServiceExt::map_request(routes, move |mut request: http::Request<_>| {
+        request.extensions_mut().insert(info.clone());
+        request
+    });
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let served = machinery::h2::server_builder()
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+    if tokio::time::timeout(CONNECTION_LIFETIME, served)
+        .await
+        .is_err()
+    {
+        tracing::debug!(%addr, "connection closed: open too long");
     }
 }
 

@@ -171,3 +171,113 @@ async fn signs_100_requests_in_parallel() {
     }
     assert_eq!(serials.len(), N);
 }
+
+/// The token is checked on the headers, before the body is read: a
+/// request larger than any limit without the token is refused as
+/// unauthenticated, and with the token, a request over 64 KiB is refused
+/// before it is parsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_checked_before_the_body_is_read() {
+    let mut server = start().await;
+    let big = vec![b'x'; 5 * 1024 * 1024];
+    let status = server
+        .client
+        .certificate(request(&big, None))
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let status = server
+        .client
+        .certificate(request(&big, Some("abcdef.0123456789abcdee")))
+        .await
+        .expect_err("wrong token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let token = server.token.clone();
+    let status = server
+        .client
+        .certificate(request(&vec![b'x'; 100 * 1024], Some(token.as_str())))
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+}
+
+/// Without a token on the node every caller is refused, with nothing said
+/// about the node's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_on_the_node_refuses_everyone() {
+    let mut server = start().await;
+    let (csr, _key) = pki::generate_csr("worker-1", &[], &[]).expect("CSR");
+    let token_file = server
+        ._dir
+        .path()
+        .join(machinery::constants::trustd_credentials::TOKEN);
+    std::fs::write(&token_file, "").expect("empty token");
+    let token = server.token.clone();
+    let status = server
+        .client
+        .certificate(request(csr.as_bytes(), Some(token.as_str())))
+        .await
+        .expect_err("empty token on the node");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    std::fs::remove_file(&token_file).expect("remove token");
+    let status = server
+        .client
+        .certificate(request(csr.as_bytes(), Some(token.as_str())))
+        .await
+        .expect_err("no token file");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "trustd is not ready");
+}
+
+/// A good request trustd cannot sign (its CA key is not the CA's) is
+/// trustd's failure, Internal, not the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_failure_is_internal() {
+    let mut server = start().await;
+    let other = pki::generate_os_ca(std::time::SystemTime::now()).expect("another CA");
+    std::fs::write(
+        server
+            ._dir
+            .path()
+            .join(machinery::constants::trustd_credentials::CA_KEY),
+        other.key_pem,
+    )
+    .expect("write key");
+    let (csr, _key) = pki::generate_csr("worker-1", &[], &[]).expect("CSR");
+    let token = server.token.clone();
+    let status = server
+        .client
+        .certificate(request(csr.as_bytes(), Some(token.as_str())))
+        .await
+        .expect_err("mismatched CA key");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status.message().starts_with("failed to sign CSR: "),
+        "{status:?}"
+    );
+    let status = server
+        .client
+        .certificate(request(b"not a csr", Some(token.as_str())))
+        .await
+        .expect_err("garbage");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("failed to parse CSR: "),
+        "{status:?}"
+    );
+}
+
+/// A connection that never finishes its TLS handshake is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed() {
+    use tokio::io::AsyncReadExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _ = trustd::testing::write_credentials(dir.path());
+    let addr = trustd::testing::start(dir.path()).await;
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), idle.read(&mut buf))
+        .await
+        .expect("closed by trustd well within 30 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
