@@ -420,27 +420,16 @@ fn changes(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use futures_util::StreamExt;
 
     use super::*;
     use crate::events::{MachineStage, Payload};
 
     fn node(dir: &std::path::Path) -> Arc<Node> {
-        let options = crate::node::NodeOptions {
-            mode: machinery::mode::Mode::Container,
-            root: dir.to_path_buf(),
-            hostname: Some("watched".into()),
-            bin_dir: Some(PathBuf::from("/nonexistent")),
-            apid_listen: None,
-            trustd_listen: None,
-        };
-        let logs = Arc::new(crate::logbuf::LogRegistry::new(64 * 1024, None));
-        let config = Arc::new(
-            crate::configstore::ConfigStore::load(dir.join("none.yaml")).expect("config store"),
-        );
-        Arc::new(Node::new(options, logs, config))
+        Arc::new(crate::node::test_node(
+            dir,
+            machinery::mode::Mode::Container,
+        ))
     }
 
     /// A change a node event announces reaches a watch at once, not at the

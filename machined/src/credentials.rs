@@ -3,12 +3,21 @@
 //! - No config: the maintenance marker for apid, nothing else.
 //! - Control plane (the config holds the OS CA key): machined issues apid's
 //!   server certificate (24 h, renewed at half life; SANs = the node's
-//!   addresses, hostname and `machine.certSANs`), the node's forwarding
-//!   client certificate (`os:impersonator`), and trustd's credentials.
-//! - Worker: asks a control plane's trustd (token in metadata, CSR without
-//!   any Organization) for a server certificate, with retries and fail-over
-//!   across endpoints; workers get no client certificate, so they never
-//!   forward.
+//!   addresses, hostname, `machine.certSANs` and the host of
+//!   `cluster.controlPlane.endpoint`, which workers reach trustd by), the
+//!   node's forwarding client certificate (`os:impersonator`), and trustd's
+//!   credentials.
+//! - Worker: asks trustd on the host of `cluster.controlPlane.endpoint`
+//!   (token in metadata, CSR without any Organization; every address the
+//!   name resolves to is tried) for a server certificate, 10 s an attempt,
+//!   with retries; the reply is checked (for this key, from a trusted CA,
+//!   for servers) before it is written. Workers get no client certificate,
+//!   so they never forward.
+//! - Issued again at half life, when the node's addresses change, and when
+//!   the clock is first synced or jumps (timed's marker and epoch): a
+//!   certificate made while the clock was wrong (a board without a
+//!   real-time clock boots in 1970) would otherwise be refused until its
+//!   renewal.
 //!
 //! apid's `ca.crt` is every CA the config trusts (`machine.ca`, then
 //! `machine.acceptedCAs`), so a CA can be rotated without a moment in which
@@ -136,7 +145,17 @@ fn issue_control_plane(
     ca: &CertificateAndKey,
 ) -> Result<SystemTime, CredentialsError> {
     let now = SystemTime::now();
-    let (ips, dns) = sans(node, config);
+    let (mut ips, mut dns) = sans(node, config);
+    // Workers reach trustd by the control plane endpoint's host (a name, a
+    // shared address, a load balancer): each control plane answers to it.
+    if let Some(host) = endpoint_host(config.control_plane_endpoint()) {
+        match host.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) if !dns.contains(&host) => dns.push(host),
+            Err(_) => {}
+        }
+    }
     let server =
         pki::issue_server_cert(ca, &node.hostname(), &ips, &dns, pki::SERVER_CERT_TTL, now)?;
     let client = pki::issue_client_cert(
@@ -191,21 +210,40 @@ fn issue_control_plane(
     Ok(pki::renew_at(info.not_before, info.not_after))
 }
 
-/// trustd's address for a worker: the control plane endpoint's host (from
-/// `cluster.controlPlane.endpoint`) on trustd's port.
-fn trustd_endpoint(control_plane_endpoint: &str) -> Option<String> {
+/// The host of `cluster.controlPlane.endpoint`, without the brackets of an
+/// IPv6 address.
+fn endpoint_host(control_plane_endpoint: &str) -> Option<String> {
     let authority = control_plane_endpoint
         .split_once("://")
         .map_or(control_plane_endpoint, |(_, rest)| rest)
         .split('/')
         .next()
         .unwrap_or_default();
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(':') => h,
-        _ => authority,
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split_once(']').map(|(h, _)| h)?
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => h,
+            _ => authority,
+        }
     };
-    (!host.is_empty()).then(|| format!("{host}:{}", machinery::constants::TRUSTD_PORT))
+    (!host.is_empty()).then(|| host.to_owned())
 }
+
+/// trustd's address for a worker, `host:port`: the control plane
+/// endpoint's host on `port`.
+fn trustd_endpoint(control_plane_endpoint: &str, port: u16) -> Option<(String, String)> {
+    let host = endpoint_host(control_plane_endpoint)?;
+    let address = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Some((address, host))
+}
+
+/// How long one request to trustd may take, connecting included.
+const ATTEMPT: Duration = Duration::from_secs(10);
 
 /// Asks trustd for a worker's server certificate and writes it.
 async fn request_worker(
@@ -223,21 +261,15 @@ async fn request_worker(
     let ca_pem = config.trusted_cas_pem();
     let tls = machinery::grpc::client_tls_config(&ca_pem, None)
         .map_err(|e| CredentialsError::Ca(e.to_string()))?;
-    let mut endpoints: Vec<String> = trustd_endpoint(config.control_plane_endpoint())
-        .into_iter()
-        .collect();
-    if let Some(port) = trustd_port {
-        for e in &mut endpoints {
-            if let Some((h, _)) = e.rsplit_once(':') {
-                *e = format!("{h}:{port}");
-            }
-        }
-    }
+    let endpoints: Vec<(String, String)> = trustd_endpoint(
+        config.control_plane_endpoint(),
+        trustd_port.unwrap_or(machinery::constants::TRUSTD_PORT),
+    )
+    .into_iter()
+    .collect();
     let mut last = String::from("no trustd endpoint: cluster.controlPlane.endpoint has no host");
-    for endpoint in &endpoints {
-        let host = endpoint
-            .rsplit_once(':')
-            .map_or(endpoint.as_str(), |(h, _)| h);
+    // The connector tries each address the host resolves to.
+    for (endpoint, host) in &endpoints {
         let channel = match machinery::grpc::tls_channel(endpoint.clone(), host, Arc::clone(&tls)) {
             Ok(c) => c,
             Err(e) => {
@@ -250,13 +282,25 @@ async fn request_worker(
         let mut request = tonic::Request::new(api::securityapi::CertificateRequest {
             csr: csr.clone().into_bytes(),
         });
-        request.set_timeout(Duration::from_secs(10));
+        request.set_timeout(ATTEMPT);
         if let Ok(token) = tonic::metadata::MetadataValue::try_from(config.token()) {
             request.metadata_mut().insert("token", token);
         }
-        match client.certificate(request).await {
+        // The call's deadline does not cover connecting: this does.
+        let reply = match tokio::time::timeout(ATTEMPT, client.certificate(request)).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                last = format!("{endpoint}: no answer within {ATTEMPT:?}");
+                continue;
+            }
+        };
+        match reply {
             Ok(reply) => {
                 let reply = reply.into_inner();
+                // Nothing replaces the node's key pair unless it is sound.
+                let info = pki::check_issued(&reply.crt, &key, &ca_pem).map_err(|e| {
+                    CredentialsError::Trustd(format!("{endpoint} answered with {e}"))
+                })?;
                 let api = node.paths.secrets_dir("api");
                 write_atomic(&api, api_files::SERVER_KEY, key.as_bytes(), true)?;
                 write_atomic(&api, api_files::SERVER_CERT, &reply.crt, false)?;
@@ -265,7 +309,6 @@ async fn request_worker(
                 remove(&api, api_files::CLIENT_KEY);
                 write_atomic(&api, api_files::CA, &ca_pem, false)?;
                 remove(&api, api_files::MAINTENANCE);
-                let info = pki::cert_info(&reply.crt)?;
                 tracing::info!(trustd = %endpoint, "worker API certificate issued by trustd");
                 return Ok(pki::renew_at(info.not_before, info.not_after));
             }
@@ -281,6 +324,58 @@ pub fn clear_maintenance_marker(node: &Node) {
     remove(&node.paths.secrets_dir("api"), api_files::MAINTENANCE);
 }
 
+/// What the certificate depends on besides the config, as files other
+/// daemons write.
+struct Watched {
+    /// networkd's addresses, one per line.
+    addresses: PathBuf,
+    /// timed's "synced" marker.
+    synced: PathBuf,
+    /// timed's count of clock jumps.
+    epoch: PathBuf,
+}
+
+/// What [`Watched`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    addresses: Vec<u8>,
+    synced: bool,
+    epoch: Vec<u8>,
+}
+
+impl Watched {
+    fn of(node: &Node) -> Watched {
+        Watched {
+            addresses: node.paths.socket_dir("networkd").join("addresses"),
+            synced: timed::marker_path(&node.paths),
+            epoch: timed::epoch_path(&node.paths),
+        }
+    }
+
+    fn read(&self) -> Seen {
+        Seen {
+            addresses: std::fs::read(&self.addresses).unwrap_or_default(),
+            synced: self.synced.exists(),
+            epoch: std::fs::read(&self.epoch).unwrap_or_default(),
+        }
+    }
+}
+
+impl Seen {
+    /// What changed since `before`, said for the log.
+    fn changed_since(&self, before: &Seen) -> Option<&'static str> {
+        if self.addresses != before.addresses {
+            Some("node addresses changed")
+        } else if self.synced && !before.synced {
+            Some("the clock is synced")
+        } else if self.epoch != before.epoch {
+            Some("the clock jumped")
+        } else {
+            None
+        }
+    }
+}
+
 /// Keeps the credentials in step with the config until the process ends.
 /// `trustd_port` overrides trustd's port for workers (container mode).
 ///
@@ -292,14 +387,14 @@ pub fn clear_maintenance_marker(node: &Node) {
 pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
     let mut configs = node.config.subscribe();
     let mut failures = 0u32;
-    let addresses_file = node.paths.socket_dir("networkd").join("addresses");
-    let read_addresses = |path: &std::path::Path| std::fs::read(path).unwrap_or_default();
+    let watched = Watched::of(&node);
     loop {
         let config = configs.borrow_and_update().clone();
-        // The SANs follow networkd's addresses: remember what this issue
-        // saw, and issue again when they change (an address configured or
-        // leased after boot must be in the certificate).
-        let seen_addresses = read_addresses(&addresses_file);
+        // Remember what this issue saw, and issue again when it changes: an
+        // address configured or leased after boot must be in the
+        // certificate, and a certificate made before the clock was right
+        // is not valid for the right time.
+        let seen = watched.read();
         if node.maintenance_run && config.is_some() {
             // Nor does the maintenance API stay open meanwhile: without the
             // marker (and no credentials) apid takes no new connection and
@@ -360,7 +455,7 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
                 }
             }
         };
-        let watch_addresses = config.is_some();
+        let watch_inputs = config.is_some();
         tokio::select! {
             changed = configs.changed() => if changed.is_err() { return },
             () = async {
@@ -369,17 +464,17 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
                     None => std::future::pending().await,
                 }
             } => {}
-            // A small file read once a second: networkd has no change feed
-            // to subscribe to.
-            () = async {
+            // Small files read once a second: networkd and timed have no
+            // change feed to subscribe to.
+            what = async {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if read_addresses(&addresses_file) != seen_addresses {
-                        return;
+                    if let Some(what) = watched.read().changed_since(&seen) {
+                        return what;
                     }
                 }
-            }, if watch_addresses => {
-                tracing::info!("node addresses changed: issuing the API certificate again");
+            }, if watch_inputs => {
+                tracing::info!("{what}: issuing the API certificate again");
             }
         }
     }
@@ -416,17 +511,92 @@ mod tests {
     #[test]
     fn trustd_endpoint_from_the_control_plane_endpoint() {
         let cases = [
-            ("https://10.5.0.2:6443", Some("10.5.0.2:50001")),
-            ("https://cp.example.com:6443/", Some("cp.example.com:50001")),
-            ("https://127.0.0.5", Some("127.0.0.5:50001")),
+            (
+                "https://10.5.0.2:6443",
+                Some(("10.5.0.2:50001", "10.5.0.2")),
+            ),
+            (
+                "https://cp.example.com:6443/",
+                Some(("cp.example.com:50001", "cp.example.com")),
+            ),
+            ("https://127.0.0.5", Some(("127.0.0.5:50001", "127.0.0.5"))),
+            (
+                "https://[fd00::1]:6443",
+                Some(("[fd00::1]:50001", "fd00::1")),
+            ),
+            ("https://[fd00::1]", Some(("[fd00::1]:50001", "fd00::1"))),
             ("https://", None),
+            ("https://[fd00::1", None),
         ];
         for (endpoint, expected) in cases {
+            let got = super::trustd_endpoint(endpoint, 50001);
             assert_eq!(
-                super::trustd_endpoint(endpoint).as_deref(),
+                got.as_ref().map(|(a, h)| (a.as_str(), h.as_str())),
                 expected,
                 "{endpoint}"
             );
         }
+    }
+
+    /// A control plane's certificate answers to the endpoint's host, by
+    /// which workers reach its trustd: a name or an address, IPv6 too.
+    #[test]
+    fn a_control_plane_answers_to_the_endpoint_host() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = crate::node::test_node(dir.path(), machinery::mode::Mode::Container);
+        for (endpoint, dns, ip) in [
+            ("https://cp.example.com:6443", Some("cp.example.com"), None),
+            ("https://[fd00::10]:6443", None, Some("fd00::10")),
+        ] {
+            let yaml = crate::test_config::patched(&format!(
+                "cluster:\n  controlPlane:\n    endpoint: {endpoint}\n"
+            ));
+            let config = machinery::config::parse(yaml.as_bytes()).expect("config");
+            let ca = super::os_ca(&config).expect("a control plane's CA");
+            super::issue_control_plane(&node, &config, &ca).expect("issue");
+            for component in ["api", "trustd"] {
+                let crt = std::fs::read(node.paths.secrets_dir(component).join("server.crt"))
+                    .expect("server.crt");
+                let info = machinery::pki::cert_info(&crt).expect("certificate");
+                if let Some(dns) = dns {
+                    assert!(
+                        info.dns_names.iter().any(|d| d == dns),
+                        "{:?}",
+                        info.dns_names
+                    );
+                }
+                if let Some(ip) = ip {
+                    let ip: std::net::IpAddr = ip.parse().expect("ip");
+                    assert!(info.ip_addresses.contains(&ip), "{:?}", info.ip_addresses);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_clock_s_sync_and_jumps_call_for_a_new_certificate() {
+        let seen = super::Seen {
+            addresses: b"10.5.0.2\n".to_vec(),
+            synced: false,
+            epoch: Vec::new(),
+        };
+        assert_eq!(seen.changed_since(&seen), None);
+        let synced = super::Seen {
+            synced: true,
+            ..seen.clone()
+        };
+        assert_eq!(synced.changed_since(&seen), Some("the clock is synced"));
+        // The marker going away (timed restarting) is no reason.
+        assert_eq!(seen.changed_since(&synced), None);
+        let jumped = super::Seen {
+            epoch: b"1".to_vec(),
+            ..synced.clone()
+        };
+        assert_eq!(jumped.changed_since(&synced), Some("the clock jumped"));
+        let moved = super::Seen {
+            addresses: b"10.5.0.3\n".to_vec(),
+            ..synced.clone()
+        };
+        assert_eq!(moved.changed_since(&synced), Some("node addresses changed"));
     }
 }

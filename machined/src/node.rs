@@ -261,25 +261,32 @@ impl Node {
     }
 }
 
+/// A node rooted at `dir` in `mode`, with the config store at
+/// `dir/config.yaml` (none yet), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_node(dir: &std::path::Path, mode: Mode) -> Node {
+    let options = NodeOptions {
+        mode,
+        root: dir.to_path_buf(),
+        hostname: None,
+        bin_dir: Some(dir.join("no-binaries")),
+        apid_listen: None,
+        trustd_listen: None,
+    };
+    let config = ConfigStore::load(dir.join("config.yaml")).expect("config store");
+    Node::new(
+        options,
+        Arc::new(LogRegistry::new(64 * 1024, None)),
+        Arc::new(config),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn node(dir: &std::path::Path) -> Node {
-        let options = NodeOptions {
-            mode: Mode::Metal,
-            root: dir.to_path_buf(),
-            hostname: None,
-            bin_dir: None,
-            apid_listen: None,
-            trustd_listen: None,
-        };
-        let config = ConfigStore::load(dir.join("config.yaml")).expect("config store");
-        Node::new(
-            options,
-            Arc::new(LogRegistry::new(1024, None)),
-            Arc::new(config),
-        )
+        test_node(dir, Mode::Metal)
     }
 
     fn plan(reboot: bool) -> crate::reset::ResetPlan {

@@ -1309,6 +1309,45 @@ pub fn verify_signed_by(cert_pem: &[u8], ca_pem: &[u8]) -> Result<(), PkiError> 
         .map_err(|err| fail(format!("signature does not verify with the CA key: {err}")))
 }
 
+/// Checks a server certificate issued for `key_pem` (a worker's, from
+/// trustd) before it is used: it parses, it is for that key, it is signed
+/// by one of the CAs of the PEM bundle `cas_pem`, and it is for servers.
+/// Returns what it says.
+pub fn check_issued(cert_pem: &[u8], key_pem: &str, cas_pem: &[u8]) -> Result<CertInfo, PkiError> {
+    let operation = "checking the issued certificate";
+    let info = cert_info(cert_pem)?;
+    let text = std::str::from_utf8(cert_pem)
+        .map_err(|_| PkiError::new(operation, "the certificate is not PEM text"))?;
+    let der = pem_decode(text)
+        .map_err(|reason| PkiError::new(operation, reason))?
+        .der;
+    if SpkiFingerprint::of_certificate(&der)? != SpkiFingerprint::of_private_key(key_pem)? {
+        return Err(PkiError::new(
+            operation,
+            "it is for another key than the one the request was made with",
+        ));
+    }
+    if !info.server_auth() {
+        return Err(PkiError::new(
+            operation,
+            "its extended key usage does not include ServerAuth",
+        ));
+    }
+    let mut last = PkiError::new(operation, "no CA to check it against");
+    for block in x509_parser::pem::Pem::iter_from_buffer(cas_pem) {
+        let Ok(block) = block else { break };
+        match verify_signed_by(
+            cert_pem,
+            pem_encode("CERTIFICATE", &block.contents).as_bytes(),
+        ) {
+            Ok(()) => return Ok(info),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+// === random ===
 // === random ===
 
 /// A token in upstream's trustd/bootstrap format: `[a-z0-9]{6}.[a-z0-9]{16}`.
@@ -1883,6 +1922,37 @@ MC4CAQAwBQYDK2VwBCIEIDGgKfkI/GmY6UtdXAUQLLthhMXETj3dDNMGaMYZBSiI
         let csr = params.serialize_request(&key).expect("csr");
         let der: &[u8] = csr.der();
         (pem_encode("CERTIFICATE REQUEST", der), key)
+    }
+
+    #[test]
+    fn an_issued_certificate_is_checked_before_use() {
+        let ca = os_ca();
+        let other = generate_os_ca(now()).expect("another CA");
+        let bundle = format!("{}{}", other.cert_pem, ca.cert_pem);
+        let (csr, key) = generate_csr("worker-1", &[], &[]).expect("csr");
+        let cert = sign_csr(&ca, &csr, SERVER_CERT_TTL, now()).expect("sign");
+        // Signed by the second CA of the bundle: accepted.
+        let info = check_issued(cert.as_bytes(), &key, bundle.as_bytes()).expect("good");
+        assert_eq!(info.common_name.as_deref(), Some("worker-1"));
+        // Not by a CA it trusts.
+        let err = check_issued(cert.as_bytes(), &key, other.cert_pem.as_bytes()).expect_err("ca");
+        assert!(err.to_string().contains("signature"), "{err}");
+        // For another key.
+        let (_, other_key) = generate_csr("worker-1", &[], &[]).expect("csr");
+        let err = check_issued(cert.as_bytes(), &other_key, bundle.as_bytes()).expect_err("key");
+        assert!(err.to_string().contains("another key"), "{err}");
+        // A client certificate is not a server's.
+        let client = issue_client_cert(&ca, &["os:reader".to_owned()], SERVER_CERT_TTL, now())
+            .expect("client");
+        let err = check_issued(
+            client.cert_pem.as_bytes(),
+            &client.key_pem,
+            bundle.as_bytes(),
+        )
+        .expect_err("client");
+        assert!(err.to_string().contains("ServerAuth"), "{err}");
+        // Not a certificate at all.
+        assert!(check_issued(b"", &key, bundle.as_bytes()).is_err());
     }
 
     #[test]
