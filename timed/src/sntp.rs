@@ -12,8 +12,15 @@
 //! ```
 //!
 //! t4 is t1 plus a monotonic elapsed time, so a clock step during a query
-//! cannot distort the result. Replies from an unsynchronized server (leap
-//! indicator 3, stratum 0 "kiss-o'-death" or 16) are rejected.
+//! cannot distort the result. The request's transmit field carries a random
+//! cookie rather than t1 (t1 is kept locally): the server echoes it, and an
+//! off-path sender cannot guess it (nor learn the node's clock from the
+//! request). A packet that does not echo it is ignored, whatever it is.
+//! As upstream's client checks them, replies are rejected from an
+//! unsynchronized server (leap indicator 3, stratum 0 "kiss-o'-death" or
+//! 16), with a root distance (root delay / 2 + root dispersion) over 16 s,
+//! a reference time over 36 hours old or after its transmit time, or a
+//! receive time after its transmit time.
 //!
 //! Written by hand rather than with the sntpc crate: the protocol part is
 //! ~100 lines, needs no runtime adapter crate, and is unit-tested here byte
@@ -33,6 +40,13 @@ pub const DEFAULT_PORT: u16 = 123;
 
 /// The size of an NTP header without extensions.
 pub const PACKET_LEN: usize = 48;
+
+/// The largest root distance a usable server may have (RFC 5905 MAXDISP).
+pub const MAX_ROOT_DISTANCE: Duration = Duration::from_secs(16);
+
+/// The oldest a server's reference time may be (RFC 5905's longest poll,
+/// 2^17 s, about 36 hours): older, its clock is not fresh.
+pub const MAX_REFERENCE_AGE: Duration = Duration::from_secs(1 << 17);
 
 /// Seconds from the NTP epoch (1900-01-01) to the Unix epoch (1970-01-01).
 const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
@@ -146,6 +160,12 @@ pub struct Reply {
     pub stratum: u8,
     /// Reference identifier (the kiss code when the stratum is 0).
     pub reference_id: [u8; 4],
+    /// Round-trip delay to the server's reference clock.
+    pub root_delay: Duration,
+    /// The server's dispersion relative to its reference clock.
+    pub root_dispersion: Duration,
+    /// When the server's clock was last set or corrected.
+    pub reference: NtpTimestamp,
     /// Our transmit timestamp, echoed.
     pub originate: NtpTimestamp,
     /// When the server received the request (t2).
@@ -182,6 +202,30 @@ pub enum ReplyError {
     /// The server left its receive or transmit timestamp empty.
     #[error("the reply has no receive or transmit timestamp")]
     MissingTimestamp,
+    /// The server received the request after it sent the reply.
+    #[error("the server's clock ticked backwards (receive time after transmit time)")]
+    Backwards,
+    /// The server's clock was last set after it sent the reply.
+    #[error("the reply's reference time is after its transmit time")]
+    ReferenceAfterTransmit,
+    /// The server's clock has not been corrected for too long.
+    #[error("the server's clock is not fresh (last set {0:?} before it answered)")]
+    Stale(Duration),
+    /// The server is too far from its reference clock.
+    #[error("the server's root distance is {0:?}, over 16 s")]
+    RootDistance(Duration),
+}
+
+/// A 32-bit NTP short format (16.16 fixed point seconds), as a duration;
+/// a negative root delay counts as zero.
+fn short_at(buf: &[u8], at: usize) -> Duration {
+    let raw = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    let raw = if at == 4 && raw & 0x8000_0000 != 0 {
+        0
+    } else {
+        raw
+    };
+    Duration::from_nanos((u64::from(raw) * 1_000_000_000) >> 16)
 }
 
 fn timestamp_at(buf: &[u8], at: usize) -> NtpTimestamp {
@@ -203,16 +247,20 @@ pub fn parse_reply(buf: &[u8], sent: NtpTimestamp) -> Result<Reply, ReplyError> 
         version: (buf[0] >> 3) & 0x7,
         mode: buf[0] & 0x7,
         stratum: buf[1],
+        root_delay: short_at(buf, 4),
+        root_dispersion: short_at(buf, 8),
         reference_id: [buf[12], buf[13], buf[14], buf[15]],
+        reference: timestamp_at(buf, 16),
         originate: timestamp_at(buf, 24),
         receive: timestamp_at(buf, 32),
         transmit: timestamp_at(buf, 40),
     };
-    if reply.mode != 4 {
-        return Err(ReplyError::Mode(reply.mode));
-    }
+    // First: whatever does not answer this request is not looked at.
     if reply.originate != sent {
         return Err(ReplyError::Mismatch);
+    }
+    if reply.mode != 4 {
+        return Err(ReplyError::Mode(reply.mode));
     }
     if !(1..=4).contains(&reply.version) {
         return Err(ReplyError::Version(reply.version));
@@ -239,6 +287,23 @@ pub fn parse_reply(buf: &[u8], sent: NtpTimestamp) -> Result<Reply, ReplyError> 
     }
     if reply.receive.is_zero() || reply.transmit.is_zero() {
         return Err(ReplyError::MissingTimestamp);
+    }
+    let (receive, transmit, reference) = (
+        reply.receive.to_system_time(),
+        reply.transmit.to_system_time(),
+        reply.reference.to_system_time(),
+    );
+    if receive > transmit {
+        return Err(ReplyError::Backwards);
+    }
+    match transmit.duration_since(reference) {
+        Err(_) => return Err(ReplyError::ReferenceAfterTransmit),
+        Ok(age) if age > MAX_REFERENCE_AGE => return Err(ReplyError::Stale(age)),
+        Ok(_) => {}
+    }
+    let distance = reply.root_delay / 2 + reply.root_dispersion;
+    if distance > MAX_ROOT_DISTANCE {
+        return Err(ReplyError::RootDistance(distance));
     }
     Ok(reply)
 }
@@ -338,6 +403,19 @@ pub enum SntpError {
         /// The time allowed.
         timeout: Duration,
     },
+    /// Two samples taken one after the other disagree by more than the
+    /// step threshold: the clock is not stepped on either.
+    #[error(
+        "querying NTP server {server}: two samples disagree ({first}, then {second}); the clock is not stepped"
+    )]
+    Inconsistent {
+        /// The server as named.
+        server: String,
+        /// The first offset.
+        first: Offset,
+        /// The second.
+        second: Offset,
+    },
     /// The server answered with something unusable.
     #[error("querying NTP server {server} ({address}): {source}")]
     BadReply {
@@ -360,6 +438,7 @@ impl SntpError {
             | SntpError::NoAddress { server }
             | SntpError::Io { server, .. }
             | SntpError::Timeout { server, .. }
+            | SntpError::Inconsistent { server, .. }
             | SntpError::BadReply { server, .. } => server,
         }
     }
@@ -473,6 +552,16 @@ pub async fn query(server: &str, timeout: Duration) -> Result<Sample, SntpError>
     Err(last.unwrap_or_else(timed_out))
 }
 
+/// A random transmit timestamp for a request: the server echoes it.
+fn cookie() -> NtpTimestamp {
+    let bytes = machinery::pki::random_bytes(8)
+        .ok()
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        // No randomness at all: the clock, as plain SNTP sends.
+        .unwrap_or_else(|| NtpTimestamp::from_system_time(SystemTime::now()).to_bytes());
+    NtpTimestamp::from_bytes(bytes)
+}
+
 /// One request/reply with `address`, until `deadline`.
 async fn exchange(
     server: &str,
@@ -492,9 +581,9 @@ async fn exchange(
     };
     let socket = UdpSocket::bind(local).await.map_err(io)?;
     socket.connect(address).await.map_err(io)?;
+    let transmit = cookie();
     let sent_at = SystemTime::now();
     let started = Instant::now();
-    let transmit = NtpTimestamp::from_system_time(sent_at);
     socket.send(&request(transmit)).await.map_err(io)?;
     let mut buf = [0u8; 1024];
     loop {
@@ -732,7 +821,12 @@ mod tests {
         let mut p = vec![0u8; 48];
         p[0] = first;
         p[1] = stratum;
+        // Root delay 1/16 s, dispersion 1/32 s; set a minute before.
+        p[4..8].copy_from_slice(&0x0000_1000_u32.to_be_bytes());
+        p[8..12].copy_from_slice(&0x0000_0800_u32.to_be_bytes());
         p[12..16].copy_from_slice(b"GPS\0");
+        let reference = t2.checked_sub(Duration::from_secs(60)).expect("reference");
+        p[16..24].copy_from_slice(&NtpTimestamp::from_system_time(reference).to_bytes());
         p[24..32].copy_from_slice(&sent.to_bytes());
         p[32..40].copy_from_slice(&NtpTimestamp::from_system_time(t2).to_bytes());
         p[40..48].copy_from_slice(&NtpTimestamp::from_system_time(t3).to_bytes());
@@ -779,6 +873,49 @@ mod tests {
         // NTPv3 servers are fine.
         let v3 = reply_packet(0x1c, 3, sent, t2, t2);
         assert!(parse_reply(&v3, sent).is_ok());
+        assert_eq!(reply.root_delay, Duration::from_nanos(62_500_000));
+        assert_eq!(reply.root_dispersion, Duration::from_nanos(31_250_000));
+        // A packet that does not echo the request is ignored before
+        // anything else is looked at, a client packet included.
+        assert_eq!(parse_reply(&client, other), Err(ReplyError::Mismatch));
+        // As upstream's client checks: the server's clock ran backwards ...
+        let backwards = reply_packet(SERVER_V4, 2, sent, t2, at(1_700_000_000, 0));
+        assert_eq!(parse_reply(&backwards, sent), Err(ReplyError::Backwards));
+        // ... was set after it answered, or not for two days ...
+        let mut future = good.clone();
+        future[16..24]
+            .copy_from_slice(&NtpTimestamp::from_system_time(at(1_700_000_100, 0)).to_bytes());
+        assert_eq!(
+            parse_reply(&future, sent),
+            Err(ReplyError::ReferenceAfterTransmit)
+        );
+        let mut unset = good.clone();
+        unset[16..24].fill(0);
+        assert_eq!(
+            parse_reply(&unset, sent),
+            Err(ReplyError::ReferenceAfterTransmit)
+        );
+        let mut stale = good.clone();
+        stale[16..24]
+            .copy_from_slice(&NtpTimestamp::from_system_time(at(1_699_800_000, 0)).to_bytes());
+        assert_eq!(
+            parse_reply(&stale, sent),
+            Err(ReplyError::Stale(Duration::from_secs(200_001)))
+        );
+        // ... or is too far from its reference.
+        let mut far = good.clone();
+        far[4..8].copy_from_slice(&0x0010_0000_u32.to_be_bytes());
+        far[8..12].copy_from_slice(&0x0008_0001_u32.to_be_bytes());
+        assert!(matches!(
+            parse_reply(&far, sent),
+            Err(ReplyError::RootDistance(_))
+        ));
+        let mut negative_delay = good.clone();
+        negative_delay[4..8].copy_from_slice(&0xFFFF_0000_u32.to_be_bytes());
+        assert_eq!(
+            parse_reply(&negative_delay, sent).map(|r| r.root_delay),
+            Ok(Duration::ZERO)
+        );
     }
 
     #[test]

@@ -7,15 +7,22 @@
 //! - |offset| > [`STEP_THRESHOLD`] (128 ms, ntpd's default step threshold):
 //!   **step**, at once. This is what happens at boot when the clock reads
 //!   1970, and after a suspend.
-//! - otherwise **slew** through the kernel PLL, except that after the first
-//!   sync an offset under [`NOISE_FLOOR`] (500 µs, within SNTP's own
-//!   measurement noise) is left alone. The first sync always acts, so the
-//!   kernel learns that the clock is synchronized.
+//! - otherwise **slew** through the kernel PLL, however small the offset:
+//!   every update also tells the kernel the clock is synchronized, which it
+//!   forgets after about 9 hours without one (and then stops writing the
+//!   hardware clock).
+//!
+//! After the first sync, a step is taken only when a second sample from
+//! the same server, taken at once, agrees with the first within
+//! [`STEP_THRESHOLD`]: one odd answer (a spoofed or delayed packet, a
+//! server that lost its way for a moment) does not move the clock.
 //!
 //! Rounds repeat every [`SyncOptions::poll_interval`] (5 minutes) after a
 //! success, [`SyncOptions::min_backoff`] (1 s) after a step (to confirm it
 //! and slew the remainder), and with exponential backoff after a failure:
-//! 1 s, 2 s, 4 s … capped at [`SyncOptions::max_backoff`] (5 minutes).
+//! 1 s, 2 s, 4 s … capped at [`SyncOptions::max_backoff`] (5 minutes), or
+//! at [`SyncOptions::unsynced_backoff`] (4 s) until time is first synced,
+//! so that a node whose network comes up late syncs soon after.
 //!
 //! Time is **synced** after the first successful round, when sync is
 //! disabled in the config (nothing to wait for), or from the start on a
@@ -42,9 +49,6 @@ pub const STEP_THRESHOLD: Duration = Duration::from_millis(128);
 /// `TimeStatus.epoch`): whatever measured durations across it is off.
 pub const EPOCH_JUMP: Duration = Duration::from_secs(15 * 60);
 
-/// After the first sync, offsets smaller than this are left alone.
-pub const NOISE_FLOOR: Duration = Duration::from_micros(500);
-
 /// What to do about a measured offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -52,8 +56,6 @@ pub enum Action {
     Step,
     /// Correct it gradually.
     Slew,
-    /// Leave it.
-    None,
 }
 
 impl Action {
@@ -63,20 +65,15 @@ impl Action {
         match self {
             Action::Step => "step",
             Action::Slew => "slew",
-            Action::None => "none",
         }
     }
 }
 
-/// Decides how to correct `offset`; `first_sync` is true until a round has
-/// succeeded since timed started.
+/// Decides how to correct `offset`.
 #[must_use]
-pub fn decide(offset: Offset, first_sync: bool) -> Action {
-    let size = offset.magnitude();
-    if size > STEP_THRESHOLD {
+pub fn decide(offset: Offset) -> Action {
+    if offset.magnitude() > STEP_THRESHOLD {
         Action::Step
-    } else if !first_sync && size < NOISE_FLOOR {
-        Action::None
     } else {
         Action::Slew
     }
@@ -100,6 +97,8 @@ pub struct SyncOptions {
     pub min_backoff: Duration,
     /// Longest wait between failed rounds.
     pub max_backoff: Duration,
+    /// Longest wait between failed rounds until time is first synced.
+    pub unsynced_backoff: Duration,
     /// Per server query.
     pub query_timeout: Duration,
     /// The marker file written once time is synced (`None`: no file).
@@ -112,6 +111,7 @@ impl Default for SyncOptions {
             poll_interval: Duration::from_secs(300),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
+            unsynced_backoff: Duration::from_secs(4),
             query_timeout: Duration::from_secs(5),
             marker: None,
         }
@@ -275,11 +275,43 @@ impl<S: TimeSource> Syncer<S> {
                     continue;
                 }
             };
-            let action = decide(sample.offset, first_sync);
+            let mut sample = sample;
+            let action = decide(sample.offset);
+            if action == Action::Step && !first_sync {
+                // Synced before: a jump needs a second opinion.
+                match self.source.query(server, self.options.query_timeout).await {
+                    Ok(second)
+                        if Offset::from_nanos(
+                            second
+                                .offset
+                                .as_nanos()
+                                .saturating_sub(sample.offset.as_nanos()),
+                        )
+                        .magnitude()
+                            <= STEP_THRESHOLD =>
+                    {
+                        sample = second;
+                    }
+                    Ok(second) => {
+                        let e = SntpError::Inconsistent {
+                            server: server.clone(),
+                            first: sample.offset,
+                            second: second.offset,
+                        };
+                        tracing::warn!(error = %e, "trying the next NTP server");
+                        errors.push(e);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "NTP server failed to confirm a step; trying the next one");
+                        errors.push(e);
+                        continue;
+                    }
+                }
+            }
             match action {
                 Action::Step => self.clock.step(sample.offset)?,
                 Action::Slew => self.clock.slew(sample.offset)?,
-                Action::None => {}
             }
             if action == Action::Step && sample.offset.magnitude() > EPOCH_JUMP {
                 self.new_epoch();
@@ -307,6 +339,17 @@ impl<S: TimeSource> Syncer<S> {
             });
         }
         Err(SyncError::AllFailed(errors))
+    }
+
+    /// The wait after `failures` failed rounds: short until time is first
+    /// synced.
+    fn failure_wait(&self, failures: u32) -> Duration {
+        let cap = if self.is_synced() {
+            self.options.max_backoff
+        } else {
+            self.options.unsynced_backoff.min(self.options.max_backoff)
+        };
+        backoff(failures, self.options.min_backoff, cap)
     }
 
     /// Publishes "time synced" (once): the watch flag and the marker file.
@@ -376,8 +419,7 @@ impl<S: TimeSource> Syncer<S> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    let wait =
-                        backoff(failures, self.options.min_backoff, self.options.max_backoff);
+                    let wait = self.failure_wait(failures);
                     tracing::warn!(error = %e, failures, retry_in = ?wait, "time sync failed");
                     wait
                 }
@@ -402,24 +444,18 @@ mod tests {
     #[test]
     fn decisions() {
         let ms = Offset::from_millis;
-        // Large offsets are stepped, first sync or not, either sign.
-        assert_eq!(
-            decide(Offset::from_secs(-1_700_000_000), true),
-            Action::Step
-        );
-        assert_eq!(decide(ms(129), true), Action::Step);
-        assert_eq!(decide(ms(-129), false), Action::Step);
-        assert_eq!(decide(Offset::from_secs(3600), false), Action::Step);
-        // At or below the threshold: slewed.
-        assert_eq!(decide(ms(128), true), Action::Slew);
-        assert_eq!(decide(ms(-128), false), Action::Slew);
-        assert_eq!(decide(ms(5), false), Action::Slew);
-        assert_eq!(decide(Offset::from_nanos(500_000), false), Action::Slew);
-        // Noise is ignored, except on the first sync.
-        assert_eq!(decide(Offset::from_nanos(499_999), false), Action::None);
-        assert_eq!(decide(Offset::ZERO, false), Action::None);
-        assert_eq!(decide(Offset::ZERO, true), Action::Slew);
-        assert_eq!(decide(Offset::from_nanos(-100_000), true), Action::Slew);
+        // Large offsets are stepped, either sign.
+        assert_eq!(decide(Offset::from_secs(-1_700_000_000)), Action::Step);
+        assert_eq!(decide(ms(129)), Action::Step);
+        assert_eq!(decide(ms(-129)), Action::Step);
+        assert_eq!(decide(Offset::from_secs(3600)), Action::Step);
+        // At or below the threshold: slewed, however small (each update
+        // keeps the kernel's "synchronized" status).
+        assert_eq!(decide(ms(128)), Action::Slew);
+        assert_eq!(decide(ms(-128)), Action::Slew);
+        assert_eq!(decide(ms(5)), Action::Slew);
+        assert_eq!(decide(Offset::from_nanos(499_999)), Action::Slew);
+        assert_eq!(decide(Offset::ZERO), Action::Slew);
     }
 
     #[test]
@@ -506,7 +542,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn small_offsets_are_slewed_and_noise_is_left_alone() {
+    async fn small_offsets_are_slewed_however_small() {
         let clock = Arc::new(FakeClock::new());
         let source = Arc::new(FakeSource::new());
         source.push("a", FakeAnswer::Offset(Offset::from_millis(20)));
@@ -517,23 +553,21 @@ mod tests {
             TimeConfig::with_servers(["a"]),
             SyncOptions::default(),
         );
-        let first = s.sync_once(false).await.expect("first");
-        assert!(matches!(
-            first,
-            Outcome::Adjusted {
-                action: Action::Slew,
-                ..
-            }
-        ));
-        let second = s.sync_once(false).await.expect("second");
-        assert!(matches!(
-            second,
-            Outcome::Adjusted {
-                action: Action::None,
-                ..
-            }
-        ));
-        assert_eq!(clock.slews(), vec![Offset::from_millis(20)]);
+        for _ in 0..2 {
+            let outcome = s.sync_once(false).await.expect("round");
+            assert!(matches!(
+                outcome,
+                Outcome::Adjusted {
+                    action: Action::Slew,
+                    ..
+                }
+            ));
+        }
+        // The second update keeps the kernel's "synchronized" status.
+        assert_eq!(
+            clock.slews(),
+            vec![Offset::from_millis(20), Offset::from_nanos(100_000)]
+        );
         assert!(clock.steps().is_empty());
     }
 
@@ -580,6 +614,96 @@ mod tests {
         ));
     }
 
+    /// Once synced, a step waits for a second sample that agrees.
+    #[tokio::test]
+    async fn after_the_first_sync_a_step_needs_a_second_sample() {
+        // (the fake repeats a server's last answer once its script is done)
+        let run = async |answers: &[(&str, Offset)], first_sync: bool| {
+            let clock = Arc::new(FakeClock::new());
+            let source = Arc::new(FakeSource::new());
+            let mut servers: Vec<String> = Vec::new();
+            for (server, offset) in answers {
+                source.push(server, FakeAnswer::Offset(*offset));
+                if !servers.iter().any(|s| s == server) {
+                    servers.push((*server).to_owned());
+                }
+            }
+            let s = syncer(
+                &clock,
+                &source,
+                TimeConfig::with_servers(servers),
+                SyncOptions::default(),
+            );
+            let outcome = s.sync_once(first_sync).await;
+            (outcome, clock.steps(), source.queries())
+        };
+        let secs = Offset::from_secs;
+        // Agreeing samples: the step is the second one's.
+        let (outcome, steps, queries) = run(
+            &[("a", secs(10)), ("a", Offset::from_millis(10_050))],
+            false,
+        )
+        .await;
+        assert_eq!(
+            outcome.expect("stepped"),
+            Outcome::Adjusted {
+                server: "a".into(),
+                offset: Offset::from_millis(10_050),
+                action: Action::Step,
+            }
+        );
+        assert_eq!(steps, vec![Offset::from_millis(10_050)]);
+        assert_eq!(queries, ["a", "a"]);
+        // Disagreeing: no step, the next server decides.
+        let (outcome, steps, _) = run(
+            &[
+                ("a", secs(10)),
+                ("a", secs(-3)),
+                ("b", Offset::from_millis(2)),
+            ],
+            false,
+        )
+        .await;
+        assert_eq!(
+            outcome.expect("b answered"),
+            Outcome::Adjusted {
+                server: "b".into(),
+                offset: Offset::from_millis(2),
+                action: Action::Slew,
+            }
+        );
+        assert!(steps.is_empty(), "the odd sample moved nothing");
+        // With nobody else to ask, the round fails and says why.
+        let (outcome, steps, _) = run(&[("a", secs(10)), ("a", secs(20))], false).await;
+        let err = outcome.expect_err("disagree");
+        assert!(err.to_string().contains("two samples disagree"), "{err}");
+        assert!(steps.is_empty());
+        // The first sync steps on one sample: a clock at 1970 has nothing
+        // to lose.
+        let (outcome, steps, queries) = run(&[("a", secs(-7))], true).await;
+        outcome.expect("first sync");
+        assert_eq!(steps, vec![secs(-7)]);
+        assert_eq!(queries, ["a"]);
+    }
+
+    /// Until time is first synced, failed rounds are retried within a few
+    /// seconds; after, the wait grows to the full backoff.
+    #[test]
+    fn retries_stay_short_until_the_first_sync() {
+        let s = syncer(
+            &Arc::new(FakeClock::new()),
+            &Arc::new(FakeSource::new()),
+            TimeConfig::with_servers(["a"]),
+            SyncOptions::default(),
+        );
+        let waits = |s: &Syncer<Arc<FakeSource>>| -> Vec<u64> {
+            (1..=10).map(|n| s.failure_wait(n).as_secs()).collect()
+        };
+        assert_eq!(waits(&s), [1, 2, 4, 4, 4, 4, 4, 4, 4, 4]);
+        s.mark_synced("test");
+        assert_eq!(waits(&s), [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+    }
+
     #[tokio::test]
     async fn a_clock_that_refuses_fails_the_round() {
         let clock = Arc::new(FakeClock::new());
@@ -604,6 +728,7 @@ mod tests {
             poll_interval: Duration::from_millis(20),
             min_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
+            unsynced_backoff: Duration::from_millis(40),
             query_timeout: Duration::from_millis(100),
             marker,
         }
