@@ -301,6 +301,22 @@ async fn request_worker(
                 let info = pki::check_issued(&reply.crt, &key, &ca_pem).map_err(|e| {
                     CredentialsError::Trustd(format!("{endpoint} answered with {e}"))
                 })?;
+                // A control plane whose clock is not right yet signs for
+                // the wrong time; once this node's clock is right, such a
+                // certificate is refused and asked for again.
+                let now = SystemTime::now();
+                if timed::marker_path(&node.paths).exists() && !info.is_valid_at(now) {
+                    let unix = |t: SystemTime| {
+                        t.duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                    };
+                    last = format!(
+                        "{endpoint} issued a certificate that is not valid now (from unix time {} to {}): its clock may be wrong",
+                        unix(info.not_before),
+                        unix(info.not_after)
+                    );
+                    continue;
+                }
                 let api = node.paths.secrets_dir("api");
                 write_atomic(&api, api_files::SERVER_KEY, key.as_bytes(), true)?;
                 write_atomic(&api, api_files::SERVER_CERT, &reply.crt, false)?;
@@ -482,6 +498,9 @@ pub async fn maintain(node: Arc<Node>, trustd_port: Option<u16>) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+    use std::time::{Duration, SystemTime};
+
     #[test]
     fn the_maintenance_key_is_made_once_and_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -571,6 +590,69 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A worker whose clock is synced refuses a certificate from a control
+    /// plane whose clock is not (and asks again later); unsynced, it cannot
+    /// tell and takes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_refuses_a_certificate_for_the_wrong_time() {
+        use machinery::constants::trustd_credentials as files;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node =
+            crate::node::test_node(&dir.path().join("node"), machinery::mode::Mode::Container);
+        let yaml = crate::test_config::patched("machine:\n  network:\n    hostname: w1\n");
+        let config = machinery::config::parse(yaml.as_bytes()).expect("config");
+        // A control plane's trustd with this cluster's CA and token.
+        let ca = super::os_ca(&config).expect("CA");
+        let trustd_dir = dir.path().join("trustd");
+        std::fs::create_dir_all(&trustd_dir).expect("mkdir");
+        let now = SystemTime::now();
+        let server = machinery::pki::issue_server_cert(
+            &ca,
+            "cp",
+            &[IpAddr::from([127, 0, 0, 1])],
+            &[],
+            machinery::pki::SERVER_CERT_TTL,
+            now,
+        )
+        .expect("server certificate");
+        for (name, contents) in [
+            (files::CA, ca.cert_pem.as_str()),
+            (files::CA_KEY, ca.key_pem.as_str()),
+            (files::SERVER_CERT, server.cert_pem.as_str()),
+            (files::SERVER_KEY, server.key_pem.as_str()),
+            (files::TOKEN, config.token()),
+        ] {
+            std::fs::write(trustd_dir.join(name), contents).expect("write");
+        }
+        let in_1971 = SystemTime::UNIX_EPOCH + Duration::from_secs(365 * 86_400);
+        let wrong =
+            trustd::testing::start_signing_at(&trustd_dir, IpAddr::from([127, 0, 0, 1]), in_1971)
+                .await;
+        let right = trustd::testing::start_signing_at(
+            &trustd_dir,
+            IpAddr::from([127, 0, 0, 1]),
+            now - Duration::from_secs(60),
+        )
+        .await;
+
+        // Not synced: taken.
+        super::request_worker(&node, &config, Some(wrong.port()))
+            .await
+            .expect("an unsynced worker cannot judge");
+        // Synced: refused, saying why.
+        let marker = timed::marker_path(&node.paths);
+        std::fs::create_dir_all(marker.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&marker, "synced\n").expect("marker");
+        let err = super::request_worker(&node, &config, Some(wrong.port()))
+            .await
+            .expect_err("the wrong time");
+        assert!(err.to_string().contains("not valid now"), "{err}");
+        // A control plane with the right time is fine.
+        super::request_worker(&node, &config, Some(right.port()))
+            .await
+            .expect("the right time");
     }
 
     #[test]

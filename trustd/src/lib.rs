@@ -150,13 +150,19 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Trustd {
     dir: PathBuf,
+    /// Signs as if the clock said this (tests: a node whose clock is
+    /// wrong); `None`: the clock.
+    signing_time: Option<SystemTime>,
 }
 
 impl Trustd {
     /// Serves with the credentials in `dir`.
     #[must_use]
     pub fn new(dir: PathBuf) -> Trustd {
-        Trustd { dir }
+        Trustd {
+            dir,
+            signing_time: None,
+        }
     }
 }
 
@@ -211,11 +217,12 @@ impl SecurityService for Trustd {
         let csr = String::from_utf8(request.into_inner().csr)
             .map_err(|_| Status::invalid_argument("failed to decode CSR: not PEM text"))?;
         let ca = creds.ca.clone();
+        let signing_time = self.signing_time.unwrap_or_else(SystemTime::now);
         // Parsing and signing are CPU work: off the async runtime.
         let signed = tokio::task::spawn_blocking(move || {
             let asked = pki::csr_names(&csr)
                 .map_err(|e| Status::invalid_argument(format!("failed to parse CSR: {e}")))?;
-            pki::sign_csr(&ca, &csr, pki::SERVER_CERT_TTL, SystemTime::now())
+            pki::sign_csr(&ca, &csr, pki::SERVER_CERT_TTL, signing_time)
                 .map(|crt| (asked, crt))
                 .map_err(|e| Status::internal(format!("failed to sign CSR: {e}")))
         })
@@ -259,14 +266,23 @@ impl tonic::service::Interceptor for TokenCheck {
 /// before the body is read, requests of at most 64 KiB.
 #[must_use]
 pub fn service(dir: PathBuf) -> InterceptedService<SecurityServiceServer<Trustd>, TokenCheck> {
-    let server =
-        SecurityServiceServer::new(Trustd::new(dir.clone())).max_decoding_message_size(MAX_REQUEST);
+    wrap(Trustd::new(dir))
+}
+
+fn wrap(trustd: Trustd) -> InterceptedService<SecurityServiceServer<Trustd>, TokenCheck> {
+    let dir = trustd.dir.clone();
+    let server = SecurityServiceServer::new(trustd).max_decoding_message_size(MAX_REQUEST);
     InterceptedService::new(server, TokenCheck { dir })
 }
 
 /// Accepts TLS connections on `listener` and serves the SecurityService.
 pub async fn serve(dir: PathBuf, listener: tokio::net::TcpListener) {
-    let routes = tonic::service::Routes::new(service(dir.clone()));
+    serve_trustd(Trustd::new(dir), listener).await;
+}
+
+async fn serve_trustd(trustd: Trustd, listener: tokio::net::TcpListener) {
+    let dir = trustd.dir.clone();
+    let routes = tonic::service::Routes::new(wrap(trustd));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let local = listener.local_addr().ok();
     let mut backoff = Duration::from_millis(5);
@@ -409,6 +425,24 @@ pub mod testing {
             .expect("binding 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         tokio::spawn(super::serve(dir.to_path_buf(), listener));
+        addr
+    }
+
+    /// As [`start`], on `ip`, signing as if the clock said `at`: a control
+    /// plane whose clock is wrong.
+    ///
+    /// # Panics
+    /// Binding fails, or there is no tokio runtime.
+    pub async fn start_signing_at(dir: &Path, ip: IpAddr, at: SystemTime) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind((ip, 0))
+            .await
+            .expect("binding an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let trustd = super::Trustd {
+            dir: dir.to_path_buf(),
+            signing_time: Some(at),
+        };
+        tokio::spawn(super::serve_trustd(trustd, listener));
         addr
     }
 }
