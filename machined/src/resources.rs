@@ -1397,11 +1397,13 @@ impl Resources {
             Ok((marker.exists(), epoch))
         })
         .await??;
-        let sync_disabled = self
-            .node
-            .config
-            .current()
-            .is_some_and(|c| c.time_disabled());
+        // As upstream: in container mode the host owns the clock.
+        let sync_disabled = self.node.options.mode == Mode::Container
+            || self
+                .node
+                .config
+                .current()
+                .is_some_and(|c| c.time_disabled());
         Ok(vec![item(
             "node",
             &TimeStatusYaml {

@@ -2037,13 +2037,14 @@ fn a_stopped_node_is_reported_and_streams_pass_through_the_endpoint() {
     assert!(r.err.contains("no client certificate"), "{}", r.err);
 
     // TimeStatus: a container node's clock is the host's, synced from
-    // the start; NetworkStatus with upstream's fields.
+    // the start and not synced by the node (upstream says syncDisabled in
+    // container mode); NetworkStatus with upstream's fields.
     let time = ok(&tc, &["-n", w1, "get", "timestatus", "-o", "yaml"]);
     assert!(
         time.contains("id: node")
             && time.contains("synced: true")
             && time.contains("epoch: 0")
-            && time.contains("syncDisabled: false"),
+            && time.contains("syncDisabled: true"),
         "{time}"
     );
     // AdjtimeStatus: the kernel's clock discipline (the host's here).

@@ -17,6 +17,9 @@ pub struct TimeConfig {
     pub disabled: bool,
     /// The servers, in order of preference.
     pub servers: Vec<String>,
+    /// `bootTimeout`: time counts as synced once the node has been up this
+    /// long without a server answering (`None`: only a server's answer).
+    pub boot_timeout: Option<std::time::Duration>,
 }
 
 impl TimeConfig {
@@ -37,6 +40,7 @@ impl TimeConfig {
         TimeConfig {
             disabled: false,
             servers: servers.into_iter().map(Into::into).collect(),
+            boot_timeout: None,
         }
     }
 
@@ -46,6 +50,7 @@ impl TimeConfig {
         TimeConfig {
             disabled: true,
             servers: Vec::new(),
+            boot_timeout: None,
         }
     }
 
@@ -55,6 +60,8 @@ impl TimeConfig {
         TimeConfig {
             disabled: config.time_disabled(),
             servers: config.time_servers(),
+            // 0 is no timeout, as upstream.
+            boot_timeout: config.time_boot_timeout().filter(|t| !t.is_zero()),
         }
     }
 }

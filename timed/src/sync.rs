@@ -25,8 +25,10 @@
 //! so that a node whose network comes up late syncs soon after.
 //!
 //! Time is **synced** after the first successful round, when sync is
-//! disabled in the config (nothing to wait for), or from the start on a
-//! read-only clock (container mode: the host owns the clock). It is then
+//! disabled in the config (nothing to wait for), once the node has been up
+//! for the config's `bootTimeout` without a server answering (as
+//! upstream), or from the start on a read-only clock (container mode: the
+//! host owns the clock). It is then
 //! published once, and stays: on a `watch` channel for in-process users, and
 //! as a marker file (`/system/run/timed/synced`) for other processes. A
 //! stale marker is removed when the loop starts.
@@ -103,6 +105,17 @@ pub struct SyncOptions {
     pub query_timeout: Duration,
     /// The marker file written once time is synced (`None`: no file).
     pub marker: Option<PathBuf>,
+    /// How long the node has been up (the boot clock: timed may have
+    /// restarted since).
+    pub uptime: fn() -> Option<Duration>,
+}
+
+/// How long the system has been up, from `/proc/uptime`.
+#[must_use]
+pub fn system_uptime() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 impl Default for SyncOptions {
@@ -114,6 +127,7 @@ impl Default for SyncOptions {
             unsynced_backoff: Duration::from_secs(4),
             query_timeout: Duration::from_secs(5),
             marker: None,
+            uptime: system_uptime,
         }
     }
 }
@@ -341,6 +355,22 @@ impl<S: TimeSource> Syncer<S> {
         Err(SyncError::AllFailed(errors))
     }
 
+    /// Marks time synced when the config's `bootTimeout` has passed since
+    /// boot with no server answering, as upstream's controller does.
+    fn boot_timeout_passed(&self) {
+        if self.is_synced() {
+            return;
+        }
+        let Some(timeout) = self.config.time_config().boot_timeout else {
+            return;
+        };
+        if (self.options.uptime)().is_some_and(|up| up >= timeout) {
+            self.mark_synced(&format!(
+                "no NTP server answered within bootTimeout ({timeout:?}) of boot"
+            ));
+        }
+    }
+
     /// The wait after `failures` failed rounds: short until time is first
     /// synced.
     fn failure_wait(&self, failures: u32) -> Duration {
@@ -419,6 +449,7 @@ impl<S: TimeSource> Syncer<S> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    self.boot_timeout_passed();
                     let wait = self.failure_wait(failures);
                     tracing::warn!(error = %e, failures, retry_in = ?wait, "time sync failed");
                     wait
@@ -704,6 +735,53 @@ mod tests {
         assert_eq!(waits(&s), [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
     }
 
+    /// Nothing answers: time counts as synced once the node has been up
+    /// for `bootTimeout`, and not before; without one, never.
+    #[tokio::test]
+    async fn boot_timeout_counts_as_synced_once_passed() {
+        let source = Arc::new(FakeSource::new()); // nothing answers
+        let with = |timeout: Option<Duration>, up: fn() -> Option<Duration>| {
+            let mut options = fast_options(None);
+            options.uptime = up;
+            let config = TimeConfig {
+                boot_timeout: timeout,
+                ..TimeConfig::with_servers(["a"])
+            };
+            syncer(&Arc::new(FakeClock::new()), &source, config, options)
+        };
+        // Up 10 s, 30 s allowed: not yet, after any number of failures.
+        let early = with(Some(Duration::from_secs(30)), || {
+            Some(Duration::from_secs(10))
+        });
+        let synced = early.subscribe();
+        let task = tokio::spawn(early.run(std::future::pending()));
+        wait_until("failed rounds", || source.queries().len() >= 5).await;
+        assert!(!*synced.borrow(), "before bootTimeout");
+        task.abort();
+        // Up 31 s: synced, without any answer.
+        let late = with(Some(Duration::from_secs(30)), || {
+            Some(Duration::from_secs(31))
+        });
+        let mut synced = late.subscribe();
+        let task = tokio::spawn(late.run(std::future::pending()));
+        tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s))
+            .await
+            .expect("synced after bootTimeout")
+            .expect("sender alive");
+        task.abort();
+        // No bootTimeout: only an answer would do.
+        let never = with(None, || Some(Duration::from_secs(3600)));
+        let synced = never.subscribe();
+        let task = tokio::spawn(never.run(std::future::pending()));
+        let before = source.queries().len();
+        wait_until("more failed rounds", || {
+            source.queries().len() >= before + 5
+        })
+        .await;
+        assert!(!*synced.borrow(), "no bootTimeout");
+        task.abort();
+    }
+
     #[tokio::test]
     async fn a_clock_that_refuses_fails_the_round() {
         let clock = Arc::new(FakeClock::new());
@@ -731,6 +809,7 @@ mod tests {
             unsynced_backoff: Duration::from_millis(40),
             query_timeout: Duration::from_millis(100),
             marker,
+            uptime: || Some(Duration::from_secs(10)),
         }
     }
 
