@@ -736,6 +736,8 @@ fn time_sync_can_be_disabled() {
     let cfg = parse_ok(&text);
     assert!(cfg.time_disabled());
     assert!(cfg.time_servers().is_empty());
+    // Still the servers upstream lists and asks in a `Time` call.
+    assert_eq!(cfg.configured_time_servers(), ["0.pool.ntp.org"]);
 }
 
 #[test]

@@ -131,6 +131,32 @@ pub enum ClockError {
 }
 
 /// A clock timed can read and correct.
+/// A leap second a server announces for the end of the day (its leap
+/// indicator), which the kernel then inserts or deletes at midnight UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Leap {
+    /// None announced (LI 0).
+    #[default]
+    None,
+    /// The last minute of the day has 61 seconds (LI 1).
+    Insert,
+    /// The last minute of the day has 59 seconds (LI 2).
+    Delete,
+}
+
+impl Leap {
+    /// From an NTP leap indicator (3, unsynchronized, is never passed on:
+    /// such replies are refused).
+    #[must_use]
+    pub fn from_indicator(li: u8) -> Leap {
+        match li {
+            1 => Leap::Insert,
+            2 => Leap::Delete,
+            _ => Leap::None,
+        }
+    }
+}
+
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current wall-clock time.
     fn now(&self) -> SystemTime;
@@ -142,11 +168,12 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn step(&self, by: Offset) -> Result<(), ClockError>;
 
     /// Corrects the clock by `by` gradually (the clock keeps running
-    /// forward, a little faster or slower).
+    /// forward, a little faster or slower), and arms (or disarms) the
+    /// kernel for the `leap` second announced.
     ///
     /// # Errors
     /// The clock cannot be adjusted.
-    fn slew(&self, by: Offset) -> Result<(), ClockError>;
+    fn slew(&self, by: Offset, leap: Leap) -> Result<(), ClockError>;
 
     /// Whether this clock never changes (container mode): the sync loop
     /// then reports time as synced from the start, since the host owns it.
@@ -213,8 +240,8 @@ impl Clock for SystemClock {
         )
     }
 
-    fn slew(&self, by: Offset) -> Result<(), ClockError> {
-        sys::pll_offset(by.as_nanos(), self.time_constant)
+    fn slew(&self, by: Offset, leap: Leap) -> Result<(), ClockError> {
+        sys::pll_offset(by.as_nanos(), self.time_constant, leap)
             .map_err(|source| ClockError::Slew { offset: by, source })
     }
 }
@@ -346,8 +373,14 @@ mod sys {
     /// Hands `offset_nanos` to the kernel PLL (`ADJ_OFFSET` in nanoseconds
     /// with `STA_PLL`), which then slews the clock gradually. Setting the
     /// status also clears `STA_UNSYNC`, and zero max/estimated errors mark
-    /// the clock as synchronized (the kernel's 11-minute RTC sync).
-    pub(super) fn pll_offset(offset_nanos: i64, time_constant: i32) -> std::io::Result<()> {
+    /// the clock as synchronized (the kernel's 11-minute RTC sync). `leap`
+    /// sets `STA_INS` or `STA_DEL` (and clears the other), as upstream does
+    /// from the server's leap indicator.
+    pub(super) fn pll_offset(
+        offset_nanos: i64,
+        time_constant: i32,
+        leap: super::Leap,
+    ) -> std::io::Result<()> {
         let clamped = offset_nanos.clamp(-MAX_PHASE_NANOS, MAX_PHASE_NANOS);
         // ±5e8 always fits an i32, so the conversion below never fails.
         let offset = i32::try_from(clamped).unwrap_or(0);
@@ -361,7 +394,12 @@ mod sys {
             | libc::ADJ_TIMECONST
             | libc::ADJ_MAXERROR
             | libc::ADJ_ESTERROR;
-        tx.status = libc::STA_PLL;
+        tx.status = libc::STA_PLL
+            | match leap {
+                super::Leap::None => 0,
+                super::Leap::Insert => libc::STA_INS,
+                super::Leap::Delete => libc::STA_DEL,
+            };
         tx.offset = offset.into();
         tx.constant = time_constant.into();
         tx.maxerror = 0;
@@ -414,8 +452,8 @@ impl Clock for ReadOnlyClock {
         Ok(())
     }
 
-    fn slew(&self, by: Offset) -> Result<(), ClockError> {
-        tracing::info!(offset = %by, "container mode: would slew the clock (the host owns it)");
+    fn slew(&self, by: Offset, leap: Leap) -> Result<(), ClockError> {
+        tracing::info!(offset = %by, ?leap, "container mode: would slew the clock (the host owns it)");
         Ok(())
     }
 
@@ -437,6 +475,7 @@ struct FakeClockState {
     stepped: Offset,
     steps: Vec<Offset>,
     slews: Vec<Offset>,
+    leaps: Vec<Leap>,
     fail: bool,
 }
 
@@ -461,6 +500,12 @@ impl FakeClock {
     #[must_use]
     pub fn slews(&self) -> Vec<Offset> {
         self.state().slews.clone()
+    }
+
+    /// The leap second armed with each slew, in order.
+    #[must_use]
+    pub fn leaps(&self) -> Vec<Leap> {
+        self.state().leaps.clone()
     }
 
     /// Makes every later step and slew fail with EPERM (`true`) or succeed.
@@ -491,7 +536,7 @@ impl Clock for FakeClock {
         Ok(())
     }
 
-    fn slew(&self, by: Offset) -> Result<(), ClockError> {
+    fn slew(&self, by: Offset, leap: Leap) -> Result<(), ClockError> {
         let mut state = self.state();
         if state.fail {
             return Err(ClockError::Slew {
@@ -500,6 +545,7 @@ impl Clock for FakeClock {
             });
         }
         state.slews.push(by);
+        state.leaps.push(leap);
         Ok(())
     }
 }
@@ -584,7 +630,9 @@ mod tests {
         let clock = FakeClock::new();
         let before = clock.now();
         clock.step(Offset::from_secs(3600)).expect("step");
-        clock.slew(Offset::from_millis(5)).expect("slew");
+        clock
+            .slew(Offset::from_millis(5), Leap::None)
+            .expect("slew");
         assert_eq!(clock.steps(), vec![Offset::from_secs(3600)]);
         assert_eq!(clock.slews(), vec![Offset::from_millis(5)]);
         assert!(clock.now() >= before + Duration::from_secs(3600));
@@ -594,7 +642,7 @@ mod tests {
             err.to_string().contains("stepping the clock by +1.000000s"),
             "{err}"
         );
-        assert!(clock.slew(Offset::from_secs(1)).is_err());
+        assert!(clock.slew(Offset::from_secs(1), Leap::None).is_err());
         assert_eq!(clock.steps().len(), 1);
         assert!(!clock.is_read_only());
     }
@@ -604,7 +652,9 @@ mod tests {
         let clock = ReadOnlyClock;
         assert!(clock.is_read_only());
         clock.step(Offset::from_secs(100)).expect("step is a no-op");
-        clock.slew(Offset::from_millis(1)).expect("slew is a no-op");
+        clock
+            .slew(Offset::from_millis(1), Leap::Insert)
+            .expect("slew is a no-op");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use machinery::constants::NodePaths;
 pub struct TimeConfig {
     /// `machine.time.disabled`: timed leaves the clock alone.
     pub disabled: bool,
-    /// The servers, in order of preference.
+    /// The servers, in order of preference (the config's, whether sync is
+    /// on or not: `Time` asks the first one either way).
     pub servers: Vec<String>,
     /// `bootTimeout`: time counts as synced once the node has been up this
     /// long without a server answering (`None`: only a server's answer).
@@ -44,13 +45,12 @@ impl TimeConfig {
         }
     }
 
-    /// Sync disabled.
+    /// Sync disabled, no server named (the default one is listed).
     #[must_use]
     pub fn disabled() -> TimeConfig {
         TimeConfig {
             disabled: true,
-            servers: Vec::new(),
-            boot_timeout: None,
+            ..TimeConfig::defaults()
         }
     }
 
@@ -59,7 +59,7 @@ impl TimeConfig {
     pub fn from_machine_config(config: &MachineConfig) -> TimeConfig {
         TimeConfig {
             disabled: config.time_disabled(),
-            servers: config.time_servers(),
+            servers: config.configured_time_servers(),
             // 0 is no timeout, as upstream.
             boot_timeout: config.time_boot_timeout().filter(|t| !t.is_zero()),
         }

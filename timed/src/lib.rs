@@ -213,11 +213,15 @@ mod tests {
         let task = {
             let paths = paths.clone();
             tokio::spawn(async move {
-                // Sync disabled: no network needed.
+                // Sync disabled, and a server on loopback where nothing
+                // listens: no network needed.
                 run_with(
                     Mode::Container,
                     &paths,
-                    Arc::new(TimeConfig::disabled()),
+                    Arc::new(TimeConfig {
+                        disabled: true,
+                        ..TimeConfig::with_servers(["127.0.0.1:9"])
+                    }),
                     SyncOptions::default(),
                     async {
                         let _ = stopped.await;
@@ -243,8 +247,10 @@ mod tests {
             .await
             .expect_err("empty server");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        let status = client.time(()).await.expect_err("sync disabled");
-        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        // Sync disabled: Time still asks the configured server.
+        let status = client.time(()).await.expect_err("nothing listens");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("127.0.0.1:9"), "{status:?}");
         drop(client);
         // Container mode: synced at once.
         let marker = marker_path(&paths);

@@ -1,7 +1,7 @@
 //! `time.TimeService`: compares the node clock with an NTP server.
 //!
-//! - `Time` queries the first configured server; with sync disabled or no
-//!   server configured it is `FailedPrecondition`.
+//! - `Time` queries the first configured server, as upstream: whether sync
+//!   is on or not, and `time.cloudflare.com` when none is configured.
 //! - `TimeCheck{server}` queries the named server; an empty name is
 //!   `InvalidArgument`.
 //!
@@ -129,18 +129,13 @@ impl<S: TimeSource> TimeServer<S> {
 impl<S: TimeSource + 'static> TimeService for TimeServer<S> {
     async fn time(&self, request: Request<()>) -> Result<Response<TimeResponse>, Status> {
         let timeout = query_timeout(request.metadata());
-        let config = self.config.time_config();
-        if config.disabled {
-            return Err(Status::failed_precondition(
-                "time sync is disabled in the machine config (machine.time.disabled); \
-                 name a server to check against (talosctl time --check SERVER)",
-            ));
-        }
-        let Some(server) = config.servers.into_iter().next() else {
-            return Err(Status::failed_precondition(
-                "no NTP server is configured (machine.time.servers)",
-            ));
-        };
+        let server = self
+            .config
+            .time_config()
+            .servers
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| machinery::config::DEFAULT_TIME_SERVER.to_owned());
         self.check(server, timeout).await
     }
 
@@ -255,15 +250,31 @@ mod tests {
         assert_eq!(source.queries(), vec!["first"]);
     }
 
+    /// As upstream: `Time` asks the first configured server with sync
+    /// disabled too, and the default server when none is configured.
     #[tokio::test]
-    async fn time_without_servers_is_a_failed_precondition() {
-        for config in [
-            TimeConfig::disabled(),
-            TimeConfig::with_servers(Vec::<String>::new()),
+    async fn time_asks_a_server_with_sync_disabled_or_none_configured() {
+        let disabled_with_one = TimeConfig {
+            disabled: true,
+            ..TimeConfig::with_servers(["mine"])
+        };
+        for (config, asked) in [
+            (disabled_with_one, "mine"),
+            (TimeConfig::disabled(), "time.cloudflare.com"),
+            (
+                TimeConfig::with_servers(Vec::<String>::new()),
+                "time.cloudflare.com",
+            ),
         ] {
-            let (_, svc) = server(config);
-            let status = svc.time(Request::new(())).await.expect_err("no server");
-            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            let (source, svc) = server(config);
+            source.push(asked, FakeAnswer::Offset(Offset::ZERO));
+            let reply = svc
+                .time(Request::new(()))
+                .await
+                .expect("answer")
+                .into_inner();
+            assert_eq!(reply.messages[0].server, asked);
+            assert_eq!(source.queries(), vec![asked]);
         }
     }
 

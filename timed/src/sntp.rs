@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 
-use crate::clock::Offset;
+use crate::clock::{Leap, Offset};
 
 /// The NTP port, used when a server is named without one.
 pub const DEFAULT_PORT: u16 = 123;
@@ -325,6 +325,8 @@ pub struct Sample {
     pub round_trip: Duration,
     /// The server's stratum.
     pub stratum: u8,
+    /// The leap second the server announces for the end of the day.
+    pub leap: Leap,
 }
 
 /// Computes the sample from the four timestamps: t1 = `sent_at`, t4 =
@@ -357,6 +359,7 @@ pub fn sample_from(
         offset,
         round_trip: Duration::from_nanos(u64::try_from(round_trip).unwrap_or(u64::MAX)),
         stratum: reply.stratum,
+        leap: Leap::from_indicator(reply.leap),
     }
 }
 
@@ -652,6 +655,8 @@ impl<T: TimeSource> TimeSource for Arc<T> {
 pub enum FakeAnswer {
     /// The server answers, its clock `Offset` ahead of ours.
     Offset(Offset),
+    /// As `Offset`, announcing a leap second.
+    Leap(Offset, crate::clock::Leap),
     /// Connection refused.
     Unreachable,
     /// No answer in time.
@@ -709,17 +714,9 @@ impl FakeSource {
         let address = SocketAddr::from(([192, 0, 2, 1], DEFAULT_PORT));
         match answer {
             Some(FakeAnswer::Offset(offset)) => {
-                let local_time = SystemTime::now();
-                Ok(Sample {
-                    server: server.to_owned(),
-                    address,
-                    local_time,
-                    remote_time: offset.apply(local_time),
-                    offset,
-                    round_trip: Duration::from_millis(1),
-                    stratum: 2,
-                })
+                Ok(fake_sample(server, address, offset, Leap::None))
             }
+            Some(FakeAnswer::Leap(offset, leap)) => Ok(fake_sample(server, address, offset, leap)),
             Some(FakeAnswer::Timeout) => Err(SntpError::Timeout {
                 server: server.to_owned(),
                 timeout,
@@ -730,6 +727,21 @@ impl FakeSource {
                 source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
             }),
         }
+    }
+}
+
+/// What a [`FakeSource`] answers for `server`: its clock `offset` ahead.
+fn fake_sample(server: &str, address: SocketAddr, offset: Offset, leap: Leap) -> Sample {
+    let local_time = SystemTime::now();
+    Sample {
+        server: server.to_owned(),
+        address,
+        local_time,
+        remote_time: offset.apply(local_time),
+        offset,
+        round_trip: Duration::from_millis(1),
+        stratum: 2,
+        leap,
     }
 }
 
@@ -932,6 +944,16 @@ mod tests {
         assert_eq!(sample.server, "ntp.example");
         assert_eq!(sample.address, address);
         assert_eq!(sample.stratum, 1);
+        assert_eq!(sample.leap, Leap::None);
+        // A leap second announced (LI 1: insert, LI 2: delete) is passed on.
+        for (first, leap) in [(0x64, Leap::Insert), (0xa4, Leap::Delete)] {
+            let announcing =
+                parse_reply(&reply_packet(first, 1, sent, t2, t3), sent).expect("reply");
+            assert_eq!(
+                sample_from("ntp.example", address, t1, elapsed, &announcing).leap,
+                leap
+            );
+        }
         // ((t2-t1) + (t3-t4)) / 2 = (1.010 + 0.990) / 2 = 1.000 s
         assert!(
             (sample.offset.as_nanos() - 1_000_000_000).abs() < 10,

@@ -170,6 +170,9 @@ pub enum SyncError {
     Clock(#[from] ClockError),
 }
 
+/// How often a loop with sync disabled looks whether it is on again.
+const DISABLED_POLL: Duration = Duration::from_secs(10);
+
 /// The file beside the marker holding the epoch, once it is not 0 (the
 /// run directory is new at every boot).
 pub const EPOCH_FILE: &str = "epoch";
@@ -325,7 +328,7 @@ impl<S: TimeSource> Syncer<S> {
             }
             match action {
                 Action::Step => self.clock.step(sample.offset)?,
-                Action::Slew => self.clock.slew(sample.offset)?,
+                Action::Slew => self.clock.slew(sample.offset, sample.leap)?,
             }
             if action == Action::Step && sample.offset.magnitude() > EPOCH_JUMP {
                 self.new_epoch();
@@ -382,6 +385,20 @@ impl<S: TimeSource> Syncer<S> {
         backoff(failures, self.options.min_backoff, cap)
     }
 
+    /// Withdraws "time synced": the watch flag and the marker file.
+    fn unmark_synced(&self, reason: &str) {
+        if !self.synced.send_replace(false) {
+            return;
+        }
+        tracing::info!(reason, "time is not synced");
+        if let Some(marker) = &self.options.marker
+            && let Err(e) = std::fs::remove_file(marker)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, marker = %marker.display(), "removing the time-synced marker");
+        }
+    }
+
     /// Publishes "time synced" (once): the watch flag and the marker file.
     fn mark_synced(&self, reason: &str) {
         if self.synced.send_replace(true) {
@@ -422,16 +439,28 @@ impl<S: TimeSource> Syncer<S> {
         }
         let mut first_sync = true;
         let mut failures: u32 = 0;
+        // Synced only because sync was off: turned on again, time is not
+        // synced until a server says so (as upstream restarts its syncer).
+        let mut synced_while_disabled = false;
         loop {
             let result = tokio::select! {
                 result = self.sync_once(first_sync) => result,
                 () = shutdown.as_mut() => return,
             };
+            if synced_while_disabled && !matches!(result, Ok(Outcome::Disabled)) {
+                synced_while_disabled = false;
+                first_sync = true;
+                if !self.clock.is_read_only() && result.is_err() {
+                    self.unmark_synced("time sync is enabled again and no server answered yet");
+                }
+            }
             let wait = match result {
                 Ok(Outcome::Disabled) => {
                     failures = 0;
+                    synced_while_disabled = true;
                     self.mark_synced("time sync is disabled in the machine config");
-                    self.options.poll_interval
+                    // Look again soon: sync may be turned back on.
+                    self.options.poll_interval.min(DISABLED_POLL)
                 }
                 Ok(Outcome::Adjusted {
                     server,
@@ -600,6 +629,29 @@ mod tests {
             vec![Offset::from_millis(20), Offset::from_nanos(100_000)]
         );
         assert!(clock.steps().is_empty());
+    }
+
+    /// A leap second the server announces reaches the kernel with the
+    /// slew, as upstream sets STA_INS or STA_DEL; a later answer without
+    /// one disarms it.
+    #[tokio::test]
+    async fn a_leap_second_announced_is_armed() {
+        use crate::clock::Leap;
+        let clock = Arc::new(FakeClock::new());
+        let source = Arc::new(FakeSource::new());
+        source.push("a", FakeAnswer::Leap(Offset::from_millis(1), Leap::Insert));
+        source.push("a", FakeAnswer::Leap(Offset::from_millis(1), Leap::Delete));
+        source.push("a", FakeAnswer::Offset(Offset::from_millis(1)));
+        let s = syncer(
+            &clock,
+            &source,
+            TimeConfig::with_servers(["a"]),
+            SyncOptions::default(),
+        );
+        for _ in 0..3 {
+            s.sync_once(false).await.expect("round");
+        }
+        assert_eq!(clock.leaps(), [Leap::Insert, Leap::Delete, Leap::None]);
     }
 
     #[tokio::test]
@@ -914,6 +966,56 @@ mod tests {
             .expect("synced")
             .expect("sender alive");
         assert!(source.queries().is_empty());
+        task.abort();
+    }
+
+    /// Settings a test changes while the loop runs.
+    #[derive(Debug)]
+    struct Switch(std::sync::Mutex<TimeConfig>);
+
+    impl ConfigSource for Switch {
+        fn time_config(&self) -> TimeConfig {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    /// Sync turned back on: not synced until a server answers, as
+    /// upstream restarts its syncer.
+    #[tokio::test]
+    async fn sync_enabled_again_waits_for_a_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("synced");
+        let source = Arc::new(FakeSource::new());
+        let settings = Arc::new(Switch(std::sync::Mutex::new(TimeConfig::disabled())));
+        let s = Syncer::new(
+            Arc::new(FakeClock::new()),
+            source.clone(),
+            settings.clone(),
+            fast_options(Some(marker.clone())),
+        );
+        let mut synced = s.subscribe();
+        let task = tokio::spawn(s.run(std::future::pending()));
+        let mut wait = async |want: bool| {
+            tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s == want))
+                .await
+                .expect("in time")
+                .expect("sender alive");
+        };
+        wait(true).await;
+        assert!(marker.exists());
+        // On again, with a server that does not answer.
+        *settings.0.lock().expect("lock") = TimeConfig::with_servers(["down"]);
+        wait(false).await;
+        assert!(!marker.exists());
+        // It answers.
+        source.push("up", FakeAnswer::Offset(Offset::from_millis(1)));
+        *settings.0.lock().expect("lock") = TimeConfig::with_servers(["up"]);
+        wait(true).await;
+        assert!(
+            std::fs::read_to_string(&marker)
+                .expect("marker")
+                .starts_with("synced with up")
+        );
         task.abort();
     }
 

@@ -732,6 +732,14 @@ impl MachineConfig {
         if self.time_disabled() {
             return Vec::new();
         }
+        self.configured_time_servers()
+    }
+
+    /// The NTP servers the config names, whether sync is on or not, or
+    /// [`DEFAULT_TIME_SERVER`] when it names none: what upstream's
+    /// TimeServerStatus lists and its `Time` call asks.
+    #[must_use]
+    pub fn configured_time_servers(&self) -> Vec<String> {
         let configured = self
             .machine()
             .and_then(|machine| machine.time.as_ref())
