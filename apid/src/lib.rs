@@ -345,9 +345,14 @@ impl Apid {
             Route::Local => {
                 let (body, refusal) = request_body(&path, body, deadline).await?;
                 pass_deadline(&mut parts.headers, deadline)?;
-                refusal
-                    .answer(self.send_local(http::Request::from_parts(parts, body)))
-                    .await
+                // Reaching routerd (a routing request, a connect) counts
+                // against the caller's deadline too.
+                let send = within(
+                    deadline,
+                    self.send_local(http::Request::from_parts(parts, body)),
+                    || tonic::Status::deadline_exceeded("deadline exceeded"),
+                );
+                refusal.answer(send).await
             }
             Route::One(target) => {
                 let client = self.remote(&target, &state)?;

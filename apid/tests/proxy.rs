@@ -661,3 +661,57 @@ async fn stalled_call(client: &machinery::h2::H2Client, node: &testkit::Node, fa
     );
     drop(tx);
 }
+
+/// Reaching routerd counts against the caller's deadline: a routerd that
+/// takes the routing request and never answers ends the call when its
+/// `grpc-timeout` runs out, not after apid's own routing timeout (10 s).
+#[tokio::test]
+async fn a_silent_router_ends_the_call_at_its_deadline() {
+    let pki = Pki::new();
+    let node = start_node(
+        "silent-router",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((&pki, false)),
+    )
+    .await;
+    // In routerd's place, before apid asked it anything: a socket that
+    // accepts and never says a word.
+    let socket = node.paths.socket("routerd");
+    std::fs::remove_file(&socket).expect("remove routerd's socket");
+    let silent = tokio::net::UnixListener::bind(&socket).expect("bind");
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    // A raw HTTP/2 call: tonic's client would cancel at the deadline on
+    // this side first, and apid's answer is what is tested.
+    let config = client_config(&pki.ca.cert_pem, Some(&pki.client(&["os:admin"])));
+    let client = testkit::raw_client(node.addr, config);
+    // An empty Version request: one message of length 0.
+    let body = machinery::h2::boxed(http_body_util::Full::new(bytes::Bytes::from_static(&[
+        0, 0, 0, 0, 0,
+    ])));
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://{}/machine.MachineService/Version", node.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "1S")
+        .body(body)
+        .expect("request");
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.send(request))
+        .await
+        .expect("answered within 30 s")
+        .expect("an answer");
+    let status = tonic::Status::from_header_map(answer.headers()).expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    held.abort();
+}

@@ -64,21 +64,24 @@ pub async fn shutdown_signal() {
 /// Binds a daemon's unix socket at `path`: creates its directory and
 /// removes a stale socket first, so a restart never finds the old one.
 /// Only the owner may connect: the sockets are the node's trusted local
-/// doors (a call on them carries no certificate). The socket is made
-/// 0600; a socket directory this creates is 0700, so there is no moment
-/// in which another user could connect.
+/// doors (a call on them carries no certificate). The socket directory is
+/// 0700 (made so, or made so before the bind when it exists: machined
+/// creates them first), so there is no moment in which another user could
+/// connect, whatever the umask; the socket itself is then made 0600.
 ///
 /// # Errors
 /// The socket cannot be bound or restricted.
 pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+    if let Some(dir) = path.parent() {
+        if dir.exists() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        } else {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
     }
     clear_socket_path(path);
     let listener = tokio::net::UnixListener::bind(path)?;
@@ -154,6 +157,15 @@ mod tests {
             |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().expect("dir")), 0o700);
+        // A directory made before (machined makes them), open to all: it
+        // is closed before the socket is bound.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let path = open.join("d.sock");
+        let _listener = bind_unix(&path).expect("bind");
+        assert_eq!(mode(&open), 0o700);
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]

@@ -110,8 +110,9 @@ pub struct Router {
     sockets: Arc<HashMap<Backend, std::path::PathBuf>>,
     /// Built on the first reflection call: decoding the whole descriptor
     /// set twice took routerd seconds at boot under emulation, on the path
-    /// every other call waits for.
-    reflection: Arc<std::sync::OnceLock<Result<Reflection, String>>>,
+    /// every other call waits for. Built on a blocking thread, so calls
+    /// and routing requests keep moving on routerd's one thread meanwhile.
+    reflection: Arc<tokio::sync::OnceCell<Result<Reflection, String>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -174,7 +175,12 @@ impl Router {
         if is_reflection(service) {
             let reflection = self
                 .reflection
-                .get_or_init(|| Reflection::build().map_err(|e| e.to_string()));
+                .get_or_init(|| async {
+                    tokio::task::spawn_blocking(|| Reflection::build().map_err(|e| e.to_string()))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("building reflection: {e}")))
+                })
+                .await;
             let svc = match reflection {
                 Ok(r) if service.ends_with("v1.ServerReflection") => r.v1.clone(),
                 Ok(r) => r.v1alpha.clone(),
