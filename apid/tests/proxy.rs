@@ -695,7 +695,10 @@ async fn a_silent_router_ends_the_call_at_its_deadline() {
     ])));
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!("https://{}/machine.MachineService/Version", node.addr))
+        .uri(format!(
+            "https://{}/machine.MachineService/Version",
+            node.addr
+        ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", "1S")

@@ -76,6 +76,10 @@ pub const MODULES: &[&str] = &[
     // driver of the one QEMU emulates (Intel 6300ESB).
     "watchdog",
     "i6300esb",
+    // The ACPI power button (a hypervisor's or cloud's "shut down") as an
+    // input device machined reads.
+    "evdev",
+    "button",
 ];
 
 /// Module file extensions we accept, longest first.
@@ -110,8 +114,8 @@ pub const NETWORK: &[&str] = &[
 ];
 
 /// What only disk filesystems need: xfs (STATE, EPHEMERAL), vfat (the
-/// ESP), overlay and their helpers; and the watchdog drivers, which only
-/// a config arms. They go to `/modules.deferred`, which
+/// ESP), overlay and their helpers; the watchdog drivers, which only a
+/// config arms; and the power button, which nothing needs at boot. They go to `/modules.deferred`, which
 /// machined loads at once when a disk carries one of its filesystems, and
 /// otherwise (a node without a disk yet, in maintenance mode) after the
 /// network modules, at a low CPU priority: xfs alone takes about 1.5 s to
@@ -129,6 +133,8 @@ pub const DEFERRED: &[&str] = &[
     "nls_utf8",
     "watchdog",
     "i6300esb",
+    "evdev",
+    "button",
 ];
 
 /// One module file chosen for the image.

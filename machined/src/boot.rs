@@ -1161,22 +1161,101 @@ pub fn halt_forever() -> ! {
     }
 }
 
-/// Runs `sync(2)` on a helper thread and waits at most `limit` for it (a
-/// dead disk can make sync hang forever). Blocks up to `limit`.
-pub(crate) fn sync_bounded(limit: Duration) -> bool {
+/// Whether the node is going down ([`fatal`] or [`power_off_or_reboot`]
+/// has begun): nothing new may start.
+pub(crate) fn going_down() -> bool {
+    GOING_DOWN.load(Ordering::SeqCst)
+}
+
+/// Runs `f` on a helper thread named `name` and waits at most `limit` for
+/// it (a dead disk can make a filesystem call hang forever). Blocks up to
+/// `limit`; whether `f` finished.
+fn bounded(name: &str, limit: Duration, f: impl FnOnce() + Send + 'static) -> bool {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
-        .name("sync".into())
+        .name(name.into())
         .spawn(move || {
-            rustix::fs::sync();
+            f();
             let _ = done_tx.send(());
         });
     spawned.is_ok() && done_rx.recv_timeout(limit).is_ok()
 }
 
+/// Runs `sync(2)` on a helper thread and waits at most `limit` for it (a
+/// dead disk can make sync hang forever). Blocks up to `limit`.
+pub(crate) fn sync_bounded(limit: Duration) -> bool {
+    bounded("sync", limit, rustix::fs::sync)
+}
+
+/// The mount points at or under `roots`, deepest first, from `mountinfo`
+/// (the format of `/proc/*/mountinfo`).
+fn mounts_under(mountinfo: &str, roots: &[&Path]) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        // The kernel escapes space, tab, newline and backslash as octal.
+        .map(|path| {
+            PathBuf::from(
+                path.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\012", "\n")
+                    .replace("\\134", "\\"),
+            )
+        })
+        .filter(|path| roots.iter().any(|root| path.starts_with(root)))
+        .collect();
+    // Deepest first; a path mounted twice is unmounted twice.
+    found.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
+    found
+}
+
+/// Unmounts everything mounted at or under `roots`, deepest first; where
+/// something still holds a filesystem, makes it read-only instead. Either
+/// way its journal is written out and clean, so the next boot (maybe an
+/// older kernel, after a rollback) mounts it without a replay. Returns the
+/// mount points that are neither unmounted nor read-only.
+pub(crate) fn unmount_under(roots: &[&Path]) -> Vec<PathBuf> {
+    use rustix::mount::{UnmountFlags, mount_remount, unmount};
+    // This thread's view: a test's namespace, or PID 1's.
+    let mountinfo = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
+    let mut left = Vec::new();
+    for path in mounts_under(&mountinfo, roots) {
+        if unmount(&path, UnmountFlags::empty()).is_ok() {
+            continue;
+        }
+        if mount_remount(&path, MountFlags::RDONLY, "").is_err() {
+            left.push(path);
+        }
+    }
+    left
+}
+
+/// [`unmount_under`] STATE and EPHEMERAL on a helper thread, waiting at
+/// most `limit`.
+fn unmount_data_bounded(limit: Duration) {
+    let done = bounded("unmount", limit, || {
+        let left = unmount_under(&[Path::new(STATE_MOUNT), Path::new(EPHEMERAL_MOUNT)]);
+        if left.is_empty() {
+            console_log("STATE and EPHEMERAL unmounted (or read-only)");
+        } else {
+            console_log(&format!(
+                "could not unmount or make read-only: {}",
+                left.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    });
+    if !done {
+        console_log("unmounting the data filesystems did not finish in time; going on");
+    }
+}
+
 /// PID 1's last resort: logs `reason` to the kernel log and console,
-/// SIGTERMs every other process, waits 2 s, SIGKILLs what is left, syncs
-/// (at most 10 s), then reboots — or, with `panic=0` on the kernel command
+/// SIGTERMs every other process, waits 2 s, SIGKILLs what is left,
+/// unmounts STATE and EPHEMERAL (or makes them read-only) and syncs (at
+/// most 10 s each), then reboots — or, with `panic=0` on the kernel command
 /// line, halts forever. Only the first caller does this; any other thread
 /// calling it meanwhile just sleeps.
 ///
@@ -1202,6 +1281,7 @@ pub fn fatal(reason: &str) -> ! {
     let _ = kill_process_group(Pid::INIT, Signal::TERM);
     std::thread::sleep(TERM_GRACE);
     let _ = kill_process_group(Pid::INIT, Signal::KILL);
+    unmount_data_bounded(SYNC_TIMEOUT);
     if !sync_bounded(SYNC_TIMEOUT) {
         console_log("sync(2) did not finish within 10 s; going on");
     }
@@ -1217,8 +1297,10 @@ pub fn fatal(reason: &str) -> ! {
 }
 
 /// The end of an orderly shutdown or reboot, after the services stopped:
-/// whatever is left gets SIGTERM, then SIGKILL after 2 s, disks are synced
-/// (at most 10 s), and the machine reboots or powers off. Never returns.
+/// whatever is left gets SIGTERM, then SIGKILL after 2 s, STATE and
+/// EPHEMERAL are unmounted (or made read-only; at most 10 s), disks are
+/// synced (at most 10 s), and the machine reboots or powers off. Never
+/// returns.
 ///
 /// Blocks until the reboot (about 2–12 s).
 pub fn power_off_or_reboot(reboot_machine: bool) -> ! {
@@ -1236,6 +1318,7 @@ pub fn power_off_or_reboot(reboot_machine: bool) -> ! {
     let _ = kill_process_group(Pid::INIT, Signal::TERM);
     std::thread::sleep(TERM_GRACE);
     let _ = kill_process_group(Pid::INIT, Signal::KILL);
+    unmount_data_bounded(SYNC_TIMEOUT);
     if !sync_bounded(SYNC_TIMEOUT) {
         console_log("sync(2) did not finish within 10 s; going on");
     }
@@ -1651,6 +1734,74 @@ mod tests {
         let text = missing_kernel_args_message(&["pti=on".to_owned()]);
         assert!(text.contains("pti=on"), "{text}");
         assert!(text.contains("Halting"), "{text}");
+    }
+
+    #[test]
+    fn data_mounts_are_found_deepest_first() {
+        let mountinfo = "\
+22 1 0:21 / / ro,relatime - squashfs /dev/loop0 ro
+30 22 8:3 / /system/state rw - xfs /dev/vda3 rw
+31 22 8:4 / /var rw - xfs /dev/vda4 rw
+32 31 8:4 /lib/x /var/lib/x rw - xfs /dev/vda4 rw
+33 22 0:40 / /var2 rw - tmpfs tmpfs rw
+34 31 0:41 / /var/mnt/a\\040b rw - tmpfs tmpfs rw
+";
+        let found = mounts_under(mountinfo, &[Path::new("/system/state"), Path::new("/var")]);
+        assert_eq!(
+            found,
+            // Deeper first; as deep, in mount order.
+            [
+                PathBuf::from("/var/lib/x"),
+                PathBuf::from("/var/mnt/a b"),
+                PathBuf::from("/system/state"),
+                PathBuf::from("/var"),
+            ]
+        );
+    }
+
+    /// Real mounts in a mount namespace of this test's own: nested ones are
+    /// unmounted deepest first.
+    #[test]
+    #[allow(unsafe_code)]
+    fn data_filesystems_are_unmounted() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root (CI runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let left = std::thread::spawn(move || {
+            use rustix::mount::{MountPropagationFlags, mount_change};
+            // SAFETY: unshares this thread's filesystem attributes (cwd,
+            // root, umask) and mount namespace only, on a thread of this
+            // test's own that ends with the test: no other thread's state
+            // is touched, and no file descriptor table is shared or freed.
+            unsafe {
+                rustix::thread::unshare_unsafe(
+                    rustix::thread::UnshareFlags::FS | rustix::thread::UnshareFlags::NEWNS,
+                )
+            }
+            .expect("unshare a mount namespace");
+            mount_change(
+                "/",
+                MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+            )
+            .expect("private mounts");
+            let outer = root.join("var");
+            let inner = outer.join("lib");
+            std::fs::create_dir_all(&outer).expect("mkdir");
+            mount("tmpfs", &outer, "tmpfs", MountFlags::empty(), None).expect("mount outer");
+            std::fs::create_dir_all(&inner).expect("mkdir");
+            mount("tmpfs", &inner, "tmpfs", MountFlags::empty(), None).expect("mount inner");
+            let before = std::fs::read_to_string("/proc/thread-self/mountinfo").expect("mountinfo");
+            assert_eq!(mounts_under(&before, &[&outer]).len(), 2, "{before}");
+            let left = unmount_under(&[&outer]);
+            let after = std::fs::read_to_string("/proc/thread-self/mountinfo").expect("mountinfo");
+            (left, mounts_under(&after, &[&outer]))
+        })
+        .join()
+        .expect("the namespace's thread");
+        assert_eq!(left, (Vec::new(), Vec::new()));
     }
 
     #[test]

@@ -255,7 +255,7 @@ mod tests {
         std::fs::write(system.join("apid/cgroup.procs"), "").expect("procs");
         let mut cmd = std::process::Command::new("true");
         join_at_exec(&mut cmd, &system.join("apid")).expect("join");
-        assert!(cmd.status().expect("true runs").success());
+        assert!(crate::reaper::run_to_end(&mut cmd).success());
         assert_eq!(
             std::fs::read_to_string(system.join("apid/cgroup.procs")).expect("procs"),
             "0"

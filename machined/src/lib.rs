@@ -29,6 +29,7 @@ pub mod netstat;
 pub mod node;
 pub mod pcap;
 pub mod pci;
+pub mod powerbutton;
 pub mod reaper;
 pub mod reset;
 pub mod resources;

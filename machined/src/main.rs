@@ -125,8 +125,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Listened for once, before anything starts, for the whole process.
+    let signals = match runtime.block_on(async { machined::run::Signals::listen(mode) }) {
+        Ok(signals) => signals,
+        Err(e) if metal_init => machined::boot::fatal(&e.to_string()),
+        Err(e) => {
+            eprintln!("machined: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = loop {
-        match runtime.block_on(machined::run::run(options.clone(), Arc::clone(&logs))) {
+        match runtime.block_on(machined::run::run(
+            options.clone(),
+            Arc::clone(&logs),
+            &signals,
+        )) {
             // Out of maintenance mode: run again from the applied config.
             Ok(PowerAction::Configured) => continue,
             other => break other,

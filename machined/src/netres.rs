@@ -1410,10 +1410,10 @@ mod tests {
                 .expect("unshare(CLONE_NEWNET): run the tests as root, as CI does");
             for command in commands {
                 // A child forked from this thread is in its namespace.
-                let status = Command::new("ip")
-                    .args(command.split_whitespace())
-                    .status()
-                    .expect("running ip (iproute2)");
+                // Through the reaper, which other tests of this binary
+                // run: it would steal a plain `status()`.
+                let status =
+                    crate::reaper::run_to_end(Command::new("ip").args(command.split_whitespace()));
                 assert!(status.success(), "ip {command}: {status}");
             }
             f()
@@ -1437,10 +1437,8 @@ mod tests {
     #[test]
     fn node_addresses_follow_upstreams_rules() {
         fn ip(args: &str) {
-            let status = Command::new("ip")
-                .args(args.split_whitespace())
-                .status()
-                .expect("running ip (iproute2)");
+            let status =
+                crate::reaper::run_to_end(Command::new("ip").args(args.split_whitespace()));
             assert!(status.success(), "ip {args}: {status}");
         }
         let reads = in_new_netns(

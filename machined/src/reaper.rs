@@ -85,6 +85,20 @@ pub struct Reaper {
 
 static GLOBAL: OnceLock<Reaper> = OnceLock::new();
 
+/// Runs `cmd` to its end through the global reaper, for tests of this
+/// crate: the reaper tests run it in the same binary, and it would steal a
+/// plain `Command::status` (ECHILD). Blocks; not for async contexts.
+///
+/// # Panics
+/// `cmd` cannot be started.
+#[cfg(test)]
+pub(crate) fn run_to_end(cmd: &mut Command) -> ExitStatus {
+    let spawned = Reaper::global()
+        .spawn(cmd)
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    spawned.exit.blocking_recv().expect("reaped")
+}
+
 impl Reaper {
     /// The process-wide reaper, started on first use. There must be only one:
     /// two reapers would steal each other's statuses.
@@ -109,8 +123,16 @@ impl Reaper {
     /// Starts `cmd` and registers it for its exit status.
     ///
     /// # Errors
-    /// When the program cannot be started (not found, not executable...).
+    /// When the program cannot be started (not found, not executable...),
+    /// or the node is going down.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
+        // Once the node goes down (a fatal error, the final reboot), a
+        // service whose process was killed must not come back.
+        if crate::boot::going_down() {
+            return Err(io::Error::other(
+                "the node is going down: nothing new starts",
+            ));
+        }
         let mut registry = lock(&self.shared.registry);
         let child = cmd.spawn()?;
         let pid = child.id();

@@ -92,7 +92,11 @@ pub fn init_logging(options: &NodeOptions) -> Arc<LogRegistry> {
 ///
 /// # Errors
 /// Start-up failures (directories, socket, config, services).
-pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAction, RunError> {
+pub async fn run(
+    options: NodeOptions,
+    logs: Arc<LogRegistry>,
+    signals: &Signals,
+) -> Result<PowerAction, RunError> {
     if options.mode == Mode::Container {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| RunError::Subreaper(e.into()))?;
@@ -338,7 +342,7 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         })
     });
 
-    let (action, actor) = wait_for_stop(&node).await?;
+    let (action, actor) = wait_for_stop(&node, signals).await;
     if !actor.is_empty() {
         // Asked through the API: let the reply travel back through routerd
         // and apid before they stop.
@@ -361,7 +365,22 @@ pub async fn run(options: NodeOptions, logs: Arc<LogRegistry>) -> Result<PowerAc
         },
         &actor,
     );
-    supervisor.stop_all().await;
+    // Nothing may start services while they stop: the second wave goes
+    // first.
+    if let Some(task) = &modules {
+        task.abort();
+    }
+    // Each service is bounded (TERM, grace, KILL, a last wait); this bounds
+    // the whole, whatever goes wrong, so the node always goes down.
+    if tokio::time::timeout(STOP_ALL_LIMIT, supervisor.stop_all())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            limit = ?STOP_ALL_LIMIT,
+            "the services did not all stop in time; going on without them"
+        );
+    }
     supervisor.shutdown();
     // The services' last lines and the kernel's go out before the
     // machine goes down; a destination that is down costs this much at
@@ -496,6 +515,9 @@ async fn keep_watchdog(node: Arc<Node>) {
 
 /// How long shutdown waits for the log shippers to send what they hold.
 const LOG_DRAIN: Duration = Duration::from_secs(1);
+
+/// The longest the services may take to stop, all together.
+const STOP_ALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Keeps `shipper` sending to what `destinations` reads from the config:
 /// from boot, then on every change (`what` is logged). The shipper is the
@@ -845,20 +867,87 @@ pub async fn serve_api(
     }
 }
 
-async fn wait_for_stop(node: &Node) -> Result<(PowerAction, String), RunError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    Ok(match node.mode() {
-        Mode::Container => tokio::select! {
-            _ = term.recv() => (PowerAction::Shutdown, String::new()),
-            _ = int.recv() => (PowerAction::Shutdown, String::new()),
-            req = node.power_requested() => req,
-        },
-        // As PID 1: Ctrl-Alt-Del arrives as SIGINT (reboot); SIGTERM is ignored.
-        Mode::Metal => tokio::select! {
-            _ = int.recv() => (PowerAction::Reboot, String::new()),
-            req = node.power_requested() => req,
-        },
-    })
+/// The power actions signals ask for, watched for the life of the
+/// process: a signal that arrives while services start, or between two
+/// runs (the restart from a config applied in maintenance mode), is not
+/// lost.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    asked: tokio::sync::watch::Receiver<Option<PowerAction>>,
+}
+
+impl Signals {
+    /// Starts listening, on the current runtime: in container mode SIGTERM
+    /// and SIGINT shut down; as PID 1 on metal, Ctrl-Alt-Del (SIGINT)
+    /// reboots, SIGTERM is ignored, and the ACPI power button shuts down.
+    ///
+    /// # Errors
+    /// The signal handlers cannot be installed.
+    pub fn listen(mode: Mode) -> Result<Signals, RunError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        let (tx, asked) = tokio::sync::watch::channel(None);
+        let tx = Arc::new(tx);
+        if mode == Mode::Metal && rustix::process::getpid().is_init() {
+            let tx = Arc::clone(&tx);
+            let watching = crate::powerbutton::watch(move || {
+                tracing::info!("the power button was pressed: shutting down");
+                ask(&tx, PowerAction::Shutdown);
+            });
+            if let Err(e) = watching {
+                tracing::warn!(error = %e, "the power button is not watched");
+            }
+        }
+        // The signal listener: lives as long as the runtime.
+        tokio::spawn(async move {
+            loop {
+                let action = match mode {
+                    Mode::Container => tokio::select! {
+                        _ = term.recv() => PowerAction::Shutdown,
+                        _ = int.recv() => PowerAction::Shutdown,
+                    },
+                    Mode::Metal => {
+                        int.recv().await;
+                        PowerAction::Reboot
+                    }
+                };
+                tracing::info!(?action, "asked for by a signal");
+                ask(&tx, action);
+            }
+        });
+        Ok(Signals { asked })
+    }
+
+    /// Resolves with the action once a signal has asked for one.
+    async fn asked(&self) -> PowerAction {
+        let mut asked = self.asked.clone();
+        loop {
+            if let Some(action) = *asked.borrow_and_update() {
+                return action;
+            }
+            if asked.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Asks for `action`, unless one was asked for already: the first is the
+/// one carried out.
+fn ask(tx: &tokio::sync::watch::Sender<Option<PowerAction>>, action: PowerAction) {
+    tx.send_if_modified(|asked| asked.is_none().then(|| *asked = Some(action)).is_some());
+}
+
+/// Waits until a power action is asked for, by the API or a signal. A
+/// signal's goes through the node's lifecycle as an API call's does
+/// (refusing other actions, MachineStatus), so both end the same way.
+async fn wait_for_stop(node: &Node, signals: &Signals) -> (PowerAction, String) {
+    tokio::select! {
+        req = node.power_requested() => return req,
+        action = signals.asked() => {
+            node.request_power(action);
+        }
+    }
+    node.power_requested().await
 }

@@ -187,6 +187,15 @@ impl MachineApi {
             .ok_or_else(|| ApiError::FailedPrecondition("services are not started yet".into()))
     }
 
+    /// The supervisor, to start a service with: not while the node goes
+    /// down, when the services are being stopped.
+    fn supervisor_to_start(&self) -> Result<&Arc<crate::supervisor::Supervisor>, ApiError> {
+        if self.node.going_down() {
+            return Err(going_down());
+        }
+        self.supervisor()
+    }
+
     /// Changes one META key on the node's disk.
     async fn change_meta(&self, change: MetaChange) -> Result<(), ApiError> {
         self.refuse_in_container("META")?;
@@ -543,7 +552,7 @@ impl MachineService for MachineApi {
         req: Request<pb::ServiceStartRequest>,
     ) -> Result<Response<pb::ServiceStartResponse>, Status> {
         let id = req.into_inner().id;
-        self.supervisor()?
+        self.supervisor_to_start()?
             .start(&id)
             .await
             .map_err(ApiError::from)?;
@@ -574,7 +583,7 @@ impl MachineService for MachineApi {
         req: Request<pb::ServiceRestartRequest>,
     ) -> Result<Response<pb::ServiceRestartResponse>, Status> {
         let id = req.into_inner().id;
-        self.supervisor()?
+        self.supervisor_to_start()?
             .restart(&id)
             .await
             .map_err(ApiError::from)?;

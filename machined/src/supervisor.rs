@@ -906,8 +906,14 @@ impl Runner {
     /// Creates socket directories and removes stale sockets, so the daemon
     /// can bind at once and nobody connects to a dead socket.
     fn prepare(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         for dir in &self.spec.socket_dirs {
-            std::fs::create_dir_all(dir)?;
+            // The owner's only: a caller on a daemon's socket is trusted.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
             for entry in std::fs::read_dir(dir)? {
                 let entry = entry?;
                 if entry.file_type()?.is_socket() {
@@ -1051,12 +1057,20 @@ impl Runner {
         {
             tracing::warn!(pid, grace = ?self.spec.stop_grace, "did not stop on SIGTERM; sending SIGKILL");
             signal_group(pid, Signal::KILL);
-            let _ = exit.await;
+            // A process in uninterruptible sleep (a dead disk) outlives even
+            // SIGKILL: the node must still go down.
+            if tokio::time::timeout(KILL_WAIT, &mut *exit).await.is_err() {
+                tracing::error!(pid, wait = ?KILL_WAIT, "did not die on SIGKILL (stuck in the kernel?); leaving it");
+            }
         }
         // Whatever else is left in the group (children that ignored TERM).
         signal_group(pid, Signal::KILL);
     }
 }
+
+/// How long a service may take to die after SIGKILL before it is given up
+/// on.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 enum Interrupted {
     Stop(oneshot::Sender<()>),

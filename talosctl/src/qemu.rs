@@ -222,6 +222,57 @@ pub fn console_log(dir: &Path) -> PathBuf {
     dir.join("console.log")
 }
 
+/// The VM's QMP socket, through which the host presses its power button
+/// ([`press_power_button`]).
+#[must_use]
+pub fn qmp_socket(dir: &Path) -> PathBuf {
+    dir.join("qmp.sock")
+}
+
+/// The longest unix socket path the kernel takes (`sun_path`, 108 bytes
+/// with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// Presses the VM's ACPI power button (QMP `system_powerdown`), as a
+/// hypervisor's graceful "shut down" does: the node shuts down in order and
+/// QEMU exits. Returns once QEMU has taken the command.
+///
+/// # Errors
+/// The VM has no QMP socket (not running, or a path too long for one), or
+/// QEMU refused the command.
+pub fn press_power_button(dir: &Path) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let path = qmp_socket(dir);
+    let stream = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("connecting to QEMU's QMP socket {}", path.display()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .context("setting a timeout on the QMP socket")?;
+    let mut reader = BufReader::new(stream.try_clone().context("QMP socket")?);
+    let mut writer = stream;
+    let mut line = String::new();
+    // The greeting, then each command's answer; events may come between.
+    reader
+        .read_line(&mut line)
+        .context("reading QMP's greeting")?;
+    for command in ["qmp_capabilities", "system_powerdown"] {
+        writeln!(writer, "{{\"execute\":\"{command}\"}}").context("writing to QMP")?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).context("reading from QMP")? == 0 {
+                bail!("QEMU closed the QMP socket before answering {command}");
+            }
+            if line.contains("\"error\"") {
+                bail!("QEMU refused {command}: {}", line.trim());
+            }
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `path` as a value inside a QEMU `key=value,...` option: commas doubled.
 fn qemu_opt_path(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
@@ -231,7 +282,7 @@ fn qemu_opt_path(path: &Path) -> String {
 #[must_use]
 pub fn qemu_args(vm: &VmSpec) -> Vec<String> {
     let mac = vm.index + 2;
-    vec![
+    let mut args = vec![
         "-accel".to_owned(),
         "tcg".to_owned(),
         "-name".to_owned(),
@@ -277,7 +328,14 @@ pub fn qemu_args(vm: &VmSpec) -> Vec<String> {
         // stalling the first getrandom() under emulation.
         "-device".to_owned(),
         "virtio-rng-pci".to_owned(),
-    ]
+    ];
+    // QMP, for the power button, where the path fits a unix socket.
+    let qmp = qmp_socket(&vm.dir);
+    if qmp.as_os_str().len() <= SUN_PATH_MAX {
+        args.push("-qmp".to_owned());
+        args.push(format!("unix:{},server=on,wait=off", qemu_opt_path(&qmp)));
+    }
+    args
 }
 
 // === config ===
@@ -1042,9 +1100,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn qemu_arguments() {
-        let vm = VmSpec {
+    fn spec_for_tests() -> VmSpec {
+        VmSpec {
             name: "demo-worker-1".into(),
             index: 1,
             dir: PathBuf::from("/state/demo/demo-worker-1"),
@@ -1054,7 +1111,12 @@ mod tests {
             api_port: 40001,
             nic_port: 40002,
             hub_port: 40003,
-        };
+        }
+    }
+
+    #[test]
+    fn qemu_arguments() {
+        let vm = spec_for_tests();
         let args = qemu_args(&vm);
         let after = |flag: &str| -> Vec<&str> {
             args.windows(2)
@@ -1092,7 +1154,78 @@ mod tests {
                 "virtio-rng-pci",
             ]
         );
+        assert_eq!(
+            after("-qmp"),
+            ["unix:/state/demo/demo-worker-1/qmp.sock,server=on,wait=off"]
+        );
         assert!(!args.iter().any(|a| a == "-no-reboot"));
+    }
+
+    /// A QMP socket path too long for a unix socket is left out rather
+    /// than make QEMU fail to start.
+    #[test]
+    fn no_qmp_socket_where_the_path_is_too_long() {
+        let vm = VmSpec {
+            dir: PathBuf::from(format!("/{}/vm", "d".repeat(120))),
+            ..spec_for_tests()
+        };
+        assert!(!qemu_args(&vm).iter().any(|a| a == "-qmp"));
+    }
+
+    /// The power button through a QMP server standing in for QEMU's: the
+    /// greeting, then each command answered (an event in between), and
+    /// a refusal named.
+    #[test]
+    fn the_power_button_is_pressed_through_qmp() {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let serve = |refuse: bool| {
+            let listener =
+                std::os::unix::net::UnixListener::bind(qmp_socket(dir.path())).expect("bind");
+            std::thread::spawn(move || {
+                let (stream, _) = listener.accept().expect("accept");
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                writeln!(
+                    writer,
+                    "{{\"QMP\": {{\"version\": {{}}, \"capabilities\": []}}}}"
+                )
+                .expect("greeting");
+                let mut asked = Vec::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).expect("read") > 0 {
+                    asked.push(line.trim().to_owned());
+                    if refuse && line.contains("system_powerdown") {
+                        writeln!(writer, "{{\"error\": {{\"class\": \"GenericError\"}}}}")
+                            .expect("error");
+                    } else {
+                        writeln!(writer, "{{\"event\": \"X\"}}").expect("event");
+                        writeln!(writer, "{{\"return\": {{}}}}").expect("return");
+                    }
+                    line.clear();
+                }
+                asked
+            })
+        };
+        let server = serve(false);
+        press_power_button(dir.path()).expect("pressed");
+        assert_eq!(
+            server.join().expect("server"),
+            [
+                "{\"execute\":\"qmp_capabilities\"}",
+                "{\"execute\":\"system_powerdown\"}"
+            ]
+        );
+        std::fs::remove_file(qmp_socket(dir.path())).expect("rm");
+        let server = serve(true);
+        let err = press_power_button(dir.path()).expect_err("refused");
+        assert!(
+            err.to_string().contains("refused system_powerdown"),
+            "{err}"
+        );
+        server.join().expect("server");
+        std::fs::remove_file(qmp_socket(dir.path())).expect("rm");
+        assert!(press_power_button(dir.path()).is_err(), "no VM");
     }
 
     #[test]

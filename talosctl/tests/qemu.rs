@@ -278,7 +278,7 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
     // Its disk carries STATE, so every module loaded at boot, before the
     // services, and module loading is locked.
     assert!(
-        dmesg.contains("deferred modules: 32 loaded, 0 failed; module loading locked"),
+        dmesg.contains("deferred modules: 34 loaded, 0 failed; module loading locked"),
         "{dmesg}"
     );
     let modules = ok(&tc, &["-n", cp_ip, "read", "/proc/modules"]);
@@ -291,6 +291,9 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         "squashfs",
         "xfs",
         "vfat",
+        // The power button.
+        "evdev",
+        "button",
     ] {
         assert!(
             modules
@@ -725,6 +728,31 @@ fn maintenance_apply_mtls_read_only_root_and_reboot() {
         |id| id.trim().len() == 36 && id != boot_id,
     );
     assert_ne!(after, boot_id);
+
+    // The ACPI power button, as a hypervisor's graceful shutdown presses
+    // it: the worker shuts down in order and its QEMU exits by itself.
+    let worker_dir = c.cluster_dir().join(worker_name);
+    talosctl::qemu::press_power_button(&worker_dir).expect("pressing the worker's power button");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let worker_console = worker_dir.join("console.log");
+    let needle = worker_console.display().to_string();
+    loop {
+        let console = std::fs::read_to_string(&worker_console).unwrap_or_default();
+        if processes_mentioning(&needle).is_empty() {
+            assert!(
+                console.contains("the power button was pressed")
+                    && console.contains("STATE and EPHEMERAL unmounted (or read-only)")
+                    && console.contains("powering off"),
+                "the worker's QEMU ended without an orderly shutdown:\n{console}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not power off after its power button was pressed:\n{console}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     let r = c.destroy();
     assert_eq!(r.code, 0, "destroy: {}", r.err);
@@ -1940,7 +1968,7 @@ fn install_upgrade_rollback_and_refused_or_failed_upgrades() {
         console.contains("no disk filesystem of ours")
             && console.contains("install: /dev/vda picked by machine.install.diskSelector")
             && console.contains("network modules: 21 loaded, 0 failed")
-            && console.contains("deferred modules: 11 loaded, 0 failed; module loading locked"),
+            && console.contains("deferred modules: 13 loaded, 0 failed; module loading locked"),
         "{console}"
     );
 
