@@ -325,11 +325,17 @@ pub async fn reply_self(stream: &mut UnixStream) -> io::Result<()> {
 /// # Errors
 /// The answer cannot be sent.
 pub async fn reply_error(stream: &mut UnixStream, code: i32, message: &str) -> io::Result<()> {
-    let message: String = message
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .take(MAX_LINE / 2)
-        .collect();
+    // Cut by bytes, as the line is read, at a character's boundary: the
+    // line with its prefix must stay within MAX_LINE.
+    let mut cut = String::new();
+    for c in message.chars() {
+        let c = if c == '\n' || c == '\r' { ' ' } else { c };
+        if cut.len() + c.len_utf8() > MAX_LINE / 2 {
+            break;
+        }
+        cut.push(c);
+    }
+    let message = cut;
     stream
         .write_all(format!("ERR {code} {message}\n").as_bytes())
         .await
@@ -406,6 +412,20 @@ mod tests {
         .await;
         let err = request(&path, "nope.Nope").await.expect_err("code 0");
         assert!(err.to_string().contains("malformed refusal"), "{err}");
+        // A long message of wide characters (a path with non-ASCII names)
+        // is cut to fit the line, and still read as the refusal.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = routerd_answering(dir.path(), |mut stream, _| async move {
+            reply_error(&mut stream, 14, &"é".repeat(900)).await.expect("reply");
+        })
+        .await;
+        match request(&path, "nope.Nope").await {
+            Err(HandoffError::Refused { code, message }) => {
+                assert_eq!(code, 14);
+                assert_eq!(message, "é".repeat(256));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
