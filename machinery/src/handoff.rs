@@ -416,7 +416,9 @@ mod tests {
         // is cut to fit the line, and still read as the refusal.
         let dir = tempfile::tempdir().expect("tempdir");
         let path = routerd_answering(dir.path(), |mut stream, _| async move {
-            reply_error(&mut stream, 14, &"é".repeat(900)).await.expect("reply");
+            reply_error(&mut stream, 14, &"é".repeat(900))
+                .await
+                .expect("reply");
         })
         .await;
         match request(&path, "nope.Nope").await {

@@ -258,7 +258,8 @@ impl Router {
     }
 
     /// Serves on `listener` until `shutdown` resolves; connections then get
-    /// a graceful HTTP/2 GOAWAY. A connection that opens with a routing
+    /// a graceful HTTP/2 GOAWAY, and have [`DRAIN`] to finish what they
+    /// carry before this returns. A connection that opens with a routing
     /// request is answered and, unless routerd serves the service itself,
     /// closed.
     pub async fn serve(
@@ -268,9 +269,13 @@ impl Router {
     ) {
         let builder = machinery::h2::server_builder();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Every connection's task, owned here: the drain waits for them.
+        let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             let mut stream = tokio::select! {
+                // Finished connections are let go as they end.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
@@ -285,7 +290,7 @@ impl Router {
             let router = self.clone();
             let builder = builder.clone();
             let mut stop_rx = stop_rx.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let opening = tokio::select! {
                     opening = handoff::opening(&mut stream) => opening,
                     _ = stop_rx.changed() => return,
@@ -326,8 +331,22 @@ impl Router {
             });
         }
         let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(DRAIN, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = connections.len(),
+                "connections still open after the drain: closed"
+            );
+        }
+        connections.abort_all();
     }
 }
+
+/// How long open connections have to finish at shutdown.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The answer for a service routerd has no backend for, relayed or routed.
 fn unknown_service(service: &str) -> tonic::Status {

@@ -392,3 +392,78 @@ async fn routing_requests_hand_over_backend_connections() {
         .into_inner();
     assert!(stream.next().await.expect("one").is_ok());
 }
+
+/// Shutdown drains: routerd on a runtime of its own, as the daemon runs
+/// it (the runtime ends when `serve` returns), stopped while a stream is
+/// open; the stream still ends cleanly, with its trailers.
+#[tokio::test]
+async fn a_stream_open_at_shutdown_ends_cleanly() {
+    let n = node();
+    start_echo(n.paths.socket("timed")).await;
+    let router = routerd::Router::new(&n.paths).expect("router");
+    let socket = n.paths.socket("routerd");
+    let (listening_tx, listening_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let bind_at = socket.clone();
+    let daemon = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = routerd::bind(&bind_at).expect("bind routerd");
+            listening_tx.send(()).expect("listening");
+            router
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        // As the daemon: the runtime goes as soon as serve returns.
+        drop(rt);
+    });
+    listening_rx.recv().expect("routerd listens");
+    let client = H2Client::unix(socket);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, machinery::h2::BoxError>>(4);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/time.TimeService/SomeBidiCall")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(boxed(StreamBody::new(ReceiverStream::new(rx))))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.send(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    let mut body = resp.into_body();
+    let mut echo = async |frame: Bytes| {
+        tx.send(Ok(Frame::data(frame.clone()))).await.expect("send");
+        let got = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("echo in time")
+            .expect("frame")
+            .expect("ok");
+        assert_eq!(got.into_data().expect("data"), frame);
+    };
+    echo(grpc_frame(b"before")).await;
+    stop.send(()).expect("routerd running");
+    // Open streams go on after the GOAWAY.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    echo(grpc_frame(b"after")).await;
+    drop(tx);
+    let trailers = loop {
+        let f = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("trailers in time")
+            .expect("trailers")
+            .expect("ok");
+        if let Ok(t) = f.into_trailers() {
+            break t;
+        }
+    };
+    assert_eq!(trailers["grpc-status"], "0");
+    tokio::task::spawn_blocking(move || daemon.join().expect("routerd's thread"))
+        .await
+        .expect("joined");
+}
