@@ -61,6 +61,29 @@ pub fn package_of_service(service: &str) -> Option<&str> {
     service.rsplit_once('.').map(|(package, _)| package)
 }
 
+/// Why a call to `path` cannot be served, in grpc-go's words (`unknown
+/// service X`, `unknown method M for service X`), when `path` is not a
+/// method of the contracts; `None` for a known method. The reflection
+/// services (served by routerd) are known.
+#[must_use]
+pub fn unknown(path: &str) -> Option<String> {
+    if lookup(path).is_some() {
+        return None;
+    }
+    let Some(service) = service_of(path) else {
+        return Some(format!("malformed method name: {path:?}"));
+    };
+    if service.starts_with("grpc.reflection.") {
+        return None;
+    }
+    let method = path.rsplit('/').next().unwrap_or_default();
+    Some(if METHODS.iter().any(|m| m.service() == service) {
+        format!("unknown method {method} for service {service}")
+    } else {
+        format!("unknown service {service}")
+    })
+}
+
 /// Every distinct service of the contracts, sorted.
 #[must_use]
 pub fn services() -> Vec<&'static str> {
@@ -72,6 +95,23 @@ pub fn services() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_methods_are_named_as_grpc_go_names_them() {
+        assert_eq!(unknown("/machine.MachineService/Version"), None);
+        assert_eq!(
+            unknown("/machine.MachineService/Nope").as_deref(),
+            Some("unknown method Nope for service machine.MachineService")
+        );
+        assert_eq!(
+            unknown("/machine.NopeService/Version").as_deref(),
+            Some("unknown service machine.NopeService")
+        );
+        assert_eq!(
+            unknown("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+    }
 
     #[test]
     fn table_is_sorted_and_unique_so_binary_search_works() {

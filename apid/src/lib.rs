@@ -343,6 +343,12 @@ impl Apid {
         let deadline = timeout.map(|d| arrived + d);
         match route {
             Route::Local => {
+                // The daemon's connection is handed over per package: a
+                // service or method the contracts do not have is answered
+                // here, in grpc-go's words, as upstream's backend would.
+                if let Some(why) = api::methods::unknown(&path) {
+                    return Err(tonic::Status::unimplemented(why));
+                }
                 let (body, refusal) = request_body(&path, body, deadline).await?;
                 pass_deadline(&mut parts.headers, deadline)?;
                 // Reaching routerd (a routing request, a connect) counts

@@ -393,6 +393,31 @@ async fn unknown_services_and_reflection_through_apid() {
         assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
         assert_eq!(err.message(), "unknown service inspect.InspectService");
     }
+    // In a package this node serves: a service or a method the contracts
+    // do not have, named in grpc-go's words (not tonic's empty message).
+    for (path, words) in [
+        (
+            "/machine.NopeService/Version",
+            "unknown service machine.NopeService",
+        ),
+        (
+            "/machine.MachineService/Nope",
+            "unknown method Nope for service machine.MachineService",
+        ),
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let err = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+        assert_eq!(err.message(), words);
+    }
 
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
