@@ -1187,30 +1187,47 @@ pub(crate) fn sync_bounded(limit: Duration) -> bool {
     bounded("sync", limit, rustix::fs::sync)
 }
 
-/// The mount points at or under `roots`, deepest first, from `mountinfo`
-/// (the format of `/proc/*/mountinfo`).
+/// What to unmount for `roots`, in the order to unmount it, from
+/// `mountinfo` (the format of `/proc/*/mountinfo`): every mount at or under
+/// them, and every other mount of the same filesystems (a `machine.files`
+/// bind from `/var` over a path elsewhere keeps `/var`'s filesystem
+/// mounted), latest mounted first, so each goes before what it was
+/// mounted on.
 fn mounts_under(mountinfo: &str, roots: &[&Path]) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = mountinfo
+    // (device, mount point), in mount order.
+    let mounts: Vec<(&str, PathBuf)> = mountinfo
         .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        // The kernel escapes space, tab, newline and backslash as octal.
-        .map(|path| {
-            PathBuf::from(
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let device = fields.nth(2)?;
+            let path = fields.nth(1)?;
+            // The kernel escapes space, tab, newline and backslash as octal.
+            let path = PathBuf::from(
                 path.replace("\\040", " ")
                     .replace("\\011", "\t")
                     .replace("\\012", "\n")
                     .replace("\\134", "\\"),
-            )
+            );
+            Some((device, path))
         })
-        .filter(|path| roots.iter().any(|root| path.starts_with(root)))
         .collect();
-    // Deepest first; a path mounted twice is unmounted twice.
-    found.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
-    found
+    let under = |path: &Path| roots.iter().any(|root| path.starts_with(root));
+    let devices: Vec<&str> = mounts
+        .iter()
+        .filter(|(_, path)| roots.iter().any(|root| path == root))
+        .map(|(device, _)| *device)
+        .collect();
+    mounts
+        .iter()
+        .rev()
+        .filter(|(device, path)| under(path) || devices.contains(device))
+        .map(|(_, path)| path.clone())
+        .collect()
 }
 
-/// Unmounts everything mounted at or under `roots`, deepest first; where
-/// something still holds a filesystem, makes it read-only instead. Either
+/// Unmounts everything mounted at or under `roots` and every other mount
+/// of their filesystems ([`mounts_under`]); where something still holds
+/// a filesystem, makes it read-only instead. Either
 /// way its journal is written out and clean, so the next boot (maybe an
 /// older kernel, after a rollback) mounts it without a replay. Returns the
 /// mount points that are neither unmounted nor read-only.
@@ -1233,6 +1250,8 @@ pub(crate) fn unmount_under(roots: &[&Path]) -> Vec<PathBuf> {
 /// [`unmount_under`] STATE and EPHEMERAL on a helper thread, waiting at
 /// most `limit`.
 fn unmount_data_bounded(limit: Duration) {
+    // machined's own log files are on /var.
+    crate::logbuf::close_node_log_files();
     let done = bounded("unmount", limit, || {
         let left = unmount_under(&[Path::new(STATE_MOUNT), Path::new(EPHEMERAL_MOUNT)]);
         if left.is_empty() {
@@ -1737,7 +1756,7 @@ mod tests {
     }
 
     #[test]
-    fn data_mounts_are_found_deepest_first() {
+    fn data_mounts_are_found_latest_first_with_their_binds() {
         let mountinfo = "\
 22 1 0:21 / / ro,relatime - squashfs /dev/loop0 ro
 30 22 8:3 / /system/state rw - xfs /dev/vda3 rw
@@ -1745,16 +1764,20 @@ mod tests {
 32 31 8:4 /lib/x /var/lib/x rw - xfs /dev/vda4 rw
 33 22 0:40 / /var2 rw - tmpfs tmpfs rw
 34 31 0:41 / /var/mnt/a\\040b rw - tmpfs tmpfs rw
+35 22 8:4 /files/motd /etc/motd rw - xfs /dev/vda4 rw
+36 22 0:40 / /etc/other rw - tmpfs tmpfs rw
 ";
         let found = mounts_under(mountinfo, &[Path::new("/system/state"), Path::new("/var")]);
         assert_eq!(
             found,
-            // Deeper first; as deep, in mount order.
+            // Latest first: each before what it was mounted on; the bind
+            // of a file from /var over /etc/motd before /var itself.
             [
-                PathBuf::from("/var/lib/x"),
+                PathBuf::from("/etc/motd"),
                 PathBuf::from("/var/mnt/a b"),
-                PathBuf::from("/system/state"),
+                PathBuf::from("/var/lib/x"),
                 PathBuf::from("/var"),
+                PathBuf::from("/system/state"),
             ]
         );
     }

@@ -148,7 +148,12 @@ fn issue_control_plane(
     let (mut ips, mut dns) = sans(node, config);
     // Workers reach trustd by the control plane endpoint's host (a name, a
     // shared address, a load balancer): each control plane answers to it.
-    if let Some(host) = endpoint_host(config.control_plane_endpoint()) {
+    // (A name that is no DNS name, such as an IDN, is left out rather than
+    // fail the whole issue.)
+    if let Some(host) = endpoint_host(config.control_plane_endpoint()).filter(|host| {
+        host.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+    }) {
         match host.parse::<IpAddr>() {
             Ok(ip) if !ips.contains(&ip) => ips.push(ip),
             Ok(_) => {}
@@ -216,7 +221,7 @@ fn endpoint_host(control_plane_endpoint: &str) -> Option<String> {
     let authority = control_plane_endpoint
         .split_once("://")
         .map_or(control_plane_endpoint, |(_, rest)| rest)
-        .split('/')
+        .split(['/', '?', '#'])
         .next()
         .unwrap_or_default();
     let host = if let Some(bracketed) = authority.strip_prefix('[') {
@@ -268,8 +273,25 @@ async fn request_worker(
     .into_iter()
     .collect();
     let mut last = String::from("no trustd endpoint: cluster.controlPlane.endpoint has no host");
-    // The connector tries each address the host resolves to.
+    // Every address the host resolves to, each with an attempt of its own
+    // (a dead control plane behind a round-robin name must not take every
+    // attempt); the certificate is checked against the host's name.
+    let mut attempts: Vec<(String, String)> = Vec::new();
     for (endpoint, host) in &endpoints {
+        match tokio::time::timeout(ATTEMPT, tokio::net::lookup_host(endpoint.as_str())).await {
+            Ok(Ok(addresses)) => {
+                for address in addresses {
+                    let address = address.to_string();
+                    if !attempts.iter().any(|(a, _)| *a == address) {
+                        attempts.push((address, host.clone()));
+                    }
+                }
+            }
+            Ok(Err(e)) => last = format!("{endpoint}: resolving {host}: {e}"),
+            Err(_) => last = format!("{endpoint}: resolving {host}: no answer within {ATTEMPT:?}"),
+        }
+    }
+    for (endpoint, host) in &attempts {
         let channel = match machinery::grpc::tls_channel(endpoint.clone(), host, Arc::clone(&tls)) {
             Ok(c) => c,
             Err(e) => {
@@ -302,10 +324,12 @@ async fn request_worker(
                     CredentialsError::Trustd(format!("{endpoint} answered with {e}"))
                 })?;
                 // A control plane whose clock is not right yet signs for
-                // the wrong time; once this node's clock is right, such a
-                // certificate is refused and asked for again.
+                // the wrong time; once a server has set this node's clock,
+                // such a certificate is refused and asked for again. (Time
+                // counted as synced otherwise, sync off or bootTimeout
+                // passed, says nothing of this clock: then it is taken.)
                 let now = SystemTime::now();
-                if timed::marker_path(&node.paths).exists() && !info.is_valid_at(now) {
+                if timed::synced_by_a_server(&node.paths) && !info.is_valid_at(now) {
                     let unix = |t: SystemTime| {
                         t.duration_since(SystemTime::UNIX_EPOCH)
                             .map_or(0, |d| d.as_secs())
@@ -546,6 +570,10 @@ mod tests {
             ("https://[fd00::1]", Some(("[fd00::1]:50001", "fd00::1"))),
             ("https://", None),
             ("https://[fd00::1", None),
+            (
+                "https://cp.example.com?x=1",
+                Some(("cp.example.com:50001", "cp.example.com")),
+            ),
         ];
         for (endpoint, expected) in cases {
             let got = super::trustd_endpoint(endpoint, 50001);
@@ -644,7 +672,12 @@ mod tests {
         // Synced: refused, saying why.
         let marker = timed::marker_path(&node.paths);
         std::fs::create_dir_all(marker.parent().expect("dir")).expect("mkdir");
-        std::fs::write(&marker, "synced\n").expect("marker");
+        // Synced only because sync is off: the clock may be anything.
+        std::fs::write(&marker, "time sync is disabled in the machine config\n").expect("marker");
+        super::request_worker(&node, &config, Some(wrong.port()))
+            .await
+            .expect("no server set this clock: it cannot judge");
+        std::fs::write(&marker, "synced with pool.ntp.org (offset 0.001s)\n").expect("marker");
         let err = super::request_worker(&node, &config, Some(wrong.port()))
             .await
             .expect_err("the wrong time");

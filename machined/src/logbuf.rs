@@ -227,6 +227,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The node's registry, once [`set_node_logs`] named it: what the last
+/// steps before a reboot close the files of.
+static NODE_LOGS: std::sync::OnceLock<Arc<LogRegistry>> = std::sync::OnceLock::new();
+
+/// Names `logs` as the node's registry (the first call wins).
+pub fn set_node_logs(logs: Arc<LogRegistry>) {
+    let _ = NODE_LOGS.set(logs);
+}
+
+/// Closes the node's log files ([`LogRegistry::close_files`]): they are
+/// on `/var`, which cannot be unmounted while they are open for writing.
+/// Lines go on to memory.
+pub fn close_node_log_files() {
+    if let Some(logs) = NODE_LOGS.get() {
+        logs.close_files();
+    }
+}
+
 /// All log buffers of a node.
 #[derive(Debug)]
 pub struct LogRegistry {

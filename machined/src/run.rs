@@ -77,6 +77,7 @@ pub fn init_logging(options: &NodeOptions) -> Arc<LogRegistry> {
         Mode::Metal => mkdir(options.root.join("var/log")).ok(),
     };
     let logs = Arc::new(LogRegistry::new(DEFAULT_CAPACITY, log_dir));
+    crate::logbuf::set_node_logs(Arc::clone(&logs));
     let writer = crate::logbuf::TeeWriter::new(logs.get_or_create("machined"));
     let filter = tracing_subscriber::EnvFilter::try_from_env("MACHINED_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -434,7 +435,11 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&socket);
     // A reboot, shutdown or reset asked for while the services stopped
-    // for a restart from the applied config takes over from it.
+    // for a restart from the applied config takes over from it, a
+    // signal's (or the power button's) too.
+    if let Some(asked) = signals.pending() {
+        node.try_request_power(asked);
+    }
     let (action, _) = node.carried_out(action, actor);
     if action == PowerAction::Reset {
         return Ok(reset(&node).await);
@@ -917,6 +922,12 @@ impl Signals {
             }
         });
         Ok(Signals { asked })
+    }
+
+    /// The action a signal asked for, if one did.
+    #[must_use]
+    pub fn pending(&self) -> Option<PowerAction> {
+        *self.asked.borrow()
     }
 
     /// Resolves with the action once a signal has asked for one.

@@ -241,9 +241,16 @@ const SUN_PATH_MAX: usize = 107;
 /// The VM has no QMP socket (not running, or a path too long for one), or
 /// QEMU refused the command.
 pub fn press_power_button(dir: &Path) -> anyhow::Result<()> {
+    press_power_button_at(&qmp_socket(dir))
+}
+
+/// [`press_power_button`] through the QMP socket at `path`.
+///
+/// # Errors
+/// As [`press_power_button`].
+pub fn press_power_button_at(path: &Path) -> anyhow::Result<()> {
     use std::io::{BufRead as _, BufReader, Write as _};
-    let path = qmp_socket(dir);
-    let stream = std::os::unix::net::UnixStream::connect(&path)
+    let stream = std::os::unix::net::UnixStream::connect(path)
         .with_context(|| format!("connecting to QEMU's QMP socket {}", path.display()))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

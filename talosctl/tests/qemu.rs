@@ -852,7 +852,7 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         .expect("qemu-img runs");
     assert!(st.success());
     let port = free_port();
-    let _vm = node_vm(work.path(), &disk, port, None, "disk");
+    let mut vm = node_vm(work.path(), &disk, port, None, "disk");
     let endpoint = format!("127.0.0.1:{port}");
     let none = work.path().join("none");
     let long = Duration::from_secs(300);
@@ -1120,6 +1120,34 @@ fn the_disk_image_boots_through_systemd_boot_and_keeps_its_config() {
         sectors("/sys/class/block/vda4/size"),
         ephemeral_end - ephemeral_start
     );
+
+    // The power button, on a node with /var on EPHEMERAL (its logs there,
+    // machine.files bound from it over /etc): an orderly shutdown that
+    // leaves STATE and EPHEMERAL unmounted or read-only, as the reboot
+    // above did too, and QEMU exits by itself.
+    talosctl::qemu::press_power_button_at(&work.path().join("qmp-disk.sock"))
+        .expect("pressing the power button");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while vm.0.try_wait().expect("QEMU's status").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not power off after its power button was pressed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let console = std::fs::read_to_string(work.path().join("console-disk.log")).expect("console");
+    assert!(
+        console.contains("the power button was pressed") && console.contains("powering off"),
+        "{console}"
+    );
+    assert!(
+        console
+            .matches("STATE and EPHEMERAL unmounted (or read-only)")
+            .count()
+            >= 2,
+        "at the reboot and at the power off:\n{console}"
+    );
+    assert!(!console.contains("could not unmount"), "{console}");
 }
 
 /// A `KmsgLogConfig` applied live on `node` sends the kernel's log to a
@@ -1510,6 +1538,12 @@ fn node_vm_with(
         // The SMBIOS UUID `get systeminformation` must show.
         .args(["-uuid", VM_UUID])
         .args(["-display", "none", "-monitor", "none"])
+        // For the power button (`talosctl::qemu::press_power_button_at`).
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            work.join(format!("qmp-{name}.sock")).display()
+        ))
         .arg("-serial")
         .arg(format!(
             "file:{}",

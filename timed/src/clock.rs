@@ -130,7 +130,6 @@ pub enum ClockError {
     },
 }
 
-/// A clock timed can read and correct.
 /// A leap second a server announces for the end of the day (its leap
 /// indicator), which the kernel then inserts or deletes at midnight UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -157,6 +156,7 @@ impl Leap {
     }
 }
 
+/// A clock timed can read and correct.
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current wall-clock time.
     fn now(&self) -> SystemTime;

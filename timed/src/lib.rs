@@ -82,6 +82,15 @@ pub fn marker_path(paths: &NodePaths) -> PathBuf {
     paths.socket_dir(NAME).join("synced")
 }
 
+/// Whether the marker says a server's answer synced the clock (not sync
+/// being off, `bootTimeout` passing, or a container's host clock): only
+/// then is the clock known to be right.
+#[must_use]
+pub fn synced_by_a_server(paths: &NodePaths) -> bool {
+    std::fs::read_to_string(marker_path(paths))
+        .is_ok_and(|reason| reason.starts_with(sync::SYNCED_BY_SERVER))
+}
+
 /// How many times timed stepped the clock by more than 15 minutes this
 /// boot (`<root>/system/run/timed/epoch`; absent: 0).
 #[must_use]

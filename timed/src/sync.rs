@@ -170,6 +170,9 @@ pub enum SyncError {
     Clock(#[from] ClockError),
 }
 
+/// How the marker of time synced by a server's answer begins.
+pub const SYNCED_BY_SERVER: &str = "synced with ";
+
 /// How often a loop with sync disabled looks whether it is on again.
 const DISABLED_POLL: Duration = Duration::from_secs(10);
 
@@ -364,14 +367,19 @@ impl<S: TimeSource> Syncer<S> {
         if self.is_synced() {
             return;
         }
-        let Some(timeout) = self.config.time_config().boot_timeout else {
-            return;
-        };
-        if (self.options.uptime)().is_some_and(|up| up >= timeout) {
+        if let Some(timeout) = self.boot_timeout_elapsed() {
             self.mark_synced(&format!(
                 "no NTP server answered within bootTimeout ({timeout:?}) of boot"
             ));
         }
+    }
+
+    /// The config's `bootTimeout`, when the node has been up that long.
+    fn boot_timeout_elapsed(&self) -> Option<Duration> {
+        let timeout = self.config.time_config().boot_timeout?;
+        (self.options.uptime)()
+            .is_some_and(|up| up >= timeout)
+            .then_some(timeout)
     }
 
     /// The wait after `failures` failed rounds: short until time is first
@@ -450,7 +458,12 @@ impl<S: TimeSource> Syncer<S> {
             if synced_while_disabled && !matches!(result, Ok(Outcome::Disabled)) {
                 synced_while_disabled = false;
                 first_sync = true;
-                if !self.clock.is_read_only() && result.is_err() {
+                // Past bootTimeout time counts as synced anyway, as
+                // upstream's controller says at once: nothing to withdraw.
+                if !self.clock.is_read_only()
+                    && result.is_err()
+                    && self.boot_timeout_elapsed().is_none()
+                {
                     self.unmark_synced("time sync is enabled again and no server answered yet");
                 }
             }
@@ -469,7 +482,7 @@ impl<S: TimeSource> Syncer<S> {
                 }) => {
                     failures = 0;
                     first_sync = false;
-                    self.mark_synced(&format!("synced with {server} (offset {offset})"));
+                    self.mark_synced(&format!("{SYNCED_BY_SERVER}{server} (offset {offset})"));
                     if action == Action::Step {
                         self.options.min_backoff
                     } else {

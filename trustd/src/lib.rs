@@ -15,9 +15,9 @@
 //! Nothing is read or decoded for a caller before its token is checked
 //! (on the request's headers: the body is only read for a good token, and
 //! is at most 64 KiB). A connection has 10 s for its TLS handshake and
-//! lives at most 2 minutes (a worker makes one call); at most
-//! [`MAX_CONNECTIONS`] are open at once, and a failed accept (no file
-//! descriptors left) backs off. Every call is logged with its caller's
+//! lives at most 30 s (a worker makes one call); at most
+//! [`MAX_CONNECTIONS`] are open at once, [`MAX_PER_PEER`] from one
+//! address, and a failed accept (no file descriptors left) backs off. Every call is logged with its caller's
 //! address, what it asked for and what was issued.
 #![forbid(unsafe_code)]
 
@@ -39,10 +39,13 @@ use tonic::{Request, Response, Status};
 
 /// Connections open at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections open at once from one address: a worker needs one, and one
+/// caller must not take every slot.
+pub const MAX_PER_PEER: usize = 8;
 /// How long a caller has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection may stay open.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// How long a connection may stay open: a worker makes one call.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// The largest request: a CSR is under 2 KiB.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -284,6 +287,7 @@ async fn serve_trustd(trustd: Trustd, listener: tokio::net::TcpListener) {
     let dir = trustd.dir.clone();
     let routes = tonic::service::Routes::new(wrap(trustd));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let peers: Peers = Arc::default();
     let local = listener.local_addr().ok();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -304,11 +308,60 @@ async fn serve_trustd(trustd: Trustd, listener: tokio::net::TcpListener) {
                 continue;
             }
         };
+        let Some(peer_slot) = PeerSlot::take(&peers, addr.ip()) else {
+            tracing::debug!(%addr, "refusing a connection: too many from this address");
+            continue;
+        };
         // Small replies: without this, Nagle and delayed ACKs add ~40 ms.
         let _ = tcp.set_nodelay(true);
         let dir = dir.clone();
         let routes = routes.clone();
-        tokio::spawn(connection(dir, routes, tcp, addr, local, slot));
+        tokio::spawn(async move {
+            let _peer_slot = peer_slot;
+            connection(dir, routes, tcp, addr, local, slot).await;
+        });
+    }
+}
+
+/// Open connections by caller address.
+type Peers = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One of [`MAX_PER_PEER`] connections of an address, given back on drop.
+struct PeerSlot {
+    peers: Peers,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    /// A slot for `ip`, unless it has [`MAX_PER_PEER`] already.
+    fn take(peers: &Peers, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut open = peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(ip).or_default();
+        if *count >= MAX_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(peers),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 

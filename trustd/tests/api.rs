@@ -17,6 +17,7 @@ struct Server {
     ca: String,
     token: String,
     client: Client,
+    addr: std::net::SocketAddr,
 }
 
 async fn start() -> Server {
@@ -31,6 +32,7 @@ async fn start() -> Server {
         ca,
         token,
         client: SecurityServiceClient::new(channel),
+        addr,
     }
 }
 
@@ -280,4 +282,37 @@ async fn a_silent_connection_is_closed() {
         .await
         .expect("closed by trustd well within 30 s");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+/// One address cannot take every connection: past MAX_PER_PEER open ones
+/// (here idle, mid-handshake), its next is closed at once; once they go,
+/// it is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let mut server = start().await;
+    let mut idle = Vec::new();
+    for _ in 0..trustd::MAX_PER_PEER {
+        idle.push(
+            tokio::net::TcpStream::connect(server.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Let trustd accept them all.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (csr, _key) = pki::generate_csr("worker-1", &[], &[]).expect("CSR");
+    let token = server.token.clone();
+    let refused = server
+        .client
+        .certificate(request(csr.as_bytes(), Some(token.as_str())))
+        .await
+        .expect_err("one connection too many");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    drop(idle);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server
+        .client
+        .certificate(request(csr.as_bytes(), Some(token.as_str())))
+        .await
+        .expect("served again");
 }
