@@ -644,6 +644,20 @@ async fn a_stalled_request_ends_at_its_deadline() {
     }
 }
 
+/// A raw HTTP/2 Version call to `node`'s apid with `grpc-timeout`
+/// `timeout`, to give a body.
+fn version_call(node: &testkit::Node, timeout: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "https://{}/machine.MachineService/Version",
+            node.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+}
+
 /// One call that stalls after its HEADERS, to this node or fanned out.
 async fn stalled_call(client: &machinery::h2::H2Client, node: &testkit::Node, fan_out: bool) {
     let (tx, rx) = tokio::sync::mpsc::channel::<
@@ -652,15 +666,7 @@ async fn stalled_call(client: &machinery::h2::H2Client, node: &testkit::Node, fa
     let body = machinery::h2::boxed(http_body_util::StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let mut request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "https://{}/machine.MachineService/Version",
-            node.addr
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", "300m");
+    let mut request = version_call(node, "300m");
     if fan_out {
         request = request.header("nodes", node.addr.to_string());
     }
@@ -718,17 +724,7 @@ async fn a_silent_router_ends_the_call_at_its_deadline() {
     let body = machinery::h2::boxed(http_body_util::Full::new(bytes::Bytes::from_static(&[
         0, 0, 0, 0, 0,
     ])));
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "https://{}/machine.MachineService/Version",
-            node.addr
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", "1S")
-        .body(body)
-        .expect("request");
+    let request = version_call(&node, "1S").body(body).expect("request");
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(30), client.send(request))
         .await
