@@ -558,6 +558,19 @@ fn registry_error(
             detail,
         };
     }
+    // The registry's bytes do not match the digest asked for (a pinned
+    // `@sha256:`) or the one it announced: a verification failure, which
+    // does not give way to the next mirror.
+    if matches!(error, OciDistributionError::DigestError(_)) {
+        return FetchError::Verify {
+            reference,
+            source: crate::oci::OciError::RegistryDigest {
+                server,
+                step,
+                detail,
+            },
+        };
+    }
     match error {
         OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
             FetchError::Unreachable {
@@ -1110,6 +1123,42 @@ mod tests {
     use super::*;
     use crate::files;
     use crate::sign::SigningKey;
+
+    /// Bytes a registry served that do not match their digest fail the
+    /// fetch as a verification failure, which no other mirror may mend.
+    #[test]
+    fn a_registry_digest_mismatch_is_a_verification_failure() {
+        let error =
+            OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
+                expected: format!("sha256:{}", "a".repeat(64)),
+                actual: format!("sha256:{}", "b".repeat(64)),
+            });
+        let sorted = registry_error(
+            "reg/talos/installer@sha256:aa",
+            "reg",
+            None,
+            "pulling the manifest",
+            error,
+        );
+        assert!(
+            matches!(
+                &sorted,
+                FetchError::Verify {
+                    source: crate::oci::OciError::RegistryDigest { .. },
+                    ..
+                }
+            ),
+            "{sorted:?}"
+        );
+        assert!(
+            !try_next(&sorted),
+            "a mismatch must not give way to the next source"
+        );
+        assert!(
+            sorted.to_string().contains("does not match its digest"),
+            "{sorted}"
+        );
+    }
     use std::io::{BufRead as _, BufReader, Read as _, Write as _};
     use std::net::{TcpListener, TcpStream};
     use std::process::{Child, Command, Stdio};

@@ -182,6 +182,17 @@ pub enum OciError {
         context: String,
     },
     /// A blob's bytes do not hash to the digest that names them.
+    /// What a registry served does not match its digest (checked by the
+    /// registry client: a pinned `@sha256:`, or `Docker-Content-Digest`).
+    #[error("{server}, {step}: the content does not match its digest: {detail}")]
+    RegistryDigest {
+        /// The registry.
+        server: String,
+        /// What was being fetched.
+        step: String,
+        /// The client's words.
+        detail: String,
+    },
     #[error("blob {expected} of {what}: digest mismatch (got {actual})")]
     BlobDigest {
         /// Which blob ("the manifest", "the config", a file name).

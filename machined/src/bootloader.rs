@@ -191,6 +191,19 @@ fn rewrite(
 }
 
 /// Makes the directory's entries (renames, removals) durable.
+/// Replaces the entry at `path` with `text`: a synced temporary file
+/// renamed over it, then the directory synced.
+fn replace(path: &Path, text: &str) -> Result<(), BootloaderError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).map_err(io_err("writing", &tmp))?;
+    fs::File::open(&tmp)
+        .and_then(|file| file.sync_all())
+        .map_err(io_err("syncing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("renaming", &tmp))?;
+    sync_dir(dir)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), BootloaderError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -259,7 +272,10 @@ pub fn confirm(esp: &Path, booted: Slot) -> Result<Confirmation, BootloaderError
         if let Some(o) = refreshed.iter().find(|e| e.slot == o.slot) {
             let path = esp.join(ENTRIES).join(&o.file_name);
             let text = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
-            fs::write(&path, with_sort_key(&text, OTHER_KEY)).map_err(io_err("writing", &path))?;
+            // Replaced whole, under the same name: a power cut leaves the
+            // old entry or the new one, never a cut one (it is the
+            // fallback).
+            replace(&path, &with_sort_key(&text, OTHER_KEY))?;
         }
     }
     Ok(result)
