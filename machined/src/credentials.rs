@@ -266,18 +266,15 @@ async fn request_worker(
     let ca_pem = config.trusted_cas_pem();
     let tls = machinery::grpc::client_tls_config(&ca_pem, None)
         .map_err(|e| CredentialsError::Ca(e.to_string()))?;
-    let endpoints: Vec<(String, String)> = trustd_endpoint(
-        config.control_plane_endpoint(),
-        trustd_port.unwrap_or(machinery::constants::TRUSTD_PORT),
-    )
-    .into_iter()
-    .collect();
     let mut last = String::from("no trustd endpoint: cluster.controlPlane.endpoint has no host");
     // Every address the host resolves to, each with an attempt of its own
     // (a dead control plane behind a round-robin name must not take every
     // attempt); the certificate is checked against the host's name.
     let mut attempts: Vec<(String, String)> = Vec::new();
-    for (endpoint, host) in &endpoints {
+    if let Some((endpoint, host)) = trustd_endpoint(
+        config.control_plane_endpoint(),
+        trustd_port.unwrap_or(machinery::constants::TRUSTD_PORT),
+    ) {
         match tokio::time::timeout(ATTEMPT, tokio::net::lookup_host(endpoint.as_str())).await {
             Ok(Ok(addresses)) => {
                 for address in addresses {

@@ -906,14 +906,9 @@ impl Runner {
     /// Creates socket directories and removes stale sockets, so the daemon
     /// can bind at once and nobody connects to a dead socket.
     fn prepare(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         for dir in &self.spec.socket_dirs {
             // The owner's only: a caller on a daemon's socket is trusted.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            machinery::daemon::owner_only_dir(dir)?;
             for entry in std::fs::read_dir(dir)? {
                 let entry = entry?;
                 if entry.file_type()?.is_socket() {

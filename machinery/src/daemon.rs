@@ -61,6 +61,21 @@ pub async fn shutdown_signal() {
     tracing::info!("stopping");
 }
 
+/// Makes `dir` (and its parents) if missing, and makes it the owner's
+/// only (0700) whether it was there or not: a socket directory, whose
+/// sockets take callers without a certificate.
+///
+/// # Errors
+/// The directory cannot be made or restricted.
+pub fn owner_only_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Binds a daemon's unix socket at `path`: creates its directory and
 /// removes a stale socket first, so a restart never finds the old one.
 /// Only the owner may connect: the sockets are the node's trusted local
@@ -72,16 +87,9 @@ pub async fn shutdown_signal() {
 /// # Errors
 /// The socket cannot be bound or restricted.
 pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    use std::os::unix::fs::PermissionsExt as _;
     if let Some(dir) = path.parent() {
-        if dir.exists() {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        } else {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
+        owner_only_dir(dir)?;
     }
     clear_socket_path(path);
     let listener = tokio::net::UnixListener::bind(path)?;
